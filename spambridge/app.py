@@ -1,0 +1,211 @@
+"""Composition root: build the scanner, the loop bridge and the pipeline, run libmilter,
+and shut down in order (libmilter stops → in-flight replies sent → loop stops → stores close).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import grp
+import logging
+import os
+import signal
+import socket
+import threading
+from collections.abc import Callable
+
+from spambridge import __version__
+from spambridge.config import Config, ConfigError
+from spambridge.milter.bridge import AsyncBridge, signals_blocked
+from spambridge.milter.socketspec import SocketSpec, parse_socket_spec, remove_stale_unix_socket
+from spambridge.pipeline import Pipeline
+from spambridge.scanners import Scanner
+
+log = logging.getLogger("spambridge")
+
+
+def build_scanner(cfg: Config) -> Scanner:
+    """The engine named in the config. Imports are local: a spamd-only install never loads
+    the classifier, and a Bayes-only one never opens a spamd client."""
+    engine = cfg.milter.engine
+    cap = cfg.milter.scan_timeout
+    if engine == "spamd":
+        from spambridge.scanners.spamd import SpamdScanner
+
+        return SpamdScanner(cfg.spamd, cap)
+    from spambridge.scanners.bayes import BayesScanner
+
+    bayes = BayesScanner(cfg.bayes)
+    if engine == "bayes":
+        return bayes
+    from spambridge.scanners.fallback import FallbackScanner
+    from spambridge.scanners.spamd import SpamdScanner
+
+    return FallbackScanner(SpamdScanner(cfg.spamd, cap), bayes, cfg.spamd.share * cap)
+
+
+def run(cfg: Config, reload: Callable[[], Config] | None = None) -> int:
+    """Run the milter until libmilter is told to stop (SIGTERM/SIGINT/SIGHUP); exit status."""
+    import Milter
+
+    from spambridge.milter import actions
+    from spambridge.milter.callbacks import SpamBridgeMilter
+    from spambridge.milter.session import Session
+
+    spec = parse_socket_spec(cfg.milter.socket)
+    # Block libmilter's signals before any helper thread exists; only milter.main() unblocks.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1, signal.SIGHUP, signal.SIGTERM,
+                                              signal.SIGINT})
+    try:
+        scanner = build_scanner(cfg)
+    except ConfigError:
+        raise
+    except Exception as e:
+        raise ConfigError(f"cannot start the {cfg.milter.engine} engine: {e}") from e
+    bridge = AsyncBridge().start()
+    pipeline = Pipeline(scanner, bridge, cfg)
+    if reload is not None:
+        _start_reload_thread(pipeline, reload)
+
+    Milter.factory = functools.partial(SpamBridgeMilter, functools.partial(Session, pipeline))
+    Milter.set_flags(actions.FLAGS)
+    _register()
+    try:
+        _open_socket(spec, cfg)
+    except Exception:
+        bridge.stop()
+        raise
+    log.info("spambridge %s listening on %s (engine=%s, cap=%gs%s)", __version__,
+             spec.libmilter, cfg.milter.engine, cfg.milter.scan_timeout,
+             ", tag-only" if cfg.policy.tag_only else "")
+    _notify_ready()
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP, signal.SIGTERM, signal.SIGINT})
+    try:
+        Milter.milter.main()
+    finally:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP, signal.SIGTERM, signal.SIGINT})
+        pipeline.wait_idle(cfg.milter.scan_timeout + 1.0)
+        bridge.run(scanner.aclose(), 5.0) if _alive(bridge) else None
+        bridge.stop()
+        if spec.family == "unix":
+            with contextlib.suppress(OSError):
+                os.unlink(spec.path)
+    log.info("spambridge stopped")
+    return 0
+
+
+def _alive(bridge: AsyncBridge) -> bool:
+    return bridge.loop.is_running()
+
+
+def _register() -> None:
+    """What Milter.runmilter does, minus opensocket/main, so we can fix the socket up
+    (mode, group, TCP_NODELAY) and signal readiness before serving."""
+    import Milter as M  # noqa: N814 - the module's own name clashes with its C core
+
+    milter = M.milter
+    milter.set_connect_callback(M.connect_callback)
+    milter.set_helo_callback(lambda ctx, host: ctx.getpriv().hello(host))
+    milter.set_envfrom_callback(lambda ctx, *b: ctx.getpriv().envfrom_bytes(*b))
+    milter.set_envrcpt_callback(lambda ctx, *b: ctx.getpriv().envrcpt_bytes(*b))
+    milter.set_header_callback(lambda ctx, f, v: ctx.getpriv().header_bytes(f, v))
+    milter.set_eoh_callback(lambda ctx: ctx.getpriv().eoh())
+    milter.set_body_callback(lambda ctx, chunk: ctx.getpriv().body(chunk))
+    milter.set_eom_callback(lambda ctx: ctx.getpriv().eom())
+    milter.set_abort_callback(lambda ctx: ctx.getpriv().abort())
+    milter.set_close_callback(M.close_callback)
+
+
+def _open_socket(spec: SocketSpec, cfg: Config) -> None:
+    import Milter as M  # noqa: N814
+
+    milter = M.milter
+    if spec.family == "unix":
+        os.makedirs(os.path.dirname(spec.path) or ".", exist_ok=True)
+        remove_stale_unix_socket(spec.path)
+    milter.setconn(spec.libmilter)
+    milter.register(cfg.milter.name, data=lambda ctx: ctx.getpriv().data(),
+                    unknown=lambda ctx, cmd: ctx.getpriv().unknown(cmd),
+                    negotiate=M.negotiate_callback)
+    old_umask = os.umask(0o777 & ~cfg.milter.socket_mode)
+    try:
+        milter.opensocket(False)
+    except M.milter.error as e:
+        raise OSError(f"cannot open milter socket {spec.libmilter}: {e}") from None
+    finally:
+        os.umask(old_umask)
+    if spec.family == "unix":
+        gid = -1
+        if cfg.milter.socket_group:
+            try:
+                gid = grp.getgrnam(cfg.milter.socket_group).gr_gid
+            except KeyError:
+                raise ConfigError(f"socket_group {cfg.milter.socket_group!r}: no such group"
+                                  ) from None
+        if gid != -1:
+            os.chown(spec.path, -1, gid)
+        os.chmod(spec.path, cfg.milter.socket_mode)
+    else:
+        set_nodelay_on_listener(spec)
+
+
+def set_nodelay_on_listener(spec: SocketSpec) -> bool:
+    """Accepted sockets inherit TCP_NODELAY from the listener on Linux; libmilter never sets
+    it, and Nagle + delayed ACK cost ~40 ms per stall over loopback. Find libmilter's
+    listening descriptor by its bound address and set the option on it."""
+    fam = socket.AF_INET6 if spec.family == "inet6" else socket.AF_INET
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        try:
+            s = socket.socket(fileno=os.dup(fd))
+        except OSError:
+            continue
+        try:
+            if s.family != fam or s.type != socket.SOCK_STREAM:
+                continue
+            addr = s.getsockname()
+            if addr[1] == spec.port:
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                return True
+        except OSError:
+            continue
+        finally:
+            s.close()
+    return False
+
+
+def _notify_ready() -> None:
+    """systemd Type=notify: READY=1 once the socket exists."""
+    path = os.environ.get("NOTIFY_SOCKET")
+    if not path:
+        return
+    if path.startswith("@"):
+        path = "\0" + path[1:]
+    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.connect(path)
+        s.sendall(b"READY=1")
+
+
+def _start_reload_thread(pipeline: Pipeline, reload: Callable[[], Config]) -> None:
+    """SIGUSR1 re-reads the config; a bad file is logged and the old config kept.
+    (SIGHUP means stop to libmilter, so it cannot be the reload signal.)"""
+
+    def loop() -> None:
+        while True:
+            signal.sigwait({signal.SIGUSR1})
+            try:
+                new = reload()
+            except ConfigError as e:
+                log.error("reload failed, keeping the running config: %s", e)
+                continue
+            except Exception as e:  # noqa: BLE001
+                log.error("reload failed, keeping the running config: %r", e)
+                continue
+            old = pipeline.config
+            if (new.milter.engine, new.milter.socket) != (old.milter.engine, old.milter.socket):
+                log.warning("reload: engine and socket changes need a restart; applying the rest")
+            pipeline.config = new
+            log.info("configuration reloaded from %s", new.source)
+
+    with signals_blocked():
+        threading.Thread(target=loop, name="spambridge-reload", daemon=True).start()

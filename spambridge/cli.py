@@ -1,0 +1,141 @@
+"""`spambridge` command line: parse, load config, hand over. No business logic here.
+
+Exit codes: 0 ok, 1 runtime failure, 2 usage error, 78 (EX_CONFIG) bad configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from spambridge import __version__, defaults
+from spambridge.config import Config, ConfigError, load, with_overrides
+
+EX_CONFIG = 78
+log = logging.getLogger("spambridge")
+
+
+def _config_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "-c", "--config", metavar="FILE",
+        help=f"TOML config file (default: {defaults.CONFIG_PATH} if it exists, else built-in "
+        "defaults)",
+    )
+
+
+def _engine_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--engine", choices=("bayes", "spamd", "spamd+bayes"),
+                   help=f"scanning engine (default: {defaults.ENGINE})")
+    p.add_argument("--db", metavar="PATH", help=f"Bayes token database (default: {defaults.BAYES_DB})")
+    p.add_argument("--spamd", metavar="HOST:PORT|/PATH",
+                   help=f"spamd address or unix socket (default: {defaults.SPAMD_HOST}:"
+                   f"{defaults.SPAMD_PORT})")
+
+
+def _policy_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--scan-timeout", type=float, metavar="SECONDS",
+                   help=f"hard cap from end of message to the final reply (default: "
+                   f"{defaults.SCAN_TIMEOUT:g})")
+    p.add_argument("--tag-at", type=float, metavar="SCORE",
+                   help=f"SpamAssassin score from which mail is tagged (default: {defaults.TAG_AT:g})")
+    p.add_argument("--reject-at", type=float, metavar="SCORE",
+                   help=f"SpamAssassin score from which mail is rejected (default: "
+                   f"{defaults.REJECT_AT:g})")
+    p.add_argument("--tag-only", action="store_true", default=None,
+                   help="never reject or tempfail; log what would have been done")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="spambridge",
+        description="A milter that spam-checks mail with SpamAssassin's spamd or a local "
+        "SpamBayes classifier while the SMTP session is still open.",
+    )
+    parser.add_argument("--version", action="version", version=f"spambridge {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the milter", description="Run the milter in the "
+                         "foreground until SIGTERM. Flags override the config file.")
+    _config_arg(run)
+    run.add_argument("--socket", metavar="SPEC",
+                     help=f"libmilter socket: unix:/path, inet:PORT@HOST, inet6:PORT@ADDR "
+                     f"(default: {defaults.SOCKET})")
+    _engine_args(run)
+    _policy_args(run)
+    run.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+
+    cc = sub.add_parser("check-config", help="validate the config (and Postfix's milter "
+                        "settings when postconf is available)")
+    _config_arg(cc)
+    cc.add_argument("--no-postfix", action="store_true", help="do not ask postconf")
+
+    from spambridge import commands
+
+    commands.add_parsers(sub, _config_arg, _engine_args, _policy_args)
+    return parser
+
+
+def load_config(args: argparse.Namespace) -> Config:
+    path = args.config
+    if path is None and os.path.exists(defaults.CONFIG_PATH):
+        path = defaults.CONFIG_PATH
+    cfg = load(path)
+    return with_overrides(
+        cfg,
+        socket=getattr(args, "socket", None),
+        engine=getattr(args, "engine", None),
+        db=getattr(args, "db", None),
+        spamd=getattr(args, "spamd", None),
+        scan_timeout=getattr(args, "scan_timeout", None),
+        tag_at=getattr(args, "tag_at", None),
+        reject_at=getattr(args, "reject_at", None),
+        tag_only=getattr(args, "tag_only", None),
+    )
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(name)s[%(process)d]: %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        cfg = load_config(args)
+    except ConfigError as e:
+        print(f"spambridge: configuration error: {e}", file=sys.stderr)
+        return EX_CONFIG
+    setup_logging(getattr(args, "log_level", None) or cfg.log_level)
+    try:
+        if args.command == "run":
+            from spambridge import app
+
+            def reload() -> Config:
+                return load_config(args)
+
+            return app.run(cfg, reload)
+        if args.command == "check-config":
+            from spambridge import checkconfig
+
+            return checkconfig.main(cfg, postfix=not args.no_postfix)
+        from spambridge import commands
+
+        return commands.dispatch(args, cfg)
+    except ConfigError as e:
+        print(f"spambridge: configuration error: {e}", file=sys.stderr)
+        return EX_CONFIG
+    except KeyboardInterrupt:
+        return 130
+    except OSError as e:
+        print(f"spambridge: {e}", file=sys.stderr)
+        return 1

@@ -1,0 +1,418 @@
+"""TOML → frozen, validated config.
+
+Every mistake is reported as `file:line: [section] key: what is wrong` before any socket opens:
+an admin fixing a config at 3 a.m. should not have to guess.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+from spambridge import defaults
+from spambridge.verdict import FailAction, SmtpReply
+
+ENGINES = ("bayes", "spamd", "spamd+bayes")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+T = TypeVar("T")
+
+
+class ConfigError(Exception):
+    """A config problem, already phrased for the admin (file, line, key)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Thresholds:
+    """Score bands of one engine: below `ham` accept, from `tag` tag, above `reject` reject."""
+
+    ham: float
+    tag: float
+    reject: float
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyConfig:
+    spamd: Thresholds = Thresholds(defaults.TAG_AT, defaults.TAG_AT, defaults.REJECT_AT)
+    bayes: Thresholds = Thresholds(
+        defaults.HAM_CUTOFF, defaults.SPAM_CUTOFF, defaults.REJECT_CUTOFF
+    )
+    tag_only: bool = False
+    subject_tag: str = ""
+    reject_reply: SmtpReply = SmtpReply("550", "5.7.1", "Message rejected as spam")
+    tempfail_reply: SmtpReply = SmtpReply(
+        "451", "4.7.1", "Message could not be checked for spam, try again later"
+    )
+    on_unavailable: FailAction = FailAction.ACCEPT
+    on_timeout: FailAction = FailAction.ACCEPT
+    on_oversize: FailAction = FailAction.ACCEPT
+    on_error: FailAction = FailAction.ACCEPT
+
+    def on(self, key: str) -> FailAction:
+        """The failure action named by a policy key such as `on_timeout`."""
+        value: FailAction = getattr(self, key)
+        return value
+
+
+@dataclass(frozen=True, slots=True)
+class MilterConfig:
+    socket: str = defaults.SOCKET
+    socket_mode: int = defaults.SOCKET_MODE
+    socket_group: str = ""
+    name: str = defaults.MILTER_NAME
+    engine: str = defaults.ENGINE
+    scan_timeout: float = defaults.SCAN_TIMEOUT
+    max_scan_size: int = defaults.MAX_SCAN_SIZE
+    spool_memory: int = defaults.SPOOL_MEMORY
+    spool_dir: str = ""
+    skip_authenticated: bool = defaults.SKIP_AUTHENTICATED
+    trusted_networks: tuple[Network, ...] = ()
+    user: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class SpamdConfig:
+    host: str = defaults.SPAMD_HOST
+    port: int = defaults.SPAMD_PORT
+    socket: str = ""  # a unix socket path; wins over host/port
+    tls: bool = False
+    ca_file: str = ""
+    user: str = ""  # fixed spamd user; empty = spamd's default
+    per_recipient_user: bool = False  # use the recipient as spamd user when there is exactly one
+    connect_timeout: float = defaults.SPAMD_CONNECT_TIMEOUT
+    share: float = defaults.SPAMD_SHARE
+
+
+@dataclass(frozen=True, slots=True)
+class BayesConfig:
+    db: str = defaults.BAYES_DB
+    min_trained: int = defaults.BAYES_MIN_TRAINED
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    milter: MilterConfig = field(default_factory=MilterConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    spamd: SpamdConfig = field(default_factory=SpamdConfig)
+    bayes: BayesConfig = field(default_factory=BayesConfig)
+    log_level: str = "info"
+    source: str = "<defaults>"
+
+
+# ---------------------------------------------------------------------------------------------
+# value parsers (pure; raise ValueError with a short reason)
+
+
+def parse_reply(text: str, klass: str) -> SmtpReply:
+    """`"550 5.7.1 text"` → SmtpReply; the code must be of the given class (4 or 5)."""
+    m = re.fullmatch(r"([245]\d\d) ([245]\.\d{1,3}\.\d{1,3}) (\S.*)", text.strip())
+    if not m:
+        raise ValueError('must look like "550 5.7.1 Some text"')
+    code, xcode, msg = m.groups()
+    if code[0] != klass or xcode[0] != klass:
+        raise ValueError(f"must be a {klass}xx reply with a {klass}.x.x status")
+    if any(ord(c) < 32 or ord(c) > 126 for c in msg):
+        raise ValueError("text must be printable ASCII")
+    return SmtpReply(code, xcode, msg)
+
+
+def parse_network(text: str) -> Network:
+    try:
+        return ipaddress.ip_network(text.strip(), strict=False)
+    except ValueError as e:
+        raise ValueError(f"{text!r} is not an IPv4/IPv6 address or CIDR network") from e
+
+
+def parse_spamd_address(text: str) -> tuple[str, int, str]:
+    """`HOST:PORT`, `[v6]:PORT`, `HOST` or an absolute unix socket path → (host, port, socket)."""
+    text = text.strip()
+    if text.startswith("/"):
+        return defaults.SPAMD_HOST, defaults.SPAMD_PORT, text
+    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\](?::(\d+))?|([^:\s]+)(?::(\d+))?", text)
+    if not m:
+        raise ValueError("must be HOST:PORT, [IPv6]:PORT or an absolute socket path")
+    host = m.group(1) or m.group(3)
+    port = int(m.group(2) or m.group(4) or defaults.SPAMD_PORT)
+    if not 0 < port < 65536:
+        raise ValueError("port must be 1-65535")
+    return host, port, ""
+
+
+# ---------------------------------------------------------------------------------------------
+# the loader
+
+
+class _Section:
+    """Reads typed keys from one TOML table and remembers which ones it consumed."""
+
+    def __init__(self, loader: _Loader, name: str, table: Mapping[str, Any]) -> None:
+        self.loader, self.name, self.table = loader, name, dict(table)
+        self.used: set[str] = set()
+
+    def get(self, key: str, kind: type[T], default: T, check: Callable[[T], T] | None = None) -> T:
+        self.used.add(key)
+        value = self.table.get(key, default)
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+            self.fail(key, f"must be {_kind_name(kind)}, not {_kind_name(type(value))}")
+        if check is not None:
+            try:
+                return check(value)
+            except ValueError as e:
+                self.fail(key, str(e))
+        return value  # type: ignore[no-any-return]
+
+    def fail(self, key: str, why: str) -> None:
+        raise ConfigError(f"{self.loader.where(self.name, key)}: [{self.name}] {key}: {why}")
+
+    def finish(self) -> None:
+        for key in self.table:
+            if key not in self.used:
+                self.fail(key, "unknown key")
+
+
+class _Loader:
+    def __init__(self, path: str, text: str) -> None:
+        self.path, self.lines = path, text.splitlines()
+
+    def where(self, section: str, key: str) -> str:
+        """`file:line` of `key` inside `[section]`; tomllib keeps no positions, so look it up."""
+        current = ""
+        for n, line in enumerate(self.lines, 1):
+            stripped = line.strip()
+            header = re.fullmatch(r"\[\s*([^\]]+?)\s*\]\s*(#.*)?", stripped)
+            if header:
+                current = header.group(1).strip('"')
+            elif current == section and re.match(rf'"?{re.escape(key)}"?\s*=', stripped):
+                return f"{self.path}:{n}"
+        return self.path
+
+
+    def where_section(self, section: str) -> str:
+        for n, line in enumerate(self.lines, 1):
+            if re.fullmatch(rf"\[\s*{re.escape(section)}\s*\]\s*(#.*)?|{re.escape(section)}\s*=.*",
+                            line.strip()):
+                return f"{self.path}:{n}"
+        return self.path
+
+
+def _kind_name(kind: type) -> str:
+    return {str: "a string", int: "an integer", float: "a number", bool: "true or false",
+            list: "a list"}.get(kind, kind.__name__)
+
+
+def _between(lo: float, hi: float) -> Callable[[T], T]:
+    def check(v: T) -> T:
+        if not lo <= v <= hi:  # type: ignore[operator]
+            raise ValueError(f"must be between {lo:g} and {hi:g}, not {v}")
+        return v
+
+    return check
+
+
+def _choice(options: tuple[str, ...]) -> Callable[[str], str]:
+    def check(v: str) -> str:
+        if v not in options:
+            raise ValueError(f"must be one of {', '.join(options)}; got {v!r}")
+        return v
+
+    return check
+
+
+def _fail_action(v: str) -> FailAction:
+    try:
+        return FailAction(v)
+    except ValueError:
+        raise ValueError(f"must be accept, tempfail or reject; got {v!r}") from None
+
+
+def _mode(v: str) -> int:
+    if not re.fullmatch(r"0?[0-7]{3}", v):
+        raise ValueError('must be an octal mode such as "0660"')
+    return int(v, 8)
+
+
+def _socket_spec(v: str) -> str:
+    from spambridge.milter.socketspec import parse_socket_spec
+
+    parse_socket_spec(v)
+    return v
+
+
+def load(path: str | Path | None) -> Config:
+    """Load and validate a config file; None means the built-in defaults."""
+    if path is None:
+        return validate(Config())
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read config: {e.strerror or e}") from e
+    try:
+        text = raw.decode("utf-8")
+        data = tomllib.loads(text)
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{p}: not UTF-8 text ({e.reason} at byte {e.start})") from e
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{p}: invalid TOML: {e}") from e
+    return from_mapping(data, str(p), text)
+
+
+def from_mapping(data: Mapping[str, Any], path: str = "<config>", text: str = "") -> Config:
+    loader = _Loader(path, text)
+    known = {"milter", "policy", "spamd", "bayes", "log"}
+    for name, table in data.items():
+        if name not in known:
+            raise ConfigError(f"{loader.where_section(name)}: unknown section [{name}] "
+                              f"(expected one of {', '.join(sorted(known))})")
+        if not isinstance(table, Mapping):
+            raise ConfigError(f"{loader.where_section(name)}: [{name}] must be a table")
+
+    m = _Section(loader, "milter", data.get("milter", {}))
+    d = MilterConfig()
+    milter = MilterConfig(
+        socket=m.get("socket", str, d.socket, _socket_spec),
+        socket_mode=m.get("socket_mode", str, f"{d.socket_mode:04o}", _mode),  # type: ignore[arg-type]
+        socket_group=m.get("socket_group", str, d.socket_group),
+        name=m.get("name", str, d.name),
+        engine=m.get("engine", str, d.engine, _choice(ENGINES)),
+        scan_timeout=m.get("scan_timeout", float, d.scan_timeout,
+                           _between(0.1, defaults.SCAN_TIMEOUT_MAX)),
+        max_scan_size=m.get("max_scan_size", int, d.max_scan_size, _between(1024, 256 << 20)),
+        spool_memory=m.get("spool_memory", int, d.spool_memory, _between(0, 64 << 20)),
+        spool_dir=m.get("spool_dir", str, d.spool_dir),
+        skip_authenticated=m.get("skip_authenticated", bool, d.skip_authenticated),
+        trusted_networks=tuple(
+            parse_network(s)
+            for s in m.get("trusted_networks", list, [], _string_list(parse_network))
+        ),
+        user=m.get("user", str, d.user),
+    )
+    m.finish()
+
+    s = _Section(loader, "spamd", data.get("spamd", {}))
+    sd = SpamdConfig()
+    spamd = SpamdConfig(
+        host=s.get("host", str, sd.host),
+        port=s.get("port", int, sd.port, _between(1, 65535)),
+        socket=s.get("socket", str, sd.socket, _abs_path),
+        tls=s.get("tls", bool, sd.tls),
+        ca_file=s.get("ca_file", str, sd.ca_file),
+        user=s.get("user", str, sd.user),
+        per_recipient_user=s.get("per_recipient_user", bool, sd.per_recipient_user),
+        connect_timeout=s.get("connect_timeout", float, sd.connect_timeout, _between(0.05, 60)),
+        share=s.get("share", float, sd.share, _between(0.1, 0.95)),
+    )
+    s.finish()
+
+    b = _Section(loader, "bayes", data.get("bayes", {}))
+    bd = BayesConfig()
+    pd = PolicyConfig()
+    bayes = BayesConfig(
+        db=b.get("db", str, bd.db),
+        min_trained=b.get("min_trained", int, bd.min_trained, _between(0, 10**9)),
+    )
+    bayes_bands = Thresholds(
+        ham=b.get("ham_cutoff", float, pd.bayes.ham, _between(0.0, 1.0)),
+        tag=b.get("spam_cutoff", float, pd.bayes.tag, _between(0.0, 1.0)),
+        reject=b.get("reject_cutoff", float, pd.bayes.reject, _between(0.0, 1.0)),
+    )
+    if not bayes_bands.ham <= bayes_bands.tag <= bayes_bands.reject:
+        b.fail("spam_cutoff", "need ham_cutoff <= spam_cutoff <= reject_cutoff")
+    b.finish()
+
+    p = _Section(loader, "policy", data.get("policy", {}))
+    tag_at = p.get("tag_at", float, pd.spamd.tag, _between(-1000, 10000))
+    reject_at = p.get("reject_at", float, pd.spamd.reject, _between(-1000, 10000))
+    if reject_at < tag_at:
+        p.fail("reject_at", f"({reject_at:g}) must not be below tag_at ({tag_at:g})")
+    policy = PolicyConfig(
+        spamd=Thresholds(tag_at, tag_at, reject_at),
+        bayes=bayes_bands,
+        tag_only=p.get("tag_only", bool, pd.tag_only),
+        subject_tag=p.get("subject_tag", str, pd.subject_tag, _printable),
+        reject_reply=p.get("reject_reply", str, str(pd.reject_reply),  # type: ignore[arg-type]
+                           lambda v: parse_reply(v, "5")),
+        tempfail_reply=p.get("tempfail_reply", str, str(pd.tempfail_reply),  # type: ignore[arg-type]
+                             lambda v: parse_reply(v, "4")),
+        on_unavailable=p.get("on_unavailable", str, "accept", _fail_action),  # type: ignore[arg-type]
+        on_timeout=p.get("on_timeout", str, "accept", _fail_action),  # type: ignore[arg-type]
+        on_oversize=p.get("on_oversize", str, "accept", _fail_action),  # type: ignore[arg-type]
+        on_error=p.get("on_error", str, "accept", _fail_action),  # type: ignore[arg-type]
+    )
+    p.finish()
+
+    lg = _Section(loader, "log", data.get("log", {}))
+    level = lg.get("level", str, "info", _choice(LOG_LEVELS))
+    lg.finish()
+    return validate(Config(milter, policy, spamd, bayes, level, path))
+
+
+def _string_list(each: Callable[[str], object]) -> Callable[[list[Any]], list[Any]]:
+    def check(v: list[Any]) -> list[Any]:
+        for item in v:
+            if not isinstance(item, str):
+                raise ValueError("must be a list of strings")
+            each(item)
+        return v
+
+    return check
+
+
+def _abs_path(v: str) -> str:
+    if v and not v.startswith("/"):
+        raise ValueError("must be an absolute path")
+    return v
+
+
+def _printable(v: str) -> str:
+    if any(ord(c) < 32 or ord(c) > 126 for c in v):
+        raise ValueError("must be printable ASCII")
+    return v
+
+
+def validate(cfg: Config) -> Config:
+    """Cross-field checks that also apply after CLI overrides."""
+    where = cfg.source
+    if cfg.policy.spamd.reject < cfg.policy.spamd.tag:
+        raise ConfigError(f"{where}: reject_at ({cfg.policy.spamd.reject:g}) must not be below "
+                          f"tag_at ({cfg.policy.spamd.tag:g})")
+    if not 0.1 <= cfg.milter.scan_timeout <= defaults.SCAN_TIMEOUT_MAX:
+        raise ConfigError(f"{where}: scan_timeout must be between 0.1 and "
+                          f"{defaults.SCAN_TIMEOUT_MAX:g} seconds (Postfix gives up after 300)")
+    return cfg
+
+
+def with_overrides(cfg: Config, **flags: Any) -> Config:
+    """Apply CLI flags (None = not given) on top of the file; flags win."""
+    milter, policy, spamd, bayes = cfg.milter, cfg.policy, cfg.spamd, cfg.bayes
+    src = "command line"
+    try:
+        if flags.get("socket") is not None:
+            milter = replace(milter, socket=_socket_spec(flags["socket"]))
+        if flags.get("engine") is not None:
+            milter = replace(milter, engine=_choice(ENGINES)(flags["engine"]))
+        if flags.get("scan_timeout") is not None:
+            milter = replace(milter, scan_timeout=float(flags["scan_timeout"]))
+        if flags.get("spamd") is not None:
+            host, port, sock = parse_spamd_address(flags["spamd"])
+            spamd = replace(spamd, host=host, port=port, socket=sock)
+        if flags.get("db") is not None:
+            bayes = replace(bayes, db=flags["db"])
+        tag = flags.get("tag_at")
+        rej = flags.get("reject_at")
+        if tag is not None or rej is not None:
+            t = float(tag) if tag is not None else policy.spamd.tag
+            r = float(rej) if rej is not None else policy.spamd.reject
+            policy = replace(policy, spamd=Thresholds(t, t, r))
+        if flags.get("tag_only"):
+            policy = replace(policy, tag_only=True)
+    except ValueError as e:
+        raise ConfigError(f"{src}: {e}") from e
+    return validate(replace(cfg, milter=milter, policy=policy, spamd=spamd, bayes=bayes))

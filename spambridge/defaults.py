@@ -1,0 +1,40 @@
+"""Every default in one place, so the config, the CLI help and the docs agree."""
+
+from __future__ import annotations
+
+CONFIG_PATH = "/etc/spambridge/spambridge.toml"
+
+# milter front end
+SOCKET = "unix:/run/spambridge/spambridge.sock"
+SOCKET_MODE = 0o660
+MILTER_NAME = "spambridge"
+ENGINE = "bayes"  # the embedded default: needs no other server
+SCAN_TIMEOUT = 10.0  # seconds; the hard cap from end of message to final reply
+SCAN_TIMEOUT_MAX = 120.0  # well below Postfix's 300 s milter_content_timeout
+REPLY_MARGIN = 0.25  # seconds the libmilter thread allows beyond the cap
+MAX_SCAN_SIZE = 1024 * 1024  # bytes; larger messages are not scanned (on_oversize)
+SPOOL_MEMORY = 256 * 1024  # bytes of body kept in RAM before spilling to a temp file
+MAX_HEADERS = 10_000  # headers beyond this make the message oversize, not a memory problem
+SKIP_AUTHENTICATED = True
+
+# policy (SpamAssassin points)
+TAG_AT = 5.0
+REJECT_AT = 15.0
+REJECT_REPLY = "550 5.7.1 Message rejected as spam"
+TEMPFAIL_REPLY = "451 4.7.1 Message could not be checked for spam, try again later"
+FAIL_ACTION = "accept"
+
+# Bayes bands (0..1), SpamBayes' cutoffs
+HAM_CUTOFF = 0.20
+SPAM_CUTOFF = 0.90
+REJECT_CUTOFF = 0.99
+BAYES_DB = "/var/lib/spambridge/bayes.sqlite"
+BAYES_MIN_TRAINED = 1  # of each class before the classifier's verdict is used
+
+# spamd
+SPAMD_HOST = "127.0.0.1"
+SPAMD_PORT = 783
+SPAMD_CONNECT_TIMEOUT = 2.0
+SPAMD_SHARE = 0.7  # spamd+bayes: fraction of the cap spamd gets before Bayes decides
+
+HEADER_PREFIX = "X-Spam-"  # every incoming header with this prefix is ours and is removed

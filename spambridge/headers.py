@@ -1,0 +1,93 @@
+"""X-Spam-* rendering (SpamAssassin-compatible) and the owned-header rule for anti-spoofing.
+
+Values are built only from numbers, our own words and symbol names filtered to a safe alphabet,
+so nothing a spammer or a broken spamd sends can inject CR/LF or a new header.
+"""
+
+from __future__ import annotations
+
+import re
+
+from spambridge import __version__, defaults
+from spambridge.config import Thresholds
+from spambridge.verdict import Band, ErrorKind, ScoreResult
+
+FLAG = "X-Spam-Flag"
+SCORE = "X-Spam-Score"
+LEVEL = "X-Spam-Level"
+STATUS = "X-Spam-Status"
+CHECKER = "X-Spam-Checker-Version"
+
+_SAFE_SYMBOL = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+_FOLD_AT = 76
+MAX_TESTS = 200  # a spamd that reports thousands of symbols still gets a bounded header
+
+
+def is_owned(name: str) -> bool:
+    """Every incoming header we would write is a possible forgery and is removed."""
+    return name.lower().startswith(defaults.HEADER_PREFIX.lower())
+
+
+def format_score(engine: str, score: float) -> str:
+    return f"{score:.4f}" if engine == "bayes" else f"{score:.1f}"
+
+
+def level_stars(engine: str, score: float) -> str:
+    """One star per SpamAssassin point (max 50, as SA); Bayes 0..1 maps to 0..10 stars."""
+    points = score * 10 if engine == "bayes" else score
+    return "*" * max(0, min(50, int(points)))
+
+
+def safe_symbols(tests: tuple[str, ...]) -> list[str]:
+    return [t for t in tests[:MAX_TESTS] if _SAFE_SYMBOL.fullmatch(t)]
+
+
+def fold(value: str, first_line_used: int) -> str:
+    """Fold a long value at spaces or commas into `\\n\\t` continuation lines."""
+    out: list[str] = []
+    line = ""
+    used = first_line_used
+    for word in re.findall(r"[^ ,]+,?|[ ]", value):
+        if word == " ":
+            if line:
+                line += " "
+            continue
+        if line and used + len(line) + len(word) > _FOLD_AT:
+            out.append(line.rstrip())
+            line, used = "", 1
+        line += word
+    out.append(line.rstrip())
+    return "\n\t".join(s for s in out if s)
+
+
+def checker() -> tuple[str, str]:
+    return CHECKER, f"spambridge {__version__}"
+
+
+def render_score(result: ScoreResult, t: Thresholds, band: Band) -> tuple[tuple[str, str], ...]:
+    spam = band in (Band.SPAM, Band.REJECT)
+    score = format_score(result.engine, result.score)
+    tests = safe_symbols(result.tests) or ["none"]
+    parts = [
+        "Yes," if spam else "No,",
+        f"score={score}",
+        f"required={format_score(result.engine, t.tag)}",
+        "tests=" + ",".join(tests),
+        f"engine={result.engine}",
+    ]
+    if band is Band.UNSURE:
+        parts.append("unsure=yes")
+    if result.note and _SAFE_SYMBOL.fullmatch(result.note.replace("=", "_")):
+        parts.append(result.note)
+    out: list[tuple[str, str]] = [checker()]
+    if spam:
+        out.append((FLAG, "YES"))
+    out.append((SCORE, score))
+    out.append((LEVEL, level_stars(result.engine, result.score)))
+    out.append((STATUS, fold(" ".join(parts), len(STATUS) + 2)))
+    return tuple(out)
+
+
+def render_unchecked(kind: ErrorKind) -> tuple[tuple[str, str], ...]:
+    """Mail accepted without a verdict says so, so no Sieve rule mistakes it for clean ham."""
+    return (checker(), (STATUS, f"No, unchecked={kind.value}"))

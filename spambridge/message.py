@@ -1,0 +1,161 @@
+"""A bounded message buffer: header bytes in order, body spooled to disk past a size,
+and the one place that rebuilds the exact bytes a scanner sees.
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from dataclasses import dataclass, field
+from datetime import datetime
+from email.utils import format_datetime
+
+from spambridge import defaults, headers
+
+_CTL = re.compile(rb"[\x00-\x1f\x7f]")
+
+
+def clean(value: str | bytes | None, limit: int = 255) -> str:
+    """Make an MTA- or client-supplied string safe for a header or log line: no CR/LF,
+    no control bytes, bounded length. 8-bit bytes are kept as latin-1 escapes."""
+    if value is None:
+        return ""
+    raw = value.encode("utf-8", "surrogateescape") if isinstance(value, str) else value
+    raw = _CTL.sub(b"?", raw[:limit])
+    return raw.decode("ascii", "backslashreplace")
+
+
+@dataclass
+class Envelope:
+    """What the MTA told us about the SMTP session (macros and commands), per message."""
+
+    client_name: str = ""
+    client_addr: str = ""
+    helo: str = ""
+    mta_host: str = ""  # macro j
+    daemon_name: str = ""  # macro {daemon_name}
+    sender: str = ""
+    recipients: list[str] = field(default_factory=list)
+    auth_user: str = ""  # macro {auth_authen}, captured at MAIL FROM
+    queue_id: str = ""  # macro i, known from DATA on
+    tls: bool = False
+
+    def received_header(self, when: datetime | None = None) -> bytes:
+        """The Received line Postfix would have written (Postfix hides its own from milters).
+        SpamAssassin needs it for the relay/trust path; a wrong date causes false positives."""
+        when = when or datetime.now().astimezone()
+        proto = "ESMTP" + ("S" if self.tls else "") + ("A" if self.auth_user else "")
+        helo = clean(self.helo) or clean(self.client_name) or "unknown"
+        name = clean(self.client_name) or "unknown"
+        addr = clean(self.client_addr)
+        rcpt = f"\r\n\tfor {clean(self.recipients[0])}" if len(self.recipients) == 1 else ""
+        qid = f" id {clean(self.queue_id)}" if self.queue_id else ""
+        by = clean(self.mta_host) or "localhost"
+        line = (
+            f"Received: from {helo} ({name} [{addr}])\r\n"
+            f"\tby {by} (Postfix) with {proto}{qid}{rcpt};\r\n"
+            f"\t{format_datetime(when)}\r\n"
+        )
+        return line.encode("ascii", "replace")
+
+
+class MessageBuffer:
+    """Headers (as bytes, in arrival order) and body chunks of one message.
+
+    Bounded: past `max_scan_size` the message is marked oversize and no more body is kept,
+    and the body lives in RAM only up to `spool_memory` bytes before spilling to a temp file.
+    """
+
+    def __init__(self, max_scan_size: int, spool_memory: int, spool_dir: str = "") -> None:
+        self.max_scan_size = max_scan_size
+        self.headers: list[tuple[str, bytes]] = []
+        self.owned: dict[str, tuple[str, int]] = {}  # lower name → (name, count)
+        self.size = 0
+        self.oversize = False
+        self._body = tempfile.SpooledTemporaryFile(
+            max_size=spool_memory, dir=spool_dir or None, prefix="spambridge-"
+        )
+
+    def add_header(self, name: str, value: bytes) -> None:
+        if headers.is_owned(name):
+            key = name.lower()
+            first, n = self.owned.get(key, (name, 0))
+            self.owned[key] = (first, n + 1)
+        self.size += len(name) + len(value) + 4
+        if self.size > self.max_scan_size or len(self.headers) >= defaults.MAX_HEADERS:
+            self._mark_oversize()
+        if not self.oversize:
+            self.headers.append((name, value))
+
+    def add_body(self, chunk: bytes) -> bool:
+        """Keep a body chunk; False once the message is too large to scan (stop sending)."""
+        self.size += len(chunk)
+        if self.size > self.max_scan_size:
+            self._mark_oversize()
+        if self.oversize:
+            return False
+        self._body.write(chunk)
+        return True
+
+    def _mark_oversize(self) -> None:
+        if not self.oversize:
+            self.oversize = True
+            self._body.seek(0)
+            self._body.truncate()
+
+    def owned_headers(self) -> list[tuple[str, int]]:
+        """(name, index) pairs to delete, highest index first per name (CVE-2022-48521)."""
+        return [(name, i) for name, n in self.owned.values() for i in range(n, 0, -1)]
+
+    def header_value(self, name: str) -> bytes | None:
+        key = name.lower()
+        for n, v in self.headers:
+            if n.lower() == key:
+                return v
+        return None
+
+    def render(self, received: bytes = b"") -> bytes:
+        """The message as the scanner sees it: our Received line, headers, CRLF, body.
+        Header values keep their folding; every line ending becomes CRLF."""
+        parts = [received]
+        for name, value in self.headers:
+            value = value.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+            parts.append(name.encode("ascii", "replace") + b": " + value + b"\r\n")
+        parts.append(b"\r\n")
+        self._body.seek(0)
+        body = self._body.read()
+        parts.append(body.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n"))
+        return b"".join(parts)
+
+    @property
+    def spilled(self) -> bool:
+        return bool(getattr(self._body, "_rolled", False))
+
+    def close(self) -> None:
+        self._body.close()
+
+
+def parse_raw(raw: bytes, max_scan_size: int = defaults.MAX_SCAN_SIZE) -> MessageBuffer:
+    """Split a raw RFC 5322 message (from a file or stdin) into a buffer, as a milter would
+    receive it: header values without the space after the colon, folding kept."""
+    buf = MessageBuffer(max_scan_size, spool_memory=max_scan_size + 1)
+    data = raw.replace(b"\r\n", b"\n")
+    if data.startswith(b"From ") and b"\n" in data:  # mbox separator line
+        data = data.split(b"\n", 1)[1]
+    head, sep, body = data.partition(b"\n\n")
+    if not sep:
+        head, body = (data, b"") if re.match(rb"[!-9;-~]+:", data) else (b"", data)
+    current: list[bytes] | None = None
+    fields: list[list[bytes]] = []
+    for line in head.split(b"\n"):
+        if line[:1] in (b" ", b"\t") and current is not None:
+            current.append(line)
+        elif b":" in line:
+            current = [line]
+            fields.append(current)
+    for f in fields:
+        name, _, first = f[0].partition(b":")
+        value = b"\n".join([first[1:] if first.startswith(b" ") else first, *f[1:]])
+        buf.add_header(name.strip().decode("latin-1"), value)
+    buf.add_body(body)
+    return buf

@@ -1,0 +1,69 @@
+"""Apply a Decision through pymilter, and declare the capabilities it needs (set_flags),
+so the two can never drift apart."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Protocol
+
+import Milter
+
+from spambridge.verdict import Action, Decision, SmtpReply
+
+log = logging.getLogger("spambridge")
+
+FLAGS = Milter.ADDHDRS | Milter.CHGHDRS
+
+_RESULT = {
+    Action.ACCEPT: Milter.ACCEPT,
+    Action.TAG: Milter.ACCEPT,
+    Action.REJECT: Milter.REJECT,
+    Action.TEMPFAIL: Milter.TEMPFAIL,
+}
+
+
+class MilterContext(Protocol):
+    def addheader(self, field: str, value: str, idx: int = -1) -> Any: ...
+    def chgheader(self, field: str, idx: int, value: str | None) -> Any: ...
+    def setreply(self, rcode: str, xcode: str | None = None, msg: str | None = None) -> Any: ...
+
+
+def reply_text(text: str) -> str:
+    """libmilter treats the text as a format string: a lone % would drop the reply."""
+    return "".join(c for c in text if 32 <= ord(c) < 127).replace("%", "%%")
+
+
+def tagged_subject(prefix: str, subject: bytes | None) -> str | None:
+    """The new Subject, or None when it cannot be rewritten without mangling 8-bit bytes."""
+    if subject is None:
+        return prefix
+    try:
+        text = subject.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    if text.startswith(prefix):
+        return None  # already tagged (e.g. rescanned mail)
+    return f"{prefix} {text.lstrip()}"
+
+
+def apply(
+    ctx: MilterContext,
+    decision: Decision,
+    owned: list[tuple[str, int]],
+    subject: bytes | None,
+) -> int:
+    if decision.action in (Action.REJECT, Action.TEMPFAIL):
+        reply = decision.reply or SmtpReply("451", "4.7.1", "Try again later")
+        ctx.setreply(reply.code, reply.xcode, reply_text(reply.text))
+        return int(_RESULT[decision.action])
+    for name, idx in owned:  # highest index first per name, so indexes stay valid
+        ctx.chgheader(name, idx, None)
+    for name, value in decision.headers:
+        ctx.addheader(name, value)
+    if decision.subject_prefix:
+        new = tagged_subject(decision.subject_prefix, subject)
+        if new is not None and subject is None:
+            ctx.addheader("Subject", new)
+        elif new is not None:
+            ctx.chgheader("Subject", 1, new)
+    return int(_RESULT[decision.action])

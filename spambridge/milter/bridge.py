@@ -1,0 +1,74 @@
+"""One asyncio loop in a helper thread; libmilter threads hand it coroutines and wait
+with a deadline, so no MTA reply ever waits on a scanner longer than the cap."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import signal
+import threading
+from collections.abc import Coroutine, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+# libmilter owns these (HUP and TERM mean stop, INT abort); USR1 is our reload, taken by sigwait.
+OWNED_SIGNALS = frozenset({signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGUSR1})
+
+
+@contextmanager
+def signals_blocked() -> Iterator[None]:
+    """Threads started inside inherit a mask without libmilter's signals, so a TERM is never
+    delivered to a helper thread (which would kill the process instead of stopping it)."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, OWNED_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+class AsyncBridge:
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, name="spambridge-loop", daemon=True)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+
+    def start(self) -> AsyncBridge:
+        with signals_blocked():
+            self._thread.start()
+        return self
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float) -> T:
+        """Run `coro` on the loop; raise TimeoutError (after cancelling it) past `timeout`."""
+        fut = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            return fut.result(timeout)
+        except concurrent.futures.TimeoutError:
+            fut.cancel()
+            raise TimeoutError(f"no result within {timeout:.2f}s") from None
+        except concurrent.futures.CancelledError:
+            raise TimeoutError("cancelled") from None
+
+    def stop(self, timeout: float = 5.0) -> None:
+        if not self._thread.is_alive():
+            self.loop.close()
+            return
+
+        async def _drain() -> None:
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        try:
+            asyncio.run_coroutine_threadsafe(_drain(), self.loop).result(timeout)
+        except Exception:  # noqa: BLE001 - best effort at shutdown
+            pass
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout)
+        if not self._thread.is_alive():
+            self.loop.close()

@@ -1,0 +1,87 @@
+"""pymilter callbacks: thin adapters that collect into the Session and delegate.
+
+libmilter runs each connection in its own thread with its own instance (created by the
+factory); per-message state is reset at MAIL FROM and on abort.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Callable
+from typing import Any
+
+import Milter
+
+from spambridge.message import clean
+from spambridge.milter import actions
+from spambridge.milter.session import Session
+from spambridge.verdict import ErrorKind, ScanError
+
+log = logging.getLogger("spambridge")
+
+
+class SpamBridgeMilter(Milter.Base):  # type: ignore[misc]
+    def __init__(self, session_factory: Callable[[], Session]) -> None:
+        self.session = session_factory()
+
+    def macro(self, name: str) -> str:
+        """A macro's value, or "" — an 8-bit value must not become a pymilter exception."""
+        try:
+            return str(self.getsymval(name) or "")
+        except Exception:  # noqa: BLE001
+            return ""
+
+    def connect(self, hostname: str, family: int, hostaddr: Any) -> int:
+        addr = hostaddr[0] if family in (socket.AF_INET, socket.AF_INET6) and hostaddr else ""
+        self.session.connect(hostname or "", str(addr), self.macro("j"), self.macro("{daemon_name}"))
+        return Milter.CONTINUE
+
+    def hello(self, hostname: str) -> int:
+        self.session.hello(hostname or "")
+        return Milter.CONTINUE
+
+    def envfrom(self, mailfrom: str, *params: str) -> int:
+        # {auth_authen} is sent at MAIL FROM only (Postfix's default macro lists)
+        tls = bool(self.macro("{tls_version}"))
+        self.session.start_message(mailfrom, self.macro("{auth_authen}"), tls)
+        return Milter.CONTINUE
+
+    def envrcpt(self, to: str, *params: str) -> int:
+        self.session.add_recipient(to)
+        return Milter.CONTINUE
+
+    @Milter.decode("bytes")  # type: ignore[misc]
+    def header(self, name: str, value: bytes) -> int:
+        self.session.add_header(name, value)
+        return Milter.CONTINUE
+
+    def eoh(self) -> int:
+        self.session.set_queue_id(self.macro("i"))  # the queue id exists from DATA on
+        return Milter.CONTINUE
+
+    def body(self, chunk: bytes) -> int:
+        return Milter.CONTINUE if self.session.add_body(chunk) else Milter.SKIP
+
+    def eom(self) -> int:
+        s = self.session
+        s.set_queue_id(self.macro("i"))
+        try:
+            decision = s.finish().decision
+        except Exception as e:  # a bug must still end in the admin's on_error action
+            log.exception("%s: internal error at end of message", clean(s.envelope.queue_id))
+            decision = s.pipeline.evaluate(
+                s._buf(), s.envelope, failure=ScanError(ErrorKind.ERROR, "internal", repr(e))
+            ).decision
+        try:
+            return actions.apply(self, decision, s.owned_headers(), s.subject())
+        finally:
+            s.end_message()
+
+    def abort(self) -> int:
+        self.session.end_message()
+        return Milter.CONTINUE
+
+    def close(self) -> int:
+        self.session.end_message()
+        return Milter.CONTINUE

@@ -1,0 +1,121 @@
+"""Per-connection and per-message state. Imports nothing from pymilter, so it is tested
+without libmilter; the callbacks feed it, and `finish()` returns the Decision."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+
+from spambridge.config import MilterConfig
+from spambridge.message import Envelope, MessageBuffer, clean
+from spambridge.pipeline import Evaluation, Pipeline
+from spambridge.verdict import ErrorKind, ScanError, SkipReason
+
+log = logging.getLogger("spambridge")
+
+
+class Session:
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.pipeline = pipeline
+        self.cfg: MilterConfig = pipeline.config.milter
+        self.client_name = ""
+        self.client_addr = ""
+        self.helo = ""
+        self.mta_host = ""
+        self.daemon_name = ""
+        self.trusted = False
+        self.envelope = Envelope()
+        self.buffer: MessageBuffer | None = None
+        self.failure: ScanError | None = None
+
+    # connection ------------------------------------------------------------------------------
+    def connect(self, hostname: str, addr: str, mta_host: str, daemon_name: str) -> None:
+        self.client_name, self.client_addr = hostname, addr
+        self.mta_host, self.daemon_name = mta_host, daemon_name
+        self.trusted = is_trusted(addr, self.cfg)
+
+    def hello(self, helo: str) -> None:
+        self.helo = helo
+
+    # message ---------------------------------------------------------------------------------
+    def start_message(self, sender: str, auth_user: str, tls: bool) -> None:
+        """MAIL FROM: a new message on this connection; drop whatever the last one left."""
+        self.end_message()
+        self.cfg = self.pipeline.config.milter  # a reload applies from the next message
+        self.envelope = Envelope(
+            client_name=self.client_name,
+            client_addr=self.client_addr,
+            helo=self.helo,
+            mta_host=self.mta_host,
+            daemon_name=self.daemon_name,
+            sender=sender,
+            auth_user=auth_user,
+            tls=tls,
+        )
+        self.failure = None
+        try:
+            self.buffer = MessageBuffer(self.cfg.max_scan_size, self.cfg.spool_memory,
+                                        self.cfg.spool_dir)
+        except OSError as e:
+            self.buffer = MessageBuffer(self.cfg.max_scan_size, self.cfg.max_scan_size + 1)
+            self.failure = ScanError(ErrorKind.ERROR, "spool", clean(str(e)))
+
+    def add_recipient(self, rcpt: str) -> None:
+        self.envelope.recipients.append(rcpt)
+
+    def set_queue_id(self, qid: str) -> None:
+        if qid:
+            self.envelope.queue_id = qid
+
+    def add_header(self, name: str, value: bytes) -> None:
+        self._buf().add_header(name, value)
+
+    def add_body(self, chunk: bytes) -> bool:
+        """False when no more body is wanted (oversize, or the spool failed)."""
+        if self.failure is not None:
+            return False
+        try:
+            return self._buf().add_body(chunk)
+        except OSError as e:  # spool directory full or not writable: a defined outcome
+            self.failure = ScanError(ErrorKind.ERROR, "spool", clean(str(e)))
+            return False
+
+    @property
+    def skip_reason(self) -> SkipReason | None:
+        if self.trusted:
+            return SkipReason.TRUSTED
+        if self.envelope.auth_user and self.cfg.skip_authenticated:
+            return SkipReason.AUTHENTICATED
+        return None
+
+    def finish(self) -> Evaluation:
+        return self.pipeline.evaluate(self._buf(), self.envelope, self.skip_reason, self.failure)
+
+    def owned_headers(self) -> list[tuple[str, int]]:
+        return self._buf().owned_headers()
+
+    def subject(self) -> bytes | None:
+        return self._buf().header_value("Subject")
+
+    def end_message(self) -> None:
+        if self.buffer is not None:
+            self.buffer.close()
+            self.buffer = None
+
+    def _buf(self) -> MessageBuffer:
+        if self.buffer is None:  # a header without MAIL FROM: the MTA broke protocol; cope
+            self.start_message("", "", False)
+        assert self.buffer is not None
+        return self.buffer
+
+
+def is_trusted(addr: str, cfg: MilterConfig) -> bool:
+    if not addr or not cfg.trusted_networks:
+        return False
+    try:
+        ip = ipaddress.ip_address(addr.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip in net for net in cfg.trusted_networks)

@@ -1,0 +1,137 @@
+"""The decision path shared by the milter and `spambridge check`:
+message → scanner (under the hard cap) → outcome → policy → Decision, plus the one log line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from spambridge import defaults, policy
+from spambridge.config import Config
+from spambridge.message import Envelope, MessageBuffer, clean
+from spambridge.milter.bridge import AsyncBridge
+from spambridge.scanners import Scanner
+from spambridge.verdict import (
+    Decision,
+    ErrorKind,
+    Outcome,
+    ScanError,
+    ScoreResult,
+    SkipReason,
+    Skipped,
+)
+
+log = logging.getLogger("spambridge")
+
+
+@dataclass(frozen=True, slots=True)
+class Evaluation:
+    decision: Decision
+    outcome: Outcome
+    elapsed: float  # seconds from end of message to decision
+
+
+class Pipeline:
+    """Owns the scanner, the bridge to its loop and the config snapshot in use."""
+
+    def __init__(self, scanner: Scanner, bridge: AsyncBridge, config: Config) -> None:
+        self.scanner = scanner
+        self.bridge = bridge
+        self.config = config  # replaced whole on reload; read once per message
+        self.observers: list[Callable[[Evaluation, MessageBuffer], None]] = []
+        self._inflight = 0
+        self._idle = threading.Condition()
+
+    def scan(self, raw: bytes, envelope: Envelope, cap: float) -> Outcome:
+        """The scanner's answer within `cap` seconds, whatever the scanner does."""
+
+        async def capped() -> ScoreResult:
+            async with asyncio.timeout(cap):
+                return await self.scanner.scan(raw, envelope)
+
+        try:
+            return self.bridge.run(capped(), cap + defaults.REPLY_MARGIN)
+        except ScanError as e:
+            return e
+        except TimeoutError:
+            return ScanError(ErrorKind.TIMEOUT, self.scanner.name, f"no verdict within {cap:g}s")
+        except Exception as e:  # a scanner bug must still end in a defined action
+            log.error("%s: internal scanner error: %r", clean(envelope.queue_id) or "-", e)
+            return ScanError(ErrorKind.ERROR, self.scanner.name, f"internal: {type(e).__name__}")
+
+    def evaluate(
+        self,
+        buf: MessageBuffer,
+        envelope: Envelope,
+        skip: SkipReason | None = None,
+        failure: ScanError | None = None,
+    ) -> Evaluation:
+        cfg = self.config
+        start = time.monotonic()
+        with self._idle:
+            self._inflight += 1
+        try:
+            outcome: Outcome
+            if skip is not None:
+                outcome = Skipped(skip)
+            elif failure is not None:
+                outcome = failure
+            elif buf.oversize:
+                outcome = ScanError(ErrorKind.OVERSIZE, self.scanner.name,
+                                    f"over max_scan_size {cfg.milter.max_scan_size}")
+            else:
+                raw = buf.render(envelope.received_header())
+                outcome = self.scan(raw, envelope, cfg.milter.scan_timeout)
+            decision = policy.decide(outcome, cfg.policy)
+            ev = Evaluation(decision, outcome, time.monotonic() - start)
+            log_decision(ev, buf, envelope, cfg.policy.tag_only)
+            for observe in self.observers:
+                observe(ev, buf)
+            return ev
+        finally:
+            with self._idle:
+                self._inflight -= 1
+                self._idle.notify_all()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """At shutdown: let in-flight messages get their replies before the loop stops."""
+        deadline = time.monotonic() + timeout
+        with self._idle:
+            while self._inflight:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._idle.wait(left)
+        return True
+
+
+def log_decision(ev: Evaluation, buf: MessageBuffer, env: Envelope, tag_only: bool) -> None:
+    d = ev.decision
+    score = f"{d.score:.4g}" if d.score is not None else "-"
+    would = f" would={d.intended.value}" if d.intended is not d.action else ""
+    detail = ""
+    if isinstance(ev.outcome, ScanError) and ev.outcome.detail:
+        detail = f" error={clean(ev.outcome.detail, 200)!r}"
+    level = logging.WARNING if isinstance(ev.outcome, ScanError) and (
+        ev.outcome.kind is not ErrorKind.OVERSIZE) else logging.INFO
+    log.log(
+        level,
+        "%s: from=<%s> rcpts=%d size=%d engine=%s score=%s action=%s%s reason=%s ms=%d%s%s",
+        clean(env.queue_id) or "NOQUEUE",
+        clean(env.sender.strip("<>")),
+        len(env.recipients),
+        buf.size,
+        d.engine,
+        score,
+        d.action.value,
+        would,
+        d.reason or "-",
+        round(ev.elapsed * 1000),
+        " mode=tag-only" if tag_only else "",
+        detail,
+    )

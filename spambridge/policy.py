@@ -1,0 +1,95 @@
+"""The one place that turns a scan outcome into an action. Pure: no I/O, no clock.
+
+(outcome, config) → Decision: band by the engine's thresholds, failure class by its `on_*` key,
+tag-only mode softening reject/tempfail to tag/accept while keeping what it would have done.
+"""
+
+from __future__ import annotations
+
+from spambridge import headers
+from spambridge.config import PolicyConfig, Thresholds
+from spambridge.verdict import (
+    Action,
+    Band,
+    Decision,
+    FailAction,
+    Outcome,
+    ScanError,
+    ScoreResult,
+    Skipped,
+)
+
+_FAIL_TO_ACTION = {
+    FailAction.ACCEPT: Action.ACCEPT,
+    FailAction.TEMPFAIL: Action.TEMPFAIL,
+    FailAction.REJECT: Action.REJECT,
+}
+
+
+def thresholds(engine: str, cfg: PolicyConfig) -> Thresholds:
+    return cfg.bayes if engine == "bayes" else cfg.spamd
+
+
+def band(score: float, t: Thresholds) -> Band:
+    """Float comparisons, SpamAssassin style: a score equal to a threshold reaches it."""
+    if score >= t.tag:
+        return Band.REJECT if score >= t.reject else Band.SPAM
+    if score >= t.ham and t.ham < t.tag:
+        return Band.UNSURE
+    return Band.HAM
+
+
+def decide(outcome: Outcome, cfg: PolicyConfig) -> Decision:
+    if isinstance(outcome, Skipped):
+        return Decision(Action.ACCEPT, Action.ACCEPT, reason=outcome.reason.value)
+    if isinstance(outcome, ScanError):
+        return _decide_failure(outcome, cfg)
+    return _decide_score(outcome, cfg)
+
+
+def _decide_score(result: ScoreResult, cfg: PolicyConfig) -> Decision:
+    t = thresholds(result.engine, cfg)
+    b = band(result.score, t)
+    intended = {
+        Band.HAM: Action.ACCEPT,
+        Band.UNSURE: Action.TAG,
+        Band.SPAM: Action.TAG,
+        Band.REJECT: Action.REJECT,
+    }[b]
+    action = intended
+    if cfg.tag_only and action is Action.REJECT:
+        action = Action.TAG
+    is_spam = b in (Band.SPAM, Band.REJECT)
+    hdrs = headers.render_score(result, t, b)
+    prefix = cfg.subject_tag if is_spam and action is Action.TAG and cfg.subject_tag else ""
+    return Decision(
+        action=action,
+        intended=intended,
+        headers=hdrs,
+        subject_prefix=prefix,
+        reply=cfg.reject_reply if action is Action.REJECT else None,
+        engine=result.engine,
+        score=result.score,
+        reason=b.value,
+        tags=result.tests,
+    )
+
+
+def _decide_failure(err: ScanError, cfg: PolicyConfig) -> Decision:
+    intended = _FAIL_TO_ACTION[cfg.on(err.kind.policy_key)]
+    action = intended
+    if cfg.tag_only and action is not Action.ACCEPT:
+        action = Action.ACCEPT  # tag-only never refuses mail, whatever went wrong
+    reply = None
+    if action is Action.REJECT:
+        reply = cfg.reject_reply
+    elif action is Action.TEMPFAIL:
+        reply = cfg.tempfail_reply
+    return Decision(
+        action=action,
+        intended=intended,
+        headers=headers.render_unchecked(err.kind) if action is Action.ACCEPT else (),
+        reply=reply,
+        engine=err.engine,
+        reason=err.kind.value,
+    )
