@@ -1,0 +1,134 @@
+"""A real Postfix, configured with contrib/postfix/main.cf.example, in front of the real
+`spambridge run`, scanning with a real spamd — what the README's Postfix quick start does."""
+
+from __future__ import annotations
+
+import re
+import smtplib
+from collections.abc import Callable
+
+import pytest
+from harness import GTUBE, RunningMilter, Spamd, message, wait_until
+from postfix_instance import PostfixInstance, example_settings
+
+pytestmark = [pytest.mark.postfix, pytest.mark.spamd]
+
+REJECT_REPLY = "550 5.7.1 Rejected as spam by the spambridge test"
+Start = Callable[..., RunningMilter]
+
+
+def milter_config(pf: PostfixInstance, spamd: Spamd, **policy: object) -> dict[str, dict[str, object]]:
+    """What an admin writes in spambridge.toml, with the socket where the example points."""
+    return {
+        "milter": {"socket": f"unix:{pf.milter_socket}", "socket_group": "postfix",
+                   "engine": "spamd", "scan_timeout": 20},
+        "spamd": {"host": spamd.host, "port": spamd.port},
+        "policy": {"tag_at": 5.0, "reject_at": 15.0, "reject_reply": REJECT_REPLY, **policy},
+    }
+
+
+def gtube(subject: str) -> bytes:
+    return message(subject=subject, body=f"Buy now.\n\n{GTUBE}\n")
+
+
+def queue_id_of(pf: PostfixInstance, marker: str, what: str) -> str:
+    """The queue id Postfix logged on a line containing `marker`."""
+    found: list[str] = []
+
+    def seen() -> bool:
+        found[:] = re.findall(rf"\]: ([0-9A-F]{{6,}}): {re.escape(marker)}", pf.log)
+        return bool(found)
+
+    wait_until(seen, 10, what)
+    return found[-1]
+
+
+def test_example_is_what_the_instance_runs(postfix: PostfixInstance) -> None:
+    """The instance really carries the contrib settings (postconf reads them back)."""
+    for key, value in example_settings().items():
+        assert postfix.postconf("-h", key).strip() == value, key
+
+
+def test_gtube_is_rejected_at_end_of_data(postfix: PostfixInstance, spamd: Spamd,
+                                          start_milter: Start) -> None:
+    m = start_milter(milter_config(postfix, spamd))
+    with pytest.raises(smtplib.SMTPDataError) as exc:
+        postfix.send(gtube("GTUBE through Postfix"))
+    assert exc.value.smtp_code == 550
+    assert exc.value.smtp_error.decode() == REJECT_REPLY.removeprefix("550 ")
+    qid = queue_id_of(postfix, "milter-reject: END-OF-MESSAGE", "Postfix's milter-reject line")
+    # our one log line names the queue id Postfix gave the message (macro i reached us)
+    wait_until(lambda: f"{qid}: " in m.log, 10, "the milter's log line")
+    line = next(x for x in m.log.splitlines() if f"{qid}: " in x)
+    assert "action=reject" in line and "engine=spamd" in line
+    assert re.search(r" score=1\d\d\d\.\d ", line)  # GTUBE: 1000 plus whatever else fired
+    assert not any(qid.encode() in d.raw for d in postfix.delivered())
+
+
+def test_ham_is_delivered_with_our_headers_and_without_forged_ones(
+        postfix: PostfixInstance, spamd: Spamd, start_milter: Start) -> None:
+    start_milter(milter_config(postfix, spamd))
+    forged = ("X-Spam-Flag: YES\nX-Spam-Status: No, score=-50.0 forged=yes\n"
+              "X-Spam-Score: -50.0\nX-Spam-Flag: YES\nX-Spam-Checker-Version: Forger 1.0\n")
+    qid = postfix.send(message(subject="Lunch through Postfix", extra_headers=forged))
+    got = postfix.wait_delivered(qid)
+    assert got.all("X-Spam-Flag") == []
+    assert got.all("X-Spam-Checker-Version") == [got.all("X-Spam-Checker-Version")[0]]
+    assert got.all("X-Spam-Checker-Version")[0].startswith("spambridge ")
+    [status] = got.all("X-Spam-Status")
+    assert status.startswith("No, score=") and "engine=spamd" in status
+    assert "forged" not in got.raw.decode() and "-50.0" not in got.raw.decode()
+    # spamd saw the Received line spambridge rebuilt from Postfix's macros
+    assert "NO_RECEIVED" not in status and "NO_RELAYS" not in status
+    assert len(got.all("X-Spam-Score")) == 1
+
+
+def test_tag_only_delivers_gtube_flagged(postfix: PostfixInstance, spamd: Spamd,
+                                         start_milter: Start) -> None:
+    m = start_milter(milter_config(postfix, spamd, tag_only=True))
+    qid = postfix.send(gtube("GTUBE in tag-only mode"))
+    got = postfix.wait_delivered(qid)
+    assert got.all("X-Spam-Flag") == ["YES"]
+    [status] = got.all("X-Spam-Status")
+    assert re.match(r"Yes, score=1\d\d\d\.\d ", status) and "GTUBE" in status
+    wait_until(lambda: f"{qid}: " in m.log, 10, "the milter's log line")
+    line = next(x for x in m.log.splitlines() if f"{qid}: " in x)
+    assert "action=tag would=reject" in line and "mode=tag-only" in line
+
+
+# what Postfix does without its milter, per milter_default_action (notes/ecosystem.md §1.2)
+DEFAULT_ACTION_EFFECT = {
+    "accept": "delivered",
+    "tempfail": "451",
+    "reject": "5xx",
+    "quarantine": "held",
+}
+
+
+def test_milter_stopped_applies_the_examples_default_action(
+        postfix: PostfixInstance, spamd: Spamd, start_milter: Start) -> None:
+    action = example_settings()["milter_default_action"]
+    assert action in DEFAULT_ACTION_EFFECT, "the example must set milter_default_action"
+    m = start_milter(milter_config(postfix, spamd))
+    qid = postfix.send(message(subject="while the milter runs"))
+    assert postfix.wait_delivered(qid).all("X-Spam-Status")
+    assert m.stop() == 0  # SIGTERM: libmilter stops cleanly and the socket goes away
+    assert not postfix.milter_socket.exists()
+
+    effect = DEFAULT_ACTION_EFFECT[action]
+    if effect == "delivered":
+        qid = postfix.send(message(subject="while the milter is stopped",
+                                   extra_headers="X-Spam-Flag: NO\n"))
+        got = postfix.wait_delivered(qid)
+        assert got.all("X-Spam-Checker-Version") == []  # nobody scanned it
+    elif effect == "451":
+        with pytest.raises(smtplib.SMTPResponseException) as exc:
+            postfix.send(message(subject="while the milter is stopped"))
+        assert exc.value.smtp_code == 451
+    elif effect == "5xx":
+        with pytest.raises((smtplib.SMTPResponseException, smtplib.SMTPConnectError)):
+            postfix.send(message(subject="while the milter is stopped"))
+    else:
+        postfix.send(message(subject="while the milter is stopped"))
+        queue_id_of(postfix, "milter-hold", "the milter-hold line")
+    assert "connect to Milter service unix:spambridge/spambridge.sock" in postfix.log
