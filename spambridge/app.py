@@ -101,7 +101,7 @@ def _alive(bridge: AsyncBridge) -> bool:
 def _register() -> None:
     """What Milter.runmilter does, minus opensocket/main, so we can fix the socket up
     (mode, group, TCP_NODELAY) and signal readiness before serving."""
-    import Milter as M  # noqa: N814 - the module's own name clashes with its C core
+    import Milter as M  # noqa: N817 - Milter.milter is the C module
 
     milter = M.milter
     milter.set_connect_callback(M.connect_callback)
@@ -117,7 +117,7 @@ def _register() -> None:
 
 
 def _open_socket(spec: SocketSpec, cfg: Config) -> None:
-    import Milter as M  # noqa: N814
+    import Milter as M  # noqa: N817 - Milter.milter is the C module
 
     milter = M.milter
     if spec.family == "unix":
@@ -198,7 +198,7 @@ def _start_reload_thread(pipeline: Pipeline, reload: Callable[[], Config]) -> No
             except ConfigError as e:
                 log.error("reload failed, keeping the running config: %s", e)
                 continue
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 log.error("reload failed, keeping the running config: %r", e)
                 continue
             old = pipeline.config

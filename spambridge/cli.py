@@ -29,7 +29,8 @@ def _config_arg(p: argparse.ArgumentParser) -> None:
 def _engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--engine", choices=("bayes", "spamd", "spamd+bayes"),
                    help=f"scanning engine (default: {defaults.ENGINE})")
-    p.add_argument("--db", metavar="PATH", help=f"Bayes token database (default: {defaults.BAYES_DB})")
+    p.add_argument("--db", metavar="PATH",
+                   help=f"Bayes token database (default: {defaults.BAYES_DB})")
     p.add_argument("--spamd", metavar="HOST:PORT|/PATH",
                    help=f"spamd address or unix socket (default: {defaults.SPAMD_HOST}:"
                    f"{defaults.SPAMD_PORT})")
@@ -40,7 +41,8 @@ def _policy_args(p: argparse.ArgumentParser) -> None:
                    help=f"hard cap from end of message to the final reply (default: "
                    f"{defaults.SCAN_TIMEOUT:g})")
     p.add_argument("--tag-at", type=float, metavar="SCORE",
-                   help=f"SpamAssassin score from which mail is tagged (default: {defaults.TAG_AT:g})")
+                   help=f"SpamAssassin score from which mail is tagged (default: "
+                   f"{defaults.TAG_AT:g})")
     p.add_argument("--reject-at", type=float, metavar="SCORE",
                    help=f"SpamAssassin score from which mail is rejected (default: "
                    f"{defaults.REJECT_AT:g})")

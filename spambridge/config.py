@@ -12,7 +12,7 @@ import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from spambridge import defaults
 from spambridge.verdict import FailAction, SmtpReply
@@ -21,6 +21,7 @@ ENGINES = ("bayes", "spamd", "spamd+bayes")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 T = TypeVar("T")
+U = TypeVar("U")
 
 
 class ConfigError(Exception):
@@ -36,6 +37,10 @@ class Thresholds:
     reject: float
 
 
+REJECT_REPLY = SmtpReply(*defaults.REJECT_REPLY.split(" ", 2))
+TEMPFAIL_REPLY = SmtpReply(*defaults.TEMPFAIL_REPLY.split(" ", 2))
+
+
 @dataclass(frozen=True, slots=True)
 class PolicyConfig:
     spamd: Thresholds = Thresholds(defaults.TAG_AT, defaults.TAG_AT, defaults.REJECT_AT)
@@ -44,10 +49,8 @@ class PolicyConfig:
     )
     tag_only: bool = False
     subject_tag: str = ""
-    reject_reply: SmtpReply = SmtpReply("550", "5.7.1", "Message rejected as spam")
-    tempfail_reply: SmtpReply = SmtpReply(
-        "451", "4.7.1", "Message could not be checked for spam, try again later"
-    )
+    reject_reply: SmtpReply = REJECT_REPLY
+    tempfail_reply: SmtpReply = TEMPFAIL_REPLY
     on_unavailable: FailAction = FailAction.ACCEPT
     on_timeout: FailAction = FailAction.ACCEPT
     on_oversize: FailAction = FailAction.ACCEPT
@@ -166,9 +169,18 @@ class _Section:
                 return check(value)
             except ValueError as e:
                 self.fail(key, str(e))
-        return value  # type: ignore[no-any-return]
+        return value
 
-    def fail(self, key: str, why: str) -> None:
+    def parse(self, key: str, kind: type[T], default: T, convert: Callable[[T], U]) -> U:
+        """Like get(), but the value is converted (e.g. "tempfail" → FailAction.TEMPFAIL)."""
+        value = self.get(key, kind, default)
+        try:
+            return convert(value)
+        except ValueError as e:
+            self.fail(key, str(e))
+            raise  # unreachable: fail() raises
+
+    def fail(self, key: str, why: str) -> NoReturn:
         raise ConfigError(f"{self.loader.where(self.name, key)}: [{self.name}] {key}: {why}")
 
     def finish(self) -> None:
@@ -278,7 +290,7 @@ def from_mapping(data: Mapping[str, Any], path: str = "<config>", text: str = ""
     d = MilterConfig()
     milter = MilterConfig(
         socket=m.get("socket", str, d.socket, _socket_spec),
-        socket_mode=m.get("socket_mode", str, f"{d.socket_mode:04o}", _mode),  # type: ignore[arg-type]
+        socket_mode=m.parse("socket_mode", str, f"{d.socket_mode:04o}", _mode),
         socket_group=m.get("socket_group", str, d.socket_group),
         name=m.get("name", str, d.name),
         engine=m.get("engine", str, d.engine, _choice(ENGINES)),
@@ -288,10 +300,7 @@ def from_mapping(data: Mapping[str, Any], path: str = "<config>", text: str = ""
         spool_memory=m.get("spool_memory", int, d.spool_memory, _between(0, 64 << 20)),
         spool_dir=m.get("spool_dir", str, d.spool_dir),
         skip_authenticated=m.get("skip_authenticated", bool, d.skip_authenticated),
-        trusted_networks=tuple(
-            parse_network(s)
-            for s in m.get("trusted_networks", list, [], _string_list(parse_network))
-        ),
+        trusted_networks=m.parse("trusted_networks", list, [], _networks),
         user=m.get("user", str, d.user),
     )
     m.finish()
@@ -337,14 +346,14 @@ def from_mapping(data: Mapping[str, Any], path: str = "<config>", text: str = ""
         bayes=bayes_bands,
         tag_only=p.get("tag_only", bool, pd.tag_only),
         subject_tag=p.get("subject_tag", str, pd.subject_tag, _printable),
-        reject_reply=p.get("reject_reply", str, str(pd.reject_reply),  # type: ignore[arg-type]
-                           lambda v: parse_reply(v, "5")),
-        tempfail_reply=p.get("tempfail_reply", str, str(pd.tempfail_reply),  # type: ignore[arg-type]
-                             lambda v: parse_reply(v, "4")),
-        on_unavailable=p.get("on_unavailable", str, "accept", _fail_action),  # type: ignore[arg-type]
-        on_timeout=p.get("on_timeout", str, "accept", _fail_action),  # type: ignore[arg-type]
-        on_oversize=p.get("on_oversize", str, "accept", _fail_action),  # type: ignore[arg-type]
-        on_error=p.get("on_error", str, "accept", _fail_action),  # type: ignore[arg-type]
+        reject_reply=p.parse("reject_reply", str, str(pd.reject_reply),
+                             lambda v: parse_reply(v, "5")),
+        tempfail_reply=p.parse("tempfail_reply", str, str(pd.tempfail_reply),
+                               lambda v: parse_reply(v, "4")),
+        on_unavailable=p.parse("on_unavailable", str, "accept", _fail_action),
+        on_timeout=p.parse("on_timeout", str, "accept", _fail_action),
+        on_oversize=p.parse("on_oversize", str, "accept", _fail_action),
+        on_error=p.parse("on_error", str, "accept", _fail_action),
     )
     p.finish()
 
@@ -354,15 +363,10 @@ def from_mapping(data: Mapping[str, Any], path: str = "<config>", text: str = ""
     return validate(Config(milter, policy, spamd, bayes, level, path))
 
 
-def _string_list(each: Callable[[str], object]) -> Callable[[list[Any]], list[Any]]:
-    def check(v: list[Any]) -> list[Any]:
-        for item in v:
-            if not isinstance(item, str):
-                raise ValueError("must be a list of strings")
-            each(item)
-        return v
-
-    return check
+def _networks(v: list[Any]) -> tuple[Network, ...]:
+    if not all(isinstance(item, str) for item in v):
+        raise ValueError("must be a list of strings")
+    return tuple(parse_network(item) for item in v)
 
 
 def _abs_path(v: str) -> str:

@@ -72,7 +72,7 @@ class MessageBuffer:
         self.owned: dict[str, tuple[str, int]] = {}  # lower name → (name, count)
         self.size = 0
         self.oversize = False
-        self._body = tempfile.SpooledTemporaryFile(
+        self._body = tempfile.SpooledTemporaryFile(  # noqa: SIM115 - closed by close()
             max_size=spool_memory, dir=spool_dir or None, prefix="spambridge-"
         )
 

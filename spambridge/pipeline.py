@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from spambridge import defaults, policy
+from spambridge import defaults, headers, policy
 from spambridge.config import Config
 from spambridge.message import Envelope, MessageBuffer, clean
 from spambridge.milter.bridge import AsyncBridge
@@ -22,8 +22,8 @@ from spambridge.verdict import (
     Outcome,
     ScanError,
     ScoreResult,
-    SkipReason,
     Skipped,
+    SkipReason,
 )
 
 log = logging.getLogger("spambridge")
@@ -112,7 +112,7 @@ class Pipeline:
 
 def log_decision(ev: Evaluation, buf: MessageBuffer, env: Envelope, tag_only: bool) -> None:
     d = ev.decision
-    score = f"{d.score:.4g}" if d.score is not None else "-"
+    score = headers.format_score(d.engine, d.score) if d.score is not None else "-"
     would = f" would={d.intended.value}" if d.intended is not d.action else ""
     detail = ""
     if isinstance(ev.outcome, ScanError) and ev.outcome.detail:

@@ -7,6 +7,7 @@ the protocol steps the milter negotiated away (no DATA, no reply for …).
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
 from dataclasses import dataclass, field
@@ -109,10 +110,8 @@ class MilterClient:
         self.actions, self.protocol = self.conn.optneg_mta(strict=False)
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             self.conn._send(constants.SMFIC_QUIT)
-        except OSError:
-            pass
         self.sock.close()
 
     def __enter__(self) -> MilterClient:
@@ -191,9 +190,7 @@ class MilterClient:
         replies = self.conn.send_eom()
         res = Result("continue", seconds=time.monotonic() - start)
         for cmd, args in replies:
-            if cmd == constants.SMFIR_ADDHEADER:
-                res.added.append((args["name"], args["value"]))
-            elif cmd == constants.SMFIR_INSHEADER:
+            if cmd == constants.SMFIR_ADDHEADER or cmd == constants.SMFIR_INSHEADER:
                 res.added.append((args["name"], args["value"]))
             elif cmd == constants.SMFIR_CHGHEADER:
                 res.changed.append((args["name"], args["index"], args["value"]))

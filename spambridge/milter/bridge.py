@@ -8,7 +8,7 @@ import concurrent.futures
 import signal
 import threading
 from collections.abc import Coroutine, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -64,10 +64,8 @@ class AsyncBridge:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-        try:
+        with suppress(Exception):
             asyncio.run_coroutine_threadsafe(_drain(), self.loop).result(timeout)
-        except Exception:  # noqa: BLE001 - best effort at shutdown
-            pass
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout)
         if not self._thread.is_alive():

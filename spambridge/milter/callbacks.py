@@ -19,9 +19,11 @@ from spambridge.milter.session import Session
 from spambridge.verdict import ErrorKind, ScanError
 
 log = logging.getLogger("spambridge")
+CONTINUE: int = Milter.CONTINUE
+SKIP: int = Milter.SKIP
 
 
-class SpamBridgeMilter(Milter.Base):  # type: ignore[misc]
+class SpamBridgeMilter(Milter.Base):
     def __init__(self, session_factory: Callable[[], Session]) -> None:
         self.session = session_factory()
 
@@ -29,39 +31,40 @@ class SpamBridgeMilter(Milter.Base):  # type: ignore[misc]
         """A macro's value, or "" — an 8-bit value must not become a pymilter exception."""
         try:
             return str(self.getsymval(name) or "")
-        except Exception:  # noqa: BLE001
+        except Exception:
             return ""
 
     def connect(self, hostname: str, family: int, hostaddr: Any) -> int:
         addr = hostaddr[0] if family in (socket.AF_INET, socket.AF_INET6) and hostaddr else ""
-        self.session.connect(hostname or "", str(addr), self.macro("j"), self.macro("{daemon_name}"))
-        return Milter.CONTINUE
+        self.session.connect(hostname or "", str(addr), self.macro("j"),
+                             self.macro("{daemon_name}"))
+        return CONTINUE
 
     def hello(self, hostname: str) -> int:
         self.session.hello(hostname or "")
-        return Milter.CONTINUE
+        return CONTINUE
 
     def envfrom(self, mailfrom: str, *params: str) -> int:
         # {auth_authen} is sent at MAIL FROM only (Postfix's default macro lists)
         tls = bool(self.macro("{tls_version}"))
         self.session.start_message(mailfrom, self.macro("{auth_authen}"), tls)
-        return Milter.CONTINUE
+        return CONTINUE
 
     def envrcpt(self, to: str, *params: str) -> int:
         self.session.add_recipient(to)
-        return Milter.CONTINUE
+        return CONTINUE
 
-    @Milter.decode("bytes")  # type: ignore[misc]
+    @Milter.decode("bytes")
     def header(self, name: str, value: bytes) -> int:
         self.session.add_header(name, value)
-        return Milter.CONTINUE
+        return CONTINUE
 
     def eoh(self) -> int:
         self.session.set_queue_id(self.macro("i"))  # the queue id exists from DATA on
-        return Milter.CONTINUE
+        return CONTINUE
 
     def body(self, chunk: bytes) -> int:
-        return Milter.CONTINUE if self.session.add_body(chunk) else Milter.SKIP
+        return CONTINUE if self.session.add_body(chunk) else SKIP
 
     def eom(self) -> int:
         s = self.session
@@ -80,8 +83,8 @@ class SpamBridgeMilter(Milter.Base):  # type: ignore[misc]
 
     def abort(self) -> int:
         self.session.end_message()
-        return Milter.CONTINUE
+        return CONTINUE
 
     def close(self) -> int:
         self.session.end_message()
-        return Milter.CONTINUE
+        return CONTINUE

@@ -1,0 +1,235 @@
+"""Test helpers that start real things: spamd on 127.0.0.1, `spambridge run` on a unix socket,
+and (only to produce faults a real spamd can't) small fake spamd servers.
+
+Fixtures wrapping these live in conftest.py; tests import helpers from here (`from harness import …`)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = Path(__file__).resolve().parent / "data"
+GTUBE = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(pred: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 20.0,
+                 wake: str | None = None) -> int:
+    """Stop a process we started, by its PID: TERM, then KILL. `wake`: a milter's unix socket
+    to connect to once after TERM — libmilter notices the stop at its next poll wake-up
+    (otherwise up to 5 s later)."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        if wake:
+            time.sleep(0.05)
+            with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX) as s:
+                s.connect(wake)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+    return int(proc.returncode)
+
+
+# ------------------------------------------------------------------------------------------------
+# real spamd
+
+
+@dataclass
+class Spamd:
+    host: str
+    port: int
+    proc: subprocess.Popen[bytes]
+    home: Path
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def _spamd_answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+            s.sendall(b"PING SPAMC/1.5\r\n\r\n")
+            return b"PONG" in s.recv(100)
+    except OSError:
+        return False
+
+
+def start_spamd(base: Path, extra: tuple[str, ...] = ()) -> Spamd:
+    exe = shutil.which("spamd") or "/usr/sbin/spamd"
+    if not os.path.exists(exe):
+        pytest.fail("spamd is not installed: run .ci/run (or apt-get install spamd)")
+    home = base / "spamd-home"
+    home.mkdir(parents=True, exist_ok=True)
+    os.chmod(base, 0o755)
+    os.chmod(home, 0o777)
+    port = free_port()
+    args = [exe, f"--listen=127.0.0.1:{port}", "--max-children=2", "--min-children=1",
+            "--allowed-ips=127.0.0.1", f"--helper-home-dir={home}", "--nouser-config",
+            "--syslog=stderr", f"--pidfile={home}/spamd.pid", "-L", *extra]
+    if os.geteuid() == 0:
+        try:
+            pwd.getpwnam("debian-spamd")
+            args.append("--username=debian-spamd")
+        except KeyError:
+            args.append("--username=nobody")
+    log = open(base / "spamd.log", "wb")  # noqa: SIM115 - lives as long as the process
+    proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=home)
+    try:
+        wait_until(lambda: proc.poll() is not None or _spamd_answers(port), 90, "spamd PING")
+    except TimeoutError:
+        stop_process(proc)
+        raise
+    if proc.poll() is not None:
+        pytest.fail(f"spamd exited: {(base / 'spamd.log').read_text()[-2000:]}")
+    return Spamd("127.0.0.1", port, proc, home)
+
+
+# ------------------------------------------------------------------------------------------------
+# the real milter process
+
+
+@dataclass
+class RunningMilter:
+    proc: subprocess.Popen[bytes]
+    socket_path: str
+    log_path: Path
+    config_path: Path
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> int:
+        return stop_process(self.proc, wake=self.socket_path)
+
+
+def connectable(path: str) -> bool:
+    try:
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(path)
+        return True
+    except OSError:
+        return False
+
+
+def write_config(path: Path, sections: dict[str, dict[str, object]]) -> Path:
+    lines: list[str] = []
+    for name, table in sections.items():
+        lines.append(f"[{name}]")
+        for k, v in table.items():
+            if isinstance(v, bool):
+                lines.append(f"{k} = {'true' if v else 'false'}")
+            elif isinstance(v, int | float):
+                lines.append(f"{k} = {v}")
+            elif isinstance(v, list):
+                lines.append(f"{k} = [{', '.join(repr(str(x)).replace(chr(39), chr(34)) for x in v)}]")
+            else:
+                lines.append(f'{k} = "{v}"')
+        lines.append("")
+    path.write_text("\n".join(lines))
+    return path
+
+
+# ------------------------------------------------------------------------------------------------
+# fake spamd servers, only for faults a real spamd cannot produce
+
+
+class FakeSpamd:
+    """A TCP server on 127.0.0.1 that reads a request and then misbehaves as told."""
+
+    def __init__(self, behaviour: Callable[[socket.socket], None]) -> None:
+        self.behaviour = behaviour
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = int(self.sock.getsockname()[1])
+        self.stopping = threading.Event()
+        self.conns: list[socket.socket] = []
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _serve(self) -> None:
+        self.sock.settimeout(0.2)
+        while not self.stopping.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            self.conns.append(conn)
+            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+
+    def _handle(self, conn: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            self.behaviour(conn)
+
+    def close(self) -> None:
+        self.stopping.set()
+        self.thread.join(2)
+        self.sock.close()
+        for c in self.conns:
+            with contextlib.suppress(OSError):
+                c.close()
+
+
+def read_request(conn: socket.socket, limit: float = 5.0) -> bytes:
+    conn.settimeout(limit)
+    data = b""
+    try:
+        while True:
+            chunk = conn.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    except OSError:
+        pass
+    return data
+
+
+def message(subject: str = "Lunch on Friday", body: str = "Shall we meet at noon?\n",
+            extra_headers: str = "", sender: str = "alice@example.net") -> bytes:
+    return (
+        f"From: Alice <{sender}>\n"
+        "To: Bob <bob@test.example>\n"
+        f"Subject: {subject}\n"
+        "Date: Wed, 25 Nov 2026 10:00:00 +0000\n"
+        "Message-ID: <20261125100000.1234@example.net>\n"
+        "MIME-Version: 1.0\n"
+        "Content-Type: text/plain; charset=us-ascii\n"
+        f"{extra_headers}"
+        "\n"
+        f"{body}"
+    ).encode()

@@ -1,0 +1,334 @@
+"""The real `spambridge run` process, driven over its unix socket by an MTA-side milter client,
+scanning with a real spamd (and, only for faults a real spamd cannot produce, fake ones)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from harness import (
+    GTUBE,
+    FakeSpamd,
+    RunningMilter,
+    Spamd,
+    free_port,
+    message,
+    read_request,
+    start_spamd,
+    stop_process,
+)
+from milterclient import MilterClient, Result, send_one
+
+pytestmark = pytest.mark.spamd
+
+FORGED = "X-Spam-Flag: YES\nX-Spam-Score: -10.0\nX-Spam-Flag: YES\n"
+Start = Callable[..., RunningMilter]
+MakeFake = Callable[[Callable[[socket.socket], None]], FakeSpamd]
+
+
+def spamd_cfg(spamd: Spamd | FakeSpamd | str, **policy: object) -> dict[str, dict[str, object]]:
+    address = spamd if isinstance(spamd, str) else spamd.address
+    host, port = address.rsplit(":", 1)
+    return {
+        "milter": {"engine": "spamd", "scan_timeout": 5.0},
+        "spamd": {"host": host, "port": int(port)},
+        "policy": dict(policy),
+    }
+
+
+def status(r: Result) -> str:
+    """The status value unfolded (a fold after a comma continues the tests list)."""
+    return (r.header("X-Spam-Status") or "").replace(",\n\t", ",").replace("\n\t", " ")
+
+
+# --- verdicts from the real spamd -----------------------------------------------------------
+
+
+def test_gtube_is_rejected_with_the_configured_reply(spamd: Spamd, start_milter: Start) -> None:
+    m = start_milter(spamd_cfg(spamd, reject_reply="554 5.7.1 Spam refused here (GTUBE)"))
+    r = send_one(m.socket_path, message(body=GTUBE + "\n"))
+    assert r.action == "reject"
+    assert r.reply == "554 5.7.1 Spam refused here (GTUBE)"
+    assert "4ABCDEF0123: from=<sender@example.net> rcpts=1" in m.log
+    assert re.search(r"engine=spamd score=1\d{3}\.\d action=reject reason=reject ms=\d+", m.log)
+
+
+def test_gtube_in_tag_only_mode_is_delivered_flagged(spamd: Spamd, start_milter: Start) -> None:
+    m = start_milter(spamd_cfg(spamd), "--tag-only")
+    r = send_one(m.socket_path, message(subject="Cheap stuff", body=GTUBE + "\n"))
+    assert r.action == "accept"
+    assert r.header("X-Spam-Flag") == "YES"
+    assert status(r).startswith("Yes, score=100")
+    assert "GTUBE" in status(r)
+    assert "action=tag would=reject" in m.log
+
+
+def test_ham_is_accepted_with_a_no_status(spamd: Spamd, start_milter: Start) -> None:
+    m = start_milter(spamd_cfg(spamd))
+    r = send_one(m.socket_path, message())
+    assert r.action == "accept"
+    assert r.header("X-Spam-Flag") is None
+    assert status(r).startswith("No, score=")
+    assert "required=5.0" in status(r) and "engine=spamd" in status(r)
+    assert r.header("X-Spam-Score") is not None
+
+
+def test_every_forged_copy_is_removed_last_first(spamd: Spamd, start_milter: Start) -> None:
+    m = start_milter(spamd_cfg(spamd))
+    r = send_one(m.socket_path, message(extra_headers=FORGED))
+    assert r.action == "accept"
+    assert [(n, i) for n, i, v in r.changed if v == ""] == [
+        ("X-Spam-Flag", 2), ("X-Spam-Flag", 1), ("X-Spam-Score", 1)]
+    assert status(r).startswith("No, score=")
+
+
+def test_authenticated_sender_not_scanned_but_cleaned(spamd: Spamd, start_milter: Start) -> None:
+    m = start_milter(spamd_cfg(spamd))
+    r = send_one(m.socket_path, message(body=GTUBE + "\n", extra_headers=FORGED),
+                 mail_macros={"{auth_authen}": "alice", "{auth_type}": "PLAIN"})
+    assert r.action == "accept"  # GTUBE, yet not rejected: it was not scanned
+    assert r.header("X-Spam-Status") is None
+    assert sorted(r.deleted("X-Spam-Flag")) == [1, 2] and r.deleted("X-Spam-Score") == [1]
+    assert "reason=authenticated" in m.log
+
+
+def test_trusted_network_not_scanned_but_cleaned(spamd: Spamd, start_milter: Start) -> None:
+    cfg = spamd_cfg(spamd)
+    cfg["milter"]["trusted_networks"] = ["198.51.100.0/24", "2001:db8::/32"]
+    m = start_milter(cfg)
+    for addr in ("198.51.100.7", "2001:db8::25"):
+        r = send_one(m.socket_path, message(body=GTUBE + "\n", extra_headers=FORGED),
+                     client_addr=addr)
+        assert r.action == "accept"
+        assert r.header("X-Spam-Status") is None
+        assert sorted(r.deleted("X-Spam-Flag")) == [1, 2]
+    # a client outside the list is scanned as usual
+    assert send_one(m.socket_path, message(body=GTUBE + "\n")).action == "reject"
+    assert m.log.count("reason=trusted") == 2
+
+
+def test_folded_and_8bit_headers_survive(spamd: Spamd, start_milter: Start) -> None:
+    m = start_milter(spamd_cfg(spamd))
+    raw = (b"From: =?ISO-8859-1?Q?Andr=E9?= <andre@example.net>\n"
+           b"To: bob@test.example\n"
+           b"Subject: caf\xe9 cr\xe8me\n\tand a folded second line\n"
+           b"X-Latin: \xff\xfe raw bytes\n"
+           b"Date: Wed, 25 Nov 2026 10:00:00 +0000\n\nbonjour\n")
+    r = send_one(m.socket_path, raw)
+    assert r.action == "accept"
+    assert status(r).startswith("No, score=")
+    assert "Traceback" not in m.log
+
+
+@pytest.mark.parametrize("eol", ["\n", "\r\n"], ids=["LF", "CRLF"])
+def test_lf_and_crlf_bodies(spamd: Spamd, start_milter: Start, eol: str) -> None:
+    m = start_milter(spamd_cfg(spamd))
+    body = eol.join(["Hello,", GTUBE, "bye", ""])
+    assert send_one(m.socket_path, message(body=body).replace(b"\n", eol.encode())
+                    if eol == "\r\n" else message(body=body)).action == "reject"
+
+
+def test_several_messages_on_one_connection(spamd: Spamd, start_milter: Start) -> None:
+    m = start_milter(spamd_cfg(spamd))
+    with MilterClient(m.socket_path) as c:
+        c.connect()
+        c.helo()
+        first = c.send(message(body=GTUBE + "\n"), connected=True, queue_id="AAA111")
+        second = c.send(message(extra_headers=FORGED), connected=True, queue_id="BBB222")
+    assert first.action == "reject"
+    assert second.action == "accept" and sorted(second.deleted("X-Spam-Flag")) == [1, 2]
+    assert "AAA111: " in m.log and "BBB222: " in m.log
+
+
+# --- failure classes ---------------------------------------------------------------------------
+
+
+def test_oversize_is_not_scanned(spamd: Spamd, start_milter: Start) -> None:
+    cfg = spamd_cfg(spamd, on_oversize="tempfail")
+    cfg["milter"]["max_scan_size"] = 4096
+    m = start_milter(cfg)
+    r = send_one(m.socket_path, message(body=GTUBE + "\n" + "filler line\n" * 2000))
+    assert r.action == "tempfail"
+    assert r.smtp_code == "451"
+    assert "reason=oversize" in m.log
+
+
+def test_spamd_stopped_gives_on_unavailable_fast(tmp_path: Path, start_milter: Start) -> None:
+    base = Path(tempfile.mkdtemp(prefix="sb-spamd-stop-"))
+    own = start_spamd(base)
+    try:
+        m = start_milter(spamd_cfg(own, on_unavailable="tempfail"))
+        assert send_one(m.socket_path, message(body=GTUBE + "\n")).action == "reject"
+        stop_process(own.proc)
+        r = send_one(m.socket_path, message(body=GTUBE + "\n"))
+        assert r.action == "tempfail"
+        assert r.reply.startswith("451 4.7.1")
+        assert r.seconds < 1.0
+        assert "reason=unavailable" in m.log
+        assert "Traceback" not in m.log
+    finally:
+        stop_process(own.proc)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def hang(conn: socket.socket) -> None:
+    read_request(conn, 1.0)
+    time.sleep(30)
+
+
+def garbage(conn: socket.socket) -> None:
+    read_request(conn, 1.0)
+    conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: text/html\r\n\r\n<html>hi</html>")
+    conn.close()
+
+
+def test_hung_spamd_gives_on_timeout_within_the_cap(start_milter: Start,
+                                                    fake_spamd: MakeFake) -> None:
+    cfg = spamd_cfg(fake_spamd(hang))
+    cfg["milter"]["scan_timeout"] = 1.0
+    m = start_milter(cfg)
+    r = send_one(m.socket_path, message())
+    assert r.action == "accept"
+    assert status(r) == "No, unchecked=timeout"
+    assert 0.9 < r.seconds < 1.5
+    assert "reason=timeout" in m.log
+
+
+def test_garbage_from_spamd_gives_on_error(start_milter: Start, fake_spamd: MakeFake) -> None:
+    m = start_milter(spamd_cfg(fake_spamd(garbage)))
+    r = send_one(m.socket_path, message(extra_headers=FORGED))
+    assert r.action == "accept"
+    assert status(r) == "No, unchecked=error"
+    assert sorted(r.deleted("X-Spam-Flag")) == [1, 2]  # forged copies go in this path too
+    assert "reason=error" in m.log and "Traceback" not in m.log
+
+
+@pytest.mark.parametrize("choice", ["accept", "tempfail", "reject"])
+@pytest.mark.parametrize("fault", ["unavailable", "timeout", "error", "oversize"])
+def test_each_failure_policy_value_is_honoured(start_milter: Start, fake_spamd: MakeFake,
+                                               fault: str, choice: str) -> None:
+    if fault == "unavailable":
+        address = f"127.0.0.1:{free_port()}"  # nothing listens there
+    else:
+        address = fake_spamd(hang if fault == "timeout" else garbage).address
+    cfg = spamd_cfg(address, **{f"on_{fault}": choice,
+                                "reject_reply": "550 5.7.1 Refused by policy",
+                                "tempfail_reply": "451 4.7.1 Try later please"})
+    cfg["milter"]["scan_timeout"] = 0.5
+    if fault == "oversize":
+        cfg["milter"]["max_scan_size"] = 2048
+    body = "x" * 5000 + "\n" if fault == "oversize" else "hello\n"
+    m = start_milter(cfg)
+    r = send_one(m.socket_path, message(body=body))
+    assert r.action == choice
+    if choice == "accept":
+        assert status(r) == f"No, unchecked={fault}"
+    elif choice == "tempfail":
+        assert r.reply == "451 4.7.1 Try later please"
+    else:
+        assert r.reply == "550 5.7.1 Refused by policy"
+
+
+# --- what spamd receives -----------------------------------------------------------------------
+
+
+class Recorder:
+    """A spamd stand-in that records the request and answers like spamd does."""
+
+    def __init__(self, score: float = 2.0, delay: float = 0.0) -> None:
+        self.requests: list[bytes] = []
+        self.score, self.delay = score, delay
+
+    def __call__(self, conn: socket.socket) -> None:
+        self.requests.append(read_request(conn, 2.0))
+        time.sleep(self.delay)
+        body = b"RULE_ONE,RULE_TWO"
+        spam = "True" if self.score >= 5 else "False"
+        conn.sendall(b"SPAMD/1.1 0 EX_OK\r\nContent-length: %d\r\nSpam: %s ; %.1f / 5.0\r\n\r\n%s"
+                     % (len(body), spam.encode(), self.score, body))
+        conn.close()
+
+
+def test_spamd_sees_exact_bytes_received_line_and_user(start_milter: Start,
+                                                         fake_spamd: MakeFake) -> None:
+    rec = Recorder()
+    cfg = spamd_cfg(fake_spamd(rec))
+    cfg["spamd"]["per_recipient_user"] = True
+    m = start_milter(cfg)
+    raw = (b"From: a@example.net\nTo: bob@test.example\n"
+           b"Subject: caf\xe9\n\tsecond line\n\nline1\nline2\n")
+    r = send_one(m.socket_path, raw)
+    assert r.action == "accept"
+    assert "tests=RULE_ONE,RULE_TWO" in status(r)
+    req = rec.requests[0]
+    head, _, message_bytes = req.partition(b"\r\n\r\n")
+    assert head.startswith(b"SYMBOLS SPAMC/1.5")
+    assert b"User: user@test.example" in head
+    assert message_bytes.startswith(b"Received: from mail.example.net (mail.example.net "
+                                    b"[192.0.2.10])\r\n\tby mx.test.example (Postfix) with ESMTP "
+                                    b"id 4ABCDEF0123\r\n\tfor <user@test.example>;\r\n\t")
+    assert b"Subject: caf\xe9\r\n\tsecond line\r\n" in message_bytes
+    assert message_bytes.endswith(b"\r\n\r\nline1\r\nline2\r\n")
+
+
+# --- process behaviour ----------------------------------------------------------------------
+
+
+def test_broken_config_exits_before_the_socket_opens(tmp_path: Path) -> None:
+    cfg = tmp_path / "bad.toml"
+    sock = tmp_path / "never.sock"
+    cfg.write_text(f'[milter]\nsocket = "unix:{sock}"\n[policy]\ntag_at = 9\nreject_at = 3\n')
+    p = subprocess.run([sys.executable, "-m", "spambridge", "run", "-c", str(cfg)],
+                       capture_output=True, text=True, timeout=30)
+    assert p.returncode == 78
+    assert f"{cfg}:5: [policy] reject_at:" in p.stderr
+    assert "Traceback" not in p.stderr
+    assert not sock.exists()
+
+
+def test_help_documents_the_spamass_milter_style_flags() -> None:
+    p = subprocess.run([sys.executable, "-m", "spambridge", "run", "--help"],
+                       capture_output=True, text=True, timeout=30)
+    for flag in ("--socket", "--spamd", "--scan-timeout", "--tag-at", "--reject-at", "--tag-only",
+                 "--config"):
+        assert flag in p.stdout
+    top = subprocess.run([sys.executable, "-m", "spambridge", "--help"],
+                         capture_output=True, text=True, timeout=30)
+    assert "run" in top.stdout
+
+
+def test_stale_socket_is_replaced_and_mode_applied(tmp_path: Path, spamd: Spamd,
+                                                   start_milter: Start) -> None:
+    path = tmp_path / "m0.sock"
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(str(path))
+    stale.close()  # a socket file nobody listens on, as a crashed milter leaves it
+    cfg = spamd_cfg(spamd)
+    cfg["milter"].update(socket=f"unix:{path}", socket_mode="0600")
+    m = start_milter(cfg)
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    assert send_one(m.socket_path, message()).action == "accept"
+
+
+def test_sigterm_lets_inflight_messages_finish(start_milter: Start, fake_spamd: MakeFake) -> None:
+    m = start_milter(spamd_cfg(fake_spamd(Recorder(score=9.0, delay=1.5))))
+    results: list[Result] = []
+    t = threading.Thread(target=lambda: results.append(send_one(m.socket_path, message())))
+    t.start()
+    time.sleep(0.7)  # the message is now waiting on the slow spamd
+    m.proc.send_signal(signal.SIGTERM)
+    t.join(20)
+    assert results and results[0].action == "accept"
+    assert results[0].header("X-Spam-Flag") == "YES"
+    assert m.proc.wait(20) == 0
+    assert "spambridge stopped" in m.log

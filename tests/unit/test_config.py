@@ -1,0 +1,119 @@
+"""Config: defaults work, flags win, and every mistake names file:line and key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from spambridge.config import ConfigError, load, parse_spamd_address, with_overrides
+from spambridge.verdict import FailAction, SmtpReply
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "spambridge.toml"
+    p.write_text(text)
+    return p
+
+
+def test_defaults_without_a_file() -> None:
+    cfg = load(None)
+    assert cfg.milter.engine == "bayes"
+    assert cfg.milter.scan_timeout == 10.0
+    assert cfg.policy.spamd.tag == 5.0 and cfg.policy.spamd.reject == 15.0
+    assert cfg.policy.on_timeout is FailAction.ACCEPT
+    assert cfg.milter.socket_mode == 0o660
+
+
+def test_a_full_file(tmp_path: Path) -> None:
+    cfg = load(write(tmp_path, """
+[milter]
+socket = "inet:11332@127.0.0.1"
+engine = "spamd"
+scan_timeout = 4
+trusted_networks = ["10.0.0.0/8", "2001:db8::/32"]
+socket_mode = "0600"
+[policy]
+tag_at = 4.5
+reject_at = 9.25
+tag_only = true
+on_timeout = "tempfail"
+reject_reply = "554 5.7.1 Go away"
+[spamd]
+socket = "/run/spamd.sock"
+"""))
+    assert cfg.milter.socket == "inet:11332@127.0.0.1"
+    assert cfg.milter.scan_timeout == 4.0
+    assert len(cfg.milter.trusted_networks) == 2
+    assert cfg.milter.socket_mode == 0o600
+    assert cfg.policy.spamd.reject == 9.25
+    assert cfg.policy.tag_only
+    assert cfg.policy.on_timeout is FailAction.TEMPFAIL
+    assert cfg.policy.reject_reply == SmtpReply("554", "5.7.1", "Go away")
+    assert cfg.spamd.socket == "/run/spamd.sock"
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "message"),
+    [
+        ("[milter]\nengine = \"bayes\"\nscan_timout = 3\n", 3, "[milter] scan_timout: unknown key"),
+        ("[policy]\n\ntag_at = 8\nreject_at = 6\n", 4, "[policy] reject_at: (6) must not be below tag_at (8)"),
+        ("[milter]\nscan_timeout = 400\n", 2, "[milter] scan_timeout: must be between 0.1 and 120"),
+        ("[milter]\nscan_timeout = \"ten\"\n", 2, "[milter] scan_timeout: must be a number, not a string"),
+        ("[milter]\nsocket = \"tcp://x\"\n", 2, "[milter] socket: 'tcp://x' is not a socket spec"),
+        ("[milter]\nsocket = \"inet:99999@127.0.0.1\"\n", 2, "port must be 1-65535"),
+        ("[policy]\non_timeout = \"bounce\"\n", 2, "[policy] on_timeout: must be accept, tempfail or reject"),
+        ("[policy]\nreject_reply = \"450 4.7.1 later\"\n", 2, "must be a 5xx reply"),
+        ("[policy]\ntag_only = \"yes\"\n", 2, "[policy] tag_only: must be true or false"),
+        ("[milter]\ntrusted_networks = [\"10.0.0.0/33\"]\n", 2, "is not an IPv4/IPv6 address"),
+        ("[spamd]\nport = 0\n", 2, "[spamd] port: must be between 1 and 65535"),
+        ("[bogus]\nx = 1\n", 1, "unknown section [bogus]"),
+        ("[milter]\nsocket_mode = \"rw-rw----\"\n", 2, "octal mode"),
+    ],
+)
+def test_errors_name_file_line_and_key(tmp_path: Path, text: str, line: int, message: str) -> None:
+    p = write(tmp_path, text)
+    with pytest.raises(ConfigError) as e:
+        load(p)
+    assert str(e.value).startswith(f"{p}:{line}: ") or f"{p}:{line}:" in str(e.value)
+    assert message in str(e.value)
+
+
+def test_broken_toml_names_the_line(tmp_path: Path) -> None:
+    p = write(tmp_path, "[milter]\nengine = bayes\n")
+    with pytest.raises(ConfigError, match=r"invalid TOML: .*line 2"):
+        load(p)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read config"):
+        load(tmp_path / "nope.toml")
+
+
+def test_flags_override_the_file(tmp_path: Path) -> None:
+    cfg = load(write(tmp_path, "[policy]\ntag_at = 4\nreject_at = 10\n[milter]\nengine = \"bayes\"\n"))
+    cfg = with_overrides(cfg, reject_at=12.5, tag_only=True, engine="spamd",
+                         spamd="[::1]:7830", socket="unix:/tmp/x.sock", scan_timeout=3)
+    assert cfg.policy.spamd.tag == 4.0 and cfg.policy.spamd.reject == 12.5
+    assert cfg.policy.tag_only
+    assert cfg.milter.engine == "spamd"
+    assert (cfg.spamd.host, cfg.spamd.port) == ("::1", 7830)
+    assert cfg.milter.scan_timeout == 3.0
+
+
+def test_flag_that_breaks_ordering_is_an_error() -> None:
+    with pytest.raises(ConfigError, match="reject_at"):
+        with_overrides(load(None), tag_at=20)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("127.0.0.1:783", ("127.0.0.1", 783, "")),
+        ("spamd.internal", ("spamd.internal", 783, "")),
+        ("[2001:db8::1]:7830", ("2001:db8::1", 7830, "")),
+        ("/run/spamd/spamd.sock", ("127.0.0.1", 783, "/run/spamd/spamd.sock")),
+    ],
+)
+def test_spamd_addresses(text: str, expected: tuple[str, int, str]) -> None:
+    assert parse_spamd_address(text) == expected

@@ -1,0 +1,88 @@
+"""The message buffer: bytes kept exactly, bounded memory, and the synthesized Received line."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+from spambridge.message import Envelope, MessageBuffer, parse_raw
+from spambridge.milter.socketspec import parse_socket_spec
+
+
+def test_render_keeps_folding_and_8bit_and_uses_crlf() -> None:
+    buf = MessageBuffer(1 << 20, 1 << 16)
+    buf.add_header("Subject", b"caf\xe9 first part\n\tsecond part")
+    buf.add_header("X-Tab", b"\tv")
+    buf.add_body(b"line1\nline2\r\nline3\n")
+    raw = buf.render(b"Received: x\r\n")
+    assert raw == (
+        b"Received: x\r\nSubject: caf\xe9 first part\r\n\tsecond part\r\nX-Tab: \tv\r\n\r\n"
+        b"line1\r\nline2\r\nline3\r\n"
+    )
+
+
+def test_owned_headers_deleted_last_index_first() -> None:
+    buf = MessageBuffer(1 << 20, 1 << 16)
+    for name in ("X-Spam-Flag", "Subject", "x-spam-flag", "X-Spam-Score", "X-Spam-Flag"):
+        buf.add_header(name, b"YES")
+    assert buf.owned_headers() == [("X-Spam-Flag", 3), ("X-Spam-Flag", 2),
+                                   ("X-Spam-Flag", 1), ("X-Spam-Score", 1)]
+
+
+def test_oversize_stops_keeping_the_body() -> None:
+    buf = MessageBuffer(max_scan_size=10_000, spool_memory=1000)
+    assert buf.add_body(b"x" * 9000)
+    assert not buf.add_body(b"x" * 9000)
+    assert buf.oversize
+    assert not buf.add_body(b"more")
+
+
+def test_body_spills_to_disk_past_spool_memory() -> None:
+    buf = MessageBuffer(max_scan_size=1 << 24, spool_memory=64 * 1024)
+    buf.add_body(b"a" * 60_000)
+    assert not buf.spilled
+    buf.add_body(b"b" * 60_000)
+    assert buf.spilled
+    assert buf.render().endswith(b"b" * 60_000)
+
+
+def test_received_header_from_macros() -> None:
+    env = Envelope(client_name="mail.example.net", client_addr="192.0.2.10",
+                   helo="mail.example.net", mta_host="mx.test.example",
+                   recipients=["<bob@test.example>"], queue_id="4ABCDEF0123", auth_user="")
+    when = datetime(2026, 11, 25, 10, 0, tzinfo=timezone(timedelta(hours=1)))
+    assert env.received_header(when) == (
+        b"Received: from mail.example.net (mail.example.net [192.0.2.10])\r\n"
+        b"\tby mx.test.example (Postfix) with ESMTP id 4ABCDEF0123\r\n"
+        b"\tfor <bob@test.example>;\r\n"
+        b"\tWed, 25 Nov 2026 10:00:00 +0100\r\n"
+    )
+
+
+def test_received_header_cannot_be_injected() -> None:
+    env = Envelope(helo="evil\r\nX-Spam-Flag: NO", client_addr="192.0.2.1",
+                   auth_user="alice", tls=True)
+    line = env.received_header()
+    assert b"\r\nX-Spam-Flag" not in line
+    assert b"with ESMTPSA" in line
+    assert line.count(b"\r\n") == 3  # from / by / date lines, no recipient (none given)
+
+
+def test_received_date_is_now_in_local_time() -> None:
+    line = Envelope().received_header().decode()
+    stamp = line.rsplit("\t", 1)[1].strip()
+    from email.utils import parsedate_to_datetime
+
+    assert abs((parsedate_to_datetime(stamp) - datetime.now().astimezone()).total_seconds()) < 5
+
+
+def test_parse_raw_matches_what_a_milter_receives() -> None:
+    buf = parse_raw(b"From x@y Mon Jan  1 00:00:00 2024\nSubject: a\n\tb\nTo:  c\n\nbody\n")
+    assert buf.headers == [("Subject", b"a\n\tb"), ("To", b" c")]
+    assert buf.render().endswith(b"\r\n\r\nbody\r\n")
+
+
+def test_socket_specs() -> None:
+    assert parse_socket_spec("inet:11332@127.0.0.1").postfix == "inet:127.0.0.1:11332"
+    assert parse_socket_spec("inet6:11332@::1").postfix == "inet:[::1]:11332"
+    assert parse_socket_spec("local:/run/x.sock").libmilter == "unix:/run/x.sock"
+    assert parse_socket_spec("inet:11332").host == "127.0.0.1"

@@ -1,0 +1,141 @@
+"""Policy table: (outcome, config) → action, reply, headers. Pure, no sockets."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from spambridge.config import PolicyConfig, Thresholds
+from spambridge.policy import band, decide
+from spambridge.verdict import (
+    Action,
+    Band,
+    ErrorKind,
+    FailAction,
+    ScanError,
+    ScoreResult,
+    Skipped,
+    SkipReason,
+    SmtpReply,
+)
+
+CFG = PolicyConfig()
+
+
+def spamd(score: float, *tests: str) -> ScoreResult:
+    return ScoreResult("spamd", score, tuple(tests))
+
+
+def hdr(decision_headers: tuple[tuple[str, str], ...], name: str) -> str | None:
+    return dict(decision_headers).get(name)
+
+
+@pytest.mark.parametrize(
+    ("score", "expected"),
+    [
+        (-3.0, Action.ACCEPT),
+        (0.0, Action.ACCEPT),
+        (4.99, Action.ACCEPT),
+        (5.0, Action.TAG),  # equal to tag_at reaches it (SpamAssassin's rule)
+        (7.2, Action.TAG),
+        (14.99, Action.TAG),  # a float comparison: not truncated to 14 or 15
+        (15.0, Action.REJECT),
+        (1000.0, Action.REJECT),
+    ],
+)
+def test_spamd_bands(score: float, expected: Action) -> None:
+    assert decide(spamd(score), CFG).action is expected
+
+
+def test_reject_at_is_compared_as_float() -> None:
+    cfg = replace(CFG, spamd=Thresholds(5.0, 5.0, 6.5))
+    assert decide(spamd(6.4), cfg).action is Action.TAG
+    assert decide(spamd(6.5), cfg).action is Action.REJECT
+
+
+def test_reject_carries_configured_reply() -> None:
+    cfg = replace(CFG, reject_reply=SmtpReply("554", "5.7.1", "No spam here"))
+    d = decide(spamd(20.0, "GTUBE"), cfg)
+    assert d.action is Action.REJECT
+    assert d.reply == SmtpReply("554", "5.7.1", "No spam here")
+
+
+def test_tag_only_never_rejects_but_remembers() -> None:
+    cfg = replace(CFG, tag_only=True)
+    d = decide(spamd(1000.0, "GTUBE"), cfg)
+    assert d.action is Action.TAG
+    assert d.intended is Action.REJECT
+    assert d.reply is None
+    assert hdr(d.headers, "X-Spam-Flag") == "YES"
+
+
+def test_ham_headers() -> None:
+    d = decide(spamd(1.3, "DKIM_SIGNED"), CFG)
+    assert hdr(d.headers, "X-Spam-Flag") is None
+    assert hdr(d.headers, "X-Spam-Status") == (
+        "No, score=1.3 required=5.0 tests=DKIM_SIGNED engine=spamd"
+    )
+    assert hdr(d.headers, "X-Spam-Level") == "*"
+
+
+def test_subject_tag_only_on_tagged_spam() -> None:
+    cfg = replace(CFG, subject_tag="[SPAM]")
+    assert decide(spamd(7.0), cfg).subject_prefix == "[SPAM]"
+    assert decide(spamd(1.0), cfg).subject_prefix == ""
+    assert decide(spamd(50.0), cfg).subject_prefix == ""  # rejected: nothing to tag
+
+
+@pytest.mark.parametrize("kind", list(ErrorKind))
+@pytest.mark.parametrize("choice", list(FailAction))
+def test_each_failure_class_honours_its_key(kind: ErrorKind, choice: FailAction) -> None:
+    cfg = replace(CFG, **{kind.policy_key: choice})
+    # every other class stays at its default (accept), so only this key can matter
+    d = decide(ScanError(kind, "spamd", "x"), cfg)
+    expected = {FailAction.ACCEPT: Action.ACCEPT, FailAction.TEMPFAIL: Action.TEMPFAIL,
+                FailAction.REJECT: Action.REJECT}[choice]
+    assert d.action is expected
+    if expected is Action.ACCEPT:
+        assert hdr(d.headers, "X-Spam-Status") == f"No, unchecked={kind.value}"
+        assert d.reply is None
+    elif expected is Action.TEMPFAIL:
+        assert d.reply == CFG.tempfail_reply
+    else:
+        assert d.reply == CFG.reject_reply
+
+
+def test_tag_only_accepts_failures_with_marker() -> None:
+    cfg = replace(CFG, tag_only=True, on_timeout=FailAction.TEMPFAIL)
+    d = decide(ScanError(ErrorKind.TIMEOUT, "spamd"), cfg)
+    assert d.action is Action.ACCEPT
+    assert d.intended is Action.TEMPFAIL
+    assert hdr(d.headers, "X-Spam-Status") == "No, unchecked=timeout"
+
+
+@pytest.mark.parametrize("reason", list(SkipReason))
+def test_skipped_mail_is_accepted_without_our_verdict(reason: SkipReason) -> None:
+    d = decide(Skipped(reason), CFG)
+    assert d.action is Action.ACCEPT
+    assert d.headers == ()
+    assert d.reason == reason.value
+
+
+@pytest.mark.parametrize(
+    ("score", "expected_band", "expected_action"),
+    [
+        (0.0, Band.HAM, Action.ACCEPT),
+        (0.19, Band.HAM, Action.ACCEPT),
+        (0.20, Band.UNSURE, Action.TAG),
+        (0.5, Band.UNSURE, Action.TAG),
+        (0.90, Band.SPAM, Action.TAG),
+        (0.989, Band.SPAM, Action.TAG),
+        (0.99, Band.REJECT, Action.REJECT),
+    ],
+)
+def test_bayes_bands(score: float, expected_band: Band, expected_action: Action) -> None:
+    assert band(score, CFG.bayes) is expected_band
+    d = decide(ScoreResult("bayes", score), CFG)
+    assert d.action is expected_action
+    status = hdr(d.headers, "X-Spam-Status") or ""
+    assert ("unsure=yes" in status) == (expected_band is Band.UNSURE)
+    assert status.startswith("Yes," if expected_band in (Band.SPAM, Band.REJECT) else "No,")
