@@ -98,6 +98,15 @@ class BayesConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    """The Prometheus endpoint; `listen` empty = off."""
+
+    listen: str = ""
+    host: str = ""
+    port: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     milter: MilterConfig = field(default_factory=MilterConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
@@ -105,6 +114,7 @@ class Config:
     bayes: BayesConfig = field(default_factory=BayesConfig)
     log_level: str = "info"
     source: str = "<defaults>"
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -144,6 +154,25 @@ def parse_spamd_address(text: str) -> tuple[str, int, str]:
     if not 0 < port < 65536:
         raise ValueError("port must be 1-65535")
     return host, port, ""
+
+
+def parse_listen(text: str) -> MetricsConfig:
+    """`IP:PORT` or `[IPv6]:PORT` for the metrics endpoint; "" = off. An IP, not a name:
+    the endpoint must not move to another interface because DNS changed."""
+    text = text.strip()
+    if not text:
+        return MetricsConfig()
+    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d+)|([0-9.]+):(\d+)", text)
+    if not m:
+        raise ValueError('must be IP:PORT or [IPv6]:PORT, e.g. "127.0.0.1:9386"')
+    host, port = (m.group(1), m.group(2)) if m.group(1) else (m.group(3), m.group(4))
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"{host!r} is not an IP address") from None
+    if not 0 < int(port) < 65536:
+        raise ValueError("port must be 1-65535")
+    return MetricsConfig(text, host, int(port))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -278,7 +307,7 @@ def load(path: str | Path | None) -> Config:
 
 def from_mapping(data: Mapping[str, Any], path: str = "<config>", text: str = "") -> Config:
     loader = _Loader(path, text)
-    known = {"milter", "policy", "spamd", "bayes", "log"}
+    known = {"milter", "policy", "spamd", "bayes", "log", "metrics"}
     for name, table in data.items():
         if name not in known:
             raise ConfigError(f"{loader.where_section(name)}: unknown section [{name}] "
@@ -360,7 +389,11 @@ def from_mapping(data: Mapping[str, Any], path: str = "<config>", text: str = ""
     lg = _Section(loader, "log", data.get("log", {}))
     level = lg.get("level", str, "info", _choice(LOG_LEVELS))
     lg.finish()
-    return validate(Config(milter, policy, spamd, bayes, level, path))
+
+    mt = _Section(loader, "metrics", data.get("metrics", {}))
+    metrics = mt.parse("listen", str, "", parse_listen)
+    mt.finish()
+    return validate(Config(milter, policy, spamd, bayes, level, path, metrics))
 
 
 def _networks(v: list[Any]) -> tuple[Network, ...]:
