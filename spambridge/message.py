@@ -46,7 +46,10 @@ class Envelope:
         when = when or datetime.now().astimezone()
         proto = "ESMTP" + ("S" if self.tls else "") + ("A" if self.auth_user else "")
         helo = clean(self.helo) or clean(self.client_name) or "unknown"
-        name = clean(self.client_name) or "unknown"
+        # Postfix passes "[addr]" as the name when reverse DNS failed, and writes "unknown"
+        name = clean(self.client_name)
+        if not name or name.startswith("["):
+            name = "unknown"
         addr = clean(self.client_addr)
         rcpt = f"\r\n\tfor {clean(self.recipients[0])}" if len(self.recipients) == 1 else ""
         qid = f" id {clean(self.queue_id)}" if self.queue_id else ""

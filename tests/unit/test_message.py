@@ -86,3 +86,8 @@ def test_socket_specs() -> None:
     assert parse_socket_spec("inet6:11332@::1").postfix == "inet:[::1]:11332"
     assert parse_socket_spec("local:/run/x.sock").libmilter == "unix:/run/x.sock"
     assert parse_socket_spec("inet:11332").host == "127.0.0.1"
+
+
+def test_received_header_for_a_client_without_reverse_dns() -> None:
+    env = Envelope(client_name="[203.0.113.9]", client_addr="203.0.113.9", helo="pc17")
+    assert env.received_header().startswith(b"Received: from pc17 (unknown [203.0.113.9])\r\n")
