@@ -64,6 +64,14 @@ def run(cfg: Config, reload: Callable[[], Config] | None = None) -> int:
         raise ConfigError(f"cannot start the {cfg.milter.engine} engine: {e}") from e
     bridge = AsyncBridge().start()
     pipeline = Pipeline(scanner, bridge, cfg)
+    if cfg.metrics.host:
+        from spambridge import metrics
+
+        try:
+            reload = metrics.start(cfg, pipeline, reload)
+        except OSError:
+            bridge.stop()
+            raise
     if reload is not None:
         _start_reload_thread(pipeline, reload)
 

@@ -1,0 +1,141 @@
+"""Prometheus metrics: one observer on the pipeline, one HTTP thread, one private registry.
+
+postfix_exporter cannot count milter rejects (it only parses `: reject: ` lines), so this is
+where an admin sees what spambridge decided, how long spamd took and what failed. Label values
+are all from small fixed sets (actions, engines, error kinds): never addresses or queue ids.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import re
+import time
+from collections.abc import Callable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.exposition import start_http_server
+
+from spambridge import __version__
+from spambridge.config import Config, MetricsConfig
+from spambridge.message import MessageBuffer
+from spambridge.milter.bridge import signals_blocked
+from spambridge.pipeline import Evaluation, Pipeline
+from spambridge.verdict import ErrorKind, ScanError, ScoreResult, Skipped
+
+log = logging.getLogger("spambridge")
+
+# from a 45 ms GTUBE check to the 120 s maximum cap
+SCAN_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
+SIZE_BUCKETS = (1 << 10, 4 << 10, 16 << 10, 64 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20)
+_FALLBACK = re.compile(r"fallback=([a-z]+)-([a-z]+)")
+
+
+class Metrics:
+    """The metric objects, registered in their own registry (tests build several)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        r = self.registry = registry or CollectorRegistry(auto_describe=True)
+        self.build = Info("spambridge_build", "spambridge version", registry=r)
+        self.build.info({"version": __version__, "python": platform.python_version()})
+        self.messages = Counter(
+            "spambridge_messages", "Messages decided, by action taken and deciding engine",
+            ["action", "engine"], registry=r)
+        self.scan_seconds = Histogram(
+            "spambridge_scan_duration_seconds",
+            "End of message to decision, for messages that were scanned (errors included)",
+            ["engine"], buckets=SCAN_BUCKETS, registry=r)
+        self.errors = Counter(
+            "spambridge_scan_errors",
+            "Scanner failures by kind (unavailable, timeout, error); a spamd failure that the "
+            "Bayes fallback covered counts too", ["engine", "kind"], registry=r)
+        self.skipped = Counter(
+            "spambridge_skipped", "Messages not scanned, by reason (oversize, authenticated, "
+            "trusted)", ["reason"], registry=r)
+        self.sizes = Histogram(
+            "spambridge_message_size_bytes", "Size of each decided message as buffered",
+            buckets=SIZE_BUCKETS, registry=r)
+        self.inflight = Gauge(
+            "spambridge_messages_in_flight", "Messages between end of data and their decision",
+            registry=r)
+        self.reloads = Counter(
+            "spambridge_config_reloads", "SIGUSR1 config reloads, by result", ["result"],
+            registry=r)
+        self.reload_ok = Gauge(
+            "spambridge_config_last_reload_successful",
+            "1 if the last reload (or the start) loaded the config, 0 if it was rejected",
+            registry=r)
+        self.reload_ok.set(1)
+        for action in ("accept", "tag", "reject", "tempfail"):
+            self.messages.labels(action, "none")  # so rate() has a series from the start
+        for kind in ("unavailable", "timeout", "error"):
+            self.errors.labels("spamd", kind)
+
+    def observe(self, ev: Evaluation, buf: MessageBuffer) -> None:
+        """Pipeline observer: called once per decided message."""
+        d, outcome = ev.decision, ev.outcome
+        engine = d.engine if d.engine not in ("", "-") else "none"
+        self.messages.labels(d.action.value, engine).inc()
+        self.sizes.observe(buf.size)
+        if isinstance(outcome, Skipped):
+            self.skipped.labels(outcome.reason.value).inc()
+        elif isinstance(outcome, ScanError) and outcome.kind is ErrorKind.OVERSIZE:
+            self.skipped.labels("oversize").inc()
+        elif isinstance(outcome, ScanError):
+            self.errors.labels(outcome.engine, outcome.kind.value).inc()
+            self.scan_seconds.labels(outcome.engine).observe(ev.elapsed)
+        elif isinstance(outcome, ScoreResult):
+            self.scan_seconds.labels(outcome.engine).observe(ev.elapsed)
+            m = _FALLBACK.search(outcome.note)
+            if m:
+                self.errors.labels(m.group(1), m.group(2)).inc()
+
+    def track(self, pipeline: Pipeline) -> None:
+        pipeline.observers.append(self.observe)
+        self.inflight.set_function(lambda: float(pipeline.inflight))
+
+    def counting_reloads(self, reload: Callable[[], Config]) -> Callable[[], Config]:
+        """Wrap the reload function so every SIGUSR1 shows up as ok/failed."""
+
+        def counted() -> Config:
+            try:
+                cfg = reload()
+            except Exception:
+                self.reloads.labels("failed").inc()
+                self.reload_ok.set(0)
+                raise
+            self.reloads.labels("ok").inc()
+            self.reload_ok.set(1)
+            return cfg
+
+        return counted
+
+
+def serve(cfg: MetricsConfig, metrics: Metrics) -> Any:
+    """Start the HTTP endpoint in a daemon thread that never sees libmilter's signals."""
+    started = time.monotonic()
+    with signals_blocked():
+        server = start_http_server(cfg.port, addr=cfg.host, registry=metrics.registry)
+    log.info("metrics on http://%s/metrics (%.0f ms)", _url_host(cfg),
+             (time.monotonic() - started) * 1000)
+    return server
+
+
+def start(cfg: Config, pipeline: Pipeline,
+          reload: Callable[[], Config] | None) -> Callable[[], Config] | None:
+    """app.run's one call: when [metrics] listen is set, observe the pipeline, serve, and
+    return the reload function wrapped so reloads are counted."""
+    if not cfg.metrics.host:
+        return reload
+    metrics = Metrics()
+    metrics.track(pipeline)
+    try:
+        serve(cfg.metrics, metrics)
+    except OSError as e:
+        raise OSError(f"cannot serve metrics on {cfg.metrics.listen}: {e.strerror or e}") from e
+    return metrics.counting_reloads(reload) if reload is not None else None
+
+
+def _url_host(cfg: MetricsConfig) -> str:
+    return f"[{cfg.host}]:{cfg.port}" if ":" in cfg.host else f"{cfg.host}:{cfg.port}"

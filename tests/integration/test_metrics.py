@@ -1,0 +1,86 @@
+"""The Prometheus endpoint of the real `spambridge run`, scraped after real traffic through the
+milter socket: a real spamd for verdicts, and for failures a dead port and a spamd that hangs."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable
+
+import pytest
+from harness import GTUBE, FakeSpamd, RunningMilter, Spamd, free_port, message
+from milterclient import send_one
+from ops_helpers import scrape, value
+
+pytestmark = pytest.mark.spamd
+Start = Callable[..., RunningMilter]
+
+
+def test_metrics_after_real_traffic(spamd: Spamd, start_milter: Start) -> None:
+    port = free_port()
+    m = start_milter({
+        "milter": {"engine": "spamd", "max_scan_size": 4096},
+        "spamd": {"host": spamd.host, "port": spamd.port},
+        "policy": {"tag_at": 5.0, "reject_at": 15.0},
+        "metrics": {"listen": f"127.0.0.1:{port}"},
+    })
+    assert send_one(m.socket_path, message(body=f"{GTUBE}\n")).action == "reject"
+    assert send_one(m.socket_path, message()).action in ("accept", "continue")
+    big = message(body="x" * 80 + "\n") * 1 + b"y" * 8000 + b"\n"
+    assert send_one(m.socket_path, big).header("X-Spam-Status") == "No, unchecked=oversize"
+    send_one(m.socket_path, message(), mail_macros={"{auth_authen}": "alice"})
+
+    s = scrape("127.0.0.1", port)
+    assert value(s, "spambridge_messages_total", action="reject", engine="spamd") == 1
+    assert value(s, "spambridge_messages_total", action="accept", engine="spamd") == 2  # ham, oversize
+    assert value(s, "spambridge_messages_total", action="accept", engine="none") == 1  # auth
+    assert value(s, "spambridge_skipped_total", reason="oversize") == 1
+    assert value(s, "spambridge_skipped_total", reason="authenticated") == 1
+    assert value(s, "spambridge_scan_duration_seconds_count", engine="spamd") == 2
+    assert 0 < value(s, "spambridge_scan_duration_seconds_sum", engine="spamd") < 20
+    assert value(s, "spambridge_message_size_bytes_count") == 4
+    assert value(s, "spambridge_messages_in_flight") == 0
+    assert value(s, "spambridge_scan_errors_total", engine="spamd", kind="timeout") == 0
+    info = [k for k in s if k[0] == "spambridge_build_info"]
+    assert info and ("version", __import__("spambridge").__version__) in info[0][1]
+    assert "metrics on http://127.0.0.1:" in m.log
+
+
+def test_metrics_count_unavailable_and_timeouts(
+        start_milter: Start, fake_spamd: Callable[[Callable[[socket.socket], None]], FakeSpamd]
+) -> None:
+    def hang(conn: socket.socket) -> None:
+        time.sleep(3)
+
+    hung = fake_spamd(hang)
+    dead_port = free_port()  # nothing listens there
+    ports = []
+    for address in (f"127.0.0.1:{dead_port}", hung.address):
+        host, sport = address.rsplit(":", 1)
+        mport = free_port()
+        ports.append(mport)
+        m = start_milter({
+            "milter": {"engine": "spamd", "scan_timeout": 0.5},
+            "spamd": {"host": host, "port": int(sport), "connect_timeout": 0.2},
+            "metrics": {"listen": f"127.0.0.1:{mport}"},
+        })
+        res = send_one(m.socket_path, message())
+        assert res.action in ("accept", "continue")
+        assert (res.header("X-Spam-Status") or "").startswith("No, unchecked=")
+
+    dead, slow = (scrape("127.0.0.1", p) for p in ports)
+    assert value(dead, "spambridge_scan_errors_total", engine="spamd", kind="unavailable") == 1
+    assert value(slow, "spambridge_scan_errors_total", engine="spamd", kind="timeout") == 1
+    assert value(slow, "spambridge_scan_duration_seconds_count", engine="spamd") == 1
+    assert 0.4 < value(slow, "spambridge_scan_duration_seconds_sum", engine="spamd") < 2.0
+
+
+def test_metrics_port_in_use_is_a_clear_startup_error(start_milter: Start) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        with pytest.raises(RuntimeError) as exc:
+            start_milter({"milter": {"engine": "spamd"},
+                          "metrics": {"listen": f"127.0.0.1:{port}"}})
+    assert f"cannot serve metrics on 127.0.0.1:{port}" in str(exc.value)
