@@ -98,6 +98,11 @@ class Pipeline:
                 self._inflight -= 1
                 self._idle.notify_all()
 
+    @property
+    def inflight(self) -> int:
+        """Messages between end of message and their decision right now."""
+        return self._inflight
+
     def wait_idle(self, timeout: float) -> bool:
         """At shutdown: let in-flight messages get their replies before the loop stops."""
         deadline = time.monotonic() + timeout
