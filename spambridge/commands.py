@@ -1,20 +1,93 @@
-"""Sub-commands beyond `run`: `train` and `check` (the local-engine issue fills these in)."""
+"""Sub-commands beyond `run`: `train` and `check`. Parsing only; the work is in train.py and
+check.py, imported when the command runs (so `train -` starts fast)."""
 
 from __future__ import annotations
 
 import argparse
+import io
+import re
+import sys
 from collections.abc import Callable
 from typing import Any
 
 from spambridge.config import Config
 
 ArgAdder = Callable[[argparse.ArgumentParser], None]
+DEFAULT_MAX_SIZE = 500 * 1024  # keep in step with train.DEFAULT_MAX_SIZE (not imported: start-up)
+
+
+def size(text: str) -> int:
+    """`500000`, `500k`, `2M` → bytes; 0 means no limit."""
+    m = re.fullmatch(r"\s*(\d+)\s*([kKmM]?)[bB]?\s*", text)
+    if not m:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size such as 500k or 2M")
+    return int(m.group(1)) * {"": 1, "k": 1024, "m": 1024 * 1024}[m.group(2).lower()]
 
 
 def add_parsers(sub: Any, config_arg: ArgAdder, engine_args: ArgAdder,
                 policy_args: ArgAdder) -> None:
-    return None
+    t = sub.add_parser(
+        "train", help="teach the Bayes database (or spamd) with spam or ham",
+        description="Learn messages as spam or ham, or forget them. Each PATH is a Maildir, "
+        "an mbox, a directory of message files, one message file, or - for one message on "
+        "stdin (the default; for Dovecot's IMAPSieve pipe). Training the same message again "
+        "does nothing; training it as the other class moves it.")
+    config_arg(t)
+    engine_args(t)
+    what = t.add_mutually_exclusive_group(required=True)
+    what.add_argument("--spam", dest="label", action="store_const", const="spam",
+                      help="learn as spam")
+    what.add_argument("--ham", dest="label", action="store_const", const="ham",
+                      help="learn as ham")
+    what.add_argument("--forget", dest="label", action="store_const", const="forget",
+                      help="unlearn messages trained before")
+    t.add_argument("--mbox", action="store_true", help="read files as mbox even without a "
+                   "leading 'From ' line")
+    t.add_argument("--max-size", type=size, default=DEFAULT_MAX_SIZE, metavar="SIZE",
+                   help="skip larger messages (default: 500k, as sa-learn; 0 = no limit)")
+    t.add_argument("--user", default="", help="spamd user whose Bayes to teach "
+                   "(--engine spamd; default: [spamd] user)")
+    t.add_argument("-q", "--quiet", action="store_true", help="print only errors")
+    t.add_argument("paths", nargs="*", metavar="PATH", default=["-"])
+
+    c = sub.add_parser(
+        "check", help="score messages offline through the milter's decision path",
+        description="Run each message through the engine, the policy and the header "
+        "rendering exactly as the milter would, and print the score, the verdict, the "
+        "headers that would be added and the SMTP reply.")
+    config_arg(c)
+    engine_args(c)
+    policy_args(c)
+    c.add_argument("--explain", action="store_true", help="list the strongest Bayes clues")
+    c.add_argument("--batch", action="store_true",
+                   help="one line per message: path<TAB>score<TAB>verdict")
+    c.add_argument("paths", nargs="+", metavar="FILE", help="message files, or - for stdin")
 
 
 def dispatch(args: argparse.Namespace, cfg: Config) -> int:
+    if args.command == "train":
+        return _train(args, cfg)
+    if args.command == "check":
+        from spambridge import check
+
+        return check.run(cfg, args.paths, explain=args.explain, batch=args.batch)
     raise SystemExit(f"spambridge: unknown command {args.command!r}")
+
+
+def _train(args: argparse.Namespace, cfg: Config) -> int:
+    from spambridge import train
+
+    engine = args.engine or cfg.milter.engine
+    common: dict[str, Any] = {"max_size": args.max_size, "mbox": args.mbox, "quiet": args.quiet}
+    if engine == "bayes":
+        return train.run(cfg, args.label, args.paths, **common)
+    if engine == "spamd":
+        return train.run_spamd(cfg, args.label, args.paths, user=args.user, **common)
+    # spamd+bayes: teach both; stdin can be read only once, so keep it
+    if "-" in args.paths:
+        sys.stdin = io.TextIOWrapper(io.BytesIO(sys.stdin.buffer.read()))
+    local = train.run(cfg, args.label, args.paths, **common)
+    if "-" in args.paths:
+        sys.stdin.buffer.seek(0)
+    remote = train.run_spamd(cfg, args.label, args.paths, user=args.user, **common)
+    return max(local, remote)

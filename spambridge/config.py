@@ -95,6 +95,8 @@ class SpamdConfig:
 class BayesConfig:
     db: str = defaults.BAYES_DB
     min_trained: int = defaults.BAYES_MIN_TRAINED
+    max_bytes: int = defaults.BAYES_MAX_BYTES
+    max_tokens: int = defaults.BAYES_MAX_TOKENS
 
 
 @dataclass(frozen=True, slots=True)
@@ -355,6 +357,8 @@ def from_mapping(data: Mapping[str, Any], path: str = "<config>", text: str = ""
     bayes = BayesConfig(
         db=b.get("db", str, bd.db),
         min_trained=b.get("min_trained", int, bd.min_trained, _between(0, 10**9)),
+        max_bytes=b.get("max_bytes", int, bd.max_bytes, _between(4096, 64 << 20)),
+        max_tokens=b.get("max_tokens", int, bd.max_tokens, _between(100, 30_000)),
     )
     bayes_bands = Thresholds(
         ham=b.get("ham_cutoff", float, pd.bayes.ham, _between(0.0, 1.0)),

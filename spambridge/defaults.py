@@ -30,6 +30,8 @@ SPAM_CUTOFF = 0.90
 REJECT_CUTOFF = 0.99
 BAYES_DB = "/var/lib/spambridge/bayes.sqlite"
 BAYES_MIN_TRAINED = 1  # of each class before the classifier's verdict is used
+BAYES_MAX_BYTES = 512 * 1024  # of a message the tokenizer looks at (bounds CPU per message)
+BAYES_MAX_TOKENS = 5000  # distinct tokens per message looked up and scored
 
 # spamd
 SPAMD_HOST = "127.0.0.1"

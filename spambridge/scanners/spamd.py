@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import math
 import ssl
+from collections.abc import Mapping
 from pathlib import Path
 
 import aiospamc
@@ -83,10 +84,14 @@ class SpamdScanner:
                 return rcpt
         return self.cfg.user
 
-    async def request(self, verb: str, message: bytes, user: str = "") -> aiospamc.Response:
+    async def request(self, verb: str, message: bytes, user: str = "",
+                      headers: Mapping[str, str] | None = None) -> aiospamc.Response:
+        """One request; `headers` adds plain ones (TELL's Message-class, Set, Remove)."""
         req = Request(verb, body=message)
         if user:
             req.headers.user = user
+        for name, value in (headers or {}).items():
+            req.headers.set_header(name, value)
         try:
             return await self.client.request(req)
         except asyncio.CancelledError:

@@ -1,0 +1,308 @@
+"""Token counts in SQLite (stdlib sqlite3), WAL mode: the milter reads while `train` writes.
+
+Layout (schema version in `PRAGMA user_version`):
+  tokens(token, spam, ham)        per token, the number of trained messages containing it
+  totals(nspam, nham)             one row: trained messages per class
+  messages(digest, label, at)     what each trained message was learned as (dedupe, move, forget)
+  meta(key, value)                tokenizer version the counts were learned with
+
+A reader gets the totals and all of a message's token counts in one statement, so the snapshot
+is consistent without an explicit transaction. A writer applies a whole batch of messages in one
+transaction (aggregated deltas, one upsert per distinct token), so a killed `train` leaves the
+database as it was after its last committed batch.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import stat
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from spambridge.bayes.tokenizer import TOKENIZER_VERSION
+
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_READ = 0.5  # s: the milter must not wait long behind a checkpoint
+BUSY_TIMEOUT_WRITE = 30.0  # s: `train` may wait for another `train` to finish its batch
+MAX_VARIABLES = 30_000  # below SQLite's 32,766 host-parameter limit (3.32+)
+CACHE_LIMIT = 200_000  # tokens a reader keeps in memory between database changes
+SPAM, HAM = "spam", "ham"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS tokens(
+    token TEXT PRIMARY KEY, spam INTEGER NOT NULL, ham INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS totals(
+    id INTEGER PRIMARY KEY CHECK (id = 0), nspam INTEGER NOT NULL, nham INTEGER NOT NULL);
+INSERT OR IGNORE INTO totals VALUES (0, 0, 0);
+CREATE TABLE IF NOT EXISTS messages(
+    digest BLOB PRIMARY KEY, label TEXT NOT NULL, at INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+"""
+
+
+class StoreError(Exception):
+    """The database cannot be used (missing, locked, corrupt, wrong schema); phrased for admins."""
+
+
+@dataclass(frozen=True, slots=True)
+class Totals:
+    nspam: int
+    nham: int
+
+
+Counts = dict[str, tuple[int, int]]  # token → (spam count, ham count); absent = never seen
+
+
+class TokenReader(Protocol):
+    """What scoring needs; a Redis store would implement the same two calls."""
+
+    def lookup(self, tokens: Sequence[str]) -> tuple[Totals, Counts]: ...
+
+    def close(self) -> None: ...
+
+
+class TokenWriter(Protocol):
+    """What training needs: a batch context in which messages are learned or unlearned."""
+
+    def begin(self) -> Batch: ...
+
+    def close(self) -> None: ...
+
+
+def _connect(path: str, timeout: float) -> sqlite3.Connection:
+    try:
+        conn = sqlite3.connect(path, timeout=timeout, isolation_level=None,
+                               check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")  # in WAL mode: never corrupt, fast commits
+        conn.execute("PRAGMA cache_size=-32768")  # 32 MB page cache
+        conn.execute("PRAGMA mmap_size=268435456")
+        return conn
+    except sqlite3.Error as e:
+        raise StoreError(f"{path}: cannot open the Bayes database: {e}") from e
+
+
+def create(path: str) -> None:
+    """Create an empty database (and its directory) readable only by its owner and group.
+    When root creates it, it is handed to the owner of the directory, which is normally the
+    milter's user (`/var/lib/spambridge`)."""
+    p = Path(path)
+    if not p.parent.exists():
+        p.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+    try:
+        fd = os.open(p, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o640)
+    except FileExistsError:
+        pass
+    else:
+        os.close(fd)
+        if os.geteuid() == 0:
+            st = p.parent.stat()
+            os.chown(p, st.st_uid, st.st_gid)
+    conn = _connect(str(p), BUSY_TIMEOUT_WRITE)
+    try:
+        _ensure_schema(conn, str(p))
+    finally:
+        conn.close()
+
+
+def _ensure_schema(conn: sqlite3.Connection, path: str) -> None:
+    try:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version == SCHEMA_VERSION:
+            return
+        if version != 0:
+            raise StoreError(f"{path}: schema version {version}, this spambridge knows "
+                             f"{SCHEMA_VERSION}")
+        conn.execute("BEGIN IMMEDIATE")
+        for stmt in filter(None, (s.strip() for s in _SCHEMA.split(";"))):
+            conn.execute(stmt)
+        conn.execute("INSERT OR REPLACE INTO meta VALUES ('tokenizer', ?)",
+                     (str(TOKENIZER_VERSION),))
+        conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        conn.execute("COMMIT")
+    except sqlite3.Error as e:
+        if conn.in_transaction:
+            conn.rollback()
+        raise StoreError(f"{path}: cannot initialise the Bayes database: {e}") from e
+
+
+def _check_opened(conn: sqlite3.Connection, path: str) -> None:
+    try:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        row = conn.execute("SELECT value FROM meta WHERE key='tokenizer'").fetchone()
+    except sqlite3.DatabaseError as e:
+        raise StoreError(f"{path}: not a usable Bayes database: {e}") from e
+    if version != SCHEMA_VERSION:
+        raise StoreError(f"{path}: schema version {version}, expected {SCHEMA_VERSION}")
+    if row is None or row[0] != str(TOKENIZER_VERSION):
+        raise StoreError(f"{path}: trained with tokenizer version {row and row[0]}, this "
+                         f"spambridge has {TOKENIZER_VERSION}: retrain into a new database")
+
+
+class SqliteReader:
+    """One connection, for one thread. Keeps recently read counts in memory and drops them
+    whenever another connection commits (`PRAGMA data_version`), so a resident milter answers
+    most lookups without touching SQLite yet never scores with stale counts."""
+
+    def __init__(self, path: str, timeout: float = BUSY_TIMEOUT_READ) -> None:
+        if not os.path.exists(path):
+            raise StoreError(f"{path}: no Bayes database (train one with `spambridge train`)")
+        self.path = path
+        self.conn = _connect(path, timeout)
+        _check_opened(self.conn, path)
+        self.conn.execute("PRAGMA query_only=ON")
+        self._cache: dict[str, tuple[int, int] | None] = {}
+        self._version = -1
+        self._totals = Totals(0, 0)
+
+    def lookup(self, tokens: Sequence[str]) -> tuple[Totals, Counts]:
+        try:
+            return self._lookup(tokens)
+        except sqlite3.Error as e:
+            raise StoreError(f"{self.path}: {e}") from e
+
+    def _lookup(self, tokens: Sequence[str]) -> tuple[Totals, Counts]:
+        conn = self.conn
+        cache = self._cache
+        conn.execute("BEGIN")  # one snapshot for the totals, the version and every chunk
+        try:
+            row = conn.execute("SELECT nspam, nham FROM totals").fetchone()
+            version = conn.execute("PRAGMA data_version").fetchone()[0]
+            if version != self._version or len(cache) > CACHE_LIMIT:
+                cache.clear()
+                self._version = version
+                self._totals = Totals(int(row[0]), int(row[1]))
+            get = cache.get
+            missing = [t for t in tokens if get(t, 0) == 0]  # 0: not cached; None: known absent
+            for i in range(0, len(missing), MAX_VARIABLES):
+                chunk = missing[i : i + MAX_VARIABLES]
+                sql = ("SELECT token, spam, ham FROM tokens WHERE token IN ("
+                       + ",".join("?" * len(chunk)) + ")")
+                for t in chunk:
+                    cache[t] = None
+                for t, s, h in conn.execute(sql, chunk):
+                    cache[t] = (s, h)
+        finally:
+            conn.execute("COMMIT")
+        counts: Counts = {}
+        for t in tokens:
+            c = get(t)
+            if c is not None:
+                counts[t] = c
+        return self._totals, counts
+
+    def totals(self) -> Totals:
+        return self.lookup(())[0]
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+class Batch:
+    """Learning and unlearning inside one write transaction; counts are aggregated in memory
+    and written at `commit`, one upsert per distinct token."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self.deltas: dict[str, list[int]] = {}
+        self.dspam = 0
+        self.dham = 0
+        self.labels: dict[bytes, str | None] = {}  # digest → new label (None = forgotten)
+        self.messages = 0
+
+    def trained_as(self, digest: bytes) -> str | None:
+        if digest in self.labels:
+            return self.labels[digest]
+        row = self.conn.execute("SELECT label FROM messages WHERE digest = ?",
+                                (digest,)).fetchone()
+        return str(row[0]) if row else None
+
+    def learn(self, tokens: Iterable[str], label: str, sign: int = 1) -> None:
+        """Add (sign=1) or remove (sign=-1) one message of class `label`."""
+        deltas = self.deltas
+        if label == SPAM:
+            self.dspam += sign
+            for t in tokens:
+                d = deltas.get(t)
+                if d is None:
+                    deltas[t] = [sign, 0]
+                else:
+                    d[0] += sign
+        else:
+            self.dham += sign
+            for t in tokens:
+                d = deltas.get(t)
+                if d is None:
+                    deltas[t] = [0, sign]
+                else:
+                    d[1] += sign
+        self.messages += 1
+
+    def mark(self, digest: bytes, label: str | None) -> None:
+        self.labels[digest] = label
+
+    def commit(self) -> None:
+        conn = self.conn
+        rows = [(t, d[0], d[1]) for t, d in self.deltas.items() if d[0] or d[1]]
+        conn.executemany(
+            "INSERT INTO tokens(token, spam, ham) VALUES (?1, max(?2, 0), max(?3, 0)) "
+            "ON CONFLICT(token) DO UPDATE SET spam = max(spam + ?2, 0), ham = max(ham + ?3, 0)",
+            rows,
+        )
+        conn.executemany("DELETE FROM tokens WHERE token = ? AND spam = 0 AND ham = 0",
+                         [(t,) for t, s, h in rows if s < 0 or h < 0])
+        conn.execute("UPDATE totals SET nspam = max(nspam + ?, 0), nham = max(nham + ?, 0)",
+                     (self.dspam, self.dham))
+        now = int(time.time())
+        conn.executemany("INSERT OR REPLACE INTO messages VALUES (?, ?, ?)",
+                         [(d, lab, now) for d, lab in self.labels.items() if lab is not None])
+        conn.executemany("DELETE FROM messages WHERE digest = ?",
+                         [(d,) for d, lab in self.labels.items() if lab is None])
+        conn.execute("COMMIT")
+
+
+class SqliteWriter:
+    """The training side. `begin()` takes SQLite's write lock (readers carry on in WAL mode),
+    so two `train` runs never double-count the same message."""
+
+    def __init__(self, path: str, timeout: float = BUSY_TIMEOUT_WRITE) -> None:
+        self.path = path
+        if not os.path.exists(path):
+            create(path)
+        self.conn = _connect(path, timeout)
+        _check_opened(self.conn, path)
+
+    def begin(self) -> Batch:
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as e:
+            raise StoreError(f"{self.path}: cannot start a write: {e}") from e
+        return Batch(self.conn)
+
+    def commit(self, batch: Batch) -> None:
+        try:
+            batch.commit()
+        except sqlite3.Error as e:
+            self.rollback()
+            raise StoreError(f"{self.path}: cannot write: {e}") from e
+
+    def rollback(self) -> None:
+        if self.conn.in_transaction:
+            self.conn.rollback()
+
+    def totals(self) -> Totals:
+        row = self.conn.execute("SELECT nspam, nham FROM totals").fetchone()
+        return Totals(int(row[0]), int(row[1]))
+
+    def close(self) -> None:
+        self.rollback()
+        self.conn.close()
+
+
+def is_private(path: str) -> bool:
+    """True when the file is not world-readable (the database holds mail vocabulary)."""
+    return not os.stat(path).st_mode & stat.S_IROTH

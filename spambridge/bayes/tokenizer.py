@@ -1,0 +1,576 @@
+"""Email → tokens, after the SpamBayes method (notes/spambayes.md §2), over bytes.
+
+The message is read as Latin-1 bytes and only A–Z are folded (`bytes.lower()`), as SpamBayes did
+on Python 2, so the token strings match an existing SpamBayes database. We parse MIME ourselves
+instead of using the `email` package: it is several times faster, and a hand-rolled walker can be
+bounded (bytes looked at, parts, depth, decoded text, distinct tokens) so a hostile message costs
+at most a few milliseconds — the milter's time cap depends on it. Nothing here raises: a stage
+that trips over broken input emits a `control:` token and the rest of the message still counts.
+"""
+
+from __future__ import annotations
+
+import binascii
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from math import log2
+
+# Bumped whenever token spellings change: counts learned with another version do not match.
+TOKENIZER_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Work bounds. Defaults keep a worst-case message (5 MB, one giant line, 1,000 parts)
+    well under 50 ms while leaving ordinary mail untouched."""
+
+    max_bytes: int = 512 * 1024  # of the raw message looked at
+    max_text: int = 256 * 1024  # decoded text/* bytes tokenized, all parts together
+    max_tokens: int = 5000  # distinct tokens returned (headers first)
+    max_parts: int = 100
+    max_depth: int = 8
+    max_headers: int = 500  # header fields parsed per part
+
+
+DEFAULT_LIMITS = Limits()
+
+# header names counted as `header:<Name>:<n>` and recorded as `noheader:<name>` when absent
+SAFE_HEADERS = frozenset(
+    b"abuse-reports-to date errors-to from importance in-reply-to message-id mime-version "
+    b"organization received reply-to return-path subject to user-agent x-abuse-info "
+    b"x-complaints-to x-face".split()
+)
+ADDRESS_HEADERS = (b"from", b"to", b"cc", b"sender", b"reply-to")
+MAX_RECEIVED = 20  # Received lines mined per message
+SKIP_MAX_WORD = 12
+
+_HEADER = re.compile(rb"^([!-9;-~]+)[ \t]*:[ \t]*(.*(?:\n[ \t].*)*)", re.M)
+_LOOKS_LIKE_HEADER = re.compile(rb"[!-9;-~]+[ \t]*:")
+_PARAM = re.compile(rb';\s*([^\s=;"]+)\s*=\s*("(?:[^"\\]|\\.)*"?|[^;]*)')
+_ADDR_ITEM = re.compile(rb'(?:"(?:[^"\\]|\\.)*"?|\([^()]*\)?|<[^<>]*>?|[^,"(<])+')
+_ADDR_ANGLE = re.compile(rb"<([^<>]*)>?")
+_ADDR_COMMENT = re.compile(rb"\([^()]*\)?")
+_ENCODED_WORD = re.compile(rb"=\?([^?\s]+)\?([QqBb])\?([^?\s]*)\?=")
+_BETWEEN_ENCODED = re.compile(rb"(\?=)[ \t\n]+(=\?)")
+_SUBJECT_WORD = re.compile(rb"[\w\x80-\xff$.%]+")
+_SUBJECT_PUNCT = re.compile(rb"\W+")
+_MESSAGE_ID = re.compile(rb"\s*<[^@>]+@([^>]+)>\s*$")
+_RECEIVED_HOST = re.compile(rb"from ([a-z0-9._-]+[a-z])[)\s]")
+_RECEIVED_IP = re.compile(rb"[\[(]((?:\d{1,3}\.){3}\d{1,3})[\])]")
+_RECEIVED_COMPLAINT = re.compile(rb"\([a-z]+(?:\s+[a-z]+)+\)")
+_FNAME_COMP = re.compile(rb"[/\\:]")
+_FNAME_PIECE = re.compile(rb"[;?:@&=+,$.]")
+_NUMERIC_ENTITY = re.compile(rb"&#(x[0-9a-fA-F]{1,6}|\d{1,7});")
+_VIRUS_TAG = re.compile(rb"<\s*/?\s*(?:script|iframe)\b")
+_VIRUS_CID = re.compile(rb"src=['\"]?cid:")
+_VIRUS_SIZE = re.compile(rb"(?:height|width)=['\"]?0\b")
+_UUENCODE_BEGIN = re.compile(rb"^begin[ \t]+([0-7]{3})[ \t]+([^\n]{1,255})$", re.M)
+# searched from the literal "://" (5× faster than from the scheme); the scheme is checked after
+_URL = re.compile(rb"://([^\s<>\"'\x7f-\xff]{1,1024})")
+_SCHEMES = (b"https", b"http", b"ftp")
+_URL_SEP = re.compile(rb"[;?:@&=+,$.]")
+# (opener, closer) of regions removed with no separator, so FR<!-- x -->EE reads FREE
+_STRIP_REGIONS = ((b"<style", b"</style"), (b"<!--", b"-->"), (b"<comment", b"</comment"),
+                  (b"<noframes", b"</noframes"))
+_BREAKING = re.compile(rb"<\s*/?\s*(?:p|br)\b[^<>]{0,256}>")
+_TAG = re.compile(rb"<(?![\s<>])[^<>]{0,256}>")
+_HIGH_BYTES = bytes(range(128, 256))
+_NOT_B64 = bytes(c for c in range(256)
+                 if c not in b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")
+
+
+def tokenize(message: bytes, limits: Limits = DEFAULT_LIMITS) -> list[str]:
+    """The distinct tokens of one raw RFC 5322 message, header tokens first, at most
+    `limits.max_tokens` of them. Never raises."""
+    out: list[str] = []
+    try:
+        _Tokenizer(limits, out.append).message(message)
+    except Exception:
+        out.append("control: tokenizer error")
+    distinct = dict.fromkeys(out)
+    if len(distinct) > limits.max_tokens:
+        return list(distinct)[: limits.max_tokens]
+    return list(distinct)
+
+
+# ---------------------------------------------------------------------------------------------
+# MIME structure
+
+
+Headers = list[tuple[bytes, bytes]]  # (name as spelled, unfolded value)
+
+
+def split_head(data: bytes) -> tuple[bytes, bytes]:
+    """(header block, body) of LF-terminated text; a first line that is not a header means
+    there is no header block at all."""
+    if not _LOOKS_LIKE_HEADER.match(data):
+        return b"", data[1:] if data.startswith(b"\n") else data
+    i = data.find(b"\n\n")
+    if i < 0:
+        return data, b""
+    return data[: i + 1], data[i + 2 :]
+
+
+def parse_headers(head: bytes, limit: int) -> Headers:
+    found = _HEADER.findall(head)
+    if len(found) > limit:
+        del found[limit:]
+    return [(n, v.replace(b"\n", b"")) for n, v in found]
+
+
+def header_values(headers: Headers, name: bytes) -> list[bytes]:
+    return [v for n, v in headers if n.lower() == name]
+
+
+def content_type(headers: Headers) -> tuple[bytes, dict[bytes, bytes]]:
+    """(maintype/subtype, params). Absent or unusable → text/plain, as the email package."""
+    values = header_values(headers, b"content-type")
+    if not values:
+        return b"text/plain", {}
+    value = values[0]
+    ctype = value.split(b";", 1)[0].strip().lower()
+    if ctype.count(b"/") != 1 or b" " in ctype:
+        ctype = b"text/plain"
+    return ctype, params(value)
+
+
+def params(value: bytes) -> dict[bytes, bytes]:
+    """Header parameters, names lowercased; RFC 2231 `name*`/`name*0*` pieces joined."""
+    out: dict[bytes, bytes] = {}
+    for name, raw in _PARAM.findall(value[:4096]):
+        v = raw.strip()
+        if v.startswith(b'"'):
+            v = v[1:-1] if v.endswith(b'"') and len(v) > 1 else v[1:]
+            v = v.replace(b'\\"', b'"').replace(b"\\\\", b"\\")
+        name = name.lower()
+        if b"*" in name:
+            base, _, rest = name.partition(b"*")
+            if rest.endswith(b"*") or rest == b"":
+                if rest in (b"", b"0*") and v.count(b"'") >= 2:
+                    v = v.split(b"'", 2)[2]
+                v = _unquote_percent(v)
+            out[base] = out.get(base, b"") + v if rest not in (b"", b"0", b"0*") else v
+        else:
+            out.setdefault(name, v)
+    return out
+
+
+def _unquote_percent(v: bytes) -> bytes:
+    if b"%" not in v:
+        return v
+    return re.sub(rb"%([0-9A-Fa-f]{2})", lambda m: bytes([int(m.group(1), 16)]), v)
+
+
+def decode_words(value: bytes) -> tuple[bytes, list[bytes]]:
+    """RFC 2047 encoded words → raw decoded bytes (no charset conversion), and the charsets."""
+    if b"=?" not in value:
+        return value, []
+    charsets: list[bytes] = []
+
+    def one(m: re.Match[bytes]) -> bytes:
+        charset, enc, text = m.groups()
+        charsets.append(charset.split(b"*", 1)[0].lower())
+        try:
+            if enc in b"Bb":
+                return binascii.a2b_base64(text + b"=" * (-len(text) % 4))
+            return binascii.a2b_qp(text.replace(b"_", b" "))
+        except (binascii.Error, ValueError):
+            return text
+
+    value = _BETWEEN_ENCODED.sub(rb"\1\2", value)
+    return _ENCODED_WORD.sub(one, value), charsets
+
+
+def decode_payload(payload: bytes, cte: bytes) -> tuple[bytes, bool]:
+    """Undo the transfer encoding; (bytes, ok). Damaged base64 is repaired as far as it goes."""
+    if cte == b"base64":
+        try:
+            return binascii.a2b_base64(payload), True
+        except (binascii.Error, ValueError):
+            clean = payload.translate(None, _NOT_B64)
+            clean = clean[: len(clean) - len(clean) % 4]
+            try:
+                return binascii.a2b_base64(clean), False
+            except (binascii.Error, ValueError):
+                return payload, False
+    if cte == b"quoted-printable":
+        try:
+            return binascii.a2b_qp(payload), True
+        except (binascii.Error, ValueError):
+            return payload, False
+    return payload, True
+
+
+# ---------------------------------------------------------------------------------------------
+# the tokenizer proper
+
+
+def _s(b: bytes) -> str:
+    return b.decode("latin-1")
+
+
+def _pow2(n: int) -> int:
+    return round(log2(n)) if n > 0 else 0
+
+
+class _Tokenizer:
+    def __init__(self, limits: Limits, emit: Callable[[str], object]) -> None:
+        self.limits = limits
+        self.emit = emit
+        self.parts = 0
+        self.text_left = limits.max_text
+        self.text_parts: list[tuple[bytes, bytes]] = []  # (payload, transfer encoding)
+
+    def message(self, raw: bytes) -> None:
+        data = raw[: self.limits.max_bytes]
+        if b"\r" in data:
+            data = data.replace(b"\r\n", b"\n")
+        if data.startswith(b"From "):  # an mbox separator line is not a header
+            data = data.partition(b"\n")[2]
+        head, body = split_head(data)
+        headers = parse_headers(head, self.limits.max_headers)
+        self._guard(self.top_headers, headers)
+        self._guard(self.walk, headers, body, 0)
+        for payload, cte in self.text_parts:
+            self._guard(self.text, payload, cte)
+
+    def _guard(self, stage: Callable[..., None], *args: object) -> None:
+        try:
+            stage(*args)
+        except Exception:
+            self.emit(f"control: {stage.__name__} failed")
+
+    # -- headers ---------------------------------------------------------------------------
+    def top_headers(self, headers: Headers) -> None:
+        emit = self.emit
+        by_name: dict[bytes, list[bytes]] = {}
+        spelled: dict[bytes, int] = {}
+        for name, value in headers:
+            by_name.setdefault(name.lower(), []).append(value)
+            spelled[name] = spelled.get(name, 0) + 1
+        for name, n in spelled.items():
+            if name.lower() in SAFE_HEADERS:
+                emit(f"header:{_s(name)}:{n}")
+        for name in SAFE_HEADERS:
+            if name not in by_name:
+                emit(f"noheader:{_s(name)}")
+
+        for subject in by_name.get(b"subject", ())[:1]:
+            self._guard(self.subject, subject)
+        for field in ADDRESS_HEADERS:
+            self._guard(self.addresses, field, by_name.get(field, []))
+        for field in (b"to", b"cc"):
+            count = sum(len(v.split(b",")) for v in by_name.get(field, ()))
+            if count:
+                emit(f"{_s(field)}:2**{_pow2(count)}")
+
+        mailers = by_name.get(b"x-mailer")
+        if mailers:
+            emit("x-mailer:" + _s(b" ".join(mailers[0].lower().split()))[:200])
+        else:
+            emit("x-mailer:none")
+
+        m = _MESSAGE_ID.match(by_name.get(b"message-id", [b""])[0])
+        emit("message-id:@" + _s(m.group(1))[:200] if m else "message-id:invalid")
+
+        for received in by_name.get(b"received", ())[:MAX_RECEIVED]:
+            self.received(received)
+
+    def subject(self, value: bytes) -> None:
+        emit = self.emit
+        text, charsets = decode_words(value[:2048])
+        for cs in charsets:
+            emit("subjectcharset:" + _s(cs))
+        for w in _SUBJECT_WORD.findall(text):
+            for t in self.word_tokens(w):
+                emit("subject:" + t)
+        for run in _SUBJECT_PUNCT.findall(text):
+            emit("subject:" + _s(run))
+
+    def addresses(self, field: bytes, values: list[bytes]) -> None:
+        emit = self.emit
+        name = field.decode()
+        if not values:
+            emit(f"{name}:none")
+            return
+        noname = 0
+        for real, addr in parse_addresses(b",".join(values)[:4096]):
+            if real:
+                decoded, charsets = decode_words(real)
+                emit(f"{name}:name:{decoded.lower().decode('latin-1')}")
+                for cs in charsets:
+                    emit(f"{name}:charset:{cs.decode('latin-1')}")
+            else:
+                noname += 1
+            if addr:
+                for piece in addr.lower().split(b"@"):
+                    emit(f"{name}:addr:{piece.decode('latin-1')}")
+            else:
+                emit(f"{name}:addr:none")
+        if noname:
+            emit(f"{name}:no real name:2**{_pow2(noname)}")
+
+    def received(self, value: bytes) -> None:
+        emit = self.emit
+        text = b" ".join(value[:2048].split()).lower()
+        for phrase in _RECEIVED_COMPLAINT.findall(text):
+            emit("received:" + _s(phrase))
+        m = _RECEIVED_HOST.search(text)
+        if m:
+            parts = m.group(1).split(b".")
+            for i in range(len(parts) - 1, -1, -1):
+                emit("received:" + _s(b".".join(parts[i:])))
+        m = _RECEIVED_IP.search(text)
+        if m:
+            parts = m.group(1).split(b".")
+            for i in range(1, 5):
+                emit("received:" + _s(b".".join(parts[:i])))
+
+    # -- MIME walk -------------------------------------------------------------------------
+    def walk(self, headers: Headers, body: bytes, depth: int) -> None:
+        self.parts += 1
+        emit = self.emit
+        ctype, prm = content_type(headers)
+        emit("content-type:" + _s(ctype))
+        if b"type" in prm:
+            emit("content-type/type:" + _s(prm[b"type"].lower()))
+        if b"charset" in prm:
+            emit("charset:" + _s(prm[b"charset"].lower()))
+        dispositions = header_values(headers, b"content-disposition")
+        fname = prm.get(b"name")
+        if dispositions:
+            disp = dispositions[0]
+            emit("content-disposition:" + _s(b" ".join(disp.lower().split()))[:200])
+            fname = params(disp).get(b"filename", fname)
+        if fname:
+            self.filename(fname)
+
+        if ctype.startswith(b"multipart/"):
+            boundary = prm.get(b"boundary")
+            parts = split_multipart(body, boundary) if boundary else None
+            if not parts:  # no boundary or none found: do not let the content hide
+                emit("control: broken multipart")
+                self.add_text(body, b"")
+                return
+            if depth >= self.limits.max_depth:
+                emit("control: too deep")
+                return
+            for part in parts:
+                if self.parts >= self.limits.max_parts:
+                    emit("control: too many parts")
+                    return
+                head, sub = split_head(part)
+                self.walk(parse_headers(head, self.limits.max_headers), sub, depth + 1)
+        elif ctype == b"message/rfc822" and depth < self.limits.max_depth:
+            head, sub = split_head(body)
+            inner = parse_headers(head, self.limits.max_headers)
+            if inner:
+                self.walk(inner, sub, depth + 1)
+        elif ctype.startswith(b"text/"):
+            ctes = header_values(headers, b"content-transfer-encoding")
+            self.add_text(body, ctes[0].strip().lower() if ctes else b"")
+
+    def filename(self, fname: bytes) -> None:
+        emit = self.emit
+        fname, _ = decode_words(fname[:255])
+        fname = fname.lower()
+        emit("filename:fname:" + _s(fname))
+        for comp in _FNAME_COMP.split(fname):
+            if comp:
+                emit("filename:fname comp:" + _s(comp))
+                for piece in _FNAME_PIECE.split(comp):
+                    if piece:
+                        emit("filename:fname piece:" + _s(piece))
+
+    def add_text(self, payload: bytes, cte: bytes) -> None:
+        """Queue a text part; bodies are tokenized after all structure tokens are out, so the
+        token cap can never crowd out the header and MIME clues."""
+        if self.text_left <= 0:
+            self.emit("control: text cap")
+            return
+        # transfer encodings at most shrink text, so a raw slice bounds the decoded size
+        slack = 4 * self.text_left // 3 + 4 if cte == b"base64" else self.text_left * 3
+        self.text_parts.append((payload[:slack], cte))
+        self.text_left -= min(len(payload), self.text_left)
+
+    # -- bodies ----------------------------------------------------------------------------
+    def text(self, payload: bytes, cte: bytes) -> None:
+        emit = self.emit
+        text, ok = decode_payload(payload, cte)
+        if not ok:
+            emit("control: couldn't decode")
+        if not text.strip():
+            emit("control: payload is None")
+            return
+        text = text[: self.limits.max_text]
+        if b"&#" in text:
+            text = _NUMERIC_ENTITY.sub(_entity, text)
+        text = text.lower()
+        if b"<" in text:
+            if b"script" in text or b"iframe" in text:
+                for m in _VIRUS_TAG.findall(text):
+                    emit("virus:" + m.decode("latin-1"))
+            if b"cid:" in text:
+                for m in _VIRUS_CID.findall(text):
+                    emit("virus:" + m.decode("latin-1"))
+            if b"=" in text and (b"height" in text or b"width" in text):
+                for m in _VIRUS_SIZE.findall(text):
+                    emit("virus:" + m.decode("latin-1"))
+        if b"begin " in text:
+            text = self.uuencode(text)
+        if b"://" in text:
+            text = self.urls(text)
+        if b"&nbsp;" in text:
+            text = text.replace(b"&nbsp;", b" ")
+        if b"<" in text:
+            text = strip_regions(text)
+            text = _BREAKING.sub(b" ", text)
+            text = _TAG.sub(b"", text)
+        words = text.split()
+        short = [w for w in words if 2 < len(w) <= SKIP_MAX_WORD]
+        if short:
+            # one decode for all words: a word never contains "\n", so splitting on it is exact
+            for t in b"\n".join(short).decode("latin-1").split("\n"):
+                emit(t)
+        for w in words:
+            if len(w) > SKIP_MAX_WORD:
+                for t in self.long_word(w):
+                    emit(t)
+
+    def word_tokens(self, w: bytes) -> list[str]:
+        n = len(w)
+        if n < 3:
+            return []
+        if n <= SKIP_MAX_WORD:
+            return [_s(w)]
+        return self.long_word(w)
+
+    def long_word(self, w: bytes) -> list[str]:
+        n = len(w)
+        if n < 40 and b"." in w and w.count(b"@") == 1:
+            name, _, domain = w.partition(b"@")
+            return ["email name:" + _s(name), "email addr:" + _s(domain)]
+        out = [f"skip:{_s(w[:1])} {n // 10 * 10}"]
+        high = n - len(w.translate(None, _HIGH_BYTES))
+        if high:
+            out.append(f"8bit%:{int(100 * high / n + 0.5)}")
+        return out
+
+    def urls(self, text: bytes) -> bytes:
+        """Emit proto:/url: tokens for each http(s)/ftp URL and cut it out of the text, so its
+        pieces are not counted again as words."""
+        emit = self.emit
+        out: list[bytes] = []
+        pos = 0
+        for m in _URL.finditer(text):
+            start = m.start()
+            for proto in _SCHEMES:
+                if text.endswith(proto, max(0, start - len(proto)), start):
+                    break
+            else:
+                continue
+            emit("proto:" + proto.decode())
+            guts = m.group(1).rstrip(b".:?!/")
+            for piece in guts.split(b"/"):
+                for chunk in _URL_SEP.split(piece):
+                    if chunk:
+                        emit("url:" + chunk.decode("latin-1"))
+            out.append(text[pos : start - len(proto)])
+            pos = m.end()
+        if not out:
+            return text
+        out.append(text[pos:])
+        return b" ".join(out)
+
+    def uuencode(self, text: bytes) -> bytes:
+        """Replace uuencoded blocks by their mode and file-name tokens (linear: find, no regex
+        backtracking over the block)."""
+        out: list[bytes] = []
+        pos = 0
+        for _ in range(self.limits.max_parts):
+            m = _UUENCODE_BEGIN.search(text, pos)
+            if m is None:
+                break
+            mode, fname = m.group(1), m.group(2).strip()
+            self.emit("uuencode mode:" + _s(mode))
+            for comp in _FNAME_COMP.split(fname):
+                for piece in _FNAME_PIECE.split(comp):
+                    if piece:
+                        self.emit("uuencode:" + _s(piece))
+            end = text.find(b"\nend", m.end())
+            out.append(text[pos : m.start()])
+            pos = len(text) if end < 0 else end + 4
+        out.append(text[pos:])
+        return b" ".join(out)
+
+
+def strip_regions(text: bytes) -> bytes:
+    """Drop <style>, comments and <noframes> regions in one linear pass per kind."""
+    for opener, closer in _STRIP_REGIONS:
+        if opener not in text:
+            continue
+        out: list[bytes] = []
+        pos = 0
+        while True:
+            i = text.find(opener, pos)
+            j = text.find(closer, i + len(opener)) if i >= 0 else -1
+            if j < 0:
+                break
+            out.append(text[pos:i])
+            k = text.find(b">", j + len(closer) - 1)
+            pos = len(text) if k < 0 else k + 1
+        out.append(text[pos:])
+        text = b"".join(out)
+    return text
+
+
+def parse_addresses(value: bytes, limit: int = 50) -> list[tuple[bytes, bytes]]:
+    """(display name, address) pairs of an address-list header, like email.utils.getaddresses
+    (a comment stands in for a missing name) but over bytes, linear, and about 5× faster."""
+    out: list[tuple[bytes, bytes]] = []
+    for item in _ADDR_ITEM.findall(value):
+        if len(out) >= limit:
+            break
+        angle = _ADDR_ANGLE.search(item)
+        comments = _ADDR_COMMENT.findall(item)
+        rest = _ADDR_COMMENT.sub(b" ", item)
+        if angle:
+            addr = angle.group(1)
+            real = _ADDR_ANGLE.sub(b" ", rest)
+        else:
+            addr, real = rest, b" ".join(c[1:-1] for c in comments)
+        real = b" ".join(real.replace(b'"', b" ").replace(b"\\", b"").split())
+        addr = b"".join(addr.split())
+        if addr.startswith(b"<"):
+            addr = addr.strip(b"<>")
+        if real or addr:
+            out.append((real, addr))
+    return out
+
+
+def split_multipart(body: bytes, boundary: bytes) -> list[bytes]:
+    """The parts between `--boundary` lines; a missing close delimiter ends at the body's end
+    (broken boundaries are common in spam). Empty if the boundary never occurs."""
+    delim = b"\n--" + boundary.strip()
+    data = b"\n" + body
+    parts: list[bytes] = []
+    start = data.find(delim)
+    while start >= 0 and len(parts) <= DEFAULT_LIMITS.max_parts:
+        line_end = data.find(b"\n", start + 1)
+        closing = data.startswith(b"--", start + len(delim))
+        if closing or line_end < 0:
+            break
+        nxt = data.find(delim, line_end)
+        parts.append(data[line_end + 1 : nxt if nxt >= 0 else len(data)])
+        start = nxt
+    return parts
+
+
+def _entity(m: re.Match[bytes]) -> bytes:
+    ref = m.group(1)
+    try:
+        n = int(ref[1:], 16) if ref[:1] in b"xX" else int(ref)
+    except ValueError:
+        return b"?"
+    return bytes([n]) if n < 256 else b"?"

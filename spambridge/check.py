@@ -1,0 +1,133 @@
+"""`spambridge check`: replay messages through exactly the milter's decision path (engine under
+the cap, policy, headers) and show what the MTA would have been told.
+
+`--batch` prints `path<TAB>score<TAB>verdict` per message from one process, for evaluating a
+corpus; the verdict is the score's band (ham, unsure, spam, reject) or `unchecked=<why>`.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+from spambridge.config import Config
+from spambridge.message import Envelope, parse_raw
+from spambridge.milter.bridge import AsyncBridge
+from spambridge.pipeline import Evaluation, Pipeline
+from spambridge.scanners import Scanner
+from spambridge.verdict import Action, ScanError, ScoreResult, Skipped
+
+EXPLAIN_CLUES = 20
+
+
+def build_scanner(cfg: Config) -> Scanner:
+    """As the milter's, except that a missing Bayes database is reported, not created."""
+    engine = cfg.milter.engine
+    if engine == "spamd":
+        from spambridge.app import build_scanner as build
+
+        return build(cfg)
+    from spambridge.scanners.bayes import BayesScanner
+
+    bayes = BayesScanner(cfg.bayes, create=False)
+    if engine == "bayes":
+        return bayes
+    from spambridge.scanners.fallback import FallbackScanner
+    from spambridge.scanners.spamd import SpamdScanner
+
+    cap = cfg.milter.scan_timeout
+    return FallbackScanner(SpamdScanner(cfg.spamd, cap), bayes, cfg.spamd.share * cap)
+
+
+def verdict(ev: Evaluation) -> str:
+    if isinstance(ev.outcome, ScanError):
+        return f"unchecked={ev.outcome.kind.value}"
+    if isinstance(ev.outcome, Skipped):
+        return f"skipped={ev.outcome.reason.value}"
+    return ev.decision.reason  # the band: ham, unsure, spam, reject
+
+
+def _messages(paths: list[str], stdin: IO[bytes]) -> Iterator[tuple[str, bytes | str]]:
+    for path in paths:
+        if path == "-":
+            yield "-", stdin.read()
+            continue
+        try:
+            yield path, Path(path).read_bytes()
+        except OSError as e:
+            yield path, f"cannot read: {e.strerror or e}"
+
+
+def run(cfg: Config, paths: list[str], *, explain: bool = False, batch: bool = False,
+        out: IO[str] | None = None, err: IO[str] | None = None,
+        stdin: IO[bytes] | None = None) -> int:
+    """Exit status: 0 when every message was checked, 1 if any could not be read."""
+    out = out or sys.stdout
+    err = err or sys.stderr
+    if batch:  # one decision log line per message would drown the table
+        logging.getLogger("spambridge").setLevel(logging.ERROR)
+    scanner = build_scanner(cfg)
+    bridge = AsyncBridge().start()
+    pipeline = Pipeline(scanner, bridge, cfg)
+    status = 0
+    try:
+        for n, (path, raw) in enumerate(_messages(paths, stdin or sys.stdin.buffer), 1):
+            if isinstance(raw, str):
+                print(f"spambridge check: {path}: {raw}", file=err)
+                status = 1
+                continue
+            buf = parse_raw(raw, cfg.milter.max_scan_size)
+            try:
+                ev = pipeline.evaluate(buf, Envelope(queue_id=f"CHECK{n:05d}"))
+            finally:
+                buf.close()
+            if batch:
+                score = "-" if ev.decision.score is None else f"{ev.decision.score:.6g}"
+                print(f"{path}\t{score}\t{verdict(ev)}", file=out)
+            else:
+                _report(path, ev, explain, out)
+    finally:
+        try:
+            bridge.run(scanner.aclose(), 10.0)
+        finally:
+            bridge.stop()
+    return status
+
+
+def _report(path: str, ev: Evaluation, explain: bool, out: IO[str]) -> None:
+    d = ev.decision
+    score = "-" if d.score is None else (
+        f"{d.score:.4f}" if d.engine == "bayes" else f"{d.score:.1f}")
+    would = f" (would {d.intended.value} without tag-only)" if d.intended is not d.action else ""
+    print(f"{path}: score={score} engine={d.engine} verdict={verdict(ev)} "
+          f"action={d.action.value}{would} ({ev.elapsed * 1000:.0f} ms)", file=out)
+    if isinstance(ev.outcome, ScanError) and ev.outcome.detail:
+        print(f"  why: {ev.outcome.detail}", file=out)
+    if d.reply is not None:
+        print(f"  SMTP reply: {d.reply}", file=out)
+    elif d.action is Action.TEMPFAIL:
+        print("  SMTP reply: 451 (tempfail)", file=out)
+    else:
+        print("  SMTP reply: 250 (accepted)", file=out)
+    if d.subject_prefix:
+        print(f"  Subject prefix: {d.subject_prefix!r}", file=out)
+    if d.headers:
+        print("  headers added:", file=out)
+        for name, value in d.headers:
+            print(f"    {name}: {value}", file=out)
+    if explain and isinstance(ev.outcome, ScoreResult):
+        if ev.outcome.note:
+            print(f"  note: {ev.outcome.note}", file=out)
+        clues = ev.outcome.clues[:EXPLAIN_CLUES]
+        if clues:
+            print(f"  strongest clues ({len(clues)} shown; probability the token means spam):",
+                  file=out)
+            for token, prob in clues:
+                print(f"    {prob:.4f}  {token!r}", file=out)
+        elif ev.outcome.engine == "bayes":
+            print("  no clues: no token of this message is known to the database", file=out)
+        if ev.outcome.tests:
+            print(f"  tests: {', '.join(ev.outcome.tests)}", file=out)

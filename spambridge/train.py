@@ -1,0 +1,476 @@
+"""`spambridge train`: feed Maildirs, mboxes, directories, files or one message on stdin to the
+local Bayes database (or to spamd's own Bayes with TELL).
+
+Training is idempotent: each message is keyed by a digest of its bytes without our (and
+SpamAssassin's) X-Spam-* markup. The same message again is a no-op ("already trained"); trained
+as the other class it is moved (unlearned, then learned). Writes go in batches, one SQLite
+transaction each, so an interrupted run keeps everything up to its last committed batch.
+
+Start-up matters for the Dovecot "move to Junk" pipe (`train --spam -`, one message per process):
+this module imports only the tokenizer and the store; `rich` and aiospamc load only when used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+from spambridge.bayes import store
+from spambridge.bayes.tokenizer import (
+    DEFAULT_LIMITS,
+    Limits,
+    content_type,
+    parse_headers,
+    split_head,
+    split_multipart,
+    tokenize,
+)
+
+if TYPE_CHECKING:
+    from spambridge.config import Config
+
+DEFAULT_MAX_SIZE = 500 * 1024  # bytes, as sa-learn: bigger messages are skipped
+BATCH_MESSAGES = 2000  # messages per transaction …
+BATCH_SECONDS = 2.0  # … or this long, whichever comes first (bounds what a kill loses)
+_OWNED = re.compile(rb"^x-spam-[^:\n]*:.*(?:\n[ \t].*)*\n", re.I | re.M)
+_LOOKS_LIKE_MAIL = re.compile(rb"(?:[!-9;-~]+[ \t]*:.*\n(?:[ \t].*\n)*){1,}")
+
+
+class TrainError(Exception):
+    """A problem that makes the whole run fail (the database, not one message)."""
+
+
+@dataclass
+class Summary:
+    label: str  # spam, ham or forget
+    seen: int = 0
+    learned: int = 0
+    moved: int = 0
+    forgotten: int = 0
+    already: int = 0
+    not_trained: int = 0  # --forget of a message never trained
+    too_large: int = 0
+    not_mail: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.errors)
+
+    def line(self, seconds: float) -> str:
+        if self.label == "forget":
+            head = f"Forgot {self.forgotten} of {self.seen} messages"
+        else:
+            head = f"Learned {self.learned} of {self.seen} messages as {self.label}"
+        extra = []
+        if self.moved:
+            extra.append(f"{self.moved} moved from {'ham' if self.label == 'spam' else 'spam'}")
+        if self.already:
+            extra.append(f"{self.already} already trained")
+        if self.not_trained:
+            extra.append(f"{self.not_trained} not trained before")
+        if self.too_large:
+            extra.append(f"{self.too_large} too large")
+        if self.not_mail:
+            extra.append(f"{self.not_mail} not mail")
+        if self.errors:
+            extra.append(f"{len(self.errors)} unreadable")
+        rate = f", {self.seen / seconds:.0f} msg/s" if seconds > 0.5 and self.seen > 1 else ""
+        return head + (f" ({', '.join(extra)})" if extra else "") + f" in {seconds:.1f}s{rate}"
+
+
+# ---------------------------------------------------------------------------------------------
+# inputs
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One message from some input, or the reason it could not be read."""
+
+    where: str
+    data: bytes | None = None
+    problem: str = ""  # "unreadable: …", "too large", "not mail"
+    named: bool = False  # named on the command line (or stdin), not found inside a folder
+
+
+def count_messages(path: str) -> int | None:
+    """How many items `read_path` will yield, when cheap to know (for the progress bar)."""
+    p = Path(path)
+    try:
+        if _is_maildir(p):
+            return sum(len(os.listdir(p / d)) for d in ("cur", "new"))
+        if p.is_dir():
+            return sum(1 for e in os.scandir(p) if e.is_file() and not e.name.startswith("."))
+        if p.is_file() and not _is_mbox(p):
+            return 1
+    except OSError:
+        return None
+    return None
+
+
+def _is_maildir(p: Path) -> bool:
+    return (p / "cur").is_dir() and (p / "new").is_dir()
+
+
+def _is_mbox(p: Path) -> bool:
+    try:
+        with open(p, "rb") as f:
+            return f.read(5) == b"From "
+    except OSError:
+        return False
+
+
+def read_path(path: str, max_size: int, mbox: bool = False, stdin: IO[bytes] | None = None
+              ) -> Iterator[Item]:
+    """Every message under `path`: `-` (stdin, one message), a Maildir (cur/ and new/), an mbox
+    (by `--mbox` or a leading "From " line), a directory of message files, or one file."""
+    if path == "-":
+        src = stdin or sys.stdin.buffer
+        data = src.read(max_size + 1) if max_size else src.read()
+        if max_size and len(data) > max_size:
+            yield Item("<stdin>", problem="too large", named=True)
+        else:
+            yield _item("<stdin>", data, named=True)
+        return
+    p = Path(path)
+    try:
+        if p.is_dir():
+            if _is_maildir(p):
+                files = [p / d / n for d in ("cur", "new") for n in sorted(os.listdir(p / d))]
+            else:
+                files = sorted(e for e in p.iterdir() if not e.name.startswith("."))
+            for f in files:
+                if f.is_file():
+                    yield _read_file(f, max_size, named=False)
+            return
+        if not p.exists():
+            yield Item(path, problem="unreadable: no such file or directory", named=True)
+            return
+        if mbox or _is_mbox(p):
+            yield from _read_mbox(p, max_size)
+            return
+        yield _read_file(p, max_size, named=True)
+    except OSError as e:
+        yield Item(path, problem=f"unreadable: {e.strerror or e}", named=True)
+
+
+def _read_file(p: Path, max_size: int, named: bool) -> Item:
+    try:
+        if max_size and p.stat().st_size > max_size:
+            return Item(str(p), problem="too large", named=named)
+        with open(p, "rb") as f:
+            return _item(str(p), f.read(), named)
+    except OSError as e:
+        return Item(str(p), problem=f"unreadable: {e.strerror or e}", named=named)
+
+
+def _read_mbox(p: Path, max_size: int) -> Iterator[Item]:
+    """Split at "From " lines that follow a blank line (or start the file); streamed, so a
+    multi-gigabyte mbox never sits in memory."""
+    n = 0
+    lines: list[bytes] = []
+    size = 0
+    blank = True
+    with open(p, "rb") as f:
+        for line in f:
+            if blank and line.startswith(b"From ") and (lines or n == 0):
+                if lines:
+                    n += 1
+                    yield _mbox_item(p, n, lines, size, max_size)
+                lines, size = [], 0
+                blank = False
+                continue
+            blank = line in (b"\n", b"\r\n")
+            size += len(line)
+            if not max_size or size <= max_size:
+                lines.append(line)
+        if lines or size:
+            n += 1
+            yield _mbox_item(p, n, lines, size, max_size)
+
+
+def _mbox_item(p: Path, n: int, lines: list[bytes], size: int, max_size: int) -> Item:
+    where = f"{p}#{n}"
+    if max_size and size > max_size:
+        return Item(where, problem="too large")
+    data = b"".join(lines)
+    if data.endswith(b"\n\n"):
+        data = data[:-1]  # the blank line before the next "From " belongs to the mbox
+    return _item(where, re.sub(rb"(?m)^>(>*From )", rb"\1", data))
+
+
+def _item(where: str, data: bytes, named: bool = False) -> Item:
+    if not looks_like_mail(data):
+        return Item(where, problem="not mail", named=named)
+    return Item(where, data, named=named)
+
+
+def looks_like_mail(data: bytes) -> bool:
+    """At least one header field at the top, and no NUL bytes in the header block."""
+    head = data[:64 * 1024].replace(b"\r\n", b"\n")
+    if head.startswith(b"From "):
+        head = head.partition(b"\n")[2]
+    block = head.partition(b"\n\n")[0]
+    return b"\0" not in block and _LOOKS_LIKE_MAIL.match(head) is not None
+
+
+# ---------------------------------------------------------------------------------------------
+# normalisation and digest
+
+
+def strip_markup(data: bytes) -> bytes:
+    """The message as it was before any spam filter touched it: line endings as LF, no mbox
+    "From " line, no X-Spam-* headers, and SpamAssassin's report_safe wrapper undone."""
+    data = data.replace(b"\r\n", b"\n")
+    if data.startswith(b"From "):
+        data = data.partition(b"\n")[2]
+    head, sep, body = data.partition(b"\n\n")
+    if b"X-Spam-" in head or b"x-spam-" in head.lower():
+        head = _OWNED.sub(b"", head + b"\n").rstrip(b"\n")
+        original = _report_safe_original(head, body)
+        if original is not None:
+            return strip_markup(original)
+    return (head + sep + body).rstrip() + b"\n"
+
+
+def _report_safe_original(head: bytes, body: bytes) -> bytes | None:
+    """SpamAssassin's report_safe wraps spam as message/rfc822 "original message before
+    SpamAssassin"; learn the original, not the report."""
+    if b"original message before SpamAssassin" not in body:
+        return None
+    ctype, prm = content_type(parse_headers(head + b"\n", DEFAULT_LIMITS.max_headers))
+    if not ctype.startswith(b"multipart/") or b"boundary" not in prm:
+        return None
+    for part in split_multipart(body, prm[b"boundary"]):
+        phead, pbody = split_head(part)
+        if b"original message before SpamAssassin" in phead:
+            return pbody
+    return None
+
+
+def digest(normalised: bytes) -> bytes:
+    return hashlib.sha256(normalised).digest()[:16]
+
+
+# ---------------------------------------------------------------------------------------------
+# learning
+
+
+class Trainer:
+    """Learning loop over a writer; commits a batch every BATCH_MESSAGES or BATCH_SECONDS."""
+
+    def __init__(self, writer: store.SqliteWriter, label: str, limits: Limits = DEFAULT_LIMITS
+                 ) -> None:
+        self.writer = writer
+        self.label = label  # spam | ham | forget
+        self.limits = limits
+        self.summary = Summary(label)
+        self._batch: store.Batch | None = None
+        self._since = 0.0
+
+    def _open_batch(self) -> store.Batch:
+        if self._batch is None:
+            self._batch = self.writer.begin()
+            self._since = time.monotonic()
+        return self._batch
+
+    def add(self, item: Item) -> str:
+        """Learn one item; returns what happened, for messages named one by one."""
+        s = self.summary
+        s.seen += 1
+        if item.data is None:
+            if item.problem == "too large":
+                s.too_large += 1
+            elif item.problem == "not mail" and not item.named:
+                s.not_mail += 1
+            else:
+                s.errors.append(f"{item.where}: {item.problem}")
+            return item.problem
+        msg = strip_markup(item.data)
+        key = digest(msg)
+        batch = self._open_batch()
+        prior = batch.trained_as(key)
+        if self.label == "forget":
+            if prior is None:
+                s.not_trained += 1
+                outcome = "not trained before"
+            else:
+                batch.learn(tokenize(msg, self.limits), prior, -1)
+                batch.mark(key, None)
+                s.forgotten += 1
+                outcome = f"forgotten (was {prior})"
+        elif prior == self.label:
+            s.already += 1
+            outcome = f"already trained as {prior}"
+        else:
+            tokens = tokenize(msg, self.limits)
+            if prior is not None:
+                batch.learn(tokens, prior, -1)
+                s.moved += 1
+            batch.learn(tokens, self.label)
+            batch.mark(key, self.label)
+            s.learned += 1
+            outcome = f"moved from {prior} to {self.label}" if prior else f"learned as {self.label}"
+        if batch.messages >= BATCH_MESSAGES or time.monotonic() - self._since > BATCH_SECONDS:
+            self.flush()
+        return outcome
+
+    def flush(self) -> None:
+        if self._batch is not None:
+            batch, self._batch = self._batch, None
+            self.writer.commit(batch)
+
+    def abandon(self) -> None:
+        self._batch = None
+        self.writer.rollback()
+
+
+def run(cfg: Config, label: str, paths: list[str], *, max_size: int = DEFAULT_MAX_SIZE,
+        mbox: bool = False, quiet: bool = False, out: IO[str] | None = None,
+        err: IO[str] | None = None) -> int:
+    """The `train` command on the local database; exit status 0, or 1 on real errors."""
+    out = out or sys.stdout
+    err = err or sys.stderr
+    start = time.monotonic()
+    from spambridge.scanners.bayes import limits_for
+
+    try:
+        writer = store.SqliteWriter(cfg.bayes.db)
+    except (store.StoreError, OSError) as e:
+        print(f"spambridge train: {e}", file=err)
+        return 1
+    trainer = Trainer(writer, label, limits_for(cfg.bayes))
+    single = paths == ["-"]
+    progress = _Progress(paths, enabled=not quiet and not single and err.isatty())
+    try:
+        for path in paths:
+            for item in read_path(path, max_size, mbox):
+                outcome = trainer.add(item)
+                progress.advance()
+                if item.data is None and item.problem != "too large" and (
+                        item.named or not item.problem.startswith("not mail")):
+                    print(f"spambridge train: {item.where}: {item.problem}", file=err)
+                elif single and not quiet:
+                    print(f"{item.where}: {outcome}", file=out)
+        trainer.flush()
+    except KeyboardInterrupt:
+        trainer.abandon()
+        progress.stop()
+        print("spambridge train: interrupted; the last batch was not saved", file=err)
+        return 130
+    except store.StoreError as e:
+        trainer.abandon()
+        progress.stop()
+        print(f"spambridge train: {e}", file=err)
+        return 1
+    finally:
+        progress.stop()
+        writer.close()
+    if not quiet:
+        print(trainer.summary.line(time.monotonic() - start), file=out)
+    return 1 if trainer.summary.failed else 0
+
+
+class _Progress:
+    """A rich progress bar on a terminal for long runs; nothing at all otherwise (and rich is
+    not even imported)."""
+
+    def __init__(self, paths: list[str], enabled: bool) -> None:
+        self.bar: Any = None
+        if not enabled:
+            return
+        counts = [count_messages(p) for p in paths]
+        total = None if any(c is None for c in counts) else sum(c or 0 for c in counts)
+        if total is not None and total < 200:
+            return
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.bar = Progress("training", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                            TimeRemainingColumn(), transient=True)
+        self.task = self.bar.add_task("train", total=total)
+        self.bar.start()
+        self._pending = 0
+
+    def advance(self) -> None:
+        if self.bar is not None:
+            self._pending += 1
+            if self._pending >= 50:
+                self.bar.advance(self.task, self._pending)
+                self._pending = 0
+
+    def stop(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+
+
+# ---------------------------------------------------------------------------------------------
+# spamd
+
+
+def run_spamd(cfg: Config, label: str, paths: list[str], *, max_size: int = DEFAULT_MAX_SIZE,
+              mbox: bool = False, user: str = "", quiet: bool = False,
+              out: IO[str] | None = None, err: IO[str] | None = None) -> int:
+    """Teach SpamAssassin's own Bayes through spamd TELL (needs spamd --allow-tell)."""
+    import asyncio
+
+    from spambridge.scanners.spamd import SpamdScanner
+    from spambridge.verdict import ScanError
+
+    out = out or sys.stdout
+    err = err or sys.stderr
+    start = time.monotonic()
+    summary = Summary(label)
+    scanner = SpamdScanner(cfg.spamd, cfg.milter.scan_timeout)
+    if label == "forget":
+        headers = {"Message-class": "spam", "Remove": "local"}
+    else:
+        headers = {"Message-class": label, "Set": "local"}
+
+    async def tell_all() -> None:
+        for path in paths:
+            for item in read_path(path, max_size, mbox):
+                summary.seen += 1
+                if item.data is None:
+                    if item.problem == "too large":
+                        summary.too_large += 1
+                    else:
+                        summary.errors.append(f"{item.where}: {item.problem}")
+                        print(f"spambridge train: {item.where}: {item.problem}", file=err)
+                    continue
+                msg = strip_markup(item.data)
+                try:
+                    resp = await scanner.request("TELL", msg, user or cfg.spamd.user, headers)
+                except ScanError as e:
+                    summary.errors.append(f"{item.where}: {e}")
+                    print(f"spambridge train: {item.where}: {e}", file=err)
+                    if e.kind.value in ("unavailable", "timeout"):
+                        return  # spamd is down: the rest would fail the same way
+                    continue
+                changed = resp.headers.get_header("DidSet") or resp.headers.get_header(
+                    "DidRemove")
+                if label == "forget":
+                    summary.forgotten += 1 if changed else 0
+                    summary.not_trained += 0 if changed else 1
+                elif changed:
+                    summary.learned += 1
+                else:
+                    summary.already += 1
+
+    asyncio.run(tell_all())
+    if not quiet:
+        print(summary.line(time.monotonic() - start) + " (spamd)", file=out)
+    return 1 if summary.failed else 0
