@@ -1,11 +1,327 @@
-"""`spambridge check-config`: is the config valid, and does Postfix agree with it?"""
+"""`spambridge check-config`: is the config valid, and does Postfix agree with it?
+
+The config is already loaded and validated when this runs (a bad file exits 78 in cli.py).
+Here: when `postconf` exists, read Postfix's milter settings and say what would go wrong —
+a content timeout that does not leave the cap room, macros spambridge reads but Postfix does
+not send, an smtpd_milters entry that cannot reach our socket (Postfix writes inet:HOST:PORT
+where libmilter writes inet:PORT@HOST, and resolves unix paths inside the chroot), an implicit
+milter_default_action. Exit status: 0 all well, 1 warnings. Reading Postfix is one adapter
+(`read_postfix`); the judging (`check_postfix`) is pure and tested with tables.
+"""
 
 from __future__ import annotations
 
+import ipaddress
+import os
+import posixpath
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+
+from spambridge import defaults
 from spambridge.config import Config
+from spambridge.milter.socketspec import SocketSpec, parse_socket_spec
+
+PARAMS = (
+    "mail_version", "queue_directory", "smtpd_milters", "non_smtpd_milters",
+    "milter_protocol", "milter_default_action", "milter_content_timeout",
+    "milter_connect_macros", "milter_helo_macros", "milter_mail_macros",
+    "milter_end_of_header_macros", "milter_end_of_data_macros",
+)
+
+# macro → (stages where spambridge can see it in time, what breaks without it)
+NEEDED_MACROS: dict[str, tuple[tuple[str, ...], str]] = {
+    "j": (("milter_connect_macros", "milter_helo_macros", "milter_mail_macros"),
+          'the Received line spamd sees says "by localhost"'),
+    "{auth_authen}": (("milter_mail_macros",),
+                      "authenticated senders look anonymous: skip_authenticated cannot work "
+                      "and the Received line lacks ESMTPA"),
+    "{tls_version}": (("milter_helo_macros", "milter_mail_macros"),
+                      "the Received line spamd sees never says ESMTPS"),
+    "i": (("milter_end_of_header_macros", "milter_end_of_data_macros"),
+          "log lines say NOQUEUE instead of the queue id, and the Received line has no id"),
+}
 
 
-def main(cfg: Config, postfix: bool = True) -> int:
+@dataclass
+class Service:
+    """One smtpd line of master.cf (postconf -M)."""
+
+    name: str
+    chroot: bool
+    milters: str | None = None  # a `-o smtpd_milters=…` override
+
+
+@dataclass
+class PostfixSettings:
+    config_dir: str
+    params: dict[str, str]
+    explicit: set[str] = field(default_factory=set)  # set in main.cf (postconf -n)
+    smtpd: list[Service] = field(default_factory=list)
+
+
+@dataclass
+class Report:
+    warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def warn(self, text: str) -> None:
+        self.warnings.append(text)
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+
+
+# -- pure helpers --------------------------------------------------------------------------------
+
+
+def parse_time(value: str) -> float | None:
+    """Postfix time values: `300s`, `5m`, `1h`, `2d`, `1w`, or a bare number of seconds."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", value)
+    if not m:
+        return None
+    unit = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[m.group(2)]
+    return float(m.group(1)) * unit
+
+
+def milter_entries(value: str) -> list[tuple[str, dict[str, str]]]:
+    """smtpd_milters → [(endpoint, {option: value})]; handles `{ endpoint, k=v … }` groups."""
+    out: list[tuple[str, dict[str, str]]] = []
+    for tok in re.findall(r"\{[^}]*\}|[^\s,{}]+", value):
+        if tok.startswith("{"):
+            parts = [p.strip() for p in re.split(r"[\s,]+", tok.strip("{} ")) if p.strip()]
+            if not parts:
+                continue
+            opts = dict(p.split("=", 1) for p in parts[1:] if "=" in p)
+            out.append((parts[0], {k.strip(): v.strip() for k, v in opts.items()}))
+        else:
+            out.append((tok, {}))
+    return out
+
+
+def _norm_host(host: str) -> str:
+    host = host.strip("[]")
+    if host == "localhost":
+        return "127.0.0.1"
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        return host.lower()
+
+
+def endpoint_matches(endpoint: str, ours: SocketSpec, queue_dir: str,
+                     chroot: bool) -> tuple[bool, str]:
+    """Does a Postfix milter endpoint reach our socket? (match, why-not hint)."""
+    kind, _, rest = endpoint.partition(":")
+    if kind in ("unix", "local"):
+        if ours.family != "unix":
+            return False, ""
+        if rest.startswith("/"):
+            where = posixpath.join(queue_dir, rest.lstrip("/")) if chroot else rest
+        else:
+            where = posixpath.join(queue_dir, rest)
+        if posixpath.normpath(where) == posixpath.normpath(ours.path):
+            return True, ""
+        if chroot and posixpath.normpath(rest) == posixpath.normpath(ours.path):
+            rel = _relative_to(ours.path, queue_dir)
+            hint = (f"smtpd runs chrooted in {queue_dir}, so {endpoint} means "
+                    f"{where}; write unix:{rel}" if rel else
+                    f"smtpd runs chrooted in {queue_dir}, where {ours.path} cannot be "
+                    "reached: put the socket under the queue directory")
+            return False, hint
+        return False, ""
+    if kind == "inet":
+        if ours.family not in ("inet", "inet6"):
+            return False, ""
+        m = re.fullmatch(r"(\[[^\]]+\]|[^:]+):(\d+)", rest)
+        if not m:
+            if re.fullmatch(r"\d+@.+", rest):
+                return False, (f"{endpoint} is libmilter's spelling; Postfix writes "
+                               f"{ours.postfix}")
+            return False, ""
+        host, port = _norm_host(m.group(1)), int(m.group(2))
+        mine = _norm_host(ours.host)
+        any_addr = mine in ("0.0.0.0", "::")
+        return port == ours.port and (host == mine or any_addr), ""
+    return False, ""
+
+
+def _relative_to(path: str, queue_dir: str) -> str:
+    base = posixpath.normpath(queue_dir) + "/"
+    p = posixpath.normpath(path)
+    return p[len(base):] if p.startswith(base) else ""
+
+
+def _macros(value: str) -> set[str]:
+    return set(value.replace(",", " ").split())
+
+
+def check_postfix(cfg: Config, pf: PostfixSettings) -> Report:
+    """Everything Postfix's settings say about working with this config. Pure."""
+    r = Report()
+    p = pf.params
+    ours = parse_socket_spec(cfg.milter.socket)
+    queue_dir = p.get("queue_directory", "/var/spool/postfix")
+    cap = cfg.milter.scan_timeout + defaults.REPLY_MARGIN
+
+    # the socket: which smtpd services reach it
+    services = pf.smtpd or [Service("smtpd", chroot=False)]
+    reaching: list[str] = []
+    our_options: dict[str, str] = {}
+    hints: list[str] = []
+    for svc in services:
+        value = svc.milters if svc.milters is not None else p.get("smtpd_milters", "")
+        for endpoint, opts in milter_entries(value):
+            ok, hint = endpoint_matches(endpoint, ours, queue_dir, svc.chroot)
+            if ok:
+                reaching.append(svc.name)
+                our_options = opts
+                break
+            if hint:
+                hints.append(f"{svc.name}: {hint}")
+    if reaching:
+        r.note(f"smtpd services that use spambridge: {', '.join(reaching)}")
+        skipped = [s.name for s in services if s.name not in reaching]
+        if skipped:
+            r.note(f"smtpd services without spambridge: {', '.join(skipped)}")
+    else:
+        want = f"unix:{_relative_to(ours.path, queue_dir)}" if (
+            ours.family == "unix" and _relative_to(ours.path, queue_dir)) else ours.postfix
+        r.warn(f"smtpd_milters ({p.get('smtpd_milters', '') or 'empty'}) does not reach "
+               f"spambridge's socket {ours.libmilter}; Postfix would write {want}")
+        for h in dict.fromkeys(hints):
+            r.warn(h)
+    if ours.family == "unix" and reaching and not _relative_to(ours.path, queue_dir) and any(
+            s.chroot for s in services if s.name in reaching):
+        r.warn(f"a chrooted smtpd cannot reach {ours.path}: put the socket under {queue_dir}")
+
+    for endpoint, _ in milter_entries(p.get("non_smtpd_milters", "")):
+        if endpoint_matches(endpoint, ours, queue_dir, False)[0] or endpoint_matches(
+                endpoint, ours, queue_dir, True)[0]:
+            r.warn("non_smtpd_milters lists spambridge: that scans local submissions "
+                   "(sendmail(1)) and re-injected mail; use smtpd_milters only")
+
+    # what Postfix does when we are down
+    if "default_action" in our_options:
+        r.note(f"default action for spambridge: {our_options['default_action']} (per milter)")
+    elif "milter_default_action" in pf.explicit:
+        r.note(f"milter_default_action = {p.get('milter_default_action', '')}")
+    else:
+        r.warn(f"milter_default_action is not set in main.cf (now "
+               f"{p.get('milter_default_action', 'tempfail')}); Postfix 3.11 changes the "
+               "default to shutdown: set accept or tempfail explicitly")
+
+    # timeouts
+    timeout = parse_time(p.get("milter_content_timeout", "300s"))
+    if timeout is None:
+        r.warn(f"cannot read milter_content_timeout = {p.get('milter_content_timeout')!r}")
+    elif cap * 2 > timeout:
+        r.warn(f"scan_timeout {cfg.milter.scan_timeout:g}s (+{defaults.REPLY_MARGIN:g}s) is not "
+               f"well below milter_content_timeout {timeout:g}s: Postfix may give up first and "
+               f"apply milter_default_action; keep the timeout >= {cap * 2:g}s or lower "
+               "scan_timeout")
+    elif timeout > 600:
+        r.note(f"milter_content_timeout {timeout:g}s is longer than a sending client's 10-minute "
+               "wait after DATA: a stuck milter can cause duplicate deliveries")
+
+    # protocol and macros
+    try:
+        if int(p.get("milter_protocol", "6")) < 6:
+            r.warn(f"milter_protocol = {p['milter_protocol']}: use 6")
+    except ValueError:
+        r.warn(f"cannot read milter_protocol = {p.get('milter_protocol')!r}")
+    for macro, (stages, effect) in NEEDED_MACROS.items():
+        if not any(macro in _macros(p.get(stage, "")) for stage in stages):
+            r.warn(f"Postfix does not send macro {macro} (add it to {stages[-1]}): {effect}")
+    return r
+
+
+# -- the adapter: postconf ------------------------------------------------------------------------
+
+
+def find_postconf() -> str | None:
+    return shutil.which("postconf") or next(
+        (p for p in ("/usr/sbin/postconf", "/usr/local/sbin/postconf") if os.access(p, os.X_OK)),
+        None)
+
+
+def _postconf(exe: str, config_dir: str | None, *args: str) -> str:
+    cmd = [exe, *(["-c", config_dir] if config_dir else []), *args]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=30,
+                       stdin=subprocess.DEVNULL)
+    if r.returncode != 0:
+        where = f" -c {config_dir}" if config_dir else ""
+        raise OSError(f"postconf{where} failed: {(r.stderr or r.stdout).strip()[:500]}")
+    return r.stdout
+
+
+def parse_master(text: str) -> list[Service]:
+    """smtpd services from `postconf -M` output (chroot column, -o smtpd_milters=)."""
+    out: list[Service] = []
+    for line in text.splitlines():
+        f = line.split()
+        if len(f) < 8 or f[7] != "smtpd" or f[0].startswith("#"):
+            continue
+        # Postfix >= 3.0: "-" in the chroot column means n
+        svc = Service(f"{f[0]}/{f[1]}", chroot=f[4] == "y")
+        rest = f[8:]
+        for i, tok in enumerate(rest):
+            opt = tok if tok != "-o" else (rest[i + 1] if i + 1 < len(rest) else "")
+            if opt.startswith("smtpd_milters="):
+                svc.milters = opt.split("=", 1)[1]
+        out.append(svc)
+    return out
+
+
+def read_postfix(exe: str, config_dir: str | None = None) -> PostfixSettings:
+    values: dict[str, str] = {}
+    for line in _postconf(exe, config_dir, *PARAMS).splitlines():
+        name, sep, value = line.partition(" = ")
+        if sep:
+            values[name.strip()] = value.strip()
+        elif line.endswith(" ="):
+            values[line[:-2].strip()] = ""
+    explicit = {line.partition(" =")[0].strip()
+                for line in _postconf(exe, config_dir, "-n").splitlines() if " =" in line}
+    master = parse_master(_postconf(exe, config_dir, "-M"))
+    where = config_dir or os.environ.get("MAIL_CONFIG") or "/etc/postfix"
+    return PostfixSettings(where, values, explicit, master)
+
+
+def main(cfg: Config, postfix: bool = True, postfix_config: str | None = None) -> int:
     print(f"{cfg.source}: OK (engine={cfg.milter.engine}, socket={cfg.milter.socket}, "
           f"scan_timeout={cfg.milter.scan_timeout:g}s)")
+    r = Report()
+    if cfg.metrics.host:
+        try:
+            loopback = ipaddress.ip_address(cfg.metrics.host).is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback:
+            r.note(f"metrics on {cfg.metrics.listen}: plain HTTP without authentication, "
+                   "reachable beyond this host")
+    if postfix:
+        exe = find_postconf()
+        if exe is None:
+            r.note("postconf not found: Postfix's side not checked (--no-postfix skips this)")
+        else:
+            try:
+                pf = read_postfix(exe, postfix_config)
+            except (OSError, subprocess.SubprocessError) as e:
+                r.warn(f"cannot read Postfix's settings: {e}")
+            else:
+                print(f"postfix {pf.params.get('mail_version', '?')} ({pf.config_dir}): "
+                      f"smtpd_milters = {pf.params.get('smtpd_milters', '')}")
+                found = check_postfix(cfg, pf)
+                r.warnings += found.warnings
+                r.notes += found.notes
+    for n in r.notes:
+        print(f"note: {n}")
+    for w in r.warnings:
+        print(f"warning: {w}")
+    if r.warnings:
+        print(f"check-config: {len(r.warnings)} warning(s)")
+        return 1
+    print("check-config: all well")
     return 0

@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "settings when postconf is available)")
     _config_arg(cc)
     cc.add_argument("--no-postfix", action="store_true", help="do not ask postconf")
+    cc.add_argument("--postfix-config", metavar="DIR",
+                    help="the Postfix config directory to read (postconf -c DIR; default: "
+                    "$MAIL_CONFIG or /etc/postfix)")
 
     from spambridge import commands
 
@@ -129,7 +132,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "check-config":
             from spambridge import checkconfig
 
-            return checkconfig.main(cfg, postfix=not args.no_postfix)
+            return checkconfig.main(cfg, postfix=not args.no_postfix,
+                                    postfix_config=args.postfix_config)
         from spambridge import commands
 
         return commands.dispatch(args, cfg)

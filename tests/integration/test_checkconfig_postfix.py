@@ -1,0 +1,72 @@
+"""`spambridge check-config` against a real Postfix instance (the e2e one, configured with
+contrib/postfix/main.cf.example): it reads postconf -c DIR and judges the pair."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from harness import write_config
+from postfix_instance import PostfixInstance
+
+pytestmark = pytest.mark.postfix
+
+
+def check_config(cfg: Path, *args: str, env: dict[str, str] | None = None
+                 ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "spambridge", "check-config", "--config",
+                           str(cfg), *args], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, **(env or {})})
+
+
+def test_contrib_example_and_matching_config_are_all_well(
+        postfix: PostfixInstance, tmp_path: Path) -> None:
+    cfg = write_config(tmp_path / "ok.toml", {"milter": {
+        "socket": f"unix:{postfix.milter_socket}", "scan_timeout": 10}})
+    r = check_config(cfg, "--postfix-config", str(postfix.etc))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "check-config: all well" in r.stdout
+    assert "postfix 3." in r.stdout
+    assert "smtpd services that use spambridge: 127.0.0.1:" in r.stdout
+
+
+def test_mail_config_env_works_too(postfix: PostfixInstance, tmp_path: Path) -> None:
+    cfg = write_config(tmp_path / "ok.toml", {"milter": {
+        "socket": f"unix:{postfix.milter_socket}"}})
+    r = check_config(cfg, env={"MAIL_CONFIG": str(postfix.etc)})
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_cap_too_close_to_the_content_timeout_and_wrong_socket(
+        postfix: PostfixInstance, tmp_path: Path) -> None:
+    cfg = write_config(tmp_path / "bad.toml", {"milter": {
+        "socket": "inet:8893@127.0.0.1", "scan_timeout": 40}})
+    r = check_config(cfg, "--postfix-config", str(postfix.etc))
+    assert r.returncode == 1
+    assert "is not well below milter_content_timeout 60s" in r.stdout
+    assert "does not reach spambridge's socket inet:8893@127.0.0.1" in r.stdout
+    assert "Postfix would write inet:127.0.0.1:8893" in r.stdout
+
+
+def test_no_postfix_skips_postconf(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path / "ok.toml", {"milter": {"socket": "inet:8893@127.0.0.1"}})
+    r = check_config(cfg, "--no-postfix")
+    assert r.returncode == 0 and "postfix" not in r.stdout.split("\n", 1)[1]
+
+
+def test_unreadable_postfix_config_is_a_warning(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path / "ok.toml", {})
+    r = check_config(cfg, "--postfix-config", str(tmp_path / "nowhere"))
+    assert r.returncode == 1
+    assert "cannot read Postfix's settings: postconf -c" in r.stdout
+
+
+def test_bad_config_exits_78(tmp_path: Path) -> None:
+    cfg = tmp_path / "typo.toml"
+    cfg.write_text("[milter]\nscan_timout = 5\n")
+    r = check_config(cfg, "--no-postfix")
+    assert r.returncode == 78
+    assert f"{cfg}:2: [milter] scan_timout: unknown key" in r.stderr

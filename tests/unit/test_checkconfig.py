@@ -1,0 +1,155 @@
+"""check-config's judging of Postfix settings, as tables (no postconf needed)."""
+
+from __future__ import annotations
+
+import pytest
+
+from spambridge.checkconfig import (
+    PostfixSettings,
+    Service,
+    check_postfix,
+    endpoint_matches,
+    milter_entries,
+    parse_master,
+    parse_time,
+)
+from spambridge.config import from_mapping
+from spambridge.milter.socketspec import parse_socket_spec
+
+Q = "/var/spool/postfix"
+SOCK = "unix:/var/spool/postfix/spambridge/spambridge.sock"
+GOOD = {
+    "mail_version": "3.7.11", "queue_directory": Q,
+    "smtpd_milters": "unix:spambridge/spambridge.sock", "non_smtpd_milters": "",
+    "milter_protocol": "6", "milter_default_action": "accept", "milter_content_timeout": "60s",
+    "milter_connect_macros": "j {daemon_name} {daemon_addr} v _",
+    "milter_helo_macros": "{tls_version} {cipher} {cipher_bits} {cert_subject} {cert_issuer}",
+    "milter_mail_macros": "i {auth_type} {auth_authen} {auth_author} {mail_addr} {mail_host}",
+    "milter_end_of_header_macros": "i", "milter_end_of_data_macros": "i",
+}
+
+
+def settings(chroot: bool = True, explicit: tuple[str, ...] = ("milter_default_action",),
+             master_override: str | None = None, **params: str) -> PostfixSettings:
+    return PostfixSettings("/etc/postfix", {**GOOD, **params}, set(explicit),
+                           [Service("smtp/inet", chroot, master_override)])
+
+
+def cfg(socket: str = SOCK, scan_timeout: float = 10.0):  # type: ignore[no-untyped-def]
+    return from_mapping({"milter": {"socket": socket, "scan_timeout": scan_timeout}})
+
+
+@pytest.mark.parametrize(("value", "seconds"), [
+    ("300s", 300), ("300", 300), ("5m", 300), ("1h", 3600), ("2d", 172800), ("1w", 604800),
+    ("1.5s", 1.5), ("soon", None)])
+def test_parse_time(value: str, seconds: float | None) -> None:
+    assert parse_time(value) == seconds
+
+
+def test_milter_entries_plain_and_grouped() -> None:
+    assert milter_entries("inet:127.0.0.1:8891, unix:spambridge/s.sock") == [
+        ("inet:127.0.0.1:8891", {}), ("unix:spambridge/s.sock", {})]
+    assert milter_entries("{ unix:spambridge/s.sock, default_action=accept } inet:h:1") == [
+        ("unix:spambridge/s.sock", {"default_action": "accept"}), ("inet:h:1", {})]
+
+
+@pytest.mark.parametrize(("endpoint", "ours", "chroot", "match"), [
+    # relative paths resolve against the queue directory, chroot or not
+    ("unix:spambridge/spambridge.sock", SOCK, True, True),
+    ("unix:spambridge/spambridge.sock", SOCK, False, True),
+    # absolute paths: inside the chroot they are relative to the queue directory
+    ("unix:/spambridge/spambridge.sock", SOCK, True, True),
+    ("unix:/spambridge/spambridge.sock", SOCK, False, False),
+    ("unix:/var/spool/postfix/spambridge/spambridge.sock", SOCK, False, True),
+    ("unix:/var/spool/postfix/spambridge/spambridge.sock", SOCK, True, False),
+    ("local:/run/spambridge/spambridge.sock", "unix:/run/spambridge/spambridge.sock", False, True),
+    # Postfix inet:HOST:PORT vs libmilter inet:PORT@HOST
+    ("inet:127.0.0.1:8893", "inet:8893@127.0.0.1", True, True),
+    ("inet:localhost:8893", "inet:8893@127.0.0.1", True, True),
+    ("inet:127.0.0.1:8894", "inet:8893@127.0.0.1", True, False),
+    ("inet:[::1]:8893", "inet6:8893@::1", True, True),
+    ("inet:127.0.0.1:8893", "inet:8893@0.0.0.0", True, True),
+    ("inet:8893@127.0.0.1", "inet:8893@127.0.0.1", True, False),
+    ("inet:127.0.0.1:8893", SOCK, True, False),
+])
+def test_endpoint_matches(endpoint: str, ours: str, chroot: bool, match: bool) -> None:
+    assert endpoint_matches(endpoint, parse_socket_spec(ours), Q, chroot)[0] is match
+
+
+def test_all_well() -> None:
+    r = check_postfix(cfg(), settings())
+    assert r.warnings == []
+    assert "smtpd services that use spambridge: smtp/inet" in r.notes
+
+
+def test_absolute_path_in_chroot_gets_the_relative_spelling() -> None:
+    r = check_postfix(cfg(), settings(smtpd_milters=f"{SOCK}"))
+    assert any("does not reach" in w for w in r.warnings)
+    assert any("write unix:spambridge/spambridge.sock" in w for w in r.warnings)
+
+
+def test_libmilter_spelling_in_postfix_is_explained() -> None:
+    r = check_postfix(cfg("inet:8893@127.0.0.1"), settings(smtpd_milters="inet:8893@127.0.0.1"))
+    assert any("Postfix writes inet:127.0.0.1:8893" in w for w in r.warnings)
+
+
+def test_socket_outside_the_chroot() -> None:
+    r = check_postfix(cfg("unix:/run/spambridge/spambridge.sock"),
+                      settings(smtpd_milters="unix:/run/spambridge/spambridge.sock"))
+    assert any("cannot be reached" in w or "does not reach" in w for w in r.warnings)
+
+
+def test_master_cf_override_is_per_service() -> None:
+    pf = settings(smtpd_milters="")
+    pf.smtpd = [Service("smtp/inet", True, "unix:spambridge/spambridge.sock"),
+                Service("submission/inet", True, "")]
+    r = check_postfix(cfg(), pf)
+    assert r.warnings == []
+    assert "smtpd services without spambridge: submission/inet" in r.notes
+
+
+@pytest.mark.parametrize(("timeout", "cap", "warns"), [
+    ("60s", 10.0, False), ("20s", 10.0, True), ("300s", 120.0, False), ("1m", 30.0, True)])
+def test_content_timeout_against_the_cap(timeout: str, cap: float, warns: bool) -> None:
+    r = check_postfix(cfg(scan_timeout=cap), settings(milter_content_timeout=timeout))
+    assert any("milter_content_timeout" in w for w in r.warnings) is warns
+
+
+def test_missing_macros_are_named_with_their_effect() -> None:
+    r = check_postfix(cfg(), settings(milter_mail_macros="{mail_addr}",
+                                      milter_end_of_header_macros="",
+                                      milter_end_of_data_macros=""))
+    text = "\n".join(r.warnings)
+    assert "macro {auth_authen}" in text and "skip_authenticated" in text
+    assert "macro i " in text and "NOQUEUE" in text
+    assert "macro j " not in text
+
+
+def test_implicit_default_action_warns_but_per_milter_one_counts() -> None:
+    r = check_postfix(cfg(), settings(explicit=()))
+    assert any("Postfix 3.11" in w for w in r.warnings)
+    r = check_postfix(cfg(), settings(
+        explicit=(), smtpd_milters="{ unix:spambridge/spambridge.sock, default_action=tempfail }"))
+    assert r.warnings == []
+
+
+def test_non_smtpd_milters_listing_us_warns() -> None:
+    r = check_postfix(cfg(), settings(non_smtpd_milters="unix:spambridge/spambridge.sock"))
+    assert any("non_smtpd_milters" in w for w in r.warnings)
+
+
+def test_old_protocol_warns() -> None:
+    assert any("milter_protocol" in w for w in check_postfix(cfg(), settings(
+        milter_protocol="2")).warnings)
+
+
+def test_parse_master() -> None:
+    text = (
+        "smtp       inet  n       -       y       -       -       smtpd\n"
+        "submission inet  n       -       y       -       -       smtpd -o smtpd_milters= "
+        "-o smtpd_sasl_auth_enable=yes\n"
+        "127.0.0.1:2525 inet n    -       n       -       -       smtpd\n"
+        "pickup     unix  n       -       y       60      1       pickup\n")
+    assert parse_master(text) == [
+        Service("smtp/inet", True, None), Service("submission/inet", True, ""),
+        Service("127.0.0.1:2525/inet", False, None)]
