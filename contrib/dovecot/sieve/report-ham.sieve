@@ -1,0 +1,16 @@
+# IMAPSieve: a message was moved or copied OUT OF Junk -> learn it as ham,
+# unless it went to Trash (deleting spam is not saying it was ham).
+require ["vnd.dovecot.pipe", "copy", "imapsieve", "environment", "variables"];
+
+if environment :matches "imap.mailbox" "*" {
+  set "mailbox" "${1}";
+}
+if string "${mailbox}" "Trash" {
+  stop;
+}
+
+if environment :matches "imap.user" "*" {
+  set "username" "${1}";
+}
+
+pipe :copy "spambridge-learn-ham.sh" [ "${username}" ];

@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+# Build the spambridge .deb from this checkout, install it with dpkg -i, and check the installed
+# package the way an admin meets it:
+#   - `spambridge --version` prints the version in pyproject.toml
+#   - the shipped /etc/spambridge/spambridge.toml passes `spambridge check-config`
+#   - the milter starts as user spambridge with NO network (a fresh network namespace where not
+#     even loopback is up), opens /var/spool/postfix/spambridge/spambridge.sock with group postfix
+#     and mode 0660, and stops cleanly on SIGTERM
+# The package stays installed. Output: dist/spambridge_VERSION_ARCH.deb (or $DEB_OUT).
+# Needs root (apt-get for build dependencies, dpkg -i); CI calls it from tests/integration/test_deb.py.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+out=${DEB_OUT:-$here/dist}
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+
+step() { printf '==> %s\n' "$*"; }
+
+# -- build dependencies (packaging/debian/control Build-Depends) --------------------------------
+need=(debhelper dh-virtualenv dpkg-dev fakeroot python3-dev python3-venv libmilter-dev gcc)
+missing=()
+for p in "${need[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    step "installing build dependencies: ${missing[*]}"
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -q
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+version=$(sed -n 's/^version = "\(.*\)"$/\1/p' "$here/pyproject.toml" | head -1)
+deb_version=$(dpkg-parsechangelog -l "$here/packaging/debian/changelog" -S Version)
+if [ "$version" != "$deb_version" ]; then
+    echo "pyproject.toml says $version but packaging/debian/changelog says $deb_version" >&2
+    exit 1
+fi
+
+# -- build in a copy, so the checkout stays clean (dpkg-buildpackage writes to ..) ---------------
+work=$(mktemp -d /tmp/spambridge-deb.XXXXXX)
+trap 'rm -rf "$work"' EXIT
+src="$work/spambridge-$version"
+mkdir -p "$src"
+step "copying the source tree to $src"
+if git -C "$here" rev-parse --git-dir >/dev/null 2>&1; then
+    (cd "$here" && git ls-files -z --cached --others --exclude-standard \
+        | tar --null --ignore-failed-read -T - -cf - 2>/dev/null) | tar -xf - -C "$src"
+else
+    tar -C "$here" --exclude=.venv --exclude=dist --exclude=.git -cf - . | tar -xf - -C "$src"
+fi
+rm -rf "$src/debian"
+cp -a "$here/packaging/debian" "$src/debian"
+
+step "dpkg-buildpackage -us -uc -b"
+start=$(date +%s)
+(cd "$src" && dpkg-buildpackage -us -uc -b) >"$work/build.log" 2>&1 || {
+    tail -n 80 "$work/build.log" >&2
+    echo "dpkg-buildpackage failed (log above)" >&2
+    exit 1
+}
+arch=$(dpkg --print-architecture)
+deb="$work/spambridge_${version}_${arch}.deb"
+mkdir -p "$out"
+cp "$deb" "$out/"
+deb="$out/$(basename "$deb")"
+step "built $deb in $(( $(date +%s) - start ))s ($(du -h "$deb" | cut -f1))"
+
+# -- install --------------------------------------------------------------------------------------
+step "dpkg -i $deb"
+if ! $SUDO env DEBIAN_FRONTEND=noninteractive dpkg -i "$deb"; then
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q -f
+fi
+dpkg-query -W -f='${Status}\n' spambridge | grep -q "install ok installed"
+
+# -- check what got installed ---------------------------------------------------------------------
+step "spambridge --version"
+got=$(/usr/bin/spambridge --version)
+echo "$got"
+[ "$got" = "spambridge $version" ] || { echo "expected 'spambridge $version'" >&2; exit 1; }
+
+step "spambridge check-config (the shipped /etc/spambridge/spambridge.toml)"
+/usr/bin/spambridge check-config --no-postfix --config /etc/spambridge/spambridge.toml
+
+step "man pages"
+for page in /usr/share/man/man8/spambridge.8.gz /usr/share/man/man5/spambridge.toml.5.gz; do
+    [ -s "$page" ] || { echo "missing $page" >&2; exit 1; }
+done
+getent passwd spambridge >/dev/null || { echo "user spambridge was not created" >&2; exit 1; }
+
+sock=/var/spool/postfix/spambridge/spambridge.sock
+if getent group postfix >/dev/null && [ -d /var/spool/postfix/spambridge ]; then
+    step "start the milter as user spambridge without network, socket $sock"
+    log="$work/run.log"
+    # spamd engine: it connects per message, so it starts without a spamd (or any network)
+    # unshare and setpriv exec (no fork), so $! is the milter itself and gets our SIGTERM
+    $SUDO unshare --net setpriv --reuid=spambridge --regid=spambridge --init-groups \
+        /usr/bin/spambridge run \
+        --config /etc/spambridge/spambridge.toml --engine spamd >"$log" 2>&1 &
+    pid=$!
+    for _ in $(seq 1 150); do
+        [ -S "$sock" ] && grep -q "listening on" "$log" && break
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    # libmilter installs its SIGTERM handling only once milter.main() runs, a moment after
+    # the socket opens: give it that moment, so the stop below tests the graceful path
+    sleep 1
+    if [ ! -S "$sock" ]; then
+        cat "$log" >&2
+        kill "$pid" 2>/dev/null || true
+        echo "the installed milter did not open $sock" >&2
+        exit 1
+    fi
+    perms=$(stat -c '%U:%G %a' "$sock")
+    echo "socket: $perms"
+    kill -TERM "$pid"
+    rc=0
+    wait "$pid" || rc=$?
+    cat "$log"
+    [ "$perms" = "spambridge:postfix 660" ] || { echo "socket must be spambridge:postfix 660" >&2; exit 1; }
+    [ "$rc" -eq 0 ] || { echo "milter exited $rc after SIGTERM" >&2; exit 1; }
+else
+    echo "Postfix is not installed here: skipping the socket check (group postfix missing)"
+fi
+step "OK: $deb installed and working"
