@@ -47,6 +47,9 @@ def add_parsers(sub: Any, config_arg: ArgAdder, engine_args: ArgAdder,
                    help="skip larger messages (default: 500k, as sa-learn; 0 = no limit)")
     t.add_argument("--user", default="", help="spamd user whose Bayes to teach "
                    "(--engine spamd; default: [spamd] user)")
+    t.add_argument("--batch-size", type=int, default=2000, metavar="N",
+                   help="messages per database transaction (default: 2000; an interrupted "
+                   "run keeps every finished batch)")
     t.add_argument("-q", "--quiet", action="store_true", help="print only errors")
     t.add_argument("paths", nargs="*", metavar="PATH", default=["-"])
 
@@ -80,13 +83,15 @@ def _train(args: argparse.Namespace, cfg: Config) -> int:
     engine = args.engine or cfg.milter.engine
     common: dict[str, Any] = {"max_size": args.max_size, "mbox": args.mbox, "quiet": args.quiet}
     if engine == "bayes":
-        return train.run(cfg, args.label, args.paths, **common)
+        return train.run(cfg, args.label, args.paths, batch_messages=max(1, args.batch_size),
+                         **common)
     if engine == "spamd":
         return train.run_spamd(cfg, args.label, args.paths, user=args.user, **common)
     # spamd+bayes: teach both; stdin can be read only once, so keep it
     if "-" in args.paths:
         sys.stdin = io.TextIOWrapper(io.BytesIO(sys.stdin.buffer.read()))
-    local = train.run(cfg, args.label, args.paths, **common)
+    local = train.run(cfg, args.label, args.paths, batch_messages=max(1, args.batch_size),
+                      **common)
     if "-" in args.paths:
         sys.stdin.buffer.seek(0)
     remote = train.run_spamd(cfg, args.label, args.paths, user=args.user, **common)

@@ -9,6 +9,7 @@ result, without a KeyError per unknown word.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 from sbclassifier import Classifier
 from sbclassifier import chi2 as _chi2
 
-from spambridge.bayes.store import Counts, Totals
+from spambridge.bayes.store import Counts, TokenCounts, Totals
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,15 +38,7 @@ def chi2q(x2: float, v: int) -> float:
     return float(_chi2.chi2Q(x2, v))
 
 
-class _Record:
-    __slots__ = ("hamcount", "spamcount")
-
-    def __init__(self, spamcount: int, hamcount: int) -> None:
-        self.spamcount = spamcount
-        self.hamcount = hamcount
-
-
-class _MessageDb(dict[str, _Record]):
+class _MessageDb(dict[str, TokenCounts]):
     """The slice of the database one message needs, shaped as sbclassifier's ClassifierDb."""
 
     def __init__(self, totals: Totals) -> None:
@@ -64,8 +57,9 @@ class Scorer:
     """One per thread: sbclassifier caches f(w) per (spamcount, hamcount), valid while the
     totals stay the same, so the cache is kept across messages until they change."""
 
-    def __init__(self, options: Options = DEFAULT_OPTIONS) -> None:
+    def __init__(self, options: Options = DEFAULT_OPTIONS, max_clues: int = 150) -> None:
         self.options = options
+        self.max_clues = max_clues
         self._classifier: Any = Classifier(_MessageDb(Totals(0, 0)))
         c = self._classifier
         c.unknown_word_prob = options.unknown_word_prob
@@ -80,19 +74,28 @@ class Scorer:
             c.probcache = {}
             self._totals = totals
         db = _MessageDb(totals)
-        nspam, nham = totals.nspam, totals.nham
-        for token, (s, h) in counts.items():
-            # sbclassifier asserts count <= total; a hand-edited or imported database may not
-            # hold to that, so clamp (and skip records that clamp to nothing)
-            s, h = min(s, nspam), min(h, nham)
-            if s or h:
-                db[token] = _Record(s, h)
+        db.update(counts)
         c.db = db
         words = tokens if self.options.minimum_prob_strength <= 0 else db.keys()
-        prob, evidence = c.spamprob(words, evidence=True)
-        clues = [(w, float(p)) for w, p in evidence if w not in ("*H*", "*S*")]
-        clues.sort(key=lambda wp: (-abs(wp[1] - 0.5), wp[0]))
-        return Verdict(float(prob), tuple(clues))
+        try:
+            prob, evidence = c.spamprob(words, evidence=True)
+        except (AssertionError, ZeroDivisionError):  # a hand-edited or imported database
+            db = _clamped(counts, totals)
+            c.db = db
+            c.probcache = {}
+            prob, evidence = c.spamprob(db.keys(), evidence=True)
+        clues = heapq.nsmallest(self.max_clues, evidence[2:],
+                                key=lambda wp: (-abs(wp[1] - 0.5), wp[0]))
+        return Verdict(float(prob), tuple((w, float(p)) for w, p in clues))
+
+
+def _clamped(counts: Counts, totals: Totals) -> _MessageDb:
+    db = _MessageDb(totals)
+    for token, (s, h) in counts.items():
+        s, h = min(s, totals.nspam), min(h, totals.nham)
+        if s or h:
+            db[token] = TokenCounts(s, h)
+    return db
 
 
 def probability(spamcount: int, hamcount: int, totals: Totals,
@@ -101,4 +104,4 @@ def probability(spamcount: int, hamcount: int, totals: Totals,
     scorer = Scorer(options)
     db = _MessageDb(totals)
     scorer._classifier.db = db
-    return float(scorer._classifier.probability(_Record(spamcount, hamcount)))
+    return float(scorer._classifier.probability(TokenCounts(spamcount, hamcount)))

@@ -18,10 +18,11 @@ import os
 import sqlite3
 import stat
 import time
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, NamedTuple, Protocol
 
 from spambridge.bayes.tokenizer import TOKENIZER_VERSION
 
@@ -31,6 +32,7 @@ BUSY_TIMEOUT_WRITE = 30.0  # s: `train` may wait for another `train` to finish i
 MAX_VARIABLES = 30_000  # below SQLite's 32,766 host-parameter limit (3.32+)
 CACHE_LIMIT = 200_000  # tokens a reader keeps in memory between database changes
 SPAM, HAM = "spam", "ham"
+_MISS: Any = object()
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tokens(
@@ -54,7 +56,15 @@ class Totals:
     nham: int
 
 
-Counts = dict[str, tuple[int, int]]  # token → (spam count, ham count); absent = never seen
+class TokenCounts(NamedTuple):
+    """Trained messages containing a token, per class. The field names are the ones
+    sbclassifier reads from its records, so these go to it without copying."""
+
+    spamcount: int
+    hamcount: int
+
+
+Counts = dict[str, TokenCounts]  # absent = never seen
 
 
 class TokenReader(Protocol):
@@ -133,11 +143,11 @@ def _ensure_schema(conn: sqlite3.Connection, path: str) -> None:
 def _check_opened(conn: sqlite3.Connection, path: str) -> None:
     try:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version != SCHEMA_VERSION:
+            raise StoreError(f"{path}: schema version {version}, expected {SCHEMA_VERSION}")
         row = conn.execute("SELECT value FROM meta WHERE key='tokenizer'").fetchone()
     except sqlite3.DatabaseError as e:
         raise StoreError(f"{path}: not a usable Bayes database: {e}") from e
-    if version != SCHEMA_VERSION:
-        raise StoreError(f"{path}: schema version {version}, expected {SCHEMA_VERSION}")
     if row is None or row[0] != str(TOKENIZER_VERSION):
         raise StoreError(f"{path}: trained with tokenizer version {row and row[0]}, this "
                          f"spambridge has {TOKENIZER_VERSION}: retrain into a new database")
@@ -155,8 +165,8 @@ class SqliteReader:
         self.conn = _connect(path, timeout)
         _check_opened(self.conn, path)
         self.conn.execute("PRAGMA query_only=ON")
-        self._cache: dict[str, tuple[int, int] | None] = {}
-        self._version = -1
+        self._cache: dict[str, TokenCounts | None] = {}
+        self._version = -1  # data_version the cache is valid for
         self._totals = Totals(0, 0)
 
     def lookup(self, tokens: Sequence[str]) -> tuple[Totals, Counts]:
@@ -168,31 +178,27 @@ class SqliteReader:
     def _lookup(self, tokens: Sequence[str]) -> tuple[Totals, Counts]:
         conn = self.conn
         cache = self._cache
-        conn.execute("BEGIN")  # one snapshot for the totals, the version and every chunk
-        try:
-            row = conn.execute("SELECT nspam, nham FROM totals").fetchone()
-            version = conn.execute("PRAGMA data_version").fetchone()[0]
-            if version != self._version or len(cache) > CACHE_LIMIT:
-                cache.clear()
-                self._version = version
-                self._totals = Totals(int(row[0]), int(row[1]))
-            get = cache.get
-            missing = [t for t in tokens if get(t, 0) == 0]  # 0: not cached; None: known absent
-            for i in range(0, len(missing), MAX_VARIABLES):
-                chunk = missing[i : i + MAX_VARIABLES]
-                sql = ("SELECT token, spam, ham FROM tokens WHERE token IN ("
-                       + ",".join("?" * len(chunk)) + ")")
-                for t in chunk:
-                    cache[t] = None
-                for t, s, h in conn.execute(sql, chunk):
-                    cache[t] = (s, h)
-        finally:
-            conn.execute("COMMIT")
-        counts: Counts = {}
-        for t in tokens:
-            c = get(t)
-            if c is not None:
-                counts[t] = c
+        get = cache.get
+        missing = [t for t in tokens if get(t, _MISS) is _MISS]  # cached None = known absent
+        if missing or conn.execute("PRAGMA data_version").fetchone()[0] != self._version:
+            conn.execute("BEGIN")  # one snapshot for the totals, the version and every chunk
+            try:
+                row = conn.execute("SELECT nspam, nham FROM totals").fetchone()
+                version = conn.execute("PRAGMA data_version").fetchone()[0]
+                if version != self._version or len(cache) > CACHE_LIMIT:
+                    cache.clear()
+                    self._version = version
+                    self._totals = Totals(int(row[0]), int(row[1]))
+                    missing = list(tokens)
+                for i in range(0, len(missing), MAX_VARIABLES):
+                    chunk = missing[i : i + MAX_VARIABLES]
+                    sql = ("SELECT token, spam, ham FROM tokens WHERE token IN ("
+                           + ",".join("?" * len(chunk)) + ")")
+                    cache.update(dict.fromkeys(chunk))
+                    cache.update({t: TokenCounts(s, h) for t, s, h in conn.execute(sql, chunk)})
+            finally:
+                conn.execute("COMMIT")
+        counts: Counts = {t: c for t in tokens if (c := get(t)) is not None}
         return self._totals, counts
 
     def totals(self) -> Totals:
@@ -204,11 +210,12 @@ class SqliteReader:
 
 class Batch:
     """Learning and unlearning inside one write transaction; counts are aggregated in memory
-    and written at `commit`, one upsert per distinct token."""
+    (Counter.update runs in C) and written at `commit`, one upsert per distinct token."""
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
-        self.deltas: dict[str, list[int]] = {}
+        self.spam: Counter[str] = Counter()
+        self.ham: Counter[str] = Counter()
         self.dspam = 0
         self.dham = 0
         self.labels: dict[bytes, str | None] = {}  # digest → new label (None = forgotten)
@@ -222,24 +229,17 @@ class Batch:
         return str(row[0]) if row else None
 
     def learn(self, tokens: Iterable[str], label: str, sign: int = 1) -> None:
-        """Add (sign=1) or remove (sign=-1) one message of class `label`."""
-        deltas = self.deltas
+        """Add (sign=1) or remove (sign=-1) one message of class `label`; `tokens` must be
+        distinct (the tokenizer's output is)."""
+        counter = self.spam if label == SPAM else self.ham
+        if sign > 0:
+            counter.update(tokens)
+        else:
+            counter.subtract(tokens)
         if label == SPAM:
             self.dspam += sign
-            for t in tokens:
-                d = deltas.get(t)
-                if d is None:
-                    deltas[t] = [sign, 0]
-                else:
-                    d[0] += sign
         else:
             self.dham += sign
-            for t in tokens:
-                d = deltas.get(t)
-                if d is None:
-                    deltas[t] = [0, sign]
-                else:
-                    d[1] += sign
         self.messages += 1
 
     def mark(self, digest: bytes, label: str | None) -> None:
@@ -247,7 +247,9 @@ class Batch:
 
     def commit(self) -> None:
         conn = self.conn
-        rows = [(t, d[0], d[1]) for t, d in self.deltas.items() if d[0] or d[1]]
+        spam, ham = self.spam, self.ham
+        rows = [(t, spam.get(t, 0), ham.get(t, 0)) for t in spam.keys() | ham.keys()]
+        rows = sorted(r for r in rows if r[1] or r[2])  # in key order: B-tree pages stay hot
         conn.executemany(
             "INSERT INTO tokens(token, spam, ham) VALUES (?1, max(?2, 0), max(?3, 0)) "
             "ON CONFLICT(token) DO UPDATE SET spam = max(spam + ?2, 0), ham = max(ham + ?3, 0)",
@@ -271,8 +273,7 @@ class SqliteWriter:
 
     def __init__(self, path: str, timeout: float = BUSY_TIMEOUT_WRITE) -> None:
         self.path = path
-        if not os.path.exists(path):
-            create(path)
+        create(path)  # a no-op on an existing database of our schema
         self.conn = _connect(path, timeout)
         _check_opened(self.conn, path)
 

@@ -37,7 +37,7 @@ class _Worker:
     def __init__(self, path: str) -> None:
         self.reader = store.SqliteReader(path)
         self.inode = os.stat(path).st_ino
-        self.scorer = Scorer()
+        self.scorer = Scorer(max_clues=MAX_CLUES)
 
 
 class BayesScanner:
@@ -87,7 +87,7 @@ class BayesScanner:
             self._drop_worker()
             log.exception("bayes: internal error")
             raise ScanError(ErrorKind.ERROR, ENGINE, f"internal: {type(e).__name__}") from e
-        return ScoreResult(ENGINE, verdict.score, (), verdict.clues[:MAX_CLUES])
+        return ScoreResult(ENGINE, verdict.score, (), verdict.clues)
 
     def _worker(self) -> _Worker:
         w: _Worker | None = getattr(self._local, "worker", None)

@@ -1,0 +1,277 @@
+"""`spambridge train` and `spambridge check` as an admin runs them (the real CLI, a real SQLite
+database): every input kind, dedupe, class moves, forget, bad inputs, and the store's
+guarantees under a concurrent reader and a killed writer."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from spambridge import cli
+from spambridge.bayes import store
+from spambridge.config import BayesConfig
+from spambridge.scanners.bayes import BayesScanner
+from spambridge.verdict import ErrorKind, ScanError
+
+SPAM_WORDS = ["viagra", "cheap", "pills", "casino", "winner", "lottery", "prize", "mortgage",
+              "refinance", "bitcoin"]
+HAM_WORDS = ["meeting", "agenda", "minutes", "review", "budget", "quarterly", "project",
+             "deadline", "lunch", "draft"]
+
+
+def mail(n: int, spam: bool, extra: str = "") -> bytes:
+    words = SPAM_WORDS if spam else HAM_WORDS
+    body = " ".join(words[(n + i) % len(words)] for i in range(40))
+    sender = "promo@deals.example.com" if spam else "colleague@example.org"
+    return (f"From: {sender}\nTo: user@example.net\nSubject: {'WIN' if spam else 'notes'} "
+            f"{n}\nMessage-ID: <{n}.{int(spam)}@example>\n{extra}\n{body} unique{n}x{int(spam)}\n"
+            ).encode()
+
+
+def run(*argv: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def totals(db: Path) -> tuple[int, int]:
+    with sqlite3.connect(db) as c:
+        n = c.execute("SELECT nspam, nham FROM totals").fetchone()
+        return int(n[0]), int(n[1])
+
+
+def tokens(db: Path) -> dict[str, tuple[int, int]]:
+    with sqlite3.connect(db) as c:
+        return {t: (s, h) for t, s, h in c.execute("SELECT token, spam, ham FROM tokens")}
+
+
+def maildir(root: Path, msgs: list[bytes]) -> Path:
+    for d in ("cur", "new", "tmp"):
+        (root / d).mkdir(parents=True)
+    for i, m in enumerate(msgs):
+        (root / ("cur" if i % 2 else "new") / f"{i}.host:2,S").write_bytes(m)
+    return root
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "var" / "bayes.sqlite"
+
+
+def test_train_from_maildir_mbox_directory_file_and_stdin(
+        tmp_path: Path, db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    md = maildir(tmp_path / "Junk", [mail(i, True) for i in range(4)])
+    mbox = tmp_path / "spam.mbox"
+    mbox.write_bytes(b"".join(b"From x@y Mon Jan  1 00:00:00 2026\n" + mail(i, True) + b"\n"
+                              for i in range(10, 13)))
+    files = tmp_path / "hamdir"
+    files.mkdir()
+    for i in range(5):
+        (files / f"{i}.eml").write_bytes(mail(i, False))
+    single = tmp_path / "one.eml"
+    single.write_bytes(mail(99, False))
+
+    code, out, _ = run("train", "--db", str(db), "--spam", str(md), str(mbox), capsys=capsys)
+    assert code == 0 and "Learned 7 of 7 messages as spam" in out
+    code, out, _ = run("train", "--db", str(db), "--ham", str(files), str(single), capsys=capsys)
+    assert code == 0 and "Learned 6 of 6 messages as ham" in out
+    proc = subprocess.run([sys.executable, "-m", "spambridge", "train", "--db", str(db),
+                           "--ham", "-"], input=mail(100, False), capture_output=True,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert b"<stdin>: learned as ham" in proc.stdout
+    assert totals(db) == (7, 7)
+    assert tokens(db)["viagra"] == (7, 0)
+    assert tokens(db)["unique12x1"] == (1, 0)  # the last message of the mbox
+    # created private: the database holds the vocabulary of people's mail
+    assert not os.stat(db).st_mode & stat.S_IROTH
+    assert store.is_private(str(db))
+
+
+def test_repeat_is_a_noop_even_after_our_markup_was_added(
+        tmp_path: Path, db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    f = tmp_path / "m.eml"
+    f.write_bytes(mail(1, True))
+    assert run("train", "--db", str(db), "--spam", str(f), capsys=capsys)[0] == 0
+    before = tokens(db)
+    # the same message as delivered: our X-Spam-* headers added, CRLF line ends
+    tagged = (b"X-Spam-Flag: YES\nX-Spam-Status: Yes, score=1.0000 required=0.9000\n\ttests=none\n"
+              + mail(1, True)).replace(b"\n", b"\r\n")
+    f.write_bytes(tagged)
+    code, out, _ = run("train", "--db", str(db), "--spam", str(f), capsys=capsys)
+    assert code == 0 and "1 already trained" in out
+    assert tokens(db) == before and totals(db) == (1, 0)
+    assert "x-spam-flag" not in " ".join(before).lower()
+
+
+def test_other_class_moves_and_forget_undoes(tmp_path: Path, db: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    f = tmp_path / "m.eml"
+    f.write_bytes(mail(3, False))
+    other = tmp_path / "o.eml"
+    other.write_bytes(mail(4, False))
+    run("train", "--db", str(db), "--ham", str(f), str(other), capsys=capsys)
+    assert totals(db) == (0, 2) and tokens(db)["unique3x0"] == (0, 1)
+
+    code, out, _ = run("train", "--db", str(db), "--spam", str(f), capsys=capsys)
+    assert code == 0 and "1 moved from ham" in out
+    assert totals(db) == (1, 1) and tokens(db)["unique3x0"] == (1, 0)
+
+    code, out, _ = run("train", "--db", str(db), "--forget", str(f), str(other), capsys=capsys)
+    assert code == 0 and "Forgot 2 of 2" in out
+    assert totals(db) == (0, 0) and tokens(db) == {}
+    code, out, _ = run("train", "--db", str(db), "--forget", str(f), capsys=capsys)
+    assert code == 0 and "not trained before" in out
+
+
+def test_bad_inputs_are_reported_counted_and_skipped(tmp_path: Path, db: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    d = tmp_path / "mixed"
+    d.mkdir()
+    (d / "good.eml").write_bytes(mail(1, True))
+    (d / "notes.txt").write_bytes(b"just some text, no headers\n")
+    (d / "blob.bin").write_bytes(b"\x00\x01\x02 binary")
+    (d / "huge.eml").write_bytes(mail(2, True) + b"x" * 4096)
+    code, out, err = run("train", "--db", str(db), "--spam", "--max-size", "2k", str(d),
+                         capsys=capsys)
+    assert code == 0, err  # junk inside a folder is skipped, not an error
+    assert "Learned 1 of 4 messages as spam (1 too large, 2 not mail)" in out
+
+    code, out, err = run("train", "--db", str(db), "--spam", str(tmp_path / "nope"),
+                         str(d / "notes.txt"), capsys=capsys)
+    assert code == 1
+    assert "nope: unreadable: no such file or directory" in err
+    assert "notes.txt: not mail" in err
+    assert "2 unreadable" in out
+
+    proc = subprocess.run([sys.executable, "-m", "spambridge", "train", "--db", str(db),
+                           "--spam"], input=b"", capture_output=True, check=False)
+    assert proc.returncode == 1 and b"<stdin>: not mail" in proc.stderr
+
+
+def test_check_prints_the_milter_decision(tmp_path: Path, db: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    spam, ham = tmp_path / "spam", tmp_path / "ham"
+    spam.mkdir()
+    ham.mkdir()
+    for i in range(20):
+        (spam / f"{i}").write_bytes(mail(i, True))
+        (ham / f"{i}").write_bytes(mail(i, False))
+    new_spam, new_ham = tmp_path / "s.eml", tmp_path / "h.eml"
+    new_spam.write_bytes(mail(500, True))
+    new_ham.write_bytes(mail(500, False))
+
+    code, out, _ = run("check", "--db", str(db), str(new_spam), capsys=capsys)
+    assert code == 0 and "verdict=unchecked=unavailable" in out
+    assert "no Bayes database" in out and not db.exists()  # check never creates one
+
+    run("train", "--db", str(db), "--spam", str(spam), capsys=capsys)
+    code, out, _ = run("check", "--db", str(db), str(new_ham), capsys=capsys)
+    assert "not trained yet: 20 spam, 0 ham" in out
+    run("train", "--db", str(db), "--ham", str(ham), capsys=capsys)
+
+    code, out, _ = run("check", "--db", str(db), "--explain", str(new_spam), capsys=capsys)
+    assert code == 0
+    assert "verdict=reject action=reject" in out
+    assert "SMTP reply: 550 5.7.1 Message rejected as spam" in out
+    assert "X-Spam-Flag: YES" in out and "X-Spam-Status: Yes, score=1.0000" in out
+    assert "strongest clues" in out and "'viagra'" in out
+
+    code, out, _ = run("check", "--db", str(db), str(new_ham), capsys=capsys)
+    assert "verdict=ham action=accept" in out and "SMTP reply: 250" in out
+    assert "X-Spam-Status: No, score=0.0000" in out
+
+    code, out, err = run("check", "--db", str(db), "--batch", str(new_spam), str(new_ham),
+                         str(tmp_path / "missing"), capsys=capsys)
+    lines = [ln.split("\t") for ln in out.splitlines()]
+    assert lines[0][0] == str(new_spam) and float(lines[0][1]) > 0.99
+    assert lines[0][2] == "reject"
+    assert lines[1][2] == "ham" and float(lines[1][1]) < 0.01
+    assert code == 1 and "missing: cannot read" in err
+
+
+def test_store_rejects_a_foreign_or_newer_database(tmp_path: Path) -> None:
+    p = tmp_path / "other.sqlite"
+    with sqlite3.connect(p) as c:
+        c.execute("PRAGMA user_version=99")
+    with pytest.raises(store.StoreError, match="schema version 99"):
+        store.SqliteReader(str(p))
+    junk = tmp_path / "junk.sqlite"
+    junk.write_bytes(b"not a database" * 100)
+    scanner = BayesScanner(BayesConfig(db=str(junk)), create=False)
+    with pytest.raises(ScanError) as e:
+        scanner.score_now(mail(1, True))
+    assert e.value.kind is ErrorKind.UNAVAILABLE
+    scanner.close()
+
+
+def test_scoring_while_train_writes_in_another_process(tmp_path: Path, db: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    ham = tmp_path / "ham"
+    ham.mkdir()
+    for i in range(30):
+        (ham / f"{i}").write_bytes(mail(i, False))
+    run("train", "--db", str(db), "--ham", str(ham), capsys=capsys)
+    spam = tmp_path / "spam.mbox"
+    spam.write_bytes(b"".join(b"From x Mon Jan  1 00:00:00 2026\n" + mail(i, True) + b"\n"
+                              for i in range(3000)))
+    proc = subprocess.Popen([sys.executable, "-m", "spambridge", "train", "--db", str(db),
+                             "--spam", "--batch-size", "100", str(spam)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    scanner = BayesScanner(BayesConfig(db=str(db)), create=False)
+    scored = untrained = 0
+    seen_spam: set[int] = set()
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            r = scanner.score_now(mail(7, True))
+        except ScanError as e:
+            assert e.kind is ErrorKind.UNAVAILABLE and "not trained yet" in e.detail
+            untrained += 1
+            continue
+        assert 0.0 <= r.score <= 1.0
+        scored += 1
+        seen_spam.add(scanner._worker().reader.totals().nspam)
+    out, err = proc.communicate(timeout=60)
+    scanner.close()
+    assert proc.returncode == 0, err
+    assert b"Learned 3000 of 3000" in out
+    assert scored + untrained > 0
+    assert all(n % 100 == 0 for n in seen_spam)  # readers only ever see whole batches
+    assert totals(db) == (3000, 30)
+
+
+def test_killed_train_leaves_a_consistent_database(tmp_path: Path, db: Path) -> None:
+    spam = tmp_path / "spam.mbox"
+    spam.write_bytes(b"".join(b"From x Mon Jan  1 00:00:00 2026\n" + mail(i, True) + b"\n"
+                              for i in range(20000)))
+    proc = subprocess.Popen([sys.executable, "-m", "spambridge", "train", "--db", str(db),
+                             "--spam", "--batch-size", "250", str(spam)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def committed() -> int:
+        try:
+            return totals(db)[0]
+        except sqlite3.Error:
+            return 0
+
+    deadline = time.monotonic() + 60
+    while committed() < 500 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    with sqlite3.connect(db) as c:
+        assert c.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        nspam = c.execute("SELECT nspam FROM totals").fetchone()[0]
+        rows = c.execute("SELECT count(*) FROM messages WHERE label='spam'").fetchone()[0]
+        viagra = c.execute("SELECT spam FROM tokens WHERE token='viagra'").fetchone()[0]
+    assert 0 < nspam < 20000
+    assert nspam % 250 == 0 and rows == nspam and viagra == nspam
