@@ -1,0 +1,152 @@
+"""The real `spambridge run` with the local Bayes engine, driven over its socket by an MTA-side
+milter client: verdicts by band, an untrained or missing database, and spamd+bayes falling back
+to Bayes within the cap when spamd is stopped or hangs."""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from harness import FakeSpamd, RunningMilter, free_port, read_request
+from milterclient import MilterClient, Result, send_one
+
+from spambridge import cli
+
+Start = Callable[..., RunningMilter]
+MakeFake = Callable[[Callable[[socket.socket], None]], FakeSpamd]
+
+SPAM_WORDS = ["viagra", "cheap", "pills", "casino", "winner", "lottery", "prize", "mortgage",
+              "refinance", "bitcoin", "offer", "unsubscribe"]
+HAM_WORDS = ["meeting", "agenda", "minutes", "review", "budget", "quarterly", "project",
+             "deadline", "lunch", "draft", "thanks", "colleagues"]
+
+
+def mail(n: int, words: list[str], subject: str = "note") -> bytes:
+    body = " ".join(words[(n * 7 + i) % len(words)] for i in range(60))
+    return (f"From: Sender {n} <s{n}@example.org>\nTo: user@test.example\n"
+            f"Subject: {subject} {n}\nMessage-ID: <{n}.{subject}@example.org>\n"
+            f"Date: Wed, 25 Nov 2026 10:00:00 +0000\n\n{body}\n").encode()
+
+
+def spam(n: int) -> bytes:
+    return mail(n, SPAM_WORDS, "WINNER")
+
+
+def ham(n: int) -> bytes:
+    return mail(n, HAM_WORDS, "minutes")
+
+
+@pytest.fixture
+def trained_db(tmp_path: Path) -> Path:
+    """A database trained through the real `train` command on 30 + 30 fixture messages."""
+    db = tmp_path / "trained.sqlite"
+    for label, make in (("spam", spam), ("ham", ham)):
+        d = tmp_path / label
+        d.mkdir()
+        for i in range(30):
+            (d / f"{i}.eml").write_bytes(make(i))
+        assert cli.main(["train", "--db", str(db), f"--{label}", "-q", str(d)]) == 0
+    return db
+
+
+def status(r: Result) -> str:
+    return (r.header("X-Spam-Status") or "").replace(",\n\t", ",").replace("\n\t", " ")
+
+
+def bayes_cfg(db: Path, **bayes: object) -> dict[str, dict[str, object]]:
+    return {"milter": {"engine": "bayes", "scan_timeout": 5.0}, "bayes": {"db": str(db), **bayes}}
+
+
+def test_spam_is_rejected_and_ham_accepted_with_a_no_status(trained_db: Path,
+                                                            start_milter: Start) -> None:
+    m = start_milter(bayes_cfg(trained_db))
+    with MilterClient(m.socket_path) as c:
+        r = c.send(spam(500))
+        assert r.action == "reject"
+        assert r.reply == "550 5.7.1 Message rejected as spam"
+        r = c.send(ham(500), connected=True)
+    assert r.action == "accept"
+    assert status(r).startswith("No, score=0.0")
+    assert "engine=bayes" in status(r)
+    assert r.header("X-Spam-Flag") is None
+    assert "engine=bayes" in m.log and "action=reject" in m.log
+    assert "Traceback" not in m.log
+
+
+def test_spam_below_the_reject_cutoff_is_tagged(trained_db: Path, start_milter: Start) -> None:
+    m = start_milter(bayes_cfg(trained_db, reject_cutoff=1.0))
+    r = send_one(m.socket_path, spam(501))
+    assert r.action == "accept"
+    assert r.header("X-Spam-Flag") == "YES"
+    assert status(r).startswith("Yes, score=")
+    assert "required=0.9000" in status(r)
+
+
+def test_mixed_message_is_unsure(trained_db: Path, start_milter: Start) -> None:
+    m = start_milter(bayes_cfg(trained_db))
+    body = " ".join(w for pair in zip(SPAM_WORDS, HAM_WORDS, strict=True) for w in pair)
+    raw = f"Subject: both\nFrom: x@y.example\n\n{body}\n".encode()
+    r = send_one(m.socket_path, raw)
+    assert r.action == "accept"
+    assert "unsure=yes" in status(r)
+    assert status(r).startswith("No, score=0.")
+    assert r.header("X-Spam-Flag") is None
+
+
+def test_missing_database_is_created_and_mail_flows_unchecked(tmp_path: Path,
+                                                              start_milter: Start) -> None:
+    db = tmp_path / "new" / "dir" / "bayes.sqlite"
+    m = start_milter(bayes_cfg(db))
+    r = send_one(m.socket_path, spam(1))
+    assert r.action == "accept"
+    assert status(r) == "No, unchecked=unavailable"
+    assert "not trained yet: 0 spam, 0 ham" in m.log
+    assert db.exists() and not os.stat(db).st_mode & stat.S_IROTH
+    # trained while the milter runs: the next message is scored, no restart needed
+    for label, make in (("spam", spam), ("ham", ham)):
+        d = tmp_path / label
+        d.mkdir()
+        for i in range(10):
+            (d / f"{i}").write_bytes(make(i))
+        assert cli.main(["train", "--db", str(db), f"--{label}", "-q", str(d)]) == 0
+    assert send_one(m.socket_path, spam(600)).action == "reject"
+
+
+def test_spamd_stopped_falls_back_to_bayes(trained_db: Path, start_milter: Start) -> None:
+    cfg = bayes_cfg(trained_db, reject_cutoff=1.0)
+    cfg["milter"]["engine"] = "spamd+bayes"
+    cfg["spamd"] = {"host": "127.0.0.1", "port": free_port()}  # nothing listens there
+    m = start_milter(cfg)
+    r = send_one(m.socket_path, spam(502))
+    assert r.action == "accept" and r.header("X-Spam-Flag") == "YES"
+    assert "engine=bayes" in status(r) and "fallback=spamd-unavailable" in status(r)
+    r = send_one(m.socket_path, ham(502))
+    assert status(r).startswith("No, score=0.0") and "fallback=spamd-unavailable" in status(r)
+    assert r.seconds < 2.0
+
+
+def hang(conn: socket.socket) -> None:
+    read_request(conn, 1.0)
+    time.sleep(30)
+
+
+def test_hung_spamd_gives_the_bayes_verdict_within_the_cap(trained_db: Path,
+                                                           start_milter: Start,
+                                                           fake_spamd: MakeFake) -> None:
+    fake = fake_spamd(hang)
+    cfg = bayes_cfg(trained_db)
+    cfg["milter"].update(engine="spamd+bayes", scan_timeout=2.0)
+    cfg["spamd"] = {"host": "127.0.0.1", "port": fake.port, "share": 0.5}
+    m = start_milter(cfg)
+    r = send_one(m.socket_path, spam(503))
+    assert r.action == "reject"  # the Bayes verdict, not on_timeout's accept
+    assert 0.9 < r.seconds < 2.0
+    r = send_one(m.socket_path, ham(503))
+    assert r.action == "accept"
+    assert "engine=bayes" in status(r) and "fallback=spamd-timeout" in status(r)
+    assert 0.9 < r.seconds < 2.0
