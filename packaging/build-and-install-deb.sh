@@ -86,15 +86,26 @@ for page in /usr/share/man/man8/spambridge.8.gz /usr/share/man/man5/spambridge.t
 done
 getent passwd spambridge >/dev/null || { echo "user spambridge was not created" >&2; exit 1; }
 
+if command -v systemd-analyze >/dev/null 2>&1; then
+    step "systemd-analyze verify spambridge.service"
+    unit=$(dpkg -L spambridge | grep '/spambridge\.service$' | head -1)
+    out_verify=$(systemd-analyze verify "$unit" 2>&1 || true)
+    echo "${out_verify:-clean}"
+    if printf '%s\n' "$out_verify" | grep -q 'spambridge\.service'; then
+        echo "the installed unit has problems (above)" >&2
+        exit 1
+    fi
+fi
+
 sock=/var/spool/postfix/spambridge/spambridge.sock
 if getent group postfix >/dev/null && [ -d /var/spool/postfix/spambridge ]; then
     step "start the milter as user spambridge without network, socket $sock"
     log="$work/run.log"
-    # spamd engine: it connects per message, so it starts without a spamd (or any network)
+    # the shipped config as it is (engine bayes: creates its empty database on first start)
     # unshare and setpriv exec (no fork), so $! is the milter itself and gets our SIGTERM
     $SUDO unshare --net setpriv --reuid=spambridge --regid=spambridge --init-groups \
         /usr/bin/spambridge run \
-        --config /etc/spambridge/spambridge.toml --engine spamd >"$log" 2>&1 &
+        --config /etc/spambridge/spambridge.toml >"$log" 2>&1 &
     pid=$!
     for _ in $(seq 1 150); do
         [ -S "$sock" ] && grep -q "listening on" "$log" && break
