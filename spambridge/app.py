@@ -14,9 +14,10 @@ import socket
 import threading
 from collections.abc import Callable
 
-from spambridge import __version__
+from spambridge import __version__, privileges
 from spambridge.config import Config, ConfigError
 from spambridge.milter.bridge import AsyncBridge, signals_blocked
+from spambridge.milter.poolnudge import PoolNudger
 from spambridge.milter.socketspec import SocketSpec, parse_socket_spec, remove_stale_unix_socket
 from spambridge.pipeline import Pipeline
 from spambridge.scanners import Scanner
@@ -80,12 +81,15 @@ def run(cfg: Config, reload: Callable[[], Config] | None = None) -> int:
     _register()
     try:
         _open_socket(spec, cfg)
+        privileges.drop(cfg, spec)  # after the socket and the Bayes database exist
     except Exception:
         bridge.stop()
         raise
     log.info("spambridge %s listening on %s (engine=%s, cap=%gs%s)", __version__,
              spec.libmilter, cfg.milter.engine, cfg.milter.scan_timeout,
              ", tag-only" if cfg.policy.tag_only else "")
+    nudger = PoolNudger(spec, lambda: pipeline.inflight > 0).start()
+    pipeline.before_scan = nudger.poke
     _notify_ready()
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP, signal.SIGTERM, signal.SIGINT})
     try:
@@ -93,6 +97,7 @@ def run(cfg: Config, reload: Callable[[], Config] | None = None) -> int:
     finally:
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP, signal.SIGTERM, signal.SIGINT})
         pipeline.wait_idle(cfg.milter.scan_timeout + 1.0)
+        nudger.stop()
         bridge.run(scanner.aclose(), 5.0) if _alive(bridge) else None
         bridge.stop()
         if spec.family == "unix":

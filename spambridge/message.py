@@ -4,6 +4,7 @@ and the one place that rebuilds the exact bytes a scanner sees.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import tempfile
 from dataclasses import dataclass, field
@@ -98,6 +99,8 @@ class MessageBuffer:
         if self.oversize:
             return False
         self._body.write(chunk)
+        if self.spilled:  # a full disk must fail here, not later in render() or close()
+            self._body.flush()
         return True
 
     def _mark_oversize(self) -> None:
@@ -135,7 +138,11 @@ class MessageBuffer:
         return bool(getattr(self._body, "_rolled", False))
 
     def close(self) -> None:
-        self._body.close()
+        """Drop the body. A spool that already failed (disk full) fails again flushing on
+        close; the message has its outcome by then, so that must not become an exception
+        in a milter callback (pymilter would answer 451 "untrapped exception")."""
+        with contextlib.suppress(OSError):
+            self._body.close()
 
 
 def parse_raw(raw: bytes, max_scan_size: int = defaults.MAX_SCAN_SIZE) -> MessageBuffer:

@@ -46,6 +46,7 @@ class Pipeline:
         self.observers: list[Callable[[Evaluation, MessageBuffer], None]] = []
         self._inflight = 0
         self._idle = threading.Condition()
+        self.before_scan: Callable[[], None] | None = None  # app.py: PoolNudger.poke
 
     def scan(self, raw: bytes, envelope: Envelope, cap: float) -> Outcome:
         """The scanner's answer within `cap` seconds, whatever the scanner does."""
@@ -86,6 +87,8 @@ class Pipeline:
                                     f"over max_scan_size {cfg.milter.max_scan_size}")
             else:
                 raw = buf.render(envelope.received_header())
+                if self.before_scan is not None:
+                    self.before_scan()
                 outcome = self.scan(raw, envelope, cfg.milter.scan_timeout)
             decision = policy.decide(outcome, cfg.policy)
             ev = Evaluation(decision, outcome, time.monotonic() - start)

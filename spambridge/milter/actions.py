@@ -4,6 +4,7 @@ so the two can never drift apart."""
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any, Protocol
 
 import Milter
@@ -33,8 +34,14 @@ def reply_text(text: str) -> str:
     return "".join(c for c in text if 32 <= ord(c) < 127).replace("%", "%%")
 
 
+# a fold (line break + blank) is kept; any other C0/C1 control, DEL, or a bare CR/LF that
+# could end the header early (header injection on the way out) becomes a space
+_FOLD_OR_CONTROL = re.compile(r"\n[ \t]|[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+
+
 def tagged_subject(prefix: str, subject: bytes | None) -> str | None:
-    """The new Subject, or None when it cannot be rewritten without mangling 8-bit bytes."""
+    """The new Subject, or None when it cannot be rewritten without mangling 8-bit bytes.
+    We write this header, so the message's control characters do not go into it."""
     if subject is None:
         return prefix
     try:
@@ -43,6 +50,7 @@ def tagged_subject(prefix: str, subject: bytes | None) -> str | None:
         return None
     if text.startswith(prefix):
         return None  # already tagged (e.g. rescanned mail)
+    text = _FOLD_OR_CONTROL.sub(lambda m: m[0] if len(m[0]) == 2 else " ", text)
     return f"{prefix} {text.lstrip()}"
 
 

@@ -1,0 +1,75 @@
+"""Give up root once the socket and the Bayes database exist.
+
+A milter parses hostile mail all day; it needs root at most to create its socket in a
+root-owned directory and to hand it to the MTA's group. After that it runs as `[milter] user`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pwd
+from pathlib import Path
+
+from spambridge.config import Config, ConfigError
+from spambridge.milter.socketspec import SocketSpec
+
+log = logging.getLogger("spambridge")
+
+_DB_SUFFIXES = ("", "-wal", "-shm", "-journal")
+
+
+def uses_bayes(cfg: Config) -> bool:
+    return cfg.milter.engine in ("bayes", "spamd+bayes")
+
+
+def preload() -> None:
+    """Import what is otherwise imported lazily mid-message (the idna codec for host names):
+    after the switch, the interpreter's own files may be out of the user's reach."""
+    import encodings.idna  # noqa: F401
+    import ssl  # noqa: F401
+
+    "localhost".encode("idna")
+
+
+def drop(cfg: Config, spec: SocketSpec) -> None:
+    """setgroups/setgid/setuid to `[milter] user`, after handing it the socket and the
+    database files. Without `user`, nothing changes (a warning when that means root)."""
+    name = cfg.milter.user
+    if not name:
+        if os.geteuid() == 0:
+            log.warning("running as root: set [milter] user to drop privileges")
+        return
+    try:
+        pw = pwd.getpwnam(name)
+    except KeyError:
+        raise ConfigError(f"{cfg.source}: [milter] user: no such user {name!r}") from None
+    if os.geteuid() != 0:
+        if os.geteuid() == pw.pw_uid:
+            return  # already that user (systemd User=)
+        raise ConfigError(f"{cfg.source}: [milter] user = {name!r} needs spambridge to be "
+                          "started as root")
+    if spec.family == "unix":
+        os.chown(spec.path, pw.pw_uid, -1)  # the group stays socket_group (the MTA's)
+    if uses_bayes(cfg):
+        for suffix in _DB_SUFFIXES:  # created by root just now (or by a root run before)
+            f = Path(cfg.bayes.db + suffix)
+            if f.exists() and f.stat().st_uid == 0:
+                os.chown(f, pw.pw_uid, pw.pw_gid)
+    preload()
+    os.initgroups(name, pw.pw_gid)
+    os.setgid(pw.pw_gid)
+    os.setuid(pw.pw_uid)
+    try:
+        os.setuid(0)
+    except PermissionError:
+        pass
+    else:  # pragma: no cover - the kernel would have to ignore setuid
+        raise OSError("privileges were not dropped: setuid(0) still works")
+    log.info("running as %s (uid %d, gid %d)", name, pw.pw_uid, pw.pw_gid)
+    if uses_bayes(cfg):
+        db_dir = os.path.dirname(os.path.abspath(cfg.bayes.db))
+        if not os.access(db_dir, os.W_OK | os.X_OK):
+            raise ConfigError(f"{cfg.source}: [bayes] db: {db_dir} is not writable by user "
+                              f"{name!r} (SQLite keeps its -wal/-shm files next to the "
+                              f"database): chown {name} {db_dir}")

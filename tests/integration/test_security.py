@@ -1,0 +1,324 @@
+"""Security properties of the real `spambridge run`, as an attacker or an admin would meet
+them: injected header text, reply text, shell metacharacters, socket and file modes, and
+running as an unprivileged user after start."""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import re
+import shutil
+import stat
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from harness import GTUBE, RunningMilter, Spamd, message, wait_until
+from milterclient import Result
+from milterload import deliver
+from spamdfakes import SwitchableSpamd, spamd_reply
+
+Start = Callable[..., RunningMilter]
+OWNED = re.compile(r"X-Spam-[A-Za-z-]+")
+
+
+@pytest.fixture
+def fake() -> Iterator[SwitchableSpamd]:
+    s = SwitchableSpamd("good")
+    yield s
+    s.close()
+
+
+def spamd_config(port: int, **policy: object) -> dict[str, dict[str, object]]:
+    return {"milter": {"engine": "spamd", "scan_timeout": 5.0},
+            "spamd": {"host": "127.0.0.1", "port": port}, "policy": dict(policy)}
+
+
+def assert_safe_value(name: str, value: str, eight_bit: bool = False) -> None:
+    """What we write has no control characters; a line break only as a fold ("\\n" + blank).
+    Only a rewritten Subject may keep the message's own (UTF-8) 8-bit text."""
+    unfolded = re.sub(r"\n[ \t]", " ", value)
+    bad = [c for c in unfolded
+           if ord(c) < 32 or 127 <= ord(c) < 160 or (ord(c) >= 160 and not eight_bit)]
+    assert not bad, f"{name}: control or 8-bit characters {bad!r} in {value!r}"
+
+
+def result_of(m: RunningMilter, raw: bytes, **kw: object) -> Result:
+    d = deliver(m.socket_path, raw, timeout=30, **kw)  # type: ignore[arg-type]
+    assert not d.error and d.result is not None, d.error
+    return d.result
+
+
+# ------------------------------------------------------------------------------------------------
+# header injection
+
+
+def test_hostile_symbol_names_from_spamd_cannot_inject_headers(start_milter: Start,
+                                                               fake: SwitchableSpamd) -> None:
+    """spamd answers with rule names carrying CR/LF, a forged `X-Spam-Flag: NO` line, NUL, ESC,
+    8-bit bytes and a 5,000-character name: only our headers, with safe values, come out."""
+    fake.mode = "hostile_symbols"
+    m = start_milter(spamd_config(fake.port))
+    r = result_of(m, message())
+    assert r.action == "accept"
+    assert r.added, r
+    for name, value in r.added:
+        assert OWNED.fullmatch(name), f"a header we do not own was added: {name!r}"
+        assert_safe_value(name, value)
+    assert r.header("X-Spam-Flag") == "YES"  # 6.0 ≥ 5.0, and no forged "NO" got through
+    assert [n for n, _ in r.added].count("X-Spam-Flag") == 1
+    status = (r.header("X-Spam-Status") or "").replace("\n\t", " ")
+    tests = re.search(r"tests=(\S+)", status)
+    assert tests is not None
+    # "EVIL" before the CR/LF is a well-formed rule name; everything else was dropped
+    assert tests.group(1).split(",") == ["OK_RULE", "EVIL", "LAST_OK"], status
+    assert "Traceback" not in m.log
+
+
+@pytest.mark.parametrize(("subject", "tagged"), [
+    (b"Hi\rX-Injected: carriage return", "[SPAM] Hi X-Injected: carriage return"),
+    (b"Hi\nX-Injected: bare line feed", "[SPAM] Hi X-Injected: bare line feed"),
+    (b"Hi\x01SOH\x1b[31m and \xc2\x85 C1", "[SPAM] Hi SOH [31m and   C1"),
+    (b"folded\n\tover two lines", "[SPAM] folded\n\tover two lines"),
+    (b"caf\xc3\xa9 =?utf-8?b?w6k=?=", "[SPAM] caf\u00e9 =?utf-8?b?w6k=?="),
+    (b"caf\xe9 \xff\xfe not UTF-8", None),  # left alone rather than mangled
+])
+def test_hostile_subject_is_not_written_back_raw(start_milter: Start, fake: SwitchableSpamd,
+                                                 subject: bytes, tagged: str | None) -> None:
+    """With subject_tag set, spam gets its Subject rewritten: the rewrite must not carry the
+    message's control characters (a bare CR or LF would end the header early downstream)
+    into a header we write. The header goes in as given, bypassing any parser."""
+    fake.reply = spamd_reply(9.0, 5.0)
+    m = start_milter(spamd_config(fake.port, subject_tag="[SPAM]"))
+    fields = [("From", b"a@example.net"), ("To", b"b@test.example"), ("Subject", subject),
+              ("Message-ID", b"<1@example.net>")]
+    r = result_of(m, b"\nbody\n", headers=fields)
+    assert r.action == "accept"
+    subjects = [v for n, _, v in r.changed if n.lower() == "subject"]
+    assert subjects == ([] if tagged is None else [tagged])
+    for value in subjects:
+        assert_safe_value("Subject", value, eight_bit=True)
+    for name, value in r.added:
+        assert_safe_value(name, value)
+    assert "Traceback" not in m.log
+
+
+# ------------------------------------------------------------------------------------------------
+# SMTP reply text
+
+
+@pytest.mark.parametrize(("key", "text", "policy", "reply"), [
+    ("reject_reply", "550 5.7.1 100% spam, see https://example.net/%7Eabuse", {},
+     spamd_reply(30.0, 5.0)),
+    ("tempfail_reply", "451 4.7.1 Scanner 100% busy", {"on_error": "tempfail"},
+     b"garbage\r\n\r\n"),
+])
+def test_percent_in_reply_text_reaches_the_mta(start_milter: Start, fake: SwitchableSpamd,
+                                               key: str, text: str, policy: dict[str, str],
+                                               reply: bytes) -> None:
+    """libmilter's MTA side treats the text as a format: a lone % would make Postfix drop the
+    reply (and pymilter refuses it outright). The admin's text arrives, % doubled."""
+    fake.reply = reply
+    m = start_milter(spamd_config(fake.port, **{key: text}, **policy))
+    r = result_of(m, message(body=GTUBE + "\n"))
+    code, xcode, msg = text.split(" ", 2)
+    assert r.smtp_code == code
+    assert r.smtp_text == f"{xcode} {msg.replace('%', '%%')}"
+    assert "untrapped" not in r.smtp_text and "Traceback" not in m.log
+
+
+# ------------------------------------------------------------------------------------------------
+# nothing reaches a shell
+
+SHELLY = [
+    '"|touch {d}/pipe"@example.net',
+    "$(touch {d}/dollar)@example.net",
+    "`touch {d}/backtick`@example.net",
+    "a;touch {d}/semicolon@example.net",
+    "a&&touch {d}/and@example.net",
+    "a\ntouch {d}/newline@example.net",
+]
+
+
+@pytest.mark.spamd
+def test_shell_metacharacters_in_envelope_and_headers_run_nothing(
+    start_milter: Start, spamd: Spamd, tmp_path: Path,
+) -> None:
+    """CVE-2010-1132 (spamass-milter -x) piped recipients into a shell. Here they go to the
+    real spamd (as the spamd user too, per_recipient_user) and to the log: no file appears."""
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    os.chmod(marks, 0o777)  # spamd's user could create files here, were a shell involved
+    addrs = [a.format(d=marks) for a in SHELLY]
+    cfg = spamd_config(spamd.port)
+    cfg["spamd"].update(per_recipient_user=True)
+    m = start_milter(cfg)
+    hdrs = "".join(f"X-Note-{i}: {a}\n".replace("\n", " ").rstrip() + "\n"
+                   for i, a in enumerate(addrs))
+    for a in addrs:
+        r = result_of(m, message(extra_headers=hdrs), sender=f"<{a}>", rcpts=(f"<{a}>",))
+        assert r.action in ("accept", "reject"), r
+    r = result_of(m, message(), rcpts=tuple(f"<{a}>" for a in addrs))
+    time.sleep(0.5)
+    assert sorted(p.name for p in marks.iterdir()) == []
+    assert "Traceback" not in m.log
+
+
+# ------------------------------------------------------------------------------------------------
+# socket, database and spool files
+
+
+def some_group() -> grp.struct_group:
+    """A group other than ours that exists on any Debian system."""
+    for name in ("mail", "nogroup", "daemon", "users"):
+        try:
+            g = grp.getgrnam(name)
+        except KeyError:
+            continue
+        if g.gr_gid != os.getegid():
+            return g
+    pytest.skip("no second group on this system")
+
+
+@pytest.mark.parametrize("mode", ["0660", "0600", "0666"])
+def test_socket_has_the_configured_mode_and_group(start_milter: Start, fake: SwitchableSpamd,
+                                                  mode: str) -> None:
+    g = some_group()
+    if os.geteuid() != 0 and g.gr_gid not in os.getgroups():
+        pytest.skip("chgrp to a foreign group needs root")
+    cfg = spamd_config(fake.port)
+    cfg["milter"].update(socket_mode=mode, socket_group=g.gr_name)
+    m = start_milter(cfg)
+    st = os.stat(m.socket_path)
+    assert stat.S_ISSOCK(st.st_mode)
+    assert stat.S_IMODE(st.st_mode) == int(mode, 8)
+    assert st.st_gid == g.gr_gid
+    assert result_of(m, message()).action == "accept"
+
+
+def test_default_socket_mode_is_0660(start_milter: Start, fake: SwitchableSpamd) -> None:
+    m = start_milter(spamd_config(fake.port))
+    assert stat.S_IMODE(os.stat(m.socket_path).st_mode) == 0o660
+
+
+def test_spool_files_are_private_to_the_milter(start_milter: Start, tmp_path: Path) -> None:
+    """While a message waits on spamd, its spilled body is a file only the milter can read
+    (looked at through /proc/PID/fd: the file is already unlinked)."""
+    hung = SwitchableSpamd("hang")
+    try:
+        spool = tmp_path / "spool"
+        spool.mkdir()
+        os.chmod(spool, 0o777)
+        cfg = spamd_config(hung.port)
+        cfg["milter"].update(spool_dir=str(spool), spool_memory=1024, scan_timeout=3.0)
+        m = start_milter(cfg)
+        t = threading.Thread(target=deliver, args=(m.socket_path, message(body="x" * 50_000)))
+        t.start()
+        found: list[int] = []
+
+        def spooled() -> bool:
+            for fd in os.listdir(f"/proc/{m.proc.pid}/fd"):
+                try:
+                    target = os.readlink(f"/proc/{m.proc.pid}/fd/{fd}")
+                except OSError:
+                    continue
+                if target.startswith(str(spool)):
+                    found.append(os.stat(f"/proc/{m.proc.pid}/fd/{fd}").st_mode)
+            return bool(found)
+
+        wait_until(spooled, 5, "a spool file")
+        t.join(10)
+        assert all(stat.S_IMODE(mode) & 0o077 == 0 for mode in found), [oct(x) for x in found]
+    finally:
+        hung.close()
+
+
+# ------------------------------------------------------------------------------------------------
+# dropping root
+
+
+def proc_ids(pid: int) -> dict[str, list[int]]:
+    out: dict[str, list[int]] = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("Uid", "Gid", "Groups"):
+            out[key] = [int(x) for x in value.split()]
+    return out
+
+
+@pytest.fixture
+def open_dir() -> Iterator[Path]:
+    """A directory outside pytest's 0700 tree, so an unprivileged milter can reach it."""
+    d = Path(tempfile.mkdtemp(prefix="sb-priv-"))
+    os.chmod(d, 0o755)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="dropping privileges needs root")
+
+
+@needs_root
+def test_root_start_drops_to_the_configured_user(start_milter: Start, fake: SwitchableSpamd,
+                                                 open_dir: Path) -> None:
+    nobody = pwd.getpwnam("nobody")
+    g = some_group()
+    cfg = spamd_config(fake.port)
+    cfg["milter"].update(user="nobody", socket=f"unix:{open_dir}/milter.sock",
+                         socket_group=g.gr_name)
+    m = start_milter(cfg)
+    wait_until(lambda: "running as nobody" in m.log, 10, "the switch to nobody")
+    ids = proc_ids(m.proc.pid)
+    assert ids["Uid"] == [nobody.pw_uid] * 4, ids  # real, effective, saved, filesystem
+    assert ids["Gid"] == [nobody.pw_gid] * 4, ids
+    assert 0 not in ids["Groups"], ids
+    st = os.stat(m.socket_path)  # made by root, handed over: the MTA's group keeps access
+    assert (st.st_uid, st.st_gid) == (nobody.pw_uid, g.gr_gid)
+    assert result_of(m, message()).action == "accept"  # and it still works afterwards
+
+
+@needs_root
+def test_unknown_user_is_a_config_error(start_milter: Start, fake: SwitchableSpamd) -> None:
+    cfg = spamd_config(fake.port)
+    cfg["milter"].update(user="no-such-user-sb")
+    m = start_milter(cfg, wait=False)
+    assert m.proc.wait(30) == 78
+    assert "no such user 'no-such-user-sb'" in m.log
+
+
+@needs_root
+@pytest.mark.parametrize("writable", [True, False])
+def test_spool_not_writable_by_the_milter_user(start_milter: Start, fake: SwitchableSpamd,
+                                               open_dir: Path, writable: bool) -> None:
+    """Root creates the socket, then the milter runs as nobody; a root-owned 0755 spool
+    directory is then not writable: every spilled message gets on_error, nothing crashes."""
+    spool = open_dir / "spool"
+    spool.mkdir(mode=0o755)
+    if writable:
+        os.chown(spool, pwd.getpwnam("nobody").pw_uid, -1)
+    cfg = spamd_config(fake.port, on_error="tempfail")
+    cfg["milter"].update(user="nobody", socket=f"unix:{open_dir}/milter.sock",
+                         spool_dir=str(spool), spool_memory=1024)
+    m = start_milter(cfg)
+    r = result_of(m, message(body="y" * 20_000))
+    if writable:
+        assert r.action == "accept" and "score=" in (r.header("X-Spam-Status") or "")
+    else:
+        assert (r.action, r.smtp_code) == ("tempfail", "451")
+        assert "engine=spool" in m.log and "Permission denied" in m.log
+    assert result_of(m, message(body="short")).action == "accept"  # fits in memory
+    assert m.proc.poll() is None and "Traceback" not in m.log
+
+
+def test_run_as_a_user_needs_root_or_that_user(start_milter: Start,
+                                               fake: SwitchableSpamd) -> None:
+    if os.geteuid() == 0:
+        pytest.skip("as root the switch is allowed")
+    cfg = spamd_config(fake.port)
+    cfg["milter"].update(user="root")
+    m = start_milter(cfg, wait=False)
+    assert m.proc.wait(30) == 78

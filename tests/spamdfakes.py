@@ -1,0 +1,195 @@
+"""A spamd stand-in that can be switched between healthy and each fault a real spamd can't
+be made to produce on demand (hanging, garbage, a byte a second, dying mid-reply).
+
+It reads the whole request first (by Content-length), as spamd does, so every fault happens
+where it would in production: after the milter has sent the message. Every wait is bounded,
+and `close()` ends all of them. No pytest here: the bench scripts use it too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable
+
+MODES = ("good", "slow", "hang", "garbage", "trickle", "die_mid_reply", "reset_mid_reply",
+         "hostile_symbols")
+
+
+def spamd_reply(score: float = 1.5, threshold: float = 5.0, symbols: bytes = b"SYM_A,SYM_B",
+                spam: bool | None = None) -> bytes:
+    """A well-formed SYMBOLS reply."""
+    flag = (score >= threshold) if spam is None else spam
+    return (b"SPAMD/1.1 0 EX_OK\r\nContent-length: %d\r\nSpam: %s ; %.1f / %.1f\r\n\r\n"
+            % (len(symbols), b"True" if flag else b"False", score, threshold)) + symbols
+
+
+GOOD = spamd_reply()
+# Rule names a compromised or buggy spamd could send: CR/LF to start a new header, NUL, other
+# control bytes, 8-bit bytes, a header-looking line, an endless name.
+HOSTILE_SYMBOLS = (
+    b"OK_RULE,EVIL\r\nX-Spam-Flag: NO,\r\nInjected: yes,TAB\tRULE,NUL\x00RULE,"
+    b"ESC\x1b[31mRULE,LATIN\xe9RULE,BELL\x07,%s,%%n%%s,"
+    b"\r\n\r\nBody: starts here,LAST_OK" % (b"A" * 5000)
+)
+
+
+class SwitchableSpamd:
+    """A TCP server on 127.0.0.1 whose `mode` decides what every new request gets."""
+
+    def __init__(self, mode: str = "good", port: int = 0, delay: float = 0.5,
+                 reply: bytes = GOOD, listen: bool = True) -> None:
+        if mode not in MODES:
+            raise ValueError(mode)
+        self.mode = mode
+        self.delay = delay  # "slow": seconds before a good reply
+        self.reply = reply
+        self.port = port
+        self.requests = 0
+        self.stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._conns: set[socket.socket] = set()
+        self._sock: socket.socket | None = None
+        self._thread: threading.Thread | None = None
+        if listen:
+            self.listen()
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def listen(self) -> SwitchableSpamd:
+        """Start accepting (a "down" spamd is one made with listen=False, started later)."""
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", self.port))
+        s.listen(1024)
+        s.settimeout(0.2)
+        self.port = int(s.getsockname()[1])
+        self._sock = s
+        self._thread = threading.Thread(target=self._serve, name="fake-spamd", daemon=True)
+        self._thread.start()
+        return self
+
+    def _serve(self) -> None:
+        assert self._sock is not None
+        while not self.stopping.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                continue
+            with self._lock:
+                self._conns.add(conn)
+            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+
+    def _handle(self, conn: socket.socket) -> None:
+        try:
+            if read_spamc_request(conn):
+                with self._lock:
+                    self.requests += 1
+                BEHAVIOURS[self.mode](self, conn)
+        except OSError:
+            pass
+        finally:
+            with self._lock:
+                self._conns.discard(conn)
+            with contextlib.suppress(OSError):
+                conn.close()
+
+    def sleep(self, seconds: float) -> None:
+        """A bounded wait that `close()` cuts short."""
+        self.stopping.wait(seconds)
+
+    def close(self) -> None:
+        self.stopping.set()
+        if self._thread is not None:
+            self._thread.join(2)
+        if self._sock is not None:
+            self._sock.close()
+        with self._lock:
+            conns = list(self._conns)
+        for c in conns:
+            with contextlib.suppress(OSError):
+                c.close()
+
+
+def read_spamc_request(conn: socket.socket, limit: float = 10.0) -> bytes:
+    """Read one spamc request (headers, then Content-length bytes); b"" on EOF or timeout."""
+    conn.settimeout(limit)
+    data = b""
+    try:
+        while b"\r\n\r\n" not in data:
+            chunk = conn.recv(65536)
+            if not chunk:
+                return b""
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = 0
+        for line in head.split(b"\r\n"):
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value.strip())
+        while len(body) < length:
+            chunk = conn.recv(65536)
+            if not chunk:
+                return b""
+            body += chunk
+    except (OSError, ValueError):
+        return b""
+    return data
+
+
+def _good(srv: SwitchableSpamd, conn: socket.socket) -> None:
+    conn.sendall(srv.reply)
+
+
+def _slow(srv: SwitchableSpamd, conn: socket.socket) -> None:
+    srv.sleep(srv.delay)
+    conn.sendall(srv.reply)
+
+
+def _hang(srv: SwitchableSpamd, conn: socket.socket) -> None:
+    srv.sleep(120)
+
+
+def _garbage(srv: SwitchableSpamd, conn: socket.socket) -> None:
+    conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: text/html\r\n\r\n<html>\x00\xff</html>")
+
+
+def _trickle(srv: SwitchableSpamd, conn: socket.socket) -> None:
+    for b in srv.reply:
+        if srv.stopping.is_set():
+            return
+        conn.sendall(bytes([b]))
+        srv.sleep(1.0)
+
+
+def _die_mid_reply(srv: SwitchableSpamd, conn: socket.socket) -> None:
+    """Half a reply, then the process is gone: the kernel closes the socket (FIN)."""
+    conn.sendall(srv.reply[: len(srv.reply) // 2])
+
+
+def _reset_mid_reply(srv: SwitchableSpamd, conn: socket.socket) -> None:
+    """Half a reply, then a reset (RST), as when a killed child still had unread input."""
+    conn.sendall(srv.reply[: len(srv.reply) // 2])
+    time.sleep(0.01)
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+
+def _hostile_symbols(srv: SwitchableSpamd, conn: socket.socket) -> None:
+    conn.sendall(spamd_reply(6.0, 5.0, HOSTILE_SYMBOLS))
+
+
+BEHAVIOURS: dict[str, Callable[[SwitchableSpamd, socket.socket], None]] = {
+    "good": _good,
+    "slow": _slow,
+    "hang": _hang,
+    "garbage": _garbage,
+    "trickle": _trickle,
+    "die_mid_reply": _die_mid_reply,
+    "reset_mid_reply": _reset_mid_reply,
+    "hostile_symbols": _hostile_symbols,
+}
