@@ -27,6 +27,7 @@ from spambridge.bayes.tokenizer import (
     DEFAULT_LIMITS,
     Limits,
     content_type,
+    limits_for,
     parse_headers,
     split_head,
     split_multipart,
@@ -367,8 +368,6 @@ def run(cfg: Config, label: str, paths: list[str], *, max_size: int = DEFAULT_MA
     out = out or sys.stdout
     err = err or sys.stderr
     start = time.monotonic()
-    from spambridge.scanners.bayes import limits_for
-
     try:
         writer = store.SqliteWriter(cfg.bayes.db)
     except (store.StoreError, OSError) as e:

@@ -15,6 +15,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from math import log2
+from typing import Protocol
 
 # Bumped whenever token spellings change: counts learned with another version do not match.
 TOKENIZER_VERSION = 1
@@ -34,6 +35,20 @@ class Limits:
 
 
 DEFAULT_LIMITS = Limits()
+
+
+class _Caps(Protocol):
+    @property
+    def max_bytes(self) -> int: ...
+
+    @property
+    def max_tokens(self) -> int: ...
+
+
+def limits_for(cfg: _Caps) -> Limits:
+    """Limits from the [bayes] config keys (half the bytes looked at may be decoded text)."""
+    return Limits(max_bytes=cfg.max_bytes, max_text=cfg.max_bytes // 2,
+                  max_tokens=cfg.max_tokens)
 
 # header names counted as `header:<Name>:<n>` and recorded as `noheader:<name>` when absent
 SAFE_HEADERS = frozenset(
@@ -66,7 +81,7 @@ _BETWEEN_ENCODED = re.compile(rb"(\?=)[ \t\n]+(=\?)")
 _SUBJECT_WORD = re.compile(rb"[\w\x80-\xff$.%]+")
 _SUBJECT_PUNCT = re.compile(rb"\W+")
 _MESSAGE_ID = re.compile(rb"\s*<[^@>]+@([^>]+)>\s*$")
-_RECEIVED_HOST = re.compile(rb"from ([a-z0-9._-]+[a-z])[)\s]")
+_RECEIVED_HOST = re.compile(rb"from\s+([a-z0-9._-]+[a-z])[)\s]")
 _RECEIVED_IP = re.compile(rb"[\[(]((?:\d{1,3}\.){3}\d{1,3})[\])]")
 _RECEIVED_COMPLAINT = re.compile(rb"\([a-z]+(?:\s+[a-z]+)+\)")
 _FNAME_COMP = re.compile(rb"[/\\:]")
@@ -334,20 +349,25 @@ class _Tokenizer:
             emit(f"{name}:no real name:2**{_pow2(noname)}")
 
     def received(self, value: bytes) -> None:
-        emit = self.emit
-        text = b" ".join(value[:2048].split()).lower()
-        for phrase in _RECEIVED_COMPLAINT.findall(text):
-            emit("received:" + _s(phrase))
+        """received: tokens — the sending host's name suffixes (a.b.c, b.c, c), its IP
+        prefixes (1, 1.2, 1.2.3, 1.2.3.4) and "(…)" remarks such as "(may be forged)"."""
+        extend = self.extend
+        text = value[:2048].lower()
+        if b"(" in text:
+            for phrase in _RECEIVED_COMPLAINT.findall(text):
+                extend(("received:" + b" ".join(phrase.split()).decode("latin-1"),))
         m = _RECEIVED_HOST.search(text)
         if m:
-            parts = m.group(1).split(b".")
-            for i in range(len(parts) - 1, -1, -1):
-                emit("received:" + _s(b".".join(parts[i:])))
+            host = m.group(1).decode("latin-1")
+            i = len(host)
+            while i > 0:
+                i = host.rfind(".", 0, i)
+                extend(("received:" + host[i + 1 :],))
         m = _RECEIVED_IP.search(text)
         if m:
-            parts = m.group(1).split(b".")
-            for i in range(1, 5):
-                emit("received:" + _s(b".".join(parts[:i])))
+            a, b, c, d = m.group(1).decode().split(".")
+            extend((f"received:{a}", f"received:{a}.{b}", f"received:{a}.{b}.{c}",
+                    f"received:{a}.{b}.{c}.{d}"))
 
     # -- MIME walk -------------------------------------------------------------------------
     def walk(self, headers: Headers, body: bytes, depth: int) -> None:

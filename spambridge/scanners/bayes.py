@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from spambridge.bayes import store
 from spambridge.bayes.classifier import Scorer
-from spambridge.bayes.tokenizer import Limits, tokenize
+from spambridge.bayes.tokenizer import limits_for, tokenize
 from spambridge.config import BayesConfig
 from spambridge.message import Envelope
 from spambridge.verdict import ErrorKind, ScanError, ScoreResult
@@ -24,11 +24,6 @@ from spambridge.verdict import ErrorKind, ScanError, ScoreResult
 ENGINE = "bayes"
 MAX_CLUES = 30  # carried in the result for `check --explain` and debug logs
 log = logging.getLogger("spambridge")
-
-
-def limits_for(cfg: BayesConfig) -> Limits:
-    return Limits(max_bytes=cfg.max_bytes, max_text=cfg.max_bytes // 2,
-                  max_tokens=cfg.max_tokens)
 
 
 class _Worker:
