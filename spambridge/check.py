@@ -67,8 +67,9 @@ def run(cfg: Config, paths: list[str], *, explain: bool = False, batch: bool = F
     """Exit status: 0 when every message was checked, 1 if any could not be read."""
     out = out or sys.stdout
     err = err or sys.stderr
-    if batch:  # one decision log line per message would drown the table
-        logging.getLogger("spambridge").setLevel(logging.ERROR)
+    # the decision log line repeats what is printed; keep warnings (scan failures) unless
+    # --batch, where one line per message would drown the table
+    logging.getLogger("spambridge").setLevel(logging.ERROR if batch else logging.WARNING)
     scanner = build_scanner(cfg)
     bridge = AsyncBridge().start()
     pipeline = Pipeline(scanner, bridge, cfg)

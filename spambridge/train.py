@@ -41,7 +41,7 @@ DEFAULT_MAX_SIZE = 500 * 1024  # bytes, as sa-learn: bigger messages are skipped
 BATCH_MESSAGES = 2000  # messages per transaction …
 BATCH_SECONDS = 2.0  # … or this long, whichever comes first (bounds what a kill loses)
 _OWNED = re.compile(rb"^x-spam-[^:\n]*:.*(?:\n[ \t].*)*\n", re.I | re.M)
-_LOOKS_LIKE_MAIL = re.compile(rb"(?:[!-9;-~]+[ \t]*:.*\n(?:[ \t].*\n)*){1,}")
+_LOOKS_LIKE_MAIL = re.compile(rb"[!-9;-~]+[ \t]*:[^\n]*\r?\n")
 
 
 class TrainError(Exception):
@@ -151,15 +151,34 @@ def read_path(path: str, max_size: int, mbox: bool = False, stdin: IO[bytes] | N
                 if f.is_file():
                     yield _read_file(f, max_size, named=False)
             return
-        if not p.exists():
-            yield Item(path, problem="unreadable: no such file or directory", named=True)
-            return
-        if mbox or _is_mbox(p):
-            yield from _read_mbox(p, max_size)
-            return
-        yield _read_file(p, max_size, named=True)
+        yield from _read_named_file(p, max_size, mbox)
     except OSError as e:
         yield Item(path, problem=f"unreadable: {e.strerror or e}", named=True)
+
+
+def _read_named_file(p: Path, max_size: int, mbox: bool) -> Iterator[Item]:
+    """A file named on the command line: one message, or an mbox. Opened once: this is the
+    per-message path of bulk training from a list of files."""
+    try:
+        f = open(p, "rb")  # noqa: SIM115 - closed below, before any yield of a big mbox
+    except FileNotFoundError:
+        yield Item(str(p), problem="unreadable: no such file or directory", named=True)
+        return
+    with f:
+        size = os.fstat(f.fileno()).st_size
+        head = f.read(5)
+        if mbox or head == b"From ":
+            if size > MBOX_IN_MEMORY:
+                big = True
+            else:
+                big, data = False, head + f.read()
+        elif max_size and size > max_size:
+            yield Item(str(p), problem="too large", named=True)
+            return
+        else:
+            yield _item(str(p), head + f.read(), named=True)
+            return
+    yield from _stream_mbox(p, max_size) if big else _split_mbox(p, data, max_size)
 
 
 def _read_file(p: Path, max_size: int, named: bool) -> Item:
@@ -175,26 +194,26 @@ def _read_file(p: Path, max_size: int, named: bool) -> Item:
 MBOX_IN_MEMORY = 32 << 20  # smaller mboxes are read whole and split with one regex
 
 
-def _read_mbox(p: Path, max_size: int) -> Iterator[Item]:
-    """Split at "From " lines that follow a blank line (or start the file). Small files are
-    split in memory; big ones are streamed line by line, so a multi-gigabyte mbox never sits
-    in memory."""
-    if p.stat().st_size <= MBOX_IN_MEMORY:
-        data = p.read_bytes().replace(b"\r\n", b"\n")
-        if data.startswith(b"From "):
-            data = b"\n\n" + data
-        chunks = data.split(b"\n\nFrom ")  # a literal split: fast, no regex backtracking
-        if not chunks[0].strip():
-            del chunks[0]
-        else:  # --mbox on a file that does not start with a separator: keep the head
-            chunks[0] = b"From -\n" + chunks[0]
-        for n, chunk in enumerate(chunks, 1):
-            chunk = chunk.partition(b"\n")[2]  # the rest of the separator line
-            if max_size and len(chunk) > max_size:
-                yield Item(f"{p}#{n}", problem="too large")
-            else:
-                yield _item(f"{p}#{n}", _unescape_from(chunk))
-        return
+def _split_mbox(p: Path, data: bytes, max_size: int) -> Iterator[Item]:
+    """Split at "From " lines that follow a blank line (or start the file), in memory."""
+    data = data.replace(b"\r\n", b"\n")
+    if data.startswith(b"From "):
+        data = b"\n\n" + data
+    chunks = data.split(b"\n\nFrom ")  # a literal split: fast, no regex backtracking
+    if not chunks[0].strip():
+        del chunks[0]
+    else:  # --mbox on a file that does not start with a separator: keep the head
+        chunks[0] = b"From -\n" + chunks[0]
+    for n, chunk in enumerate(chunks, 1):
+        chunk = chunk.partition(b"\n")[2]  # the rest of the separator line
+        if max_size and len(chunk) > max_size:
+            yield Item(f"{p}#{n}", problem="too large")
+        else:
+            yield _item(f"{p}#{n}", _unescape_from(chunk))
+
+
+def _stream_mbox(p: Path, max_size: int) -> Iterator[Item]:
+    """The same split, line by line, so a multi-gigabyte mbox never sits in memory."""
     n = 0
     lines: list[bytes] = []
     size = 0
@@ -241,12 +260,12 @@ def _item(where: str, data: bytes, named: bool = False) -> Item:
 
 
 def looks_like_mail(data: bytes) -> bool:
-    """At least one header field at the top, and no NUL bytes in the header block."""
-    head = data[:64 * 1024].replace(b"\r\n", b"\n")
+    """A header field on the first line (after an mbox "From " line), and no NUL byte in the
+    header block: what separates a message from a stray text or binary file."""
+    head = data[:8192]
     if head.startswith(b"From "):
         head = head.partition(b"\n")[2]
-    block = head.partition(b"\n\n")[0]
-    return b"\0" not in block and _LOOKS_LIKE_MAIL.match(head) is not None
+    return b"\0" not in head.partition(b"\n\n")[0] and _LOOKS_LIKE_MAIL.match(head) is not None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -487,8 +506,7 @@ def run_spamd(cfg: Config, label: str, paths: list[str], *, max_size: int = DEFA
                     if e.kind.value in ("unavailable", "timeout"):
                         return  # spamd is down: the rest would fail the same way
                     continue
-                changed = resp.headers.get_header("DidSet") or resp.headers.get_header(
-                    "DidRemove")
+                changed = "DidSet" in resp.headers or "DidRemove" in resp.headers
                 if label == "forget":
                     summary.forgotten += 1 if changed else 0
                     summary.not_trained += 0 if changed else 1

@@ -102,6 +102,7 @@ _STRIP_REGIONS = ((b"<style", b"</style"), (b"<!--", b"-->"), (b"<comment", b"</
                   (b"<noframes", b"</noframes"))
 _BREAKING = re.compile(rb"<\s*/?\s*(?:p|br)\b[^<>]{0,256}>")
 _TAG = re.compile(rb"<(?![\s<>])[^<>]{0,256}>")
+_STR_SPACE_ONLY = re.compile(rb"[\x1c-\x1f\x85\xa0]")  # whitespace to str, not to bytes
 _HIGH_BYTES = bytes(range(128, 256))
 _NOT_B64 = bytes(c for c in range(256)
                  if c not in b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")
@@ -469,6 +470,14 @@ class _Tokenizer:
             text = strip_regions(text)
             text = _BREAKING.sub(b" ", text)
             text = _TAG.sub(b"", text)
+        if _STR_SPACE_ONLY.search(text) is None:
+            # str.split() on the Latin-1 text splits exactly where bytes.split() would unless
+            # one of the few bytes only str treats as space occurs; then one decode suffices
+            swords = text.decode("latin-1").split()
+            self.extend([w for w in swords if 2 < len(w) <= SKIP_MAX_WORD])
+            for sw in [w for w in swords if len(w) > SKIP_MAX_WORD]:
+                self.extend(self.long_word(sw.encode("latin-1")))
+            return
         words = text.split()
         short = [w for w in words if 2 < len(w) <= SKIP_MAX_WORD]
         if short:
