@@ -54,7 +54,9 @@ def run(cfg: Config, reload: Callable[[], Config] | None = None) -> int:
     from spambridge.milter.session import Session
 
     spec = parse_socket_spec(cfg.milter.socket)
-    # Block libmilter's signals before any helper thread exists; only milter.main() unblocks.
+    # Block libmilter's signals before any helper thread exists, and keep them blocked: inside
+    # milter.main() libmilter's own signal thread sigwait()s for them, so a TERM that arrives
+    # while we start up stays pending and becomes a clean stop instead of killing the process.
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1, signal.SIGHUP, signal.SIGTERM,
                                               signal.SIGINT})
     try:
@@ -91,11 +93,16 @@ def run(cfg: Config, reload: Callable[[], Config] | None = None) -> int:
     nudger = PoolNudger(spec, lambda: pipeline.inflight > 0).start()
     pipeline.before_scan = nudger.poke
     _notify_ready()
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP, signal.SIGTERM, signal.SIGINT})
     try:
         Milter.milter.main()
+    except Milter.milter.error:
+        # libmilter's listener fails ("cannot run main") when a stop request closes the listen
+        # socket between its stop check and its poll — most often a TERM during start-up.
+        # The socket being gone means a stop was asked for: that is a clean stop, not a crash.
+        if find_listener(spec) is not None:
+            raise
+        log.info("stop requested while the listener was starting")
     finally:
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP, signal.SIGTERM, signal.SIGINT})
         pipeline.wait_idle(cfg.milter.scan_timeout + 1.0)
         nudger.stop()
         bridge.run(scanner.aclose(), 5.0) if _alive(bridge) else None
@@ -156,35 +163,45 @@ def _open_socket(spec: SocketSpec, cfg: Config) -> None:
                 raise ConfigError(f"socket_group {cfg.milter.socket_group!r}: no such group"
                                   ) from None
         if gid != -1:
-            os.chown(spec.path, -1, gid)
+            try:
+                os.chown(spec.path, -1, gid)
+            except PermissionError:
+                raise ConfigError(
+                    f"socket_group {cfg.milter.socket_group!r}: this user may not give the socket "
+                    "that group (run as root, add the user to the group, or leave socket_group "
+                    "unset and use a setgid socket directory)") from None
         os.chmod(spec.path, cfg.milter.socket_mode)
     else:
         set_nodelay_on_listener(spec)
 
 
-def set_nodelay_on_listener(spec: SocketSpec) -> bool:
-    """Accepted sockets inherit TCP_NODELAY from the listener on Linux; libmilter never sets
-    it, and Nagle + delayed ACK cost ~40 ms per stall over loopback. Find libmilter's
-    listening descriptor by its bound address and set the option on it."""
-    fam = socket.AF_INET6 if spec.family == "inet6" else socket.AF_INET
+def find_listener(spec: SocketSpec) -> int | None:
+    """libmilter's listening descriptor, found by its bound address (libmilter keeps it to
+    itself); None once libmilter has closed it."""
+    fam = {"unix": socket.AF_UNIX, "inet": socket.AF_INET, "inet6": socket.AF_INET6}[spec.family]
     for name in os.listdir("/proc/self/fd"):
         fd = int(name)
         try:
-            s = socket.socket(fileno=os.dup(fd))
+            with socket.socket(fileno=os.dup(fd)) as s:
+                if s.family != fam or s.type != socket.SOCK_STREAM:
+                    continue
+                addr = s.getsockname()
+                if (addr == spec.path) if spec.family == "unix" else (addr[1] == spec.port):
+                    return fd
         except OSError:
             continue
-        try:
-            if s.family != fam or s.type != socket.SOCK_STREAM:
-                continue
-            addr = s.getsockname()
-            if addr[1] == spec.port:
-                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                return True
-        except OSError:
-            continue
-        finally:
-            s.close()
-    return False
+    return None
+
+
+def set_nodelay_on_listener(spec: SocketSpec) -> bool:
+    """Accepted sockets inherit TCP_NODELAY from the listener on Linux; libmilter never sets
+    it, and Nagle + delayed ACK cost ~40 ms per stall over loopback."""
+    fd = find_listener(spec)
+    if fd is None:
+        return False
+    with socket.socket(fileno=os.dup(fd)) as s:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return True
 
 
 def _notify_ready() -> None:
@@ -215,8 +232,14 @@ def _start_reload_thread(pipeline: Pipeline, reload: Callable[[], Config]) -> No
                 log.error("reload failed, keeping the running config: %r", e)
                 continue
             old = pipeline.config
-            if (new.milter.engine, new.milter.socket) != (old.milter.engine, old.milter.socket):
-                log.warning("reload: engine and socket changes need a restart; applying the rest")
+            fixed = ("engine", "socket", "socket_mode", "socket_group", "user")
+            changed = [k for k in fixed if getattr(new.milter, k) != getattr(old.milter, k)]
+            changed += ["[spamd]"] if new.spamd != old.spamd else []
+            changed += ["[bayes] db"] if new.bayes.db != old.bayes.db else []
+            changed += ["[metrics] listen"] if new.metrics != old.metrics else []
+            if changed:
+                log.warning("reload: %s only change on restart; applying the rest",
+                            ", ".join(changed))
             pipeline.config = new
             log.info("configuration reloaded from %s", new.source)
 

@@ -332,3 +332,19 @@ def test_sigterm_lets_inflight_messages_finish(start_milter: Start, fake_spamd: 
     assert results[0].header("X-Spam-Flag") == "YES"
     assert m.proc.wait(20) == 0
     assert "spambridge stopped" in m.log
+
+
+def test_sigterm_during_startup_is_a_clean_stop(tmp_path: Path) -> None:
+    """systemd may stop a unit the moment it starts; that must be exit 0, not death by TERM."""
+    sock = tmp_path / "early.sock"
+    proc = subprocess.Popen([sys.executable, "-m", "spambridge", "run", "--engine", "spamd",
+                             "--socket", f"unix:{sock}"], stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 30
+    while not sock.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGTERM)
+    try:
+        assert stop_process(proc, wake=str(sock)) == 0
+    finally:
+        stop_process(proc)
+    assert b"spambridge stopped" in (proc.stderr.read() if proc.stderr else b"")
