@@ -11,6 +11,7 @@ import pwd
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -75,16 +76,23 @@ class Spamd:
         return f"{self.host}:{self.port}"
 
 
-def _spamd_answers(port: int) -> bool:
+def _spamd_answers(port: int, tls: bool = False) -> bool:
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as raw:
+            s = raw
+            if tls:
+                ctx = ssl.create_default_context()
+                ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+                s = ctx.wrap_socket(raw)
             s.sendall(b"PING SPAMC/1.5\r\n\r\n")
             return b"PONG" in s.recv(100)
     except OSError:
         return False
 
 
-def start_spamd(base: Path, extra: tuple[str, ...] = ()) -> Spamd:
+def start_spamd(base: Path, extra: tuple[str, ...] = (), tls: tuple[Path, Path] | None = None
+                ) -> Spamd:
+    """A real spamd on 127.0.0.1; `tls` = (cert, key) makes it accept only TLS."""
     exe = shutil.which("spamd") or "/usr/sbin/spamd"
     if not os.path.exists(exe):
         pytest.fail("spamd is not installed: run .ci/run (or apt-get install spamd)")
@@ -93,7 +101,10 @@ def start_spamd(base: Path, extra: tuple[str, ...] = ()) -> Spamd:
     os.chmod(base, 0o755)
     os.chmod(home, 0o777)
     port = free_port()
-    args = [exe, f"--listen=127.0.0.1:{port}", "--max-children=2", "--min-children=1",
+    listen = f"ssl:127.0.0.1:{port}" if tls else f"127.0.0.1:{port}"
+    if tls:
+        extra = (*extra, f"--server-cert={tls[0]}", f"--server-key={tls[1]}")
+    args = [exe, f"--listen={listen}", "--max-children=2", "--min-children=1",
             "--allowed-ips=127.0.0.1", f"--helper-home-dir={home}", "--nouser-config",
             "--syslog=stderr", f"--pidfile={home}/spamd.pid", "-L", *extra]
     if os.geteuid() == 0:
@@ -105,7 +116,8 @@ def start_spamd(base: Path, extra: tuple[str, ...] = ()) -> Spamd:
     log = open(base / "spamd.log", "wb")  # noqa: SIM115 - lives as long as the process
     proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=home)
     try:
-        wait_until(lambda: proc.poll() is not None or _spamd_answers(port), 90, "spamd PING")
+        wait_until(lambda: proc.poll() is not None or _spamd_answers(port, bool(tls)), 90,
+                   "spamd PING")
     except TimeoutError:
         stop_process(proc)
         raise

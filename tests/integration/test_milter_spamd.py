@@ -3,6 +3,7 @@ scanning with a real spamd (and, only for faults a real spamd cannot produce, fa
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import signal
@@ -348,3 +349,34 @@ def test_sigterm_during_startup_is_a_clean_stop(tmp_path: Path) -> None:
     finally:
         stop_process(proc)
     assert b"spambridge stopped" in (proc.stderr.read() if proc.stderr else b"")
+
+
+def _self_signed(tmp: Path, name: str) -> tuple[Path, Path]:
+    cert, key = tmp / f"{name}.pem", tmp / f"{name}.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    os.chmod(key, 0o644)  # spamd reads it after dropping to its own user
+    return cert, key
+
+
+def test_spamd_over_tls(start_milter: Start) -> None:
+    base = Path(tempfile.mkdtemp(prefix="sb-spamd-tls-"))
+    cert, key = _self_signed(base, "spamd")
+    other, _ = _self_signed(base, "other")
+    own = start_spamd(base, tls=(cert, key))
+    try:
+        cfg = spamd_cfg(own, on_unavailable="tempfail", on_error="tempfail")
+        cfg["spamd"].update(tls=True, ca_file=str(cert))
+        m = start_milter(cfg)
+        r = send_one(m.socket_path, message(body=GTUBE + "\n"))
+        assert r.action == "reject"  # scanned by spamd, over TLS, with the certificate checked
+        # a certificate the configured CA did not sign is refused, never silently trusted
+        cfg["spamd"]["ca_file"] = str(other)
+        m2 = start_milter(cfg)
+        r2 = send_one(m2.socket_path, message(body=GTUBE + "\n"))
+        assert r2.action == "tempfail"
+        assert "CERTIFICATE_VERIFY_FAILED" in m2.log or "certificate verify failed" in m2.log
+    finally:
+        stop_process(own.proc)
+        shutil.rmtree(base, ignore_errors=True)
