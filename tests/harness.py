@@ -90,9 +90,10 @@ def _spamd_answers(port: int, tls: bool = False) -> bool:
         return False
 
 
-def start_spamd(base: Path, extra: tuple[str, ...] = (), tls: tuple[Path, Path] | None = None
-                ) -> Spamd:
-    """A real spamd on 127.0.0.1; `tls` = (cert, key) makes it accept only TLS."""
+def start_spamd(base: Path, extra: tuple[str, ...] = (), tls: tuple[Path, Path] | None = None,
+                unix: Path | None = None) -> Spamd:
+    """A real spamd on 127.0.0.1; `tls` = (cert, key) makes it accept only TLS; `unix` adds
+    a unix socket (mode 0666, so our non-root user can reach it too)."""
     exe = shutil.which("spamd") or "/usr/sbin/spamd"
     if not os.path.exists(exe):
         pytest.fail("spamd is not installed: run .ci/run (or apt-get install spamd)")
@@ -104,6 +105,8 @@ def start_spamd(base: Path, extra: tuple[str, ...] = (), tls: tuple[Path, Path] 
     listen = f"ssl:127.0.0.1:{port}" if tls else f"127.0.0.1:{port}"
     if tls:
         extra = (*extra, f"--server-cert={tls[0]}", f"--server-key={tls[1]}")
+    if unix:
+        extra = (*extra, f"--listen={unix}", "--socketmode=0666")
     args = [exe, f"--listen={listen}", "--max-children=2", "--min-children=1",
             "--allowed-ips=127.0.0.1", f"--helper-home-dir={home}", "--nouser-config",
             "--syslog=stderr", f"--pidfile={home}/spamd.pid", "-L", *extra]

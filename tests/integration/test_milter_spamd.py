@@ -380,3 +380,16 @@ def test_spamd_over_tls(start_milter: Start) -> None:
     finally:
         stop_process(own.proc)
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_spamd_on_a_unix_socket_from_the_command_line(start_milter: Start) -> None:
+    base = Path(tempfile.mkdtemp(prefix="sb-spamd-unix-"))
+    path = base / "spamd.sock"
+    own = start_spamd(base, unix=path)
+    try:
+        m = start_milter({"milter": {"engine": "spamd"}}, "--spamd", str(path))
+        r = send_one(m.socket_path, message(body=GTUBE + "\n"))
+        assert r.action == "reject"
+    finally:
+        stop_process(own.proc)
+        shutil.rmtree(base, ignore_errors=True)
