@@ -111,7 +111,14 @@ def setup_logging(level: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # argparse stops a list of PATHs at the first option (`train --spam a --mbox b`); paths
+    # given after options are still paths
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if getattr(args, "paths", None) is None or any(
+                e.startswith("-") and e != "-" for e in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.paths = [*args.paths, *extra]
     if args.command is None:
         parser.print_help()
         return 2

@@ -51,7 +51,7 @@ def add_parsers(sub: Any, config_arg: ArgAdder, engine_args: ArgAdder,
                    help="messages per database transaction (default: 2000; an interrupted "
                    "run keeps every finished batch)")
     t.add_argument("-q", "--quiet", action="store_true", help="print only errors")
-    t.add_argument("paths", nargs="*", metavar="PATH", default=["-"])
+    t.add_argument("paths", nargs="*", metavar="PATH", default=[])
 
     c = sub.add_parser(
         "check", help="score messages offline through the milter's decision path",
@@ -80,6 +80,7 @@ def dispatch(args: argparse.Namespace, cfg: Config) -> int:
 def _train(args: argparse.Namespace, cfg: Config) -> int:
     from spambridge import train
 
+    args.paths = args.paths or ["-"]  # no PATH: one message on stdin
     engine = args.engine or cfg.milter.engine
     common: dict[str, Any] = {"max_size": args.max_size, "mbox": args.mbox, "quiet": args.quiet}
     if engine == "bayes":

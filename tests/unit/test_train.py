@@ -275,3 +275,17 @@ def test_killed_train_leaves_a_consistent_database(tmp_path: Path, db: Path) -> 
         viagra = c.execute("SELECT spam FROM tokens WHERE token='viagra'").fetchone()[0]
     assert 0 < nspam < 20000
     assert nspam % 250 == 0 and rows == nspam and viagra == nspam
+
+
+def test_options_may_follow_paths(tmp_path: Path, db: Path,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """sa-learn habits: `train --spam a.eml --mbox b.mbox` takes both paths."""
+    one = tmp_path / "a.eml"
+    one.write_bytes(mail(1, True))
+    box = tmp_path / "b.mbox"
+    box.write_bytes(mail(2, True))  # no leading "From " line: only --mbox makes it an mbox
+    code, out, _ = run("train", "--db", str(db), "--spam", str(one), "--mbox", str(box),
+                       capsys=capsys)
+    assert code == 0 and "Learned 2 of 2 messages as spam" in out
+    with pytest.raises(SystemExit):
+        run("train", "--db", str(db), "--spam", str(one), "--bogus", capsys=capsys)
