@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from harness import FakeSpamd, RunningMilter, free_port, read_request
+from harness import FakeSpamd, RunningMilter, Spamd, free_port, read_request
 from milterclient import MilterClient, Result, send_one
 
 from spambridge import cli
@@ -150,3 +150,19 @@ def test_hung_spamd_gives_the_bayes_verdict_within_the_cap(trained_db: Path,
     assert r.action == "accept"
     assert "engine=bayes" in status(r) and "fallback=spamd-timeout" in status(r)
     assert 0.9 < r.seconds < 2.0
+
+
+def test_spamd_decides_when_it_answers(trained_db: Path, start_milter: Start,
+                                       spamd: Spamd) -> None:
+    """spamd+bayes with a healthy spamd: spamd's verdict, no fallback note. The message is
+    Bayes-ham but GTUBE for spamd, so only spamd can reject it."""
+    cfg = bayes_cfg(trained_db)
+    cfg["milter"]["engine"] = "spamd+bayes"
+    cfg["spamd"] = {"host": spamd.host, "port": spamd.port}
+    m = start_milter(cfg)
+    gtube = ham(504).replace(b"\n\n", b"\n\nXJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-"
+                             b"TEST-EMAIL*C.34X\n", 1)
+    assert send_one(m.socket_path, gtube).action == "reject"
+    r = send_one(m.socket_path, ham(505))
+    assert r.action == "accept"
+    assert "engine=spamd" in status(r) and "fallback" not in status(r)
