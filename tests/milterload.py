@@ -75,9 +75,10 @@ def deliver(
     barrier: threading.Barrier | None = None,
     barrier_at: str = "helo",
     headers: Sequence[tuple[str, bytes]] | None = None,
+    body: bytes | None = None,
 ) -> Delivery:
     """One whole transaction; never raises (a failure is recorded in `error`).
-    `headers` replaces the header fields split from `raw` (to send what no parser would make,
+    `headers` and `body` replace what is split from `raw` (to send what no parser would make,
     such as a value with a bare line feed).
     A `barrier` makes sessions wait for each other after HELO or just before end of message."""
     d = Delivery(index)
@@ -94,11 +95,11 @@ def deliver(
         for r in rcpts:
             client.rcpt(r)
         client.data(qid)
-        fields, body = split_message(raw)
+        fields, rest = split_message(raw)
         for name, value in (fields if headers is None else headers):
             client.header(name, value)
         client.eoh(qid)
-        client.body(body)
+        client.body(rest if body is None else body)
         if barrier is not None and barrier_at == "eom":
             barrier.wait()
         t = time.monotonic()
@@ -214,13 +215,15 @@ class MilterProcess:
 
     @classmethod
     def start(cls, workdir: Path, config: Mapping[str, Mapping[str, object]],
-              address: str | tuple[str, int], python: str = sys.executable) -> MilterProcess:
+              address: str | tuple[str, int], python: str = sys.executable,
+              launcher: Sequence[str] = ("-m", "spambridge")) -> MilterProcess:
+        """`launcher`: what follows the interpreter (a bench may wrap the CLI in `-c …`)."""
         workdir.mkdir(parents=True, exist_ok=True)
         cfg_path = workdir / "spambridge.toml"
         cfg_path.write_text(toml(config))
         log_path = workdir / "spambridge.log"
         proc = subprocess.Popen(
-            [python, "-m", "spambridge", "run", "--config", str(cfg_path)],
+            [python, *launcher, "run", "--config", str(cfg_path)],
             stdout=open(log_path, "wb"), stderr=subprocess.STDOUT, cwd=ROOT,  # noqa: SIM115
         )
         m = cls(proc, address, log_path)

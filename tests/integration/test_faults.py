@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import threading
 import time
@@ -298,3 +299,150 @@ def test_spool_filling_up_on_the_last_body_chunk(
         assert fake.requests == 0
         expect_healthy(m)
         assert "engine=spool" in m.log
+
+
+# ------------------------------------------------------------------------------------------------
+# the Bayes token database, locked by training
+
+WORDS = {"spam": ["viagra", "casino", "lottery", "winner", "bitcoin", "pills", "prize", "offer"],
+         "ham": ["meeting", "agenda", "minutes", "budget", "project", "review", "draft", "lunch"]}
+
+
+def bayes_mail(n: int, label: str) -> bytes:
+    """A message whose words say `label`, plus one word no other message has (so a lookup
+    always has to read the database, not the milter's cache)."""
+    words = WORDS[label]
+    body = " ".join(words[(n * 3 + i) % len(words)] for i in range(40)) + f" uniq{n}x{label}"
+    return message(subject=f"{label} {n}", body=body + "\n")
+
+
+@pytest.fixture
+def trained_db(tmp_path: Path) -> Path:
+    """A small database trained through the real `spambridge train`."""
+    from spambridge import cli
+
+    db = tmp_path / "bayes.sqlite"
+    for label in ("spam", "ham"):
+        d = tmp_path / f"train-{label}"
+        d.mkdir()
+        for i in range(20):
+            (d / f"{i}.eml").write_bytes(bayes_mail(i, label))
+        assert cli.main(["train", "--db", str(db), f"--{label}", "-q", str(d)]) == 0
+    return db
+
+
+def bayes_milter(start_milter: Callable[..., RunningMilter], db: Path, pol: dict[str, object],
+                 cap: float) -> RunningMilter:
+    return start_milter({"milter": {"engine": "bayes", "scan_timeout": cap},
+                         "bayes": {"db": str(db)}, "policy": pol})
+
+
+def expect_bayes_verdict(d: Delivery, label: str, cap: float) -> None:
+    assert not d.error and d.result is not None, d.error
+    assert d.extra == b""
+    assert d.eom_seconds <= cap + MARGIN, f"message {d.index}: {d.eom_seconds:.3f}s"
+    if label == "spam":
+        assert d.result.action == "reject", d.result
+    else:
+        assert d.result.action == "accept", d.result
+        assert "score=" in (d.result.header("X-Spam-Status") or ""), d.result
+
+
+def test_training_transaction_open_does_not_stop_scoring(
+    start_milter: Callable[..., RunningMilter], trained_db: Path,
+) -> None:
+    """`train` holds SQLite's write lock for a whole batch; in WAL mode the milter reads the
+    last committed counts meanwhile: 50 connections at once all get real verdicts."""
+    from spambridge.bayes import store
+
+    m = bayes_milter(start_milter, trained_db, policy("on_unavailable", "tempfail"), CAP)
+    writer = store.SqliteWriter(str(trained_db))
+    writer.begin()  # BEGIN IMMEDIATE, as `train` does per batch
+    writer.conn.executemany("INSERT INTO tokens(token, spam, ham) VALUES (?, 1, 0) "
+                            "ON CONFLICT(token) DO UPDATE SET spam = spam + 1",
+                            [(f"batchtoken{i}",) for i in range(50_000)])
+    try:
+        labels = ["spam" if i % 2 else "ham" for i in range(N)]
+        ds = deliver_many(m.socket_path, [bayes_mail(1000 + i, lb) for i, lb in
+                                          enumerate(labels)], N, timeout=CAP + 20,
+                          barrier_at="eom")
+        report("bayes_training_open", "-", ds)
+        for d, label in zip(ds, labels, strict=True):
+            expect_bayes_verdict(d, label, CAP)
+    finally:
+        writer.rollback()
+        writer.close()
+    expect_healthy(m)
+
+
+@pytest.mark.parametrize("action", ACTIONS)
+def test_database_locked_exclusively(start_milter: Callable[..., RunningMilter],
+                                     trained_db: Path, action: str) -> None:
+    """A writer that takes the file for itself (SQLite's exclusive locking mode: an old tool,
+    a manual `sqlite3` session) keeps readers out. Each message then gets on_unavailable
+    (the lock outlasted the reader's 0.5 s busy wait) or, queued behind those waits,
+    on_timeout; both are set to `action`, on_error to another. Scoring resumes on release."""
+    import sqlite3
+
+    cap = 2.0
+    pol = {"on_unavailable": action, "on_timeout": action, "on_error": OTHER[action]}
+    m = bayes_milter(start_milter, trained_db, pol, cap)
+    locker = sqlite3.connect(str(trained_db), isolation_level=None)
+    try:
+        locker.execute("PRAGMA locking_mode=EXCLUSIVE")
+        locker.execute("BEGIN EXCLUSIVE")
+        locker.execute("UPDATE totals SET nspam = nspam")
+        ds = deliver_many(m.socket_path, [bayes_mail(2000 + i, "ham") for i in range(N)], N,
+                          timeout=cap + 20, barrier_at="eom")
+        kinds = Counter()
+        for d in ds:
+            status = d.result.header("X-Spam-Status") if d.result else None
+            kind = "timeout" if status == "No, unchecked=timeout" or d.eom_seconds >= cap else (
+                "unavailable")
+            kinds[kind] += 1
+            expect_policy(d, action, kind, cap)
+        report("bayes_db_locked", action, ds, outcomes=dict(kinds))
+        assert kinds["unavailable"] > 0, "the lock was never seen as such"
+    finally:
+        locker.close()
+    expect_bayes_verdict(deliver(m.socket_path, bayes_mail(3000, "spam"), timeout=cap + 20),
+                         "spam", cap)
+    expect_healthy(m)
+
+
+@pytest.mark.parametrize("action", ACTIONS)
+def test_spool_directory_not_writable(tmp_path: Path, start_milter: Callable[..., RunningMilter],
+                                      spamd_fakes: Callable[..., SwitchableSpamd],
+                                      action: str) -> None:
+    """A spool directory the milter may not write. As root the milter is started with
+    `user = "nobody"` (root ignores permissions, nobody does not) and the directory is
+    root's 0755; otherwise the directory is made 0500. on_error for every spilled body, and
+    normal scanning once the directory is writable again."""
+    import pwd
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix="sb-spool-"))  # outside pytest's 0700 tree
+    try:
+        os.chmod(base, 0o755)
+        spool = base / "spool"
+        spool.mkdir(mode=0o755)
+        milter: dict[str, object] = {"spool_dir": str(spool), "spool_memory": 1024}
+        if os.geteuid() == 0:
+            milter.update(user="nobody", socket=f"unix:{base}/m.sock")
+        else:
+            os.chmod(spool, 0o500)
+        fake = spamd_fakes("good")
+        m = spamd_milter(start_milter, fake.port, policy("on_error", action), **milter)
+        ds = deliver_many(m.socket_path, bodies(N, 8000), N, timeout=CAP + 20, barrier_at="eom")
+        report("spool_not_writable", action, ds)
+        for d in ds:
+            expect_policy(d, action, "error", CAP)
+        assert "Permission denied" in m.log
+        if os.geteuid() == 0:
+            os.chown(spool, pwd.getpwnam("nobody").pw_uid, -1)
+        else:
+            os.chmod(spool, 0o700)
+        expect_scored(deliver(m.socket_path, bodies(1, 8000)[0], timeout=CAP + 20), "1.5")
+        expect_healthy(m)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

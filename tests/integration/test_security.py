@@ -290,28 +290,63 @@ def test_unknown_user_is_a_config_error(start_milter: Start, fake: SwitchableSpa
     assert "no such user 'no-such-user-sb'" in m.log
 
 
+def bayes_db(path: Path) -> Path:
+    """A small database trained through the real `train` (as root, like an admin would)."""
+    from spambridge import cli
+
+    for label, words in (("spam", "lottery winner prize"), ("ham", "agenda budget lunch")):
+        d = path.parent / f"train-{label}"
+        d.mkdir(exist_ok=True)
+        for i in range(3):
+            (d / f"{i}.eml").write_bytes(f"Subject: {label}\n\n{words} {i}\n".encode())
+        assert cli.main(["train", "--db", str(path), f"--{label}", "-q", str(d)]) == 0
+    return path
+
+
 @needs_root
-@pytest.mark.parametrize("writable", [True, False])
-def test_spool_not_writable_by_the_milter_user(start_milter: Start, fake: SwitchableSpamd,
-                                               open_dir: Path, writable: bool) -> None:
-    """Root creates the socket, then the milter runs as nobody; a root-owned 0755 spool
-    directory is then not writable: every spilled message gets on_error, nothing crashes."""
-    spool = open_dir / "spool"
-    spool.mkdir(mode=0o755)
-    if writable:
-        os.chown(spool, pwd.getpwnam("nobody").pw_uid, -1)
-    cfg = spamd_config(fake.port, on_error="tempfail")
-    cfg["milter"].update(user="nobody", socket=f"unix:{open_dir}/milter.sock",
-                         spool_dir=str(spool), spool_memory=1024)
-    m = start_milter(cfg)
-    r = result_of(m, message(body="y" * 20_000))
-    if writable:
-        assert r.action == "accept" and "score=" in (r.header("X-Spam-Status") or "")
-    else:
-        assert (r.action, r.smtp_code) == ("tempfail", "451")
-        assert "engine=spool" in m.log and "Permission denied" in m.log
-    assert result_of(m, message(body="short")).action == "accept"  # fits in memory
-    assert m.proc.poll() is None and "Traceback" not in m.log
+def test_bayes_database_is_handed_to_the_user_and_kept_private(start_milter: Start,
+                                                               open_dir: Path) -> None:
+    """Root opens (or creates) the database, the milter then reads it as nobody; the files
+    are the user's and nobody else's."""
+    nobody = pwd.getpwnam("nobody")
+    dbdir = open_dir / "db"
+    dbdir.mkdir(mode=0o750)
+    os.chown(dbdir, nobody.pw_uid, nobody.pw_gid)
+    db = bayes_db(dbdir / "bayes.sqlite")  # root-owned, as after a root `train`
+    m = start_milter({"milter": {"engine": "bayes", "user": "nobody",
+                                 "socket": f"unix:{open_dir}/milter.sock"},
+                      "bayes": {"db": str(db)}})
+    r = result_of(m, message(body="lottery winner prize lottery winner\n"))
+    assert r.action == "reject", r  # scored by the database it can read
+    files = list(dbdir.glob("bayes.sqlite*"))
+    assert files
+    for f in files:
+        st = f.stat()
+        assert st.st_uid == nobody.pw_uid, (f, st.st_uid)
+        assert st.st_mode & 0o007 == 0, (f, oct(st.st_mode))
+    assert "Traceback" not in m.log
+
+
+@needs_root
+def test_bayes_directory_the_user_cannot_write_is_a_config_error(start_milter: Start,
+                                                                 open_dir: Path) -> None:
+    """SQLite needs the directory for its -wal/-shm files: refuse to start rather than
+    answer on_unavailable for every message."""
+    db = bayes_db(open_dir / "bayes.sqlite")  # open_dir: root's, 0755
+    m = start_milter({"milter": {"engine": "bayes", "user": "nobody",
+                                 "socket": f"unix:{open_dir}/milter.sock"},
+                      "bayes": {"db": str(db)}}, wait=False)
+    assert m.proc.wait(30) == 78
+    assert f"{open_dir} is not writable by user 'nobody'" in m.log
+
+
+def test_database_the_milter_creates_is_private(start_milter: Start, tmp_path: Path) -> None:
+    db = tmp_path / "new" / "bayes.sqlite"
+    m = start_milter({"milter": {"engine": "bayes"}, "bayes": {"db": str(db)}})
+    result_of(m, message())
+    assert db.exists()
+    for f in db.parent.glob("bayes.sqlite*"):
+        assert f.stat().st_mode & 0o007 == 0, (f, oct(f.stat().st_mode))
 
 
 def test_run_as_a_user_needs_root_or_that_user(start_milter: Start,
