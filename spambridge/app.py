@@ -5,6 +5,7 @@ and shut down in order (libmilter stops → in-flight replies sent → loop stop
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
 import grp
 import logging
@@ -53,6 +54,7 @@ def run(cfg: Config, reload: Callable[[], Config] | None = None) -> int:
     from spambridge.milter.callbacks import SpamBridgeMilter
     from spambridge.milter.session import Session
 
+    _fix_mmap_threshold()
     spec = parse_socket_spec(cfg.milter.socket)
     # Block libmilter's signals before any helper thread exists, and keep them blocked: inside
     # milter.main() libmilter's own signal thread sigwait()s for them, so a TERM that arrives
@@ -112,6 +114,19 @@ def run(cfg: Config, reload: Callable[[], Config] | None = None) -> int:
                 os.unlink(spec.path)
     log.info("spambridge stopped")
     return 0
+
+
+M_MMAP_THRESHOLD = -3  # glibc mallopt() parameter
+MMAP_THRESHOLD = 256 * 1024
+
+
+def _fix_mmap_threshold() -> None:
+    """glibc raises its mmap threshold (up to 32 MiB) whenever a big block is freed, after
+    which big message copies come from the heap and stay resident: 20 x 20 MB messages left
+    600 MB behind (peak 1.5 GB). A fixed threshold keeps every buffer over 256 KiB in its own
+    mapping, returned to the system when freed (measured: 33 MB after, peak 0.75 GB)."""
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to tune
+        ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)  # libc is loaded already
 
 
 def _alive(bridge: AsyncBridge) -> bool:
