@@ -96,3 +96,56 @@ def test_counts_above_the_totals_are_clamped_not_fatal() -> None:
     counts = {"a": store.TokenCounts(5, 0), "b": store.TokenCounts(0, 0)}
     verdict = Scorer().score(["a", "b"], Totals(2, 2), counts)
     assert 0.5 < verdict.score <= 1.0
+
+
+def _reference(tokens: list[str], totals: Totals, counts: store.Counts) -> tuple[float, set[str]]:
+    """sbclassifier's own spamprob over a database holding exactly `counts`."""
+    from sbclassifier import Classifier
+    from sbclassifier.classifier import ClassifierDb, WordInfo
+
+    db = ClassifierDb()
+    db.nspam, db.nham = totals.nspam, totals.nham
+    for token, (s, h) in counts.items():
+        record = WordInfo()
+        record.spamcount, record.hamcount = s, h
+        db[token] = record
+    prob, evidence = Classifier(db).spamprob(tokens, evidence=True)
+    return prob, {w for w, _ in evidence[2:]}
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_fast_path_equals_sbclassifier_spamprob_exactly(seed: int) -> None:
+    """Our clue pick and products must give sbclassifier's score to the last bit: many tokens
+    (more than the 150 kept), repeated (spamcount, hamcount) pairs (ties on distance), unknown
+    tokens, and the frexp renormalisation (hundreds of extreme clues)."""
+    import random
+
+    rng = random.Random(seed)
+    totals = Totals(rng.randint(1, 400), rng.randint(1, 400))
+    n = rng.choice([3, 40, 149, 150, 151, 400, 1500])
+    tokens = [f"t{i}" for i in range(n)]
+    counts: store.Counts = {}
+    for t in tokens:
+        r = rng.random()
+        if r < 0.15:
+            continue  # unknown to the database
+        if r < 0.5:  # a few popular pairs: many exact ties
+            s, h = rng.choice([(1, 0), (0, 1), (3, 0), (0, 7), (2, 2)])
+        else:
+            s, h = rng.randint(0, totals.nspam), rng.randint(0, totals.nham)
+        if s or h:
+            counts[t] = store.TokenCounts(min(s, totals.nspam), min(h, totals.nham))
+    expected, clues = _reference(tokens, totals, counts)
+    verdict = Scorer(max_clues=1000).score(tokens, totals, counts)
+    assert verdict.score == expected
+    assert {w for w, _ in verdict.clues} == clues
+
+
+def test_cached_probabilities_follow_the_totals() -> None:
+    """The per-(spam, ham) cache must not outlive a change of the totals."""
+    scorer = Scorer()
+    counts = {"a": store.TokenCounts(3, 1), "b": store.TokenCounts(2, 1)}
+    before = scorer.score(["a", "b"], Totals(10, 10), counts).score
+    after = scorer.score(["a", "b"], Totals(10, 1000), counts).score
+    assert after == _reference(["a", "b"], Totals(10, 1000), counts)[0]
+    assert after > before
