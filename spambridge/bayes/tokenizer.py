@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import binascii
 import re
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from math import log2
@@ -91,7 +92,9 @@ _FNAME_PIECE = re.compile(rb"[;?:@&=+,$.]")
 _NUMERIC_ENTITY = re.compile(rb"&#(x[0-9a-fA-F]{1,6}|\d{1,7});")
 _VIRUS_TAG = re.compile(rb"<\s*/?\s*(?:script|iframe)\b")
 _VIRUS_CID = re.compile(rb"src=['\"]?cid:")
-_VIRUS_SIZE = re.compile(rb"(?:height|width)=['\"]?0\b")
+# found from the literal "=" (a pattern opening with an alternation is scanned byte by byte);
+# the attribute name before it is checked after
+_VIRUS_SIZE = re.compile(rb"=['\"]?0\b")
 _UUENCODE_BEGIN = re.compile(rb"^begin[ \t]+([0-7]{3})[ \t]+([^\n]{1,255})$", re.M)
 # searched from the literal "://" (5× faster than from the scheme); the scheme is checked after
 _URL = re.compile(rb"://([^\s<>\"'\x7f-\xff]{1,1024})")
@@ -105,7 +108,7 @@ _STRIP_REGIONS = ((b"<style", b"</style"), (b"<!--", b"-->"), (b"<comment", b"</
                   (b"<noframes", b"</noframes"))
 _BREAKING = re.compile(rb"<\s*/?\s*(?:p|br)\b[^<>]{0,256}>")
 _TAG = re.compile(rb"<(?![\s<>])[^<>]{0,256}>")
-_STR_SPACE_ONLY = re.compile(rb"[\x1c-\x1f\x85\xa0]")  # whitespace to str, not to bytes
+_STR_SPACE_ONLY = (b"\x1c", b"\x1d", b"\x1e", b"\x1f", b"\x85", b"\xa0")  # space to str, not bytes
 _HIGH_BYTES = bytes(range(128, 256))
 _NOT_B64 = bytes(c for c in range(256)
                  if c not in b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")
@@ -157,9 +160,13 @@ def header_values(headers: Headers, name: bytes) -> list[bytes]:
 def content_type(headers: Headers) -> tuple[bytes, dict[bytes, bytes]]:
     """(maintype/subtype, params). Absent or unusable → text/plain, as the email package."""
     values = header_values(headers, b"content-type")
-    if not values:
+    return content_type_of(values[0] if values else None)
+
+
+def content_type_of(value: bytes | None) -> tuple[bytes, dict[bytes, bytes]]:
+    """content_type() from the first Content-Type value (None: there is none)."""
+    if value is None:
         return b"text/plain", {}
-    value = values[0]
     ctype = value.split(b";", 1)[0].strip().lower()
     if ctype.count(b"/") != 1 or b" " in ctype:
         ctype = b"text/plain"
@@ -277,10 +284,9 @@ class _Tokenizer:
     def top_headers(self, headers: Headers) -> None:
         emit = self.emit
         by_name: dict[bytes, list[bytes]] = {}
-        spelled: dict[bytes, int] = {}
         for name, value in headers:
             by_name.setdefault(name.lower(), []).append(value)
-            spelled[name] = spelled.get(name, 0) + 1
+        spelled = Counter([name for name, _ in headers])
         self.extend([f"header:{_s(name)}:{n}" for name, n in spelled.items()
                      if COUNT_ALL_HEADERS or name.lower() in SAFE_HEADERS])
         if RECORD_ABSENCE:
@@ -355,38 +361,43 @@ class _Tokenizer:
     def received(self, value: bytes) -> None:
         """received: tokens — the sending host's name suffixes (a.b.c, b.c, c), its IP
         prefixes (1, 1.2, 1.2.3, 1.2.3.4) and "(…)" remarks such as "(may be forged)"."""
-        extend = self.extend
+        emit = self.emit
         text = value[:2048].lower()
         if b"(" in text:
             for phrase in _RECEIVED_COMPLAINT.findall(text):
-                extend(("received:" + b" ".join(phrase.split()).decode("latin-1"),))
+                emit("received:" + b" ".join(phrase.split()).decode("latin-1"))
         m = _RECEIVED_HOST.search(text)
         if m:
             host = m.group(1).decode("latin-1")
             i = len(host)
             while i > 0:
                 i = host.rfind(".", 0, i)
-                extend(("received:" + host[i + 1 :],))
+                emit("received:" + host[i + 1 :])
         m = _RECEIVED_IP.search(text)
         if m:
             a, b, c, d = m.group(1).decode().split(".")
-            extend((f"received:{a}", f"received:{a}.{b}", f"received:{a}.{b}.{c}",
-                    f"received:{a}.{b}.{c}.{d}"))
+            self.extend((f"received:{a}", f"received:{a}.{b}", f"received:{a}.{b}.{c}",
+                         f"received:{a}.{b}.{c}.{d}"))
 
     # -- MIME walk -------------------------------------------------------------------------
     def walk(self, headers: Headers, body: bytes, depth: int) -> None:
         self.parts += 1
         emit = self.emit
-        ctype, prm = content_type(headers)
+        mime: dict[bytes, bytes] = {}  # first value of each Content-* field, in one pass
+        for n, v in headers:
+            if n[:1] in b"Cc":
+                ln = n.lower()
+                if ln not in mime:
+                    mime[ln] = v
+        ctype, prm = content_type_of(mime.get(b"content-type"))
         emit("content-type:" + _s(ctype))
         if b"type" in prm:
             emit("content-type/type:" + _s(prm[b"type"].lower()))
         if b"charset" in prm:
             emit("charset:" + _s(prm[b"charset"].lower()))
-        dispositions = header_values(headers, b"content-disposition")
+        disp = mime.get(b"content-disposition")
         fname = prm.get(b"name")
-        if dispositions:
-            disp = dispositions[0]
+        if disp is not None:
             emit("content-disposition:" + _s(b" ".join(disp.lower().split()))[:200])
             fname = params(disp).get(b"filename", fname)
         if fname:
@@ -414,8 +425,8 @@ class _Tokenizer:
             if inner:
                 self.walk(inner, sub, depth + 1)
         elif ctype.startswith(b"text/"):
-            ctes = header_values(headers, b"content-transfer-encoding")
-            self.add_text(body, ctes[0].strip().lower() if ctes else b"")
+            cte = mime.get(b"content-transfer-encoding")
+            self.add_text(body, b"" if cte is None else cte.strip().lower())
 
     def filename(self, fname: bytes) -> None:
         emit = self.emit
@@ -446,7 +457,7 @@ class _Tokenizer:
         text, ok = decode_payload(payload, cte)
         if not ok:
             emit("control: couldn't decode")
-        if not text.strip():
+        if not text or text.isspace():  # bytes.strip()'s whitespace, without the copy
             emit("control: payload is None")
             return
         text = text[: self.limits.max_text]
@@ -461,8 +472,11 @@ class _Tokenizer:
                 for m in _VIRUS_CID.findall(text):
                     emit("virus:" + m.decode("latin-1"))
             if b"=" in text and (b"height" in text or b"width" in text):
-                for m in _VIRUS_SIZE.findall(text):
-                    emit("virus:" + m.decode("latin-1"))
+                for m in _VIRUS_SIZE.finditer(text):
+                    i = m.start()
+                    for attr in (b"height", b"width"):
+                        if text.endswith(attr, 0, i):
+                            emit("virus:" + (attr + m.group()).decode("latin-1"))
         if b"begin " in text:
             text = self.uuencode(text)
         if b"://" in text:
@@ -473,13 +487,14 @@ class _Tokenizer:
             text = strip_regions(text)
             text = _BREAKING.sub(b" ", text)
             text = _TAG.sub(b"", text)
-        if _STR_SPACE_ONLY.search(text) is None:
+        if not any(c in text for c in _STR_SPACE_ONLY):  # six memchr scans
             # str.split() on the Latin-1 text splits exactly where bytes.split() would unless
             # one of the few bytes only str treats as space occurs; then one decode suffices
             swords = text.decode("latin-1").split()
             self.extend([w for w in swords if 2 < len(w) <= SKIP_MAX_WORD])
-            for sw in [w for w in swords if len(w) > SKIP_MAX_WORD]:
-                self.extend(self.long_word(sw.encode("latin-1")))
+            longs = [w for w in swords if len(w) > SKIP_MAX_WORD]
+            if longs:
+                self.long_words(longs)
             return
         words = text.split()
         short = [w for w in words if 2 < len(w) <= SKIP_MAX_WORD]
@@ -496,6 +511,22 @@ class _Tokenizer:
         if n <= SKIP_MAX_WORD:
             return [_s(w)]
         return self.long_word(w)
+
+    def long_words(self, words: list[str]) -> None:
+        """long_word() for many words at once, on str: most are plain ASCII junk (markup, runs
+        of symbols) that only make a skip: token."""
+        emit = self.emit
+        for w in words:
+            n = len(w)
+            if n < 40 and "." in w and w.count("@") == 1:
+                name, _, domain = w.partition("@")
+                emit("email name:" + name)
+                emit("email addr:" + domain)
+                continue
+            emit(f"skip:{w[0]} {n // 10 * 10}")
+            if not w.isascii():
+                high = n - len(w.encode("latin-1").translate(None, _HIGH_BYTES))
+                emit(f"8bit%:{int(100 * high / n + 0.5)}")
 
     def long_word(self, w: bytes) -> list[str]:
         n = len(w)
@@ -526,7 +557,9 @@ class _Tokenizer:
             if PICK_APART_URLS:
                 self.url_shape(guts)
             # split on "/" and on ; ? : @ & = + , $ . in one C call: map them all to "/"
-            pieces += [b"url:" + c for c in guts.translate(_URL_SEP_TO_SLASH).split(b"/") if c]
+            parts = b"\nurl:".join(filter(None, guts.translate(_URL_SEP_TO_SLASH).split(b"/")))
+            if parts:
+                pieces.append(b"url:" + parts)
             out.append(text[pos : start - len(proto)])
             pos = m.end()
         if not out:
