@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import os
 import sqlite3
 import stat
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
@@ -165,6 +166,28 @@ def _in_query(n: int) -> tuple[str, list[None]]:
             + ",".join("?" * size) + ")"), [None] * (size - n)
 
 
+# The tokens go in as one JSON array and come back by position: a join against json_each is
+# about twice as fast as binding hundreds of parameters into an IN list (SQLite builds and sorts
+# an ephemeral table for the list) and no token string is decoded on the way back.
+_JSON_QUERY = ("SELECT j.key, t.spam, t.ham FROM json_each(?) AS j "
+               "JOIN tokens AS t ON t.token = j.value")
+
+
+def fetch(conn: sqlite3.Connection, tokens: Sequence[str]) -> list[tuple[str, int, int]]:
+    """(token, spam, ham) of those `tokens` the database holds, in one statement."""
+    if not tokens:
+        return []
+    doc = json.dumps(tokens, ensure_ascii=False, check_circular=False)
+    if "\\u0000" not in doc:  # SQLite's JSON strings end at a NUL: such tokens take the IN list
+        return [(tokens[i], s, h) for i, s, h in conn.execute(_JSON_QUERY, (doc,))]
+    out: list[tuple[str, int, int]] = []
+    for i in range(0, len(tokens), MAX_VARIABLES):
+        chunk = tokens[i : i + MAX_VARIABLES]
+        sql, pad = _in_query(len(chunk))
+        out += conn.execute(sql, [*chunk, *pad])
+    return out
+
+
 class SqliteReader:
     """One connection, for one thread. Keeps recently read counts in memory and drops them
     whenever another connection commits (`PRAGMA data_version`), so a resident milter answers
@@ -202,12 +225,8 @@ class SqliteReader:
                     self._version = version
                     self._totals = Totals(int(row[0]), int(row[1]))
                     missing = list(tokens)
-                for i in range(0, len(missing), MAX_VARIABLES):
-                    chunk = missing[i : i + MAX_VARIABLES]
-                    cache.update(dict.fromkeys(chunk))
-                    sql, pad = _in_query(len(chunk))
-                    rows = conn.execute(sql, [*chunk, *pad])
-                    cache.update({t: TokenCounts(s, h) for t, s, h in rows})
+                cache.update(dict.fromkeys(missing))
+                cache.update({t: TokenCounts(s, h) for t, s, h in fetch(conn, missing)})
             finally:
                 conn.execute("COMMIT")
         counts: Counts = {t: c for t in tokens if (c := get(t)) is not None}
@@ -222,9 +241,13 @@ class SqliteReader:
 
 class Batch:
     """Learning and unlearning inside one write transaction; counts are aggregated in memory
-    (Counter.update runs in C) and written at `commit`, one upsert per distinct token."""
+    (Counter.update runs in C) and written at `commit`, one upsert per distinct token.
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    `current()` answers with the counts as they stand including this batch, so a trainer can
+    score a message before deciding to learn it (SpamBayes' "nonedge" regime)."""
+
+    def __init__(self, conn: sqlite3.Connection, base: Totals | None = None,
+                 current: dict[str, TokenCounts | None] | None = None) -> None:
         self.conn = conn
         self.spam: Counter[str] = Counter()
         self.ham: Counter[str] = Counter()
@@ -232,6 +255,11 @@ class Batch:
         self.dham = 0
         self.labels: dict[bytes, str | None] = {}  # digest → new label (None = forgotten)
         self.messages = 0
+        self.unlearned = False  # a negative delta needs the clamping, deleting commit
+        self._base = base or Totals(0, 0)
+        # the writer's token → counts as of now (database + this batch) for every token current()
+        # has looked at; None = absent. Shared across batches; the writer drops it when stale.
+        self._current = {} if current is None else current
 
     def trained_as(self, digest: bytes) -> str | None:
         if digest in self.labels:
@@ -243,16 +271,48 @@ class Batch:
     def learn(self, tokens: Iterable[str], label: str, sign: int = 1) -> None:
         """Add (sign=1) or remove (sign=-1) one message of class `label`; `tokens` must be
         distinct (the tokenizer's output is)."""
-        counter = self.spam if label == SPAM else self.ham
+        if not isinstance(tokens, Collection):
+            tokens = list(tokens)  # walked twice below
+        spam = label == SPAM
+        counter = self.spam if spam else self.ham
         if sign > 0:
             counter.update(tokens)
         else:
             counter.subtract(tokens)
-        if label == SPAM:
+            self.unlearned = True
+        if spam:
             self.dspam += sign
         else:
             self.dham += sign
         self.messages += 1
+        cur = self._current
+        if cur:  # keep what current() has loaded in step; the rest is added when loaded
+            ds, dh = (sign, 0) if spam else (0, sign)
+            for t in tokens:
+                c = cur.get(t, _MISS)
+                if c is not _MISS:
+                    s, h = c or (0, 0)
+                    s, h = max(s + ds, 0), max(h + dh, 0)
+                    cur[t] = TokenCounts(s, h) if s or h else None
+
+    def current(self, tokens: Sequence[str]) -> tuple[Totals, Counts]:
+        """Totals and counts of `tokens` as they would be if this batch were committed now."""
+        cur = self._current
+        missing = [t for t in tokens if t not in cur]
+        if missing:
+            cur.update(dict.fromkeys(missing))
+            cur.update({t: TokenCounts(s, h) for t, s, h in fetch(self.conn, missing)})
+            spam, ham = self.spam, self.ham
+            if spam or ham:
+                for t in missing:  # learned in this batch before it was ever looked at
+                    ds, dh = spam.get(t, 0), ham.get(t, 0)
+                    if ds or dh:
+                        s, h = cur[t] or (0, 0)
+                        s, h = max(s + ds, 0), max(h + dh, 0)
+                        cur[t] = TokenCounts(s, h) if s or h else None
+        b = self._base
+        totals = Totals(max(b.nspam + self.dspam, 0), max(b.nham + self.dham, 0))
+        return totals, {t: c for t in tokens if (c := cur[t]) is not None}
 
     def mark(self, digest: bytes, label: str | None) -> None:
         self.labels[digest] = label
@@ -260,15 +320,24 @@ class Batch:
     def commit(self) -> None:
         conn = self.conn
         spam, ham = self.spam, self.ham
-        rows = [(t, spam.get(t, 0), ham.get(t, 0)) for t in spam.keys() | ham.keys()]
-        rows = sorted(r for r in rows if r[1] or r[2])  # in key order: B-tree pages stay hot
-        conn.executemany(
-            "INSERT INTO tokens(token, spam, ham) VALUES (?1, max(?2, 0), max(?3, 0)) "
-            "ON CONFLICT(token) DO UPDATE SET spam = max(spam + ?2, 0), ham = max(ham + ?3, 0)",
-            rows,
-        )
-        conn.executemany("DELETE FROM tokens WHERE token = ? AND spam = 0 AND ham = 0",
-                         [(t,) for t, s, h in rows if s < 0 or h < 0])
+        if not self.unlearned:
+            # only increments: two plain upserts straight from the counters, no row building
+            # (twice as fast as merging and sorting the rows in Python)
+            conn.executemany(
+                "INSERT INTO tokens(token, spam, ham) VALUES (?, ?, 0) "
+                "ON CONFLICT(token) DO UPDATE SET spam = spam + excluded.spam", spam.items())
+            conn.executemany(
+                "INSERT INTO tokens(token, spam, ham) VALUES (?, 0, ?) "
+                "ON CONFLICT(token) DO UPDATE SET ham = ham + excluded.ham", ham.items())
+        else:
+            rows = [(t, spam.get(t, 0), ham.get(t, 0)) for t in spam.keys() | ham.keys()]
+            rows = [r for r in rows if r[1] or r[2]]
+            conn.executemany(
+                "INSERT INTO tokens(token, spam, ham) VALUES (?1, max(?2, 0), max(?3, 0)) "
+                "ON CONFLICT(token) DO UPDATE SET spam = max(spam + ?2, 0), "
+                "ham = max(ham + ?3, 0)", rows)
+            conn.executemany("DELETE FROM tokens WHERE token = ? AND spam = 0 AND ham = 0",
+                             [(t,) for t, s, h in rows if s < 0 or h < 0])
         conn.execute("UPDATE totals SET nspam = max(nspam + ?, 0), nham = max(nham + ?, 0)",
                      (self.dspam, self.dham))
         now = int(time.time())
@@ -277,6 +346,9 @@ class Batch:
         conn.executemany("DELETE FROM messages WHERE digest = ?",
                          [(d,) for d, lab in self.labels.items() if lab is None])
         conn.execute("COMMIT")
+
+
+CURRENT_LIMIT = 1_000_000  # tokens a writer keeps for Batch.current() between batches
 
 
 class SqliteWriter:
@@ -288,13 +360,22 @@ class SqliteWriter:
         create(path)  # a no-op on an existing database of our schema
         self.conn = _connect(path, timeout)
         _check_opened(self.conn, path)
+        self._current: dict[str, TokenCounts | None] = {}
+        self._version = -1  # data_version our _current matches (others' commits change it)
 
     def begin(self) -> Batch:
         try:
-            self.conn.execute("BEGIN IMMEDIATE")
+            conn = self.conn
+            conn.execute("BEGIN IMMEDIATE")
+            version = conn.execute("PRAGMA data_version").fetchone()[0]
+            if version != self._version or len(self._current) > CURRENT_LIMIT:
+                self._current.clear()  # another writer committed in between, or too big
+                self._version = version
+            row = conn.execute("SELECT nspam, nham FROM totals").fetchone()
         except sqlite3.Error as e:
+            self.rollback()
             raise StoreError(f"{self.path}: cannot start a write: {e}") from e
-        return Batch(self.conn)
+        return Batch(conn, Totals(int(row[0]), int(row[1])), self._current)
 
     def commit(self, batch: Batch) -> None:
         try:
@@ -304,6 +385,7 @@ class SqliteWriter:
             raise StoreError(f"{self.path}: cannot write: {e}") from e
 
     def rollback(self) -> None:
+        self._current.clear()  # it may hold the abandoned batch's counts
         if self.conn.in_transaction:
             self.conn.rollback()
 
