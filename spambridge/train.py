@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import stat
 import sys
 import time
 from collections.abc import Iterator
@@ -140,70 +141,117 @@ def read_path(path: str, max_size: int, mbox: bool = False, stdin: IO[bytes] | N
         else:
             yield _item("<stdin>", data, named=True)
         return
-    p = Path(path)
     try:
-        if p.is_dir():
+        p = Path(path)
+        slurped = _slurp(path, max(max_size, MBOX_IN_MEMORY), named=True)
+        if slurped[1] < 0:  # a directory
             if _is_maildir(p):
-                files = [p / d / n for d in ("cur", "new") for n in sorted(os.listdir(p / d))]
+                files = [os.path.join(path, d, n) for d in ("cur", "new")
+                         for n in sorted(os.listdir(p / d))]
             else:
-                files = sorted(e for e in p.iterdir() if not e.name.startswith("."))
+                files = sorted(os.path.join(path, n) for n in os.listdir(path)
+                               if not n.startswith("."))
             for f in files:
-                if f.is_file():
-                    yield _read_file(f, max_size, named=False)
+                item = _read_file(f, max_size, named=False)
+                if item is not None:
+                    yield item
             return
-        yield from _read_named_file(p, max_size, mbox)
+        yield from _read_named_file(path, max_size, mbox, slurped)
     except OSError as e:
         yield Item(path, problem=f"unreadable: {e.strerror or e}", named=True)
 
 
-def _read_named_file(p: Path, max_size: int, mbox: bool) -> Iterator[Item]:
-    """A file named on the command line: one message, or an mbox. Opened once: this is the
-    per-message path of bulk training from a list of files."""
+def _slurp(path: str, limit: int, named: bool) -> tuple[bytes | None, int, Item | None]:
+    """(contents, size, problem) of a file, read in as few system calls as the OS allows (open,
+    fstat, one read: most of the cost of bulk training from files). Contents are None when the
+    file is a directory (size -1), bigger than `limit` bytes, or unreadable (the problem says
+    why)."""
     try:
-        f = open(p, "rb")  # noqa: SIM115 - closed below, before any yield of a big mbox
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
-        yield Item(str(p), problem="unreadable: no such file or directory", named=True)
-        return
-    with f:
-        size = os.fstat(f.fileno()).st_size
-        head = f.read(5)
-        if mbox or head == b"From ":
-            if size > MBOX_IN_MEMORY:
-                big = True
-            else:
-                big, data = False, head + f.read()
-        elif max_size and size > max_size:
-            yield Item(str(p), problem="too large", named=True)
-            return
-        else:
-            yield _item(str(p), head + f.read(), named=True)
-            return
-    yield from _stream_mbox(p, max_size) if big else _split_mbox(p, data, max_size)
-
-
-def _read_file(p: Path, max_size: int, named: bool) -> Item:
-    try:
-        if max_size and p.stat().st_size > max_size:
-            return Item(str(p), problem="too large", named=named)
-        with open(p, "rb") as f:
-            return _item(str(p), f.read(), named)
+        return None, 0, Item(path, problem="unreadable: no such file or directory", named=named)
     except OSError as e:
-        return Item(str(p), problem=f"unreadable: {e.strerror or e}", named=named)
+        return None, 0, Item(path, problem=f"unreadable: {e.strerror or e}", named=named)
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            return None, -1, None
+        size = st.st_size
+        if size > limit:
+            return None, size, None
+        data = os.read(fd, size + 1)
+        if len(data) != size:  # grew, a short read, or no size at all (a pipe): read to EOF
+            parts = [data]
+            while more := os.read(fd, 1 << 20):
+                parts.append(more)
+            data = b"".join(parts)
+        return data, size, None
+    except OSError as e:
+        return None, 0, Item(path, problem=f"unreadable: {e.strerror or e}", named=named)
+    finally:
+        os.close(fd)
+
+
+def _read_named_file(path: str, max_size: int, mbox: bool,
+                     slurped: tuple[bytes | None, int, Item | None]) -> Iterator[Item]:
+    """A file named on the command line (`slurped` by read_path): one message, or an mbox.
+    This is the per-message path of bulk training from a list of files, so a file of a usual
+    size is read in one go."""
+    data, _, problem = slurped
+    if problem is not None:
+        yield problem
+        return
+    if data is None:  # bigger than an in-memory mbox: stream it if it is one
+        with open(path, "rb") as f:
+            head = f.read(5)
+            if not (mbox or head == b"From "):
+                if max_size:
+                    yield Item(path, problem="too large", named=True)
+                    return
+                data = head + f.read()
+        if data is None:
+            yield from _stream_mbox(Path(path), max_size)
+            return
+    if mbox or data.startswith(b"From "):
+        yield from _split_mbox(path, data, max_size)
+    elif max_size and len(data) > max_size:
+        yield Item(path, problem="too large", named=True)
+    else:
+        yield _item(path, data, named=True)
+
+
+def _read_file(path: str, max_size: int, named: bool) -> Item | None:
+    """One message file found in a directory (None: not a file)."""
+    data, size, problem = _slurp(path, max_size or MBOX_IN_MEMORY, named)
+    if problem is not None:
+        return problem
+    if size < 0:
+        return None  # a subdirectory
+    if data is None and not max_size:  # no limit asked for: read it however big
+        with open(path, "rb") as f:
+            data = f.read()
+    if data is None or (max_size and len(data) > max_size):
+        return Item(path, problem="too large", named=named)
+    return _item(path, data, named)
 
 
 MBOX_IN_MEMORY = 32 << 20  # smaller mboxes are read whole and split with one regex
 
 
-def _split_mbox(p: Path, data: bytes, max_size: int) -> Iterator[Item]:
+def _split_mbox(p: str, data: bytes, max_size: int) -> Iterator[Item]:
     """Split at "From " lines that follow a blank line (or start the file), in memory."""
-    data = data.replace(b"\r\n", b"\n")
-    if data.startswith(b"From "):
-        data = b"\n\n" + data
-    chunks = data.split(b"\n\nFrom ")  # a literal split: fast, no regex backtracking
-    if not chunks[0].strip():
-        del chunks[0]
-    else:  # --mbox on a file that does not start with a separator: keep the head
-        chunks[0] = b"From -\n" + chunks[0]
+    if b"\r" in data:
+        data = data.replace(b"\r\n", b"\n")
+    if data.startswith(b"From ") and b"\n\nFrom " not in data:
+        chunks = [data]  # one message with its separator line: the common case of a file
+    else:
+        if data.startswith(b"From "):
+            data = b"\n\n" + data
+        chunks = data.split(b"\n\nFrom ")  # a literal split: fast, no regex backtracking
+        if not chunks[0].strip():
+            del chunks[0]
+        else:  # --mbox on a file that does not start with a separator: keep the head
+            chunks[0] = b"From -\n" + chunks[0]
     for n, chunk in enumerate(chunks, 1):
         chunk = chunk.partition(b"\n")[2]  # the rest of the separator line
         if max_size and len(chunk) > max_size:
@@ -275,16 +323,20 @@ def looks_like_mail(data: bytes) -> bool:
 def strip_markup(data: bytes) -> bytes:
     """The message as it was before any spam filter touched it: line endings as LF, no mbox
     "From " line, no X-Spam-* headers, and SpamAssassin's report_safe wrapper undone."""
-    data = data.replace(b"\r\n", b"\n")
+    if b"\r" in data:
+        data = data.replace(b"\r\n", b"\n")
     if data.startswith(b"From "):
         data = data.partition(b"\n")[2]
-    head, sep, body = data.partition(b"\n\n")
+    end = data.find(b"\n\n")
+    head = data if end < 0 else data[:end]
     if b"X-Spam-" in head or b"x-spam-" in head.lower():
+        head, sep, body = data.partition(b"\n\n")
         head = _OWNED.sub(b"", head + b"\n").rstrip(b"\n")
         original = _report_safe_original(head, body)
         if original is not None:
             return strip_markup(original)
-    return (head + sep + body).rstrip() + b"\n"
+        data = head + sep + body
+    return data.rstrip() + b"\n"
 
 
 def _report_safe_original(head: bytes, body: bytes) -> bytes | None:
