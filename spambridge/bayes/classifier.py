@@ -1,14 +1,14 @@
 """SpamBayes' chi-squared scoring over one message's token counts, fetched from the store in one
 query.
 
-The math is PyPI `sbclassifier`'s (SpamBayes' own classifier, ported to Python 3): each token's
-f(w) comes from its `Classifier.probability` and the combining from its `chi2Q`. What we do
-ourselves is the bookkeeping around them, because that is where sbclassifier spends its time
-(134 → 85 µs per message on the benchmark corpus): f(w) is cached per (spamcount, hamcount) pair
-while the totals stay the same (SpamBayes does the same), clues are built in one comprehension
-and sorted in C, and the frexp-guarded products are taken in exactly sbclassifier's order
-(weakest clue first), so scores are bit-for-bit those of `Classifier.spamprob` (tests/unit
-compare the two).
+The math is PyPI `sbclassifier`'s (SpamBayes' own classifier, ported to Python 3): the
+combining calls its `chi2Q`, and f(w) repeats its `Classifier.probability` operation for
+operation. What we do ourselves is the bookkeeping around them, because that is where
+sbclassifier spends its time (134 → 85 µs per message on the benchmark corpus): f(w) is cached
+per (spamcount, hamcount) pair while the totals stay the same (SpamBayes does the same), clues
+are built in one comprehension and sorted in C, and the frexp-guarded products are taken in
+exactly sbclassifier's order (weakest clue first), so scores are bit-for-bit those of
+`Classifier.spamprob` (tests/unit compare the two, and f(w) with `Classifier.probability`).
 
 Tokens the database has never seen score `unknown_word_prob` (0.5), which the minimum strength
 (0.1) always discards, so only known tokens are looked at.
@@ -94,7 +94,16 @@ class Scorer:
             s, h = min(max(s, 0), t.nspam), min(max(h, 0), t.nham)
         if not s and not h:
             return None  # no evidence at all: an unknown token
-        prob = float(self._classifier.probability(TokenCounts(s, h)))
+        # sbclassifier's Classifier.probability, step for step (so bit for bit; the tests
+        # compare), without its per-call cache lookups and exceptions: training with
+        # --selective changes the totals after every learned message, so this runs often
+        o = self.options
+        hamratio = h / float(t.nham or 1)
+        spamratio = s / float(t.nspam or 1)
+        prob = spamratio / (hamratio + spamratio)
+        n = h + s
+        prob = (o.unknown_word_strength * o.unknown_word_prob + n * prob) / (
+            o.unknown_word_strength + n)
         distance = abs(prob - 0.5)
         return (distance, prob) if distance >= self.options.minimum_prob_strength else None
 

@@ -149,3 +149,22 @@ def test_cached_probabilities_follow_the_totals() -> None:
     after = scorer.score(["a", "b"], Totals(10, 1000), counts).score
     assert after == _reference(["a", "b"], Totals(10, 1000), counts)[0]
     assert after > before
+
+
+def test_own_probability_equals_sbclassifier_bit_for_bit() -> None:
+    """The scorer's f(w) repeats Classifier.probability; every pair must agree exactly."""
+    from spambridge.bayes.classifier import Scorer as _Scorer
+
+    for totals in (Totals(1, 1), Totals(10, 10), Totals(100, 10), Totals(1545, 3274)):
+        scorer = _Scorer()
+        scorer._reset(totals)
+        for s in range(0, min(totals.nspam, 40) + 1):
+            for h in range(0, min(totals.nham, 40) + 1):
+                if not s and not h:
+                    continue
+                expected = probability(s, h, totals)
+                got = scorer._strength(store.TokenCounts(s, h))
+                if abs(expected - 0.5) < 0.1:
+                    assert got is None
+                else:
+                    assert got == (abs(expected - 0.5), expected)
