@@ -41,6 +41,14 @@ def add_parsers(sub: Any, config_arg: ArgAdder, engine_args: ArgAdder,
                       help="learn as ham")
     what.add_argument("--forget", dest="label", action="store_const", const="forget",
                       help="unlearn messages trained before")
+    what.add_argument("--index", metavar="FILE",
+                      help="learn ham and spam together, in the order listed in FILE: one "
+                      "'spam PATH' or 'ham PATH' per line (the TREC spam-track index format; "
+                      "relative paths from FILE's directory)")
+    t.add_argument("--selective", action="store_true",
+                   help="learn only messages the database does not already classify "
+                   "correctly with certainty (SpamBayes' nonedge regime; best with --index "
+                   "or one message at a time, see docs/bayes.md)")
     t.add_argument("--mbox", action="store_true", help="read files as mbox even without a "
                    "leading 'From ' line")
     t.add_argument("--max-size", type=size, default=DEFAULT_MAX_SIZE, metavar="SIZE",
@@ -80,20 +88,43 @@ def dispatch(args: argparse.Namespace, cfg: Config) -> int:
 def _train(args: argparse.Namespace, cfg: Config) -> int:
     from spambridge import train
 
-    args.paths = args.paths or ["-"]  # no PATH: one message on stdin
     engine = args.engine or cfg.milter.engine
     common: dict[str, Any] = {"max_size": args.max_size, "mbox": args.mbox, "quiet": args.quiet}
+    local: dict[str, Any] = {"batch_messages": max(1, args.batch_size),
+                             "selective": args.selective}
+    if args.selective and engine == "spamd":
+        print("spambridge train: --selective applies to the local Bayes database "
+              "(engine bayes or spamd+bayes)", file=sys.stderr)
+        return 2
+    if args.index is not None:
+        if args.paths:
+            print("spambridge train: --index takes its paths from the file", file=sys.stderr)
+            return 2
+        try:
+            index = train.read_index(args.index)
+        except (OSError, ValueError) as e:
+            print(f"spambridge train: {e}", file=sys.stderr)
+            return 1
+        status = 0
+        if engine != "spamd":
+            status = train.run(cfg, "index", [], index=index, **local, **common)
+        if engine != "bayes":  # SpamAssassin learns everything, in any order: class by class
+            for label in ("spam", "ham"):
+                paths = [p for c, p in index if c == label]
+                if paths:
+                    status = max(status, train.run_spamd(cfg, label, paths, user=args.user,
+                                                         **common))
+        return status
+    args.paths = args.paths or ["-"]  # no PATH: one message on stdin
     if engine == "bayes":
-        return train.run(cfg, args.label, args.paths, batch_messages=max(1, args.batch_size),
-                         **common)
+        return train.run(cfg, args.label, args.paths, **local, **common)
     if engine == "spamd":
         return train.run_spamd(cfg, args.label, args.paths, user=args.user, **common)
     # spamd+bayes: teach both; stdin can be read only once, so keep it
     if "-" in args.paths:
         sys.stdin = io.TextIOWrapper(io.BytesIO(sys.stdin.buffer.read()))
-    local = train.run(cfg, args.label, args.paths, batch_messages=max(1, args.batch_size),
-                      **common)
+    status = train.run(cfg, args.label, args.paths, **local, **common)
     if "-" in args.paths:
         sys.stdin.buffer.seek(0)
     remote = train.run_spamd(cfg, args.label, args.paths, user=args.user, **common)
-    return max(local, remote)
+    return max(status, remote)

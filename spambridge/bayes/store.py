@@ -247,7 +247,7 @@ class Batch:
     score a message before deciding to learn it (SpamBayes' "nonedge" regime)."""
 
     def __init__(self, conn: sqlite3.Connection, base: Totals | None = None,
-                 current: dict[str, TokenCounts | None] | None = None) -> None:
+                 current: _Known | None = None) -> None:
         self.conn = conn
         self.spam: Counter[str] = Counter()
         self.ham: Counter[str] = Counter()
@@ -259,7 +259,8 @@ class Batch:
         self._base = base or Totals(0, 0)
         # the writer's token → counts as of now (database + this batch) for every token current()
         # has looked at; None = absent. Shared across batches; the writer drops it when stale.
-        self._current = {} if current is None else current
+        self._known = _Known() if current is None else current
+        self._current = self._known.counts
 
     def trained_as(self, digest: bytes) -> str | None:
         if digest in self.labels:
@@ -286,24 +287,34 @@ class Batch:
             self.dham += sign
         self.messages += 1
         cur = self._current
-        if cur:  # keep what current() has loaded in step; the rest is added when loaded
+        if cur or self._known.complete:
+            # keep what current() knows in step: every token when it holds the whole database,
+            # else those it has loaded (the others get the batch's deltas when loaded)
+            complete = self._known.complete
             ds, dh = (sign, 0) if spam else (0, sign)
             for t in tokens:
                 c = cur.get(t, _MISS)
-                if c is not _MISS:
-                    s, h = c or (0, 0)
-                    s, h = max(s + ds, 0), max(h + dh, 0)
-                    cur[t] = TokenCounts(s, h) if s or h else None
+                if c is _MISS:
+                    if not complete:
+                        continue
+                    c = None
+                s, h = c or (0, 0)
+                s, h = max(s + ds, 0), max(h + dh, 0)
+                cur[t] = TokenCounts(s, h) if s or h else None
 
     def current(self, tokens: Sequence[str]) -> tuple[Totals, Counts]:
         """Totals and counts of `tokens` as they would be if this batch were committed now."""
+        known = self._known
+        if known.complete is None:
+            known.preload(self.conn, self.spam, self.ham)
         cur = self._current
         missing = [t for t in tokens if t not in cur]
         if missing:
             cur.update(dict.fromkeys(missing))
-            cur.update({t: TokenCounts(s, h) for t, s, h in fetch(self.conn, missing)})
+            if not known.complete:  # else absent, and learn() entered this batch's tokens
+                cur.update({t: TokenCounts(s, h) for t, s, h in fetch(self.conn, missing)})
             spam, ham = self.spam, self.ham
-            if spam or ham:
+            if (spam or ham) and not known.complete:
                 for t in missing:  # learned in this batch before it was ever looked at
                     ds, dh = spam.get(t, 0), ham.get(t, 0)
                     if ds or dh:
@@ -349,6 +360,36 @@ class Batch:
 
 
 CURRENT_LIMIT = 1_000_000  # tokens a writer keeps for Batch.current() between batches
+PRELOAD_LIMIT = 250_000  # a database with fewer tokens is read whole by the first current()
+
+
+class _Known:
+    """The counts Batch.current() has seen, kept by the writer across batches. A database small
+    enough is read whole once (`complete`): then a token not in `counts` is simply absent and
+    scoring while training never waits on SQLite (a fresh database is the common case)."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, TokenCounts | None] = {}
+        self.complete: bool | None = None  # None: not tried yet
+
+    def clear(self) -> None:
+        self.counts.clear()
+        self.complete = None
+
+    def preload(self, conn: sqlite3.Connection, spam: Counter[str], ham: Counter[str]) -> None:
+        rows = conn.execute("SELECT token, spam, ham FROM tokens LIMIT ?",
+                            (PRELOAD_LIMIT + 1,)).fetchall()
+        if len(rows) > PRELOAD_LIMIT:
+            self.complete = False  # too big to hold: look tokens up as they come
+            return
+        counts = self.counts
+        counts.clear()
+        counts.update({t: TokenCounts(s, h) for t, s, h in rows})
+        for t in spam.keys() | ham.keys():  # learned in the open batch before this
+            s, h = counts.get(t) or (0, 0)
+            s, h = max(s + spam.get(t, 0), 0), max(h + ham.get(t, 0), 0)
+            counts[t] = TokenCounts(s, h) if s or h else None
+        self.complete = True
 
 
 class SqliteWriter:
@@ -360,22 +401,22 @@ class SqliteWriter:
         create(path)  # a no-op on an existing database of our schema
         self.conn = _connect(path, timeout)
         _check_opened(self.conn, path)
-        self._current: dict[str, TokenCounts | None] = {}
-        self._version = -1  # data_version our _current matches (others' commits change it)
+        self._known = _Known()
+        self._version = -1  # data_version _known matches (others' commits change it)
 
     def begin(self) -> Batch:
         try:
             conn = self.conn
             conn.execute("BEGIN IMMEDIATE")
             version = conn.execute("PRAGMA data_version").fetchone()[0]
-            if version != self._version or len(self._current) > CURRENT_LIMIT:
-                self._current.clear()  # another writer committed in between, or too big
+            if version != self._version or len(self._known.counts) > CURRENT_LIMIT:
+                self._known.clear()  # another writer committed in between, or too big
                 self._version = version
             row = conn.execute("SELECT nspam, nham FROM totals").fetchone()
         except sqlite3.Error as e:
             self.rollback()
             raise StoreError(f"{self.path}: cannot start a write: {e}") from e
-        return Batch(conn, Totals(int(row[0]), int(row[1])), self._current)
+        return Batch(conn, Totals(int(row[0]), int(row[1])), self._known)
 
     def commit(self, batch: Batch) -> None:
         try:
@@ -385,7 +426,7 @@ class SqliteWriter:
             raise StoreError(f"{self.path}: cannot write: {e}") from e
 
     def rollback(self) -> None:
-        self._current.clear()  # it may hold the abandoned batch's counts
+        self._known.clear()  # it may hold the abandoned batch's counts
         if self.conn.in_transaction:
             self.conn.rollback()
 
