@@ -546,7 +546,25 @@ def run(cfg: Config, label: str, paths: list[str], *, max_size: int = DEFAULT_MA
         writer.close()
     if not quiet:
         print(trainer.summary.line(time.monotonic() - start), file=out)
+        if trainer.summary.learned or trainer.summary.forgotten:
+            _note_untrained(cfg, out)
     return 1 if trainer.summary.failed else 0
+
+
+def _note_untrained(cfg: Config, out: IO[str]) -> None:
+    """Say so when the milter will not use the database yet (min_trained of each class)."""
+    need = cfg.bayes.min_trained
+    try:
+        reader = store.SqliteReader(cfg.bayes.db)
+        try:
+            t = reader.totals()
+        finally:
+            reader.close()
+    except store.StoreError:
+        return
+    if t.nspam < need or t.nham < need:
+        print(f"The database holds {t.nspam} spam and {t.nham} ham; the milter scores with it "
+              f"once each class has {need} (min_trained).", file=out)
 
 
 class _Progress:

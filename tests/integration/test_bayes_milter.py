@@ -59,6 +59,9 @@ def status(r: Result) -> str:
 
 
 def bayes_cfg(db: Path, **bayes: object) -> dict[str, dict[str, object]]:
+    """The fixture databases hold 10-30 messages of each class: below the default min_trained
+    (200), so the tests say how many they consider enough."""
+    bayes = {"min_trained": 10, **bayes}
     return {"milter": {"engine": "bayes", "scan_timeout": 5.0}, "bayes": {"db": str(db), **bayes}}
 
 

@@ -334,7 +334,8 @@ def trained_db(tmp_path: Path) -> Path:
 def bayes_milter(start_milter: Callable[..., RunningMilter], db: Path, pol: dict[str, object],
                  cap: float) -> RunningMilter:
     return start_milter({"milter": {"engine": "bayes", "scan_timeout": cap},
-                         "bayes": {"db": str(db)}, "policy": pol})
+                         "bayes": {"db": str(db), "min_trained": 20},  # what trained_db holds
+                         "policy": pol})
 
 
 def expect_bayes_verdict(d: Delivery, label: str, cap: float) -> None:

@@ -57,7 +57,7 @@ def fuzz_milter(tmp_path_factory: pytest.TempPathFactory,
     sock = str(base / "fuzz.sock")
     cfg: dict[str, dict[str, object]] = {
         "milter": {"socket": f"unix:{sock}", "engine": ENGINE, "scan_timeout": CAP},
-        "bayes": {"db": str(train_small_db(base))},
+        "bayes": {"db": str(train_small_db(base)), "min_trained": 20},  # 20 of each trained
     }
     if ENGINE == "spamd":
         spamd = request.getfixturevalue("spamd")

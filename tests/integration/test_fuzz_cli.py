@@ -50,6 +50,7 @@ def db(tmp_path_factory: pytest.TempPathFactory) -> Path:
         for i in range(5):
             (d / f"{i}.eml").write_bytes(f"Subject: {label} {i}\n\n{words} {i}\n".encode())
         assert cli.main(["train", "--db", str(path), f"--{label}", "-q", str(d)]) == 0
+    (base / "sb.toml").write_text("[bayes]\nmin_trained = 5\n")  # what was trained above
     return path
 
 
@@ -93,7 +94,8 @@ def test_train_and_check_survive_hostile_files(
     assert code == 0, (code, out, err)
     assert "Traceback" not in err
 
-    code, out, err = run_cli("check", "--db", str(db), "--batch", *map(str, files))
+    code, out, err = run_cli("check", "--config", str(db.parent / "sb.toml"), "--db", str(db),
+                             "--batch", *map(str, files))
     assert code == 0, (code, out, err)
     lines = out.splitlines()
     assert len(lines) == len(files), out

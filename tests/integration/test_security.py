@@ -315,7 +315,7 @@ def test_bayes_database_is_handed_to_the_user_and_kept_private(start_milter: Sta
     db = bayes_db(dbdir / "bayes.sqlite")  # root-owned, as after a root `train`
     m = start_milter({"milter": {"engine": "bayes", "user": "nobody",
                                  "socket": f"unix:{open_dir}/milter.sock"},
-                      "bayes": {"db": str(db)}})
+                      "bayes": {"db": str(db), "min_trained": 3}})  # as bayes_db trains
     r = result_of(m, message(body="lottery winner prize lottery winner\n"))
     assert r.action == "reject", r  # scored by the database it can read
     files = list(dbdir.glob("bayes.sqlite*"))

@@ -168,29 +168,40 @@ def test_check_prints_the_milter_decision(tmp_path: Path, db: Path,
     new_spam, new_ham = tmp_path / "s.eml", tmp_path / "h.eml"
     new_spam.write_bytes(mail(500, True))
     new_ham.write_bytes(mail(500, False))
+    cfg = tmp_path / "sb.toml"  # 20 of each is enough here (the default waits for 200)
+    cfg.write_text("[bayes]\nmin_trained = 20\n")
 
     code, out, _ = run("check", "--db", str(db), str(new_spam), capsys=capsys)
     assert code == 0 and "verdict=unchecked=unavailable" in out
     assert "no Bayes database" in out and not db.exists()  # check never creates one
 
-    run("train", "--db", str(db), "--spam", str(spam), capsys=capsys)
-    code, out, _ = run("check", "--db", str(db), str(new_ham), capsys=capsys)
+    code, out, _ = run("train", "--db", str(db), "--spam", str(spam), capsys=capsys)
+    assert ("The database holds 20 spam and 0 ham; the milter scores with it once each class "
+            "has 200 (min_trained).") in out
+    code, out, _ = run("check", "--config", str(cfg), "--db", str(db), str(new_ham),
+                       capsys=capsys)
     assert "not trained yet: 20 spam, 0 ham" in out
-    run("train", "--db", str(db), "--ham", str(ham), capsys=capsys)
+    code, out, _ = run("train", "--config", str(cfg), "--db", str(db), "--ham", str(ham),
+                       capsys=capsys)
+    assert "The database holds" not in out
+    code, out, _ = run("check", "--db", str(db), str(new_ham), capsys=capsys)
+    assert "not trained yet: 20 spam, 20 ham" in out  # the default min_trained: 200
 
-    code, out, _ = run("check", "--db", str(db), "--explain", str(new_spam), capsys=capsys)
+    code, out, _ = run("check", "--config", str(cfg), "--db", str(db), "--explain",
+                       str(new_spam), capsys=capsys)
     assert code == 0
     assert "verdict=reject action=reject" in out
     assert "SMTP reply: 550 5.7.1 Message rejected as spam" in out
     assert "X-Spam-Flag: YES" in out and "X-Spam-Status: Yes, score=1.0000" in out
     assert "strongest clues" in out and "'viagra'" in out
 
-    code, out, _ = run("check", "--db", str(db), str(new_ham), capsys=capsys)
+    code, out, _ = run("check", "--config", str(cfg), "--db", str(db), str(new_ham),
+                       capsys=capsys)
     assert "verdict=ham action=accept" in out and "SMTP reply: 250" in out
     assert "X-Spam-Status: No, score=0.0000" in out
 
-    code, out, err = run("check", "--db", str(db), "--batch", str(new_spam), str(new_ham),
-                         str(tmp_path / "missing"), capsys=capsys)
+    code, out, err = run("check", "--config", str(cfg), "--db", str(db), "--batch",
+                         str(new_spam), str(new_ham), str(tmp_path / "missing"), capsys=capsys)
     lines = [ln.split("\t") for ln in out.splitlines()]
     assert lines[0][0] == str(new_spam) and float(lines[0][1]) > 0.99
     assert lines[0][2] == "reject"
@@ -226,7 +237,7 @@ def test_scoring_while_train_writes_in_another_process(tmp_path: Path, db: Path,
     proc = subprocess.Popen([sys.executable, "-m", "spambridge", "train", "--db", str(db),
                              "--spam", "--batch-size", "100", str(spam)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    scanner = BayesScanner(BayesConfig(db=str(db)), create=False)
+    scanner = BayesScanner(BayesConfig(db=str(db), min_trained=1), create=False)
     scored = untrained = 0
     seen_spam: set[int] = set()
     deadline = time.monotonic() + 120
