@@ -67,7 +67,9 @@ class TokenCounts(NamedTuple):
     hamcount: int
 
 
-Counts = dict[str, TokenCounts]  # absent = never seen
+# token → (spam, ham); absent = never seen. Values are plain tuples (a TokenCounts is one too):
+# building a NamedTuple per token costs more than the lookup itself
+Counts = dict[str, tuple[int, int]]
 
 
 class TokenReader(Protocol):
@@ -173,6 +175,16 @@ _JSON_QUERY = ("SELECT j.key, t.spam, t.ham FROM json_each(?) AS j "
                "JOIN tokens AS t ON t.token = j.value")
 
 
+def _fetch_into(into: dict[str, tuple[int, int] | None], conn: sqlite3.Connection,
+                tokens: Sequence[str]) -> None:
+    """fetch(), entered straight into a token → (spam, ham) mapping: one pass over the rows."""
+    doc = json.dumps(tokens, ensure_ascii=False, check_circular=False)
+    if "\\u0000" not in doc:
+        into.update({tokens[i]: (s, h) for i, s, h in conn.execute(_JSON_QUERY, (doc,))})
+    else:
+        into.update({t: (s, h) for t, s, h in fetch(conn, tokens)})
+
+
 def fetch(conn: sqlite3.Connection, tokens: Sequence[str]) -> list[tuple[str, int, int]]:
     """(token, spam, ham) of those `tokens` the database holds, in one statement."""
     if not tokens:
@@ -200,7 +212,7 @@ class SqliteReader:
         self.conn = _connect(path, timeout)
         _check_opened(self.conn, path)
         self.conn.execute("PRAGMA query_only=ON")
-        self._cache: dict[str, TokenCounts | None] = {}
+        self._cache: dict[str, tuple[int, int] | None] = {}
         self._version = -1  # data_version the cache is valid for
         self._totals = Totals(0, 0)
 
@@ -226,7 +238,7 @@ class SqliteReader:
                     self._totals = Totals(int(row[0]), int(row[1]))
                     missing = list(tokens)
                 cache.update(dict.fromkeys(missing))
-                cache.update({t: TokenCounts(s, h) for t, s, h in fetch(conn, missing)})
+                _fetch_into(cache, conn, missing)
             finally:
                 conn.execute("COMMIT")
         counts: Counts = {t: c for t in tokens if (c := get(t)) is not None}
@@ -300,7 +312,7 @@ class Batch:
                     c = None
                 s, h = c or (0, 0)
                 s, h = max(s + ds, 0), max(h + dh, 0)
-                cur[t] = TokenCounts(s, h) if s or h else None
+                cur[t] = (s, h) if s or h else None
 
     def current(self, tokens: Sequence[str]) -> tuple[Totals, Counts]:
         """Totals and counts of `tokens` as they would be if this batch were committed now."""
@@ -308,21 +320,23 @@ class Batch:
         if known.complete is None:
             known.preload(self.conn, self.spam, self.ham)
         cur = self._current
+        b = self._base
+        totals = Totals(max(b.nspam + self.dspam, 0), max(b.nham + self.dham, 0))
+        if known.complete:  # a token not in it is absent (learn() enters new ones): one pass
+            get = cur.get
+            return totals, {t: c for t in tokens if (c := get(t)) is not None}
         missing = [t for t in tokens if t not in cur]
         if missing:
             cur.update(dict.fromkeys(missing))
-            if not known.complete:  # else absent, and learn() entered this batch's tokens
-                cur.update({t: TokenCounts(s, h) for t, s, h in fetch(self.conn, missing)})
+            _fetch_into(cur, self.conn, missing)
             spam, ham = self.spam, self.ham
-            if (spam or ham) and not known.complete:
+            if spam or ham:
                 for t in missing:  # learned in this batch before it was ever looked at
                     ds, dh = spam.get(t, 0), ham.get(t, 0)
                     if ds or dh:
                         s, h = cur[t] or (0, 0)
                         s, h = max(s + ds, 0), max(h + dh, 0)
-                        cur[t] = TokenCounts(s, h) if s or h else None
-        b = self._base
-        totals = Totals(max(b.nspam + self.dspam, 0), max(b.nham + self.dham, 0))
+                        cur[t] = (s, h) if s or h else None
         return totals, {t: c for t in tokens if (c := cur[t]) is not None}
 
     def mark(self, digest: bytes, label: str | None) -> None:
@@ -369,7 +383,7 @@ class _Known:
     scoring while training never waits on SQLite (a fresh database is the common case)."""
 
     def __init__(self) -> None:
-        self.counts: dict[str, TokenCounts | None] = {}
+        self.counts: dict[str, tuple[int, int] | None] = {}
         self.complete: bool | None = None  # None: not tried yet
 
     def clear(self) -> None:
@@ -384,11 +398,11 @@ class _Known:
             return
         counts = self.counts
         counts.clear()
-        counts.update({t: TokenCounts(s, h) for t, s, h in rows})
+        counts.update({t: (s, h) for t, s, h in rows})
         for t in spam.keys() | ham.keys():  # learned in the open batch before this
             s, h = counts.get(t) or (0, 0)
             s, h = max(s + spam.get(t, 0), 0), max(h + ham.get(t, 0), 0)
-            counts[t] = TokenCounts(s, h) if s or h else None
+            counts[t] = (s, h) if s or h else None
         self.complete = True
 
 
