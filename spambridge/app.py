@@ -105,6 +105,8 @@ def run(cfg: Config, reload: Callable[[], Config] | None = None) -> int:
             raise
         log.info("stop requested while the listener was starting")
     finally:
+        # messages being decided get their replies. libmilter itself drops sessions that wait
+        # for the MTA's next command when it stops; Postfix applies milter_default_action there.
         pipeline.wait_idle(cfg.milter.scan_timeout + 1.0)
         nudger.stop()
         bridge.run(scanner.aclose(), 5.0) if _alive(bridge) else None

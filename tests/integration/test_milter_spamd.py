@@ -322,11 +322,14 @@ def test_stale_socket_is_replaced_and_mode_applied(tmp_path: Path, spamd: Spamd,
 
 
 def test_sigterm_lets_inflight_messages_finish(start_milter: Start, fake_spamd: MakeFake) -> None:
-    m = start_milter(spamd_cfg(fake_spamd(Recorder(score=9.0, delay=1.5))))
+    rec = Recorder(score=9.0, delay=1.5)
+    m = start_milter(spamd_cfg(fake_spamd(rec)))
     results: list[Result] = []
     t = threading.Thread(target=lambda: results.append(send_one(m.socket_path, message())))
     t.start()
-    time.sleep(0.7)  # the message is now waiting on the slow spamd
+    deadline = time.monotonic() + 10
+    while not rec.requests and time.monotonic() < deadline:
+        time.sleep(0.01)  # until the message is waiting on the slow spamd
     m.proc.send_signal(signal.SIGTERM)
     t.join(20)
     assert results and results[0].action == "accept"
@@ -393,3 +396,4 @@ def test_spamd_on_a_unix_socket_from_the_command_line(start_milter: Start) -> No
     finally:
         stop_process(own.proc)
         shutil.rmtree(base, ignore_errors=True)
+
