@@ -162,13 +162,17 @@ def everything(model: Model, items: list[Item]) -> None:
 
 
 def nonedge(lo: float = 0.005, hi: float = 0.995, passes: int = 1, gate: int = 1,
-            seed: str = "") -> Regime:
+            seed: str = "", spam_first: bool = False) -> Regime:
     """Learn unless already right with certainty (score <= lo for ham, >= hi for spam), in
-    arrival order; everything until both classes have `gate` messages."""
+    arrival order (or all spam, then all ham: `train --spam DIR; train --ham DIR`); everything
+    until both classes have `gate` messages."""
     def regime(model: Model, items: list[Item]) -> None:
         learned: set[Path] = set()
+        ordered = order(items, seed)
+        if spam_first:
+            ordered.sort(key=lambda x: not x[1])
         for _ in range(passes):
-            for tokens, spam, m in order(items, seed):
+            for tokens, spam, m in ordered:
                 if m.path in learned:
                     continue
                 if model.nspam >= gate and model.nham >= gate:
@@ -335,6 +339,7 @@ VARIANTS: dict[str, Variant] = {
     "nonedge": Variant(regime=nonedge()),
     "nonedge-2-passes": Variant(regime=nonedge(passes=2)),
     "nonedge-gate-200": Variant(regime=nonedge(gate=200)),
+    "nonedge-spam-first": Variant(regime=nonedge(spam_first=True)),
     "nonedge-bigrams": Variant(regime=nonedge(), tokenize=stream, model=BigramModel),
     "nonedge-header-words": Variant(regime=nonedge(), tokenize=with_flags(BASIC_HEADERS=True)),
     "nonedge-count-all-headers": Variant(regime=nonedge(),
