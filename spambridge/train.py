@@ -155,16 +155,18 @@ def read_path(path: str, max_size: int, mbox: bool = False, stdin: IO[bytes] | N
         p = Path(path)
         slurped = _slurp(path, max(max_size, MBOX_IN_MEMORY), named=True)
         if slurped[1] < 0:  # a directory
-            if _is_maildir(p):
-                files = [os.path.join(path, d, n) for d in ("cur", "new")
-                         for n in sorted(os.listdir(p / d))]
-            else:
-                files = sorted(os.path.join(path, n) for n in os.listdir(path)
-                               if not n.startswith("."))
-            for f in files:
-                item = _read_file(f, max_size, named=False)
-                if item is not None:
-                    yield item
+            dirs = [os.path.join(path, "cur"), os.path.join(path, "new")] if _is_maildir(p) \
+                else [path]
+            for d in dirs:
+                # regular files only (the directory entry says so, no stat): opening a FIFO
+                # left in a folder would block
+                with os.scandir(d) as entries:
+                    files = sorted(e.path for e in entries
+                                   if not e.name.startswith(".") and e.is_file())
+                for f in files:
+                    item = _read_file(f, max_size, named=False)
+                    if item is not None:
+                        yield item
             return
         yield from _read_named_file(path, max_size, mbox, slurped)
     except OSError as e:

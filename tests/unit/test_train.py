@@ -300,3 +300,16 @@ def test_options_may_follow_paths(tmp_path: Path, db: Path,
     assert code == 0 and "Learned 2 of 2 messages as spam" in out
     with pytest.raises(SystemExit):
         run("train", "--db", str(db), "--spam", str(one), "--bogus", capsys=capsys)
+
+
+def test_a_fifo_or_subdirectory_in_a_folder_is_skipped_not_waited_on(
+        tmp_path: Path, db: Path) -> None:
+    folder = tmp_path / "ham"
+    folder.mkdir()
+    (folder / "1.eml").write_bytes(mail(1, False))
+    os.mkfifo(folder / "2.fifo")  # opening it for reading would block until a writer comes
+    (folder / "sub").mkdir()
+    proc = subprocess.run([sys.executable, "-m", "spambridge", "train", "--db", str(db),
+                           "--ham", str(folder)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "Learned 1 of 1 messages as ham" in proc.stdout
