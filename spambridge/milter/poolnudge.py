@@ -36,12 +36,17 @@ def _target(spec: SocketSpec) -> tuple[int, str | tuple[str, int]]:
                             spec.port)
 
 
-def poke(spec: SocketSpec, timeout: float = 0.2) -> bool:
-    """Open and close one connection to the milter's own socket."""
+def poke(spec: SocketSpec, timeout: float = 0.05) -> bool:
+    """Open and close one connection to the milter's own socket. Never waits on a full
+    accept queue (a unix connect would block): new connections are arriving anyway then,
+    and each of them gets libmilter to start or wake a worker too."""
     family, address = _target(spec)
     try:
         with socket.socket(family, socket.SOCK_STREAM) as s:
-            s.settimeout(timeout)
+            if family == socket.AF_UNIX:
+                s.setblocking(False)
+            else:
+                s.settimeout(timeout)
             s.connect(address)
         return True
     except OSError:

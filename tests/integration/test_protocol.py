@@ -1,0 +1,41 @@
+"""What the milter negotiates with the MTA (read by the MTA-side client, as Postfix would)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+from harness import RunningMilter, message
+from milterclient import MilterClient
+from miltertest import constants
+from spamdfakes import SwitchableSpamd
+
+Start = Callable[..., RunningMilter]
+NO_REPLY = {
+    "connect": constants.SMFIP_NR_CONN, "helo": constants.SMFIP_NR_HELO,
+    "mail": constants.SMFIP_NR_MAIL, "rcpt": constants.SMFIP_NR_RCPT,
+    "header": constants.SMFIP_NR_HDR, "eoh": constants.SMFIP_NR_EOH,
+}
+
+
+@pytest.fixture
+def fake() -> Iterator[SwitchableSpamd]:
+    s = SwitchableSpamd("good")
+    yield s
+    s.close()
+
+
+def test_stages_before_the_body_need_no_reply(start_milter: Start,
+                                              fake: SwitchableSpamd) -> None:
+    """The MTA streams envelope and headers without waiting for a reply to each (some 25
+    round trips per message, most of a milter's own latency); body chunks keep theirs, so
+    an oversize body can still be cut short with SKIP."""
+    m = start_milter({"milter": {"engine": "spamd", "max_scan_size": 4096},
+                      "spamd": {"host": "127.0.0.1", "port": fake.port}})
+    with MilterClient(m.socket_path) as c:
+        missing = [stage for stage, bit in NO_REPLY.items() if not c.protocol & bit]
+        assert not missing, f"stages the MTA must wait on: {missing} (0x{c.protocol:x})"
+        assert not c.protocol & constants.SMFIP_NR_BODY
+        r = c.send(message(body="x" * 200_000))
+    assert r.action == "accept" and r.header("X-Spam-Status") == "No, unchecked=oversize"
+    assert "Traceback" not in m.log
