@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from email.utils import formatdate
 from pathlib import Path
 
 import pytest
@@ -240,7 +241,7 @@ def message(subject: str = "Lunch on Friday", body: str = "Shall we meet at noon
         f"From: Alice <{sender}>\n"
         "To: Bob <bob@test.example>\n"
         f"Subject: {subject}\n"
-        "Date: Wed, 25 Nov 2026 10:00:00 +0000\n"
+        f"Date: {formatdate(localtime=True)}\n"  # a fixed date makes spamd's score drift
         "Message-ID: <20261125100000.1234@example.net>\n"
         "MIME-Version: 1.0\n"
         "Content-Type: text/plain; charset=us-ascii\n"

@@ -24,6 +24,10 @@ SKIP: int = Milter.SKIP
 
 
 class SpamBridgeMilter(Milter.Base):
+    """Every stage before the body answers CONTINUE, so it is declared no-reply (@noreply):
+    the MTA streams them without a round trip each, about 25 fewer per message (a milter's
+    per-message latency is spamd's, plus these). The body keeps its reply: it may say SKIP."""
+
     def __init__(self, session_factory: Callable[[], Session]) -> None:
         self.session = session_factory()
 
@@ -34,31 +38,37 @@ class SpamBridgeMilter(Milter.Base):
         except Exception:
             return ""
 
+    @Milter.noreply
     def connect(self, hostname: str, family: int, hostaddr: Any) -> int:
         addr = hostaddr[0] if family in (socket.AF_INET, socket.AF_INET6) and hostaddr else ""
         self.session.connect(hostname or "", str(addr), self.macro("j"),
                              self.macro("{daemon_name}"))
         return CONTINUE
 
+    @Milter.noreply
     def hello(self, hostname: str) -> int:
         self.session.hello(hostname or "")
         return CONTINUE
 
+    @Milter.noreply
     def envfrom(self, mailfrom: str, *params: str) -> int:
         # {auth_authen} is sent at MAIL FROM only (Postfix's default macro lists)
         tls = bool(self.macro("{tls_version}"))
         self.session.start_message(mailfrom, self.macro("{auth_authen}"), tls)
         return CONTINUE
 
+    @Milter.noreply
     def envrcpt(self, to: str, *params: str) -> int:
         self.session.add_recipient(to)
         return CONTINUE
 
+    @Milter.noreply
     @Milter.decode("bytes")
     def header(self, name: str, value: bytes) -> int:
         self.session.add_header(name, value)
         return CONTINUE
 
+    @Milter.noreply
     def eoh(self) -> int:
         self.session.set_queue_id(self.macro("i"))  # the queue id exists from DATA on
         return CONTINUE

@@ -66,7 +66,7 @@ def test_gtube_is_rejected_at_end_of_data(postfix: PostfixInstance, spamd: Spamd
     wait_until(lambda: f"{qid}: " in m.log, 10, "the milter's log line")
     line = next(x for x in m.log.splitlines() if f"{qid}: " in x)
     assert "action=reject" in line and "engine=spamd" in line
-    assert re.search(r" score=1\d\d\d\.\d ", line)  # GTUBE: 1000 plus whatever else fired
+    assert re.search(r" score=(99\d|1\d\d\d)\.\d ", line)  # GTUBE: 1000 give or take other rules
     assert not any(qid.encode() in d.raw for d in postfix.delivered())
 
 
@@ -95,7 +95,7 @@ def test_tag_only_delivers_gtube_flagged(postfix: PostfixInstance, spamd: Spamd,
     got = postfix.wait_delivered(qid)
     assert got.all("X-Spam-Flag") == ["YES"]
     [status] = got.all("X-Spam-Status")
-    assert re.match(r"Yes, score=1\d\d\d\.\d ", status) and "GTUBE" in status
+    assert re.match(r"Yes, score=(99\d|1\d\d\d)\.\d ", status) and "GTUBE" in status
     wait_until(lambda: f"{qid}: " in m.log, 10, "the milter's log line")
     line = next(x for x in m.log.splitlines() if f"{qid}: " in x)
     assert "action=tag would=reject" in line and "mode=tag-only" in line
