@@ -20,6 +20,7 @@ import contextlib
 import json
 import os
 import platform
+import signal
 import sys
 import tempfile
 import threading
@@ -202,4 +203,5 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanups: stop by PID
     raise SystemExit(main())
