@@ -34,13 +34,15 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / "bench" / ".cache"
 sys.path.insert(0, str(ROOT / "tests"))
 
+import mtaclient  # noqa: E402
 from harness import free_port, start_spamd, stop_process  # noqa: E402
-from milterload import Delivery, MilterProcess, connectable, deliver_many, stop_pid  # noqa: E402
+from milterload import MilterProcess, connectable, deliver_many, stop_pid  # noqa: E402
 from spamdfakes import SwitchableSpamd  # noqa: E402
 
 GROUPS = ("easy-ham-1", "spam-1", "easy-ham-2", "spam-2", "hard-ham-1")
@@ -91,13 +93,53 @@ def pct(xs: list[float], p: float) -> float:
     return s[min(len(s) - 1, max(0, round(p * len(s) + 0.5) - 1))] if s else float("nan")
 
 
-def figures(wall: float, lat: list[float], n: int, ok: int,
-            keep: bool = False) -> dict[str, float]:
+def figures(wall: float, lat: list[float], n: int, ok: int, keep: bool = False,
+            eom: list[float] | None = None) -> dict[str, float]:
+    """`lat`: what the MTA waits for per message (connect to final reply for a milter); `eom`:
+    the wait after the final "." alone (raw spamd: the same as `lat`)."""
+    eom = lat if eom is None else eom
     f: dict[str, float] = {"msgs_per_s": n / wall, "p50_ms": pct(lat, 0.5) * 1000,
-                           "p99_ms": pct(lat, 0.99) * 1000, "ok": ok, "n": n, "wall_s": wall}
+                           "p99_ms": pct(lat, 0.99) * 1000, "eom_p50_ms": pct(eom, 0.5) * 1000,
+                           "ok": ok, "n": n, "wall_s": wall}
     if keep:
         f["latencies"] = lat  # type: ignore[assignment]
+        f["eom_latencies"] = eom  # type: ignore[assignment]
     return f
+
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int, tree: bool = False) -> float:
+    """utime+stime of a process, with its reaped children; `tree` adds its live descendants
+    (spamd's children, which it recycles)."""
+    def own(p: int) -> float:
+        f = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        return sum(int(x) for x in f[11:15]) / TICK
+
+    total, todo = 0.0, [pid]
+    parents: dict[int, list[int]] = {}
+    if tree:
+        for d in os.listdir("/proc"):
+            if d.isdigit():
+                try:
+                    ppid = int(Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()[1])
+                except (OSError, ValueError, IndexError):
+                    continue
+                parents.setdefault(ppid, []).append(int(d))
+    while todo:
+        p = todo.pop()
+        try:
+            total += own(p)
+        except (OSError, ValueError, IndexError):  # exited meanwhile: counted by its parent
+            continue
+        todo += parents.get(p, [])
+    return total
+
+
+def self_cpu() -> float:
+    t = os.times()
+    return t.user + t.system
 
 
 def as_spambridge_sends(raw: bytes) -> bytes:
@@ -113,20 +155,26 @@ def as_spambridge_sends(raw: bytes) -> bytes:
     return parse_raw(raw, max_scan_size=2 * len(raw) + 65536).render(env.received_header())
 
 
-def run_raw(port: int, msgs: list[bytes], conc: int) -> dict[str, float]:
-    """aiospamc straight to spamd, SYMBOLS as spambridge asks, one client, `conc` in flight,
-    with the same bytes spambridge sends."""
+_RAW_CLIENTS: dict[int, Any] = {}  # aiospamc clients by spamd port
+
+
+def run_raw(port: int, payloads: list[bytes], conc: int) -> dict[str, float]:
+    """aiospamc straight to spamd, SYMBOLS as spambridge asks, one client, `conc` in flight;
+    `payloads` are the very bytes spambridge sends (as_spambridge_sends, made beforehand)."""
     import aiospamc
     from aiospamc.frontend import FrontendClientBuilder
     from aiospamc.requests import Request
 
+    client = _RAW_CLIENTS.get(port)
+    if client is None:  # built once: building one costs about 40 ms of CPU (an SSL context)
+        client = _RAW_CLIENTS[port] = (
+            FrontendClientBuilder().with_connection("127.0.0.1", port, None)
+            .add_verify(None).set_timeout(aiospamc.Timeout(total=60, connection=2)).build())
+
     async def go() -> tuple[float, list[float], int]:
-        client = (FrontendClientBuilder().with_connection("127.0.0.1", port, None)
-                  .add_verify(None).set_timeout(aiospamc.Timeout(total=60, connection=2))
-                  .build())
         queue: asyncio.Queue[bytes] = asyncio.Queue()
-        for m in msgs:
-            queue.put_nowait(as_spambridge_sends(m))
+        for m in payloads:
+            queue.put_nowait(m)
         lat: list[float] = []
         ok = 0
 
@@ -147,16 +195,26 @@ def run_raw(port: int, msgs: list[bytes], conc: int) -> dict[str, float]:
         return time.monotonic() - t0, lat, ok
 
     wall, lat, ok = asyncio.run(go())
-    return figures(wall, lat, len(msgs), ok, keep=True)
+    return figures(wall, lat, len(payloads), ok, keep=True)
+
+
+CLIENT = "lean"  # the MTA side of the throughput phases: bench/mtaclient.py, or "miltertest"
 
 
 def run_milter(address: str | tuple[str, int], msgs: list[bytes], conc: int,
-               timeout: float = 60.0) -> tuple[dict[str, float], list[Delivery]]:
+               timeout: float = 60.0) -> dict[str, float]:
     t0 = time.monotonic()
+    if CLIENT == "lean":
+        sent = mtaclient.deliver_many(address, msgs, conc, timeout=timeout)
+        wall = time.monotonic() - t0
+        ok = sum(1 for d in sent if d.reply is not None and not d.error)
+        return figures(wall, [d.total_seconds for d in sent], len(msgs), ok, keep=True,
+                       eom=[d.eom_seconds for d in sent])
     ds = deliver_many(address, msgs, conc, timeout=timeout, together=False)
     wall = time.monotonic() - t0
     ok = sum(1 for d in ds if d.result is not None and not d.error)
-    return figures(wall, [d.total_seconds for d in ds], len(msgs), ok, keep=True), ds
+    return figures(wall, [d.total_seconds for d in ds], len(msgs), ok, keep=True,
+                   eom=[d.eom_seconds for d in ds])
 
 
 class SpamassMilter:
@@ -210,38 +268,55 @@ def spambridge(work: Path, name: str, spamd_port: int, socket_spec: str, cap: fl
 # phases
 
 
-def throughput(work: Path, spamd_port: int, msgs: list[bytes], concs: list[int],
+def throughput(work: Path, spamd_port: int, spamd_pid: int, msgs: list[bytes], concs: list[int],
                runs: int, block: int) -> dict[str, dict[str, list[dict[str, float]]]]:
     """Each run sends the corpus once per contender, in blocks of `block` messages that take
     turns (rotating who goes first), so a slow phase of spamd or of the machine lands on all
     three alike: identical raw runs differ by 20% here, interleaved blocks do not."""
     sb = spambridge(work, "sb-unix", spamd_port, f"unix:{work}/sb.sock")
     sam = SpamassMilter(work, spamd_port, str(work / "sam.sock"))
-    contenders: list[tuple[str, Callable[[list[bytes], int], dict[str, float]]]] = [
-        ("raw spamd (aiospamc)", lambda m, c: run_raw(spamd_port, m, c)),
-        ("spambridge (unix)", lambda m, c: run_milter(sb.address, m, c)[0]),
-        ("spamass-milter (unix)", lambda m, c: run_milter(sam.target, m, c)[0]),
+    payloads = [as_spambridge_sends(m) for m in msgs]
+    contenders: list[tuple[str, Callable[[int, int, int], dict[str, float]], int | None]] = [
+        ("raw spamd (aiospamc)", lambda a, b, c: run_raw(spamd_port, payloads[a:b], c), None),
+        ("spambridge (unix)", lambda a, b, c: run_milter(sb.address, msgs[a:b], c),
+         sb.proc.pid),
+        ("spamass-milter (unix)", lambda a, b, c: run_milter(sam.target, msgs[a:b], c),
+         sam.proc.pid),
     ]
     results: dict[str, dict[str, list[dict[str, float]]]] = {}
     try:
-        run_raw(spamd_port, msgs[:20], 2)  # warm spamd's children
+        run_raw(spamd_port, payloads[:20], 2)  # warm spamd's children
         for conc in concs:
             for r in range(runs):
-                parts: dict[str, list[dict[str, float]]] = {name: [] for name, _ in contenders}
-                lats: dict[str, list[float]] = {name: [] for name, _ in contenders}
+                parts: dict[str, list[dict[str, float]]] = {name: [] for name, _, _ in contenders}
+                lats: dict[str, list[float]] = {name: [] for name, _, _ in contenders}
+                eoms: dict[str, list[float]] = {name: [] for name, _, _ in contenders}
+                cpu: dict[str, list[float]] = {name: [0.0, 0.0, 0.0] for name, _, _ in contenders}
                 for b, i in enumerate(range(0, len(msgs), block)):
                     turn = (r + b) % len(contenders)
-                    for name, fn in contenders[turn:] + contenders[:turn]:
-                        f = fn(msgs[i : i + block], conc)
+                    for name, fn, pid in contenders[turn:] + contenders[:turn]:
+                        before = (cpu_seconds(spamd_pid, tree=True),
+                                  cpu_seconds(pid) if pid else 0.0, self_cpu())
+                        f = fn(i, i + block, conc)
+                        after = (cpu_seconds(spamd_pid, tree=True),
+                                 cpu_seconds(pid) if pid else 0.0, self_cpu())
+                        for k in range(3):
+                            cpu[name][k] += after[k] - before[k]
                         parts[name].append(f)
                         lats[name] += f.pop("latencies")  # type: ignore[arg-type]
+                        eoms[name] += f.pop("eom_latencies")  # type: ignore[arg-type]
                 for name, ps in parts.items():
                     wall = sum(p["wall_s"] for p in ps)
-                    f = figures(wall, lats[name], len(msgs), int(sum(p["ok"] for p in ps)))
+                    f = figures(wall, lats[name], len(msgs), int(sum(p["ok"] for p in ps)),
+                                eom=eoms[name])
+                    f.update({f"cpu_{k}_ms": 1000 * v / len(msgs)
+                              for k, v in zip(("spamd", "milter", "mta"), cpu[name], strict=True)})
                     results.setdefault(f"C={conc}", {}).setdefault(name, []).append(f)
                     print(f"C={conc} run {r + 1} {name:24s} {f['msgs_per_s']:6.2f} msg/s  "
-                          f"p50 {f['p50_ms']:6.0f} ms  p99 {f['p99_ms']:6.0f} ms  "
-                          f"ok {f['ok']}/{f['n']}", flush=True)
+                          f"p50 {f['p50_ms']:6.0f} ms (at EOM {f['eom_p50_ms']:5.0f})  "
+                          f"p99 {f['p99_ms']:6.0f} ms  ok {f['ok']}/{f['n']}  CPU ms/msg: "
+                          f"spamd {f['cpu_spamd_ms']:.1f} milter {f['cpu_milter_ms']:.2f} "
+                          f"bench {f['cpu_mta_ms']:.2f}", flush=True)
     finally:
         sb.stop()
         sam.stop()
@@ -301,7 +376,7 @@ def tcp_vs_unix(work: Path, spamd_port: int, msgs: list[bytes], conc: int,
             for b, i in enumerate(range(0, len(msgs), block)):
                 turn = (r + b) % len(procs)
                 for name, p in procs[turn:] + procs[:turn]:
-                    f, _ = run_milter(p.address, msgs[i : i + block], conc)
+                    f = run_milter(p.address, msgs[i : i + block], conc)
                     walls[name] += f["wall_s"]
                     lats[name] += f.pop("latencies")  # type: ignore[arg-type]
             for name, _ in procs:
@@ -322,14 +397,22 @@ def med(runs: list[dict[str, float]], key: str) -> float:
 def table(results: dict[str, list[dict[str, float]]], base: str) -> str:
     """Medians over runs; the ratio is the median of each run's own ratio to `base` (the
     contenders of one run took turns, so a run-wide slowdown cancels out of it)."""
-    lines = [f"| contender | msg/s | × {base} (per run: min–max) | p50 ms | p99 ms |",
-             "|---|---:|---:|---:|---:|"]
+    cpu = all("cpu_spamd_ms" in r for runs in results.values() for r in runs)
+    eom = all("eom_p50_ms" in r for runs in results.values() for r in runs)
+    lines = [f"| contender | msg/s | × {base} (per run: min–max) | p50 ms |"
+             + (" p50 at EOM ms |" if eom else "") + " p99 ms |"
+             + (" CPU ms/msg: spamd / milter / bench |" if cpu else ""),
+             "|---|---:|---:|---:|" + ("---:|" if eom else "") + "---:|" + ("---:|" if cpu else "")]
     for name, runs in results.items():
         ratios = [r["msgs_per_s"] / b["msgs_per_s"] for r, b in zip(runs, results[base],
                                                                      strict=True)]
         lines.append(f"| {name} | {med(runs, 'msgs_per_s'):.2f} | "
                      f"{statistics.median(ratios):.3f} ({min(ratios):.2f}–{max(ratios):.2f}) | "
-                     f"{med(runs, 'p50_ms'):.0f} | {med(runs, 'p99_ms'):.0f} |")
+                     f"{med(runs, 'p50_ms'):.0f} |"
+                     + (f" {med(runs, 'eom_p50_ms'):.0f} |" if eom else "")
+                     + f" {med(runs, 'p99_ms'):.0f} |"
+                     + (f" {med(runs, 'cpu_spamd_ms'):.1f} / {med(runs, 'cpu_milter_ms'):.2f} / "
+                        f"{med(runs, 'cpu_mta_ms'):.2f} |" if cpu else ""))
     return "\n".join(lines)
 
 
@@ -352,6 +435,8 @@ def main() -> int:
     ap.add_argument("--block", type=int, default=25, help="messages per interleaved turn")
     ap.add_argument("--conc", type=int, nargs="+", default=[2, 4])
     ap.add_argument("--spamd-children", type=int, default=4)
+    ap.add_argument("--client", choices=("lean", "miltertest"), default="lean",
+                    help="the MTA side of the throughput phases (bench/mtaclient.py by default)")
     ap.add_argument("--skip-faults", action="store_true")
     ap.add_argument("--skip-tcp", action="store_true")
     ap.add_argument("--cap", type=float, default=5.0, help="spambridge scan_timeout, faults")
@@ -359,6 +444,8 @@ def main() -> int:
     ap.add_argument("--json", type=Path)
     ap.add_argument("--report", type=Path, help="only print the tables of an earlier --json")
     args = ap.parse_args()
+    global CLIENT
+    CLIENT = args.client
     if args.report:
         return report(json.loads(args.report.read_text()))
     if not 10 <= args.messages <= 2000 or not 1 <= args.runs <= 10 or max(args.conc) > 16:
@@ -369,7 +456,7 @@ def main() -> int:
     out: dict[str, object] = {
         "machine": f"{platform.node()}, {os.cpu_count()} cores, Python {platform.python_version()}",
         "when": time.strftime("%Y-%m-%d %H:%M:%S"), "messages": len(msgs),
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "command": " ".join([Path(sys.executable).name, *sys.argv]), "client": args.client,
     }
     with tempfile.TemporaryDirectory(prefix="sb-peer-") as tmp:
         work = Path(tmp)
@@ -378,7 +465,7 @@ def main() -> int:
                                              f"--min-children={args.spamd_children}",
                                              f"--min-spare={args.spamd_children}"))
         try:
-            res = throughput(work, spamd.port, msgs, args.conc, args.runs, args.block)
+            res = throughput(work, spamd.port, spamd.proc.pid, msgs, args.conc, args.runs, args.block)
             out["throughput"] = res
             for conc, r in res.items():
                 print(f"\n### {conc}\n\n" + table(r, "raw spamd (aiospamc)"))
@@ -392,10 +479,10 @@ def main() -> int:
         if not args.skip_tcp:  # the transport alone: a spamd that answers at once
             fast = SwitchableSpamd("good")
             try:
-                for conc in (1, 4):
-                    tcp = tcp_vs_unix(work, fast.port, msgs, conc, args.runs, 100)
-                    out[f"tcp_vs_unix_fast_spamd_C{conc}"] = tcp
-                    print(f"\n### unix vs TCP, instant fake spamd, C={conc}\n\n"
+                for c in (1, 4):  # 100 messages: over TCP at C=1 they take 20 s a run
+                    tcp = tcp_vs_unix(work, fast.port, msgs[:100], c, min(args.runs, 3), 50)
+                    out[f"tcp_vs_unix_fast_spamd_C{c}"] = tcp
+                    print(f"\n### unix vs TCP, instant fake spamd, C={c}\n\n"
                           + table(tcp, "spambridge unix socket"))
             finally:
                 fast.close()

@@ -92,7 +92,7 @@ def run(cfg: Config, reload: Callable[[], Config] | None = None) -> int:
     log.info("spambridge %s listening on %s (engine=%s, cap=%gs%s)", __version__,
              spec.libmilter, cfg.milter.engine, cfg.milter.scan_timeout,
              ", tag-only" if cfg.policy.tag_only else "")
-    nudger = PoolNudger(spec, lambda: pipeline.inflight > 0).start()
+    nudger = PoolNudger(spec, pipeline).start()
     pipeline.before_scan = nudger.poke
     _notify_ready()
     try:

@@ -46,6 +46,7 @@ class Pipeline:
         self.observers: list[Callable[[Evaluation, MessageBuffer], None]] = []
         self._inflight = 0
         self._idle = threading.Condition()
+        self._last_free = time.monotonic()
         self.before_scan: Callable[[], None] | None = None  # app.py: PoolNudger.poke
 
     def scan(self, raw: bytes, envelope: Envelope, cap: float) -> Outcome:
@@ -76,6 +77,9 @@ class Pipeline:
         start = time.monotonic()
         with self._idle:
             self._inflight += 1
+            if self._inflight == 1:  # the workers were idle until now
+                self._last_free = time.monotonic()
+                self._idle.notify_all()  # wakes wait_busy
         try:
             outcome: Outcome
             if skip is not None:
@@ -99,12 +103,24 @@ class Pipeline:
         finally:
             with self._idle:
                 self._inflight -= 1
+                self._last_free = time.monotonic()
                 self._idle.notify_all()
 
     @property
     def inflight(self) -> int:
         """Messages between end of message and their decision right now."""
         return self._inflight
+
+    @property
+    def last_free(self) -> float:
+        """The last moment (time.monotonic) a libmilter worker was known to be free: a
+        message got its decision, or the first of a burst began after an idle spell."""
+        return self._last_free
+
+    def wait_busy(self, timeout: float) -> bool:
+        """Sleep until a message is being decided (True) or `timeout` passes (False)."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._inflight > 0, timeout)
 
     def wait_idle(self, timeout: float) -> bool:
         """At shutdown: let in-flight messages get their replies before the loop stops."""

@@ -8,8 +8,12 @@ finishes its current task. With every worker inside an end-of-message scan, that
 whole `scan_timeout` — measured: 17 of 400 replies at twice the cap, 50 connections, hung spamd.
 
 A connection to our own socket that closes at once makes libmilter start (or wake) a worker;
-that worker sees EOF, finishes, and then takes any session left waiting. So while messages are
-being scanned, one such connection every `interval` seconds bounds the stall to about that.
+that worker sees EOF, finishes, and then takes any session left waiting. So we connect as each
+scan starts, and every `interval` seconds once scans are in flight and none has finished for
+`stall_after` seconds: the stall is bounded by about their sum. A scan that finishes frees its
+worker, which takes a waiting session itself, so healthy traffic needs no periodic connection;
+with nothing in flight the thread sleeps on the pipeline's condition. (Measured: a fixed 50 ms
+tick cost 2.5 ms of CPU a second on an idle milter; a connection costs about 0.1 ms.)
 """
 
 from __future__ import annotations
@@ -17,14 +21,29 @@ from __future__ import annotations
 import logging
 import socket
 import threading
-from collections.abc import Callable
+import time
+from typing import Protocol
 
 from spambridge.milter.bridge import signals_blocked
 from spambridge.milter.socketspec import SocketSpec
 
 log = logging.getLogger("spambridge")
 
-INTERVAL = 0.05  # seconds between nudges while a scan is in flight
+INTERVAL = 0.05  # seconds between nudges while stalled
+STALL_AFTER = 0.2  # seconds without a free worker, scans in flight, before nudging
+IDLE_WAIT = 0.5  # seconds the idle thread sleeps between checks for a stop
+
+
+class Activity(Protocol):
+    """What the nudger needs to know of the pipeline."""
+
+    @property
+    def inflight(self) -> int: ...
+
+    @property
+    def last_free(self) -> float: ...
+
+    def wait_busy(self, timeout: float) -> bool: ...
 
 
 def _target(spec: SocketSpec) -> tuple[int, str | tuple[str, int]]:
@@ -54,9 +73,10 @@ def poke(spec: SocketSpec, timeout: float = 0.05) -> bool:
 
 
 class PoolNudger:
-    def __init__(self, spec: SocketSpec, busy: Callable[[], bool],
-                 interval: float = INTERVAL) -> None:
-        self.spec, self.busy, self.interval = spec, busy, interval
+    def __init__(self, spec: SocketSpec, activity: Activity, interval: float = INTERVAL,
+                 stall_after: float = STALL_AFTER) -> None:
+        self.spec, self.activity, self.interval = spec, activity, interval
+        self.stall_after = stall_after
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="spambridge-nudge", daemon=True)
         self._warned = False
@@ -68,16 +88,30 @@ class PoolNudger:
 
     def poke(self) -> None:
         """Called as each scan starts: the worker this wakes takes over a waiting session, and
-        that session's own scan pokes again, so a burst of lost wake-ups drains in a chain."""
-        poke(self.spec)
+        that session's own scan pokes again, so a burst of lost wake-ups drains in a chain.
+        A lone scan leaves the other workers free (and the stall check covers it): no poke."""
+        if self.activity.inflight >= 2:
+            poke(self.spec)
 
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(1.0)
 
+    def quiet_left(self) -> float:
+        """Seconds until the pipeline counts as stalled (every worker may be in a scan); 0 when
+        it is."""
+        return max(0.0, self.activity.last_free + self.stall_after - time.monotonic())
+
     def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            if self.busy() and not poke(self.spec) and not self._warned and not self._stop.is_set():
+        while not self._stop.is_set():
+            if not self.activity.wait_busy(IDLE_WAIT):
+                continue
+            left = self.quiet_left()
+            if left > 0:  # a worker was free lately: sleep until that could have changed
+                self._stop.wait(left)
+                continue
+            if self.activity.inflight and not poke(self.spec) and not self._warned:
                 self._warned = True  # e.g. the socket's mode keeps our own user out
                 log.warning("cannot connect to our own socket %s; replies may wait for a free "
                             "libmilter worker beyond the cap", self.spec.libmilter)
+            self._stop.wait(self.interval)

@@ -1,0 +1,121 @@
+"""The pool nudger connects to the milter's own socket only when libmilter's workers may all be
+inside scans: never while idle, never for a lone scan, and periodically only once no worker
+has been free for `stall_after` seconds. A real unix socket counts the connections."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from spambridge.milter.poolnudge import PoolNudger
+from spambridge.milter.socketspec import parse_socket_spec
+
+
+class FakeActivity:
+    """The pipeline's side, driven by the test."""
+
+    def __init__(self) -> None:
+        self.inflight = 0
+        self.last_free = time.monotonic()
+        self._cond = threading.Condition()
+
+    def set(self, inflight: int, free_now: bool = False) -> None:
+        with self._cond:
+            self.inflight = inflight
+            if free_now:
+                self.last_free = time.monotonic()
+            self._cond.notify_all()
+
+    def wait_busy(self, timeout: float) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: self.inflight > 0, timeout)
+
+
+class Listener:
+    def __init__(self, path: Path) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(str(path))
+        self.sock.listen(128)
+        self.sock.settimeout(0.05)
+        self.count = 0
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            conn.close()
+            self.count += 1
+
+    def close(self) -> None:
+        self._stop.set()
+        self._t.join(2)
+        self.sock.close()
+
+
+@pytest.fixture
+def listener(tmp_path: Path) -> Iterator[tuple[Listener, str]]:
+    path = tmp_path / "m.sock"
+    lst = Listener(path)
+    yield lst, f"unix:{path}"
+    lst.close()
+
+
+def settle(lst: Listener, seconds: float) -> int:
+    time.sleep(seconds)
+    return lst.count
+
+
+def test_scan_start_pokes_only_when_another_scan_is_in_flight(
+        listener: tuple[Listener, str]) -> None:
+    lst, spec = listener
+    act = FakeActivity()
+    n = PoolNudger(parse_socket_spec(spec), act)  # not started: only the scan-start hook
+    act.set(1)
+    n.poke()
+    assert settle(lst, 0.2) == 0
+    act.set(2)
+    n.poke()
+    assert settle(lst, 0.2) == 1
+
+
+def test_no_connection_while_idle_or_while_workers_come_free(
+        listener: tuple[Listener, str]) -> None:
+    lst, spec = listener
+    act = FakeActivity()
+    n = PoolNudger(parse_socket_spec(spec), act, interval=0.02, stall_after=0.3).start()
+    try:
+        assert settle(lst, 0.5) == 0  # idle
+        deadline = time.monotonic() + 0.6
+        while time.monotonic() < deadline:  # busy, but a scan finishes every 50 ms
+            act.set(3, free_now=True)
+            time.sleep(0.05)
+        assert lst.count == 0
+    finally:
+        n.stop()
+
+
+def test_periodic_connections_once_no_worker_was_free_for_stall_after(
+        listener: tuple[Listener, str]) -> None:
+    lst, spec = listener
+    act = FakeActivity()
+    n = PoolNudger(parse_socket_spec(spec), act, interval=0.02, stall_after=0.15).start()
+    try:
+        act.set(4, free_now=True)  # four scans hang from now on
+        assert settle(lst, 0.1) == 0  # not yet stalled
+        got = settle(lst, 0.6)
+        assert got >= 5, got  # stalled from 0.15 s: one every 20 ms or so
+        act.set(0, free_now=True)
+        before = settle(lst, 0.1)
+        assert settle(lst, 0.4) == before  # idle again: no more
+    finally:
+        n.stop()
