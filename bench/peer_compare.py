@@ -373,14 +373,16 @@ def tcp_vs_unix(work: Path, spamd_port: int, msgs: list[bytes], conc: int,
         for r in range(runs):
             walls = {name: 0.0 for name, _ in procs}
             lats: dict[str, list[float]] = {name: [] for name, _ in procs}
+            eoms: dict[str, list[float]] = {name: [] for name, _ in procs}
             for b, i in enumerate(range(0, len(msgs), block)):
                 turn = (r + b) % len(procs)
                 for name, p in procs[turn:] + procs[:turn]:
                     f = run_milter(p.address, msgs[i : i + block], conc)
                     walls[name] += f["wall_s"]
                     lats[name] += f.pop("latencies")  # type: ignore[arg-type]
+                    eoms[name] += f.pop("eom_latencies")  # type: ignore[arg-type]
             for name, _ in procs:
-                f = figures(walls[name], lats[name], len(msgs), len(lats[name]))
+                f = figures(walls[name], lats[name], len(msgs), len(lats[name]), eom=eoms[name])
                 out.setdefault(name, []).append(f)
                 print(f"C={conc} run {r + 1} {name:55s} {f['msgs_per_s']:6.2f} msg/s  "
                       f"p50 {f['p50_ms']:6.0f} ms  p99 {f['p99_ms']:6.0f} ms", flush=True)

@@ -126,7 +126,7 @@ def _fix_mmap_threshold() -> None:
     """glibc raises its mmap threshold (up to 32 MiB) whenever a big block is freed, after
     which big message copies come from the heap and stay resident: 20 x 20 MB messages left
     600 MB behind (peak 1.5 GB). A fixed threshold keeps every buffer over 256 KiB in its own
-    mapping, returned to the system when freed (measured: 35 MB after, peak 0.75-0.95 GB)."""
+    mapping, returned to the system when freed (measured: 35 MB after, peak 0.75-1.06 GB)."""
     with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to tune
         ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)  # libc is loaded already
 
