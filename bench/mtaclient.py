@@ -14,10 +14,15 @@ from __future__ import annotations
 import contextlib
 import socket
 import struct
+import sys
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from milterclient import split_message  # headers as Postfix presents them
 
 # milter protocol version 6 (libmilter 8.14+), as Postfix 3.x speaks it
 VERSION = 6
@@ -38,22 +43,6 @@ def packet(cmd: bytes, data: bytes = b"") -> bytes:
 def macros(stage: bytes, pairs: dict[str, str]) -> bytes:
     return packet(b"D", stage + b"".join(k.encode() + b"\0" + v.encode() + b"\0"
                                          for k, v in pairs.items()))
-
-
-def split_message(raw: bytes) -> tuple[list[tuple[bytes, bytes]], bytes]:
-    """Headers as Postfix presents them (no space after the colon, folds joined by LF)."""
-    head, _, body = raw.replace(b"\r\n", b"\n").partition(b"\n\n")
-    fields: list[list[bytes]] = []
-    for line in head.split(b"\n"):
-        if line[:1] in (b" ", b"\t") and fields:
-            fields[-1].append(line)
-        elif b":" in line:
-            fields.append([line])
-    out = []
-    for f in fields:
-        name, _, first = f[0].partition(b":")
-        out.append((name, b"\n".join([first[1:] if first[:1] == b" " else first, *f[1:]])))
-    return out, body
 
 
 @dataclass
@@ -152,7 +141,8 @@ class Conn:
             return early
         headers, body = split_message(raw)
         for name, value in headers:
-            if (early := self.step(b"L", name + b"\0" + value + b"\0")) is not None:
+            field_ = name.encode("latin-1") + b"\0" + value + b"\0"
+            if (early := self.step(b"L", field_)) is not None:
                 return early
         s.sendall(macros(b"N", {"i": qid}))
         if (early := self.step(b"N", b"")) is not None:

@@ -4,6 +4,7 @@ has been free for `stall_after` seconds. A real unix socket counts the connectio
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -75,6 +76,15 @@ def settle(lst: Listener, seconds: float) -> int:
     return lst.count
 
 
+@contextlib.contextmanager
+def running(spec: str, act: FakeActivity, stall_after: float) -> Iterator[PoolNudger]:
+    n = PoolNudger(parse_socket_spec(spec), act, interval=0.02, stall_after=stall_after).start()
+    try:
+        yield n
+    finally:
+        n.stop()
+
+
 def test_scan_start_pokes_only_when_another_scan_is_in_flight(
         listener: tuple[Listener, str]) -> None:
     lst, spec = listener
@@ -92,24 +102,20 @@ def test_no_connection_while_idle_or_while_workers_come_free(
         listener: tuple[Listener, str]) -> None:
     lst, spec = listener
     act = FakeActivity()
-    n = PoolNudger(parse_socket_spec(spec), act, interval=0.02, stall_after=0.3).start()
-    try:
+    with running(spec, act, stall_after=0.3):
         assert settle(lst, 0.5) == 0  # idle
         deadline = time.monotonic() + 0.6
         while time.monotonic() < deadline:  # busy, but a scan finishes every 50 ms
             act.set(3, free_now=True)
             time.sleep(0.05)
         assert lst.count == 0
-    finally:
-        n.stop()
 
 
 def test_periodic_connections_once_no_worker_was_free_for_stall_after(
         listener: tuple[Listener, str]) -> None:
     lst, spec = listener
     act = FakeActivity()
-    n = PoolNudger(parse_socket_spec(spec), act, interval=0.02, stall_after=0.15).start()
-    try:
+    with running(spec, act, stall_after=0.15):
         act.set(4, free_now=True)  # four scans hang from now on
         assert settle(lst, 0.1) == 0  # not yet stalled
         got = settle(lst, 0.6)
@@ -117,5 +123,3 @@ def test_periodic_connections_once_no_worker_was_free_for_stall_after(
         act.set(0, free_now=True)
         before = settle(lst, 0.1)
         assert settle(lst, 0.4) == before  # idle again: no more
-    finally:
-        n.stop()
