@@ -175,29 +175,28 @@ _JSON_QUERY = ("SELECT j.key, t.spam, t.ham FROM json_each(?) AS j "
                "JOIN tokens AS t ON t.token = j.value")
 
 
-def _fetch_into(into: dict[str, tuple[int, int] | None], conn: sqlite3.Connection,
-                tokens: Sequence[str]) -> None:
-    """fetch(), entered straight into a token → (spam, ham) mapping: one pass over the rows."""
-    doc = json.dumps(tokens, ensure_ascii=False, check_circular=False)
-    if "\\u0000" not in doc:
-        into.update({tokens[i]: (s, h) for i, s, h in conn.execute(_JSON_QUERY, (doc,))})
-    else:
-        into.update({t: (s, h) for t, s, h in fetch(conn, tokens)})
-
-
-def fetch(conn: sqlite3.Connection, tokens: Sequence[str]) -> list[tuple[str, int, int]]:
-    """(token, spam, ham) of those `tokens` the database holds, in one statement."""
+def fetch_into(into: dict[str, tuple[int, int] | None], conn: sqlite3.Connection,
+               tokens: Sequence[str]) -> None:
+    """Enter (spam, ham) of those `tokens` the database holds into `into`, straight from the
+    rows: one statement (one per MAX_VARIABLES tokens when a token holds a NUL)."""
     if not tokens:
-        return []
+        return
     doc = json.dumps(tokens, ensure_ascii=False, check_circular=False)
     if "\\u0000" not in doc:  # SQLite's JSON strings end at a NUL: such tokens take the IN list
-        return [(tokens[i], s, h) for i, s, h in conn.execute(_JSON_QUERY, (doc,))]
-    out: list[tuple[str, int, int]] = []
+        into.update({tokens[i]: (s, h) for i, s, h in conn.execute(_JSON_QUERY, (doc,))})
+        return
     for i in range(0, len(tokens), MAX_VARIABLES):
         chunk = tokens[i : i + MAX_VARIABLES]
         sql, pad = _in_query(len(chunk))
-        out += conn.execute(sql, [*chunk, *pad])
-    return out
+        into.update({t: (s, h) for t, s, h in conn.execute(sql, [*chunk, *pad])})
+
+
+def shifted(c: tuple[int, int] | None, ds: int, dh: int) -> tuple[int, int] | None:
+    """Counts `c` (None: absent) moved by (ds, dh) and floored at 0; None when nothing is left.
+    How the store itself applies a batch (`commit`), for the in-memory copies of it."""
+    s, h = c or (0, 0)
+    s, h = max(s + ds, 0), max(h + dh, 0)
+    return (s, h) if s or h else None
 
 
 class SqliteReader:
@@ -238,7 +237,7 @@ class SqliteReader:
                     self._totals = Totals(int(row[0]), int(row[1]))
                     missing = list(tokens)
                 cache.update(dict.fromkeys(missing))
-                _fetch_into(cache, conn, missing)
+                fetch_into(cache, conn, missing)
             finally:
                 conn.execute("COMMIT")
         counts: Counts = {t: c for t in tokens if (c := get(t)) is not None}
@@ -310,9 +309,7 @@ class Batch:
                     if not complete:
                         continue
                     c = None
-                s, h = c or (0, 0)
-                s, h = max(s + ds, 0), max(h + dh, 0)
-                cur[t] = (s, h) if s or h else None
+                cur[t] = shifted(c, ds, dh)
 
     def current(self, tokens: Sequence[str]) -> tuple[Totals, Counts]:
         """Totals and counts of `tokens` as they would be if this batch were committed now."""
@@ -328,15 +325,13 @@ class Batch:
         missing = [t for t in tokens if t not in cur]
         if missing:
             cur.update(dict.fromkeys(missing))
-            _fetch_into(cur, self.conn, missing)
+            fetch_into(cur, self.conn, missing)
             spam, ham = self.spam, self.ham
             if spam or ham:
                 for t in missing:  # learned in this batch before it was ever looked at
                     ds, dh = spam.get(t, 0), ham.get(t, 0)
                     if ds or dh:
-                        s, h = cur[t] or (0, 0)
-                        s, h = max(s + ds, 0), max(h + dh, 0)
-                        cur[t] = (s, h) if s or h else None
+                        cur[t] = shifted(cur[t], ds, dh)
         return totals, {t: c for t in tokens if (c := cur[t]) is not None}
 
     def mark(self, digest: bytes, label: str | None) -> None:
@@ -400,9 +395,7 @@ class _Known:
         counts.clear()
         counts.update({t: (s, h) for t, s, h in rows})
         for t in spam.keys() | ham.keys():  # learned in the open batch before this
-            s, h = counts.get(t) or (0, 0)
-            s, h = max(s + spam.get(t, 0), 0), max(h + ham.get(t, 0), 0)
-            counts[t] = (s, h) if s or h else None
+            counts[t] = shifted(counts.get(t), spam.get(t, 0), ham.get(t, 0))
         self.complete = True
 
 

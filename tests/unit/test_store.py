@@ -43,7 +43,8 @@ def test_fetch_uses_one_statement_for_many_tokens(db: str) -> None:
     conn = store._connect(db, 1.0)
     statements: list[str] = []
     conn.set_trace_callback(statements.append)
-    rows = store.fetch(conn, [f"t{i}" for i in range(40_000)] + ODD)
+    found: dict[str, tuple[int, int] | None] = {}
+    store.fetch_into(found, conn, [f"t{i}" for i in range(40_000)] + ODD)
     conn.close()
-    assert sorted(t for t, _, _ in rows) == sorted(ODD)
+    assert sorted(found) == sorted(ODD)
     assert len(statements) == 1 and "json_each" in statements[0]
