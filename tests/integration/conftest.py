@@ -1,4 +1,5 @@
-"""Fixtures for the integration tests that need a real Postfix (see tests/postfix_instance.py)."""
+"""Fixtures shared by the integration tests: a real Postfix (see tests/postfix_instance.py) and
+a fake spamd that answers every request at once."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from collections.abc import Iterator
 import pytest
 from harness import free_port
 from postfix_instance import PostfixInstance, destroy, make_instance
+from spamdfakes import SwitchableSpamd
 
 
 @pytest.fixture(scope="session")
@@ -16,3 +18,11 @@ def postfix() -> Iterator[PostfixInstance]:
     pf = make_instance(free_port())
     yield pf
     destroy(pf)
+
+
+@pytest.fixture
+def fake() -> Iterator[SwitchableSpamd]:
+    """A fake spamd giving the same good reply to every request, at once."""
+    s = SwitchableSpamd("good")
+    yield s
+    s.close()

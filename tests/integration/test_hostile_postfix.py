@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 from harness import RunningMilter, message
@@ -12,13 +12,6 @@ from spamdfakes import SwitchableSpamd
 pytestmark = pytest.mark.postfix
 
 Start = Callable[..., RunningMilter]
-
-
-@pytest.fixture
-def fake() -> Iterator[SwitchableSpamd]:
-    s = SwitchableSpamd("good")
-    yield s
-    s.close()
 
 
 def test_a_100_kb_header_is_delivered_and_scanned(postfix: PostfixInstance, start_milter: Start,

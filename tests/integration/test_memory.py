@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 from harness import RunningMilter, message, wait_until
@@ -19,13 +19,6 @@ def rss_mb(pid: int) -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     raise KeyError("VmRSS")
-
-
-@pytest.fixture
-def fake() -> Iterator[SwitchableSpamd]:
-    s = SwitchableSpamd("good")
-    yield s
-    s.close()
 
 
 def test_memory_goes_back_after_a_burst_of_big_messages(start_milter: Start,

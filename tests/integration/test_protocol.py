@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
-import pytest
 from harness import RunningMilter, message
 from milterclient import MilterClient
 from miltertest import constants
@@ -16,13 +15,6 @@ NO_REPLY = {
     "mail": constants.SMFIP_NR_MAIL, "rcpt": constants.SMFIP_NR_RCPT,
     "header": constants.SMFIP_NR_HDR, "eoh": constants.SMFIP_NR_EOH,
 }
-
-
-@pytest.fixture
-def fake() -> Iterator[SwitchableSpamd]:
-    s = SwitchableSpamd("good")
-    yield s
-    s.close()
 
 
 def test_stages_before_the_body_need_no_reply(start_milter: Start,

@@ -26,13 +26,6 @@ Start = Callable[..., RunningMilter]
 OWNED = re.compile(r"X-Spam-[A-Za-z-]+")
 
 
-@pytest.fixture
-def fake() -> Iterator[SwitchableSpamd]:
-    s = SwitchableSpamd("good")
-    yield s
-    s.close()
-
-
 def spamd_config(port: int, **policy: object) -> dict[str, dict[str, object]]:
     return {"milter": {"engine": "spamd", "scan_timeout": 5.0},
             "spamd": {"host": "127.0.0.1", "port": port}, "policy": dict(policy)}
