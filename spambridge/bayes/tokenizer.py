@@ -492,9 +492,8 @@ class _Tokenizer:
             # one of the few bytes only str treats as space occurs; then one decode suffices
             swords = text.decode("latin-1").split()
             self.extend([w for w in swords if 2 < len(w) <= SKIP_MAX_WORD])
-            longs = [w for w in swords if len(w) > SKIP_MAX_WORD]
-            if longs:
-                self.long_words(longs)
+            for sw in [w for w in swords if len(w) > SKIP_MAX_WORD]:
+                self.extend(self.long_word(sw))
             return
         words = text.split()
         short = [w for w in words if 2 < len(w) <= SKIP_MAX_WORD]
@@ -502,7 +501,7 @@ class _Tokenizer:
             # one decode for all words: a word never contains "\n", so splitting on it is exact
             self.extend(b"\n".join(short).decode("latin-1").split("\n"))
         for w in [w for w in words if len(w) > SKIP_MAX_WORD]:
-            self.extend(self.long_word(w))
+            self.extend(self.long_word(_s(w)))
 
     def word_tokens(self, w: bytes) -> list[str]:
         n = len(w)
@@ -510,32 +509,19 @@ class _Tokenizer:
             return []
         if n <= SKIP_MAX_WORD:
             return [_s(w)]
-        return self.long_word(w)
+        return self.long_word(_s(w))
 
-    def long_words(self, words: list[str]) -> None:
-        """long_word() for many words at once, on str: most are plain ASCII junk (markup, runs
-        of symbols) that only make a skip: token."""
-        emit = self.emit
-        for w in words:
-            n = len(w)
-            if n < 40 and "." in w and w.count("@") == 1:
-                name, _, domain = w.partition("@")
-                emit("email name:" + name)
-                emit("email addr:" + domain)
-                continue
-            emit(f"skip:{w[0]} {n // 10 * 10}")
-            if not w.isascii():
-                high = n - len(w.encode("latin-1").translate(None, _HIGH_BYTES))
-                emit(f"8bit%:{int(100 * high / n + 0.5)}")
-
-    def long_word(self, w: bytes) -> list[str]:
+    def long_word(self, w: str) -> list[str]:
+        """A word over SKIP_MAX_WORD characters (Latin-1 text): an address's name and domain,
+        or a skip: token of its first character and length, with its share of 8-bit bytes.
+        On str, as the words come from the text's split: most are plain ASCII junk."""
         n = len(w)
-        if n < 40 and b"." in w and w.count(b"@") == 1:
-            name, _, domain = w.partition(b"@")
-            return ["email name:" + _s(name), "email addr:" + _s(domain)]
-        out = [f"skip:{_s(w[:1])} {n // 10 * 10}"]
-        high = n - len(w.translate(None, _HIGH_BYTES))
-        if high:
+        if n < 40 and "." in w and w.count("@") == 1:
+            name, _, domain = w.partition("@")
+            return ["email name:" + name, "email addr:" + domain]
+        out = [f"skip:{w[0]} {n // 10 * 10}"]
+        if not w.isascii():
+            high = n - len(w.encode("latin-1").translate(None, _HIGH_BYTES))
             out.append(f"8bit%:{int(100 * high / n + 0.5)}")
         return out
 
