@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from bayes_accuracy import fetch_corpus, ours_train, split  # noqa: E402
 from milterclient import send_one  # noqa: E402
+from milterload import cpu_seconds  # noqa: E402
 
 
 def start(tmp: str, db: str) -> tuple[subprocess.Popen[bytes], str]:
@@ -46,12 +47,6 @@ def start(tmp: str, db: str) -> tuple[subprocess.Popen[bytes], str]:
             raise RuntimeError(Path(tmp, "m.log").read_text())
         time.sleep(0.05)
     return proc, sock
-
-
-def cpu_seconds(pid: int) -> float:
-    """user+system CPU time of a process, from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def load(sock: str, messages: list[bytes], total: int, concurrency: int

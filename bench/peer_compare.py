@@ -42,7 +42,13 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import mtaclient  # noqa: E402
 from harness import free_port, start_spamd, stop_process  # noqa: E402
-from milterload import MilterProcess, connectable, deliver_many, stop_pid  # noqa: E402
+from milterload import (  # noqa: E402
+    MilterProcess,
+    connectable,
+    cpu_seconds,
+    deliver_many,
+    stop_pid,
+)
 from spamdfakes import SwitchableSpamd  # noqa: E402
 
 GROUPS = ("easy-ham-1", "spam-1", "easy-ham-2", "spam-2", "hard-ham-1")
@@ -105,36 +111,6 @@ def figures(wall: float, lat: list[float], n: int, ok: int, keep: bool = False,
         f["latencies"] = lat  # type: ignore[assignment]
         f["eom_latencies"] = eom  # type: ignore[assignment]
     return f
-
-
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int, tree: bool = False) -> float:
-    """utime+stime of a process, with its reaped children; `tree` adds its live descendants
-    (spamd's children, which it recycles)."""
-    def own(p: int) -> float:
-        f = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-        return sum(int(x) for x in f[11:15]) / TICK
-
-    total, todo = 0.0, [pid]
-    parents: dict[int, list[int]] = {}
-    if tree:
-        for d in os.listdir("/proc"):
-            if d.isdigit():
-                try:
-                    ppid = int(Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()[1])
-                except (OSError, ValueError, IndexError):
-                    continue
-                parents.setdefault(ppid, []).append(int(d))
-    while todo:
-        p = todo.pop()
-        try:
-            total += own(p)
-        except (OSError, ValueError, IndexError):  # exited meanwhile: counted by its parent
-            continue
-        todo += parents.get(p, [])
-    return total
 
 
 def self_cpu() -> float:
@@ -256,9 +232,10 @@ def spambridge(work: Path, name: str, spamd_port: int, socket_spec: str, cap: fl
         sock_addr = ("127.0.0.1", port)
     else:
         sock_addr = socket_spec.removeprefix("unix:")
-    cfg = {"milter": {"socket": socket_spec, "engine": "spamd", "scan_timeout": cap},
-           "spamd": {"host": "127.0.0.1", "port": spamd_port},
-           "log": {"level": "warning"}}
+    cfg: dict[str, dict[str, object]] = {
+        "milter": {"socket": socket_spec, "engine": "spamd", "scan_timeout": cap},
+        "spamd": {"host": "127.0.0.1", "port": spamd_port},
+        "log": {"level": "warning"}}
     if nodelay:
         return MilterProcess.start(work / name, cfg, sock_addr)
     return MilterProcess.start(work / name, cfg, sock_addr, launcher=["-c", NO_NODELAY])
@@ -334,7 +311,7 @@ def faults(work: Path, msgs: list[bytes], client_timeout: float, cap: float) -> 
                 if who == "spambridge":
                     p = spambridge(work, f"sb-{fault}", port, f"unix:{work}/sbf-{fault}.sock", cap)
                     target: str | tuple[str, int] = p.address
-                    stop = p.stop
+                    stop: Callable[[], object] = p.stop
                 else:
                     s = SpamassMilter(work, port, str(work / f"samf-{fault}.sock"))
                     target, stop = s.target, s.stop

@@ -256,6 +256,34 @@ class MilterProcess:
         return stop_pid(self.proc, timeout)
 
 
+def _stat(pid: int | str) -> list[str]:
+    """The fields of /proc/PID/stat after the command name (which may hold spaces)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def cpu_seconds(pid: int, tree: bool = False) -> float:
+    """utime+stime of a process, with its reaped children; `tree` adds its live descendants
+    (spamd's children, which it recycles)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    parents: dict[int, list[int]] = {}
+    if tree:
+        for d in os.listdir("/proc"):
+            if d.isdigit():
+                try:
+                    parents.setdefault(int(_stat(d)[1]), []).append(int(d))
+                except (OSError, ValueError, IndexError):
+                    continue
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            total += sum(int(x) for x in _stat(p)[11:15]) / tick
+        except (OSError, ValueError, IndexError):  # exited meanwhile: counted by its parent
+            continue
+        todo += parents.get(p, [])
+    return total
+
+
 def stop_pid(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> int:
     """TERM, then KILL, by the PID we started."""
     if proc.poll() is None:
