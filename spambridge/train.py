@@ -405,7 +405,7 @@ class Trainer:
         if selective:
             from spambridge.bayes.classifier import Scorer  # not on the plain `train -` path
 
-            self._scorer = Scorer()
+            self._scorer = Scorer(max_clues=0)  # the score decides; no clue list wanted
 
     def _open_batch(self) -> store.Batch:
         if self._batch is None:
@@ -466,10 +466,10 @@ class Trainer:
         """In selective mode, the score when the database is already certain of `label`."""
         if self._scorer is None:
             return None
-        totals, counts = batch.current(tokens)
+        totals, values = batch.current(tokens)
         if not totals.nspam or not totals.nham:
             return None  # one class alone scores everything as itself
-        score = float(self._scorer.score(tokens, totals, counts).score)
+        score = float(self._scorer.score_aligned(tokens, totals, values).score)
         if (score >= CERTAIN_SPAM) if label == store.SPAM else (score <= CERTAIN_HAM):
             return score
         return None

@@ -17,7 +17,7 @@ Tokens the database has never seen score `unknown_word_prob` (0.5), which the mi
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from itertools import islice
 from typing import Any
@@ -79,7 +79,8 @@ class Scorer:
         c.max_discriminators = options.max_discriminators
         self._totals = Totals(0, 0)
         # (spamcount, hamcount) → (distance from 0.5, f(w)); None when too weak to be a clue
-        self._cache: dict[tuple[int, int], tuple[float, float] | None] = {}
+        # (None: a token absent from the database, for score_aligned)
+        self._cache: dict[tuple[int, int] | None, tuple[float, float] | None] = {}
 
     def _reset(self, totals: Totals) -> None:
         self._totals = totals
@@ -88,24 +89,38 @@ class Scorer:
         self._classifier.probcache = {}
 
     def _strength(self, counts: tuple[int, int]) -> tuple[float, float] | None:
-        s, h = counts
-        t = self._totals
-        if s > t.nspam or h > t.nham or s < 0 or h < 0:  # hand-edited or imported database
-            s, h = min(max(s, 0), t.nspam), min(max(h, 0), t.nham)
-        if not s and not h:
-            return None  # no evidence at all: an unknown token
-        # sbclassifier's Classifier.probability, step for step (so bit for bit; the tests
-        # compare), without its per-call cache lookups and exceptions: training with
-        # --selective changes the totals after every learned message, so this runs often
+        self._fill({counts})
+        return self._cache[counts]
+
+    def _fill(self, pairs: Iterable[tuple[int, int] | None]) -> None:
+        """Enter (distance from 0.5, f(w)) — or None, too weak to be a clue — for each new
+        (spamcount, hamcount) pair. sbclassifier's Classifier.probability, step for step (so
+        bit for bit; the tests compare), inline for all pairs at once instead of a call with
+        cache lookups per token: training with --selective changes the totals after every
+        learned message, so this runs for about 50 pairs per message."""
         o = self.options
-        hamratio = h / float(t.nham or 1)
-        spamratio = s / float(t.nspam or 1)
-        prob = spamratio / (hamratio + spamratio)
-        n = h + s
-        prob = (o.unknown_word_strength * o.unknown_word_prob + n * prob) / (
-            o.unknown_word_strength + n)
-        distance = abs(prob - 0.5)
-        return (distance, prob) if distance >= self.options.minimum_prob_strength else None
+        t = self._totals
+        nspam, nham = t.nspam, t.nham
+        fspam, fham = float(nspam or 1), float(nham or 1)
+        strength, prior = o.unknown_word_strength, o.unknown_word_prob
+        minimum = o.minimum_prob_strength
+        cache = self._cache
+        for c in pairs:
+            if c is None:
+                cache[c] = None  # aligned lookups: the token is not in the database
+                continue
+            s, h = c
+            if s > nspam or h > nham or s < 0 or h < 0:  # hand-edited or imported database
+                s, h = min(max(s, 0), nspam), min(max(h, 0), nham)
+            if not s and not h:
+                cache[c] = None  # no evidence at all: an unknown token
+                continue
+            spamratio = s / fspam
+            prob = spamratio / (h / fham + spamratio)
+            n = h + s
+            prob = (strength * prior + n * prob) / (strength + n)
+            distance = abs(prob - 0.5)
+            cache[c] = (distance, prob) if distance >= minimum else None
 
     def score(self, tokens: Iterable[str], totals: Totals, counts: Counts) -> Verdict:
         """Score a message from the counts of its known tokens (`tokens` matters only when
@@ -113,14 +128,37 @@ class Scorer:
         if totals != self._totals:
             self._reset(totals)
         cache = self._cache
-        for c in set(counts.values()).difference(cache):
-            cache[c] = self._strength(c)
-        clues = [(*dp, w) for w, c in counts.items() if (dp := cache[c]) is not None]
+        self._fill(set(counts.values()).difference(cache))
+        return self._verdict(tokens, counts.__contains__,
+                             [(*dp, w) for w, c in counts.items() if (dp := cache[c]) is not None])
+
+    def score_aligned(self, tokens: Sequence[str], totals: Totals,
+                      values: Sequence[tuple[int, int] | None]) -> Verdict:
+        """`score` with the counts given as a list aligned with `tokens` (None: not in the
+        database): what a trainer holding the whole database in a dict gets from one C-level
+        map, without building a mapping per message."""
+        if totals != self._totals:
+            self._reset(totals)
+        cache = self._cache
+        self._fill(set(values).difference(cache))
+        known = (_never if not self._unknown_clues else
+                 {t for t, c in zip(tokens, values, strict=True) if c is not None}.__contains__)
+        return self._verdict(tokens, known, [
+            (*dp, w) for w, dp in zip(tokens, map(cache.__getitem__, values), strict=True)
+            if dp is not None])
+
+    @property
+    def _unknown_clues(self) -> bool:
         o = self.options
-        unknown = abs(o.unknown_word_prob - 0.5)
-        if unknown >= o.minimum_prob_strength:
+        return abs(o.unknown_word_prob - 0.5) >= o.minimum_prob_strength
+
+    def _verdict(self, tokens: Iterable[str], known: Callable[[str], bool],
+                 clues: list[tuple[float, float, str]]) -> Verdict:
+        o = self.options
+        if self._unknown_clues:
+            unknown = abs(o.unknown_word_prob - 0.5)
             clues += [(unknown, o.unknown_word_prob, w) for w in dict.fromkeys(tokens)
-                      if w not in counts]
+                      if not known(w)]
         # SpamBayes keeps the max_discriminators largest (distance, prob, word) and combines
         # them in ascending order; the same order here keeps the float products identical
         clues.sort()
@@ -128,6 +166,10 @@ class Scorer:
             del clues[: -o.max_discriminators]
         strongest = islice(reversed(clues), self.max_clues)
         return Verdict(combine(clues), tuple((w, p) for _, p, w in strongest))
+
+
+def _never(_: str) -> bool:
+    return False
 
 
 def combine(clues: list[tuple[float, float, str]]) -> float:

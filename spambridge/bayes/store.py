@@ -301,27 +301,31 @@ class Batch:
         if cur or self._known.complete:
             # keep what current() knows in step: every token when it holds the whole database,
             # else those it has loaded (the others get the batch's deltas when loaded)
-            complete = self._known.complete
-            ds, dh = (sign, 0) if spam else (0, sign)
-            for t in tokens:
-                c = cur.get(t, _MISS)
-                if c is _MISS:
-                    if not complete:
-                        continue
-                    c = None
-                cur[t] = shifted(c, ds, dh)
+            get = cur.get
+            if self._known.complete:
+                now = list(zip(tokens, map(get, tokens), strict=True))
+            else:
+                now = [(t, c) for t in tokens if (c := get(t, _MISS)) is not _MISS]
+            if sign < 0:
+                ds, dh = (-1, 0) if spam else (0, -1)
+                cur.update([(t, shifted(c, ds, dh)) for t, c in now])
+            elif spam:  # learning only adds: no floor, nothing drops out (shifted's fast case)
+                cur.update([(t, (c[0] + 1, c[1]) if c else (1, 0)) for t, c in now])
+            else:
+                cur.update([(t, (c[0], c[1] + 1) if c else (0, 1)) for t, c in now])
 
-    def current(self, tokens: Sequence[str]) -> tuple[Totals, Counts]:
-        """Totals and counts of `tokens` as they would be if this batch were committed now."""
+    def current(self, tokens: Sequence[str]) -> tuple[Totals, list[tuple[int, int] | None]]:
+        """Totals, and the counts of `tokens` in their order (None: absent), as they would be
+        if this batch were committed now; a list, as Scorer.score_aligned takes it, because
+        with the whole database in memory that is one C-level map per message."""
         known = self._known
         if known.complete is None:
             known.preload(self.conn, self.spam, self.ham)
         cur = self._current
         b = self._base
         totals = Totals(max(b.nspam + self.dspam, 0), max(b.nham + self.dham, 0))
-        if known.complete:  # a token not in it is absent (learn() enters new ones): one pass
-            get = cur.get
-            return totals, {t: c for t in tokens if (c := get(t)) is not None}
+        if known.complete:  # a token not in it is absent (learn() enters new ones)
+            return totals, list(map(cur.get, tokens))
         missing = [t for t in tokens if t not in cur]
         if missing:
             cur.update(dict.fromkeys(missing))
@@ -332,7 +336,7 @@ class Batch:
                     ds, dh = spam.get(t, 0), ham.get(t, 0)
                     if ds or dh:
                         cur[t] = shifted(cur[t], ds, dh)
-        return totals, {t: c for t in tokens if (c := cur[t]) is not None}
+        return totals, list(map(cur.__getitem__, tokens))
 
     def mark(self, digest: bytes, label: str | None) -> None:
         self.labels[digest] = label

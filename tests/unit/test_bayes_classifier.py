@@ -139,6 +139,34 @@ def test_fast_path_equals_sbclassifier_spamprob_exactly(seed: int) -> None:
     verdict = Scorer(max_clues=1000).score(tokens, totals, counts)
     assert verdict.score == expected
     assert {w for w, _ in verdict.clues} == clues
+    # the trainer's form: counts as a list aligned with the tokens, None for unknown ones
+    aligned = Scorer(max_clues=1000).score_aligned(tokens, totals, [counts.get(t) for t in tokens])
+    assert aligned == verdict
+
+
+def test_unknown_tokens_are_clues_when_their_prior_is_strong() -> None:
+    """With an unknown_word_prob far from 0.5, tokens the database lacks count, in both
+    forms of the scorer, as in sbclassifier."""
+    from sbclassifier import Classifier
+    from sbclassifier.classifier import ClassifierDb, WordInfo
+
+    from spambridge.bayes.classifier import Options
+
+    totals = Totals(20, 20)
+    counts: store.Counts = {"known": store.TokenCounts(1, 9)}
+    tokens = ["known", "new1", "new2", "new3"]
+    db = ClassifierDb()
+    db.nspam, db.nham = totals.nspam, totals.nham
+    record = WordInfo()
+    record.spamcount, record.hamcount = 1, 9
+    db["known"] = record
+    reference = Classifier(db)
+    reference.unknown_word_prob = 0.9
+    expected = reference.spamprob(tokens)
+    scorer = Scorer(Options(unknown_word_prob=0.9))
+    verdict = scorer.score(tokens, totals, counts)
+    assert verdict.score == expected > 0.5  # three unknown "spammy" clues outvote one ham clue
+    assert scorer.score_aligned(tokens, totals, [counts.get(t) for t in tokens]) == verdict
 
 
 def test_cached_probabilities_follow_the_totals() -> None:

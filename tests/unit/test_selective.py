@@ -131,32 +131,36 @@ def test_selective_trainer_decides_as_the_reference_regime(
     assert rows == {t: c for t, c in want.items() if c != (0, 0)}
 
 
-def test_current_counts_include_the_open_batch_and_moves(tmp_path: Path) -> None:
-    """Batch.current() before and after learning, unlearning (a class move) and committing."""
+@pytest.mark.parametrize("preload", [True, False])
+def test_current_counts_include_the_open_batch_and_moves(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, preload: bool) -> None:
+    """Batch.current() before and after learning, unlearning (a class move) and committing,
+    with the database held whole in memory and looked up token by token."""
+    if not preload:
+        monkeypatch.setattr(store, "PRELOAD_LIMIT", 0)
     writer = store.SqliteWriter(str(tmp_path / "b.sqlite"))
     batch = writer.begin()
     batch.learn(["a", "b"], "spam")
-    assert batch.current(["a", "b", "c"]) == (Totals(1, 0), {"a": (1, 0), "b": (1, 0)})
+    assert batch.current(["a", "b", "c"]) == (Totals(1, 0), [(1, 0), (1, 0), None])
     batch.learn(["b", "c"], "ham")
     batch.learn(["a", "b"], "spam", -1)  # the first message moves to ham
     batch.learn(["a", "b"], "ham")
-    assert batch.current(["a", "b", "c"]) == (Totals(0, 2), {"a": (0, 1), "b": (0, 2),
-                                                              "c": (0, 1)})
+    assert batch.current(["a", "b", "c"]) == (Totals(0, 2), [(0, 1), (0, 2), (0, 1)])
     writer.commit(batch)
     batch = writer.begin()
-    assert batch.current(["a", "c", "z"]) == (Totals(0, 2), {"a": (0, 1), "c": (0, 1)})
+    assert batch.current(["a", "c", "z"]) == (Totals(0, 2), [(0, 1), (0, 1), None])
     batch.learn(["z"], "spam")
-    assert batch.current(["z"]) == (Totals(1, 2), {"z": (1, 0)})
+    assert batch.current(["z"]) == (Totals(1, 2), [(1, 0)])
     writer.rollback()  # abandoned: nothing of it may linger in what current() knows
     batch = writer.begin()
-    assert batch.current(["z", "a"]) == (Totals(0, 2), {"a": (0, 1)})
+    assert batch.current(["z", "a"]) == (Totals(0, 2), [None, (0, 1)])
     writer.rollback()
     writer.close()
     # a fresh writer reads the database whole on its first current(), after a learn
     writer = store.SqliteWriter(str(tmp_path / "b.sqlite"))
     batch = writer.begin()
     batch.learn(["a", "q"], "spam")
-    assert batch.current(["a", "q"]) == (Totals(1, 2), {"a": (1, 1), "q": (1, 0)})
+    assert batch.current(["a", "q"]) == (Totals(1, 2), [(1, 1), (1, 0)])
     writer.rollback()
     writer.close()
 
@@ -165,13 +169,13 @@ def test_another_writers_commit_is_seen_between_batches(tmp_path: Path) -> None:
     path = str(tmp_path / "b.sqlite")
     ours, theirs = store.SqliteWriter(path), store.SqliteWriter(path)
     batch = ours.begin()
-    assert batch.current(["x"]) == (Totals(0, 0), {})
+    assert batch.current(["x"]) == (Totals(0, 0), [None])
     ours.commit(batch)
     other = theirs.begin()
     other.learn(["x"], "spam")
     theirs.commit(other)
     batch = ours.begin()
-    assert batch.current(["x"]) == (Totals(1, 0), {"x": (1, 0)})
+    assert batch.current(["x"]) == (Totals(1, 0), [(1, 0)])
     ours.rollback()
     ours.close()
     theirs.close()
