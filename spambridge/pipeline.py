@@ -5,6 +5,7 @@ message → scanner (under the hard cap) → outcome → policy → Decision, pl
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import threading
 import time
@@ -15,7 +16,7 @@ from spambridge import defaults, headers, policy
 from spambridge.config import Config
 from spambridge.message import Envelope, MessageBuffer, clean
 from spambridge.milter.bridge import AsyncBridge
-from spambridge.scanners import Scanner
+from spambridge.scanners import Scanner, ThreadedScanner
 from spambridge.verdict import (
     Decision,
     ErrorKind,
@@ -48,16 +49,27 @@ class Pipeline:
         self._idle = threading.Condition()
         self._last_free = time.monotonic()
         self.before_scan: Callable[[], None] | None = None  # app.py: PoolNudger.poke
+        self._submit = scanner.submit if isinstance(scanner, ThreadedScanner) else None
 
     def scan(self, raw: bytes, envelope: Envelope, cap: float) -> Outcome:
-        """The scanner's answer within `cap` seconds, whatever the scanner does."""
+        """The scanner's answer within `cap` seconds, whatever the scanner does: awaited on
+        the bridge's loop, or, for a ThreadedScanner, waited on here in the milter's thread."""
 
         async def capped() -> ScoreResult:
             async with asyncio.timeout(cap):
                 return await self.scanner.scan(raw, envelope)
 
         try:
-            return self.bridge.run(capped(), cap + defaults.REPLY_MARGIN)
+            if self._submit is None:
+                return self.bridge.run(capped(), cap + defaults.REPLY_MARGIN)
+            fut = self._submit(raw, envelope)  # the scanner's own threads: no loop round trip
+            try:
+                return fut.result(cap)
+            except TimeoutError:
+                fut.cancel()  # still queued behind other scans: never starts
+                raise
+            except concurrent.futures.CancelledError:  # shut down with this scan queued
+                raise ScanError(ErrorKind.UNAVAILABLE, self.scanner.name, "stopping") from None
         except ScanError as e:
             return e
         except TimeoutError:

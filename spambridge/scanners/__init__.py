@@ -1,12 +1,14 @@
 """The scanner interface: bytes in, a ScoreResult out, or a typed ScanError raised.
 
 Scanners are awaited on the bridge's asyncio loop; a scanner that must do blocking or CPU-bound
-work hands it to a thread itself, so the loop never blocks.
+work hands it to a thread itself, so the loop never blocks. One whose work is all on its own
+threads (ThreadedScanner: the local Bayes engine) is waited on by the milter's thread directly.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from concurrent.futures import Future
+from typing import Protocol, runtime_checkable
 
 from spambridge.message import Envelope
 from spambridge.verdict import ScoreResult
@@ -21,4 +23,16 @@ class Scanner(Protocol):
 
     async def aclose(self) -> None:
         """Release connections and files."""
+        ...
+
+
+@runtime_checkable
+class ThreadedScanner(Scanner, Protocol):
+    """A scanner that does all its work on its own threads (the local Bayes engine). The
+    milter's thread waits on the future itself, with the cap, instead of going through the
+    event loop: two thread wake-ups fewer per message, for the same answer."""
+
+    def submit(self, message: bytes, envelope: Envelope) -> Future[ScoreResult]:
+        """Start scoring; the future holds a ScoreResult or a ScanError. Raises ScanError
+        when the scanner is shutting down."""
         ...

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from spambridge.bayes import store
 from spambridge.bayes.classifier import Scorer
@@ -55,12 +55,15 @@ class BayesScanner:
                 # not fatal: mail keeps flowing under on_unavailable until the admin fixes it
                 log.warning("cannot create the Bayes database %s: %s", cfg.db, e)
 
-    async def scan(self, message: bytes, envelope: Envelope) -> ScoreResult:
-        loop = asyncio.get_running_loop()
+    def submit(self, message: bytes, envelope: Envelope) -> Future[ScoreResult]:
         try:
-            return await loop.run_in_executor(self._pool, self.score_now, message)
+            return self._pool.submit(self.score_now, message)
         except RuntimeError as e:  # the pool was shut down under us (stopping)
             raise ScanError(ErrorKind.UNAVAILABLE, ENGINE, str(e)) from e
+
+    async def scan(self, message: bytes, envelope: Envelope) -> ScoreResult:
+        """For the event loop (spamd+bayes): the same pool, awaited."""
+        return await asyncio.wrap_future(self.submit(message, envelope))
 
     def score_now(self, message: bytes) -> ScoreResult:
         """Score in the calling thread (the pool's, or `check --batch`'s); only ScanError

@@ -1,0 +1,108 @@
+"""Pipeline.scan with a scanner that works on its own threads (the local Bayes engine's form):
+the milter thread waits on the scanner's future itself, under the same cap, and every failure
+still ends in a typed outcome. The scanner here is a real ThreadPoolExecutor whose work we
+control, to produce a hang on demand; the real Bayes engine goes through the same path in
+tests/integration (test_bayes_milter.py, test_faults.py's locked database)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import pytest
+
+from spambridge.config import Config
+from spambridge.message import Envelope
+from spambridge.milter.bridge import AsyncBridge
+from spambridge.pipeline import Pipeline
+from spambridge.scanners import ThreadedScanner
+from spambridge.verdict import ErrorKind, ScanError, ScoreResult
+
+
+class PoolScanner:
+    """Runs `work` on one thread of its own, as BayesScanner runs its scoring."""
+
+    name = "bayes"
+
+    def __init__(self, work: Callable[[bytes], ScoreResult]) -> None:
+        self.work = work
+        self.started: list[bytes] = []
+        self.pool = ThreadPoolExecutor(max_workers=1)
+
+    def _run(self, message: bytes) -> ScoreResult:
+        self.started.append(message)
+        return self.work(message)
+
+    def submit(self, message: bytes, envelope: Envelope) -> Future[ScoreResult]:
+        try:
+            return self.pool.submit(self._run, message)
+        except RuntimeError as e:
+            raise ScanError(ErrorKind.UNAVAILABLE, self.name, str(e)) from e
+
+    async def scan(self, message: bytes, envelope: Envelope) -> ScoreResult:
+        raise AssertionError("a threaded scanner is waited on directly, not on the loop")
+
+    async def aclose(self) -> None:
+        pass
+
+
+@pytest.fixture
+def release() -> Iterator[threading.Event]:
+    ev = threading.Event()
+    yield ev
+    ev.set()  # let a hung work item end, so the pool's thread exits
+
+
+def pipeline(scanner: PoolScanner) -> Pipeline:
+    # the bridge's loop is never started: the threaded path must not need it
+    assert isinstance(scanner, ThreadedScanner)
+    return Pipeline(scanner, AsyncBridge(), Config())
+
+
+def test_the_answer_comes_straight_from_the_scanners_thread() -> None:
+    scanner = PoolScanner(lambda m: ScoreResult("bayes", 0.99))
+    assert pipeline(scanner).scan(b"x", Envelope(), 2.0) == ScoreResult("bayes", 0.99)
+
+
+def test_a_scan_error_is_the_outcome() -> None:
+    def fail(message: bytes) -> ScoreResult:
+        raise ScanError(ErrorKind.UNAVAILABLE, "bayes", "database is locked")
+
+    outcome = pipeline(PoolScanner(fail)).scan(b"x", Envelope(), 2.0)
+    assert outcome == ScanError(ErrorKind.UNAVAILABLE, "bayes", "database is locked")
+
+
+def test_a_bug_in_the_scanner_is_an_error_outcome() -> None:
+    def bug(message: bytes) -> ScoreResult:
+        raise KeyError("oops")
+
+    outcome = pipeline(PoolScanner(bug)).scan(b"x", Envelope(), 2.0)
+    assert isinstance(outcome, ScanError) and outcome.kind is ErrorKind.ERROR
+
+
+def test_a_hung_scan_times_out_at_the_cap_and_a_queued_one_never_starts(
+        release: threading.Event) -> None:
+    scanner = PoolScanner(lambda m: release.wait(60) and ScoreResult("bayes", 0.0))
+    p = pipeline(scanner)
+    first = threading.Thread(target=p.scan, args=(b"first", Envelope(), 5.0))
+    first.start()  # occupies the pool's only thread
+    while not scanner.started:
+        time.sleep(0.01)
+    t = time.monotonic()
+    outcome = p.scan(b"second", Envelope(), 0.3)
+    waited = time.monotonic() - t
+    assert isinstance(outcome, ScanError) and outcome.kind is ErrorKind.TIMEOUT
+    assert 0.3 <= waited < 0.3 + 0.5  # the contract: the cap, plus the milter's margin
+    release.set()
+    first.join(10)
+    time.sleep(0.1)
+    assert scanner.started == [b"first"]  # the timed-out scan was dropped from the queue
+
+
+def test_a_scanner_shut_down_is_unavailable() -> None:
+    scanner = PoolScanner(lambda m: ScoreResult("bayes", 0.0))
+    scanner.pool.shutdown()
+    outcome = pipeline(scanner).scan(b"x", Envelope(), 2.0)
+    assert isinstance(outcome, ScanError) and outcome.kind is ErrorKind.UNAVAILABLE
