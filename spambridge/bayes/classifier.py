@@ -89,6 +89,7 @@ class Scorer:
         self._classifier.probcache = {}
 
     def _strength(self, counts: tuple[int, int]) -> tuple[float, float] | None:
+        """One pair's (distance, f(w)) at the current totals (tests, bench/bayes_variants)."""
         self._fill({counts})
         return self._cache[counts]
 
