@@ -6,6 +6,7 @@ Not a test. Run from the repository root (bench/bayes_accuracy.py fetches the co
     .venv/bin/python bench/bayes_variants.py                  # every variant, published split
     .venv/bin/python bench/bayes_variants.py --salt validation nonedge all
     .venv/bin/python bench/bayes_variants.py --list
+    .venv/bin/python bench/bayes_variants.py nonedge:0.001:0.999  # nonedge, other certainty
 
 Everything happens in memory: the same tokenizer and scorer as the product (messages read with
 train.read_path, trained through strip_markup, scored raw, as the milter sees them), but counts
@@ -238,12 +239,17 @@ _SUBJ_WORD = re.compile(rb"[\w\x80-\xff$.%]+")
 _BASIC_SKIP = re.compile(rb"received|date|x-.*")
 
 
+_SCHEMELESS = re.compile(rb"(?<![/\w.@-])((?:www|ftp)\.[a-z0-9-]+\.)")
+
+
 def with_extras(basic: bool = False, short: bool = False, prefix: bool = False,
-                image: bool = False, octets: bool = False) -> Callable[[bytes], Tokens]:
+                image: bool = False, octets: bool = False, redundant_html: bool = False,
+                fancy_urls: bool = False) -> Callable[[bytes], Tokens]:
     """SpamBayes tokenizer options the product does not have, added to its tokenizer."""
 
     class Extra(tokmod._Tokenizer):
         image_bytes = 0
+        skip_html = False  # inside a multipart/alternative that has a text/plain part
 
         def top_headers(self, headers: tokmod.Headers) -> None:
             super().top_headers(headers)
@@ -264,11 +270,26 @@ def with_extras(basic: bool = False, short: bool = False, prefix: bool = False,
                         self.emit(f"{tag}:big" if score > big else f"{tag}:{score}")
 
         def walk(self, headers: tokmod.Headers, body: bytes, depth: int) -> None:
-            ctype, _ = tokmod.content_type(headers)
+            ctype, prm = tokmod.content_type(headers)
             if image and ctype.startswith(b"image/"):
                 self.image_bytes += len(body)
             if octets and ctype == b"application/octet-stream":
                 self.emit("octet:" + body.lstrip()[:5].decode("latin-1"))
+            # ignore_redundant_html: the HTML text of an alternative that also has text/plain
+            # is not tokenized (its structure tokens still are)
+            if redundant_html and ctype == b"multipart/alternative" and b"boundary" in prm:
+                parts = tokmod.split_multipart(body, prm[b"boundary"])
+                kinds = [tokmod.content_type(tokmod.parse_headers(tokmod.split_head(p)[0], 100))
+                         [0] for p in parts]
+                outer, self.skip_html = self.skip_html, b"text/plain" in kinds
+                try:
+                    super().walk(headers, body, depth)
+                finally:
+                    self.skip_html = outer
+                return
+            if self.skip_html and ctype == b"text/html":
+                self.emit("content-type:text/html")
+                return
             super().walk(headers, body, depth)
 
         def message(self, raw: bytes) -> None:
@@ -277,6 +298,11 @@ def with_extras(basic: bool = False, short: bool = False, prefix: bool = False,
                 self.emit(f"image-size:2**{round(math.log2(self.image_bytes))}")
 
         def text(self, payload: bytes, cte: bytes) -> None:
+            if fancy_urls:  # x-fancy_url_recognition: www.x.y / ftp.x.y read as URLs
+                text, _ = tokmod.decode_payload(payload, cte)
+                text = text.lower()
+                if b"www." in text or b"ftp." in text:
+                    payload, cte = _SCHEMELESS.sub(rb"http://\1", text), b""
             if short:  # x-short_runs: log2 of the longest run of words under 3 characters
                 text, _ = tokmod.decode_payload(payload, cte)
                 runs, n = [], 0
@@ -331,6 +357,8 @@ VARIANTS: dict[str, Variant] = {
     "image-size": Variant(tokenize=with_extras(image=True)),
     "octets": Variant(tokenize=with_extras(octets=True)),
     "bigrams": Variant(tokenize=stream, model=BigramModel),
+    "ignore-redundant-html": Variant(tokenize=with_extras(redundant_html=True)),
+    "fancy-urls": Variant(tokenize=with_extras(fancy_urls=True)),
     "balanced": Variant(regime=balanced),
     "tune": Variant(regime=on_error(0.20, 0.90)),
     "tune-0.05": Variant(regime=on_error(0.05, 0.95)),
@@ -341,6 +369,9 @@ VARIANTS: dict[str, Variant] = {
     "nonedge-gate-200": Variant(regime=nonedge(gate=200)),
     "nonedge-spam-first": Variant(regime=nonedge(spam_first=True)),
     "nonedge-bigrams": Variant(regime=nonedge(), tokenize=stream, model=BigramModel),
+    "nonedge-ignore-redundant-html": Variant(regime=nonedge(),
+                                             tokenize=with_extras(redundant_html=True)),
+    "nonedge-fancy-urls": Variant(regime=nonedge(), tokenize=with_extras(fancy_urls=True)),
     "nonedge-header-words": Variant(regime=nonedge(), tokenize=with_flags(BASIC_HEADERS=True)),
     "nonedge-count-all-headers": Variant(regime=nonedge(),
                                          tokenize=with_flags(COUNT_ALL_HEADERS=True)),
@@ -361,13 +392,14 @@ def line(name: str, results: list[Any], n: int) -> str:
     fn = sum(a.fn for a in results)
     unsure = sum(a.unsure for a in results)
     aucs = " ".join(f"{a.one_minus_auc:.4f}" for a in results)
-    return (f"{name:28}FP {fp:3}  FN {fn:3}  unsure {unsure:4} ({100 * unsure / n:4.2f} %)  "
+    return (f"{name:32}FP {fp:3}  FN {fn:3}  unsure {unsure:4} ({100 * unsure / n:4.2f} %)  "
             f"1-AUC % {statistics.mean(a.one_minus_auc for a in results):.4f} [{aucs}]")
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("variants", nargs="*", help="names (default: all of them)")
+    ap.add_argument("variants", nargs="*", help="names (default: all of them); nonedge:LO:HI "
+                    "is nonedge learning unless ham scores <= LO or spam >= HI")
     ap.add_argument("--salt", default="", help="another split of the same kind")
     ap.add_argument("--bogofilter", action="store_true", help="add bogofilter's line")
     ap.add_argument("--list", action="store_true")
@@ -389,6 +421,9 @@ def main() -> int:
                 results.append(accuracy(bogo_classify(d, test)[0], BOGO_CUTOFFS))
         print(line("bogofilter (0.45/0.99)", results, len(msgs)))
     for name in args.variants or VARIANTS:
+        if name.startswith("nonedge:"):
+            lo, hi = (float(x) for x in name.split(":")[1:])
+            VARIANTS[name] = Variant(regime=nonedge(lo, hi))
         v = VARIANTS[name]
         if v.tokenize not in cache:
             cache[v.tokenize] = ({m.path: v.tokenize(strip_markup(raw[m.path])) for m in msgs},
