@@ -61,12 +61,25 @@ class Summary:
     not_trained: int = 0  # --forget of a message never trained
     too_large: int = 0
     not_mail: int = 0
-    errors: list[str] = field(default_factory=list)
+    unreadable: int = 0
+    spamd_errors: int = 0  # TELL failed: spamd down, timed out or answered an error
+    errors: list[str] = field(default_factory=list)  # each reported on stderr; exit status 1
     learned_as: dict[str, int] = field(default_factory=dict)  # class → learned (index runs)
 
     @property
     def failed(self) -> bool:
         return bool(self.errors)
+
+    def skipped(self, item: Item) -> None:
+        """Count an item that could not be learned from (item.data is None)."""
+        if item.problem == "too large":
+            self.too_large += 1
+        elif item.problem == "not mail":
+            self.not_mail += 1
+        else:
+            self.unreadable += 1
+        if item.failure:
+            self.errors.append(f"{item.where}: {item.problem}")
 
     def line(self, seconds: float) -> str:
         if self.label == "forget":
@@ -92,8 +105,11 @@ class Summary:
             extra.append(f"{self.too_large} too large")
         if self.not_mail:
             extra.append(f"{self.not_mail} not mail")
-        if self.errors:
-            extra.append(f"{len(self.errors)} unreadable")
+        if self.unreadable:
+            extra.append(f"{self.unreadable} unreadable")
+        if self.spamd_errors:
+            n = self.spamd_errors
+            extra.append(f"{n} spamd error" + ("s" if n > 1 else ""))
         rate = f", {self.seen / seconds:.0f} msg/s" if seconds > 0.5 and self.seen > 1 else ""
         return head + (f" ({', '.join(extra)})" if extra else "") + f" in {seconds:.1f}s{rate}"
 
@@ -110,6 +126,13 @@ class Item:
     data: bytes | None = None
     problem: str = ""  # "unreadable: …", "too large", "not mail"
     named: bool = False  # named on the command line (or stdin), not found inside a folder
+
+    @property
+    def failure(self) -> bool:
+        """Not read, and worth an error: unreadable, or not mail though named on the command
+        line. Junk met inside a folder and messages over the size limit are only counted."""
+        return self.data is None and self.problem != "too large" and (
+            self.named or self.problem != "not mail")
 
 
 def count_messages(path: str) -> int | None:
@@ -420,12 +443,7 @@ class Trainer:
         s = self.summary
         s.seen += 1
         if item.data is None:
-            if item.problem == "too large":
-                s.too_large += 1
-            elif item.problem == "not mail" and not item.named:
-                s.not_mail += 1
-            else:
-                s.errors.append(f"{item.where}: {item.problem}")
+            s.skipped(item)
             return item.problem
         msg = strip_markup(item.data)
         key = digest(msg)
@@ -528,8 +546,7 @@ def run(cfg: Config, label: str, paths: list[str], *, max_size: int = DEFAULT_MA
             for item in read_path(path, max_size, mbox):
                 outcome = trainer.add(item, cls)
                 progress.advance()
-                if item.data is None and item.problem != "too large" and (
-                        item.named or not item.problem.startswith("not mail")):
+                if item.failure:
                     print(f"spambridge train: {item.where}: {item.problem}", file=err)
                 elif single and not quiet:
                     print(f"{item.where}: {outcome}", file=out)
@@ -637,16 +654,15 @@ def run_spamd(cfg: Config, label: str, paths: list[str], *, max_size: int = DEFA
             for item in read_path(path, max_size, mbox):
                 summary.seen += 1
                 if item.data is None:
-                    if item.problem == "too large":
-                        summary.too_large += 1
-                    else:
-                        summary.errors.append(f"{item.where}: {item.problem}")
+                    summary.skipped(item)
+                    if item.failure:
                         print(f"spambridge train: {item.where}: {item.problem}", file=err)
                     continue
                 msg = strip_markup(item.data)
                 try:
                     resp = await scanner.request("TELL", msg, user or cfg.spamd.user, headers)
                 except ScanError as e:
+                    summary.spamd_errors += 1
                     summary.errors.append(f"{item.where}: {e}")
                     print(f"spambridge train: {item.where}: {e}", file=err)
                     if e.kind.value in ("unavailable", "timeout"):

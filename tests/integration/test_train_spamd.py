@@ -45,3 +45,20 @@ def test_tell_to_a_stopped_spamd_is_an_error(tmp_path: Path) -> None:
     r = train("--spamd", f"127.0.0.1:{free_port()}", "--ham", "-", stdin=message())
     assert r.returncode == 1
     assert b"unavailable" in r.stderr
+    assert b"(1 spamd error)" in r.stdout
+
+
+def test_junk_in_a_folder_is_counted_as_with_the_local_engine(tell_spamd: Spamd,
+                                                               tmp_path: Path) -> None:
+    """As `train` on the local database: a non-mail file met inside a folder is counted and
+    skipped, not an error; the same file named on the command line is one."""
+    d = tmp_path / "folder"
+    d.mkdir()
+    (d / "a.eml").write_bytes(message(subject="Quarterly report", body="Figures attached.\n"))
+    (d / "notes.txt").write_bytes(b"just some text, no headers\n")
+    r = train("--spamd", tell_spamd.address, "--ham", str(d))
+    assert r.returncode == 0, r.stderr
+    assert b"of 2 messages as ham" in r.stdout and b"1 not mail" in r.stdout
+    r = train("--spamd", tell_spamd.address, "--ham", str(d / "notes.txt"))
+    assert r.returncode == 1
+    assert b"notes.txt: not mail" in r.stderr and b"(1 not mail)" in r.stdout
