@@ -249,3 +249,33 @@ def message(subject: str = "Lunch on Friday", body: str = "Shall we meet at noon
         "\n"
         f"{body}"
     ).encode()
+
+
+BAYES_WORDS = {
+    "spam": ["viagra", "casino", "lottery", "winner", "bitcoin", "pills", "prize", "offer"],
+    "ham": ["meeting", "agenda", "minutes", "budget", "project", "review", "draft", "lunch"],
+}
+
+
+def bayes_mail(n: int, label: str) -> bytes:
+    """A message whose words say `label` ("spam" or "ham") to a database trained on others
+    like it, plus one word no other message has (so a lookup always has to read the
+    database, not the milter's cache)."""
+    words = BAYES_WORDS[label]
+    body = " ".join(words[(n * 3 + i) % len(words)] for i in range(40)) + f" uniq{n}x{label}"
+    return message(subject=f"{label} {n}", body=body + "\n")
+
+
+def train_database(where: Path, make: Callable[[int, str], bytes], n: int) -> Path:
+    """A Bayes database at `where`/bayes.sqlite, trained through the real `spambridge train`
+    on `n` spam and `n` ham messages from `make(i, "spam" | "ham")`."""
+    from spambridge import cli
+
+    db = where / "bayes.sqlite"
+    for label in ("spam", "ham"):
+        d = where / f"train-{label}"
+        d.mkdir()
+        for i in range(n):
+            (d / f"{i}.eml").write_bytes(make(i, label))
+        assert cli.main(["train", "--db", str(db), f"--{label}", "-q", str(d)]) == 0
+    return db

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from harness import FakeSpamd, RunningMilter, Spamd, free_port, read_request
+from harness import FakeSpamd, RunningMilter, Spamd, free_port, read_request, train_database
 from milterclient import MilterClient, Result, send_one
 
 from spambridge import cli
@@ -44,14 +44,7 @@ def ham(n: int) -> bytes:
 @pytest.fixture
 def trained_db(tmp_path: Path) -> Path:
     """A database trained through the real `train` command on 30 + 30 fixture messages."""
-    db = tmp_path / "trained.sqlite"
-    for label, make in (("spam", spam), ("ham", ham)):
-        d = tmp_path / label
-        d.mkdir()
-        for i in range(30):
-            (d / f"{i}.eml").write_bytes(make(i))
-        assert cli.main(["train", "--db", str(db), f"--{label}", "-q", str(d)]) == 0
-    return db
+    return train_database(tmp_path, lambda i, label: spam(i) if label == "spam" else ham(i), 30)
 
 
 def status(r: Result) -> str:

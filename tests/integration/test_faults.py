@@ -22,7 +22,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from harness import RunningMilter, free_port, message, start_spamd, stop_process
+from harness import (
+    RunningMilter,
+    bayes_mail,
+    free_port,
+    message,
+    start_spamd,
+    stop_process,
+    train_database,
+)
 from milterload import Delivery, deliver, deliver_many, summary
 from spamdfakes import SwitchableSpamd
 
@@ -304,31 +312,10 @@ def test_spool_filling_up_on_the_last_body_chunk(
 # ------------------------------------------------------------------------------------------------
 # the Bayes token database, locked by training
 
-WORDS = {"spam": ["viagra", "casino", "lottery", "winner", "bitcoin", "pills", "prize", "offer"],
-         "ham": ["meeting", "agenda", "minutes", "budget", "project", "review", "draft", "lunch"]}
-
-
-def bayes_mail(n: int, label: str) -> bytes:
-    """A message whose words say `label`, plus one word no other message has (so a lookup
-    always has to read the database, not the milter's cache)."""
-    words = WORDS[label]
-    body = " ".join(words[(n * 3 + i) % len(words)] for i in range(40)) + f" uniq{n}x{label}"
-    return message(subject=f"{label} {n}", body=body + "\n")
-
-
 @pytest.fixture
 def trained_db(tmp_path: Path) -> Path:
     """A small database trained through the real `spambridge train`."""
-    from spambridge import cli
-
-    db = tmp_path / "bayes.sqlite"
-    for label in ("spam", "ham"):
-        d = tmp_path / f"train-{label}"
-        d.mkdir()
-        for i in range(20):
-            (d / f"{i}.eml").write_bytes(bayes_mail(i, label))
-        assert cli.main(["train", "--db", str(db), f"--{label}", "-q", str(d)]) == 0
-    return db
+    return train_database(tmp_path, bayes_mail, 20)
 
 
 def bayes_milter(start_milter: Callable[..., RunningMilter], db: Path, pol: dict[str, object],

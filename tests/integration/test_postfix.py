@@ -1,5 +1,6 @@
 """A real Postfix, configured with contrib/postfix/main.cf.example, in front of the real
-`spambridge run`, scanning with a real spamd — what the README's Postfix quick start does."""
+`spambridge run`, scanning with a real spamd — what the README's Postfix quick start does —
+or with the default local Bayes engine."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ import re
 import smtplib
 import stat
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
-from harness import GTUBE, RunningMilter, Spamd, message, wait_until
+from harness import GTUBE, RunningMilter, Spamd, bayes_mail, message, train_database, wait_until
 from postfix_instance import PostfixInstance, example_settings
 
 pytestmark = [pytest.mark.postfix, pytest.mark.spamd]
@@ -99,6 +101,31 @@ def test_tag_only_delivers_gtube_flagged(postfix: PostfixInstance, spamd: Spamd,
     wait_until(lambda: f"{qid}: " in m.log, 10, "the milter's log line")
     line = next(x for x in m.log.splitlines() if f"{qid}: " in x)
     assert "action=tag would=reject" in line and "mode=tag-only" in line
+
+
+def test_default_bayes_engine_behind_postfix(postfix: PostfixInstance, start_milter: Start,
+                                             tmp_path: Path) -> None:
+    """The engine the README's first command runs (local Bayes on SQLite, no spamd) behind a
+    real Postfix: spam trained for is refused at end of data with the configured reply, ham
+    is delivered with the Bayes verdict in its headers, and the log line has the queue id."""
+    db = train_database(tmp_path, bayes_mail, 20)
+    m = start_milter({"milter": {"socket": f"unix:{postfix.milter_socket}"},  # engine: default
+                      "bayes": {"db": str(db), "min_trained": 20},  # what the database holds
+                      "policy": {"reject_reply": REJECT_REPLY}})
+    with pytest.raises(smtplib.SMTPDataError) as exc:
+        postfix.send(bayes_mail(900, "spam"))
+    assert exc.value.smtp_code == 550
+    assert exc.value.smtp_error.decode() == REJECT_REPLY.removeprefix("550 ")
+    qid = queue_id_of(postfix, "milter-reject: END-OF-MESSAGE", "Postfix's milter-reject line")
+    wait_until(lambda: f"{qid}: " in m.log, 10, "the milter's log line")
+    line = next(x for x in m.log.splitlines() if f"{qid}: " in x)
+    assert "action=reject" in line and "engine=bayes" in line
+    assert not any(qid.encode() in d.raw for d in postfix.delivered())
+
+    got = postfix.wait_delivered(postfix.send(bayes_mail(901, "ham")))
+    [status] = got.all("X-Spam-Status")
+    assert re.match(r"No, score=0\.0\d{3} ", status) and "engine=bayes" in status, status
+    assert got.all("X-Spam-Checker-Version")[0].startswith("spambridge ")
 
 
 # what Postfix does without its milter, per milter_default_action (notes/ecosystem.md §1.2)
