@@ -48,6 +48,22 @@ def queue_id_of(pf: PostfixInstance, marker: str, what: str) -> str:
     return found[-1]
 
 
+def expect_refused(pf: PostfixInstance, m: RunningMilter, raw: bytes) -> str:
+    """Send `raw`; Postfix must refuse it at end of data with our reply and deliver nothing.
+    Returns our log line for it, found by the queue id Postfix gave the message (macro i
+    reached us)."""
+    with pytest.raises(smtplib.SMTPDataError) as exc:
+        pf.send(raw)
+    assert exc.value.smtp_code == 550
+    assert exc.value.smtp_error.decode() == REJECT_REPLY.removeprefix("550 ")
+    qid = queue_id_of(pf, "milter-reject: END-OF-MESSAGE", "Postfix's milter-reject line")
+    wait_until(lambda: f"{qid}: " in m.log, 10, "the milter's log line")
+    line = next(x for x in m.log.splitlines() if f"{qid}: " in x)
+    assert "action=reject" in line
+    assert not any(qid.encode() in d.raw for d in pf.delivered())
+    return line
+
+
 def test_example_is_what_the_instance_runs(postfix: PostfixInstance) -> None:
     """The instance really carries the contrib settings (postconf reads them back)."""
     for key, value in example_settings().items():
@@ -59,17 +75,9 @@ def test_gtube_is_rejected_at_end_of_data(postfix: PostfixInstance, spamd: Spamd
     m = start_milter(milter_config(postfix, spamd))
     st = postfix.milter_socket.stat()
     assert (grp.getgrgid(st.st_gid).gr_name, stat.S_IMODE(st.st_mode)) == ("postfix", 0o660)
-    with pytest.raises(smtplib.SMTPDataError) as exc:
-        postfix.send(gtube("GTUBE through Postfix"))
-    assert exc.value.smtp_code == 550
-    assert exc.value.smtp_error.decode() == REJECT_REPLY.removeprefix("550 ")
-    qid = queue_id_of(postfix, "milter-reject: END-OF-MESSAGE", "Postfix's milter-reject line")
-    # our one log line names the queue id Postfix gave the message (macro i reached us)
-    wait_until(lambda: f"{qid}: " in m.log, 10, "the milter's log line")
-    line = next(x for x in m.log.splitlines() if f"{qid}: " in x)
-    assert "action=reject" in line and "engine=spamd" in line
+    line = expect_refused(postfix, m, gtube("GTUBE through Postfix"))
+    assert "engine=spamd" in line
     assert re.search(r" score=(99\d|1\d\d\d)\.\d ", line)  # GTUBE: 1000 give or take other rules
-    assert not any(qid.encode() in d.raw for d in postfix.delivered())
 
 
 def test_ham_is_delivered_with_our_headers_and_without_forged_ones(
@@ -112,16 +120,7 @@ def test_default_bayes_engine_behind_postfix(postfix: PostfixInstance, start_mil
     m = start_milter({"milter": {"socket": f"unix:{postfix.milter_socket}"},  # engine: default
                       "bayes": {"db": str(db), "min_trained": 20},  # what the database holds
                       "policy": {"reject_reply": REJECT_REPLY}})
-    with pytest.raises(smtplib.SMTPDataError) as exc:
-        postfix.send(bayes_mail(900, "spam"))
-    assert exc.value.smtp_code == 550
-    assert exc.value.smtp_error.decode() == REJECT_REPLY.removeprefix("550 ")
-    qid = queue_id_of(postfix, "milter-reject: END-OF-MESSAGE", "Postfix's milter-reject line")
-    wait_until(lambda: f"{qid}: " in m.log, 10, "the milter's log line")
-    line = next(x for x in m.log.splitlines() if f"{qid}: " in x)
-    assert "action=reject" in line and "engine=bayes" in line
-    assert not any(qid.encode() in d.raw for d in postfix.delivered())
-
+    assert "engine=bayes" in expect_refused(postfix, m, bayes_mail(900, "spam"))
     got = postfix.wait_delivered(postfix.send(bayes_mail(901, "ham")))
     [status] = got.all("X-Spam-Status")
     assert re.match(r"No, score=0\.0\d{3} ", status) and "engine=bayes" in status, status
