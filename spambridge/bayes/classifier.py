@@ -137,7 +137,8 @@ class Scorer:
                       values: Sequence[tuple[int, int] | None]) -> Verdict:
         """`score` with the counts given as a list aligned with `tokens` (None: not in the
         database): what a trainer holding the whole database in a dict gets from one C-level
-        map, without building a mapping per message."""
+        map, without building a mapping per message. `tokens` must be distinct (the
+        tokenizer's output is): a repeated one would count twice."""
         if totals != self._totals:
             self._reset(totals)
         cache = self._cache

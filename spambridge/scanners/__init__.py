@@ -33,6 +33,7 @@ class ThreadedScanner(Scanner, Protocol):
     event loop: two thread wake-ups fewer per message, for the same answer."""
 
     def submit(self, message: bytes, envelope: Envelope) -> Future[ScoreResult]:
-        """Start scoring; the future holds a ScoreResult or a ScanError. Raises ScanError
-        when the scanner is shutting down."""
+        """Start scoring; the future holds a ScoreResult or a ScanError, or ends cancelled
+        (the caller gave up at the cap, or the scanner stopped with the scan still queued).
+        Raises ScanError when the scanner has already stopped."""
         ...

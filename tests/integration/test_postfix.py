@@ -15,7 +15,7 @@ import pytest
 from harness import GTUBE, RunningMilter, Spamd, bayes_mail, message, train_database, wait_until
 from postfix_instance import PostfixInstance, example_settings
 
-pytestmark = [pytest.mark.postfix, pytest.mark.spamd]
+pytestmark = pytest.mark.postfix  # and each test that scans with spamd: pytest.mark.spamd
 
 REJECT_REPLY = "550 5.7.1 Rejected as spam by the spambridge test"
 Start = Callable[..., RunningMilter]
@@ -70,6 +70,7 @@ def test_example_is_what_the_instance_runs(postfix: PostfixInstance) -> None:
         assert postfix.postconf("-h", key).strip() == value, key
 
 
+@pytest.mark.spamd
 def test_gtube_is_rejected_at_end_of_data(postfix: PostfixInstance, spamd: Spamd,
                                           start_milter: Start) -> None:
     m = start_milter(milter_config(postfix, spamd))
@@ -80,6 +81,7 @@ def test_gtube_is_rejected_at_end_of_data(postfix: PostfixInstance, spamd: Spamd
     assert re.search(r" score=(99\d|1\d\d\d)\.\d ", line)  # GTUBE: 1000 give or take other rules
 
 
+@pytest.mark.spamd
 def test_ham_is_delivered_with_our_headers_and_without_forged_ones(
         postfix: PostfixInstance, spamd: Spamd, start_milter: Start) -> None:
     start_milter(milter_config(postfix, spamd))
@@ -98,6 +100,7 @@ def test_ham_is_delivered_with_our_headers_and_without_forged_ones(
     assert len(got.all("X-Spam-Score")) == 1
 
 
+@pytest.mark.spamd
 def test_tag_only_delivers_gtube_flagged(postfix: PostfixInstance, spamd: Spamd,
                                          start_milter: Start) -> None:
     m = start_milter(milter_config(postfix, spamd, tag_only=True))
@@ -136,6 +139,7 @@ DEFAULT_ACTION_EFFECT = {
 }
 
 
+@pytest.mark.spamd
 def test_milter_stopped_applies_the_examples_default_action(
         postfix: PostfixInstance, spamd: Spamd, start_milter: Start) -> None:
     action = example_settings()["milter_default_action"]
