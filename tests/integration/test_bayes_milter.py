@@ -15,8 +15,6 @@ import pytest
 from harness import FakeSpamd, RunningMilter, Spamd, free_port, read_request, train_database
 from milterclient import MilterClient, Result, send_one
 
-from spambridge import cli
-
 Start = Callable[..., RunningMilter]
 MakeFake = Callable[[Callable[[socket.socket], None]], FakeSpamd]
 
@@ -41,10 +39,14 @@ def ham(n: int) -> bytes:
     return mail(n, HAM_WORDS, "minutes")
 
 
+def labelled(n: int, label: str) -> bytes:
+    return spam(n) if label == "spam" else ham(n)
+
+
 @pytest.fixture
 def trained_db(tmp_path: Path) -> Path:
     """A database trained through the real `train` command on 30 + 30 fixture messages."""
-    return train_database(tmp_path, lambda i, label: spam(i) if label == "spam" else ham(i), 30)
+    return train_database(tmp_path, labelled, 30)
 
 
 def status(r: Result) -> str:
@@ -104,12 +106,7 @@ def test_missing_database_is_created_and_mail_flows_unchecked(tmp_path: Path,
     assert "not trained yet: 0 spam, 0 ham" in m.log
     assert db.exists() and not os.stat(db).st_mode & stat.S_IROTH
     # trained while the milter runs: the next message is scored, no restart needed
-    for label, make in (("spam", spam), ("ham", ham)):
-        d = tmp_path / label
-        d.mkdir()
-        for i in range(10):
-            (d / f"{i}").write_bytes(make(i))
-        assert cli.main(["train", "--db", str(db), f"--{label}", "-q", str(d)]) == 0
+    assert train_database(db.parent, labelled, 10) == db
     assert send_one(m.socket_path, spam(600)).action == "reject"
 
 
