@@ -25,6 +25,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,11 +66,11 @@ def send_miltertest(sock: str, raw: bytes, index: int) -> str:
     return str(send_one(sock, raw, queue_id=f"B{index:06d}").action)
 
 
-SEND = send_lean
+Send = Callable[[str, bytes, int], str]  # (socket, message, index) → the final action
 
 
-def load(sock: str, messages: list[bytes], total: int, concurrency: int
-         ) -> tuple[float, list[float], dict[str, int]]:
+def load(sock: str, messages: list[bytes], total: int, concurrency: int,
+         send: Send = send_lean) -> tuple[float, list[float], dict[str, int]]:
     """Send `total` messages from `concurrency` threads; (seconds, latencies, actions)."""
     latencies: list[float] = []
     actions: dict[str, int] = {}
@@ -79,7 +80,7 @@ def load(sock: str, messages: list[bytes], total: int, concurrency: int
     def worker() -> None:
         for i in counter:  # shared iterator: bounded, each index sent once
             t = time.perf_counter()
-            action = SEND(sock, messages[i % len(messages)], i)
+            action = send(sock, messages[i % len(messages)], i)
             dt = time.perf_counter() - t
             with lock:
                 latencies.append(dt)
@@ -102,8 +103,7 @@ def main() -> int:
     ap.add_argument("--client", choices=("lean", "miltertest"), default="lean",
                     help="the MTA side (bench/mtaclient.py by default)")
     args = ap.parse_args()
-    global SEND
-    SEND = send_lean if args.client == "lean" else send_miltertest
+    send = send_lean if args.client == "lean" else send_miltertest
     fetch_corpus()
     train, test = split()
     messages = [m.path.read_bytes() for m in test]
@@ -112,12 +112,13 @@ def main() -> int:
         ours_train(db, train)
         proc, sock = start(tmp, db)
         try:
-            load(sock, messages, 300, args.concurrency)  # warm-up
+            load(sock, messages, 300, args.concurrency, send)  # warm-up
             rates, p50s, p99s, cpu = [], [], [], []
             actions: dict[str, int] = {}
             for _ in range(args.runs):
                 before = cpu_seconds(proc.pid)
-                secs, lat, actions = load(sock, messages, args.messages, args.concurrency)
+                secs, lat, actions = load(sock, messages, args.messages, args.concurrency,
+                                          send)
                 cpu.append((cpu_seconds(proc.pid) - before) / len(lat))
                 lat.sort()
                 rates.append(len(lat) / secs)
