@@ -143,6 +143,16 @@ class Scorer:
             self._reset(totals)
         cache = self._cache
         self._fill(set(values).difference(cache))
+        if not self.max_clues and not self._unknown_clues:
+            # only the score is wanted (selective training): the cached (distance, f(w))
+            # pairs sort and combine as they are. Leaving the word out of the sort key
+            # changes nothing: clues tied on (distance, f(w)) multiply the same factor,
+            # whichever of them is kept or goes first
+            dps = [dp for dp in map(cache.__getitem__, values) if dp is not None]
+            dps.sort()
+            if len(dps) > self.options.max_discriminators:
+                del dps[: -self.options.max_discriminators]
+            return Verdict(combine(dps), ())
         known = (_never if not self._unknown_clues else
                  {t for t, c in zip(tokens, values, strict=True) if c is not None}.__contains__)
         return self._verdict(tokens, known, [
@@ -174,7 +184,7 @@ def _never(_: str) -> bool:
     return False
 
 
-def combine(clues: list[tuple[float, float, str]]) -> float:
+def combine(clues: Sequence[tuple[float, float, str] | tuple[float, float]]) -> float:
     """Fisher/chi-squared combining of the clues' probabilities, (S − H + 1) / 2, computed as
     sbclassifier's spamprob does: running products renormalised with frexp, logs at the end,
     its chi2Q for both tails."""
@@ -184,7 +194,8 @@ def combine(clues: list[tuple[float, float, str]]) -> float:
     frexp = math.frexp
     s = h = 1.0
     sexp = hexp = 0
-    for _, prob, _ in clues:
+    for clue in clues:
+        prob = clue[1]
         s *= 1.0 - prob
         h *= prob
         if s < _TINY:

@@ -142,6 +142,9 @@ def test_fast_path_equals_sbclassifier_spamprob_exactly(seed: int) -> None:
     # the trainer's form: counts as a list aligned with the tokens, None for unknown ones
     aligned = Scorer(max_clues=1000).score_aligned(tokens, totals, [counts.get(t) for t in tokens])
     assert aligned == verdict
+    # the selective trainer's form: the score alone, no clue list
+    decided = Scorer(max_clues=0).score_aligned(tokens, totals, [counts.get(t) for t in tokens])
+    assert decided.score == expected and decided.clues == ()
 
 
 def test_unknown_tokens_are_clues_when_their_prior_is_strong() -> None:
