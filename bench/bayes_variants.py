@@ -15,8 +15,8 @@ name hash (salted with --salt) falls in [20k, 20k+20) % 100; fold 0 with the emp
 bench/bayes_accuracy.py's test set. Each line sums FP/FN/unsure over the five folds (6,046 test
 messages in all) at 0.20/0.90 and gives the mean 1-AUC %. The extra tokenizer features that are
 not product options (SpamBayes' basic_header_tokenize, x-short_runs, summarize_email_prefixes,
-image_size, check_octets) and SpamBayes' use_bigrams tiling are implemented here, only for the
-comparison.
+image_size, check_octets, body words stripped of punctuation), SpamBayes' use_bigrams tiling and
+its withdrawn ham/spam imbalance adjustment are implemented here, only for the comparison.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import statistics
 import sys
 import tempfile
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
@@ -150,6 +150,36 @@ class BigramModel(Model):
         return combine(clues[-150:])
 
 
+class ImbalanceScorer(Scorer):
+    """f(w) with SpamBayes' experimental_ham_spam_imbalance_adjustment (an option until
+    2003-12, off by default): the evidence n = hamcount·min(nspam/nham, 1) +
+    spamcount·min(nham/nspam, 1), so no count is believed beyond what the smaller class
+    justifies."""
+
+    def _fill(self, pairs: Iterable[tuple[int, int] | None]) -> None:
+        o = self.options
+        fspam, fham = float(self._totals.nspam or 1), float(self._totals.nham or 1)
+        spam2ham, ham2spam = min(fspam / fham, 1.0), min(fham / fspam, 1.0)
+        strength, prior = o.unknown_word_strength, o.unknown_word_prob
+        for c in pairs:
+            if c is None or not any(c):
+                self._cache[c] = None
+                continue
+            s, h = c
+            ratio = s / fspam
+            prob = ratio / (h / fham + ratio)
+            n = h * spam2ham + s * ham2spam
+            prob = (strength * prior + n * prob) / (strength + n)
+            distance = abs(prob - 0.5)
+            self._cache[c] = (distance, prob) if distance >= o.minimum_prob_strength else None
+
+
+class ImbalanceModel(Model):
+    def __init__(self) -> None:
+        super().__init__()
+        self.scorer = ImbalanceScorer()
+
+
 # ---------------------------------------------------------------------------------------------
 # training regimes (notes/spambayes.md §3.2)
 
@@ -182,6 +212,25 @@ def nonedge(lo: float = 0.005, hi: float = 0.995, passes: int = 1, gate: int = 1
                         continue
                 model.learn(tokens, spam)
                 learned.add(m.path)
+    return regime
+
+
+def nonedge_then(lo: float, hi: float) -> Regime:
+    """nonedge, then one more pass in another order learning what is still not learned and
+    scores on the wrong side of lo/hi (a train-on-errors-and-unsures clean-up)."""
+    def regime(model: Model, items: list[Item]) -> None:
+        learned: set[Path] = set()
+        for tokens, spam, m in order(items):
+            if model.nspam and model.nham:
+                score = model.score(tokens)
+                if (score >= 0.995) if spam else (score <= 0.005):
+                    continue
+            model.learn(tokens, spam)
+            learned.add(m.path)
+        for tokens, spam, m in order(items, "clean-up"):
+            if m.path not in learned and ((model.score(tokens) < hi) if spam
+                                          else (model.score(tokens) > lo)):
+                model.learn(tokens, spam)
     return regime
 
 
@@ -326,6 +375,47 @@ def with_extras(basic: bool = False, short: bool = False, prefix: bool = False,
     return tokenize
 
 
+_PUNCT = ".,;:!?()[]<>*'\"-"
+
+
+def strip_punctuation(keep: bool) -> Callable[[bytes], Tokens]:
+    """Body words with leading and trailing punctuation stripped ("marketing," counts as
+    "marketing"); with `keep`, the stripped form as an extra "w:" token beside SpamBayes' own.
+    Tim Peters found plain whitespace splitting better on his corpora; a small database might
+    have gained from pooling the evidence."""
+
+    class Stripped(tokmod._Tokenizer):
+        def text(self, payload: bytes, cte: bytes) -> None:
+            extend = self.extend
+
+            def pooled(tokens: Iterable[str]) -> None:
+                words = list(tokens)
+                stripped = [(w, x) for w in words if len(x := w.strip(_PUNCT)) > 2]
+                if keep:
+                    extend(words)
+                    extend(["w:" + x for w, x in stripped if x != w])
+                else:
+                    extend([x for _, x in stripped])
+
+            self.extend = pooled
+            try:
+                super().text(payload, cte)
+            finally:
+                self.extend = extend
+
+    def tokenize(msg: bytes) -> Tokens:
+        out: Tokens = []
+        try:
+            Stripped(tokmod.DEFAULT_LIMITS, out).message(msg)
+        except Exception:
+            out.append("control: tokenizer error")
+        return list(dict.fromkeys(out))[: tokmod.DEFAULT_LIMITS.max_tokens]
+    return tokenize
+
+
+_STRIPPED, _POOLED = strip_punctuation(False), strip_punctuation(True)
+
+
 def stream(msg: bytes) -> Tokens:
     """The token stream with repeats and in order, for the bigram tiling."""
     out: Tokens = []
@@ -373,6 +463,14 @@ VARIANTS: dict[str, Variant] = {
                                              tokenize=with_extras(redundant_html=True)),
     "nonedge-fancy-urls": Variant(regime=nonedge(), tokenize=with_extras(fancy_urls=True)),
     "nonedge-header-words": Variant(regime=nonedge(), tokenize=with_flags(BASIC_HEADERS=True)),
+    "imbalance-adjustment": Variant(model=ImbalanceModel),
+    "nonedge-imbalance-adjustment": Variant(model=ImbalanceModel, regime=nonedge()),
+    "nonedge-all-spam": Variant(regime=nonedge(hi=2.0)),
+    "nonedge-all-ham": Variant(regime=nonedge(lo=-1.0)),
+    "nonedge-then-tune-0.01": Variant(regime=nonedge_then(0.01, 0.99)),
+    "strip-punctuation": Variant(tokenize=_STRIPPED),
+    "nonedge-strip-punctuation": Variant(regime=nonedge(), tokenize=_STRIPPED),
+    "nonedge-pooled-punctuation": Variant(regime=nonedge(), tokenize=_POOLED),
     "nonedge-count-all-headers": Variant(regime=nonedge(),
                                          tokenize=with_flags(COUNT_ALL_HEADERS=True)),
 }
