@@ -32,6 +32,7 @@ import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -291,6 +292,16 @@ _BASIC_SKIP = re.compile(rb"received|date|x-.*")
 _SCHEMELESS = re.compile(rb"(?<![/\w.@-])((?:www|ftp)\.[a-z0-9-]+\.)")
 
 
+def run_tokenizer(cls: type[tokmod._Tokenizer], msg: bytes) -> Tokens:
+    """tokenize() with a subclass of the product's tokenizer: distinct tokens, capped."""
+    out: Tokens = []
+    try:
+        cls(tokmod.DEFAULT_LIMITS, out).message(msg)
+    except Exception:
+        out.append("control: tokenizer error")
+    return list(dict.fromkeys(out))[: tokmod.DEFAULT_LIMITS.max_tokens]
+
+
 def with_extras(basic: bool = False, short: bool = False, prefix: bool = False,
                 image: bool = False, octets: bool = False, redundant_html: bool = False,
                 fancy_urls: bool = False) -> Callable[[bytes], Tokens]:
@@ -365,14 +376,7 @@ def with_extras(basic: bool = False, short: bool = False, prefix: bool = False,
                     self.emit(f"short:{int(math.log2(max(runs)))}")
             super().text(payload, cte)
 
-    def tokenize(msg: bytes) -> Tokens:
-        out: Tokens = []
-        try:
-            Extra(tokmod.DEFAULT_LIMITS, out).message(msg)
-        except Exception:
-            out.append("control: tokenizer error")
-        return list(dict.fromkeys(out))[: tokmod.DEFAULT_LIMITS.max_tokens]
-    return tokenize
+    return partial(run_tokenizer, Extra)
 
 
 _PUNCT = ".,;:!?()[]<>*'\"-"
@@ -403,14 +407,7 @@ def strip_punctuation(keep: bool) -> Callable[[bytes], Tokens]:
             finally:
                 self.extend = extend
 
-    def tokenize(msg: bytes) -> Tokens:
-        out: Tokens = []
-        try:
-            Stripped(tokmod.DEFAULT_LIMITS, out).message(msg)
-        except Exception:
-            out.append("control: tokenizer error")
-        return list(dict.fromkeys(out))[: tokmod.DEFAULT_LIMITS.max_tokens]
-    return tokenize
+    return partial(run_tokenizer, Stripped)
 
 
 _STRIPPED, _POOLED = strip_punctuation(False), strip_punctuation(True)
