@@ -15,8 +15,9 @@ name hash (salted with --salt) falls in [20k, 20k+20) % 100; fold 0 with the emp
 bench/bayes_accuracy.py's test set. Each line sums FP/FN/unsure over the five folds (6,046 test
 messages in all) at 0.20/0.90 and gives the mean 1-AUC %. The extra tokenizer features that are
 not product options (SpamBayes' basic_header_tokenize, x-short_runs, summarize_email_prefixes,
-image_size, check_octets, body words stripped of punctuation), SpamBayes' use_bigrams tiling and
-its withdrawn ham/spam imbalance adjustment are implemented here, only for the comparison.
+image_size, check_octets, replace_nonascii_chars; body words stripped of punctuation), SpamBayes'
+use_bigrams tiling and its withdrawn ham/spam imbalance adjustment are implemented here, only
+for the comparison.
 """
 
 from __future__ import annotations
@@ -413,6 +414,20 @@ def strip_punctuation(keep: bool) -> Callable[[bytes], Tokens]:
 _STRIPPED, _POOLED = strip_punctuation(False), strip_punctuation(True)
 
 
+_NONASCII = bytes(range(128)) + b"?" * 128
+
+
+class _NonAscii(tokmod._Tokenizer):
+    """replace_nonascii_chars: every byte above 0x7f of a text part read as "?"."""
+
+    def text(self, payload: bytes, cte: bytes) -> None:
+        text, _ = tokmod.decode_payload(payload, cte)
+        super().text(text.translate(_NONASCII), b"")
+
+
+_REPLACE_NONASCII = partial(run_tokenizer, _NonAscii)
+
+
 def stream(msg: bytes) -> Tokens:
     """The token stream with repeats and in order, for the bigram tiling."""
     out: Tokens = []
@@ -468,6 +483,8 @@ VARIANTS: dict[str, Variant] = {
     "strip-punctuation": Variant(tokenize=_STRIPPED),
     "nonedge-strip-punctuation": Variant(regime=nonedge(), tokenize=_STRIPPED),
     "nonedge-pooled-punctuation": Variant(regime=nonedge(), tokenize=_POOLED),
+    "replace-nonascii": Variant(tokenize=_REPLACE_NONASCII),
+    "nonedge-replace-nonascii": Variant(regime=nonedge(), tokenize=_REPLACE_NONASCII),
     "nonedge-count-all-headers": Variant(regime=nonedge(),
                                          tokenize=with_flags(COUNT_ALL_HEADERS=True)),
 }
