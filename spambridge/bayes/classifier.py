@@ -20,7 +20,7 @@ import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from itertools import islice
-from typing import Any
+from typing import Any, TypeVar
 
 from sbclassifier import Classifier
 from sbclassifier import chi2 as _chi2
@@ -149,9 +149,7 @@ class Scorer:
             # changes nothing: clues tied on (distance, f(w)) multiply the same factor,
             # whichever of them is kept or goes first
             dps = [dp for dp in map(cache.__getitem__, values) if dp is not None]
-            dps.sort()
-            if len(dps) > self.options.max_discriminators:
-                del dps[: -self.options.max_discriminators]
+            _keep_strongest(dps, self.options.max_discriminators)
             return Verdict(combine(dps), ())
         known = (_never if not self._unknown_clues else
                  {t for t, c in zip(tokens, values, strict=True) if c is not None}.__contains__)
@@ -171,13 +169,20 @@ class Scorer:
             unknown = abs(o.unknown_word_prob - 0.5)
             clues += [(unknown, o.unknown_word_prob, w) for w in dict.fromkeys(tokens)
                       if not known(w)]
-        # SpamBayes keeps the max_discriminators largest (distance, prob, word) and combines
-        # them in ascending order; the same order here keeps the float products identical
-        clues.sort()
-        if len(clues) > o.max_discriminators:
-            del clues[: -o.max_discriminators]
+        _keep_strongest(clues, o.max_discriminators)
         strongest = islice(reversed(clues), self.max_clues)
         return Verdict(combine(clues), tuple((w, p) for _, p, w in strongest))
+
+
+_Clue = TypeVar("_Clue", tuple[float, float], tuple[float, float, str])
+
+
+def _keep_strongest(clues: list[_Clue], limit: int) -> None:
+    """SpamBayes keeps the `limit` largest (distance, prob[, word]) and combines them in
+    ascending order; sorting in place in the same order keeps the float products identical."""
+    clues.sort()
+    if len(clues) > limit:
+        del clues[:-limit]
 
 
 def _never(_: str) -> bool:
