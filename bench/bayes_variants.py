@@ -156,7 +156,8 @@ class ImbalanceScorer(Scorer):
     """f(w) with SpamBayes' experimental_ham_spam_imbalance_adjustment (an option until
     2003-12, off by default): the evidence n = hamcount·min(nspam/nham, 1) +
     spamcount·min(nham/nspam, 1), so no count is believed beyond what the smaller class
-    justifies."""
+    justifies. Scorer._fill repeated with that n: the product's hot loop gets no hook for a
+    comparison."""
 
     def _fill(self, pairs: Iterable[tuple[int, int] | None]) -> None:
         o = self.options
@@ -195,10 +196,13 @@ def everything(model: Model, items: list[Item]) -> None:
 
 
 def nonedge(lo: float = 0.005, hi: float = 0.995, passes: int = 1, gate: int = 1,
-            seed: str = "", spam_first: bool = False) -> Regime:
+            seed: str = "", spam_first: bool = False,
+            clean_up: tuple[float, float] | None = None) -> Regime:
     """Learn unless already right with certainty (score <= lo for ham, >= hi for spam), in
     arrival order (or all spam, then all ham: `train --spam DIR; train --ham DIR`); everything
-    until both classes have `gate` messages."""
+    until both classes have `gate` messages. `clean_up` (LO, HI): then one more pass, in
+    another order, learning what is still not learned and scores on the wrong side of LO/HI
+    (a train-on-errors-and-unsures clean-up)."""
     def regime(model: Model, items: list[Item]) -> None:
         learned: set[Path] = set()
         ordered = order(items, seed)
@@ -214,25 +218,12 @@ def nonedge(lo: float = 0.005, hi: float = 0.995, passes: int = 1, gate: int = 1
                         continue
                 model.learn(tokens, spam)
                 learned.add(m.path)
-    return regime
-
-
-def nonedge_then(lo: float, hi: float) -> Regime:
-    """nonedge, then one more pass in another order learning what is still not learned and
-    scores on the wrong side of lo/hi (a train-on-errors-and-unsures clean-up)."""
-    def regime(model: Model, items: list[Item]) -> None:
-        learned: set[Path] = set()
-        for tokens, spam, m in order(items):
-            if model.nspam and model.nham:
-                score = model.score(tokens)
-                if (score >= 0.995) if spam else (score <= 0.005):
-                    continue
-            model.learn(tokens, spam)
-            learned.add(m.path)
-        for tokens, spam, m in order(items, "clean-up"):
-            if m.path not in learned and ((model.score(tokens) < hi) if spam
-                                          else (model.score(tokens) > lo)):
-                model.learn(tokens, spam)
+        if clean_up:
+            clo, chi = clean_up
+            for tokens, spam, m in order(items, "clean-up"):
+                if m.path not in learned and ((model.score(tokens) < chi) if spam
+                                              else (model.score(tokens) > clo)):
+                    model.learn(tokens, spam)
     return regime
 
 
@@ -479,7 +470,7 @@ VARIANTS: dict[str, Variant] = {
     "nonedge-imbalance-adjustment": Variant(model=ImbalanceModel, regime=nonedge()),
     "nonedge-all-spam": Variant(regime=nonedge(hi=2.0)),
     "nonedge-all-ham": Variant(regime=nonedge(lo=-1.0)),
-    "nonedge-then-tune-0.01": Variant(regime=nonedge_then(0.01, 0.99)),
+    "nonedge-then-tune-0.01": Variant(regime=nonedge(clean_up=(0.01, 0.99))),
     "strip-punctuation": Variant(tokenize=_STRIPPED),
     "nonedge-strip-punctuation": Variant(regime=nonedge(), tokenize=_STRIPPED),
     "nonedge-pooled-punctuation": Variant(regime=nonedge(), tokenize=_POOLED),
