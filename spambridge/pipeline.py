@@ -153,8 +153,13 @@ def log_decision(ev: Evaluation, buf: MessageBuffer, env: Envelope, tag_only: bo
     detail = ""
     if isinstance(ev.outcome, ScanError) and ev.outcome.detail:
         detail = f" error={clean(ev.outcome.detail, 200)!r}"
-    level = logging.WARNING if isinstance(ev.outcome, ScanError) and (
-        ev.outcome.kind is not ErrorKind.OVERSIZE) else logging.INFO
+    note = ev.outcome.note if isinstance(ev.outcome, ScoreResult) else ""
+    fell_back = bool(note)  # e.g. fallback=spamd-timeout
+    if fell_back:
+        detail = f" {clean(note, 100)}"
+    # a scan that failed, or that only the fallback engine answered, is the admin's business
+    level = logging.WARNING if fell_back or (isinstance(ev.outcome, ScanError) and (
+        ev.outcome.kind is not ErrorKind.OVERSIZE)) else logging.INFO
     log.log(
         level,
         "%s: from=<%s> rcpts=%d size=%d engine=%s score=%s action=%s%s reason=%s ms=%d%s%s",

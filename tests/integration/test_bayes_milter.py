@@ -9,6 +9,7 @@ import socket
 import stat
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -96,6 +97,28 @@ def test_mixed_message_is_unsure(trained_db: Path, start_milter: Start) -> None:
     assert r.header("X-Spam-Flag") is None
 
 
+def test_a_message_built_to_stall_the_tokenizer_is_scored_within_the_cap(
+        trained_db: Path, start_milter: Start) -> None:
+    """HTML with "<" before 120 kB of blanks and line breaks once made two tokenizer regexes
+    search for minutes with the GIL held: the cap could not fire, and every other message in
+    the milter stalled behind it. Now it is scored like any message, and a message sent at the
+    same time is not held up."""
+    cfg = bayes_cfg(trained_db)
+    cfg["milter"]["scan_timeout"] = 2.0
+    m = start_milter(cfg)
+    blanks = b" \n\t" * 40_000
+    hostile = (b"From: x@y.example\nSubject: hi\nContent-Type: text/html\n\n"
+               + b" ".join(w.encode() for w in SPAM_WORDS) + b" <" + blanks + b"script "
+               + b"< /" + blanks + b"p>\n")
+    with ThreadPoolExecutor(2) as pool:
+        slow = pool.submit(send_one, m.socket_path, hostile)
+        time.sleep(0.05)
+        other = pool.submit(send_one, m.socket_path, ham(504)).result(timeout=30)
+        r = slow.result(timeout=30)
+    assert r.action == "reject" and r.seconds < 2.5  # scored: the spam words still count
+    assert other.seconds < 2.5 and status(other).startswith("No, score=0.0")
+
+
 def test_missing_database_is_created_and_mail_flows_unchecked(tmp_path: Path,
                                                               start_milter: Start) -> None:
     db = tmp_path / "new" / "dir" / "bayes.sqlite"
@@ -111,16 +134,19 @@ def test_missing_database_is_created_and_mail_flows_unchecked(tmp_path: Path,
 
 
 def test_spamd_stopped_falls_back_to_bayes(trained_db: Path, start_milter: Start) -> None:
-    cfg = bayes_cfg(trained_db, reject_cutoff=1.0)
-    cfg["milter"]["engine"] = "spamd+bayes"
+    """Engine and database given on the command line (`run --engine --db`) override the
+    config's; the log says that spamd was not what decided."""
+    cfg = bayes_cfg(trained_db.parent / "not-this.sqlite", reject_cutoff=1.0)
     cfg["spamd"] = {"host": "127.0.0.1", "port": free_port()}  # nothing listens there
-    m = start_milter(cfg)
+    m = start_milter(cfg, "--engine", "spamd+bayes", "--db", str(trained_db))
     r = send_one(m.socket_path, spam(502))
     assert r.action == "accept" and r.header("X-Spam-Flag") == "YES"
     assert "engine=bayes" in status(r) and "fallback=spamd-unavailable" in status(r)
     r = send_one(m.socket_path, ham(502))
     assert status(r).startswith("No, score=0.0") and "fallback=spamd-unavailable" in status(r)
     assert r.seconds < 2.0
+    warned = [ln for ln in m.log.splitlines() if "WARNING" in ln and "engine=bayes" in ln]
+    assert len(warned) == 2 and all("fallback=spamd-unavailable" in ln for ln in warned)
 
 
 def hang(conn: socket.socket) -> None:

@@ -139,6 +139,25 @@ def test_binary_garbage_and_hostile_html() -> None:
     assert "control: too deep" in t or "control: too many parts" in t
 
 
+def test_runs_of_blanks_after_a_tag_opener_and_floods_of_links() -> None:
+    """"<" before a long run of blanks (line breaks pass SMTP's line limit) once sent two
+    regexes into a quadratic search that held the GIL for minutes; the same tokens now come
+    out of a single pass. Link and entity floods are cut at a cap, not read to the end."""
+    blanks = b" \n\t" * 40_000  # twice that stays under the 256 kB text cap
+    for opener, virus in ((b"<", "virus:<script"), (b"<" + blanks + b"/", "virus:</script"),
+                          (b"<" + blanks + b"iframe", "virus:<iframe"), (b"<" + blanks + b"p", None)):
+        msg = b"Content-Type: text/html\n\nhello " + opener + blanks + b"script src=x> there\n"
+        t = tokenize(msg)
+        assert {"hello", "there"} <= set(t)
+        assert [x for x in t if x.startswith("virus:")] == ([virus] if virus else [])
+        assert all(len(x) < 100 for x in t)  # blanks never make a giant token
+    links = b"Content-Type: text/plain\n\n" + b"see http://example.com/x " * 20_000
+    t = tokenize(links)
+    assert "url:example" in t and "proto:http" in t
+    entities = b"Content-Type: text/html\n\n" + b"&#102;&#114;&#101;&#101; " * 20_000
+    assert "free" in tokenize(entities)
+
+
 def test_token_cap_keeps_header_tokens() -> None:
     words = " ".join(f"word{i:06d}" for i in range(20_000))
     msg = f"From: a@example.com\nSubject: many words\n\n{words}\n".encode()
