@@ -2,15 +2,19 @@
 the cap, policy, headers) and show what the MTA would have been told.
 
 `--batch` prints `path<TAB>score<TAB>verdict` per message from one process, for evaluating a
-corpus; the verdict is the score's band (ham, unsure, spam, reject) or `unchecked=<why>`.
+corpus; the verdict is the score's band (ham, unsure, spam, reject), `unchecked=<why>`, or
+`unreadable` (score `-`), so the output has one line per path given.
+
+Exit status: 0 when every message was scored (or deliberately not: oversize), 1 when one could
+not be read or scanned (no database, not trained yet, spamd down...), so a script notices.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import IO
 
 from spambridge.config import Config
@@ -18,7 +22,7 @@ from spambridge.message import Envelope, parse_raw
 from spambridge.milter.bridge import AsyncBridge
 from spambridge.pipeline import Evaluation, Pipeline
 from spambridge.scanners import Scanner
-from spambridge.verdict import Action, ScanError, ScoreResult, Skipped
+from spambridge.verdict import Action, ErrorKind, ScanError, ScoreResult, Skipped
 
 EXPLAIN_CLUES = 20
 
@@ -50,13 +54,20 @@ def verdict(ev: Evaluation) -> str:
     return ev.decision.reason  # the band: ham, unsure, spam, reject
 
 
-def _messages(paths: list[str], stdin: IO[bytes]) -> Iterator[tuple[str, bytes | str]]:
+def _messages(paths: list[str], stdin: IO[bytes] | None, limit: int
+              ) -> Iterator[tuple[str, bytes | str]]:
+    """(path, message) or (path, why not), reading no more than `limit` bytes of each: past
+    max_scan_size the milter does not scan either, so the rest would only cost memory."""
     for path in paths:
         if path == "-":
-            yield "-", stdin.read()
+            yield "-", (stdin.read(limit) if stdin is not None
+                        else "cannot read: standard input is closed")
             continue
         try:
-            yield path, Path(path).read_bytes()
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)  # a FIFO: no hang
+            os.set_blocking(fd, True)
+            with os.fdopen(fd, "rb") as f:
+                yield path, f.read(limit)
         except OSError as e:
             yield path, f"cannot read: {e.strerror or e}"
 
@@ -64,7 +75,7 @@ def _messages(paths: list[str], stdin: IO[bytes]) -> Iterator[tuple[str, bytes |
 def run(cfg: Config, paths: list[str], *, explain: bool = False, batch: bool = False,
         out: IO[str] | None = None, err: IO[str] | None = None,
         stdin: IO[bytes] | None = None) -> int:
-    """Exit status: 0 when every message was checked, 1 if any could not be read."""
+    """Exit status: 0 when every message was scored or skipped by policy, else 1."""
     out = out or sys.stdout
     err = err or sys.stderr
     # the decision log line repeats what is printed; keep warnings (scan failures) unless
@@ -75,21 +86,28 @@ def run(cfg: Config, paths: list[str], *, explain: bool = False, batch: bool = F
     pipeline = Pipeline(scanner, bridge, cfg)
     status = 0
     try:
-        for n, (path, raw) in enumerate(_messages(paths, stdin or sys.stdin.buffer), 1):
+        stdin = stdin or (sys.stdin.buffer if sys.stdin is not None else None)
+        limit = cfg.milter.max_scan_size + 1  # one byte more: enough to be oversize
+        for n, (path, raw) in enumerate(_messages(paths, stdin, limit), 1):
             if isinstance(raw, str):
                 print(f"spambridge check: {path}: {raw}", file=err)
+                if batch:
+                    print(f"{path}\t-\tunreadable", file=out)
                 status = 1
                 continue
             buf = parse_raw(raw, cfg.milter.max_scan_size)
             try:
                 ev = pipeline.evaluate(buf, Envelope(queue_id=f"CHECK{n:05d}"))
+                removed = sorted({name for name, _ in buf.owned_headers()})
             finally:
                 buf.close()
+            if isinstance(ev.outcome, ScanError) and ev.outcome.kind is not ErrorKind.OVERSIZE:
+                status = 1
             if batch:
                 score = "-" if ev.decision.score is None else f"{ev.decision.score:.6g}"
                 print(f"{path}\t{score}\t{verdict(ev)}", file=out)
             else:
-                _report(path, ev, explain, out)
+                _report(path, ev, explain, removed, out)
     finally:
         try:
             bridge.run(scanner.aclose(), 10.0)
@@ -98,7 +116,8 @@ def run(cfg: Config, paths: list[str], *, explain: bool = False, batch: bool = F
     return status
 
 
-def _report(path: str, ev: Evaluation, explain: bool, out: IO[str]) -> None:
+def _report(path: str, ev: Evaluation, explain: bool, removed: list[str], out: IO[str]
+            ) -> None:
     d = ev.decision
     score = "-" if d.score is None else (
         f"{d.score:.4f}" if d.engine == "bayes" else f"{d.score:.1f}")
@@ -113,12 +132,15 @@ def _report(path: str, ev: Evaluation, explain: bool, out: IO[str]) -> None:
         print("  SMTP reply: 451 (tempfail)", file=out)
     else:
         print("  SMTP reply: 250 (accepted)", file=out)
-    if d.subject_prefix:
-        print(f"  Subject prefix: {d.subject_prefix!r}", file=out)
-    if d.headers:
-        print("  headers added:", file=out)
-        for name, value in d.headers:
-            print(f"    {name}: {value}", file=out)
+    if d.action not in (Action.REJECT, Action.TEMPFAIL):  # a refused message is not changed
+        if removed:  # forged or stale X-Spam-* fields from outside
+            print(f"  headers removed: {', '.join(removed)}", file=out)
+        if d.subject_prefix:
+            print(f"  Subject prefix: {d.subject_prefix!r}", file=out)
+        if d.headers:
+            print("  headers added:", file=out)
+            for name, value in d.headers:
+                print(f"    {name}: {value}", file=out)
     if explain and isinstance(ev.outcome, ScoreResult):
         if ev.outcome.note:
             print(f"  note: {ev.outcome.note}", file=out)

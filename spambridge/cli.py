@@ -143,12 +143,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                                     postfix_config=args.postfix_config)
         from spambridge import commands
 
-        return commands.dispatch(args, cfg)
+        status = commands.dispatch(args, cfg)
+        sys.stdout.flush()  # a reader gone away (`| head`) shows here, not at interpreter exit
+        return status
     except ConfigError as e:
         print(f"spambridge: configuration error: {e}", file=sys.stderr)
         return EX_CONFIG
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `check --batch ... | head`: quiet, as a killed-by-SIGPIPE tool
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
+        return 128 + 13
     except OSError as e:
         print(f"spambridge: {e}", file=sys.stderr)
         return 1

@@ -121,10 +121,12 @@ def _train(args: argparse.Namespace, cfg: Config) -> int:
     if engine == "spamd":
         return train.run_spamd(cfg, args.label, args.paths, user=args.user, **common)
     # spamd+bayes: teach both; stdin can be read only once, so keep it
-    if "-" in args.paths:
-        sys.stdin = io.TextIOWrapper(io.BytesIO(sys.stdin.buffer.read()))
+    keep = "-" in args.paths and sys.stdin is not None
+    if keep:  # (no more than max_size + 1 bytes: beyond that, both say "too large")
+        limit = args.max_size + 1 if args.max_size else -1
+        sys.stdin = io.TextIOWrapper(io.BytesIO(sys.stdin.buffer.read(limit)))
     status = train.run(cfg, args.label, args.paths, **local, **common)
-    if "-" in args.paths:
+    if keep:
         sys.stdin.buffer.seek(0)
     remote = train.run_spamd(cfg, args.label, args.paths, user=args.user, **common)
     return max(status, remote)

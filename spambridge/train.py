@@ -13,12 +13,13 @@ this module imports only the tokenizer and the store; `rich` and aiospamc load o
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import re
 import stat
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -167,7 +168,10 @@ def read_path(path: str, max_size: int, mbox: bool = False, stdin: IO[bytes] | N
     """Every message under `path`: `-` (stdin, one message), a Maildir (cur/ and new/), an mbox
     (by `--mbox` or a leading "From " line), a directory of message files, or one file."""
     if path == "-":
-        src = stdin or sys.stdin.buffer
+        src = stdin or (sys.stdin.buffer if sys.stdin is not None else None)
+        if src is None:  # started with fd 0 closed (a daemon's child)
+            yield Item("<stdin>", problem="unreadable: standard input is closed", named=True)
+            return
         data = src.read(max_size + 1) if max_size else src.read()
         if max_size and len(data) > max_size:
             yield Item("<stdin>", problem="too large", named=True)
@@ -177,7 +181,10 @@ def read_path(path: str, max_size: int, mbox: bool = False, stdin: IO[bytes] | N
     try:
         p = Path(path)
         slurped = _slurp(path, max(max_size, MBOX_IN_MEMORY), named=True)
-        if slurped[1] < 0:  # a directory
+        if slurped[1] == _STREAM:
+            yield from _read_stream(path, max_size, mbox)
+            return
+        if slurped[1] == _DIRECTORY:
             dirs = [os.path.join(path, "cur"), os.path.join(path, "new")] if _is_maildir(p) \
                 else [path]
             for d in dirs:
@@ -185,7 +192,7 @@ def read_path(path: str, max_size: int, mbox: bool = False, stdin: IO[bytes] | N
                 # left in a folder would block
                 with os.scandir(d) as entries:
                     files = sorted(e.path for e in entries
-                                   if not e.name.startswith(".") and e.is_file())
+                                   if not e.name.startswith(".") and _is_file(e))
                 for f in files:
                     item = _read_file(f, max_size, named=False)
                     if item is not None:
@@ -196,13 +203,26 @@ def read_path(path: str, max_size: int, mbox: bool = False, stdin: IO[bytes] | N
         yield Item(path, problem=f"unreadable: {e.strerror or e}", named=True)
 
 
+_DIRECTORY, _STREAM = -1, -2  # _slurp's sizes for what it does not read
+
+
+def _is_file(entry: os.DirEntry[str]) -> bool:
+    """A regular file, or an entry that cannot even be looked at (a symlink loop): reading it
+    then reports it by name instead of failing the whole folder."""
+    try:
+        return entry.is_file()
+    except OSError:
+        return True
+
+
 def _slurp(path: str, limit: int, named: bool) -> tuple[bytes | None, int, Item | None]:
     """(contents, size, problem) of a file, read in as few system calls as the OS allows (open,
     fstat, one read: most of the cost of bulk training from files). Contents are None when the
-    file is a directory (size -1), bigger than `limit` bytes, or unreadable (the problem says
-    why)."""
+    file is a directory (size _DIRECTORY), a pipe or device (_STREAM: `_read_stream` reads it),
+    bigger than `limit` bytes, or unreadable (the problem says why). Opened non-blocking, so a
+    FIFO without a writer cannot hang the run."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except FileNotFoundError:
         return None, 0, Item(path, problem="unreadable: no such file or directory", named=named)
     except OSError as e:
@@ -210,15 +230,20 @@ def _slurp(path: str, limit: int, named: bool) -> tuple[bytes | None, int, Item 
     try:
         st = os.fstat(fd)
         if stat.S_ISDIR(st.st_mode):
-            return None, -1, None
+            return None, _DIRECTORY, None
+        if not stat.S_ISREG(st.st_mode):
+            return None, _STREAM, None
         size = st.st_size
         if size > limit:
             return None, size, None
         data = os.read(fd, size + 1)
-        if len(data) != size:  # grew, a short read, or no size at all (a pipe): read to EOF
-            parts = [data]
-            while more := os.read(fd, 1 << 20):
+        if len(data) != size:  # it grew, or a short read: read on, but never past the limit
+            parts, got = [data], len(data)
+            while got <= limit and (more := os.read(fd, min(1 << 20, limit + 1 - got))):
                 parts.append(more)
+                got += len(more)
+            if got > limit:
+                return None, got, None
             data = b"".join(parts)
         return data, size, None
     except OSError as e:
@@ -271,10 +296,16 @@ def _read_file(path: str, max_size: int, named: bool) -> Item | None:
 
 
 MBOX_IN_MEMORY = 32 << 20  # smaller mboxes are read whole and split with one regex
+# what follows "From " on a separator line: the envelope sender, then a date with a time
+# ("From bob@example.org Thu Nov 26 02:58:17 2026"), so a paragraph that merely opens with
+# "From" in an unescaped body ("From what I hear, ...") does not cut the message in two
+# (one blank, then a lazy scan: "[ \t]+[^\n]*?" would try every split of a run of blanks)
+_SEPARATOR_REST = re.compile(rb"\S*+[ \t][^\n]*?\d:\d\d")
 
 
 def _split_mbox(p: str, data: bytes, max_size: int) -> Iterator[Item]:
-    """Split at "From " lines that follow a blank line (or start the file), in memory."""
+    """Split at "From " separator lines that follow a blank line (or start the file), in
+    memory."""
     if b"\r" in data:
         data = data.replace(b"\r\n", b"\n")
     if data.startswith(b"From ") and b"\n\nFrom " not in data:
@@ -282,7 +313,16 @@ def _split_mbox(p: str, data: bytes, max_size: int) -> Iterator[Item]:
     else:
         if data.startswith(b"From "):
             data = b"\n\n" + data
-        chunks = data.split(b"\n\nFrom ")  # a literal split: fast, no regex backtracking
+        pieces = data.split(b"\n\nFrom ")  # a literal split: fast, no regex backtracking
+        runs = [[pieces[0]]]  # the pieces of each message, joined once (no quadratic copies)
+        for i, piece in enumerate(pieces[1:]):
+            end = piece.find(b"\n")
+            if ((i == 0 and data.startswith(b"\n\nFrom "))
+                    or _SEPARATOR_REST.match(piece, 0, len(piece) if end < 0 else end)):
+                runs.append([piece])
+            else:  # not a separator line: the body goes on
+                runs[-1].append(piece)
+        chunks = [b"\n\nFrom ".join(run) for run in runs]
         if not chunks[0].strip():
             del chunks[0]
         else:  # --mbox on a file that does not start with a separator: keep the head
@@ -295,31 +335,54 @@ def _split_mbox(p: str, data: bytes, max_size: int) -> Iterator[Item]:
             yield _item(f"{p}#{n}", _unescape_from(chunk))
 
 
+def _read_stream(path: str, max_size: int, mbox: bool) -> Iterator[Item]:
+    """A pipe or a device named on the command line (`train --spam <(xzcat box.xz)`): read as
+    it comes, holding at most one message (and never more than `max_size` of it)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)  # a FIFO: no wait to open
+    os.set_blocking(fd, True)  # then read as data comes (end of file once no writer is left)
+    with os.fdopen(fd, "rb") as f:
+        head = f.read(5)
+        if mbox or head == b"From ":
+            yield from _split_lines(path, itertools.chain([head + f.readline()], f), max_size)
+            return
+        data = head + (f.read(max_size + 1 - len(head)) if max_size else f.read())
+    if max_size and len(data) > max_size:
+        yield Item(path, problem="too large", named=True)
+    else:
+        yield _item(path, data, named=True)
+
+
 def _stream_mbox(p: Path, max_size: int) -> Iterator[Item]:
     """The same split, line by line, so a multi-gigabyte mbox never sits in memory."""
+    with open(p, "rb") as f:
+        yield from _split_lines(str(p), f, max_size)
+
+
+def _split_lines(p: str, lines_in: Iterable[bytes], max_size: int) -> Iterator[Item]:
+    """Split an mbox given line by line at its separator lines."""
     n = 0
     lines: list[bytes] = []
     size = 0
     blank = True
-    with open(p, "rb") as f:
-        for line in f:
-            if blank and line.startswith(b"From ") and (lines or n == 0):
-                if lines:
-                    n += 1
-                    yield _mbox_item(p, n, lines, size, max_size)
-                lines, size = [], 0
-                blank = False
-                continue
-            blank = line in (b"\n", b"\r\n")
-            size += len(line)
-            if not max_size or size <= max_size:
-                lines.append(line)
-        if lines or size:
-            n += 1
-            yield _mbox_item(p, n, lines, size, max_size)
+    for line in lines_in:
+        if blank and line.startswith(b"From ") and (
+                (n == 0 and not size) or _SEPARATOR_REST.match(line, 5)):
+            if lines or size:  # (a first line over max_size appended nothing)
+                n += 1
+                yield _mbox_item(p, n, lines, size, max_size)
+            lines, size = [], 0
+            blank = False
+            continue
+        blank = line in (b"\n", b"\r\n")
+        size += len(line)
+        if not max_size or size <= max_size:
+            lines.append(line)
+    if lines or size:
+        n += 1
+        yield _mbox_item(p, n, lines, size, max_size)
 
 
-def _mbox_item(p: Path, n: int, lines: list[bytes], size: int, max_size: int) -> Item:
+def _mbox_item(p: str, n: int, lines: list[bytes], size: int, max_size: int) -> Item:
     where = f"{p}#{n}"
     if max_size and size > max_size:
         return Item(where, problem="too large")
@@ -355,22 +418,29 @@ def looks_like_mail(data: bytes) -> bool:
 # normalisation and digest
 
 
+MAX_UNWRAP = 8  # report_safe wrappers undone (one per SpamAssassin pass; more is a bomb)
+
+
 def strip_markup(data: bytes) -> bytes:
     """The message as it was before any spam filter touched it: line endings as LF, no mbox
-    "From " line, no X-Spam-* headers, and SpamAssassin's report_safe wrapper undone."""
+    "From " line, no X-Spam-* headers, and SpamAssassin's report_safe wrapper undone (a
+    bounded number of times: a crafted message can nest thousands)."""
     if b"\r" in data:
         data = data.replace(b"\r\n", b"\n")
-    if data.startswith(b"From "):
-        data = data.partition(b"\n")[2]
-    end = data.find(b"\n\n")
-    head = data if end < 0 else data[:end]
-    if b"X-Spam-" in head or b"x-spam-" in head.lower():
+    for _ in range(MAX_UNWRAP + 1):
+        if data.startswith(b"From "):
+            data = data.partition(b"\n")[2]
+        end = data.find(b"\n\n")
+        head = data if end < 0 else data[:end]
+        if not (b"X-Spam-" in head or b"x-spam-" in head.lower()):
+            break
         head, sep, body = data.partition(b"\n\n")
         head = _OWNED.sub(b"", head + b"\n").rstrip(b"\n")
         original = _report_safe_original(head, body)
-        if original is not None:
-            return strip_markup(original)
-        data = head + sep + body
+        if original is None:
+            data = head + sep + body
+            break
+        data = original
     return data.rstrip() + b"\n"
 
 
@@ -543,13 +613,17 @@ def run(cfg: Config, label: str, paths: list[str], *, max_size: int = DEFAULT_MA
                          and err.isatty())
     try:
         for cls, path in sources:
+            found = False
             for item in read_path(path, max_size, mbox):
+                found = True
                 outcome = trainer.add(item, cls)
                 progress.advance()
                 if item.failure:
                     print(f"spambridge train: {item.where}: {item.problem}", file=err)
                 elif single and not quiet:
                     print(f"{item.where}: {outcome}", file=out)
+            if not found:  # an empty folder, or mail one level down (Maildir++ .Junk/)
+                print(f"spambridge train: {path}: no messages found", file=err)
         trainer.flush()
     except KeyboardInterrupt:
         trainer.abandon()

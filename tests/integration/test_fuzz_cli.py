@@ -115,8 +115,9 @@ def test_real_commands_over_every_hostile_file(corpus: Path, db: Path) -> None:
     t = subprocess.run([sys.executable, "-m", "spambridge", "train", "--db", str(db), "--spam",
                         "-q", str(corpus)], capture_output=True, text=True, timeout=600, env=env)
     assert t.returncode == 0 and "Traceback" not in t.stderr, t.stderr[-3000:]
-    c = subprocess.run([sys.executable, "-m", "spambridge", "check", "--db", str(db), "--batch",
-                        *map(str, files)], capture_output=True, text=True, timeout=600, env=env)
+    c = subprocess.run([sys.executable, "-m", "spambridge", "check", "--config",
+                        str(db.parent / "sb.toml"), "--db", str(db), "--batch", *map(str, files)],
+                       capture_output=True, text=True, timeout=600, env=env)
     assert c.returncode == 0 and "Traceback" not in c.stderr, c.stderr[-3000:]
     assert len(c.stdout.splitlines()) == len(files)
 

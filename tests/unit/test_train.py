@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import sqlite3
 import stat
 import subprocess
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from spambridge import cli
+from spambridge import cli, train
 from spambridge.bayes import store
 from spambridge.config import BayesConfig
 from spambridge.scanners.bayes import BayesScanner
@@ -96,6 +97,30 @@ def test_train_from_maildir_mbox_directory_file_and_stdin(
     assert store.is_private(str(db))
 
 
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_a_body_line_opening_with_from_does_not_split_a_message(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, in_memory: bool) -> None:
+    """Only a real separator line ("From " sender and a date) starts a new message; an
+    unescaped paragraph opening with "From" belongs to the body (the big-file reader, which
+    streams, agrees with the in-memory split)."""
+    chatty = mail(2, False).replace(b"\n\n", b"\n\nFrom what I hear, it moved.\n\n", 1) + (
+        b"\nFrom Bob's desk: see you at 10.\n")
+    box = tmp_path / "box.mbox"
+    box.write_bytes(b"".join(b"From x@y Mon Jan  1 00:00:00 2026\n" + m + b"\n"
+                             for m in (mail(1, False), chatty, mail(3, False))))
+    if not in_memory:
+        monkeypatch.setattr(train, "MBOX_IN_MEMORY", 100)
+    items = list(train.read_path(str(box), 0))
+    assert [i.where for i in items] == [f"{box}#{n}" for n in (1, 2, 3)]
+    assert all(i.data for i in items)
+    assert b"From what I hear" in items[1].data and b"From Bob's desk" in items[1].data
+    assert items[1].data.startswith(b"From: colleague@example.org")
+
+    one = tmp_path / "one.eml"  # a single saved message with its envelope line
+    one.write_bytes(b"From x@y Mon Jan  1 00:00:00 2026\n" + chatty)
+    assert [i.data for i in train.read_path(str(one), 0)] == [chatty]
+
+
 def test_repeat_is_a_noop_even_after_our_markup_was_added(
         tmp_path: Path, db: Path, capsys: pytest.CaptureFixture[str]) -> None:
     f = tmp_path / "m.eml"
@@ -110,6 +135,43 @@ def test_repeat_is_a_noop_even_after_our_markup_was_added(
     assert code == 0 and "1 already trained" in out
     assert tokens(db) == before and totals(db) == (1, 0)
     assert "x-spam-flag" not in " ".join(before).lower()
+
+
+def report_safe(original: bytes, level: int) -> bytes:
+    """SpamAssassin's report_safe wrapper around `original`, as spamd returns flagged spam."""
+    return (f"From: spamd@example.net\nSubject: [SPAM] offer\nX-Spam-Flag: YES\n"
+            f"Content-Type: multipart/mixed; boundary=\"b{level}\"\n\n"
+            f"--b{level}\nContent-Type: text/plain\n\nSpam detection software... report\n"
+            f"--b{level}\nContent-Type: message/rfc822; x-spam-type=original\n"
+            f"Content-Description: original message before SpamAssassin\n\n").encode() + (
+        original + f"\n--b{level}--\n".encode())
+
+
+def test_spamassassin_report_is_unwrapped_and_a_nested_bomb_is_bounded(
+        tmp_path: Path, db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A spam saved as spamd wrapped it teaches the original (so it dedupes against it); a
+    message nesting thousands of wrappers is learned as what is left after a few, not a
+    crash that stops the run."""
+    f = tmp_path / "m.eml"
+    f.write_bytes(mail(5, True))
+    assert run("train", "--db", str(db), "--spam", str(f), capsys=capsys)[0] == 0
+    wrapped = tmp_path / "wrapped.eml"
+    wrapped.write_bytes(report_safe(mail(5, True), 1))
+    code, out, _ = run("train", "--db", str(db), "--spam", str(wrapped), capsys=capsys)
+    assert code == 0 and "1 already trained" in out
+    assert "detection" not in tokens(db)
+
+    bomb = mail(6, True)
+    for level in range(1200):
+        bomb = report_safe(bomb, level)
+    d = tmp_path / "junk"
+    d.mkdir()
+    (d / "a.eml").write_bytes(mail(7, True))
+    (d / "b.eml").write_bytes(bomb)
+    (d / "c.eml").write_bytes(mail(8, True))
+    code, out, err = run("train", "--db", str(db), "--spam", str(d), capsys=capsys)
+    assert code == 0 and "Learned 3 of 3 messages as spam" in out, err
+    assert totals(db) == (4, 0)
 
 
 def test_other_class_moves_and_forget_undoes(tmp_path: Path, db: Path,
@@ -145,6 +207,14 @@ def test_bad_inputs_are_reported_counted_and_skipped(tmp_path: Path, db: Path,
     assert code == 0, err  # junk inside a folder is skipped, not an error
     assert "Learned 1 of 4 messages as spam (1 too large, 2 not mail)" in out
 
+    empty = tmp_path / "Maildir"  # the mail is one level down, in .Junk/
+    maildir(empty / ".Junk", [mail(3, True)])
+    for sub in ("cur", "new", "tmp"):
+        (empty / sub).mkdir()
+    code, out, err = run("train", "--db", str(db), "--spam", str(empty), capsys=capsys)
+    assert code == 0 and f"{empty}: no messages found" in err
+    assert "Learned 0 of 0 messages" in out
+
     code, out, err = run("train", "--db", str(db), "--spam", str(tmp_path / "nope"),
                          str(d / "notes.txt"), capsys=capsys)
     assert code == 1
@@ -167,12 +237,12 @@ def test_check_prints_the_milter_decision(tmp_path: Path, db: Path,
         (ham / f"{i}").write_bytes(mail(i, False))
     new_spam, new_ham = tmp_path / "s.eml", tmp_path / "h.eml"
     new_spam.write_bytes(mail(500, True))
-    new_ham.write_bytes(mail(500, False))
+    new_ham.write_bytes(mail(500, False, extra="X-Spam-Flag: NO\nX-Spam-Status: No, forged\n"))
     cfg = tmp_path / "sb.toml"  # 20 of each is enough here (the default waits for 200)
     cfg.write_text("[bayes]\nmin_trained = 20\n")
 
     code, out, _ = run("check", "--db", str(db), str(new_spam), capsys=capsys)
-    assert code == 0 and "verdict=unchecked=unavailable" in out
+    assert code == 1 and "verdict=unchecked=unavailable" in out  # a script must notice
     assert "no Bayes database" in out and not db.exists()  # check never creates one
 
     code, out, _ = run("train", "--db", str(db), "--spam", str(spam), capsys=capsys)
@@ -192,13 +262,29 @@ def test_check_prints_the_milter_decision(tmp_path: Path, db: Path,
     assert code == 0
     assert "verdict=reject action=reject" in out
     assert "SMTP reply: 550 5.7.1 Message rejected as spam" in out
-    assert "X-Spam-Flag: YES" in out and "X-Spam-Status: Yes, score=1.0000" in out
+    assert "headers added" not in out  # a refused message is not changed, as in the milter
     assert "strongest clues" in out and "'viagra'" in out
 
     code, out, _ = run("check", "--config", str(cfg), "--db", str(db), str(new_ham),
                        capsys=capsys)
     assert "verdict=ham action=accept" in out and "SMTP reply: 250" in out
     assert "X-Spam-Status: No, score=0.0000" in out
+    assert "headers removed: X-Spam-Flag, X-Spam-Status" in out  # the forged ones
+    assert "forged" not in out
+
+    code, out, _ = run("check", "--config", str(cfg), "--db", str(db), "--tag-only",
+                       str(new_spam), capsys=capsys)
+    assert code == 0 and "action=tag (would reject without tag-only)" in out
+    assert "X-Spam-Flag: YES" in out and "X-Spam-Status: Yes, score=1.0000" in out
+
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+    with dead:
+        code, out, _ = run("check", "--config", str(cfg), "--db", str(db), "--explain",
+                           "--engine", "spamd+bayes", "--spamd",
+                           f"127.0.0.1:{dead.getsockname()[1]}", str(new_spam), capsys=capsys)
+    assert code == 0 and "engine=bayes verdict=reject" in out
+    assert "note: fallback=spamd-unavailable" in out
 
     code, out, err = run("check", "--config", str(cfg), "--db", str(db), "--batch",
                          str(new_spam), str(new_ham), str(tmp_path / "missing"), capsys=capsys)
@@ -206,7 +292,62 @@ def test_check_prints_the_milter_decision(tmp_path: Path, db: Path,
     assert lines[0][0] == str(new_spam) and float(lines[0][1]) > 0.99
     assert lines[0][2] == "reject"
     assert lines[1][2] == "ham" and float(lines[1][1]) < 0.01
+    assert lines[2] == [str(tmp_path / "missing"), "-", "unreadable"]  # a line per path
     assert code == 1 and "missing: cannot read" in err
+
+
+def test_check_batch_into_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
+    """`check --batch ... | head -1`: the reader goes away; no traceback, no "Broken pipe"
+    error, the status of a tool killed by SIGPIPE."""
+    msg = tmp_path / "m.eml"
+    msg.write_bytes(mail(1, False))
+    r, w = os.pipe()
+    os.close(r)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "spambridge", "check", "--db",
+                               str(tmp_path / "none.db"), "--batch", str(msg), str(msg)],
+                              stdout=w, stderr=subprocess.PIPE, check=False, timeout=60)
+    finally:
+        os.close(w)
+    assert proc.returncode == 141 and proc.stderr == b""
+
+
+def test_pipes_devices_fifos_loops_and_a_closed_stdin(tmp_path: Path, db: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """Inputs that are not plain files: read as streams within --max-size (an mbox through
+    `<(...)` is split as it comes), a FIFO with no writer or a closed stdin reported instead
+    of a hang or a traceback, a symlink loop in a folder named while the rest is learned."""
+    d = tmp_path / "Junk"
+    d.mkdir()
+    (d / "good.eml").write_bytes(mail(1, True))
+    (d / "x").symlink_to(d / "y")
+    (d / "y").symlink_to(d / "x")
+    code, out, err = run("train", "--db", str(db), "--spam", str(d), capsys=capsys)
+    assert code == 1 and "Learned 1 of 3 messages as spam (2 unreadable)" in out
+    assert f"{d / 'x'}: unreadable" in err
+
+    code, out, _ = run("train", "--db", str(db), "--spam", "--max-size", "2k", "/dev/zero",
+                       capsys=capsys)
+    assert code == 0 and "(1 too large)" in out  # and not all of memory first
+
+    box = tmp_path / "box.mbox"
+    box.write_bytes(b"".join(b"From x@y Mon Jan  1 00:00:00 2026\n" + mail(i, True) + b"\n"
+                             for i in range(20, 23)))
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    spambridge = f"{sys.executable} -m spambridge"
+    script = (f"{spambridge} train --db {db} --spam <(cat {box}); echo rc=$?; "
+              f"{spambridge} train --db {db} --spam {fifo}; echo rc=$?; "
+              f"{spambridge} train --db {db} --spam - <&-; echo rc=$?; "
+              f"{spambridge} check --db {db} - <&-; echo rc=$?")
+    proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=120,
+                          check=False)
+    assert "Learned 3 of 3 messages as spam" in proc.stdout
+    assert f"{fifo}: not mail" in proc.stderr  # no writer: nothing to read, no wait
+    assert "<stdin>: unreadable: standard input is closed" in proc.stderr
+    assert "-: cannot read: standard input is closed" in proc.stderr
+    assert proc.stdout.count("rc=") == 4 and "Traceback" not in proc.stderr
+    assert totals(db) == (4, 0)
 
 
 def test_store_rejects_a_foreign_or_newer_database(tmp_path: Path) -> None:
