@@ -220,6 +220,15 @@ class _Section:
                 self.fail(key, "unknown key")
 
 
+def _check_order(b: _Section, t: Thresholds) -> None:
+    """ham_cutoff <= spam_cutoff <= reject_cutoff, blaming a key the admin actually wrote."""
+    for (lo_key, lo), (hi_key, hi) in ((("ham_cutoff", t.ham), ("spam_cutoff", t.tag)),
+                                       (("spam_cutoff", t.tag), ("reject_cutoff", t.reject))):
+        if lo > hi:
+            key = hi_key if hi_key in b.table else lo_key
+            b.fail(key, f"{lo_key} ({lo:g}) must not be above {hi_key} ({hi:g})")
+
+
 class _Loader:
     def __init__(self, path: str, text: str) -> None:
         self.path, self.lines = path, text.splitlines()
@@ -365,8 +374,7 @@ def from_mapping(data: Mapping[str, Any], path: str = "<config>", text: str = ""
         tag=b.get("spam_cutoff", float, pd.bayes.tag, _between(0.0, 1.0)),
         reject=b.get("reject_cutoff", float, pd.bayes.reject, _between(0.0, 1.0)),
     )
-    if not bayes_bands.ham <= bayes_bands.tag <= bayes_bands.reject:
-        b.fail("spam_cutoff", "need ham_cutoff <= spam_cutoff <= reject_cutoff")
+    _check_order(b, bayes_bands)
     b.finish()
 
     p = _Section(loader, "policy", data.get("policy", {}))

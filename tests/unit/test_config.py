@@ -69,6 +69,10 @@ socket = "/run/spamd.sock"
         ("[spamd]\nport = 0\n", 2, "[spamd] port: must be between 1 and 65535"),
         ("[bogus]\nx = 1\n", 1, "unknown section [bogus]"),
         ("[milter]\nsocket_mode = \"rw-rw----\"\n", 2, "octal mode"),
+        ("[bayes]\nreject_cutoff = 0.5\n", 2,
+         "[bayes] reject_cutoff: spam_cutoff (0.9) must not be above reject_cutoff (0.5)"),
+        ("[bayes]\n\nham_cutoff = 0.95\n", 3,
+         "[bayes] ham_cutoff: ham_cutoff (0.95) must not be above spam_cutoff (0.9)"),
     ],
 )
 def test_errors_name_file_line_and_key(tmp_path: Path, text: str, line: int, message: str) -> None:
