@@ -12,8 +12,10 @@ import logging
 import os
 import signal
 import socket
+import stat
 import threading
 from collections.abc import Callable
+from typing import Any
 
 from spambridge import __version__, privileges
 from spambridge.config import Config, ConfigError
@@ -84,7 +86,7 @@ def run(cfg: Config, reload: Callable[[], Config] | None = None) -> int:
     Milter.set_flags(actions.FLAGS)
     _register()
     try:
-        _open_socket(spec, cfg)
+        ours = _open_socket(spec, cfg)
         privileges.drop(cfg, spec)  # after the socket and the Bayes database exist
     except Exception:
         bridge.stop()
@@ -92,6 +94,9 @@ def run(cfg: Config, reload: Callable[[], Config] | None = None) -> int:
     log.info("spambridge %s listening on %s (engine=%s, cap=%gs%s)", __version__,
              spec.libmilter, cfg.milter.engine, cfg.milter.scan_timeout,
              ", tag-only" if cfg.policy.tag_only else "")
+    bayes: Any = getattr(scanner, "secondary", scanner)  # spamd+bayes: the fallback engine
+    if bayes.name == "bayes":
+        bayes.probe()  # as the milter's user: what every message will meet
     nudger = PoolNudger(spec, pipeline).start()
     pipeline.before_scan = nudger.poke
     _notify_ready()
@@ -113,7 +118,9 @@ def run(cfg: Config, reload: Callable[[], Config] | None = None) -> int:
         bridge.stop()
         if spec.family == "unix":
             with contextlib.suppress(OSError):
-                os.unlink(spec.path)
+                st = os.lstat(spec.path)
+                if (st.st_dev, st.st_ino) == ours:  # not a newer instance's socket
+                    os.unlink(spec.path)
     log.info("spambridge stopped")
     return 0
 
@@ -153,7 +160,9 @@ def _register() -> None:
     milter.set_close_callback(M.close_callback)
 
 
-def _open_socket(spec: SocketSpec, cfg: Config) -> None:
+def _open_socket(spec: SocketSpec, cfg: Config) -> tuple[int, int] | None:
+    """Open libmilter's listener; for a unix socket, give it its group and mode and return
+    its (device, inode), so that only this socket is removed at exit."""
     import Milter as M  # noqa: N817 - Milter.milter is the C module
 
     milter = M.milter
@@ -172,6 +181,9 @@ def _open_socket(spec: SocketSpec, cfg: Config) -> None:
     finally:
         os.umask(old_umask)
     if spec.family == "unix":
+        st = os.lstat(spec.path)
+        if not stat.S_ISSOCK(st.st_mode):  # swapped for a link to something else: hands off
+            raise OSError(f"{spec.path} is not the socket just created; refusing to chmod it")
         gid = -1
         if cfg.milter.socket_group:
             try:
@@ -181,15 +193,16 @@ def _open_socket(spec: SocketSpec, cfg: Config) -> None:
                                   ) from None
         if gid != -1:
             try:
-                os.chown(spec.path, -1, gid)
+                os.chown(spec.path, -1, gid, follow_symlinks=False)
             except PermissionError:
                 raise ConfigError(
                     f"socket_group {cfg.milter.socket_group!r}: this user may not give the socket "
                     "that group (run as root, add the user to the group, or leave socket_group "
                     "unset and use a setgid socket directory)") from None
         os.chmod(spec.path, cfg.milter.socket_mode)
-    else:
-        set_nodelay_on_listener(spec)
+        return st.st_dev, st.st_ino
+    set_nodelay_on_listener(spec)
+    return None
 
 
 def find_listener(spec: SocketSpec) -> int | None:

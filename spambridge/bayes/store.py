@@ -89,10 +89,11 @@ class TokenWriter(Protocol):
 
 
 def _connect(path: str, timeout: float) -> sqlite3.Connection:
+    """A connection with our settings. WAL mode is set by `create`, after the schema check,
+    and persists in the file: opening someone else's SQLite file must not convert it."""
     try:
         conn = sqlite3.connect(path, timeout=timeout, isolation_level=None,
                                check_same_thread=False, cached_statements=512)
-        conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")  # in WAL mode: never corrupt, fast commits
         conn.execute("PRAGMA cache_size=-32768")  # 32 MB page cache
         conn.execute("PRAGMA mmap_size=268435456")
@@ -120,6 +121,9 @@ def create(path: str) -> None:
     conn = _connect(str(p), BUSY_TIMEOUT_WRITE)
     try:
         _ensure_schema(conn, str(p))
+        conn.execute("PRAGMA journal_mode=WAL")  # the milter reads while `train` writes
+    except sqlite3.Error as e:
+        raise StoreError(f"{path}: cannot open the Bayes database: {e}") from e
     finally:
         conn.close()
 
@@ -133,6 +137,10 @@ def _ensure_schema(conn: sqlite3.Connection, path: str) -> None:
             raise StoreError(f"{path}: schema version {version}, this spambridge knows "
                              f"{SCHEMA_VERSION}")
         conn.execute("BEGIN IMMEDIATE")
+        if conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+            conn.rollback()  # tables, but not ours: another program's database
+            raise StoreError(f"{path}: not a spambridge Bayes database (it holds other "
+                             "tables); refusing to add ours to it")
         for stmt in filter(None, (s.strip() for s in _SCHEMA.split(";"))):
             conn.execute(stmt)
         conn.execute("INSERT OR REPLACE INTO meta VALUES ('tokenizer', ?)",
@@ -148,6 +156,9 @@ def _ensure_schema(conn: sqlite3.Connection, path: str) -> None:
 def _check_opened(conn: sqlite3.Connection, path: str) -> None:
     try:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version == 0:
+            raise StoreError(f"{path}: not a spambridge Bayes database (empty, or another "
+                             "program's file)")
         if version != SCHEMA_VERSION:
             raise StoreError(f"{path}: schema version {version}, expected {SCHEMA_VERSION}")
         row = conn.execute("SELECT value FROM meta WHERE key='tokenizer'").fetchone()
@@ -446,9 +457,12 @@ class SqliteWriter:
         return Totals(int(row[0]), int(row[1]))
 
     def close(self) -> None:
+        """Fold the WAL back into the database and leave it empty: readers need not search
+        it, and a retrained copy moved over the file later (docs/bayes.md) cannot be mixed
+        with pages this run left in the -wal file the milter keeps open."""
         self.rollback()
-        with contextlib.suppress(sqlite3.Error):  # fold the WAL back: readers need not search it
-            self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        with contextlib.suppress(sqlite3.Error):
+            self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self.conn.close()
 
 

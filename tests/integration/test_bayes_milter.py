@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sqlite3
 import stat
 import time
 from collections.abc import Callable
@@ -13,8 +14,18 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from harness import FakeSpamd, RunningMilter, Spamd, free_port, read_request, train_database
+from harness import (
+    FakeSpamd,
+    RunningMilter,
+    Spamd,
+    free_port,
+    read_request,
+    train_database,
+    wait_until,
+)
 from milterclient import MilterClient, Result, send_one
+
+from spambridge import cli
 
 Start = Callable[..., RunningMilter]
 MakeFake = Callable[[Callable[[socket.socket], None]], FakeSpamd]
@@ -123,6 +134,9 @@ def test_missing_database_is_created_and_mail_flows_unchecked(tmp_path: Path,
                                                               start_milter: Start) -> None:
     db = tmp_path / "new" / "dir" / "bayes.sqlite"
     m = start_milter(bayes_cfg(db))
+    # said once at start, before any mail: the admin sees why mail will pass unchecked
+    wait_until(lambda: "not trained yet (0 spam, 0 ham; min_trained 10)" in m.log, 10,
+               "the start-up warning")
     r = send_one(m.socket_path, spam(1))
     assert r.action == "accept"
     assert status(r) == "No, unchecked=unavailable"
@@ -131,6 +145,36 @@ def test_missing_database_is_created_and_mail_flows_unchecked(tmp_path: Path,
     # trained while the milter runs: the next message is scored, no restart needed
     assert train_database(db.parent, labelled, 10) == db
     assert send_one(m.socket_path, spam(600)).action == "reject"
+
+
+def test_a_retrained_copy_moved_into_place_is_used_whole(tmp_path: Path, trained_db: Path,
+                                                          start_milter: Start) -> None:
+    """The usual deploy, `mv new.sqlite bayes.sqlite`, while the milter runs and after a
+    `train` run into the live file (which leaves pages in the -wal file the milter keeps
+    open): the milter must score with the new file alone — not the old pages, and not a mix
+    of both, which SQLite would take for a corrupt database once the stale -wal is applied."""
+    m = start_milter(bayes_cfg(trained_db))
+    with ThreadPoolExecutor(2) as pool:  # both of the engine's threads have read the file
+        assert [r.action for r in pool.map(lambda n: send_one(m.socket_path, spam(n)),
+                                           range(700, 704))] == ["reject"] * 4
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    for i in range(5):
+        (extra / f"{i}.eml").write_bytes(spam(800 + i))
+    assert cli.main(["train", "--db", str(trained_db), "--spam", "-q", str(extra)]) == 0
+    swapped = tmp_path / "swapped"
+    swapped.mkdir()  # the classes the other way round: its verdicts are recognisable
+    new = train_database(swapped, lambda n, label: labelled(n, "ham" if label == "spam"
+                                                             else "spam"), 30)
+    os.replace(new, trained_db)
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda n: send_one(m.socket_path, spam(n)), range(710, 716)))
+    assert [r.action for r in results] == ["accept"] * 6
+    assert all(status(r).startswith("No, score=0.0") for r in results), [status(r) for r in results]
+    assert m.stop() == 0
+    with sqlite3.connect(trained_db) as c:
+        assert c.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert c.execute("SELECT nspam, nham FROM totals").fetchone() == (30, 30)
 
 
 def test_spamd_stopped_falls_back_to_bayes(trained_db: Path, start_milter: Start) -> None:

@@ -365,6 +365,53 @@ def test_store_rejects_a_foreign_or_newer_database(tmp_path: Path) -> None:
     scanner.close()
 
 
+def test_another_programs_database_is_left_as_it_was(tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """`--db` pointed at some other SQLite file by mistake: refused, not converted to WAL and
+    given our tables; an emptied file is named as such when the milter reads it."""
+    other = tmp_path / "users.sqlite"
+    with sqlite3.connect(other) as c:
+        c.execute("CREATE TABLE users(name TEXT)")
+    c.close()
+    before = other.read_bytes()
+    f = tmp_path / "m.eml"
+    f.write_bytes(mail(1, True))
+    code, _, err = run("train", "--db", str(other), "--spam", str(f), capsys=capsys)
+    assert code == 1 and "not a spambridge Bayes database (it holds other tables)" in err
+    with pytest.raises(store.StoreError, match="not a spambridge Bayes database"):
+        store.SqliteReader(str(other))
+    assert other.read_bytes() == before and not Path(f"{other}-wal").exists()
+
+    emptied = tmp_path / "emptied.sqlite"
+    emptied.write_bytes(b"")
+    with pytest.raises(store.StoreError, match=r"empty, or another program's file"):
+        store.SqliteReader(str(emptied))
+
+
+def test_a_corrupt_database_is_reported_not_a_traceback(tmp_path: Path, db: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    d = tmp_path / "spam"
+    d.mkdir()
+    for i in range(300):
+        (d / f"{i}.eml").write_bytes(mail(i, True))
+    assert run("train", "--db", str(db), "--spam", "-q", str(d), capsys=capsys)[0] == 0
+    with open(db, "r+b") as fh:  # clobber the pages after the first few
+        fh.seek(5 * 4096)
+        fh.write(os.urandom(40 * 4096))
+    more = tmp_path / "ham"
+    more.mkdir()
+    for i in range(5):
+        (more / f"{i}.eml").write_bytes(mail(i, False))
+    code, _, err = run("train", "--db", str(db), "--ham", str(more), capsys=capsys)
+    assert code == 1 and "Traceback" not in err
+    assert f"{db}: " in err and "nothing was saved" in err
+
+    assert run("train", "--db", str(tmp_path / "none.sqlite"), "--forget", str(more),
+               capsys=capsys)[:2] == (0, f"No Bayes database at {tmp_path / 'none.sqlite'}: "
+                                         "nothing to forget\n")
+    assert not (tmp_path / "none.sqlite").exists()
+
+
 def test_scoring_while_train_writes_in_another_process(tmp_path: Path, db: Path,
                                                        capsys: pytest.CaptureFixture[str]) -> None:
     ham = tmp_path / "ham"
@@ -391,7 +438,7 @@ def test_scoring_while_train_writes_in_another_process(tmp_path: Path, db: Path,
             continue
         assert 0.0 <= r.score <= 1.0
         scored += 1
-        seen_spam.add(scanner._worker().reader.totals().nspam)
+        seen_spam.add(scanner.totals().nspam)
     out, err = proc.communicate(timeout=60)
     scanner.close()
     assert proc.returncode == 0, err
