@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import pwd
-from pathlib import Path
+import stat
 
 from spambridge.config import Config, ConfigError
 from spambridge.milter.socketspec import SocketSpec
@@ -49,13 +49,19 @@ def drop(cfg: Config, spec: SocketSpec) -> None:
             return  # already that user (systemd User=)
         raise ConfigError(f"{cfg.source}: [milter] user = {name!r} needs spambridge to be "
                           "started as root")
+    # never through a symlink: the directories may be writable by that user, who could
+    # otherwise point a name at any file root owns and be handed it at the next start
     if spec.family == "unix":
-        os.chown(spec.path, pw.pw_uid, -1)  # the group stays socket_group (the MTA's)
+        os.chown(spec.path, pw.pw_uid, -1, follow_symlinks=False)  # group: socket_group's
     if uses_bayes(cfg):
         for suffix in _DB_SUFFIXES:  # created by root just now (or by a root run before)
-            f = Path(cfg.bayes.db + suffix)
-            if f.exists() and f.stat().st_uid == 0:
-                os.chown(f, pw.pw_uid, pw.pw_gid)
+            f = cfg.bayes.db + suffix
+            try:
+                st = os.lstat(f)
+            except FileNotFoundError:
+                continue
+            if stat.S_ISREG(st.st_mode) and st.st_uid == 0:
+                os.chown(f, pw.pw_uid, pw.pw_gid, follow_symlinks=False)
     preload()
     os.initgroups(name, pw.pw_gid)
     os.setgid(pw.pw_gid)

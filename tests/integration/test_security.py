@@ -321,6 +321,29 @@ def test_bayes_database_is_handed_to_the_user_and_kept_private(start_milter: Sta
 
 
 @needs_root
+def test_a_symlink_beside_the_database_is_not_followed_to_hand_root_files_away(
+        start_milter: Start, open_dir: Path) -> None:
+    """The database directory is the milter user's: a compromised milter could leave
+    `bayes.sqlite-journal` as a link to a root file. The next start, as root, must not chown
+    what the link points at."""
+    nobody = pwd.getpwnam("nobody")
+    dbdir = open_dir / "db"
+    dbdir.mkdir(mode=0o750)
+    os.chown(dbdir, nobody.pw_uid, nobody.pw_gid)
+    db = bayes_db(dbdir / "bayes.sqlite")
+    secret = open_dir / "root-only"
+    secret.write_text("root's\n")
+    os.chmod(secret, 0o600)
+    (dbdir / "bayes.sqlite-journal").symlink_to(secret)
+    m = start_milter({"milter": {"engine": "bayes", "user": "nobody",
+                                 "socket": f"unix:{open_dir}/milter.sock"},
+                      "bayes": {"db": str(db), "min_trained": 3}})
+    wait_until(lambda: "running as nobody" in m.log, 10, "the switch to nobody")
+    assert secret.stat().st_uid == 0 and oct(secret.stat().st_mode & 0o777) == "0o600"
+    assert db.stat().st_uid == nobody.pw_uid  # the real file is still handed over
+
+
+@needs_root
 def test_bayes_directory_the_user_cannot_write_is_a_config_error(start_milter: Start,
                                                                  open_dir: Path) -> None:
     """SQLite needs the directory for its -wal/-shm files: refuse to start rather than
