@@ -16,6 +16,7 @@ import hashlib
 import itertools
 import os
 import re
+import sqlite3
 import stat
 import sys
 import time
@@ -492,6 +493,7 @@ class Trainer:
         self.label = label  # spam | ham | forget | index (the class comes with each message)
         self.limits = limits
         self.summary = Summary(label)
+        self.saved = 0  # messages offered up to the last commit (all of them are in the db)
         self._batch: store.Batch | None = None
         self._since = 0.0
         self._scorer: Any = None
@@ -566,6 +568,7 @@ class Trainer:
         if self._batch is not None:
             batch, self._batch = self._batch, None
             self.writer.commit(batch)
+        self.saved = self.summary.seen
 
     def abandon(self) -> None:
         self._batch = None
@@ -601,6 +604,9 @@ def run(cfg: Config, label: str, paths: list[str], *, max_size: int = DEFAULT_MA
     out = out or sys.stdout
     err = err or sys.stderr
     start = time.monotonic()
+    if label == "forget" and not os.path.exists(cfg.bayes.db):
+        print(f"No Bayes database at {cfg.bayes.db}: nothing to forget", file=out)
+        return 0
     try:
         writer = store.SqliteWriter(cfg.bayes.db)
     except (store.StoreError, OSError) as e:
@@ -611,6 +617,7 @@ def run(cfg: Config, label: str, paths: list[str], *, max_size: int = DEFAULT_MA
     single = index is None and paths == ["-"]
     progress = _Progress([p for _, p in sources], enabled=not quiet and not single
                          and err.isatty())
+    said: list[str] = []  # stdin's outcome, said once it is committed
     try:
         for cls, path in sources:
             found = False
@@ -621,28 +628,38 @@ def run(cfg: Config, label: str, paths: list[str], *, max_size: int = DEFAULT_MA
                 if item.failure:
                     print(f"spambridge train: {item.where}: {item.problem}", file=err)
                 elif single and not quiet:
-                    print(f"{item.where}: {outcome}", file=out)
+                    said.append(f"{item.where}: {outcome}")
             if not found:  # an empty folder, or mail one level down (Maildir++ .Junk/)
                 print(f"spambridge train: {path}: no messages found", file=err)
         trainer.flush()
     except KeyboardInterrupt:
         trainer.abandon()
         progress.stop()
-        print("spambridge train: interrupted; the last batch was not saved", file=err)
+        print(f"spambridge train: interrupted; {_kept(trainer)}", file=err)
         return 130
-    except store.StoreError as e:
+    except (store.StoreError, sqlite3.Error) as e:  # a corrupt file fails mid-batch
         trainer.abandon()
         progress.stop()
-        print(f"spambridge train: {e}", file=err)
+        where = "" if isinstance(e, store.StoreError) else f"{cfg.bayes.db}: "
+        print(f"spambridge train: {where}{e}; {_kept(trainer)}", file=err)
         return 1
     finally:
         progress.stop()
         writer.close()
+    for line in said:
+        print(line, file=out)
     if not quiet:
         print(trainer.summary.line(time.monotonic() - start), file=out)
         if trainer.summary.learned or trainer.summary.forgotten:
             _note_untrained(cfg, out)
     return 1 if trainer.summary.failed else 0
+
+
+def _kept(trainer: Trainer) -> str:
+    if not trainer.saved:
+        return "nothing was saved"
+    return (f"the first {trainer.saved} of {trainer.summary.seen} messages were saved (every "
+            "batch before the one that failed), the rest was not")
 
 
 def _note_untrained(cfg: Config, out: IO[str]) -> None:
