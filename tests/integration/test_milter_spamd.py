@@ -22,6 +22,7 @@ from harness import (
     FakeSpamd,
     RunningMilter,
     Spamd,
+    connectable,
     free_port,
     message,
     read_request,
@@ -336,6 +337,31 @@ def test_sigterm_lets_inflight_messages_finish(start_milter: Start, fake_spamd: 
     assert results[0].header("X-Spam-Flag") == "YES"
     assert m.proc.wait(20) == 0
     assert "spambridge stopped" in m.log
+
+
+def test_a_stopping_milter_leaves_its_successors_socket_alone(start_milter: Start,
+                                                              fake_spamd: MakeFake) -> None:
+    """A restart that does not wait: the old instance has closed its listener but still
+    finishes a message when the new one starts on the same socket path. Exiting, the old one
+    must remove only its own socket, not the one the new instance listens on."""
+    rec = Recorder(score=1.0, delay=2.0)
+    cfg = spamd_cfg(fake_spamd(rec))
+    old = start_milter(cfg)
+    results: list[Result] = []
+    t = threading.Thread(target=lambda: results.append(send_one(old.socket_path, message())))
+    t.start()
+    deadline = time.monotonic() + 10
+    while not rec.requests and time.monotonic() < deadline:
+        time.sleep(0.01)
+    old.proc.send_signal(signal.SIGTERM)
+    while connectable(old.socket_path) and time.monotonic() < deadline:
+        time.sleep(0.01)  # libmilter stops listening at once; the reply still waits
+    cfg["milter"]["socket"] = f"unix:{old.socket_path}"
+    new = start_milter(cfg)
+    assert old.proc.wait(20) == 0
+    t.join(20)
+    assert results and results[0].action == "accept"
+    assert send_one(new.socket_path, message()).action == "accept"
 
 
 def test_sigterm_during_startup_is_a_clean_stop(tmp_path: Path) -> None:
