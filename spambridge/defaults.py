@@ -15,6 +15,12 @@ REPLY_MARGIN = 0.25  # seconds the libmilter thread allows beyond the cap
 MAX_SCAN_SIZE = 1024 * 1024  # bytes; larger messages are not scanned (on_oversize)
 SPOOL_MEMORY = 256 * 1024  # bytes of body kept in RAM before spilling to a temp file
 MAX_HEADERS = 10_000  # headers beyond this make the message oversize, not a memory problem
+# forged X-Spam-* fields removed per message. Postfix's cleanup applies at most 10,000 edits
+# to a message (more makes it panic and stalls all mail for a minute), each dearer than the
+# last (8,000 deletions: 2 s); no honest message carries more than a few dozen
+MAX_OWNED = 1000
+MAX_OWNED_NAMES = 100  # distinct X-Spam-* names remembered (each is kept to delete it)
+MAX_RECIPIENTS = 1000  # kept per message (Postfix's smtpd_recipient_limit); more are counted
 SKIP_AUTHENTICATED = True
 
 # policy (SpamAssassin points)

@@ -36,7 +36,8 @@ class Envelope:
     mta_host: str = ""  # macro j
     daemon_name: str = ""  # macro {daemon_name}
     sender: str = ""
-    recipients: list[str] = field(default_factory=list)
+    recipients: list[str] = field(default_factory=list)  # the first MAX_RECIPIENTS
+    rcpt_count: int = 0
     auth_user: str = ""  # macro {auth_authen}, captured at MAIL FROM
     queue_id: str = ""  # macro i, known from DATA on
     tls: bool = False
@@ -74,6 +75,7 @@ class MessageBuffer:
         self.max_scan_size = max_scan_size
         self.headers: list[tuple[str, bytes]] = []
         self.owned: dict[str, tuple[str, int]] = {}  # lower name → (name, count)
+        self.owned_total = 0  # every X-Spam-* field seen, remembered or not
         self.size = 0
         self.oversize = False
         self._body = tempfile.SpooledTemporaryFile(  # noqa: SIM115 - closed by close()
@@ -82,9 +84,13 @@ class MessageBuffer:
 
     def add_header(self, name: str, value: bytes) -> None:
         if headers.is_owned(name):
+            self.owned_total += 1
             key = name.lower()
-            first, n = self.owned.get(key, (name, 0))
-            self.owned[key] = (first, n + 1)
+            if key in self.owned:
+                first, n = self.owned[key]
+                self.owned[key] = (first, n + 1)
+            elif len(self.owned) < defaults.MAX_OWNED_NAMES:
+                self.owned[key] = (name, 1)
         self.size += len(name) + len(value) + 4
         if self.size > self.max_scan_size or len(self.headers) >= defaults.MAX_HEADERS:
             self._mark_oversize()
@@ -110,8 +116,14 @@ class MessageBuffer:
             self._body.truncate()
 
     def owned_headers(self) -> list[tuple[str, int]]:
-        """(name, index) pairs to delete, highest index first per name (CVE-2022-48521)."""
-        return [(name, i) for name, n in self.owned.values() for i in range(n, 0, -1)]
+        """(name, index) pairs to delete, highest index first per name (CVE-2022-48521): the
+        first occurrences, at most MAX_OWNED in all (a flood of forged fields is a hostile
+        message, and Postfix could not apply more edits; the rest stay, and are logged)."""
+        out: list[tuple[str, int]] = []
+        for name, n in self.owned.values():
+            k = min(n, defaults.MAX_OWNED - len(out))
+            out += [(name, i) for i in range(k, 0, -1)]
+        return out
 
     def header_value(self, name: str) -> bytes | None:
         key = name.lower()

@@ -165,7 +165,7 @@ def log_decision(ev: Evaluation, buf: MessageBuffer, env: Envelope, tag_only: bo
         "%s: from=<%s> rcpts=%d size=%d engine=%s score=%s action=%s%s reason=%s ms=%d%s%s",
         clean(env.queue_id) or "NOQUEUE",
         clean(env.sender.strip("<>")),
-        len(env.recipients),
+        env.rcpt_count or len(env.recipients),
         buf.size,
         d.engine,
         score,

@@ -86,8 +86,14 @@ class SpamBridgeMilter(Milter.Base):
             decision = s.pipeline.evaluate(
                 s._buf(), s.envelope, failure=ScanError(ErrorKind.ERROR, "internal", repr(e))
             ).decision
+        qid = clean(s.envelope.queue_id)
         try:
-            return actions.apply(self, decision, s.owned_headers(), s.subject())
+            owned = s.owned_headers()
+            total = s.owned_total
+            if total > len(owned):
+                log.warning("%s: %d forged X-Spam-* fields, only the first %d removed", qid,
+                            total, len(owned))
+            return actions.apply(self, decision, owned, s.subject(), qid)
         finally:
             s.end_message()
 

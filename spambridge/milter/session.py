@@ -6,6 +6,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 
+from spambridge import defaults
 from spambridge.config import MilterConfig
 from spambridge.message import Envelope, MessageBuffer, clean
 from spambridge.pipeline import Evaluation, Pipeline
@@ -61,7 +62,10 @@ class Session:
             self.failure = ScanError(ErrorKind.ERROR, "spool", clean(str(e)))
 
     def add_recipient(self, rcpt: str) -> None:
-        self.envelope.recipients.append(rcpt)
+        env = self.envelope
+        env.rcpt_count += 1
+        if len(env.recipients) < defaults.MAX_RECIPIENTS:  # memory bounded per message
+            env.recipients.append(rcpt)
 
     def set_queue_id(self, qid: str) -> None:
         if qid:
@@ -93,6 +97,11 @@ class Session:
 
     def owned_headers(self) -> list[tuple[str, int]]:
         return self._buf().owned_headers()
+
+    @property
+    def owned_total(self) -> int:
+        """X-Spam-* fields the message came with (owned_headers() may hold fewer)."""
+        return self._buf().owned_total
 
     def subject(self) -> bytes | None:
         return self._buf().header_value("Subject")

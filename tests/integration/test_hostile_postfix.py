@@ -33,3 +33,25 @@ def test_a_100_kb_header_is_delivered_and_scanned(postfix: PostfixInstance, star
     assert 0 < kept < len(ids)
     assert len("\n\t".join(ids[:kept])) < 65535
     assert f"{qid}: " in m.log and "Traceback" not in m.log
+
+
+def test_a_flood_of_forged_x_spam_fields_cannot_crash_postfix(
+        postfix: PostfixInstance, start_milter: Start, fake: SwitchableSpamd) -> None:
+    """10,500 forged X-Spam-Flag fields in a 200 kB message. Asked to delete them all,
+    Postfix's cleanup passes its limit of 10,000 edits per message, panics, and every sender
+    waits about a minute while the master throttles it. The milter removes the first 1,000
+    (no honest message has more than a few dozen), logs the rest, and the message — and the
+    next one — are delivered with our status."""
+    m = start_milter({"milter": {"socket": f"unix:{postfix.milter_socket}", "engine": "spamd"},
+                      "spamd": {"host": "127.0.0.1", "port": fake.port}})
+    forged = "".join(f"X-Spam-Flag: forged{i}\n" for i in range(10_500))
+    qid = postfix.send(message(subject="flood", extra_headers=forged))
+    got = postfix.wait_delivered(qid)
+    flags = got.all("X-Spam-Flag")
+    assert len(flags) == 10_500 - 1000 and "forged0" not in flags and "forged999" not in flags
+    # over MAX_HEADERS (10,000) fields the message is not scanned, as one over max_scan_size
+    assert got.all("X-Spam-Status")[0] == "No, unchecked=oversize"
+    assert f"{qid}: 10500 forged X-Spam-* fields, only the first 1000 removed" in m.log
+    after = postfix.send(message(subject="next"))
+    postfix.wait_delivered(after, timeout=10)
+    assert "panic" not in postfix.log and "Traceback" not in m.log

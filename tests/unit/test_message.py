@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
+from spambridge import defaults
 from spambridge.message import Envelope, MessageBuffer, parse_raw
 from spambridge.milter.socketspec import parse_socket_spec
 
@@ -26,6 +27,27 @@ def test_owned_headers_deleted_last_index_first() -> None:
         buf.add_header(name, b"YES")
     assert buf.owned_headers() == [("X-Spam-Flag", 3), ("X-Spam-Flag", 2),
                                    ("X-Spam-Flag", 1), ("X-Spam-Score", 1)]
+
+
+def test_a_flood_of_forged_fields_is_removed_up_to_a_cap() -> None:
+    """Postfix cannot apply more than 10,000 edits to a message: the first MAX_OWNED
+    occurrences go (each name's highest index first), and memory is bounded by the number
+    of distinct names remembered."""
+    buf = MessageBuffer(1 << 30, 1 << 16)
+    for i in range(3000):
+        buf.add_header("X-Spam-Flag", b"forged")
+        buf.add_header(f"X-Spam-Name{i}", b"x")
+    owned = buf.owned_headers()
+    assert len(owned) == defaults.MAX_OWNED and buf.owned_total == 6000
+    assert owned[:3] == [("X-Spam-Flag", 1000), ("X-Spam-Flag", 999), ("X-Spam-Flag", 998)]
+    assert owned[-1] == ("X-Spam-Flag", 1)
+    assert len(buf.owned) == defaults.MAX_OWNED_NAMES
+    small = MessageBuffer(1 << 20, 1 << 16)
+    for i in range(3):
+        small.add_header("X-Spam-Flag", b"forged")
+        small.add_header(f"X-Spam-N{i}", b"x")
+    assert small.owned_headers() == [("X-Spam-Flag", 3), ("X-Spam-Flag", 2), ("X-Spam-Flag", 1),
+                                     ("X-Spam-N0", 1), ("X-Spam-N1", 1), ("X-Spam-N2", 1)]
 
 
 def test_oversize_stops_keeping_the_body() -> None:
