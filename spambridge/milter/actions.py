@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import Milter
@@ -59,19 +60,32 @@ def apply(
     decision: Decision,
     owned: list[tuple[str, int]],
     subject: bytes | None,
+    queue_id: str = "",
 ) -> int:
+    """Tell the MTA the decision. Each change to the message is tried on its own: one that
+    libmilter refuses (a field too big for its 64 KiB packets, an MTA that did not grant the
+    action) is logged and skipped, and the message still gets the verdict's reply — not the
+    451 "untrapped exception" pymilter would answer, which no policy names."""
     if decision.action in (Action.REJECT, Action.TEMPFAIL):
         reply = decision.reply or SmtpReply("451", "4.7.1", "Try again later")
-        ctx.setreply(reply.code, reply.xcode, reply_text(reply.text))
+        _try(queue_id, "set the reply", ctx.setreply, reply.code, reply.xcode,
+             reply_text(reply.text))
         return int(_RESULT[decision.action])
     for name, idx in owned:  # highest index first per name, so indexes stay valid
-        ctx.chgheader(name, idx, None)
+        _try(queue_id, f"remove {name}[{idx}]", ctx.chgheader, name, idx, None)
     for name, value in decision.headers:
-        ctx.addheader(name, value)
+        _try(queue_id, f"add {name}", ctx.addheader, name, value)
     if decision.subject_prefix:
         new = tagged_subject(decision.subject_prefix, subject)
         if new is not None and subject is None:
-            ctx.addheader("Subject", new)
+            _try(queue_id, "add Subject", ctx.addheader, "Subject", new)
         elif new is not None:
-            ctx.chgheader("Subject", 1, new)
+            _try(queue_id, "tag the Subject", ctx.chgheader, "Subject", 1, new)
     return int(_RESULT[decision.action])
+
+
+def _try(queue_id: str, what: str, op: Callable[..., Any], *args: Any) -> None:
+    try:
+        op(*args)
+    except Exception as e:  # Milter.error, DisabledAction: libmilter said no
+        log.warning("%s: could not %s: %s", queue_id or "NOQUEUE", what[:80], e)

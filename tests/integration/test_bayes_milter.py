@@ -97,6 +97,22 @@ def test_spam_below_the_reject_cutoff_is_tagged(trained_db: Path, start_milter: 
     assert "required=0.9000" in status(r)
 
 
+def test_a_change_libmilter_refuses_still_gets_the_verdicts_reply(trained_db: Path,
+                                                                  start_milter: Start) -> None:
+    """A Subject just under libmilter's 64 KiB packet: tagged, it no longer fits, and libmilter
+    refuses the change. The message must still get the verdict (tag: accepted, with its
+    X-Spam-* fields), not pymilter's 451 "untrapped exception" that no policy names; the log
+    says what could not be done."""
+    m = start_milter({**bayes_cfg(trained_db, reject_cutoff=1.0),
+                      "policy": {"subject_tag": "[SPAM]"}})
+    body = " ".join(SPAM_WORDS * 5)
+    raw = f"From: x@y.example\nSubject: {'W' * 65_520}\n\n{body}\n".encode()
+    r = send_one(m.socket_path, raw, queue_id="BIGSUBJ1")
+    assert r.action == "accept" and r.header("X-Spam-Flag") == "YES"
+    assert not [c for c in r.changed if c[0].lower() == "subject"]
+    assert "BIGSUBJ1: could not tag the Subject" in m.log and "Traceback" not in m.log
+
+
 def test_mixed_message_is_unsure(trained_db: Path, start_milter: Start) -> None:
     m = start_milter(bayes_cfg(trained_db))
     body = " ".join(w for pair in zip(SPAM_WORDS, HAM_WORDS, strict=True) for w in pair)
