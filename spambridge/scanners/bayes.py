@@ -67,6 +67,9 @@ class BayesScanner:
             log.warning("Bayes database unusable, mail passes unchecked until it is fixed: %s",
                         e)
             return
+        finally:
+            with self._lock:
+                self._drop()  # opened again by the first message: nothing held while idle
         if totals.nspam < self.cfg.min_trained or totals.nham < self.cfg.min_trained:
             log.warning("Bayes database %s not trained yet (%d spam, %d ham; min_trained %d): "
                         "mail passes unchecked until it is", self.cfg.db, totals.nspam,
