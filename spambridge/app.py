@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from spambridge import __version__, privileges
-from spambridge.config import Config, ConfigError
+from spambridge.config import Config, ConfigError, reloaded
 from spambridge.milter.bridge import AsyncBridge, signals_blocked
 from spambridge.milter.poolnudge import PoolNudger
 from spambridge.milter.socketspec import SocketSpec, parse_socket_spec, remove_stale_unix_socket
@@ -261,16 +261,11 @@ def _start_reload_thread(pipeline: Pipeline, reload: Callable[[], Config]) -> No
             except Exception as e:
                 log.error("reload failed, keeping the running config: %r", e)
                 continue
-            old = pipeline.config
-            fixed = ("engine", "socket", "socket_mode", "socket_group", "user")
-            changed = [k for k in fixed if getattr(new.milter, k) != getattr(old.milter, k)]
-            changed += ["[spamd]"] if new.spamd != old.spamd else []
-            changed += ["[bayes] db"] if new.bayes.db != old.bayes.db else []
-            changed += ["[metrics] listen"] if new.metrics != old.metrics else []
+            applied, changed = reloaded(pipeline.config, new)
             if changed:
                 log.warning("reload: %s only change on restart; applying the rest",
                             ", ".join(changed))
-            pipeline.config = new
+            pipeline.config = applied
             log.info("configuration reloaded from %s", new.source)
 
     with signals_blocked():

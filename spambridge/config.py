@@ -119,6 +119,28 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
 
+# what a running milter was built with: the socket, the engine and its clients, the cap they
+# were given, the database, the metrics listener
+RESTART_ONLY = ("engine", "socket", "socket_mode", "socket_group", "user", "scan_timeout")
+
+
+def reloaded(running: Config, new: Config) -> tuple[Config, list[str]]:
+    """The config a reload (SIGUSR1) applies: `new`, but with what only a restart can change
+    kept as it runs — so nothing half-applies (a cap the spamd client does not know) — and
+    the keys the file changes there, for a warning."""
+    changed = [f"[milter] {k}" for k in RESTART_ONLY
+               if getattr(new.milter, k) != getattr(running.milter, k)]
+    for section in ("spamd", "bayes"):
+        old, fresh = getattr(running, section), getattr(new, section)
+        changed += [f"[{section}] {f}" for f in old.__dataclass_fields__
+                    if getattr(fresh, f) != getattr(old, f)]
+    if new.metrics != running.metrics:
+        changed.append("[metrics] listen")
+    kept = replace(new.milter, **{k: getattr(running.milter, k) for k in RESTART_ONLY})
+    return replace(new, milter=kept, spamd=running.spamd, bayes=running.bayes,
+                   metrics=running.metrics), changed
+
+
 # ---------------------------------------------------------------------------------------------
 # value parsers (pure; raise ValueError with a short reason)
 
@@ -358,6 +380,8 @@ def from_mapping(data: Mapping[str, Any], path: str = "<config>", text: str = ""
         connect_timeout=s.get("connect_timeout", float, sd.connect_timeout, _between(0.05, 60)),
         share=s.get("share", float, sd.share, _between(0.1, 0.95)),
     )
+    if spamd.tls and spamd.socket:
+        s.fail("tls", "TLS is for spamd over TCP; a unix socket is used as it is")
     s.finish()
 
     b = _Section(loader, "bayes", data.get("bayes", {}))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from spambridge.config import ConfigError, load, parse_spamd_address, with_overrides
+from spambridge.config import ConfigError, load, parse_spamd_address, reloaded, with_overrides
 from spambridge.verdict import FailAction, SmtpReply
 
 
@@ -69,6 +69,8 @@ socket = "/run/spamd.sock"
         ("[spamd]\nport = 0\n", 2, "[spamd] port: must be between 1 and 65535"),
         ("[bogus]\nx = 1\n", 1, "unknown section [bogus]"),
         ("[milter]\nsocket_mode = \"rw-rw----\"\n", 2, "octal mode"),
+        ("[spamd]\nsocket = \"/run/spamd.sock\"\ntls = true\n", 3,
+         "[spamd] tls: TLS is for spamd over TCP"),
         ("[bayes]\nreject_cutoff = 0.5\n", 2,
          "[bayes] reject_cutoff: spam_cutoff (0.9) must not be above reject_cutoff (0.5)"),
         ("[bayes]\n\nham_cutoff = 0.95\n", 3,
@@ -121,3 +123,21 @@ def test_flag_that_breaks_ordering_is_an_error() -> None:
 )
 def test_spamd_addresses(text: str, expected: tuple[str, int, str]) -> None:
     assert parse_spamd_address(text) == expected
+
+
+def test_a_reload_applies_policy_and_keeps_what_needs_a_restart(tmp_path: Path) -> None:
+    """SIGUSR1: thresholds and policy apply; the cap the spamd client and the spamd+bayes
+    budget were built with, the spamd address and the Bayes database stay as they run (a
+    half-applied cap would let a hung spamd use the whole of a shorter one), and the warning
+    names each key, compared with what runs rather than with the last file read."""
+    running = load(write(tmp_path, "[milter]\nscan_timeout = 10\n[spamd]\nhost = \"a.example\"\n"))
+    new = load(write(tmp_path, "[milter]\nscan_timeout = 2\n[policy]\ntag_at = 3\n"
+                     "[spamd]\nhost = \"b.example\"\n[bayes]\nmin_trained = 50\n"))
+    applied, changed = reloaded(running, new)
+    assert applied.policy.spamd.tag == 3.0 and applied.milter.scan_timeout == 10.0
+    assert applied.spamd.host == "a.example" and applied.bayes.min_trained == 200
+    assert changed == ["[milter] scan_timeout", "[spamd] host", "[bayes] min_trained"]
+    again, changed = reloaded(applied, new)  # the same file once more: the same warning
+    assert again == applied and changed == ["[milter] scan_timeout", "[spamd] host",
+                                            "[bayes] min_trained"]
+    assert reloaded(applied, running)[1] == []  # back to what runs: nothing to warn about
