@@ -15,8 +15,8 @@ import threading
 import time
 from collections.abc import Callable
 
-MODES = ("good", "slow", "hang", "garbage", "trickle", "die_mid_reply", "reset_mid_reply",
-         "hostile_symbols")
+MODES = ("good", "slow", "hang", "garbage", "trickle", "flood", "die_mid_reply",
+         "reset_mid_reply", "hostile_symbols")
 
 
 def spamd_reply(score: float = 1.5, threshold: float = 5.0, symbols: bytes = b"SYM_A,SYM_B",
@@ -161,6 +161,20 @@ def _garbage(srv: SwitchableSpamd, conn: socket.socket) -> None:
     conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: text/html\r\n\r\n<html>\x00\xff</html>")
 
 
+def _flood(srv: SwitchableSpamd, conn: socket.socket) -> None:
+    """A status line, then header lines without end (a port that is not spamd, a broken
+    proxy): at most about 11 MB, until the reader hangs up."""
+    conn.sendall(b"SPAMD/1.1 0 EX_OK\r\n")
+    lines = (b"X-Junk: " + b"a" * 100 + b"\r\n") * 100
+    for _ in range(1000):
+        if srv.stopping.is_set():
+            return
+        try:
+            conn.sendall(lines)
+        except OSError:
+            return
+
+
 def _trickle(srv: SwitchableSpamd, conn: socket.socket) -> None:
     for b in srv.reply:
         if srv.stopping.is_set():
@@ -191,6 +205,7 @@ BEHAVIOURS: dict[str, Callable[[SwitchableSpamd, socket.socket], None]] = {
     "hang": _hang,
     "garbage": _garbage,
     "trickle": _trickle,
+    "flood": _flood,
     "die_mid_reply": _die_mid_reply,
     "reset_mid_reply": _reset_mid_reply,
     "hostile_symbols": _hostile_symbols,

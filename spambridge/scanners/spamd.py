@@ -2,7 +2,10 @@
 
 One client is built at start-up and reused: aiospamc's one-call helpers build an SSL context
 per call (about 40 ms of CPU per message). Every aiospamc exception, and the builtin
-TimeoutError its total timeout raises, becomes a typed ScanError.
+TimeoutError its total timeout raises, becomes a typed ScanError. Its connection managers are
+used with their send replaced (aiospamc is pinned): the reply is read up to _MAX_REPLY bytes,
+not to whatever end a broken peer never sends, and the socket is closed when the cap cancels
+the request, not whenever the garbage collector runs.
 """
 
 from __future__ import annotations
@@ -15,13 +18,19 @@ from pathlib import Path
 
 import aiospamc
 from aiospamc.client import Client
+from aiospamc.connections import (
+    ConnectionManager,
+    SSLContextBuilder,
+    TcpConnectionManager,
+    UnixConnectionManager,
+)
 from aiospamc.exceptions import (
     AIOSpamcConnectionFailed,
     BadResponse,
     ClientException,
+    ClientTimeoutException,
     TimeoutException,
 )
-from aiospamc.frontend import FrontendClientBuilder
 from aiospamc.requests import Request
 from aiospamc.responses import (
     ResponseException,
@@ -34,28 +43,57 @@ from spambridge.message import Envelope
 from spambridge.verdict import ErrorKind, ScanError, ScoreResult
 
 ENGINE = "spamd"
-_MAX_SYMBOLS_BYTES = 64 * 1024
+# a SYMBOLS reply is a status line, two headers and the rule names (a few kB); aiospamc's
+# parser copies the rest of the buffer per header line, so garbage costs it quadratic time
+_MAX_REPLY = 32 * 1024
+_MAX_SCORE = 10_000.0  # spamd's own scores stay within ±1,000 (whitelist_from is -100)
 
 
-def _tls(cfg: SpamdConfig) -> bool | Path | ssl.SSLContext | None:
-    if not cfg.tls:
-        return None
-    return Path(cfg.ca_file) if cfg.ca_file else True
+class _BoundedSend(ConnectionManager):
+    async def _send(self, data: bytes) -> bytes:
+        reader, writer = await self._connect()
+        try:
+            writer.write(data)
+            if writer.can_write_eof():
+                writer.write_eof()
+            await writer.drain()
+            parts: list[bytes] = []
+            size = 0
+            while chunk := await reader.read(16384):
+                size += len(chunk)
+                if size > _MAX_REPLY:
+                    raise BadResponse(f"a reply of more than {_MAX_REPLY} bytes".encode())
+                parts.append(chunk)
+            return b"".join(parts)
+        finally:
+            writer.close()
+
+
+class _Tcp(_BoundedSend, TcpConnectionManager):
+    pass
+
+
+class _Unix(_BoundedSend, UnixConnectionManager):
+    pass
 
 
 def build_client(cfg: SpamdConfig, total_timeout: float) -> Client:
-    builder = (
-        FrontendClientBuilder()
-        .with_connection(cfg.host, cfg.port, Path(cfg.socket) if cfg.socket else None)
-        .add_verify(_tls(cfg))
-        .set_timeout(aiospamc.Timeout(total=total_timeout, connection=cfg.connect_timeout))
-    )
-    return builder.build()
+    timeout = aiospamc.Timeout(total=total_timeout, connection=cfg.connect_timeout)
+    if cfg.socket:
+        return Client(_Unix(Path(cfg.socket), timeout))
+    context: ssl.SSLContext | None = None
+    if cfg.tls:  # as aiospamc's own verify=True / verify=Path(ca_file)
+        tls = SSLContextBuilder()
+        context = (tls.add_ca(Path(cfg.ca_file)) if cfg.ca_file else tls.add_default_ca()).build()
+    return Client(_Tcp(cfg.host, cfg.port, context, timeout))
 
 
 def classify_exception(exc: BaseException) -> ErrorKind:
-    """Map what aiospamc raises onto our failure classes (order matters: see notes §3.5)."""
-    if isinstance(exc, UnavailableException | TemporaryFailureException):
+    """Map what aiospamc raises onto our failure classes (order matters: see notes §3.5).
+    With no response timeout set, aiospamc's ClientTimeoutException means no connection
+    within connect_timeout: a host that is down or black-holed is unavailable, as a
+    refusing one is; a timeout is spamd taking too long once it has the message."""
+    if isinstance(exc, UnavailableException | TemporaryFailureException | ClientTimeoutException):
         return ErrorKind.UNAVAILABLE
     if isinstance(exc, TimeoutException | TimeoutError | asyncio.TimeoutError):
         return ErrorKind.TIMEOUT
@@ -104,12 +142,13 @@ class SpamdScanner:
         spam = resp.headers.spam
         if spam is None or not math.isfinite(spam.score) or not math.isfinite(spam.threshold):
             raise ScanError(ErrorKind.ERROR, ENGINE, "reply without a usable Spam header")
-        body = bytes(resp.body or b"")[:_MAX_SYMBOLS_BYTES]
+        body = bytes(resp.body or b"")
         tests = tuple(
             t for t in body.decode("ascii", "replace").replace("\r", "").replace("\n", ",")
             .split(",") if t
         )
-        return ScoreResult(engine=ENGINE, score=float(spam.score), tests=tests)
+        score = min(max(float(spam.score), -_MAX_SCORE), _MAX_SCORE)  # 1e308 is no score
+        return ScoreResult(engine=ENGINE, score=score, tests=tests)
 
     async def ping(self) -> None:
         await self.request("PING", b"")

@@ -130,6 +130,7 @@ SPAMD_FAULTS = [
     ("hang", "on_timeout", "timeout"),
     ("garbage", "on_error", "error"),
     ("trickle", "on_timeout", "timeout"),  # one byte per second
+    ("flood", "on_error", "error"),  # a reply without end: cut at 32 kB, not read to OOM
     ("die_mid_reply", "on_error", "error"),  # half a reply, then FIN: a truncated reply
     ("reset_mid_reply", "on_unavailable", "unavailable"),  # half a reply, then RST
 ]
