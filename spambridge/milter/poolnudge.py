@@ -22,7 +22,7 @@ import logging
 import socket
 import threading
 import time
-from typing import Protocol
+from typing import Any, Protocol
 
 from spambridge.milter.bridge import signals_blocked
 from spambridge.milter.socketspec import SocketSpec
@@ -46,20 +46,29 @@ class Activity(Protocol):
     def wait_busy(self, timeout: float) -> bool: ...
 
 
-def _target(spec: SocketSpec) -> tuple[int, str | tuple[str, int]]:
+Target = tuple[int, str | tuple[Any, ...]]
+
+
+def _target(spec: SocketSpec) -> Target:
+    """Where to connect, resolved once: a host name in the spec (`inet:PORT@mail.example`)
+    must not cost a DNS lookup on the milter's thread before every scan."""
     if spec.family == "unix":
         return socket.AF_UNIX, spec.path
-    if spec.family == "inet6":
-        return socket.AF_INET6, ("::1" if spec.host in ("::", "") else spec.host, spec.port)
-    return socket.AF_INET, ("127.0.0.1" if spec.host in ("0.0.0.0", "") else spec.host,
-                            spec.port)
+    family = socket.AF_INET6 if spec.family == "inet6" else socket.AF_INET
+    host = spec.host
+    if host in ("", "0.0.0.0", "::"):
+        host = "::1" if family == socket.AF_INET6 else "127.0.0.1"
+    try:
+        return family, socket.getaddrinfo(host, spec.port, family, socket.SOCK_STREAM)[0][4]
+    except OSError:
+        return family, (host, spec.port)  # as before; poke() then fails and warns once
 
 
-def poke(spec: SocketSpec, timeout: float = 0.05) -> bool:
+def poke(target: Target, timeout: float = 0.05) -> bool:
     """Open and close one connection to the milter's own socket. Never waits on a full
     accept queue (a unix connect would block): new connections are arriving anyway then,
     and each of them gets libmilter to start or wake a worker too."""
-    family, address = _target(spec)
+    family, address = target
     try:
         with socket.socket(family, socket.SOCK_STREAM) as s:
             if family == socket.AF_UNIX:
@@ -76,6 +85,7 @@ class PoolNudger:
     def __init__(self, spec: SocketSpec, activity: Activity, interval: float = INTERVAL,
                  stall_after: float = STALL_AFTER) -> None:
         self.spec, self.activity, self.interval = spec, activity, interval
+        self.target = _target(spec)
         self.stall_after = stall_after
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="spambridge-nudge", daemon=True)
@@ -91,7 +101,7 @@ class PoolNudger:
         that session's own scan pokes again, so a burst of lost wake-ups drains in a chain.
         A lone scan leaves the other workers free (and the stall check covers it): no poke."""
         if self.activity.inflight >= 2:
-            poke(self.spec)
+            poke(self.target)
 
     def stop(self) -> None:
         self._stop.set()
@@ -110,7 +120,7 @@ class PoolNudger:
             if left > 0:  # a worker was free lately: sleep until that could have changed
                 self._stop.wait(left)
                 continue
-            if self.activity.inflight and not poke(self.spec) and not self._warned:
+            if self.activity.inflight and not poke(self.target) and not self._warned:
                 self._warned = True  # e.g. the socket's mode keeps our own user out
                 log.warning("cannot connect to our own socket %s; replies may wait for a free "
                             "libmilter worker beyond the cap", self.spec.libmilter)

@@ -123,3 +123,12 @@ def test_periodic_connections_once_no_worker_was_free_for_stall_after(
         act.set(0, free_now=True)
         before = settle(lst, 0.1)
         assert settle(lst, 0.4) == before  # idle again: no more
+
+
+def test_a_host_name_in_the_socket_spec_is_resolved_once() -> None:
+    """`inet:PORT@localhost`: the pokes connect to the address, with no DNS lookup on the
+    milter's thread before each scan."""
+    n = PoolNudger(parse_socket_spec("inet:11332@localhost"), FakeActivity())
+    assert n.target == (socket.AF_INET, ("127.0.0.1", 11332))
+    wildcard = PoolNudger(parse_socket_spec("inet:11332@0.0.0.0"), FakeActivity())
+    assert wildcard.target == (socket.AF_INET, ("127.0.0.1", 11332))
