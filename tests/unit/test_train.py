@@ -54,6 +54,14 @@ def tokens(db: Path) -> dict[str, tuple[int, int]]:
         return {t: (s, h) for t, s, h in c.execute("SELECT token, spam, ham FROM tokens")}
 
 
+def folder(d: Path, msgs: list[bytes]) -> Path:
+    """A directory of message files, one per message."""
+    d.mkdir()
+    for i, m in enumerate(msgs):
+        (d / f"{i}.eml").write_bytes(m)
+    return d
+
+
 def maildir(root: Path, msgs: list[bytes]) -> Path:
     for d in ("cur", "new", "tmp"):
         (root / d).mkdir(parents=True)
@@ -164,11 +172,7 @@ def test_spamassassin_report_is_unwrapped_and_a_nested_bomb_is_bounded(
     bomb = mail(6, True)
     for level in range(1200):
         bomb = report_safe(bomb, level)
-    d = tmp_path / "junk"
-    d.mkdir()
-    (d / "a.eml").write_bytes(mail(7, True))
-    (d / "b.eml").write_bytes(bomb)
-    (d / "c.eml").write_bytes(mail(8, True))
+    d = folder(tmp_path / "junk", [mail(7, True), bomb, mail(8, True)])
     code, out, err = run("train", "--db", str(db), "--spam", str(d), capsys=capsys)
     assert code == 0 and "Learned 3 of 3 messages as spam" in out, err
     assert totals(db) == (4, 0)
@@ -390,18 +394,12 @@ def test_another_programs_database_is_left_as_it_was(tmp_path: Path,
 
 def test_a_corrupt_database_is_reported_not_a_traceback(tmp_path: Path, db: Path,
                                                         capsys: pytest.CaptureFixture[str]) -> None:
-    d = tmp_path / "spam"
-    d.mkdir()
-    for i in range(300):
-        (d / f"{i}.eml").write_bytes(mail(i, True))
+    d = folder(tmp_path / "spam", [mail(i, True) for i in range(300)])
     assert run("train", "--db", str(db), "--spam", "-q", str(d), capsys=capsys)[0] == 0
     with open(db, "r+b") as fh:  # clobber the pages after the first few
         fh.seek(5 * 4096)
         fh.write(os.urandom(40 * 4096))
-    more = tmp_path / "ham"
-    more.mkdir()
-    for i in range(5):
-        (more / f"{i}.eml").write_bytes(mail(i, False))
+    more = folder(tmp_path / "ham", [mail(i, False) for i in range(5)])
     code, _, err = run("train", "--db", str(db), "--ham", str(more), capsys=capsys)
     assert code == 1 and "Traceback" not in err
     assert f"{db}: " in err and "nothing was saved" in err
