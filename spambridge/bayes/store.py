@@ -103,21 +103,27 @@ def _connect(path: str, timeout: float) -> sqlite3.Connection:
 
 
 def create(path: str) -> None:
-    """Create an empty database (and its directory) readable only by its owner and group.
-    When root creates it, it is handed to the owner of the directory, which is normally the
-    milter's user (`/var/lib/spambridge`)."""
+    """Create an empty database (and its directory), never world-readable. Its group may
+    write it (0660) when the directory is group-writable: that is how the mail user of a
+    Dovecot "move to Junk" pipe is let in (contrib/dovecot), and SQLite gives the -wal and
+    -shm files the database's mode, so a 0640 database, wherever it came from (the milter's
+    first start, a retrained copy), would lock the pipe out. When root creates it, it is
+    handed to the owner of the directory, normally the milter's user (`/var/lib/spambridge`)."""
     p = Path(path)
     if not p.parent.exists():
         p.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
     try:
-        fd = os.open(p, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o640)
+        fd = os.open(p, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
     except FileExistsError:
         pass
     else:
-        os.close(fd)
-        if os.geteuid() == 0:
+        try:
             st = p.parent.stat()
-            os.chown(p, st.st_uid, st.st_gid)
+            os.fchmod(fd, 0o660 if st.st_mode & stat.S_IWGRP else 0o640)  # not the umask's
+            if os.geteuid() == 0:
+                os.fchown(fd, st.st_uid, st.st_gid)
+        finally:
+            os.close(fd)
     conn = _connect(str(p), BUSY_TIMEOUT_WRITE)
     try:
         _ensure_schema(conn, str(p))

@@ -369,6 +369,30 @@ def test_store_rejects_a_foreign_or_newer_database(tmp_path: Path) -> None:
     scanner.close()
 
 
+def test_a_new_database_is_group_writable_in_a_group_writable_directory(tmp_path: Path) -> None:
+    """The Dovecot pipe runs as the mail user, let in through the milter's group on a 2770
+    directory (contrib/dovecot). SQLite gives -wal/-shm the database's mode, so the database
+    must be 0660 there from birth — whatever the umask of whoever creates it first; in a
+    private directory it stays 0640."""
+    shared, private = tmp_path / "shared", tmp_path / "private"
+    shared.mkdir()
+    private.mkdir()
+    os.chmod(shared, 0o2770)
+    os.chmod(private, 0o750)
+    old = os.umask(0o077)
+    try:
+        store.create(str(shared / "bayes.sqlite"))
+        store.create(str(private / "bayes.sqlite"))
+        w = store.SqliteWriter(str(shared / "bayes.sqlite"))
+        w.commit(w.begin())
+        assert stat.S_IMODE(os.stat(shared / "bayes.sqlite-wal").st_mode) == 0o660
+        w.close()
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(shared / "bayes.sqlite").st_mode) == 0o660
+    assert stat.S_IMODE(os.stat(private / "bayes.sqlite").st_mode) == 0o640
+
+
 def test_another_programs_database_is_left_as_it_was(tmp_path: Path,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
     """`--db` pointed at some other SQLite file by mistake: refused, not converted to WAL and
