@@ -96,7 +96,10 @@ def run(cfg: Config, reload: Callable[[], Config] | None = None) -> int:
              ", tag-only" if cfg.policy.tag_only else "")
     bayes: Any = getattr(scanner, "secondary", scanner)  # spamd+bayes: the fallback engine
     if bayes.name == "bayes":
-        bayes.probe()  # as the milter's user: what every message will meet
+        try:
+            bayes.probe()  # as the milter's user: what every message will meet
+        except Exception:  # only a warning is at stake: never a reason not to serve mail
+            log.exception("checking the Bayes database at start failed")
     nudger = PoolNudger(spec, pipeline).start()
     pipeline.before_scan = nudger.poke
     _notify_ready()
@@ -199,7 +202,8 @@ def _open_socket(spec: SocketSpec, cfg: Config) -> tuple[int, int] | None:
                     f"socket_group {cfg.milter.socket_group!r}: this user may not give the socket "
                     "that group (run as root, add the user to the group, or leave socket_group "
                     "unset and use a setgid socket directory)") from None
-        os.chmod(spec.path, cfg.milter.socket_mode)
+        if stat.S_IMODE(st.st_mode) != cfg.milter.socket_mode:  # bind() used our umask
+            os.chmod(spec.path, cfg.milter.socket_mode)
         return st.st_dev, st.st_ino
     set_nodelay_on_listener(spec)
     return None

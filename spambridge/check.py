@@ -60,14 +60,15 @@ def _messages(paths: list[str], stdin: IO[bytes] | None, limit: int
     max_scan_size the milter does not scan either, so the rest would only cost memory."""
     for path in paths:
         if path == "-":
-            yield "-", (stdin.read(limit) if stdin is not None
-                        else "cannot read: standard input is closed")
+            yield "-", ((stdin.read(limit) or "cannot read: empty (nothing a milter would be "
+                         "sent)") if stdin is not None else "cannot read: standard input is closed")
             continue
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)  # a FIFO: no hang
             os.set_blocking(fd, True)
             with os.fdopen(fd, "rb") as f:
-                yield path, f.read(limit)
+                data = f.read(limit)
+            yield path, data or "cannot read: empty (nothing a milter would be sent)"
         except OSError as e:
             yield path, f"cannot read: {e.strerror or e}"
 

@@ -144,7 +144,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from spambridge import commands
 
         status = commands.dispatch(args, cfg)
-        sys.stdout.flush()  # a reader gone away (`| head`) shows here, not at interpreter exit
+        if sys.stdout is not None:  # (None: started with fd 1 closed)
+            sys.stdout.flush()  # a reader gone away (`| head`) shows here, not at exit
         return status
     except ConfigError as e:
         print(f"spambridge: configuration error: {e}", file=sys.stderr)

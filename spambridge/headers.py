@@ -17,6 +17,7 @@ SCORE = "X-Spam-Score"
 LEVEL = "X-Spam-Level"
 STATUS = "X-Spam-Status"
 CHECKER = "X-Spam-Checker-Version"
+OURS = frozenset(n.lower() for n in (FLAG, SCORE, LEVEL, STATUS, CHECKER))  # what we write
 
 _SAFE_SYMBOL = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 _FOLD_AT = 76

@@ -89,7 +89,7 @@ class MessageBuffer:
             if key in self.owned:
                 first, n = self.owned[key]
                 self.owned[key] = (first, n + 1)
-            elif len(self.owned) < defaults.MAX_OWNED_NAMES:
+            elif len(self.owned) < defaults.MAX_OWNED_NAMES or key in headers.OURS:
                 self.owned[key] = (name, 1)
         self.size += len(name) + len(value) + 4
         if self.size > self.max_scan_size or len(self.headers) >= defaults.MAX_HEADERS:
@@ -118,12 +118,15 @@ class MessageBuffer:
     def owned_headers(self) -> list[tuple[str, int]]:
         """(name, index) pairs to delete, highest index first per name (CVE-2022-48521): the
         first occurrences, at most MAX_OWNED in all (a flood of forged fields is a hostile
-        message, and Postfix could not apply more edits; the rest stay, and are logged)."""
-        out: list[tuple[str, int]] = []
-        for name, n in self.owned.values():
-            k = min(n, defaults.MAX_OWNED - len(out))
-            out += [(name, i) for i in range(k, 0, -1)]
-        return out
+        message, and Postfix could not apply more edits; the rest stay, and are logged). The
+        names we write share the budget first, evenly (a flood of one cannot shield another),
+        so no junk X-Spam-* name can use it up before a forged X-Spam-Flag or X-Spam-Status."""
+        ours = [v for k, v in self.owned.items() if k in headers.OURS]
+        rest = [v for k, v in self.owned.items() if k not in headers.OURS]
+        kept = _shares([n for _, n in ours], defaults.MAX_OWNED)
+        kept += _shares([n for _, n in rest], defaults.MAX_OWNED - sum(kept))
+        return [(name, i) for (name, _), k in zip(ours + rest, kept, strict=True)
+                for i in range(k, 0, -1)]
 
     def header_value(self, name: str) -> bytes | None:
         key = name.lower()
@@ -155,6 +158,17 @@ class MessageBuffer:
         in a milter callback (pymilter would answer 451 "untrapped exception")."""
         with contextlib.suppress(OSError):
             self._body.close()
+
+
+def _shares(counts: list[int], budget: int) -> list[int]:
+    """Split `budget` over `counts` evenly, none getting more than its count: the smallest
+    first, each taking an equal part of what is left."""
+    shares = [0] * len(counts)
+    order = sorted(range(len(counts)), key=counts.__getitem__)
+    for j, i in enumerate(order):
+        shares[i] = min(counts[i], budget // (len(order) - j))
+        budget -= shares[i]
+    return shares
 
 
 def parse_raw(raw: bytes, max_scan_size: int = defaults.MAX_SCAN_SIZE) -> MessageBuffer:

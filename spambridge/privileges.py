@@ -60,7 +60,7 @@ def drop(cfg: Config, spec: SocketSpec) -> None:
                 st = os.lstat(f)
             except FileNotFoundError:
                 continue
-            if stat.S_ISREG(st.st_mode) and st.st_uid == 0:
+            if stat.S_ISREG(st.st_mode) and st.st_uid == 0 and st.st_nlink == 1:  # no links
                 os.chown(f, pw.pw_uid, pw.pw_gid, follow_symlinks=False)
     preload()
     os.initgroups(name, pw.pw_gid)

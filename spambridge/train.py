@@ -12,6 +12,7 @@ this module imports only the tokenizer and the store; `rich` and aiospamc load o
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import os
@@ -181,6 +182,9 @@ def read_path(path: str, max_size: int, mbox: bool = False, stdin: IO[bytes] | N
         return
     try:
         p = Path(path)
+        if _is_stream(path):  # opened once, by the reader (a FIFO's writer waits on our open)
+            yield from _read_stream(path, max_size, mbox)
+            return
         slurped = _slurp(path, max(max_size, MBOX_IN_MEMORY), named=True)
         if slurped[1] == _STREAM:
             yield from _read_stream(path, max_size, mbox)
@@ -205,6 +209,21 @@ def read_path(path: str, max_size: int, mbox: bool = False, stdin: IO[bytes] | N
 
 
 _DIRECTORY, _STREAM = -1, -2  # _slurp's sizes for what it does not read
+_LINE = 1 << 20  # longest line read at once from a stream or a big mbox (memory stays bounded)
+
+
+def _is_stream(path: str) -> bool:
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False  # _slurp reports it
+    return stat.S_ISFIFO(mode) or stat.S_ISCHR(mode) or stat.S_ISSOCK(mode)
+
+
+def _lines(f: IO[bytes]) -> Iterator[bytes]:
+    """The file's lines, a line longer than _LINE coming in pieces: one endless line (a
+    stream of NULs, a binary pipe) must not be read whole to find its end."""
+    return iter(functools.partial(f.readline, _LINE), b"")
 
 
 def _is_file(entry: os.DirEntry[str]) -> bool:
@@ -344,7 +363,8 @@ def _read_stream(path: str, max_size: int, mbox: bool) -> Iterator[Item]:
     with os.fdopen(fd, "rb") as f:
         head = f.read(5)
         if mbox or head == b"From ":
-            yield from _split_lines(path, itertools.chain([head + f.readline()], f), max_size)
+            yield from _split_lines(path, itertools.chain([head + f.readline(_LINE)], _lines(f)),
+                                    max_size)
             return
         data = head + (f.read(max_size + 1 - len(head)) if max_size else f.read())
     if max_size and len(data) > max_size:
@@ -356,7 +376,7 @@ def _read_stream(path: str, max_size: int, mbox: bool) -> Iterator[Item]:
 def _stream_mbox(p: Path, max_size: int) -> Iterator[Item]:
     """The same split, line by line, so a multi-gigabyte mbox never sits in memory."""
     with open(p, "rb") as f:
-        yield from _split_lines(str(p), f, max_size)
+        yield from _split_lines(str(p), _lines(f), max_size)
 
 
 def _split_lines(p: str, lines_in: Iterable[bytes], max_size: int) -> Iterator[Item]:
@@ -646,6 +666,10 @@ def run(cfg: Config, label: str, paths: list[str], *, max_size: int = DEFAULT_MA
     finally:
         progress.stop()
         writer.close()
+        if not writer.folded:
+            print(f"spambridge train: {cfg.bayes.db}: another process kept its snapshot, so "
+                  "the -wal file was not folded back; do not move a file over the database "
+                  "before it is (docs/bayes.md)", file=err)
     for line in said:
         print(line, file=out)
     if not quiet:

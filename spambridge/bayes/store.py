@@ -216,6 +216,10 @@ def shifted(c: tuple[int, int] | None, ds: int, dh: int) -> tuple[int, int] | No
     return (s, h) if s or h else None
 
 
+def no_database(path: str) -> str:
+    return f"{path}: no Bayes database (train one with `spambridge train`)"
+
+
 class SqliteReader:
     """One connection, for one thread. Keeps recently read counts in memory and drops them
     whenever another connection commits (`PRAGMA data_version`), so a resident milter answers
@@ -223,11 +227,15 @@ class SqliteReader:
 
     def __init__(self, path: str, timeout: float = BUSY_TIMEOUT_READ) -> None:
         if not os.path.exists(path):
-            raise StoreError(f"{path}: no Bayes database (train one with `spambridge train`)")
+            raise StoreError(no_database(path))
         self.path = path
         self.conn = _connect(path, timeout)
-        _check_opened(self.conn, path)
-        self.conn.execute("PRAGMA query_only=ON")
+        try:
+            _check_opened(self.conn, path)
+            self.conn.execute("PRAGMA query_only=ON")
+        except (StoreError, sqlite3.Error) as e:
+            self.conn.close()
+            raise e if isinstance(e, StoreError) else StoreError(f"{path}: {e}") from e
         self._cache: dict[str, tuple[int, int] | None] = {}
         self._version = -1  # data_version the cache is valid for
         self._totals = Totals(0, 0)
@@ -431,6 +439,7 @@ class SqliteWriter:
         _check_opened(self.conn, path)
         self._known = _Known()
         self._version = -1  # data_version _known matches (others' commits change it)
+        self.folded = True  # after close(): whether the -wal was folded back and emptied
 
     def begin(self) -> Batch:
         try:
@@ -467,9 +476,12 @@ class SqliteWriter:
         it, and a retrained copy moved over the file later (docs/bayes.md) cannot be mixed
         with pages this run left in the -wal file the milter keeps open."""
         self.rollback()
+        folded = False
         with contextlib.suppress(sqlite3.Error):
-            self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            busy = self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+            folded = not busy
         self.conn.close()
+        self.folded = folded  # False: a reader held its snapshot past our busy wait
 
 
 def is_private(path: str) -> bool:

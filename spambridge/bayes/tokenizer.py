@@ -15,7 +15,6 @@ import re
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from itertools import islice
 from math import log2
 from typing import Protocol
 
@@ -539,13 +538,15 @@ class _Tokenizer:
         out: list[bytes] = []
         pieces: list[bytes] = []
         pos = 0
-        for m in islice(_URL.finditer(text), MAX_URLS):
+        for m in _URL.finditer(text):
             start = m.start()
             for proto in _SCHEMES:
                 if text.endswith(proto, max(0, start - len(proto)), start):
                     break
             else:
-                continue
+                continue  # "x://" junk does not count towards the cap: it cannot hide links
+            if len(out) >= MAX_URLS:
+                break
             pieces.append(b"proto:" + proto)
             guts = m.group(1).rstrip(b".:?!/")
             if PICK_APART_URLS:

@@ -61,31 +61,37 @@ def apply(
     owned: list[tuple[str, int]],
     subject: bytes | None,
     queue_id: str = "",
+    on_top: bool = False,
 ) -> int:
     """Tell the MTA the decision. Each change to the message is tried on its own: one that
     libmilter refuses (a field too big for its 64 KiB packets, an MTA that did not grant the
-    action) is logged and skipped, and the message still gets the verdict's reply — not the
-    451 "untrapped exception" pymilter would answer, which no policy names."""
+    action) is skipped, the message still gets the verdict's reply — not the 451 "untrapped
+    exception" pymilter would answer, which no policy names — and one line says what failed.
+    `on_top`: forged X-Spam-* fields remain (more than could be removed), so ours go first,
+    where a reader taking the first of each name finds them."""
+    failed: list[str] = []
+
+    def attempt(what: str, op: Callable[..., Any], *args: Any) -> None:
+        try:
+            op(*args)
+        except Exception as e:  # Milter.error, DisabledAction: libmilter said no
+            failed.append(f"{what[:80]}: {e}")
+
     if decision.action in (Action.REJECT, Action.TEMPFAIL):
         reply = decision.reply or SmtpReply("451", "4.7.1", "Try again later")
-        _try(queue_id, "set the reply", ctx.setreply, reply.code, reply.xcode,
-             reply_text(reply.text))
-        return int(_RESULT[decision.action])
-    for name, idx in owned:  # highest index first per name, so indexes stay valid
-        _try(queue_id, f"remove {name}[{idx}]", ctx.chgheader, name, idx, None)
-    for name, value in decision.headers:
-        _try(queue_id, f"add {name}", ctx.addheader, name, value)
-    if decision.subject_prefix:
-        new = tagged_subject(decision.subject_prefix, subject)
-        if new is not None and subject is None:
-            _try(queue_id, "add Subject", ctx.addheader, "Subject", new)
-        elif new is not None:
-            _try(queue_id, "tag the Subject", ctx.chgheader, "Subject", 1, new)
+        attempt("set the reply", ctx.setreply, reply.code, reply.xcode, reply_text(reply.text))
+    else:
+        for name, idx in owned:  # highest index first per name, so indexes stay valid
+            attempt(f"remove {name}[{idx}]", ctx.chgheader, name, idx, None)
+        for i, (name, value) in enumerate(decision.headers):
+            attempt(f"add {name}", ctx.addheader, name, value, i if on_top else -1)
+        if decision.subject_prefix:
+            new = tagged_subject(decision.subject_prefix, subject)
+            if new is not None and subject is None:
+                attempt("add Subject", ctx.addheader, "Subject", new)
+            elif new is not None:
+                attempt("tag the Subject", ctx.chgheader, "Subject", 1, new)
+    if failed:
+        log.warning("%s: %d change(s) to the message refused by libmilter, first: %s",
+                    queue_id or "NOQUEUE", len(failed), failed[0])
     return int(_RESULT[decision.action])
-
-
-def _try(queue_id: str, what: str, op: Callable[..., Any], *args: Any) -> None:
-    try:
-        op(*args)
-    except Exception as e:  # Milter.error, DisabledAction: libmilter said no
-        log.warning("%s: could not %s: %s", queue_id or "NOQUEUE", what[:80], e)

@@ -91,9 +91,9 @@ class SpamBridgeMilter(Milter.Base):
             owned = s.owned_headers()
             total = s.owned_total
             if total > len(owned):
-                log.warning("%s: %d forged X-Spam-* fields, only the first %d removed", qid,
-                            total, len(owned))
-            return actions.apply(self, decision, owned, s.subject(), qid)
+                log.warning("%s: %d forged X-Spam-* fields, only the first %d removed; ours "
+                            "go on top", qid, total, len(owned))
+            return actions.apply(self, decision, owned, s.subject(), qid, total > len(owned))
         finally:
             s.end_message()
 

@@ -49,9 +49,10 @@ class Activity(Protocol):
 Target = tuple[int, str | tuple[Any, ...]]
 
 
-def _target(spec: SocketSpec) -> Target:
+def _target(spec: SocketSpec) -> Target | None:
     """Where to connect, resolved once: a host name in the spec (`inet:PORT@mail.example`)
-    must not cost a DNS lookup on the milter's thread before every scan."""
+    must not cost a DNS lookup on the milter's thread before every scan. None when it does
+    not resolve: no pokes then (the stall check warns once)."""
     if spec.family == "unix":
         return socket.AF_UNIX, spec.path
     family = socket.AF_INET6 if spec.family == "inet6" else socket.AF_INET
@@ -61,13 +62,15 @@ def _target(spec: SocketSpec) -> Target:
     try:
         return family, socket.getaddrinfo(host, spec.port, family, socket.SOCK_STREAM)[0][4]
     except OSError:
-        return family, (host, spec.port)  # as before; poke() then fails and warns once
+        return None
 
 
-def poke(target: Target, timeout: float = 0.05) -> bool:
+def poke(target: Target | None, timeout: float = 0.05) -> bool:
     """Open and close one connection to the milter's own socket. Never waits on a full
     accept queue (a unix connect would block): new connections are arriving anyway then,
     and each of them gets libmilter to start or wake a worker too."""
+    if target is None:
+        return False
     family, address = target
     try:
         with socket.socket(family, socket.SOCK_STREAM) as s:

@@ -12,9 +12,11 @@ Every failure — no database, a locked or corrupt one, a bug — comes back as 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import threading
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from spambridge.bayes import store
@@ -33,9 +35,12 @@ class _Reader:
     """The shared connection, and the file (device, inode) it was opened on."""
 
     def __init__(self, path: str) -> None:
-        self.reader = store.SqliteReader(path)
-        st = os.stat(path)
+        try:
+            st = os.stat(path)  # before opening: a file moved in between is seen next message
+        except FileNotFoundError as e:
+            raise store.StoreError(store.no_database(path)) from e
         self.file = (st.st_dev, st.st_ino)
+        self.reader = store.SqliteReader(path)
 
 
 class BayesScanner:
@@ -64,16 +69,16 @@ class BayesScanner:
         try:
             totals = self.totals()
         except (store.StoreError, OSError) as e:
-            log.warning("Bayes database unusable, mail passes unchecked until it is fixed: %s",
-                        e)
+            log.warning("Bayes database unusable (the Bayes engine answers on_unavailable "
+                        "until it is fixed): %s", e)
             return
         finally:
             with self._lock:
                 self._drop()  # opened again by the first message: nothing held while idle
         if totals.nspam < self.cfg.min_trained or totals.nham < self.cfg.min_trained:
             log.warning("Bayes database %s not trained yet (%d spam, %d ham; min_trained %d): "
-                        "mail passes unchecked until it is", self.cfg.db, totals.nspam,
-                        totals.nham, self.cfg.min_trained)
+                        "the Bayes engine answers on_unavailable until it is", self.cfg.db,
+                        totals.nspam, totals.nham, self.cfg.min_trained)
 
     def submit(self, message: bytes, envelope: Envelope) -> Future[ScoreResult]:
         try:
@@ -86,15 +91,27 @@ class BayesScanner:
         return await asyncio.wrap_future(self.submit(message, envelope))
 
     def totals(self) -> store.Totals:
-        with self._lock:
+        with self._locked():
             return self._current().reader.totals()
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """The shared connection, waited for no longer than one reader's busy wait: while
+        another thread waits on a locked database, this message fails fast as it would have
+        on its own connection, instead of queueing behind it towards the cap."""
+        if not self._lock.acquire(timeout=store.BUSY_TIMEOUT_READ):
+            raise store.StoreError(f"{self.cfg.db}: database busy")
+        try:
+            yield
+        finally:
+            self._lock.release()
 
     def score_now(self, message: bytes) -> ScoreResult:
         """Score in the calling thread (the pool's, or `check --batch`'s); only ScanError
         escapes."""
         try:
             tokens = tokenize(message, self.limits)
-            with self._lock:
+            with self._locked():
                 try:
                     totals, counts = self._current().reader.lookup(tokens)
                 except (store.StoreError, OSError):
@@ -132,6 +149,7 @@ class BayesScanner:
             if not replaced:
                 return r
             self._drop()  # first close the old file, so SQLite folds and removes its -wal
+            log.info("Bayes database %s was replaced: reopened", self.cfg.db)
         self._reader = _Reader(self.cfg.db)
         return self._reader
 

@@ -110,7 +110,8 @@ def test_a_change_libmilter_refuses_still_gets_the_verdicts_reply(trained_db: Pa
     r = send_one(m.socket_path, raw, queue_id="BIGSUBJ1")
     assert r.action == "accept" and r.header("X-Spam-Flag") == "YES"
     assert not [c for c in r.changed if c[0].lower() == "subject"]
-    assert "BIGSUBJ1: could not tag the Subject" in m.log and "Traceback" not in m.log
+    assert "BIGSUBJ1: 1 change(s) to the message refused by libmilter, first: tag the Subject" \
+        in m.log and "Traceback" not in m.log
 
 
 def test_mixed_message_is_unsure(trained_db: Path, start_milter: Start) -> None:

@@ -42,6 +42,20 @@ def test_a_flood_of_forged_fields_is_removed_up_to_a_cap() -> None:
     assert owned[:3] == [("X-Spam-Flag", 1000), ("X-Spam-Flag", 999), ("X-Spam-Flag", 998)]
     assert owned[-1] == ("X-Spam-Flag", 1)
     assert len(buf.owned) == defaults.MAX_OWNED_NAMES
+    junk_first = MessageBuffer(1 << 20, 1 << 16)  # the budget spent on junk names first
+    for i in range(1200):
+        junk_first.add_header(f"X-Spam-J{i % 150}", b"x")
+    junk_first.add_header("X-Spam-Flag", b"NO")
+    junk_first.add_header("x-spam-status", b"No, score=-5")
+    gone = junk_first.owned_headers()
+    assert gone[:2] == [("X-Spam-Flag", 1), ("x-spam-status", 1)]
+    assert len(gone) == 2 + defaults.MAX_OWNED_NAMES * 8  # the names remembered, 8 each
+    shielded = MessageBuffer(1 << 20, 1 << 16)  # a flood of one of our names, then another
+    for _ in range(5000):
+        shielded.add_header("X-Spam-Flag", b"forged")
+    shielded.add_header("X-Spam-Status", b"No, forged")
+    gone = shielded.owned_headers()
+    assert ("X-Spam-Status", 1) in gone and len(gone) == defaults.MAX_OWNED
     small = MessageBuffer(1 << 20, 1 << 16)
     for i in range(3):
         small.add_header("X-Spam-Flag", b"forged")

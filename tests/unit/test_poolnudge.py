@@ -132,3 +132,6 @@ def test_a_host_name_in_the_socket_spec_is_resolved_once() -> None:
     assert n.target == (socket.AF_INET, ("127.0.0.1", 11332))
     wildcard = PoolNudger(parse_socket_spec("inet:11332@0.0.0.0"), FakeActivity())
     assert wildcard.target == (socket.AF_INET, ("127.0.0.1", 11332))
+    unresolvable = PoolNudger(parse_socket_spec("inet:11332@no-such-host.invalid"),
+                              FakeActivity())
+    assert unresolvable.target is None  # no pokes, no lookups per scan (the stall check warns)

@@ -154,6 +154,8 @@ def test_runs_of_blanks_after_a_tag_opener_and_floods_of_links() -> None:
     links = b"Content-Type: text/plain\n\n" + b"see http://example.com/x " * 20_000
     t = tokenize(links)
     assert "url:example" in t and "proto:http" in t
+    decoys = b"Content-Type: text/plain\n\n" + b"x:// " * 6000 + b"buy at http://pills.example\n"
+    assert "url:pills" in tokenize(decoys)  # junk "://" does not use up the link cap
     entities = b"Content-Type: text/html\n\n" + b"&#102;&#114;&#101;&#101; " * 20_000
     assert "free" in tokenize(entities)
 

@@ -298,6 +298,10 @@ def test_check_prints_the_milter_decision(tmp_path: Path, db: Path,
     assert lines[1][2] == "ham" and float(lines[1][1]) < 0.01
     assert lines[2] == [str(tmp_path / "missing"), "-", "unreadable"]  # a line per path
     assert code == 1 and "missing: cannot read" in err
+    (tmp_path / "empty.eml").write_bytes(b"")
+    code, out, err = run("check", "--config", str(cfg), "--db", str(db), "--batch",
+                         str(tmp_path / "empty.eml"), capsys=capsys)
+    assert code == 1 and "empty.eml: cannot read: empty" in err and "\tunreadable" in out
 
 
 def test_check_batch_into_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
@@ -343,14 +347,15 @@ def test_pipes_devices_fifos_loops_and_a_closed_stdin(tmp_path: Path, db: Path,
     script = (f"{spambridge} train --db {db} --spam <(cat {box}); echo rc=$?; "
               f"{spambridge} train --db {db} --spam {fifo}; echo rc=$?; "
               f"{spambridge} train --db {db} --spam - <&-; echo rc=$?; "
-              f"{spambridge} check --db {db} - <&-; echo rc=$?")
+              f"{spambridge} check --db {db} - <&-; echo rc=$?; "
+              f"{spambridge} check --db {db} {box} >&-; echo rc=$?")
     proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=120,
                           check=False)
     assert "Learned 3 of 3 messages as spam" in proc.stdout
     assert f"{fifo}: not mail" in proc.stderr  # no writer: nothing to read, no wait
     assert "<stdin>: unreadable: standard input is closed" in proc.stderr
     assert "-: cannot read: standard input is closed" in proc.stderr
-    assert proc.stdout.count("rc=") == 4 and "Traceback" not in proc.stderr
+    assert proc.stdout.count("rc=") == 5 and "Traceback" not in proc.stderr  # fd 1 closed too
     assert totals(db) == (4, 0)
 
 
