@@ -121,7 +121,8 @@ class Config:
 
 # what a running milter was built with: the socket, the engine and its clients, the cap they
 # were given, the database, the metrics listener
-RESTART_ONLY = ("engine", "socket", "socket_mode", "socket_group", "user", "scan_timeout")
+RESTART_ONLY = ("engine", "socket", "socket_mode", "socket_group", "user", "scan_timeout",
+                "name")
 
 
 def reloaded(running: Config, new: Config) -> tuple[Config, list[str]]:
@@ -136,9 +137,11 @@ def reloaded(running: Config, new: Config) -> tuple[Config, list[str]]:
                     if getattr(fresh, f) != getattr(old, f)]
     if new.metrics != running.metrics:
         changed.append("[metrics] listen")
+    if new.log_level != running.log_level:
+        changed.append("[log] level")  # logging is set up once, at start
     kept = replace(new.milter, **{k: getattr(running.milter, k) for k in RESTART_ONLY})
     return replace(new, milter=kept, spamd=running.spamd, bayes=running.bayes,
-                   metrics=running.metrics), changed
+                   metrics=running.metrics, log_level=running.log_level), changed
 
 
 # ---------------------------------------------------------------------------------------------

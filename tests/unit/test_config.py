@@ -141,3 +141,7 @@ def test_a_reload_applies_policy_and_keeps_what_needs_a_restart(tmp_path: Path) 
     assert again == applied and changed == ["[milter] scan_timeout", "[spamd] host",
                                             "[bayes] min_trained"]
     assert reloaded(applied, running)[1] == []  # back to what runs: nothing to warn about
+    louder = load(write(tmp_path, "[log]\nlevel = \"debug\"\n[milter]\nname = \"other\"\n"))
+    kept, changed = reloaded(applied, louder)
+    assert changed == ["[milter] name", "[spamd] host", "[log] level"]
+    assert kept.log_level == "info" and kept.milter.name == applied.milter.name
