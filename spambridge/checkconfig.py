@@ -240,6 +240,30 @@ def check_postfix(cfg: Config, pf: PostfixSettings) -> Report:
 # -- the adapter: postconf ------------------------------------------------------------------------
 
 
+def check_local(cfg: Config) -> Report:
+    """What `run` would trip over on this host that the file's syntax cannot show: a user or
+    group that does not exist, a relative database path, a CA file that is not there (each
+    would stop the milter at start with exit 78, which systemd does not retry)."""
+    import grp
+    import pwd
+
+    r = Report()
+    m = cfg.milter
+    for key, kind, name, lookup in (("user", "user", m.user, pwd.getpwnam),
+                                    ("socket_group", "group", m.socket_group, grp.getgrnam)):
+        if name:
+            try:
+                lookup(name)
+            except KeyError:
+                r.warn(f"[milter] {key}: no such {kind} {name!r}")
+    if m.engine != "spamd" and not os.path.isabs(cfg.bayes.db):
+        r.warn(f"[bayes] db: {cfg.bayes.db!r} is relative to the working directory the milter "
+               "is started in (systemd: /); give an absolute path")
+    if cfg.spamd.tls and cfg.spamd.ca_file and not os.access(cfg.spamd.ca_file, os.R_OK):
+        r.warn(f"[spamd] ca_file: {cfg.spamd.ca_file} cannot be read")
+    return r
+
+
 def find_postconf() -> str | None:
     return shutil.which("postconf") or next(
         (p for p in ("/usr/sbin/postconf", "/usr/local/sbin/postconf") if os.access(p, os.X_OK)),
@@ -301,6 +325,8 @@ def main(cfg: Config, postfix: bool = True, postfix_config: str | None = None) -
         if not loopback:
             r.note(f"metrics on {cfg.metrics.listen}: plain HTTP without authentication, "
                    "reachable beyond this host")
+    local = check_local(cfg)
+    r.warnings += local.warnings
     if postfix:
         exe = find_postconf()
         if exe is None:

@@ -7,6 +7,7 @@ import pytest
 from spambridge.checkconfig import (
     PostfixSettings,
     Service,
+    check_local,
     check_postfix,
     endpoint_matches,
     milter_entries,
@@ -153,3 +154,19 @@ def test_parse_master() -> None:
     assert parse_master(text) == [
         Service("smtp/inet", True, None), Service("submission/inet", True, ""),
         Service("127.0.0.1:2525/inet", False, None)]
+
+
+def test_what_would_stop_the_milter_at_start_is_found_before() -> None:
+    """check-config passing a file that `run` then refuses with exit 78 (which systemd does
+    not retry) would leave mail unfiltered after a deploy: users, groups, paths are checked."""
+    bad = from_mapping({"milter": {"user": "no-such-user-sb", "socket_group": "no-such-group-sb"},
+                        "bayes": {"db": "relative.sqlite"},
+                        "spamd": {"tls": True, "ca_file": "/nonexistent/ca.pem"}})
+    assert check_local(bad).warnings == [
+        "[milter] user: no such user 'no-such-user-sb'",
+        "[milter] socket_group: no such group 'no-such-group-sb'",
+        "[bayes] db: 'relative.sqlite' is relative to the working directory the milter is "
+        "started in (systemd: /); give an absolute path",
+        "[spamd] ca_file: /nonexistent/ca.pem cannot be read"]
+    good = from_mapping({"milter": {"user": "root", "socket_group": "root"}})
+    assert check_local(good).warnings == []
