@@ -9,6 +9,7 @@ import argparse
 import logging
 import os
 import sys
+import time
 from collections.abc import Sequence
 
 from spambridge import __version__, defaults
@@ -135,7 +136,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             def reload() -> Config:
                 return load_config(args)
 
-            return app.run(cfg, reload)
+            status = app.run(cfg, reload)
+            # libmilter's session threads (C, detached) may still be closing connections and
+            # calling into pymilter: tearing the interpreter down under them corrupted the
+            # heap now and then (SIGABRT, "free(): corrupted unsorted chunks", after a clean
+            # stop). Every callback has returned by now (Pipeline.wait_idle); libmilter writes
+            # the last replies in the moment after: give it that, then leave without teardown.
+            time.sleep(0.1)
+            logging.shutdown()
+            for stream in (sys.stdout, sys.stderr):
+                if stream is not None:
+                    stream.flush()
+            os._exit(status)
         if args.command == "check-config":
             from spambridge import checkconfig
 

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from spambridge import defaults, headers, policy
@@ -46,6 +47,7 @@ class Pipeline:
         self.config = config  # replaced whole on reload; read once per message
         self.observers: list[Callable[[Evaluation, MessageBuffer], None]] = []
         self._inflight = 0
+        self._answering = 0  # end-of-message callbacks between the decision and their return
         self._idle = threading.Condition()
         self._last_free = time.monotonic()
         self.before_scan: Callable[[], None] | None = None  # app.py: PoolNudger.poke
@@ -134,11 +136,24 @@ class Pipeline:
         with self._idle:
             return self._idle.wait_for(lambda: self._inflight > 0, timeout)
 
+    @contextlib.contextmanager
+    def answering(self) -> Iterator[None]:
+        """Around an end-of-message callback: decided and applied, the reply is libmilter's
+        to write; shutdown (wait_idle) waits for this too, not only for the decision."""
+        with self._idle:
+            self._answering += 1
+        try:
+            yield
+        finally:
+            with self._idle:
+                self._answering -= 1
+                self._idle.notify_all()
+
     def wait_idle(self, timeout: float) -> bool:
         """At shutdown: let in-flight messages get their replies before the loop stops."""
         deadline = time.monotonic() + timeout
         with self._idle:
-            while self._inflight:
+            while self._inflight or self._answering:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False

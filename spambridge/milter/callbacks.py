@@ -77,6 +77,10 @@ class SpamBridgeMilter(Milter.Base):
         return CONTINUE if self.session.add_body(chunk) else SKIP
 
     def eom(self) -> int:
+        with self.session.pipeline.answering():  # a stop waits until this has returned
+            return self._eom()
+
+    def _eom(self) -> int:
         s = self.session
         s.set_queue_id(self.macro("i"))
         try:
