@@ -149,7 +149,7 @@ class BayesScanner:
             if not replaced:
                 return r
             self._drop()  # first close the old file, so SQLite folds and removes its -wal
-            log.info("Bayes database %s was replaced: reopened", self.cfg.db)
+            log.info("Bayes database %s was replaced or removed: reopening", self.cfg.db)
         self._reader = _Reader(self.cfg.db)
         return self._reader
 
