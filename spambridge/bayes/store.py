@@ -233,9 +233,12 @@ class SqliteReader:
         try:
             _check_opened(self.conn, path)
             self.conn.execute("PRAGMA query_only=ON")
-        except (StoreError, sqlite3.Error) as e:
+        except StoreError:
             self.conn.close()
-            raise e if isinstance(e, StoreError) else StoreError(f"{path}: {e}") from e
+            raise
+        except sqlite3.Error as e:
+            self.conn.close()
+            raise StoreError(f"{path}: {e}") from e
         self._cache: dict[str, tuple[int, int] | None] = {}
         self._version = -1  # data_version the cache is valid for
         self._totals = Totals(0, 0)
