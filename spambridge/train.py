@@ -697,7 +697,7 @@ def _note_untrained(cfg: Config, out: IO[str]) -> None:
             reader.close()
     except store.StoreError:
         return
-    if t.nspam < need or t.nham < need:
+    if not t.trained(need):
         print(f"The database holds {t.nspam} spam and {t.nham} ham; the milter scores with it "
               f"once each class has {need} (min_trained).", file=out)
 

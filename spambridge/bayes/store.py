@@ -58,6 +58,10 @@ class Totals:
     nspam: int
     nham: int
 
+    def trained(self, minimum: int) -> bool:
+        """Enough of each class for the milter to score with ([bayes] min_trained)."""
+        return self.nspam >= minimum and self.nham >= minimum
+
 
 class TokenCounts(NamedTuple):
     """Trained messages containing a token, per class. The field names are the ones

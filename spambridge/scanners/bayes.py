@@ -75,7 +75,7 @@ class BayesScanner:
         finally:
             with self._lock:
                 self._drop()  # opened again by the first message: nothing held while idle
-        if totals.nspam < self.cfg.min_trained or totals.nham < self.cfg.min_trained:
+        if not totals.trained(self.cfg.min_trained):
             log.warning("Bayes database %s not trained yet (%d spam, %d ham; min_trained %d): "
                         "the Bayes engine answers on_unavailable until it is", self.cfg.db,
                         totals.nspam, totals.nham, self.cfg.min_trained)
@@ -117,7 +117,7 @@ class BayesScanner:
                 except (store.StoreError, OSError):
                     self._drop()  # reopened on the next message: the file may be fixed by then
                     raise
-            if totals.nspam < self.cfg.min_trained or totals.nham < self.cfg.min_trained:
+            if not totals.trained(self.cfg.min_trained):
                 raise ScanError(ErrorKind.UNAVAILABLE, ENGINE,
                                 f"not trained yet: {totals.nspam} spam, {totals.nham} ham")
             verdict = self._scorer().score(tokens, totals, counts)
