@@ -12,7 +12,6 @@ not be read or scanned (no database, not trained yet, spamd down...), so a scrip
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from collections.abc import Iterator
 from typing import IO
@@ -22,6 +21,7 @@ from spambridge.message import Envelope, parse_raw
 from spambridge.milter.bridge import AsyncBridge
 from spambridge.pipeline import Evaluation, Pipeline
 from spambridge.scanners import Scanner
+from spambridge.train import open_no_wait
 from spambridge.verdict import Action, ErrorKind, ScanError, ScoreResult, Skipped
 
 EXPLAIN_CLUES = 20
@@ -64,9 +64,7 @@ def _messages(paths: list[str], stdin: IO[bytes] | None, limit: int
                          "sent)") if stdin is not None else "cannot read: standard input is closed")
             continue
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)  # a FIFO: no hang
-            os.set_blocking(fd, True)
-            with os.fdopen(fd, "rb") as f:
+            with open_no_wait(path) as f:  # a FIFO without a writer: no hang
                 data = f.read(limit)
             yield path, data or "cannot read: empty (nothing a milter would be sent)"
         except OSError as e:

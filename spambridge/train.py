@@ -182,11 +182,11 @@ def read_path(path: str, max_size: int, mbox: bool = False, stdin: IO[bytes] | N
         return
     try:
         p = Path(path)
-        if _is_stream(path):  # opened once, by the reader (a FIFO's writer waits on our open)
-            yield from _read_stream(path, max_size, mbox)
-            return
-        slurped = _slurp(path, max(max_size, MBOX_IN_MEMORY), named=True)
-        if slurped[1] == _STREAM:
+        # a pipe or device is opened once, by the reader (a FIFO's writer waits on our open);
+        # _slurp still tells one that appeared since the stat
+        slurped = None if _is_stream(path) else _slurp(path, max(max_size, MBOX_IN_MEMORY),
+                                                       named=True)
+        if slurped is None or slurped[1] == _STREAM:
             yield from _read_stream(path, max_size, mbox)
             return
         if slurped[1] == _DIRECTORY:
@@ -218,6 +218,14 @@ def _is_stream(path: str) -> bool:
     except OSError:
         return False  # _slurp reports it
     return stat.S_ISFIFO(mode) or stat.S_ISCHR(mode) or stat.S_ISSOCK(mode)
+
+
+def open_no_wait(path: str) -> IO[bytes]:
+    """Open for reading without waiting for a FIFO's writer: non-blocking for the open only,
+    then reads wait for data as usual (and see end of file once no writer is left)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
 
 
 def _lines(f: IO[bytes]) -> Iterator[bytes]:
@@ -358,9 +366,7 @@ def _split_mbox(p: str, data: bytes, max_size: int) -> Iterator[Item]:
 def _read_stream(path: str, max_size: int, mbox: bool) -> Iterator[Item]:
     """A pipe or a device named on the command line (`train --spam <(xzcat box.xz)`): read as
     it comes, holding at most one message (and never more than `max_size` of it)."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)  # a FIFO: no wait to open
-    os.set_blocking(fd, True)  # then read as data comes (end of file once no writer is left)
-    with os.fdopen(fd, "rb") as f:
+    with open_no_wait(path) as f:
         head = f.read(5)
         if mbox or head == b"From ":
             yield from _split_lines(path, itertools.chain([head + f.readline(_LINE)], _lines(f)),
