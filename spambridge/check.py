@@ -58,15 +58,16 @@ def _messages(paths: list[str], stdin: IO[bytes] | None, limit: int
               ) -> Iterator[tuple[str, bytes | str]]:
     """(path, message) or (path, why not), reading no more than `limit` bytes of each: past
     max_scan_size the milter does not scan either, so the rest would only cost memory."""
+    empty = "cannot read: empty (nothing a milter would be sent)"
     for path in paths:
         if path == "-":
-            yield "-", ((stdin.read(limit) or "cannot read: empty (nothing a milter would be "
-                         "sent)") if stdin is not None else "cannot read: standard input is closed")
+            yield "-", ((stdin.read(limit) or empty) if stdin is not None
+                        else "cannot read: standard input is closed")
             continue
         try:
             with open_no_wait(path) as f:  # a FIFO without a writer: no hang
                 data = f.read(limit)
-            yield path, data or "cannot read: empty (nothing a milter would be sent)"
+            yield path, data or empty
         except OSError as e:
             yield path, f"cannot read: {e.strerror or e}"
 

@@ -93,11 +93,11 @@ class SpamBridgeMilter(Milter.Base):
         qid = clean(s.envelope.queue_id)
         try:
             owned = s.owned_headers()
-            total = s.owned_total
-            if total > len(owned):
+            left = s.owned_total > len(owned)  # forged fields that stay
+            if left:
                 log.warning("%s: %d forged X-Spam-* fields, only the first %d removed; ours "
-                            "go on top", qid, total, len(owned))
-            return actions.apply(self, decision, owned, s.subject(), qid, total > len(owned))
+                            "go on top", qid, s.owned_total, len(owned))
+            return actions.apply(self, decision, owned, s.subject(), qid, on_top=left)
         finally:
             s.end_message()
 
