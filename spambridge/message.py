@@ -14,6 +14,9 @@ from email.utils import format_datetime
 from spambridge import defaults, headers
 
 _CTL = re.compile(rb"[\x00-\x1f\x7f]")
+# a header field's start as Postfix's is_header() sees it (RFC 5322 field name, obsolete
+# blanks before the colon allowed)
+_FIELD = re.compile(rb"[!-9;-~]+[ \t]*:")
 
 
 def clean(value: str | bytes | None, limit: int = 255) -> str:
@@ -173,25 +176,34 @@ def _shares(counts: list[int], budget: int) -> list[int]:
 
 def parse_raw(raw: bytes, max_scan_size: int = defaults.MAX_SCAN_SIZE) -> MessageBuffer:
     """Split a raw RFC 5322 message (from a file or stdin) into a buffer, as a milter would
-    receive it: header values without the space after the colon, folding kept."""
+    receive it from Postfix: header values without the space after the colon, folding kept,
+    and the header block ended where Postfix ends it — at the blank line, or at the first line
+    that is neither a field (a name of printable ASCII, blanks allowed before the colon) nor a
+    continuation of one. Postfix hands that line and all that follows to the milter as body
+    (and writes a blank line before it on delivery), so here it is body too: the Content-Type
+    after a stray line, or after a field whose name has 8-bit bytes, is text to the milter."""
     buf = MessageBuffer(max_scan_size, spool_memory=max_scan_size + 1)
     data = raw.replace(b"\r\n", b"\n")
     if data.startswith(b"From ") and b"\n" in data:  # mbox separator line
         data = data.split(b"\n", 1)[1]
-    head, sep, body = data.partition(b"\n\n")
-    if not sep:
-        head, body = (data, b"") if re.match(rb"[!-9;-~]+:", data) else (b"", data)
-    current: list[bytes] | None = None
     fields: list[list[bytes]] = []
-    for line in head.split(b"\n"):
-        if line[:1] in (b" ", b"\t") and current is not None:
-            current.append(line)
-        elif b":" in line:
-            current = [line]
-            fields.append(current)
+    pos = 0
+    while pos < len(data):
+        end = data.find(b"\n", pos)
+        nxt = len(data) if end < 0 else end + 1
+        line = data[pos:nxt].rstrip(b"\n")
+        if line[:1] in (b" ", b"\t") and fields:
+            fields[-1].append(line)
+        elif _FIELD.match(line):
+            fields.append([line])
+        else:
+            if not line:  # the blank line between header and body is neither
+                pos = nxt
+            break
+        pos = nxt
     for f in fields:
         name, _, first = f[0].partition(b":")
         value = b"\n".join([first[1:] if first.startswith(b" ") else first, *f[1:]])
         buf.add_header(name.strip().decode("latin-1"), value)
-    buf.add_body(body)
+    buf.add_body(data[pos:])
     return buf

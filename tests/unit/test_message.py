@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
+import pytest
+
 from spambridge import defaults
 from spambridge.message import Envelope, MessageBuffer, parse_raw
 from spambridge.milter.socketspec import parse_socket_spec
@@ -116,6 +118,34 @@ def test_parse_raw_matches_what_a_milter_receives() -> None:
     assert buf.headers == [("Subject", b"a\n\tb"), ("To", b" c")]
     assert buf.render().endswith(b"\r\n\r\nbody\r\n")
 
+
+
+@pytest.mark.parametrize("stray", [
+    b"this line is not a header",  # no colon
+    b"\xc4rger: 8-bit bytes in the name",  # Postfix's is_header() refuses 8-bit names
+    b"two words: a blank inside the name",
+])
+def test_parse_raw_ends_the_header_where_postfix_does(stray: bytes) -> None:
+    """Postfix ends the header block at the first line that is neither a field nor a
+    continuation and hands that line and the rest to the milter as body (measured with the real
+    Postfix 3.7 of tests/postfix_instance.py); `check` must see the same message, or a stray
+    line turns the Content-Type after it from the milter's body text into check's header."""
+    raw = (b"From: a@example.org\nSubject: hi\n\tthere\n" + stray + b"\n"
+           b"Content-Type: text/html\n\n<p>body</p>\n")
+    buf = parse_raw(raw)
+    assert buf.headers == [("From", b"a@example.org"), ("Subject", b"hi\n\tthere")]
+    assert buf.render() == (b"From: a@example.org\r\nSubject: hi\r\n\tthere\r\n\r\n" + stray
+                            + b"\r\nContent-Type: text/html\r\n\r\n<p>body</p>\r\n")
+
+
+def test_parse_raw_without_a_field_on_the_first_line_is_all_body() -> None:
+    """A first line that starts with a blank continues nothing: Postfix sees no header."""
+    buf = parse_raw(b" leading: blank\nFrom: a@example.org\n\nbody\n")
+    assert buf.headers == []
+    assert buf.render() == b"\r\n leading: blank\r\nFrom: a@example.org\r\n\r\nbody\r\n"
+    assert parse_raw(b"Subject: only a header").headers == [("Subject", b"only a header")]
+    assert parse_raw(b"Subject : obsolete blank\n\nb\n").headers == [("Subject",
+                                                                         b"obsolete blank")]
 
 def test_socket_specs() -> None:
     assert parse_socket_spec("inet:11332@127.0.0.1").postfix == "inet:127.0.0.1:11332"
