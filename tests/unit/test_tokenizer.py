@@ -41,6 +41,16 @@ def test_multipart_alternative_gives_structure_header_and_both_bodies() -> None:
     assert len(t) == len(set(t))
 
 
+
+def test_return_path_is_not_a_token() -> None:
+    """Delivery adds Return-Path and Postfix drops the sender's before the milter sees the
+    message (measured with the real Postfix 3.7 of tests/postfix_instance.py): the same mail as
+    a mailbox file (train, check) and live (the milter) must give the same tokens."""
+    live = (DATA / "multipart_alternative.eml").read_bytes()
+    delivered = b"Return-Path: <bounce@example.org>\n" + live
+    assert tokenize(delivered) == tokenize(live)
+    assert not [t for t in tokenize(delivered) if "return-path" in t.lower()]
+
 def test_html_only_message() -> None:
     t = tokens_of("html_only.eml")
     for tok in [
