@@ -41,7 +41,6 @@ def test_multipart_alternative_gives_structure_header_and_both_bodies() -> None:
     assert len(t) == len(set(t))
 
 
-
 def test_return_path_is_not_a_token() -> None:
     """Delivery adds Return-Path and Postfix drops the sender's before the milter sees the
     message (measured with the real Postfix 3.7 of tests/postfix_instance.py): the same mail as
@@ -50,6 +49,7 @@ def test_return_path_is_not_a_token() -> None:
     delivered = b"Return-Path: <bounce@example.org>\n" + live
     assert tokenize(delivered) == tokenize(live)
     assert not [t for t in tokenize(delivered) if "return-path" in t.lower()]
+
 
 def test_html_only_message() -> None:
     t = tokens_of("html_only.eml")
