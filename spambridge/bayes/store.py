@@ -32,6 +32,10 @@ from spambridge.bayes.tokenizer import TOKENIZER_VERSION
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_READ = 0.5  # s: the milter must not wait long behind a checkpoint
 BUSY_TIMEOUT_WRITE = 30.0  # s: `train` may wait for another `train` to finish its batch
+# s: how long `train`'s closing checkpoint waits for readers to leave the -wal. It holds the
+# write lock meanwhile, so every other `train` (Dovecot's pipes, killed after 10 s) waits too;
+# the milter's snapshots last milliseconds, a reader keeping one longer is told about instead
+BUSY_TIMEOUT_FOLD = 1.0
 MAX_VARIABLES = 30_000  # below SQLite's 32,766 host-parameter limit (3.32+)
 CACHE_LIMIT = 200_000  # tokens a reader keeps in memory between database changes
 SPAM, HAM = "spam", "ham"
@@ -485,6 +489,7 @@ class SqliteWriter:
         self.rollback()
         folded = False
         with contextlib.suppress(sqlite3.Error):
+            self.conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_FOLD * 1000)}")
             busy = self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
             folded = not busy
         self.conn.close()

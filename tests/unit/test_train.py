@@ -503,6 +503,43 @@ def test_killed_train_leaves_a_consistent_database(tmp_path: Path, db: Path) -> 
     assert nspam % 250 == 0 and rows == nspam and viagra == nspam
 
 
+def test_a_reader_keeping_its_snapshot_does_not_stall_the_dovecot_pipe(
+        tmp_path: Path, db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A reader keeping its snapshot (an admin's `sqlite3` session, a `.dump` backup) kept a
+    finished `train -` in its closing checkpoint for the whole 30 s write timeout, holding the
+    write lock meanwhile, so every other `train` waited too: Dovecot kills its pipes after
+    10 s, and those messages were never learned. Now the fold gives up after a short wait and
+    says so; the messages are learned either way."""
+    run("train", "--db", str(db), "--ham", str(folder(tmp_path / "ham", [mail(i, False)
+                                                                         for i in range(3)])),
+        capsys=capsys)
+    reader = sqlite3.connect(db, isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM tokens").fetchone()
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        start = time.monotonic()
+        for i in range(2):  # the second while the first folds (or waits to)
+            (tmp_path / f"{i}.eml").write_bytes(mail(i, True))
+            with open(tmp_path / f"{i}.eml", "rb") as msg:
+                procs.append(subprocess.Popen(
+                    [sys.executable, "-m", "spambridge", "train", "--db", str(db), "--spam",
+                     "-q", "-"], stdin=msg, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+            time.sleep(0.2)
+        errs = [p.communicate(timeout=20)[1].decode() for p in procs]
+        elapsed = time.monotonic() - start
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        reader.close()
+    assert [p.returncode for p in procs] == [0, 0], errs
+    assert elapsed < 8, f"the pipes took {elapsed:.1f}s"
+    assert "was not folded back" in errs[0] and "Traceback" not in "".join(errs)
+    assert totals(db) == (2, 3)
+
+
 def test_options_may_follow_paths(tmp_path: Path, db: Path,
                                   capsys: pytest.CaptureFixture[str]) -> None:
     """sa-learn habits: `train --spam a.eml --mbox b.mbox` takes both paths."""
