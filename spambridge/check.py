@@ -5,6 +5,10 @@ the cap, policy, headers) and show what the MTA would have been told.
 corpus; the verdict is the score's band (ham, unsure, spam, reject), `unchecked=<why>`, or
 `unreadable` (score `-`), so the output has one line per path given.
 
+A file from a mailbox already holds the Received line our MTA wrote (hidden from milters, so
+the milter writes its own from the connection): it gets no second one, and scores as it did
+when it arrived (docs/bayes.md, "Checking").
+
 Exit status: 0 when every message was scored (or deliberately not: oversize), 1 when one could
 not be read or scanned (no database, not trained yet, spamd down...), so a script notices.
 """
@@ -97,7 +101,8 @@ def run(cfg: Config, paths: list[str], *, explain: bool = False, batch: bool = F
                 continue
             buf = parse_raw(raw, cfg.milter.max_scan_size)
             try:
-                ev = pipeline.evaluate(buf, Envelope(queue_id=f"CHECK{n:05d}"))
+                ev = pipeline.evaluate(buf, Envelope(queue_id=f"CHECK{n:05d}",
+                                                     delivered=buf.delivered()))
                 removed = sorted({name for name, _ in buf.owned_headers()})
             finally:
                 buf.close()

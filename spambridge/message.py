@@ -44,10 +44,15 @@ class Envelope:
     auth_user: str = ""  # macro {auth_authen}, captured at MAIL FROM
     queue_id: str = ""  # macro i, known from DATA on
     tls: bool = False
+    # `check` on a mailbox file: the receiving MTA's Received line is already in it
+    delivered: bool = False
 
     def received_header(self, when: datetime | None = None) -> bytes:
         """The Received line Postfix would have written (Postfix hides its own from milters).
-        SpamAssassin needs it for the relay/trust path; a wrong date causes false positives."""
+        SpamAssassin needs it for the relay/trust path; a wrong date causes false positives.
+        Nothing for a delivered message: a second one would count a hop that never was."""
+        if self.delivered:
+            return b""
         when = when or datetime.now().astimezone()
         proto = "ESMTP" + ("S" if self.tls else "") + ("A" if self.auth_user else "")
         helo = clean(self.helo) or clean(self.client_name) or "unknown"
@@ -130,6 +135,13 @@ class MessageBuffer:
         kept += _shares([n for _, n in rest], defaults.MAX_OWNED - sum(kept))
         return [(name, i) for (name, _), k in zip(ours + rest, kept, strict=True)
                 for i in range(k, 0, -1)]
+
+    def delivered(self) -> bool:
+        """Whether this is a message as a mailbox stores it: delivery writes Return-Path (and
+        Postfix's local and virtual agents Delivered-To), and Postfix drops a Return-Path the
+        sender wrote before any milter sees it, so live mail never has one. Such a file already
+        carries the Received line the receiving MTA wrote, the one a milter never sees."""
+        return any(n.lower() in ("return-path", "delivered-to") for n, _ in self.headers)
 
     def header_value(self, name: str) -> bytes | None:
         key = name.lower()

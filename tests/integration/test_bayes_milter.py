@@ -26,6 +26,7 @@ from harness import (
 from milterclient import MilterClient, Result, send_one
 
 from spambridge import cli
+from spambridge.message import Envelope
 
 Start = Callable[..., RunningMilter]
 MakeFake = Callable[[Callable[[socket.socket], None]], FakeSpamd]
@@ -145,6 +146,43 @@ def test_a_message_built_to_stall_the_tokenizer_is_scored_within_the_cap(
         r = slow.result(timeout=30)
     assert r.action == "reject" and r.seconds < 2.5  # scored: the spam words still count
     assert other.seconds < 2.5 and status(other).startswith("No, score=0.0")
+
+
+def test_check_on_a_delivered_file_gives_the_score_the_milter_gave(
+        tmp_path: Path, start_milter: Start, capsys: pytest.CaptureFixture[str]) -> None:
+    """An admin asks `check` about a message from a mailbox. The file holds the Received line
+    our Postfix wrote, which Postfix hid from the milter (the milter wrote its own from the
+    connection), and the Return-Path and Delivered-To of delivery: `check` must not add a
+    second Received line, which would count a hop that never was. The database is trained on
+    delivered mail where the number of hops tells the classes apart, as it often does."""
+    ours = Envelope(client_name="mail.example.net", client_addr="192.0.2.10",
+                    helo="mail.example.net", mta_host="mx.test.example",
+                    recipients=["<user@test.example>"], queue_id="4ABCDEF0123")
+    upstream = (b"Received: from desk.example.org (desk.example.org [198.51.100.7])\n"
+                b"\tby mail.example.net (Postfix) with ESMTP id 1A2B3C;\n"
+                b"\tWed, 25 Nov 2026 09:59:58 +0000\n")
+    direct = Envelope(client_name="[203.0.113.9]", client_addr="203.0.113.9", helo="pc1",
+                      mta_host="mx.test.example", queue_id="5BCDEF01234")
+
+    def delivered(raw: bytes, hop: Envelope, extra: bytes = b"") -> bytes:
+        return (b"Return-Path: <s@example.org>\nDelivered-To: user@test.example\n"
+                + hop.received_header().replace(b"\r\n", b"\n") + extra + raw)
+
+    db = train_database(tmp_path, lambda n, label: delivered(ham(n), ours, upstream)
+                        if label == "ham" else delivered(spam(n), direct), 30)
+    m = start_milter(bayes_cfg(db))
+    body = " ".join(w for pair in zip(SPAM_WORDS, HAM_WORDS, strict=True) for w in pair)
+    live = upstream + f"Subject: both\nFrom: x@y.example\n\n{body}\n".encode()
+    r = send_one(m.socket_path, live)
+    assert "unsure=yes" in status(r)  # a mixed message: every clue moves its score
+    milter_score = status(r).split("score=")[1].split(" ")[0]
+
+    msg = tmp_path / "from-the-mailbox.eml"
+    msg.write_bytes(delivered(live, ours))
+    assert cli.main(["check", "--config", str(m.config_path), "--db", str(db), "--batch",
+                     str(msg)]) == 0
+    score = float(capsys.readouterr().out.split("\t")[1])
+    assert f"{score:.4f}" == milter_score
 
 
 def test_missing_database_is_created_and_mail_flows_unchecked(tmp_path: Path,
