@@ -18,6 +18,7 @@ import contextlib
 import functools
 import json
 import os
+import random
 import sqlite3
 import stat
 import time
@@ -36,6 +37,10 @@ BUSY_TIMEOUT_WRITE = 30.0  # s: `train` may wait for another `train` to finish i
 # write lock meanwhile, so every other `train` (Dovecot's pipes, killed after 10 s) waits too;
 # the milter's snapshots last milliseconds, a reader keeping one longer is told about instead
 BUSY_TIMEOUT_FOLD = 1.0
+# s: a writer waiting for the write lock tries again after a pause drawn from this range, and
+# a writer leaves the lock free this long between two of its own batches (SqliteWriter._lock)
+WRITE_POLL = (0.002, 0.008)
+WRITE_YIELD = 0.010
 MAX_VARIABLES = 30_000  # below SQLite's 32,766 host-parameter limit (3.32+)
 CACHE_LIMIT = 200_000  # tokens a reader keeps in memory between database changes
 SPAM, HAM = "spam", "ham"
@@ -451,11 +456,13 @@ class SqliteWriter:
         self._known = _Known()
         self._version = -1  # data_version _known matches (others' commits change it)
         self.folded = True  # after close(): whether the -wal was folded back and emptied
+        self.timeout = timeout
+        self._released = -WRITE_YIELD  # time.monotonic() of our last commit
 
     def begin(self) -> Batch:
         try:
             conn = self.conn
-            conn.execute("BEGIN IMMEDIATE")
+            self._lock()
             version = conn.execute("PRAGMA data_version").fetchone()[0]
             if version != self._version or len(self._known.counts) > CURRENT_LIMIT:
                 self._known.clear()  # another writer committed in between, or too big
@@ -466,12 +473,41 @@ class SqliteWriter:
             raise StoreError(f"{self.path}: cannot start a write: {e}") from e
         return Batch(conn, Totals(int(row[0]), int(row[1])), self._known)
 
+    def _lock(self) -> None:
+        """BEGIN IMMEDIATE, waited for by trying again at short, even, jittered intervals
+        instead of with SQLite's busy handler, whose pauses grow to 100 ms: a writer that had
+        waited a while then lost every turn to newcomers, and to a bulk `train` that takes the
+        lock back within a millisecond of each commit, so Dovecot's pipes (killed after 10 s)
+        waited 9-23 s at 50 at once, or for the whole of a bulk run. Between two of its own
+        batches a writer leaves the lock free for WRITE_YIELD, long enough for a waiting
+        writer's next try; a one-message `train -` never pauses."""
+        pause = self._released + WRITE_YIELD - time.monotonic()
+        if pause > 0:
+            time.sleep(pause)
+        conn = self.conn
+        deadline = time.monotonic() + self.timeout
+        conn.execute("PRAGMA busy_timeout=0")
+        try:
+            while True:
+                try:
+                    conn.execute("BEGIN IMMEDIATE")
+                    return
+                except sqlite3.OperationalError as e:
+                    if e.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY or \
+                            time.monotonic() >= deadline:
+                        raise
+                time.sleep(random.uniform(*WRITE_POLL))
+        finally:
+            conn.execute(f"PRAGMA busy_timeout={int(self.timeout * 1000)}")
+
     def commit(self, batch: Batch) -> None:
         try:
             batch.commit()
         except sqlite3.Error as e:
             self.rollback()
             raise StoreError(f"{self.path}: cannot write: {e}") from e
+        finally:
+            self._released = time.monotonic()
 
     def rollback(self) -> None:
         self._known.clear()  # it may hold the abandoned batch's counts
@@ -485,15 +521,35 @@ class SqliteWriter:
     def close(self) -> None:
         """Fold the WAL back into the database and leave it empty: readers need not search
         it, and a retrained copy moved over the file later (docs/bayes.md) cannot be mixed
-        with pages this run left in the -wal file the milter keeps open."""
+        with pages this run left in the -wal file the milter keeps open. Tried as _lock
+        tries, for up to BUSY_TIMEOUT_FOLD; while another `train` is writing, the fold is
+        left to it, so of a burst of Dovecot pipes the last to finish folds."""
         self.rollback()
         folded = False
         with contextlib.suppress(sqlite3.Error):
-            self.conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_FOLD * 1000)}")
-            busy = self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
-            folded = not busy
+            conn = self.conn
+            conn.execute("PRAGMA busy_timeout=0")
+            deadline = time.monotonic() + BUSY_TIMEOUT_FOLD
+            while not (folded := not conn.execute("PRAGMA wal_checkpoint(TRUNCATE)"
+                                                  ).fetchone()[0]):
+                if self._writer_active():
+                    folded = True  # it folds when it closes (or says why it could not)
+                    break
+                if time.monotonic() >= deadline:
+                    break
+                time.sleep(random.uniform(*WRITE_POLL))
         self.conn.close()
-        self.folded = folded  # False: a reader held its snapshot past our busy wait
+        # False: a reader kept its snapshot for all of BUSY_TIMEOUT_FOLD
+        self.folded = folded
+
+    def _writer_active(self) -> bool:
+        """Whether another connection holds the write lock (busy_timeout is 0 here)."""
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as e:
+            return e.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY
+        self.conn.rollback()
+        return False
 
 
 def is_private(path: str) -> bool:
