@@ -137,11 +137,12 @@ class MessageBuffer:
                 for i in range(k, 0, -1)]
 
     def delivered(self) -> bool:
-        """Whether this is a message as a mailbox stores it: delivery writes Return-Path (and
-        Postfix's local and virtual agents Delivered-To), and Postfix drops a Return-Path the
-        sender wrote before any milter sees it, so live mail never has one. Such a file already
-        carries the Received line the receiving MTA wrote, the one a milter never sees."""
-        return any(n.lower() in ("return-path", "delivered-to") for n, _ in self.headers)
+        """Whether this is a message as a mailbox stores it: delivery writes Return-Path, and
+        Postfix drops a Return-Path the sender wrote before any milter sees it, so live mail
+        never has one. (Not Delivered-To: Postfix keeps it, and mail forwarded or sent through a
+        list arrives live with the one an earlier hop wrote.) Such a file already carries the
+        Received line the receiving MTA wrote, the one a milter never sees."""
+        return any(n.lower() == "return-path" for n, _ in self.headers)
 
     def header_value(self, name: str) -> bytes | None:
         key = name.lower()

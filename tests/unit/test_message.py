@@ -147,7 +147,15 @@ def test_parse_raw_without_a_field_on_the_first_line_is_all_body() -> None:
     assert parse_raw(b"Subject : obsolete blank\n\nb\n").headers == [("Subject",
                                                                          b"obsolete blank")]
 
-def test_socket_specs() -> None:
+
+def test_delivered_means_a_return_path_not_an_upstream_delivered_to() -> None:
+    """Live mail from a list or a forward carries the Delivered-To an earlier hop wrote
+    (Postfix keeps it); only delivery's Return-Path, which Postfix drops from live mail, tells
+    a mailbox file, so `check` still writes the Received line the milter would see."""
+    live = parse_raw(b"Delivered-To: list@lists.example\nFrom: a@example.org\n\nbody\n")
+    assert not live.delivered()
+    assert parse_raw(b"Return-Path: <a@example.org>\nFrom: a@example.org\n\nb\n").delivered()
+
     assert parse_socket_spec("inet:11332@127.0.0.1").postfix == "inet:127.0.0.1:11332"
     assert parse_socket_spec("inet6:11332@::1").postfix == "inet:[::1]:11332"
     assert parse_socket_spec("local:/run/x.sock").libmilter == "unix:/run/x.sock"
