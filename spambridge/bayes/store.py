@@ -522,8 +522,9 @@ class SqliteWriter:
         """Fold the WAL back into the database and leave it empty: readers need not search
         it, and a retrained copy moved over the file later (docs/bayes.md) cannot be mixed
         with pages this run left in the -wal file the milter keeps open. Tried as _lock
-        tries, for up to BUSY_TIMEOUT_FOLD; while another `train` is writing, the fold is
-        left to it, so of a burst of Dovecot pipes the last to finish folds."""
+        tries, for up to BUSY_TIMEOUT_FOLD (the other writers of a burst of Dovecot pipes
+        hold the lock for milliseconds); then, if another `train` is writing, it is left to
+        that one."""
         self.rollback()
         folded = False
         with contextlib.suppress(sqlite3.Error):
@@ -532,10 +533,10 @@ class SqliteWriter:
             deadline = time.monotonic() + BUSY_TIMEOUT_FOLD
             while not (folded := not conn.execute("PRAGMA wal_checkpoint(TRUNCATE)"
                                                   ).fetchone()[0]):
-                if self._writer_active():
-                    folded = True  # it folds when it closes (or says why it could not)
-                    break
                 if time.monotonic() >= deadline:
+                    # a writer still at it (a bulk run's batch) folds when it closes; only
+                    # if it is killed first does the -wal keep its pages (docs/bayes.md)
+                    folded = self._writer_active()
                     break
                 time.sleep(random.uniform(*WRITE_POLL))
         self.conn.close()

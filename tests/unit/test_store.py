@@ -3,6 +3,9 @@ characters included, and fall back to the IN list for tokens JSON cannot carry t
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -48,3 +51,32 @@ def test_fetch_uses_one_statement_for_many_tokens(db: str) -> None:
     conn.close()
     assert sorted(found) == sorted(ODD)
     assert len(statements) == 1 and "json_each" in statements[0]
+
+
+def test_a_writer_killed_after_a_finished_one_closed_does_not_leave_its_writes_unfolded(
+        db: str) -> None:
+    """`train` A finishes while `train` B holds the write lock, and B is then killed (Dovecot's
+    10 s limit, the OOM killer). A must not have left the -wal to B on the spot: nobody would
+    fold it, and an admin's later `mv` of a retrained copy would get A's pages replayed onto
+    the new file (corrupt). A keeps trying for a second, and folds once B is gone."""
+    a = store.SqliteWriter(db)
+    batch = a.begin()
+    batch.learn(["from the pipe"], "spam")
+    a.commit(batch)
+    b = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time\n"
+        "from spambridge.bayes import store\n"
+        f"w = store.SqliteWriter({db!r})\n"
+        "w.begin()  # a bulk batch under way: it holds the write lock\n"
+        "print('locked', flush=True)\n"
+        "time.sleep(60)\n")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert b.stdout is not None and b.stdout.readline().strip() == "locked"
+        threading.Timer(0.3, b.kill).start()
+        a.close()
+    finally:
+        b.kill()
+        b.wait()
+    assert a.folded
+    wal = Path(db + "-wal")  # A's pages are in the database file
+    assert not wal.exists() or wal.stat().st_size == 0
