@@ -99,7 +99,8 @@ def run(cfg: Config, paths: list[str], *, explain: bool = False, batch: bool = F
                     print(f"{path}\t-\tunreadable", file=out)
                 status = 1
                 continue
-            buf = parse_raw(raw, cfg.milter.max_scan_size)
+            # a file that fills the read limit is over max_scan_size: its prefix is not scored
+            buf = parse_raw(raw, cfg.milter.max_scan_size, complete=len(raw) < limit)
             try:
                 ev = pipeline.evaluate(buf, Envelope(queue_id=f"CHECK{n:05d}",
                                                      delivered=buf.delivered()))

@@ -304,6 +304,23 @@ def test_check_prints_the_milter_decision(tmp_path: Path, db: Path,
     assert code == 1 and "empty.eml: cannot read: empty" in err and "\tunreadable" in out
 
 
+def test_check_never_scores_a_file_cut_at_the_read_limit(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`check` reads max_scan_size + 1 bytes of a file: that prefix is not the message. The
+    milter would not scan a message that big (on_oversize); check must not score the prefix,
+    even when dropping an mbox "From " line or CRLFs leaves it under max_scan_size."""
+    cfg = tmp_path / "sb.toml"
+    cfg.write_text("[milter]\nmax_scan_size = 1024\n")
+    body = b"".join(b"line %d of a long message\r\n" % i for i in range(200))
+    mbox = tmp_path / "mbox.eml"  # a saved mailbox message: "From " line, CRLF line ends
+    mbox.write_bytes(b"From a@example.org Mon Jan  1 00:00:00 2024\r\n"
+                     b"From: a@example.org\r\nSubject: big\r\n\r\n" + body)
+    code, out, _ = run("check", "--config", str(cfg), "--db", str(tmp_path / "none.db"),
+                       "--batch", str(mbox), capsys=capsys)
+    assert out.split("\t")[2].strip() == "unchecked=oversize"
+    assert code == 0  # deliberately not scanned, as in the milter
+
+
 def test_check_batch_into_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
     """`check --batch ... | head -1`: the reader goes away; no traceback, no "Broken pipe"
     error, the status of a tool killed by SIGPIPE."""
