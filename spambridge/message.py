@@ -225,5 +225,5 @@ def parse_raw(raw: bytes, max_scan_size: int = defaults.MAX_SCAN_SIZE, *,
         name, _, first = f[0].partition(b":")
         value = b"\n".join([first[1:] if first.startswith(b" ") else first, *f[1:]])
         buf.add_header(name.strip().decode("latin-1"), value)
-    buf.add_body(data[pos:])
+    buf.add_body(data[pos:].replace(b"\n", b"\r\n"))  # as Postfix sends it: sizes match
     return buf

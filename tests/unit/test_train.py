@@ -321,6 +321,22 @@ def test_check_never_scores_a_file_cut_at_the_read_limit(
     assert code == 0  # deliberately not scanned, as in the milter
 
 
+def test_check_counts_the_body_as_the_milter_does(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Postfix hands a milter the body with CRLF line ends, and the milter counts those bytes
+    against max_scan_size: a message stored with LF ends that is just under the limit is over
+    it in the milter (on_oversize), and so in `check`."""
+    cfg = tmp_path / "sb.toml"
+    cfg.write_text("[milter]\nmax_scan_size = 1024\n")
+    msg = tmp_path / "near.eml"
+    msg.write_bytes(b"From: a@example.org\nSubject: near\n\n" + b"123456789\n" * 95)
+    assert len(msg.read_bytes()) < 1024
+    code, out, _ = run("check", "--config", str(cfg), "--db", str(tmp_path / "none.db"),
+                       "--batch", str(msg), capsys=capsys)
+    assert out.split("\t")[2].strip() == "unchecked=oversize"
+    assert code == 0
+
+
 def test_check_batch_into_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
     """`check --batch ... | head -1`: the reader goes away; no traceback, no "Broken pipe"
     error, the status of a tool killed by SIGPIPE."""
