@@ -96,6 +96,9 @@ _MESSAGE_ID = re.compile(rb"\s*<[^@>]+@([^>]+)>\s*$")
 _RECEIVED_HOST = re.compile(rb"from\s+([a-z0-9._-]+[a-z])[)\s]")
 _RECEIVED_IP = re.compile(rb"[\[(]((?:\d{1,3}\.){3}\d{1,3})[\])]")
 _RECEIVED_COMPLAINT = re.compile(rb"\([a-z]+(?:\s+[a-z]+)+\)")
+# the hop an LMTP server (Dovecot's, Cyrus') writes when it stores a message: "with LMTP",
+# LMTPA, LMTPS, LMTPSA
+_LMTP_HOP = re.compile(rb"\bwith\s+lmtps?a?\b", re.IGNORECASE)
 _FNAME_COMP = re.compile(rb"[/\\:]")
 _FNAME_PIECE = re.compile(rb"[;?:@&=+,$.]")
 _NUMERIC_ENTITY = re.compile(rb"&#(x[0-9a-fA-F]{1,6}|\d{1,7});")
@@ -251,6 +254,22 @@ def decode_payload(payload: bytes, cte: bytes) -> tuple[bytes, bool]:
     return payload, True
 
 
+def without_delivery_hops(headers: Headers) -> Headers:
+    """The header without the Received fields on top that an LMTP delivery wrote (Dovecot's
+    LMTP server writes one by default). They come after the MTA, so the milter never sees
+    them, while every message `train` reads from such a mailbox has one: kept, they would
+    shift every trained message's `header:Received` count by one hop (on the SpamAssassin
+    corpus, with such a line added to every trained message: 7-10 more unsure, one more
+    false positive, of 6,046 in 5-fold cross-validation)."""
+    received = [i for i, (name, _) in enumerate(headers) if name.lower() == b"received"]
+    drop: set[int] = set()
+    for i in received:
+        if not _LMTP_HOP.search(headers[i][1][:2048]):
+            break
+        drop.add(i)
+    return [h for i, h in enumerate(headers) if i not in drop] if drop else headers
+
+
 # ---------------------------------------------------------------------------------------------
 # the tokenizer proper
 
@@ -279,7 +298,7 @@ class _Tokenizer:
         if data.startswith(b"From "):  # an mbox separator line is not a header
             data = data.partition(b"\n")[2]
         head, body = split_head(data)
-        headers = parse_headers(head, self.limits.max_headers)
+        headers = without_delivery_hops(parse_headers(head, self.limits.max_headers))
         self._guard(self.top_headers, headers)
         self._guard(self.walk, headers, body, 0)
         for payload, cte in self.text_parts:

@@ -51,6 +51,22 @@ def test_return_path_is_not_a_token() -> None:
     assert not [t for t in tokenize(delivered) if "return-path" in t.lower()]
 
 
+def test_the_hop_an_lmtp_delivery_wrote_on_top_is_not_a_token() -> None:
+    """Dovecot's LMTP server writes a Received field on top of every message it stores, after
+    the MTA: training from such a mailbox must see the hops the milter saw, no more. One lower
+    down (a forwarding site's own delivery, before our MTA) is a hop like any other."""
+    ours = (b"Received: from desk.example.org (desk.example.org [198.51.100.7])\n"
+            b"\tby mx.example.net (Postfix) with ESMTP id 1A2B3C\n")
+    message = (DATA / "multipart_alternative.eml").read_bytes()  # one Received of its own
+    lmtp = (b"Received: from mx.example.net ([192.0.2.25])\n\tby mail.example.net with LMTP\n"
+            b"\tid 8dMcLJ1hZmbXCwAA; Wed, 25 Nov 2026 10:00:01 +0000\n")
+    live = ours + message
+    assert tokenize(b"Return-Path: <s@example.org>\n" + lmtp + live) == tokenize(live)
+    forwarded = ours + lmtp + message
+    assert "header:Received:3" in tokenize(forwarded)
+    assert "received:192.0.2.25" in tokenize(forwarded)
+
+
 def test_html_only_message() -> None:
     t = tokens_of("html_only.eml")
     for tok in [
