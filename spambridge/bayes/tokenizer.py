@@ -96,9 +96,15 @@ _MESSAGE_ID = re.compile(rb"\s*<[^@>]+@([^>]+)>\s*$")
 _RECEIVED_HOST = re.compile(rb"from\s+([a-z0-9._-]+[a-z])[)\s]")
 _RECEIVED_IP = re.compile(rb"[\[(]((?:\d{1,3}\.){3}\d{1,3})[\])]")
 _RECEIVED_COMPLAINT = re.compile(rb"\([a-z]+(?:\s+[a-z]+)+\)")
-# the hop an LMTP server (Dovecot's, Cyrus') writes when it stores a message: "with LMTP",
-# LMTPA, LMTPS, LMTPSA
-_LMTP_HOP = re.compile(rb"\bwith\s+lmtps?a?\b", re.IGNORECASE)
+# the hop an LMTP server (Dovecot's, Cyrus') writes when it stores a message: "by HOST
+# [(comment)] with LMTP" (LMTPA, LMTPS, LMTPSA) on a folded line of its own, so after a tab
+# once unfolded. Only that: a client's HELO is in our own hop's "from" part (Postfix joins
+# its words with single spaces, and no tab gets through), and "EHLO x by y with LMTP" must
+# not make the hop the milter sees look like a delivery. Looked for before the first "<" or
+# ";" only: the envelope addresses in "for <...>" are the sender's to choose.
+_LMTP_HOP = re.compile(rb"\t[ \t]*by\s+[^\s()]+(?:\s+\([^()]*\))?\s+with\s+lmtps?a?\b",
+                       re.IGNORECASE)
+_LMTP_HOP_END = re.compile(rb"[<;]")
 _FNAME_COMP = re.compile(rb"[/\\:]")
 _FNAME_PIECE = re.compile(rb"[;?:@&=+,$.]")
 _NUMERIC_ENTITY = re.compile(rb"&#(x[0-9a-fA-F]{1,6}|\d{1,7});")
@@ -264,7 +270,7 @@ def without_delivery_hops(headers: Headers) -> Headers:
     received = [i for i, (name, _) in enumerate(headers) if name.lower() == b"received"]
     drop: set[int] = set()
     for i in received:
-        if not _LMTP_HOP.search(headers[i][1][:2048]):
+        if not _LMTP_HOP.search(_LMTP_HOP_END.split(headers[i][1][:2048], 1)[0]):
             break
         drop.add(i)
     return [h for i, h in enumerate(headers) if i not in drop] if drop else headers

@@ -67,6 +67,27 @@ def test_the_hop_an_lmtp_delivery_wrote_on_top_is_not_a_token() -> None:
     assert "received:192.0.2.25" in tokenize(forwarded)
 
 
+def test_only_an_lmtp_servers_by_clause_marks_a_delivery_hop() -> None:
+    """Dovecot 2.3's, 2.2's and Cyrus' delivery hops are dropped; a hop whose "from" part (a
+    client's HELO, which Postfix passes with spaces) or "for <...>" part (the sender's choice)
+    says "with LMTP" is the hop the milter sees, and stays with its client IP."""
+    live = b"From: a@example.org\nSubject: hi\n\nbody text\n"
+    for hop in (b"from mx.example.net ([192.0.2.25])\n\t(using TLSv1.3 with cipher X (256/256"
+                b" bits))\n\tby imap.example.net with LMTPS\n\tid 8dMcLJ1hZmbXCwAA\n"
+                b"\t(envelope-from <s@example.org>)\n\tfor <u@example.net>; Wed, 25 Nov 2026",
+                b"from mx.example.net ([192.0.2.25])\n\tby imap.example.net (Dovecot) with LMTP"
+                b" id 8dMcLJ1hZmbXCwAA\n\tfor <u@example.net>; Wed, 25 Nov 2026 10:00:01 +0000",
+                b"from mx.example.net ([unix socket])\n\t by imap.example.net (Cyrus v2.4.17) "
+                b"with LMTPA;\n\t Wed, 25 Nov 2026 10:00:01 +0000"):
+        assert tokenize(b"Received: " + hop + b"\n" + live) == tokenize(live)
+    for ours in (b"from x by y with LMTP (unknown [203.0.113.5])\n\tby mx.example.net (Postfix)"
+                 b" with ESMTP id 1A2B3C\n\tfor <u@example.net>; Wed, 25 Nov 2026",
+                 b"from bot.example.com (unknown [203.0.113.5])\n\tby mx.example.net (Postfix)"
+                 b' with ESMTP id 1A2B3C\n\tfor <"u+a\tby b with LMTP"@example.net>; Wed'):
+        tokens = tokenize(b"Received: " + ours + b"\n" + live)
+        assert "received:203.0.113.5" in tokens and "header:Received:1" in tokens
+
+
 def test_html_only_message() -> None:
     t = tokens_of("html_only.eml")
     for tok in [
