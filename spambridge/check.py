@@ -92,15 +92,18 @@ def run(cfg: Config, paths: list[str], *, explain: bool = False, batch: bool = F
     try:
         stdin = stdin or (sys.stdin.buffer if sys.stdin is not None else None)
         limit = cfg.milter.max_scan_size + 1  # one byte more: enough to be oversize
-        for n, (path, raw) in enumerate(_messages(paths, stdin, limit), 1):
+        # and one more again, to tell a file of exactly `limit` bytes (whole, and perhaps
+        # under max_scan_size for the milter once an mbox From line and CRs are gone) from a
+        # longer one cut there
+        for n, (path, raw) in enumerate(_messages(paths, stdin, limit + 1), 1):
             if isinstance(raw, str):
                 print(f"spambridge check: {path}: {raw}", file=err)
                 if batch:
                     print(f"{path}\t-\tunreadable", file=out)
                 status = 1
                 continue
-            # a file that fills the read limit is over max_scan_size: its prefix is not scored
-            buf = parse_raw(raw, cfg.milter.max_scan_size, complete=len(raw) < limit)
+            # a file longer than the read limit is over max_scan_size: its prefix is not scored
+            buf = parse_raw(raw[:limit], cfg.milter.max_scan_size, complete=len(raw) <= limit)
             try:
                 ev = pipeline.evaluate(buf, Envelope(queue_id=f"CHECK{n:05d}",
                                                      delivered=buf.delivered()))

@@ -321,6 +321,22 @@ def test_check_never_scores_a_file_cut_at_the_read_limit(
     assert code == 0  # deliberately not scanned, as in the milter
 
 
+def test_check_scores_a_whole_file_of_exactly_the_read_limit(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A file of exactly max_scan_size + 1 bytes is not cut: with its mbox From line and CRs
+    gone it is under max_scan_size for the milter, which would scan it, so check does too."""
+    cfg = tmp_path / "sb.toml"
+    cfg.write_text("[milter]\nmax_scan_size = 1024\n")
+    head = b"From a@example.org Mon Jan  1 00:00:00 2024\r\nFrom: a@example.org\r\n\r\n"
+    body = b"".join(b"line %d of a long message\r\n" % i for i in range(40))
+    mbox = tmp_path / "exact.eml"
+    mbox.write_bytes(head + body[: 1025 - len(head) - 2] + b"\r\n")
+    assert len(mbox.read_bytes()) == 1025
+    _, out, _ = run("check", "--config", str(cfg), "--db", str(tmp_path / "none.db"),
+                    "--batch", str(mbox), capsys=capsys)
+    assert out.split("\t")[2].strip() != "unchecked=oversize"
+
+
 def test_check_counts_the_body_as_the_milter_does(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Postfix hands a milter the body with CRLF line ends, and the milter counts those bytes
