@@ -187,25 +187,14 @@ def _shares(counts: list[int], budget: int) -> list[int]:
     return shares
 
 
-def parse_raw(raw: bytes, max_scan_size: int = defaults.MAX_SCAN_SIZE, *,
-              complete: bool = True) -> MessageBuffer:
-    """Split a raw RFC 5322 message (from a file or stdin) into a buffer, as a milter would
-    receive it from Postfix: header values without the space after the colon, folding kept,
-    and the header block ended where Postfix ends it — at the blank line, or at the first line
-    that is neither a field (a name of printable ASCII, blanks allowed before the colon) nor a
+def split_message(data: bytes) -> tuple[list[tuple[str, bytes]], bytes]:
+    """A raw message (LF line ends) as Postfix hands it to a milter: the header fields as
+    (name, value) — the value without the space after the colon, folding kept — and the body.
+    The header block ends where Postfix ends it: at the blank line, or at the first line that
+    is neither a field (a name of printable ASCII, blanks allowed before the colon) nor a
     continuation of one. Postfix hands that line and all that follows to the milter as body
     (and writes a blank line before it on delivery), so here it is body too: the Content-Type
-    after a stray line, or after a field whose name has 8-bit bytes, is text to the milter.
-
-    `complete=False`: `raw` is only the first bytes of a message longer than max_scan_size
-    (a reader stopped there), so the buffer is oversize whatever those bytes add up to once
-    an mbox "From " line and CRs are gone: a prefix must not be scored as the message."""
-    buf = MessageBuffer(max_scan_size, spool_memory=max_scan_size + 1)
-    if not complete:
-        buf._mark_oversize()
-    data = raw.replace(b"\r\n", b"\n")
-    if data.startswith(b"From ") and b"\n" in data:  # mbox separator line
-        data = data.split(b"\n", 1)[1]
+    after a stray line, or after a field whose name has 8-bit bytes, is text to the milter."""
     fields: list[list[bytes]] = []
     pos = 0
     while pos < len(data):
@@ -221,9 +210,31 @@ def parse_raw(raw: bytes, max_scan_size: int = defaults.MAX_SCAN_SIZE, *,
                 pos = nxt
             break
         pos = nxt
+    headers = []
     for f in fields:
         name, _, first = f[0].partition(b":")
         value = b"\n".join([first[1:] if first.startswith(b" ") else first, *f[1:]])
-        buf.add_header(name.strip().decode("latin-1"), value)
-    buf.add_body(data[pos:].replace(b"\n", b"\r\n"))  # as Postfix sends it: sizes match
+        headers.append((name.strip().decode("latin-1"), value))
+    return headers, data[pos:]
+
+
+def parse_raw(raw: bytes, max_scan_size: int = defaults.MAX_SCAN_SIZE, *,
+              complete: bool = True) -> MessageBuffer:
+    """A raw RFC 5322 message (from a file or stdin) in a buffer, as the milter would have it
+    from Postfix (split_message; the body with CRLF line ends, as Postfix sends it, so that
+    the sizes compare with the milter's).
+
+    `complete=False`: `raw` is only the first bytes of a message longer than max_scan_size
+    (a reader stopped there), so the buffer is oversize whatever those bytes add up to once
+    an mbox "From " line and CRs are gone: a prefix must not be scored as the message."""
+    buf = MessageBuffer(max_scan_size, spool_memory=max_scan_size + 1)
+    if not complete:
+        buf._mark_oversize()
+    data = raw.replace(b"\r\n", b"\n")
+    if data.startswith(b"From ") and b"\n" in data:  # mbox separator line
+        data = data.split(b"\n", 1)[1]
+    headers, body = split_message(data)
+    for name, value in headers:
+        buf.add_header(name, value)
+    buf.add_body(body.replace(b"\n", b"\r\n"))
     return buf

@@ -8,13 +8,14 @@ the protocol steps the milter negotiated away (no DATA, no reply for …).
 from __future__ import annotations
 
 import contextlib
-import re
 import socket
 import time
 from dataclasses import dataclass, field
 
 from miltertest import codec, constants
 from miltertest.client import MilterConnection
+
+from spambridge import message
 
 
 def _enc(v: str | bytes) -> bytes:
@@ -84,31 +85,10 @@ class EarlyReply(Exception):
 
 
 def split_message(raw: bytes) -> tuple[list[tuple[str, bytes]], bytes]:
-    """Split a raw message the way Postfix presents it to a milter: the header block ends at
-    the blank line or at the first line that is neither a field nor a continuation (that line
-    starts the body), as spambridge.message.parse_raw (which `check` uses) ends it."""
-    data = raw.replace(b"\r\n", b"\n")
-    fields: list[list[bytes]] = []
-    pos = 0
-    while pos < len(data):
-        end = data.find(b"\n", pos)
-        nxt = len(data) if end < 0 else end + 1
-        line = data[pos:nxt].rstrip(b"\n")
-        if line[:1] in (b" ", b"\t") and fields:
-            fields[-1].append(line)
-        elif re.match(rb"[!-9;-~]+[ \t]*:", line):
-            fields.append([line])
-        else:
-            if not line:
-                pos = nxt
-            break
-        pos = nxt
-    headers = []
-    for f in fields:
-        name, _, first = f[0].partition(b":")
-        value = b"\n".join([first[1:] if first.startswith(b" ") else first, *f[1:]])
-        headers.append((name.decode("latin-1"), value))
-    return headers, data[pos:]
+    """Split a raw message the way Postfix presents it to a milter — spambridge's own
+    splitting, which a review checked against a real Postfix 3.7 field by field (and which
+    `check` uses), so a test message reaches the milter as it would through Postfix."""
+    return message.split_message(raw.replace(b"\r\n", b"\n"))
 
 
 class MilterClient:
