@@ -26,7 +26,7 @@ from collections import Counter
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple
 
 from spambridge.bayes.tokenizer import TOKENIZER_VERSION
 
@@ -83,22 +83,6 @@ class TokenCounts(NamedTuple):
 # token → (spam, ham); absent = never seen. Values are plain tuples (a TokenCounts is one too):
 # building a NamedTuple per token costs more than the lookup itself
 Counts = dict[str, tuple[int, int]]
-
-
-class TokenReader(Protocol):
-    """What scoring needs; a Redis store would implement the same two calls."""
-
-    def lookup(self, tokens: Sequence[str]) -> tuple[Totals, Counts]: ...
-
-    def close(self) -> None: ...
-
-
-class TokenWriter(Protocol):
-    """What training needs: a batch context in which messages are learned or unlearned."""
-
-    def begin(self) -> Batch: ...
-
-    def close(self) -> None: ...
 
 
 def _connect(path: str, timeout: float) -> sqlite3.Connection:
@@ -513,10 +497,6 @@ class SqliteWriter:
         self._known.clear()  # it may hold the abandoned batch's counts
         if self.conn.in_transaction:
             self.conn.rollback()
-
-    def totals(self) -> Totals:
-        row = self.conn.execute("SELECT nspam, nham FROM totals").fetchone()
-        return Totals(int(row[0]), int(row[1]))
 
     def close(self) -> None:
         """Fold the WAL back into the database and leave it empty: readers need not search
