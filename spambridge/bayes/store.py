@@ -14,7 +14,6 @@ database as it was after its last committed batch.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import os
@@ -439,7 +438,7 @@ class SqliteWriter:
         _check_opened(self.conn, path)
         self._known = _Known()
         self._version = -1  # data_version _known matches (others' commits change it)
-        self.folded = True  # after close(): whether the -wal was folded back and emptied
+        self.folded = True  # after close(): the -wal was emptied, or left to another writer
         self.timeout = timeout
         self._released = -WRITE_YIELD  # time.monotonic() of our last commit
 
@@ -506,22 +505,27 @@ class SqliteWriter:
         hold the lock for milliseconds); then, if another `train` is writing, it is left to
         that one."""
         self.rollback()
-        folded = False
-        with contextlib.suppress(sqlite3.Error):
+        folded = self._fold()
+        self.conn.close()
+        self.folded = folded
+
+    def _fold(self) -> bool:
+        """The closing checkpoint. True when the -wal is empty, or left to a writer still at
+        it (a bulk run's batch), which folds it when it closes: only if that one is killed
+        first does the -wal keep its pages (docs/bayes.md). False when a reader kept its
+        snapshot for all of BUSY_TIMEOUT_FOLD, or SQLite failed."""
+        try:
             conn = self.conn
             conn.execute("PRAGMA busy_timeout=0")
             deadline = time.monotonic() + BUSY_TIMEOUT_FOLD
-            while not (folded := not conn.execute("PRAGMA wal_checkpoint(TRUNCATE)"
-                                                  ).fetchone()[0]):
+            # the first column is 1 while the checkpoint could not finish (SQLITE_BUSY)
+            while conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]:
                 if time.monotonic() >= deadline:
-                    # a writer still at it (a bulk run's batch) folds when it closes; only
-                    # if it is killed first does the -wal keep its pages (docs/bayes.md)
-                    folded = self._writer_active()
-                    break
+                    return self._writer_active()
                 time.sleep(random.uniform(*WRITE_POLL))
-        self.conn.close()
-        # False: a reader kept its snapshot for all of BUSY_TIMEOUT_FOLD
-        self.folded = folded
+            return True
+        except sqlite3.Error:
+            return False
 
     def _writer_active(self) -> bool:
         """Whether another connection holds the write lock (busy_timeout is 0 here)."""
