@@ -427,6 +427,12 @@ class _Known:
         self.complete = True
 
 
+def _busy(e: sqlite3.OperationalError) -> bool:
+    """Whether SQLite failed because another connection holds the lock (SQLITE_BUSY, or one
+    of its extended codes): a reason to try again, unlike any other error."""
+    return e.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY
+
+
 class SqliteWriter:
     """The training side. `begin()` takes SQLite's write lock (readers carry on in WAL mode),
     so two `train` runs never double-count the same message."""
@@ -476,8 +482,7 @@ class SqliteWriter:
                     conn.execute("BEGIN IMMEDIATE")
                     return
                 except sqlite3.OperationalError as e:
-                    if e.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY or \
-                            time.monotonic() >= deadline:
+                    if not _busy(e) or time.monotonic() >= deadline:
                         raise
                 time.sleep(random.uniform(*WRITE_POLL))
         finally:
@@ -532,7 +537,7 @@ class SqliteWriter:
         try:
             self.conn.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as e:
-            return e.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY
+            return _busy(e)
         self.conn.rollback()
         return False
 
