@@ -281,8 +281,7 @@ class Batch:
     `current()` answers with the counts as they stand including this batch, so a trainer can
     score a message before deciding to learn it (SpamBayes' "nonedge" regime)."""
 
-    def __init__(self, conn: sqlite3.Connection, base: Totals | None = None,
-                 current: _Known | None = None) -> None:
+    def __init__(self, conn: sqlite3.Connection, base: Totals, known: _Known) -> None:
         self.conn = conn
         self.spam: Counter[str] = Counter()
         self.ham: Counter[str] = Counter()
@@ -291,10 +290,10 @@ class Batch:
         self.labels: dict[bytes, str | None] = {}  # digest → new label (None = forgotten)
         self.messages = 0
         self.unlearned = False  # a negative delta needs the clamping, deleting commit
-        self._base = base or Totals(0, 0)
+        self._base = base  # the totals before this batch
         # the writer's token → counts as of now (database + this batch) for every token current()
         # has looked at; None = absent. Shared across batches; the writer drops it when stale.
-        self._known = _Known() if current is None else current
+        self._known = known
         self._current = self._known.counts
 
     def trained_as(self, digest: bytes) -> str | None:
