@@ -175,10 +175,7 @@ def read_path(path: str, max_size: int, mbox: bool = False, stdin: IO[bytes] | N
             yield Item("<stdin>", problem="unreadable: standard input is closed", named=True)
             return
         data = src.read(max_size + 1) if max_size else src.read()
-        if max_size and len(data) > max_size:
-            yield Item("<stdin>", problem="too large", named=True)
-        else:
-            yield _item("<stdin>", data, named=True)
+        yield _item("<stdin>", data, named=True, max_size=max_size)
         return
     try:
         p = Path(path)
@@ -302,10 +299,8 @@ def _read_named_file(path: str, max_size: int, mbox: bool,
             return
     if mbox or data.startswith(b"From "):
         yield from _split_mbox(path, data, max_size)
-    elif max_size and len(data) > max_size:
-        yield Item(path, problem="too large", named=True)
     else:
-        yield _item(path, data, named=True)
+        yield _item(path, data, named=True, max_size=max_size)
 
 
 def _read_file(path: str, max_size: int, named: bool) -> Item | None:
@@ -318,9 +313,9 @@ def _read_file(path: str, max_size: int, named: bool) -> Item | None:
     if data is None and not max_size:  # no limit asked for: read it however big
         with open(path, "rb") as f:
             data = f.read()
-    if data is None or (max_size and len(data) > max_size):
+    if data is None:
         return Item(path, problem="too large", named=named)
-    return _item(path, data, named)
+    return _item(path, data, named, max_size)
 
 
 MBOX_IN_MEMORY = 32 << 20  # smaller mboxes are read whole and split with one regex
@@ -373,10 +368,7 @@ def _read_stream(path: str, max_size: int, mbox: bool) -> Iterator[Item]:
                                     max_size)
             return
         data = head + (f.read(max_size + 1 - len(head)) if max_size else f.read())
-    if max_size and len(data) > max_size:
-        yield Item(path, problem="too large", named=True)
-    else:
-        yield _item(path, data, named=True)
+    yield _item(path, data, named=True, max_size=max_size)
 
 
 def _stream_mbox(p: Path, max_size: int) -> Iterator[Item]:
@@ -426,7 +418,11 @@ def _unescape_from(data: bytes) -> bytes:
     return re.sub(rb"(?m)^>(>*From )", rb"\1", data)
 
 
-def _item(where: str, data: bytes, named: bool = False) -> Item:
+def _item(where: str, data: bytes, named: bool = False, max_size: int = 0) -> Item:
+    """The message read from `where`, or why it is not learned: bigger than `max_size` (0: no
+    limit), or not mail."""
+    if max_size and len(data) > max_size:
+        return Item(where, problem="too large", named=named)
     if not looks_like_mail(data):
         return Item(where, problem="not mail", named=named)
     return Item(where, data, named=named)
