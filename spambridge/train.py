@@ -542,37 +542,46 @@ class Trainer:
         msg = strip_markup(item.data)
         key = digest(msg)
         batch = self._open_batch()
-        prior = batch.trained_as(key)
         if label == "forget":
-            if prior is None:
-                s.not_trained += 1
-                outcome = "not trained before"
-            else:
-                batch.learn(tokenize(msg, self.limits), prior, -1)
-                batch.mark(key, None)
-                s.forgotten += 1
-                outcome = f"forgotten (was {prior})"
-        elif prior == label:
-            s.already += 1
-            outcome = f"already trained as {prior}"
+            outcome = self._forget(batch, key, msg)
         else:
-            tokens = tokenize(msg, self.limits)
-            score = None if prior is not None else self._certainty(batch, tokens, label)
-            if score is not None:
-                s.recognised += 1
-                outcome = f"already recognised as {label} (score {score:.4f}), not learned"
-            else:
-                if prior is not None:
-                    batch.learn(tokens, prior, -1)
-                    s.moved += 1
-                batch.learn(tokens, label)
-                batch.mark(key, label)
-                s.learned += 1
-                s.learned_as[label] = s.learned_as.get(label, 0) + 1
-                outcome = f"moved from {prior} to {label}" if prior else f"learned as {label}"
+            outcome = self._learn(batch, key, msg, label)
         if batch.messages >= self.batch_messages or time.monotonic() - self._since > BATCH_SECONDS:
             self.flush()
         return outcome
+
+    def _forget(self, batch: store.Batch, key: bytes, msg: bytes) -> str:
+        s = self.summary
+        prior = batch.trained_as(key)
+        if prior is None:
+            s.not_trained += 1
+            return "not trained before"
+        batch.learn(tokenize(msg, self.limits), prior, -1)
+        batch.mark(key, None)
+        s.forgotten += 1
+        return f"forgotten (was {prior})"
+
+    def _learn(self, batch: store.Batch, key: bytes, msg: bytes, label: str) -> str:
+        """Learn as `label`: a no-op when already so trained, a move when trained as the other
+        class, and nothing when selective and the database is already certain."""
+        s = self.summary
+        prior = batch.trained_as(key)
+        if prior == label:
+            s.already += 1
+            return f"already trained as {prior}"
+        tokens = tokenize(msg, self.limits)
+        score = None if prior is not None else self._certainty(batch, tokens, label)
+        if score is not None:
+            s.recognised += 1
+            return f"already recognised as {label} (score {score:.4f}), not learned"
+        if prior is not None:
+            batch.learn(tokens, prior, -1)
+            s.moved += 1
+        batch.learn(tokens, label)
+        batch.mark(key, label)
+        s.learned += 1
+        s.learned_as[label] = s.learned_as.get(label, 0) + 1
+        return f"moved from {prior} to {label}" if prior else f"learned as {label}"
 
     def _certainty(self, batch: store.Batch, tokens: list[str], label: str) -> float | None:
         """In selective mode, the score when the database is already certain of `label`."""
