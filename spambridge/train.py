@@ -98,21 +98,15 @@ class Summary:
             extra.append(f"{self.moved} moved from " + (
                 "the other class" if self.label == "index"
                 else "ham" if self.label == "spam" else "spam"))
-        if self.already:
-            extra.append(f"{self.already} already trained")
-        if self.recognised:
-            extra.append(f"{self.recognised} already recognised")
-        if self.not_trained:
-            extra.append(f"{self.not_trained} not trained before")
-        if self.too_large:
-            extra.append(f"{self.too_large} too large")
-        if self.not_mail:
-            extra.append(f"{self.not_mail} not mail")
-        if self.unreadable:
-            extra.append(f"{self.unreadable} unreadable")
-        if self.spamd_errors:
-            n = self.spamd_errors
-            extra.append(f"{n} spamd error" + ("s" if n > 1 else ""))
+        extra += [f"{n} {what}" for n, what in (
+            (self.already, "already trained"),
+            (self.recognised, "already recognised"),
+            (self.not_trained, "not trained before"),
+            (self.too_large, "too large"),
+            (self.not_mail, "not mail"),
+            (self.unreadable, "unreadable"),
+            (self.spamd_errors, "spamd error" + ("s" if self.spamd_errors > 1 else "")),
+        ) if n]
         rate = f", {self.seen / seconds:.0f} msg/s" if seconds > 0.5 and self.seen > 1 else ""
         return head + (f" ({', '.join(extra)})" if extra else "") + f" in {seconds:.1f}s{rate}"
 
