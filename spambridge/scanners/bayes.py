@@ -113,14 +113,14 @@ class BayesScanner:
             tokens = tokenize(message, self.limits)
             with self._locked():
                 try:
-                    totals, counts = self._current().reader.lookup(tokens)
+                    totals, values = self._current().reader.lookup_aligned(tokens)
                 except (store.StoreError, OSError):
                     self._drop()  # reopened on the next message: the file may be fixed by then
                     raise
             if not totals.trained(self.cfg.min_trained):
                 raise ScanError(ErrorKind.UNAVAILABLE, ENGINE,
                                 f"not trained yet: {totals.nspam} spam, {totals.nham} ham")
-            verdict = self._scorer().score(tokens, totals, counts)
+            verdict = self._scorer().score_aligned(tokens, totals, values)
         except ScanError:
             raise
         except (store.StoreError, OSError) as e:
