@@ -31,8 +31,9 @@ from spambridge.verdict import Action, ErrorKind, ScanError, ScoreResult, Skippe
 EXPLAIN_CLUES = 20
 
 
-def build_scanner(cfg: Config) -> Scanner:
-    """As the milter's, except that a missing Bayes database is reported, not created."""
+def build_scanner(cfg: Config, clues: int = 0) -> Scanner:
+    """As the milter's, except that a missing Bayes database is reported, not created, and
+    the Bayes results carry their `clues` strongest clues."""
     engine = cfg.milter.engine
     if engine == "spamd":
         from spambridge.app import build_scanner as build
@@ -40,7 +41,7 @@ def build_scanner(cfg: Config) -> Scanner:
         return build(cfg)
     from spambridge.scanners.bayes import BayesScanner
 
-    bayes = BayesScanner(cfg.bayes, create=False)
+    bayes = BayesScanner(cfg.bayes, create=False, clues=clues)
     if engine == "bayes":
         return bayes
     from spambridge.scanners.fallback import FallbackScanner
@@ -85,7 +86,7 @@ def run(cfg: Config, paths: list[str], *, explain: bool = False, batch: bool = F
     # the decision log line repeats what is printed; keep warnings (scan failures) unless
     # --batch, where one line per message would drown the table
     logging.getLogger("spambridge").setLevel(logging.ERROR if batch else logging.WARNING)
-    scanner = build_scanner(cfg)
+    scanner = build_scanner(cfg, EXPLAIN_CLUES if explain else 0)
     bridge = AsyncBridge().start()
     pipeline = Pipeline(scanner, bridge, cfg)
     status = 0

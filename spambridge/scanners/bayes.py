@@ -27,7 +27,6 @@ from spambridge.message import Envelope
 from spambridge.verdict import ErrorKind, ScanError, ScoreResult
 
 ENGINE = "bayes"
-MAX_CLUES = 30  # carried in the result for `check --explain` and debug logs
 log = logging.getLogger("spambridge")
 
 
@@ -46,10 +45,14 @@ class _Reader:
 class BayesScanner:
     name = ENGINE
 
-    def __init__(self, cfg: BayesConfig, *, create: bool = True, workers: int = 2) -> None:
+    def __init__(self, cfg: BayesConfig, *, create: bool = True, workers: int = 2,
+                 clues: int = 0) -> None:
         """`create`: make an empty database (and its directory) if there is none, as `run`
-        wants; `check` passes False so a mistyped path is reported, not created."""
+        wants; `check` passes False so a mistyped path is reported, not created. `clues`: how
+        many of the strongest clues each result carries, for `check --explain`; the milter
+        wants none, and the score is the same without the list (classifier.score_aligned)."""
         self.cfg = cfg
+        self.clues = clues
         self.limits = limits_for(cfg)
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bayes")
         self._local = threading.local()  # each thread's Scorer (its f(w) cache)
@@ -134,7 +137,7 @@ class BayesScanner:
     def _scorer(self) -> Scorer:
         scorer: Scorer | None = getattr(self._local, "scorer", None)
         if scorer is None:
-            scorer = self._local.scorer = Scorer(max_clues=MAX_CLUES)
+            scorer = self._local.scorer = Scorer(max_clues=self.clues)
         return scorer
 
     def _current(self) -> _Reader:
