@@ -1,0 +1,108 @@
+"""A real Dovecot LMTP server stores a message the way the contrib/dovecot setup does, and the
+stored file — what `train` reads from the mailbox, and Dovecot's "move to Junk" pipe sends —
+must give the tokens the milter saw when the mail arrived: Dovecot writes Return-Path,
+Delivered-To and a Received field of its own on top, none of which a milter sees."""
+
+from __future__ import annotations
+
+import shutil
+import smtplib
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from harness import free_port, wait_until
+
+from spambridge.bayes.tokenizer import tokenize
+
+DOVECOT = shutil.which("dovecot") or "/usr/sbin/dovecot"
+
+LIVE = (b"Received: from desk.example.org (desk.example.org [198.51.100.7])\r\n"
+        b"\tby mx.example.net (Postfix) with ESMTP id 1A2B3C\r\n"
+        b"\tfor <user@example.net>; Wed, 25 Nov 2026 10:00:00 +0000 (UTC)\r\n"
+        b"From: Someone <a@example.org>\r\nTo: user@example.net\r\nSubject: quarterly budget\r\n"
+        b"Message-ID: <1@example.org>\r\n\r\nThe meeting agenda and the budget draft.\r\n")
+
+
+@pytest.fixture
+def lmtp(tmp_path: Path) -> Iterator[tuple[int, Path]]:
+    """Dovecot (lmtp only) in the foreground on 127.0.0.1, delivering to Maildirs under
+    tmp_path as nobody; stopped by its PID."""
+    # outside pytest's 0700 directories: the delivering user (nobody) must reach it
+    top = Path(tempfile.mkdtemp(prefix="spambridge-dovecot-"))
+    top.chmod(0o755)
+    mail = top / "mail"
+    mail.mkdir()
+    mail.chmod(0o777)
+    port = free_port()
+    conf = tmp_path / "dovecot.conf"
+    conf.write_text(f"""
+base_dir = {tmp_path}/run
+protocols = lmtp
+log_path = {tmp_path}/dovecot.log
+ssl = no
+mail_location = maildir:{mail}/%n
+first_valid_uid = 1
+default_internal_user = root
+default_login_user = root
+passdb {{
+  driver = static
+  args = nopassword=y
+}}
+userdb {{
+  driver = static
+  args = uid=65534 gid=65534 home={mail}/%n
+}}
+service lmtp {{
+  inet_listener lmtp {{
+    address = 127.0.0.1
+    port = {port}
+  }}
+}}
+service anvil {{
+  chroot =
+}}
+""")
+    proc = subprocess.Popen([DOVECOT, "-F", "-c", str(conf)], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        def listening() -> bool:
+            try:
+                smtplib.LMTP("127.0.0.1", port).quit()
+                return True
+            except OSError:
+                return proc.poll() is not None  # it died: fail below, not by waiting
+        wait_until(listening, 20, "Dovecot's LMTP listener")
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        yield port, mail
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(top, ignore_errors=True)
+
+
+def test_a_message_stored_by_dovecot_lmtp_gives_the_tokens_it_had_live(
+        lmtp: tuple[int, Path]) -> None:
+    port, mail = lmtp
+    with smtplib.LMTP("127.0.0.1", port) as s:
+        s.ehlo("mx.example.net")
+        assert s.sendmail("s@example.org", ["user@example.net"], LIVE) == {}
+    stored: list[Path] = []
+    deadline = time.monotonic() + 10
+    while not stored and time.monotonic() < deadline:
+        stored = list((mail / "user" / "new").glob("*")) if (mail / "user").exists() else []
+        time.sleep(0.05)
+    assert len(stored) == 1
+    data = stored[0].read_bytes()
+    # what Dovecot wrote on top: the test is about this, so say it if it ever changes
+    assert data.startswith(b"Return-Path: <s@example.org>\nDelivered-To: user@example.net\n"
+                           b"Received: from mx.example.net")
+    assert b"with LMTP" in data.split(b"Received: from desk")[0]
+    assert tokenize(data) == tokenize(LIVE)
