@@ -124,21 +124,17 @@ class Scorer:
             cache[c] = (distance, prob) if distance >= minimum else None
 
     def score(self, tokens: Iterable[str], totals: Totals, counts: Counts) -> Verdict:
-        """Score a message from the counts of its known tokens (`tokens` matters only when
-        unknown tokens could be clues, i.e. with a non-default unknown_word_prob)."""
-        if totals != self._totals:
-            self._reset(totals)
-        cache = self._cache
-        self._fill(set(counts.values()).difference(cache))
-        return self._verdict(tokens, counts.__contains__,
-                             [(*dp, w) for w, c in counts.items() if (dp := cache[c]) is not None])
+        """Score a message from a mapping of its known tokens' counts: score_aligned, for
+        callers that hold such a mapping (tests, bench/bayes_variants)."""
+        distinct = list(dict.fromkeys(tokens))
+        return self.score_aligned(distinct, totals, list(map(counts.get, distinct)))
 
     def score_aligned(self, tokens: Sequence[str], totals: Totals,
                       values: Sequence[tuple[int, int] | None]) -> Verdict:
-        """`score` with the counts given as a list aligned with `tokens` (None: not in the
-        database): what a trainer holding the whole database in a dict gets from one C-level
-        map, without building a mapping per message. `tokens` must be distinct (the
-        tokenizer's output is): a repeated one would count twice."""
+        """Score a message from its tokens' counts as a list aligned with `tokens` (None: not
+        in the database), as the store's lookup_aligned and a trainer holding the whole
+        database in a dict give them: one C-level map, no mapping built per message. `tokens`
+        must be distinct (the tokenizer's output is): a repeated one would count twice."""
         if totals != self._totals:
             self._reset(totals)
         cache = self._cache
