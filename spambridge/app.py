@@ -97,7 +97,7 @@ def run(cfg: Config, reload: Callable[[], Config] | None = None) -> int:
     bayes: Any = getattr(scanner, "secondary", scanner)  # spamd+bayes: the fallback engine
     if bayes.name == "bayes":
         try:
-            bayes.probe()  # as the milter's user: what every message will meet
+            bayes.probe(fallback=bayes is not scanner)  # as the milter's user
         except Exception:  # only a warning is at stake: never a reason not to serve mail
             log.exception("checking the Bayes database at start failed")
     nudger = PoolNudger(spec, pipeline).start()

@@ -3,7 +3,8 @@ the cap, policy, headers) and show what the MTA would have been told.
 
 `--batch` prints `path<TAB>score<TAB>verdict` per message from one process, for evaluating a
 corpus; the verdict is the score's band (ham, unsure, spam, reject), `unchecked=<why>`, or
-`unreadable` (score `-`), so the output has one line per path given.
+`unreadable` (score `-`), so the output has one line per path given. With `spamd+bayes`, how
+many scores came from the Bayes fallback (0..1, not spamd's points) is said on stderr.
 
 A file from a mailbox already holds the Received line our MTA wrote (hidden from milters, so
 the milter writes its own from the connection): it gets no second one, and scores as it did
@@ -90,6 +91,7 @@ def run(cfg: Config, paths: list[str], *, explain: bool = False, batch: bool = F
     bridge = AsyncBridge().start()
     pipeline = Pipeline(scanner, bridge, cfg)
     status = 0
+    fallbacks: dict[str, int] = {}  # spamd+bayes: the notes of messages Bayes scored instead
     try:
         stdin = stdin or (sys.stdin.buffer if sys.stdin is not None else None)
         limit = cfg.milter.max_scan_size + 1  # one byte more: enough to be oversize
@@ -116,6 +118,8 @@ def run(cfg: Config, paths: list[str], *, explain: bool = False, batch: bool = F
             if batch:
                 score = "-" if ev.decision.score is None else f"{ev.decision.score:.6g}"
                 print(f"{path}\t{score}\t{verdict(ev)}", file=out)
+                if isinstance(ev.outcome, ScoreResult) and ev.outcome.note:
+                    fallbacks[ev.outcome.note] = fallbacks.get(ev.outcome.note, 0) + 1
             else:
                 _report(path, ev, explain, removed, out)
     finally:
@@ -123,6 +127,9 @@ def run(cfg: Config, paths: list[str], *, explain: bool = False, batch: bool = F
             bridge.run(scanner.aclose(), 10.0)
         finally:
             bridge.stop()
+    for note, n in sorted(fallbacks.items()):  # the table cannot say which scale a score is on
+        print(f"spambridge check: {n} message{'s' if n > 1 else ''} scored by Bayes (0..1) "
+              f"instead of spamd: {note}", file=err)
     return status
 
 

@@ -39,6 +39,7 @@ class Thresholds:
 
 REJECT_REPLY = SmtpReply(*defaults.REJECT_REPLY.split(" ", 2))
 TEMPFAIL_REPLY = SmtpReply(*defaults.TEMPFAIL_REPLY.split(" ", 2))
+UNCHECKED_REJECT_REPLY = SmtpReply(*defaults.UNCHECKED_REJECT_REPLY.split(" ", 2))
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +52,7 @@ class PolicyConfig:
     subject_tag: str = ""
     reject_reply: SmtpReply = REJECT_REPLY
     tempfail_reply: SmtpReply = TEMPFAIL_REPLY
+    unchecked_reject_reply: SmtpReply = UNCHECKED_REJECT_REPLY
     on_unavailable: FailAction = FailAction.ACCEPT
     on_timeout: FailAction = FailAction.ACCEPT
     on_oversize: FailAction = FailAction.ACCEPT
@@ -418,6 +420,9 @@ def from_mapping(data: Mapping[str, Any], path: str = "<config>", text: str = ""
                              lambda v: parse_reply(v, "5")),
         tempfail_reply=p.parse("tempfail_reply", str, str(pd.tempfail_reply),
                                lambda v: parse_reply(v, "4")),
+        unchecked_reject_reply=p.parse("unchecked_reject_reply", str,
+                                       str(pd.unchecked_reject_reply),
+                                       lambda v: parse_reply(v, "5")),
         on_unavailable=p.parse("on_unavailable", str, "accept", _fail_action),
         on_timeout=p.parse("on_timeout", str, "accept", _fail_action),
         on_oversize=p.parse("on_oversize", str, "accept", _fail_action),

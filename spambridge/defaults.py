@@ -28,6 +28,8 @@ TAG_AT = 5.0
 REJECT_AT = 15.0
 REJECT_REPLY = "550 5.7.1 Message rejected as spam"
 TEMPFAIL_REPLY = "451 4.7.1 Message could not be checked for spam, try again later"
+# a failure class set to reject: the sender must not be told the mail was found to be spam
+UNCHECKED_REJECT_REPLY = "550 5.7.1 Message could not be checked for spam"
 FAIL_ACTION = "accept"
 
 # Bayes bands (0..1), SpamBayes' cutoffs

@@ -82,7 +82,7 @@ def _decide_failure(err: ScanError, cfg: PolicyConfig) -> Decision:
         action = Action.ACCEPT  # tag-only never refuses mail, whatever went wrong
     reply = None
     if action is Action.REJECT:
-        reply = cfg.reject_reply
+        reply = cfg.unchecked_reject_reply  # not "rejected as spam": it was never judged
     elif action is Action.TEMPFAIL:
         reply = cfg.tempfail_reply
     return Decision(

@@ -66,6 +66,8 @@ class Summary:
     not_mail: int = 0
     unreadable: int = 0
     spamd_errors: int = 0  # TELL failed: spamd down, timed out or answered an error
+    spamd: bool = False  # taught through spamd TELL, not the local database
+    spamd_stopped: bool = False  # spamd down or hung: the remaining messages were not sent
     errors: list[str] = field(default_factory=list)  # each reported on stderr; exit status 1
     learned_as: dict[str, int] = field(default_factory=dict)  # class → learned (index runs)
 
@@ -98,17 +100,23 @@ class Summary:
             extra.append(f"{self.moved} moved from " + (
                 "the other class" if self.label == "index"
                 else "ham" if self.label == "spam" else "spam"))
+        # spamd's TELL answers "nothing set" alike for a message it had learned before and
+        # for a Bayes that is off or cannot write its files: say both, claim neither
+        spamd_or = ", or spamd's Bayes is off or read-only" if self.spamd else ""
         extra += [f"{n} {what}" for n, what in (
-            (self.already, "already trained"),
+            (self.already, "already trained" + spamd_or),
             (self.recognised, "already recognised"),
-            (self.not_trained, "not trained before"),
+            (self.not_trained, "not trained before" + spamd_or),
             (self.too_large, "too large"),
             (self.not_mail, "not mail"),
             (self.unreadable, "unreadable"),
             (self.spamd_errors, "spamd error" + ("s" if self.spamd_errors > 1 else "")),
         ) if n]
+        if self.spamd_stopped:
+            extra.append("stopped there: later messages were not sent")
         rate = f", {self.seen / seconds:.0f} msg/s" if seconds > 0.5 and self.seen > 1 else ""
-        return head + (f" ({', '.join(extra)})" if extra else "") + f" in {seconds:.1f}s{rate}"
+        return (head + (f" ({', '.join(extra)})" if extra else "") + f" in {seconds:.1f}s{rate}"
+                + (" (spamd)" if self.spamd else ""))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -762,7 +770,7 @@ def run_spamd(cfg: Config, label: str, paths: list[str], *, max_size: int = DEFA
     out = out or sys.stdout
     err = err or sys.stderr
     start = time.monotonic()
-    summary = Summary(label)
+    summary = Summary(label, spamd=True)
     scanner = SpamdScanner(cfg.spamd, cfg.milter.scan_timeout)
     if label == "forget":
         headers = {"Message-class": "spam", "Remove": "local"}
@@ -786,7 +794,8 @@ def run_spamd(cfg: Config, label: str, paths: list[str], *, max_size: int = DEFA
                     summary.errors.append(f"{item.where}: {e}")
                     print(f"spambridge train: {item.where}: {e}", file=err)
                     if e.kind.value in ("unavailable", "timeout"):
-                        return  # spamd is down: the rest would fail the same way
+                        summary.spamd_stopped = True  # the rest would fail the same way
+                        return
                     continue
                 changed = "DidSet" in resp.headers or "DidRemove" in resp.headers
                 if label == "forget":
@@ -799,5 +808,5 @@ def run_spamd(cfg: Config, label: str, paths: list[str], *, max_size: int = DEFA
 
     asyncio.run(tell_all())
     if not quiet:
-        print(summary.line(time.monotonic() - start) + " (spamd)", file=out)
+        print(summary.line(time.monotonic() - start), file=out)
     return 1 if summary.failed else 0

@@ -66,22 +66,24 @@ class BayesScanner:
                 # not fatal: mail keeps flowing under on_unavailable until the admin fixes it
                 log.warning("cannot create the Bayes database %s: %s", cfg.db, e)
 
-    def probe(self) -> None:
+    def probe(self, fallback: bool = False) -> None:
         """Say at start-up, once, when the database cannot be used yet (every message would
-        otherwise be the first to tell)."""
+        otherwise be the first to tell), and what mail meets meanwhile: as the engine, its
+        on_unavailable; as spamd's fallback, nothing covers a spamd failure."""
+        meanwhile = ("spamd has no fallback (a spamd failure gets its own on_* action)"
+                     if fallback else "the Bayes engine answers on_unavailable")
         try:
             totals = self.totals()
         except (store.StoreError, OSError) as e:
-            log.warning("Bayes database unusable (the Bayes engine answers on_unavailable "
-                        "until it is fixed): %s", e)
+            log.warning("Bayes database unusable (%s until it is fixed): %s", meanwhile, e)
             return
         finally:
             with self._lock:
                 self._drop()  # opened again by the first message: nothing held while idle
         if not totals.trained(self.cfg.min_trained):
             log.warning("Bayes database %s not trained yet (%d spam, %d ham; min_trained %d): "
-                        "the Bayes engine answers on_unavailable until it is", self.cfg.db,
-                        totals.nspam, totals.nham, self.cfg.min_trained)
+                        "%s until it is", self.cfg.db, totals.nspam, totals.nham,
+                        self.cfg.min_trained, meanwhile)
 
     def submit(self, message: bytes, envelope: Envelope) -> Future[ScoreResult]:
         try:

@@ -31,8 +31,10 @@ class FallbackScanner:
                             f"no answer within its {self.budget:g}s share")
         try:
             fallback = await self.secondary.scan(message, envelope)
-        except ScanError:
-            raise why from None  # both failed: the primary's failure class decides
+        except ScanError as e:
+            # both failed: the primary's failure class decides, and the log says why the
+            # fallback could not cover for it (an untrained database, say)
+            raise ScanError(why.kind, why.engine, f"{why.detail}; no fallback: {e}") from None
         note = f"fallback={self.primary.name}-{why.kind.value}"
         return ScoreResult(fallback.engine, fallback.score, fallback.tests, fallback.clues, note)
 

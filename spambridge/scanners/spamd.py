@@ -113,7 +113,10 @@ class SpamdScanner:
 
     def __init__(self, cfg: SpamdConfig, total_timeout: float) -> None:
         self.cfg = cfg
+        self.total_timeout = total_timeout
         self.client = build_client(cfg, total_timeout)
+        self.target = cfg.socket or (f"[{cfg.host}]:{cfg.port}" if ":" in cfg.host
+                                     else f"{cfg.host}:{cfg.port}")
 
     def user_for(self, envelope: Envelope) -> str:
         if self.cfg.per_recipient_user and len(envelope.recipients) == 1:
@@ -135,7 +138,17 @@ class SpamdScanner:
         except asyncio.CancelledError:
             raise
         except Exception as e:  # every aiospamc failure becomes a typed ScanError
-            raise ScanError(classify_exception(e), ENGINE, _describe(e)) from e
+            raise ScanError(classify_exception(e), ENGINE, self.describe(e)) from e
+
+    def describe(self, e: BaseException) -> str:
+        """What failed, with where and which limit: aiospamc's own texts name neither a unix
+        socket's path nor the timeout (a connect timeout has no text at all)."""
+        if isinstance(e, ClientTimeoutException):
+            return (f"no connection to {self.target} within connect_timeout "
+                    f"{self.cfg.connect_timeout:g}s")
+        if isinstance(e, TimeoutException | TimeoutError):
+            return f"no answer from {self.target} within {self.total_timeout:g}s"
+        return f"{self.target}: {_describe(e)}"
 
     async def scan(self, message: bytes, envelope: Envelope) -> ScoreResult:
         resp = await self.request("SYMBOLS", message, self.user_for(envelope))

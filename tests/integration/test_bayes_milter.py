@@ -248,6 +248,24 @@ def test_spamd_stopped_falls_back_to_bayes(trained_db: Path, start_milter: Start
     assert len(warned) == 2 and all("fallback=spamd-unavailable" in ln for ln in warned)
 
 
+def test_spamd_down_and_bayes_untrained_say_both(tmp_path: Path, start_milter: Start) -> None:
+    """Neither engine can answer: spamd's failure class decides (here tempfail, so nothing
+    is passed against the policy), and the start-up warning and the message's log line say
+    why Bayes could not cover for spamd."""
+    cfg = bayes_cfg(tmp_path / "new.sqlite")  # created empty: not trained yet
+    cfg["milter"]["engine"] = "spamd+bayes"
+    cfg["spamd"] = {"host": "127.0.0.1", "port": free_port()}  # nothing listens there
+    cfg["policy"] = {"on_unavailable": "tempfail"}
+    m = start_milter(cfg)
+    r = send_one(m.socket_path, spam(506))
+    assert r.action == "tempfail"
+    assert "not trained yet" in m.log and "spamd has no fallback" in m.log
+    line = next(ln for ln in m.log.splitlines() if "action=tempfail" in ln)
+    assert "engine=spamd" in line and "reason=unavailable" in line
+    assert f"127.0.0.1:{cfg['spamd']['port']}" in line  # where spamd was looked for
+    assert "no fallback: bayes unavailable" in line and "not trained yet" in line
+
+
 def hang(conn: socket.socket) -> None:
     read_request(conn, 1.0)
     time.sleep(30)

@@ -224,7 +224,8 @@ def test_each_failure_policy_value_is_honoured(start_milter: Start, fake_spamd: 
     else:
         address = fake_spamd(hang if fault == "timeout" else garbage).address
     cfg = spamd_cfg(address, **{f"on_{fault}": choice,
-                                "reject_reply": "550 5.7.1 Refused by policy",
+                                "reject_reply": "550 5.7.1 Spam",
+                                "unchecked_reject_reply": "550 5.7.1 Refused by policy",
                                 "tempfail_reply": "451 4.7.1 Try later please"})
     cfg["milter"]["scan_timeout"] = 0.5
     if fault == "oversize":

@@ -109,6 +109,8 @@ def test_hostile_subject_is_not_written_back_raw(start_milter: Start, fake: Swit
      spamd_reply(30.0, 5.0)),
     ("tempfail_reply", "451 4.7.1 Scanner 100% busy", {"on_error": "tempfail"},
      b"garbage\r\n\r\n"),
+    ("unchecked_reject_reply", "550 5.7.1 Not 100% checked", {"on_error": "reject"},
+     b"garbage\r\n\r\n"),
 ])
 def test_percent_in_reply_text_reaches_the_mta(start_milter: Start, fake: SwitchableSpamd,
                                                key: str, text: str, policy: dict[str, str],

@@ -100,8 +100,9 @@ def test_each_failure_class_honours_its_key(kind: ErrorKind, choice: FailAction)
         assert d.reply is None
     elif expected is Action.TEMPFAIL:
         assert d.reply == CFG.tempfail_reply
-    else:
-        assert d.reply == CFG.reject_reply
+    else:  # never "rejected as spam": the message was not judged
+        assert d.reply == CFG.unchecked_reject_reply
+        assert str(d.reply) == "550 5.7.1 Message could not be checked for spam"
 
 
 def test_tag_only_accepts_failures_with_marker() -> None:

@@ -287,8 +287,17 @@ def test_check_prints_the_milter_decision(tmp_path: Path, db: Path,
         code, out, _ = run("check", "--config", str(cfg), "--db", str(db), "--explain",
                            "--engine", "spamd+bayes", "--spamd",
                            f"127.0.0.1:{dead.getsockname()[1]}", str(new_spam), capsys=capsys)
-    assert code == 0 and "engine=bayes verdict=reject" in out
-    assert "note: fallback=spamd-unavailable" in out
+        assert code == 0 and "engine=bayes verdict=reject" in out
+        assert "note: fallback=spamd-unavailable" in out
+        code, out, err = run("check", "--config", str(cfg), "--db", str(db), "--batch",
+                             "--engine", "spamd+bayes", "--spamd",
+                             f"127.0.0.1:{dead.getsockname()[1]}", str(new_spam), str(new_ham),
+                             capsys=capsys)
+    # Bayes covered for spamd: scored, exit 0; the table's 0..1 scores are not spamd points,
+    # and stderr says so
+    assert code == 0 and out.splitlines()[0].endswith("\treject")
+    assert ("2 messages scored by Bayes (0..1) instead of spamd: fallback=spamd-unavailable"
+            in err)
 
     code, out, err = run("check", "--config", str(cfg), "--db", str(db), "--batch",
                          str(new_spam), str(new_ham), str(tmp_path / "missing"), capsys=capsys)
