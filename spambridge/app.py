@@ -19,6 +19,7 @@ from typing import Any
 
 from spambridge import __version__, privileges
 from spambridge.config import Config, ConfigError, reloaded
+from spambridge.message import spool_problem
 from spambridge.milter.bridge import AsyncBridge, signals_blocked
 from spambridge.milter.poolnudge import PoolNudger
 from spambridge.milter.socketspec import SocketSpec, parse_socket_spec, remove_stale_unix_socket
@@ -85,11 +86,16 @@ def run(cfg: Config, reload: Callable[[], Config] | None = None) -> int:
     Milter.factory = functools.partial(SpamBridgeMilter, functools.partial(Session, pipeline))
     Milter.set_flags(actions.FLAGS)
     _register()
+    ours: tuple[int, int] | None = None
     try:
         ours = _open_socket(spec, cfg)
         privileges.drop(cfg, spec)  # after the socket and the Bayes database exist
+        problem = spool_problem(cfg.milter.spool_dir)  # as the user that will spool
+        if problem:
+            raise ConfigError(f"{cfg.source}: [milter] spool_dir: {problem}")
     except Exception:
         bridge.stop()
+        _remove_own_socket(spec, ours)  # no socket left that nothing will ever answer on
         raise
     log.info("spambridge %s listening on %s (engine=%s, cap=%gs%s)", __version__,
              spec.libmilter, cfg.milter.engine, cfg.milter.scan_timeout,
@@ -119,13 +125,18 @@ def run(cfg: Config, reload: Callable[[], Config] | None = None) -> int:
         nudger.stop()
         bridge.run(scanner.aclose(), 5.0) if _alive(bridge) else None
         bridge.stop()
-        if spec.family == "unix":
-            with contextlib.suppress(OSError):
-                st = os.lstat(spec.path)
-                if (st.st_dev, st.st_ino) == ours:  # not a newer instance's socket
-                    os.unlink(spec.path)
+        _remove_own_socket(spec, ours)
     log.info("spambridge stopped")
     return 0
+
+
+def _remove_own_socket(spec: SocketSpec, ours: tuple[int, int] | None) -> None:
+    """Unlink the unix socket this process made, never a newer instance's at the same path."""
+    if spec.family == "unix" and ours is not None:
+        with contextlib.suppress(OSError):
+            st = os.lstat(spec.path)
+            if (st.st_dev, st.st_ino) == ours:
+                os.unlink(spec.path)
 
 
 M_MMAP_THRESHOLD = -3  # glibc mallopt() parameter

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from spambridge import defaults
 from spambridge.config import Config
+from spambridge.message import spool_problem
 from spambridge.milter.socketspec import SocketSpec, parse_socket_spec
 
 PARAMS = (
@@ -259,6 +260,13 @@ def check_local(cfg: Config) -> Report:
     if m.engine != "spamd" and not os.path.isabs(cfg.bayes.db):
         r.warn(f"[bayes] db: {cfg.bayes.db!r} is relative to the working directory the milter "
                "is started in (systemd: /); give an absolute path")
+    if m.engine != "spamd":
+        why = bayes_unusable(cfg)
+        if why:
+            r.warn(f"[bayes] db: {why}")
+    problem = spool_problem(m.spool_dir)
+    if problem:
+        r.warn(f"[milter] spool_dir: {problem}")
     if cfg.spamd.tls and cfg.spamd.ca_file and not os.access(cfg.spamd.ca_file, os.R_OK):
         r.warn(f"[spamd] ca_file: {cfg.spamd.ca_file} cannot be read")
     return r
@@ -311,6 +319,28 @@ def read_postfix(exe: str, config_dir: str | None = None) -> PostfixSettings:
     master = parse_master(_postconf(exe, config_dir, "-M"))
     where = config_dir or os.environ.get("MAIL_CONFIG") or "/etc/postfix"
     return PostfixSettings(where, values, explicit, master)
+
+
+def bayes_unusable(cfg: Config) -> str:
+    """Why the Bayes engine would answer on_unavailable for every message, or ""."""
+    from spambridge.bayes import store
+
+    db = cfg.bayes.db
+    if not os.path.exists(db):
+        return (f"{db} does not exist yet: the milter creates it empty, and answers "
+                "on_unavailable until it is trained (spambridge train)")
+    try:
+        reader = store.SqliteReader(db)
+        try:
+            t = reader.totals()
+        finally:
+            reader.close()
+    except store.StoreError as e:
+        return f"{e}: every message would get on_unavailable"
+    if not t.trained(cfg.bayes.min_trained):
+        return (f"{db} is not trained yet ({t.nspam} spam, {t.nham} ham; min_trained "
+                f"{cfg.bayes.min_trained}): every message gets on_unavailable until it is")
+    return ""
 
 
 def main(cfg: Config, postfix: bool = True, postfix_config: str | None = None) -> int:

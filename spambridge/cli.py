@@ -43,10 +43,10 @@ def _policy_args(p: argparse.ArgumentParser) -> None:
                    f"{defaults.SCAN_TIMEOUT:g})")
     p.add_argument("--tag-at", type=float, metavar="SCORE",
                    help=f"SpamAssassin score from which mail is tagged (default: "
-                   f"{defaults.TAG_AT:g})")
+                   f"{defaults.TAG_AT:g}; spamd only: Bayes has [bayes] spam_cutoff)")
     p.add_argument("--reject-at", type=float, metavar="SCORE",
                    help=f"SpamAssassin score from which mail is rejected (default: "
-                   f"{defaults.REJECT_AT:g})")
+                   f"{defaults.REJECT_AT:g}; spamd only: Bayes has [bayes] reject_cutoff)")
     p.add_argument("--tag-only", action="store_true", default=None,
                    help="never reject or tempfail; log what would have been done")
 

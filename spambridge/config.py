@@ -295,6 +295,10 @@ def _between(lo: float, hi: float) -> Callable[[T], T]:
     return check
 
 
+_SCAN_TIMEOUT = _between(0.1, defaults.SCAN_TIMEOUT_MAX)
+_POINTS = _between(-1000, 10000)  # SpamAssassin points for tag_at / reject_at (never NaN)
+
+
 def _choice(options: tuple[str, ...]) -> Callable[[str], str]:
     def check(v: str) -> str:
         if v not in options:
@@ -361,8 +365,7 @@ def from_mapping(data: Mapping[str, Any], path: str = "<config>", text: str = ""
         socket_group=m.get("socket_group", str, d.socket_group),
         name=m.get("name", str, d.name),
         engine=m.get("engine", str, d.engine, _choice(ENGINES)),
-        scan_timeout=m.get("scan_timeout", float, d.scan_timeout,
-                           _between(0.1, defaults.SCAN_TIMEOUT_MAX)),
+        scan_timeout=m.get("scan_timeout", float, d.scan_timeout, _SCAN_TIMEOUT),
         max_scan_size=m.get("max_scan_size", int, d.max_scan_size, _between(1024, 256 << 20)),
         spool_memory=m.get("spool_memory", int, d.spool_memory, _between(0, 64 << 20)),
         spool_dir=m.get("spool_dir", str, d.spool_dir),
@@ -407,8 +410,8 @@ def from_mapping(data: Mapping[str, Any], path: str = "<config>", text: str = ""
     b.finish()
 
     p = _Section(loader, "policy", data.get("policy", {}))
-    tag_at = p.get("tag_at", float, pd.spamd.tag, _between(-1000, 10000))
-    reject_at = p.get("reject_at", float, pd.spamd.reject, _between(-1000, 10000))
+    tag_at = p.get("tag_at", float, pd.spamd.tag, _POINTS)
+    reject_at = p.get("reject_at", float, pd.spamd.reject, _POINTS)
     if reject_at < tag_at:
         p.fail("reject_at", f"({reject_at:g}) must not be below tag_at ({tag_at:g})")
     policy = PolicyConfig(
@@ -471,17 +474,22 @@ def validate(cfg: Config) -> Config:
 
 
 def with_overrides(cfg: Config, **flags: Any) -> Config:
-    """Apply CLI flags (None = not given) on top of the file; flags win."""
+    """Apply CLI flags (None = not given) on top of the file; flags win, and get the same
+    checks as the keys they stand for, with the flag named in the error."""
     milter, policy, spamd, bayes = cfg.milter, cfg.policy, cfg.spamd, cfg.bayes
-    src = "command line"
+    flag = ""
     try:
         if flags.get("socket") is not None:
+            flag = "--socket"
             milter = replace(milter, socket=_socket_spec(flags["socket"]))
         if flags.get("engine") is not None:
+            flag = "--engine"
             milter = replace(milter, engine=_choice(ENGINES)(flags["engine"]))
         if flags.get("scan_timeout") is not None:
-            milter = replace(milter, scan_timeout=float(flags["scan_timeout"]))
+            flag = "--scan-timeout"
+            milter = replace(milter, scan_timeout=_SCAN_TIMEOUT(float(flags["scan_timeout"])))
         if flags.get("spamd") is not None:
+            flag = "--spamd"
             host, port, sock = parse_spamd_address(flags["spamd"])
             spamd = replace(spamd, host=host, port=port, socket=sock)
         if flags.get("db") is not None:
@@ -489,11 +497,15 @@ def with_overrides(cfg: Config, **flags: Any) -> Config:
         tag = flags.get("tag_at")
         rej = flags.get("reject_at")
         if tag is not None or rej is not None:
-            t = float(tag) if tag is not None else policy.spamd.tag
-            r = float(rej) if rej is not None else policy.spamd.reject
+            flag = "--tag-at" if tag is not None else "--reject-at"
+            t = _POINTS(float(tag)) if tag is not None else policy.spamd.tag
+            flag = "--reject-at" if rej is not None else "--tag-at"
+            r = _POINTS(float(rej)) if rej is not None else policy.spamd.reject
+            if r < t:
+                raise ValueError(f"reject_at ({r:g}) must not be below tag_at ({t:g})")
             policy = replace(policy, spamd=Thresholds(t, t, r))
         if flags.get("tag_only"):
             policy = replace(policy, tag_only=True)
     except ValueError as e:
-        raise ConfigError(f"{src}: {e}") from e
+        raise ConfigError(f"command line: {flag}: {e}") from e
     return validate(replace(cfg, milter=milter, policy=policy, spamd=spamd, bayes=bayes))

@@ -72,6 +72,19 @@ class Envelope:
         return line.encode("ascii", "replace")
 
 
+def spool_problem(spool_dir: str) -> str:
+    """Why this process could not spool a body past `spool_memory` into `spool_dir` ("" = the
+    system's temporary directory), or "" when it can. Checked at start: found per message,
+    every big message would be accepted unchecked (on_error) while small ones pass the test."""
+    try:
+        with tempfile.TemporaryFile(dir=spool_dir or None, prefix="spambridge-"):
+            pass
+    except OSError as e:
+        return (f"{spool_dir or 'the temporary directory'}: {e.strerror or e}; a message above "
+                "spool_memory would get on_error")
+    return ""
+
+
 class MessageBuffer:
     """Headers (as bytes, in arrival order) and body chunks of one message.
 

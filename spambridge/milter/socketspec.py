@@ -36,10 +36,16 @@ class SocketSpec:
         return f"inet:{host}:{self.port}"
 
 
+MAX_UNIX_PATH = 107  # sizeof(sun_path) on Linux, less the terminating NUL
+
+
 def parse_socket_spec(spec: str) -> SocketSpec:
     """Parse and check a spec; raise ValueError saying what a valid one looks like."""
     m = re.fullmatch(r"(unix|local):(/.+)", spec)
     if m:
+        if len(os.fsencode(m.group(2))) > MAX_UNIX_PATH:
+            raise ValueError(f"{spec!r}: a unix socket path may be at most {MAX_UNIX_PATH} "
+                             "bytes long (the kernel's sun_path)")
         return SocketSpec("unix", path=m.group(2))
     m = re.fullmatch(r"(inet6?):(\d+)(?:@(.+))?", spec)
     if m:

@@ -299,6 +299,22 @@ def test_broken_config_exits_before_the_socket_opens(tmp_path: Path) -> None:
     assert not sock.exists()
 
 
+def test_a_spool_dir_it_cannot_write_stops_the_start(tmp_path: Path) -> None:
+    """Found per message instead, every message above spool_memory was accepted unchecked
+    (on_error) while smaller ones were scanned."""
+    cfg = tmp_path / "spool.toml"
+    sock = tmp_path / "s.sock"
+    missing = tmp_path / "no-such-spool"
+    cfg.write_text(f'[milter]\nsocket = "unix:{sock}"\nengine = "spamd"\n'
+                   f'spool_dir = "{missing}"\n')
+    p = subprocess.run([sys.executable, "-m", "spambridge", "run", "-c", str(cfg)],
+                       capture_output=True, text=True, timeout=30)
+    assert p.returncode == 78
+    assert f"{cfg}: [milter] spool_dir: {missing}: No such file or directory" in p.stderr
+    assert "Traceback" not in p.stderr
+    assert not sock.exists()  # the socket it had opened is gone again
+
+
 def test_help_documents_the_spamass_milter_style_flags() -> None:
     p = subprocess.run([sys.executable, "-m", "spambridge", "run", "--help"],
                        capture_output=True, text=True, timeout=30)

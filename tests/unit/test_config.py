@@ -108,8 +108,26 @@ def test_flags_override_the_file(tmp_path: Path) -> None:
 
 
 def test_flag_that_breaks_ordering_is_an_error() -> None:
-    with pytest.raises(ConfigError, match="reject_at"):
+    with pytest.raises(ConfigError, match=r"^command line: --tag-at: reject_at \(15\) must not "
+                       r"be below tag_at \(20\)$"):
         with_overrides(load(None), tag_at=20)
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    # NaN compares false with everything: a spam of 50 points would be ham (required=nan)
+    ({"tag_at": float("nan")}, "--tag-at: must be between -1000 and 10000, not nan"),
+    ({"reject_at": float("inf")}, "--reject-at: must be between -1000 and 10000, not inf"),
+    ({"reject_at": 1e9}, "--reject-at: must be between -1000 and 10000"),
+    ({"scan_timeout": 500.0}, "--scan-timeout: must be between 0.1 and 120, not 500"),
+    ({"spamd": "a:b:c"}, "--spamd: must be HOST:PORT"),
+])
+def test_flags_get_the_checks_of_their_keys_and_are_named(
+        tmp_path: Path, flags: dict[str, object], message: str) -> None:
+    """The file is fine: the error is the flag's, and says so."""
+    cfg = load(write(tmp_path, "[milter]\nscan_timeout = 5.0\n"))
+    with pytest.raises(ConfigError) as e:
+        with_overrides(cfg, **flags)
+    assert str(e.value).startswith(f"command line: {message}")
 
 
 @pytest.mark.parametrize(
