@@ -46,6 +46,10 @@ BATCH_MESSAGES = 2000  # messages per transaction …
 BATCH_SECONDS = 2.0  # … or this long, whichever comes first (bounds what a kill loses)
 _OWNED = re.compile(rb"^x-spam-[^:\n]*:.*(?:\n[ \t].*)*\n", re.I | re.M)
 _LOOKS_LIKE_MAIL = re.compile(rb"[!-9;-~]+[ \t]*:[^\n]*\r?\n")
+_FIELD_NAME = re.compile(rb"^([!-9;-~]+)[ \t]*:", re.M)
+# fields every stored message has one of, and a stray text file with colons has none of
+_MAIL_FIELDS = frozenset(b"from to cc subject date received message-id return-path "
+                         b"delivered-to sender reply-to mime-version content-type".split())
 
 
 class TrainError(Exception):
@@ -176,8 +180,7 @@ def read_path(path: str, max_size: int, mbox: bool = False, stdin: IO[bytes] | N
         if src is None:  # started with fd 0 closed (a daemon's child)
             yield Item("<stdin>", problem="unreadable: standard input is closed", named=True)
             return
-        data = src.read(max_size + 1) if max_size else src.read()
-        yield _item("<stdin>", data, named=True, max_size=max_size)
+        yield from _read_open(src, "<stdin>", max_size, mbox)  # as a pipe named by path
         return
     try:
         p = Path(path)
@@ -198,11 +201,11 @@ def read_path(path: str, max_size: int, mbox: bool = False, stdin: IO[bytes] | N
                     files = sorted(e.path for e in entries
                                    if not e.name.startswith(".") and _is_file(e))
                 for f in files:
-                    item = _read_file(f, max_size, named=False)
-                    if item is not None:
-                        yield item
+                    found = _slurp(f, max(max_size, MBOX_IN_MEMORY), named=False)
+                    if found[1] not in (_DIRECTORY, _STREAM):  # a subdirectory, or a new FIFO
+                        yield from _read_file(f, max_size, mbox, found, named=False)
             return
-        yield from _read_named_file(path, max_size, mbox, slurped)
+        yield from _read_file(path, max_size, mbox, slurped, named=True)
     except OSError as e:
         yield Item(path, problem=f"unreadable: {e.strerror or e}", named=True)
 
@@ -279,21 +282,23 @@ def _slurp(path: str, limit: int, named: bool) -> tuple[bytes | None, int, Item 
         os.close(fd)
 
 
-def _read_named_file(path: str, max_size: int, mbox: bool,
-                     slurped: tuple[bytes | None, int, Item | None]) -> Iterator[Item]:
-    """A file named on the command line (`slurped` by read_path): one message, or an mbox.
-    This is the per-message path of bulk training from a list of files, so a file of a usual
-    size is read in one go."""
+def _read_file(path: str, max_size: int, mbox: bool,
+                slurped: tuple[bytes | None, int, Item | None], named: bool) -> Iterator[Item]:
+    """A file (`slurped` by the caller), named on the command line or found in a directory:
+    one message, or an mbox (a directory of monthly exports is split as each file named
+    alone would be). This is the per-message path of bulk training from files, so a file of
+    a usual size is read in one go."""
     data, _, problem = slurped
     if problem is not None:
         yield problem
         return
     if data is None:  # bigger than an in-memory mbox: stream it if it is one
         with open(path, "rb") as f:
-            head = f.read(5)
-            if not (mbox or head == b"From "):
-                if max_size:
-                    yield Item(path, problem="too large", named=True)
+            head = f.read(8192)
+            if not (mbox or head.startswith(b"From ")):
+                if max_size:  # not mail says more than too large (a .gz named by mistake)
+                    yield Item(path, problem="too large" if looks_like_mail(head)
+                               else "not mail", named=named)
                     return
                 data = head + f.read()
         if data is None:
@@ -302,22 +307,7 @@ def _read_named_file(path: str, max_size: int, mbox: bool,
     if mbox or data.startswith(b"From "):
         yield from _split_mbox(path, data, max_size)
     else:
-        yield _item(path, data, named=True, max_size=max_size)
-
-
-def _read_file(path: str, max_size: int, named: bool) -> Item | None:
-    """One message file found in a directory (None: not a file)."""
-    data, size, problem = _slurp(path, max_size or MBOX_IN_MEMORY, named)
-    if problem is not None:
-        return problem
-    if size < 0:
-        return None  # a subdirectory
-    if data is None and not max_size:  # no limit asked for: read it however big
-        with open(path, "rb") as f:
-            data = f.read()
-    if data is None:
-        return Item(path, problem="too large", named=named)
-    return _item(path, data, named, max_size)
+        yield _item(path, data, named=named, max_size=max_size)
 
 
 MBOX_IN_MEMORY = 32 << 20  # smaller mboxes are read whole and split with one regex
@@ -361,16 +351,22 @@ def _split_mbox(p: str, data: bytes, max_size: int) -> Iterator[Item]:
 
 
 def _read_stream(path: str, max_size: int, mbox: bool) -> Iterator[Item]:
-    """A pipe or a device named on the command line (`train --spam <(xzcat box.xz)`): read as
-    it comes, holding at most one message (and never more than `max_size` of it)."""
+    """A pipe or a device named on the command line (`train --spam <(xzcat box.xz)`)."""
     with open_no_wait(path) as f:
-        head = f.read(5)
-        if mbox or head == b"From ":
-            yield from _split_lines(path, itertools.chain([head + f.readline(_LINE)], _lines(f)),
-                                    max_size)
-            return
-        data = head + (f.read(max_size + 1 - len(head)) if max_size else f.read())
-    yield _item(path, data, named=True, max_size=max_size)
+        yield from _read_open(f, path, max_size, mbox)
+
+
+def _read_open(f: IO[bytes], where: str, max_size: int, mbox: bool) -> Iterator[Item]:
+    """A stream (a pipe, stdin): read as it comes, holding at most one message (and never
+    more than `max_size` of it); an mbox (`--mbox`, or a leading "From " line, which the
+    Dovecot pipe never sends) split message by message, anything else one message."""
+    head = f.read(5)
+    if mbox or head == b"From ":
+        yield from _split_lines(where, itertools.chain([head + f.readline(_LINE)], _lines(f)),
+                                max_size)
+        return
+    data = head + (f.read(max_size + 1 - len(head)) if max_size else f.read())
+    yield _item(where, data, named=True, max_size=max_size)
 
 
 def _stream_mbox(p: Path, max_size: int) -> Iterator[Item]:
@@ -423,20 +419,25 @@ def _unescape_from(data: bytes) -> bytes:
 def _item(where: str, data: bytes, named: bool = False, max_size: int = 0) -> Item:
     """The message read from `where`, or why it is not learned: bigger than `max_size` (0: no
     limit), or not mail."""
-    if max_size and len(data) > max_size:
-        return Item(where, problem="too large", named=named)
     if not looks_like_mail(data):
         return Item(where, problem="not mail", named=named)
+    if max_size and len(data) > max_size:
+        return Item(where, problem="too large", named=named)
     return Item(where, data, named=named)
 
 
 def looks_like_mail(data: bytes) -> bool:
-    """A header field on the first line (after an mbox "From " line), and no NUL byte in the
-    header block: what separates a message from a stray text or binary file."""
+    """A header field on the first line (after an mbox "From " line), no NUL byte in the
+    header block, and among its fields one that messages have (From, Received, Subject...):
+    what separates a message from a stray text or binary file, /etc/passwd and "key: value"
+    notes included."""
     head = data[:8192]
     if head.startswith(b"From "):
         head = head.partition(b"\n")[2]
-    return b"\0" not in head.partition(b"\n\n")[0] and _LOOKS_LIKE_MAIL.match(head) is not None
+    block = head.replace(b"\r\n", b"\n").partition(b"\n\n")[0]
+    if b"\0" in block or _LOOKS_LIKE_MAIL.match(head) is None:
+        return False
+    return any(m.group(1).lower() in _MAIL_FIELDS for m in _FIELD_NAME.finditer(block))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -663,7 +664,8 @@ def run(cfg: Config, label: str, paths: list[str], *, max_size: int = DEFAULT_MA
                 elif single and not quiet:
                     said.append(f"{item.where}: {outcome}")
             if not found:  # an empty folder, or mail one level down (Maildir++ .Junk/)
-                print(f"spambridge train: {path}: no messages found", file=err)
+                print(f"spambridge train: {path}: no messages found{_folders_in(path)}",
+                      file=err)
         trainer.flush()
     except KeyboardInterrupt:
         trainer.abandon()
@@ -690,6 +692,19 @@ def run(cfg: Config, label: str, paths: list[str], *, max_size: int = DEFAULT_MA
         if trainer.summary.learned or trainer.summary.forgotten:
             _note_untrained(cfg, out)
     return 1 if trainer.summary.failed else 0
+
+
+def _folders_in(path: str) -> str:
+    """Folders are never walked into (a Maildir's .Junk is not INBOX's mail, and a tree of
+    users' mail must not become one class): when that is why nothing was found, say so."""
+    try:
+        with os.scandir(path) as entries:
+            subs = sorted(e.name for e in entries
+                          if e.is_dir() and e.name not in ("cur", "new", "tmp"))
+    except OSError:
+        return ""
+    return (f" (the folders in it are not read: name them, as {os.path.join(path, subs[0])})"
+            if subs else "")
 
 
 def _kept(trainer: Trainer) -> str:

@@ -163,3 +163,10 @@ def test_a_reload_applies_policy_and_keeps_what_needs_a_restart(tmp_path: Path) 
     kept, changed = reloaded(applied, louder)
     assert changed == ["[milter] name", "[spamd] host", "[log] level"]
     assert kept.log_level == "info" and kept.milter.name == applied.milter.name
+
+
+def test_a_unix_socket_path_the_kernel_cannot_bind_is_a_config_error() -> None:
+    """libmilter only said "cannot opensocket" (exit 1), after check-config said all well."""
+    with pytest.raises(ConfigError, match="may be at most 107 bytes long"):
+        with_overrides(load(None), socket="unix:/" + "a" * 107)
+    assert with_overrides(load(None), socket="unix:/" + "a" * 106).milter.socket.endswith("a")

@@ -105,6 +105,59 @@ def test_train_from_maildir_mbox_directory_file_and_stdin(
     assert store.is_private(str(db))
 
 
+def mbox_of(msgs: list[bytes]) -> bytes:
+    return b"".join(b"From x@y Mon Jan  1 00:00:00 2026\n" + m + b"\n" for m in msgs)
+
+
+@pytest.mark.parametrize("flag", [["--mbox"], []])
+def test_an_mbox_on_stdin_is_split(db: Path, flag: list[str]) -> None:
+    """It was learned as one message (or dropped as too large, exit 0) however it was given;
+    an mbox "From " line also means an mbox on stdin, as it does for a file."""
+    proc = subprocess.run([sys.executable, "-m", "spambridge", "train", "--db", str(db),
+                           "--spam", *flag, "-"], input=mbox_of([mail(i, True) for i in range(5)]),
+                          capture_output=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert b"Learned 5 of 5 messages as spam" in proc.stdout
+    assert totals(db) == (5, 0) and tokens(db)["unique4x1"] == (1, 0)
+
+
+def test_an_mbox_in_a_folder_is_split_and_folders_in_it_are_named(
+        tmp_path: Path, db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A directory of monthly .mbox exports: each file is split as it would be named alone,
+    the big one (over --max-size as a whole) too; it used to be one message, or dropped."""
+    d = folder(tmp_path / "exports", [mail(1, False)])
+    (d / "2026-01.mbox").write_bytes(mbox_of([mail(i, False) for i in range(10, 15)]))
+    (d / "2026-02.mbox").write_bytes(mbox_of([mail(i, False) for i in range(20, 60)]))
+    code, out, err = run("train", "--db", str(db), "--ham", "--max-size", "2k", str(d),
+                         capsys=capsys)
+    assert code == 0, err
+    assert "Learned 46 of 46 messages as ham" in out and totals(db) == (0, 46)
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    folder(tree / "a", [mail(70, True)])
+    code, _, err = run("train", "--db", str(db), "--spam", str(tree), capsys=capsys)
+    assert code == 0 and totals(db) == (0, 46)  # never walked into
+    assert (f"{tree}: no messages found (the folders in it are not read: name them, as "
+            f"{tree / 'a'})") in err
+
+
+@pytest.mark.parametrize("content", [
+    b"root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\n",
+    b"key: value\nother: thing\n\nsome text\n",
+    b"\x1f\x8b\x08\x00" + bytes(range(256)) * 40,  # a gzip file, bigger than --max-size
+])
+def test_text_with_colons_and_archives_are_not_mail(tmp_path: Path, db: Path, content: bytes,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """Named by mistake, they were learned (a first line with a colon was enough) or counted
+    as too large with exit 0."""
+    f = tmp_path / "file"
+    f.write_bytes(content)
+    code, out, err = run("train", "--db", str(db), "--spam", "--max-size", "2k", str(f),
+                         capsys=capsys)
+    assert code == 1 and f"{f}: not mail" in err and "(1 not mail)" in out
+    assert totals(db) == (0, 0)
+
+
 @pytest.mark.parametrize("in_memory", [True, False])
 def test_a_body_line_opening_with_from_does_not_split_a_message(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, in_memory: bool) -> None:
@@ -394,7 +447,9 @@ def test_pipes_devices_fifos_loops_and_a_closed_stdin(tmp_path: Path, db: Path,
 
     code, out, _ = run("train", "--db", str(db), "--spam", "--max-size", "2k", "/dev/zero",
                        capsys=capsys)
-    assert code == 0 and "(1 too large)" in out  # and not all of memory first
+    # NULs: not mail (an error when named), told from the first 2k + 1 bytes, not from all
+    # of memory
+    assert code == 1 and "(1 not mail)" in out
 
     box = tmp_path / "box.mbox"
     box.write_bytes(b"".join(b"From x@y Mon Jan  1 00:00:00 2026\n" + mail(i, True) + b"\n"
