@@ -197,12 +197,13 @@ def everything(model: Model, items: list[Item]) -> None:
 
 def nonedge(lo: float = 0.005, hi: float = 0.995, passes: int = 1, gate: int = 1,
             seed: str = "", spam_first: bool = False,
-            clean_up: tuple[float, float] | None = None) -> Regime:
+            clean_up: tuple[float, float] | None = None, class_gate: int = 0) -> Regime:
     """Learn unless already right with certainty (score <= lo for ham, >= hi for spam), in
     arrival order (or all spam, then all ham: `train --spam DIR; train --ham DIR`); everything
     until both classes have `gate` messages. `clean_up` (LO, HI): then one more pass, in
     another order, learning what is still not learned and scores on the wrong side of LO/HI
-    (a train-on-errors-and-unsures clean-up)."""
+    (a train-on-errors-and-unsures clean-up). `class_gate` N: every message of a class is
+    learned while the database holds fewer than N of that class."""
     def regime(model: Model, items: list[Item]) -> None:
         learned: set[Path] = set()
         ordered = order(items, seed)
@@ -212,7 +213,8 @@ def nonedge(lo: float = 0.005, hi: float = 0.995, passes: int = 1, gate: int = 1
             for tokens, spam, m in ordered:
                 if m.path in learned:
                     continue
-                if model.nspam >= gate and model.nham >= gate:
+                held = model.nspam if spam else model.nham
+                if model.nspam >= gate and model.nham >= gate and held >= class_gate:
                     score = model.score(tokens)
                     if (score >= hi) if spam else (score <= lo):
                         continue
@@ -460,6 +462,9 @@ VARIANTS: dict[str, Variant] = {
     "nonedge": Variant(regime=nonedge()),
     "nonedge-2-passes": Variant(regime=nonedge(passes=2)),
     "nonedge-gate-200": Variant(regime=nonedge(gate=200)),
+    "nonedge-class-gate-200": Variant(regime=nonedge(class_gate=200)),
+    "nonedge-class-gate-200-spam-first": Variant(regime=nonedge(class_gate=200,
+                                                                spam_first=True)),
     "nonedge-spam-first": Variant(regime=nonedge(spam_first=True)),
     "nonedge-bigrams": Variant(regime=nonedge(), tokenize=stream, model=BigramModel),
     "nonedge-ignore-redundant-html": Variant(regime=nonedge(),
@@ -502,7 +507,9 @@ def line(name: str, results: list[Any], n: int) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("variants", nargs="*", help="names (default: all of them); nonedge:LO:HI "
-                    "is nonedge learning unless ham scores <= LO or spam >= HI")
+                    "is nonedge learning unless ham scores <= LO or spam >= HI; "
+                    "nonedge-gate:N learns everything until both classes hold N, "
+                    "nonedge-class-gate:N every message of a class holding fewer than N")
     ap.add_argument("--salt", default="", help="another split of the same kind")
     ap.add_argument("--bogofilter", action="store_true", help="add bogofilter's line")
     ap.add_argument("--list", action="store_true")
@@ -527,6 +534,10 @@ def main() -> int:
         if name.startswith("nonedge:"):
             lo, hi = (float(x) for x in name.split(":")[1:])
             VARIANTS[name] = Variant(regime=nonedge(lo, hi))
+        elif name.startswith(("nonedge-gate:", "nonedge-class-gate:")):
+            n = int(name.split(":")[1])
+            VARIANTS[name] = Variant(regime=nonedge(gate=n) if "class" not in name
+                                     else nonedge(class_gate=n))
         v = VARIANTS[name]
         if v.tokenize not in cache:
             cache[v.tokenize] = ({m.path: v.tokenize(strip_markup(raw[m.path])) for m in msgs},

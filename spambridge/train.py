@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from spambridge import defaults
 from spambridge.bayes import store
 from spambridge.bayes.tokenizer import (
     DEFAULT_LIMITS,
@@ -506,14 +507,19 @@ class Trainer:
     with certainty (SpamBayes' nonedge regime: everything except ham ≤ 0.005 and spam ≥ 0.995;
     misclassified and unsure mail is always learned). Learning only what adds information keeps
     the bulk of easy, repetitive mail from drowning the hard cases; on the SpamAssassin corpus it
-    cut false positives from 10 to 3 and false negatives from 10 to 4 in 5-fold
+    cut false positives from 10 to 1-2 and false negatives from 10 to 3-5 in 5-fold
     cross-validation (docs/benchmarks.md). It scores against the counts as they stand,
     the open batch included, so it works best on ham and spam interleaved as they arrived
-    (`train --index`), and every message is learned until the database holds both classes."""
+    (`train --index`). Every message of a class is learned while the database holds fewer
+    than `min_trained` of it: the milter does not score with the database before, so there is
+    no certainty to judge by yet, and selecting from a mailbox of a few hundred messages
+    would otherwise leave a database the milter never uses."""
 
     def __init__(self, writer: store.SqliteWriter, label: str, limits: Limits = DEFAULT_LIMITS,
-                 batch_messages: int = BATCH_MESSAGES, selective: bool = False) -> None:
+                 batch_messages: int = BATCH_MESSAGES, selective: bool = False,
+                 min_trained: int = defaults.BAYES_MIN_TRAINED) -> None:
         self.writer = writer
+        self.min_trained = min_trained
         self.batch_messages = batch_messages
         self.label = label  # spam | ham | forget | index (the class comes with each message)
         self.limits = limits
@@ -591,8 +597,9 @@ class Trainer:
         if self._scorer is None:
             return None
         totals, values = batch.current(tokens)
-        if not totals.nspam or not totals.nham:
-            return None  # one class alone scores everything as itself
+        held = totals.nspam if label == store.SPAM else totals.nham
+        if not totals.nspam or not totals.nham or held < self.min_trained:
+            return None  # one class alone scores everything as itself; see the class doc
         score = float(self._scorer.score_aligned(tokens, totals, values).score)
         if (score >= CERTAIN_SPAM) if label == store.SPAM else (score <= CERTAIN_HAM):
             return score
@@ -646,7 +653,8 @@ def run(cfg: Config, label: str, paths: list[str], *, max_size: int = DEFAULT_MA
     except (store.StoreError, OSError) as e:
         print(f"spambridge train: {e}", file=err)
         return 1
-    trainer = Trainer(writer, label, limits_for(cfg.bayes), batch_messages, selective)
+    trainer = Trainer(writer, label, limits_for(cfg.bayes), batch_messages, selective,
+                      cfg.bayes.min_trained)
     sources = index if index is not None else [(label, p) for p in paths]
     single = index is None and paths == ["-"]
     progress = _Progress([p for _, p in sources], enabled=not quiet and not single
