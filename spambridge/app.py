@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from spambridge import __version__, privileges
-from spambridge.config import Config, ConfigError, reloaded
+from spambridge.config import Config, ConfigError, key_at, reloaded
 from spambridge.message import spool_problem
 from spambridge.milter.bridge import AsyncBridge, signals_blocked
 from spambridge.milter.poolnudge import PoolNudger
@@ -92,7 +92,7 @@ def run(cfg: Config, reload: Callable[[], Config] | None = None) -> int:
         privileges.drop(cfg, spec)  # after the socket and the Bayes database exist
         problem = spool_problem(cfg.milter.spool_dir)  # as the user that will spool
         if problem:
-            raise ConfigError(f"{cfg.source}: [milter] spool_dir: {problem}")
+            raise ConfigError(f"{key_at(cfg, 'milter', 'spool_dir')}: {problem}")
     except Exception:
         bridge.stop()
         _remove_own_socket(spec, ours)  # no socket left that nothing will ever answer on
@@ -198,21 +198,17 @@ def _open_socket(spec: SocketSpec, cfg: Config) -> tuple[int, int] | None:
         st = os.lstat(spec.path)
         if not stat.S_ISSOCK(st.st_mode):  # swapped for a link to something else: hands off
             raise OSError(f"{spec.path} is not the socket just created; refusing to chmod it")
-        gid = -1
         if cfg.milter.socket_group:
+            group = cfg.milter.socket_group
             try:
-                gid = grp.getgrnam(cfg.milter.socket_group).gr_gid
-            except KeyError:
-                raise ConfigError(f"socket_group {cfg.milter.socket_group!r}: no such group"
-                                  ) from None
-        if gid != -1:
-            try:
-                os.chown(spec.path, -1, gid, follow_symlinks=False)
-            except PermissionError:
-                raise ConfigError(
-                    f"socket_group {cfg.milter.socket_group!r}: this user may not give the socket "
-                    "that group (run as root, add the user to the group, or leave socket_group "
-                    "unset and use a setgid socket directory)") from None
+                os.chown(spec.path, -1, grp.getgrnam(group).gr_gid, follow_symlinks=False)
+            except (KeyError, PermissionError) as e:
+                os.unlink(spec.path)  # ours, checked above: not left for nothing to answer on
+                raise ConfigError(f"{key_at(cfg, 'milter', 'socket_group')}: " + (
+                    f"no such group {group!r}" if isinstance(e, KeyError) else
+                    f"this user may not give the socket group {group!r} (run as root, add the "
+                    "user to the group, or leave socket_group unset and use a setgid socket "
+                    "directory)")) from None
         if stat.S_IMODE(st.st_mode) != cfg.milter.socket_mode:  # bind() used our umask
             os.chmod(spec.path, cfg.milter.socket_mode)
         return st.st_dev, st.st_ino

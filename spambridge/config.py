@@ -6,6 +6,7 @@ an admin fixing a config at 3 a.m. should not have to guess.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import re
 import tomllib
@@ -459,6 +460,16 @@ def _printable(v: str) -> str:
     if any(ord(c) < 32 or ord(c) > 126 for c in v):
         raise ValueError("must be printable ASCII")
     return v
+
+
+def key_at(cfg: Config, section: str, key: str) -> str:
+    """`file:line: [section] key`, for a problem only found at start (a user, a group, a
+    directory): the file is read again to find the line, as the loader does."""
+    where = cfg.source
+    with contextlib.suppress(OSError):
+        where = _Loader(cfg.source, Path(cfg.source).read_text(errors="replace")
+                        ).where(section, key)
+    return f"{where}: [{section}] {key}"
 
 
 def validate(cfg: Config) -> Config:

@@ -11,7 +11,7 @@ import os
 import pwd
 import stat
 
-from spambridge.config import Config, ConfigError
+from spambridge.config import Config, ConfigError, key_at
 from spambridge.milter.socketspec import SocketSpec
 
 log = logging.getLogger("spambridge")
@@ -43,11 +43,11 @@ def drop(cfg: Config, spec: SocketSpec) -> None:
     try:
         pw = pwd.getpwnam(name)
     except KeyError:
-        raise ConfigError(f"{cfg.source}: [milter] user: no such user {name!r}") from None
+        raise ConfigError(f"{key_at(cfg, 'milter', 'user')}: no such user {name!r}") from None
     if os.geteuid() != 0:
         if os.geteuid() == pw.pw_uid:
             return  # already that user (systemd User=)
-        raise ConfigError(f"{cfg.source}: [milter] user = {name!r} needs spambridge to be "
+        raise ConfigError(f"{key_at(cfg, 'milter', 'user')}: {name!r} needs spambridge to be "
                           "started as root")
     # never through a symlink: the directories may be writable by that user, who could
     # otherwise point a name at any file root owns and be handed it at the next start
@@ -76,6 +76,6 @@ def drop(cfg: Config, spec: SocketSpec) -> None:
     if uses_bayes(cfg):
         db_dir = os.path.dirname(os.path.abspath(cfg.bayes.db))
         if not os.access(db_dir, os.W_OK | os.X_OK):
-            raise ConfigError(f"{cfg.source}: [bayes] db: {db_dir} is not writable by user "
+            raise ConfigError(f"{key_at(cfg, 'bayes', 'db')}: {db_dir} is not writable by user "
                               f"{name!r} (SQLite keeps its -wal/-shm files next to the "
                               f"database): chown {name} {db_dir}")

@@ -310,7 +310,7 @@ def test_a_spool_dir_it_cannot_write_stops_the_start(tmp_path: Path) -> None:
     p = subprocess.run([sys.executable, "-m", "spambridge", "run", "-c", str(cfg)],
                        capture_output=True, text=True, timeout=30)
     assert p.returncode == 78
-    assert f"{cfg}: [milter] spool_dir: {missing}: No such file or directory" in p.stderr
+    assert f"{cfg}:4: [milter] spool_dir: {missing}: No such file or directory" in p.stderr
     assert "Traceback" not in p.stderr
     assert not sock.exists()  # the socket it had opened is gone again
 

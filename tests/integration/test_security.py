@@ -282,7 +282,19 @@ def test_unknown_user_is_a_config_error(start_milter: Start, fake: SwitchableSpa
     cfg["milter"].update(user="no-such-user-sb")
     m = start_milter(cfg, wait=False)
     assert m.proc.wait(30) == 78
-    assert "no such user 'no-such-user-sb'" in m.log
+    assert re.search(rf"{re.escape(str(m.config_path))}:\d+: \[milter\] user: no such user "
+                     "'no-such-user-sb'", m.log), m.log
+
+
+def test_unknown_socket_group_is_a_config_error_and_leaves_no_socket(
+        start_milter: Start, fake: SwitchableSpamd) -> None:
+    cfg = spamd_config(fake.port)
+    cfg["milter"].update(socket_group="no-such-group-sb")
+    m = start_milter(cfg, wait=False)
+    assert m.proc.wait(30) == 78
+    assert re.search(rf"{re.escape(str(m.config_path))}:\d+: \[milter\] socket_group: no such "
+                     "group 'no-such-group-sb'", m.log), m.log
+    assert not os.path.exists(m.socket_path)  # nothing would ever answer on it
 
 
 def bayes_db(path: Path) -> Path:
