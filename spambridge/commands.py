@@ -69,9 +69,10 @@ def add_parsers(sub: Any, config_arg: ArgAdder, engine_args: ArgAdder,
     config_arg(c)
     engine_args(c)
     policy_args(c)
-    c.add_argument("--explain", action="store_true", help="list the strongest Bayes clues")
-    c.add_argument("--batch", action="store_true",
-                   help="one line per message: path<TAB>score<TAB>verdict")
+    form = c.add_mutually_exclusive_group()  # a table line has no room for clues
+    form.add_argument("--explain", action="store_true", help="list the strongest Bayes clues")
+    form.add_argument("--batch", action="store_true",
+                      help="one line per message: path<TAB>score<TAB>verdict")
     c.add_argument("paths", nargs="+", metavar="FILE", help="message files, or - for stdin")
 
 

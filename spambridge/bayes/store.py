@@ -96,7 +96,10 @@ def _connect(path: str, timeout: float) -> sqlite3.Connection:
         conn.execute("PRAGMA mmap_size=268435456")
         return conn
     except sqlite3.Error as e:
-        raise StoreError(f"{path}: cannot open the Bayes database: {e}") from e
+        hint = ("; even reading needs write access to the database's directory and its -shm "
+                "file (SQLite's WAL mode): run as the milter's user or in its group"
+                if "readonly" in str(e) else "")
+        raise StoreError(f"{path}: cannot open the Bayes database: {e}{hint}") from e
 
 
 def create(path: str) -> None:

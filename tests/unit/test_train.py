@@ -721,3 +721,11 @@ def test_a_fifo_or_subdirectory_in_a_folder_is_skipped_not_waited_on(
                            "--ham", str(folder)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "Learned 1 of 1 messages as ham" in proc.stdout
+
+
+def test_check_explain_and_batch_do_not_mix(capsys: pytest.CaptureFixture[str]) -> None:
+    """--batch silently dropped --explain: a table line has no room for clues."""
+    with pytest.raises(SystemExit) as e:
+        cli.main(["check", "--explain", "--batch", "x.eml"])
+    assert e.value.code == 2
+    assert "--batch: not allowed with argument --explain" in capsys.readouterr().err
