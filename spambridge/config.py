@@ -508,11 +508,12 @@ def with_overrides(cfg: Config, **flags: Any) -> Config:
         tag = flags.get("tag_at")
         rej = flags.get("reject_at")
         if tag is not None or rej is not None:
-            flag = "--tag-at" if tag is not None else "--reject-at"
+            flag = "--tag-at"
             t = _POINTS(float(tag)) if tag is not None else policy.spamd.tag
-            flag = "--reject-at" if rej is not None else "--tag-at"
+            flag = "--reject-at"
             r = _POINTS(float(rej)) if rej is not None else policy.spamd.reject
-            if r < t:
+            if r < t:  # blame a flag that was given
+                flag = "--reject-at" if rej is not None else "--tag-at"
                 raise ValueError(f"reject_at ({r:g}) must not be below tag_at ({t:g})")
             policy = replace(policy, spamd=Thresholds(t, t, r))
         if flags.get("tag_only"):
