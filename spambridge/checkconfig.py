@@ -261,9 +261,7 @@ def check_local(cfg: Config) -> Report:
         r.warn(f"[bayes] db: {cfg.bayes.db!r} is relative to the working directory the milter "
                "is started in (systemd: /); give an absolute path")
     if m.engine != "spamd":
-        why = bayes_unusable(cfg)
-        if why:
-            r.warn(f"[bayes] db: {why}")
+        bayes_state(cfg, r)
     problem = spool_problem(m.spool_dir)
     if problem:
         r.warn(f"[milter] spool_dir: {problem}")
@@ -321,14 +319,16 @@ def read_postfix(exe: str, config_dir: str | None = None) -> PostfixSettings:
     return PostfixSettings(where, values, explicit, master)
 
 
-def bayes_unusable(cfg: Config) -> str:
-    """Why the Bayes engine would answer on_unavailable for every message, or ""."""
+def bayes_state(cfg: Config, r: Report) -> None:
+    """When the Bayes engine would answer on_unavailable for every message: a database it
+    cannot use is a warning; a missing or untrained one, every install's first state, a note."""
     from spambridge.bayes import store
 
     db = cfg.bayes.db
     if not os.path.exists(db):
-        return (f"{db} does not exist yet: the milter creates it empty, and answers "
-                "on_unavailable until it is trained (spambridge train)")
+        r.note(f"[bayes] db: {db} does not exist yet: the milter creates it empty, and mail "
+               "gets on_unavailable until it is trained (spambridge train)")
+        return
     try:
         reader = store.SqliteReader(db)
         try:
@@ -336,11 +336,11 @@ def bayes_unusable(cfg: Config) -> str:
         finally:
             reader.close()
     except store.StoreError as e:
-        return f"{e}: every message would get on_unavailable"
+        r.warn(f"[bayes] db: {e}: every message would get on_unavailable")
+        return
     if not t.trained(cfg.bayes.min_trained):
-        return (f"{db} is not trained yet ({t.nspam} spam, {t.nham} ham; min_trained "
-                f"{cfg.bayes.min_trained}): every message gets on_unavailable until it is")
-    return ""
+        r.note(f"[bayes] db: {db} is not trained yet ({t.nspam} spam, {t.nham} ham; "
+               f"min_trained {cfg.bayes.min_trained}): mail gets on_unavailable until it is")
 
 
 def main(cfg: Config, postfix: bool = True, postfix_config: str | None = None) -> int:
@@ -357,6 +357,7 @@ def main(cfg: Config, postfix: bool = True, postfix_config: str | None = None) -
                    "reachable beyond this host")
     local = check_local(cfg)
     r.warnings += local.warnings
+    r.notes += local.notes
     if postfix:
         exe = find_postconf()
         if exe is None:

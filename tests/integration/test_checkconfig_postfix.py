@@ -24,8 +24,8 @@ def check_config(cfg: Path, *args: str, env: dict[str, str] | None = None
 
 def test_contrib_example_and_matching_config_are_all_well(
         postfix: PostfixInstance, tmp_path: Path) -> None:
-    cfg = write_config(tmp_path / "ok.toml", {"milter": {  # (spamd: no Bayes database to judge)
-        "socket": f"unix:{postfix.milter_socket}", "scan_timeout": 10, "engine": "spamd"}})
+    cfg = write_config(tmp_path / "ok.toml", {"milter": {
+        "socket": f"unix:{postfix.milter_socket}", "scan_timeout": 10}})
     r = check_config(cfg, "--postfix-config", str(postfix.etc))
     assert r.returncode == 0, r.stdout + r.stderr
     assert "check-config: all well" in r.stdout
@@ -35,7 +35,7 @@ def test_contrib_example_and_matching_config_are_all_well(
 
 def test_mail_config_env_works_too(postfix: PostfixInstance, tmp_path: Path) -> None:
     cfg = write_config(tmp_path / "ok.toml", {"milter": {
-        "socket": f"unix:{postfix.milter_socket}", "engine": "spamd"}})
+        "socket": f"unix:{postfix.milter_socket}"}})
     r = check_config(cfg, env={"MAIL_CONFIG": str(postfix.etc)})
     assert r.returncode == 0, r.stdout + r.stderr
 
@@ -52,8 +52,7 @@ def test_cap_too_close_to_the_content_timeout_and_wrong_socket(
 
 
 def test_no_postfix_skips_postconf(tmp_path: Path) -> None:
-    cfg = write_config(tmp_path / "ok.toml", {"milter": {"socket": "inet:8893@127.0.0.1",
-                                                         "engine": "spamd"}})
+    cfg = write_config(tmp_path / "ok.toml", {"milter": {"socket": "inet:8893@127.0.0.1"}})
     r = check_config(cfg, "--no-postfix")
     assert r.returncode == 0 and "postfix" not in r.stdout.split("\n", 1)[1]
 

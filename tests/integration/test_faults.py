@@ -405,10 +405,11 @@ def test_database_locked_exclusively(start_milter: Callable[..., RunningMilter],
 def test_spool_directory_not_writable(tmp_path: Path, start_milter: Callable[..., RunningMilter],
                                       spamd_fakes: Callable[..., SwitchableSpamd],
                                       action: str) -> None:
-    """A spool directory the milter may not write. As root the milter is started with
-    `user = "nobody"` (root ignores permissions, nobody does not) and the directory is
-    root's 0755; otherwise the directory is made 0500. on_error for every spilled body, and
-    normal scanning once the directory is writable again."""
+    """A spool directory the milter may no longer write (one that is unwritable at start stops
+    the start: test_milter_spamd). As root the milter is started with `user = "nobody"`
+    (root ignores permissions, nobody does not) and the directory, nobody's, is handed back to
+    root (0755) once it runs; otherwise the directory is made 0500. on_error for every spilled
+    body, and normal scanning once the directory is writable again."""
     import pwd
     import tempfile
 
@@ -420,10 +421,13 @@ def test_spool_directory_not_writable(tmp_path: Path, start_milter: Callable[...
         milter: dict[str, object] = {"spool_dir": str(spool), "spool_memory": 1024}
         if os.geteuid() == 0:
             milter.update(user="nobody", socket=f"unix:{base}/m.sock")
-        else:
-            os.chmod(spool, 0o500)
+            os.chown(spool, pwd.getpwnam("nobody").pw_uid, -1)
         fake = spamd_fakes("good")
         m = spamd_milter(start_milter, fake.port, policy("on_error", action), **milter)
+        if os.geteuid() == 0:
+            os.chown(spool, 0, -1)
+        else:
+            os.chmod(spool, 0o500)
         ds = deliver_many(m.socket_path, bodies(N, 8000), N, timeout=CAP + 20, barrier_at="eom")
         report("spool_not_writable", action, ds)
         for d in ds:
