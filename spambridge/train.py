@@ -48,6 +48,7 @@ BATCH_SECONDS = 2.0  # … or this long, whichever comes first (bounds what a ki
 _OWNED = re.compile(rb"^x-spam-[^:\n]*:.*(?:\n[ \t].*)*\n", re.I | re.M)
 _LOOKS_LIKE_MAIL = re.compile(rb"[!-9;-~]+[ \t]*:[^\n]*\r?\n")
 _FIELD_NAME = re.compile(rb"^([!-9;-~]+)[ \t]*:", re.M)
+_HEADER_END = re.compile(rb"\n\r?\n")
 # fields every stored message has one of, and a stray text file with colons has none of
 _MAIL_FIELDS = frozenset(b"from to cc subject date received message-id return-path "
                          b"delivered-to sender reply-to mime-version content-type".split())
@@ -435,10 +436,11 @@ def looks_like_mail(data: bytes) -> bool:
     head = data[:8192]
     if head.startswith(b"From "):
         head = head.partition(b"\n")[2]
-    block = head.replace(b"\r\n", b"\n").partition(b"\n\n")[0]
-    if b"\0" in block or _LOOKS_LIKE_MAIL.match(head) is None:
+    if _LOOKS_LIKE_MAIL.match(head) is None:
         return False
-    return any(m.group(1).lower() in _MAIL_FIELDS for m in _FIELD_NAME.finditer(block))
+    block = _HEADER_END.split(head, 1)[0]
+    return b"\0" not in block and any(m.group(1).lower() in _MAIL_FIELDS
+                                      for m in _FIELD_NAME.finditer(block))
 
 
 # ---------------------------------------------------------------------------------------------
