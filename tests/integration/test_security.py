@@ -276,24 +276,16 @@ def test_root_start_drops_to_the_configured_user(start_milter: Start, fake: Swit
     assert result_of(m, message()).action == "accept"  # and it still works afterwards
 
 
-@needs_root
-def test_unknown_user_is_a_config_error(start_milter: Start, fake: SwitchableSpamd) -> None:
+@pytest.mark.parametrize(("key", "name"), [pytest.param("user", "user", marks=needs_root),
+                                           ("socket_group", "group")])
+def test_unknown_user_or_group_is_a_config_error_and_leaves_no_socket(
+        start_milter: Start, fake: SwitchableSpamd, key: str, name: str) -> None:
     cfg = spamd_config(fake.port)
-    cfg["milter"].update(user="no-such-user-sb")
+    cfg["milter"][key] = f"no-such-{name}-sb"
     m = start_milter(cfg, wait=False)
     assert m.proc.wait(30) == 78
-    assert re.search(rf"{re.escape(str(m.config_path))}:\d+: \[milter\] user: no such user "
-                     "'no-such-user-sb'", m.log), m.log
-
-
-def test_unknown_socket_group_is_a_config_error_and_leaves_no_socket(
-        start_milter: Start, fake: SwitchableSpamd) -> None:
-    cfg = spamd_config(fake.port)
-    cfg["milter"].update(socket_group="no-such-group-sb")
-    m = start_milter(cfg, wait=False)
-    assert m.proc.wait(30) == 78
-    assert re.search(rf"{re.escape(str(m.config_path))}:\d+: \[milter\] socket_group: no such "
-                     "group 'no-such-group-sb'", m.log), m.log
+    assert re.search(rf"{re.escape(str(m.config_path))}:\d+: \[milter\] {key}: no such "
+                     f"{name} 'no-such-{name}-sb'", m.log), m.log
     assert not os.path.exists(m.socket_path)  # nothing would ever answer on it
 
 
