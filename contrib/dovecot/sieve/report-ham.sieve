@@ -1,11 +1,12 @@
 # IMAPSieve: a message was moved or copied OUT OF Junk -> learn it as ham,
-# unless it went to Trash (deleting spam is not saying it was ham).
+# unless it went to Trash (deleting spam is not saying it was ham) or stayed in Junk:
+# a COPY or MOVE from Junk to Junk also runs report-spam.sieve, and this one runs after it.
 require ["vnd.dovecot.pipe", "copy", "imapsieve", "environment", "variables"];
 
 if environment :matches "imap.mailbox" "*" {
   set "mailbox" "${1}";
 }
-if string "${mailbox}" "Trash" {
+if string "${mailbox}" ["Trash", "Junk"] {
   stop;
 }
 
