@@ -1,0 +1,394 @@
+"""contrib/dovecot end to end: a real Dovecot 2.3 IMAP server with IMAPSieve, configured with
+contrib/dovecot/dovecot-2.3.conf and the contrib sieve and pipe scripts (paths changed to a
+temporary directory, the pipe calling this checkout's `spambridge train --db ...`), driven over
+IMAP as a mail client does. Moving a message into Junk must teach the database spam, moving it
+out of Junk ham, under the README's permission advice (the mail user, not the database's owner,
+writes it through a group, a setgid 2770 directory and a 0660 file); and a pipe that fails or is
+killed must never fail the user's MOVE."""
+
+from __future__ import annotations
+
+import grp
+import imaplib
+import os
+import re
+import shutil
+import site
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Generator, Iterator
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from harness import free_port, wait_until
+
+import spambridge
+
+DOVECOT = shutil.which("dovecot") or "/usr/sbin/dovecot"
+SIEVEC = shutil.which("sievec") or "/usr/bin/sievec"
+IMAP = "/usr/lib/dovecot/imap"
+IMAPSIEVE = "/usr/lib/dovecot/modules/sieve/lib90_sieve_imapsieve_plugin.so"
+CONTRIB = Path(__file__).resolve().parents[2] / "contrib" / "dovecot"
+SRC = Path(spambridge.__file__).resolve().parents[1]  # this checkout, not an installed copy
+MAIL_UID = 65534  # nobody: the mail user, who does not own the database
+# the database's group, which the mail user joins through Dovecot's mail_access_groups (the
+# README's advice for virtual users): one every Debian system has, other than nobody's own
+DB_GROUP = next((g for g in ("users", "mail", "daemon") if g in {e.gr_name for e in grp.getgrall()}),
+                "users")
+
+pytestmark = [
+    pytest.mark.skipif(not all(os.path.exists(p) for p in (DOVECOT, SIEVEC, IMAP, IMAPSIEVE)),
+                       reason="Dovecot's IMAP server and Pigeonhole are not installed "
+                              "(apt-get install dovecot-imapd dovecot-sieve; scripts/setup --test)"),
+    pytest.mark.skipif(os.geteuid() != 0, reason="Dovecot switches to the mail user: needs root"),
+]
+
+
+def msg(n: int, spam: bool = True) -> bytes:
+    if spam:
+        return (f"From: Winner <prize@lottery.example>\r\nTo: user@example.net\r\n"
+                f"Subject: You WON prize {n}\r\nMessage-ID: <spam{n}@lottery.example>\r\n"
+                f"Date: Wed, 25 Nov 2026 10:00:00 +0000\r\n\r\n"
+                f"Claim your free casino prize {n} now, click here!\r\n").encode()
+    return (f"From: Colleague <c@example.org>\r\nTo: user@example.net\r\nSubject: budget {n}\r\n"
+            f"Message-ID: <ham{n}@example.org>\r\nDate: Wed, 25 Nov 2026 10:00:00 +0000\r\n\r\n"
+            f"The meeting agenda and the budget draft, version {n}.\r\n").encode()
+
+
+def pipe_python() -> tuple[str, str]:
+    """An interpreter the mail user can run, and the PYTHONPATH that gives it this checkout's
+    spambridge and the venv's packages (a venv built on a pyenv Python under /root is not
+    reachable by nobody; the system python3 of the same version then is)."""
+    path = os.pathsep.join([str(SRC), *site.getsitepackages()])
+    tried = []
+    for exe in dict.fromkeys([sys.executable, "/usr/bin/python3"]):
+        try:
+            r = subprocess.run([exe, "-c", "import spambridge.train"], cwd="/",
+                               env={"PYTHONPATH": path, "PATH": "/usr/bin:/bin"},
+                               user=MAIL_UID, group=MAIL_UID, extra_groups=[],
+                               capture_output=True, text=True, check=False)
+        except OSError as e:
+            tried.append(f"{exe}: {e.strerror}")
+            continue
+        if r.returncode == 0:
+            return exe, path
+        tried.append(f"{exe}: {r.stderr.strip().splitlines()[-1:]}")
+    pytest.fail("no Python the mail user (nobody) can run spambridge with: " + "; ".join(tried))
+
+
+@dataclass
+class Server:
+    port: int
+    top: Path
+    db: Path
+    log: Path
+
+    def totals(self) -> tuple[int, int]:
+        """(spam, ham) learned, as the milter reads them."""
+        with closing(sqlite3.connect(self.db)) as c:
+            spam, ham = c.execute("SELECT nspam, nham FROM totals").fetchone()
+            return int(spam), int(ham)
+
+    def labels(self) -> list[str]:
+        with closing(sqlite3.connect(self.db)) as c:
+            return sorted(r[0] for r in c.execute("SELECT label FROM messages"))
+
+    def errors(self) -> list[str]:
+        return [line for line in self.log.read_text().splitlines() if "Error:" in line]
+
+
+def start(top: Path, extra: str = "") -> Generator[Server, None, None]:
+    """Dovecot (imap only) in the foreground on 127.0.0.1 with the contrib IMAPSieve recipe;
+    stopped by its PID."""
+    sieve = top / "sieve"
+    sieve.mkdir()
+    python, path = pipe_python()
+    db = top / "spambridge" / "bayes.sqlite"
+    for f in (CONTRIB / "sieve").iterdir():
+        text = f.read_text()
+        if f.suffix == ".sh":
+            # the shipped command, with this checkout instead of /usr/bin/spambridge
+            text, n = re.subn(r"(?m)^exec /usr/bin/spambridge train ",
+                              f"PYTHONPATH={path}; export PYTHONPATH\n"
+                              f"exec {python} -m spambridge train --db {db} ", text)
+            assert n == 1, f"{f.name}: no `exec /usr/bin/spambridge train` line"
+        (sieve / f.name).write_text(text)
+        (sieve / f.name).chmod(0o755 if f.suffix == ".sh" else 0o644)
+    recipe = (CONTRIB / "dovecot-2.3.conf").read_text()
+    assert "/etc/dovecot/sieve" in recipe
+    (top / "imapsieve.conf").write_text(recipe.replace("/etc/dovecot/sieve", str(sieve)))
+    mail = top / "mail"
+    mail.mkdir()
+    os.chown(mail, MAIL_UID, MAIL_UID)
+    # the README's permissions: the database's directory setgid 2770 in its group, which the
+    # mail user is given; the pipe creates the database itself (0660, the directory's group)
+    db.parent.mkdir()
+    os.chown(db.parent, 0, grp.getgrnam(DB_GROUP).gr_gid)
+    db.parent.chmod(0o2770)
+    (top / "users").write_text(f"user:{{PLAIN}}secret:{MAIL_UID}:{MAIL_UID}::{mail}/user::\n")
+    port = free_port()
+    conf = top / "dovecot.conf"
+    conf.write_text(f"""
+base_dir = {top}/run
+state_dir = {top}/state
+protocols = imap
+log_path = {top}/dovecot.log
+ssl = no
+disable_plaintext_auth = no
+mail_location = maildir:~/Maildir
+first_valid_uid = 1
+default_internal_user = root
+default_login_user = dovenull
+mail_access_groups = {DB_GROUP}
+passdb {{
+  driver = passwd-file
+  args = {top}/users
+}}
+userdb {{
+  driver = passwd-file
+  args = {top}/users
+}}
+service imap-login {{
+  chroot =
+  inet_listener imap {{
+    address = 127.0.0.1
+    port = {port}
+  }}
+  inet_listener imaps {{
+    port = 0
+  }}
+}}
+service anvil {{
+  chroot =
+}}
+{extra}
+!include {top}/imapsieve.conf
+""")
+    # the README's `sievec` step: the mail user cannot write the compiled scripts next to them
+    for s in ("report-spam.sieve", "report-ham.sieve"):
+        subprocess.run([SIEVEC, "-c", str(conf), str(sieve / s)], check=True)
+    proc = subprocess.Popen([DOVECOT, "-F", "-c", str(conf)], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        def listening() -> bool:
+            try:
+                imaplib.IMAP4("127.0.0.1", port).shutdown()
+                return True
+            except OSError:
+                return proc.poll() is not None  # it died: fail below, not by waiting
+        wait_until(listening, 20, "Dovecot's IMAP listener")
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        yield Server(port, top, db, top / "dovecot.log")
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+def dovecot() -> Iterator[Callable[[str], Server]]:
+    """Starts one Dovecot with the given extra settings; stops it and removes its files."""
+    # outside pytest's 0700 directories: the mail user (nobody) must reach the pipe scripts
+    top = Path(tempfile.mkdtemp(prefix="spambridge-imapsieve-"))
+    top.chmod(0o755)
+    running: list[Generator[Server, None, None]] = []
+
+    def run(extra: str = "") -> Server:
+        gen = start(top, extra)
+        running.append(gen)
+        return next(gen)
+    try:
+        yield run
+    finally:
+        for gen in running:
+            gen.close()
+        shutil.rmtree(top, ignore_errors=True)
+
+
+class Client:
+    """An IMAP client moving mail as users do."""
+
+    def __init__(self, port: int) -> None:
+        self.m = imaplib.IMAP4("127.0.0.1", port)
+        assert self.m.login("user", "secret")[0] == "OK"
+        for box in ("Junk", "Trash"):
+            assert self.m.create(box)[0] == "OK"
+
+    def append(self, box: str, data: bytes) -> int:
+        typ, resp = self.m.append(box, None, None, data)
+        assert typ == "OK", resp
+        return int(re.search(rb"APPENDUID \d+ (\d+)", resp[0]).group(1))
+
+    def move(self, src: str, uid: int, dst: str, *, copy: bool = False) -> tuple[int, float]:
+        """MOVE, or COPY + \\Deleted + EXPUNGE as clients without MOVE do; the new UID and how
+        long the user waited for it."""
+        assert self.m.select(src)[0] == "OK"
+        self.m.untagged_responses.pop("COPYUID", None)
+        t = time.monotonic()
+        if copy:
+            assert self.m.uid("COPY", str(uid), dst)[0] == "OK"
+            assert self.m.uid("STORE", str(uid), "+FLAGS.SILENT", r"(\Deleted)")[0] == "OK"
+            assert self.m.expunge()[0] == "OK"
+        else:
+            typ, resp = self.m.uid("MOVE", str(uid), dst)
+            assert typ == "OK", resp
+        took = time.monotonic() - t
+        return int(self.m.untagged_responses.pop("COPYUID")[-1].split()[-1]), took
+
+    def count(self, box: str) -> int:
+        typ, data = self.m.select(box, readonly=True)
+        assert typ == "OK", data
+        return int(data[0])
+
+    def close(self) -> None:
+        self.m.logout()
+
+
+def test_moving_mail_into_and_out_of_junk_trains_the_database(
+        dovecot: Callable[[str], Server]) -> None:
+    srv = dovecot("")
+    c = Client(srv.port)
+    try:
+        spam = c.append("INBOX", msg(1))
+        assert not srv.db.exists()
+        spam, took = c.move("INBOX", spam, "Junk")
+        assert srv.totals() == (1, 0)
+        assert took < 5, f"the MOVE waited {took:.2f}s for the pipe"
+        # created by the mail user's pipe, as the README says: 0660 in the directory's group
+        st = srv.db.stat()
+        assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (
+            MAIL_UID, grp.getgrnam(DB_GROUP).gr_gid, 0o660)
+
+        # mail put straight into Junk (APPEND) is not a user's verdict, moving it out is
+        ham = c.append("Junk", msg(2, spam=False))
+        assert srv.totals() == (1, 0)
+        ham, _ = c.move("Junk", ham, "INBOX")
+        assert srv.totals() == (1, 1)
+
+        # a mistake undone: the spam moved back out of Junk is moved to the ham side
+        spam, _ = c.move("Junk", spam, "INBOX")
+        assert (srv.totals(), srv.labels()) == ((0, 2), ["ham", "ham"])
+        # ... and back in by a client without MOVE (COPY, \Deleted, EXPUNGE)
+        spam, _ = c.move("INBOX", spam, "Junk", copy=True)
+        assert (srv.totals(), srv.labels()) == ((1, 1), ["ham", "spam"])
+        assert c.count("INBOX") == 1 and c.count("Junk") == 1
+
+        # learned once: into Junk again (via Trash) changes nothing
+        spam, _ = c.move("Junk", spam, "Trash")  # deleting spam does not make it ham
+        assert srv.totals() == (1, 1)
+        spam, _ = c.move("Trash", spam, "Junk")
+        assert srv.totals() == (1, 1)
+        # a copy within Junk runs both scripts: it must stay spam
+        c.move("Junk", spam, "Junk")
+        assert (srv.totals(), srv.labels()) == ((1, 1), ["ham", "spam"])
+        # mail not touching Junk is left alone
+        other = c.append("INBOX", msg(3, spam=False))
+        c.move("INBOX", other, "Trash")
+        assert srv.totals() == (1, 1)
+    finally:
+        c.close()
+    # the recipe as shipped runs cleanly: no sieve, pipe or permission error
+    assert srv.errors() == []
+
+
+def test_a_failing_or_slow_pipe_never_fails_the_move(dovecot: Callable[[str], Server]) -> None:
+    """Each fault: the MOVE answers OK, the message is in Junk, nothing is learned and Dovecot
+    logs why. The pipe time limit (10 s by default) is cut to 3 s to keep the test short."""
+    srv = dovecot("plugin {\n  sieve_pipe_exec_timeout = 3s\n}")
+    c = Client(srv.port)
+    gid = grp.getgrnam(DB_GROUP).gr_gid
+    n = 0
+
+    def to_junk() -> float:
+        nonlocal n
+        n += 1
+        before = c.count("Junk")
+        _, took = c.move("INBOX", c.append("INBOX", msg(100 + n)), "Junk")
+        assert c.count("Junk") == before + 1
+        return took
+
+    try:
+        to_junk()
+        assert srv.totals() == (1, 0)
+
+        def hold_lock(seconds: float) -> threading.Thread:
+            """Another writer (an admin's bulk `train`) holds the write lock."""
+            locked = threading.Event()
+
+            def hold() -> None:
+                with closing(sqlite3.connect(srv.db, isolation_level=None)) as conn:
+                    conn.execute("BEGIN IMMEDIATE")
+                    locked.set()
+                    time.sleep(seconds)
+                    conn.rollback()
+            t = threading.Thread(target=hold)
+            t.start()
+            assert locked.wait(5)
+            return t
+
+        # locked for a moment: the pipe waits for its turn and learns
+        t = hold_lock(1.0)
+        took = to_junk()
+        t.join()
+        assert srv.totals() == (2, 0)
+        assert 0.5 < took < 3
+
+        # locked for longer than Dovecot waits: the pipe is killed, the MOVE goes through
+        t = hold_lock(5.0)
+        took = to_junk()
+        t.join()
+        assert srv.totals() == (2, 0)
+        assert 2.5 < took < 5
+        assert any("Forcibly terminated" in e for e in srv.errors())
+
+        # the milter's database, 0640 as one made in a 0750 directory is: the group may read
+        os.chown(srv.db, 0, gid)
+        srv.db.chmod(0o640)
+        seen = len(srv.errors())
+        to_junk()
+        srv.db.chmod(0o660)
+        assert srv.totals() == (2, 0)
+        assert any("attempt to write a readonly database" in e for e in srv.errors()[seen:])
+
+        # no database directory at all (the mail user may not create it)
+        away = srv.db.parent.with_name("away")
+        srv.db.parent.rename(away)
+        seen = len(srv.errors())
+        to_junk()
+        assert not srv.db.parent.exists()
+        away.rename(srv.db.parent)
+        assert srv.totals() == (2, 0)
+        assert any(f"Permission denied: '{srv.db.parent}'" in e for e in srv.errors()[seen:])
+
+        # and it works again once the fault is gone
+        to_junk()
+        assert srv.totals() == (3, 0)
+        assert srv.db.stat().st_gid == gid
+    finally:
+        c.close()
+
+
+def test_without_the_group_the_pipe_fails_and_dovecot_logs_it(
+        dovecot: Callable[[str], Server]) -> None:
+    """The README: with a passwd-file (virtual) userdb, the mail process gets the database's
+    group only from mail_access_groups; without it the pipe exits 1 with "Permission denied"."""
+    srv = dovecot("mail_access_groups =")
+    c = Client(srv.port)
+    try:
+        c.move("INBOX", c.append("INBOX", msg(1)), "Junk")
+        assert c.count("Junk") == 1
+    finally:
+        c.close()
+    assert not srv.db.exists()
+    errors = srv.errors()
+    assert any("spambridge train: [Errno 13] Permission denied" in e for e in errors), errors
+    assert any("spambridge-learn-spam.sh" in e for e in errors), errors
