@@ -13,7 +13,6 @@ import imaplib
 import os
 import re
 import shutil
-import site
 import sqlite3
 import subprocess
 import sys
@@ -61,11 +60,15 @@ def msg(n: int, spam: bool = True) -> bytes:
             f"The meeting agenda and the budget draft, version {n}.\r\n").encode()
 
 
-def pipe_python() -> tuple[str, str]:
-    """An interpreter the mail user can run, and the PYTHONPATH that gives it this checkout's
-    spambridge and the venv's packages (a venv built on a pyenv Python under /root is not
-    reachable by nobody; the system python3 of the same version then is)."""
-    path = os.pathsep.join([str(SRC), *site.getsitepackages()])
+def pipe_python(top: Path) -> tuple[str, str]:
+    """An interpreter the mail user can run, and a PYTHONPATH that gives it this checkout's
+    spambridge: a copy in `top`, since the checkout may lie where nobody cannot read (a clone
+    under /root), and `train` needs no other package. A venv built on a Python under /root is
+    not reachable by nobody either; the system python3 (3.11 on Debian 12) then is."""
+    lib = top / "lib"
+    shutil.copytree(SRC / "spambridge", lib / "spambridge",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    path = str(lib)
     tried = []
     for exe in dict.fromkeys([sys.executable, "/usr/bin/python3"]):
         try:
@@ -108,7 +111,7 @@ def start(top: Path, extra: str = "") -> Generator[Server, None, None]:
     stopped by its PID."""
     sieve = top / "sieve"
     sieve.mkdir()
-    python, path = pipe_python()
+    python, path = pipe_python(top)
     db = top / "spambridge" / "bayes.sqlite"
     for f in (CONTRIB / "sieve").iterdir():
         text = f.read_text()
