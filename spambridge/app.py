@@ -72,6 +72,8 @@ def run(cfg: Config, reload: Callable[[], Config] | None = None) -> int:
         raise ConfigError(f"cannot start the {cfg.milter.engine} engine: {e}") from e
     bridge = AsyncBridge().start()
     pipeline = Pipeline(scanner, bridge, cfg)
+    if reload is not None:
+        reload = _checking_spool(reload)
     if cfg.metrics.host:
         from spambridge import metrics
 
@@ -90,9 +92,7 @@ def run(cfg: Config, reload: Callable[[], Config] | None = None) -> int:
     try:
         ours = _open_socket(spec, cfg)
         privileges.drop(cfg, spec)  # after the socket and the Bayes database exist
-        problem = spool_problem(cfg.milter.spool_dir)  # as the user that will spool
-        if problem:
-            raise ConfigError(f"{key_at(cfg, 'milter', 'spool_dir')}: {problem}")
+        _check_spool(cfg)  # as the user that will spool
     except Exception:
         bridge.stop()
         _remove_own_socket(spec, ours)  # no socket left that nothing will ever answer on
@@ -128,6 +128,23 @@ def run(cfg: Config, reload: Callable[[], Config] | None = None) -> int:
         _remove_own_socket(spec, ours)
     log.info("spambridge stopped")
     return 0
+
+
+def _check_spool(cfg: Config) -> None:
+    """A spool_dir this process cannot write is a config error, at start and at a reload: found
+    per message instead, every message above spool_memory would pass unchecked (on_error)."""
+    problem = spool_problem(cfg.milter.spool_dir)
+    if problem:
+        raise ConfigError(f"{key_at(cfg, 'milter', 'spool_dir')}: {problem}")
+
+
+def _checking_spool(reload: Callable[[], Config]) -> Callable[[], Config]:
+    def checked() -> Config:
+        cfg = reload()
+        _check_spool(cfg)
+        return cfg
+
+    return checked
 
 
 def _remove_own_socket(spec: SocketSpec, ours: tuple[int, int] | None) -> None:

@@ -59,7 +59,7 @@ class Session:
                                         self.cfg.spool_dir)
         except OSError as e:
             self.buffer = MessageBuffer(self.cfg.max_scan_size, self.cfg.max_scan_size + 1)
-            self.failure = ScanError(ErrorKind.ERROR, "spool", clean(str(e)))
+            self.failure = self._spool_failure(e)
 
     def add_recipient(self, rcpt: str) -> None:
         env = self.envelope
@@ -81,8 +81,14 @@ class Session:
         try:
             return self._buf().add_body(chunk)
         except OSError as e:  # spool directory full or not writable: a defined outcome
-            self.failure = ScanError(ErrorKind.ERROR, "spool", clean(str(e)))
+            self.failure = self._spool_failure(e)
             return False
+
+    def _spool_failure(self, e: OSError) -> ScanError:
+        """Named with the spool's directory: a write error ("No space left on device") does not
+        say which filesystem, and the database may be on another one."""
+        where = self.cfg.spool_dir or "(the temporary directory)"
+        return ScanError(ErrorKind.ERROR, "spool", clean(f"spool_dir {where}: {e}"))
 
     @property
     def skip_reason(self) -> SkipReason | None:

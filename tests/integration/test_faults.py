@@ -308,6 +308,8 @@ def test_spool_filling_up_on_the_last_body_chunk(
         assert fake.requests == 0
         expect_healthy(m)
         assert "engine=spool" in m.log
+        # which filesystem is full: the database may be on another one
+        assert f"spool_dir {spool}: [Errno 28] No space left on device" in m.log
 
 
 # ------------------------------------------------------------------------------------------------

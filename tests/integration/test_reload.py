@@ -77,6 +77,9 @@ def test_thresholds_and_policy_change_on_sigusr1(
     "[policy\nreject_at = 8\n",                         # not TOML
     "[policy]\nreject_at = 8\ntag_at = 9\n",            # valid TOML, invalid combination
     "[policy]\nreject_at = 8\nreject_reply = \"550 5.7.1 New\"\n[milter]\nscan_timout = 5\n",
+    # valid, but a spool nobody can write: every message above spool_memory would pass
+    # unchecked, as at start, where it is refused too
+    "[policy]\nreject_at = 8\n[milter]\nspool_dir = \"/nonexistent/spool\"\n",
 ])
 def test_bad_file_is_logged_and_the_old_config_kept(
         milter: tuple[RunningMilter, FakeSpamd, int], bad: str) -> None:
