@@ -691,17 +691,18 @@ def run(cfg: Config, label: str, paths: list[str], *, max_size: int = DEFAULT_MA
     finally:
         progress.stop()
         writer.close()
-        if not writer.folded:
-            print(f"spambridge train: {cfg.bayes.db}: another process kept its snapshot, so "
-                  "the -wal file was not folded back; do not move a file over the database "
-                  "before it is (docs/bayes.md)", file=err)
+        if writer.unfolded:
+            print(f"spambridge train: {cfg.bayes.db}: the -wal file was not folded back "
+                  f"({writer.unfolded}); do not move a file over the database before it is "
+                  "(docs/bayes.md)", file=err)
     for line in said:
         print(line, file=out)
     if not quiet:
         print(trainer.summary.line(time.monotonic() - start), file=out)
         if trainer.summary.learned or trainer.summary.forgotten:
             _note_untrained(cfg, out)
-    return 1 if trainer.summary.failed else 0
+    # what was learned is saved (in the -wal), but a full disk is the admin's business now
+    return 1 if trainer.summary.failed or writer.fold_failed else 0
 
 
 def _folders_in(path: str) -> str:

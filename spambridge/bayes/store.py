@@ -458,7 +458,10 @@ class SqliteWriter:
         _check_opened(self.conn, path)
         self._known = _Known()
         self._version = -1  # data_version _known matches (others' commits change it)
-        self.folded = True  # after close(): the -wal was emptied, or left to another writer
+        # after close(): why the -wal was not folded back ("": emptied, or left to another
+        # writer), and whether SQLite failed at it (a full disk) rather than waited for a reader
+        self.unfolded = ""
+        self.fold_failed = False
         self.timeout = timeout
         self._released = -WRITE_YIELD  # time.monotonic() of our last commit
 
@@ -524,27 +527,27 @@ class SqliteWriter:
         hold the lock for milliseconds); then, if another `train` is writing, it is left to
         that one."""
         self.rollback()
-        folded = self._fold()
+        try:
+            if not self._fold():
+                self.unfolded = "another process kept its snapshot"
+        except sqlite3.Error as e:
+            self.unfolded, self.fold_failed = f"SQLite could not: {e}", True
         self.conn.close()
-        self.folded = folded
 
     def _fold(self) -> bool:
         """The closing checkpoint. True when the -wal is empty, or left to a writer still at
         it (a bulk run's batch), which folds it when it closes: only if that one is killed
         first does the -wal keep its pages (docs/bayes.md). False when a reader kept its
-        snapshot for all of BUSY_TIMEOUT_FOLD, or SQLite failed."""
-        try:
-            conn = self.conn
-            conn.execute("PRAGMA busy_timeout=0")
-            deadline = time.monotonic() + BUSY_TIMEOUT_FOLD
-            # the first column is 1 while the checkpoint could not finish (SQLITE_BUSY)
-            while conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]:
-                if time.monotonic() >= deadline:
-                    return self._writer_active()
-                time.sleep(random.uniform(*WRITE_POLL))
-            return True
-        except sqlite3.Error:
-            return False
+        snapshot for all of BUSY_TIMEOUT_FOLD; SQLite's own failures (a full disk) raise."""
+        conn = self.conn
+        conn.execute("PRAGMA busy_timeout=0")
+        deadline = time.monotonic() + BUSY_TIMEOUT_FOLD
+        # the first column is 1 while the checkpoint could not finish (SQLITE_BUSY)
+        while conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]:
+            if time.monotonic() >= deadline:
+                return self._writer_active()
+            time.sleep(random.uniform(*WRITE_POLL))
+        return True
 
     def _writer_active(self) -> bool:
         """Whether another connection holds the write lock (busy_timeout is 0 here)."""

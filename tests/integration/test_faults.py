@@ -315,6 +315,58 @@ def test_spool_filling_up_on_the_last_body_chunk(
 # ------------------------------------------------------------------------------------------------
 # the Bayes token database, locked by training
 
+
+def test_train_on_a_disk_too_full_to_fold_its_wal_says_so(tmp_path: Path) -> None:
+    """The batch fits in the -wal, but folding it back needs as much again: `train` said that
+    "another process kept its snapshot" (none had) and exited 0. It must name SQLite's error
+    and exit 1. How much free space makes the commit fit and the fold fail depends on page
+    layouts, so a few amounts are tried (each a fresh database on a 4 MiB tmpfs)."""
+    import random
+    import sys
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    rng = random.Random(1)
+    for k, n in ((1, 20), (2, 40)):  # many unique words: every message adds pages
+        (tmp_path / f"m{k}").mkdir()
+        for i in range(n):
+            words = " ".join(f"w{k}x{rng.randrange(10**9)}" for _ in range(300))
+            (tmp_path / f"m{k}" / f"{i}.eml").write_text(f"From: a@b\nSubject: s{i}\n\n{words}\n")
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    db = mnt / "bayes.sqlite"
+
+    def train(folder: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "spambridge", "train", "--db", str(db),
+                               "--spam", str(tmp_path / folder)],
+                              capture_output=True, text=True, timeout=60)
+
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    seen = []
+    try:
+        for leave in range(250_000, 500_001, 25_000):
+            for f in mnt.iterdir():
+                f.unlink()
+            assert train("m1").returncode == 0
+            st = os.statvfs(mnt)
+            (mnt / "filler").write_bytes(b"\0" * (st.f_bavail * st.f_frsize - leave))
+            r = train("m2")
+            seen.append((leave, r.returncode, r.stderr.strip()[-80:]))
+            if "Learned 40 of 40" in r.stdout:  # the commit fitted
+                if "not folded back" in r.stderr:
+                    break
+                assert r.returncode == 0, r.stderr  # folded as well: room for both
+        else:
+            pytest.fail(f"no free space gave a commit that fits and a fold that does not: {seen}")
+        assert r.returncode == 1
+        assert (f"{db}: the -wal file was not folded back (SQLite could not: database or disk "
+                "is full)") in r.stderr
+        assert "another process" not in r.stderr and "Traceback" not in r.stderr
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
 @pytest.fixture
 def trained_db(tmp_path: Path) -> Path:
     """A small database trained through the real `spambridge train`."""
