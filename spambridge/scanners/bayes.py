@@ -30,16 +30,38 @@ ENGINE = "bayes"
 log = logging.getLogger("spambridge")
 
 
-class _Reader:
-    """The shared connection, and the file (device, inode) it was opened on."""
+FileId = tuple[int, int, int, int]  # device, inode, size, mtime (ns)
 
-    def __init__(self, path: str) -> None:
-        try:
-            st = os.stat(path)  # before opening: a file moved in between is seen next message
-        except FileNotFoundError as e:
-            raise store.StoreError(store.no_database(path)) from e
-        self.file = (st.st_dev, st.st_ino)
+
+def _file_id(st: os.stat_result) -> FileId:
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+class _Reader:
+    """The shared connection, and the file it was opened on (taken before opening: a change
+    in between is seen at the next message)."""
+
+    def __init__(self, path: str, st: os.stat_result) -> None:
+        self.file = _file_id(st)
         self.reader = store.SqliteReader(path)
+
+
+def stale_wal(path: str, st: os.stat_result) -> str:
+    """Why the -wal beside a database file just moved into place (`st`) belongs to the file
+    before it, or "". Its pages would be read as the new file's, and folded into it by the
+    last connection to close: the database an admin put in place would silently become the
+    old one (SQLite cannot tell whose -wal it is)."""
+    try:
+        wal = os.stat(path + "-wal")
+    except OSError:
+        return ""
+    if not wal.st_size or wal.st_mtime_ns > st.st_ctime_ns:
+        return ""  # empty, or written since the file was put in place
+    return (f"{path}-wal holds {wal.st_size} bytes written for the file {path} replaced; "
+            "SQLite would read them as the new file's and fold them into it, so it is not "
+            f"opened: with no `train` or `check` running on it, delete {path}-wal and "
+            f"{path}-shm (the new file is whole without them), or copy the database in "
+            "through SQLite (docs/bayes.md)")
 
 
 class BayesScanner:
@@ -57,7 +79,8 @@ class BayesScanner:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bayes")
         self._local = threading.local()  # each thread's Scorer (its f(w) cache)
         self._reader: _Reader | None = None
-        self._lock = threading.Lock()  # guards _reader and its use
+        self._file: FileId | None = None  # the file last opened (kept when it is dropped)
+        self._lock = threading.Lock()  # guards _reader, _file and their use
         if create and not os.path.exists(cfg.db):
             try:
                 store.create(cfg.db)
@@ -143,19 +166,29 @@ class BayesScanner:
         return scorer
 
     def _current(self) -> _Reader:
-        """The shared reader, reopened when the file was replaced (called with the lock)."""
+        """The shared reader, reopened when the file changed (called with the lock): replaced
+        (a retrained copy moved in), or written over in place (`cp`), where SQLite's caches and
+        ours would mix the two files' pages. SQLite's own writes change it too (a `train`'s
+        closing checkpoint): reopening then costs a connection, and the cache is stale anyway."""
+        path = self.cfg.db
+        try:
+            st = os.stat(path)
+        except FileNotFoundError as e:
+            self._drop()
+            raise store.StoreError(store.no_database(path)) from e
         r = self._reader
-        if r is not None:
-            try:
-                st = os.stat(self.cfg.db)
-                replaced = (st.st_dev, st.st_ino) != r.file
-            except OSError:
-                replaced = True
-            if not replaced:
-                return r
-            self._drop()  # first close the old file, so SQLite folds and removes its -wal
-            log.info("Bayes database %s was replaced or removed: reopening", self.cfg.db)
-        self._reader = _Reader(self.cfg.db)
+        if r is not None and r.file == _file_id(st):
+            return r
+        self._drop()  # first close the old file, so SQLite folds and removes its -wal
+        if self._file is not None and self._file[:2] != _file_id(st)[:2]:
+            # another inode: only a move or a new file does that, never SQLite (whose own
+            # checkpoints rewrite the file in place, with the -wal still holding their pages)
+            stale = stale_wal(path, st)
+            if stale:
+                raise store.StoreError(stale)
+            log.info("Bayes database %s was replaced or removed: reopening", path)
+        self._reader = _Reader(path, st)
+        self._file = self._reader.file
         return self._reader
 
     def _drop(self) -> None:

@@ -5,6 +5,8 @@ guarantees under a concurrent reader and a killed writer."""
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import signal
 import socket
 import sqlite3
@@ -586,6 +588,102 @@ def test_scoring_while_train_writes_in_another_process(tmp_path: Path, db: Path,
     assert scored + untrained > 0
     assert all(n % 100 == 0 for n in seen_spam)  # readers only ever see whole batches
     assert totals(db) == (3000, 30)
+
+
+def small_db(path: Path, offset: int, capsys: pytest.CaptureFixture[str]) -> Path:
+    """A database trained on 6 spam and 6 ham of its own (`offset` picks which)."""
+    for label, spam in (("--spam", True), ("--ham", False)):
+        d = path.parent / f"{path.name}-{label[2:]}"
+        folder(d, [mail(offset + i, spam) for i in range(6)])
+        assert run("train", "--db", str(path), label, str(d), capsys=capsys)[0] == 0
+    return path
+
+
+def test_a_database_copied_over_in_place_is_read_afresh(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`cp backup.sqlite bayes.sqlite` keeps the inode and does not change SQLite's
+    data_version: the milter went on mixing its cached counts and pages of the old file with
+    the new file's (an ops review: 17 of 60 scores matched neither database)."""
+    live, old, new = (small_db(tmp_path / n, o, capsys) for n, o in
+                      (("live.sqlite", 0), ("old.sqlite", 0), ("new.sqlite", 100)))
+    probe = mail(103, True) + b"extra words agenda budget\n"
+
+    def score(path: Path) -> float:
+        s = BayesScanner(BayesConfig(db=str(path), min_trained=1), create=False)
+        try:
+            return s.score_now(probe).score
+        finally:
+            s.close()
+
+    scanner = BayesScanner(BayesConfig(db=str(live), min_trained=1), create=False)
+    try:
+        assert scanner.score_now(probe).score == score(old) != score(new)
+        shutil.copyfile(new, live)  # same inode
+        assert scanner.score_now(probe).score == score(new)
+        assert scanner.totals() == store.Totals(6, 6)
+    finally:
+        scanner.close()
+
+
+def test_a_moved_in_database_is_not_read_through_the_old_files_wal(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The documented copy-in through SQLite, while the milter reads, leaves the copy in the
+    -wal; a later `mv` of another file into place then read (and at the milter's stop folded)
+    that -wal into the moved-in file: the admin's database silently became the old one. Now
+    the moved-in file is not opened until the stale -wal is gone, and the reason is given."""
+    live = small_db(tmp_path / "live.sqlite", 0, capsys)
+    copied = small_db(tmp_path / "copied.sqlite", 100, capsys)
+    moved = small_db(tmp_path / "moved.sqlite", 200, capsys)
+    probe = mail(201, True)
+    scanner = BayesScanner(BayesConfig(db=str(live), min_trained=1), create=False)
+    try:
+        scanner.score_now(probe)
+        src = sqlite3.connect(copied)
+        dst = sqlite3.connect(live)
+        src.backup(dst)  # the copy-in, as docs/bayes.md showed it (no checkpoint after)
+        src.close()
+        dst.close()
+        wal = Path(f"{live}-wal")
+        assert wal.stat().st_size > 0  # the milter's open connection kept it from being folded
+        time.sleep(0.01)
+        os.replace(moved, live)  # the `mv` deploy
+        with pytest.raises(ScanError) as e:
+            scanner.score_now(probe)
+        assert e.value.kind is ErrorKind.UNAVAILABLE
+        assert f"{live}-wal holds" in e.value.detail and "is not opened" in e.value.detail
+        wal.unlink()
+        Path(f"{live}-shm").unlink()
+        assert scanner.score_now(probe).score > 0.9
+    finally:
+        scanner.close()
+    assert totals(live) == (6, 6)
+    with sqlite3.connect(live) as c:  # the moved-in file is the one in place: its own message
+        assert c.execute("SELECT count(*) FROM messages").fetchone()[0] == 12
+    assert tokens(live).get("unique201x1") == (1, 0)
+
+
+def test_the_documented_copy_in_folds_what_it_wrote(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """docs/bayes.md's one-liner, run as written while the milter reads: the copy is used at
+    once and leaves no -wal behind for a later `mv` to be read through."""
+    docs = (Path(__file__).parents[2] / "docs" / "bayes.md").read_text()
+    line = re.search(r"`(python3 -c '[^`]*backup[^`]*)`", docs)
+    assert line, "the copy-in one-liner is gone from docs/bayes.md"
+    live = small_db(tmp_path / "live.sqlite", 0, capsys)
+    new = small_db(tmp_path / "new.sqlite", 100, capsys)
+    scanner = BayesScanner(BayesConfig(db=str(live), min_trained=1), create=False)
+    try:
+        before = scanner.score_now(mail(101, True)).score
+        cmd = line.group(1).replace("new.sqlite", str(new)).replace(
+            "/var/lib/spambridge/bayes.sqlite", str(live))
+        r = subprocess.run(cmd, shell=True, capture_output=True, text=True, check=False)
+        assert (r.returncode, r.stdout.strip()) == (0, "(0, 0, 0)"), r.stderr
+        assert Path(f"{live}-wal").stat().st_size == 0
+        assert scanner.score_now(mail(101, True)).score != before
+    finally:
+        scanner.close()
+    assert tokens(live).get("unique101x1") == (1, 0)
 
 
 def test_killed_train_leaves_a_consistent_database(tmp_path: Path, db: Path) -> None:
