@@ -509,7 +509,8 @@ def main() -> int:
     ap.add_argument("variants", nargs="*", help="names (default: all of them); nonedge:LO:HI "
                     "is nonedge learning unless ham scores <= LO or spam >= HI; "
                     "nonedge-gate:N learns everything until both classes hold N, "
-                    "nonedge-class-gate:N every message of a class holding fewer than N")
+                    "nonedge-class-gate:N every message of a class holding fewer than N "
+                    "(either with :LO:HI for the certainty thresholds)")
     ap.add_argument("--salt", default="", help="another split of the same kind")
     ap.add_argument("--bogofilter", action="store_true", help="add bogofilter's line")
     ap.add_argument("--list", action="store_true")
@@ -535,9 +536,10 @@ def main() -> int:
             lo, hi = (float(x) for x in name.split(":")[1:])
             VARIANTS[name] = Variant(regime=nonedge(lo, hi))
         elif name.startswith(("nonedge-gate:", "nonedge-class-gate:")):
-            n = int(name.split(":")[1])
-            VARIANTS[name] = Variant(regime=nonedge(gate=n) if "class" not in name
-                                     else nonedge(class_gate=n))
+            n, *cut = name.split(":")[1:]
+            lo, hi = (float(x) for x in cut) if cut else (0.005, 0.995)
+            VARIANTS[name] = Variant(regime=nonedge(lo, hi, gate=int(n)) if "class" not in name
+                                     else nonedge(lo, hi, class_gate=int(n)))
         v = VARIANTS[name]
         if v.tokenize not in cache:
             cache[v.tokenize] = ({m.path: v.tokenize(strip_markup(raw[m.path])) for m in msgs},
