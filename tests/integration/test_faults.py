@@ -30,6 +30,7 @@ from harness import (
     start_spamd,
     stop_process,
     train_database,
+    wait_until,
 )
 from milterload import Delivery, deliver, deliver_many, summary
 from spamdfakes import SwitchableSpamd
@@ -478,6 +479,9 @@ def test_spool_directory_not_writable(tmp_path: Path, start_milter: Callable[...
             os.chown(spool, pwd.getpwnam("nobody").pw_uid, -1)
         fake = spamd_fakes("good")
         m = spamd_milter(start_milter, fake.port, policy("on_error", action), **milter)
+        # the socket answers before the start's own spool check: take the directory away
+        # only once that has passed
+        wait_until(lambda: "listening on" in m.log, 10, "the milter's start")
         if os.geteuid() == 0:
             os.chown(spool, 0, -1)
         else:
