@@ -21,6 +21,7 @@ import random
 import sqlite3
 import stat
 import time
+import urllib.parse
 from collections import Counter
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
@@ -85,12 +86,17 @@ class TokenCounts(NamedTuple):
 Counts = dict[str, tuple[int, int]]
 
 
-def _connect(path: str, timeout: float) -> sqlite3.Connection:
+def _connect(path: str, timeout: float, readonly: bool = False) -> sqlite3.Connection:
     """A connection with our settings. WAL mode is set by `create`, after the schema check,
-    and persists in the file: opening someone else's SQLite file must not convert it."""
+    and persists in the file: opening someone else's SQLite file must not convert it.
+    `readonly`: SQLite's mode=ro, which never folds the -wal into the file when it closes:
+    after a file was moved in or copied over, the -wal may be the old file's, and a reader
+    closing last would write the old pages into the new file (only `train` folds, at its end,
+    into the file it wrote)."""
+    target = f"file:{urllib.parse.quote(os.path.abspath(path))}?mode=ro" if readonly else path
     try:
-        conn = sqlite3.connect(path, timeout=timeout, isolation_level=None,
-                               check_same_thread=False, cached_statements=512)
+        conn = sqlite3.connect(target, timeout=timeout, isolation_level=None,
+                               check_same_thread=False, cached_statements=512, uri=readonly)
         conn.execute("PRAGMA synchronous=NORMAL")  # in WAL mode: never corrupt, fast commits
         conn.execute("PRAGMA cache_size=-32768")  # 32 MB page cache
         conn.execute("PRAGMA mmap_size=268435456")
@@ -229,10 +235,9 @@ class SqliteReader:
         if not os.path.exists(path):
             raise StoreError(no_database(path))
         self.path = path
-        self.conn = _connect(path, timeout)
+        self.conn = _connect(path, timeout, readonly=True)
         try:
             _check_opened(self.conn, path)
-            self.conn.execute("PRAGMA query_only=ON")
         except StoreError:
             self.conn.close()
             raise

@@ -37,6 +37,14 @@ def _file_id(st: os.stat_result) -> FileId:
     return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
+def _wal_id(path: str) -> FileId | None:
+    """The -wal beside `path` as it is now (None: there is none)."""
+    try:
+        return _file_id(os.stat(path + "-wal"))
+    except OSError:
+        return None
+
+
 class _Reader:
     """The shared connection, and the file it was opened on (taken before opening: a change
     in between is seen at the next message)."""
@@ -46,22 +54,20 @@ class _Reader:
         self.reader = store.SqliteReader(path)
 
 
-def stale_wal(path: str, st: os.stat_result) -> str:
-    """Why the -wal beside a database file just moved into place (`st`) belongs to the file
-    before it, or "". Its pages would be read as the new file's, and folded into it by the
-    last connection to close: the database an admin put in place would silently become the
-    old one (SQLite cannot tell whose -wal it is)."""
-    try:
-        wal = os.stat(path + "-wal")
-    except OSError:
+def stale_wal(path: str, seen: FileId | None) -> str:
+    """Why the -wal beside a database file just moved into place belongs to the file before
+    it, or "": it is the very -wal the old file had when last seen in place (`seen`), not
+    written since, and not empty. Its pages would be read as the new file's, and folded into
+    it by the next `train`: the database an admin put in place would silently become the old
+    one (SQLite cannot tell whose -wal it is). A -wal written since, or a new one (a database
+    made afresh after an `rm`), is the new file's own."""
+    now = _wal_id(path)
+    if now is None or now != seen or not now[2]:
         return ""
-    if not wal.st_size or wal.st_mtime_ns > st.st_ctime_ns:
-        return ""  # empty, or written since the file was put in place
-    return (f"{path}-wal holds {wal.st_size} bytes written for the file {path} replaced; "
-            "SQLite would read them as the new file's and fold them into it, so it is not "
-            f"opened: with no `train` or `check` running on it, delete {path}-wal and "
-            f"{path}-shm (the new file is whole without them), or copy the database in "
-            "through SQLite (docs/bayes.md)")
+    return (f"{path}-wal holds {now[2]} bytes written for the file {path} replaced; SQLite "
+            "would read them as the new file's, so it is not opened: with no `train` or "
+            f"`check` running on it, delete {path}-wal and {path}-shm (what was moved in is "
+            "whole without them) — or next time fold the -wal first (docs/bayes.md)")
 
 
 class BayesScanner:
@@ -80,6 +86,7 @@ class BayesScanner:
         self._local = threading.local()  # each thread's Scorer (its f(w) cache)
         self._reader: _Reader | None = None
         self._file: FileId | None = None  # the file last opened (kept when it is dropped)
+        self._wal: FileId | None = None  # its -wal, as last seen while the file was in place
         self._lock = threading.Lock()  # guards _reader, _file and their use
         if create and not os.path.exists(cfg.db):
             try:
@@ -178,17 +185,19 @@ class BayesScanner:
             raise store.StoreError(store.no_database(path)) from e
         r = self._reader
         if r is not None and r.file == _file_id(st):
+            self._wal = _wal_id(path)
             return r
-        self._drop()  # first close the old file, so SQLite folds and removes its -wal
+        self._drop()  # read-only: closing never folds the -wal into whatever is there now
         if self._file is not None and self._file[:2] != _file_id(st)[:2]:
             # another inode: only a move or a new file does that, never SQLite (whose own
             # checkpoints rewrite the file in place, with the -wal still holding their pages)
-            stale = stale_wal(path, st)
+            stale = stale_wal(path, self._wal)
             if stale:
                 raise store.StoreError(stale)
             log.info("Bayes database %s was replaced or removed: reopening", path)
         self._reader = _Reader(path, st)
         self._file = self._reader.file
+        self._wal = _wal_id(path)
         return self._reader
 
     def _drop(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path
 
@@ -209,3 +210,31 @@ def test_a_spool_dir_that_cannot_take_a_file_is_named(tmp_path: Path) -> None:
         "spool_memory would get on_error"]
     cfg = from_mapping({"milter": {"engine": "spamd", "spool_dir": str(tmp_path)}})
     assert check_local(cfg).warnings == []
+
+
+def test_check_config_folds_no_stale_wal_into_a_moved_in_database(tmp_path: Path) -> None:
+    """With the milter stopped, check-config was the last connection to close and wrote the
+    old file's -wal into the database just moved in (a review's find): its reader is
+    read-only now, and the moved-in file stays as it was."""
+    live, moved = tmp_path / "bayes.sqlite", tmp_path / "moved.sqlite"
+    for path, n in ((live, 1), (moved, 300)):
+        store.create(str(path))
+        c = sqlite3.connect(path)
+        c.execute("UPDATE totals SET nspam = ?, nham = ?", (n, n))
+        c.commit()
+        c.close()  # the last connection: folded into the file
+    old = sqlite3.connect(live)  # a writer on the old file, its -wal not folded yet
+    old.execute("UPDATE totals SET nspam = 2, nham = 2")
+    old.commit()
+    os.replace(moved, live)  # `mv` with that -wal beside the path
+    old.close()  # SQLite does not fold into a file that moved: the -wal stays
+    wal = Path(f"{live}-wal")
+    assert wal.stat().st_size > 0
+    before = live.read_bytes()
+    check_local(from_mapping({"bayes": {"db": str(live)}}))
+    assert live.read_bytes() == before and wal.stat().st_size > 0
+    wal.unlink()
+    Path(f"{live}-shm").unlink()
+    c = sqlite3.connect(live)
+    assert c.execute("SELECT nspam, nham FROM totals").fetchone() == (300, 300)
+    c.close()
