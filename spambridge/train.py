@@ -182,7 +182,9 @@ def read_path(path: str, max_size: int, mbox: bool = False, stdin: IO[bytes] | N
         if src is None:  # started with fd 0 closed (a daemon's child)
             yield Item("<stdin>", problem="unreadable: standard input is closed", named=True)
             return
-        yield from _read_open(src, "<stdin>", max_size, mbox)  # as a pipe named by path
+        # one message, as a Dovecot or procmail pipe gives it (with an MDA's From_ line,
+        # dropped later): only --mbox splits, for a paragraph can open with "From 9:00 to..."
+        yield from _read_open(src, "<stdin>", max_size, mbox, sniff=False)
         return
     try:
         p = Path(path)
@@ -203,7 +205,9 @@ def read_path(path: str, max_size: int, mbox: bool = False, stdin: IO[bytes] | N
                     files = sorted(e.path for e in entries
                                    if not e.name.startswith(".") and _is_file(e))
                 for f in files:
-                    found = _slurp(f, max(max_size, MBOX_IN_MEMORY), named=False)
+                    # up to max_size only: a folder's big attachments are not read whole to
+                    # be called too large (an mbox over it is streamed, as a big one named)
+                    found = _slurp(f, max_size or MBOX_IN_MEMORY, named=False)
                     if found[1] not in (_DIRECTORY, _STREAM):  # a subdirectory, or a new FIFO
                         yield from _read_file(f, max_size, mbox, found, named=False)
             return
@@ -358,12 +362,13 @@ def _read_stream(path: str, max_size: int, mbox: bool) -> Iterator[Item]:
         yield from _read_open(f, path, max_size, mbox)
 
 
-def _read_open(f: IO[bytes], where: str, max_size: int, mbox: bool) -> Iterator[Item]:
+def _read_open(f: IO[bytes], where: str, max_size: int, mbox: bool,
+               sniff: bool = True) -> Iterator[Item]:
     """A stream (a pipe, stdin): read as it comes, holding at most one message (and never
-    more than `max_size` of it); an mbox (`--mbox`, or a leading "From " line, which the
-    Dovecot pipe never sends) split message by message, anything else one message."""
+    more than `max_size` of it); an mbox (`--mbox`, or with `sniff` a leading "From " line)
+    split message by message, anything else one message."""
     head = f.read(5)
-    if mbox or head == b"From ":
+    if mbox or (sniff and head == b"From "):
         yield from _split_lines(where, itertools.chain([head + f.readline(_LINE)], _lines(f)),
                                 max_size)
         return

@@ -111,16 +111,29 @@ def mbox_of(msgs: list[bytes]) -> bytes:
     return b"".join(b"From x@y Mon Jan  1 00:00:00 2026\n" + m + b"\n" for m in msgs)
 
 
-@pytest.mark.parametrize("flag", [["--mbox"], []])
-def test_an_mbox_on_stdin_is_split(db: Path, flag: list[str]) -> None:
-    """It was learned as one message (or dropped as too large, exit 0) however it was given;
-    an mbox "From " line also means an mbox on stdin, as it does for a file."""
+def test_an_mbox_on_stdin_is_split_with_mbox(db: Path) -> None:
+    """`--mbox -` was learned as one message (or dropped as too large, exit 0)."""
     proc = subprocess.run([sys.executable, "-m", "spambridge", "train", "--db", str(db),
-                           "--spam", *flag, "-"], input=mbox_of([mail(i, True) for i in range(5)]),
+                           "--spam", "--mbox", "-"],
+                          input=mbox_of([mail(i, True) for i in range(5)]),
                           capture_output=True, check=False)
     assert proc.returncode == 0, proc.stderr
     assert b"Learned 5 of 5 messages as spam" in proc.stdout
     assert totals(db) == (5, 0) and tokens(db)["unique4x1"] == (1, 0)
+
+
+def test_one_message_on_stdin_with_an_mda_from_line_stays_one(db: Path) -> None:
+    """A procmail-style pipe sends the From_ line; a body paragraph opening with "From 9:00"
+    looks like the next separator, so without --mbox stdin is one message, as the pipe
+    means it (a review of a first version that split it: the message was learned cut)."""
+    msg = (b"From a@b Mon Jan  1 00:00:00 2026\n" + mail(1, True)
+           + b"\nFrom 9:00 to 17:00 we are open.\n")
+    proc = subprocess.run([sys.executable, "-m", "spambridge", "train", "--db", str(db),
+                           "--spam", "-"], input=msg, capture_output=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert b"<stdin>: learned as spam" in proc.stdout
+    assert b"Learned 1 of 1 messages as spam" in proc.stdout
+    assert tokens(db)["17:00"] == (1, 0)  # the whole body, past the "From 9:00" line
 
 
 def test_an_mbox_in_a_folder_is_split_and_folders_in_it_are_named(

@@ -6,7 +6,8 @@ require ["vnd.dovecot.pipe", "copy", "imapsieve", "environment", "variables"];
 if environment :matches "imap.mailbox" "*" {
   set "mailbox" "${1}";
 }
-if string "${mailbox}" ["Trash", "Junk"] {
+# (i;octet: the names as written, as the config's mailbox names; Sieve's default ignores case)
+if string :comparator "i;octet" "${mailbox}" ["Trash", "Junk"] {
   stop;
 }
 
