@@ -120,6 +120,7 @@ class Config:
     log_level: str = "info"
     source: str = "<defaults>"
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    flags: tuple[str, ...] = ()  # "[bayes] db"-style keys a command-line flag set (key_at)
 
 
 # what a running milter was built with: the socket, the engine and its clients, the cap they
@@ -464,7 +465,10 @@ def _printable(v: str) -> str:
 
 def key_at(cfg: Config, section: str, key: str) -> str:
     """`file:line: [section] key`, for a problem only found at start (a user, a group, a
-    directory): the file is read again to find the line, as the loader does."""
+    directory): the file is read again to find the line, as the loader does; or `command
+    line` when a flag gave the value."""
+    if f"[{section}] {key}" in cfg.flags:
+        return f"command line: [{section}] {key}"
     where = cfg.source
     with contextlib.suppress(OSError):
         where = _Loader(cfg.source, Path(cfg.source).read_text(errors="replace")
@@ -489,6 +493,7 @@ def with_overrides(cfg: Config, **flags: Any) -> Config:
     checks as the keys they stand for, with the flag named in the error."""
     milter, policy, spamd, bayes = cfg.milter, cfg.policy, cfg.spamd, cfg.bayes
     flag = ""
+    given: list[str] = []  # keys whose later errors are the command line's, not the file's
     try:
         if flags.get("socket") is not None:
             flag = "--socket"
@@ -505,6 +510,7 @@ def with_overrides(cfg: Config, **flags: Any) -> Config:
             spamd = replace(spamd, host=host, port=port, socket=sock)
         if flags.get("db") is not None:
             bayes = replace(bayes, db=flags["db"])
+            given.append("[bayes] db")
         tag = flags.get("tag_at")
         rej = flags.get("reject_at")
         if tag is not None or rej is not None:
@@ -520,4 +526,5 @@ def with_overrides(cfg: Config, **flags: Any) -> Config:
             policy = replace(policy, tag_only=True)
     except ValueError as e:
         raise ConfigError(f"command line: {flag}: {e}") from e
-    return validate(replace(cfg, milter=milter, policy=policy, spamd=spamd, bayes=bayes))
+    return validate(replace(cfg, milter=milter, policy=policy, spamd=spamd, bayes=bayes,
+                            flags=(*cfg.flags, *given)))

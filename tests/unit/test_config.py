@@ -170,3 +170,15 @@ def test_a_unix_socket_path_the_kernel_cannot_bind_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="may be at most 107 bytes long"):
         with_overrides(load(None), socket="unix:/" + "a" * 107)
     assert with_overrides(load(None), socket="unix:/" + "a" * 106).milter.socket.endswith("a")
+
+
+def test_a_start_error_names_the_flag_or_the_files_line(tmp_path: Path) -> None:
+    """`run --db PATH` with a directory the milter's user cannot write blamed the config
+    file's [bayes] db line, which the flag had overridden."""
+    from spambridge.config import key_at
+
+    path = write(tmp_path, "[milter]\nengine = \"bayes\"\n\n[bayes]\ndb = \"/srv/a.sqlite\"\n")
+    cfg = load(path)
+    assert key_at(cfg, "bayes", "db") == f"{path}:5: [bayes] db"
+    assert key_at(with_overrides(cfg, db="/srv/b.sqlite"), "bayes", "db") == (
+        "command line: [bayes] db")
