@@ -15,7 +15,7 @@ import ssl
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from email.utils import formatdate
 from pathlib import Path
@@ -63,6 +63,32 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 20.0,
 
 # ------------------------------------------------------------------------------------------------
 # real spamd
+
+
+@contextlib.contextmanager
+def running_dovecot(binary: str, conf: Path, probe: Callable[[], object], what: str
+                    ) -> Iterator[subprocess.Popen[bytes]]:
+    """A private Dovecot (`dovecot -F -c conf`) until the block ends, stopped by its PID;
+    `probe` connects to its listener and raises OSError until it answers."""
+    proc = subprocess.Popen([binary, "-F", "-c", str(conf)], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        def listening() -> bool:
+            try:
+                probe()
+                return True
+            except OSError:
+                return proc.poll() is not None  # it died: fail below, not by waiting
+        wait_until(listening, 20, what)
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 @dataclass

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from harness import free_port, wait_until
+from harness import free_port, running_dovecot
 
 import spambridge
 
@@ -176,25 +176,9 @@ service anvil {{
     # the README's `sievec` step: the mail user cannot write the compiled scripts next to them
     for s in ("report-spam.sieve", "report-ham.sieve"):
         subprocess.run([SIEVEC, "-c", str(conf), str(sieve / s)], check=True)
-    proc = subprocess.Popen([DOVECOT, "-F", "-c", str(conf)], stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        def listening() -> bool:
-            try:
-                imaplib.IMAP4("127.0.0.1", port).shutdown()
-                return True
-            except OSError:
-                return proc.poll() is not None  # it died: fail below, not by waiting
-        wait_until(listening, 20, "Dovecot's IMAP listener")
-        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+    with running_dovecot(DOVECOT, conf, lambda: imaplib.IMAP4("127.0.0.1", port).shutdown(),
+                         "Dovecot's IMAP listener"):
         yield Server(port, top, db, top / "dovecot.log")
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.fixture

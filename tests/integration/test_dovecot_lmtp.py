@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import shutil
 import smtplib
-import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import free_port, wait_until
+from harness import free_port, running_dovecot
 
 from spambridge.bayes.tokenizer import tokenize
 
@@ -66,25 +65,11 @@ service anvil {{
   chroot =
 }}
 """)
-    proc = subprocess.Popen([DOVECOT, "-F", "-c", str(conf)], stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        def listening() -> bool:
-            try:
-                smtplib.LMTP("127.0.0.1", port).quit()
-                return True
-            except OSError:
-                return proc.poll() is not None  # it died: fail below, not by waiting
-        wait_until(listening, 20, "Dovecot's LMTP listener")
-        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-        yield port, mail
+        with running_dovecot(DOVECOT, conf, lambda: smtplib.LMTP("127.0.0.1", port).quit(),
+                             "Dovecot's LMTP listener"):
+            yield port, mail
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
         shutil.rmtree(top, ignore_errors=True)
 
 
