@@ -85,7 +85,7 @@ class Summary:
         """Count an item that could not be learned from (item.data is None)."""
         if item.problem == "too large":
             self.too_large += 1
-        elif item.problem == "not mail":
+        elif item.problem.startswith("not mail"):
             self.not_mail += 1
         else:
             self.unreadable += 1
@@ -373,7 +373,26 @@ def _read_open(f: IO[bytes], where: str, max_size: int, mbox: bool,
                                 max_size)
         return
     data = head + (f.read(max_size + 1 - len(head)) if max_size else f.read())
+    if not sniff and head == b"From " and _holds_another_message(data):
+        # learned as one message, or dropped as too large, an archive would teach nothing
+        yield Item(where, problem=MBOX_WITHOUT_FLAG, named=True)
+        return
     yield _item(where, data, named=True, max_size=max_size)
+
+
+MBOX_WITHOUT_FLAG = "not mail but several messages (an mbox): give --mbox to split it"
+_NEXT_FROM = re.compile(rb"\n\r?\nFrom ")
+
+
+def _holds_another_message(data: bytes) -> bool:
+    """A separator line after a blank line, with a header block after it: a second message
+    (a body paragraph such as "From 9:00 to 17:00 we are open." is followed by prose)."""
+    for m in itertools.islice(_NEXT_FROM.finditer(data), 100):
+        line_end = data.find(b"\n", m.end())
+        if line_end > 0 and _SEPARATOR_REST.match(data, m.end(), line_end) and looks_like_mail(
+                data[line_end + 1 : line_end + 1 + 8192]):
+            return True
+    return False
 
 
 def _stream_mbox(p: Path, max_size: int) -> Iterator[Item]:

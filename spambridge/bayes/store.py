@@ -93,7 +93,9 @@ def _connect(path: str, timeout: float, readonly: bool = False) -> sqlite3.Conne
     after a file was moved in or copied over, the -wal may be the old file's, and a reader
     closing last would write the old pages into the new file (only `train` folds, at its end,
     into the file it wrote)."""
-    target = f"file:{urllib.parse.quote(os.path.abspath(path))}?mode=ro" if readonly else path
+    # quoted from the bytes: a path that is not UTF-8 (given as --db) is still a path
+    target = (f"file:{urllib.parse.quote(os.fsencode(os.path.abspath(path)))}?mode=ro"
+              if readonly else path)
     try:
         conn = sqlite3.connect(target, timeout=timeout, isolation_level=None,
                                check_same_thread=False, cached_statements=512, uri=readonly)

@@ -38,9 +38,10 @@ def _file_id(st: os.stat_result) -> FileId:
 
 
 def _wal_id(path: str) -> FileId | None:
-    """The -wal beside `path` as it is now (None: there is none)."""
+    """The -wal SQLite uses for `path` as it is now (None: there is none): beside the file a
+    symlink points to, as SQLite resolves it."""
     try:
-        return _file_id(os.stat(path + "-wal"))
+        return _file_id(os.stat(os.path.realpath(path) + "-wal"))
     except OSError:
         return None
 
@@ -64,6 +65,7 @@ def stale_wal(path: str, seen: FileId | None) -> str:
     now = _wal_id(path)
     if now is None or now != seen or not now[2]:
         return ""
+    path = os.path.realpath(path)
     return (f"{path}-wal holds {now[2]} bytes written for the file {path} replaced; SQLite "
             "would read them as the new file's, so it is not opened: with no `train` or "
             f"`check` running on it, delete {path}-wal and {path}-shm (what was moved in is "

@@ -122,6 +122,19 @@ def test_an_mbox_on_stdin_is_split_with_mbox(db: Path) -> None:
     assert totals(db) == (5, 0) and tokens(db)["unique4x1"] == (1, 0)
 
 
+def test_an_mbox_on_stdin_without_mbox_is_refused_not_learned_as_one(db: Path) -> None:
+    """`xzcat box.xz | train --spam -` learned five messages as one, or dropped a big archive
+    as too large, with exit 0."""
+    for box in (mbox_of([mail(i, True) for i in range(5)]),
+                mbox_of([mail(i, True) for i in range(3000)])):  # over --max-size
+        proc = subprocess.run([sys.executable, "-m", "spambridge", "train", "--db", str(db),
+                               "--spam", "-"], input=box, capture_output=True, check=False)
+        assert proc.returncode == 1
+        assert b"<stdin>: not mail but several messages (an mbox): give --mbox" in proc.stderr
+        assert b"Learned 0 of 1 messages as spam (1 not mail)" in proc.stdout
+    assert not db.exists() or totals(db) == (0, 0)
+
+
 def test_one_message_on_stdin_with_an_mda_from_line_stays_one(db: Path) -> None:
     """A procmail-style pipe sends the From_ line; a body paragraph opening with "From 9:00"
     looks like the next separator, so without --mbox stdin is one message, as the pipe
@@ -638,9 +651,9 @@ def test_a_database_copied_over_in_place_is_read_afresh(
         scanner.close()
 
 
+@pytest.mark.parametrize("link", [False, True])
 def test_a_moved_in_database_is_not_read_through_the_old_files_wal(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str],
-        caplog: pytest.LogCaptureFixture) -> None:
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], link: bool) -> None:
     """The copy-in through SQLite as the docs first showed it, while the milter reads, left the
     copy in the -wal; a later `mv` of another file into place then read (and at the milter's
     stop folded) that -wal into the moved-in file: the admin's database silently became the
@@ -650,11 +663,15 @@ def test_a_moved_in_database_is_not_read_through_the_old_files_wal(
     copied = small_db(tmp_path / "copied.sqlite", 100, capsys)
     moved = small_db(tmp_path / "moved.sqlite", 200, capsys)
     probe = mail(201, True)
-    scanner = BayesScanner(BayesConfig(db=str(live), min_trained=1), create=False)
+    db = live
+    if link:  # the configured path a symlink: SQLite keeps the -wal beside the target
+        db = tmp_path / "bayes.sqlite"
+        db.symlink_to(live)
+    scanner = BayesScanner(BayesConfig(db=str(db), min_trained=1), create=False)
     try:
         scanner.score_now(probe)
         src = sqlite3.connect(copied)
-        dst = sqlite3.connect(live)
+        dst = sqlite3.connect(db)
         src.backup(dst)  # the copy-in, as docs/bayes.md showed it (no checkpoint after)
         src.close()
         dst.close()
@@ -868,3 +885,20 @@ def test_check_explain_and_batch_do_not_mix(capsys: pytest.CaptureFixture[str]) 
         cli.main(["check", "--explain", "--batch", "x.eml"])
     assert e.value.code == 2
     assert "--batch: not allowed with argument --explain" in capsys.readouterr().err
+
+
+def test_a_database_path_that_is_not_utf8_is_still_read(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--db` can name any path; the read-only connection's URI was built from str, and every
+    message came back unchecked=error for a Latin-1 directory name."""
+    d = tmp_path / os.fsdecode(b"lat\xe9")
+    d.mkdir()
+    db = small_db(d / "bayes.sqlite", 0, capsys)
+    cfg = tmp_path / "spambridge.toml"
+    cfg.write_text("[bayes]\nmin_trained = 1\n")
+    probe = tmp_path / "probe.eml"
+    probe.write_bytes(mail(1, True))
+    code, out, err = run("check", "--config", str(cfg), "--db", str(db), "--batch", str(probe),
+                         capsys=capsys)
+    assert code == 0, err
+    assert out.split("\t")[2].strip() in ("spam", "reject")
