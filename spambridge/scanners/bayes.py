@@ -1,11 +1,12 @@
 """The local SpamBayes engine as a scanner: tokenize → one store lookup → chi² combining.
 
 That work is CPU-bound and blocking, so it runs in a small thread pool owned by the scanner
-(a classifier per thread), never on the asyncio loop. The threads share one SQLite connection,
-taken in turn for the lookup (a few tens of µs of the ~0.5 ms a message costs): when the file is
-replaced (a retrained copy moved into place) that one connection is closed before the new file
-is opened, so no connection to the old file is left to fold its -wal into the new one's. The
-milter's cap still holds because the tokenizer's work is bounded (`max_bytes`, `max_tokens`).
+(a classifier per thread), never on the asyncio loop. The threads share one read-only SQLite
+connection, taken in turn for the lookup (a few tens of µs of the ~0.5 ms a message costs):
+when the file is replaced (a retrained copy moved into place) or written over, that one
+connection is closed before the file is opened again, and being read-only it never folds a
+-wal into anything. The milter's cap still holds because the tokenizer's work is bounded
+(`max_bytes`, `max_tokens`).
 Every failure — no database, a locked or corrupt one, a bug — comes back as a typed ScanError.
 """
 
