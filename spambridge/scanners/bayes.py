@@ -38,22 +38,18 @@ def _file_id(st: os.stat_result) -> FileId:
     return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
-def _wal_id(path: str) -> FileId | None:
-    """The -wal SQLite uses for `path` as it is now (None: there is none): beside the file a
-    symlink points to, as SQLite resolves it."""
+def _wal_path(path: str) -> str:
+    """The -wal SQLite uses for `path`: beside the file a symlink points to, as SQLite
+    resolves it."""
+    return os.path.realpath(path) + "-wal"
+
+
+def _wal_id(wal: str) -> FileId | None:
+    """That -wal as it is now (None: there is none)."""
     try:
-        return _file_id(os.stat(os.path.realpath(path) + "-wal"))
+        return _file_id(os.stat(wal))
     except OSError:
         return None
-
-
-class _Reader:
-    """The shared connection, and the file it was opened on (taken before opening: a change
-    in between is seen at the next message)."""
-
-    def __init__(self, path: str, st: os.stat_result) -> None:
-        self.file = _file_id(st)
-        self.reader = store.SqliteReader(path)
 
 
 def stale_wal(path: str, seen: FileId | None) -> str:
@@ -63,7 +59,7 @@ def stale_wal(path: str, seen: FileId | None) -> str:
     it by the next `train`: the database an admin put in place would silently become the old
     one (SQLite cannot tell whose -wal it is). A -wal written since, or a new one (a database
     made afresh after an `rm`), is the new file's own."""
-    now = _wal_id(path)
+    now = _wal_id(_wal_path(path))
     if now is None or now != seen or not now[2]:
         return ""
     path = os.path.realpath(path)
@@ -87,10 +83,14 @@ class BayesScanner:
         self.limits = limits_for(cfg)
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bayes")
         self._local = threading.local()  # each thread's Scorer (its f(w) cache)
-        self._reader: _Reader | None = None
-        self._file: FileId | None = None  # the file last opened (kept when it is dropped)
-        self._wal: FileId | None = None  # its -wal, as last seen while the file was in place
-        self._lock = threading.Lock()  # guards _reader, _file and their use
+        self._reader: store.SqliteReader | None = None  # the shared connection
+        # the file last opened, as stat saw it just before (a change in between is seen at
+        # the next message), kept when the connection is dropped; its -wal's path, and that
+        # -wal as last seen while the file was in place
+        self._file: FileId | None = None
+        self._wal_path = ""
+        self._wal: FileId | None = None
+        self._lock = threading.Lock()  # guards the four above and the connection's use
         if create and not os.path.exists(cfg.db):
             try:
                 store.create(cfg.db)
@@ -130,7 +130,7 @@ class BayesScanner:
 
     def totals(self) -> store.Totals:
         with self._locked():
-            return self._current().reader.totals()
+            return self._current().totals()
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -151,7 +151,7 @@ class BayesScanner:
             tokens = tokenize(message, self.limits)
             with self._locked():
                 try:
-                    totals, values = self._current().reader.lookup_aligned(tokens)
+                    totals, values = self._current().lookup_aligned(tokens)
                 except (store.StoreError, OSError):
                     self._drop()  # reopened on the next message: the file may be fixed by then
                     raise
@@ -175,7 +175,7 @@ class BayesScanner:
             scorer = self._local.scorer = Scorer(max_clues=self.clues)
         return scorer
 
-    def _current(self) -> _Reader:
+    def _current(self) -> store.SqliteReader:
         """The shared reader, reopened when the file changed (called with the lock): replaced
         (a retrained copy moved in), or written over in place (`cp`), where SQLite's caches and
         ours would mix the two files' pages. SQLite's own writes change it too (a `train`'s
@@ -186,27 +186,28 @@ class BayesScanner:
         except FileNotFoundError as e:
             self._drop()
             raise store.StoreError(store.no_database(path)) from e
-        r = self._reader
-        if r is not None and r.file == _file_id(st):
-            self._wal = _wal_id(path)
-            return r
+        now = _file_id(st)
+        if self._reader is not None and now == self._file:
+            self._wal = _wal_id(self._wal_path)  # one stat: the path is resolved at open
+            return self._reader
         self._drop()  # read-only: closing never folds the -wal into whatever is there now
-        if self._file is not None and self._file[:2] != _file_id(st)[:2]:
+        if self._file is not None and self._file[:2] != now[:2]:
             # another inode: only a move or a new file does that, never SQLite (whose own
             # checkpoints rewrite the file in place, with the -wal still holding their pages)
             stale = stale_wal(path, self._wal)
             if stale:
                 raise store.StoreError(stale)
             log.info("Bayes database %s was replaced or removed: reopening", path)
-        self._reader = _Reader(path, st)
-        self._file = self._reader.file
-        self._wal = _wal_id(path)
+        self._reader = store.SqliteReader(path)
+        self._file = now
+        self._wal_path = _wal_path(path)
+        self._wal = _wal_id(self._wal_path)
         return self._reader
 
     def _drop(self) -> None:
         r, self._reader = self._reader, None
         if r is not None:
-            r.reader.close()
+            r.close()
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
