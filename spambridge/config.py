@@ -172,6 +172,11 @@ def parse_network(text: str) -> Network:
         raise ValueError(f"{text!r} is not an IPv4/IPv6 address or CIDR network") from e
 
 
+def host_port(host: str, port: int) -> str:
+    """HOST:PORT as one writes it, an IPv6 address in brackets (spamd's and metrics')."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def parse_spamd_address(text: str) -> tuple[str, int, str]:
     """`HOST:PORT`, `[v6]:PORT`, `HOST` or an absolute unix socket path → (host, port, socket)."""
     text = text.strip()

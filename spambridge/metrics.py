@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.exposition import start_http_server
 
 from spambridge import __version__
-from spambridge.config import Config, MetricsConfig
+from spambridge.config import Config, MetricsConfig, host_port
 from spambridge.message import MessageBuffer
 from spambridge.milter.bridge import signals_blocked
 from spambridge.pipeline import Evaluation, Pipeline
@@ -117,7 +117,7 @@ def serve(cfg: MetricsConfig, metrics: Metrics) -> Any:
     started = time.monotonic()
     with signals_blocked():
         server = start_http_server(cfg.port, addr=cfg.host, registry=metrics.registry)
-    log.info("metrics on http://%s/metrics (%.0f ms)", _url_host(cfg),
+    log.info("metrics on http://%s/metrics (%.0f ms)", host_port(cfg.host, cfg.port),
              (time.monotonic() - started) * 1000)
     return server
 
@@ -136,6 +136,3 @@ def start(cfg: Config, pipeline: Pipeline,
         raise OSError(f"cannot serve metrics on {cfg.metrics.listen}: {e.strerror or e}") from e
     return metrics.counting_reloads(reload) if reload is not None else None
 
-
-def _url_host(cfg: MetricsConfig) -> str:
-    return f"[{cfg.host}]:{cfg.port}" if ":" in cfg.host else f"{cfg.host}:{cfg.port}"

@@ -38,7 +38,7 @@ from aiospamc.responses import (
     UnavailableException,
 )
 
-from spambridge.config import SpamdConfig
+from spambridge.config import SpamdConfig, host_port
 from spambridge.message import Envelope
 from spambridge.verdict import ErrorKind, ScanError, ScoreResult
 
@@ -115,8 +115,7 @@ class SpamdScanner:
         self.cfg = cfg
         self.total_timeout = total_timeout
         self.client = build_client(cfg, total_timeout)
-        self.target = cfg.socket or (f"[{cfg.host}]:{cfg.port}" if ":" in cfg.host
-                                     else f"{cfg.host}:{cfg.port}")
+        self.target = cfg.socket or host_port(cfg.host, cfg.port)
 
     def user_for(self, envelope: Envelope) -> str:
         if self.cfg.per_recipient_user and len(envelope.recipients) == 1:
