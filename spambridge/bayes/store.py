@@ -14,10 +14,12 @@ database as it was after its last committed batch.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 import random
+import secrets
 import sqlite3
 import stat
 import time
@@ -46,6 +48,9 @@ MAX_VARIABLES = 30_000  # below SQLite's 32,766 host-parameter limit (3.32+)
 CACHE_LIMIT = 200_000  # tokens a reader keeps in memory between database changes
 SPAM, HAM = "spam", "ham"
 _MISS: Any = object()
+# extended attribute a `train` puts on the database file and on the -wal it writes, the same
+# value on both: "<inode of the file>:<random>". SQLite cannot tell whose -wal it is (foreign_wal)
+FILE_MARK = "user.spambridge.file"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tokens(
@@ -117,6 +122,7 @@ def create(path: str) -> None:
     -shm files the database's mode, so a 0640 database, wherever it came from (the milter's
     first start, a retrained copy), would lock the pipe out. When root creates it, it is
     handed to the owner of the directory, normally the milter's user (`/var/lib/spambridge`)."""
+    _refuse_foreign_wal(path)  # before anything reads through it, or makes a file for it
     p = Path(path)
     if not p.parent.exists():
         p.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
@@ -224,6 +230,54 @@ def shifted(c: tuple[int, int] | None, ds: int, dh: int) -> tuple[int, int] | No
     return (s, h) if s or h else None
 
 
+def wal_of(path: str) -> str:
+    """The -wal SQLite uses for `path`: beside the file a symlink points to."""
+    return os.path.realpath(path) + "-wal"
+
+
+def _mark_of(path: str) -> bytes | None:
+    try:
+        return os.getxattr(path, FILE_MARK)
+    except OSError:
+        return None
+
+
+def foreign_wal(path: str) -> str:
+    """Why the -wal beside the database file `path` must not be read with it, or "". SQLite
+    applies whatever -wal has the file's name plus "-wal": after a `train` was killed (or a
+    copy-in left its pages unfolded) and another file was put at the path (`mv`, or `rm`
+    then `cp`), the old file's pages would be read as the new one's, and the next writer
+    would fold them into it, silently making the database put in place the old one. So a
+    `train` marks the file and the -wal it writes alike (FILE_MARK, see SqliteWriter._mark):
+    the -wal is the file's own when both carry the same mark and it names the file's inode
+    (a copy of the file, even one keeping its attributes, is another inode). "" also when
+    there is nothing to tell by: no -wal, an empty one, or one no `train` marked (another
+    program's write, a filesystem without extended attributes)."""
+    real = os.path.realpath(path)
+    wal = real + "-wal"
+    try:
+        if not os.stat(wal).st_size:
+            return ""
+        mark = os.getxattr(wal, FILE_MARK)
+        ino = os.stat(real).st_ino
+    except OSError:  # no file: SQLite deletes the -wal of a database it creates
+        return ""
+    if mark == _mark_of(real) and mark.split(b":")[0] == str(ino).encode():
+        return ""
+    return (f"{path}: its -wal holds pages a `train` wrote for another file: a database was "
+            "put in its place before they were folded in, and SQLite would read them as this "
+            f"file's, so it is not opened. If a database was moved or copied in, move {wal} "
+            f"and {real}-shm aside: the file put in place is whole without them. If both "
+            "were restored together from one backup, fold the -wal in: sqlite3 "
+            f"{real} 'PRAGMA wal_checkpoint(TRUNCATE)' (docs/bayes.md)")
+
+
+def _refuse_foreign_wal(path: str) -> None:
+    problem = foreign_wal(path)
+    if problem:
+        raise StoreError(problem)
+
+
 def no_database(path: str) -> str:
     return f"{path}: no Bayes database (train one with `spambridge train`)"
 
@@ -236,6 +290,7 @@ class SqliteReader:
     def __init__(self, path: str, timeout: float = BUSY_TIMEOUT_READ) -> None:
         if not os.path.exists(path):
             raise StoreError(no_database(path))
+        _refuse_foreign_wal(path)  # before anything reads through it
         self.path = path
         self.conn = _connect(path, timeout, readonly=True)
         try:
@@ -460,9 +515,12 @@ class SqliteWriter:
 
     def __init__(self, path: str, timeout: float = BUSY_TIMEOUT_WRITE) -> None:
         self.path = path
-        create(path)  # a no-op on an existing database of our schema
+        create(path)  # a no-op on a database of our schema; refuses a -wal not the file's
         self.conn = _connect(path, timeout)
         _check_opened(self.conn, path)
+        # the file this connection writes, and its -wal, for _mark
+        self._real = os.path.realpath(path)
+        self._ino = str(os.stat(self._real).st_ino).encode()
         self._known = _Known()
         self._version = -1  # data_version _known matches (others' commits change it)
         # after close(): why the -wal was not folded back ("": emptied, or left to another
@@ -476,6 +534,7 @@ class SqliteWriter:
         try:
             conn = self.conn
             self._lock()
+            self._mark()
             version = conn.execute("PRAGMA data_version").fetchone()[0]
             if version != self._version or len(self._known.counts) > CURRENT_LIMIT:
                 self._known.clear()  # another writer committed in between, or too big
@@ -520,6 +579,23 @@ class SqliteWriter:
             raise StoreError(f"{self.path}: cannot write: {e}") from e
         finally:
             self._released = time.monotonic()
+
+    def _mark(self) -> None:
+        """Give the -wal the file's mark (foreign_wal), under the write lock before the batch
+        writes a page to it, so whatever a killed `train` leaves there is marked. The file
+        gets a mark first if it has none, or one naming another inode (a copy): writers hold
+        the lock here one at a time, so two cannot give it two. If the path no longer holds
+        the file this connection writes (moved over while training), the -wal gets a mark no
+        file has. Where the filesystem has no extended attributes there is nothing to mark
+        with, and the check tells nothing."""
+        with contextlib.suppress(OSError):
+            mark = _mark_of(self._real)
+            if os.stat(self._real).st_ino != int(self._ino):
+                mark = self._ino + b":moved"
+            elif mark is None or mark.split(b":")[0] != self._ino:
+                mark = self._ino + b":" + secrets.token_hex(8).encode()
+                os.setxattr(self._real, FILE_MARK, mark)
+            os.setxattr(self._real + "-wal", FILE_MARK, mark)
 
     def rollback(self) -> None:
         self._known.clear()  # it may hold the abandoned batch's counts

@@ -38,12 +38,6 @@ def _file_id(st: os.stat_result) -> FileId:
     return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
-def _wal_path(path: str) -> str:
-    """The -wal SQLite uses for `path`: beside the file a symlink points to, as SQLite
-    resolves it."""
-    return os.path.realpath(path) + "-wal"
-
-
 def _wal_id(wal: str) -> FileId | None:
     """That -wal as it is now (None: there is none)."""
     try:
@@ -59,7 +53,7 @@ def stale_wal(path: str, seen: FileId | None) -> str:
     it by the next `train`: the database an admin put in place would silently become the old
     one (SQLite cannot tell whose -wal it is). A -wal written since, or a new one (a database
     made afresh after an `rm`), is the new file's own."""
-    now = _wal_id(_wal_path(path))
+    now = _wal_id(store.wal_of(path))
     if now is None or now != seen or not now[2]:
         return ""
     path = os.path.realpath(path)
@@ -194,13 +188,13 @@ class BayesScanner:
         if self._file is not None and self._file[:2] != now[:2]:
             # another inode: only a move or a new file does that, never SQLite (whose own
             # checkpoints rewrite the file in place, with the -wal still holding their pages)
-            stale = stale_wal(path, self._wal)
+            stale = stale_wal(path, self._wal) or store.foreign_wal(path)
             if stale:
                 raise store.StoreError(stale)
             log.info("Bayes database %s was replaced or removed: reopening", path)
         self._reader = store.SqliteReader(path)
         self._file = now
-        self._wal_path = _wal_path(path)
+        self._wal_path = store.wal_of(path)
         self._wal = _wal_id(self._wal_path)
         return self._reader
 

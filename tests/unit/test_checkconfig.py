@@ -238,3 +238,19 @@ def test_check_config_folds_no_stale_wal_into_a_moved_in_database(tmp_path: Path
     c = sqlite3.connect(live)
     assert c.execute("SELECT nspam, nham FROM totals").fetchone() == (300, 300)
     c.close()
+
+
+def test_check_config_warns_of_a_wal_a_train_wrote_for_another_file(tmp_path: Path) -> None:
+    live, moved = tmp_path / "bayes.sqlite", tmp_path / "moved.sqlite"
+    store.create(str(moved))
+    writer = store.SqliteWriter(str(live))  # a `train` on the old file, its batch not folded
+    batch = writer.begin()
+    batch.learn(["token"], "spam")
+    writer.commit(batch)
+    try:
+        os.replace(moved, live)
+        warnings = check_local(from_mapping({"bayes": {"db": str(live)}})).warnings
+        assert len(warnings) == 1 and "holds pages a `train` wrote for another file" in \
+            warnings[0] and warnings[0].endswith("every message would get on_unavailable")
+    finally:
+        writer.conn.close()

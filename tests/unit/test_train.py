@@ -744,6 +744,134 @@ def test_the_documented_copy_in_folds_what_it_wrote(
     assert tokens(live).get("unique101x1") == (1, 0)
 
 
+# a `train` that commits a batch and dies before it folds its -wal back (a kill, a reboot)
+KILLED_TRAIN = """
+import os, sys
+from spambridge.bayes import store
+w = store.SqliteWriter(sys.argv[1])
+b = w.begin()
+b.learn(["killedtoken"], "spam")
+b.mark(b"k" * 16, "spam")
+w.commit(b)
+os._exit(0)
+"""
+
+
+def killed_train(db: Path) -> Path:
+    """Leave `db` as a killed `train` does: its last batch committed to the -wal only."""
+    subprocess.run([sys.executable, "-c", KILLED_TRAIN, str(db)], check=True)
+    wal = Path(f"{db}-wal")
+    assert wal.stat().st_size > 0
+    return wal
+
+
+@pytest.mark.parametrize("backup", [False, True])
+def test_a_database_moved_over_a_killed_trains_wal_is_opened_by_nothing(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], backup: bool) -> None:
+    """`train` killed, then a retrained database moved into place: the -wal still held the old
+    file's last batch, and SQLite reads any -wal of the right name. The running milter's net
+    (the -wal unchanged since its last message) missed it, being written after that message,
+    and a milter started later, `check`, or a Dovecot pipe could not tell at all: the pipe
+    folded the old pages into the new file. Now the -wal says whose it is, and every opener
+    refuses it, changing nothing, with what to do. `backup`: what is moved in is an earlier
+    copy of the very file, its attributes (the mark) kept, as `cp -a` does."""
+    live = small_db(tmp_path / "live.sqlite", 0, capsys)
+    moved = small_db(tmp_path / "moved.sqlite", 200, capsys)
+    if backup:
+        shutil.copy2(live, moved)
+        assert os.getxattr(moved, store.FILE_MARK) == os.getxattr(live, store.FILE_MARK)
+    scanner = BayesScanner(BayesConfig(db=str(live), min_trained=1), create=False)
+    try:
+        scanner.score_now(mail(1, True))  # the milter, running on the old file
+        wal = killed_train(live)
+        os.replace(moved, live)
+        with pytest.raises(ScanError) as e:
+            scanner.score_now(mail(201, True))
+        assert e.value.kind is ErrorKind.UNAVAILABLE
+        assert "holds pages a `train` wrote for another file" in e.value.detail
+    finally:
+        scanner.close()
+    ham = tmp_path / "ham.eml"
+    ham.write_bytes(mail(300, False))
+    code, out, _ = run("check", "--db", str(live), str(ham), capsys=capsys)
+    assert code == 1 and "unchecked=unavailable" in out and f"move {wal} and" in out
+    code, _, err = run("train", "--db", str(live), "--ham", str(ham), capsys=capsys)
+    assert code == 1 and "another file" in err and "not opened" in err
+    started = BayesScanner(BayesConfig(db=str(live), min_trained=1), create=False)  # a restart
+    try:
+        with pytest.raises(ScanError, match="another file"):
+            started.score_now(mail(201, True))
+        os.replace(wal, tmp_path / "aside-wal")  # what the message says to do
+        os.replace(f"{live}-shm", tmp_path / "aside-shm")
+        started.score_now(mail(201, True))
+    finally:
+        started.close()
+    assert totals(live) == (6, 6)  # the moved-in database, whole, and nothing of the old one
+    assert "killedtoken" not in tokens(live)
+    assert tokens(live).get("unique1x1" if backup else "unique201x1") == (1, 0)
+
+
+def test_a_backup_restored_with_rm_then_cp_is_not_read_through_the_old_wal(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`rm bayes.sqlite; cp backup.sqlite bayes.sqlite` after a killed `train`: the copy is a
+    new file, and SQLite read the old -wal's pages as its own. (The `rm` alone is safe: SQLite
+    deletes the -wal of the empty file it then creates.)"""
+    live = small_db(tmp_path / "live.sqlite", 0, capsys)
+    backup = small_db(tmp_path / "backup.sqlite", 200, capsys)
+    wal = killed_train(live)
+    live.unlink()
+    shutil.copyfile(backup, live)
+    ham = folder(tmp_path / "more-ham", [mail(300, False)])
+    code, _, err = run("train", "--db", str(live), "--ham", str(ham), capsys=capsys)
+    assert code == 1 and "another file" in err
+    os.replace(wal, tmp_path / "aside-wal")
+    os.replace(f"{live}-shm", tmp_path / "aside-shm")
+    assert totals(live) == (6, 6) and "killedtoken" not in tokens(live)
+    assert run("train", "--db", str(live), "--ham", str(ham), capsys=capsys)[0] == 0
+    assert totals(live) == (6, 7)
+
+
+def test_a_killed_trains_own_wal_is_read_and_folded_by_the_next_train(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    live = small_db(tmp_path / "live.sqlite", 0, capsys)
+    wal = killed_train(live)
+    mark = os.getxattr(live, store.FILE_MARK)  # the same on the file and its -wal
+    assert os.getxattr(wal, store.FILE_MARK) == mark
+    assert mark.startswith(f"{live.stat().st_ino}:".encode())
+    reader = store.SqliteReader(str(live))
+    try:
+        assert reader.totals() == store.Totals(7, 6)  # the killed run's committed batch counts
+    finally:
+        reader.close()
+    ham = folder(tmp_path / "more-ham", [mail(300, False)])
+    assert run("train", "--db", str(live), "--ham", str(ham), capsys=capsys)[0] == 0
+    assert totals(live) == (7, 7) and wal.stat().st_size == 0
+
+
+def test_a_database_restored_with_its_wal_is_folded_as_the_refusal_says(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Both files copied back from one backup get new inodes: the -wal's mark names the old
+    one. That cannot be told from a -wal left by a moved-over file, so it is refused too; the
+    message gives the fold that keeps its pages."""
+    live = small_db(tmp_path / "live.sqlite", 0, capsys)
+    killed_train(live)
+    restored = tmp_path / "restored"
+    restored.mkdir()
+    for suffix in ("", "-wal"):  # as `cp -a` would: copy2 keeps extended attributes
+        shutil.copy2(f"{live}{suffix}", restored / f"bayes.sqlite{suffix}")
+    db = restored / "bayes.sqlite"
+    ham = folder(tmp_path / "more-ham", [mail(300, False)])
+    code, _, err = run("train", "--db", str(db), "--ham", str(ham), capsys=capsys)
+    assert code == 1 and "restored together" in err
+    fold = re.search(r"sqlite3 (\S+) '(PRAGMA wal_checkpoint\(TRUNCATE\))'", err)
+    assert fold and fold.group(1) == str(db)
+    with sqlite3.connect(fold.group(1)) as c:  # what the sqlite3 command-line tool runs
+        c.execute(fold.group(2))
+    assert totals(db) == (7, 6)  # the backup's last batch kept
+    assert run("train", "--db", str(db), "--ham", str(ham), capsys=capsys)[0] == 0
+    assert totals(db) == (7, 7)
+
+
 def test_killed_train_leaves_a_consistent_database(tmp_path: Path, db: Path) -> None:
     spam = tmp_path / "spam.mbox"
     spam.write_bytes(b"".join(b"From x Mon Jan  1 00:00:00 2026\n" + mail(i, True) + b"\n"
