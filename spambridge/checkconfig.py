@@ -338,6 +338,10 @@ def bayes_state(cfg: Config, r: Report) -> None:
     except store.StoreError as e:
         r.warn(f"[bayes] db: {e}: every message would get on_unavailable")
         return
+    if not store.can_mark(db):
+        r.note(f"[bayes] db: {db}: its filesystem keeps no extended attributes, so pages a "
+               "killed `train` left in its -wal cannot be told from a new file's after a "
+               "database is put in its place: fold them first (docs/bayes.md)")
     if not t.trained(cfg.bayes.min_trained):
         r.note(f"[bayes] db: {db} is not trained yet ({t.nspam} spam, {t.nham} ham; "
                f"min_trained {cfg.bayes.min_trained}): mail gets on_unavailable until it is")

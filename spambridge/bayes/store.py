@@ -15,11 +15,11 @@ database as it was after its last committed batch.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import json
 import os
 import random
-import secrets
 import sqlite3
 import stat
 import time
@@ -48,9 +48,11 @@ MAX_VARIABLES = 30_000  # below SQLite's 32,766 host-parameter limit (3.32+)
 CACHE_LIMIT = 200_000  # tokens a reader keeps in memory between database changes
 SPAM, HAM = "spam", "ham"
 _MISS: Any = object()
-# extended attribute a `train` puts on the database file and on the -wal it writes, the same
-# value on both: "<inode of the file>:<random>". SQLite cannot tell whose -wal it is (foreign_wal)
+# extended attribute a `train` puts on the database file and on the -wal after each commit:
+# the -wal's generation (wal_generation) it committed in. SQLite cannot tell whose -wal it is
+# (foreign_wal)
 FILE_MARK = "user.spambridge.file"
+_WAL_MAGIC = (0x377F0682, 0x377F0683)  # the first four bytes of a -wal (SQLite's file format)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tokens(
@@ -236,10 +238,35 @@ def wal_of(path: str) -> str:
 
 
 def _mark_of(path: str) -> bytes | None:
+    """The FILE_MARK of `path`; None when it has none, or its filesystem keeps no such
+    attributes."""
     try:
         return os.getxattr(path, FILE_MARK)
     except OSError:
         return None
+
+
+def can_mark(path: str) -> bool:
+    """Whether the filesystem of `path` keeps the marks foreign_wal tells by."""
+    try:
+        os.getxattr(path, FILE_MARK)
+    except OSError as e:
+        return e.errno != errno.ENOTSUP
+    return True
+
+
+def wal_generation(wal: str) -> bytes | None:
+    """Which run of pages the -wal holds: the salts of its header, which SQLite draws anew
+    each time it starts the file over (after a checkpoint has folded everything). None when
+    there is none (no -wal, an emptied one)."""
+    try:
+        with open(wal, "rb") as f:
+            head = f.read(32)
+    except OSError:
+        return None
+    if len(head) < 32 or int.from_bytes(head[:4], "big") not in _WAL_MAGIC:
+        return None
+    return head[16:24].hex().encode()
 
 
 def foreign_wal(path: str) -> str:
@@ -247,29 +274,26 @@ def foreign_wal(path: str) -> str:
     applies whatever -wal has the file's name plus "-wal": after a `train` was killed (or a
     copy-in left its pages unfolded) and another file was put at the path (`mv`, or `rm`
     then `cp`), the old file's pages would be read as the new one's, and the next writer
-    would fold them into it, silently making the database put in place the old one. So a
-    `train` marks the file and the -wal it writes alike (FILE_MARK, see SqliteWriter._mark):
-    the -wal is the file's own when both carry the same mark and it names the file's inode
-    (a copy of the file, even one keeping its attributes, is another inode). "" also when
-    there is nothing to tell by: no -wal, an empty one, or one no `train` marked (another
-    program's write, a filesystem without extended attributes)."""
+    would fold them into it, silently making the database put in place the old one. So after
+    each commit a `train` marks the file and the -wal with the -wal's generation: pages of a
+    generation some `train` marked belong to the file that carries that mark. A file put in
+    place carries another or none, and so does an earlier copy of the same file taken before
+    that generation began (a copy taken during it is consistent with the pages: the -wal
+    holds every page written since it began). "" when there is nothing to tell by: no file
+    (SQLite deletes the -wal of a database it creates), no -wal or an emptied one, or a
+    generation no `train` marked (begun by another program, or a `train` killed between its
+    commit and the mark; a filesystem without extended attributes)."""
     real = os.path.realpath(path)
     wal = real + "-wal"
-    try:
-        if not os.stat(wal).st_size:
-            return ""
-        mark = os.getxattr(wal, FILE_MARK)
-        ino = os.stat(real).st_ino
-    except OSError:  # no file: SQLite deletes the -wal of a database it creates
+    generation = wal_generation(wal)
+    if generation is None or _mark_of(wal) != generation or not os.path.exists(real):
         return ""
-    if mark == _mark_of(real) and mark.split(b":")[0] == str(ino).encode():
+    if _mark_of(real) == generation:
         return ""
-    return (f"{path}: its -wal holds pages a `train` wrote for another file: a database was "
-            "put in its place before they were folded in, and SQLite would read them as this "
-            f"file's, so it is not opened. If a database was moved or copied in, move {wal} "
-            f"and {real}-shm aside: the file put in place is whole without them. If both "
-            "were restored together from one backup, fold the -wal in: sqlite3 "
-            f"{real} 'PRAGMA wal_checkpoint(TRUNCATE)' (docs/bayes.md)")
+    return (f"{path}: not opened: its -wal holds pages a `train` wrote for the file that was "
+            "there before (another file was put in its place before they were folded in), "
+            f"and SQLite would read them as this file's. Move {wal} and {real}-shm aside: "
+            "the file in place is whole without them (docs/bayes.md)")
 
 
 def _refuse_foreign_wal(path: str) -> None:
@@ -518,9 +542,9 @@ class SqliteWriter:
         create(path)  # a no-op on a database of our schema; refuses a -wal not the file's
         self.conn = _connect(path, timeout)
         _check_opened(self.conn, path)
-        # the file this connection writes, and its -wal, for _mark
+        # the file this connection writes, for _mark
         self._real = os.path.realpath(path)
-        self._ino = str(os.stat(self._real).st_ino).encode()
+        self._ino = os.stat(self._real).st_ino
         self._known = _Known()
         self._version = -1  # data_version _known matches (others' commits change it)
         # after close(): why the -wal was not folded back ("": emptied, or left to another
@@ -534,7 +558,6 @@ class SqliteWriter:
         try:
             conn = self.conn
             self._lock()
-            self._mark()
             version = conn.execute("PRAGMA data_version").fetchone()[0]
             if version != self._version or len(self._known.counts) > CURRENT_LIMIT:
                 self._known.clear()  # another writer committed in between, or too big
@@ -579,23 +602,30 @@ class SqliteWriter:
             raise StoreError(f"{self.path}: cannot write: {e}") from e
         finally:
             self._released = time.monotonic()
+        self._mark()
 
     def _mark(self) -> None:
-        """Give the -wal the file's mark (foreign_wal), under the write lock before the batch
-        writes a page to it, so whatever a killed `train` leaves there is marked. The file
-        gets a mark first if it has none, or one naming another inode (a copy): writers hold
-        the lock here one at a time, so two cannot give it two. If the path no longer holds
-        the file this connection writes (moved over while training), the -wal gets a mark no
-        file has. Where the filesystem has no extended attributes there is nothing to mark
-        with, and the check tells nothing."""
-        with contextlib.suppress(OSError):
-            mark = _mark_of(self._real)
-            if os.stat(self._real).st_ino != int(self._ino):
-                mark = self._ino + b":moved"
-            elif mark is None or mark.split(b":")[0] != self._ino:
-                mark = self._ino + b":" + secrets.token_hex(8).encode()
-                os.setxattr(self._real, FILE_MARK, mark)
-            os.setxattr(self._real + "-wal", FILE_MARK, mark)
+        """Mark the file and the -wal with the generation just committed in (foreign_wal);
+        the file first, so a `train` killed in between leaves a generation unmarked (nothing
+        to tell by) rather than a -wal marked for a file that is not. A writer racing
+        another across a new generation can leave the -wal marked with one it no longer has:
+        that reads as unmarked, never as another file's. If the path no longer holds the
+        file this connection writes (moved over during the run), only the -wal is marked:
+        then the file in place is not the one marked. Without extended attributes (or
+        permission to set them) nothing is marked, and the check tells nothing."""
+        wal = self._real + "-wal"
+        generation = wal_generation(wal)
+        if generation is None:
+            return
+        try:
+            ours = os.stat(self._real).st_ino == self._ino
+        except OSError:
+            ours = False
+        with contextlib.suppress(OSError):  # the -wal is not marked if the file could not be
+            if ours and _mark_of(self._real) != generation:
+                os.setxattr(self._real, FILE_MARK, generation)
+            if _mark_of(wal) != generation:
+                os.setxattr(wal, FILE_MARK, generation)
 
     def rollback(self) -> None:
         self._known.clear()  # it may hold the abandoned batch's counts

@@ -59,8 +59,8 @@ def stale_wal(path: str, seen: FileId | None) -> str:
     path = os.path.realpath(path)
     return (f"{path}-wal holds {now[2]} bytes written for the file {path} replaced; SQLite "
             "would read them as the new file's, so it is not opened: with no `train` or "
-            f"`check` running on it, delete {path}-wal and {path}-shm (what was moved in is "
-            "whole without them) — or next time fold the -wal first (docs/bayes.md)")
+            f"`check` running on it, move {path}-wal and {path}-shm aside (what was moved in "
+            "is whole without them) — or next time fold the -wal first (docs/bayes.md)")
 
 
 class BayesScanner:
@@ -84,6 +84,7 @@ class BayesScanner:
         self._file: FileId | None = None
         self._wal_path = ""
         self._wal: FileId | None = None
+        self._refused: FileId | None = None  # the replacing file last refused, logged once
         self._lock = threading.Lock()  # guards the four above and the connection's use
         if create and not os.path.exists(cfg.db):
             try:
@@ -185,14 +186,22 @@ class BayesScanner:
             self._wal = _wal_id(self._wal_path)  # one stat: the path is resolved at open
             return self._reader
         self._drop()  # read-only: closing never folds the -wal into whatever is there now
-        if self._file is not None and self._file[:2] != now[:2]:
-            # another inode: only a move or a new file does that, never SQLite (whose own
-            # checkpoints rewrite the file in place, with the -wal still holding their pages)
-            stale = stale_wal(path, self._wal) or store.foreign_wal(path)
+        # another inode: only a move or a new file does that, never SQLite (whose own
+        # checkpoints rewrite the file in place, with the -wal still holding their pages)
+        replaced = self._file is not None and self._file[:2] != now[:2]
+        try:
+            stale = stale_wal(path, self._wal) if replaced else ""
             if stale:
                 raise store.StoreError(stale)
-            log.info("Bayes database %s was replaced or removed: reopening", path)
-        self._reader = store.SqliteReader(path)
+            self._reader = store.SqliteReader(path)  # refuses a -wal not the file's own
+        except store.StoreError as e:
+            if replaced and now != self._refused:
+                # the decision lines cut it short (start-up's probe says it whole): once here
+                log.warning("Bayes database replaced, the new one not used: %s", e)
+                self._refused = now
+            raise
+        if replaced:
+            log.info("Bayes database %s was replaced or removed: reopened", path)
         self._file = now
         self._wal_path = store.wal_of(path)
         self._wal = _wal_id(self._wal_path)

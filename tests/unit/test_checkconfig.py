@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import sqlite3
 from pathlib import Path
@@ -250,7 +251,25 @@ def test_check_config_warns_of_a_wal_a_train_wrote_for_another_file(tmp_path: Pa
     try:
         os.replace(moved, live)
         warnings = check_local(from_mapping({"bayes": {"db": str(live)}})).warnings
-        assert len(warnings) == 1 and "holds pages a `train` wrote for another file" in \
-            warnings[0] and warnings[0].endswith("every message would get on_unavailable")
+        assert len(warnings) == 1 and "holds pages a `train` wrote for the file that was " \
+            "there before" in warnings[0]
+        assert warnings[0].endswith("every message would get on_unavailable")
     finally:
         writer.conn.close()
+
+
+def test_check_config_notes_a_filesystem_without_extended_attributes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    db = tmp_path / "bayes.sqlite"
+    store.create(str(db))
+    cfg = from_mapping({"bayes": {"db": str(db), "min_trained": 0}})
+    assert not any("extended attributes" in n for n in check_local(cfg).notes)
+
+    def unsupported(path: str, name: str) -> bytes:
+        raise OSError(errno.ENOTSUP, "Operation not supported", path)
+
+    monkeypatch.setattr(os, "getxattr", unsupported)  # a ramfs, an old tmpfs, NFS
+    assert [n for n in check_local(cfg).notes if "extended attributes" in n] == [
+        f"[bayes] db: {db}: its filesystem keeps no extended attributes, so pages a killed "
+        "`train` left in its -wal cannot be told from a new file's after a database is put "
+        "in its place: fold them first (docs/bayes.md)"]

@@ -774,7 +774,7 @@ def test_a_database_moved_over_a_killed_trains_wal_is_opened_by_nothing(
     and a milter started later, `check`, or a Dovecot pipe could not tell at all: the pipe
     folded the old pages into the new file. Now the -wal says whose it is, and every opener
     refuses it, changing nothing, with what to do. `backup`: what is moved in is an earlier
-    copy of the very file, its attributes (the mark) kept, as `cp -a` does."""
+    copy of the very file, its attributes kept (`cp -a`)."""
     live = small_db(tmp_path / "live.sqlite", 0, capsys)
     moved = small_db(tmp_path / "moved.sqlite", 200, capsys)
     if backup:
@@ -788,18 +788,19 @@ def test_a_database_moved_over_a_killed_trains_wal_is_opened_by_nothing(
         with pytest.raises(ScanError) as e:
             scanner.score_now(mail(201, True))
         assert e.value.kind is ErrorKind.UNAVAILABLE
-        assert "holds pages a `train` wrote for another file" in e.value.detail
+        assert "holds pages a `train` wrote for the file that was there before" in \
+            e.value.detail
     finally:
         scanner.close()
     ham = tmp_path / "ham.eml"
     ham.write_bytes(mail(300, False))
     code, out, _ = run("check", "--db", str(live), str(ham), capsys=capsys)
-    assert code == 1 and "unchecked=unavailable" in out and f"move {wal} and" in out
+    assert code == 1 and "unchecked=unavailable" in out and f"Move {wal} and" in out
     code, _, err = run("train", "--db", str(live), "--ham", str(ham), capsys=capsys)
-    assert code == 1 and "another file" in err and "not opened" in err
+    assert code == 1 and "not opened" in err and "was there before" in err
     started = BayesScanner(BayesConfig(db=str(live), min_trained=1), create=False)  # a restart
     try:
-        with pytest.raises(ScanError, match="another file"):
+        with pytest.raises(ScanError, match="was there before"):
             started.score_now(mail(201, True))
         os.replace(wal, tmp_path / "aside-wal")  # what the message says to do
         os.replace(f"{live}-shm", tmp_path / "aside-shm")
@@ -811,19 +812,25 @@ def test_a_database_moved_over_a_killed_trains_wal_is_opened_by_nothing(
     assert tokens(live).get("unique1x1" if backup else "unique201x1") == (1, 0)
 
 
+@pytest.mark.parametrize("keep_attributes", [False, True])
 def test_a_backup_restored_with_rm_then_cp_is_not_read_through_the_old_wal(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], keep_attributes: bool) -> None:
     """`rm bayes.sqlite; cp backup.sqlite bayes.sqlite` after a killed `train`: the copy is a
-    new file, and SQLite read the old -wal's pages as its own. (The `rm` alone is safe: SQLite
-    deletes the -wal of the empty file it then creates.)"""
+    new file (on ext4 with the freed inode number, every time), and SQLite read the old -wal's
+    pages as its own. With `cp -a` the backup even carries the file's mark, but an older one:
+    the -wal was started over since. (The `rm` alone is safe: SQLite deletes the -wal of the
+    empty file it then creates.)"""
     live = small_db(tmp_path / "live.sqlite", 0, capsys)
-    backup = small_db(tmp_path / "backup.sqlite", 200, capsys)
+    backup = tmp_path / "backup.sqlite"
+    (shutil.copy2 if keep_attributes else shutil.copyfile)(live, backup)  # last night's
+    assert run("train", "--db", str(live), "--ham", str(folder(
+        tmp_path / "day", [mail(400, False)])), capsys=capsys)[0] == 0  # a day of training
     wal = killed_train(live)
     live.unlink()
-    shutil.copyfile(backup, live)
+    (shutil.copy2 if keep_attributes else shutil.copyfile)(backup, live)
     ham = folder(tmp_path / "more-ham", [mail(300, False)])
     code, _, err = run("train", "--db", str(live), "--ham", str(ham), capsys=capsys)
-    assert code == 1 and "another file" in err
+    assert code == 1 and "was there before" in err
     os.replace(wal, tmp_path / "aside-wal")
     os.replace(f"{live}-shm", tmp_path / "aside-shm")
     assert totals(live) == (6, 6) and "killedtoken" not in tokens(live)
@@ -835,9 +842,9 @@ def test_a_killed_trains_own_wal_is_read_and_folded_by_the_next_train(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     live = small_db(tmp_path / "live.sqlite", 0, capsys)
     wal = killed_train(live)
-    mark = os.getxattr(live, store.FILE_MARK)  # the same on the file and its -wal
-    assert os.getxattr(wal, store.FILE_MARK) == mark
-    assert mark.startswith(f"{live.stat().st_ino}:".encode())
+    generation = store.wal_generation(str(wal))
+    assert generation and os.getxattr(wal, store.FILE_MARK) == generation
+    assert os.getxattr(live, store.FILE_MARK) == generation
     reader = store.SqliteReader(str(live))
     try:
         assert reader.totals() == store.Totals(7, 6)  # the killed run's committed batch counts
@@ -848,11 +855,10 @@ def test_a_killed_trains_own_wal_is_read_and_folded_by_the_next_train(
     assert totals(live) == (7, 7) and wal.stat().st_size == 0
 
 
-def test_a_database_restored_with_its_wal_is_folded_as_the_refusal_says(
+def test_a_database_restored_with_its_wal_from_one_backup_is_read(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """Both files copied back from one backup get new inodes: the -wal's mark names the old
-    one. That cannot be told from a -wal left by a moved-over file, so it is refused too; the
-    message gives the fold that keeps its pages."""
+    """Both files copied back together (new inodes): the -wal is the file's own, and so is
+    its mark. A first version marked inodes and refused this."""
     live = small_db(tmp_path / "live.sqlite", 0, capsys)
     killed_train(live)
     restored = tmp_path / "restored"
@@ -861,15 +867,37 @@ def test_a_database_restored_with_its_wal_is_folded_as_the_refusal_says(
         shutil.copy2(f"{live}{suffix}", restored / f"bayes.sqlite{suffix}")
     db = restored / "bayes.sqlite"
     ham = folder(tmp_path / "more-ham", [mail(300, False)])
-    code, _, err = run("train", "--db", str(db), "--ham", str(ham), capsys=capsys)
-    assert code == 1 and "restored together" in err
-    fold = re.search(r"sqlite3 (\S+) '(PRAGMA wal_checkpoint\(TRUNCATE\))'", err)
-    assert fold and fold.group(1) == str(db)
-    with sqlite3.connect(fold.group(1)) as c:  # what the sqlite3 command-line tool runs
-        c.execute(fold.group(2))
-    assert totals(db) == (7, 6)  # the backup's last batch kept
     assert run("train", "--db", str(db), "--ham", str(ham), capsys=capsys)[0] == 0
-    assert totals(db) == (7, 7)
+    assert totals(db) == (7, 7)  # the backup's last batch kept
+
+
+def test_a_database_put_in_place_rightly_is_not_refused_for_a_later_write(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Folded (`0|0|0`), then `mv`: the emptied -wal kept the old file's mark, and a write that
+    was no `train`'s (the documented copy-in, unfolded while a reader kept its snapshot; an
+    admin's VACUUM) then filled it with the new file's own pages: a first version refused the
+    database from then on, and said to move its pages aside. A mark counts only for the
+    -wal's generation it was made in."""
+    live = small_db(tmp_path / "live.sqlite", 0, capsys)
+    new = small_db(tmp_path / "new.sqlite", 200, capsys)
+    scanner = BayesScanner(BayesConfig(db=str(live), min_trained=1), create=False)
+    try:
+        scanner.score_now(mail(1, True))  # the milter keeps the -wal file there
+        ham = folder(tmp_path / "more-ham", [mail(300, False)])
+        assert run("train", "--db", str(live), "--ham", str(ham), capsys=capsys)[0] == 0
+        wal = Path(f"{live}-wal")
+        assert wal.stat().st_size == 0 and os.getxattr(wal, store.FILE_MARK)
+        os.replace(new, live)
+        scanner.score_now(mail(201, True))
+        with sqlite3.connect(live) as c:  # another program's write, left in the -wal
+            c.execute("INSERT INTO meta VALUES ('note', 'x')")
+        assert wal.stat().st_size > 0
+        code, _, err = run("train", "--db", str(live), "--ham", str(ham), capsys=capsys)
+        assert code == 0, err
+        assert scanner.score_now(mail(201, True)).score > 0.9
+    finally:
+        scanner.close()
+    assert totals(live) == (6, 7)
 
 
 def test_killed_train_leaves_a_consistent_database(tmp_path: Path, db: Path) -> None:
