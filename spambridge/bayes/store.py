@@ -53,6 +53,7 @@ _MISS: Any = object()
 # (foreign_wal)
 FILE_MARK = "user.spambridge.file"
 _WAL_MAGIC = (0x377F0682, 0x377F0683)  # the first four bytes of a -wal (SQLite's file format)
+FOREIGN_READS = 10  # tries at reading a -wal's generation and the marks as one (foreign_wal)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tokens(
@@ -285,10 +286,16 @@ def foreign_wal(path: str) -> str:
     commit and the mark; a filesystem without extended attributes)."""
     real = os.path.realpath(path)
     wal = real + "-wal"
-    generation = wal_generation(wal)
-    if generation is None or _mark_of(wal) != generation or not os.path.exists(real):
+    for _ in range(FOREIGN_READS):
+        generation = wal_generation(wal)
+        if generation is None or _mark_of(wal) != generation or not os.path.exists(real):
+            return ""
+        mark = _mark_of(real)
+        if wal_generation(wal) == generation:  # not started over while the marks were read
+            break
+    else:  # writers kept starting it over: busy, so not a stale -wal left sitting there
         return ""
-    if _mark_of(real) == generation:
+    if mark == generation:
         return ""
     return (f"{path}: not opened: its -wal holds pages a `train` wrote for the file that was "
             "there before (another file was put in its place before they were folded in), "
@@ -605,27 +612,41 @@ class SqliteWriter:
         self._mark()
 
     def _mark(self) -> None:
-        """Mark the file and the -wal with the generation just committed in (foreign_wal);
-        the file first, so a `train` killed in between leaves a generation unmarked (nothing
-        to tell by) rather than a -wal marked for a file that is not. A writer racing
-        another across a new generation can leave the -wal marked with one it no longer has:
-        that reads as unmarked, never as another file's. If the path no longer holds the
-        file this connection writes (moved over during the run), only the -wal is marked:
-        then the file in place is not the one marked. Without extended attributes (or
-        permission to set them) nothing is marked, and the check tells nothing."""
-        wal = self._real + "-wal"
-        generation = wal_generation(wal)
-        if generation is None:
-            return
+        """Mark the file and the -wal with the generation just committed in (foreign_wal),
+        under the write lock taken again for the purpose: no other writer can start the -wal
+        over, or mark it, in between (a review's find: two writers marking across a new
+        generation left file and -wal with two marks, and every opener refusing). The file
+        first, so a `train` killed in between leaves a generation unmarked (nothing to tell
+        by) rather than a -wal marked for a file that is not. If another writer has the lock,
+        it marks after its own commit (unless it is another program: then these pages stay
+        unmarked). If the path no longer holds the file this connection writes (moved over
+        during the run), only the -wal is marked: then the file in place is not the one
+        marked. Without extended attributes (or permission to set them) nothing is marked,
+        and the check tells nothing."""
+        conn = self.conn
+        conn.execute("PRAGMA busy_timeout=0")
         try:
-            ours = os.stat(self._real).st_ino == self._ino
-        except OSError:
-            ours = False
-        with contextlib.suppress(OSError):  # the -wal is not marked if the file could not be
-            if ours and _mark_of(self._real) != generation:
-                os.setxattr(self._real, FILE_MARK, generation)
-            if _mark_of(wal) != generation:
-                os.setxattr(wal, FILE_MARK, generation)
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError:
+            return
+        finally:
+            conn.execute(f"PRAGMA busy_timeout={int(self.timeout * 1000)}")
+        try:
+            wal = self._real + "-wal"
+            generation = wal_generation(wal)
+            if generation is None:
+                return
+            try:
+                ours = os.stat(self._real).st_ino == self._ino
+            except OSError:
+                ours = False
+            with contextlib.suppress(OSError):  # the -wal is not marked if the file was not
+                if ours and _mark_of(self._real) != generation:
+                    os.setxattr(self._real, FILE_MARK, generation)
+                if _mark_of(wal) != generation:
+                    os.setxattr(wal, FILE_MARK, generation)
+        finally:
+            conn.execute("ROLLBACK")
 
     def rollback(self) -> None:
         self._known.clear()  # it may hold the abandoned batch's counts

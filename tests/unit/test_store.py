@@ -80,3 +80,78 @@ def test_a_writer_killed_after_a_finished_one_closed_does_not_leave_its_writes_u
     assert a.unfolded == "" and not a.fold_failed
     wal = Path(db + "-wal")  # A's pages are in the database file
     assert not wal.exists() or wal.stat().st_size == 0
+
+
+def _commit(writer: store.SqliteWriter, token: str) -> None:
+    batch = writer.begin()
+    batch.learn([token], "spam")
+    writer.commit(batch)
+
+
+def test_a_wal_started_over_while_its_marks_are_read_is_not_taken_for_a_stale_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Dovecot pipes at it: between the check's reading of the -wal's generation and of the
+    file's mark, one pipe folded the -wal and the next started it over and marked the file
+    with the new generation. The old generation against the new mark read as another file's:
+    a pipe refused (its message never learned), with advice to move live pages aside. The
+    check now takes a reading only if the -wal was not started over meanwhile."""
+    path = str(tmp_path / "b.sqlite")
+    first, second = store.SqliteWriter(path), store.SqliteWriter(path)
+    _commit(first, "one")
+    before = store.wal_generation(path + "-wal")
+    read = store._mark_of
+    raced = []
+
+    def racing(p: str) -> bytes | None:
+        if p == path and not raced:  # the file's mark: the other writers go first
+            raced.append(True)
+            first.close()  # folds: the -wal is emptied
+            _commit(second, "two")  # starts it over, and marks it and the file
+        return read(p)
+
+    monkeypatch.setattr(store, "_mark_of", racing)
+    assert store.foreign_wal(path) == ""
+    assert raced and store.wal_generation(path + "-wal") not in (None, before)
+    second.close()
+
+
+def test_no_writer_starts_the_wal_over_while_another_marks_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two writers marking across a new generation (the first between reading the header and
+    setting the marks, the second folding, committing and marking meanwhile) left the file
+    and the -wal with two marks: every opener, every writer included, refused the database,
+    and moving the -wal aside lost the second's committed batch (a review's find). A writer
+    now marks under the write lock."""
+    path = str(tmp_path / "b.sqlite")
+    first, second = store.SqliteWriter(path), store.SqliteWriter(path)
+    _commit(first, "one")
+    inside, go_on = threading.Event(), threading.Event()
+    real = store.wal_generation
+
+    def paused(wal: str) -> bytes | None:
+        g = real(wal)
+        if threading.current_thread() is not threading.main_thread() and not inside.is_set():
+            inside.set()  # the first writer has read the header: hold it there
+            assert go_on.wait(10)
+        return g
+
+    monkeypatch.setattr(store, "wal_generation", paused)
+    marking = threading.Thread(target=first._mark)
+    marking.start()
+    try:
+        assert inside.wait(10)
+        second.timeout = 0.3  # give up waiting for the write lock after that
+        with pytest.raises(store.StoreError, match="cannot start a write"):
+            _commit(second, "two")
+    finally:
+        go_on.set()
+        marking.join(10)
+    monkeypatch.undo()
+    second.timeout = store.BUSY_TIMEOUT_WRITE
+    _commit(second, "two")
+    second.close()
+    first.close()
+    assert store.foreign_wal(path) == ""
+    reader = store.SqliteReader(path)
+    assert reader.totals() == Totals(2, 0)
+    reader.close()
