@@ -624,13 +624,14 @@ class SqliteWriter:
         marked. Without extended attributes (or permission to set them) nothing is marked,
         and the check tells nothing."""
         conn = self.conn
-        conn.execute("PRAGMA busy_timeout=0")
-        try:
+        try:  # best effort: the batch is committed, and a mark never fails a `train`
+            conn.execute("PRAGMA busy_timeout=0")
             conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError:
+        except sqlite3.Error:
             return
         finally:
-            conn.execute(f"PRAGMA busy_timeout={int(self.timeout * 1000)}")
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute(f"PRAGMA busy_timeout={int(self.timeout * 1000)}")
         try:
             wal = self._real + "-wal"
             generation = wal_generation(wal)
@@ -646,7 +647,8 @@ class SqliteWriter:
                 if _mark_of(wal) != generation:
                     os.setxattr(wal, FILE_MARK, generation)
         finally:
-            conn.execute("ROLLBACK")
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
 
     def rollback(self) -> None:
         self._known.clear()  # it may hold the abandoned batch's counts
