@@ -85,7 +85,7 @@ class BayesScanner:
         self._wal_path = ""
         self._wal: FileId | None = None
         self._refused: FileId | None = None  # the replacing file last refused, logged once
-        self._lock = threading.Lock()  # guards the four above and the connection's use
+        self._lock = threading.Lock()  # guards those above and the connection's use
         if create and not os.path.exists(cfg.db):
             try:
                 store.create(cfg.db)
