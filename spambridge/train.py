@@ -2,9 +2,11 @@
 local Bayes database (or to spamd's own Bayes with TELL).
 
 Training is idempotent: each message is keyed by a digest of its bytes without our (and
-SpamAssassin's) X-Spam-* markup. The same message again is a no-op ("already trained"); trained
-as the other class it is moved (unlearned, then learned). Writes go in batches, one SQLite
-transaction each, so an interrupted run keeps everything up to its last committed batch.
+SpamAssassin's) X-Spam-* markup and without the fields mail programs keep its state in (Status,
+X-Keywords, X-Mozilla-Status...: reading it must not make it another). The same message again
+is a no-op ("already trained"); trained as the other class it is moved (unlearned, then
+learned). Writes go in batches, one SQLite transaction each, so an interrupted run keeps
+everything up to its last committed batch.
 
 Start-up matters for the Dovecot "move to Junk" pipe (`train --spam -`, one message per process):
 this module imports only the tokenizer and the store; `rich` and aiospamc load only when used.
@@ -516,6 +518,28 @@ def digest(normalised: bytes) -> bytes:
     return hashlib.sha256(normalised).digest()[:16]
 
 
+# fields a mail program keeps a stored message's state in (read, answered, flagged, keywords,
+# IMAP UIDs, the mbox length): mutt, Thunderbird and Dovecot's mbox rewrite them while the
+# message stays the same, and Dovecot hides them from IMAP, so its pipes never see them. The
+# tokenizer does not read them; the key must not either, or reading a message in an mbox makes
+# it a new one to `train` (learned twice, or once as each class after a move)
+_MAILBOX_STATE = re.compile(
+    rb"^(?:status|x-status|x-keywords|x-uid|x-imap|x-imapbase|content-length|lines"
+    rb"|x-mozilla-status2?|x-mozilla-keys)[ \t]*:.*(?:\n[ \t].*)*\n", re.I | re.M)
+
+
+def keys(normalised: bytes) -> tuple[bytes, bytes | None]:
+    """The key of a message (strip_markup's output): the digest of it without its mailbox
+    state fields; and, when it had some, the digest of it with them, which is the key an
+    earlier spambridge gave it (None when the two are the same)."""
+    end = normalised.find(b"\n\n")
+    head = normalised if end < 0 else normalised[: end + 1]
+    kept = _MAILBOX_STATE.sub(b"", head)
+    if len(kept) == len(head):
+        return digest(normalised), None
+    return digest(kept + normalised[len(head):]), digest(normalised)
+
+
 # ---------------------------------------------------------------------------------------------
 # learning
 
@@ -575,19 +599,31 @@ class Trainer:
             s.skipped(item)
             return item.problem
         msg = strip_markup(item.data)
-        key = digest(msg)
+        key, legacy = keys(msg)
         batch = self._open_batch()
+        prior = self._prior(batch, key, legacy)
         if label == "forget":
-            outcome = self._forget(batch, key, msg)
+            outcome = self._forget(batch, key, msg, prior)
         else:
-            outcome = self._learn(batch, key, msg, label)
+            outcome = self._learn(batch, key, msg, label, prior)
         if batch.messages >= self.batch_messages or time.monotonic() - self._since > BATCH_SECONDS:
             self.flush()
         return outcome
 
-    def _forget(self, batch: store.Batch, key: bytes, msg: bytes) -> str:
-        s = self.summary
+    @staticmethod
+    def _prior(batch: store.Batch, key: bytes, legacy: bytes | None) -> str | None:
+        """The class the message was trained as (None: never), found under its `legacy` key
+        too (see keys), and then carried over to its key."""
         prior = batch.trained_as(key)
+        if prior is None and legacy is not None:
+            prior = batch.trained_as(legacy)
+            if prior is not None:
+                batch.mark(legacy, None)
+                batch.mark(key, prior)
+        return prior
+
+    def _forget(self, batch: store.Batch, key: bytes, msg: bytes, prior: str | None) -> str:
+        s = self.summary
         if prior is None:
             s.not_trained += 1
             return "not trained before"
@@ -596,11 +632,12 @@ class Trainer:
         s.forgotten += 1
         return f"forgotten (was {prior})"
 
-    def _learn(self, batch: store.Batch, key: bytes, msg: bytes, label: str) -> str:
-        """Learn as `label`: a no-op when already so trained, a move when trained as the other
-        class, and nothing when selective and the database is already certain."""
+    def _learn(self, batch: store.Batch, key: bytes, msg: bytes, label: str,
+               prior: str | None) -> str:
+        """Learn as `label` (`prior`: the class it was trained as): a no-op when already so
+        trained, a move when trained as the other class, and nothing when selective and the
+        database is already certain."""
         s = self.summary
-        prior = batch.trained_as(key)
         if prior == label:
             s.already += 1
             return f"already trained as {prior}"

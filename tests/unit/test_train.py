@@ -226,6 +226,46 @@ def test_repeat_is_a_noop_even_after_our_markup_was_added(
     assert "x-spam-flag" not in " ".join(before).lower()
 
 
+def test_reading_a_message_in_an_mbox_does_not_make_it_a_new_one(
+        tmp_path: Path, db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """mutt and Thunderbird rewrite Status:/X-Mozilla-Status: in an mbox when a message is
+    read; trained again, the mbox taught every read message a second time, and moving it to
+    the other class left the first copy where it was. A database keyed the old way carries
+    the key over."""
+    def box(state: bytes) -> bytes:
+        return b"".join(b"From x@example.org Thu Nov 26 02:58:17 2026\n"
+                        + mail(n, False).replace(b"\n\n", b"\n" + state + b"\n\n", 1)
+                        + b"\n" for n in range(3))
+
+    f = tmp_path / "inbox"
+    f.write_bytes(box(b"Status: O\nX-Mozilla-Status: 0000"))
+    assert run("train", "--db", str(db), "--ham", str(f), capsys=capsys)[0] == 0
+    f.write_bytes(box(b"Status: RO\nX-Status: A\nX-Mozilla-Status: 0001\nX-Keywords: $Label1"))
+    code, out, _ = run("train", "--db", str(db), "--ham", str(f), capsys=capsys)
+    assert code == 0 and "3 already trained" in out and totals(db) == (0, 3)
+    code, out, _ = run("train", "--db", str(db), "--spam", str(f), capsys=capsys)
+    assert code == 0 and "3 moved from ham" in out and totals(db) == (3, 0)
+
+    # a database an earlier spambridge filled: the message keyed with its state fields
+    old = tmp_path / "old.sqlite"
+    msg = mail(9, True).replace(b"\n\n", b"\nStatus: RO\n\n", 1)
+    writer = store.SqliteWriter(str(old))
+    batch = writer.begin()
+    batch.learn(train.tokenize(msg), store.SPAM)
+    batch.mark(train.digest(train.strip_markup(msg)), store.SPAM)
+    writer.commit(batch)
+    writer.close()
+    m = tmp_path / "m.eml"
+    m.write_bytes(msg)
+    code, out, _ = run("train", "--db", str(old), "--ham", str(m), capsys=capsys)
+    assert code == 0 and "1 moved from spam" in out and totals(old) == (0, 1)
+    m.write_bytes(msg.replace(b"Status: RO\n", b""))
+    code, out, _ = run("train", "--db", str(old), "--ham", str(m), capsys=capsys)
+    assert code == 0 and "1 already trained" in out and totals(old) == (0, 1)
+    with sqlite3.connect(old) as c:
+        assert c.execute("SELECT count(*) FROM messages").fetchone()[0] == 1
+
+
 def report_safe(original: bytes, level: int) -> bytes:
     """SpamAssassin's report_safe wrapper around `original`, as spamd returns flagged spam."""
     return (f"From: spamd@example.net\nSubject: [SPAM] offer\nX-Spam-Flag: YES\n"
