@@ -3,8 +3,9 @@ the cap, policy, headers) and show what the MTA would have been told.
 
 `--batch` prints `path<TAB>score<TAB>verdict` per message from one process, for evaluating a
 corpus; the verdict is the score's band (ham, unsure, spam, reject), `unchecked=<why>`, or
-`unreadable` (score `-`), so the output has one line per path given. With `spamd+bayes`, how
-many scores came from the Bayes fallback (0..1, not spamd's points) is said on stderr.
+`unreadable` (score `-`), so the output has one line per path given. Why messages went
+unchecked (no database, not trained yet, spamd down...) is said once per reason on stderr, and
+with `spamd+bayes`, how many scores came from the Bayes fallback (0..1, not spamd's points).
 
 A file from a mailbox already holds the Received line our MTA wrote (hidden from milters, so
 the milter writes its own from the connection): it gets no second one, and scores as it did
@@ -30,6 +31,7 @@ from spambridge.train import open_no_wait
 from spambridge.verdict import Action, ErrorKind, ScanError, ScoreResult, Skipped
 
 EXPLAIN_CLUES = 20
+UNCHECKED_REASONS = 5  # --batch: distinct reasons for unchecked messages said on stderr
 
 
 def build_scanner(cfg: Config, clues: int = 0) -> Scanner:
@@ -92,6 +94,8 @@ def run(cfg: Config, paths: list[str], *, explain: bool = False, batch: bool = F
     pipeline = Pipeline(scanner, bridge, cfg)
     status = 0
     fallbacks: dict[str, int] = {}  # spamd+bayes: the notes of messages Bayes scored instead
+    # --batch: why messages went unchecked (the log lines that say it are off), said once each
+    unchecked: dict[tuple[str, str], int] = {}
     try:
         stdin = stdin or (sys.stdin.buffer if sys.stdin is not None else None)
         limit = cfg.milter.max_scan_size + 1  # one byte more: enough to be oversize
@@ -115,6 +119,9 @@ def run(cfg: Config, paths: list[str], *, explain: bool = False, batch: bool = F
                 buf.close()
             if isinstance(ev.outcome, ScanError) and ev.outcome.kind is not ErrorKind.OVERSIZE:
                 status = 1
+                if batch:
+                    reason = (verdict(ev), ev.outcome.detail or "no detail")
+                    unchecked[reason] = unchecked.get(reason, 0) + 1
             if batch:
                 score = "-" if ev.decision.score is None else f"{ev.decision.score:.6g}"
                 print(f"{path}\t{score}\t{verdict(ev)}", file=out)
@@ -127,6 +134,12 @@ def run(cfg: Config, paths: list[str], *, explain: bool = False, batch: bool = F
             bridge.run(scanner.aclose(), 10.0)
         finally:
             bridge.stop()
+    reasons = sorted(unchecked.items(), key=lambda kv: -kv[1])
+    for (what, why), n in reasons[:UNCHECKED_REASONS]:
+        print(f"spambridge check: {n} message{'s' if n > 1 else ''} {what}: {why}", file=err)
+    if len(reasons) > UNCHECKED_REASONS:  # (spamd's errors can differ message by message)
+        rest = sum(n for _, n in reasons[UNCHECKED_REASONS:])
+        print(f"spambridge check: {rest} more unchecked for other reasons", file=err)
     for note, n in sorted(fallbacks.items()):  # the table cannot say which scale a score is on
         print(f"spambridge check: {n} message{'s' if n > 1 else ''} scored by Bayes (0..1) "
               f"instead of spamd: {note}", file=err)

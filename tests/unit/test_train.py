@@ -434,6 +434,24 @@ def test_check_prints_the_milter_decision(tmp_path: Path, db: Path,
     assert code == 1 and "empty.eml: cannot read: empty" in err and "\tunreadable" in out
 
 
+def test_check_batch_says_why_messages_were_unchecked(
+        tmp_path: Path, db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--batch turns the per-message warnings off: a mistyped --db, or a database not trained
+    yet, gave a table of `unchecked=unavailable` and exit 1 with no word of why."""
+    msgs = [tmp_path / f"{n}.eml" for n in range(3)]
+    for n, f in enumerate(msgs):
+        f.write_bytes(mail(n, False))
+    missing = tmp_path / "typo.sqlite"
+    code, out, err = run("check", "--db", str(missing), "--batch", *map(str, msgs),
+                         capsys=capsys)
+    assert code == 1 and out.count("\tunchecked=unavailable") == 3
+    assert (f"3 messages unchecked=unavailable: {missing}: no Bayes database" in err), err
+    assert not missing.exists()
+    assert run("train", "--db", str(db), "--ham", str(msgs[0]), capsys=capsys)[0] == 0
+    code, out, err = run("check", "--db", str(db), "--batch", str(msgs[1]), capsys=capsys)
+    assert code == 1 and "1 message unchecked=unavailable: not trained yet: 0 spam, 1 ham" in err
+
+
 def test_check_never_scores_a_file_cut_at_the_read_limit(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`check` reads max_scan_size + 1 bytes of a file: that prefix is not the message. The
