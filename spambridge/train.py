@@ -48,6 +48,10 @@ DEFAULT_MAX_SIZE = 500 * 1024  # bytes, as sa-learn: bigger messages are skipped
 BATCH_MESSAGES = 2000  # messages per transaction …
 BATCH_SECONDS = 2.0  # … or this long, whichever comes first (bounds what a kill loses)
 _OWNED = re.compile(rb"^x-spam-[^:\n]*:.*(?:\n[ \t].*)*\n", re.I | re.M)
+_SUBJECT = re.compile(rb"^subject[ \t]*:[ \t]*(.*(?:\n[ \t].*)*)\n", re.I | re.M)
+_PREV_SUBJECT = re.compile(rb"^x-spam-prev-subject[ \t]*:[ \t]*(.*(?:\n[ \t].*)*)\n",
+                           re.I | re.M)
+_SPAM_FLAG = re.compile(rb"^x-spam-flag[ \t]*:[ \t]*yes\b", re.I | re.M)
 _LOOKS_LIKE_MAIL = re.compile(rb"[!-9;-~]+[ \t]*:[^\n]*\r?\n")
 _FIELD_NAME = re.compile(rb"^([!-9;-~]+)[ \t]*:", re.M)
 _HEADER_END = re.compile(rb"\n\r?\n")
@@ -476,10 +480,12 @@ def looks_like_mail(data: bytes) -> bool:
 MAX_UNWRAP = 8  # report_safe wrappers undone (one per SpamAssassin pass; more is a bomb)
 
 
-def strip_markup(data: bytes) -> bytes:
+def strip_markup(data: bytes, subject_tag: bytes = b"") -> bytes:
     """The message as it was before any spam filter touched it: line endings as LF, no mbox
-    "From " line, no X-Spam-* headers, and SpamAssassin's report_safe wrapper undone (a
-    bounded number of times: a crafted message can nest thousands)."""
+    "From " line, no X-Spam-* headers, the Subject as it came (`subject_tag`, the milter's
+    [policy] one, taken off a message flagged spam; SpamAssassin's rewrite undone from its
+    X-Spam-Prev-Subject), and SpamAssassin's report_safe wrapper undone (a bounded number of
+    times: a crafted message can nest thousands)."""
     if b"\r" in data:
         data = data.replace(b"\r\n", b"\n")
     for _ in range(MAX_UNWRAP + 1):
@@ -490,13 +496,33 @@ def strip_markup(data: bytes) -> bytes:
         if not (b"X-Spam-" in head or b"x-spam-" in head.lower()):
             break
         head, sep, body = data.partition(b"\n\n")
-        head = _OWNED.sub(b"", head + b"\n").rstrip(b"\n")
+        head = _OWNED.sub(b"", _untagged(head + b"\n", subject_tag)).rstrip(b"\n")
         original = _report_safe_original(head, body)
         if original is None:
             data = head + sep + body
             break
         data = original
     return data.rstrip() + b"\n"
+
+
+def _untagged(head: bytes, tag: bytes) -> bytes:
+    """`head` (LF-terminated fields) with the Subject a filter rewrote put back. Learned as
+    it was, the tag taught "subject:SPAM" as spam from every tagged message moved to Junk,
+    and as ham from every false positive moved out, while live mail never carries it."""
+    subject = _SUBJECT.search(head)
+    prev = _PREV_SUBJECT.search(head)
+    if prev is not None:  # SpamAssassin's rewrite_header Subject keeps the original there
+        if subject is None:
+            return head
+        return head[: subject.start(1)] + prev.group(1) + head[subject.end(1):]
+    if not tag or subject is None or not _SPAM_FLAG.search(head):
+        return head
+    value = subject.group(1)
+    if value == tag:  # the message had no Subject: the milter added one
+        return head[: subject.start()] + head[subject.end():]
+    if not value.startswith(tag + b" "):
+        return head
+    return head[: subject.start(1)] + value[len(tag) + 1:] + head[subject.end(1):]
 
 
 def _report_safe_original(head: bytes, body: bytes) -> bytes | None:
@@ -567,8 +593,9 @@ class Trainer:
 
     def __init__(self, writer: store.SqliteWriter, label: str, limits: Limits = DEFAULT_LIMITS,
                  batch_messages: int = BATCH_MESSAGES, selective: bool = False,
-                 min_trained: int = defaults.BAYES_MIN_TRAINED) -> None:
+                 min_trained: int = defaults.BAYES_MIN_TRAINED, subject_tag: str = "") -> None:
         self.writer = writer
+        self.subject_tag = subject_tag.encode()  # the milter's, taken off what it tagged
         self.min_trained = min_trained
         self.batch_messages = batch_messages
         self.label = label  # spam | ham | forget | index (the class comes with each message)
@@ -598,7 +625,7 @@ class Trainer:
         if item.data is None:
             s.skipped(item)
             return item.problem
-        msg = strip_markup(item.data)
+        msg = strip_markup(item.data, self.subject_tag)
         key, legacy = keys(msg)
         batch = self._open_batch()
         prior = self._prior(batch, key, legacy)
@@ -717,7 +744,7 @@ def run(cfg: Config, label: str, paths: list[str], *, max_size: int = DEFAULT_MA
         print(f"spambridge train: {e}", file=err)
         return 1
     trainer = Trainer(writer, label, limits_for(cfg.bayes), batch_messages, selective,
-                      cfg.bayes.min_trained)
+                      cfg.bayes.min_trained, cfg.policy.subject_tag)
     sources = index if index is not None else [(label, p) for p in paths]
     single = index is None and paths == ["-"]
     progress = _Progress([p for _, p in sources], enabled=not quiet and not single
@@ -873,7 +900,7 @@ def run_spamd(cfg: Config, label: str, paths: list[str], *, max_size: int = DEFA
                     if item.failure:
                         print(f"spambridge train: {item.where}: {item.problem}", file=err)
                     continue
-                msg = strip_markup(item.data)
+                msg = strip_markup(item.data, cfg.policy.subject_tag.encode())
                 try:
                     resp = await scanner.request("TELL", msg, user or cfg.spamd.user, headers)
                 except ScanError as e:

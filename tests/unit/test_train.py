@@ -21,6 +21,7 @@ import pytest
 from spambridge import cli, train
 from spambridge.bayes import store
 from spambridge.config import BayesConfig
+from spambridge.milter import actions
 from spambridge.scanners.bayes import BayesScanner
 from spambridge.verdict import ErrorKind, ScanError
 
@@ -224,6 +225,45 @@ def test_repeat_is_a_noop_even_after_our_markup_was_added(
     assert code == 0 and "1 already trained" in out
     assert tokens(db) == before and totals(db) == (1, 0)
     assert "x-spam-flag" not in " ".join(before).lower()
+
+
+def test_the_subject_tag_the_milter_added_is_not_learned(
+        tmp_path: Path, db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Spam the milter tagged ([policy] subject_tag) and a user moved to Junk: learned as it
+    lies there, the tag taught "subject:SPAM" as spam, and a false positive moved back taught
+    it as ham, though live mail never carries it. train takes it off, as SpamAssassin undoes
+    its own rewrite from X-Spam-Prev-Subject."""
+    cfg = tmp_path / "sb.toml"
+    cfg.write_text('[policy]\nsubject_tag = "[SPAM]"\n')
+    original = mail(1, True)
+    subject = re.search(rb"^Subject: (.*)$", original, re.M)
+    assert subject is not None
+    new = actions.tagged_subject("[SPAM]", subject.group(1))
+    assert new is not None
+    flagged = b"X-Spam-Flag: YES\nX-Spam-Status: Yes, score=0.9500 engine=bayes\n"
+    delivered = flagged + original.replace(subject.group(0), b"Subject: " + new.encode())
+    f = tmp_path / "m.eml"
+    f.write_bytes(delivered)
+    code, out, _ = run("train", "--config", str(cfg), "--db", str(db), "--spam", str(f),
+                       capsys=capsys)
+    assert code == 0 and "Learned 1 of 1" in out
+    learned = tokens(db)
+    assert not [t for t in learned if "SPAM" in t], learned
+    f.write_bytes(original)  # the very message: the same key, the same tokens
+    code, out, _ = run("train", "--config", str(cfg), "--db", str(db), "--spam", str(f),
+                       capsys=capsys)
+    assert code == 0 and "1 already trained" in out and tokens(db) == learned
+
+    # the milter added the Subject (there was none), and SpamAssassin's rewrite
+    nosubject = original.replace(subject.group(0) + b"\n", b"")
+    f.write_bytes(flagged + b"Subject: [SPAM]\n" + nosubject)
+    assert train.strip_markup(f.read_bytes(), b"[SPAM]") == nosubject
+    sa = (b"X-Spam-Flag: YES\nX-Spam-Prev-Subject: " + subject.group(1) + b"\n"
+          + original.replace(subject.group(0), b"Subject: *****SPAM***** WIN 1"))
+    assert train.strip_markup(sa) == original
+    # a Subject that opens with the tag on mail no filter flagged is the sender's own
+    own = original.replace(subject.group(0), b"Subject: [SPAM] " + subject.group(1))
+    assert train.strip_markup(own, b"[SPAM]") == own
 
 
 def test_reading_a_message_in_an_mbox_does_not_make_it_a_new_one(
