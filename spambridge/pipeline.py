@@ -161,13 +161,22 @@ class Pipeline:
         return True
 
 
+DETAIL_CHARS = 200  # of an error on a decision line; a longer one is also logged whole, once
+_said_whole = ""  # the last error logged whole
+
+
 def log_decision(ev: Evaluation, buf: MessageBuffer, env: Envelope, tag_only: bool) -> None:
+    global _said_whole
     d = ev.decision
     score = headers.format_score(d.engine, d.score) if d.score is not None else "-"
     would = f" would={d.intended.value}" if d.intended is not d.action else ""
-    detail = ""
+    detail = whole = ""
     if isinstance(ev.outcome, ScanError) and ev.outcome.detail:
-        detail = f" error={clean(ev.outcome.detail, 200)!r}"
+        detail = f" error={clean(ev.outcome.detail, DETAIL_CHARS)!r}"
+        if len(ev.outcome.detail) > DETAIL_CHARS and ev.outcome.detail != _said_whole:
+            # what to do is often at its end ("run as the milter's user"): said once, not per
+            # message (a race between threads may say it twice)
+            whole = _said_whole = ev.outcome.detail
     note = ev.outcome.note if isinstance(ev.outcome, ScoreResult) else ""
     fell_back = bool(note)  # e.g. fallback=spamd-timeout
     if fell_back:
@@ -191,3 +200,6 @@ def log_decision(ev: Evaluation, buf: MessageBuffer, env: Envelope, tag_only: bo
         " mode=tag-only" if tag_only else "",
         detail,
     )
+    if whole:
+        log.warning("%s: the error in full: %s", clean(env.queue_id) or "NOQUEUE",
+                    clean(whole, 4000))

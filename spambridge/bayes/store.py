@@ -112,9 +112,12 @@ def _connect(path: str, timeout: float, readonly: bool = False) -> sqlite3.Conne
         conn.execute("PRAGMA mmap_size=268435456")
         return conn
     except sqlite3.Error as e:
-        hint = ("; even reading needs write access to the database's directory and its -shm "
-                "file (SQLite's WAL mode): run as the milter's user or in its group"
-                if "readonly" in str(e) else "")
+        hint = ""
+        if "readonly" in str(e):
+            hint = ("; even reading needs write access to the database's directory and its -shm "
+                    "file (SQLite's WAL mode)" if readonly else
+                    "; training needs write access to the database, its -wal and -shm files and "
+                    "their directory") + ": run as the milter's user or in its group"
         raise StoreError(f"{path}: cannot open the Bayes database: {e}{hint}") from e
 
 

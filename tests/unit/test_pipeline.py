@@ -6,6 +6,7 @@ tests/integration (test_bayes_milter.py, test_faults.py's locked database)."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -14,9 +15,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import pytest
 
 from spambridge.config import Config
-from spambridge.message import Envelope
+from spambridge.message import Envelope, MessageBuffer
 from spambridge.milter.bridge import AsyncBridge
-from spambridge.pipeline import Pipeline
+from spambridge.pipeline import Evaluation, Pipeline, log_decision
+from spambridge.policy import decide
 from spambridge.scanners import ThreadedScanner
 from spambridge.verdict import ErrorKind, ScanError, ScoreResult
 
@@ -143,3 +145,22 @@ def test_a_scanner_shut_down_is_unavailable() -> None:
     scanner.pool.shutdown()
     outcome = pipeline(scanner).scan(b"x", Envelope(), 2.0)
     assert isinstance(outcome, ScanError) and outcome.kind is ErrorKind.UNAVAILABLE
+
+
+def test_a_long_error_is_logged_whole_once(caplog: pytest.LogCaptureFixture) -> None:
+    """The decision line cuts an error at 200 characters, and what to do is often at its end
+    (a database train left unreadable: "run as the milter's user or in its group"): the whole
+    error is logged once, not on every message."""
+    err = ScanError(ErrorKind.UNAVAILABLE, "bayes",
+                    "/var/lib/spambridge/bayes.sqlite: cannot open the Bayes database: " + "x" * 200
+                    + ": run as the milter's user or in its group")
+    ev = Evaluation(decide(err, Config().policy), err, 0.001)
+    buf = MessageBuffer(1000, 1000)
+    caplog.set_level(logging.INFO, logger="spambridge")
+    for qid in ("4ABC1", "4ABC2", "4ABC3"):
+        log_decision(ev, buf, Envelope(queue_id=qid), False)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len([m for m in lines if "reason=unavailable" in m]) == 3
+    assert all("in its group" not in m for m in lines if "reason=unavailable" in m)
+    whole = [m for m in lines if "in its group" in m]
+    assert whole == [f"4ABC1: the error in full: {err.detail}"]
