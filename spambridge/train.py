@@ -249,10 +249,11 @@ def _lines(f: IO[bytes]) -> Iterator[bytes]:
 
 
 def _is_file(entry: os.DirEntry[str]) -> bool:
-    """A regular file, or an entry that cannot even be looked at (a symlink loop): reading it
-    then reports it by name instead of failing the whole folder."""
+    """A regular file, or an entry that cannot even be looked at (a symlink loop, a symlink
+    to nothing): reading it then reports it by name instead of failing the whole folder or
+    passing it over in silence."""
     try:
-        return entry.is_file()
+        return entry.is_file() or (entry.is_symlink() and not os.path.exists(entry.path))
     except OSError:
         return True
 
@@ -708,9 +709,9 @@ class Trainer:
 
 def read_index(path: str) -> list[tuple[str, str]]:
     """(class, path) pairs from an index file in the TREC spam-track format: one `spam PATH` or
-    `ham PATH` per line, in the order to learn them; a relative PATH is taken from the index
-    file's directory; blank lines and `#` comments are skipped. Raises ValueError on a bad
-    line."""
+    `ham PATH` per line (a space or a tab between), in the order to learn them; a relative
+    PATH is taken from the index file's directory; blank lines and `#` comments are skipped.
+    Raises ValueError on a bad line."""
     base = os.path.dirname(os.path.abspath(path))
     out: list[tuple[str, str]] = []
     with open(path, encoding="utf-8", errors="surrogateescape") as f:
@@ -718,7 +719,7 @@ def read_index(path: str) -> list[tuple[str, str]]:
             line = line.strip()
             if not line or line.startswith("#"):
                 continue
-            label, _, where = line.partition(" ")
+            label, _, where = line.replace("\t", " ", 1).partition(" ")  # a tab, as cut(1)
             label, where = label.lower(), where.strip()
             if label not in (store.SPAM, store.HAM) or not where:
                 raise ValueError(f"{path}:{n}: expected 'spam PATH' or 'ham PATH', got {line!r}")

@@ -199,7 +199,8 @@ def test_train_index_selective_cli(tmp_path: Path, capsys: pytest.CaptureFixture
     lines = ["# class path, in arrival order", ""]
     for i, (raw, spam) in enumerate(msgs):
         (tmp_path / "mail" / f"{i}.eml").write_bytes(raw)
-        lines.append(f"{'SPAM' if spam and i % 2 else 'spam' if spam else 'ham'} mail/{i}.eml")
+        sep = "\t" if i % 3 else " "  # cut(1) and paste(1) make tab-separated ones
+        lines.append(f"{'SPAM' if spam and i % 2 else 'spam' if spam else 'ham'}{sep}mail/{i}.eml")
     index = tmp_path / "index"
     index.write_text("\n".join(lines) + "\n")
     db = tmp_path / "bayes.sqlite"

@@ -567,9 +567,10 @@ def test_pipes_devices_fifos_loops_and_a_closed_stdin(tmp_path: Path, db: Path,
     (d / "good.eml").write_bytes(mail(1, True))
     (d / "x").symlink_to(d / "y")
     (d / "y").symlink_to(d / "x")
+    (d / "gone.eml").symlink_to(tmp_path / "expunged.eml")  # a symlink to nothing
     code, out, err = run("train", "--db", str(db), "--spam", str(d), capsys=capsys)
-    assert code == 1 and "Learned 1 of 3 messages as spam (2 unreadable)" in out
-    assert f"{d / 'x'}: unreadable" in err
+    assert code == 1 and "Learned 1 of 4 messages as spam (3 unreadable)" in out
+    assert f"{d / 'x'}: unreadable" in err and f"{d / 'gone.eml'}: unreadable" in err
 
     code, out, _ = run("train", "--db", str(db), "--spam", "--max-size", "2k", "/dev/zero",
                        capsys=capsys)
