@@ -18,6 +18,7 @@ tick cost 2.5 ms of CPU a second on an idle milter; a connection costs about 0.1
 
 from __future__ import annotations
 
+import errno
 import logging
 import socket
 import threading
@@ -65,12 +66,25 @@ def _target(spec: SocketSpec) -> Target | None:
         return None
 
 
+# a connection these refuse is no sign of a socket out of our reach: refused, our listener is
+# closed (libmilter stops accepting as soon as a stop is requested, while the last scans
+# finish); a full accept queue (EAGAIN, or a TCP connect timing out), connections are
+# arriving anyway
+_NOT_UNREACHABLE = frozenset({errno.ECONNREFUSED, errno.EAGAIN, errno.ETIMEDOUT})
+
+
 def poke(target: Target | None, timeout: float = 0.05) -> bool:
     """Open and close one connection to the milter's own socket. Never waits on a full
     accept queue (a unix connect would block): new connections are arriving anyway then,
     and each of them gets libmilter to start or wake a worker too."""
+    return poke_error(target, timeout) == 0
+
+
+def poke_error(target: Target | None, timeout: float = 0.05) -> int:
+    """poke(), saying why it failed: 0 when it connected, else the errno (ENOENT for a host
+    name that did not resolve)."""
     if target is None:
-        return False
+        return errno.ENOENT
     family, address = target
     try:
         with socket.socket(family, socket.SOCK_STREAM) as s:
@@ -79,9 +93,11 @@ def poke(target: Target | None, timeout: float = 0.05) -> bool:
             else:
                 s.settimeout(timeout)
             s.connect(address)
-        return True
-    except OSError:
-        return False
+        return 0
+    except TimeoutError:
+        return errno.ETIMEDOUT
+    except OSError as e:
+        return e.errno or errno.EIO
 
 
 class PoolNudger:
@@ -123,7 +139,8 @@ class PoolNudger:
             if left > 0:  # a worker was free lately: sleep until that could have changed
                 self._stop.wait(left)
                 continue
-            if self.activity.inflight and not poke(self.target) and not self._warned:
+            err = poke_error(self.target) if self.activity.inflight else 0
+            if err and err not in _NOT_UNREACHABLE and not self._warned:
                 self._warned = True  # e.g. the socket's mode keeps our own user out
                 log.warning("cannot connect to our own socket %s; replies may wait for a free "
                             "libmilter worker beyond the cap", self.spec.libmilter)

@@ -5,6 +5,7 @@ has been free for `stall_after` seconds. A real unix socket counts the connectio
 from __future__ import annotations
 
 import contextlib
+import logging
 import socket
 import threading
 import time
@@ -135,3 +136,32 @@ def test_a_host_name_in_the_socket_spec_is_resolved_once() -> None:
     unresolvable = PoolNudger(parse_socket_spec("inet:11332@no-such-host.invalid"),
                               FakeActivity())
     assert unresolvable.target is None  # no pokes, no lookups per scan (the stall check warns)
+
+
+def _stalled_warnings(spec: str, caplog: pytest.LogCaptureFixture) -> list[str]:
+    act = FakeActivity()
+    with caplog.at_level(logging.WARNING, logger="spambridge"), \
+            running(spec, act, stall_after=0.05):
+        act.set(3, free_now=True)  # three scans hang from now on
+        time.sleep(0.4)
+        act.set(0, free_now=True)
+    return [r.getMessage() for r in caplog.records if "our own socket" in r.getMessage()]
+
+
+def test_a_listener_that_stopped_accepting_is_no_reason_to_warn(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """On a stop request libmilter closes its listener while scans still finish: connections
+    are refused from then on (the socket file stays until the process exits). That is not a
+    socket the milter cannot reach, and the warning must not send the admin hunting for a
+    permission problem after every restart under load."""
+    path = tmp_path / "m.sock"
+    lst = Listener(path)
+    lst.close()  # the file stays, nothing listens: ECONNREFUSED
+    assert path.exists()
+    assert _stalled_warnings(f"unix:{path}", caplog) == []
+
+
+def test_a_socket_out_of_reach_is_still_warned_about(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    warned = _stalled_warnings(f"unix:{tmp_path / 'missing' / 'm.sock'}", caplog)
+    assert len(warned) == 1 and "cannot connect to our own socket" in warned[0]
