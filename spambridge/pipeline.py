@@ -49,6 +49,7 @@ class Pipeline:
         self._inflight = 0
         self._answering = 0  # end-of-message callbacks between the decision and their return
         self._idle = threading.Condition()
+        self._woken = False  # wake(): the nudger is stopping
         self._last_free = time.monotonic()
         self.before_scan: Callable[[], None] | None = None  # app.py: PoolNudger.poke
         self._submit = scanner.submit if isinstance(scanner, ThreadedScanner) else None
@@ -132,9 +133,16 @@ class Pipeline:
         return self._last_free
 
     def wait_busy(self, timeout: float) -> bool:
-        """Sleep until a message is being decided (True) or `timeout` passes (False)."""
+        """Sleep until a message is being decided (True), `timeout` passes (False), or wake()."""
         with self._idle:
-            return self._idle.wait_for(lambda: self._inflight > 0, timeout)
+            return self._idle.wait_for(lambda: self._inflight > 0 or self._woken, timeout)
+
+    def wake(self) -> None:
+        """End every wait_busy, now and later: the thread waiting there is stopping, and a stop
+        must not wait out its sleep (mail meets no milter meanwhile)."""
+        with self._idle:
+            self._woken = True
+            self._idle.notify_all()
 
     @contextlib.contextmanager
     def answering(self) -> Iterator[None]:

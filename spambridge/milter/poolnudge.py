@@ -46,6 +46,8 @@ class Activity(Protocol):
 
     def wait_busy(self, timeout: float) -> bool: ...
 
+    def wake(self) -> None: ...
+
 
 Target = tuple[int, str | tuple[Any, ...]]
 
@@ -124,6 +126,7 @@ class PoolNudger:
 
     def stop(self) -> None:
         self._stop.set()
+        self.activity.wake()  # not IDLE_WAIT later: the MTA meets no milter while we stop
         self._thread.join(1.0)
 
     def quiet_left(self) -> float:
@@ -133,7 +136,7 @@ class PoolNudger:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            if not self.activity.wait_busy(IDLE_WAIT):
+            if not self.activity.wait_busy(IDLE_WAIT) or self._stop.is_set():
                 continue
             left = self.quiet_left()
             if left > 0:  # a worker was free lately: sleep until that could have changed

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from spambridge.milter import poolnudge
 from spambridge.milter.poolnudge import PoolNudger
 from spambridge.milter.socketspec import parse_socket_spec
 
@@ -24,6 +25,7 @@ class FakeActivity:
     def __init__(self) -> None:
         self.inflight = 0
         self.last_free = time.monotonic()
+        self.woken = False
         self._cond = threading.Condition()
 
     def set(self, inflight: int, free_now: bool = False) -> None:
@@ -35,7 +37,12 @@ class FakeActivity:
 
     def wait_busy(self, timeout: float) -> bool:
         with self._cond:
-            return self._cond.wait_for(lambda: self.inflight > 0, timeout)
+            return self._cond.wait_for(lambda: self.inflight > 0 or self.woken, timeout)
+
+    def wake(self) -> None:
+        with self._cond:
+            self.woken = True
+            self._cond.notify_all()
 
 
 class Listener:
@@ -165,3 +172,14 @@ def test_a_socket_out_of_reach_is_still_warned_about(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     warned = _stalled_warnings(f"unix:{tmp_path / 'missing' / 'm.sock'}", caplog)
     assert len(warned) == 1 and "cannot connect to our own socket" in warned[0]
+
+
+def test_stopping_an_idle_nudger_does_not_wait_out_its_sleep(
+        monkeypatch: pytest.MonkeyPatch, listener: tuple[Listener, str]) -> None:
+    """The milter stops only after the nudger has: its idle sleep was not cut short, so each
+    stop or restart left the MTA without a milter for up to that long more."""
+    monkeypatch.setattr(poolnudge, "IDLE_WAIT", 60.0)
+    n = PoolNudger(parse_socket_spec(listener[1]), FakeActivity()).start()
+    time.sleep(0.1)  # asleep in wait_busy
+    n.stop()  # joins for at most 1 s
+    assert not n._thread.is_alive()
