@@ -19,7 +19,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass, field
 
-from spambridge import defaults
+from spambridge import defaults, privileges
 from spambridge.config import Config
 from spambridge.message import spool_problem
 from spambridge.milter.socketspec import SocketSpec, parse_socket_spec
@@ -257,6 +257,11 @@ def check_local(cfg: Config) -> Report:
                 lookup(name)
             except KeyError:
                 r.warn(f"[milter] {key}: no such {kind} {name!r}")
+    spec = parse_socket_spec(m.socket)
+    if m.user and spec.family == "unix":
+        sock_dir = os.path.dirname(os.path.abspath(spec.path))
+        if privileges.can_write_dir(sock_dir, m.user) is False:
+            r.warn(f"[milter] socket: {privileges.socket_dir_problem(sock_dir, m.user)}")
     if m.engine != "spamd" and not os.path.isabs(cfg.bayes.db):
         r.warn(f"[bayes] db: {cfg.bayes.db!r} is relative to the working directory the milter "
                "is started in (systemd: /); give an absolute path")

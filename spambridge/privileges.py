@@ -73,9 +73,41 @@ def drop(cfg: Config, spec: SocketSpec) -> None:
     else:  # pragma: no cover - the kernel would have to ignore setuid
         raise OSError("privileges were not dropped: setuid(0) still works")
     log.info("running as %s (uid %d, gid %d)", name, pw.pw_uid, pw.pw_gid)
+    if spec.family == "unix":
+        sock_dir = os.path.dirname(os.path.abspath(spec.path))
+        if not os.access(sock_dir, os.W_OK | os.X_OK):  # mail still flows: a warning
+            log.warning("%s: %s", key_at(cfg, "milter", "socket"),
+                        socket_dir_problem(sock_dir, name))
     if uses_bayes(cfg):
         db_dir = os.path.dirname(os.path.abspath(cfg.bayes.db))
         if not os.access(db_dir, os.W_OK | os.X_OK):
             raise ConfigError(f"{key_at(cfg, 'bayes', 'db')}: {db_dir} is not writable by user "
                               f"{name!r} (SQLite keeps its -wal/-shm files next to the "
                               f"database): chown {name} {db_dir}")
+
+
+def socket_dir_problem(sock_dir: str, name: str) -> str:
+    return (f"{sock_dir} is not writable by user {name!r}: the milter cannot remove its socket "
+            "when it stops, nor reach it to wake libmilter's workers under load; "
+            f"chown {name} {sock_dir} (mode 2750, group postfix)")
+
+
+def can_write_dir(path: str, name: str) -> bool | None:
+    """Whether user `name` may create and remove entries in directory `path` (mode bits, as
+    the kernel checks them without ACLs); None when that cannot be told (no such path/user)."""
+    try:
+        pw = pwd.getpwnam(name)
+        st = os.stat(path)
+        groups = os.getgrouplist(name, pw.pw_gid)
+    except (KeyError, OSError):
+        return None
+    if pw.pw_uid == 0:
+        return True
+    if st.st_uid == pw.pw_uid:
+        bits = st.st_mode >> 6
+    elif st.st_gid in groups:
+        bits = st.st_mode >> 3
+    else:
+        bits = st.st_mode
+    return bits & 0o3 == 0o3  # write and search
+

@@ -274,6 +274,22 @@ def test_root_start_drops_to_the_configured_user(start_milter: Start, fake: Swit
     st = os.stat(m.socket_path)  # made by root, handed over: the MTA's group keeps access
     assert (st.st_uid, st.st_gid) == (nobody.pw_uid, g.gr_gid)
     assert result_of(m, message()).action == "accept"  # and it still works afterwards
+    # open_dir is root's 0755: the socket cannot be removed at stop, and the log says so
+    assert (f"[milter] socket: {open_dir} is not writable by user 'nobody': the milter cannot "
+            "remove its socket when it stops") in m.log
+
+
+@needs_root
+def test_a_socket_directory_of_the_milters_user_is_not_warned_about(
+        start_milter: Start, fake: SwitchableSpamd, open_dir: Path) -> None:
+    nobody = pwd.getpwnam("nobody")
+    os.chown(open_dir, nobody.pw_uid, nobody.pw_gid)
+    cfg = spamd_config(fake.port)
+    cfg["milter"].update(user="nobody", socket=f"unix:{open_dir}/milter.sock")
+    m = start_milter(cfg)
+    wait_until(lambda: "running as nobody" in m.log, 10, "the switch to nobody")
+    assert result_of(m, message()).action == "accept"
+    assert "is not writable" not in m.log
 
 
 @pytest.mark.parametrize(("key", "name"), [pytest.param("user", "user", marks=needs_root),

@@ -273,3 +273,20 @@ def test_check_config_notes_a_filesystem_without_extended_attributes(
         f"[bayes] db: {db}: its filesystem keeps no extended attributes, so pages a killed "
         "`train` left in its -wal cannot be told from a new file's after a database is put "
         "in its place: fold them first (docs/bayes.md)"]
+
+
+def test_a_socket_directory_the_milter_user_cannot_write_is_named(tmp_path: Path) -> None:
+    """The README's directory made by hand (`install -d -g postfix -m 2750`, owned by root)
+    with `[milter] user` set: the milter then cannot remove its socket when it stops, nor
+    reach it to wake libmilter's workers, and check-config said "all well"."""
+    d = tmp_path / "spambridge"
+    d.mkdir()
+    d.chmod(0o2750)
+    cfg = from_mapping({"milter": {"engine": "spamd", "user": "nobody",
+                                   "socket": f"unix:{d}/spambridge.sock"}})
+    assert check_local(cfg).warnings == [
+        f"[milter] socket: {d} is not writable by user 'nobody': the milter cannot remove its "
+        "socket when it stops, nor reach it to wake libmilter's workers under load; chown "
+        f"nobody {d} (mode 2750, group postfix)"]
+    d.chmod(0o777)
+    assert check_local(cfg).warnings == []
