@@ -7,12 +7,24 @@ from __future__ import annotations
 import grp
 import re
 import smtplib
+import sqlite3
 import stat
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from harness import GTUBE, RunningMilter, Spamd, bayes_mail, message, train_database, wait_until
+from harness import (
+    BAYES_WORDS,
+    GTUBE,
+    RunningMilter,
+    Spamd,
+    bayes_mail,
+    message,
+    train_database,
+    wait_until,
+)
 from postfix_instance import PostfixInstance, example_settings
 
 pytestmark = pytest.mark.postfix  # and each test that scans with spamd: pytest.mark.spamd
@@ -128,6 +140,62 @@ def test_default_bayes_engine_behind_postfix(postfix: PostfixInstance, start_mil
     [status] = got.all("X-Spam-Status")
     assert re.match(r"No, score=0\.0\d{3} ", status) and "engine=bayes" in status, status
     assert got.all("X-Spam-Checker-Version")[0].startswith("spambridge ")
+
+
+def learned_tokens(db: Path) -> dict[str, tuple[int, int]]:
+    with sqlite3.connect(db) as c:
+        return {t: (s, h) for t, s, h in c.execute("SELECT token, spam, ham FROM tokens")}
+
+
+def train(cfg: Path, db: Path, path: Path) -> str:
+    """`spambridge train --spam` on one file, as an admin runs it; its summary line."""
+    r = subprocess.run([sys.executable, "-m", "spambridge", "train", "--config", str(cfg),
+                        "--db", str(db), "--spam", str(path)], capture_output=True, text=True,
+                       timeout=60, stdin=subprocess.DEVNULL)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return r.stdout
+
+
+def test_spam_the_milter_tagged_is_trained_as_the_message_that_came(
+        postfix: PostfixInstance, start_milter: Start, tmp_path: Path) -> None:
+    """A spam Postfix delivered after the milter put [policy] subject_tag on its Subject
+    (a user moves it to Junk, the admin trains Junk with the milter's config): `train` learns
+    the message as it came, not the tag. Its tokens are those of the same message as Postfix
+    would have delivered it unscanned, trained into a fresh database, and it has that
+    message's key (training that one next is "already trained")."""
+    scoring = tmp_path / "scoring"
+    scoring.mkdir()
+    db = train_database(scoring, bayes_mail, 20)
+    m = start_milter({"milter": {"socket": f"unix:{postfix.milter_socket}", "engine": "bayes"},
+                      "bayes": {"db": str(db), "min_trained": 20, "reject_cutoff": 1.0},
+                      "policy": {"subject_tag": "[SPAM]"}})  # the tag band, not reject
+    # spam words, and nothing in the message that says "spam" but the milter's markup
+    sent = message(subject="You are our winner 902",
+                   body=" ".join(BAYES_WORDS["spam"] * 5) + " uniq902x\n")
+    assert b"spam" not in sent.lower()
+    got = postfix.wait_delivered(postfix.send(sent))
+    assert got.all("Subject") == ["[SPAM] You are our winner 902"]
+    assert got.all("X-Spam-Flag") == ["YES"]
+    assert got.all("X-Spam-Status")[0].startswith("Yes, score=") and "engine=bayes" in \
+        got.all("X-Spam-Status")[0]
+    # the message as Postfix delivers it without the milter: its delivery fields, then the
+    # message exactly as sent
+    first = sent.split(b"\n", 1)[0]
+    assert got.raw.count(first) == 1
+    untouched = tmp_path / "untouched.eml"
+    untouched.write_bytes(got.raw[: got.raw.index(first)] + sent)
+    assert b"X-Spam-" not in untouched.read_bytes()
+
+    tagged_db, fresh_db = tmp_path / "tagged.sqlite", tmp_path / "fresh.sqlite"
+    assert "Learned 1 of 1 messages as spam" in train(m.config_path, tagged_db, got.path)
+    learned = learned_tokens(tagged_db)
+    assert learned and not [t for t in learned if "spam" in t.lower()], \
+        [t for t in learned if "spam" in t.lower()]
+    assert "Learned 1 of 1 messages as spam" in train(m.config_path, fresh_db, untouched)
+    assert learned == learned_tokens(fresh_db)
+    out = train(m.config_path, tagged_db, untouched)
+    assert "Learned 0 of 1 messages as spam (1 already trained)" in out, out
+    assert learned_tokens(tagged_db) == learned
 
 
 # what Postfix does without its milter, per milter_default_action (notes/ecosystem.md §1.2)
