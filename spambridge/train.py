@@ -481,12 +481,13 @@ def looks_like_mail(data: bytes) -> bool:
 MAX_UNWRAP = 8  # report_safe wrappers undone (one per SpamAssassin pass; more is a bomb)
 
 
-def strip_markup(data: bytes, subject_tag: bytes = b"") -> bytes:
+def strip_markup(data: bytes, subject_tag: bytes = b"", *, subject: bool = True) -> bytes:
     """The message as it was before any spam filter touched it: line endings as LF, no mbox
     "From " line, no X-Spam-* headers, the Subject as it came (`subject_tag`, the milter's
     [policy] one, taken off a message flagged spam; SpamAssassin's rewrite undone from its
     X-Spam-Prev-Subject), and SpamAssassin's report_safe wrapper undone (a bounded number of
-    times: a crafted message can nest thousands)."""
+    times: a crafted message can nest thousands). `subject=False`: the Subject as it lies, as
+    spambridge before 2026-11-26 learned and keyed it."""
     if b"\r" in data:
         data = data.replace(b"\r\n", b"\n")
     for _ in range(MAX_UNWRAP + 1):
@@ -497,7 +498,8 @@ def strip_markup(data: bytes, subject_tag: bytes = b"") -> bytes:
         if not (b"X-Spam-" in head or b"x-spam-" in head.lower()):
             break
         head, sep, body = data.partition(b"\n\n")
-        head = _OWNED.sub(b"", _untagged(head + b"\n", subject_tag)).rstrip(b"\n")
+        head += b"\n"
+        head = _OWNED.sub(b"", _untagged(head, subject_tag) if subject else head).rstrip(b"\n")
         original = _report_safe_original(head, body)
         if original is None:
             data = head + sep + body
@@ -630,10 +632,17 @@ class Trainer:
         key, legacy = keys(msg)
         batch = self._open_batch()
         prior = self._prior(batch, key, legacy)
+        learned = msg  # the message as its `prior` training read it
+        if prior is None:
+            # an earlier spambridge learned and keyed it with the Subject a filter rewrote
+            before = strip_markup(item.data, subject=False)
+            if before != msg:
+                prior = self._prior(batch, key, digest(before))
+                learned = before
         if label == "forget":
-            outcome = self._forget(batch, key, msg, prior)
+            outcome = self._forget(batch, key, learned, prior)
         else:
-            outcome = self._learn(batch, key, msg, label, prior)
+            outcome = self._learn(batch, key, msg, label, prior, learned)
         if batch.messages >= self.batch_messages or time.monotonic() - self._since > BATCH_SECONDS:
             self.flush()
         return outcome
@@ -650,21 +659,21 @@ class Trainer:
                 batch.mark(key, prior)
         return prior
 
-    def _forget(self, batch: store.Batch, key: bytes, msg: bytes, prior: str | None) -> str:
+    def _forget(self, batch: store.Batch, key: bytes, learned: bytes, prior: str | None) -> str:
         s = self.summary
         if prior is None:
             s.not_trained += 1
             return "not trained before"
-        batch.learn(tokenize(msg, self.limits), prior, -1)
+        batch.learn(tokenize(learned, self.limits), prior, -1)
         batch.mark(key, None)
         s.forgotten += 1
         return f"forgotten (was {prior})"
 
     def _learn(self, batch: store.Batch, key: bytes, msg: bytes, label: str,
-               prior: str | None) -> str:
-        """Learn as `label` (`prior`: the class it was trained as): a no-op when already so
-        trained, a move when trained as the other class, and nothing when selective and the
-        database is already certain."""
+               prior: str | None, learned: bytes) -> str:
+        """Learn as `label` (`prior`: the class it was trained as, from `learned`): a no-op when
+        already so trained, a move when trained as the other class, and nothing when selective
+        and the database is already certain."""
         s = self.summary
         if prior == label:
             s.already += 1
@@ -675,7 +684,7 @@ class Trainer:
             s.recognised += 1
             return f"already recognised as {label} (score {score:.4f}), not learned"
         if prior is not None:
-            batch.learn(tokens, prior, -1)
+            batch.learn(tokens if learned is msg else tokenize(learned, self.limits), prior, -1)
             s.moved += 1
         batch.learn(tokens, label)
         batch.mark(key, label)

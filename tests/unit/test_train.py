@@ -306,6 +306,48 @@ def test_reading_a_message_in_an_mbox_does_not_make_it_a_new_one(
         assert c.execute("SELECT count(*) FROM messages").fetchone()[0] == 1
 
 
+def test_a_tagged_message_learned_before_the_tag_was_taken_off_is_found(
+        tmp_path: Path, db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A tagged spam in Junk that an earlier spambridge learned (and keyed) with the tag: the
+    false positive moved out of Junk after the upgrade was learned as ham while it stayed
+    learned as spam (one message in both classes), and --forget said "not trained before"."""
+    cfg = tmp_path / "sb.toml"
+    cfg.write_text('[policy]\nsubject_tag = "[SPAM]"\n')
+    original = mail(1, True)
+    tagged = original.replace(b"Subject: WIN 1", b"Subject: [SPAM] WIN 1")
+    delivered = b"X-Spam-Flag: YES\nX-Spam-Status: Yes, score=0.9500 engine=bayes\n" + tagged
+    writer = store.SqliteWriter(str(db))  # as the earlier spambridge left it: tag kept
+    batch = writer.begin()
+    batch.learn(train.tokenize(tagged), store.SPAM)
+    batch.mark(train.digest(train.strip_markup(tagged)), store.SPAM)
+    writer.commit(batch)
+    writer.close()
+    f = tmp_path / "m.eml"
+    f.write_bytes(delivered)
+    code, out, _ = run("train", "--config", str(cfg), "--db", str(db), "--forget", str(f),
+                       capsys=capsys)
+    assert code == 0 and "Forgot 1 of 1" in out, out
+    assert totals(db) == (0, 0) and not [t for t, n in tokens(db).items() if n != (0, 0)]
+    with sqlite3.connect(db) as c:
+        assert c.execute("SELECT count(*) FROM messages").fetchone()[0] == 0
+
+    writer = store.SqliteWriter(str(db))  # again, and this time moved to ham
+    batch = writer.begin()
+    batch.learn(train.tokenize(tagged), store.SPAM)
+    batch.mark(train.digest(train.strip_markup(tagged)), store.SPAM)
+    writer.commit(batch)
+    writer.close()
+    code, out, _ = run("train", "--config", str(cfg), "--db", str(db), "--ham", str(f),
+                       capsys=capsys)
+    assert code == 0 and "1 moved from spam" in out and totals(db) == (0, 1), out
+    assert not [t for t, (s, _) in tokens(db).items() if s], "spam counts left behind"
+    with sqlite3.connect(db) as c:
+        assert c.execute("SELECT count(*) FROM messages").fetchone()[0] == 1
+    code, out, _ = run("train", "--config", str(cfg), "--db", str(db), "--ham", str(f),
+                       capsys=capsys)
+    assert code == 0 and "1 already trained" in out and totals(db) == (0, 1)
+
+
 def report_safe(original: bytes, level: int) -> bytes:
     """SpamAssassin's report_safe wrapper around `original`, as spamd returns flagged spam."""
     return (f"From: spamd@example.net\nSubject: [SPAM] offer\nX-Spam-Flag: YES\n"
