@@ -728,8 +728,10 @@ def read_index(path: str) -> list[tuple[str, str]]:
             line = line.strip()
             if not line or line.startswith("#"):
                 continue
-            label, _, where = line.replace("\t", " ", 1).partition(" ")  # a tab, as cut(1)
-            label, where = label.lower(), where.strip()
+            # a space or a tab (as cut(1) writes) ends the class; the path may hold either
+            cut = min((i for i in (line.find(" "), line.find("\t")) if i >= 0),
+                      default=len(line))
+            label, where = line[:cut].lower(), line[cut + 1:].strip()
             if label not in (store.SPAM, store.HAM) or not where:
                 raise ValueError(f"{path}:{n}: expected 'spam PATH' or 'ham PATH', got {line!r}")
             out.append((label, where if os.path.isabs(where) else os.path.join(base, where)))

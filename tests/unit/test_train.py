@@ -1199,3 +1199,13 @@ def test_a_database_path_that_is_not_utf8_is_still_read(
                          capsys=capsys)
     assert code == 0, err
     assert out.split("\t")[2].strip() in ("spam", "reject")
+
+
+def test_an_index_line_is_split_at_its_first_blank_only(tmp_path: Path) -> None:
+    """A tab is taken for the space between class and path, but only there: the first tab
+    anywhere on the line was replaced, so `spam a<TAB>b.eml` named `a b.eml`."""
+    index = tmp_path / "index"
+    index.write_text("spam a\tb.eml\nham\tc d.eml\nspam  e\tf g.eml\n")
+    assert train.read_index(str(index)) == [
+        ("spam", str(tmp_path / "a\tb.eml")), ("ham", str(tmp_path / "c d.eml")),
+        ("spam", str(tmp_path / "e\tf g.eml"))]
