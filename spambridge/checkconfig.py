@@ -261,7 +261,9 @@ def check_local(cfg: Config) -> Report:
     if m.user and spec.family == "unix":
         sock_dir = os.path.dirname(os.path.abspath(spec.path))
         if privileges.can_write_dir(sock_dir, m.user) is False:
-            r.warn(f"[milter] socket: {privileges.socket_dir_problem(sock_dir, m.user)}")
+            reachable = privileges.can_reach(sock_dir, m.user) is not False
+            r.warn("[milter] socket: "
+                   + privileges.socket_dir_problem(sock_dir, m.user, reachable))
     if m.engine != "spamd" and not os.path.isabs(cfg.bayes.db):
         r.warn(f"[bayes] db: {cfg.bayes.db!r} is relative to the working directory the milter "
                "is started in (systemd: /); give an absolute path")

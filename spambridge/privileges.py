@@ -77,7 +77,7 @@ def drop(cfg: Config, spec: SocketSpec) -> None:
         sock_dir = os.path.dirname(os.path.abspath(spec.path))
         if not os.access(sock_dir, os.W_OK | os.X_OK):  # mail still flows: a warning
             log.warning("%s: %s", key_at(cfg, "milter", "socket"),
-                        socket_dir_problem(sock_dir, name))
+                        socket_dir_problem(sock_dir, name, os.access(sock_dir, os.X_OK)))
     if uses_bayes(cfg):
         db_dir = os.path.dirname(os.path.abspath(cfg.bayes.db))
         if not os.access(db_dir, os.W_OK | os.X_OK):
@@ -86,10 +86,25 @@ def drop(cfg: Config, spec: SocketSpec) -> None:
                               f"database): chown {name} {db_dir}")
 
 
-def socket_dir_problem(sock_dir: str, name: str) -> str:
+def socket_dir_problem(sock_dir: str, name: str, reachable: bool = False) -> str:
+    """`reachable`: the user may still connect to the socket (search access on the way)."""
     return (f"{sock_dir} is not writable by user {name!r}: the milter cannot remove its socket "
-            "when it stops, nor reach it to wake libmilter's workers under load; "
-            f"chown {name} {sock_dir} (mode 2750, group postfix)")
+            "when it stops" + ("" if reachable else
+                               ", nor reach it to wake libmilter's workers under load")
+            + f"; chown {name} {sock_dir} (mode 2750, group postfix)")
+
+
+def _allowed(path: str, pw: pwd.struct_passwd, groups: list[int], want: int) -> bool:
+    """Whether the mode bits of `path` give the user `want` (a mask of 4/2/1), as the kernel
+    checks them without ACLs; raises OSError."""
+    st = os.stat(path)
+    if st.st_uid == pw.pw_uid:
+        bits = st.st_mode >> 6
+    elif st.st_gid in groups:
+        bits = st.st_mode >> 3
+    else:
+        bits = st.st_mode
+    return bits & want == want
 
 
 def can_write_dir(path: str, name: str) -> bool | None:
@@ -97,17 +112,26 @@ def can_write_dir(path: str, name: str) -> bool | None:
     the kernel checks them without ACLs); None when that cannot be told (no such path/user)."""
     try:
         pw = pwd.getpwnam(name)
-        st = os.stat(path)
         groups = os.getgrouplist(name, pw.pw_gid)
+        return pw.pw_uid == 0 or _allowed(path, pw, groups, 0o3)  # write and search
     except (KeyError, OSError):
         return None
-    if pw.pw_uid == 0:
-        return True
-    if st.st_uid == pw.pw_uid:
-        bits = st.st_mode >> 6
-    elif st.st_gid in groups:
-        bits = st.st_mode >> 3
-    else:
-        bits = st.st_mode
-    return bits & 0o3 == 0o3  # write and search
 
+
+def can_reach(path: str, name: str) -> bool | None:
+    """Whether user `name` may search `path` and every directory above it (None: unknown)."""
+    try:
+        pw = pwd.getpwnam(name)
+        groups = os.getgrouplist(name, pw.pw_gid)
+        if pw.pw_uid == 0:
+            return True
+        path = os.path.abspath(path)
+        while True:
+            if not _allowed(path, pw, groups, 0o1):
+                return False
+            up = os.path.dirname(path)
+            if up == path:
+                return True
+            path = up
+    except (KeyError, OSError):
+        return None

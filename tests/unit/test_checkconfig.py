@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import sqlite3
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -290,3 +292,23 @@ def test_a_socket_directory_the_milter_user_cannot_write_is_named(tmp_path: Path
         f"nobody {d} (mode 2750, group postfix)"]
     d.chmod(0o777)
     assert check_local(cfg).warnings == []
+
+
+def test_a_socket_directory_the_milter_user_can_enter_is_not_called_out_of_reach(
+        tmp_path: Path) -> None:
+    """root's 0755 directory: the milter's user connects to the socket in it (the pool nudger
+    works), it only cannot remove it; the warning said it could not reach it either."""
+    top = Path(tempfile.mkdtemp(dir="/tmp"))  # tmp_path lies under root's 0700 directory
+    try:
+        top.chmod(0o755)
+        d = top / "spambridge"
+        d.mkdir(mode=0o755)
+        cfg = from_mapping({"milter": {"engine": "spamd", "user": "nobody",
+                                       "socket": f"unix:{d}/spambridge.sock"}})
+        assert check_local(cfg).warnings == [
+            f"[milter] socket: {d} is not writable by user 'nobody': the milter cannot remove "
+            f"its socket when it stops; chown nobody {d} (mode 2750, group postfix)"]
+        top.chmod(0o700)  # a directory above out of reach: so is the socket
+        assert "nor reach it" in check_local(cfg).warnings[0]
+    finally:
+        shutil.rmtree(top)
