@@ -169,7 +169,7 @@ class Pipeline:
         return True
 
 
-DETAIL_CHARS = 200  # of an error on a decision line; a longer one is also logged whole, once
+DETAIL_CHARS = 200  # bytes of an error on a decision line; a longer one is also logged whole, once
 _said_whole = ""  # the last error logged whole
 
 
@@ -181,7 +181,8 @@ def log_decision(ev: Evaluation, buf: MessageBuffer, env: Envelope, tag_only: bo
     detail = whole = ""
     if isinstance(ev.outcome, ScanError) and ev.outcome.detail:
         detail = f" error={clean(ev.outcome.detail, DETAIL_CHARS)!r}"
-        if len(ev.outcome.detail) > DETAIL_CHARS and ev.outcome.detail != _said_whole:
+        cut = len(ev.outcome.detail.encode("utf-8", "surrogateescape")) > DETAIL_CHARS  # as clean
+        if cut and ev.outcome.detail != _said_whole:
             # what to do is often at its end ("run as the milter's user"): said once, not per
             # message (a race between threads may say it twice)
             whole = _said_whole = ev.outcome.detail

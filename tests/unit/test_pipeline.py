@@ -164,3 +164,16 @@ def test_a_long_error_is_logged_whole_once(caplog: pytest.LogCaptureFixture) -> 
     assert all("in its group" not in m for m in lines if "reason=unavailable" in m)
     whole = [m for m in lines if "in its group" in m]
     assert whole == [f"4ABC1: the error in full: {err.detail}"]
+
+
+def test_an_error_cut_for_its_8bit_bytes_is_logged_whole(caplog: pytest.LogCaptureFixture) -> None:
+    """The decision line cuts at 200 bytes, not characters: an error of fewer characters but
+    more bytes (a database under a non-ASCII path) lost its end and was never logged whole."""
+    detail = ("/srv/почта/" * 8 + "bayes.sqlite: cannot open the Bayes database: readonly"
+              ": run as the milter's user")
+    assert len(detail) <= 200 < len(detail.encode())
+    err = ScanError(ErrorKind.UNAVAILABLE, "bayes", detail)
+    ev = Evaluation(decide(err, Config().policy), err, 0.001)
+    caplog.set_level(logging.INFO, logger="spambridge")
+    log_decision(ev, MessageBuffer(1000, 1000), Envelope(queue_id="4ABC9"), False)
+    assert [r for r in caplog.records if "the error in full" in r.getMessage()]
