@@ -170,11 +170,23 @@ class Pipeline:
 
 
 DETAIL_CHARS = 200  # bytes of an error on a decision line; a longer one is also logged whole, once
-_said_whole = ""  # the last error logged whole
+_SAID_WHOLE: dict[str, None] = {}  # the long errors logged whole lately, oldest first
+_SAID_WHOLE_MAX = 16  # two or three causes taking turns are each said once, not every time
+_said_lock = threading.Lock()
+
+
+def _first_time(detail: str) -> bool:
+    """Whether `detail` was not logged whole lately (and note that it now is)."""
+    with _said_lock:
+        if detail in _SAID_WHOLE:
+            return False
+        _SAID_WHOLE[detail] = None
+        if len(_SAID_WHOLE) > _SAID_WHOLE_MAX:
+            del _SAID_WHOLE[next(iter(_SAID_WHOLE))]
+        return True
 
 
 def log_decision(ev: Evaluation, buf: MessageBuffer, env: Envelope, tag_only: bool) -> None:
-    global _said_whole
     d = ev.decision
     score = headers.format_score(d.engine, d.score) if d.score is not None else "-"
     would = f" would={d.intended.value}" if d.intended is not d.action else ""
@@ -182,10 +194,9 @@ def log_decision(ev: Evaluation, buf: MessageBuffer, env: Envelope, tag_only: bo
     if isinstance(ev.outcome, ScanError) and ev.outcome.detail:
         detail = f" error={clean(ev.outcome.detail, DETAIL_CHARS)!r}"
         cut = len(ev.outcome.detail.encode("utf-8", "surrogateescape")) > DETAIL_CHARS  # as clean
-        if cut and ev.outcome.detail != _said_whole:
-            # what to do is often at its end ("run as the milter's user"): said once, not per
-            # message (a race between threads may say it twice)
-            whole = _said_whole = ev.outcome.detail
+        # what to do is often at its end ("run as the milter's user"): said once, not per message
+        if cut and _first_time(ev.outcome.detail):
+            whole = ev.outcome.detail
     note = ev.outcome.note if isinstance(ev.outcome, ScoreResult) else ""
     fell_back = bool(note)  # e.g. fallback=spamd-timeout
     if fell_back:

@@ -159,7 +159,7 @@ def count_messages(path: str) -> int | None:
         if _is_maildir(p):
             return sum(len(os.listdir(p / d)) for d in ("cur", "new"))
         if p.is_dir():
-            return sum(1 for e in os.scandir(p) if e.is_file() and not e.name.startswith("."))
+            return sum(1 for e in os.scandir(p) if _is_file(e) and not e.name.startswith("."))
         if p.is_file() and not _is_mbox(p):
             return 1
     except OSError:

@@ -164,6 +164,14 @@ def test_a_long_error_is_logged_whole_once(caplog: pytest.LogCaptureFixture) -> 
     assert all("in its group" not in m for m in lines if "reason=unavailable" in m)
     whole = [m for m in lines if "in its group" in m]
     assert whole == [f"4ABC1: the error in full: {err.detail}"]
+    # two causes taking turns (spamd's error, then the fallback's): each said once
+    other = ScanError(ErrorKind.UNAVAILABLE, "bayes", err.detail.replace("x" * 200, "y" * 200))
+    caplog.clear()
+    for n, e in enumerate([other, err, other, err]):
+        log_decision(Evaluation(decide(e, Config().policy), e, 0.001), buf,
+                     Envelope(queue_id=f"5ABC{n}"), False)
+    assert [r.getMessage() for r in caplog.records if "in full" in r.getMessage()] == [
+        f"5ABC0: the error in full: {other.detail}"]
 
 
 def test_an_error_cut_for_its_8bit_bytes_is_logged_whole(caplog: pytest.LogCaptureFixture) -> None:
