@@ -488,6 +488,13 @@ def strip_markup(data: bytes, subject_tag: bytes = b"", *, subject: bool = True)
     X-Spam-Prev-Subject), and SpamAssassin's report_safe wrapper undone (a bounded number of
     times: a crafted message can nest thousands). `subject=False`: the Subject as it lies, as
     spambridge before 2026-11-26 learned and keyed it."""
+    return _strip(data, subject_tag, subject)[0]
+
+
+def _strip(data: bytes, subject_tag: bytes, subject: bool) -> tuple[bytes, bool]:
+    """strip_markup, and whether a Subject was put back (only then can the message have been
+    learned under another key: the caller looks that one up only then)."""
+    restored = False
     if b"\r" in data:
         data = data.replace(b"\r\n", b"\n")
     for _ in range(MAX_UNWRAP + 1):
@@ -499,13 +506,17 @@ def strip_markup(data: bytes, subject_tag: bytes = b"", *, subject: bool = True)
             break
         head, sep, body = data.partition(b"\n\n")
         head += b"\n"
-        head = _OWNED.sub(b"", _untagged(head, subject_tag) if subject else head).rstrip(b"\n")
+        if subject:
+            untagged = _untagged(head, subject_tag)
+            restored = restored or untagged is not head
+            head = untagged
+        head = _OWNED.sub(b"", head).rstrip(b"\n")
         original = _report_safe_original(head, body)
         if original is None:
             data = head + sep + body
             break
         data = original
-    return data.rstrip() + b"\n"
+    return data.rstrip() + b"\n", restored
 
 
 def _untagged(head: bytes, tag: bytes) -> bytes:
@@ -557,12 +568,21 @@ _MAILBOX_STATE = re.compile(
     rb"|x-mozilla-status2?|x-mozilla-keys)[ \t]*:.*(?:\n[ \t].*)*\n", re.I | re.M)
 
 
+# how those fields' names start: most mail has none of them, and a search from the line ends
+# (found as a literal) costs a third of the regex above over the whole header
+_STATE_NAME = rb"(?:x-(?:status|keywords|uid|imap|mozilla-)|status|content-length|lines)"
+_MAILBOX_STATE_FIRST = re.compile(_STATE_NAME, re.I)
+_MAILBOX_STATE_LATER = re.compile(rb"\n" + _STATE_NAME, re.I)
+
+
 def keys(normalised: bytes) -> tuple[bytes, bytes | None]:
     """The key of a message (strip_markup's output): the digest of it without its mailbox
     state fields; and, when it had some, the digest of it with them, which is the key an
     earlier spambridge gave it (None when the two are the same)."""
     end = normalised.find(b"\n\n")
     head = normalised if end < 0 else normalised[: end + 1]
+    if not (_MAILBOX_STATE_FIRST.match(head) or _MAILBOX_STATE_LATER.search(head)):
+        return digest(normalised), None
     kept = _MAILBOX_STATE.sub(b"", head)
     if len(kept) == len(head):
         return digest(normalised), None
@@ -628,17 +648,15 @@ class Trainer:
         if item.data is None:
             s.skipped(item)
             return item.problem
-        msg = strip_markup(item.data, self.subject_tag)
+        msg, restored = _strip(item.data, self.subject_tag, True)
         key, legacy = keys(msg)
         batch = self._open_batch()
         prior = self._prior(batch, key, legacy)
         learned = msg  # the message as its `prior` training read it
-        if prior is None:
+        if prior is None and restored:
             # an earlier spambridge learned and keyed it with the Subject a filter rewrote
-            before = strip_markup(item.data, subject=False)
-            if before != msg:
-                prior = self._prior(batch, key, digest(before))
-                learned = before
+            learned = strip_markup(item.data, subject=False)
+            prior = self._prior(batch, key, digest(learned))
         if label == "forget":
             outcome = self._forget(batch, key, learned, prior)
         else:

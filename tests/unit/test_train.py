@@ -285,6 +285,12 @@ def test_reading_a_message_in_an_mbox_does_not_make_it_a_new_one(
     assert code == 0 and "3 already trained" in out and totals(db) == (0, 3)
     code, out, _ = run("train", "--db", str(db), "--spam", str(f), capsys=capsys)
     assert code == 0 and "3 moved from ham" in out and totals(db) == (3, 0)
+    # wherever the fields stand, in any case, folded; a body line that looks like one counts
+    plain = train.strip_markup(mail(5, False))
+    for variant in (b"STATUS: RO\n" + plain, plain.replace(b"\n\n", b"\nX-Keywords: a\n b\n\n", 1)):
+        assert train.keys(variant) == (train.keys(plain)[0], train.digest(variant))
+    body_line = plain + b"Status: RO\n"
+    assert train.keys(body_line) == (train.digest(body_line), None)
 
     # a database an earlier spambridge filled: the message keyed with its state fields
     old = tmp_path / "old.sqlite"
