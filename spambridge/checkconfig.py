@@ -213,13 +213,17 @@ def check_postfix(cfg: Config, pf: PostfixSettings) -> Report:
                f"{p.get('milter_default_action', 'tempfail')}); Postfix 3.11 changes the "
                "default to shutdown: set accept or tempfail explicitly")
 
-    # timeouts
-    timeout = parse_time(p.get("milter_content_timeout", "300s"))
+    # timeouts: a per-milter content_timeout (smtpd_milters = { …, content_timeout=… }) wins
+    if "content_timeout" in our_options:
+        name, raw = "content_timeout (per milter)", our_options["content_timeout"]
+    else:
+        name, raw = "milter_content_timeout", p.get("milter_content_timeout", "300s")
+    timeout = parse_time(raw)
     if timeout is None:
-        r.warn(f"cannot read milter_content_timeout = {p.get('milter_content_timeout')!r}")
+        r.warn(f"cannot read {name} = {raw!r}")
     elif cap * 2 > timeout:
         r.warn(f"scan_timeout {cfg.milter.scan_timeout:g}s (+{defaults.REPLY_MARGIN:g}s) is not "
-               f"well below milter_content_timeout {timeout:g}s: Postfix may give up first and "
+               f"well below {name} {timeout:g}s: Postfix may give up first and "
                f"apply milter_default_action; keep the timeout >= {cap * 2:g}s or lower "
                "scan_timeout")
     elif timeout > 600:

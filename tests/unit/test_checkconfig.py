@@ -312,3 +312,15 @@ def test_a_socket_directory_the_milter_user_can_enter_is_not_called_out_of_reach
         assert "nor reach it" in check_local(cfg).warnings[0]
     finally:
         shutil.rmtree(top)
+
+
+def test_a_per_milter_content_timeout_is_the_one_judged() -> None:
+    """`{ unix:…, content_timeout=5s }` overrides milter_content_timeout for spambridge alone:
+    Postfix gave up on every 5-10 s scan and applied the default action, and check-config,
+    reading only the global 60s, said "all well"."""
+    short = "{ unix:spambridge/spambridge.sock, content_timeout=5s, default_action=accept }"
+    r = check_postfix(cfg(), settings(smtpd_milters=short))
+    assert any("content_timeout (per milter) 5s" in w for w in r.warnings)
+    long = "{ unix:spambridge/spambridge.sock, content_timeout=2m }"
+    r = check_postfix(cfg(), settings(smtpd_milters=long, milter_content_timeout="10s"))
+    assert not any("content_timeout" in w for w in r.warnings)
