@@ -173,19 +173,26 @@ def check_postfix(cfg: Config, pf: PostfixSettings) -> Report:
     hints: list[str] = []
     for svc in services:
         value = svc.milters if svc.milters is not None else p.get("smtpd_milters", "")
+        mine: list[str] = []  # this service's entries meant for us that miss
         for endpoint, opts in milter_entries(value):
             ok, hint = endpoint_matches(endpoint, ours, queue_dir, svc.chroot)
             if ok:
                 reaching.append(svc.name)
                 our_options = opts
+                mine = []
                 break
             if hint:
-                hints.append(f"{svc.name}: {hint}")
+                mine.append(f"{svc.name}: {hint}")
+        hints += mine
     if reaching:
         r.note(f"smtpd services that use spambridge: {', '.join(reaching)}")
         skipped = [s.name for s in services if s.name not in reaching]
         if skipped:
             r.note(f"smtpd services without spambridge: {', '.join(skipped)}")
+        # a service that means to use spambridge but cannot reach it (an absolute path in a
+        # chrooted smtpd) passes its mail unscanned, whatever the other services do
+        for h in dict.fromkeys(hints):
+            r.warn(h)
     else:
         want = f"unix:{_relative_to(ours.path, queue_dir)}" if (
             ours.family == "unix" and _relative_to(ours.path, queue_dir)) else ours.postfix

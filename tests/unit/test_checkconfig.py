@@ -324,3 +324,16 @@ def test_a_per_milter_content_timeout_is_the_one_judged() -> None:
     long = "{ unix:spambridge/spambridge.sock, content_timeout=2m }"
     r = check_postfix(cfg(), settings(smtpd_milters=long, milter_content_timeout="10s"))
     assert not any("content_timeout" in w for w in r.warnings)
+
+
+def test_a_service_that_misses_the_socket_warns_even_when_another_reaches_it() -> None:
+    """The chrooted smtp service (inbound mail) names the socket by its absolute path, which
+    does not exist inside the chroot; a non-chrooted submission service reaches it. Every
+    inbound message went unscanned while check-config said "all well"."""
+    pf = settings(smtpd_milters=SOCK)
+    pf.smtpd = [Service("smtp/inet", True), Service("submission/inet", False)]
+    r = check_postfix(cfg(), pf)
+    assert "smtpd services that use spambridge: submission/inet" in r.notes
+    assert r.warnings == [
+        "smtp/inet: smtpd runs chrooted in /var/spool/postfix, so "
+        f"{SOCK} means /var/spool/postfix{SOCK[5:]}; write unix:spambridge/spambridge.sock"]
