@@ -324,7 +324,8 @@ def parse_master(text: str) -> list[Service]:
 
 def read_postfix(exe: str, config_dir: str | None = None) -> PostfixSettings:
     values: dict[str, str] = {}
-    for line in _postconf(exe, config_dir, *PARAMS).splitlines():
+    # -x: values as Postfix uses them ($name expanded), as in smtpd_milters = $my_milters
+    for line in _postconf(exe, config_dir, "-x", *PARAMS).splitlines():
         name, sep, value = line.partition(" = ")
         if sep:
             values[name.strip()] = value.strip()
@@ -332,7 +333,7 @@ def read_postfix(exe: str, config_dir: str | None = None) -> PostfixSettings:
             values[line[:-2].strip()] = ""
     explicit = {line.partition(" =")[0].strip()
                 for line in _postconf(exe, config_dir, "-n").splitlines() if " =" in line}
-    master = parse_master(_postconf(exe, config_dir, "-M"))
+    master = parse_master(_postconf(exe, config_dir, "-Mx"))
     where = config_dir or os.environ.get("MAIL_CONFIG") or "/etc/postfix"
     return PostfixSettings(where, values, explicit, master)
 

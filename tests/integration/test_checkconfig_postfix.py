@@ -70,3 +70,25 @@ def test_bad_config_exits_78(tmp_path: Path) -> None:
     r = check_config(cfg, "--no-postfix")
     assert r.returncode == 78
     assert f"{cfg}:2: [milter] scan_timout: unknown key" in r.stderr
+
+
+def test_parameters_are_read_expanded(tmp_path: Path) -> None:
+    """smtpd_milters = $my_milters (and a master.cf -o smtpd_milters=$...) is how sites share
+    one milter list between services: postconf without -x printed '$my_milters', and
+    check-config warned that it does not reach the socket, and judged no timeout."""
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "main.cf").write_text(
+        "compatibility_level = 3.6\nqueue_directory = /var/spool/postfix\n"
+        "my_milters = unix:spambridge/spambridge.sock\nsmtpd_milters = $my_milters\n"
+        "my_timeout = 5s\nmilter_content_timeout = ${my_timeout}\n"
+        "milter_default_action = accept\n")
+    (etc / "master.cf").write_text(
+        "smtp inet n - y - - smtpd\n"
+        "submission inet n - y - - smtpd -o smtpd_milters=$my_milters\n")
+    cfg = write_config(tmp_path / "ok.toml", {"milter": {
+        "socket": "unix:/var/spool/postfix/spambridge/spambridge.sock", "engine": "spamd"}})
+    r = check_config(cfg, "--postfix-config", str(etc))
+    assert "smtpd services that use spambridge: smtp/inet, submission/inet" in r.stdout
+    assert "does not reach" not in r.stdout
+    assert "well below milter_content_timeout 5s" in r.stdout
