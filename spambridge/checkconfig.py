@@ -17,6 +17,7 @@ import posixpath
 import re
 import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass, field
 
 from spambridge import defaults, privileges
@@ -283,9 +284,31 @@ def check_local(cfg: Config) -> Report:
     problem = spool_problem(m.spool_dir)
     if problem:
         r.warn(f"[milter] spool_dir: {problem}")
+    if m.user:
+        _user_dirs(cfg, r)
     if cfg.spamd.tls and cfg.spamd.ca_file and not os.access(cfg.spamd.ca_file, os.R_OK):
         r.warn(f"[spamd] ca_file: {cfg.spamd.ca_file} cannot be read")
     return r
+
+
+def _user_dirs(cfg: Config, r: Report) -> None:
+    """What `run` checks once it is `[milter] user` (each a refusal to start, exit 78): the
+    Bayes database's directory and the spool directory must be writable by that user."""
+    name, m = cfg.milter.user, cfg.milter
+    if privileges.uses_bayes(cfg) and os.path.isabs(cfg.bayes.db):
+        db_dir = os.path.dirname(cfg.bayes.db)
+        if not os.path.isdir(db_dir):
+            r.warn(f"[bayes] db: {db_dir} does not exist: started as root, the milter creates "
+                   f"it owned by root, and then cannot write it as user {name!r}: "
+                   f"install -d -o {name} {db_dir}")
+        elif privileges.can_write_dir(db_dir, name) is False:
+            r.warn(f"[bayes] db: {db_dir} is not writable by user {name!r} (SQLite keeps its "
+                   f"-wal/-shm files next to the database): chown {name} {db_dir}")
+    spool = m.spool_dir or tempfile.gettempdir()
+    if os.path.isdir(spool) and (privileges.can_write_dir(spool, name) is False
+                                 or privileges.can_reach(spool, name) is False):
+        r.warn(f"[milter] spool_dir: {spool} is not writable by user {name!r}; a message above "
+               "spool_memory would get on_error")
 
 
 def find_postconf() -> str | None:

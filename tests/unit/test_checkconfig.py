@@ -337,3 +337,33 @@ def test_a_service_that_misses_the_socket_warns_even_when_another_reaches_it() -
     assert r.warnings == [
         "smtp/inet: smtpd runs chrooted in /var/spool/postfix, so "
         f"{SOCK} means /var/spool/postfix{SOCK[5:]}; write unix:spambridge/spambridge.sock"]
+
+
+def test_directories_the_milter_user_cannot_write_are_named(tmp_path: Path) -> None:
+    """With `[milter] user`, `run` refuses to start (exit 78) when that user cannot write the
+    Bayes database's directory or the spool directory; check-config said "all well"."""
+    top = Path(tempfile.mkdtemp(dir="/tmp"))  # tmp_path lies under root's 0700 directory
+    try:
+        top.chmod(0o755)
+        db_dir, spool = top / "db", top / "spool"
+        db_dir.mkdir(mode=0o755)
+        spool.mkdir(mode=0o700)
+        cfg = from_mapping({"milter": {"user": "nobody", "spool_dir": str(spool),
+                                       "socket": f"unix:{top}/s.sock"},
+                            "bayes": {"db": f"{db_dir}/bayes.sqlite"}})
+        warnings = [w for w in check_local(cfg).warnings if "[milter] socket:" not in w]
+        assert warnings == [
+            f"[bayes] db: {db_dir} is not writable by user 'nobody' (SQLite keeps its -wal/-shm "
+            f"files next to the database): chown nobody {db_dir}",
+            f"[milter] spool_dir: {spool} is not writable by user 'nobody'; a message above "
+            "spool_memory would get on_error"]
+        missing = from_mapping({"milter": {"user": "nobody", "engine": "spamd+bayes",
+                                           "socket": f"unix:{top}/s.sock"},
+                                "bayes": {"db": f"{top}/new/bayes.sqlite"}})
+        assert any(f"[bayes] db: {top}/new does not exist" in w
+                   for w in check_local(missing).warnings)
+        db_dir.chmod(0o777)
+        spool.chmod(0o777)
+        assert not [w for w in check_local(cfg).warnings if "[milter] socket:" not in w]
+    finally:
+        shutil.rmtree(top)
