@@ -276,6 +276,10 @@ def check_local(cfg: Config) -> Report:
             reachable = privileges.can_reach(sock_dir, m.user) is not False
             r.warn("[milter] socket: "
                    + privileges.socket_dir_problem(sock_dir, m.user, reachable))
+    if spec.family == "unix" and not m.socket_mode & 0o022 and m.user != "postfix":
+        r.warn(f"[milter] socket_mode: {m.socket_mode:04o} lets only the socket's owner connect "
+               "(connecting takes write permission): Postfix's smtpd, user postfix, needs "
+               '"0660" with the socket in group postfix')
     if m.engine != "spamd" and not os.path.isabs(cfg.bayes.db):
         r.warn(f"[bayes] db: {cfg.bayes.db!r} is relative to the working directory the milter "
                "is started in (systemd: /); give an absolute path")

@@ -367,3 +367,14 @@ def test_directories_the_milter_user_cannot_write_are_named(tmp_path: Path) -> N
         assert not [w for w in check_local(cfg).warnings if "[milter] socket:" not in w]
     finally:
         shutil.rmtree(top)
+
+
+@pytest.mark.parametrize(("mode", "warns"), [
+    ("0600", True), ("0640", True), ("0700", True), ("0660", False), ("0662", False),
+    ("0620", False)])
+def test_a_socket_mode_postfix_cannot_connect_with_is_named(mode: str, warns: bool) -> None:
+    """Connecting to a unix socket takes write permission: with 0600 or 0640 only the
+    milter's own user can, every smtpd connection fails (milter_default_action), and
+    check-config said "all well"."""
+    cfg = from_mapping({"milter": {"engine": "spamd", "socket_mode": mode}})
+    assert any("[milter] socket_mode" in w for w in check_local(cfg).warnings) is warns
