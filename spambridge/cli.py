@@ -102,12 +102,39 @@ def load_config(args: argparse.Namespace) -> Config:
     )
 
 
+# syslog priorities (sd-daemon(3) "<N>" prefixes) of the logging levels
+_PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3,
+             logging.CRITICAL: 2}
+
+
+class JournalFormatter(logging.Formatter):
+    """stderr read by journald (systemd, SyslogFacility=mail): each line gets its priority
+    as a `<N>` prefix, or every warning and error lands in the journal and in syslog at
+    priority info (SyslogLevel=); no time stamp or name[pid], journald adds both."""
+
+    def __init__(self) -> None:
+        super().__init__("%(levelname)s %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        prefix = f"<{_PRIORITY.get(record.levelno, 6 if record.levelno < 30 else 3)}>"
+        return "\n".join(prefix + line for line in super().format(record).split("\n"))
+
+
+def _stderr_is_journal() -> bool:
+    """systemd sets JOURNAL_STREAM=DEV:INODE of the stream it connected to the journal."""
+    want = os.environ.get("JOURNAL_STREAM", "")
+    try:
+        st = os.fstat(sys.stderr.fileno())
+    except (AttributeError, OSError, ValueError):
+        return False
+    return bool(want) and want == f"{st.st_dev}:{st.st_ino}"
+
+
 def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s %(name)s[%(process)d]: %(levelname)s %(message)s",
-        stream=sys.stderr,
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JournalFormatter() if _stderr_is_journal() else logging.Formatter(
+        "%(asctime)s %(name)s[%(process)d]: %(levelname)s %(message)s"))
+    logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler])
 
 
 def main(argv: Sequence[str] | None = None) -> int:

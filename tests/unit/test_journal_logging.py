@@ -1,0 +1,50 @@
+"""Logging under systemd: journald takes each line's priority from a `<N>` prefix."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = """
+import logging
+from spambridge.cli import setup_logging
+setup_logging("debug")
+log = logging.getLogger("spambridge")
+log.info("4ABC: from=<a@b> action=accept")
+log.warning("reload: [milter] engine only change on restart")
+log.error("reload failed, keeping the running config")
+try:
+    1 / 0
+except ZeroDivisionError:
+    log.exception("4ABC: internal error at end of message")
+"""
+
+
+def run(tmp_path: Path, journal: bool) -> list[str]:
+    out = tmp_path / "stderr"
+    with out.open("wb") as f:
+        st = os.fstat(f.fileno())
+        env = {**os.environ, "JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}" if journal else ""}
+        subprocess.run([sys.executable, "-c", SCRIPT], stderr=f, env=env, check=True,
+                       timeout=60)
+    return out.read_text().splitlines()
+
+
+def test_lines_to_the_journal_carry_their_priority(tmp_path: Path) -> None:
+    """Without the prefix every warning and error was priority info in the journal and in
+    syslog's mail.warn/mail.err, and each line repeated journald's time stamp and name[pid]."""
+    lines = run(tmp_path, journal=True)
+    assert lines[:3] == ["<6>INFO 4ABC: from=<a@b> action=accept",
+                         "<4>WARNING reload: [milter] engine only change on restart",
+                         "<3>ERROR reload failed, keeping the running config"]
+    assert lines[3] == "<3>ERROR 4ABC: internal error at end of message"
+    assert all(line.startswith("<3>") for line in lines[3:])  # the traceback too
+    assert any("ZeroDivisionError" in line for line in lines[3:])
+
+
+def test_a_terminal_or_file_keeps_time_stamps(tmp_path: Path) -> None:
+    first = run(tmp_path, journal=False)[0]
+    assert not first.startswith("<") and " spambridge[" in first
+    assert first.endswith(": INFO 4ABC: from=<a@b> action=accept")
