@@ -491,16 +491,20 @@ def with_overrides(cfg: Config, **flags: Any) -> Config:
         if flags.get("socket") is not None:
             flag = "--socket"
             milter = replace(milter, socket=_socket_spec(flags["socket"]))
+            given.append("[milter] socket")
         if flags.get("engine") is not None:
             flag = "--engine"
             milter = replace(milter, engine=_choice(ENGINES)(flags["engine"]))
+            given.append("[milter] engine")
         if flags.get("scan_timeout") is not None:
             flag = "--scan-timeout"
             milter = replace(milter, scan_timeout=_SCAN_TIMEOUT(float(flags["scan_timeout"])))
+            given.append("[milter] scan_timeout")
         if flags.get("spamd") is not None:
             flag = "--spamd"
             host, port, sock = parse_spamd_address(flags["spamd"])
             spamd = replace(spamd, host=host, port=port, socket=sock)
+            given += ["[spamd] host", "[spamd] port", "[spamd] socket"]
         if flags.get("db") is not None:
             bayes = replace(bayes, db=flags["db"])
             given.append("[bayes] db")

@@ -182,3 +182,16 @@ def test_a_start_error_names_the_flag_or_the_files_line(tmp_path: Path) -> None:
     assert key_at(cfg, "bayes", "db") == f"{path}:5: [bayes] db"
     assert key_at(with_overrides(cfg, db="/srv/b.sqlite"), "bayes", "db") == (
         "command line: [bayes] db")
+
+
+def test_a_start_warning_about_the_socket_names_the_flag(tmp_path: Path) -> None:
+    """`run --socket unix:/x/s.sock` with a directory [milter] user cannot write: the warning
+    named the file's [milter] socket line, whose path the flag had overridden."""
+    from spambridge.config import key_at
+
+    path = write(tmp_path, "[milter]\nsocket = \"unix:/srv/a/s.sock\"\n")
+    cfg = load(path)
+    assert key_at(cfg, "milter", "socket") == f"{path}:2: [milter] socket"
+    flagged = with_overrides(cfg, socket="unix:/srv/b/s.sock", spamd="127.0.0.1:784")
+    assert key_at(flagged, "milter", "socket") == "command line: [milter] socket"
+    assert key_at(flagged, "spamd", "port") == "command line: [spamd] port"
