@@ -419,8 +419,9 @@ def from_mapping(data: Mapping[str, Any], path: str = "<config>", text: str = ""
     p = _Section(loader, "policy", data.get("policy", {}))
     tag_at = p.get("tag_at", float, pd.spamd.tag, _POINTS)
     reject_at = p.get("reject_at", float, pd.spamd.reject, _POINTS)
-    if reject_at < tag_at:
-        p.fail("reject_at", f"({reject_at:g}) must not be below tag_at ({tag_at:g})")
+    if reject_at < tag_at:  # blame a key the admin actually wrote, as _check_order does
+        p.fail("reject_at" if "reject_at" in p.table else "tag_at",
+               f"reject_at ({reject_at:g}) must not be below tag_at ({tag_at:g})")
     policy = PolicyConfig(
         spamd=Thresholds(tag_at, tag_at, reject_at),
         bayes=bayes_bands,

@@ -57,7 +57,10 @@ socket = "/run/spamd.sock"
     ("text", "line", "message"),
     [
         ("[milter]\nengine = \"bayes\"\nscan_timout = 3\n", 3, "[milter] scan_timout: unknown key"),
-        ("[policy]\n\ntag_at = 8\nreject_at = 6\n", 4, "[policy] reject_at: (6) must not be below tag_at (8)"),
+        ("[policy]\n\ntag_at = 8\nreject_at = 6\n", 4,
+         "[policy] reject_at: reject_at (6) must not be below tag_at (8)"),
+        ("[policy]\ntag_at = 20\n", 2,
+         "[policy] tag_at: reject_at (15) must not be below tag_at (20)"),
         ("[milter]\nscan_timeout = 400\n", 2, "[milter] scan_timeout: must be between 0.1 and 120"),
         ("[milter]\nscan_timeout = \"ten\"\n", 2, "[milter] scan_timeout: must be a number, not a string"),
         ("[milter]\nsocket = \"tcp://x\"\n", 2, "[milter] socket: 'tcp://x' is not a socket spec"),
