@@ -348,7 +348,8 @@ def load(path: str | Path | None) -> Config:
         text = raw.decode("utf-8")
         data = tomllib.loads(text)
     except UnicodeDecodeError as e:
-        raise ConfigError(f"{p}: not UTF-8 text ({e.reason} at byte {e.start})") from e
+        line = raw[:e.start].count(b"\n") + 1
+        raise ConfigError(f"{p}:{line}: not UTF-8 text ({e.reason} at byte {e.start})") from e
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{p}: invalid TOML: {e}") from e
     return from_mapping(data, str(p), text)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -198,3 +199,11 @@ def test_a_start_warning_about_the_socket_names_the_flag(tmp_path: Path) -> None
     flagged = with_overrides(cfg, socket="unix:/srv/b/s.sock", spamd="127.0.0.1:784")
     assert key_at(flagged, "milter", "socket") == "command line: [milter] socket"
     assert key_at(flagged, "spamd", "port") == "command line: [spamd] port"
+
+
+def test_bytes_that_are_not_utf8_name_their_line(tmp_path: Path) -> None:
+    """A Latin-1 subject_tag: the error said the byte offset only, not file:line."""
+    path = tmp_path / "latin1.toml"
+    path.write_bytes(b'[milter]\nengine = "bayes"\n\n[policy]\nsubject_tag = "[SP\xc4M]"\n')
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(path))}:5: not UTF-8 text"):
+        load(path)
