@@ -40,7 +40,15 @@ def test_deb_builds_installs_and_runs() -> None:
         version = subprocess.run(["/usr/bin/spambridge", "--version"], capture_output=True,
                                  text=True, timeout=60)
         assert version.stdout.startswith("spambridge ")
-        assert list(Path(out).glob("spambridge_*.deb"))
+        debs = list(Path(out).glob("spambridge_*.deb"))
+        assert debs
+        # it needs the very interpreter its virtualenv was built with, not a fixed python3.11
+        minor = subprocess.run(["/usr/bin/python3", "-c", "import sys; print('%d.%d' % "
+                                "sys.version_info[:2])"], capture_output=True, text=True,
+                               timeout=60).stdout.strip()
+        depends = subprocess.run(["dpkg-deb", "-f", str(debs[0]), "Depends"],
+                                 capture_output=True, text=True, timeout=60).stdout
+        assert f"python{minor}," in depends + ",", depends
     finally:
         # leave the machine as found: later tests must not pick up /etc/spambridge
         if not was_installed and installed():
