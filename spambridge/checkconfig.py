@@ -159,6 +159,10 @@ def _macros(value: str) -> set[str]:
     return set(value.replace(",", " ").split())
 
 
+# milter_default_action's values (postconf(5); shutdown since Postfix 3.11)
+DEFAULT_ACTIONS = ("accept", "tempfail", "reject", "quarantine", "shutdown")
+
+
 def check_postfix(cfg: Config, pf: PostfixSettings) -> Report:
     """Everything Postfix's settings say about working with this config. Pure."""
     r = Report()
@@ -212,10 +216,19 @@ def check_postfix(cfg: Config, pf: PostfixSettings) -> Report:
                    "(sendmail(1)) and re-injected mail; use smtpd_milters only")
 
     # what Postfix does when we are down
-    if "default_action" in our_options:
-        r.note(f"default action for spambridge: {our_options['default_action']} (per milter)")
-    elif "milter_default_action" in pf.explicit:
-        r.note(f"milter_default_action = {p.get('milter_default_action', '')}")
+    if "default_action" in our_options or "milter_default_action" in pf.explicit:
+        per_milter = "default_action" in our_options
+        action = (our_options["default_action"] if per_milter
+                  else p.get("milter_default_action", ""))
+        name = "default_action (per milter)" if per_milter else "milter_default_action"
+        if action.strip().lower() not in DEFAULT_ACTIONS:
+            r.warn(f"{name} = {action!r} is not a value Postfix knows "
+                   f"({', '.join(DEFAULT_ACTIONS)}): set what mail should meet when "
+                   "spambridge is down, accept or tempfail")
+        elif per_milter:
+            r.note(f"default action for spambridge: {action} (per milter)")
+        else:
+            r.note(f"milter_default_action = {action}")
     else:
         r.warn(f"milter_default_action is not set in main.cf (now "
                f"{p.get('milter_default_action', 'tempfail')}); Postfix 3.11 changes the "

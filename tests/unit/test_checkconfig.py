@@ -142,6 +142,19 @@ def test_implicit_default_action_warns_but_per_milter_one_counts() -> None:
     assert r.warnings == []
 
 
+def test_a_default_action_postfix_does_not_know_warns() -> None:
+    """A typo there (acept) was only a note, and "all well": Postfix knows five values."""
+    r = check_postfix(cfg(), settings(milter_default_action="acept"))
+    assert r.warnings == ["milter_default_action = 'acept' is not a value Postfix knows (accept, "
+                          "tempfail, reject, quarantine, shutdown): set what mail should meet "
+                          "when spambridge is down, accept or tempfail"]
+    r = check_postfix(cfg(), settings(
+        smtpd_milters="{ unix:spambridge/spambridge.sock, default_action=tempfial }"))
+    assert [w for w in r.warnings if "default_action (per milter) = 'tempfial'" in w]
+    for known in ("accept", "tempfail", "reject", "quarantine", "shutdown"):
+        assert check_postfix(cfg(), settings(milter_default_action=known)).warnings == []
+
+
 def test_non_smtpd_milters_listing_us_warns() -> None:
     r = check_postfix(cfg(), settings(non_smtpd_milters="unix:spambridge/spambridge.sock"))
     assert any("non_smtpd_milters" in w for w in r.warnings)
