@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from spambridge import __version__, privileges
+from spambridge import __version__, defaults, privileges
 from spambridge.config import Config, ConfigError, key_at, reloaded
 from spambridge.message import spool_problem
 from spambridge.milter.bridge import AsyncBridge, signals_blocked
@@ -97,9 +97,11 @@ def run(cfg: Config, reload: Callable[[], Config] | None = None) -> int:
         bridge.stop()
         _remove_own_socket(spec, ours)  # no socket left that nothing will ever answer on
         raise
-    log.info("spambridge %s listening on %s (engine=%s, cap=%gs%s)", __version__,
+    log.info("spambridge %s listening on %s (engine=%s, cap=%gs%s; %s)", __version__,
              spec.libmilter, cfg.milter.engine, cfg.milter.scan_timeout,
-             ", tag-only" if cfg.policy.tag_only else "")
+             ", tag-only" if cfg.policy.tag_only else "",
+             f"config {cfg.source}" if cfg.source != "<defaults>" else
+             f"no config file: built-in defaults ({defaults.CONFIG_PATH} absent)")
     bayes: Any = getattr(scanner, "secondary", scanner)  # spamd+bayes: the fallback engine
     if bayes.name == "bayes":
         try:

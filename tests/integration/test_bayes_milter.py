@@ -5,6 +5,7 @@ to Bayes within the cap when spamd is stopped or hangs."""
 from __future__ import annotations
 
 import os
+import re
 import socket
 import sqlite3
 import stat
@@ -87,6 +88,9 @@ def test_spam_is_rejected_and_ham_accepted_with_a_no_status(trained_db: Path,
     assert r.header("X-Spam-Flag") is None
     assert "engine=bayes" in m.log and "action=reject" in m.log
     assert "Traceback" not in m.log
+    # the start-up line says which file the milter runs on (or that it found none)
+    assert re.search(r"listening on \S+ \(engine=bayes, cap=\S+; config "
+                     + re.escape(str(m.config_path)) + r"\)", m.log), m.log
 
 
 def test_spam_below_the_reject_cutoff_is_tagged(trained_db: Path, start_milter: Start) -> None:
