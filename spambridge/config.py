@@ -328,6 +328,12 @@ def _mode(v: str) -> int:
     return int(v, 8)
 
 
+def _path(v: str) -> str:
+    if not v.strip():
+        raise ValueError("an empty path")
+    return v
+
+
 def _socket_spec(v: str) -> str:
     from spambridge.milter.socketspec import parse_socket_spec
 
@@ -404,7 +410,7 @@ def from_mapping(data: Mapping[str, Any], path: str = "<config>", text: str = ""
     bd = BayesConfig()
     pd = PolicyConfig()
     bayes = BayesConfig(
-        db=b.get("db", str, bd.db),
+        db=b.get("db", str, bd.db, _path),
         min_trained=b.get("min_trained", int, bd.min_trained, _between(0, 10**9)),
         max_bytes=b.get("max_bytes", int, bd.max_bytes, _between(4096, 64 << 20)),
         max_tokens=b.get("max_tokens", int, bd.max_tokens, _between(100, 30_000)),
@@ -508,7 +514,8 @@ def with_overrides(cfg: Config, **flags: Any) -> Config:
             spamd = replace(spamd, host=host, port=port, socket=sock)
             given += ["[spamd] host", "[spamd] port", "[spamd] socket"]
         if flags.get("db") is not None:
-            bayes = replace(bayes, db=flags["db"])
+            flag = "--db"
+            bayes = replace(bayes, db=_path(flags["db"]))
             given.append("[bayes] db")
         tag = flags.get("tag_at")
         rej = flags.get("reject_at")

@@ -78,7 +78,7 @@ class Pipeline:
         except TimeoutError:
             return ScanError(ErrorKind.TIMEOUT, self.scanner.name, f"no verdict within {cap:g}s")
         except Exception as e:  # a scanner bug must still end in a defined action
-            log.error("%s: internal scanner error: %r", clean(envelope.queue_id) or "-", e)
+            log.error("%s: internal scanner error: %r", clean(envelope.queue_id) or "NOQUEUE", e)
             return ScanError(ErrorKind.ERROR, self.scanner.name, f"internal: {type(e).__name__}")
 
     def evaluate(

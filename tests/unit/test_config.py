@@ -111,6 +111,11 @@ def test_flags_override_the_file(tmp_path: Path) -> None:
     assert cfg.milter.scan_timeout == 3.0
 
 
+def test_an_empty_database_path_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"spambridge\.toml:2: \[bayes\] db: an empty path"):
+        load(write(tmp_path, '[bayes]\ndb = ""\n'))
+
+
 def test_flag_that_breaks_ordering_is_an_error() -> None:
     with pytest.raises(ConfigError, match=r"^command line: --tag-at: reject_at \(15\) must not "
                        r"be below tag_at \(20\)$"):
@@ -124,6 +129,7 @@ def test_flag_that_breaks_ordering_is_an_error() -> None:
     ({"reject_at": 1e9}, "--reject-at: must be between -1000 and 10000"),
     ({"scan_timeout": 500.0}, "--scan-timeout: must be between 0.1 and 120, not 500"),
     ({"spamd": "a:b:c"}, "--spamd: must be HOST:PORT"),
+    ({"db": ""}, "--db: an empty path"),  # ran with no database at all, warning per message
 ])
 def test_flags_get_the_checks_of_their_keys_and_are_named(
         tmp_path: Path, flags: dict[str, object], message: str) -> None:
