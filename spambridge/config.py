@@ -392,7 +392,7 @@ def from_mapping(data: Mapping[str, Any], path: str = "<config>", text: str = ""
     s = _Section(loader, "spamd", data.get("spamd", {}))
     sd = SpamdConfig()
     spamd = SpamdConfig(
-        host=s.get("host", str, sd.host),
+        host=s.get("host", str, sd.host, _spamd_host),
         port=s.get("port", int, sd.port, _between(1, 65535)),
         socket=s.get("socket", str, sd.socket, _abs_path),
         tls=s.get("tls", bool, sd.tls),
@@ -462,6 +462,24 @@ def _networks(v: list[Any]) -> tuple[Network, ...]:
     if not all(isinstance(item, str) for item in v):
         raise ValueError("must be a list of strings")
     return tuple(parse_network(item) for item in v)
+
+
+def _spamd_host(v: str) -> str:
+    """A host name or an IP address, as a connection can use it: what getaddrinfo cannot look
+    up would pass the start and then leave every message unchecked=unavailable."""
+    if not v:
+        raise ValueError('must not be empty ("127.0.0.1" for a spamd on this host)')
+    if v.startswith("[") and v.endswith("]"):
+        raise ValueError(f"write an IPv6 address without brackets here: {v[1:-1]!r}")
+    if ":" in v:
+        try:
+            ipaddress.IPv6Address(v)
+        except ValueError:
+            raise ValueError(f"{v!r} is not a host name or IP address (the port is "
+                             "[spamd] port)") from None
+    elif not re.fullmatch(r"[A-Za-z0-9_.-]+", v):
+        raise ValueError(f"{v!r} is not a host name or IP address")
+    return v
 
 
 def _abs_path(v: str) -> str:

@@ -213,3 +213,23 @@ def test_bytes_that_are_not_utf8_name_their_line(tmp_path: Path) -> None:
     path.write_bytes(b'[milter]\nengine = "bayes"\n\n[policy]\nsubject_tag = "[SP\xc4M]"\n')
     with pytest.raises(ConfigError, match=rf"^{re.escape(str(path))}:5: not UTF-8 text"):
         load(path)
+
+
+@pytest.mark.parametrize(("host", "why"), [
+    ("", "must not be empty"),
+    ("[::1]", "without brackets"),
+    ("127.0.0.1:783", "the port is"),
+    ("spamd.example 783", "not a host name or IP address"),
+])
+def test_a_spamd_host_no_connection_could_use_is_an_error(tmp_path: Path, host: str,
+                                                          why: str) -> None:
+    """Before, each was "all well" at start and in check-config, and every message then went
+    unchecked=unavailable (`Name or service not known`)."""
+    with pytest.raises(ConfigError, match=rf"spambridge.toml:2: \[spamd\] host: .*{why}"):
+        load(write(tmp_path, f'[spamd]\nhost = "{host}"\n'))
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1", "fe80::1%eth0", "spamd.example",
+                                  "spamd_1.internal", "localhost"])
+def test_spamd_hosts_that_connect(tmp_path: Path, host: str) -> None:
+    assert load(write(tmp_path, f'[spamd]\nhost = "{host}"\n')).spamd.host == host
