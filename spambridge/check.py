@@ -156,6 +156,8 @@ def _report(path: str, ev: Evaluation, explain: bool, removed: list[str], out: I
           f"action={d.action.value}{would} ({ev.elapsed * 1000:.0f} ms)", file=out)
     if isinstance(ev.outcome, ScanError) and ev.outcome.detail:
         print(f"  why: {ev.outcome.detail}", file=out)
+    elif isinstance(ev.outcome, ScoreResult) and ev.outcome.note:  # Bayes stood in for spamd
+        print(f"  why: {ev.outcome.note}: {ev.outcome.why or 'no detail'}", file=out)
     if d.reply is not None:
         print(f"  SMTP reply: {d.reply}", file=out)
     elif d.action is Action.TEMPFAIL:

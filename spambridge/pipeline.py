@@ -190,17 +190,20 @@ def log_decision(ev: Evaluation, buf: MessageBuffer, env: Envelope, tag_only: bo
     d = ev.decision
     score = headers.format_score(d.engine, d.score) if d.score is not None else "-"
     would = f" would={d.intended.value}" if d.intended is not d.action else ""
-    detail = whole = ""
-    if isinstance(ev.outcome, ScanError) and ev.outcome.detail:
-        detail = f" error={clean(ev.outcome.detail, DETAIL_CHARS)!r}"
-        cut = len(ev.outcome.detail.encode("utf-8", "surrogateescape")) > DETAIL_CHARS  # as clean
-        # what to do is often at its end ("run as the milter's user"): said once, not per message
-        if cut and _first_time(ev.outcome.detail):
-            whole = ev.outcome.detail
+    detail = whole = error = ""
+    if isinstance(ev.outcome, ScanError):
+        error = ev.outcome.detail
     note = ev.outcome.note if isinstance(ev.outcome, ScoreResult) else ""
     fell_back = bool(note)  # e.g. fallback=spamd-timeout
     if fell_back:
         detail = f" {clean(note, 100)}"
+        error = ev.outcome.why if isinstance(ev.outcome, ScoreResult) else ""  # why spamd failed
+    if error:
+        detail += f" error={clean(error, DETAIL_CHARS)!r}"
+        cut = len(error.encode("utf-8", "surrogateescape")) > DETAIL_CHARS  # as clean
+        # what to do is often at its end ("run as the milter's user"): said once, not per message
+        if cut and _first_time(error):
+            whole = error
     # a scan that failed, or that only the fallback engine answered, is the admin's business
     level = logging.WARNING if fell_back or (isinstance(ev.outcome, ScanError) and (
         ev.outcome.kind is not ErrorKind.OVERSIZE)) else logging.INFO

@@ -64,6 +64,7 @@ class ScoreResult:
     tests: tuple[str, ...] = ()
     clues: tuple[tuple[str, float], ...] = ()  # Bayes: strongest tokens, for --explain
     note: str = ""  # e.g. "fallback=spamd-timeout" when another engine decided
+    why: str = ""  # with a note: what the engine it stands for failed with (for the log)
 
 
 @dataclass(frozen=True, slots=True)

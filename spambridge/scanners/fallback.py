@@ -36,7 +36,8 @@ class FallbackScanner:
             # fallback could not cover for it (an untrained database, say)
             raise ScanError(why.kind, why.engine, f"{why.detail}; no fallback: {e}") from None
         note = f"fallback={self.primary.name}-{why.kind.value}"
-        return ScoreResult(fallback.engine, fallback.score, fallback.tests, fallback.clues, note)
+        return ScoreResult(fallback.engine, fallback.score, fallback.tests, fallback.clues, note,
+                           why.detail)
 
     async def aclose(self) -> None:
         await self.primary.aclose()

@@ -252,6 +252,21 @@ def test_spamd_stopped_falls_back_to_bayes(trained_db: Path, start_milter: Start
     assert len(warned) == 2 and all("fallback=spamd-unavailable" in ln for ln in warned)
 
 
+def test_the_log_says_why_spamd_failed_when_bayes_covered(trained_db: Path,
+                                                           start_milter: Start) -> None:
+    """Bayes covering for spamd is logged with spamd's own error, as when nothing covers:
+    before, the line said only `fallback=spamd-unavailable`, so a mistyped port or a dead
+    spamd behind a working fallback was told nowhere (nor where spamd was looked for)."""
+    cfg = bayes_cfg(trained_db)
+    cfg["milter"]["engine"] = "spamd+bayes"
+    cfg["spamd"] = {"host": "127.0.0.1", "port": free_port()}  # nothing listens there
+    m = start_milter(cfg)
+    r = send_one(m.socket_path, ham(507))
+    assert "fallback=spamd-unavailable" in status(r)
+    line = next(ln for ln in m.log.splitlines() if "fallback=spamd-unavailable" in ln)
+    assert f"error=\"127.0.0.1:{cfg['spamd']['port']}: AIOSpamcConnectionFailed" in line, line
+
+
 def test_spamd_down_and_bayes_untrained_say_both(tmp_path: Path, start_milter: Start) -> None:
     """Neither engine can answer: spamd's failure class decides (here tempfail, so nothing
     is passed against the policy), and the start-up warning and the message's log line say
