@@ -46,7 +46,7 @@ def build_scanner(cfg: Config) -> Scanner:
     from spambridge.scanners.fallback import FallbackScanner
     from spambridge.scanners.spamd import SpamdScanner
 
-    return FallbackScanner(SpamdScanner(cfg.spamd, cap), bayes, cfg.spamd.share * cap)
+    return FallbackScanner(SpamdScanner(cfg.spamd, cap), bayes, cfg.spamd.share * cap, cap)
 
 
 def run(cfg: Config, reload: Callable[[], Config] | None = None) -> int:

@@ -51,7 +51,7 @@ def build_scanner(cfg: Config, clues: int = 0) -> Scanner:
     from spambridge.scanners.spamd import SpamdScanner
 
     cap = cfg.milter.scan_timeout
-    return FallbackScanner(SpamdScanner(cfg.spamd, cap), bayes, cfg.spamd.share * cap)
+    return FallbackScanner(SpamdScanner(cfg.spamd, cap), bayes, cfg.spamd.share * cap, cap)
 
 
 def verdict(ev: Evaluation) -> str:

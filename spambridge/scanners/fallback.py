@@ -2,7 +2,9 @@
 (down, erroring, slow) the local Bayes engine decides in the time that is left.
 
 Bayes costs about a millisecond, so it runs only when spamd has failed: the common path pays
-nothing for the fallback, and the outer cap still bounds the whole scan.
+nothing for the fallback, and the outer cap still bounds the whole scan. A slow spamd is given
+up at the end of its share only for a Bayes verdict: when Bayes cannot answer (not trained
+yet, no database), spamd keeps the rest of the cap, as it would have with `engine = "spamd"`.
 """
 
 from __future__ import annotations
@@ -13,31 +15,55 @@ from spambridge.message import Envelope
 from spambridge.scanners import Scanner
 from spambridge.verdict import ErrorKind, ScanError, ScoreResult
 
+_AHEAD = 0.01  # s: our end of the cap comes before the caller's, so the log can say why
+
 
 class FallbackScanner:
     name = "spamd+bayes"
 
-    def __init__(self, primary: Scanner, secondary: Scanner, primary_budget: float) -> None:
+    def __init__(self, primary: Scanner, secondary: Scanner, primary_budget: float,
+                 cap: float | None = None) -> None:
+        """`cap`: the whole scan's (spamd's share is `primary_budget` of it); without it,
+        spamd gets its share and no more."""
         self.primary, self.secondary, self.budget = primary, secondary, primary_budget
+        self.cap = primary_budget if cap is None else cap
 
     async def scan(self, message: bytes, envelope: Envelope) -> ScoreResult:
+        loop = asyncio.get_running_loop()
+        end = loop.time() + self.cap - _AHEAD  # the caller's cap started just before
+        task = asyncio.ensure_future(self.primary.scan(message, envelope))
         try:
-            async with asyncio.timeout(self.budget):
-                return await self.primary.scan(message, envelope)
+            why = await self._wait(task, self.budget,
+                                   f"no answer within its {self.budget:g}s share")
+            if isinstance(why, ScoreResult):
+                return why
+            try:
+                fallback = await self.secondary.scan(message, envelope)
+            except ScanError as e:
+                if not task.done():  # spamd is only slow, and nothing else can answer
+                    late = await self._wait(task, end - loop.time(),
+                                            f"no answer within the {self.cap:g}s cap")
+                    if isinstance(late, ScoreResult):
+                        return late
+                    why = late
+                # both failed: the primary's failure class decides, and the log says why the
+                # fallback could not cover for it (an untrained database, say)
+                raise ScanError(why.kind, why.engine, f"{why.detail}; no fallback: {e}") from None
+            note = f"fallback={self.primary.name}-{why.kind.value}"
+            return ScoreResult(fallback.engine, fallback.score, fallback.tests, fallback.clues,
+                               note, why.detail)
+        finally:
+            task.cancel()  # given up (or the cap ran out): its connection is closed now
+
+    async def _wait(self, task: asyncio.Future[ScoreResult], seconds: float,
+                    timeout: str) -> ScoreResult | ScanError:
+        """spamd's answer or failure within `seconds`; the request goes on either way."""
+        try:
+            return await asyncio.wait_for(asyncio.shield(task), max(seconds, 0.0))
         except ScanError as e:
-            why = e
+            return e
         except TimeoutError:
-            why = ScanError(ErrorKind.TIMEOUT, self.primary.name,
-                            f"no answer within its {self.budget:g}s share")
-        try:
-            fallback = await self.secondary.scan(message, envelope)
-        except ScanError as e:
-            # both failed: the primary's failure class decides, and the log says why the
-            # fallback could not cover for it (an untrained database, say)
-            raise ScanError(why.kind, why.engine, f"{why.detail}; no fallback: {e}") from None
-        note = f"fallback={self.primary.name}-{why.kind.value}"
-        return ScoreResult(fallback.engine, fallback.score, fallback.tests, fallback.clues, note,
-                           why.detail)
+            return ScanError(ErrorKind.TIMEOUT, self.primary.name, timeout)
 
     async def aclose(self) -> None:
         await self.primary.aclose()

@@ -307,6 +307,40 @@ def test_hung_spamd_gives_the_bayes_verdict_within_the_cap(trained_db: Path,
     assert 0.9 < r.seconds < 2.0
 
 
+def test_a_slow_spamd_keeps_the_cap_when_bayes_cannot_cover(tmp_path: Path,
+                                                             start_milter: Start,
+                                                             fake_spamd: MakeFake) -> None:
+    """spamd past its share, Bayes not trained yet: spamd's verdict when it comes within the
+    cap, as with engine=spamd (before, it was given up at its share for a fallback that could
+    not answer: on_timeout's tempfail for mail spamd rejects at 1.4 s of a 2 s cap); a spamd
+    that never answers still gets on_timeout within the cap, the log saying why."""
+    delay = {"s": 1.4}
+
+    def slow(conn: socket.socket) -> None:
+        read_request(conn, 1.0)
+        time.sleep(delay["s"])
+        conn.sendall(b"SPAMD/1.1 0 EX_OK\r\nContent-length: 5\r\n"
+                     b"Spam: True ; 1000.0 / 5.0\r\n\r\nGTUBE")
+        conn.close()
+
+    fake = fake_spamd(slow)
+    cfg = bayes_cfg(tmp_path / "new.sqlite")  # created empty: not trained yet
+    cfg["milter"].update(engine="spamd+bayes", scan_timeout=2.0)
+    cfg["spamd"] = {"host": "127.0.0.1", "port": fake.port, "share": 0.5}
+    cfg["policy"] = {"on_timeout": "tempfail"}
+    m = start_milter(cfg)
+    r = send_one(m.socket_path, spam(508))
+    assert r.action == "reject", m.log
+    assert 1.3 < r.seconds < 2.0
+    delay["s"] = 30  # hung
+    r = send_one(m.socket_path, spam(509))
+    assert r.action == "tempfail"
+    assert 1.9 < r.seconds < 2.25
+    line = next(ln for ln in m.log.splitlines() if "action=tempfail" in ln)
+    assert "engine=spamd" in line and "reason=timeout" in line
+    assert "no answer within the 2s cap; no fallback: bayes unavailable" in line
+
+
 def test_spamd_decides_when_it_answers(trained_db: Path, start_milter: Start,
                                        spamd: Spamd) -> None:
     """spamd+bayes with a healthy spamd: spamd's verdict, no fallback note. The message is
