@@ -305,6 +305,14 @@ def check_local(cfg: Config) -> Report:
         _user_dirs(cfg, r)
     if cfg.spamd.tls and cfg.spamd.ca_file and not os.access(cfg.spamd.ca_file, os.R_OK):
         r.warn(f"[spamd] ca_file: {cfg.spamd.ca_file} cannot be read")
+    if m.engine != "bayes" and not cfg.spamd.socket:
+        share = m.engine == "spamd+bayes"
+        room = m.scan_timeout * (cfg.spamd.share if share else 1.0)
+        if cfg.spamd.connect_timeout >= room:
+            r.warn(f"[spamd] connect_timeout: {cfg.spamd.connect_timeout:g}s is not shorter "
+                   f"than the {room:g}s spamd gets ({'its share of ' if share else ''}"
+                   "scan_timeout): a spamd host that does not answer is then a timeout, not "
+                   "unavailable, and the log does not say where spamd was looked for")
     return r
 
 

@@ -391,3 +391,18 @@ def test_a_socket_mode_postfix_cannot_connect_with_is_named(mode: str, warns: bo
     check-config said "all well"."""
     cfg = from_mapping({"milter": {"engine": "spamd", "socket_mode": mode}})
     assert any("[milter] socket_mode" in w for w in check_local(cfg).warnings) is warns
+
+
+@pytest.mark.parametrize(("engine", "scan_timeout", "connect_timeout", "warns"), [
+    ("spamd", 2.0, 2.0, True), ("spamd", 3.0, 2.0, False),
+    ("spamd+bayes", 2.5, 2.0, True),  # spamd's share: 1.75 s
+    ("spamd+bayes", 10.0, 2.0, False), ("bayes", 1.0, 2.0, False)])
+def test_a_connect_timeout_spamd_never_reaches_is_named(engine: str, scan_timeout: float,
+                                                        connect_timeout: float,
+                                                        warns: bool) -> None:
+    """A black-holed spamd host is on_unavailable only when connect_timeout ends before the
+    time spamd gets; past it, it was a timeout ("no verdict within 2s"), no address said."""
+    cfg = from_mapping({"milter": {"engine": engine, "scan_timeout": scan_timeout},
+                        "spamd": {"connect_timeout": connect_timeout}})
+    named = [w for w in check_local(cfg).warnings if w.startswith("[spamd] connect_timeout")]
+    assert bool(named) == warns, named
