@@ -117,6 +117,9 @@ def _spamd_answers(port: int, tls: bool = False) -> bool:
         return False
 
 
+SPAMASSASSIN_SITE = "/etc/spamassassin"
+
+
 def start_spamd(base: Path, extra: tuple[str, ...] = (), tls: tuple[Path, Path] | None = None,
                 unix: Path | None = None) -> Spamd:
     """A real spamd on 127.0.0.1; `tls` = (cert, key) makes it accept only TLS; `unix` adds
@@ -128,6 +131,20 @@ def start_spamd(base: Path, extra: tuple[str, ...] = (), tls: tuple[Path, Path] 
     home.mkdir(parents=True, exist_ok=True)
     os.chmod(base, 0o755)
     os.chmod(home, 0o777)
+    # its own Bayes (TELL, autolearn): by default SpamAssassin keeps it in the spamd user's
+    # home, for debian-spamd the system spamd's /var/lib/spamassassin/.spamassassin
+    site = Path(SPAMASSASSIN_SITE)
+    if site.is_dir():
+        own = base / "spamassassin-site"
+        own.mkdir(exist_ok=True)
+        for f in (*site.glob("*.pre"), *site.glob("*.cf")):
+            shutil.copy(f, own / f.name)
+        bayes = base / "spamd-bayes"
+        bayes.mkdir(exist_ok=True)
+        os.chmod(bayes, 0o777)
+        with open(own / "local.cf", "a") as cf:
+            cf.write(f"\nbayes_path {bayes}/bayes\n")
+        extra = (*extra, f"--siteconfigpath={own}")
     port = free_port()
     listen = f"ssl:127.0.0.1:{port}" if tls else f"127.0.0.1:{port}"
     if tls:

@@ -41,6 +41,8 @@ def test_tell_learns_then_reports_already_learned_then_forgets(tell_spamd: Spamd
     assert b"(1 already trained, or spamd's Bayes is off or read-only)" in r.stdout
     r = train("--spamd", tell_spamd.address, "--forget", "-", stdin=msg)
     assert r.returncode == 0 and b"Forgot 1 of 1" in r.stdout
+    # in the test spamd's own Bayes, never the system spamd's (~debian-spamd/.spamassassin)
+    assert list(tell_spamd.home.parent.glob("spamd-bayes/bayes_toks"))
 
 
 def test_tell_to_a_stopped_spamd_is_an_error(tmp_path: Path) -> None:
