@@ -5,6 +5,7 @@ Fixtures wrapping these live in conftest.py; tests import helpers from here (`fr
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import pwd
@@ -13,6 +14,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -97,6 +99,7 @@ class Spamd:
     port: int
     proc: subprocess.Popen[bytes]
     home: Path
+    bayes: Path | None = None  # its own Bayes directory (bayes_path), when it has one
 
     @property
     def address(self) -> str:
@@ -134,13 +137,19 @@ def start_spamd(base: Path, extra: tuple[str, ...] = (), tls: tuple[Path, Path] 
     # its own Bayes (TELL, autolearn): by default SpamAssassin keeps it in the spamd user's
     # home, for debian-spamd the system spamd's /var/lib/spamassassin/.spamassassin
     site = Path(SPAMASSASSIN_SITE)
+    bayes = Path()
     if site.is_dir():
-        own = base / "spamassassin-site"
-        own.mkdir(exist_ok=True)
+        # outside `base`, which may sit in pytest's 0700 tree: spamd's children, as
+        # debian-spamd, read the plugin list (*.pre) from here and keep the Bayes files here
+        own_root = Path(tempfile.mkdtemp(prefix="sb-spamd-site-"))
+        atexit.register(shutil.rmtree, own_root, True)
+        os.chmod(own_root, 0o755)
+        own = own_root / "site"
+        own.mkdir()
         for f in (*site.glob("*.pre"), *site.glob("*.cf")):
             shutil.copy(f, own / f.name)
-        bayes = base / "spamd-bayes"
-        bayes.mkdir(exist_ok=True)
+        bayes = own_root / "bayes"
+        bayes.mkdir()
         os.chmod(bayes, 0o777)
         with open(own / "local.cf", "a") as cf:
             cf.write(f"\nbayes_path {bayes}/bayes\n")
@@ -170,7 +179,7 @@ def start_spamd(base: Path, extra: tuple[str, ...] = (), tls: tuple[Path, Path] 
         raise
     if proc.poll() is not None:
         pytest.fail(f"spamd exited: {(base / 'spamd.log').read_text()[-2000:]}")
-    return Spamd("127.0.0.1", port, proc, home)
+    return Spamd("127.0.0.1", port, proc, home, bayes if site.is_dir() else None)
 
 
 # ------------------------------------------------------------------------------------------------
