@@ -40,12 +40,14 @@ class FallbackScanner:
             try:
                 fallback = await self.secondary.scan(message, envelope)
             except ScanError as e:
-                if not task.done():  # spamd is only slow, and nothing else can answer
-                    late = await self._wait(task, end - loop.time(),
-                                            f"no answer within the {self.cap:g}s cap")
-                    if isinstance(late, ScoreResult):
-                        return late
-                    why = late
+                # spamd is only slow, and nothing else can answer: it keeps the cap. It may
+                # have finished while Bayes failed (a busy database takes 0.5 s): its answer
+                # or its own failure, then, not the share's timeout
+                late = await self._wait(task, end - loop.time(),
+                                        f"no answer within the {self.cap:g}s cap")
+                if isinstance(late, ScoreResult):
+                    return late
+                why = late
                 # both failed: the primary's failure class decides, and the log says why the
                 # fallback could not cover for it (an untrained database, say)
                 raise ScanError(why.kind, why.engine, f"{why.detail}; no fallback: {e}") from None

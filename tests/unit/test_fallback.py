@@ -1,0 +1,73 @@
+"""spamd+bayes (FallbackScanner) with scanners whose timing the test controls: which engine
+decides, and what the failure says, when spamd and Bayes finish in either order."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from spambridge.message import Envelope
+from spambridge.scanners.fallback import FallbackScanner
+from spambridge.verdict import ErrorKind, ScanError, ScoreResult
+
+
+class Timed:
+    """Answers (or fails with `error`) after `delay` seconds."""
+
+    def __init__(self, name: str, delay: float, error: ErrorKind | None = None) -> None:
+        self.name, self.delay, self.error = name, delay, error
+
+    async def scan(self, message: bytes, envelope: Envelope) -> ScoreResult:
+        await asyncio.sleep(self.delay)
+        if self.error is not None:
+            raise ScanError(self.error, self.name, f"{self.name} failed")
+        return ScoreResult(self.name, 9.0)
+
+    async def aclose(self) -> None:
+        pass
+
+
+def scan(primary: Timed, secondary: Timed, share: float = 0.1, cap: float = 1.0
+         ) -> ScoreResult | ScanError:
+    async def capped() -> ScoreResult | ScanError:
+        try:
+            async with asyncio.timeout(cap):  # as Pipeline.scan
+                return await FallbackScanner(primary, secondary, share, cap).scan(
+                    b"m", Envelope())
+        except ScanError as e:
+            return e
+
+    return asyncio.run(capped())
+
+
+def test_spamd_answering_while_bayes_fails_is_the_verdict() -> None:
+    """spamd past its share answers while Bayes is still failing (a busy database waits up
+    to 0.5 s): spamd's verdict, not a timeout for an answer that came."""
+    r = scan(Timed("spamd", 0.15), Timed("bayes", 0.1, ErrorKind.UNAVAILABLE))
+    assert isinstance(r, ScoreResult) and r.engine == "spamd" and not r.note, r
+
+
+def test_spamd_failing_while_bayes_fails_is_spamds_failure() -> None:
+    """spamd errors (past its share) while Bayes is still failing: on_error for spamd's own
+    error, not on_timeout with "no answer within its share"."""
+    r = scan(Timed("spamd", 0.15, ErrorKind.ERROR), Timed("bayes", 0.1, ErrorKind.UNAVAILABLE))
+    assert isinstance(r, ScanError) and r.kind is ErrorKind.ERROR, r
+    assert r.detail == "spamd failed; no fallback: bayes unavailable: bayes failed"
+
+
+@pytest.mark.parametrize(("spamd", "kind"), [(2.0, ErrorKind.TIMEOUT), (0.3, None)])
+def test_a_slow_spamd_keeps_the_cap_when_bayes_fails(spamd: float,
+                                                     kind: ErrorKind | None) -> None:
+    r = scan(Timed("spamd", spamd), Timed("bayes", 0.0, ErrorKind.UNAVAILABLE), cap=0.5)
+    if kind is None:
+        assert isinstance(r, ScoreResult) and r.engine == "spamd"
+    else:
+        assert isinstance(r, ScanError) and r.kind is kind
+        assert "no answer within the 0.5s cap; no fallback" in r.detail
+
+
+def test_bayes_covers_a_slow_spamd() -> None:
+    r = scan(Timed("spamd", 2.0), Timed("bayes", 0.0))
+    assert isinstance(r, ScoreResult) and r.engine == "bayes"
+    assert r.note == "fallback=spamd-timeout" and "0.1s share" in r.why
