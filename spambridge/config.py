@@ -477,9 +477,18 @@ def _spamd_host(v: str) -> str:
         except ValueError:
             raise ValueError(f"{v!r} is not a host name or IP address (the port is "
                              "[spamd] port)") from None
-    elif not re.fullmatch(r"[A-Za-z0-9_.-]+", v):
+    elif not re.fullmatch(r"[A-Za-z0-9_.-]+", _idna(v)):
         raise ValueError(f"{v!r} is not a host name or IP address")
     return v
+
+
+def _idna(v: str) -> str:
+    """A host name as getaddrinfo gets it: an internationalized one (spamd.bücher.de) in its
+    ASCII form, as Python's socket module encodes it; "" when it has none."""
+    try:
+        return v.encode("idna").decode("ascii")
+    except UnicodeError:
+        return ""
 
 
 def _abs_path(v: str) -> str:

@@ -220,6 +220,7 @@ def test_bytes_that_are_not_utf8_name_their_line(tmp_path: Path) -> None:
     ("[::1]", "without brackets"),
     ("127.0.0.1:783", "the port is"),
     ("spamd.example 783", "not a host name or IP address"),
+    ("spamd..example", "not a host name or IP address"),
 ])
 def test_a_spamd_host_no_connection_could_use_is_an_error(tmp_path: Path, host: str,
                                                           why: str) -> None:
@@ -230,6 +231,9 @@ def test_a_spamd_host_no_connection_could_use_is_an_error(tmp_path: Path, host: 
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "::1", "fe80::1%eth0", "spamd.example",
-                                  "spamd_1.internal", "localhost"])
+                                  "spamd_1.internal", "localhost", "SPAMD.Example.",
+                                  "spamd.bücher.example"])
 def test_spamd_hosts_that_connect(tmp_path: Path, host: str) -> None:
+    """An internationalized name was connected to before the host was checked (Python's
+    getaddrinfo takes it in its IDNA form): it must not stop the milter from starting."""
     assert load(write(tmp_path, f'[spamd]\nhost = "{host}"\n')).spamd.host == host
