@@ -49,6 +49,13 @@ def test_deb_builds_installs_and_runs() -> None:
         depends = subprocess.run(["dpkg-deb", "-f", str(debs[0]), "Depends"],
                                  capture_output=True, text=True, timeout=60).stdout
         assert f"python{minor}," in depends + ",", depends
+        # and runs on that python3.X: not on /usr/bin/python3, which an upgrade points at
+        # another release's interpreter while python3.X stays installed for this package
+        listing = subprocess.run(["dpkg-deb", "-c", str(debs[0])], capture_output=True,
+                                 text=True, timeout=60).stdout
+        links = [ln.split(" -> ")[1] for ln in listing.splitlines()
+                 if "/opt/venvs/spambridge/bin/python" in ln and " -> /" in ln]
+        assert links == [f"/usr/bin/python{minor}"], listing
     finally:
         # leave the machine as found: later tests must not pick up /etc/spambridge
         if not was_installed and installed():
