@@ -17,7 +17,6 @@ import posixpath
 import re
 import shutil
 import subprocess
-import tempfile
 from dataclasses import dataclass, field
 
 from spambridge import defaults, privileges
@@ -163,6 +162,14 @@ def _macros(value: str) -> set[str]:
 DEFAULT_ACTIONS = ("accept", "tempfail", "reject", "quarantine", "shutdown")
 
 
+def _version(text: str) -> tuple[int, ...]:
+    """mail_version "3.7.11" → (3, 7, 11); an unreadable one counts as the newest."""
+    try:
+        return tuple(int(x) for x in text.split(".")[:3])
+    except ValueError:
+        return (99,)
+
+
 def check_postfix(cfg: Config, pf: PostfixSettings) -> Report:
     """Everything Postfix's settings say about working with this config. Pure."""
     r = Report()
@@ -221,10 +228,12 @@ def check_postfix(cfg: Config, pf: PostfixSettings) -> Report:
         action = (our_options["default_action"] if per_milter
                   else p.get("milter_default_action", ""))
         name = "default_action (per milter)" if per_milter else "milter_default_action"
-        if action.strip().lower() not in DEFAULT_ACTIONS:
-            r.warn(f"{name} = {action!r} is not a value Postfix knows "
-                   f"({', '.join(DEFAULT_ACTIONS)}): set what mail should meet when "
-                   "spambridge is down, accept or tempfail")
+        known = DEFAULT_ACTIONS if _version(p.get("mail_version", "")) >= (3, 11) \
+            else DEFAULT_ACTIONS[:-1]  # shutdown came with Postfix 3.11
+        if action.strip().lower() not in known:
+            r.warn(f"{name} = {action!r} is not a value Postfix "
+                   f"{p.get('mail_version', '')} knows ({', '.join(known)}): set what mail "
+                   "should meet when spambridge is down, accept or tempfail")
         elif per_milter:
             r.note(f"default action for spambridge: {action} (per milter)")
         else:
@@ -248,7 +257,7 @@ def check_postfix(cfg: Config, pf: PostfixSettings) -> Report:
                f"apply milter_default_action; keep the timeout >= {cap * 2:g}s or lower "
                "scan_timeout")
     elif timeout > 600:
-        r.note(f"milter_content_timeout {timeout:g}s is longer than a sending client's 10-minute "
+        r.note(f"{name} {timeout:g}s is longer than a sending client's 10-minute "
                "wait after DATA: a stuck milter can cause duplicate deliveries")
 
     # protocol and macros
@@ -329,9 +338,11 @@ def _user_dirs(cfg: Config, r: Report) -> None:
         elif privileges.can_write_dir(db_dir, name) is False:
             r.warn(f"[bayes] db: {db_dir} is not writable by user {name!r} (SQLite keeps its "
                    f"-wal/-shm files next to the database): chown {name} {db_dir}")
-    spool = m.spool_dir or tempfile.gettempdir()
-    if os.path.isdir(spool) and (privileges.can_write_dir(spool, name) is False
-                                 or privileges.can_reach(spool, name) is False):
+    # unset, it is the milter's own TMPDIR, which need not be the admin's shell's
+    # (libpam-tmpdir's /tmp/user/0): only a configured one can be judged from here
+    spool = m.spool_dir
+    if spool and os.path.isdir(spool) and (privileges.can_write_dir(spool, name) is False
+                                           or privileges.can_reach(spool, name) is False):
         r.warn(f"[milter] spool_dir: {spool} is not writable by user {name!r}; a message above "
                "spool_memory would get on_error")
 

@@ -182,10 +182,10 @@ def parse_spamd_address(text: str) -> tuple[str, int, str]:
     text = text.strip()
     if text.startswith("/"):
         return defaults.SPAMD_HOST, defaults.SPAMD_PORT, text
-    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\](?::(\d+))?|([^:\s]+)(?::(\d+))?", text)
+    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+(?:%[\w.-]+)?)\](?::(\d+))?|([^:\s]+)(?::(\d+))?", text)
     if not m:
         raise ValueError("must be HOST:PORT, [IPv6]:PORT or an absolute socket path")
-    host = m.group(1) or m.group(3)
+    host = _spamd_host(m.group(1) or m.group(3))  # the checks [spamd] host gets
     port = int(m.group(2) or m.group(4) or defaults.SPAMD_PORT)
     if not 0 < port < 65536:
         raise ValueError("port must be 1-65535")

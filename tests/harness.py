@@ -141,7 +141,7 @@ def start_spamd(base: Path, extra: tuple[str, ...] = (), tls: tuple[Path, Path] 
     if site.is_dir():
         # outside `base`, which may sit in pytest's 0700 tree: spamd's children, as
         # debian-spamd, read the plugin list (*.pre) from here and keep the Bayes files here
-        own_root = Path(tempfile.mkdtemp(prefix="sb-spamd-site-"))
+        own_root = Path(tempfile.mkdtemp(prefix="sb-spamd-site-", dir="/tmp"))  # not TMPDIR
         atexit.register(shutil.rmtree, own_root, True)
         os.chmod(own_root, 0o755)
         own = own_root / "site"

@@ -8,6 +8,7 @@ import shutil
 import sqlite3
 import tempfile
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
@@ -145,14 +146,18 @@ def test_implicit_default_action_warns_but_per_milter_one_counts() -> None:
 def test_a_default_action_postfix_does_not_know_warns() -> None:
     """A typo there (acept) was only a note, and "all well": Postfix knows five values."""
     r = check_postfix(cfg(), settings(milter_default_action="acept"))
-    assert r.warnings == ["milter_default_action = 'acept' is not a value Postfix knows (accept, "
-                          "tempfail, reject, quarantine, shutdown): set what mail should meet "
+    assert r.warnings == ["milter_default_action = 'acept' is not a value Postfix 3.7.11 knows "
+                          "(accept, tempfail, reject, quarantine): set what mail should meet "
                           "when spambridge is down, accept or tempfail"]
     r = check_postfix(cfg(), settings(
         smtpd_milters="{ unix:spambridge/spambridge.sock, default_action=tempfial }"))
     assert [w for w in r.warnings if "default_action (per milter) = 'tempfial'" in w]
-    for known in ("accept", "tempfail", "reject", "quarantine", "shutdown"):
+    for known in ("accept", "tempfail", "reject", "quarantine"):
         assert check_postfix(cfg(), settings(milter_default_action=known)).warnings == []
+    # shutdown came with Postfix 3.11
+    assert check_postfix(cfg(), settings(milter_default_action="shutdown")).warnings
+    assert check_postfix(cfg(), settings(milter_default_action="shutdown",
+                                         mail_version="3.11.0")).warnings == []
 
 
 def test_non_smtpd_milters_listing_us_warns() -> None:
@@ -378,6 +383,13 @@ def test_directories_the_milter_user_cannot_write_are_named(tmp_path: Path) -> N
         db_dir.chmod(0o777)
         spool.chmod(0o777)
         assert not [w for w in check_local(cfg).warnings if "[milter] socket:" not in w]
+        # spool_dir unset: the milter's TMPDIR, not the admin's (libpam-tmpdir: 0700)
+        unset = from_mapping({"milter": {"user": "nobody", "socket": f"unix:{top}/s.sock"},
+                              "bayes": {"db": f"{db_dir}/bayes.sqlite"}})
+        with mock.patch.dict(os.environ, {"TMPDIR": str(spool)}), \
+                mock.patch.object(tempfile, "tempdir", str(spool)):
+            spool.chmod(0o700)
+            assert not [w for w in check_local(unset).warnings if "spool_dir" in w]
     finally:
         shutil.rmtree(top)
 

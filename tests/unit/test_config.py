@@ -111,6 +111,11 @@ def test_flags_override_the_file(tmp_path: Path) -> None:
     assert cfg.milter.scan_timeout == 3.0
 
 
+def test_spamd_flag_takes_a_scoped_ipv6_address() -> None:
+    cfg = with_overrides(load(None), spamd="[fe80::1%eth0]:7830")
+    assert (cfg.spamd.host, cfg.spamd.port) == ("fe80::1%eth0", 7830)
+
+
 def test_an_empty_database_path_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"spambridge\.toml:2: \[bayes\] db: an empty path"):
         load(write(tmp_path, '[bayes]\ndb = ""\n'))
@@ -130,6 +135,7 @@ def test_flag_that_breaks_ordering_is_an_error() -> None:
     ({"scan_timeout": 500.0}, "--scan-timeout: must be between 0.1 and 120, not 500"),
     ({"spamd": "a:b:c"}, "--spamd: must be HOST:PORT"),
     ({"db": ""}, "--db: an empty path"),  # ran with no database at all, warning per message
+    ({"spamd": "sp!md:783"}, "--spamd: 'sp!md' is not a host name"),  # as [spamd] host
 ])
 def test_flags_get_the_checks_of_their_keys_and_are_named(
         tmp_path: Path, flags: dict[str, object], message: str) -> None:
