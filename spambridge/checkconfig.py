@@ -364,7 +364,8 @@ def _postconf(exe: str, config_dir: str | None, *args: str) -> str:
 
 
 def parse_master(text: str) -> list[Service]:
-    """smtpd services from `postconf -M` output (chroot column, -o smtpd_milters=)."""
+    """smtpd services from `postconf -M` output (chroot column, -o smtpd_milters=, also in
+    the braced form `-o {smtpd_milters={ unix:…, default_action=accept }}`)."""
     out: list[Service] = []
     for line in text.splitlines():
         f = line.split()
@@ -372,13 +373,33 @@ def parse_master(text: str) -> list[Service]:
             continue
         # Postfix >= 3.0: "-" in the chroot column means n
         svc = Service(f"{f[0]}/{f[1]}", chroot=f[4] == "y")
-        rest = f[8:]
+        head = re.match(r"\s*(?:\S+\s+){7}\S+", line)
+        rest = _master_words(line[head.end():] if head else "")
         for i, tok in enumerate(rest):
             opt = tok if tok != "-o" else (rest[i + 1] if i + 1 < len(rest) else "")
+            if opt.startswith("{") and opt.endswith("}"):  # {name = value}, blanks allowed
+                name, eq, value = opt[1:-1].partition("=")
+                opt = f"{name.strip()}={value.strip()}" if eq else ""
             if opt.startswith("smtpd_milters="):
                 svc.milters = opt.split("=", 1)[1]
         out.append(svc)
     return out
+
+
+def _master_words(text: str) -> list[str]:
+    """master.cf arguments: blank-separated words, a `{…}` group (braces nest) one word."""
+    words: list[str] = []
+    i, n = 0, len(text)
+    while i < n:
+        if text[i].isspace():
+            i += 1
+            continue
+        start, depth = i, 0
+        while i < n and (depth or not text[i].isspace()):
+            depth += {"{": 1, "}": -1}.get(text[i], 0)
+            i += 1
+        words.append(text[start:i])
+    return words
 
 
 def read_postfix(exe: str, config_dir: str | None = None) -> PostfixSettings:

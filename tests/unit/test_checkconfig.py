@@ -160,6 +160,22 @@ def test_a_default_action_postfix_does_not_know_warns() -> None:
                                          mail_version="3.11.0")).warnings == []
 
 
+def test_a_braced_per_service_milter_list_is_read() -> None:
+    """`-o { smtpd_milters = { unix:…, content_timeout=5s } }` in master.cf, as Postfix 3.7's
+    `postconf -M` prints it: it was not read, so that service's own milter list, default
+    action and timeout went unjudged (main.cf's list was reported instead)."""
+    line = ("2525       inet  n       -       y       -       -       smtpd -o {smtpd_milters={ "
+            "unix:spambridge/spambridge.sock, default_action=accept, content_timeout=5s }} "
+            "-o syslog_name=postfix/2525")
+    [svc] = parse_master(line)
+    assert svc.milters == ("{ unix:spambridge/spambridge.sock, default_action=accept, "
+                           "content_timeout=5s }")
+    pf = settings()
+    pf.smtpd = [svc]
+    r = check_postfix(cfg(), pf)
+    assert [w for w in r.warnings if "content_timeout (per milter) 5s" in w]
+
+
 def test_non_smtpd_milters_listing_us_warns() -> None:
     r = check_postfix(cfg(), settings(non_smtpd_milters="unix:spambridge/spambridge.sock"))
     assert any("non_smtpd_milters" in w for w in r.warnings)
