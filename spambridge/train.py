@@ -871,6 +871,7 @@ class _Progress:
         total = None if any(c is None for c in counts) else sum(c or 0 for c in counts)
         if total is not None and total < 200:
             return
+        from rich.console import Console
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
@@ -879,8 +880,11 @@ class _Progress:
             TimeRemainingColumn,
         )
 
+        # on stderr, the terminal it was enabled for: rich's default, stdout, may be a file
+        # (`train ... > log`), where it would draw nothing, or a log full of escapes
         self.bar = Progress("training", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                            TimeRemainingColumn(), transient=True)
+                            TimeRemainingColumn(), transient=True,
+                            console=Console(stderr=True))
         self.task = self.bar.add_task("train", total=total)
         self.bar.start()
         self._pending = 0
