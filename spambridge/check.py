@@ -123,7 +123,9 @@ def run(cfg: Config, paths: list[str], *, explain: bool = False, batch: bool = F
                     reason = (verdict(ev), ev.outcome.detail or "no detail")
                     unchecked[reason] = unchecked.get(reason, 0) + 1
             if batch:
-                score = "-" if ev.decision.score is None else f"{ev.decision.score:.6g}"
+                # repr: every digit the engine gave (%.6g printed 0.9999997 as 1, and tied
+                # the ranking near 1 for whoever computes an AUC from the table)
+                score = "-" if ev.decision.score is None else repr(ev.decision.score)
                 print(f"{path}\t{score}\t{verdict(ev)}", file=out)
                 if isinstance(ev.outcome, ScoreResult) and ev.outcome.note:
                     fallbacks[ev.outcome.note] = fallbacks.get(ev.outcome.note, 0) + 1

@@ -53,6 +53,41 @@ def test_fetch_uses_one_statement_for_many_tokens(db: str) -> None:
     assert len(statements) == 1 and "json_each" in statements[0]
 
 
+def test_the_milter_scores_a_message_with_one_query_for_all_its_tokens(db: str) -> None:
+    """The engine's own path (BayesScanner.score_now, as the milter and `check` call it), not
+    only fetch_into: one statement reads the counts of a message's hundreds of tokens."""
+    from spambridge.bayes.tokenizer import tokenize
+    from spambridge.config import BayesConfig
+    from spambridge.scanners.bayes import BayesScanner
+
+    def mail(n: int, spam: bool) -> bytes:
+        words = " ".join(f"{'deal' if spam else 'note'}{n}w{i}" for i in range(300))
+        return (f"From: a{n}@example.org\nSubject: {'offer' if spam else 'minutes'} {n}\n\n"
+                f"{words}\n").encode()
+
+    w = store.SqliteWriter(db)
+    batch = w.begin()
+    for n in range(4):
+        batch.learn(tokenize(mail(n, True)), store.SPAM)
+        batch.learn(tokenize(mail(n, False)), store.HAM)
+    w.commit(batch)
+    w.close()
+    scanner = BayesScanner(BayesConfig(db=db, min_trained=1), create=False)
+    try:
+        scanner.score_now(mail(0, True))  # opens the shared reader
+        reader = scanner._reader
+        assert reader is not None
+        statements: list[str] = []
+        reader.conn.set_trace_callback(statements.append)
+        message = mail(99, True) + b" ".join(f"fresh{i}".encode() for i in range(400)) + b"\n"
+        assert len(tokenize(message)) > 700
+        scanner.score_now(message)
+        reads = [st for st in statements if "tokens" in st]
+        assert len(reads) == 1 and "json_each" in reads[0], statements
+    finally:
+        scanner.close()
+
+
 def test_a_writer_killed_after_a_finished_one_closed_does_not_leave_its_writes_unfolded(
         db: str) -> None:
     """`train` A finishes while `train` B holds the write lock, and B is then killed (Dovecot's

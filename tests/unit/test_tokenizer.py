@@ -143,6 +143,33 @@ def test_long_words_become_skip_and_email_tokens() -> None:
     assert "ab" not in t  # shorter than 3
 
 
+def test_word_lengths_at_the_edges() -> None:
+    """3 to 12 characters are words; 13 and more a skip: token (SpamBayes' rule)."""
+    t = tokenize(b"Subject: hi\n\nabc " + b"a" * 12 + b" " + b"b" * 13 + b"\n")
+    assert "abc" in t and "a" * 12 in t
+    assert "b" * 13 not in t and "skip:b 10" in t
+
+
+def test_sender_and_reply_to_are_read_like_from() -> None:
+    msg = (b"From: Ann <ann@from.example>\n"
+           b"Sender: =?iso-8859-1?q?Fran=E7ois?= <list@sender.example>\n"
+           b"Reply-To: Help Desk <help@reply.example>\nSubject: hi\n\nbody text\n")
+    t = tokenize(msg)
+    assert {"sender:name:fran\xe7ois", "sender:charset:iso-8859-1", "sender:addr:list",
+            "sender:addr:sender.example", "reply-to:name:help desk",
+            "reply-to:addr:reply.example"} <= set(t)
+    assert "reply-to:none" not in t and "sender:none" not in t
+    assert {"reply-to:none", "sender:none"} <= set(tokenize(b"From: a@b.example\n\nhi\n"))
+
+
+def test_only_max_bytes_of_the_message_are_looked_at() -> None:
+    """The byte cap bounds the work on any message: text past it is never tokenized."""
+    msg = b"Subject: hi\n\n" + b"early words here " * 10 + b"x" * 2000 + b" laterword\n"
+    assert "laterword" in tokenize(msg)
+    capped = tokenize(msg, Limits(max_bytes=1000))
+    assert "early" in capped and "laterword" not in capped
+
+
 def test_addresses() -> None:
     assert parse_addresses(b'"Smith, John" <js@x.example>, bob@y.example (Bob B)') == [
         (b"Smith, John", b"js@x.example"), (b"Bob B", b"bob@y.example")]

@@ -266,6 +266,39 @@ def test_the_subject_tag_the_milter_added_is_not_learned(
     assert train.strip_markup(own, b"[SPAM]") == own
 
 
+def test_a_long_run_on_a_terminal_shows_a_progress_bar(tmp_path: Path, db: Path) -> None:
+    """A bar (rich) on a terminal, from 200 messages; none in a pipe, a cron mail or a log:
+    the summary line alone."""
+    import pty
+
+    ham = folder(tmp_path / "ham", [mail(i, False) for i in range(600)])
+    cmd = [sys.executable, "-m", "spambridge", "train", "--db", str(db), "--ham", str(ham)]
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=slave,
+                                stdin=subprocess.DEVNULL,
+                                env={**os.environ, "TERM": "xterm", "COLUMNS": "100"})
+        os.close(slave)
+        seen = b""
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            seen += chunk
+        out = proc.communicate(timeout=120)[0].decode()
+    finally:
+        os.close(master)
+    assert proc.returncode == 0 and "Learned 600 of 600 messages as ham" in out
+    assert b"training" in seen and b"/600" in seen, seen[-500:]
+    piped = subprocess.run([*cmd[:-2], "--forget", str(ham)], capture_output=True, text=True,
+                           timeout=120)
+    assert piped.returncode == 0 and "Forgot 600 of 600" in piped.stdout
+    assert "training" not in piped.stderr and "/600" not in piped.stderr
+
+
 def test_reading_a_message_in_an_mbox_does_not_make_it_a_new_one(
         tmp_path: Path, db: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """mutt and Thunderbird rewrite Status:/X-Mozilla-Status: in an mbox when a message is
@@ -513,6 +546,7 @@ def test_check_prints_the_milter_decision(tmp_path: Path, db: Path,
     lines = [ln.split("\t") for ln in out.splitlines()]
     assert lines[0][0] == str(new_spam) and float(lines[0][1]) > 0.99
     assert lines[0][2] == "reject"
+    assert all(f[1] == repr(float(f[1])) for f in lines[:2])  # every digit, not "%.6g"
     assert lines[1][2] == "ham" and float(lines[1][1]) < 0.01
     assert lines[2] == [str(tmp_path / "missing"), "-", "unreadable"]  # a line per path
     assert code == 1 and "missing: cannot read" in err
