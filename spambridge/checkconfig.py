@@ -446,6 +446,36 @@ def bayes_state(cfg: Config, r: Report) -> None:
                f"min_trained {cfg.bayes.min_trained}): mail gets on_unavailable until it is")
 
 
+def spamd_state(cfg: Config, r: Report) -> None:
+    """Whether spamd answers a PING now (engine spamd or spamd+bayes). Down or out of reach,
+    every message gets on_unavailable, or the Bayes verdict with spamd+bayes, while the
+    milter starts as if all were well."""
+    if cfg.milter.engine == "bayes":
+        return
+    import asyncio
+
+    from spambridge.scanners.spamd import SpamdScanner
+    from spambridge.verdict import ScanError
+
+    where = cfg.spamd.socket or f"{cfg.spamd.host}:{cfg.spamd.port}"
+    scanner = SpamdScanner(cfg.spamd, cfg.milter.scan_timeout)
+
+    async def ping() -> None:
+        try:
+            await asyncio.wait_for(scanner.ping(), cfg.milter.scan_timeout)
+        finally:
+            await scanner.aclose()
+
+    try:
+        asyncio.run(ping())
+    except (ScanError, TimeoutError, OSError) as e:
+        then = ("every message would get on_unavailable" if cfg.milter.engine == "spamd" else
+                "the Bayes engine would decide every message (fallback=spamd-unavailable)")
+        r.warn(f"[spamd] spamd at {where} does not answer a PING ({e or 'timeout'}): {then}")
+    else:
+        r.note(f"spamd at {where} answers")
+
+
 def main(cfg: Config, postfix: bool = True, postfix_config: str | None = None) -> int:
     print(f"{cfg.source}: OK (engine={cfg.milter.engine}, socket={cfg.milter.socket}, "
           f"scan_timeout={cfg.milter.scan_timeout:g}s)")
@@ -461,6 +491,7 @@ def main(cfg: Config, postfix: bool = True, postfix_config: str | None = None) -
     local = check_local(cfg)
     r.warnings += local.warnings
     r.notes += local.notes
+    spamd_state(cfg, r)
     if postfix:
         exe = find_postconf()
         if exe is None:

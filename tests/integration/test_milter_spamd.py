@@ -28,6 +28,7 @@ from harness import (
     read_request,
     start_spamd,
     stop_process,
+    write_config,
 )
 from milterclient import MilterClient, Result, send_one
 
@@ -440,3 +441,24 @@ def test_spamd_on_a_unix_socket_from_the_command_line(start_milter: Start) -> No
         stop_process(own.proc)
         shutil.rmtree(base, ignore_errors=True)
 
+
+
+def test_check_config_pings_spamd(spamd: Spamd, tmp_path: Path) -> None:
+    """check-config said "all well" with spamd down or on another port, and every message
+    then went out unchecked=unavailable: it asks spamd for a PING now."""
+    def check_config(port: int, engine: str) -> subprocess.CompletedProcess[str]:
+        cfg = write_config(tmp_path / f"{engine}-{port}.toml", {
+            "milter": {"engine": engine}, "spamd": {"host": "127.0.0.1", "port": port}})
+        return subprocess.run([sys.executable, "-m", "spambridge", "check-config", "--config",
+                               str(cfg), "--no-postfix"], capture_output=True, text=True,
+                              timeout=60)
+
+    r = check_config(spamd.port, "spamd")
+    assert r.returncode == 0 and f"spamd at 127.0.0.1:{spamd.port} answers" in r.stdout, r.stdout
+    dead = free_port()
+    r = check_config(dead, "spamd")
+    assert r.returncode == 1
+    assert (f"warning: [spamd] spamd at 127.0.0.1:{dead} does not answer a PING" in r.stdout
+            and "every message would get on_unavailable" in r.stdout), r.stdout
+    r = check_config(dead, "spamd+bayes")
+    assert "the Bayes engine would decide every message" in r.stdout, r.stdout
