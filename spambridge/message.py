@@ -47,6 +47,12 @@ class Envelope:
     # `check` on a mailbox file: the receiving MTA's Received line is already in it
     delivered: bool = False
 
+    @property
+    def log_id(self) -> str:
+        """How a log line names the message: Postfix's queue id, or NOQUEUE as Postfix says
+        before it has one."""
+        return clean(self.queue_id) or "NOQUEUE"
+
     def received_header(self, when: datetime | None = None) -> bytes:
         """The Received line Postfix would have written (Postfix hides its own from milters).
         SpamAssassin needs it for the relay/trust path; a wrong date causes false positives.

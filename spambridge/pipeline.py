@@ -78,7 +78,7 @@ class Pipeline:
         except TimeoutError:
             return ScanError(ErrorKind.TIMEOUT, self.scanner.name, f"no verdict within {cap:g}s")
         except Exception as e:  # a scanner bug must still end in a defined action
-            log.error("%s: internal scanner error: %r", clean(envelope.queue_id) or "NOQUEUE", e)
+            log.error("%s: internal scanner error: %r", envelope.log_id, e)
             return ScanError(ErrorKind.ERROR, self.scanner.name, f"internal: {type(e).__name__}")
 
     def evaluate(
@@ -210,7 +210,7 @@ def log_decision(ev: Evaluation, buf: MessageBuffer, env: Envelope, tag_only: bo
     log.log(
         level,
         "%s: from=<%s> rcpts=%d size=%d engine=%s score=%s action=%s%s reason=%s ms=%d%s%s",
-        clean(env.queue_id) or "NOQUEUE",
+        env.log_id,
         clean(env.sender.strip("<>")),
         env.rcpt_count or len(env.recipients),
         buf.size,
@@ -224,5 +224,4 @@ def log_decision(ev: Evaluation, buf: MessageBuffer, env: Envelope, tag_only: bo
         detail,
     )
     if whole:
-        log.warning("%s: the error in full: %s", clean(env.queue_id) or "NOQUEUE",
-                    clean(whole, 4000))
+        log.warning("%s: the error in full: %s", env.log_id, clean(whole, 4000))

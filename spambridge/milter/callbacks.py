@@ -86,8 +86,7 @@ class SpamBridgeMilter(Milter.Base):
         try:
             decision = s.finish().decision
         except Exception as e:  # a bug must still end in the admin's on_error action
-            log.exception("%s: internal error at end of message",
-                          clean(s.envelope.queue_id) or "NOQUEUE")
+            log.exception("%s: internal error at end of message", s.envelope.log_id)
             decision = s.pipeline.evaluate(
                 s._buf(), s.envelope, failure=ScanError(ErrorKind.ERROR, "internal", repr(e))
             ).decision
