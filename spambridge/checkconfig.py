@@ -336,8 +336,7 @@ def _user_dirs(cfg: Config, r: Report) -> None:
                    f"it owned by root, and then cannot write it as user {name!r}: "
                    f"install -d -o {name} {db_dir}")
         elif privileges.can_write_dir(db_dir, name) is False:
-            r.warn(f"[bayes] db: {db_dir} is not writable by user {name!r} (SQLite keeps its "
-                   f"-wal/-shm files next to the database): chown {name} {db_dir}")
+            r.warn(f"[bayes] db: {privileges.db_dir_problem(db_dir, name)}")
     # unset, it is the milter's own TMPDIR, which need not be the admin's shell's
     # (libpam-tmpdir's /tmp/user/0): only a configured one can be judged from here
     spool = m.spool_dir
@@ -457,8 +456,8 @@ def spamd_state(cfg: Config, r: Report) -> None:
     from spambridge.scanners.spamd import SpamdScanner
     from spambridge.verdict import ScanError
 
-    where = cfg.spamd.socket or f"{cfg.spamd.host}:{cfg.spamd.port}"
     scanner = SpamdScanner(cfg.spamd, cfg.milter.scan_timeout)
+    where = scanner.target  # as the milter's log names it
 
     async def ping() -> None:
         try:

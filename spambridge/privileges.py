@@ -81,9 +81,12 @@ def drop(cfg: Config, spec: SocketSpec) -> None:
     if uses_bayes(cfg):
         db_dir = os.path.dirname(os.path.abspath(cfg.bayes.db))
         if not os.access(db_dir, os.W_OK | os.X_OK):
-            raise ConfigError(f"{key_at(cfg, 'bayes', 'db')}: {db_dir} is not writable by user "
-                              f"{name!r} (SQLite keeps its -wal/-shm files next to the "
-                              f"database): chown {name} {db_dir}")
+            raise ConfigError(f"{key_at(cfg, 'bayes', 'db')}: {db_dir_problem(db_dir, name)}")
+
+
+def db_dir_problem(db_dir: str, name: str) -> str:
+    return (f"{db_dir} is not writable by user {name!r} (SQLite keeps its -wal/-shm files "
+            f"next to the database): chown {name} {db_dir}")
 
 
 def socket_dir_problem(sock_dir: str, name: str, reachable: bool = False) -> str:

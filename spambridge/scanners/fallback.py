@@ -22,11 +22,10 @@ class FallbackScanner:
     name = "spamd+bayes"
 
     def __init__(self, primary: Scanner, secondary: Scanner, primary_budget: float,
-                 cap: float | None = None) -> None:
-        """`cap`: the whole scan's (spamd's share is `primary_budget` of it); without it,
-        spamd gets its share and no more."""
-        self.primary, self.secondary, self.budget = primary, secondary, primary_budget
-        self.cap = primary_budget if cap is None else cap
+                 cap: float) -> None:
+        """`cap`: the whole scan's; spamd's share of it is `primary_budget`."""
+        self.primary, self.secondary, self.budget, self.cap = (primary, secondary,
+                                                               primary_budget, cap)
 
     async def scan(self, message: bytes, envelope: Envelope) -> ScoreResult:
         loop = asyncio.get_running_loop()
