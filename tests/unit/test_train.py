@@ -299,6 +299,17 @@ def test_a_long_run_on_a_terminal_shows_a_progress_bar(tmp_path: Path, db: Path)
     assert "training" not in piped.stderr and "/600" not in piped.stderr
 
 
+def learned_as_before(db: Path, msg: bytes) -> None:
+    """`msg` learned as spam the way an earlier spambridge did: keyed by the digest of the
+    message as strip_markup left it then (state fields and Subject tag kept)."""
+    writer = store.SqliteWriter(str(db))
+    batch = writer.begin()
+    batch.learn(train.tokenize(msg), store.SPAM)
+    batch.mark(train.digest(train.strip_markup(msg)), store.SPAM)
+    writer.commit(batch)
+    writer.close()
+
+
 def test_reading_a_message_in_an_mbox_does_not_make_it_a_new_one(
         tmp_path: Path, db: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """mutt and Thunderbird rewrite Status:/X-Mozilla-Status: in an mbox when a message is
@@ -328,12 +339,7 @@ def test_reading_a_message_in_an_mbox_does_not_make_it_a_new_one(
     # a database an earlier spambridge filled: the message keyed with its state fields
     old = tmp_path / "old.sqlite"
     msg = mail(9, True).replace(b"\n\n", b"\nStatus: RO\n\n", 1)
-    writer = store.SqliteWriter(str(old))
-    batch = writer.begin()
-    batch.learn(train.tokenize(msg), store.SPAM)
-    batch.mark(train.digest(train.strip_markup(msg)), store.SPAM)
-    writer.commit(batch)
-    writer.close()
+    learned_as_before(old, msg)
     m = tmp_path / "m.eml"
     m.write_bytes(msg)
     code, out, _ = run("train", "--db", str(old), "--ham", str(m), capsys=capsys)
@@ -355,12 +361,7 @@ def test_a_tagged_message_learned_before_the_tag_was_taken_off_is_found(
     original = mail(1, True)
     tagged = original.replace(b"Subject: WIN 1", b"Subject: [SPAM] WIN 1")
     delivered = b"X-Spam-Flag: YES\nX-Spam-Status: Yes, score=0.9500 engine=bayes\n" + tagged
-    writer = store.SqliteWriter(str(db))  # as the earlier spambridge left it: tag kept
-    batch = writer.begin()
-    batch.learn(train.tokenize(tagged), store.SPAM)
-    batch.mark(train.digest(train.strip_markup(tagged)), store.SPAM)
-    writer.commit(batch)
-    writer.close()
+    learned_as_before(db, tagged)  # as the earlier spambridge left it: tag kept
     f = tmp_path / "m.eml"
     f.write_bytes(delivered)
     code, out, _ = run("train", "--config", str(cfg), "--db", str(db), "--forget", str(f),
