@@ -13,7 +13,6 @@ from typing import Any
 
 import Milter
 
-from spambridge.message import clean
 from spambridge.milter import actions
 from spambridge.milter.session import Session
 from spambridge.verdict import ErrorKind, ScanError
@@ -90,7 +89,7 @@ class SpamBridgeMilter(Milter.Base):
             decision = s.pipeline.evaluate(
                 s._buf(), s.envelope, failure=ScanError(ErrorKind.ERROR, "internal", repr(e))
             ).decision
-        qid = clean(s.envelope.queue_id)
+        qid = s.envelope.log_id
         try:
             owned = s.owned_headers()
             left = s.owned_total > len(owned)  # forged fields that stay

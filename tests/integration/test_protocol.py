@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from harness import RunningMilter, message
-from milterclient import MilterClient
+from milterclient import MilterClient, send_one
 from miltertest import constants
 from spamdfakes import SwitchableSpamd
+
+from spambridge.defaults import MAX_OWNED
 
 Start = Callable[..., RunningMilter]
 NO_REPLY = {
@@ -31,3 +33,15 @@ def test_stages_before_the_body_need_no_reply(start_milter: Start,
         r = c.send(message(body="x" * 200_000))
     assert r.action == "accept" and r.header("X-Spam-Status") == "No, unchecked=oversize"
     assert "Traceback" not in m.log
+
+
+def test_forged_field_flood_without_a_queue_id_is_logged_as_noqueue(start_milter: Start) -> None:
+    """Every log line names the message, NOQUEUE when the MTA gave no queue id (Sendmail
+    before its queue file, a client that sends none), as Postfix's own log does: the
+    warning about forged fields left in place was the one line that printed an empty id."""
+    m = start_milter()  # the default engine; an untrained database is fine here
+    forged = "X-Spam-Flag: YES\n" * (MAX_OWNED + 5)
+    r = send_one(m.socket_path, message(extra_headers=forged), queue_id="")
+    assert r.action == "accept"
+    assert (f"NOQUEUE: {MAX_OWNED + 5} forged X-Spam-* fields, only the first {MAX_OWNED} "
+            "removed") in m.log
