@@ -42,7 +42,10 @@ class Session:
     def start_message(self, sender: str, auth_user: str, tls: bool) -> None:
         """MAIL FROM: a new message on this connection; drop whatever the last one left."""
         self.end_message()
-        self.cfg = self.pipeline.config.milter  # a reload applies from the next message
+        cfg = self.pipeline.config.milter  # a reload applies from the next message,
+        if cfg is not self.cfg:  # trusted_networks too, on a connection open across it
+            self.cfg = cfg
+            self.trusted = is_trusted(self.client_addr, cfg)
         self.envelope = Envelope(
             client_name=self.client_name,
             client_addr=self.client_addr,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from harness import FakeSpamd, RunningMilter, free_port, message, wait_until, write_config
-from milterclient import Result, send_one
+from milterclient import MilterClient, Result, send_one
 from ops_helpers import answering, scrape, value
 
 Start = Callable[..., RunningMilter]
@@ -135,3 +135,26 @@ def test_decisions_under_reloads_come_from_one_whole_config(
         assert (r.action, r.reply) in {("accept", ""), ("reject", NEW_REPLY)}, r
         if r.action == "accept":
             assert r.header("X-Spam-Flag") == "YES"
+
+
+def test_trusted_networks_apply_from_the_next_message_on_an_open_connection(
+        milter: tuple[RunningMilter, FakeSpamd, int]) -> None:
+    """As documented for every list: a reload that trusts the client skips its next message,
+    even on a connection Postfix keeps open (smtpd reuses one for every message of a
+    session), and one that stops trusting it has the next message scanned again."""
+    m, spamd, port = milter
+    client = "192.0.2.10"
+    with MilterClient(m.socket_path) as c:
+        first = c.send(message(subject="score 9"), client_addr=client, queue_id="AAAA1")
+        assert first.header("X-Spam-Flag") == "YES"
+        cfg = sections(spamd, port)
+        cfg["milter"]["trusted_networks"] = ["192.0.2.0/24"]
+        write_config(m.config_path, cfg)
+        reload(m, "configuration reloaded from")
+        second = c.send(message(subject="score 9"), connected=True, queue_id="AAAA2")
+        assert second.header("X-Spam-Flag") is None and second.header("X-Spam-Status") is None
+        write_config(m.config_path, sections(spamd, port))
+        reload(m, "configuration reloaded from")
+        third = c.send(message(subject="score 9"), connected=True, queue_id="AAAA3")
+        assert third.header("X-Spam-Flag") == "YES"
+    assert "AAAA2: " in m.log and "reason=trusted" in m.log.split("AAAA2: ", 1)[1].split("\n")[0]
