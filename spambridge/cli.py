@@ -29,24 +29,25 @@ def _config_arg(p: argparse.ArgumentParser) -> None:
 
 def _engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--engine", choices=("bayes", "spamd", "spamd+bayes"),
-                   help=f"scanning engine (default: {defaults.ENGINE})")
+                   help=f"scanning engine (default: [milter] engine, else {defaults.ENGINE})")
     p.add_argument("--db", metavar="PATH",
-                   help=f"Bayes token database (default: {defaults.BAYES_DB})")
+                   help=f"Bayes token database (default: [bayes] db, else {defaults.BAYES_DB})")
     p.add_argument("--spamd", metavar="HOST:PORT|/PATH",
-                   help=f"spamd address or unix socket (default: {defaults.SPAMD_HOST}:"
-                   f"{defaults.SPAMD_PORT})")
+                   help=f"spamd address or unix socket (default: [spamd] host and port, else "
+                   f"{defaults.SPAMD_HOST}:{defaults.SPAMD_PORT})")
 
 
 def _policy_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scan-timeout", type=float, metavar="SECONDS",
-                   help=f"hard cap from end of message to the final reply (default: "
-                   f"{defaults.SCAN_TIMEOUT:g})")
+                   help=f"hard cap from end of message to the final reply (default: [milter] "
+                   f"scan_timeout, else {defaults.SCAN_TIMEOUT:g})")
     p.add_argument("--tag-at", type=float, metavar="SCORE",
-                   help=f"SpamAssassin score from which mail is tagged (default: "
-                   f"{defaults.TAG_AT:g}; spamd only: Bayes has [bayes] spam_cutoff)")
+                   help=f"SpamAssassin score from which mail is tagged (default: [policy] tag_at, "
+                   f"else {defaults.TAG_AT:g}; spamd only: Bayes has [bayes] spam_cutoff)")
     p.add_argument("--reject-at", type=float, metavar="SCORE",
-                   help=f"SpamAssassin score from which mail is rejected (default: "
-                   f"{defaults.REJECT_AT:g}; spamd only: Bayes has [bayes] reject_cutoff)")
+                   help=f"SpamAssassin score from which mail is rejected (default: [policy] "
+                   f"reject_at, else {defaults.REJECT_AT:g}; spamd only: Bayes has [bayes] "
+                   "reject_cutoff)")
     p.add_argument("--tag-only", action="store_true", default=None,
                    help="never reject or tempfail; log what would have been done")
 
@@ -65,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     _config_arg(run)
     run.add_argument("--socket", metavar="SPEC",
                      help=f"libmilter socket: unix:/path, inet:PORT@HOST, inet6:PORT@ADDR "
-                     f"(default: {defaults.SOCKET})")
+                     f"(default: [milter] socket, else {defaults.SOCKET})")
     _engine_args(run)
     _policy_args(run)
     run.add_argument("--log-level", choices=("debug", "info", "warning", "error"))

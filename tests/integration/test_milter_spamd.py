@@ -322,6 +322,10 @@ def test_help_documents_the_spamass_milter_style_flags() -> None:
     for flag in ("--socket", "--spamd", "--scan-timeout", "--tag-at", "--reject-at", "--tag-only",
                  "--config"):
         assert flag in p.stdout
+    # the config file's value comes before the built-in one: help must not claim otherwise
+    text = " ".join(p.stdout.split())
+    assert "(default: [milter] engine, else bayes)" in text
+    assert "(default: [milter] scan_timeout, else 10)" in text
     top = subprocess.run([sys.executable, "-m", "spambridge", "--help"],
                          capture_output=True, text=True, timeout=30)
     assert "run" in top.stdout
