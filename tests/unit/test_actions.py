@@ -1,0 +1,118 @@
+"""What the milter tells the MTA for a Decision (actions.apply), seen through a recording
+context in place of pymilter's: which fields are removed and added, where, the Subject
+rewrite, and the SMTP reply. Pure, no sockets; tests/integration drives the same code
+through a real libmilter."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import Milter
+
+from spambridge.config import PolicyConfig
+from spambridge.milter import actions
+from spambridge.policy import decide
+from spambridge.verdict import Action, Decision, ErrorKind, FailAction, ScanError, ScoreResult
+
+CFG = PolicyConfig()
+TAGGING = replace(CFG, subject_tag="[SPAM]")
+
+
+class Ctx:
+    """Records the calls libmilter would turn into milter protocol messages."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+
+    def addheader(self, field: str, value: str, idx: int = -1) -> None:
+        self.calls.append(("add", field, value, idx))
+
+    def chgheader(self, field: str, idx: int, value: str | None) -> None:
+        self.calls.append(("chg", field, idx, value))
+
+    def setreply(self, rcode: str, xcode: str | None = None, msg: str | None = None) -> None:
+        self.calls.append(("reply", rcode, xcode, msg))
+
+
+def apply(decision: Decision, owned: list[tuple[str, int]] | None = None,
+          subject: bytes | None = b"Hello", on_top: bool = False) -> tuple[int, Ctx]:
+    ctx = Ctx()
+    return actions.apply(ctx, decision, owned or [], subject, "4ABC", on_top=on_top), ctx
+
+
+def spamd(score: float) -> ScoreResult:
+    return ScoreResult("spamd", score, ("SOME_RULE",))
+
+
+def test_tagged_spam_gets_its_subject_rewritten_in_place() -> None:
+    """The first Subject (libmilter's index 1, the one header_value read) is rewritten:
+    not a second Subject added beside it."""
+    _, ctx = apply(decide(spamd(7.0), TAGGING), subject=b"Cheap pills")
+    assert ("chg", "Subject", 1, "[SPAM] Cheap pills") in ctx.calls
+    assert not [c for c in ctx.calls if c[0] == "add" and c[1] == "Subject"]
+
+
+def test_tagged_spam_without_a_subject_gets_one() -> None:
+    """A spam with no Subject at all still shows the tag in the mail client."""
+    _, ctx = apply(decide(spamd(7.0), TAGGING), subject=None)
+    assert ("add", "Subject", "[SPAM]", -1) in ctx.calls
+    assert not [c for c in ctx.calls if c[0] == "chg" and c[1] == "Subject"]
+
+
+def test_a_subject_already_tagged_is_not_tagged_twice() -> None:
+    """Mail scanned twice (a second MX, a rescan) must not read "[SPAM] [SPAM] ..."."""
+    _, ctx = apply(decide(spamd(7.0), TAGGING), subject=b"[SPAM] Cheap pills")
+    assert not [c for c in ctx.calls if c[1] == "Subject"]
+
+
+def test_the_tag_and_the_subject_have_one_space_between() -> None:
+    assert actions.tagged_subject("[SPAM]", b"  Hello") == "[SPAM] Hello"
+
+
+def test_forged_fields_are_removed_in_the_order_given_before_ours_are_added() -> None:
+    """owned_headers lists each name's highest index first: deleting X-Spam-Flag 1 first
+    would renumber the rest, and the last forged copy would stay."""
+    owned = [("X-Spam-Flag", 2), ("X-Spam-Flag", 1), ("X-Spam-Score", 1)]
+    _, ctx = apply(decide(spamd(1.0), CFG), owned)
+    removed = [c[1:3] for c in ctx.calls if c[0] == "chg" and c[3] is None]
+    assert removed == [("X-Spam-Flag", 2), ("X-Spam-Flag", 1), ("X-Spam-Score", 1)]
+    first_add = next(i for i, c in enumerate(ctx.calls) if c[0] == "add")
+    assert all(c[0] == "chg" for c in ctx.calls[:first_add])
+
+
+def test_on_top_puts_our_fields_first_in_their_order() -> None:
+    """With forged X-Spam-* fields left over (a flood beyond MAX_OWNED), ours go to the top,
+    where a Sieve rule or a reader taking the first of each name finds ours."""
+    d = decide(spamd(7.0), CFG)
+    _, ctx = apply(d, on_top=True)
+    added = [(c[1], c[3]) for c in ctx.calls if c[0] == "add"]
+    assert added == [(name, i) for i, (name, _) in enumerate(d.headers)]
+    _, ctx = apply(d, on_top=False)
+    assert {c[3] for c in ctx.calls if c[0] == "add"} == {-1}
+
+
+def test_tempfail_sets_the_tempfail_reply_and_changes_nothing() -> None:
+    cfg = replace(CFG, on_timeout=FailAction.TEMPFAIL)
+    result, ctx = apply(decide(ScanError(ErrorKind.TIMEOUT, "spamd"), cfg),
+                        [("X-Spam-Flag", 1)])
+    assert result == Milter.TEMPFAIL
+    assert ctx.calls == [("reply", "451", "4.7.1",
+                          "Message could not be checked for spam, try again later")]
+
+
+def test_reject_sets_the_reject_reply_and_changes_nothing() -> None:
+    result, ctx = apply(decide(spamd(20.0), TAGGING), [("X-Spam-Flag", 1)])
+    assert result == Milter.REJECT
+    assert ctx.calls == [("reply", "550", "5.7.1", "Message rejected as spam")]
+
+
+def test_reply_text_drops_control_characters_and_del() -> None:
+    """libmilter sends the text as it is: a control byte or DEL would reach the SMTP client."""
+    assert actions.reply_text("No\x7fspam\x01 here\x80 100%") == "Nospam here 100%%"
+
+
+def test_a_tagged_message_is_accepted() -> None:
+    result, _ = apply(decide(spamd(7.0), TAGGING))
+    assert result == Milter.ACCEPT
+    assert decide(spamd(7.0), TAGGING).action is Action.TAG
