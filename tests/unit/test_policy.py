@@ -140,3 +140,34 @@ def test_bayes_bands(score: float, expected_band: Band, expected_action: Action)
     status = hdr(d.headers, "X-Spam-Status") or ""
     assert ("unsure=yes" in status) == (expected_band is Band.UNSURE)
     assert status.startswith("Yes," if expected_band in (Band.SPAM, Band.REJECT) else "No,")
+
+
+def test_tag_only_tags_the_subject_of_spam_it_would_have_rejected() -> None:
+    """In tag-only mode the worst spam is delivered: it must carry the Subject tag like the
+    spam just above tag_at, not reach the inbox looking cleaner than it."""
+    cfg = replace(CFG, tag_only=True, subject_tag="[SPAM]")
+    d = decide(spamd(1000.0, "GTUBE"), cfg)
+    assert d.action is Action.TAG and d.intended is Action.REJECT
+    assert d.subject_prefix == "[SPAM]"
+
+
+def test_unsure_bayes_mail_keeps_its_subject() -> None:
+    """Unsure is not spam (X-Spam-Status says `No, ... unsure=yes`): the Subject tag is for
+    spam only, or a fresh database would tag much of the ham."""
+    cfg = replace(CFG, subject_tag="[SPAM]")
+    assert decide(ScoreResult("bayes", 0.5), cfg).subject_prefix == ""
+    assert decide(ScoreResult("bayes", 0.95), cfg).subject_prefix == "[SPAM]"
+
+
+@pytest.mark.parametrize("kind", list(ErrorKind))
+@pytest.mark.parametrize("choice", [FailAction.TEMPFAIL, FailAction.REJECT])
+def test_tag_only_never_refuses_mail_on_a_failure(kind: ErrorKind, choice: FailAction) -> None:
+    """Tag-only mode is the safe trial run: a failure class set to reject or tempfail is
+    logged as what it would have done, and the mail is accepted marked unchecked."""
+    cfg = replace(CFG, tag_only=True, **{kind.policy_key: choice})
+    d = decide(ScanError(kind, "spamd", "x"), cfg)
+    assert d.action is Action.ACCEPT
+    assert d.intended.value == choice.value  # logged as would=tempfail / would=reject
+    assert d.reply is None
+    assert hdr(d.headers, "X-Spam-Status") == f"No, unchecked={kind.value}"
+
