@@ -6,7 +6,7 @@ import pytest
 
 from spambridge import headers
 from spambridge.config import PolicyConfig
-from spambridge.verdict import Band, ScoreResult
+from spambridge.verdict import Band, ErrorKind, ScoreResult
 
 T = PolicyConfig().spamd
 
@@ -67,3 +67,61 @@ def test_owned_headers(name: str) -> None:
 @pytest.mark.parametrize("name", ["Subject", "X-Spammy", "X-Mailer", "Received"])
 def test_not_owned(name: str) -> None:
     assert not headers.is_owned(name)
+
+
+BAYES = PolicyConfig().bayes
+
+
+def test_bayes_scores_are_rendered_with_four_decimals_and_ten_stars_at_most() -> None:
+    """Bayes scores are 0..1: four decimals (as `check` prints them), one star per tenth."""
+    h = dict(headers.render_score(ScoreResult("bayes", 0.987654), BAYES, Band.SPAM))
+    assert h["X-Spam-Score"] == "0.9877"
+    assert h["X-Spam-Level"] == "*********"
+    assert h["X-Spam-Status"].startswith("Yes, score=0.9877 required=0.9000 ")
+    top = dict(headers.render_score(ScoreResult("bayes", 1.0), BAYES, Band.REJECT))
+    assert top["X-Spam-Level"] == "*" * 10
+
+
+def test_level_counts_whole_points_only() -> None:
+    """SpamAssassin writes one star per whole point: a Sieve rule matching `*****` (5 points,
+    the tag threshold) must not file a 4.9 as spam."""
+    assert render(4.9, band=Band.HAM)["X-Spam-Level"] == "****"
+    assert render(5.0)["X-Spam-Level"] == "*****"
+
+
+def test_no_symbols_reads_tests_none() -> None:
+    """As SpamAssassin writes it: an empty `tests=` breaks parsers looking for a rule list."""
+    assert "tests=none " in render(1.0, band=Band.HAM)["X-Spam-Status"]
+
+
+def test_symbol_list_is_bounded_at_max_tests() -> None:
+    tests = tuple(f"R{i}" for i in range(headers.MAX_TESTS + 50))
+    status = render(9.0, tests)["X-Spam-Status"].replace("\n\t", " ").replace(", ", ",")
+    listed = status.split("tests=", 1)[1].split(" ", 1)[0].split(",")
+    assert listed == [f"R{i}" for i in range(headers.MAX_TESTS)]
+
+
+def test_symbol_names_longer_than_64_characters_are_dropped() -> None:
+    status = render(9.0, ("A" * 64, "B" * 65))["X-Spam-Status"]
+    assert "A" * 64 in status
+    assert "B" * 65 not in status
+
+
+def test_every_verdict_names_the_checker_first() -> None:
+    """X-Spam-Checker-Version tells who wrote the X-Spam-* fields, scored or not: a Sieve
+    rule or a second filter tells ours from another's by it."""
+    for h in (headers.render_score(ScoreResult("spamd", 7.0), T, Band.SPAM),
+              headers.render_unchecked(ErrorKind.TIMEOUT)):
+        assert h[0][0] == "X-Spam-Checker-Version"
+        assert h[0][1].startswith("spambridge ")
+
+
+def test_status_lines_are_filled_to_76_columns_and_no_further() -> None:
+    """The fold is at 76 columns counting the field name on the first line and the tab on
+    the others: a line that fits exactly stays whole, one character more folds."""
+    status = render(9.0, ("A" * 26, "B" * 63, "C" * 11, "D" * 5))["X-Spam-Status"]
+    assert ("X-Spam-Status: " + status).split("\n") == [
+        "X-Spam-Status: Yes, score=9.0 required=5.0 tests=" + "A" * 26 + ",",  # 76 columns
+        "\t" + "B" * 63 + ",",  # with C's 12 it would be 77
+        "\t" + "C" * 11 + "," + "D" * 5 + " engine=spamd",
+    ]
