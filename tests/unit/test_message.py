@@ -165,3 +165,70 @@ def test_delivered_means_a_return_path_not_an_upstream_delivered_to() -> None:
 def test_received_header_for_a_client_without_reverse_dns() -> None:
     env = Envelope(client_name="[203.0.113.9]", client_addr="203.0.113.9", helo="pc17")
     assert env.received_header().startswith(b"Received: from pc17 (unknown [203.0.113.9])\r\n")
+
+
+def test_a_message_of_exactly_max_scan_size_is_scanned() -> None:
+    """max_scan_size is the largest message scanned, counted as the MTA sends it: each
+    field as `name: value` CRLF, then the body. One byte more is oversize (on_oversize)."""
+    head = len("Subject") + len(b"hi") + 4
+    exact = MessageBuffer(max_scan_size=head + 100, spool_memory=1000)
+    exact.add_header("Subject", b"hi")
+    assert exact.add_body(b"b" * 100)
+    assert not exact.oversize
+    over = MessageBuffer(max_scan_size=head + 100, spool_memory=1000)
+    over.add_header("Subject", b"hi")
+    assert not over.add_body(b"b" * 101)
+    assert over.oversize
+    just_header = MessageBuffer(max_scan_size=head, spool_memory=1000)
+    just_header.add_header("Subject", b"hi")
+    assert not just_header.oversize
+    just_header.add_header("X", b"")
+    assert just_header.oversize
+
+
+def test_more_than_max_headers_fields_is_oversize() -> None:
+    buf = MessageBuffer(max_scan_size=1 << 30, spool_memory=1000)
+    for _ in range(defaults.MAX_HEADERS):
+        buf.add_header("X", b"y")
+    assert not buf.oversize
+    buf.add_header("X", b"y")
+    assert buf.oversize
+
+
+def test_received_header_names_the_recipient_only_when_there_is_one() -> None:
+    """As Postfix writes it: `for <rcpt>` with one recipient, none with more (the others
+    would be disclosed to the scanner as if the mail were for the first alone)."""
+    two = Envelope(client_addr="192.0.2.1", helo="h", recipients=["<a@x.example>",
+                                                                   "<b@x.example>"])
+    assert b"\tfor " not in two.received_header()
+    one = Envelope(client_addr="192.0.2.1", helo="h", recipients=["<a@x.example>"])
+    assert b"\tfor <a@x.example>;\r\n" in one.received_header()
+
+
+def test_received_header_without_helo_names_the_client() -> None:
+    env = Envelope(client_name="mail.example.net", client_addr="192.0.2.10")
+    assert env.received_header().startswith(
+        b"Received: from mail.example.net (mail.example.net [192.0.2.10])\r\n")
+    assert Envelope(client_addr="192.0.2.10").received_header().startswith(
+        b"Received: from unknown (unknown [192.0.2.10])\r\n")
+
+
+def test_a_delivered_message_gets_no_second_received_line() -> None:
+    assert Envelope(client_addr="192.0.2.1", delivered=True).received_header() == b""
+
+
+def test_parse_raw_body_starts_after_the_blank_line() -> None:
+    """The blank line ends the header: it is not part of the body Postfix hands the milter,
+    so `check` must not score a body with an extra empty first line."""
+    buf = parse_raw(b"Subject: a\n\nbody\n")
+    assert buf.render() == b"Subject: a\r\n\r\nbody\r\n"
+
+
+def test_a_forged_checker_version_is_removed_after_a_flood_of_junk_names() -> None:
+    """X-Spam-Checker-Version is one of the fields we write: remembered past the budget of
+    names, so a forged one cannot stay above ours behind junk X-Spam-* names."""
+    buf = MessageBuffer(1 << 20, 1 << 16)
+    for i in range(defaults.MAX_OWNED_NAMES + 20):
+        buf.add_header(f"X-Spam-J{i}", b"x")
+    buf.add_header("X-Spam-Checker-Version", b"Forger 1.0")
+    assert ("X-Spam-Checker-Version", 1) in buf.owned_headers()
