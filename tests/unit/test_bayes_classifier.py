@@ -199,3 +199,36 @@ def test_own_probability_equals_sbclassifier_bit_for_bit() -> None:
                     assert got is None
                 else:
                     assert got == (abs(expected - 0.5), expected)
+
+
+def test_exactly_one_clue_more_than_max_discriminators_drops_the_weakest() -> None:
+    """151 clues: the weakest goes, as in SpamBayes (the random cases above rarely land on
+    exactly one over)."""
+    totals = Totals(400, 400)
+    counts: store.Counts = {}
+    for i in range(151):  # distinct strengths, spam and ham evidence taking turns
+        counts[f"t{i}"] = store.TokenCounts(i + 1, 0) if i % 2 else store.TokenCounts(0, i + 1)
+    tokens = list(counts)
+    expected, clues = _reference(tokens, totals, counts)
+    verdict = Scorer(max_clues=1000).score(tokens, totals, counts)
+    assert len(clues) == 150 and "t0" not in clues  # the weakest, (0, 1)
+    assert verdict.score == expected
+    assert {w for w, _ in verdict.clues} == clues
+
+
+def test_explain_lists_as_many_clues_as_asked() -> None:
+    counts: store.Counts = {f"t{i}": store.TokenCounts(i + 1, 0) for i in range(5)}
+    verdict = Scorer(max_clues=3).score(list(counts), Totals(10, 10), counts)
+    assert [w for w, _ in verdict.clues] == ["t4", "t3", "t2"]
+
+
+def test_a_count_above_its_total_scores_as_the_total() -> None:
+    """Clamped: five spams of two is read as two of two, not as stronger evidence; a
+    negative count (a hand-edited database) is read as none, not a division by zero that
+    would send every message with that token to on_error."""
+
+    def score(**counts: tuple[int, int]) -> float:
+        return Scorer().score(list(counts), Totals(2, 2), counts).score
+
+    assert score(a=(5, 0)) == score(a=(2, 0))
+    assert score(a=(-1, 1), b=(0, 2)) == score(a=(0, 1), b=(0, 2))
