@@ -185,3 +185,42 @@ def test_an_error_cut_for_its_8bit_bytes_is_logged_whole(caplog: pytest.LogCaptu
     caplog.set_level(logging.INFO, logger="spambridge")
     log_decision(ev, MessageBuffer(1000, 1000), Envelope(queue_id="4ABC9"), False)
     assert [r for r in caplog.records if "the error in full" in r.getMessage()]
+
+
+def test_the_decision_lines_level_says_whether_the_admin_must_look(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A scanner failure is a warning (mail went out under an on_* action); an oversize
+    message skipped on purpose, and a normal verdict, are info: a big attachment must not
+    page anyone, nor fill syslog's mail.warn."""
+    caplog.set_level(logging.INFO, logger="spambridge")
+    buf = MessageBuffer(1000, 1000)
+    cases: list[tuple[ScanError | ScoreResult, int]] = [
+        (ScanError(ErrorKind.OVERSIZE, "spamd", "over max_scan_size 1000"), logging.INFO),
+        (ScoreResult("spamd", 1.0), logging.INFO),
+        (ScanError(ErrorKind.TIMEOUT, "spamd", "no verdict within 10s"), logging.WARNING),
+        (ScoreResult("bayes", 0.1, note="fallback=spamd-timeout"), logging.WARNING),
+    ]
+    for outcome, level in cases:
+        caplog.clear()
+        log_decision(Evaluation(decide(outcome, Config().policy), outcome, 0.001), buf,
+                     Envelope(queue_id="4ABC"), False)
+        assert [r.levelno for r in caplog.records] == [level], outcome
+
+
+def test_the_scanners_future_is_waited_on_for_the_cap_exactly() -> None:
+    """The cap is the admin's scan_timeout, the bound Postfix's milter timeouts are set
+    against: a hung Bayes scan must end in on_timeout at the cap, not some multiple of it."""
+    waited: list[float | None] = []
+
+    class Hung(Future[ScoreResult]):
+        def result(self, timeout: float | None = None) -> ScoreResult:
+            waited.append(timeout)
+            raise TimeoutError
+
+    class Scanner(PoolScanner):
+        def submit(self, message: bytes, envelope: Envelope) -> Future[ScoreResult]:
+            return Hung()
+
+    outcome = pipeline(Scanner(lambda m: ScoreResult("bayes", 0.0))).scan(b"x", Envelope(), 7.5)
+    assert waited == [7.5]
+    assert outcome == ScanError(ErrorKind.TIMEOUT, "bayes", "no verdict within 7.5s")

@@ -1250,3 +1250,23 @@ def test_an_index_line_is_split_at_its_first_blank_only(tmp_path: Path) -> None:
     assert train.read_index(str(index)) == [
         ("spam", str(tmp_path / "a\tb.eml")), ("ham", str(tmp_path / "c d.eml")),
         ("spam", str(tmp_path / "e\tf g.eml"))]
+
+
+def test_a_bug_in_the_bayes_engine_is_an_error_not_unavailable(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug while scoring falls under on_error (X-Spam-Status `unchecked=error`), not
+    on_unavailable, which an admin sets for a database not there yet or locked."""
+    db = tmp_path / "bayes.sqlite"
+    store.create(str(db))
+    scanner = BayesScanner(BayesConfig(db=str(db), min_trained=0), create=False)
+
+    def broken(message: bytes, limits: object) -> list[str]:
+        raise KeyError("bug")
+
+    monkeypatch.setattr("spambridge.scanners.bayes.tokenize", broken)
+    try:
+        with pytest.raises(ScanError) as e:
+            scanner.score_now(mail(1, True))
+    finally:
+        scanner.close()
+    assert e.value.kind is ErrorKind.ERROR and e.value.detail == "internal: KeyError"
