@@ -243,3 +243,110 @@ def test_spamd_hosts_that_connect(tmp_path: Path, host: str) -> None:
     """An internationalized name was connected to before the host was checked (Python's
     getaddrinfo takes it in its IDNA form): it must not stop the milter from starting."""
     assert load(write(tmp_path, f'[spamd]\nhost = "{host}"\n')).spamd.host == host
+
+
+@pytest.mark.parametrize(("section", "key", "lowest", "highest", "below", "above"), [
+    ("milter", "max_scan_size", 1024, 256 << 20, 1023, (256 << 20) + 1),
+    ("milter", "spool_memory", 0, 64 << 20, -1, (64 << 20) + 1),
+    ("spamd", "port", 1, 65535, 0, 65536),
+    ("spamd", "connect_timeout", 0.05, 60, 0.04, 60.5),
+    ("spamd", "share", 0.1, 0.95, 0.05, 0.96),
+    ("bayes", "min_trained", 0, 10**9, -1, 10**9 + 1),
+    ("bayes", "max_bytes", 4096, 64 << 20, 4095, (64 << 20) + 1),
+    ("bayes", "max_tokens", 100, 30_000, 99, 30_001),
+    ("bayes", "ham_cutoff", 0.0, 0.2, -0.01, 1.01),
+    ("bayes", "spam_cutoff", 0.2, 0.99, -0.01, 1.01),
+    ("bayes", "reject_cutoff", 0.9, 1.0, -0.01, 1.01),
+    ("policy", "tag_at", -1000, 15, -1000.5, 10000.5),
+    ("policy", "reject_at", 5, 10000, -1000.5, 10000.5),
+])
+def test_each_range_is_the_documented_one(tmp_path: Path, section: str, key: str,
+                                          lowest: float, highest: float, below: float,
+                                          above: float) -> None:
+    """The ranges the example file and docs give are what the loader takes: a bound moved
+    would refuse a config that worked (exit 78 at the next restart) or let through one that
+    cannot work (a share of 1.0 leaves Bayes no time; 30,001+ tokens per message)."""
+    for ok in (lowest, highest):
+        cfg = load(write(tmp_path, f"[{section}]\n{key} = {ok!r}\n"))
+        assert cfg is not None
+    for bad in (below, above):
+        p = write(tmp_path, f"[{section}]\n{key} = {bad!r}\n")
+        with pytest.raises(ConfigError) as e:
+            load(p)
+        assert str(e.value).startswith(f"{p}:2: [{section}] {key}: must be between "), e.value
+        assert str(e.value).endswith(f", not {float(bad) if isinstance(ok, float) else bad}")
+
+
+@pytest.mark.parametrize(("text", "line", "message"), [
+    # true is an int to Python: port 1 and a database that needs 1 message
+    ("[spamd]\nport = true\n", 2, "[spamd] port: must be an integer, not true or false"),
+    ("[bayes]\nmin_trained = false\n", 2,
+     "[bayes] min_trained: must be an integer, not true or false"),
+    # both written: the upper key is blamed, as reject_at is in [policy]
+    ("[bayes]\nham_cutoff = 0.5\nspam_cutoff = 0.4\n", 3,
+     "[bayes] spam_cutoff: ham_cutoff (0.5) must not be above spam_cutoff (0.4)"),
+    # a quoted table name is the same table
+    ('["bayes"]\nmax_tokens = 5\n', 2, "[bayes] max_tokens: must be between 100 and 30000"),
+    ("[spamd]\nsocket = \"run/spamd.sock\"\n", 2, "[spamd] socket: must be an absolute path"),
+    ('[policy]\nsubject_tag = "[SPÄM]"\n', 2, "[policy] subject_tag: must be printable ASCII"),
+    ('[policy]\nreject_reply = "550 5.7.1 Spam erkannt: Nachricht abgelehnt – bitte nicht"\n',
+     2, "[policy] reject_reply: text must be printable ASCII"),
+    ('[policy]\nreject_reply = "550 4.7.1 Go away"\n', 2,
+     "[policy] reject_reply: must be a 5xx reply with a 5.x.x status"),
+    ('[policy]\ntempfail_reply = "451 5.7.1 Later"\n', 2,
+     "[policy] tempfail_reply: must be a 4xx reply with a 4.x.x status"),
+    ("[milter]\ntrusted_networks = [10]\n", 2,
+     "[milter] trusted_networks: must be a list of strings"),
+])
+def test_more_errors_name_file_line_and_key(tmp_path: Path, text: str, line: int,
+                                            message: str) -> None:
+    """Each would otherwise load as something the admin did not write, or name the wrong line."""
+    p = write(tmp_path, text)
+    with pytest.raises(ConfigError) as e:
+        load(p)
+    assert str(e.value) == f"{p}:{line}: {message}" or str(e.value).startswith(
+        f"{p}:{line}: {message}"), e.value
+
+
+def test_a_section_that_is_not_a_table_names_its_line(tmp_path: Path) -> None:
+    """`milter = 5` at the top (a table header's brackets forgotten): a config error naming
+    its line, not a traceback."""
+    p = write(tmp_path, "\nmilter = 5\n")
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(p))}:2: \[milter\] must be a table$"):
+        load(p)
+
+
+def test_a_missing_file_is_named(tmp_path: Path) -> None:
+    """Which file could not be read: -c, or /etc/spambridge/spambridge.toml."""
+    p = tmp_path / "nope.toml"
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(p))}: cannot read config: "):
+        load(p)
+
+
+def test_equal_bounds_are_allowed(tmp_path: Path) -> None:
+    """"must not be above/below": tag and reject from the same score (no tag-only band),
+    and a Bayes band of zero width, are valid, in the file and as flags."""
+    cfg = load(write(tmp_path, "[policy]\ntag_at = 8\nreject_at = 8\n"
+                     "[bayes]\nham_cutoff = 0.9\nspam_cutoff = 0.9\nreject_cutoff = 0.9\n"))
+    assert cfg.policy.spamd.tag == cfg.policy.spamd.reject == 8.0
+    assert cfg.policy.bayes.ham == cfg.policy.bayes.reject == 0.9
+    flagged = with_overrides(load(None), tag_at=12, reject_at=12)
+    assert flagged.policy.spamd.tag == flagged.policy.spamd.reject == 12.0
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1:65536", "spamd.example:0", "[::1]:70000"])
+def test_a_spamd_flag_port_out_of_range_is_an_error(address: str) -> None:
+    """`--spamd host:65536` would start, and every connection fail (unchecked=unavailable)."""
+    with pytest.raises(ConfigError, match=r"^command line: --spamd: port must be 1-65535$"):
+        with_overrides(load(None), spamd=address)
+
+
+def test_a_reload_keeps_the_socket_mode_and_metrics_and_says_so(tmp_path: Path) -> None:
+    """The socket exists and the metrics listener is bound: a changed socket_mode or listen
+    address takes a restart, and the reload's warning must say so rather than nothing."""
+    running = load(write(tmp_path, "[milter]\nsocket_mode = \"0660\"\n"))
+    new = load(write(tmp_path, "[milter]\nsocket_mode = \"0666\"\n"
+                     "[metrics]\nlisten = \"127.0.0.1:9386\"\n"))
+    applied, changed = reloaded(running, new)
+    assert changed == ["[milter] socket_mode", "[metrics] listen"]
+    assert applied.milter.socket_mode == 0o660 and applied.metrics.listen == ""
