@@ -434,3 +434,159 @@ def test_a_connect_timeout_spamd_never_reaches_is_named(engine: str, scan_timeou
                         "spamd": {"connect_timeout": connect_timeout}})
     named = [w for w in check_local(cfg).warnings if w.startswith("[spamd] connect_timeout")]
     assert bool(named) == warns, named
+
+
+@pytest.mark.parametrize(("timeout", "warns"), [("20.5s", False), ("20.4s", True)])
+def test_the_content_timeout_may_be_exactly_twice_the_cap(timeout: str, warns: bool) -> None:
+    """The warning says "keep the timeout >= 20.5s" for scan_timeout 10 (+0.25 s reply
+    margin): exactly that must pass, or the advice given cannot be followed."""
+    r = check_postfix(cfg(scan_timeout=10.0), settings(milter_content_timeout=timeout))
+    named = [w for w in r.warnings if "milter_content_timeout" in w]
+    assert bool(named) is warns, named
+    if warns:
+        assert named[0].startswith("scan_timeout 10s (+0.25s) is not well below "
+                                   "milter_content_timeout 20.4s")
+        assert "keep the timeout >= 20.5s" in named[0]
+
+
+@pytest.mark.parametrize(("timeout", "noted"), [("600s", False), ("10m", False),
+                                                ("601s", True), ("1h", True)])
+def test_a_content_timeout_beyond_a_clients_wait_is_noted(timeout: str, noted: bool) -> None:
+    """RFC 5321's client waits 10 minutes after DATA: a longer timeout is noted, 10 minutes
+    itself is not."""
+    r = check_postfix(cfg(), settings(milter_content_timeout=timeout))
+    assert r.warnings == []
+    assert any("duplicate deliveries" in n for n in r.notes) is noted
+
+
+@pytest.mark.parametrize(("protocol", "warning"), [
+    ("6", None), ("5", "milter_protocol = 5: use 6"), ("2", "milter_protocol = 2: use 6"),
+    ("six", "cannot read milter_protocol = 'six'")])
+def test_each_milter_protocol_below_6_warns(protocol: str, warning: str | None) -> None:
+    """Protocol 6 is what spambridge negotiates; 5 and below (or a typo) warn."""
+    r = check_postfix(cfg(), settings(milter_protocol=protocol))
+    assert r.warnings == ([warning] if warning else [])
+
+
+def test_shutdown_is_known_to_a_postfix_snapshot() -> None:
+    """An experimental release's mail_version (3.12-20260110) cannot be read as numbers: it
+    counts as new, so its shutdown is not called unknown."""
+    assert check_postfix(cfg(), settings(milter_default_action="shutdown",
+                                         mail_version="3.12-20260110")).warnings == []
+
+
+def test_a_service_not_reaching_spambridge_gets_the_spelling_to_write() -> None:
+    """With the socket under the queue directory, the spelling offered is the relative one a
+    chrooted smtpd resolves, not the absolute path libmilter binds."""
+    r = check_postfix(cfg(), settings(smtpd_milters=""))
+    assert r.warnings[0] == (f"smtpd_milters (empty) does not reach spambridge's socket {SOCK}; "
+                             "Postfix would write unix:spambridge/spambridge.sock")
+
+
+def test_an_ipv6_wildcard_socket_is_reached_through_any_address() -> None:
+    """inet6:8893@[::] listens on every address: Postfix's inet:[::1]:8893 reaches it."""
+    r = check_postfix(cfg("inet6:8893@::"), settings(smtpd_milters="inet:[::1]:8893"))
+    assert not [w for w in r.warnings if "does not reach" in w]
+
+
+def test_parse_master_reads_a_dash_in_the_chroot_column_as_no() -> None:
+    """Since Postfix 3.0, "-" in master.cf's chroot column means n: an smtpd so written
+    resolves unix: paths as they are, not inside the queue directory."""
+    [svc] = parse_master("smtp       inet  n       -       -       -       -       smtpd\n")
+    assert svc == Service("smtp/inet", False, None)
+
+
+def test_non_smtpd_milters_listing_us_absolutely_inside_the_chroot_warns() -> None:
+    """cleanup runs chrooted as shipped: unix:/spambridge/… there is our socket too."""
+    r = check_postfix(cfg(), settings(non_smtpd_milters="unix:/spambridge/spambridge.sock"))
+    assert any(w.startswith("non_smtpd_milters lists spambridge") for w in r.warnings)
+
+
+def test_the_macro_warning_names_the_last_stage_that_sends_it_in_time() -> None:
+    """The queue id is sent at end of header or end of data; j as early as connect, so it
+    counts when sent at helo; the advice is the latest stage."""
+    r = check_postfix(cfg(), settings(milter_end_of_header_macros="",
+                                      milter_end_of_data_macros="",
+                                      milter_connect_macros="",
+                                      milter_helo_macros="j {tls_version}"))
+    assert [w.split(":")[0] for w in r.warnings] == [
+        "Postfix does not send macro i (add it to milter_end_of_data_macros)"]
+
+
+def test_our_socket_listed_twice_is_one_service_and_no_warning() -> None:
+    """The first entry that reaches spambridge decides (Postfix uses it): a second spelling
+    further on must not add a chroot hint or name the service twice."""
+    r = check_postfix(cfg(), settings(
+        smtpd_milters=f"unix:spambridge/spambridge.sock {SOCK}"))
+    assert r.warnings == []
+    assert "smtpd services that use spambridge: smtp/inet" in r.notes
+
+
+@pytest.mark.parametrize(("mode", "user", "warns"), [
+    ("0602", "", False), ("0606", "", False), ("0600", "postfix", False),
+    ("0600", "", True)])
+def test_socket_modes_postfix_can_connect_with(mode: str, user: str, warns: bool) -> None:
+    """Others' write bit lets smtpd connect as well as the group's; and a milter run as user
+    postfix owns its socket."""
+    cfg = from_mapping({"milter": {"engine": "spamd", "socket_mode": mode, "user": user}})
+    assert any("[milter] socket_mode" in w for w in check_local(cfg).warnings) is warns
+
+
+def test_spamd_and_bayes_still_checks_the_bayes_database(tmp_path: Path) -> None:
+    """engine spamd+bayes uses the local database as much as bayes: a relative path and a
+    missing database are named there too."""
+    rel = from_mapping({"milter": {"engine": "spamd+bayes"}, "bayes": {"db": "rel.sqlite"},
+                        "spamd": {"socket": "/run/spamd.sock"}})
+    assert any(w.startswith("[bayes] db: 'rel.sqlite' is relative")
+               for w in check_local(rel).warnings)
+    missing = from_mapping({"milter": {"engine": "spamd+bayes"},
+                            "bayes": {"db": str(tmp_path / "b.sqlite")},
+                            "spamd": {"socket": "/run/spamd.sock"}})
+    assert any("does not exist yet" in n for n in check_local(missing).notes)
+
+
+def test_a_ca_file_without_tls_is_not_judged() -> None:
+    """ca_file is read only with tls = true; unused, it is no reason for a warning."""
+    cfg = from_mapping({"milter": {"engine": "spamd"},
+                        "spamd": {"ca_file": "/nonexistent/ca.pem"}})
+    assert check_local(cfg).warnings == []
+
+
+def test_a_spamd_unix_socket_has_no_connect_timeout_to_judge() -> None:
+    """A unix socket connects at once or fails at once: the connect_timeout warning is for
+    a spamd host over TCP."""
+    cfg = from_mapping({"milter": {"engine": "spamd", "scan_timeout": 1.0},
+                        "spamd": {"socket": "/run/spamd.sock", "connect_timeout": 2.0}})
+    assert check_local(cfg).warnings == []
+
+
+@pytest.mark.parametrize(("engine", "then"), [
+    ("spamd", "every message would get on_unavailable"),
+    ("spamd+bayes", "the Bayes engine would decide every message (fallback=spamd-unavailable)")])
+def test_a_spamd_that_does_not_answer_is_named_with_what_follows(tmp_path: Path, engine: str,
+                                                                 then: str) -> None:
+    """check-config PINGs spamd for both engines that use it, and says what mail meets."""
+    from spambridge.checkconfig import Report, spamd_state
+
+    cfg = from_mapping({"milter": {"engine": engine, "scan_timeout": 2.0},
+                        "spamd": {"socket": str(tmp_path / "no-spamd.sock")}})
+    r = Report()
+    spamd_state(cfg, r)
+    assert len(r.warnings) == 1 and r.warnings[0].startswith(
+        f"[spamd] spamd at {tmp_path / 'no-spamd.sock'} does not answer a PING")
+    assert r.warnings[0].endswith(f": {then}")
+
+
+@pytest.mark.parametrize(("listen", "noted"), [
+    ("127.0.0.1:9386", False), ("[::1]:9386", False), ("0.0.0.0:9386", True),
+    ("192.0.2.1:9386", True)])
+def test_metrics_beyond_loopback_are_noted(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                           listen: str, noted: bool) -> None:
+    """The endpoint has no authentication: reachable from elsewhere, check-config says so."""
+    from spambridge import checkconfig
+
+    cfg = from_mapping({"milter": {"engine": "bayes"}, "bayes": {"db": str(tmp_path / "b.db")},
+                        "metrics": {"listen": listen}})
+    checkconfig.main(cfg, postfix=False)
+    assert (f"note: metrics on {listen}: plain HTTP without authentication"
+            in capsys.readouterr().out) is noted
