@@ -1,0 +1,131 @@
+"""The command line: which flag sets which key, the config file found without -c, and the
+exit codes a unit file or a script acts on (0, 1, 2 usage, 78 configuration)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from spambridge import checkconfig, cli, commands, defaults
+from spambridge.config import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def loaded(*argv: str) -> Any:
+    return cli.load_config(cli.build_parser().parse_args(list(argv)))
+
+
+def test_each_flag_sets_its_own_key() -> None:
+    """`run --tag-at 3 --reject-at 9` must not be read the other way round, nor a flag be
+    dropped on its way to the config."""
+    cfg = loaded("run", "--socket", "inet:8893@127.0.0.1", "--engine", "spamd",
+                 "--db", "/srv/b.sqlite", "--spamd", "spamd.example:7830",
+                 "--scan-timeout", "4", "--tag-at", "3", "--reject-at", "9", "--tag-only")
+    assert cfg.milter.socket == "inet:8893@127.0.0.1"
+    assert cfg.milter.engine == "spamd"
+    assert cfg.bayes.db == "/srv/b.sqlite"
+    assert (cfg.spamd.host, cfg.spamd.port) == ("spamd.example", 7830)
+    assert cfg.milter.scan_timeout == 4.0
+    assert (cfg.policy.spamd.tag, cfg.policy.spamd.reject) == (3.0, 9.0)
+    assert cfg.policy.tag_only
+
+
+def test_the_default_config_file_is_read_when_there(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """Without -c, the file at the default path counts: a mistake in it is exit 78 naming
+    its line, not the built-in defaults run silently."""
+    path = tmp_path / "spambridge.toml"
+    path.write_text('[milter]\nengine = "bayes"\nscan_timout = 3\n')
+    monkeypatch.setattr(defaults, "CONFIG_PATH", str(path))
+    assert cli.main(["check-config", "--no-postfix"]) == cli.EX_CONFIG == 78
+    assert (f"spambridge: configuration error: {path}:3: [milter] scan_timout: unknown key"
+            in capsys.readouterr().err)
+
+
+def test_the_default_config_path_is_the_one_packaged() -> None:
+    """The .deb installs the conffile and the unit passes it: the path the CLI falls back to
+    (and its --help names) is that one."""
+    assert defaults.CONFIG_PATH == "/etc/spambridge/spambridge.toml"
+    install = (ROOT / "packaging/debian/spambridge.install").read_text().split()
+    assert install[install.index("packaging/spambridge.toml") + 1].rstrip("/") == (
+        os.path.dirname(defaults.CONFIG_PATH).lstrip("/"))
+    unit = (ROOT / "packaging/systemd/spambridge.service").read_text()
+    assert f"--config {defaults.CONFIG_PATH}" in unit
+
+
+def test_no_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    """`spambridge` alone prints the help and exits 2, as any other usage error."""
+    assert cli.main([]) == 2
+    assert "COMMAND" in capsys.readouterr().out
+
+
+def test_check_config_passes_its_flags_on(monkeypatch: pytest.MonkeyPatch,
+                                          tmp_path: Path) -> None:
+    """--no-postfix and --postfix-config reach the check, and its status is the exit code."""
+    seen: dict[str, Any] = {}
+
+    def fake(cfg: Any, postfix: bool = True, postfix_config: str | None = None) -> int:
+        seen.update(postfix=postfix, postfix_config=postfix_config)
+        return 1
+
+    monkeypatch.setattr(checkconfig, "main", fake)
+    monkeypatch.setattr(defaults, "CONFIG_PATH", str(tmp_path / "none.toml"))
+    assert cli.main(["check-config", "--no-postfix"]) == 1
+    assert seen == {"postfix": False, "postfix_config": None}
+    assert cli.main(["check-config", "--postfix-config", "/srv/pf"]) == 1
+    assert seen == {"postfix": True, "postfix_config": "/srv/pf"}
+
+
+@pytest.mark.parametrize(("error", "status", "message"), [
+    (ConfigError("/etc/x.toml:3: [milter] user: no such user 'x'"), 78,
+     "spambridge: configuration error: /etc/x.toml:3: [milter] user: no such user 'x'"),
+    (OSError("cannot open /srv/m.eml"), 1, "spambridge: cannot open /srv/m.eml"),
+    (KeyboardInterrupt(), 130, ""),
+])
+def test_what_a_command_raises_is_its_exit_code(monkeypatch: pytest.MonkeyPatch,
+                                                tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str],
+                                                error: BaseException, status: int,
+                                                message: str) -> None:
+    """A config problem found only when the command runs (a user, a directory) is 78 as at
+    load time, which systemd does not retry; anything else the system refused is 1."""
+    def fail(args: Any, cfg: Any) -> int:
+        raise error
+
+    monkeypatch.setattr(commands, "dispatch", fail)
+    monkeypatch.setattr(defaults, "CONFIG_PATH", str(tmp_path / "none.toml"))
+    assert cli.main(["check", str(tmp_path / "m.eml")]) == status
+    assert message in capsys.readouterr().err
+
+
+def test_run_uses_the_log_level_flag_over_the_file(monkeypatch: pytest.MonkeyPatch,
+                                                   tmp_path: Path) -> None:
+    """`run --log-level debug` (the way to see one message's decision) wins over [log]."""
+    from spambridge import app
+
+    cfg = tmp_path / "s.toml"
+    cfg.write_text('[log]\nlevel = "warning"\n')
+    levels: list[str] = []
+    monkeypatch.setattr(cli, "setup_logging", levels.append)
+
+    def run(cfg: Any, reload: Any) -> int:
+        raise ConfigError("stop here")
+
+    monkeypatch.setattr(app, "run", run)
+    assert cli.main(["run", "-c", str(cfg), "--log-level", "debug"]) == 78
+    assert cli.main(["run", "-c", str(cfg)]) == 78
+    assert levels == ["debug", "warning"]
+
+
+def test_an_unknown_engine_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    """argparse lists the engines and exits 2, before any config is read."""
+    with pytest.raises(SystemExit) as e:
+        cli.main(["run", "--engine", "spamassassin"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "invalid choice: 'spamassassin'" in err and "spamd+bayes" in err
