@@ -590,3 +590,21 @@ def test_metrics_beyond_loopback_are_noted(tmp_path: Path, capsys: pytest.Captur
     checkconfig.main(cfg, postfix=False)
     assert (f"note: metrics on {listen}: plain HTTP without authentication"
             in capsys.readouterr().out) is noted
+
+
+def test_a_spool_dir_the_milter_user_cannot_reach_is_named() -> None:
+    """A world-writable spool_dir inside a directory user nobody cannot enter is as unusable
+    as a read-only one: the first message above spool_memory gets on_error."""
+    top = Path(tempfile.mkdtemp(dir="/tmp"))  # tmp_path lies under root's 0700 directory
+    try:
+        top.chmod(0o700)
+        spool = top / "spool"
+        spool.mkdir()
+        spool.chmod(0o777)
+        cfg = from_mapping({"milter": {"user": "nobody", "engine": "spamd",
+                                       "spool_dir": str(spool), "socket": "inet:8893@127.0.0.1"}})
+        assert [w for w in check_local(cfg).warnings if "spool_dir" in w] == [
+            f"[milter] spool_dir: {spool} is not writable by user 'nobody'; a message above "
+            "spool_memory would get on_error"]
+    finally:
+        shutil.rmtree(top)
