@@ -294,9 +294,12 @@ def _kind_name(kind: type) -> str:
 
 
 def _between(lo: float, hi: float) -> Callable[[T], T]:
+    # an integer bound as it is written ({:g} made 64 MiB "6.71089e+07", a value it refuses)
+    bounds = " and ".join(f"{b:g}" if isinstance(b, float) else str(b) for b in (lo, hi))
+
     def check(v: T) -> T:
         if not lo <= v <= hi:  # type: ignore[operator]
-            raise ValueError(f"must be between {lo:g} and {hi:g}, not {v}")
+            raise ValueError(f"must be between {bounds}, not {v}")
         return v
 
     return check

@@ -245,6 +245,15 @@ def test_spamd_hosts_that_connect(tmp_path: Path, host: str) -> None:
     assert load(write(tmp_path, f'[spamd]\nhost = "{host}"\n')).spamd.host == host
 
 
+# the bounds as the error states them: exact, as one would type them into the file
+BOUNDS = {"max_scan_size": "1024 and 268435456", "spool_memory": "0 and 67108864",
+          "port": "1 and 65535", "connect_timeout": "0.05 and 60", "share": "0.1 and 0.95",
+          "min_trained": "0 and 1000000000", "max_bytes": "4096 and 67108864",
+          "max_tokens": "100 and 30000", "ham_cutoff": "0 and 1", "spam_cutoff": "0 and 1",
+          "reject_cutoff": "0 and 1", "tag_at": "-1000 and 10000",
+          "reject_at": "-1000 and 10000"}
+
+
 @pytest.mark.parametrize(("section", "key", "lowest", "highest", "below", "above"), [
     ("milter", "max_scan_size", 1024, 256 << 20, 1023, (256 << 20) + 1),
     ("milter", "spool_memory", 0, 64 << 20, -1, (64 << 20) + 1),
@@ -265,7 +274,8 @@ def test_each_range_is_the_documented_one(tmp_path: Path, section: str, key: str
                                           above: float) -> None:
     """The ranges the example file and docs give are what the loader takes: a bound moved
     would refuse a config that worked (exit 78 at the next restart) or let through one that
-    cannot work (a share of 1.0 leaves Bayes no time; 30,001+ tokens per message)."""
+    cannot work (a share of 1.0 leaves Bayes no time; 30,001+ tokens per message). The error
+    states the bounds exactly: 64 MiB was "6.71089e+07", and 67108900 is refused."""
     for ok in (lowest, highest):
         cfg = load(write(tmp_path, f"[{section}]\n{key} = {ok!r}\n"))
         assert cfg is not None
@@ -273,7 +283,8 @@ def test_each_range_is_the_documented_one(tmp_path: Path, section: str, key: str
         p = write(tmp_path, f"[{section}]\n{key} = {bad!r}\n")
         with pytest.raises(ConfigError) as e:
             load(p)
-        assert str(e.value).startswith(f"{p}:2: [{section}] {key}: must be between "), e.value
+        assert str(e.value).startswith(f"{p}:2: [{section}] {key}: must be between "
+                                       f"{BOUNDS[key]}, not "), e.value
         assert str(e.value).endswith(f", not {float(bad) if isinstance(ok, float) else bad}")
 
 
