@@ -129,3 +129,43 @@ def test_an_unknown_engine_is_a_usage_error(capsys: pytest.CaptureFixture[str]) 
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert "invalid choice: 'spamassassin'" in err and "spamd+bayes" in err
+
+
+@pytest.mark.parametrize(("text", "size"), [
+    ("500000", 500_000), ("500k", 512_000), ("500K", 512_000), ("2M", 2_097_152),
+    ("2mb", 2_097_152), ("12kB", 12_288), ("0", 0)])
+def test_train_sizes_are_binary(text: str, size: int) -> None:
+    """--max-size 500k is sa-learn's 500 KiB, not 500,000 bytes."""
+    assert commands.size(text) == size
+
+
+def test_train_defaults_are_the_ones_its_help_gives() -> None:
+    """--max-size 500k (as sa-learn, and as train.py's own default), --batch-size 2000, no
+    spamd user of its own (then [spamd] user)."""
+    from spambridge import train
+
+    args = cli.build_parser().parse_args(["train", "--spam"])
+    assert args.max_size == commands.size("500k") == train.DEFAULT_MAX_SIZE
+    assert args.batch_size == 2000
+    assert args.user == ""
+
+
+@pytest.mark.parametrize("index", [False, True])
+def test_train_with_both_engines_fails_when_either_fails(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch,
+                                                          index: bool) -> None:
+    """engine spamd+bayes teaches both: the local database failing is exit 1 even when spamd
+    learnt (a Sieve script or cron job must see it), and the other way round."""
+    from spambridge import train
+
+    msg = tmp_path / "m.eml"
+    msg.write_bytes(b"Subject: x\n\nbody\n")
+    listing = tmp_path / "index"
+    listing.write_text(f"spam {msg}\nham {msg}\n")
+    argv = ["train", "--engine", "spamd+bayes", "--db", str(tmp_path / "b.sqlite"),
+            *(["--index", str(listing)] if index else ["--spam", str(msg)])]
+    monkeypatch.setattr(defaults, "CONFIG_PATH", str(tmp_path / "none.toml"))
+    for local, remote in ((1, 0), (0, 1), (0, 0)):
+        monkeypatch.setattr(train, "run", lambda *a, _s=local, **k: _s)
+        monkeypatch.setattr(train, "run_spamd", lambda *a, _s=remote, **k: _s)
+        assert cli.main(argv) == max(local, remote), (local, remote)
