@@ -608,3 +608,40 @@ def test_a_spool_dir_the_milter_user_cannot_reach_is_named() -> None:
             "spool_memory would get on_error"]
     finally:
         shutil.rmtree(top)
+
+
+def test_an_unreadable_content_timeout_warns() -> None:
+    """A value check-config cannot read is not silently taken as long enough."""
+    r = check_postfix(cfg(), settings(milter_content_timeout="5 minutes"))
+    assert r.warnings == ["cannot read milter_content_timeout = '5 minutes'"]
+
+
+def test_without_smtpd_services_the_default_is_not_chrooted() -> None:
+    """No smtpd line read from master.cf: main.cf's smtpd_milters is judged for a plain
+    smtpd, where an absolute path is the path."""
+    pf = settings(smtpd_milters=SOCK)
+    pf.smtpd = []
+    r = check_postfix(cfg(), pf)
+    assert r.warnings == [] and "smtpd services that use spambridge: smtpd" in r.notes
+
+
+def test_a_milter_host_name_matches_in_any_case() -> None:
+    """Host names are case-insensitive: inet:Milter.Example:8893 is inet:8893@milter.example."""
+    assert endpoint_matches("inet:Milter.Example:8893",
+                            parse_socket_spec("inet:8893@milter.example"), Q, True)[0]
+
+
+def test_check_config_first_says_what_it_loaded(tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """The first line names the file, the engine, the socket and the cap: what a deploy
+    script logs to show which config was checked."""
+    from spambridge import checkconfig
+
+    cfg = from_mapping({"milter": {"engine": "spamd", "socket": "inet:8893@127.0.0.1",
+                                   "scan_timeout": 7.5},
+                        "spamd": {"socket": str(tmp_path / "none.sock")}}, "/etc/x.toml")
+    assert checkconfig.main(cfg, postfix=False) == 1  # spamd does not answer
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == ("/etc/x.toml: OK (engine=spamd, socket=inet:8893@127.0.0.1, "
+                                   "scan_timeout=7.5s)")
+    assert out.splitlines()[-1] == "check-config: 1 warning(s)"

@@ -361,3 +361,27 @@ def test_a_reload_keeps_the_socket_mode_and_metrics_and_says_so(tmp_path: Path) 
     applied, changed = reloaded(running, new)
     assert changed == ["[milter] socket_mode", "[metrics] listen"]
     assert applied.milter.socket_mode == 0o660 and applied.metrics.listen == ""
+
+
+def test_the_line_named_is_the_keys_in_its_own_section(tmp_path: Path) -> None:
+    """[milter] and [spamd] both have a socket: the error about [spamd]'s names its line,
+    not [milter]'s."""
+    p = write(tmp_path, '[milter]\nsocket = "unix:/run/s.sock"\n\n[spamd]\nsocket = "spamd.sock"\n')
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(p))}:5: \[spamd\] socket: "):
+        load(p)
+
+
+def test_a_scan_timeout_flag_of_zero_is_refused() -> None:
+    """`--scan-timeout 0` is a value, not an absent flag: refused as the key would be, not
+    silently replaced by the file's."""
+    with pytest.raises(ConfigError, match=r"^command line: --scan-timeout: must be between "
+                       r"0\.1 and 120, not 0\.0$"):
+        with_overrides(load(None), scan_timeout=0)
+
+
+def test_an_unknown_log_level_is_an_error(tmp_path: Path) -> None:
+    """`level = "verbose"` would otherwise pass the loader and crash setting up logging."""
+    p = write(tmp_path, '[log]\nlevel = "verbose"\n')
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(p))}:2: \[log\] level: must be one "
+                       r"of debug, info, warning, error; got 'verbose'$"):
+        load(p)
