@@ -13,6 +13,12 @@ from spambridge import checkconfig, cli, commands, defaults
 from spambridge.config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
+PACKAGED_PATH = defaults.CONFIG_PATH  # as the module has it, before a test points it away
+
+
+@pytest.fixture(autouse=True)
+def no_config_of_this_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A /etc/spambridge/spambridge.toml on the machine running the tests is not read."""
 
 
 def loaded(*argv: str) -> Any:
@@ -50,12 +56,12 @@ def test_the_default_config_file_is_read_when_there(tmp_path: Path,
 def test_the_default_config_path_is_the_one_packaged() -> None:
     """The .deb installs the conffile and the unit passes it: the path the CLI falls back to
     (and its --help names) is that one."""
-    assert defaults.CONFIG_PATH == "/etc/spambridge/spambridge.toml"
+    assert PACKAGED_PATH == "/etc/spambridge/spambridge.toml"
     install = (ROOT / "packaging/debian/spambridge.install").read_text().split()
     assert install[install.index("packaging/spambridge.toml") + 1].rstrip("/") == (
-        os.path.dirname(defaults.CONFIG_PATH).lstrip("/"))
+        os.path.dirname(PACKAGED_PATH).lstrip("/"))
     unit = (ROOT / "packaging/systemd/spambridge.service").read_text()
-    assert f"--config {defaults.CONFIG_PATH}" in unit
+    assert f"--config {PACKAGED_PATH}" in unit
 
 
 def test_no_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
@@ -74,7 +80,6 @@ def test_check_config_passes_its_flags_on(monkeypatch: pytest.MonkeyPatch,
         return 1
 
     monkeypatch.setattr(checkconfig, "main", fake)
-    monkeypatch.setattr(defaults, "CONFIG_PATH", str(tmp_path / "none.toml"))
     assert cli.main(["check-config", "--no-postfix"]) == 1
     assert seen == {"postfix": False, "postfix_config": None}
     assert cli.main(["check-config", "--postfix-config", "/srv/pf"]) == 1
@@ -98,7 +103,6 @@ def test_what_a_command_raises_is_its_exit_code(monkeypatch: pytest.MonkeyPatch,
         raise error
 
     monkeypatch.setattr(commands, "dispatch", fail)
-    monkeypatch.setattr(defaults, "CONFIG_PATH", str(tmp_path / "none.toml"))
     assert cli.main(["check", str(tmp_path / "m.eml")]) == status
     assert message in capsys.readouterr().err
 
@@ -164,7 +168,6 @@ def test_train_with_both_engines_fails_when_either_fails(tmp_path: Path,
     listing.write_text(f"spam {msg}\nham {msg}\n")
     argv = ["train", "--engine", "spamd+bayes", "--db", str(tmp_path / "b.sqlite"),
             *(["--index", str(listing)] if index else ["--spam", str(msg)])]
-    monkeypatch.setattr(defaults, "CONFIG_PATH", str(tmp_path / "none.toml"))
     for local, remote in ((1, 0), (0, 1), (0, 0)):
         monkeypatch.setattr(train, "run", lambda *a, _s=local, **k: _s)
         monkeypatch.setattr(train, "run_spamd", lambda *a, _s=remote, **k: _s)
