@@ -19,6 +19,7 @@ PACKAGED_PATH = defaults.CONFIG_PATH  # as the module has it, before a test poin
 @pytest.fixture(autouse=True)
 def no_config_of_this_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A /etc/spambridge/spambridge.toml on the machine running the tests is not read."""
+    monkeypatch.setattr(defaults, "CONFIG_PATH", str(tmp_path / "none.toml"))
 
 
 def loaded(*argv: str) -> Any:
