@@ -162,12 +162,14 @@ def _macros(value: str) -> set[str]:
 DEFAULT_ACTIONS = ("accept", "tempfail", "reject", "quarantine", "shutdown")
 
 
+_VERSION = re.compile(r"(\d+(?:\.\d+){0,2})")
+
+
 def _version(text: str) -> tuple[int, ...]:
-    """mail_version "3.7.11" → (3, 7, 11); an unreadable one counts as the newest."""
-    try:
-        return tuple(int(x) for x in text.split(".")[:3])
-    except ValueError:
-        return (99,)
+    """mail_version "3.7.11" → (3, 7, 11), an experimental release's "3.10-20240101" →
+    (3, 10) (the release it leads to); an unreadable one counts as the newest."""
+    m = _VERSION.match(text.strip())
+    return tuple(int(x) for x in m[1].split(".")) if m else (99,)
 
 
 def check_postfix(cfg: Config, pf: PostfixSettings) -> Report:

@@ -469,10 +469,21 @@ def test_each_milter_protocol_below_6_warns(protocol: str, warning: str | None) 
 
 
 def test_shutdown_is_known_to_a_postfix_snapshot() -> None:
-    """An experimental release's mail_version (3.12-20260110) cannot be read as numbers: it
-    counts as new, so its shutdown is not called unknown."""
-    assert check_postfix(cfg(), settings(milter_default_action="shutdown",
-                                         mail_version="3.12-20260110")).warnings == []
+    """An experimental release's mail_version (3.12-20260110) is read as the release it leads
+    to, so its shutdown is not called unknown; an unreadable one counts as new."""
+    for version in ("3.12-20260110", "3.11.1", "unknown"):
+        assert check_postfix(cfg(), settings(milter_default_action="shutdown",
+                                             mail_version=version)).warnings == [], version
+
+
+def test_shutdown_warns_on_a_snapshot_before_3_11() -> None:
+    """A 3.10 experimental release has no shutdown (Postfix 3.11 added it): it was read as
+    unreadable, hence the newest, and check-config said nothing."""
+    r = check_postfix(cfg(), settings(milter_default_action="shutdown",
+                                      mail_version="3.10-20240101"))
+    assert len(r.warnings) == 1
+    assert r.warnings[0].startswith("milter_default_action = 'shutdown' is not a value Postfix "
+                                   "3.10-20240101 knows")
 
 
 def test_a_service_not_reaching_spambridge_gets_the_spelling_to_write() -> None:
