@@ -41,6 +41,7 @@ class Thresholds:
 REJECT_REPLY = SmtpReply(*defaults.REJECT_REPLY.split(" ", 2))
 TEMPFAIL_REPLY = SmtpReply(*defaults.TEMPFAIL_REPLY.split(" ", 2))
 UNCHECKED_REJECT_REPLY = SmtpReply(*defaults.UNCHECKED_REJECT_REPLY.split(" ", 2))
+FAIL_ACTION = FailAction(defaults.FAIL_ACTION)  # each failure class's, unless set
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,10 +55,10 @@ class PolicyConfig:
     reject_reply: SmtpReply = REJECT_REPLY
     tempfail_reply: SmtpReply = TEMPFAIL_REPLY
     unchecked_reject_reply: SmtpReply = UNCHECKED_REJECT_REPLY
-    on_unavailable: FailAction = FailAction.ACCEPT
-    on_timeout: FailAction = FailAction.ACCEPT
-    on_oversize: FailAction = FailAction.ACCEPT
-    on_error: FailAction = FailAction.ACCEPT
+    on_unavailable: FailAction = FAIL_ACTION
+    on_timeout: FailAction = FAIL_ACTION
+    on_oversize: FailAction = FAIL_ACTION
+    on_error: FailAction = FAIL_ACTION
 
     def on(self, key: str) -> FailAction:
         """The failure action named by a policy key such as `on_timeout`."""
@@ -444,10 +445,10 @@ def from_mapping(data: Mapping[str, Any], path: str = "<config>", text: str = ""
         unchecked_reject_reply=p.parse("unchecked_reject_reply", str,
                                        str(pd.unchecked_reject_reply),
                                        lambda v: parse_reply(v, "5")),
-        on_unavailable=p.parse("on_unavailable", str, "accept", _fail_action),
-        on_timeout=p.parse("on_timeout", str, "accept", _fail_action),
-        on_oversize=p.parse("on_oversize", str, "accept", _fail_action),
-        on_error=p.parse("on_error", str, "accept", _fail_action),
+        on_unavailable=p.parse("on_unavailable", str, pd.on_unavailable.value, _fail_action),
+        on_timeout=p.parse("on_timeout", str, pd.on_timeout.value, _fail_action),
+        on_oversize=p.parse("on_oversize", str, pd.on_oversize.value, _fail_action),
+        on_error=p.parse("on_error", str, pd.on_error.value, _fail_action),
     )
     p.finish()
 
