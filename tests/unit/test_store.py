@@ -3,6 +3,7 @@ characters included, and fall back to the IN list for tokens JSON cannot carry t
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -190,3 +191,53 @@ def test_no_writer_starts_the_wal_over_while_another_marks_it(
     reader = store.SqliteReader(path)
     assert reader.totals() == Totals(2, 0)
     reader.close()
+
+
+def test_unlearning_what_the_database_does_not_hold_stops_at_zero(tmp_path: Path) -> None:
+    """A message forgotten or moved after [bayes] max_tokens or max_bytes changed gives tokens
+    it was never learned with: no count, and no total, may go below zero (a negative count
+    would make the token a clue for the other class), neither in the file nor in what a
+    selective `train` scores with (Batch.current) before the commit."""
+    path = str(tmp_path / "b.sqlite")
+    writer = store.SqliteWriter(path)
+    batch = writer.begin()
+    batch.learn(["both", "hamonly"], "ham")
+    writer.commit(batch)
+    batch = writer.begin()
+    batch.learn(["both", "hamonly", "never"], "spam", -1)  # a spam that was never learned
+    assert batch.current(["both", "hamonly", "never"]) == (Totals(0, 1), [(0, 1), (0, 1), None])
+    writer.commit(batch)
+    writer.close()
+    reader = store.SqliteReader(path)
+    assert reader.lookup(["both", "hamonly", "never"]) == (
+        Totals(0, 1), {"both": (0, 1), "hamonly": (0, 1)})
+    reader.close()
+
+
+def test_a_database_learned_with_another_tokenizer_version_is_refused(tmp_path: Path) -> None:
+    """Its token spellings differ from ours: scored or trained on, every message would miss
+    its clues. Both the milter's reader and `train` refuse it and say to retrain."""
+    path = str(tmp_path / "b.sqlite")
+    store.create(path)
+    with sqlite3.connect(path) as c:
+        c.execute("UPDATE meta SET value = '0' WHERE key = 'tokenizer'")
+    c.close()
+    with pytest.raises(store.StoreError, match=r"tokenizer version 0.*retrain"):
+        store.SqliteReader(path)
+    with pytest.raises(store.StoreError, match=r"tokenizer version 0.*retrain"):
+        store.SqliteWriter(path)
+
+
+def test_train_names_the_schema_of_a_newer_spambridge_database(tmp_path: Path) -> None:
+    """A database a newer spambridge wrote (our tables, a higher schema version): `train` says
+    which version it is, not that it is another program's file, and leaves it as it was."""
+    path = str(tmp_path / "b.sqlite")
+    store.create(path)
+    with sqlite3.connect(path) as c:
+        c.execute(f"PRAGMA user_version={store.SCHEMA_VERSION + 1}")
+    c.close()
+    with pytest.raises(store.StoreError, match=f"schema version {store.SCHEMA_VERSION + 1}"):
+        store.SqliteWriter(path)
+    with sqlite3.connect(path) as c:
+        assert c.execute("PRAGMA user_version").fetchone()[0] == store.SCHEMA_VERSION + 1
+    c.close()

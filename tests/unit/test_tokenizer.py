@@ -266,3 +266,92 @@ def test_never_raises_on_mime_shaped_junk(parts: list[bytes]) -> None:
     out = tokenize(b"".join(parts))
     assert "control: tokenizer error" not in out
     assert not [x for x in out if x.startswith("control: ") and x.endswith(" failed")]
+
+
+SPELLINGS = (
+    b"Received: from relay.mail.example.com (relay.mail.example.com [203.0.113.45])\n"
+    b"\tby mx.example.net (Postfix) with ESMTP id 1A2B; Thu, 26 Nov 2026 10:00:00 +0000\n"
+    b"Received: from dsl.example.org (unknown [198.51.100.7]) (may be   forged)\n"
+    b"\tby relay.mail.example.com with SMTP\n"
+    + b"".join(b"Received: from hop%d.example.com (hop%d.example.com [192.0.2.%d])\n" % (i, i, i)
+               for i in range(1, 21))
+    + b'From: "Big Deals" <Promo@Deals.Example.com>\n'
+    b"To: a@example.net, b@example.net, c@example.net, d@example.net, e@example.net\n"
+    b"Subject: Save 50% now!!! on meds\n"
+    b"Message-ID: <abc123@mailer.example.com>\n"
+    b"MIME-Version: 1.0\n"
+    b'Content-Type: multipart/mixed; boundary="BB"\n'
+    b"\n"
+    b"--BB\n"
+    b"Content-Type: text/plain; charset=ISO-8859-1\n"
+    b"\n"
+    b"Visit https://shop.example.com/buy/now.html?id=7/ or ftp://files.example.org/ today.\n"
+    b"Caps WORDS ab xyz twelvechars1 thirteenchar1 " + b"\xe9" * 7 + b"abcdefgh "
+    + b"q" * 37 + b" someone.longname.at.work@example.com\n"
+    b"--BB\n"
+    b'Content-Type: application/octet-stream; name="Invoice.2026.PDF.exe"\n'
+    b'Content-Disposition: attachment; filename="Invoice.2026.PDF.exe"\n'
+    b"Content-Transfer-Encoding: base64\n"
+    b"\n"
+    b"AAAA\n"
+    b"--BB--\n"
+)
+
+
+def test_token_spellings_a_spambayes_database_holds() -> None:
+    """Each token exactly as SpamBayes spells it: a database trained by SpamBayes (or by an
+    earlier spambridge) only helps if every prefix, separator, bucket and case matches."""
+    t = tokenize(SPELLINGS)
+    for tok in [
+        "header:Received:22", "header:From:1", "header:MIME-Version:1",  # the name as spelled
+        "noheader:date", "noheader:reply-to", "noheader:user-agent", "noheader:x-face",
+        "subject:Save", "subject:50%", "subject:now", "subject:meds", "subject:!!! ",
+        "subject:% ", "from:name:big deals", "from:addr:promo", "from:addr:deals.example.com",
+        "to:addr:a", "to:addr:example.net", "to:no real name:2**2", "to:2**2", "cc:none",
+        "sender:none", "x-mailer:none", "message-id:@mailer.example.com",
+        # every suffix of the sending host, every prefix of its IP, the (...) remark
+        "received:relay.mail.example.com", "received:mail.example.com",
+        "received:example.com", "received:com", "received:203", "received:203.0",
+        "received:203.0.113", "received:203.0.113.45", "received:(may be forged)",
+        "received:dsl.example.org", "received:198.51.100", "received:hop18.example.com",
+        "content-type:multipart/mixed", "content-type:text/plain", "charset:iso-8859-1",
+        "content-type:application/octet-stream",
+        "filename:fname:invoice.2026.pdf.exe", "filename:fname comp:invoice.2026.pdf.exe",
+        "filename:fname piece:invoice", "filename:fname piece:2026",
+        "filename:fname piece:exe",
+        "proto:https", "url:shop", "url:com", "url:buy", "url:html", "url:id", "url:7",
+        "proto:ftp", "url:files", "url:org",
+        "visit", "today.", "caps", "words", "xyz", "twelvechars1",  # 3 to 12 characters
+        "skip:t 10", "skip:\xe9 10", "8bit%:47",  # 7 of 15 bytes 8-bit: 46.7 rounds up
+        "skip:q 30", "email name:someone.longname.at.work", "email addr:example.com",
+    ]:
+        assert tok in t, tok
+    assert not {"ab", "subject:on", "Caps", "WORDS", "thirteenchar1", "url:",
+                "received:hop19.example.com", "received:192.0.2.19"} & set(t)
+
+
+def test_the_token_cap_is_exact() -> None:
+    """max_tokens distinct tokens, no fewer and no more."""
+    every = tokenize(SPELLINGS)
+    for cap in (len(every) - 1, len(every) - 2, 10):
+        assert tokenize(SPELLINGS, Limits(max_tokens=cap)) == every[:cap]
+    assert tokenize(SPELLINGS, Limits(max_tokens=len(every))) == every
+
+
+def test_word_lengths_are_the_same_in_text_with_a_no_break_space() -> None:
+    """Text holding a byte only str() calls a space (\\xa0, \\x85) is split as bytes: the same
+    3-to-12 rule holds there."""
+    t = tokenize(b"Subject: hi\n\nprice\xa0now ab xyz twelvechars1 thirteenchar1\n")
+    assert {"xyz", "twelvechars1", "skip:t 10"} <= set(t)
+    assert "ab" not in t and "thirteenchar1" not in t
+
+
+def test_decoded_text_is_capped_over_all_parts_together() -> None:
+    """max_text bounds the text tokenized in the whole message, not per part: a part past it
+    is not read, and says so."""
+    parts = b"".join(b"--B\nContent-Type: text/plain\n\n" + (b"word%d " % i) * 16 + b"\n"
+                     for i in range(3))
+    msg = b'Subject: x\nContent-Type: multipart/mixed; boundary="B"\n\n' + parts + b"--B--\n"
+    t = tokenize(msg, Limits(max_text=150))
+    assert "word0" in t and "word2" not in t and "control: text cap" in t
+    assert "word2" in tokenize(msg)

@@ -20,7 +20,7 @@ import pytest
 
 from spambridge import cli, train
 from spambridge.bayes import store
-from spambridge.config import BayesConfig
+from spambridge.config import BayesConfig, Config
 from spambridge.milter import actions
 from spambridge.scanners.bayes import BayesScanner
 from spambridge.verdict import ErrorKind, ScanError
@@ -1270,3 +1270,204 @@ def test_a_bug_in_the_bayes_engine_is_an_error_not_unavailable(
     finally:
         scanner.close()
     assert e.value.kind is ErrorKind.ERROR and e.value.detail == "internal: KeyError"
+
+
+def test_the_same_message_twice_in_one_run_is_learned_once(
+        tmp_path: Path, db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A folder or an mbox holding one message twice (a copy in two folders exported
+    together): the second is "already trained" even though the first is not committed yet
+    (both are in one batch), so its tokens are not counted twice."""
+    once = folder(tmp_path / "once", [mail(1, True)])
+    assert run("train", "--db", str(tmp_path / "ref.sqlite"), "--spam", str(once),
+               capsys=capsys)[0] == 0
+    twice = folder(tmp_path / "twice", [mail(1, True), mail(1, True)])
+    code, out, _ = run("train", "--db", str(db), "--spam", str(twice), capsys=capsys)
+    assert code == 0 and "Learned 1 of 2 messages as spam (1 already trained)" in out
+    assert totals(db) == (1, 0) and tokens(db) == tokens(tmp_path / "ref.sqlite")
+
+
+def test_the_summary_line_counts_in_words_a_reader_expects() -> None:
+    """One message gives no rate (a rate of one message means nothing), and one spamd error is
+    "1 spamd error", not "1 spamd errors"."""
+    one = train.Summary("spam", seen=1, learned=1)
+    assert one.line(2.0) == "Learned 1 of 1 messages as spam in 2.0s"
+    two = train.Summary("spam", seen=2, learned=2)
+    assert two.line(2.0) == "Learned 2 of 2 messages as spam in 2.0s, 1 msg/s"
+    failed = train.Summary("ham", seen=2, learned=1, spamd_errors=1, spamd=True)
+    assert failed.line(0.1) == "Learned 1 of 2 messages as ham (1 spamd error) in 0.1s (spamd)"
+    failed.spamd_errors = 2
+    assert "(2 spamd errors)" in failed.line(0.1)
+
+
+def _cfg(db: Path, **bayes: int) -> Config:
+    return Config(bayes=BayesConfig(db=str(db), **bayes))
+
+
+def test_an_interrupted_train_says_how_many_messages_were_saved(
+        tmp_path: Path, db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C in the third message of batches of two: the first batch is committed, and the
+    admin is told exactly that much was kept, to know where to start again."""
+    import io
+
+    def three_then_ctrl_c(path: str, max_size: int, mbox: bool) -> object:
+        for n in range(3):
+            yield train.Item(f"m{n}", mail(n, True))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "read_path", three_then_ctrl_c)
+    out, err = io.StringIO(), io.StringIO()
+    code = train.run(_cfg(db), "spam", ["box"], batch_messages=2, out=out, err=err)
+    assert code == 130 and totals(db) == (2, 0)
+    assert ("interrupted; the first 2 of 3 messages were saved (every batch before the one "
+            "that failed), the rest was not") in err.getvalue()
+
+
+def test_a_wal_sqlite_could_not_fold_back_fails_the_run(
+        tmp_path: Path, db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full disk at the closing checkpoint: what was learned is kept (in the -wal), but the
+    exit status is 1 and the admin reads why, before moving anything over the database."""
+    import io
+
+    def disk_full(self: store.SqliteWriter) -> bool:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(store.SqliteWriter, "_fold", disk_full)
+    f = tmp_path / "m.eml"
+    f.write_bytes(mail(1, True))
+    out, err = io.StringIO(), io.StringIO()
+    code = train.run(_cfg(db), "spam", [str(f)], out=out, err=err)
+    assert code == 1 and "Learned 1 of 1 messages as spam" in out.getvalue()
+    assert "the -wal file was not folded back (SQLite could not: database or disk is full)" \
+        in err.getvalue()
+    assert totals(db) == (1, 0)
+
+
+class _FixedScore:
+    """A scorer that puts every message at one score: the regime's edges, tried exactly."""
+
+    def __init__(self, score: float) -> None:
+        self.score = score
+
+    def score_aligned(self, tokens: object, totals: object, values: object) -> object:
+        return type("Verdict", (), {"score": self.score})()
+
+
+@pytest.mark.parametrize(("label", "score", "learned"), [
+    ("spam", 0.995, False), ("spam", 0.99, True), ("spam", 1.0, False),
+    ("ham", 0.005, False), ("ham", 0.01, True), ("ham", 0.0, False), ("ham", 0.5, True)])
+def test_selective_learns_all_but_what_is_at_or_beyond_spambayes_edges(
+        db: Path, label: str, score: float, learned: bool) -> None:
+    """SpamBayes' nonedge regime: spam the database puts at 0.995 or above and ham at 0.005 or
+    below teach it nothing and are not learned; a ham at 0.01 is not certain and is."""
+    writer = store.SqliteWriter(str(db))
+    first = train.Trainer(writer, "index")
+    for n in range(3):
+        first.add(train.Item("m", mail(n, True)), "spam")
+        first.add(train.Item("m", mail(n, False)), "ham")
+    first.flush()
+    trainer = train.Trainer(writer, label, selective=True, min_trained=1)
+    trainer._scorer = _FixedScore(score)
+    trainer.add(train.Item("m", mail(9, label == "spam")))
+    trainer.flush()
+    writer.close()
+    assert (trainer.summary.learned, trainer.summary.recognised) == (
+        (1, 0) if learned else (0, 1))
+
+
+def test_selective_learns_everything_while_the_other_class_is_empty(db: Path) -> None:
+    """With no ham at all every message scores as spam: a selective run on spam alone must not
+    call them "already recognised" and leave the database with one spam (min_trained 1)."""
+    writer = store.SqliteWriter(str(db))
+    trainer = train.Trainer(writer, "spam", selective=True, min_trained=1)
+    for n in range(5):
+        trainer.add(train.Item("m", mail(n, True)))
+    trainer.flush()
+    writer.close()
+    assert (trainer.summary.learned, trainer.summary.recognised) == (5, 0)
+    assert totals(db) == (5, 0)
+
+
+def test_a_subject_starting_with_the_tag_on_unflagged_mail_is_left_alone() -> None:
+    """Only mail the milter flagged (X-Spam-Flag: YES) had the tag put on by it: a ham whose
+    own Subject starts with "[SPAM] " (a thread about the filter) is learned as it came."""
+    ham = (b"X-Spam-Flag: NO\nX-Spam-Status: No, score=0.1000\nFrom: a@example.org\n"
+           b"Subject: [SPAM] filter too eager\n\nbody\n")
+    assert b"Subject: [SPAM] filter too eager\n" in train.strip_markup(ham, b"[SPAM]")
+    flagged = ham.replace(b"Flag: NO", b"Flag: YES")
+    assert b"Subject: filter too eager\n" in train.strip_markup(flagged, b"[SPAM]")
+
+
+def test_an_mbox_is_split_only_at_from_lines_after_a_blank_line() -> None:
+    """Read line by line (stdin with --mbox, an mbox too big for memory), a body line "From
+    9:00 to 17:00 ..." in the middle of a paragraph is text, not the next message's
+    separator: one message stays one."""
+    import io
+
+    body = mail(1, False).replace(b"\n\n", b"\n\nOpening hours:\nFrom 9:00 to 17:00 daily.\n", 1)
+    box = b"From a@example.org Thu Nov 26 02:58:17 2026\n" + body + b"\n" + (
+        b"From b@example.org Thu Nov 26 03:00:00 2026\n" + mail(2, False))
+    items = list(train.read_path("-", 0, mbox=True, stdin=io.BytesIO(box)))
+    assert [i.where for i in items] == ["<stdin>#1", "<stdin>#2"]
+    assert items[0].data is not None and b"From 9:00 to 17:00 daily." in items[0].data
+
+
+def test_a_message_from_an_mboxrd_is_the_same_message_as_its_file(
+        tmp_path: Path, db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An mbox stores a body line "From ..." as ">From ...": unescaped on reading, the message
+    is the one saved elsewhere as a file (the same key: already trained, not learned twice)."""
+    msg = mail(1, True) + b"From the desk of the director\n"
+    f = tmp_path / "m.eml"
+    f.write_bytes(msg)
+    box = tmp_path / "box.mbox"
+    box.write_bytes(b"From a@example.org Thu Nov 26 02:58:17 2026\n"
+                    + msg.replace(b"\nFrom the", b"\n>From the"))
+    assert run("train", "--db", str(db), "--spam", str(f), capsys=capsys)[0] == 0
+    learned = tokens(db)
+    code, out, _ = run("train", "--db", str(db), "--spam", str(box), capsys=capsys)
+    assert code == 0 and "1 already trained" in out
+    assert tokens(db) == learned and totals(db) == (1, 0)
+
+
+@pytest.mark.parametrize("kind", ["file", "mbox", "stdin", "folder"])
+def test_a_message_of_exactly_max_size_is_learned(tmp_path: Path, kind: str) -> None:
+    """--max-size is the largest message learned, as sa-learn's: one of exactly that many
+    bytes is read, one byte more is "too large" (a file, an mbox, stdin, a folder's file)."""
+    import io
+
+    msg = mail(1, True)
+    box = b"From a@example.org Thu Nov 26 02:58:17 2026\n" + msg
+    src = tmp_path / "in"
+    if kind == "folder":
+        src.mkdir()
+        (src / "1.eml").write_bytes(msg)
+    else:
+        src.write_bytes(box if kind == "mbox" else msg)
+
+    def read(max_size: int) -> list[train.Item]:
+        if kind == "stdin":
+            return list(train.read_path("-", max_size, stdin=io.BytesIO(msg)))
+        return list(train.read_path(str(src), max_size))
+
+    size = len(msg)
+    assert [i.data for i in read(size)] == [msg]
+    assert [(i.data, i.problem) for i in read(size - 1)] == [(None, "too large")]
+
+
+def test_up_to_max_unwrap_report_safe_wrappers_are_undone() -> None:
+    """Spam wrapped by SpamAssassin at each of several hops (a forwarder's spamd, then ours):
+    every wrapper up to MAX_UNWRAP is taken off, so the original is learned and deduped."""
+    original = mail(5, True)
+    wrapped = original
+    for level in range(train.MAX_UNWRAP):
+        wrapped = report_safe(wrapped, level)
+        assert train.strip_markup(wrapped) == train.strip_markup(original), level + 1
+
+
+def test_a_file_with_a_nul_in_its_header_is_not_mail(tmp_path: Path) -> None:
+    """A binary file whose first bytes happen to read like a header (a database dump, an
+    image with text in front) is "not mail", not learned as a message."""
+    f = tmp_path / "dump.bin"
+    f.write_bytes(b"From: a@example.org\nSubject: x\x00\x01\x02\x00\n\nbody\n")
+    assert [(i.data, i.problem) for i in train.read_path(str(f), 0)] == [(None, "not mail")]
+    f.write_bytes(b"From: a@example.org\nSubject: x\n\nbody \x00 after the header\n")
+    assert [i.problem for i in train.read_path(str(f), 0)] == [""]
