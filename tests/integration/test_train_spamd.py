@@ -80,3 +80,13 @@ def test_junk_in_a_folder_is_counted_as_with_the_local_engine(tell_spamd: Spamd,
     r = train("--spamd", tell_spamd.address, "--ham", str(d / "notes.txt"))
     assert r.returncode == 1
     assert b"notes.txt: not mail" in r.stderr and b"(1 not mail)" in r.stdout
+
+
+def test_forgetting_what_spamd_never_learned_is_said(tell_spamd: Spamd) -> None:
+    """--forget of a message spamd's Bayes does not hold: nothing removed, and the summary
+    says so rather than claiming it forgot one or saying nothing."""
+    msg = message(subject="Never taught", body="A message this spamd has never been told of.\n")
+    r = train("--spamd", tell_spamd.address, "--forget", "-", stdin=msg)
+    assert r.returncode == 0, r.stderr
+    assert (b"Forgot 0 of 1 messages (1 not trained before, or spamd's Bayes is off or "
+            b"read-only)") in r.stdout

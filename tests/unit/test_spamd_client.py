@@ -13,7 +13,7 @@ from aiospamc.responses import (
     TemporaryFailureException,
     UnavailableException,
 )
-from spamdfakes import SwitchableSpamd
+from spamdfakes import SwitchableSpamd, spamd_reply
 
 from spambridge.config import SpamdConfig
 from spambridge.scanners.spamd import SpamdScanner, classify_exception
@@ -31,6 +31,8 @@ from spambridge.verdict import ErrorKind, ScanError
     (TimeoutError(), ErrorKind.TIMEOUT),  # the total timeout: spamd took too long
     (ServerTimeoutException("timeout", None), ErrorKind.TIMEOUT),
     (BadResponse(b"a reply of more than 32768 bytes"), ErrorKind.ERROR),
+    # any other socket failure (a unix socket spamd's group may not reach): not there for us
+    (PermissionError(13, "Permission denied"), ErrorKind.UNAVAILABLE),
 ])
 def test_failure_classes(exc: BaseException, kind: ErrorKind) -> None:
     assert classify_exception(exc) is kind
@@ -64,3 +66,101 @@ def test_no_connection_in_time_names_the_address_and_the_limit() -> None:
     scanner = SpamdScanner(SpamdConfig(host="::1", port=783, connect_timeout=2.0), 10.0)
     assert scanner.describe(ClientTimeoutException()) == (
         "no connection to [::1]:783 within connect_timeout 2s")
+
+
+def test_train_stops_at_a_spamd_that_hangs(tmp_path: Path) -> None:
+    """A spamd that takes the message and never answers would cost every message of a folder
+    the whole timeout: TELL stops at the first, and says the rest was not sent."""
+    import io
+
+    from spambridge import train
+    from spambridge.config import Config, MilterConfig
+
+    for n in range(3):
+        (tmp_path / f"{n}.eml").write_bytes(
+            f"From: a@example.org\nSubject: report {n}\n\nbody {n}\n".encode())
+    fake = SwitchableSpamd("hang")
+    try:
+        cfg = Config(milter=MilterConfig(scan_timeout=0.3),
+                     spamd=SpamdConfig(host="127.0.0.1", port=fake.port))
+        out, err = io.StringIO(), io.StringIO()
+        code = train.run_spamd(cfg, "ham", [str(tmp_path)], out=out, err=err)
+    finally:
+        fake.close()
+    assert code == 1 and err.getvalue().count("timeout") == 1
+    assert "Learned 0 of 1 messages as ham (1 spamd error, stopped there" in out.getvalue()
+
+
+def _scan(reply: bytes) -> object:
+    """What the milter gets from one SYMBOLS request answered with `reply`: a ScoreResult, or
+    the ScanError."""
+    from spambridge.message import Envelope
+
+    fake = SwitchableSpamd("good", reply=reply)
+    try:
+        scanner = SpamdScanner(SpamdConfig(host="127.0.0.1", port=fake.port), 5.0)
+        try:
+            return asyncio.run(scanner.scan(b"Subject: x\r\n\r\nhello\r\n", Envelope()))
+        except ScanError as e:
+            return e
+    finally:
+        fake.close()
+
+
+def test_the_rule_names_are_read_whatever_the_line_ends() -> None:
+    """spamd ends the SYMBOLS list with CRLF (some versions), or lists one per line: the
+    X-Spam-Status tests= list holds the rule names and nothing empty or with a CR."""
+    for symbols in (b"SYM_A,SYM_B\r\n", b"SYM_A\r\nSYM_B", b",SYM_A,,SYM_B,"):
+        result = _scan(spamd_reply(2.5, 5.0, symbols))
+        assert not isinstance(result, ScanError)
+        assert result.score == 2.5 and result.tests == ("SYM_A", "SYM_B"), symbols
+
+
+def test_scores_beyond_any_spamd_rule_are_bounded_both_ways() -> None:
+    """A broken or hostile spamd's -1e6 must not write a header a later filter chokes on, nor
+    outweigh every other engine; spamd's own (whitelist_from -100) pass through."""
+    for score, want in ((-1e6, -10_000.0), (1e6, 10_000.0), (-100.0, -100.0)):
+        result = _scan(spamd_reply(score, 5.0))
+        assert not isinstance(result, ScanError)
+        assert result.score == want
+
+
+def test_a_reply_without_a_finite_threshold_is_an_error() -> None:
+    """"Spam: False ; 1.0 / inf" tells nothing usable: an error, as a missing header is."""
+    for reply in (spamd_reply(1.0, float("inf"), spam=False), spamd_reply(float("nan"), 5.0)):
+        result = _scan(reply)
+        assert isinstance(result, ScanError) and result.kind is ErrorKind.ERROR
+        assert "reply without a usable Spam header" in str(result)
+
+
+def test_replies_are_read_up_to_32_kilobytes() -> None:
+    """A reply over the cap is an error (a port that is not spamd, a flood); one just within
+    it, a long rule list, is read."""
+    head = len(spamd_reply(1.0, 5.0, b""))
+    within = _scan(spamd_reply(1.0, 5.0, b"R" * (32 * 1024 - head - 100 - 8)))
+    assert not isinstance(within, ScanError)
+    over = _scan(spamd_reply(1.0, 5.0, b"R" * (32 * 1024 + 1)))
+    assert isinstance(over, ScanError) and over.kind is ErrorKind.ERROR
+    assert "a reply of more than 32768 bytes" in str(over)
+
+
+def test_spamd_user_per_recipient_only_for_one_plain_recipient() -> None:
+    """per_recipient_user asks spamd for the recipient's own settings only when there is
+    exactly one, and it is a plain address: else the configured user."""
+    from spambridge.message import Envelope
+
+    scanner = SpamdScanner(SpamdConfig(user="filter", per_recipient_user=True), 1.0)
+    assert scanner.user_for(Envelope(recipients=["<bob@example.org>"])) == "bob@example.org"
+    assert scanner.user_for(Envelope(recipients=["<a@example.org>", "<b@example.org>"])) \
+        == "filter"
+    assert scanner.user_for(Envelope(recipients=["<b ob@example.org>"])) == "filter"
+    assert scanner.user_for(Envelope(recipients=["<b\x7fob@example.org>"])) == "filter"
+
+
+def test_an_error_text_is_one_short_line() -> None:
+    """The decision line and the SMTP reply carry it: a peer's multi-line essay is cut to 200
+    characters on one line."""
+    from spambridge.scanners.spamd import _describe
+
+    text = _describe(BadResponse(("x" * 100 + "\r\n") * 10))
+    assert len(text) == 200 and "\n" not in text and "\r" not in text

@@ -1471,3 +1471,37 @@ def test_a_file_with_a_nul_in_its_header_is_not_mail(tmp_path: Path) -> None:
     assert [(i.data, i.problem) for i in train.read_path(str(f), 0)] == [(None, "not mail")]
     f.write_bytes(b"From: a@example.org\nSubject: x\n\nbody \x00 after the header\n")
     assert [i.problem for i in train.read_path(str(f), 0)] == [""]
+
+
+def test_a_database_moved_in_beside_an_emptied_wal_is_used(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The documented deploy: `train` folded its -wal (left empty), mail was scored since, then
+    a retrained copy is moved into place. The empty -wal holds no page of the old file: the
+    milter opens the new database at once instead of refusing it."""
+    live = small_db(tmp_path / "live.sqlite", 0, capsys)
+    new = small_db(tmp_path / "new.sqlite", 200, capsys)
+    scanner = BayesScanner(BayesConfig(db=str(live), min_trained=1), create=False)
+    try:
+        scanner.score_now(mail(1, True))
+        assert Path(f"{live}-wal").stat().st_size == 0
+        os.replace(new, live)
+        assert scanner.score_now(mail(201, True)).score > 0.9
+        assert scanner.totals() == store.Totals(6, 6)
+    finally:
+        scanner.close()
+
+
+def test_the_milter_says_at_start_when_the_database_is_not_trained_yet(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Once at start-up, not first at some message: the database is there but too small, and
+    what mail meets meanwhile."""
+    db = tmp_path / "bayes.sqlite"
+    scanner = BayesScanner(BayesConfig(db=str(db), min_trained=5))
+    try:
+        with caplog.at_level("WARNING", logger="spambridge"):
+            scanner.probe()
+    finally:
+        scanner.close()
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+        f"Bayes database {db} not trained yet (0 spam, 0 ham; min_trained 5): the Bayes "
+        "engine answers on_unavailable until it is"]
