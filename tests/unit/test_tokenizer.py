@@ -355,3 +355,19 @@ def test_decoded_text_is_capped_over_all_parts_together() -> None:
     t = tokenize(msg, Limits(max_text=150))
     assert "word0" in t and "word2" not in t and "control: text cap" in t
     assert "word2" in tokenize(msg)
+
+
+def test_the_first_subject_and_content_type_count() -> None:
+    """A message with a field twice is read as SpamBayes reads it (msg[name]: the first):
+    a second Subject or Content-Type planted further down changes nothing."""
+    t = tokenize(b"Subject: first words\nContent-Type: text/plain\nSubject: second words\n"
+                 b"Content-Type: application/octet-stream\n\nbody text\n")
+    assert {"subject:first", "subject:words", "content-type:text/plain", "body", "text"} <= set(t)
+    assert "subject:second" not in t and "content-type:application/octet-stream" not in t
+
+
+def test_line_breaks_and_no_break_spaces_in_html_separate_words() -> None:
+    """<br>, <p> and &nbsp; stand between words, unlike a comment (FR<!-- -->EE reads FREE)."""
+    t = tokenize(b"Subject: x\nContent-Type: text/html\n\n"
+                 b"<p>alpha<br>bravo&nbsp;charlie</p><p>delta</p>\n")
+    assert {"alpha", "bravo", "charlie", "delta"} <= set(t)

@@ -1505,3 +1505,46 @@ def test_the_milter_says_at_start_when_the_database_is_not_trained_yet(
     assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
         f"Bayes database {db} not trained yet (0 spam, 0 ham; min_trained 5): the Bayes "
         "engine answers on_unavailable until it is"]
+
+
+def test_a_message_found_under_its_old_key_stays_trained(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A message an earlier spambridge keyed with its mailbox state fields, trained again as the
+    same class: "already trained", and its record is carried over to the new key, so a third
+    run finds it too rather than learning it a second time."""
+    old = tmp_path / "old.sqlite"
+    msg = mail(9, True).replace(b"\n\n", b"\nStatus: RO\n\n", 1)
+    learned_as_before(old, msg)
+    m = tmp_path / "m.eml"
+    m.write_bytes(msg)
+    learned = tokens(old)
+    for _ in range(2):
+        code, out, _ = run("train", "--db", str(old), "--spam", str(m), capsys=capsys)
+        assert code == 0 and "1 already trained" in out
+    assert totals(old) == (1, 0) and tokens(old) == learned
+
+
+def test_an_empty_maildir_is_said_to_hold_no_messages(
+        tmp_path: Path, db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Its cur/, new/ and tmp/ are not folders of mail to name: the hint is only for folders
+    one level down (Maildir++ .Junk)."""
+    box = maildir(tmp_path / "Maildir", [])
+    code, _, err = run("train", "--db", str(db), "--spam", str(box), capsys=capsys)
+    assert code == 0 and err == f"spambridge train: {box}: no messages found\n"
+    (box / ".Junk" / "cur").mkdir(parents=True)
+    code, _, err = run("train", "--db", str(db), "--spam", str(box), capsys=capsys)
+    assert err == (f"spambridge train: {box}: no messages found (the folders in it are not "
+                   f"read: name them, as {box / '.Junk'})\n")
+
+
+def test_forgetting_says_when_the_database_falls_below_min_trained(
+        tmp_path: Path, db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """After --forget as after learning: if the milter no longer scores with the database
+    (fewer than min_trained of a class), the admin is told so right there."""
+    f = tmp_path / "m.eml"
+    f.write_bytes(mail(1, True))
+    assert run("train", "--db", str(db), "--spam", str(f), capsys=capsys)[0] == 0
+    code, out, _ = run("train", "--db", str(db), "--forget", str(f), capsys=capsys)
+    assert code == 0 and "Forgot 1 of 1 messages" in out
+    assert "The database holds 0 spam and 0 ham; the milter scores with it once each class " \
+        "has" in out
