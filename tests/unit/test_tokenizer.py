@@ -371,3 +371,18 @@ def test_line_breaks_and_no_break_spaces_in_html_separate_words() -> None:
     t = tokenize(b"Subject: x\nContent-Type: text/html\n\n"
                  b"<p>alpha<br>bravo&nbsp;charlie</p><p>delta</p>\n")
     assert {"alpha", "bravo", "charlie", "delta"} <= set(t)
+
+
+def test_more_spellings_spambayes_gives() -> None:
+    """A folded Content-Disposition reads as on one line with single spaces, an image pulled
+    from the message itself (cid:) is a virus: clue, and every one of a To list's addresses
+    counts (up to 50)."""
+    rcpts = b", ".join(b"u%d@example.net" % i for i in range(60))
+    t = tokenize(b"To: " + rcpts + b"\nSubject: x\n"
+                 b'Content-Type: multipart/mixed; boundary="B"\n\n'
+                 b'--B\nContent-Type: text/html\n\n<img src="cid:part1">hello there\n'
+                 b'--B\nContent-Type: application/pdf\nContent-Disposition: attachment;\n'
+                 b'\tfilename="a.pdf"\n\nJVBERi0=\n--B--\n')
+    assert 'content-disposition:attachment; filename="a.pdf"' in t
+    assert 'virus:src="cid:' in t
+    assert {"to:addr:u0", "to:addr:u49"} <= set(t) and "to:addr:u50" not in t
