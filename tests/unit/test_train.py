@@ -1548,3 +1548,29 @@ def test_forgetting_says_when_the_database_falls_below_min_trained(
     assert code == 0 and "Forgot 1 of 1 messages" in out
     assert "The database holds 0 spam and 0 ham; the milter scores with it once each class " \
         "has" in out
+
+
+def test_the_milter_logs_a_replaced_database_once_and_a_train_not_at_all(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A `train` writing the database in place is no replacement: nothing is logged. A file
+    moved in that cannot be used is told about once, not at every message that meets it."""
+    live = small_db(tmp_path / "live.sqlite", 0, capsys)
+    scanner = BayesScanner(BayesConfig(db=str(live), min_trained=1), create=False)
+    try:
+        with caplog.at_level("INFO", logger="spambridge"):
+            scanner.score_now(mail(1, True))
+            more = folder(tmp_path / "more", [mail(300, False)])
+            assert run("train", "--db", str(live), "--ham", str(more), capsys=capsys)[0] == 0
+            scanner.score_now(mail(1, True))
+            assert [r.getMessage() for r in caplog.records] == []
+            junk = tmp_path / "junk.sqlite"
+            junk.write_bytes(b"not a database" * 100)
+            os.replace(junk, live)
+            for _ in range(3):
+                with pytest.raises(ScanError):
+                    scanner.score_now(mail(1, True))
+    finally:
+        scanner.close()
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 1 and said[0].startswith("Bayes database replaced, the new one not used")
