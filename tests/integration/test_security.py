@@ -188,6 +188,7 @@ def test_socket_has_the_configured_mode_and_group(start_milter: Start, fake: Swi
     cfg = spamd_config(fake.port)
     cfg["milter"].update(socket_mode=mode, socket_group=g.gr_name)
     m = start_milter(cfg)
+    listening(m)
     st = os.stat(m.socket_path)
     assert stat.S_ISSOCK(st.st_mode)
     assert stat.S_IMODE(st.st_mode) == int(mode, 8)
@@ -197,7 +198,14 @@ def test_socket_has_the_configured_mode_and_group(start_milter: Start, fake: Swi
 
 def test_default_socket_mode_is_0660(start_milter: Start, fake: SwitchableSpamd) -> None:
     m = start_milter(spamd_config(fake.port))
+    listening(m)
     assert stat.S_IMODE(os.stat(m.socket_path).st_mode) == 0o660
+
+
+def listening(m: RunningMilter) -> None:
+    """The socket accepts connections from listen() on, a moment before the milter has given
+    it its group and mode; its start-up line comes after (a loaded machine showed the gap)."""
+    wait_until(lambda: "listening on" in m.log, 10, "the start-up line")
 
 
 def test_spool_files_are_private_to_the_milter(start_milter: Start, tmp_path: Path) -> None:
