@@ -29,18 +29,20 @@ from spambridge.scanners import Scanner
 log = logging.getLogger("spambridge")
 
 
-def build_scanner(cfg: Config) -> Scanner:
-    """The engine named in the config. Imports are local: a spamd-only install never loads
-    the classifier, and a Bayes-only one never opens a spamd client."""
+def build_scanner(cfg: Config, bayes: Scanner | None = None) -> Scanner:
+    """The engine named in the config; `bayes`: the Bayes engine to use instead of the
+    milter's (which creates a missing database). Imports are local: a spamd-only install
+    never loads the classifier, and a Bayes-only one never opens a spamd client."""
     engine = cfg.milter.engine
     cap = cfg.milter.scan_timeout
     if engine == "spamd":
         from spambridge.scanners.spamd import SpamdScanner
 
         return SpamdScanner(cfg.spamd, cap)
-    from spambridge.scanners.bayes import BayesScanner
+    if bayes is None:
+        from spambridge.scanners.bayes import BayesScanner
 
-    bayes = BayesScanner(cfg.bayes)
+        bayes = BayesScanner(cfg.bayes)
     if engine == "bayes":
         return bayes
     from spambridge.scanners.fallback import FallbackScanner

@@ -37,21 +37,13 @@ UNCHECKED_REASONS = 5  # --batch: distinct reasons for unchecked messages said o
 def build_scanner(cfg: Config, clues: int = 0) -> Scanner:
     """As the milter's, except that a missing Bayes database is reported, not created, and
     the Bayes results carry their `clues` strongest clues."""
-    engine = cfg.milter.engine
-    if engine == "spamd":
-        from spambridge.app import build_scanner as build
+    from spambridge.app import build_scanner as build
 
+    if cfg.milter.engine == "spamd":
         return build(cfg)
     from spambridge.scanners.bayes import BayesScanner
 
-    bayes = BayesScanner(cfg.bayes, create=False, clues=clues)
-    if engine == "bayes":
-        return bayes
-    from spambridge.scanners.fallback import FallbackScanner
-    from spambridge.scanners.spamd import SpamdScanner
-
-    cap = cfg.milter.scan_timeout
-    return FallbackScanner(SpamdScanner(cfg.spamd, cap), bayes, cfg.spamd.share * cap, cap)
+    return build(cfg, BayesScanner(cfg.bayes, create=False, clues=clues))
 
 
 def verdict(ev: Evaluation) -> str:
