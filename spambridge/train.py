@@ -48,9 +48,16 @@ DEFAULT_MAX_SIZE = 500 * 1024  # bytes, as sa-learn: bigger messages are skipped
 BATCH_MESSAGES = 2000  # messages per transaction …
 BATCH_SECONDS = 2.0  # … or this long, whichever comes first (bounds what a kill loses)
 _OWNED = re.compile(rb"^x-spam-[^:\n]*:.*(?:\n[ \t].*)*\n", re.I | re.M)
-_SUBJECT = re.compile(rb"^subject[ \t]*:[ \t]*(.*(?:\n[ \t].*)*)\n", re.I | re.M)
-_PREV_SUBJECT = re.compile(rb"^x-spam-prev-subject[ \t]*:[ \t]*(.*(?:\n[ \t].*)*)\n",
-                           re.I | re.M)
+
+
+def _field(names: bytes) -> re.Pattern[bytes]:
+    """A whole header field (folded lines included) whose name matches `names`; group 1 its
+    value."""
+    return re.compile(rb"^(?:" + names + rb")[ \t]*:[ \t]*(.*(?:\n[ \t].*)*)\n", re.I | re.M)
+
+
+_SUBJECT = _field(rb"subject")
+_PREV_SUBJECT = _field(rb"x-spam-prev-subject")
 _SPAM_FLAG = re.compile(rb"^x-spam-flag[ \t]*:[ \t]*yes\b", re.I | re.M)
 _LOOKS_LIKE_MAIL = re.compile(rb"[!-9;-~]+[ \t]*:[^\n]*\r?\n")
 _FIELD_NAME = re.compile(rb"^([!-9;-~]+)[ \t]*:", re.M)
@@ -563,9 +570,8 @@ def digest(normalised: bytes) -> bytes:
 # message stays the same, and Dovecot hides them from IMAP, so its pipes never see them. The
 # tokenizer does not read them; the key must not either, or reading a message in an mbox makes
 # it a new one to `train` (learned twice, or once as each class after a move)
-_MAILBOX_STATE = re.compile(
-    rb"^(?:status|x-status|x-keywords|x-uid|x-imap|x-imapbase|content-length|lines"
-    rb"|x-mozilla-status2?|x-mozilla-keys)[ \t]*:.*(?:\n[ \t].*)*\n", re.I | re.M)
+_MAILBOX_STATE = _field(rb"status|x-status|x-keywords|x-uid|x-imap|x-imapbase|content-length"
+                        rb"|lines|x-mozilla-status2?|x-mozilla-keys")
 
 
 # how those fields' names start: most mail has none of them, and a search from the line ends
