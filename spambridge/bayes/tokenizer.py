@@ -102,8 +102,11 @@ _RECEIVED_COMPLAINT = re.compile(rb"\([a-z]+(?:\s+[a-z]+)+\)")
 # its words with single spaces, and no tab gets through), and "EHLO x by y with LMTP" must
 # not make the hop the milter sees look like a delivery. Looked for before the first "<" or
 # ";" only: the envelope addresses in "for <...>" are the sender's to choose.
-_LMTP_HOP = re.compile(rb"\t[ \t]*by\s+[^\s()]+(?:\s+\([^()]*\))?\s+with\s+lmtps?a?\b",
-                       re.IGNORECASE)
+# "A run of blanks with a tab in it, then by", looked for from the run's start only: "\t[ \t]*by"
+# was tried from every tab of a run, each try reading to the run's end (2 kB of tabs: 14 ms a
+# field, 500 such fields on top: 3.5 s). Same matches, one pass.
+_LMTP_HOP = re.compile(rb"(?<![ \t]) *+\t[ \t]*+by\s+[^\s()]+(?:\s+\([^()]*\))?"
+                       rb"\s+with\s+lmtps?a?\b", re.IGNORECASE)
 _LMTP_HOP_END = re.compile(rb"[<;]")
 _FNAME_COMP = re.compile(rb"[/\\:]")
 _FNAME_PIECE = re.compile(rb"[;?:@&=+,$.]")
