@@ -131,6 +131,9 @@ _STRIP_REGIONS = ((b"<style", b"</style"), (b"<!--", b"-->"), (b"<comment", b"</
                   (b"<noframes", b"</noframes"))
 _BREAKING = re.compile(rb"<\s*+(?:/\s*+)?(?:p|br)\b[^<>]{0,256}>")
 _TAG = re.compile(rb"<(?![\s<>])[^<>]{0,256}>")
+_BLANK_EOL = re.compile(rb"[ \t\r]*+(?:\n|\Z)")
+# lines that start like a MIME delimiter but are not one, looked at per multipart body
+MAX_NEAR_DELIMITERS = 1000
 _STR_SPACE_ONLY = (b"\x1c", b"\x1d", b"\x1e", b"\x1f", b"\x85", b"\xa0")  # space to str, not bytes
 _HIGH_BYTES = bytes(range(128, 256))
 _NOT_B64 = bytes(c for c in range(256)
@@ -684,20 +687,42 @@ def parse_addresses(value: bytes, limit: int = 50) -> list[tuple[bytes, bytes]]:
 
 def split_multipart(body: bytes, boundary: bytes) -> list[bytes]:
     """The parts between `--boundary` lines; a missing close delimiter ends at the body's end
-    (broken boundaries are common in spam). Empty if the boundary never occurs."""
+    (broken boundaries are common in spam). Empty if the boundary never occurs. A delimiter
+    is a whole line, `--boundary` and optional `--`, then blanks only (RFC 2046, and what the
+    email package reads): an inner part's boundary the outer one is a prefix of (outer "X",
+    inner "XAA") does not cut the outer part."""
     delim = b"\n--" + boundary.strip()
     data = b"\n" + body
     parts: list[bytes] = []
-    start = data.find(delim)
-    while start >= 0 and len(parts) <= DEFAULT_LIMITS.max_parts:
+    misses = [MAX_NEAR_DELIMITERS]
+    start, closing = _delimiter(data, delim, 0, misses)
+    while start >= 0 and not closing and len(parts) <= DEFAULT_LIMITS.max_parts:
         line_end = data.find(b"\n", start + 1)
-        closing = data.startswith(b"--", start + len(delim))
-        if closing or line_end < 0:
+        if line_end < 0:
             break
-        nxt = data.find(delim, line_end)
+        nxt, closing = _delimiter(data, delim, line_end, misses)
         parts.append(data[line_end + 1 : nxt if nxt >= 0 else len(data)])
         start = nxt
     return parts
+
+
+def _delimiter(data: bytes, delim: bytes, pos: int, misses: list[int]) -> tuple[int, bool]:
+    """Where the next delimiter line starts at or after `pos` (-1: none), and whether it is
+    the close delimiter. Lines that only start like one count against `misses` (a message
+    made of them must not cost a Python step per line)."""
+    while misses[0] > 0:
+        start = data.find(delim, pos)
+        if start < 0:
+            break
+        end = start + len(delim)
+        if data.startswith(b"--", end):
+            end += 2
+        blanks = _BLANK_EOL.match(data, end)
+        if blanks:
+            return start, end > start + len(delim)
+        misses[0] -= 1
+        pos = start + 1
+    return -1, False
 
 
 def _entity(m: re.Match[bytes]) -> bytes:

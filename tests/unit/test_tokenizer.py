@@ -386,3 +386,20 @@ def test_more_spellings_spambayes_gives() -> None:
     assert 'content-disposition:attachment; filename="a.pdf"' in t
     assert 'virus:src="cid:' in t
     assert {"to:addr:u0", "to:addr:u49"} <= set(t) and "to:addr:u50" not in t
+
+
+def test_an_inner_boundary_that_starts_with_the_outer_one_is_not_a_delimiter() -> None:
+    """Outer boundary "NP", inner "NPAA" (a spam mailer's habit, legal MIME): a delimiter is
+    the whole line, so the outer part holds the inner multipart whole, as the email package
+    and SpamBayes read it — no broken multipart, no empty text/plain part made up."""
+    msg = (b'Subject: x\nContent-Type: multipart/related; boundary="NP"\n\n'
+           b'--NP\nContent-Type: multipart/alternative; boundary="NPAA"\n\n'
+           b"--NPAA\nContent-Type: text/html; charset=big5\nContent-Transfer-Encoding: base64\n\n"
+           + base64.encodebytes(b"<b>cheap watches</b>") +
+           b"--NPAA--\n--NP--\n")
+    mime_and_body = [x for x in tokenize(msg) if not x.startswith((
+        "noheader:", "header:", "subject:", "from:", "to:", "cc:", "sender:", "reply-to:",
+        "x-mailer:", "message-id:"))]
+    assert mime_and_body == ["content-type:multipart/related",
+                             "content-type:multipart/alternative", "content-type:text/html",
+                             "charset:big5", "cheap", "watches"]
