@@ -136,6 +136,10 @@ _BLANK_EOL = re.compile(rb"[ \t\r]*+(?:\n|\Z)")
 MAX_NEAR_DELIMITERS = 1000
 _STR_SPACE_ONLY = (b"\x1c", b"\x1d", b"\x1e", b"\x1f", b"\x85", b"\xa0")  # space to str, not bytes
 _HIGH_BYTES = bytes(range(128, 256))
+# the lines of a base64 block (blank ones too) up to and with the first one that ends in padding;
+# possessive, so a long line that turns out not to be base64 is not scanned again
+_BASE64_BLOCK = re.compile(rb"(?:[ \t]*+[A-Za-z0-9+/]*+[ \t]*+\r?\n)*+"
+                           rb"(?:[ \t]*+[A-Za-z0-9+/]*+=*+[ \t]*+(?:\r?\n|\Z))?")
 _NOT_B64 = bytes(c for c in range(256)
                  if c not in b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")
 
@@ -247,8 +251,16 @@ def decode_words(value: bytes) -> tuple[bytes, list[bytes]]:
 
 
 def decode_payload(payload: bytes, cte: bytes) -> tuple[bytes, bool]:
-    """Undo the transfer encoding; (bytes, ok). Damaged base64 is repaired as far as it goes."""
+    """Undo the transfer encoding; (bytes, ok). Damaged base64 is repaired as far as it goes.
+    Plain text after a base64 block (a mailing list's footer tacked onto the part) is kept as
+    text, as SpamBayes meant to: the decoder would stop at the block's padding and drop it, or
+    read its letters as more base64."""
     if cte == b"base64":
+        block = _BASE64_BLOCK.match(payload)
+        end = block.end() if block else 0
+        if 0 < end < len(payload) and not payload[end:].isspace():
+            text, ok = decode_payload(payload[:end], cte)
+            return text + b"\n" + payload[end:], ok
         try:
             return binascii.a2b_base64(payload), True
         except (binascii.Error, ValueError):

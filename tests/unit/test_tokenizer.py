@@ -403,3 +403,20 @@ def test_an_inner_boundary_that_starts_with_the_outer_one_is_not_a_delimiter() -
     assert mime_and_body == ["content-type:multipart/related",
                              "content-type:multipart/alternative", "content-type:text/html",
                              "charset:big5", "cheap", "watches"]
+
+
+def test_a_footer_tacked_onto_a_base64_part_is_read_as_text() -> None:
+    """A list server appends its footer to a single-part base64 message in plain text: the
+    block is decoded and the footer read as words — whether the block ends in padding (the
+    decoder would stop there and drop the footer) or not (it would read the footer's letters
+    as more base64)."""
+    footer = (b"-------------------------------------------------------\n"
+              b"This list is sponsored by Thinkgeek\nhttps://lists.example.net/listinfo/talk\n")
+    for text in (b"cheap meds online", b"cheap meds onlinex"):  # padded, not padded
+        block = base64.encodebytes(text)
+        assert block.rstrip().endswith(b"=") is (text == b"cheap meds online")
+        msg = (b"Subject: x\nContent-Type: text/html\nContent-Transfer-Encoding: base64\n\n"
+               + block + footer)
+        t = tokenize(msg)
+        assert {"cheap", "meds", "sponsored", "thinkgeek", "url:listinfo"} <= set(t), text
+        assert "control: couldn't decode" not in t
