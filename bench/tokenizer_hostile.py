@@ -56,6 +56,8 @@ CASES: dict[str, Callable[[int], bytes]] = {
     "width_eq0": body(b"=0 ", b"Content-Type: text/html\n\n<width"),
     "qp_equals": body(b"=", b"Content-Transfer-Encoding: quoted-printable\n"),
     "b64_junk": body(b"QUJD!@#$", b"Content-Transfer-Encoding: base64\n"),
+    "b64_then_text": body(b"QUJDRA==\nfooter words here\n", b"Content-Transfer-Encoding: base64\n"),
+    "b64_long_line": body(b"QUJD", b"Content-Transfer-Encoding: base64\n"),
     "giant_line": body(b"a"),
     "nul": body(b"\0"),
     "cr_only": body(b"abc def\r"),
@@ -70,6 +72,7 @@ CASES: dict[str, Callable[[int], bytes]] = {
     "received": top(b"Received: from a.b.c (d [1.2.3.4]) (may be forged) by x; Mon\n"),
     "lmtp_tabs": top(b"Received: x" + b"\t" * 2000 + b"bx\n\tby h with LMTP\n"),
     "parts": lambda n: MULTIPART + rep(b"--b\nContent-Type: text/plain\n\nhello\n", n),
+    "near_delimiters": lambda n: MULTIPART + rep(b"--bX\n", n),
     "nested_parts": lambda n: MULTIPART + rep(b'--b\nContent-Type: multipart/mixed; '
                                               b'boundary="b"\n\n', n),
 }
