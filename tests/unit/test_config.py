@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from spambridge.config import ConfigError, load, parse_spamd_address, reloaded, with_overrides
+from spambridge.milter.socketspec import parse_socket_spec
 from spambridge.verdict import FailAction, SmtpReply
 
 
@@ -192,6 +193,21 @@ def test_a_unix_socket_path_the_kernel_cannot_bind_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="may be at most 107 bytes long"):
         with_overrides(load(None), socket="unix:/" + "a" * 107)
     assert with_overrides(load(None), socket="unix:/" + "a" * 106).milter.socket.endswith("a")
+
+
+@pytest.mark.parametrize("port", ["0", "65536"])
+def test_a_port_no_tcp_socket_can_have_is_a_config_error(port: str) -> None:
+    """inet:0 would have libmilter listen on a port the kernel picks, that no smtpd_milters
+    line names: mail would meet milter_default_action, with the milter running."""
+    with pytest.raises(ConfigError, match="port must be 1-65535"):
+        with_overrides(load(None), socket=f"inet:{port}@127.0.0.1")
+    assert with_overrides(load(None), socket="inet:65535@127.0.0.1").milter.socket
+
+
+def test_an_inet6_address_may_be_written_in_brackets() -> None:
+    """As Postfix writes it (inet:[::1]:8893): the brackets are not part of the address."""
+    cfg = with_overrides(load(None), socket="inet6:8893@[::1]")
+    assert parse_socket_spec(cfg.milter.socket) == parse_socket_spec("inet6:8893@::1")
 
 
 def test_a_start_error_names_the_flag_or_the_files_line(tmp_path: Path) -> None:
