@@ -344,6 +344,28 @@ def test_stale_socket_is_replaced_and_mode_applied(tmp_path: Path, spamd: Spamd,
     assert send_one(m.socket_path, message()).action == "accept"
 
 
+def test_a_file_or_a_live_socket_at_the_socket_path_is_left_alone(tmp_path: Path, spamd: Spamd,
+                                                                  start_milter: Start) -> None:
+    """Only a socket nobody listens on is stale: a mistyped path naming a file must not delete
+    it, and a second instance must not take the socket of one that is running."""
+    victim = tmp_path / "aliases.db"
+    victim.write_text("keep me\n")
+    cfg = spamd_cfg(spamd)
+    cfg["milter"]["socket"] = f"unix:{victim}"
+    m = start_milter(cfg, wait=False)
+    assert m.proc.wait(30) != 0
+    assert "exists and is not a socket; refusing to remove it" in m.log
+    assert victim.read_text() == "keep me\n"
+
+    first = start_milter(spamd_cfg(spamd))
+    cfg = spamd_cfg(spamd)
+    cfg["milter"]["socket"] = f"unix:{first.socket_path}"
+    second = start_milter(cfg, wait=False)
+    assert second.proc.wait(30) != 0
+    assert "is in use by another running milter" in second.log
+    assert send_one(first.socket_path, message()).action == "accept"
+
+
 def test_sigterm_lets_inflight_messages_finish(start_milter: Start, fake_spamd: MakeFake) -> None:
     rec = Recorder(score=9.0, delay=1.5)
     m = start_milter(spamd_cfg(fake_spamd(rec)))
