@@ -145,6 +145,14 @@ def test_a_host_name_in_the_socket_spec_is_resolved_once() -> None:
     assert unresolvable.target is None  # no pokes, no lookups per scan (the stall check warns)
 
 
+def test_an_inet6_wildcard_is_poked_on_the_ipv6_loopback() -> None:
+    """`inet6:PORT@::` listens on every address: the pokes go to ::1 (an IPv4 loopback has no
+    IPv6 address to resolve to, and no pokes would mean replies waiting on busy workers)."""
+    n = PoolNudger(parse_socket_spec("inet6:11332@::"), FakeActivity())
+    assert n.target is not None and n.target[0] == socket.AF_INET6
+    assert n.target[1][:2] == ("::1", 11332)
+
+
 def _stalled_warnings(spec: str, caplog: pytest.LogCaptureFixture) -> list[str]:
     act = FakeActivity()
     with caplog.at_level(logging.WARNING, logger="spambridge"), \
@@ -166,6 +174,13 @@ def test_a_listener_that_stopped_accepting_is_no_reason_to_warn(
     lst.close()  # the file stays, nothing listens: ECONNREFUSED
     assert path.exists()
     assert _stalled_warnings(f"unix:{path}", caplog) == []
+
+
+def test_a_socket_that_answers_is_no_reason_to_warn(
+        listener: tuple[Listener, str], caplog: pytest.LogCaptureFixture) -> None:
+    lst, spec = listener
+    assert _stalled_warnings(spec, caplog) == []
+    assert lst.count > 0  # the pokes did connect
 
 
 def test_a_socket_out_of_reach_is_still_warned_about(
