@@ -71,3 +71,26 @@ def test_bayes_covers_a_slow_spamd() -> None:
     r = scan(Timed("spamd", 2.0), Timed("bayes", 0.0))
     assert isinstance(r, ScoreResult) and r.engine == "bayes"
     assert r.note == "fallback=spamd-timeout" and "0.1s share" in r.why
+
+
+def test_spamds_request_is_given_up_once_bayes_has_decided() -> None:
+    """Bayes answered for a slow spamd: the spamd request is cancelled (its connection closed)
+    rather than left to hold one of spamd's children until spamd is done or the cap ends."""
+    ended: list[str] = []
+
+    class Slow(Timed):
+        async def scan(self, message: bytes, envelope: Envelope) -> ScoreResult:
+            try:
+                return await super().scan(message, envelope)
+            except asyncio.CancelledError:
+                ended.append("cancelled")
+                raise
+
+    async def run() -> ScoreResult:
+        r = await FallbackScanner(Slow("spamd", 30.0), Timed("bayes", 0.0), 0.1, 60.0).scan(
+            b"m", Envelope())
+        await asyncio.sleep(0)  # the cancellation reaches the request
+        assert ended == ["cancelled"]  # now, not when the loop closes
+        return r
+
+    assert asyncio.run(run()).engine == "bayes"
