@@ -90,3 +90,35 @@ def test_forgetting_what_spamd_never_learned_is_said(tell_spamd: Spamd) -> None:
     assert r.returncode == 0, r.stderr
     assert (b"Forgot 0 of 1 messages (1 not trained before, or spamd's Bayes is off or "
             b"read-only)") in r.stdout
+
+
+def test_both_engines_learn_one_message_from_stdin(tell_spamd: Spamd, tmp_path: Path) -> None:
+    """`--engine spamd+bayes` (a Dovecot pipe gives the message once, on stdin): both the
+    local database and spamd learn it whole; one byte over --max-size, neither does."""
+    msg = message(subject="Replica watches", body="Cheap replica watches, order now.\n")
+    db = tmp_path / "b.sqlite"
+
+    def both(*args: str, stdin: bytes) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run([sys.executable, "-m", "spambridge", "train", "--engine",
+                               "spamd+bayes", "--spamd", tell_spamd.address, "--db", str(db),
+                               *args, "-"], input=stdin, capture_output=True, timeout=120,
+                              check=False)
+
+    r = both("--spam", stdin=msg)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count(b"Learned 1 of 1 messages as spam") == 2, r.stdout
+    big = msg + b"x" * 99 + b"\n"
+    r = both("--ham", "--max-size", str(len(big) - 1), stdin=big)
+    assert r.stdout.count(b"Learned 0 of 1 messages as ham (1 too large)") == 2, r.stdout
+
+
+def test_an_index_teaches_spamd_both_classes(tell_spamd: Spamd, tmp_path: Path) -> None:
+    spam, ham = tmp_path / "spam.eml", tmp_path / "ham.eml"
+    spam.write_bytes(message(subject="Win a prize", body="Claim your casino prize now.\n"))
+    ham.write_bytes(message(subject="Agenda", body="The agenda for Monday's review.\n"))
+    index = tmp_path / "index"
+    index.write_text("spam spam.eml\nham ham.eml\n")
+    r = train("--spamd", tell_spamd.address, "--index", str(index))
+    assert r.returncode == 0, r.stderr
+    assert b"Learned 1 of 1 messages as spam" in r.stdout
+    assert b"Learned 1 of 1 messages as ham" in r.stdout
