@@ -557,6 +557,41 @@ def test_check_prints_the_milter_decision(tmp_path: Path, db: Path,
     assert code == 1 and "empty.eml: cannot read: empty" in err and "\tunreadable" in out
 
 
+def test_check_shows_the_subject_tag_the_clues_and_what_bayes_stood_in_for(
+        tmp_path: Path, db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for label, spam in (("spam", True), ("ham", False)):
+        d = tmp_path / label
+        d.mkdir()
+        for i in range(20):
+            (d / f"{i}").write_bytes(mail(i, spam))
+        assert run("train", "--db", str(db), f"--{label}", "-q", str(d), capsys=capsys)[0] == 0
+    new_spam, stranger = tmp_path / "s.eml", tmp_path / "x.eml"
+    new_spam.write_bytes(mail(500, True))
+    stranger.write_bytes(b"Zxqv: plugh\n\nfrobnitz quuxly wibblewobble\n")
+    cfg = tmp_path / "sb.toml"
+    cfg.write_text('[bayes]\nmin_trained = 20\n\n[policy]\nsubject_tag = "[SPAM]"\n')
+
+    code, out, _ = run("check", "--config", str(cfg), "--db", str(db), "--tag-only",
+                       str(new_spam), capsys=capsys)
+    assert code == 0 and "Subject prefix: '[SPAM]'" in out
+    assert re.search(r"score=[01]\.\d{4} engine=bayes", out), out  # 0..1: four places
+
+    code, out, _ = run("check", "--config", str(cfg), "--db", str(db), "--explain",
+                       str(new_spam), str(stranger), capsys=capsys)
+    spam_part, _, stranger_part = out.partition(f"{stranger}:")
+    assert "strongest clues" in spam_part and "'viagra'" in spam_part
+    assert "no clues: no token of this message is known to the database" in stranger_part
+
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+    with dead:
+        spamd = f"127.0.0.1:{dead.getsockname()[1]}"
+        code, out, _ = run("check", "--config", str(cfg), "--db", str(db), "--engine",
+                           "spamd+bayes", "--spamd", spamd, str(new_spam), capsys=capsys)
+    assert code == 0 and "engine=bayes" in out
+    assert f"  why: fallback=spamd-unavailable: {spamd}: " in out
+
+
 def test_check_batch_says_why_messages_were_unchecked(
         tmp_path: Path, db: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """--batch turns the per-message warnings off: a mistyped --db, or a database not trained
