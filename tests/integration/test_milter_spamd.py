@@ -285,6 +285,19 @@ def test_spamd_sees_exact_bytes_received_line_and_user(start_milter: Start,
     assert message_bytes.endswith(b"\r\n\r\nline1\r\nline2\r\n")
 
 
+def test_a_tls_session_is_esmtps_in_the_received_line_spamd_sees(start_milter: Start,
+                                                                  fake_spamd: MakeFake) -> None:
+    """Postfix writes "with ESMTPS" for a TLS session ({tls_version} at MAIL FROM); SpamAssassin
+    reads the protocol from the line the milter writes in its place."""
+    rec = Recorder()
+    m = start_milter(spamd_cfg(fake_spamd(rec)))
+    for macros in ({"{tls_version}": "TLSv1.3"}, {}):
+        assert send_one(m.socket_path, message(), mail_macros=macros).action == "accept"
+    tls, plain = (req.partition(b"\r\n\r\n")[2] for req in rec.requests)
+    assert b"(Postfix) with ESMTPS id " in tls.split(b"\r\n\t", 2)[1]
+    assert b"(Postfix) with ESMTP id " in plain.split(b"\r\n\t", 2)[1]
+
+
 # --- process behaviour ----------------------------------------------------------------------
 
 
