@@ -73,6 +73,30 @@ def test_thresholds_and_policy_change_on_sigusr1(
     assert value(s, "spambridge_config_last_reload_successful") == 1
 
 
+def test_what_only_a_restart_changes_is_kept_and_the_rest_applied(
+        start_milter: Start, fake_spamd: MakeFake, tmp_path: Path) -> None:
+    """A reload that also lowers scan_timeout: the cap stays the one the spamd client was
+    built with (the log says so), and the policy change in the same file applies."""
+    answer = answering(9.0)
+
+    def slow(conn: socket.socket) -> None:
+        threading.Event().wait(1.0)  # spamd takes a second
+        answer(conn)  # type: ignore[operator]
+
+    spamd, port = fake_spamd(slow), free_port()
+    sock, db = f"unix:{tmp_path / 'r.sock'}", {"db": str(tmp_path / "b.sqlite")}
+    cfg = {**sections(spamd, port), "bayes": db}
+    cfg["milter"]["socket"] = sock
+    m = start_milter(cfg)
+    cfg = {**sections(spamd, port, reject_at=8.0, reject_reply=NEW_REPLY), "bayes": db}
+    cfg["milter"].update(socket=sock, scan_timeout=0.3)
+    write_config(m.config_path, cfg)
+    reload(m, "configuration reloaded from")
+    assert "reload: [milter] scan_timeout only change on restart; applying the rest" in m.log
+    r = send(m)
+    assert (r.action, r.reply) == ("reject", NEW_REPLY)  # scored within the old 5 s cap
+
+
 @pytest.mark.parametrize("bad", [
     "[policy\nreject_at = 8\n",                         # not TOML
     "[policy]\nreject_at = 8\ntag_at = 9\n",            # valid TOML, invalid combination
