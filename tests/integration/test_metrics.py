@@ -4,11 +4,22 @@ milter socket: a real spamd for verdicts, and for failures a dead port and a spa
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
-from harness import GTUBE, FakeSpamd, RunningMilter, Spamd, free_port, message
+from harness import (
+    GTUBE,
+    FakeSpamd,
+    RunningMilter,
+    Spamd,
+    bayes_mail,
+    free_port,
+    message,
+    train_database,
+)
 from milterclient import send_one
 from ops_helpers import scrape, value
 
@@ -73,6 +84,51 @@ def test_metrics_count_unavailable_and_timeouts(
     assert value(slow, "spambridge_scan_errors_total", engine="spamd", kind="timeout") == 1
     assert value(slow, "spambridge_scan_duration_seconds_count", engine="spamd") == 1
     assert 0.4 < value(slow, "spambridge_scan_duration_seconds_sum", engine="spamd") < 2.0
+
+
+def test_metrics_from_the_start_and_while_a_message_is_in_flight(
+        start_milter: Start, fake_spamd: Callable[[Callable[[socket.socket], None]], FakeSpamd]
+) -> None:
+    """Every action's series exists before the first message (rate() and alerts need one),
+    the start counts as a successful load, and a message waiting on spamd is in flight."""
+    asked, release = threading.Event(), threading.Event()
+
+    def hold(conn: socket.socket) -> None:
+        asked.set()
+        release.wait(20)
+
+    host, sport = fake_spamd(hold).address.rsplit(":", 1)
+    port = free_port()
+    m = start_milter({"milter": {"engine": "spamd", "scan_timeout": 20},
+                      "spamd": {"host": host, "port": int(sport)},
+                      "metrics": {"listen": f"127.0.0.1:{port}"}})
+    s = scrape("127.0.0.1", port)
+    assert value(s, "spambridge_config_last_reload_successful") == 1
+    for action in ("accept", "tag", "reject", "tempfail"):
+        assert ("spambridge_messages_total", (("action", action), ("engine", "none"))) in s
+    sent = threading.Thread(target=send_one, args=(m.socket_path, message()))
+    sent.start()
+    try:
+        assert asked.wait(20)
+        assert value(scrape("127.0.0.1", port), "spambridge_messages_in_flight") == 1
+    finally:
+        release.set()
+        sent.join(30)
+    assert value(scrape("127.0.0.1", port), "spambridge_messages_in_flight") == 0
+
+
+def test_a_spamd_failure_bayes_covered_for_is_counted(start_milter: Start,
+                                                      tmp_path: Path) -> None:
+    db = train_database(tmp_path, bayes_mail, 20)
+    port = free_port()
+    m = start_milter({"milter": {"engine": "spamd+bayes"},
+                      "spamd": {"host": "127.0.0.1", "port": free_port()},  # nothing there
+                      "bayes": {"db": str(db), "min_trained": 20},
+                      "metrics": {"listen": f"127.0.0.1:{port}"}})
+    assert send_one(m.socket_path, bayes_mail(99, "ham")).action in ("accept", "continue")
+    s = scrape("127.0.0.1", port)
+    assert value(s, "spambridge_messages_total", action="accept", engine="bayes") == 1
+    assert value(s, "spambridge_scan_errors_total", engine="spamd", kind="unavailable") == 1
 
 
 def test_metrics_port_in_use_is_a_clear_startup_error(start_milter: Start) -> None:
