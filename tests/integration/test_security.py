@@ -374,6 +374,28 @@ def test_a_symlink_beside_the_database_is_not_followed_to_hand_root_files_away(
 
 
 @needs_root
+def test_a_hard_link_beside_the_database_is_not_handed_away(start_milter: Start,
+                                                            open_dir: Path) -> None:
+    """As the symlink above, with a hard link (root may link any file on the filesystem
+    into a directory the milter's user owns): a file with a second name is not chowned."""
+    nobody = pwd.getpwnam("nobody")
+    dbdir = open_dir / "db"
+    dbdir.mkdir(mode=0o750)
+    os.chown(dbdir, nobody.pw_uid, nobody.pw_gid)
+    db = bayes_db(dbdir / "bayes.sqlite")
+    secret = open_dir / "root-only"
+    secret.write_text("root's\n")
+    os.chmod(secret, 0o600)
+    os.link(secret, dbdir / "bayes.sqlite-journal")
+    m = start_milter({"milter": {"engine": "bayes", "user": "nobody",
+                                 "socket": f"unix:{open_dir}/milter.sock"},
+                      "bayes": {"db": str(db), "min_trained": 3}})
+    wait_until(lambda: "running as nobody" in m.log, 10, "the switch to nobody")
+    assert secret.stat().st_uid == 0
+    assert db.stat().st_uid == nobody.pw_uid
+
+
+@needs_root
 def test_bayes_directory_the_user_cannot_write_is_a_config_error(start_milter: Start,
                                                                  open_dir: Path) -> None:
     """SQLite needs the directory for its -wal/-shm files: refuse to start rather than
