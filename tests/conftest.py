@@ -3,6 +3,9 @@ fake spamd servers for faults. Helpers are imported from `harness`."""
 
 from __future__ import annotations
 
+import grp
+import os
+import pwd
 import shutil
 import socket
 import subprocess
@@ -84,3 +87,23 @@ def fake_spamd() -> Iterator[Callable[[Callable[[socket.socket], None]], FakeSpa
         f.close()
 
 
+@pytest.fixture
+def user_in_a_group() -> Iterator[tuple[pwd.struct_passwd, grp.struct_group]]:
+    """A throwaway system user whose primary group is nogroup and who is a member of a new
+    group of its own: what a package sets up when the milter's user must reach a directory
+    (or socket) of another group. Needs root; removed afterwards (request it before
+    start_milter, so that the milters running as it are stopped first)."""
+    if os.geteuid() != 0:
+        pytest.skip("creating a user needs root")
+    name = f"sbt{os.getpid() % 100000}"
+    subprocess.run(["groupadd", "--system", name], check=True, capture_output=True)
+    try:
+        subprocess.run(["useradd", "--system", "--no-create-home", "--shell",
+                        "/usr/sbin/nologin", "--gid", "nogroup", "--groups", name, name],
+                       check=True, capture_output=True)
+        try:
+            yield pwd.getpwnam(name), grp.getgrnam(name)
+        finally:
+            subprocess.run(["userdel", name], check=False, capture_output=True)
+    finally:
+        subprocess.run(["groupdel", name], check=False, capture_output=True)

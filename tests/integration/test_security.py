@@ -288,6 +288,32 @@ def test_root_start_drops_to_the_configured_user(start_milter: Start, fake: Swit
 
 
 @needs_root
+def test_the_users_supplementary_groups_come_with_it(
+        user_in_a_group: tuple[pwd.struct_passwd, grp.struct_group],  # first: removed last
+        start_milter: Start, fake: SwitchableSpamd, open_dir: Path) -> None:
+    """The milter's user reaches its socket directory through a group it is a member of,
+    not its primary one (root:G 2770, as a package sets up beside the MTA's group): the
+    milter keeps that membership after the switch, so it is not told it cannot remove its
+    socket, and does remove it when it stops."""
+    user, g = user_in_a_group
+    run = open_dir / "run"
+    run.mkdir()
+    os.chown(run, 0, g.gr_gid)
+    os.chmod(run, 0o2770)
+    cfg = spamd_config(fake.port)
+    cfg["milter"].update(user=user.pw_name, socket=f"unix:{run}/milter.sock",
+                         socket_group=g.gr_name)
+    m = start_milter(cfg)
+    wait_until(lambda: f"running as {user.pw_name}" in m.log, 10, "the switch")
+    ids = proc_ids(m.proc.pid)
+    assert ids["Uid"][0] == user.pw_uid and g.gr_gid in ids["Groups"], ids
+    assert result_of(m, message()).action == "accept"
+    assert m.stop() == 0
+    assert "is not writable" not in m.log
+    assert not os.path.exists(m.socket_path)
+
+
+@needs_root
 def test_a_socket_directory_of_the_milters_user_is_not_warned_about(
         start_milter: Start, fake: SwitchableSpamd, open_dir: Path) -> None:
     nobody = pwd.getpwnam("nobody")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import errno
+import grp
 import os
+import pwd
 import shutil
 import sqlite3
 import tempfile
@@ -406,6 +408,30 @@ def test_directories_the_milter_user_cannot_write_are_named(tmp_path: Path) -> N
                 mock.patch.object(tempfile, "tempdir", str(spool)):
             spool.chmod(0o700)
             assert not [w for w in check_local(unset).warnings if "spool_dir" in w]
+    finally:
+        shutil.rmtree(top)
+
+
+def test_directories_the_milter_user_writes_through_a_group_are_not_named(
+        user_in_a_group: tuple[pwd.struct_passwd, grp.struct_group]) -> None:
+    """The user may write the socket, database and spool directories through a group it is
+    a member of (not its primary group): `run` gets that membership and starts, so
+    check-config must not report them."""
+    user, g = user_in_a_group
+    name, gid = user.pw_name, g.gr_gid
+    top = Path(tempfile.mkdtemp(dir="/tmp"))
+    try:
+        top.chmod(0o755)
+        for d in ("run", "db", "spool"):
+            (top / d).mkdir()
+            os.chown(top / d, 0, gid)
+            (top / d).chmod(0o2770)
+        cfg = from_mapping({"milter": {"user": name, "spool_dir": f"{top}/spool",
+                                       "socket": f"unix:{top}/run/s.sock"},
+                            "bayes": {"db": f"{top}/db/bayes.sqlite"}})
+        assert [w for w in check_local(cfg).warnings
+                if w.startswith(("[milter] socket:", "[bayes] db:", "[milter] spool_dir:"))
+                and "not writable" in w] == []
     finally:
         shutil.rmtree(top)
 
