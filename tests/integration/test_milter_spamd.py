@@ -421,6 +421,28 @@ def test_a_stopping_milter_leaves_its_successors_socket_alone(start_milter: Star
     assert send_one(new.socket_path, message()).action == "accept"
 
 
+@pytest.mark.parametrize("abstract", [False, True], ids=["path", "abstract"])
+def test_systemd_is_told_ready_once_the_socket_answers(
+        start_milter: Start, fake_spamd: MakeFake, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, abstract: bool) -> None:
+    """Type=notify: systemd hands NOTIFY_SOCKET as a path, or as "@name" for a socket in the
+    abstract namespace. Either way READY=1 arrives, and by then the milter answers (units
+    ordered after it, and `systemctl start` itself, wait for this)."""
+    name = f"sb-notify-{os.getpid()}-{time.monotonic_ns()}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:
+        listener.bind("\0" + name if abstract else str(tmp_path / "notify"))
+        listener.settimeout(30)
+        monkeypatch.setenv("NOTIFY_SOCKET", "@" + name if abstract else str(tmp_path / "notify"))
+        m = start_milter(spamd_cfg(fake_spamd(Recorder(score=1.0))), wait=False)
+        try:
+            got = listener.recv(4096)
+        except TimeoutError:
+            pytest.fail(f"no READY=1 from the milter:\n{m.log}")
+        assert got == b"READY=1"
+        assert connectable(m.socket_path)
+        assert send_one(m.socket_path, message()).action == "accept"
+
+
 def test_sigterm_during_startup_is_a_clean_stop(tmp_path: Path) -> None:
     """systemd may stop a unit the moment it starts; that must be exit 0, not death by TERM."""
     sock = tmp_path / "early.sock"
