@@ -32,6 +32,7 @@ from harness import (
     train_database,
     wait_until,
 )
+from milterclient import MilterClient
 from milterload import Delivery, deliver, deliver_many, summary
 from spamdfakes import SwitchableSpamd
 
@@ -453,6 +454,33 @@ def test_database_locked_exclusively(start_milter: Callable[..., RunningMilter],
         locker.close()
     expect_bayes_verdict(deliver(m.socket_path, bayes_mail(3000, "spam"), timeout=cap + 20),
                          "spam", cap)
+    expect_healthy(m)
+
+
+def test_a_spool_failure_is_that_messages_alone(
+        tmp_path: Path, start_milter: Callable[..., RunningMilter],
+        spamd_fakes: Callable[..., SwitchableSpamd]) -> None:
+    """One SMTP session: a body spills into a spool directory that has gone away (on_error),
+    then a small message and, the directory back, a large one follow on the same
+    connection. Each of those is scanned: a failed spool is the failing message's, not the
+    connection's."""
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    fake = spamd_fakes("good")
+    m = spamd_milter(start_milter, fake.port, policy("on_error", "tempfail"),
+                     spool_dir=str(spool), spool_memory=1024)
+    wait_until(lambda: "listening on" in m.log, 10, "the milter's start")  # spool checked
+    spool.rename(tmp_path / "gone")
+    with MilterClient(m.socket_path) as c:
+        first = c.send(bodies(1, 8000)[0], queue_id="4AAAAAAAAA1")
+        assert (first.action, first.smtp_code) == ("tempfail", "451"), first
+        second = c.send(bodies(1, 600)[0], queue_id="4AAAAAAAAA2", connected=True)
+        (tmp_path / "gone").rename(spool)
+        third = c.send(bodies(1, 8000)[0], queue_id="4AAAAAAAAA3", connected=True)
+    for r in (second, third):
+        assert r.action == "accept" and (r.header("X-Spam-Status") or "").startswith(
+            "No, score=1.5"), r
+    assert fake.requests == 2
     expect_healthy(m)
 
 
