@@ -436,6 +436,31 @@ def test_directories_the_milter_user_writes_through_a_group_are_not_named(
         shutil.rmtree(top)
 
 
+def test_directory_modes_are_judged_as_the_kernel_does() -> None:
+    """Creating a file takes write *and* search permission on its directory, and reaching
+    it takes only search permission on each directory above (no read): a database directory
+    nobody may write but not enter (0776) is named, and a spool directory nobody reaches
+    through 0711 directories (0733: write and search, no listing) is not."""
+    top = Path(tempfile.mkdtemp(dir="/tmp"))
+    try:
+        db_dir, hidden = top / "db", top / "hidden"
+        db_dir.mkdir()
+        (hidden / "spool").mkdir(parents=True)
+        top.chmod(0o711)
+        hidden.chmod(0o711)
+        (hidden / "spool").chmod(0o733)
+        db_dir.chmod(0o776)
+        cfg = from_mapping({"milter": {"user": "nobody", "spool_dir": f"{hidden}/spool",
+                                       "socket": f"unix:{top}/s.sock"},
+                            "bayes": {"db": f"{db_dir}/bayes.sqlite"}})
+        assert [w for w in check_local(cfg).warnings if "[milter] socket:" not in w] == [
+            f"[bayes] db: {db_dir} is not writable by user 'nobody' (SQLite keeps its -wal/-shm "
+            f"files next to the database): chown nobody {db_dir}"]
+    finally:
+        top.chmod(0o755)
+        shutil.rmtree(top)
+
+
 @pytest.mark.parametrize(("mode", "warns"), [
     ("0600", True), ("0640", True), ("0700", True), ("0660", False), ("0662", False),
     ("0620", False)])
