@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from harness import GTUBE, RunningMilter, Spamd, message, wait_until
+from harness import GTUBE, RunningMilter, Spamd, free_port, message, wait_until
 from milterclient import Result
 from milterload import deliver
 from spamdfakes import SwitchableSpamd, spamd_reply
@@ -353,17 +353,23 @@ def bayes_db(path: Path) -> Path:
 
 
 @needs_root
+@pytest.mark.parametrize("engine", ["bayes", "spamd+bayes"])
 def test_bayes_database_is_handed_to_the_user_and_kept_private(start_milter: Start,
-                                                               open_dir: Path) -> None:
+                                                               open_dir: Path,
+                                                               engine: str) -> None:
     """Root opens (or creates) the database, the milter then reads it as nobody; the files
-    are the user's and nobody else's."""
+    are the user's and nobody else's. So too where Bayes stands in for spamd (not running
+    here, so Bayes gives the verdict)."""
     nobody = pwd.getpwnam("nobody")
     dbdir = open_dir / "db"
     dbdir.mkdir(mode=0o750)
     os.chown(dbdir, nobody.pw_uid, nobody.pw_gid)
-    db = bayes_db(dbdir / "bayes.sqlite")  # root-owned, as after a root `train`
-    m = start_milter({"milter": {"engine": "bayes", "user": "nobody",
+    db = bayes_db(dbdir / "bayes.sqlite")  # `train` hands a new one to the dir's owner
+    for f in dbdir.glob("bayes.sqlite*"):
+        os.chown(f, 0, 0)  # root's, as one made before the directory was the user's
+    m = start_milter({"milter": {"engine": engine, "user": "nobody",
                                  "socket": f"unix:{open_dir}/milter.sock"},
+                      "spamd": {"host": "127.0.0.1", "port": free_port()},
                       "bayes": {"db": str(db), "min_trained": 3}})  # as bayes_db trains
     r = result_of(m, message(body="lottery winner prize lottery winner\n"))
     assert r.action == "reject", r  # scored by the database it can read
