@@ -28,6 +28,7 @@ from harness import (
     read_request,
     start_spamd,
     stop_process,
+    wait_until,
     write_config,
 )
 from milterclient import MilterClient, Result, send_one
@@ -151,6 +152,17 @@ def test_several_messages_on_one_connection(spamd: Spamd, start_milter: Start) -
     assert first.action == "reject"
     assert second.action == "accept" and sorted(second.deleted("X-Spam-Flag")) == [1, 2]
     assert "AAA111: " in m.log and "BBB222: " in m.log
+
+
+def test_recipients_past_the_kept_ones_are_still_counted(start_milter: Start,
+                                                        fake_spamd: MakeFake) -> None:
+    """Only the first 1,000 recipients are kept per message (memory); a message to more
+    (an MTA with a higher smtpd_recipient_limit) is logged with all of them."""
+    m = start_milter(spamd_cfg(fake_spamd(Recorder(score=1.0))))
+    rcpts = tuple(f"<r{i}@test.example>" for i in range(1500))
+    assert send_one(m.socket_path, message(), rcpts=rcpts, queue_id="CCC333").action == "accept"
+    wait_until(lambda: "CCC333: " in m.log, 10, "the message's log line")
+    assert " rcpts=1500 " in m.log, m.log
 
 
 # --- failure classes ---------------------------------------------------------------------------
