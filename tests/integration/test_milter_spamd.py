@@ -297,6 +297,30 @@ def test_spamd_sees_exact_bytes_received_line_and_user(start_milter: Start,
     assert message_bytes.endswith(b"\r\n\r\nline1\r\nline2\r\n")
 
 
+def test_spamd_user_and_received_for_only_for_a_message_to_one_recipient(
+        start_milter: Start, fake_spamd: MakeFake) -> None:
+    """per_recipient_user: a message to two recipients is scanned as spamd's default user
+    and its Received line names no recipient (one user's preferences must not decide for
+    the other); the next message on the connection, to one recipient, is that user's."""
+    rec = Recorder()
+    cfg = spamd_cfg(fake_spamd(rec))
+    cfg["spamd"]["per_recipient_user"] = True
+    m = start_milter(cfg)
+    with MilterClient(m.socket_path) as c:
+        c.connect()
+        c.helo()
+        both = c.send(message(), rcpts=("<bob@test.example>", "<carol@test.example>"),
+                      connected=True, queue_id="DDD444")
+        one = c.send(message(), rcpts=("<carol@test.example>",), connected=True,
+                     queue_id="EEE555")
+    assert both.action == one.action == "accept"
+    heads = [req.partition(b"\r\n\r\n")[0] for req in rec.requests]
+    received = [req.partition(b"\r\n\r\n")[2].split(b";", 1)[0] for req in rec.requests]
+    assert b"User:" not in heads[0] and b"\tfor " not in received[0], rec.requests[0]
+    assert b"User: carol@test.example" in heads[1]
+    assert received[1].endswith(b"id EEE555\r\n\tfor <carol@test.example>"), received[1]
+
+
 def test_a_tls_session_is_esmtps_in_the_received_line_spamd_sees(start_milter: Start,
                                                                   fake_spamd: MakeFake) -> None:
     """Postfix writes "with ESMTPS" for a TLS session ({tls_version} at MAIL FROM); SpamAssassin
