@@ -35,6 +35,29 @@ def test_stages_before_the_body_need_no_reply(start_milter: Start,
     assert "Traceback" not in m.log
 
 
+def test_an_oversize_body_is_cut_short(start_milter: Start, fake: SwitchableSpamd) -> None:
+    """Once a body is past max_scan_size, the milter answers SKIP to the chunk: the MTA
+    stops sending the rest of a 20 MB message it would otherwise stream to the milter in
+    full (Postfix honours SKIP); the message is still answered on_oversize."""
+    m = start_milter({"milter": {"engine": "spamd", "max_scan_size": 100_000},
+                      "spamd": {"host": "127.0.0.1", "port": fake.port}})
+    chunk = b"x" * 60_000 + b"\n"
+    with MilterClient(m.socket_path) as c:
+        c.connect()
+        c.helo()
+        c.mail()
+        c.rcpt()
+        c.data("4BBBBBBBBB1")
+        c.header("Subject", "big")
+        c.eoh("4BBBBBBBBB1")
+        replies = [c.conn.send_get(constants.SMFIC_BODY, buf=chunk)[0] for _ in range(2)]
+        r = c.eom("4BBBBBBBBB1")
+    assert replies[0] == constants.SMFIR_CONTINUE
+    assert replies[1] == constants.SMFIR_SKIP, replies  # past 100,000 bytes
+    assert r.action == "accept" and r.header("X-Spam-Status") == "No, unchecked=oversize"
+    assert fake.requests == 0
+
+
 def test_forged_field_flood_without_a_queue_id_is_logged_as_noqueue(start_milter: Start) -> None:
     """Every log line names the message, NOQUEUE when the MTA gave no queue id (Sendmail
     before its queue file, a client that sends none), as Postfix's own log does: the
