@@ -182,3 +182,22 @@ def test_trusted_networks_apply_from_the_next_message_on_an_open_connection(
         third = c.send(message(subject="score 9"), connected=True, queue_id="AAAA3")
         assert third.header("X-Spam-Flag") == "YES"
     assert "AAAA2: " in m.log and "reason=trusted" in m.log.split("AAAA2: ", 1)[1].split("\n")[0]
+
+
+def test_skip_authenticated_applies_from_the_next_message_on_an_open_connection(
+        milter: tuple[RunningMilter, FakeSpamd, int]) -> None:
+    """An admin who turns skip_authenticated off (to scan a compromised account's mail)
+    has the next authenticated message scanned, on a connection already open too."""
+    m, spamd, port = milter
+    auth = {"{auth_authen}": "alice", "{auth_type}": "PLAIN"}
+    with MilterClient(m.socket_path) as c:
+        first = c.send(message(subject="score 9"), mail_macros=auth, queue_id="BBBB1")
+        assert first.header("X-Spam-Status") is None  # skipped, the default
+        cfg = sections(spamd, port)
+        cfg["milter"]["skip_authenticated"] = False
+        write_config(m.config_path, cfg)
+        reload(m, "configuration reloaded from")
+        second = c.send(message(subject="score 9"), mail_macros=auth, connected=True,
+                        queue_id="BBBB2")
+    assert second.header("X-Spam-Flag") == "YES", second
+    assert "reason=authenticated" not in m.log.split("BBBB2: ", 1)[1].split("\n")[0]
