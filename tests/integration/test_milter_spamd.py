@@ -110,7 +110,7 @@ def test_trusted_network_not_scanned_but_cleaned(spamd: Spamd, start_milter: Sta
     cfg = spamd_cfg(spamd)
     cfg["milter"]["trusted_networks"] = ["198.51.100.0/24", "2001:db8::/32"]
     m = start_milter(cfg)
-    for addr in ("198.51.100.7", "2001:db8::25"):
+    for addr in ("198.51.100.7", "2001:db8::25", "::ffff:198.51.100.9"):  # v4 via a v6 listener
         r = send_one(m.socket_path, message(body=GTUBE + "\n", extra_headers=FORGED),
                      client_addr=addr)
         assert r.action == "accept"
@@ -118,7 +118,7 @@ def test_trusted_network_not_scanned_but_cleaned(spamd: Spamd, start_milter: Sta
         assert sorted(r.deleted("X-Spam-Flag")) == [1, 2]
     # a client outside the list is scanned as usual
     assert send_one(m.socket_path, message(body=GTUBE + "\n")).action == "reject"
-    assert m.log.count("reason=trusted") == 2
+    assert m.log.count("reason=trusted") == 3
 
 
 def test_folded_and_8bit_headers_survive(spamd: Spamd, start_milter: Start) -> None:
