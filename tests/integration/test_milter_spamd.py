@@ -321,6 +321,23 @@ def test_spamd_user_and_received_for_only_for_a_message_to_one_recipient(
     assert received[1].endswith(b"id EEE555\r\n\tfor <carol@test.example>"), received[1]
 
 
+def test_every_message_of_a_session_has_its_helo_in_the_received_line(
+        start_milter: Start, fake_spamd: MakeFake) -> None:
+    """HELO comes once per connection; each message on it reaches spamd with a Received
+    line naming that HELO beside the client's DNS name (SpamAssassin's HELO rules read it)."""
+    rec = Recorder()
+    m = start_milter(spamd_cfg(fake_spamd(rec)))
+    with MilterClient(m.socket_path) as c:
+        c.connect(hostname="client.example.net", addr="192.0.2.10")
+        c.helo("pc1.lan")
+        for qid in ("FFF661", "FFF662"):
+            assert c.send(message(), connected=True, queue_id=qid).action == "accept"
+    assert len(rec.requests) == 2
+    for req in rec.requests:
+        body = req.partition(b"\r\n\r\n")[2]
+        assert body.startswith(b"Received: from pc1.lan (client.example.net [192.0.2.10])"), body
+
+
 def test_a_tls_session_is_esmtps_in_the_received_line_spamd_sees(start_milter: Start,
                                                                   fake_spamd: MakeFake) -> None:
     """Postfix writes "with ESMTPS" for a TLS session ({tls_version} at MAIL FROM); SpamAssassin
