@@ -4,6 +4,7 @@ tokens a SpamBayes user would expect, and never an exception or unbounded work."
 from __future__ import annotations
 
 import base64
+import email
 import os
 import random
 from pathlib import Path
@@ -420,3 +421,40 @@ def test_a_footer_tacked_onto_a_base64_part_is_read_as_text() -> None:
         t = tokenize(msg)
         assert {"cheap", "meds", "sponsored", "thinkgeek", "url:listinfo"} <= set(t), text
         assert "control: couldn't decode" not in t
+
+
+WORDS = ("alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel")
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.text("ab=_.", min_size=1, max_size=5), min_size=2, max_size=4),
+       st.lists(st.integers(1, 3), min_size=1, max_size=3))
+def test_nested_boundaries_split_as_the_email_package_splits_them(
+        stems: list[str], widths: list[int]) -> None:
+    """Multiparts nested with boundaries that are prefixes of one another (outer "a", inner
+    "a=", "a=b", …): the parts our MIME walk finds are the email package's — its content
+    types (tokens are distinct, so as a set) and every leaf's word, nothing broken or made
+    up."""
+    from email.mime.multipart import MIMEMultipart
+    from email.mime.text import MIMEText
+
+    boundaries = ["".join(stems[: i + 1]) for i in range(len(stems))]  # each a prefix of the next
+    words = iter(WORDS * 4)
+
+    def build(level: int) -> MIMEMultipart:
+        subtype = ("mixed", "alternative", "related", "parallel")[level]  # a token per level
+        m = MIMEMultipart(subtype, boundary=boundaries[level])
+        for _ in range(widths[level % len(widths)]):
+            m.attach(MIMEText(next(words) + "\n", "plain", "us-ascii"))
+        if level + 1 < len(boundaries):
+            m.attach(build(level + 1))
+        return m
+
+    raw = build(0).as_bytes()
+    parsed = email.message_from_bytes(raw)
+    want_types = {f"content-type:{p.get_content_type()}" for p in parsed.walk()}
+    want_words = {p.get_payload().strip() for p in parsed.walk() if not p.is_multipart()}
+    out = tokenize(raw)
+    assert {t for t in out if t.startswith("content-type:")} == want_types
+    assert want_words <= set(out)
+    assert not [t for t in out if t.startswith("control:")]
