@@ -88,6 +88,16 @@ def fake_spamd() -> Iterator[Callable[[Callable[[socket.socket], None]], FakeSpa
 
 
 @pytest.fixture
+def open_dir() -> Iterator[Path]:
+    """A directory (0755) outside pytest's 0700 tree, so an unprivileged user (the milter's,
+    or the one check-config judges for) can reach it."""
+    d = Path(tempfile.mkdtemp(prefix="sb-priv-"))
+    os.chmod(d, 0o755)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
 def user_in_a_group() -> Iterator[tuple[pwd.struct_passwd, grp.struct_group]]:
     """A throwaway system user whose primary group is nogroup and who is a member of a new
     group of its own: what a package sets up when the milter's user must reach a directory

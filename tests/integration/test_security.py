@@ -8,12 +8,10 @@ import grp
 import os
 import pwd
 import re
-import shutil
 import stat
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -251,15 +249,6 @@ def proc_ids(pid: int) -> dict[str, list[int]]:
         if key in ("Uid", "Gid", "Groups"):
             out[key] = [int(x) for x in value.split()]
     return out
-
-
-@pytest.fixture
-def open_dir() -> Iterator[Path]:
-    """A directory outside pytest's 0700 tree, so an unprivileged milter can reach it."""
-    d = Path(tempfile.mkdtemp(prefix="sb-priv-"))
-    os.chmod(d, 0o755)
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="dropping privileges needs root")

@@ -6,7 +6,6 @@ import errno
 import grp
 import os
 import pwd
-import shutil
 import sqlite3
 import tempfile
 from pathlib import Path
@@ -331,23 +330,19 @@ def test_a_socket_directory_the_milter_user_cannot_write_is_named(tmp_path: Path
 
 
 def test_a_socket_directory_the_milter_user_can_enter_is_not_called_out_of_reach(
-        tmp_path: Path) -> None:
+        open_dir: Path) -> None:
     """root's 0755 directory: the milter's user connects to the socket in it (the pool nudger
     works), it only cannot remove it; the warning said it could not reach it either."""
-    top = Path(tempfile.mkdtemp(dir="/tmp"))  # tmp_path lies under root's 0700 directory
-    try:
-        top.chmod(0o755)
-        d = top / "spambridge"
-        d.mkdir(mode=0o755)
-        cfg = from_mapping({"milter": {"engine": "spamd", "user": "nobody",
-                                       "socket": f"unix:{d}/spambridge.sock"}})
-        assert check_local(cfg).warnings == [
-            f"[milter] socket: {d} is not writable by user 'nobody': the milter cannot remove "
-            f"its socket when it stops; chown nobody {d} (mode 2750, group postfix)"]
-        top.chmod(0o700)  # a directory above out of reach: so is the socket
-        assert "nor reach it" in check_local(cfg).warnings[0]
-    finally:
-        shutil.rmtree(top)
+    top = open_dir  # 0755, outside pytest's 0700 tree
+    d = top / "spambridge"
+    d.mkdir(mode=0o755)
+    cfg = from_mapping({"milter": {"engine": "spamd", "user": "nobody",
+                                   "socket": f"unix:{d}/spambridge.sock"}})
+    assert check_local(cfg).warnings == [
+        f"[milter] socket: {d} is not writable by user 'nobody': the milter cannot remove "
+        f"its socket when it stops; chown nobody {d} (mode 2750, group postfix)"]
+    top.chmod(0o700)  # a directory above out of reach: so is the socket
+    assert "nor reach it" in check_local(cfg).warnings[0]
 
 
 def test_a_per_milter_content_timeout_is_the_one_judged() -> None:
@@ -375,90 +370,78 @@ def test_a_service_that_misses_the_socket_warns_even_when_another_reaches_it() -
         f"{SOCK} means /var/spool/postfix{SOCK[5:]}; write unix:spambridge/spambridge.sock"]
 
 
-def test_directories_the_milter_user_cannot_write_are_named(tmp_path: Path) -> None:
+def test_directories_the_milter_user_cannot_write_are_named(open_dir: Path) -> None:
     """With `[milter] user`, `run` refuses to start (exit 78) when that user cannot write the
     Bayes database's directory or the spool directory; check-config said "all well"."""
-    top = Path(tempfile.mkdtemp(dir="/tmp"))  # tmp_path lies under root's 0700 directory
-    try:
-        top.chmod(0o755)
-        db_dir, spool = top / "db", top / "spool"
-        db_dir.mkdir(mode=0o755)
-        spool.mkdir(mode=0o700)
-        cfg = from_mapping({"milter": {"user": "nobody", "spool_dir": str(spool),
+    top = open_dir  # 0755, outside pytest's 0700 tree
+    db_dir, spool = top / "db", top / "spool"
+    db_dir.mkdir(mode=0o755)
+    spool.mkdir(mode=0o700)
+    cfg = from_mapping({"milter": {"user": "nobody", "spool_dir": str(spool),
+                                   "socket": f"unix:{top}/s.sock"},
+                        "bayes": {"db": f"{db_dir}/bayes.sqlite"}})
+    warnings = [w for w in check_local(cfg).warnings if "[milter] socket:" not in w]
+    assert warnings == [
+        f"[bayes] db: {db_dir} is not writable by user 'nobody' (SQLite keeps its -wal/-shm "
+        f"files next to the database): chown nobody {db_dir}",
+        f"[milter] spool_dir: {spool} is not writable by user 'nobody'; a message above "
+        "spool_memory would get on_error"]
+    missing = from_mapping({"milter": {"user": "nobody", "engine": "spamd+bayes",
                                        "socket": f"unix:{top}/s.sock"},
-                            "bayes": {"db": f"{db_dir}/bayes.sqlite"}})
-        warnings = [w for w in check_local(cfg).warnings if "[milter] socket:" not in w]
-        assert warnings == [
-            f"[bayes] db: {db_dir} is not writable by user 'nobody' (SQLite keeps its -wal/-shm "
-            f"files next to the database): chown nobody {db_dir}",
-            f"[milter] spool_dir: {spool} is not writable by user 'nobody'; a message above "
-            "spool_memory would get on_error"]
-        missing = from_mapping({"milter": {"user": "nobody", "engine": "spamd+bayes",
-                                           "socket": f"unix:{top}/s.sock"},
-                                "bayes": {"db": f"{top}/new/bayes.sqlite"}})
-        assert any(f"[bayes] db: {top}/new does not exist" in w
-                   for w in check_local(missing).warnings)
-        db_dir.chmod(0o777)
-        spool.chmod(0o777)
-        assert not [w for w in check_local(cfg).warnings if "[milter] socket:" not in w]
-        # spool_dir unset: the milter's TMPDIR, not the admin's (libpam-tmpdir: 0700)
-        unset = from_mapping({"milter": {"user": "nobody", "socket": f"unix:{top}/s.sock"},
-                              "bayes": {"db": f"{db_dir}/bayes.sqlite"}})
-        with mock.patch.dict(os.environ, {"TMPDIR": str(spool)}), \
-                mock.patch.object(tempfile, "tempdir", str(spool)):
-            spool.chmod(0o700)
-            assert not [w for w in check_local(unset).warnings if "spool_dir" in w]
-    finally:
-        shutil.rmtree(top)
+                            "bayes": {"db": f"{top}/new/bayes.sqlite"}})
+    assert any(f"[bayes] db: {top}/new does not exist" in w
+               for w in check_local(missing).warnings)
+    db_dir.chmod(0o777)
+    spool.chmod(0o777)
+    assert not [w for w in check_local(cfg).warnings if "[milter] socket:" not in w]
+    # spool_dir unset: the milter's TMPDIR, not the admin's (libpam-tmpdir: 0700)
+    unset = from_mapping({"milter": {"user": "nobody", "socket": f"unix:{top}/s.sock"},
+                          "bayes": {"db": f"{db_dir}/bayes.sqlite"}})
+    with mock.patch.dict(os.environ, {"TMPDIR": str(spool)}), \
+            mock.patch.object(tempfile, "tempdir", str(spool)):
+        spool.chmod(0o700)
+        assert not [w for w in check_local(unset).warnings if "spool_dir" in w]
 
 
 def test_directories_the_milter_user_writes_through_a_group_are_not_named(
-        user_in_a_group: tuple[pwd.struct_passwd, grp.struct_group]) -> None:
+        user_in_a_group: tuple[pwd.struct_passwd, grp.struct_group], open_dir: Path) -> None:
     """The user may write the socket, database and spool directories through a group it is
     a member of (not its primary group): `run` gets that membership and starts, so
     check-config must not report them."""
     user, g = user_in_a_group
     name, gid = user.pw_name, g.gr_gid
-    top = Path(tempfile.mkdtemp(dir="/tmp"))
-    try:
-        top.chmod(0o755)
-        for d in ("run", "db", "spool"):
-            (top / d).mkdir()
-            os.chown(top / d, 0, gid)
-            (top / d).chmod(0o2770)
-        cfg = from_mapping({"milter": {"user": name, "spool_dir": f"{top}/spool",
-                                       "socket": f"unix:{top}/run/s.sock"},
-                            "bayes": {"db": f"{top}/db/bayes.sqlite"}})
-        assert [w for w in check_local(cfg).warnings
-                if w.startswith(("[milter] socket:", "[bayes] db:", "[milter] spool_dir:"))
-                and "not writable" in w] == []
-    finally:
-        shutil.rmtree(top)
+    top = open_dir  # 0755, outside pytest's 0700 tree
+    for d in ("run", "db", "spool"):
+        (top / d).mkdir()
+        os.chown(top / d, 0, gid)
+        (top / d).chmod(0o2770)
+    cfg = from_mapping({"milter": {"user": name, "spool_dir": f"{top}/spool",
+                                   "socket": f"unix:{top}/run/s.sock"},
+                        "bayes": {"db": f"{top}/db/bayes.sqlite"}})
+    assert [w for w in check_local(cfg).warnings
+            if w.startswith(("[milter] socket:", "[bayes] db:", "[milter] spool_dir:"))
+            and "not writable" in w] == []
 
 
-def test_directory_modes_are_judged_as_the_kernel_does() -> None:
+def test_directory_modes_are_judged_as_the_kernel_does(open_dir: Path) -> None:
     """Creating a file takes write *and* search permission on its directory, and reaching
     it takes only search permission on each directory above (no read): a database directory
     nobody may write but not enter (0776) is named, and a spool directory nobody reaches
     through 0711 directories (0733: write and search, no listing) is not."""
-    top = Path(tempfile.mkdtemp(dir="/tmp"))
-    try:
-        db_dir, hidden = top / "db", top / "hidden"
-        db_dir.mkdir()
-        (hidden / "spool").mkdir(parents=True)
-        top.chmod(0o711)
-        hidden.chmod(0o711)
-        (hidden / "spool").chmod(0o733)
-        db_dir.chmod(0o776)
-        cfg = from_mapping({"milter": {"user": "nobody", "spool_dir": f"{hidden}/spool",
-                                       "socket": f"unix:{top}/s.sock"},
-                            "bayes": {"db": f"{db_dir}/bayes.sqlite"}})
-        assert [w for w in check_local(cfg).warnings if "[milter] socket:" not in w] == [
-            f"[bayes] db: {db_dir} is not writable by user 'nobody' (SQLite keeps its -wal/-shm "
-            f"files next to the database): chown nobody {db_dir}"]
-    finally:
-        top.chmod(0o755)
-        shutil.rmtree(top)
+    top = open_dir
+    db_dir, hidden = top / "db", top / "hidden"
+    db_dir.mkdir()
+    (hidden / "spool").mkdir(parents=True)
+    top.chmod(0o711)
+    hidden.chmod(0o711)
+    (hidden / "spool").chmod(0o733)
+    db_dir.chmod(0o776)
+    cfg = from_mapping({"milter": {"user": "nobody", "spool_dir": f"{hidden}/spool",
+                                   "socket": f"unix:{top}/s.sock"},
+                        "bayes": {"db": f"{db_dir}/bayes.sqlite"}})
+    assert [w for w in check_local(cfg).warnings if "[milter] socket:" not in w] == [
+        f"[bayes] db: {db_dir} is not writable by user 'nobody' (SQLite keeps its -wal/-shm "
+        f"files next to the database): chown nobody {db_dir}"]
 
 
 @pytest.mark.parametrize(("mode", "warns"), [
@@ -654,22 +637,19 @@ def test_metrics_beyond_loopback_are_noted(tmp_path: Path, capsys: pytest.Captur
             in capsys.readouterr().out) is noted
 
 
-def test_a_spool_dir_the_milter_user_cannot_reach_is_named() -> None:
+def test_a_spool_dir_the_milter_user_cannot_reach_is_named(open_dir: Path) -> None:
     """A world-writable spool_dir inside a directory user nobody cannot enter is as unusable
     as a read-only one: the first message above spool_memory gets on_error."""
-    top = Path(tempfile.mkdtemp(dir="/tmp"))  # tmp_path lies under root's 0700 directory
-    try:
-        top.chmod(0o700)
-        spool = top / "spool"
-        spool.mkdir()
-        spool.chmod(0o777)
-        cfg = from_mapping({"milter": {"user": "nobody", "engine": "spamd",
-                                       "spool_dir": str(spool), "socket": "inet:8893@127.0.0.1"}})
-        assert [w for w in check_local(cfg).warnings if "spool_dir" in w] == [
-            f"[milter] spool_dir: {spool} is not writable by user 'nobody'; a message above "
-            "spool_memory would get on_error"]
-    finally:
-        shutil.rmtree(top)
+    top = open_dir
+    top.chmod(0o700)
+    spool = top / "spool"
+    spool.mkdir()
+    spool.chmod(0o777)
+    cfg = from_mapping({"milter": {"user": "nobody", "engine": "spamd",
+                                   "spool_dir": str(spool), "socket": "inet:8893@127.0.0.1"}})
+    assert [w for w in check_local(cfg).warnings if "spool_dir" in w] == [
+        f"[milter] spool_dir: {spool} is not writable by user 'nobody'; a message above "
+        "spool_memory would get on_error"]
 
 
 def test_an_unreadable_content_timeout_warns() -> None:
