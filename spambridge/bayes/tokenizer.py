@@ -256,26 +256,31 @@ def decode_payload(payload: bytes, cte: bytes) -> tuple[bytes, bool]:
     text, as SpamBayes meant to: the decoder would stop at the block's padding and drop it, or
     read its letters as more base64."""
     if cte == b"base64":
-        block = _BASE64_BLOCK.match(payload)
+        block = _BASE64_BLOCK.match(payload)  # always matches, perhaps nothing
         end = block.end() if block else 0
         if 0 < end < len(payload) and not payload[end:].isspace():
-            text, ok = decode_payload(payload[:end], cte)
+            text, ok = _from_base64(payload[:end])
             return text + b"\n" + payload[end:], ok
-        try:
-            return binascii.a2b_base64(payload), True
-        except (binascii.Error, ValueError):
-            clean = payload.translate(None, _NOT_B64)
-            clean = clean[: len(clean) - len(clean) % 4]
-            try:
-                return binascii.a2b_base64(clean), False
-            except (binascii.Error, ValueError):
-                return payload, False
+        return _from_base64(payload)
     if cte == b"quoted-printable":
         try:
             return binascii.a2b_qp(payload), True
         except (binascii.Error, ValueError):
             return payload, False
     return payload, True
+
+
+def _from_base64(data: bytes) -> tuple[bytes, bool]:
+    """Decode base64; damaged, what is left after dropping stray bytes and a partial quad."""
+    try:
+        return binascii.a2b_base64(data), True
+    except (binascii.Error, ValueError):
+        clean = data.translate(None, _NOT_B64)
+        clean = clean[: len(clean) - len(clean) % 4]
+        try:
+            return binascii.a2b_base64(clean), False
+        except (binascii.Error, ValueError):
+            return data, False
 
 
 def without_delivery_hops(headers: Headers) -> Headers:
