@@ -23,6 +23,7 @@ from spambridge.message import spool_problem
 from spambridge.milter.bridge import AsyncBridge, signals_blocked
 from spambridge.milter.poolnudge import PoolNudger
 from spambridge.milter.socketspec import SocketSpec, parse_socket_spec, remove_stale_unix_socket
+from spambridge.milter.stopwake import ListenerWaker
 from spambridge.pipeline import Pipeline
 from spambridge.scanners import Scanner
 
@@ -112,6 +113,7 @@ def run(cfg: Config, reload: Callable[[], Config] | None = None) -> int:
             log.exception("checking the Bayes database at start failed")
     nudger = PoolNudger(spec, pipeline).start()
     pipeline.before_scan = nudger.poke
+    waker = ListenerWaker().start()
     _notify_ready()
     try:
         Milter.milter.main()
@@ -123,6 +125,7 @@ def run(cfg: Config, reload: Callable[[], Config] | None = None) -> int:
             raise
         log.info("stop requested while the listener was starting")
     finally:
+        waker.stop()
         # messages being decided get their replies. libmilter itself drops sessions that wait
         # for the MTA's next command when it stops; Postfix applies milter_default_action there.
         pipeline.wait_idle(cfg.milter.scan_timeout + 1.0)

@@ -449,6 +449,23 @@ def test_sigterm_lets_inflight_messages_finish(start_milter: Start, fake_spamd: 
     assert "spambridge stopped" in m.log
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["TERM", "HUP"])
+def test_an_idle_milter_stops_at_once(start_milter: Start, fake_spamd: MakeFake,
+                                      signum: signal.Signals) -> None:
+    """A restart leaves Postfix without a milter until the old process is gone, so an idle
+    milter must not sit out libmilter's 5-second poll after TERM (systemd's stop) or HUP.
+    The message just before starts that poll afresh: the old code took 5 s here, every time."""
+    m = start_milter(spamd_cfg(fake_spamd(Recorder(score=1.0))))
+    assert send_one(m.socket_path, message()).action == "accept"
+    m.proc.send_signal(signum)
+    try:
+        assert m.proc.wait(2.0) == 0
+    except subprocess.TimeoutExpired:
+        pytest.fail("still running 2 s after the stop signal")
+    assert "spambridge stopped" in m.log
+    assert not Path(m.socket_path).exists()
+
+
 def test_a_stopping_milter_leaves_its_successors_socket_alone(start_milter: Start,
                                                               fake_spamd: MakeFake) -> None:
     """A restart that does not wait: the old instance has closed its listener but still
