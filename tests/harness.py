@@ -44,17 +44,10 @@ def wait_until(pred: Callable[[], bool], timeout: float, what: str) -> None:
     raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
 
 
-def stop_process(proc: subprocess.Popen[bytes], timeout: float = 20.0,
-                 wake: str | None = None) -> int:
-    """Stop a process we started, by its PID: TERM, then KILL. `wake`: a milter's unix socket
-    to connect to once after TERM — libmilter notices the stop at its next poll wake-up
-    (otherwise up to 5 s later)."""
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> int:
+    """Stop a process we started, by its PID: TERM, then KILL."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
-        if wake:
-            time.sleep(0.05)
-            with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX) as s:
-                s.connect(wake)
         try:
             proc.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -198,7 +191,7 @@ class RunningMilter:
         return self.log_path.read_text(errors="replace")
 
     def stop(self) -> int:
-        return stop_process(self.proc, wake=self.socket_path)
+        return stop_process(self.proc)
 
 
 def connectable(path: str) -> bool:
