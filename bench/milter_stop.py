@@ -19,8 +19,6 @@ import argparse
 import os
 import platform
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -30,15 +28,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
 
-
-def connectable(path: str) -> bool:
-    try:
-        with socket.socket(socket.AF_UNIX) as s:
-            s.connect(path)
-        return True
-    except OSError:
-        return False
+from milterload import connectable, stop_pid  # noqa: E402
 
 
 def spambridge(work: Path) -> tuple[subprocess.Popen[bytes], str]:
@@ -80,13 +72,7 @@ def stop_seconds(start: Starter, work: Path) -> float:
     connectable(sock)  # libmilter accepts it and polls afresh
     time.sleep(0.1)
     t0 = time.monotonic()
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-        return float("inf")
+    stop_pid(proc, 30)  # killed after 30 s: shows as over 30
     return time.monotonic() - t0
 
 
@@ -108,12 +94,7 @@ def idle_cpu_ms_per_s(start: Starter, work: Path, seconds: float) -> float:
         time.sleep(seconds)
         return (run_ns(proc.pid) - a) / 1e6 / seconds
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_pid(proc, 30)
 
 
 def main() -> int:

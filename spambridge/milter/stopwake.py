@@ -27,8 +27,7 @@ WAKE_EVERY = 0.2  # seconds: the longest an idle milter waits before it sees a s
 class ListenerWaker:
     """Created, started and stopped by the thread that runs `milter.main()`."""
 
-    def __init__(self, every: float = WAKE_EVERY) -> None:
-        self.every = every
+    def __init__(self) -> None:
         self._target = threading.get_ident()
         self._done = False
         self._thread = threading.Thread(target=self._run, name="spambridge-wake", daemon=True)
@@ -50,7 +49,7 @@ class ListenerWaker:
         # a plain sleep: Event.wait costs 40 % more CPU per wake-up (its condition and lock),
         # and nothing needs to wait for this thread to end
         while not self._done:
-            time.sleep(self.every)
+            time.sleep(WAKE_EVERY)
             if not self._done:
                 signal.pthread_kill(self._target, WAKE_SIGNAL)
 
