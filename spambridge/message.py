@@ -19,13 +19,19 @@ _CTL = re.compile(rb"[\x00-\x1f\x7f]")
 _FIELD = re.compile(rb"[!-9;-~]+[ \t]*:")
 
 
-def clean(value: str | bytes | None, limit: int = 255) -> str:
+def clean(value: str | bytes | None, limit: int = 255, log: bool = False) -> str:
     """Make an MTA- or client-supplied string safe for a header or log line: no CR/LF,
-    no control bytes, bounded length. 8-bit bytes are kept as latin-1 escapes."""
+    no control bytes, bounded length (`limit` bytes). 8-bit bytes are kept as backslash
+    escapes; in a log line (`log`) valid UTF-8 is kept as text, as Postfix logs an SMTPUTF8
+    sender, so that one grep finds both lines (and a path under /srv/почта reads as one);
+    what is not printable there (C1 controls, line separators, bidi overrides) becomes "?"."""
     if value is None:
         return ""
     raw = value.encode("utf-8", "surrogateescape") if isinstance(value, str) else value
     raw = _CTL.sub(b"?", raw[:limit])
+    if log:
+        text = raw.decode("utf-8", "backslashreplace")
+        return text if text.isascii() else "".join(c if c.isprintable() else "?" for c in text)
     return raw.decode("ascii", "backslashreplace")
 
 

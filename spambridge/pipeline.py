@@ -196,10 +196,10 @@ def log_decision(ev: Evaluation, buf: MessageBuffer, env: Envelope, tag_only: bo
     note = ev.outcome.note if isinstance(ev.outcome, ScoreResult) else ""
     fell_back = bool(note)  # e.g. fallback=spamd-timeout
     if fell_back:
-        detail = f" {clean(note, 100)}"
+        detail = f" {clean(note, 100, log=True)}"
         error = ev.outcome.why if isinstance(ev.outcome, ScoreResult) else ""  # why spamd failed
     if error:
-        detail += f" error={clean(error, DETAIL_CHARS)!r}"
+        detail += f" error={clean(error, DETAIL_CHARS, log=True)!r}"
         cut = len(error.encode("utf-8", "surrogateescape")) > DETAIL_CHARS  # as clean
         # what to do is often at its end ("run as the milter's user"): said once, not per message
         if cut and _first_time(error):
@@ -211,7 +211,7 @@ def log_decision(ev: Evaluation, buf: MessageBuffer, env: Envelope, tag_only: bo
         level,
         "%s: from=<%s> rcpts=%d size=%d engine=%s score=%s action=%s%s reason=%s ms=%d%s%s",
         env.log_id,
-        clean(env.sender.strip("<>")),
+        clean(env.sender.strip("<>"), log=True),
         env.rcpt_count or len(env.recipients),
         buf.size,
         d.engine,
@@ -224,4 +224,4 @@ def log_decision(ev: Evaluation, buf: MessageBuffer, env: Envelope, tag_only: bo
         detail,
     )
     if whole:
-        log.warning("%s: the error in full: %s", env.log_id, clean(whole, 4000))
+        log.warning("%s: the error in full: %s", env.log_id, clean(whole, 4000, log=True))

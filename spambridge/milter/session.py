@@ -91,7 +91,7 @@ class Session:
         """Named with the spool's directory: a write error ("No space left on device") does not
         say which filesystem, and the database may be on another one."""
         where = self.cfg.spool_dir or "(the temporary directory)"
-        return ScanError(ErrorKind.ERROR, "spool", clean(f"spool_dir {where}: {e}"))
+        return ScanError(ErrorKind.ERROR, "spool", clean(f"spool_dir {where}: {e}", log=True))
 
     @property
     def skip_reason(self) -> SkipReason | None:

@@ -206,6 +206,17 @@ def test_missing_database_is_created_and_mail_flows_unchecked(tmp_path: Path,
     assert send_one(m.socket_path, spam(600)).action == "reject"
 
 
+def test_an_smtputf8_sender_is_logged_as_postfix_logs_it(trained_db: Path,
+                                                         start_milter: Start) -> None:
+    """MAIL FROM:<jörg@bücher.example> SMTPUTF8: the milter's line names the sender in the
+    UTF-8 Postfix's own lines use, so an admin's grep for the address finds both."""
+    m = start_milter(bayes_cfg(trained_db))
+    assert send_one(m.socket_path, spam(2), sender="<jörg@bücher.example>",
+                    queue_id="4C0FFEE0123").action == "reject"
+    wait_until(lambda: "4C0FFEE0123: " in m.log, 10, "the decision line")
+    assert "4C0FFEE0123: from=<jörg@bücher.example> rcpts=1 " in m.log
+
+
 def test_a_retrained_copy_moved_into_place_is_used_whole(tmp_path: Path, trained_db: Path,
                                                           start_milter: Start) -> None:
     """The usual deploy, `mv new.sqlite bayes.sqlite`, while the milter runs and after a

@@ -187,6 +187,36 @@ def test_an_error_cut_for_its_8bit_bytes_is_logged_whole(caplog: pytest.LogCaptu
     assert [r for r in caplog.records if "the error in full" in r.getMessage()]
 
 
+@pytest.mark.parametrize(("sender", "logged"), [
+    ("<jörg@bücher.example>", "from=<jörg@bücher.example> "),  # SMTPUTF8: as Postfix logs it
+    ("<j\udcf6rg@example.net>", "from=<j\\xf6rg@example.net> "),  # not UTF-8: escaped
+    ("<a\x85b\u2028c\u202ed@example.net>", "from=<a?b?c?d@example.net> "),  # C1, separators, bidi
+    ("<a\r\nb@example.net>", "from=<a??b@example.net> "),
+])
+def test_the_sender_is_logged_as_text_an_admin_can_grep(
+        caplog: pytest.LogCaptureFixture, sender: str, logged: str) -> None:
+    """An SMTPUTF8 sender is logged as the UTF-8 text Postfix logs for the same message (it
+    used to be \\xc3\\xb6 escapes, so one grep did not find both lines); what is not
+    printable still cannot forge or bend a log line."""
+    caplog.set_level(logging.INFO, logger="spambridge")
+    outcome = ScoreResult("bayes", 0.1)
+    log_decision(Evaluation(decide(outcome, Config().policy), outcome, 0.001),
+                 MessageBuffer(1000, 1000), Envelope(queue_id="4ABC", sender=sender), False)
+    [line] = [r.getMessage() for r in caplog.records]
+    assert logged in line
+
+
+def test_an_error_under_a_non_ascii_path_is_logged_readable(
+        caplog: pytest.LogCaptureFixture) -> None:
+    detail = "/srv/почта/bayes.sqlite: cannot open the Bayes database: readonly"
+    err = ScanError(ErrorKind.UNAVAILABLE, "bayes", detail)
+    caplog.set_level(logging.INFO, logger="spambridge")
+    log_decision(Evaluation(decide(err, Config().policy), err, 0.001),
+                 MessageBuffer(1000, 1000), Envelope(queue_id="4ABC"), False)
+    [line] = [r.getMessage() for r in caplog.records]
+    assert f"error={detail!r}" in line
+
+
 def test_the_decision_lines_level_says_whether_the_admin_must_look(
         caplog: pytest.LogCaptureFixture) -> None:
     """A scanner failure is a warning (mail went out under an on_* action); an oversize
