@@ -11,6 +11,8 @@ import sqlite3
 import stat
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -140,6 +142,57 @@ def test_default_bayes_engine_behind_postfix(postfix: PostfixInstance, start_mil
     [status] = got.all("X-Spam-Status")
     assert re.match(r"No, score=0\.0\d{3} ", status) and "engine=bayes" in status, status
     assert got.all("X-Spam-Checker-Version")[0].startswith("spambridge ")
+
+
+def test_a_restart_under_traffic_loses_no_mail(postfix: PostfixInstance, start_milter: Start,
+                                              tmp_path: Path) -> None:
+    """`systemctl restart` while clients keep sending, one message per SMTP session: every
+    message is taken (250) and delivered exactly once; a message whose session ended before
+    the TERM, or began once the new milter listened, was scanned by one of them; only sessions
+    in between may pass unscanned, by the example's milter_default_action (accept)."""
+    assert example_settings()["milter_default_action"] == "accept"
+    db = train_database(tmp_path, bayes_mail, 20)
+    cfg = {"milter": {"socket": f"unix:{postfix.milter_socket}"},
+           "bayes": {"db": str(db), "min_trained": 20}}
+    old = start_milter(cfg)
+    sent: list[tuple[float, float, str]] = []  # (session start, end, queue id)
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    def client() -> None:
+        for n in range(400):  # bounded; the test ends it much sooner
+            if done.is_set():
+                return
+            begin = time.monotonic()
+            try:
+                qid = postfix.send(bayes_mail(1000 + n, "ham"))
+            except (OSError, smtplib.SMTPException) as e:
+                errors.append(e)
+                return
+            sent.append((begin, time.monotonic(), qid))
+
+    t = threading.Thread(target=client)
+    t.start()
+    try:
+        wait_until(lambda: len(sent) >= 10 or bool(errors), 60, "10 messages before the restart")
+        stopped_at = time.monotonic()
+        assert old.stop() == 0  # TERM, as systemd's restart sends
+        start_milter(cfg)  # returns once the new one listens
+        up_at = time.monotonic()
+        count = len(sent)
+        wait_until(lambda: len(sent) >= count + 10 or bool(errors), 60,
+                   "10 messages after the restart")
+    finally:
+        done.set()
+        t.join(120)
+    assert not errors, errors
+    for begin, end, qid in sent:
+        got = postfix.wait_delivered(qid)
+        assert sum(f"id {qid}".encode() in d.raw for d in postfix.delivered()) == 1, qid
+        statuses = got.all("X-Spam-Status")
+        assert len(statuses) <= 1, statuses
+        if end < stopped_at or begin > up_at:
+            assert statuses and "engine=bayes" in statuses[0], (qid, statuses)
 
 
 def learned_tokens(db: Path) -> dict[str, tuple[int, int]]:
