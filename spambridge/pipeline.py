@@ -132,7 +132,7 @@ class Pipeline:
         message got its decision, or the first of a burst began after an idle spell."""
         return self._last_free
 
-    def wait_busy(self, timeout: float) -> bool:
+    def wait_busy(self, timeout: float | None) -> bool:
         """Sleep until a message is being decided (True), `timeout` passes (False), or wake()."""
         with self._idle:
             return self._idle.wait_for(lambda: self._inflight > 0 or self._woken, timeout)

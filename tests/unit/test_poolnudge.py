@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from spambridge.milter import poolnudge
 from spambridge.milter.poolnudge import PoolNudger
 from spambridge.milter.socketspec import parse_socket_spec
 
@@ -35,7 +34,7 @@ class FakeActivity:
                 self.last_free = time.monotonic()
             self._cond.notify_all()
 
-    def wait_busy(self, timeout: float) -> bool:
+    def wait_busy(self, timeout: float | None) -> bool:
         with self._cond:
             return self._cond.wait_for(lambda: self.inflight > 0 or self.woken, timeout)
 
@@ -190,10 +189,9 @@ def test_a_socket_out_of_reach_is_still_warned_about(
 
 
 def test_stopping_an_idle_nudger_does_not_wait_out_its_sleep(
-        monkeypatch: pytest.MonkeyPatch, listener: tuple[Listener, str]) -> None:
+        listener: tuple[Listener, str]) -> None:
     """The milter stops only after the nudger has: its idle sleep was not cut short, so each
     stop or restart left the MTA without a milter for up to that long more."""
-    monkeypatch.setattr(poolnudge, "IDLE_WAIT", 60.0)
     n = PoolNudger(parse_socket_spec(listener[1]), FakeActivity()).start()
     time.sleep(0.1)  # asleep in wait_busy
     n.stop()  # joins for at most 1 s
