@@ -8,7 +8,7 @@ restart` left Postfix that long without a milter (milter_default_action for each
 Nothing outside libmilter can see the flag, but the listener treats EINTR as "check the stop
 flag", so a helper thread interrupts the listener's poll with a signal whose handler does
 nothing, every WAKE_EVERY seconds, until `main()` returns. The ticks cost an idle milter about
-0.5 ms of CPU a second (bench/milter_stop.py, docs/benchmarks.md): mostly waking a Python
+0.6 ms of CPU a second (bench/milter_stop.py, docs/benchmarks.md): mostly waking a Python
 thread, which a longer period would trade against a longer restart gap.
 """
 
