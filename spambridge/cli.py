@@ -6,11 +6,13 @@ Exit codes: 0 ok, 1 runtime failure, 2 usage error, 78 (EX_CONFIG) bad configura
 from __future__ import annotations
 
 import argparse
+import codecs
+import io
 import logging
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from spambridge import __version__, defaults
 from spambridge.config import Config, ConfigError, load, with_overrides
@@ -138,7 +140,40 @@ def setup_logging(level: str) -> None:
     logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler])
 
 
+def _unencodable(raw: bool) -> Callable[[UnicodeError], tuple[str | bytes, int]]:
+    """A codec error handler for our output streams. A byte of a file name that is not UTF-8
+    (Python holds it as a lone surrogate, as in argv or a directory listing): on stdout the
+    byte itself, as LANG=C already writes it (a `check --batch` line names the file a script
+    can open), on stderr `\\xff`, as the milter's log lines write it. A character the locale's
+    charset lacks (почта under a Latin-1 locale): a backslash escape."""
+
+    def handle(e: UnicodeError) -> tuple[str | bytes, int]:
+        if not isinstance(e, UnicodeEncodeError):
+            raise e
+        c = ord(e.object[e.start])
+        if 0xDC80 <= c <= 0xDCFF:
+            return (bytes([c - 0xDC00]) if raw else f"\\x{c - 0xDC00:02x}"), e.start + 1
+        return e.object[e.start].encode("ascii", "backslashreplace").decode(), e.start + 1
+
+    return handle
+
+
+codecs.register_error("spambridge-stdout", _unencodable(raw=True))
+codecs.register_error("spambridge-stderr", _unencodable(raw=False))
+
+
+def _printable_output() -> None:
+    """A name the locale cannot encode must not stop a command with a UnicodeEncodeError
+    halfway: under a UTF-8 locale (stdout strict) a Maildir file name with a Latin-1 byte
+    did, under a Latin-1 one a path under /srv/почта; LANG=C (systemd, cron) was spared only
+    because Python then runs in UTF-8 mode."""
+    for stream, handler in ((sys.stdout, "spambridge-stdout"), (sys.stderr, "spambridge-stderr")):
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors=handler)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    _printable_output()
     parser = build_parser()
     # argparse stops a list of PATHs at the first option (`train --spam a --mbox b`); paths
     # given after options are still paths

@@ -173,3 +173,44 @@ def test_train_with_both_engines_fails_when_either_fails(tmp_path: Path,
         monkeypatch.setattr(train, "run", lambda *a, _s=local, **k: _s)
         monkeypatch.setattr(train, "run_spamd", lambda *a, _s=remote, **k: _s)
         assert cli.main(argv) == max(local, remote), (local, remote)
+
+
+@pytest.mark.parametrize("charset", ["utf-8", "latin-1"])
+def test_a_name_the_locale_cannot_print_does_not_stop_a_command(tmp_path: Path,
+                                                                 charset: str) -> None:
+    """Under a UTF-8 locale such as de_DE.UTF-8 (stdout UTF-8, strict) `check` of a file whose
+    name holds a Latin-1 byte (a folder copied from an old system), and `check-config` of a
+    config beside it, stopped with a UnicodeEncodeError traceback half-way through; under a
+    Latin-1 locale `train` naming a database under почта did. (LANG=C was spared: Python runs
+    in UTF-8 mode there.) PYTHONIOENCODING gives the command the stdout such a locale does."""
+    import subprocess
+    import sys
+
+    old = tmp_path / os.fsdecode(b"Entw\xfcrfe")  # not UTF-8
+    old.mkdir()
+    msg = old / "1.eml"
+    msg.write_bytes(b"Subject: hi\n\nhello\n")
+    db = tmp_path / "почта" / "bayes.sqlite"
+    cfg = old / "sb.toml"
+    cfg.write_text(f'[bayes]\ndb = "{db}"\n')
+
+    def run(*args: str) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run([sys.executable, "-m", "spambridge", *args, "-c", str(cfg)],
+                              capture_output=True, timeout=60,
+                              env={**os.environ, "PYTHONIOENCODING": charset})
+
+    r = run("check", "--batch", str(msg), str(old / "nope.eml"))
+    assert b"Traceback" not in r.stderr, r.stderr.decode(errors="replace")
+    # stdout names the file as it is on disk (as under LANG=C), so a script can open it
+    assert r.stdout.splitlines() == [os.fsencode(msg) + b"\t-\tunchecked=unavailable",
+                                     os.fsencode(old / "nope.eml") + b"\t-\tunreadable"]
+    # stderr as the milter's log lines write such a byte, not Python's \udcfc
+    assert b"/Entw\\xfcrfe/nope.eml: cannot read" in r.stderr
+    r = run("check", str(msg))
+    assert r.stdout.startswith(os.fsencode(msg) + b": score=- "), r.stderr
+    r = run("check-config", "--no-postfix")
+    assert r.stdout.startswith(os.fsencode(cfg) + b": OK "), r.stderr
+    r = run("train", "--forget", str(msg))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == f"No Bayes database at {db}: nothing to forget\n".encode(
+        charset, "backslashreplace")
