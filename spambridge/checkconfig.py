@@ -356,8 +356,10 @@ def find_postconf() -> str | None:
 
 def _postconf(exe: str, config_dir: str | None, *args: str) -> str:
     cmd = [exe, *(["-c", config_dir] if config_dir else []), *args]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=30,
-                       stdin=subprocess.DEVNULL)
+    # main.cf is bytes to Postfix: a value in Latin-1 (a banner naming M\xfcller) must not
+    # make the whole check a UnicodeDecodeError; such bytes come back as they were
+    r = subprocess.run(cmd, capture_output=True, text=True, errors="surrogateescape",
+                       timeout=30, stdin=subprocess.DEVNULL)
     if r.returncode != 0:
         where = f" -c {config_dir}" if config_dir else ""
         raise OSError(f"postconf{where} failed: {(r.stderr or r.stdout).strip()[:500]}")

@@ -92,3 +92,23 @@ def test_parameters_are_read_expanded(tmp_path: Path) -> None:
     assert "smtpd services that use spambridge: smtp/inet, submission/inet" in r.stdout
     assert "does not reach" not in r.stdout
     assert "well below milter_content_timeout 5s" in r.stdout
+
+
+def test_a_latin1_value_in_main_cf_is_read(tmp_path: Path) -> None:
+    """main.cf is bytes to Postfix, and an old site's may hold Latin-1 (a banner naming
+    Müller): check-config stopped with a UnicodeDecodeError traceback, in every locale,
+    before judging a single milter setting."""
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "main.cf").write_bytes(
+        b"compatibility_level = 3.6\nqueue_directory = /var/spool/postfix\n"
+        b"smtpd_banner = $myhostname ESMTP Mailserver M\xfcller GmbH\n"
+        b"smtpd_milters = unix:spambridge/spambridge.sock\nmilter_content_timeout = 5s\n"
+        b"milter_default_action = accept\n")
+    (etc / "master.cf").write_text("smtp inet n - y - - smtpd\n")
+    cfg = write_config(tmp_path / "ok.toml", {"milter": {
+        "socket": "unix:/var/spool/postfix/spambridge/spambridge.sock", "engine": "spamd"}})
+    r = check_config(cfg, "--postfix-config", str(etc))
+    assert "Traceback" not in r.stderr, r.stderr
+    assert "smtpd services that use spambridge: smtp/inet" in r.stdout
+    assert "well below milter_content_timeout 5s" in r.stdout
