@@ -24,6 +24,7 @@ from typing import IO
 
 from spambridge.config import Config
 from spambridge.message import Envelope, parse_raw
+from spambridge.milter.actions import tagged_subject
 from spambridge.milter.bridge import AsyncBridge
 from spambridge.pipeline import Evaluation, Pipeline
 from spambridge.scanners import Scanner
@@ -107,6 +108,7 @@ def run(cfg: Config, paths: list[str], *, explain: bool = False, batch: bool = F
                 ev = pipeline.evaluate(buf, Envelope(queue_id=f"CHECK{n:05d}",
                                                      delivered=buf.delivered()))
                 removed = sorted({name for name, _ in buf.owned_headers()})
+                subject = buf.header_value("Subject")
             finally:
                 buf.close()
             if isinstance(ev.outcome, ScanError) and ev.outcome.kind is not ErrorKind.OVERSIZE:
@@ -122,7 +124,7 @@ def run(cfg: Config, paths: list[str], *, explain: bool = False, batch: bool = F
                 if isinstance(ev.outcome, ScoreResult) and ev.outcome.note:
                     fallbacks[ev.outcome.note] = fallbacks.get(ev.outcome.note, 0) + 1
             else:
-                _report(path, ev, explain, removed, out)
+                _report(path, ev, explain, removed, subject, out)
     finally:
         try:
             bridge.run(scanner.aclose(), 10.0)
@@ -140,8 +142,22 @@ def run(cfg: Config, paths: list[str], *, explain: bool = False, batch: bool = F
     return status
 
 
-def _report(path: str, ev: Evaluation, explain: bool, removed: list[str], out: IO[str]
-            ) -> None:
+def _subject_change(prefix: str, subject: bytes | None) -> str:
+    """What the milter makes of the Subject (the function it uses): a raw 8-bit Subject in
+    another charset than UTF-8 (Latin-1, KOI8-R, ...) and one tagged already are left as they
+    are, which `check` used to hide behind the prefix alone."""
+    new = tagged_subject(prefix, subject)
+    if new is not None:
+        return f"; the Subject becomes {new!r}"
+    try:
+        (subject or b"").decode("utf-8")
+    except UnicodeDecodeError:
+        return " not added: the Subject is 8-bit text that is not UTF-8, left as it is"
+    return " not added: the Subject has it already"
+
+
+def _report(path: str, ev: Evaluation, explain: bool, removed: list[str],
+            subject: bytes | None, out: IO[str]) -> None:
     d = ev.decision
     score = "-" if d.score is None else (
         f"{d.score:.4f}" if d.engine == "bayes" else f"{d.score:.1f}")
@@ -162,7 +178,8 @@ def _report(path: str, ev: Evaluation, explain: bool, removed: list[str], out: I
         if removed:  # forged or stale X-Spam-* fields from outside
             print(f"  headers removed: {', '.join(removed)}", file=out)
         if d.subject_prefix:
-            print(f"  Subject prefix: {d.subject_prefix!r}", file=out)
+            print(f"  Subject prefix: {d.subject_prefix!r}"
+                  f"{_subject_change(d.subject_prefix, subject)}", file=out)
         if d.headers:
             print("  headers added:", file=out)
             for name, value in d.headers:

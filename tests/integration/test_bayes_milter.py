@@ -217,6 +217,39 @@ def test_an_smtputf8_sender_is_logged_as_postfix_logs_it(trained_db: Path,
     assert "4C0FFEE0123: from=<jörg@bücher.example> rcpts=1 " in m.log
 
 
+@pytest.mark.parametrize(("subject", "written"), [
+    ("Grüße aus München".encode(), "[SPAM] Grüße aus München"),  # raw UTF-8 (SMTPUTF8)
+    (b"=?utf-8?q?Gr=C3=BC=C3=9Fe?=", "[SPAM] =?utf-8?q?Gr=C3=BC=C3=9Fe?="),  # RFC 2047
+    ("Grüße aus München".encode("latin-1"), None),  # raw 8-bit, not UTF-8: left alone
+    (b"[SPAM] WINNER", None),  # tagged already
+])
+def test_check_says_what_the_milter_does_to_the_subject(
+        tmp_path: Path, trained_db: Path, start_milter: Start,
+        capsys: pytest.CaptureFixture[str], subject: bytes, written: str | None) -> None:
+    """`check` printed "Subject prefix: '[SPAM]'" for every tagged spam, also where the
+    milter leaves the Subject alone: raw 8-bit text in another charset than UTF-8 (old
+    Latin-1 or KOI8-R mailers) and a Subject tagged already. The admin now reads the Subject
+    the milter writes, or why it writes none, for the same file and config."""
+    cfg = bayes_cfg(trained_db)
+    cfg["policy"] = {"subject_tag": "[SPAM]", "tag_only": True}
+    raw = re.sub(rb"^Subject: .*$", lambda _: b"Subject: " + subject, spam(3), count=1,
+                 flags=re.M)
+    m = start_milter(cfg)
+    r = send_one(m.socket_path, raw)
+    assert r.action == "accept" and (r.header("X-Spam-Flag") or "") == "YES"
+    assert [v for n, _, v in r.changed if n == "Subject"] == ([written] if written else [])
+
+    f = tmp_path / "msg.eml"
+    f.write_bytes(raw)
+    capsys.readouterr()
+    assert cli.main(["check", "--config", str(m.config_path), str(f)]) == 0
+    out = capsys.readouterr().out
+    if written:
+        assert f"Subject prefix: '[SPAM]'; the Subject becomes {written!r}" in out
+    else:
+        assert "Subject prefix: '[SPAM]' not added: " in out
+
+
 def test_a_retrained_copy_moved_into_place_is_used_whole(tmp_path: Path, trained_db: Path,
                                                           start_milter: Start) -> None:
     """The usual deploy, `mv new.sqlite bayes.sqlite`, while the milter runs and after a
