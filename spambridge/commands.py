@@ -24,6 +24,15 @@ def size(text: str) -> int:
     return int(m.group(1)) * {"": 1, "k": 1024, "m": 1024 * 1024}[m.group(2).lower()]
 
 
+def _spamd_user(text: str) -> str:
+    from spambridge.config import spamd_user
+
+    try:
+        return spamd_user(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def add_parsers(sub: Any, config_arg: ArgAdder, engine_args: ArgAdder,
                 policy_args: ArgAdder) -> None:
     t = sub.add_parser(
@@ -53,8 +62,9 @@ def add_parsers(sub: Any, config_arg: ArgAdder, engine_args: ArgAdder,
                    "leading 'From ' line")
     t.add_argument("--max-size", type=size, default=DEFAULT_MAX_SIZE, metavar="SIZE",
                    help="skip larger messages (default: 500k, as sa-learn; 0 = no limit)")
-    t.add_argument("--user", default="", help="spamd user whose Bayes to teach "
-                   "(--engine spamd; default: [spamd] user)")
+    t.add_argument("--user", default="", type=_spamd_user,
+                   help="spamd user whose Bayes to teach (--engine spamd; default: [spamd] "
+                   "user)")
     t.add_argument("--batch-size", type=int, default=2000, metavar="N",
                    help="messages per database transaction (default: 2000; an interrupted "
                    "run keeps every finished batch)")

@@ -401,7 +401,7 @@ def from_mapping(data: Mapping[str, Any], path: str = "<config>", text: str = ""
         socket=s.get("socket", str, sd.socket, _abs_path),
         tls=s.get("tls", bool, sd.tls),
         ca_file=s.get("ca_file", str, sd.ca_file),
-        user=s.get("user", str, sd.user),
+        user=s.get("user", str, sd.user, spamd_user),
         per_recipient_user=s.get("per_recipient_user", bool, sd.per_recipient_user),
         connect_timeout=s.get("connect_timeout", float, sd.connect_timeout, _between(0.05, 60)),
         share=s.get("share", float, sd.share, _between(0.1, 0.95)),
@@ -493,6 +493,15 @@ def _idna(v: str) -> str:
         return v.encode("idna").decode("ascii")
     except UnicodeError:
         return ""
+
+
+def spamd_user(v: str) -> str:
+    """A user name spamd's User header can carry: printable ASCII, as the client writes it
+    (what it cannot encode, such as jörg, made every request fail: unchecked=error)."""
+    bad = next((c for c in v if not 32 <= ord(c) < 127), None)
+    if bad is not None:
+        raise ValueError(f"must be printable ASCII, as spamd's User header is; {bad!r} is not")
+    return v
 
 
 def _abs_path(v: str) -> str:

@@ -214,3 +214,17 @@ def test_a_name_the_locale_cannot_print_does_not_stop_a_command(tmp_path: Path,
     assert r.returncode == 0, r.stderr
     assert r.stdout == f"No Bayes database at {db}: nothing to forget\n".encode(
         charset, "backslashreplace")
+
+
+def test_a_spamd_user_spamd_cannot_be_sent_is_a_usage_error(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`train --engine spamd --user jörg` (a Dovecot script passes the IMAP user) sent nothing:
+    each message failed as "spamd error: UnicodeEncodeError", exit 1 after the whole run."""
+    msg = tmp_path / "m.eml"
+    msg.write_bytes(b"Subject: x\n\nbody\n")
+    with pytest.raises(SystemExit) as e:
+        cli.main(["train", "--engine", "spamd", "--spamd", "127.0.0.1:9", "--user", "jörg",
+                  "--spam", str(msg)])
+    assert e.value.code == 2
+    assert ("argument --user: must be printable ASCII, as spamd's User header is; 'ö' is not"
+            in capsys.readouterr().err)

@@ -330,6 +330,9 @@ def test_each_range_is_the_documented_one(tmp_path: Path, section: str, key: str
      "[policy] tempfail_reply: must be a 4xx reply with a 4.x.x status"),
     ("[milter]\ntrusted_networks = [10]\n", 2,
      "[milter] trusted_networks: must be a list of strings"),
+    # loaded, and then every message was unchecked=error: the spamd client sends it as ASCII
+    ('[spamd]\nuser = "jörg"\n', 2,
+     "[spamd] user: must be printable ASCII, as spamd's User header is; 'ö' is not"),
 ])
 def test_more_errors_name_file_line_and_key(tmp_path: Path, text: str, line: int,
                                             message: str) -> None:
