@@ -266,7 +266,9 @@ def _check_order(b: _Section, t: Thresholds) -> None:
 
 class _Loader:
     def __init__(self, path: str, text: str) -> None:
-        self.path, self.lines = path, text.splitlines()
+        # lines as TOML (and an editor) counts them: splitlines() also broke at U+2028, U+0085
+        # and the like, which a comment may hold, and every line after was named one too low
+        self.path, self.lines = path, text.split("\n")
 
     def where(self, section: str, key: str) -> str:
         """`file:line` of `key` inside `[section]`; tomllib keeps no positions, so look it up."""
@@ -524,7 +526,7 @@ def key_at(cfg: Config, section: str, key: str) -> str:
         return f"command line: [{section}] {key}"
     where = cfg.source
     with contextlib.suppress(OSError):
-        where = _Loader(cfg.source, Path(cfg.source).read_text(errors="replace")
+        where = _Loader(cfg.source, Path(cfg.source).read_text("utf-8", errors="replace")
                         ).where(section, key)
     return f"{where}: [{section}] {key}"
 

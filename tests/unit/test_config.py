@@ -407,3 +407,17 @@ def test_an_unknown_log_level_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=rf"^{re.escape(str(p))}:2: \[log\] level: must be one "
                        r"of debug, info, warning, error; got 'verbose'$"):
         load(p)
+
+
+def test_a_line_separator_in_a_comment_does_not_shift_the_line_named(tmp_path: Path) -> None:
+    """A comment holding U+2028 (a line break pasted from a word processor or a web page) or
+    NEL: TOML and the admin's editor count one line, the error named every later key's line
+    one too low: spambridge.toml:6 for a key on line 4."""
+    from spambridge.config import key_at
+
+    text = ("# Schwelle für Spam\u2028(siehe Wiki)\n[policy]\n# bitte nicht \x85 ändern\n"
+            'reject_at = "viel"\n')
+    p, error = config_error(tmp_path, text)
+    assert error.startswith(f"{p}:4: [policy] reject_at: must be a number"), error
+    p.write_text(text.replace('"viel"', "20"), encoding="utf-8")
+    assert key_at(load(p), "policy", "reject_at") == f"{p}:4: [policy] reject_at"
