@@ -142,6 +142,17 @@ def run(cfg: Config, paths: list[str], *, explain: bool = False, batch: bool = F
     return status
 
 
+def _readable(token: str) -> str:
+    """A clue as the admin reads the message: the tokenizer works on bytes and spells each
+    as a Latin-1 character, so a UTF-8 word read 'grÃ¼ÃŸe' ('Ð¿Ñ\x80Ð¸Ð²ÐµÑ\x82' for привет).
+    Shown as UTF-8 where its bytes are; otherwise (Latin-1 mail: grüße) as spelled. Display
+    only: the database keeps the tokenizer's spelling."""
+    try:
+        return token.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        return token
+
+
 def _subject_change(prefix: str, subject: bytes | None) -> str:
     """What the milter makes of the Subject (the function it uses): a raw 8-bit Subject in
     another charset than UTF-8 (Latin-1, KOI8-R, ...) and one tagged already are left as they
@@ -192,7 +203,7 @@ def _report(path: str, ev: Evaluation, explain: bool, removed: list[str],
             print(f"  strongest clues ({len(clues)} shown; probability the token means spam):",
                   file=out)
             for token, prob in clues:
-                print(f"    {prob:.4f}  {token!r}", file=out)
+                print(f"    {prob:.4f}  {_readable(token)!r}", file=out)
         elif ev.outcome.engine == "bayes":
             print("  no clues: no token of this message is known to the database", file=out)
         if ev.outcome.tests:

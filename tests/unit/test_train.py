@@ -557,6 +557,28 @@ def test_check_prints_the_milter_decision(tmp_path: Path, db: Path,
     assert code == 1 and "empty.eml: cannot read: empty" in err and "\tunreadable" in out
 
 
+def test_check_explain_shows_a_utf8_word_as_the_mail_reads(
+        tmp_path: Path, db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The tokenizer spells each byte as a Latin-1 character, and `--explain` printed that
+    spelling: 'grÃ¼Ã\x9fe' for grüße, 'Ð¿Ñ\x80Ð¸Ð²ÐµÑ\x82' for привет. A UTF-8 word now
+    reads as the mail does, a Latin-1 one as before; the database keeps its spelling."""
+    words = "grüße привет".encode() + b" m\xfcnchen\n"  # the last in Latin-1
+    for label, spam in (("spam", True), ("ham", False)):
+        d = folder(tmp_path / label, [mail(i, spam) + (words if spam else b"")
+                                      for i in range(20)])
+        assert run("train", "--db", str(db), f"--{label}", "-q", str(d), capsys=capsys)[0] == 0
+    cfg = tmp_path / "sb.toml"
+    cfg.write_text("[bayes]\nmin_trained = 20\n")
+    msg = tmp_path / "m.eml"
+    msg.write_bytes(b"Subject: hallo\n\n" + words)
+    code, out, _ = run("check", "--config", str(cfg), "--db", str(db), "--explain", str(msg),
+                       capsys=capsys)
+    assert code == 0
+    clues = re.findall(r"^    \d\.\d{4}  (.*)$", out, re.M)
+    assert sorted(clues) == ["'grüße'", "'münchen'", "'привет'"], out
+    assert tokens(db)["grüße".encode().decode("latin-1")] == (20, 0)  # spelling unchanged
+
+
 def test_check_shows_the_subject_tag_the_clues_and_what_bayes_stood_in_for(
         tmp_path: Path, db: Path, capsys: pytest.CaptureFixture[str]) -> None:
     for label, spam in (("spam", True), ("ham", False)):
