@@ -161,9 +161,15 @@ def parse_reply(text: str, klass: str) -> SmtpReply:
     code, xcode, msg = m.groups()
     if code[0] != klass or xcode[0] != klass:
         raise ValueError(f"must be a {klass}xx reply with a {klass}.x.x status")
-    if any(ord(c) < 32 or ord(c) > 126 for c in msg):
-        raise ValueError("text must be printable ASCII")
+    if (bad := _not_printable_ascii(msg)) is not None:
+        raise ValueError(f"text must be printable ASCII, as an SMTP reply is; {bad!r} is not")
     return SmtpReply(code, xcode, msg)
+
+
+def _not_printable_ascii(v: str) -> str | None:
+    """The first character of `v` that is not printable ASCII, for the error to name: an
+    en dash, typographic quotes or a no-break space look like ASCII in an editor."""
+    return next((c for c in v if not 32 <= ord(c) < 127), None)
 
 
 def parse_network(text: str) -> Network:
@@ -500,8 +506,7 @@ def _idna(v: str) -> str:
 def spamd_user(v: str) -> str:
     """A user name spamd's User header can carry: printable ASCII, as the client writes it
     (what it cannot encode, such as jörg, made every request fail: unchecked=error)."""
-    bad = next((c for c in v if not 32 <= ord(c) < 127), None)
-    if bad is not None:
+    if (bad := _not_printable_ascii(v)) is not None:
         raise ValueError(f"must be printable ASCII, as spamd's User header is; {bad!r} is not")
     return v
 
@@ -513,8 +518,8 @@ def _abs_path(v: str) -> str:
 
 
 def _printable(v: str) -> str:
-    if any(ord(c) < 32 or ord(c) > 126 for c in v):
-        raise ValueError("must be printable ASCII")
+    if (bad := _not_printable_ascii(v)) is not None:
+        raise ValueError(f"must be printable ASCII; {bad!r} is not")
     return v
 
 

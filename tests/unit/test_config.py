@@ -421,3 +421,20 @@ def test_a_line_separator_in_a_comment_does_not_shift_the_line_named(tmp_path: P
     assert error.startswith(f"{p}:4: [policy] reject_at: must be a number"), error
     p.write_text(text.replace('"viel"', "20"), encoding="utf-8")
     assert key_at(load(p), "policy", "reject_at") == f"{p}:4: [policy] reject_at"
+
+
+@pytest.mark.parametrize(("key", "value", "named"), [
+    ("reject_reply", "550 5.7.1 Spam erkannt \u2013 Nachricht abgelehnt", "'\u2013'"),  # en dash
+    ("unchecked_reject_reply", "550 5.7.1 Nicht gepr\u00fcft", "'\u00fc'"),
+    ("tempfail_reply", "451 4.7.1 Bitte\u00a0sp\u00e4ter", "'\\xa0'"),  # a no-break space
+    ("subject_tag", "\u201e[SPAM]\u201c", "'\u201e'"),  # German quotes
+])
+def test_a_non_ascii_reply_or_tag_names_the_character(tmp_path: Path, key: str, value: str,
+                                                      named: str) -> None:
+    """An SMTP reply must be ASCII (RFC 5321) and is refused at load, but the error said only
+    "must be printable ASCII": an en dash, a typographic quote or a no-break space looks like
+    ASCII in the editor, and the admin had to hunt for it. It is named now (a no-break space
+    as '\\xa0')."""
+    p, error = config_error(tmp_path, f'[policy]\n{key} = "{value}"\n')
+    assert error.startswith(f"{p}:2: [policy] {key}: "), error
+    assert "must be printable ASCII" in error and error.endswith(f"; {named} is not"), error
