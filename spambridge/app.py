@@ -248,8 +248,9 @@ def find_listener(spec: SocketSpec) -> int | None:
         fd = int(name)
         try:
             with socket.socket(fileno=os.dup(fd)) as s:
-                if s.family != fam or s.type != socket.SOCK_STREAM:
-                    continue
+                if (s.family != fam or s.type != socket.SOCK_STREAM
+                        or not s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)):
+                    continue  # an accepted session has the listener's address too
                 addr = s.getsockname()
                 if (addr == spec.path) if spec.family == "unix" else (addr[1] == spec.port):
                     return fd
