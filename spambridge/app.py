@@ -22,7 +22,12 @@ from spambridge.config import Config, ConfigError, key_at, reloaded
 from spambridge.message import spool_problem
 from spambridge.milter.bridge import AsyncBridge, signals_blocked
 from spambridge.milter.poolnudge import PoolNudger
-from spambridge.milter.socketspec import SocketSpec, parse_socket_spec, remove_stale_unix_socket
+from spambridge.milter.socketspec import (
+    SocketSpec,
+    find_listener,
+    parse_socket_spec,
+    remove_stale_unix_socket,
+)
 from spambridge.milter.stopwake import ListenerWaker
 from spambridge.pipeline import Pipeline
 from spambridge.scanners import Scanner
@@ -237,25 +242,6 @@ def _open_socket(spec: SocketSpec, cfg: Config) -> tuple[int, int] | None:
             os.chmod(spec.path, cfg.milter.socket_mode)
         return st.st_dev, st.st_ino
     set_nodelay_on_listener(spec)
-    return None
-
-
-def find_listener(spec: SocketSpec) -> int | None:
-    """libmilter's listening descriptor, found by its bound address (libmilter keeps it to
-    itself); None once libmilter has closed it."""
-    fam = {"unix": socket.AF_UNIX, "inet": socket.AF_INET, "inet6": socket.AF_INET6}[spec.family]
-    for name in os.listdir("/proc/self/fd"):
-        fd = int(name)
-        try:
-            with socket.socket(fileno=os.dup(fd)) as s:
-                if (s.family != fam or s.type != socket.SOCK_STREAM
-                        or not s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)):
-                    continue  # an accepted session has the listener's address too
-                addr = s.getsockname()
-                if (addr == spec.path) if spec.family == "unix" else (addr[1] == spec.port):
-                    return fd
-        except OSError:
-            continue
     return None
 
 

@@ -26,7 +26,7 @@ import time
 from typing import Any, Protocol
 
 from spambridge.milter.bridge import signals_blocked
-from spambridge.milter.socketspec import SocketSpec
+from spambridge.milter.socketspec import SocketSpec, find_listener
 
 log = logging.getLogger("spambridge")
 
@@ -145,6 +145,10 @@ class PoolNudger:
                 continue
             err = poke_error(self.target) if self.activity.inflight else 0
             if err and err not in _NOT_UNREACHABLE and not self._warned:
+                if find_listener(self.spec) is None:
+                    # libmilter closed its listener: a stop, the last scans finishing (not as
+                    # root it removes the socket file too: ENOENT). Nothing left to wake.
+                    return
                 self._warned = True  # e.g. the socket's mode keeps our own user out
                 log.warning("cannot connect to our own socket %s; replies may wait for a free "
                             "libmilter worker beyond the cap", self.spec.libmilter)

@@ -85,3 +85,22 @@ def remove_stale_unix_socket(path: str) -> None:
     finally:
         probe.close()
     raise OSError(f"{path} is in use by another running milter")
+
+
+def find_listener(spec: SocketSpec) -> int | None:
+    """libmilter's listening descriptor, found by its bound address (libmilter keeps it to
+    itself); None once libmilter has closed it."""
+    fam = {"unix": socket.AF_UNIX, "inet": socket.AF_INET, "inet6": socket.AF_INET6}[spec.family]
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        try:
+            with socket.socket(fileno=os.dup(fd)) as s:
+                if (s.family != fam or s.type != socket.SOCK_STREAM
+                        or not s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)):
+                    continue  # an accepted session has the listener's address too
+                addr = s.getsockname()
+                if (addr == spec.path) if spec.family == "unix" else (addr[1] == spec.port):
+                    return fd
+        except OSError:
+            continue
+    return None

@@ -8,6 +8,7 @@ import grp
 import os
 import pwd
 import re
+import signal
 import stat
 import threading
 import time
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 from harness import GTUBE, RunningMilter, Spamd, free_port, message, wait_until
 from milterclient import Result
-from milterload import deliver
+from milterload import Delivery, deliver, deliver_many
 from spamdfakes import SwitchableSpamd, spamd_reply
 
 Start = Callable[..., RunningMilter]
@@ -313,6 +314,33 @@ def test_a_socket_directory_of_the_milters_user_is_not_warned_about(
     wait_until(lambda: "running as nobody" in m.log, 10, "the switch to nobody")
     assert result_of(m, message()).action == "accept"
     assert "is not writable" not in m.log
+
+
+@needs_root
+def test_a_stop_under_slow_scans_as_the_milters_user_warns_of_no_unreachable_socket(
+        start_milter: Start, fake: SwitchableSpamd, open_dir: Path) -> None:
+    """Run as its own user, the milter's socket goes the moment a stop is asked for
+    (libmilter removes it when not root) while hung scans still get their replies. Its own
+    socket being gone then is the stop, not a socket the milter's user cannot reach: the
+    admin must not be told after every restart under load to hunt for a permission problem."""
+    nobody = pwd.getpwnam("nobody")
+    os.chown(open_dir, nobody.pw_uid, nobody.pw_gid)
+    cfg = spamd_config(fake.port)
+    cfg["milter"].update(user="nobody", socket=f"unix:{open_dir}/milter.sock", scan_timeout=2.0)
+    m = start_milter(cfg)
+    wait_until(lambda: "running as nobody" in m.log, 10, "the switch to nobody")
+    fake.mode = "hang"
+    results: list[Delivery] = []
+    t = threading.Thread(target=lambda: results.extend(
+        deliver_many(m.socket_path, [message()] * 4, 4, timeout=30, barrier_at="eom")))
+    t.start()
+    wait_until(lambda: fake.requests >= 4, 10, "four scans waiting on spamd")
+    m.proc.send_signal(signal.SIGTERM)
+    assert m.proc.wait(20) == 0
+    t.join(20)
+    assert [d.action for d in results] == ["accept"] * 4  # on_timeout, each one replied to
+    assert "spambridge stopped" in m.log
+    assert "our own socket" not in m.log
 
 
 @pytest.mark.parametrize(("key", "name"), [pytest.param("user", "user", marks=needs_root),

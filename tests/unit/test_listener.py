@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from spambridge.app import find_listener
-from spambridge.milter.socketspec import parse_socket_spec
+from spambridge.milter.socketspec import find_listener, parse_socket_spec
 
 
 @pytest.mark.parametrize("family", ["unix", "inet"])
