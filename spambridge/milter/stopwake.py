@@ -36,6 +36,9 @@ class ListenerWaker:
         # a handler must exist (the signal's default action ends the process, and an ignored
         # signal interrupts nothing); Python's interrupts the poll and runs ours later
         signal.signal(WAKE_SIGNAL, _ignore)
+        # and it must reach this thread: a mask inherited blocking it (masks survive exec)
+        # would leave every stop to libmilter's 5-second poll
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {WAKE_SIGNAL})
         with signals_blocked():
             self._thread.start()
         return self

@@ -466,6 +466,31 @@ def test_an_idle_milter_stops_at_once(start_milter: Start, fake_spamd: MakeFake,
     assert not Path(m.socket_path).exists()
 
 
+def test_an_idle_milter_stops_at_once_whatever_signal_mask_it_inherits(
+        tmp_path: Path, fake_spamd: MakeFake) -> None:
+    """A signal mask survives fork and exec: a launcher that blocks signals for itself and
+    starts the milter without unblocking them must not bring libmilter's 5-second stop back."""
+    sock = tmp_path / "m.sock"
+    cfg = spamd_cfg(fake_spamd(Recorder(score=1.0)))
+    cfg["milter"]["socket"] = f"unix:{sock}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "spambridge", "run", "--config",
+         str(write_config(tmp_path / "m.toml", cfg))],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        preexec_fn=lambda: signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR2}))
+    try:
+        wait_until(lambda: proc.poll() is not None or connectable(str(sock)), 30, "the socket")
+        assert send_one(str(sock), message()).action == "accept"
+        proc.send_signal(signal.SIGTERM)
+        try:
+            assert proc.wait(2.0) == 0
+        except subprocess.TimeoutExpired:
+            pytest.fail("still running 2 s after TERM")
+    finally:
+        stop_process(proc)
+    assert b"spambridge stopped" in (proc.stderr.read() if proc.stderr else b"")
+
+
 def test_a_stopping_milter_leaves_its_successors_socket_alone(start_milter: Start,
                                                               fake_spamd: MakeFake) -> None:
     """A restart that does not wait: the old instance has closed its listener but still
