@@ -133,7 +133,13 @@ def run(cfg: Config, reload: Callable[[], Config] | None = None) -> int:
         waker.stop()
         # messages being decided get their replies. libmilter itself drops sessions that wait
         # for the MTA's next command when it stops; Postfix applies milter_default_action there.
-        pipeline.wait_idle(cfg.milter.scan_timeout + 1.0)
+        grace = cfg.milter.scan_timeout + 1.0
+        busy = pipeline.inflight
+        if busy:  # said now: on a hung spamd, the whole cap passes in silence before "stopped"
+            log.info("stopping: %s being scanned %s first (up to %gs)",
+                     *(("1 message", "gets its reply") if busy == 1 else
+                       (f"{busy} messages", "get their replies")), grace)
+        pipeline.wait_idle(grace)
         nudger.stop()
         bridge.run(scanner.aclose(), 5.0) if _alive(bridge) else None
         bridge.stop()

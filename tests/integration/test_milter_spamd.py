@@ -449,6 +449,31 @@ def test_sigterm_lets_inflight_messages_finish(start_milter: Start, fake_spamd: 
     assert "spambridge stopped" in m.log
 
 
+def test_a_stop_that_waits_for_a_scan_says_so_when_it_starts(start_milter: Start,
+                                                              fake_spamd: MakeFake) -> None:
+    """A stop waits for the messages being scanned, on a hung spamd up to the cap (10 s by
+    default). The log must say so as the stop begins, not only "stopped" at the end: an admin
+    who meets seconds of silence after Ctrl-C or `systemctl stop` takes the milter for hung and
+    kills it, cutting off the very replies it was waiting to send."""
+    rec = Recorder(score=1.0, delay=30)  # hung
+    cfg = spamd_cfg(fake_spamd(rec))
+    cfg["milter"]["scan_timeout"] = 2.0
+    m = start_milter(cfg)
+    results: list[Result] = []
+    t = threading.Thread(target=lambda: results.append(send_one(m.socket_path, message())))
+    t.start()
+    wait_until(lambda: bool(rec.requests), 10, "the scan to reach spamd")
+    m.proc.send_signal(signal.SIGTERM)
+    assert m.proc.wait(20) == 0
+    t.join(20)
+    assert results and results[0].action == "accept"  # on_timeout
+    lines = m.log.splitlines()
+    stopping = [i for i, line in enumerate(lines) if "stopping: 1 message being scanned" in line]
+    decided = [i for i, line in enumerate(lines) if "reason=timeout" in line]
+    assert stopping and decided and stopping[0] < decided[0], m.log
+    assert "up to 3s" in lines[stopping[0]]  # the cap, plus a second for the reply
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["TERM", "HUP"])
 def test_an_idle_milter_stops_at_once(start_milter: Start, fake_spamd: MakeFake,
                                       signum: signal.Signals) -> None:
