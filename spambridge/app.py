@@ -226,7 +226,8 @@ def _open_socket(spec: SocketSpec, cfg: Config) -> tuple[int, int] | None:
     try:
         milter.opensocket(False)
     except M.milter.error as e:
-        raise OSError(f"cannot open milter socket {spec.libmilter}: {e}") from None
+        raise OSError(f"cannot open milter socket {spec.libmilter}: "
+                      f"{_why_no_listener(spec) or e}") from None
     finally:
         os.umask(old_umask)
     if spec.family == "unix":
@@ -248,6 +249,24 @@ def _open_socket(spec: SocketSpec, cfg: Config) -> tuple[int, int] | None:
             os.chmod(spec.path, cfg.milter.socket_mode)
         return st.st_dev, st.st_ino
     set_nodelay_on_listener(spec)
+    return None
+
+
+def _why_no_listener(spec: SocketSpec) -> str | None:
+    """Why libmilter could not listen on a TCP spec, found by binding the same address as it
+    does (SO_REUSEADDR): libmilter says only "cannot opensocket" and sends its reason to
+    syslog, so "Address already in use" (another instance) never reached the milter's log."""
+    if spec.family == "unix":
+        return None
+    family = socket.AF_INET6 if spec.family == "inet6" else socket.AF_INET
+    try:
+        address = socket.getaddrinfo(spec.host, spec.port, family, socket.SOCK_STREAM)[0][4]
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(address)
+            s.listen(1)
+    except OSError as e:
+        return e.strerror or str(e)
     return None
 
 

@@ -432,6 +432,31 @@ def test_a_file_or_a_live_socket_at_the_socket_path_is_left_alone(tmp_path: Path
     assert send_one(first.socket_path, message()).action == "accept"
 
 
+def test_a_second_instance_on_a_tcp_port_in_use_says_why_it_cannot_start(
+        start_milter: Start, fake_spamd: MakeFake) -> None:
+    """libmilter reports only "cannot opensocket" (its reason goes to syslog, not to the
+    milter's log): a second instance, or any other program on the port, must be named as the
+    reason, as it is for a unix socket in use."""
+    port = free_port()
+    cfg = spamd_cfg(fake_spamd(Recorder(score=1.0)))
+    cfg["milter"]["socket"] = f"inet:{port}@127.0.0.1"
+    first = start_milter(cfg, wait=False)
+    wait_until(lambda: first.proc.poll() is not None or milter_answers(port), 30, "the port")
+    second = start_milter(cfg, wait=False)
+    assert second.proc.wait(30) == 1
+    assert f"cannot open milter socket inet:{port}@127.0.0.1: Address already in use" in \
+        second.log, second.log
+    assert send_one(("127.0.0.1", port), message()).action == "accept"  # the first serves on
+
+
+def milter_answers(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
 def test_sigterm_lets_inflight_messages_finish(start_milter: Start, fake_spamd: MakeFake) -> None:
     rec = Recorder(score=9.0, delay=1.5)
     m = start_milter(spamd_cfg(fake_spamd(rec)))
