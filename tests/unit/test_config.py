@@ -310,6 +310,56 @@ def test_each_range_is_the_documented_one(tmp_path: Path, section: str, key: str
         assert str(e.value).endswith(f", not {float(bad) if isinstance(ok, float) else bad}")
 
 
+ROOT = Path(__file__).resolve().parents[2]
+SECTION = {"max_scan_size": "milter", "spool_memory": "milter", "scan_timeout": "milter",
+           "port": "spamd", "connect_timeout": "spamd", "share": "spamd",
+           "min_trained": "bayes", "max_bytes": "bayes", "max_tokens": "bayes",
+           "ham_cutoff": "bayes", "spam_cutoff": "bayes", "reject_cutoff": "bayes",
+           "tag_at": "policy", "reject_at": "policy"}
+
+
+def example_text(section: str, key: str) -> str:
+    """What contrib/spambridge.toml.example says of a key: the comment above it, or above the
+    key it is listed under (`#port` under `#host`)."""
+    lines = (ROOT / "contrib" / "spambridge.toml.example").read_text().splitlines()
+    start = lines.index(f"[{section}]")
+    i = next(n for n in range(start, len(lines)) if lines[n].startswith(f"#{key} = "))
+    while lines[i - 1].startswith("#") and re.match(r"#[a-z_]+ = ", lines[i - 1]):
+        i -= 1
+    text = []
+    while lines[i - 1].startswith("# "):
+        i -= 1
+        text.insert(0, lines[i][2:])
+    return " ".join(text)
+
+
+def man_text(section: str, key: str) -> str:
+    """What spambridge.toml(5) says of a key: the paragraph after it, or after the key it is
+    listed under."""
+    man = (ROOT / "packaging" / "man" / "spambridge.toml.5").read_text()
+    body = man.split(f".SS [{section}]\n", 1)[1].split("\n.S", 1)[0]
+    entries = [e.split("\n", 1) for e in body.split(".TP\n") if e.startswith(".B ")]
+    text = ""
+    for head, *rest in entries:
+        text = " ".join(rest).strip() or text
+        if head.startswith(f'.B "{key} = '):
+            return text.replace("\\-", "-").replace("\\(dq", '"')
+    raise AssertionError(f"[{section}] {key} is not in spambridge.toml(5)")
+
+
+@pytest.mark.parametrize("key", [*BOUNDS, "scan_timeout"])
+def test_the_docs_state_each_range_as_the_loader_takes_it(key: str) -> None:
+    """An admin reads the accepted range in the example file and in spambridge.toml(5); it is
+    the one the loader enforces (BOUNDS: as its error states it, checked above), so a value
+    the docs allow is never refused at the next restart. max_scan_size, spool_memory, port,
+    min_trained, max_bytes, max_tokens, the cutoffs and tag_at/reject_at were not given."""
+    lo, hi = {**BOUNDS, "scan_timeout": "0.1 and 120"}[key].split(" and ")
+    documented = re.compile(rf"(?<![\d.]){re.escape(lo)}(?:-| to ){re.escape(hi)}(?![\d.])")
+    for where, text in (("spambridge.toml.example", example_text(SECTION[key], key)),
+                        ("spambridge.toml(5)", man_text(SECTION[key], key))):
+        assert documented.search(text), f"{where}: [{SECTION[key]}] {key}: {text!r}"
+
+
 @pytest.mark.parametrize(("text", "line", "message"), [
     # true is an int to Python: port 1 and a database that needs 1 message
     ("[spamd]\nport = true\n", 2, "[spamd] port: must be an integer, not true or false"),
