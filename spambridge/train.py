@@ -19,9 +19,11 @@ import hashlib
 import itertools
 import os
 import re
+import signal
 import sqlite3
 import stat
 import sys
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -786,6 +788,7 @@ def run(cfg: Config, label: str, paths: list[str], *, max_size: int = DEFAULT_MA
     progress = _Progress([p for _, p in sources], enabled=not quiet and not single
                          and err.isatty())
     said: list[str] = []  # stdin's outcome, said once it is committed
+    previous = _stop_on_sigterm()
     try:
         for cls, path in sources:
             found = False
@@ -801,20 +804,26 @@ def run(cfg: Config, label: str, paths: list[str], *, max_size: int = DEFAULT_MA
                 print(f"spambridge train: {path}: no messages found{_folders_in(path)}",
                       file=err)
         trainer.flush()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (Stopped)
+        _ignore_sigterm(previous)
         trainer.abandon()
         progress.stop()
-        print(f"spambridge train: interrupted; {_kept(trainer)}", file=err)
-        return 130
+        how = "stopped (SIGTERM)" if isinstance(e, Stopped) else "interrupted"
+        print(f"spambridge train: {how}; {_kept(trainer)}", file=err)
+        return 143 if isinstance(e, Stopped) else 130
     except (store.StoreError, sqlite3.Error) as e:  # a corrupt file fails mid-batch
+        _ignore_sigterm(previous)
         trainer.abandon()
         progress.stop()
         where = "" if isinstance(e, store.StoreError) else f"{cfg.bayes.db}: "
         print(f"spambridge train: {where}{e}; {_kept(trainer)}", file=err)
         return 1
     finally:
+        _ignore_sigterm(previous)  # the closing fold is short (BUSY_TIMEOUT_FOLD): let it end
         progress.stop()
         writer.close()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
         if writer.unfolded:
             print(f"spambridge train: {cfg.bayes.db}: the -wal file was not folded back "
                   f"({writer.unfolded}); do not move a file over the database before it is "
@@ -827,6 +836,38 @@ def run(cfg: Config, label: str, paths: list[str], *, max_size: int = DEFAULT_MA
             _note_untrained(cfg, out)
     # what was learned is saved (in the -wal), but a full disk is the admin's business now
     return 1 if trainer.summary.failed or writer.fold_failed else 0
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM during a run (`timeout`, `kill`, a service stop): handled as Ctrl-C is, by
+    whatever handles that."""
+
+
+def _raise_stopped(signum: int, frame: object) -> None:
+    raise Stopped
+
+
+def _stop_on_sigterm() -> Any:
+    """Make SIGTERM stop the run as Ctrl-C does: the open batch rolled back, the -wal folded
+    back and the admin told what was kept. Python's default dies on the spot, silently, and
+    leaves the run's pages in the -wal (the hazard docs/bayes.md warns of). Returns the
+    handler to put back, or None when nothing was changed (not the main thread, SIGTERM
+    ignored by whoever started us: that choice is kept, or a handler not set from Python,
+    which could not be put back)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous is None or previous == signal.SIG_IGN:
+        return None
+    signal.signal(signal.SIGTERM, _raise_stopped)
+    return previous
+
+
+def _ignore_sigterm(previous: Any) -> None:
+    """While the run winds up (roll back, fold, close), a second SIGTERM must not cut it short
+    with a traceback; the handler is put back once it is done."""
+    if previous is not None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _folders_in(path: str) -> str:
