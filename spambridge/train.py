@@ -797,12 +797,12 @@ def run(cfg: Config, label: str, paths: list[str], *, max_size: int = DEFAULT_MA
                 outcome = trainer.add(item, cls)
                 progress.advance()
                 if item.failure:
-                    print(f"spambridge train: {item.where}: {item.problem}", file=err)
+                    progress.say(f"spambridge train: {item.where}: {item.problem}", err)
                 elif single and not quiet:
                     said.append(f"{item.where}: {outcome}")
             if not found:  # an empty folder, or mail one level down (Maildir++ .Junk/)
-                print(f"spambridge train: {path}: no messages found{_folders_in(path)}",
-                      file=err)
+                progress.say(f"spambridge train: {path}: no messages found"
+                             f"{_folders_in(path)}", err)
         trainer.flush()
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (Stopped)
         _ignore_sigterm(previous)
@@ -947,6 +947,15 @@ class _Progress:
         if self.bar is not None:
             self.bar.stop()
             self.bar = None
+
+    def say(self, line: str, err: IO[str]) -> None:
+        """Print a line on stderr: while the bar is drawn, on a line of its own above it
+        (written past the bar, it landed on the bar's line and stayed there)."""
+        if self.bar is None:
+            print(line, file=err)
+        else:
+            self.bar.console.print(line, markup=False, highlight=False, emoji=False,
+                                   soft_wrap=True)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -299,6 +299,45 @@ def test_a_long_run_on_a_terminal_shows_a_progress_bar(tmp_path: Path, db: Path)
     assert "training" not in piped.stderr and "/600" not in piped.stderr
 
 
+def test_an_error_during_the_progress_bar_is_printed_on_its_own_line(
+        tmp_path: Path, db: Path) -> None:
+    """A message that cannot be read, met while the bar is drawn, is named on a line of its
+    own above the bar; it used to be written after the bar's text, on the bar's line
+    ("training ━━━━ 250/601 0:00:01spambridge train: …"), and left there when the bar went."""
+    import pty
+
+    ham = folder(tmp_path / "ham", [mail(i, False) for i in range(600)])
+    (ham / "300-gone.eml").symlink_to(tmp_path / "expunged.eml")
+    cmd = [sys.executable, "-m", "spambridge", "train", "--db", str(db), "--ham", str(ham)]
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=slave,
+                                stdin=subprocess.DEVNULL,
+                                env={**os.environ, "TERM": "xterm", "COLUMNS": "100"})
+        os.close(slave)
+        seen = b""
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            seen += chunk
+        out = proc.communicate(timeout=120)[0].decode()
+    finally:
+        os.close(master)
+    assert proc.returncode == 1 and "Learned 600 of 601 messages as ham" in out
+    assert b"training" in seen and b"/601" in seen, seen[-500:]
+    error = f"spambridge train: {ham}/300-gone.eml: unreadable: no such file or directory"
+    at = seen.find(error.encode())
+    assert at >= 0, seen[-1000:]
+    # what the terminal keeps on that line before the error: nothing once escapes are dropped
+    start = max(seen.rfind(b"\n", 0, at), seen.rfind(b"\r", 0, at)) + 1
+    assert re.sub(rb"\x1b\[[0-9;?]*[A-Za-z]", b"", seen[start:at]) == b"", seen[start:at + 200]
+    assert seen.count(error.encode()) == 1
+
+
 def learned_as_before(db: Path, msg: bytes) -> None:
     """`msg` learned as spam the way an earlier spambridge did: keyed by the digest of the
     message as strip_markup left it then (state fields and Subject tag kept)."""
