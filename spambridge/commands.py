@@ -121,10 +121,11 @@ def _train(args: argparse.Namespace, cfg: Config) -> int:
             status = train.run(cfg, "index", [], index=index, **local, **common)
         if engine != "bayes":  # SpamAssassin learns everything, in any order: class by class
             for label in ("spam", "ham"):
-                paths = [p for c, p in index if c == label]
-                if paths:
-                    status = max(status, train.run_spamd(cfg, label, paths, user=args.user,
-                                                         **common))
+                entries = [e for e in index if e.label == label]
+                if entries:
+                    status = max(status, train.run_spamd(
+                        cfg, label, [e.path for e in entries], user=args.user,
+                        lines=[e.line for e in entries], **common))
         return status
     args.paths = args.paths or ["-"]  # no PATH: one message on stdin
     if engine == "bayes":

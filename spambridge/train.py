@@ -28,7 +28,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
 from spambridge import defaults
 from spambridge.bayes import store
@@ -742,13 +742,23 @@ class Trainer:
         self.writer.rollback()
 
 
-def read_index(path: str) -> list[tuple[str, str]]:
-    """(class, path) pairs from an index file in the TREC spam-track format: one `spam PATH` or
-    `ham PATH` per line (a space or a tab between), in the order to learn them; a relative
-    PATH is taken from the index file's directory; blank lines and `#` comments are skipped.
+class IndexEntry(NamedTuple):
+    label: str  # spam | ham
+    path: str
+    line: str  # "INDEX:N", where it was listed: an error about the path names it
+
+    @property
+    def origin(self) -> str:
+        return f"{self.line}: " if self.line else ""
+
+
+def read_index(path: str) -> list[IndexEntry]:
+    """The entries of an index file in the TREC spam-track format: one `spam PATH` or `ham
+    PATH` per line (a space or a tab between), in the order to learn them; a relative PATH
+    is taken from the index file's directory; blank lines and `#` comments are skipped.
     Raises ValueError on a bad line."""
     base = os.path.dirname(os.path.abspath(path))
-    out: list[tuple[str, str]] = []
+    out: list[IndexEntry] = []
     with open(path, encoding="utf-8", errors="surrogateescape") as f:
         for n, line in enumerate(f, 1):
             line = line.strip()
@@ -760,16 +770,18 @@ def read_index(path: str) -> list[tuple[str, str]]:
             label, where = line[:cut].lower(), line[cut + 1:].strip()
             if label not in (store.SPAM, store.HAM) or not where:
                 raise ValueError(f"{path}:{n}: expected 'spam PATH' or 'ham PATH', got {line!r}")
-            out.append((label, where if os.path.isabs(where) else os.path.join(base, where)))
+            out.append(IndexEntry(
+                label, where if os.path.isabs(where) else os.path.join(base, where),
+                f"{path}:{n}"))
     return out
 
 
 def run(cfg: Config, label: str, paths: list[str], *, max_size: int = DEFAULT_MAX_SIZE,
         mbox: bool = False, quiet: bool = False, batch_messages: int = BATCH_MESSAGES,
-        selective: bool = False, index: list[tuple[str, str]] | None = None,
+        selective: bool = False, index: list[IndexEntry] | None = None,
         out: IO[str] | None = None, err: IO[str] | None = None) -> int:
     """The `train` command on the local database; exit status 0, or 1 on real errors.
-    With `index` ((class, path) pairs, see read_index) `label` is "index" and `paths` unused."""
+    With `index` (see read_index) `label` is "index" and `paths` unused."""
     out = out or sys.stdout
     err = err or sys.stderr
     start = time.monotonic()
@@ -783,25 +795,26 @@ def run(cfg: Config, label: str, paths: list[str], *, max_size: int = DEFAULT_MA
         return 1
     trainer = Trainer(writer, label, limits_for(cfg.bayes), batch_messages, selective,
                       cfg.bayes.min_trained, cfg.policy.subject_tag)
-    sources = index if index is not None else [(label, p) for p in paths]
+    sources = index if index is not None else [IndexEntry(label, p, "") for p in paths]
     single = index is None and paths == ["-"]
-    progress = _Progress([p for _, p in sources], enabled=not quiet and not single
+    progress = _Progress([e.path for e in sources], enabled=not quiet and not single
                          and err.isatty())
     said: list[str] = []  # stdin's outcome, said once it is committed
     previous = _stop_on_sigterm()
     try:
-        for cls, path in sources:
+        for entry in sources:
+            cls, path, origin = entry.label, entry.path, entry.origin
             found = False
             for item in read_path(path, max_size, mbox):
                 found = True
                 outcome = trainer.add(item, cls)
                 progress.advance()
                 if item.failure:
-                    progress.say(f"spambridge train: {item.where}: {item.problem}", err)
+                    progress.say(f"spambridge train: {origin}{item.where}: {item.problem}", err)
                 elif single and not quiet:
                     said.append(f"{item.where}: {outcome}")
             if not found:  # an empty folder, or mail one level down (Maildir++ .Junk/)
-                progress.say(f"spambridge train: {path}: no messages found"
+                progress.say(f"spambridge train: {origin}{path}: no messages found"
                              f"{_folders_in(path)}", err)
         trainer.flush()
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (Stopped)
@@ -964,8 +977,10 @@ class _Progress:
 
 def run_spamd(cfg: Config, label: str, paths: list[str], *, max_size: int = DEFAULT_MAX_SIZE,
               mbox: bool = False, user: str = "", quiet: bool = False,
+              lines: list[str] | None = None,
               out: IO[str] | None = None, err: IO[str] | None = None) -> int:
-    """Teach SpamAssassin's own Bayes through spamd TELL (needs spamd --allow-tell)."""
+    """Teach SpamAssassin's own Bayes through spamd TELL (needs spamd --allow-tell). `lines`:
+    where in an index each path was listed ("INDEX:N"), named in its errors."""
     import asyncio
 
     from spambridge.scanners.spamd import SpamdScanner
@@ -982,13 +997,15 @@ def run_spamd(cfg: Config, label: str, paths: list[str], *, max_size: int = DEFA
         headers = {"Message-class": label, "Set": "local"}
 
     async def tell_all() -> None:
-        for path in paths:
+        for path, line in zip(paths, lines or [""] * len(paths), strict=True):
+            origin = f"{line}: " if line else ""
             for item in read_path(path, max_size, mbox):
                 summary.seen += 1
                 if item.data is None:
                     summary.skipped(item)
                     if item.failure:
-                        print(f"spambridge train: {item.where}: {item.problem}", file=err)
+                        print(f"spambridge train: {origin}{item.where}: {item.problem}",
+                              file=err)
                     continue
                 msg = strip_markup(item.data, cfg.policy.subject_tag.encode())
                 try:
@@ -996,7 +1013,7 @@ def run_spamd(cfg: Config, label: str, paths: list[str], *, max_size: int = DEFA
                 except ScanError as e:
                     summary.spamd_errors += 1
                     summary.errors.append(f"{item.where}: {e}")
-                    print(f"spambridge train: {item.where}: {e}", file=err)
+                    print(f"spambridge train: {origin}{item.where}: {e}", file=err)
                     if e.kind.value in ("unavailable", "timeout"):
                         summary.spamd_stopped = True  # the rest would fail the same way
                         return

@@ -281,6 +281,29 @@ def test_bad_index_lines_are_reported(tmp_path: Path, capsys: pytest.CaptureFixt
     assert not (tmp_path / "b.sqlite").exists()
 
 
+def test_a_bad_entry_of_an_index_is_named_by_its_line(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An index of thousands of lines with one file gone, or one folder empty: the error names
+    the index line to fix, not only the path it resolved to; the rest is learned (CRLF line
+    ends, a comment, a path with spaces), and the run fails."""
+    msgs = corpus(2, seed=4)
+    (tmp_path / "my mail").mkdir()
+    (tmp_path / "my mail" / "a b.eml").write_bytes(msgs[0][0])
+    (tmp_path / "ok.eml").write_bytes(msgs[1][0])
+    (tmp_path / "empty").mkdir()
+    index = tmp_path / "index"
+    index.write_bytes(b"# class path\r\nspam my mail/a b.eml\r\nham gone.eml\r\n"
+                      b"ham ok.eml\r\nspam empty\r\n")
+    code, out, err = run("train", "--db", str(tmp_path / "b.sqlite"), "--index", str(index),
+                         capsys=capsys)
+    assert code == 1
+    assert out.startswith("Learned 2 of 3 messages (1 as ham, 1 as spam) (1 unreadable)")
+    said = err.splitlines()
+    assert (f"spambridge train: {index}:3: {tmp_path}/gone.eml: unreadable: no such file or "
+            "directory") in said, err
+    assert f"spambridge train: {index}:5: {tmp_path}/empty: no messages found" in said, err
+
+
 def test_index_and_paths_do_not_mix(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     index = tmp_path / "index"
     index.write_text("ham a.eml\n")

@@ -1384,7 +1384,7 @@ def test_an_index_line_is_split_at_its_first_blank_only(tmp_path: Path) -> None:
     anywhere on the line was replaced, so `spam a<TAB>b.eml` named `a b.eml`."""
     index = tmp_path / "index"
     index.write_text("spam a\tb.eml\nham\tc d.eml\nspam  e\tf g.eml\n")
-    assert train.read_index(str(index)) == [
+    assert [(e.label, e.path) for e in train.read_index(str(index))] == [
         ("spam", str(tmp_path / "a\tb.eml")), ("ham", str(tmp_path / "c d.eml")),
         ("spam", str(tmp_path / "e\tf g.eml"))]
 
