@@ -759,7 +759,7 @@ def read_index(path: str) -> list[IndexEntry]:
     Raises ValueError on a bad line."""
     base = os.path.dirname(os.path.abspath(path))
     out: list[IndexEntry] = []
-    with open(path, encoding="utf-8", errors="surrogateescape") as f:
+    with open(path, encoding="utf-8-sig", errors="surrogateescape") as f:  # -sig: a BOM is skipped
         for n, line in enumerate(f, 1):
             line = line.strip()
             if not line or line.startswith("#"):

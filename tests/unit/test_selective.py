@@ -304,6 +304,21 @@ def test_a_bad_entry_of_an_index_is_named_by_its_line(
     assert f"spambridge train: {index}:5: {tmp_path}/empty: no messages found" in said, err
 
 
+def test_an_index_saved_with_a_byte_order_mark_is_read(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Windows tools (Notepad, PowerShell's Out-File) save UTF-8 with a byte order mark and
+    CRLF line ends: the first line was refused as "got '\\ufeffspam a.eml'"."""
+    msgs = corpus(2, seed=6)
+    for i, (raw, _) in enumerate(msgs):
+        (tmp_path / f"{i}.eml").write_bytes(raw)
+    index = tmp_path / "index"
+    index.write_bytes("spam 0.eml\r\nham 1.eml\r\n".encode("utf-8-sig"))
+    code, out, err = run("train", "--db", str(tmp_path / "b.sqlite"), "--index", str(index),
+                         capsys=capsys)
+    assert code == 0, err
+    assert out.startswith("Learned 2 of 2 messages (1 as ham, 1 as spam)")
+
+
 def test_index_and_paths_do_not_mix(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     index = tmp_path / "index"
     index.write_text("ham a.eml\n")
