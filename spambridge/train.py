@@ -818,25 +818,24 @@ def run(cfg: Config, label: str, paths: list[str], *, max_size: int = DEFAULT_MA
                              f"{_folders_in(path)}", err)
         trainer.flush()
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (Stopped)
-        _ignore_sigterm(previous)
+        _hold_signals(previous)
         trainer.abandon()
         progress.stop()
         how = "stopped (SIGTERM)" if isinstance(e, Stopped) else "interrupted"
         print(f"spambridge train: {how}; {_kept(trainer)}", file=err)
         return 143 if isinstance(e, Stopped) else 130
     except (store.StoreError, sqlite3.Error) as e:  # a corrupt file fails mid-batch
-        _ignore_sigterm(previous)
+        _hold_signals(previous)
         trainer.abandon()
         progress.stop()
         where = "" if isinstance(e, store.StoreError) else f"{cfg.bayes.db}: "
         print(f"spambridge train: {where}{e}; {_kept(trainer)}", file=err)
         return 1
     finally:
-        _ignore_sigterm(previous)  # the closing fold is short (BUSY_TIMEOUT_FOLD): let it end
+        _hold_signals(previous)  # the closing fold is short (BUSY_TIMEOUT_FOLD): let it end
         progress.stop()
         writer.close()
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        _restore_signals(previous)
         if writer.unfolded:
             print(f"spambridge train: {cfg.bayes.db}: the -wal file was not folded back "
                   f"({writer.unfolded}); do not move a file over the database before it is "
@@ -860,27 +859,37 @@ def _raise_stopped(signum: int, frame: object) -> None:
     raise Stopped
 
 
-def _stop_on_sigterm() -> Any:
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _stop_on_sigterm() -> dict[int, Any] | None:
     """Make SIGTERM stop the run as Ctrl-C does: the open batch rolled back, the -wal folded
     back and the admin told what was kept. Python's default dies on the spot, silently, and
     leaves the run's pages in the -wal (the hazard docs/bayes.md warns of). Returns the
-    handler to put back, or None when nothing was changed (not the main thread, SIGTERM
-    ignored by whoever started us: that choice is kept, or a handler not set from Python,
-    which could not be put back)."""
+    handlers of SIGINT and SIGTERM to put back (None: not the main thread, nothing changed).
+    A signal ignored by whoever started us stays ignored, and a handler not set from Python
+    (None), which could not be put back, is left alone."""
     if threading.current_thread() is not threading.main_thread():
         return None
-    previous = signal.getsignal(signal.SIGTERM)
-    if previous is None or previous == signal.SIG_IGN:
-        return None
-    signal.signal(signal.SIGTERM, _raise_stopped)
+    previous: dict[int, Any] = {s: signal.getsignal(s) for s in _SIGNALS}
+    if previous[signal.SIGTERM] not in (None, signal.SIG_IGN):
+        signal.signal(signal.SIGTERM, _raise_stopped)
     return previous
 
 
-def _ignore_sigterm(previous: Any) -> None:
-    """While the run winds up (roll back, fold, close), a second SIGTERM must not cut it short
-    with a traceback; the handler is put back once it is done."""
-    if previous is not None:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+def _hold_signals(previous: dict[int, Any] | None) -> None:
+    """While the run winds up (roll back, fold, close), another Ctrl-C or SIGTERM must not cut
+    it short: the fold would be left half done, the -wal full. They are ignored until
+    _restore_signals; the fold waits BUSY_TIMEOUT_FOLD at most."""
+    for s, handler in (previous or {}).items():
+        if handler not in (None, signal.SIG_IGN):
+            signal.signal(s, signal.SIG_IGN)
+
+
+def _restore_signals(previous: dict[int, Any] | None) -> None:
+    for s, handler in (previous or {}).items():
+        if handler is not None:
+            signal.signal(s, handler)
 
 
 def _folders_in(path: str) -> str:

@@ -1459,6 +1459,40 @@ def test_an_interrupted_train_says_how_many_messages_were_saved(
             "that failed), the rest was not") in err.getvalue()
 
 
+def test_a_second_ctrl_c_while_the_run_winds_up_does_not_cut_the_fold_short(
+        tmp_path: Path, db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An impatient admin presses Ctrl-C again while the interrupted run folds its -wal back
+    (up to a second): that second one used to break off the fold, leaving the run's pages in
+    the -wal (the state docs/bayes.md warns of) and ending without the run's own exit path.
+    While it winds up, SIGINT and SIGTERM wait."""
+    import io
+
+    def three_then_ctrl_c(path: str, max_size: int, mbox: bool) -> object:
+        for n in range(3):
+            yield train.Item(f"m{n}", mail(n, True))
+        raise KeyboardInterrupt
+
+    fold = store.SqliteWriter._fold
+
+    def ctrl_c_again(self: store.SqliteWriter) -> bool:
+        os.kill(os.getpid(), signal.SIGINT)  # delivered to Python right after this call
+        return fold(self)
+
+    monkeypatch.setattr(train, "read_path", three_then_ctrl_c)
+    monkeypatch.setattr(store.SqliteWriter, "_fold", ctrl_c_again)
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        code: int | None = train.run(_cfg(db), "spam", ["box"], batch_messages=2, out=out,
+                                     err=err)
+    except KeyboardInterrupt:
+        code = None
+    assert code == 130 and totals(db) == (2, 0)
+    assert "interrupted; the first 2 of 3 messages were saved" in err.getvalue()
+    wal = Path(f"{db}-wal")
+    assert not wal.exists() or wal.stat().st_size == 0
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+
+
 def test_a_wal_sqlite_could_not_fold_back_fails_the_run(
         tmp_path: Path, db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A full disk at the closing checkpoint: what was learned is kept (in the -wal), but the
