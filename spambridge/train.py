@@ -86,6 +86,7 @@ class Summary:
     too_large: int = 0
     not_mail: int = 0
     unreadable: int = 0
+    gone: int = 0  # listed in a folder, then renamed or removed before read (a live Maildir)
     spamd_errors: int = 0  # TELL failed: spamd down, timed out or answered an error
     spamd: bool = False  # taught through spamd TELL, not the local database
     spamd_stopped: bool = False  # spamd down or hung: the remaining messages were not sent
@@ -100,6 +101,8 @@ class Summary:
         """Count an item that could not be learned from (item.data is None)."""
         if item.problem == "too large":
             self.too_large += 1
+        elif item.problem == GONE:
+            self.gone += 1
         elif item.problem.startswith("not mail"):
             self.not_mail += 1
         else:
@@ -131,6 +134,7 @@ class Summary:
             (self.too_large, "too large"),
             (self.not_mail, "not mail"),
             (self.unreadable, "unreadable"),
+            (self.gone, "moved or deleted during the run"),
             (self.spamd_errors, "spamd error" + ("s" if self.spamd_errors > 1 else "")),
         ) if n]
         if self.spamd_stopped:
@@ -150,14 +154,15 @@ class Item:
 
     where: str
     data: bytes | None = None
-    problem: str = ""  # "unreadable: …", "too large", "not mail"
+    problem: str = ""  # "unreadable: …", "too large", "not mail", GONE
     named: bool = False  # named on the command line (or stdin), not found inside a folder
 
     @property
     def failure(self) -> bool:
         """Not read, and worth an error: unreadable, or not mail though named on the command
-        line. Junk met inside a folder and messages over the size limit are only counted."""
-        return self.data is None and self.problem != "too large" and (
+        line. Junk met inside a folder, messages over the size limit and files gone from a
+        folder since it was listed are only counted."""
+        return self.data is None and self.problem not in ("too large", GONE) and (
             self.named or self.problem != "not mail")
 
 
@@ -223,6 +228,13 @@ def read_path(path: str, max_size: int, mbox: bool = False, stdin: IO[bytes] | N
                     # up to max_size only: a folder's big attachments are not read whole to
                     # be called too large (an mbox over it is streamed, as a big one named)
                     found = _slurp(f, max_size or MBOX_IN_MEMORY, named=False)
+                    if found[2] is not None and found[2].problem == _NO_SUCH_FILE and \
+                            not os.path.lexists(f):
+                        # renamed since listed (a flag changed, new/ to cur/) or expunged:
+                        # the next run learns it under its new name; a symlink to nothing
+                        # is still there, and reported
+                        yield Item(f, problem=GONE)
+                        continue
                     if found[1] not in (_DIRECTORY, _STREAM):  # a subdirectory, or a new FIFO
                         yield from _read_file(f, max_size, mbox, found, named=False)
             return
@@ -232,6 +244,8 @@ def read_path(path: str, max_size: int, mbox: bool = False, stdin: IO[bytes] | N
 
 
 _DIRECTORY, _STREAM = -1, -2  # _slurp's sizes for what it does not read
+_NO_SUCH_FILE = "unreadable: no such file or directory"
+GONE = "moved or deleted during the run"
 _LINE = 1 << 20  # longest line read at once from a stream or a big mbox (memory stays bounded)
 
 
@@ -276,7 +290,7 @@ def _slurp(path: str, limit: int, named: bool) -> tuple[bytes | None, int, Item 
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except FileNotFoundError:
-        return None, 0, Item(path, problem="unreadable: no such file or directory", named=named)
+        return None, 0, Item(path, problem=_NO_SUCH_FILE, named=named)
     except OSError as e:
         return None, 0, Item(path, problem=f"unreadable: {e.strerror or e}", named=named)
     try:

@@ -1341,6 +1341,33 @@ def test_options_may_follow_paths(tmp_path: Path, db: Path,
         run("train", "--db", str(db), "--spam", str(one), "--bogus", capsys=capsys)
 
 
+def test_a_message_renamed_in_a_live_maildir_during_the_run_is_not_an_error(
+        tmp_path: Path, db: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A nightly `train -q --spam .../.Junk` over a Maildir in use: Dovecot renames a message
+    file when its flags change (read: `:2,S`) or moves it from new/ to cur/, so a file listed
+    at the start may be gone under that name when its turn comes. That is no error (it is
+    learned under its new name by the next run); it failed the run with "unreadable: no such
+    file or directory" and exit status 1, a cron mail every time it happened."""
+    box = maildir(tmp_path / "Junk", [mail(i, True) for i in range(4)])
+    slurp = train._slurp
+    renamed = box / "cur" / "1.host:2,S"
+
+    def read_while_the_user_reads(path: str, limit: int, named: bool) -> object:
+        if path == str(renamed):
+            renamed.rename(box / "cur" / "1.host:2,RS")  # the user read and replied to it
+        return slurp(path, limit, named)
+
+    monkeypatch.setattr(train, "_slurp", read_while_the_user_reads)
+    code, out, err = run("train", "--db", str(db), "--spam", str(box), capsys=capsys)
+    assert (code, err) == (0, "")
+    assert out.startswith("Learned 3 of 4 messages as spam (1 moved or deleted during the run)")
+    monkeypatch.setattr(train, "_slurp", slurp)
+    code, out, err = run("train", "--db", str(db), "--spam", str(box), capsys=capsys)
+    assert (code, err) == (0, "")
+    assert out.startswith("Learned 1 of 4 messages as spam (3 already trained)")
+
+
 def test_a_fifo_or_subdirectory_in_a_folder_is_skipped_not_waited_on(
         tmp_path: Path, db: Path) -> None:
     folder = tmp_path / "ham"
