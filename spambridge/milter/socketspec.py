@@ -94,13 +94,20 @@ def find_listener(spec: SocketSpec) -> int | None:
     for name in os.listdir("/proc/self/fd"):
         fd = int(name)
         try:
-            with socket.socket(fileno=os.dup(fd)) as s:
-                if (s.family != fam or s.type != socket.SOCK_STREAM
-                        or not s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)):
-                    continue  # an accepted session has the listener's address too
-                addr = s.getsockname()
-                if (addr == spec.path) if spec.family == "unix" else (addr[1] == spec.port):
-                    return fd
+            # the descriptor itself, not a dup: on a file or pipe the constructor fails and
+            # never closes what it was given (a dup leaked there, one per file per lookup)
+            s = socket.socket(fileno=fd)
         except OSError:
             continue
+        try:
+            if (s.family != fam or s.type != socket.SOCK_STREAM
+                    or not s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)):
+                continue  # an accepted session has the listener's address too
+            addr = s.getsockname()
+            if (addr == spec.path) if spec.family == "unix" else (addr[1] == spec.port):
+                return fd
+        except OSError:
+            continue
+        finally:
+            s.detach()  # libmilter's (or anyone's) descriptor: never closed here
     return None

@@ -3,6 +3,7 @@ listener found closed means a stop was asked for)."""
 
 from __future__ import annotations
 
+import os
 import socket
 from pathlib import Path
 
@@ -35,3 +36,20 @@ def test_a_closed_listener_is_found_closed_while_its_sessions_are_still_open(
             assert find_listener(spec) == lst.fileno()
             lst.close()  # what libmilter does at a stop request
             assert find_listener(spec) is None
+
+
+def test_looking_for_the_listener_leaves_no_descriptor_behind(tmp_path: Path) -> None:
+    """The milter looks for libmilter's listener at start (TCP_NODELAY), at a failed start of
+    its listener and when a stop closes it. Each look used to leave a copy of every open file
+    that is not a socket (log, database, pipes) open for the rest of the process, the copies
+    of earlier looks included: the count doubled with each look."""
+    spec = parse_socket_spec(f"unix:{tmp_path / 'm.sock'}")
+    with open(tmp_path / "some.log", "w"), socket.socket(socket.AF_UNIX) as lst:
+        lst.bind(str(tmp_path / "m.sock"))
+        lst.listen(1)
+        before = sorted(os.listdir("/proc/self/fd"))
+        for _ in range(3):
+            assert find_listener(spec) == lst.fileno()
+        assert find_listener(parse_socket_spec("inet:1@127.0.0.1")) is None
+        assert sorted(os.listdir("/proc/self/fd")) == before
+        assert lst.getsockname() == str(tmp_path / "m.sock")  # a look never closes it
