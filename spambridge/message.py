@@ -4,6 +4,7 @@ and the one place that rebuilds the exact bytes a scanner sees.
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import re
 import tempfile
@@ -28,9 +29,11 @@ def clean(value: str | bytes | None, limit: int = 255, log: bool = False) -> str
     if value is None:
         return ""
     raw = value.encode("utf-8", "surrogateescape") if isinstance(value, str) else value
+    cut = len(raw) > limit
     raw = _CTL.sub(b"?", raw[:limit])
     if log:
-        text = raw.decode("utf-8", "backslashreplace")
+        # a cut inside a character drops its first bytes: an escape there names no real byte
+        text = codecs.getincrementaldecoder("utf-8")("backslashreplace").decode(raw, not cut)
         return text if text.isascii() else "".join(c if c.isprintable() else "?" for c in text)
     return raw.decode("ascii", "backslashreplace")
 

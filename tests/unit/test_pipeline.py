@@ -7,6 +7,7 @@ tests/integration (test_bayes_milter.py, test_faults.py's locked database)."""
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -254,3 +255,20 @@ def test_the_scanners_future_is_waited_on_for_the_cap_exactly() -> None:
     outcome = pipeline(Scanner(lambda m: ScoreResult("bayes", 0.0))).scan(b"x", Envelope(), 7.5)
     assert waited == [7.5]
     assert outcome == ScanError(ErrorKind.TIMEOUT, "bayes", "no verdict within 7.5s")
+
+
+def test_an_error_cut_inside_a_character_ends_at_the_last_whole_one(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The decision line cuts an error at 200 bytes; under a non-ASCII path the cut fell inside
+    a character, and the line ended in a stray escape ('…/почта/по\\xd1') that names no byte
+    of any file: the line ends at the last whole character (the error follows in full)."""
+    detail = "/var/mail/" + "почта/" * 30 + "bayes.sqlite: cannot open the Bayes database"
+    assert detail.encode()[:200].decode("utf-8", "replace").endswith("\ufffd")
+    err = ScanError(ErrorKind.UNAVAILABLE, "bayes", detail)
+    caplog.set_level(logging.INFO, logger="spambridge")
+    log_decision(Evaluation(decide(err, Config().policy), err, 0.001),
+                 MessageBuffer(1000, 1000), Envelope(queue_id="4ABC"), False)
+    [line] = [r.getMessage() for r in caplog.records if "4ABC: from=" in r.getMessage()]
+    logged = re.search(r"error='([^']*)'", line)
+    assert logged and "\\x" not in logged.group(1), line
+    assert detail.startswith(logged.group(1)) and len(logged.group(1).encode()) >= 199
