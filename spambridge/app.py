@@ -13,13 +13,15 @@ import os
 import signal
 import socket
 import stat
+import sys
 import threading
 from collections.abc import Callable
+from types import TracebackType
 from typing import Any
 
 from spambridge import __version__, defaults, privileges
 from spambridge.config import Config, ConfigError, key_at, reloaded
-from spambridge.message import spool_problem
+from spambridge.message import clean, spool_problem
 from spambridge.milter.bridge import AsyncBridge, signals_blocked
 from spambridge.milter.poolnudge import PoolNudger
 from spambridge.milter.socketspec import (
@@ -96,6 +98,7 @@ def run(cfg: Config, reload: Callable[[], Config] | None = None) -> int:
     Milter.factory = functools.partial(SpamBridgeMilter, functools.partial(Session, pipeline))
     Milter.set_flags(actions.FLAGS)
     _register()
+    sys.excepthook = _log_uncaught
     ours: tuple[int, int] | None = None
     try:
         ours = _open_socket(spec, cfg)
@@ -146,6 +149,25 @@ def run(cfg: Config, reload: Callable[[], Config] | None = None) -> int:
         _remove_own_socket(spec, ours)
     log.info("spambridge stopped")
     return 0
+
+
+def _log_uncaught(kind: type[BaseException], e: BaseException,
+                  tb: TracebackType | None) -> None:
+    """pymilter reports an error met before it can call a callback with PyErr_Print, which
+    lands here: converting the MTA's data to the text a callback takes (the HELO name, a
+    header's name, the client's host name) fails on bytes that are not UTF-8 — the EHLO
+    argument a Postfix with smtputf8_enable=no passes on as the client sent it. That
+    callback is skipped (pymilter answers TEMPFAIL, which a no-reply stage does not send) and
+    the message goes on; say so in a log line, not a bare "UnicodeDecodeError: ..." on
+    stderr that journald files with no time, no process and no hint what it was about."""
+    if isinstance(e, UnicodeDecodeError):
+        log.warning("the MTA sent bytes that are not UTF-8 where pymilter takes text, %s; "
+                    "pymilter skipped that stage (a HELO: the Received line the scanner sees "
+                    "names the client's host instead; a header name: libmilter ignores the "
+                    "rest of that message, and the MTA waits for its own timeout)",
+                    clean(e.object, log=True))
+        return
+    log.error("uncaught exception", exc_info=(kind, e, tb))
 
 
 def _check_spool(cfg: Config) -> None:

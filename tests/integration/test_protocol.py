@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 from harness import RunningMilter, message
@@ -68,3 +69,23 @@ def test_forged_field_flood_without_a_queue_id_is_logged_as_noqueue(start_milter
     assert r.action == "accept"
     assert (f"NOQUEUE: {MAX_OWNED + 5} forged X-Spam-* fields, only the first {MAX_OWNED} "
             "removed") in m.log
+
+
+def test_an_8bit_helo_is_logged_as_a_log_line_and_the_message_still_judged(
+        start_milter: Start) -> None:
+    """Postfix with smtputf8_enable=no hands the client's EHLO argument to the milter as it
+    came, 8-bit bytes and all; pymilter cannot make the text its HELO callback takes of them
+    and prints the error itself: a bare "UnicodeDecodeError: ..." line on stderr, with no
+    time, no process, no hint what it was about, which journald files as the milter's own
+    error. The message must still get its verdict, and the log say what happened in a line
+    of its own format."""
+    m = start_milter()  # the default engine; an untrained database is fine here
+    with MilterClient(m.socket_path) as c:
+        c.connect()
+        c.helo(b"mail\xff\xfe.example")
+        r = c.send(message(), connected=True, queue_id="8BITHELO1")
+    assert r.action == "accept" and r.header("X-Spam-Status")
+    stray = [line for line in m.log.splitlines()
+             if line and not re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", line)]
+    assert not stray, stray
+    assert "not UTF-8" in m.log and r"mail\xff\xfe.example" in m.log, m.log
