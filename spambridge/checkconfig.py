@@ -52,6 +52,8 @@ class Service:
     name: str
     chroot: bool
     milters: str | None = None  # a `-o smtpd_milters=…` override
+    # other `-o milter_…=` overrides (milter_default_action, milter_content_timeout, …)
+    overrides: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -178,12 +180,12 @@ def check_postfix(cfg: Config, pf: PostfixSettings) -> Report:
     p = pf.params
     ours = parse_socket_spec(cfg.milter.socket)
     queue_dir = p.get("queue_directory", "/var/spool/postfix")
-    cap = cfg.milter.scan_timeout + defaults.REPLY_MARGIN
 
     # the socket: which smtpd services reach it
     services = pf.smtpd or [Service("smtpd", chroot=False)]
     reaching: list[str] = []
     our_options: dict[str, str] = {}
+    options: dict[str, dict[str, str]] = {}  # service → our entry's {default_action=…}
     hints: list[str] = []
     for svc in services:
         value = svc.milters if svc.milters is not None else p.get("smtpd_milters", "")
@@ -192,7 +194,7 @@ def check_postfix(cfg: Config, pf: PostfixSettings) -> Report:
             ok, hint = endpoint_matches(endpoint, ours, queue_dir, svc.chroot)
             if ok:
                 reaching.append(svc.name)
-                our_options = opts
+                our_options = options[svc.name] = opts
                 mine = []
                 break
             if hint:
@@ -224,12 +226,36 @@ def check_postfix(cfg: Config, pf: PostfixSettings) -> Report:
             r.warn("non_smtpd_milters lists spambridge: that scans local submissions "
                    "(sendmail(1)) and re-injected mail; use smtpd_milters only")
 
+    # what Postfix does when we are down, its timer, protocol and macros: main.cf's values,
+    # or a service's own (master.cf -o milter_…=) for each service that uses spambridge
+    judged = [s for s in services if s.name in reaching] or [Service("", False)]
+    for svc in judged:
+        found = _judge_milter_settings(
+            cfg, {**p, **svc.overrides}, pf.explicit | set(svc.overrides),
+            options.get(svc.name, our_options), svc.name, set(svc.overrides))
+        r.warnings += [w for w in found.warnings if w not in r.warnings]
+        r.notes += [n for n in found.notes if n not in r.notes]
+    return r
+
+
+def _judge_milter_settings(cfg: Config, p: dict[str, str], explicit: set[str],
+                           our_options: dict[str, str], service: str,
+                           overridden: set[str]) -> Report:
+    """milter_default_action, the content timeout, milter_protocol and the macros as one
+    smtpd service sees them; a value from that service's own master.cf -o names the service."""
+    r = Report()
+    cap = cfg.milter.scan_timeout + defaults.REPLY_MARGIN
+
+    def where(param: str) -> str:
+        return f"{param} (master.cf -o, {service})" if param in overridden else param
+
     # what Postfix does when we are down
-    if "default_action" in our_options or "milter_default_action" in pf.explicit:
+    if "default_action" in our_options or "milter_default_action" in explicit:
         per_milter = "default_action" in our_options
         action = (our_options["default_action"] if per_milter
                   else p.get("milter_default_action", ""))
-        name = "default_action (per milter)" if per_milter else "milter_default_action"
+        name = ("default_action (per milter)" if per_milter
+                else where("milter_default_action"))
         known = DEFAULT_ACTIONS if _version(p.get("mail_version", "")) >= (3, 11) \
             else DEFAULT_ACTIONS[:-1]  # shutdown came with Postfix 3.11
         if action.strip().lower() not in known:
@@ -239,7 +265,7 @@ def check_postfix(cfg: Config, pf: PostfixSettings) -> Report:
         elif per_milter:
             r.note(f"default action for spambridge: {action} (per milter)")
         else:
-            r.note(f"milter_default_action = {action}")
+            r.note(f"{where('milter_default_action')} = {action}")
     else:
         r.warn(f"milter_default_action is not set in main.cf (now "
                f"{p.get('milter_default_action', 'tempfail')}); Postfix 3.11 changes the "
@@ -249,7 +275,7 @@ def check_postfix(cfg: Config, pf: PostfixSettings) -> Report:
     if "content_timeout" in our_options:
         name, raw = "content_timeout (per milter)", our_options["content_timeout"]
     else:
-        name, raw = "milter_content_timeout", p.get("milter_content_timeout", "300s")
+        name, raw = where("milter_content_timeout"), p.get("milter_content_timeout", "300s")
     timeout = parse_time(raw)
     if timeout is None:
         r.warn(f"cannot read {name} = {raw!r}")
@@ -265,12 +291,14 @@ def check_postfix(cfg: Config, pf: PostfixSettings) -> Report:
     # protocol and macros
     try:
         if int(p.get("milter_protocol", "6")) < 6:
-            r.warn(f"milter_protocol = {p['milter_protocol']}: use 6")
+            r.warn(f"{where('milter_protocol')} = {p['milter_protocol']}: use 6")
     except ValueError:
-        r.warn(f"cannot read milter_protocol = {p.get('milter_protocol')!r}")
+        r.warn(f"cannot read {where('milter_protocol')} = {p.get('milter_protocol')!r}")
     for macro, (stages, effect) in NEEDED_MACROS.items():
         if not any(macro in _macros(p.get(stage, "")) for stage in stages):
-            r.warn(f"Postfix does not send macro {macro} (add it to {stages[-1]}): {effect}")
+            own = f"{service} (master.cf -o): " if any(st in overridden for st in stages) else ""
+            r.warn(f"{own}Postfix does not send macro {macro} "
+                   f"(add it to {stages[-1]}): {effect}")
     return r
 
 
@@ -367,7 +395,8 @@ def _postconf(exe: str, config_dir: str | None, *args: str) -> str:
 
 
 def parse_master(text: str) -> list[Service]:
-    """smtpd services from `postconf -M` output (chroot column, -o smtpd_milters=, also in
+    """smtpd services from `postconf -M` output (chroot column, -o smtpd_milters= and the
+    other -o milter_…= overrides, also in
     the braced form `-o {smtpd_milters={ unix:…, default_action=accept }}`)."""
     out: list[Service] = []
     for line in text.splitlines():
@@ -383,8 +412,11 @@ def parse_master(text: str) -> list[Service]:
             if opt.startswith("{") and opt.endswith("}"):  # {name = value}, blanks allowed
                 name, eq, value = opt[1:-1].partition("=")
                 opt = f"{name.strip()}={value.strip()}" if eq else ""
-            if opt.startswith("smtpd_milters="):
-                svc.milters = opt.split("=", 1)[1]
+            name, eq, value = opt.partition("=")
+            if eq and name == "smtpd_milters":
+                svc.milters = value
+            elif eq and name in PARAMS and name.startswith("milter_"):
+                svc.overrides[name] = value
         out.append(svc)
     return out
 

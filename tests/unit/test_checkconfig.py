@@ -687,3 +687,28 @@ def test_check_config_first_says_what_it_loaded(tmp_path: Path,
     assert out.splitlines()[0] == ("/etc/x.toml: OK (engine=spamd, socket=inet:8893@127.0.0.1, "
                                    "scan_timeout=7.5s)")
     assert out.splitlines()[-1] == "check-config: 1 warning(s)"
+
+
+def test_a_services_own_milter_settings_are_the_ones_judged() -> None:
+    """master.cf `-o milter_content_timeout=10s` (or milter_default_action, milter_protocol)
+    on the service that uses spambridge: only main.cf's values were judged, so a timeout
+    Postfix gives up on first (mail then passes unscanned with accept) and a typo in the
+    service's default action were "all well", while a default action set on every service
+    but not in main.cf was warned about as unset."""
+    lines = ("smtp inet n - y - - smtpd -o milter_content_timeout=10s "
+             "-o milter_default_action=acept\n"
+             "submission inet n - y - - smtpd -o milter_protocol=2\n")
+    pf = settings()
+    pf.smtpd = parse_master(lines)
+    warnings = check_postfix(cfg(), pf).warnings
+    assert ("scan_timeout 10s (+0.25s) is not well below milter_content_timeout "
+            "(master.cf -o, smtp/inet) 10s") in "\n".join(warnings)
+    assert [w for w in warnings if w.startswith(
+        "milter_default_action (master.cf -o, smtp/inet) = 'acept' is not a value")]
+    assert "milter_protocol (master.cf -o, submission/inet) = 2: use 6" in warnings
+    pf = settings(explicit=())
+    pf.smtpd = parse_master("smtp inet n - y - - smtpd -o milter_default_action=accept\n"
+                            "submission inet n - y - - smtpd -o milter_default_action=tempfail\n")
+    r = check_postfix(cfg(), pf)
+    assert r.warnings == []
+    assert "milter_default_action (master.cf -o, submission/inet) = tempfail" in r.notes
