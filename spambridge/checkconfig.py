@@ -212,8 +212,12 @@ def check_postfix(cfg: Config, pf: PostfixSettings) -> Report:
     else:
         want = f"unix:{_relative_to(ours.path, queue_dir)}" if (
             ours.family == "unix" and _relative_to(ours.path, queue_dir)) else ours.postfix
+        written = {e for svc in services for e, _ in milter_entries(
+            svc.milters if svc.milters is not None else p.get("smtpd_milters", ""))}
+        # already written as Postfix spells it, the hints below say why it is not reached
+        spell = "" if want in written else f"; Postfix would write {want}"
         r.warn(f"smtpd_milters ({p.get('smtpd_milters', '') or 'empty'}) does not reach "
-               f"spambridge's socket {ours.libmilter}; Postfix would write {want}")
+               f"spambridge's socket {ours.libmilter}{spell}")
         for h in dict.fromkeys(hints):
             r.warn(h)
     if ours.family == "unix" and reaching and not _relative_to(ours.path, queue_dir) and any(

@@ -712,3 +712,14 @@ def test_a_services_own_milter_settings_are_the_ones_judged() -> None:
     r = check_postfix(cfg(), pf)
     assert r.warnings == []
     assert "milter_default_action (master.cf -o, submission/inet) = tempfail" in r.notes
+
+
+def test_a_chrooted_smtpd_is_not_told_to_write_what_it_already_has() -> None:
+    """A socket outside the queue directory, in a chrooted smtpd: the first warning said
+    'Postfix would write unix:/run/spambridge/spambridge.sock', the very value in main.cf,
+    as if the fix were to write it again; the chroot hint is what explains it."""
+    sock = "unix:/run/spambridge/spambridge.sock"
+    warnings = check_postfix(cfg(sock), settings(smtpd_milters=sock)).warnings
+    assert not [w for w in warnings if "Postfix would write" in w]
+    assert [w for w in warnings if "chrooted in /var/spool/postfix, where "
+            "/run/spambridge/spambridge.sock cannot be reached" in w]
