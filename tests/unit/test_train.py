@@ -266,13 +266,11 @@ def test_the_subject_tag_the_milter_added_is_not_learned(
     assert train.strip_markup(own, b"[SPAM]") == own
 
 
-def test_a_long_run_on_a_terminal_shows_a_progress_bar(tmp_path: Path, db: Path) -> None:
-    """A bar (rich) on a terminal, from 200 messages; none in a pipe, a cron mail or a log:
-    the summary line alone."""
+def on_a_terminal(cmd: list[str]) -> tuple[subprocess.Popen[bytes], str, bytes]:
+    """Run `cmd` with stderr on a pseudo-terminal (where the progress bar is drawn): the
+    finished process, its stdout, and everything the terminal received."""
     import pty
 
-    ham = folder(tmp_path / "ham", [mail(i, False) for i in range(600)])
-    cmd = [sys.executable, "-m", "spambridge", "train", "--db", str(db), "--ham", str(ham)]
     master, slave = pty.openpty()
     try:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=slave,
@@ -291,6 +289,15 @@ def test_a_long_run_on_a_terminal_shows_a_progress_bar(tmp_path: Path, db: Path)
         out = proc.communicate(timeout=120)[0].decode()
     finally:
         os.close(master)
+    return proc, out, seen
+
+
+def test_a_long_run_on_a_terminal_shows_a_progress_bar(tmp_path: Path, db: Path) -> None:
+    """A bar (rich) on a terminal, from 200 messages; none in a pipe, a cron mail or a log:
+    the summary line alone."""
+    ham = folder(tmp_path / "ham", [mail(i, False) for i in range(600)])
+    cmd = [sys.executable, "-m", "spambridge", "train", "--db", str(db), "--ham", str(ham)]
+    proc, out, seen = on_a_terminal(cmd)
     assert proc.returncode == 0 and "Learned 600 of 600 messages as ham" in out
     assert b"training" in seen and b"/600" in seen, seen[-500:]
     piped = subprocess.run([*cmd[:-2], "--forget", str(ham)], capture_output=True, text=True,
@@ -304,29 +311,10 @@ def test_an_error_during_the_progress_bar_is_printed_on_its_own_line(
     """A message that cannot be read, met while the bar is drawn, is named on a line of its
     own above the bar; it used to be written after the bar's text, on the bar's line
     ("training ━━━━ 250/601 0:00:01spambridge train: …"), and left there when the bar went."""
-    import pty
-
     ham = folder(tmp_path / "ham", [mail(i, False) for i in range(600)])
     (ham / "300-gone.eml").symlink_to(tmp_path / "expunged.eml")
     cmd = [sys.executable, "-m", "spambridge", "train", "--db", str(db), "--ham", str(ham)]
-    master, slave = pty.openpty()
-    try:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=slave,
-                                stdin=subprocess.DEVNULL,
-                                env={**os.environ, "TERM": "xterm", "COLUMNS": "100"})
-        os.close(slave)
-        seen = b""
-        while True:
-            try:
-                chunk = os.read(master, 65536)
-            except OSError:  # EIO: the child closed the terminal
-                break
-            if not chunk:
-                break
-            seen += chunk
-        out = proc.communicate(timeout=120)[0].decode()
-    finally:
-        os.close(master)
+    proc, out, seen = on_a_terminal(cmd)
     assert proc.returncode == 1 and "Learned 600 of 601 messages as ham" in out
     assert b"training" in seen and b"/601" in seen, seen[-500:]
     error = f"spambridge train: {ham}/300-gone.eml: unreadable: no such file or directory"
