@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -1166,13 +1167,19 @@ def test_a_database_put_in_place_rightly_is_not_refused_for_a_later_write(
     assert totals(live) == (6, 7)
 
 
-def test_killed_train_leaves_a_consistent_database(tmp_path: Path, db: Path) -> None:
+LONG_RUN = 20000  # spam in the mbox of a train run stopped part-way
+
+
+def long_train(tmp_path: Path, db: Path, **popen: Any
+               ) -> tuple[subprocess.Popen[Any], list[str]]:
+    """`train --spam` of an mbox of LONG_RUN spam in batches of 250, started and left running
+    once two batches are committed; the process and its command line."""
     spam = tmp_path / "spam.mbox"
     spam.write_bytes(b"".join(b"From x Mon Jan  1 00:00:00 2026\n" + mail(i, True) + b"\n"
-                              for i in range(20000)))
-    proc = subprocess.Popen([sys.executable, "-m", "spambridge", "train", "--db", str(db),
-                             "--spam", "--batch-size", "250", str(spam)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              for i in range(LONG_RUN)))
+    cmd = [sys.executable, "-m", "spambridge", "train", "--db", str(db), "--spam",
+           "--batch-size", "250", str(spam)]
+    proc = subprocess.Popen(cmd, **popen)
 
     def committed() -> int:
         try:
@@ -1183,6 +1190,11 @@ def test_killed_train_leaves_a_consistent_database(tmp_path: Path, db: Path) -> 
     deadline = time.monotonic() + 60
     while committed() < 500 and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.02)
+    return proc, cmd
+
+
+def test_killed_train_leaves_a_consistent_database(tmp_path: Path, db: Path) -> None:
+    proc, _ = long_train(tmp_path, db, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     proc.send_signal(signal.SIGKILL)
     proc.wait(10)
     with sqlite3.connect(db) as c:
@@ -1190,7 +1202,7 @@ def test_killed_train_leaves_a_consistent_database(tmp_path: Path, db: Path) -> 
         nspam = c.execute("SELECT nspam FROM totals").fetchone()[0]
         rows = c.execute("SELECT count(*) FROM messages WHERE label='spam'").fetchone()[0]
         viagra = c.execute("SELECT spam FROM tokens WHERE token='viagra'").fetchone()[0]
-    assert 0 < nspam < 20000
+    assert 0 < nspam < LONG_RUN
     assert nspam % 250 == 0 and rows == nspam and viagra == nspam
 
 
@@ -1200,23 +1212,9 @@ def test_a_train_stopped_by_sigterm_says_what_it_kept_and_folds_its_wal(
     does: the open batch rolled back, the -wal folded back (a killed run leaves pages in it, the
     hazard docs/bayes.md warns of), the admin told how much was kept, exit status 143; and a
     rerun learns the rest. It used to die on the spot: nothing said, the -wal left full."""
-    n = 20000
-    spam = tmp_path / "spam.mbox"
-    spam.write_bytes(b"".join(b"From x Mon Jan  1 00:00:00 2026\n" + mail(i, True) + b"\n"
-                              for i in range(n)))
-    cmd = [sys.executable, "-m", "spambridge", "train", "--db", str(db), "--spam",
-           "--batch-size", "250", str(spam)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-    def committed() -> int:
-        try:
-            return totals(db)[0]
-        except sqlite3.Error:
-            return 0
-
-    deadline = time.monotonic() + 60
-    while committed() < 500 and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.02)
+    n = LONG_RUN
+    proc, cmd = long_train(tmp_path, db, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 143, (proc.returncode, err)
