@@ -124,8 +124,7 @@ def _train(args: argparse.Namespace, cfg: Config) -> int:
                 entries = [e for e in index if e.label == label]
                 if entries:
                     status = max(status, train.run_spamd(
-                        cfg, label, [e.path for e in entries], user=args.user,
-                        lines=[e.line for e in entries], **common))
+                        cfg, label, [], user=args.user, index=entries, **common))
         return status
     args.paths = args.paths or ["-"]  # no PATH: one message on stdin
     if engine == "bayes":

@@ -1000,10 +1000,11 @@ class _Progress:
 
 def run_spamd(cfg: Config, label: str, paths: list[str], *, max_size: int = DEFAULT_MAX_SIZE,
               mbox: bool = False, user: str = "", quiet: bool = False,
-              lines: list[str] | None = None,
+              index: list[IndexEntry] | None = None,
               out: IO[str] | None = None, err: IO[str] | None = None) -> int:
-    """Teach SpamAssassin's own Bayes through spamd TELL (needs spamd --allow-tell). `lines`:
-    where in an index each path was listed ("INDEX:N"), named in its errors."""
+    """Teach SpamAssassin's own Bayes through spamd TELL (needs spamd --allow-tell). With
+    `index` (entries of class `label`, see read_index) `paths` is unused and errors name the
+    index line each path came from."""
     import asyncio
 
     from spambridge.scanners.spamd import SpamdScanner
@@ -1020,8 +1021,8 @@ def run_spamd(cfg: Config, label: str, paths: list[str], *, max_size: int = DEFA
         headers = {"Message-class": label, "Set": "local"}
 
     async def tell_all() -> None:
-        for path, line in zip(paths, lines or [""] * len(paths), strict=True):
-            origin = f"{line}: " if line else ""
+        for entry in index if index is not None else [IndexEntry(label, p, "") for p in paths]:
+            path, origin = entry.path, entry.origin
             for item in read_path(path, max_size, mbox):
                 summary.seen += 1
                 if item.data is None:
