@@ -134,7 +134,7 @@ class Summary:
             (self.too_large, "too large"),
             (self.not_mail, "not mail"),
             (self.unreadable, "unreadable"),
-            (self.gone, "moved or deleted during the run"),
+            (self.gone, GONE),
             (self.spamd_errors, "spamd error" + ("s" if self.spamd_errors > 1 else "")),
         ) if n]
         if self.spamd_stopped:
