@@ -96,6 +96,10 @@ def dispatch(args: argparse.Namespace, cfg: Config) -> int:
     raise SystemExit(f"spambridge: unknown command {args.command!r}")
 
 
+# exit statuses of a train run that was interrupted (Ctrl-C) or stopped (SIGTERM)
+STOPPED = (130, 143)
+
+
 def _train(args: argparse.Namespace, cfg: Config) -> int:
     from spambridge import train
 
@@ -122,7 +126,7 @@ def _train(args: argparse.Namespace, cfg: Config) -> int:
         if engine != "bayes":  # SpamAssassin learns everything, in any order: class by class
             for label in ("spam", "ham"):
                 entries = [e for e in index if e.label == label]
-                if entries:
+                if entries and status not in STOPPED:
                     status = max(status, train.run_spamd(
                         cfg, label, [], user=args.user, index=entries, **common))
         return status
@@ -137,6 +141,8 @@ def _train(args: argparse.Namespace, cfg: Config) -> int:
         limit = args.max_size + 1 if args.max_size else -1
         sys.stdin = io.TextIOWrapper(io.BytesIO(sys.stdin.buffer.read(limit)))
     status = train.run(cfg, args.label, args.paths, **local, **common)
+    if status in STOPPED:  # Ctrl-C or SIGTERM stops the command, not one engine's half of it
+        return status
     if keep:
         sys.stdin.buffer.seek(0)
     remote = train.run_spamd(cfg, args.label, args.paths, user=args.user, **common)

@@ -836,14 +836,15 @@ def run(cfg: Config, label: str, paths: list[str], *, max_size: int = DEFAULT_MA
         trainer.abandon()
         progress.stop()
         how = "stopped (SIGTERM)" if isinstance(e, Stopped) else "interrupted"
-        print(f"spambridge train: {how}; {_kept(trainer)}", file=err)
+        print(f"spambridge train: {how}; {_kept(trainer, 'the open one')}", file=err)
         return 143 if isinstance(e, Stopped) else 130
     except (store.StoreError, sqlite3.Error) as e:  # a corrupt file fails mid-batch
         _hold_signals(previous)
         trainer.abandon()
         progress.stop()
         where = "" if isinstance(e, store.StoreError) else f"{cfg.bayes.db}: "
-        print(f"spambridge train: {where}{e}; {_kept(trainer)}", file=err)
+        print(f"spambridge train: {where}{e}; {_kept(trainer, 'the one that failed')}",
+              file=err)
         return 1
     finally:
         _hold_signals(previous)  # the closing fold is short (BUSY_TIMEOUT_FOLD): let it end
@@ -919,11 +920,12 @@ def _folders_in(path: str) -> str:
             if subs else "")
 
 
-def _kept(trainer: Trainer) -> str:
+def _kept(trainer: Trainer, batch: str) -> str:
+    """What a run that ended early kept: every committed batch, none of `batch`."""
     if not trainer.saved:
         return "nothing was saved"
     return (f"the first {trainer.saved} of {trainer.summary.seen} messages were saved (every "
-            "batch before the one that failed), the rest was not")
+            f"batch before {batch}), the rest was not")
 
 
 def _note_untrained(cfg: Config, out: IO[str]) -> None:
@@ -1051,7 +1053,18 @@ def run_spamd(cfg: Config, label: str, paths: list[str], *, max_size: int = DEFA
                 else:
                     summary.already += 1
 
-    asyncio.run(tell_all())
+    previous = _stop_on_sigterm()
+    try:
+        asyncio.run(tell_all())
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (Stopped): as on the local database
+        # spamd saves each TELL as it answers it; the one in flight may or may not be learned
+        how = "stopped (SIGTERM)" if isinstance(e, Stopped) else "interrupted"
+        told = summary.learned + summary.already + summary.forgotten + summary.not_trained
+        print(f"spambridge train: {how}; spamd had answered for {told} of {summary.seen} "
+              "messages, and saved each as it answered; the rest was not sent", file=err)
+        return 143 if isinstance(e, Stopped) else 130
+    finally:
+        _restore_signals(previous)
     if not quiet:
         print(summary.line(time.monotonic() - start), file=out)
     return 1 if summary.failed else 0

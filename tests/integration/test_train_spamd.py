@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -122,3 +125,33 @@ def test_an_index_teaches_spamd_both_classes(tell_spamd: Spamd, tmp_path: Path) 
     assert r.returncode == 0, r.stderr
     assert b"Learned 1 of 1 messages as spam" in r.stdout
     assert b"Learned 1 of 1 messages as ham" in r.stdout
+
+
+def test_sigterm_stops_teaching_spamd_and_says_how_far_it_got(tell_spamd: Spamd,
+                                                               tmp_path: Path) -> None:
+    """SIGTERM (`timeout`, a Dovecot pipe past sieve_pipe_exec_timeout, a service stop) ends a
+    `train --engine spamd` run as it ends one on the local database: said, exit status 143.
+    It used to die silently. spamd saves each TELL as it answers, so a rerun finds exactly the
+    messages said to be answered already trained (and perhaps the one in flight)."""
+    n = 250
+    box = tmp_path / "box"
+    box.mkdir()
+    for i in range(n):
+        (box / f"{i}.eml").write_bytes(message(
+            subject=f"Offer {i}", body=f"Cheap pills, item {i}, only {i * 7} dollars.\n"))
+    cmd = [sys.executable, "-m", "spambridge", "train", "--engine", "spamd", "--spamd",
+           tell_spamd.address, "--spam", str(box)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, (proc.returncode, out, err)
+    m = re.search(r"stopped \(SIGTERM\); spamd had answered for (\d+) of (\d+) messages", err)
+    assert m, err
+    told = int(m.group(1))
+    assert told < n and out == ""
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    m = re.search(r"Learned (\d+) of 250 messages as spam \((\d+) already trained", again.stdout)
+    assert m, again.stdout
+    assert told <= int(m.group(2)) <= told + 1 and int(m.group(1)) + int(m.group(2)) == n

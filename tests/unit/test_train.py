@@ -1170,14 +1170,14 @@ def test_a_database_put_in_place_rightly_is_not_refused_for_a_later_write(
 LONG_RUN = 20000  # spam in the mbox of a train run stopped part-way
 
 
-def long_train(tmp_path: Path, db: Path, **popen: Any
+def long_train(tmp_path: Path, db: Path, *args: str, **popen: Any
                ) -> tuple[subprocess.Popen[Any], list[str]]:
-    """`train --spam` of an mbox of LONG_RUN spam in batches of 250, started and left running
-    once two batches are committed; the process and its command line."""
+    """`train --spam` (and `args`) of an mbox of LONG_RUN spam in batches of 250, started and
+    left running once two batches are committed; the process and its command line."""
     spam = tmp_path / "spam.mbox"
     spam.write_bytes(b"".join(b"From x Mon Jan  1 00:00:00 2026\n" + mail(i, True) + b"\n"
                               for i in range(LONG_RUN)))
-    cmd = [sys.executable, "-m", "spambridge", "train", "--db", str(db), "--spam",
+    cmd = [sys.executable, "-m", "spambridge", "train", *args, "--db", str(db), "--spam",
            "--batch-size", "250", str(spam)]
     proc = subprocess.Popen(cmd, **popen)
 
@@ -1231,6 +1231,22 @@ def test_a_train_stopped_by_sigterm_says_what_it_kept_and_folds_its_wal(
     assert (f"Learned {n - kept} of {n} messages as spam ({kept} already trained)"
             in again.stdout)
     assert totals(db) == (n, 0)
+
+
+def test_sigterm_in_the_local_half_of_spamd_plus_bayes_stops_the_whole_command(
+        tmp_path: Path, db: Path) -> None:
+    """`--engine spamd+bayes` teaches the database, then spamd. A SIGTERM (or Ctrl-C) during
+    the first half used to end only that half: the command went on to spamd, so a Dovecot
+    pipe or a `timeout` asking it to stop kept it running. No spamd listens on this socket:
+    going on would say "spamd unavailable"."""
+    proc, _ = long_train(tmp_path, db, "--engine", "spamd+bayes", "--spamd",
+                         str(tmp_path / "no-spamd.sock"), stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 143, (proc.returncode, err)
+    assert "stopped (SIGTERM); the first" in err
+    assert "spamd" not in out + err, out + err
 
 
 def test_a_reader_keeping_its_snapshot_does_not_stall_the_dovecot_pipe(
@@ -1468,8 +1484,9 @@ def test_an_interrupted_train_says_how_many_messages_were_saved(
     out, err = io.StringIO(), io.StringIO()
     code = train.run(_cfg(db), "spam", ["box"], batch_messages=2, out=out, err=err)
     assert code == 130 and totals(db) == (2, 0)
-    assert ("interrupted; the first 2 of 3 messages were saved (every batch before the one "
-            "that failed), the rest was not") in err.getvalue()
+    # (nothing failed: "every batch before the one that failed" said so until 2026-11-26)
+    assert ("interrupted; the first 2 of 3 messages were saved (every batch before the open "
+            "one), the rest was not") in err.getvalue()
 
 
 def test_a_second_ctrl_c_while_the_run_winds_up_does_not_cut_the_fold_short(
