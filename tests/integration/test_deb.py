@@ -1,13 +1,15 @@
 """The Debian package: packaging/build-and-install-deb.sh builds it with dpkg-buildpackage,
 installs it with dpkg -i and checks the installed milter (version, shipped config, man pages,
-an offline start as user spambridge with its socket group postfix). Runs in CI (root); slow
-(about a minute): deselect locally with -m "not deb"."""
+an offline start as user spambridge with its socket group postfix), once for every test here.
+Runs in CI (root); slow (about a minute): deselect locally with -m "not deb"."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -24,40 +26,80 @@ def installed() -> bool:
     return "install ok installed" in r.stdout
 
 
-def test_deb_builds_installs_and_runs() -> None:
+def admin_env(**extra: str) -> dict[str, str]:
+    """The environment without PYTHONPATH: /usr/bin/spambridge must run the installed code,
+    not a checkout's."""
+    return {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, **extra}
+
+
+def run(*cmd: str | Path, timeout: float = 300, **env: str) -> subprocess.CompletedProcess[str]:
+    """A command as an admin's script runs it: no terminal on stdin."""
+    return subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL, env=admin_env(**env))
+
+
+@dataclass
+class Built:
+    deb: Path
+    log: str
+    out: Path
+    was_installed: bool
+
+
+@pytest.fixture(scope="module")
+def built() -> Iterator[Built]:
+    """The package built and installed once by the script, for every test here."""
     if os.geteuid() != 0:
         pytest.fail("building and installing the .deb needs root (CI is root)")
     was_installed = installed()
-    out = tempfile.mkdtemp(prefix="sb-deb-")
+    out = Path(tempfile.mkdtemp(prefix="sb-deb-"))
     try:
-        r = subprocess.run([str(SCRIPT)], capture_output=True, text=True, timeout=1200,
-                           env={**os.environ, "DEB_OUT": out}, stdin=subprocess.DEVNULL)
+        r = run(SCRIPT, timeout=1200, DEB_OUT=str(out))
         log = r.stdout + r.stderr
         assert r.returncode == 0, log[-6000:]
-        assert "spambridge 0.1.0" in log or "==> OK:" in log
-        assert "socket: spambridge:postfix 660" in log, log[-3000:]
-        assert installed()
-        version = subprocess.run(["/usr/bin/spambridge", "--version"], capture_output=True,
-                                 text=True, timeout=60)
-        assert version.stdout.startswith("spambridge ")
-        debs = list(Path(out).glob("spambridge_*.deb"))
-        assert debs
-        # it needs the very interpreter its virtualenv was built with, not a fixed python3.11
-        minor = subprocess.run(["/usr/bin/python3", "-c", "import sys; print('%d.%d' % "
-                                "sys.version_info[:2])"], capture_output=True, text=True,
-                               timeout=60).stdout.strip()
-        depends = subprocess.run(["dpkg-deb", "-f", str(debs[0]), "Depends"],
-                                 capture_output=True, text=True, timeout=60).stdout
-        assert f"python{minor}," in depends + ",", depends
-        # and runs on that python3.X: not on /usr/bin/python3, which an upgrade points at
-        # another release's interpreter while python3.X stays installed for this package
-        listing = subprocess.run(["dpkg-deb", "-c", str(debs[0])], capture_output=True,
-                                 text=True, timeout=60).stdout
-        links = [ln.split(" -> ")[1] for ln in listing.splitlines()
-                 if "/opt/venvs/spambridge/bin/python" in ln and " -> /" in ln]
-        assert links == [f"/usr/bin/python{minor}"], listing
+        debs = list(out.glob("spambridge_*.deb"))
+        assert debs, log[-3000:]
+        yield Built(debs[0], log, out, was_installed)
     finally:
         # leave the machine as found: later tests must not pick up /etc/spambridge
         if not was_installed and installed():
             subprocess.run(["dpkg", "--purge", "spambridge"], capture_output=True, timeout=300)
-        subprocess.run(["rm", "-rf", out], timeout=60)
+        subprocess.run(["rm", "-rf", str(out)], timeout=60)
+
+
+def test_deb_builds_installs_and_runs(built: Built) -> None:
+    log = built.log
+    assert "spambridge 0.1.0" in log or "==> OK:" in log
+    assert "socket: spambridge:postfix 660" in log, log[-3000:]
+    assert installed()
+    version = run("/usr/bin/spambridge", "--version", timeout=60)
+    assert version.stdout.startswith("spambridge ")
+    deb = str(built.deb)
+    # it needs the very interpreter its virtualenv was built with, not a fixed python3.11
+    minor = subprocess.run(["/usr/bin/python3", "-c", "import sys; print('%d.%d' % "
+                            "sys.version_info[:2])"], capture_output=True, text=True,
+                           timeout=60).stdout.strip()
+    depends = subprocess.run(["dpkg-deb", "-f", deb, "Depends"],
+                             capture_output=True, text=True, timeout=60).stdout
+    assert f"python{minor}," in depends + ",", depends
+    # and runs on that python3.X: not on /usr/bin/python3, which an upgrade points at
+    # another release's interpreter while python3.X stays installed for this package
+    listing = subprocess.run(["dpkg-deb", "-c", deb], capture_output=True,
+                             text=True, timeout=60).stdout
+    links = [ln.split(" -> ")[1] for ln in listing.splitlines()
+             if "/opt/venvs/spambridge/bin/python" in ln and " -> /" in ln]
+    assert links == [f"/usr/bin/python{minor}"], listing
+
+
+def test_the_compiled_milter_module_is_built_here_and_hardened(built: Built) -> None:
+    """pymilter's C module is compiled by the package build against libmilter-dev, with
+    Debian's hardening: not a wheel from root's pip cache that another Python built (one such
+    carried RUNPATH /root/.pyenv/versions/3.11.7/lib, lintian's custom-library-search-path)."""
+    files = run("dpkg", "-L", "spambridge").stdout.split()
+    modules = [f for f in files if f.endswith(".so")]
+    assert any("/milter." in f for f in modules), modules
+    for so in modules:
+        dyn = run("readelf", "-d", so).stdout
+        assert "RPATH" not in dyn and "RUNPATH" not in dyn, f"{so}:\n{dyn}"
+        # hardening=+all: -Wl,-z,now (lintian: hardening-no-bindnow)
+        assert "BIND_NOW" in dyn, f"{so}:\n{dyn}"
