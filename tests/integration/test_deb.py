@@ -1,11 +1,15 @@
 """The Debian package: packaging/build-and-install-deb.sh builds it with dpkg-buildpackage,
 installs it with dpkg -i and checks the installed milter (version, shipped config, man pages,
-an offline start as user spambridge with its socket group postfix), once for every test here.
-Runs in CI (root); slow (about a minute): deselect locally with -m "not deb"."""
+an offline start as user spambridge with its socket group postfix). Then an upgrade run by a
+script (no terminal) after the admin edited the config, with the built package repacked as a
+newer version (no second build). Runs in CI (root); slow (about a minute and a half): deselect
+locally with -m "not deb"."""
 
 from __future__ import annotations
 
 import os
+import pwd
+import stat
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -16,6 +20,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "packaging" / "build-and-install-deb.sh"
+CONF = Path("/etc/spambridge/spambridge.toml")
+STATE = Path("/var/lib/spambridge")
+DB = STATE / "bayes.sqlite"
+HAM = ROOT / "tests" / "data" / "bayes" / "html_only.eml"
 
 pytestmark = pytest.mark.deb
 
@@ -36,6 +44,15 @@ def run(*cmd: str | Path, timeout: float = 300, **env: str) -> subprocess.Comple
     """A command as an admin's script runs it: no terminal on stdin."""
     return subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=timeout,
                           stdin=subprocess.DEVNULL, env=admin_env(**env))
+
+
+def dpkg_version() -> str:
+    return run("dpkg-query", "-W", "-f=${Version}", "spambridge").stdout
+
+
+def mode_owner(path: Path) -> tuple[str, str]:
+    st = path.stat()
+    return f"{stat.S_IMODE(st.st_mode):o}", pwd.getpwuid(st.st_uid).pw_name
 
 
 @dataclass
@@ -65,6 +82,38 @@ def built() -> Iterator[Built]:
         if not was_installed and installed():
             subprocess.run(["dpkg", "--purge", "spambridge"], capture_output=True, timeout=300)
         subprocess.run(["rm", "-rf", str(out)], timeout=60)
+
+
+@pytest.fixture
+def package(built: Built) -> Built:
+    """The built package installed, on a machine where it was not installed before (the tests
+    below edit its config and purge it: not an admin's own installation)."""
+    if built.was_installed:
+        pytest.skip("spambridge was installed before the tests: not touching its config")
+    if not installed():
+        r = run("dpkg", "-i", built.deb)
+        assert r.returncode == 0, r.stdout + r.stderr
+    return built
+
+
+def newer(built: Built, revision: int, new_conffile: bool) -> Path:
+    """The built package as a newer version (VERSION-revision), the shipped config changed or
+    not: what the next release looks like to dpkg."""
+    root = built.out / f"repack-{revision}"
+    subprocess.run(["dpkg-deb", "-R", str(built.deb), str(root)], check=True, timeout=300)
+    control = root / "DEBIAN" / "control"
+    lines = control.read_text().splitlines()
+    version = next(ln.split(": ", 1)[1] for ln in lines if ln.startswith("Version: "))
+    control.write_text("\n".join(f"Version: {version}-{revision}" if ln.startswith("Version: ")
+                                 else ln for ln in lines) + "\n")
+    if new_conffile:
+        with (root / CONF.relative_to("/")).open("a") as f:
+            f.write("# a comment the next release added\n")
+    deb = built.out / f"spambridge_{version}-{revision}.deb"
+    subprocess.run(["dpkg-deb", "-Zgzip", "-z1", "-b", str(root), str(deb)], check=True,
+                   capture_output=True, timeout=300)
+    subprocess.run(["rm", "-rf", str(root)], timeout=60)
+    return deb
 
 
 def test_deb_builds_installs_and_runs(built: Built) -> None:
@@ -103,3 +152,27 @@ def test_the_compiled_milter_module_is_built_here_and_hardened(built: Built) -> 
         assert "RPATH" not in dyn and "RUNPATH" not in dyn, f"{so}:\n{dyn}"
         # hardening=+all: -Wl,-z,now (lintian: hardening-no-bindnow)
         assert "BIND_NOW" in dyn, f"{so}:\n{dyn}"
+
+
+def test_an_upgrade_from_a_script_keeps_the_admins_config_and_database(package: Built) -> None:
+    """No terminal (unattended upgrades, CI, ssh host 'cmd'): dpkg's question about the edited
+    config cannot be answered, and DEBIAN_FRONTEND=noninteractive does not reach it. The
+    admin's file stays, the new one lands beside it; the database stays too."""
+    CONF.write_text(CONF.read_text().replace("#tag_only = false", "tag_only = true"))
+    r = run("/usr/bin/spambridge", "train", "--spam", HAM)
+    assert r.returncode == 0, r.stderr
+    STATE.chmod(0o2770)  # contrib/dovecot/README.md
+    DB.chmod(0o660)
+    deb = newer(package, 1, new_conffile=True)
+
+    r = run(SCRIPT, SPAMBRIDGE_DEB=str(deb))
+    log = r.stdout + r.stderr
+    assert r.returncode == 0, log[-4000:]
+    assert dpkg_version().endswith("-1")
+    assert "tag_only = true" in CONF.read_text()
+    assert "a comment the next release added" in Path(f"{CONF}.dpkg-dist").read_text()
+    assert f"the package's new one is {CONF}.dpkg-dist" in log
+    assert "tag-only" in log  # the milter the script started ran on the admin's config
+    assert mode_owner(DB) == ("660", "spambridge")
+    check = run("/usr/bin/spambridge", "check-config", "--no-postfix")
+    assert "(1 spam, 0 ham" in check.stdout + check.stderr, check.stdout + check.stderr
