@@ -1,9 +1,9 @@
 """The Debian package: packaging/build-and-install-deb.sh builds it with dpkg-buildpackage,
 installs it with dpkg -i and checks the installed milter (version, shipped config, man pages,
 an offline start as user spambridge with its socket group postfix). Then an upgrade run by a
-script (no terminal) after the admin edited the config, with the built package repacked as a
-newer version (no second build). Runs in CI (root); slow (about a minute and a half): deselect
-locally with -m "not deb"."""
+script (no terminal) after the admin edited the config and opened the database to Dovecot,
+with the built package repacked as a newer version (no second build). Runs in CI (root); slow
+(about a minute and a half): deselect locally with -m "not deb"."""
 
 from __future__ import annotations
 
@@ -157,7 +157,8 @@ def test_the_compiled_milter_module_is_built_here_and_hardened(built: Built) -> 
 def test_an_upgrade_from_a_script_keeps_the_admins_config_and_database(package: Built) -> None:
     """No terminal (unattended upgrades, CI, ssh host 'cmd'): dpkg's question about the edited
     config cannot be answered, and DEBIAN_FRONTEND=noninteractive does not reach it. The
-    admin's file stays, the new one lands beside it; the database stays too."""
+    admin's file stays, the new one lands beside it; the database and the directory modes
+    contrib/dovecot set (2770, so the mail user can train) stay too."""
     CONF.write_text(CONF.read_text().replace("#tag_only = false", "tag_only = true"))
     r = run("/usr/bin/spambridge", "train", "--spam", HAM)
     assert r.returncode == 0, r.stderr
@@ -173,6 +174,7 @@ def test_an_upgrade_from_a_script_keeps_the_admins_config_and_database(package: 
     assert "a comment the next release added" in Path(f"{CONF}.dpkg-dist").read_text()
     assert f"the package's new one is {CONF}.dpkg-dist" in log
     assert "tag-only" in log  # the milter the script started ran on the admin's config
+    assert mode_owner(STATE) == ("2770", "spambridge")
     assert mode_owner(DB) == ("660", "spambridge")
     check = run("/usr/bin/spambridge", "check-config", "--no-postfix")
     assert "(1 spam, 0 ham" in check.stdout + check.stderr, check.stdout + check.stderr
