@@ -13,6 +13,7 @@
 # /etc/spambridge/spambridge.toml you changed when the package ships a new one
 # (DEBIAN_FRONTEND=noninteractive does not reach that question): yours is kept and the package's
 # lands beside it as spambridge.toml.dpkg-dist. With a terminal, dpkg asks.
+# A milter already listening on the socket (the service, restarted by the upgrade) is left alone.
 # Needs root (apt-get for build dependencies, dpkg -i); CI calls it from tests/integration/test_deb.py.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -136,7 +137,14 @@ if command -v systemd-analyze >/dev/null 2>&1; then
 fi
 
 sock=/var/spool/postfix/spambridge/spambridge.sock
-if getent group postfix >/dev/null && [ -d /var/spool/postfix/spambridge ]; then
+if [ -n "$(ss -xlnH src "$sock" 2>/dev/null)" ]; then
+    # an upgrade: the service (which dpkg restarted) already listens there. A second milter
+    # would only fail with "in use by another running milter"; leave the running one alone.
+    step "a milter already listens on $sock (systemctl status spambridge): not starting another"
+    perms=$(stat -c '%U:%G %a' "$sock")
+    echo "socket: $perms"
+    [ "$perms" = "spambridge:postfix 660" ] || { echo "socket must be spambridge:postfix 660" >&2; exit 1; }
+elif getent group postfix >/dev/null && [ -d /var/spool/postfix/spambridge ]; then
     step "start the milter as user spambridge without network, socket $sock"
     log="$work/run.log"
     # the installed config as it is (engine bayes: creates its empty database on first start)

@@ -1,14 +1,16 @@
 """The Debian package: packaging/build-and-install-deb.sh builds it with dpkg-buildpackage,
 installs it with dpkg -i and checks the installed milter (version, shipped config, man pages,
-an offline start as user spambridge with its socket group postfix). Then an upgrade run by a
-script (no terminal) after the admin edited the config and opened the database to Dovecot,
-with the built package repacked as a newer version (no second build). Runs in CI (root); slow
-(about a minute and a half): deselect locally with -m "not deb"."""
+an offline start as user spambridge with its socket group postfix). Then its life on an admin's
+machine: an upgrade run by a script (no terminal) after the admin edited the config and opened
+the database to Dovecot, and an upgrade under a running milter. The
+upgrades use the built package repacked with a newer version (no second build). Runs in CI
+(root); slow (about a minute and a half): deselect locally with -m "not deb"."""
 
 from __future__ import annotations
 
 import os
 import pwd
+import signal
 import stat
 import subprocess
 import tempfile
@@ -17,12 +19,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from harness import message, wait_until
+from milterclient import send_one
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "packaging" / "build-and-install-deb.sh"
 CONF = Path("/etc/spambridge/spambridge.toml")
 STATE = Path("/var/lib/spambridge")
 DB = STATE / "bayes.sqlite"
+SPOOL = Path("/var/spool/postfix/spambridge")
+SOCK = SPOOL / "spambridge.sock"
 HAM = ROOT / "tests" / "data" / "bayes" / "html_only.eml"
 
 pytestmark = pytest.mark.deb
@@ -178,3 +184,29 @@ def test_an_upgrade_from_a_script_keeps_the_admins_config_and_database(package: 
     assert mode_owner(DB) == ("660", "spambridge")
     check = run("/usr/bin/spambridge", "check-config", "--no-postfix")
     assert "(1 spam, 0 ham" in check.stdout + check.stderr, check.stdout + check.stderr
+
+
+def test_an_upgrade_leaves_a_running_milter_serving(package: Built) -> None:
+    """The service runs while dpkg replaces its files (without systemd here nothing restarts
+    it): it keeps answering, and the install script does not trip over its socket."""
+    log = package.out / "running.log"
+    with log.open("wb") as out:
+        milter = subprocess.Popen(
+            ["setpriv", "--reuid=spambridge", "--regid=spambridge", "--init-groups",
+             "/usr/bin/spambridge", "run", "--config", str(CONF)],  # the unit's ExecStart
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=admin_env())
+    try:
+        wait_until(lambda: "listening on" in log.read_text(), 30, "the milter to listen")
+        deb = newer(package, 2, new_conffile=False)
+        r = run(SCRIPT, SPAMBRIDGE_DEB=str(deb))
+        out_ = r.stdout + r.stderr
+        assert r.returncode == 0, out_[-4000:]
+        assert "a milter already listens on" in out_
+        assert dpkg_version().endswith("-2")
+        result = send_one(str(SOCK), message())
+        assert result.action == "accept"
+        assert (result.header("X-Spam-Checker-Version") or "").startswith("spambridge ")
+        assert milter.poll() is None
+    finally:
+        milter.send_signal(signal.SIGTERM)
+        assert milter.wait(timeout=30) == 0, log.read_text()
