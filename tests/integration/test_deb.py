@@ -2,7 +2,7 @@
 installs it with dpkg -i and checks the installed milter (version, shipped config, man pages,
 an offline start as user spambridge with its socket group postfix). Then its life on an admin's
 machine: an upgrade run by a script (no terminal) after the admin edited the config and opened
-the database to Dovecot, and an upgrade under a running milter. The
+the database to Dovecot, an upgrade under a running milter, remove, reinstall and purge. The
 upgrades use the built package repacked with a newer version (no second build). Runs in CI
 (root); slow (about a minute and a half): deselect locally with -m "not deb"."""
 
@@ -210,3 +210,32 @@ def test_an_upgrade_leaves_a_running_milter_serving(package: Built) -> None:
     finally:
         milter.send_signal(signal.SIGTERM)
         assert milter.wait(timeout=30) == 0, log.read_text()
+
+
+def test_remove_keeps_config_and_database_purge_removes_them_not_the_user(package: Built) -> None:
+    CONF.write_text(CONF.read_text() + "\n# the admin was here\n")
+    if not DB.exists():
+        assert run("/usr/bin/spambridge", "train", "--spam", HAM).returncode == 0
+
+    r = run("dpkg", "-r", "spambridge")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "config-files" in run("dpkg-query", "-W", "-f=${Status}", "spambridge").stdout
+    assert not Path("/usr/bin/spambridge").exists()
+    assert not Path("/opt/venvs/spambridge").exists()  # nothing left behind in the venv
+    assert "the admin was here" in CONF.read_text()
+    assert DB.exists()
+    assert SPOOL.is_dir()
+
+    # reinstalled: the admin's config as it was, no question asked
+    r = run("dpkg", "-i", package.deb)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "the admin was here" in CONF.read_text()
+    assert DB.exists()
+
+    r = run("dpkg", "-P", "spambridge")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert not installed()
+    for gone in (CONF.parent, STATE, SPOOL, Path("/opt/venvs/spambridge")):
+        assert not gone.exists(), gone
+    # Debian policy: the system user stays (files it owned may remain, e.g. in backups)
+    assert pwd.getpwnam("spambridge").pw_dir == str(STATE)
