@@ -22,6 +22,7 @@ import sys
 from collections.abc import Iterator
 from typing import IO
 
+from spambridge import compressed
 from spambridge.config import Config
 from spambridge.message import Envelope, parse_raw
 from spambridge.milter.actions import tagged_subject
@@ -58,19 +59,25 @@ def verdict(ev: Evaluation) -> str:
 def _messages(paths: list[str], stdin: IO[bytes] | None, limit: int
               ) -> Iterator[tuple[str, bytes | str]]:
     """(path, message) or (path, why not), reading no more than `limit` bytes of each: past
-    max_scan_size the milter does not scan either, so the rest would only cost memory."""
+    max_scan_size the milter does not scan either, so the rest would only cost memory. A
+    compressed file (a Maildir under Dovecot's zlib plugin) is read decompressed, `limit`
+    counting what comes out."""
     empty = "cannot read: empty (nothing a milter would be sent)"
     for path in paths:
-        if path == "-":
-            yield "-", ((stdin.read(limit) or empty) if stdin is not None
-                        else "cannot read: standard input is closed")
-            continue
         try:
-            with open_no_wait(path) as f:  # a FIFO without a writer: no hang
-                data = f.read(limit)
+            if path == "-":
+                if stdin is None:
+                    yield "-", "cannot read: standard input is closed"
+                    continue
+                data = compressed.read_limited(stdin, limit)
+            else:
+                with open_no_wait(path) as f:  # a FIFO without a writer: no hang
+                    data = compressed.read_limited(f, limit)
             yield path, data or empty
         except OSError as e:
             yield path, f"cannot read: {e.strerror or e}"
+        except (compressed.Unsupported, compressed.Damaged) as e:
+            yield path, f"cannot read: {e}"
 
 
 def run(cfg: Config, paths: list[str], *, explain: bool = False, batch: bool = False,

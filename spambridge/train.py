@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import io
 import itertools
 import os
 import re
@@ -30,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
-from spambridge import defaults
+from spambridge import compressed, defaults
 from spambridge.bayes import store
 from spambridge.bayes.tokenizer import (
     DEFAULT_LIMITS,
@@ -87,6 +88,8 @@ class Summary:
     not_mail: int = 0
     unreadable: int = 0
     gone: int = 0  # listed in a folder, then renamed or removed before read (a live Maildir)
+    # files in a compression format Python cannot read (zstd, lz4), by format
+    unsupported: dict[str, int] = field(default_factory=dict)
     spamd_errors: int = 0  # TELL failed: spamd down, timed out or answered an error
     spamd: bool = False  # taught through spamd TELL, not the local database
     spamd_stopped: bool = False  # spamd down or hung: the remaining messages were not sent
@@ -105,6 +108,9 @@ class Summary:
             self.gone += 1
         elif item.problem.startswith("not mail"):
             self.not_mail += 1
+        elif item.problem.startswith(compressed.UNSUPPORTED):
+            fmt = item.problem[len(compressed.UNSUPPORTED):].partition(":")[0]
+            self.unsupported[fmt] = self.unsupported.get(fmt, 0) + 1
         else:
             self.unreadable += 1
         if item.failure:
@@ -134,6 +140,7 @@ class Summary:
             (self.too_large, "too large"),
             (self.not_mail, "not mail"),
             (self.unreadable, "unreadable"),
+            *((n, f"compressed with {fmt}") for fmt, n in sorted(self.unsupported.items())),
             (self.gone, GONE),
             (self.spamd_errors, "spamd error" + ("s" if self.spamd_errors > 1 else "")),
         ) if n]
@@ -174,7 +181,7 @@ def count_messages(path: str) -> int | None:
             return sum(len(os.listdir(p / d)) for d in ("cur", "new"))
         if p.is_dir():
             return sum(1 for e in os.scandir(p) if _is_file(e) and not e.name.startswith("."))
-        if p.is_file() and not _is_mbox(p):
+        if p.is_file() and not _holds_several(p):
             return 1
     except OSError:
         return None
@@ -185,12 +192,14 @@ def _is_maildir(p: Path) -> bool:
     return (p / "cur").is_dir() and (p / "new").is_dir()
 
 
-def _is_mbox(p: Path) -> bool:
+def _holds_several(p: Path) -> bool:
+    """An mbox, or compressed (a compressed mbox cannot be counted without reading it)."""
     try:
         with open(p, "rb") as f:
-            return f.read(5) == b"From "
+            head = f.read(compressed.HEAD)
     except OSError:
         return False
+    return head.startswith(b"From ") or compressed.sniff(head) is not None
 
 
 def read_path(path: str, max_size: int, mbox: bool = False, stdin: IO[bytes] | None = None
@@ -328,9 +337,15 @@ def _read_file(path: str, max_size: int, mbox: bool,
     if problem is not None:
         yield problem
         return
+    if data is not None and (fmt := compressed.sniff(data[:compressed.HEAD])) is not None:
+        yield from _read_compressed(path, fmt, data, io.BytesIO(), max_size, mbox, named)
+        return
     if data is None:  # bigger than an in-memory mbox: stream it if it is one
         with open(path, "rb") as f:
             head = f.read(8192)
+            if (fmt := compressed.sniff(head)) is not None:  # what it holds decides
+                yield from _read_compressed(path, fmt, head, f, max_size, mbox, named)
+                return
             if not (mbox or head.startswith(b"From ")):
                 if max_size:  # not mail says more than too large (a .gz named by mistake)
                     yield Item(path, problem="too large" if looks_like_mail(head)
@@ -392,22 +407,45 @@ def _read_stream(path: str, max_size: int, mbox: bool) -> Iterator[Item]:
         yield from _read_open(f, path, max_size, mbox)
 
 
-def _read_open(f: IO[bytes], where: str, max_size: int, mbox: bool,
-               sniff: bool = True) -> Iterator[Item]:
-    """A stream (a pipe, stdin): read as it comes, holding at most one message (and never
-    more than `max_size` of it); an mbox (`--mbox`, or with `sniff` a leading "From " line)
-    split message by message, anything else one message."""
+def _read_open(f: IO[bytes], where: str, max_size: int, mbox: bool, sniff: bool = True,
+               named: bool = True, decompress: bool = True) -> Iterator[Item]:
+    """A stream (a pipe, stdin, a compressed file as it decompresses): read as it comes,
+    holding at most one message (and never more than `max_size` of it); an mbox (`--mbox`, or
+    with `sniff` a leading "From " line) split message by message, anything else one message.
+    With `decompress`, a compressed stream is read decompressed."""
+    if decompress:
+        head = f.read(compressed.HEAD)
+        if (fmt := compressed.sniff(head)) is not None:
+            yield from _read_compressed(where, fmt, head, f, max_size, mbox, named, sniff)
+            return
+        f = io.BufferedReader(compressed.Prefixed(head, f))
     head = f.read(5)
     if mbox or (sniff and head == b"From "):
         yield from _split_lines(where, itertools.chain([head + f.readline(_LINE)], _lines(f)),
                                 max_size)
         return
-    data = head + (f.read(max_size + 1 - len(head)) if max_size else f.read())
+    data = head + (f.read(max(0, max_size + 1 - len(head))) if max_size else f.read())
     if not sniff and head == b"From " and _holds_another_message(data):
         # learned as one message, or dropped as too large, an archive would teach nothing
-        yield Item(where, problem=MBOX_WITHOUT_FLAG, named=True)
+        yield Item(where, problem=MBOX_WITHOUT_FLAG, named=named)
         return
-    yield _item(where, data, named=True, max_size=max_size)
+    yield _item(where, data, named=named, max_size=max_size)
+
+
+def _read_compressed(where: str, fmt: str, head: bytes, rest: IO[bytes], max_size: int,
+                     mbox: bool, named: bool, sniff: bool = True) -> Iterator[Item]:
+    """A compressed file or stream (`head` already read off `rest`), read as the same file
+    uncompressed would be (one message, or an mbox split as it decompresses): `max_size` is on
+    what comes out, and only that much of a message is ever decompressed. A format Python
+    cannot read, or a damaged stream, is a problem named. What it holds is not decompressed
+    again: a file inside a file is no mail, and each layer would multiply a bomb."""
+    try:
+        with compressed.open_stream(fmt, head, rest) as plain:
+            yield from _read_open(plain, where, max_size, mbox, sniff, named, decompress=False)
+    except compressed.Unsupported as e:
+        yield Item(where, problem=str(e), named=named)
+    except compressed.Damaged as e:
+        yield Item(where, problem=f"unreadable: {e}", named=named)
 
 
 MBOX_WITHOUT_FLAG = "not mail but several messages (an mbox): give --mbox to split it"

@@ -382,3 +382,29 @@ def test_without_the_group_the_pipe_fails_and_dovecot_logs_it(
     errors = srv.errors()
     assert any("spambridge train: [Errno 13] Permission denied" in e for e in errors), errors
     assert any("spambridge-learn-spam.sh" in e for e in errors), errors
+
+
+def test_the_pipe_and_a_nightly_train_agree_on_a_compressed_store(
+        dovecot: Callable[[str], Server]) -> None:
+    """With Dovecot's zlib plugin (`zlib_save = gz`) every file in Junk is a gzip stream. The
+    pipe is given the message uncompressed (Dovecot decompresses what it pipes), and a nightly
+    `train --spam ~/Maildir/.Junk` over the same folder must find that message trained and
+    learn the one put there without a move; it read every file as "not mail" and exited 0."""
+    srv = dovecot("mail_plugins = $mail_plugins zlib\nplugin {\n  zlib_save = gz\n}")
+    c = Client(srv.port)
+    try:
+        c.move("INBOX", c.append("INBOX", msg(1)), "Junk")
+        c.append("Junk", msg(2))  # APPENDed into Junk: no user's verdict, no pipe
+    finally:
+        c.close()
+    assert srv.totals() == (1, 0)
+    junk = srv.top / "mail" / "user" / "Maildir" / ".Junk"
+    stored = [f for d in ("cur", "new") for f in (junk / d).iterdir()]
+    assert len(stored) == 2 and all(f.read_bytes()[:2] == b"\x1f\x8b" for f in stored)
+    r = subprocess.run([sys.executable, "-m", "spambridge", "train", "--db", str(srv.db),
+                        "--spam", str(junk)], capture_output=True, text=True, timeout=120,
+                       check=False)
+    assert (r.returncode, r.stderr) == (0, "")
+    assert r.stdout.startswith("Learned 1 of 2 messages as spam (1 already trained) in ")
+    assert srv.totals() == (2, 0)
+    assert srv.errors() == []

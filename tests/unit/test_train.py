@@ -4,6 +4,9 @@ guarantees under a concurrent reader and a killed writer."""
 
 from __future__ import annotations
 
+import bz2
+import gzip
+import lzma
 import os
 import re
 import shutil
@@ -174,7 +177,8 @@ def test_an_mbox_in_a_folder_is_split_and_folders_in_it_are_named(
 @pytest.mark.parametrize("content", [
     b"root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\n",
     b"key: value\nother: thing\n\nsome text\n",
-    b"\x1f\x8b\x08\x00" + bytes(range(256)) * 40,  # a gzip file, bigger than --max-size
+    # a gzip of something that is not mail (a tarball), bigger than --max-size unpacked
+    gzip.compress(b"ustar\x00" + bytes(range(256)) * 40),
 ])
 def test_text_with_colons_and_archives_are_not_mail(tmp_path: Path, db: Path, content: bytes,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
@@ -1775,3 +1779,201 @@ def test_the_milter_logs_a_replaced_database_once_and_a_train_not_at_all(
         scanner.close()
     said = [r.getMessage() for r in caplog.records]
     assert len(said) == 1 and said[0].startswith("Bayes database replaced, the new one not used")
+
+
+# ---------------------------------------------------------------------------------------------
+# Maildirs as Dovecot stores them, compressed by its zlib plugin (2.3) or mail_compress (2.4)
+
+
+COMPRESS = {"gzip": gzip.compress, "bzip2": bz2.compress, "xz": lzma.compress}
+# what zstd and lz4 files open with (Python 3.11 reads neither): enough to be told apart
+ZSTD = b"\x28\xb5\x2f\xfd\x00\x58" + bytes(range(256))
+DOVECOT_LZ4 = b"Dovecot-LZ4\x0d\x2a\x9b\xc5\x00\x01\x00\x00" + bytes(range(256))
+LZ4_FRAME = b"\x04\x22\x4d\x18\x64\x40\xa7" + bytes(range(256))
+
+
+def dovecot_maildir(root: Path, files: list[bytes], sizes: list[int] | None = None) -> Path:
+    """A Maildir as Dovecot leaves it: its index, uidlist and list files beside cur/, new/ and
+    tmp/, a message still being delivered in tmp/, and message files named with the size
+    (,S=) and IMAP size (,W=) fields; `sizes` are the messages' own (uncompressed) sizes."""
+    maildir(root, [])
+    for name, data in (("dovecot-uidlist", b"3 V1795723972 N5 G3f0c\n1 1795723972.M1P1.vm\n"),
+                       ("dovecot-uidvalidity", b"6b0892c4"), ("dovecot-uidvalidity.6b0892c4", b""),
+                       ("dovecot.index.cache", b"\x08\x02\x00\x00" + bytes(200)),
+                       ("dovecot.index.log", b"\x01\x03\x28\x00" + bytes(200)),
+                       ("dovecot.list.index.log", b"\x01\x03\x28\x00" + bytes(100)),
+                       ("dovecot-keywords", b"0 $Junk\n"), ("maildirfolder", b""),
+                       ("subscriptions", b"V\t2\n\nJunk\n")):
+        (root / name).write_bytes(data)
+    (root / "tmp" / "1795723999.M9P9.vm").write_bytes(mail(999, True))  # not delivered yet
+    for i, data in enumerate(files):
+        size = sizes[i] if sizes else len(data)
+        name = f"17957239{i:02d}.M{i}P1.vm,S={size},W={size + 40}" + (":2,S" if i % 2 else "")
+        (root / ("cur" if i % 2 else "new") / name).write_bytes(data)
+    return root
+
+
+@pytest.mark.parametrize("fmt", ["gzip", "bzip2", "xz"])
+def test_a_maildir_stored_compressed_is_learned_message_by_message(
+        tmp_path: Path, db: Path, capsys: pytest.CaptureFixture[str], fmt: str) -> None:
+    """Dovecot's zlib plugin (`zlib_save = gz`) stores every Maildir file compressed, named as
+    any other: each was "not mail", so `train --spam ~/Maildir/.Junk` learned nothing and
+    exited 0. Now the messages are learned as they read uncompressed, keyed as the messages
+    they are (the same mail stored plain is already trained), --max-size is on the message,
+    and tmp/ and Dovecot's own files are neither read nor counted."""
+    pack = COMPRESS[fmt]
+    msgs = [mail(i, True) for i in range(4)]
+    big = mail(9, True) + b"x" * 4096  # a few hundred bytes packed, over --max-size unpacked
+    junk = dovecot_maildir(tmp_path / ".Junk", [pack(m) for m in [*msgs, big]],
+                           [len(m) for m in [*msgs, big]])
+    code, out, err = run("train", "--db", str(db), "--spam", "--max-size", "2k", str(junk),
+                         capsys=capsys)
+    assert (code, err) == (0, "")
+    assert out.startswith("Learned 4 of 5 messages as spam (1 too large) in ")
+    plain = folder(tmp_path / "plain", msgs)
+    plain_db = tmp_path / "plain.sqlite"
+    assert run("train", "--db", str(plain_db), "--spam", str(plain), capsys=capsys)[0] == 0
+    assert tokens(db) == tokens(plain_db)  # the messages, not their compressed bytes
+    code, out, _ = run("train", "--db", str(db), "--spam", str(plain), capsys=capsys)
+    assert code == 0 and out.startswith("Learned 0 of 4 messages as spam (4 already trained)")
+
+    # named, on stdin, and an mbox archive, as the same file uncompressed would be
+    one = tmp_path / "one.eml.z"
+    one.write_bytes(pack(mail(50, True)))
+    box = tmp_path / "2026-01.mbox.z"
+    box.write_bytes(pack(mbox_of([mail(i, True) for i in range(60, 63)])))
+    code, out, err = run("train", "--db", str(db), "--spam", str(one), str(box), capsys=capsys)
+    assert (code, err) == (0, "") and out.startswith("Learned 4 of 4 messages as spam in")
+    proc = subprocess.run([sys.executable, "-m", "spambridge", "train", "--db", str(db),
+                           "--spam", "-"], input=pack(mail(51, True)), capture_output=True,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert b"<stdin>: learned as spam" in proc.stdout
+    assert totals(db) == (9, 0) and tokens(db)["unique62x1"] == (1, 0)
+
+
+def test_zstd_and_lz4_files_are_named_errors_never_learned(
+        tmp_path: Path, db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`zlib_save = zstd` or `lz4` (Dovecot's own lz4 container; mailcow's default): Python 3.11
+    reads neither. Each file was counted "not mail" with exit 0, the training silently not
+    done; now each is an error that names the format and what to do, counted by format."""
+    junk = dovecot_maildir(tmp_path / ".Junk", [mail(1, True), ZSTD, DOVECOT_LZ4, LZ4_FRAME])
+    code, out, err = run("train", "--db", str(db), "--spam", str(junk), capsys=capsys)
+    assert code == 1
+    assert out.startswith("Learned 1 of 4 messages as spam (1 compressed with Dovecot's lz4, "
+                          "1 compressed with lz4, 1 compressed with zstd) in ")
+    files = {f.read_bytes()[:4]: f for f in (junk / "cur").iterdir()} | {
+        f.read_bytes()[:4]: f for f in (junk / "new").iterdir()}
+    for magic, fmt in ((ZSTD, "zstd"), (DOVECOT_LZ4, "Dovecot's lz4"), (LZ4_FRAME, "lz4")):
+        assert (f"spambridge train: {files[magic[:4]]}: compressed with {fmt}: not supported "
+                "(gzip, bzip2 and xz are); decompress it first (docs/bayes.md, \"Compressed "
+                "mail\")\n") in err
+    assert totals(db) == (1, 0) and "unique1x1" in tokens(db)
+    assert len(tokens(db)) == len(tokens_of(mail(1, True)))  # nothing from the other three
+
+    zstd = files[ZSTD[:4]]
+    code, out, err = run("check", "--db", str(db), "--batch", str(zstd), capsys=capsys)
+    assert code == 1 and out == f"{zstd}\t-\tunreadable\n"
+    assert f"{zstd}: cannot read: compressed with zstd: not supported" in err
+
+
+def tokens_of(msg: bytes) -> set[str]:
+    from spambridge.bayes.tokenizer import tokenize
+
+    return set(tokenize(train.strip_markup(msg)))
+
+
+def test_damaged_compressed_files_are_named_and_the_rest_learned(
+        tmp_path: Path, db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A file cut short (a copy that ran out of disk) or corrupt: an error naming it, never
+    a traceback, never the part that could be read learned as the message."""
+    packed = gzip.compress(mail(2, True))
+    corrupt = packed[:20] + bytes(b ^ 0x55 for b in packed[20:60]) + packed[60:]
+    junk = dovecot_maildir(tmp_path / ".Junk", [gzip.compress(mail(1, True)), packed[:-30],
+                                                corrupt, lzma.compress(mail(3, True))[:-40]])
+    code, out, err = run("train", "--db", str(db), "--spam", str(junk), capsys=capsys)
+    assert code == 1 and out.startswith("Learned 1 of 4 messages as spam (3 unreadable)")
+    assert err.count("unreadable: compressed with gzip but cut short\n") == 1
+    assert err.count("unreadable: compressed with gzip but damaged (") == 1
+    assert err.count("unreadable: compressed with xz but cut short\n") == 1
+    assert "Traceback" not in err and totals(db) == (1, 0)
+
+
+PEAK_RSS = """import resource, sys
+from spambridge import cli
+try:
+    code = cli.main(sys.argv[1:])
+finally:
+    print("peak-rss-kib", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)
+sys.exit(code)
+"""
+
+
+def run_measured(*argv: str) -> tuple[int, str, str, int]:
+    """The CLI in a child process: (status, stdout, stderr, its peak RSS in MiB)."""
+    proc = subprocess.run([sys.executable, "-c", PEAK_RSS, *argv], capture_output=True,
+                          text=True, timeout=300, check=False)
+    peak = re.search(r"peak-rss-kib (\d+)", proc.stderr)
+    assert peak is not None, proc.stderr
+    return proc.returncode, proc.stdout, proc.stderr[: peak.start()], int(peak.group(1)) // 1024
+
+
+def test_a_gzip_bomb_is_too_large_at_once_in_bounded_memory(tmp_path: Path, db: Path) -> None:
+    """A 2 MB gzip file that expands to 2 GiB (a header, then a body of 2,048 members of 1 MiB
+    each): only --max-size + 1 bytes of it (check: max_scan_size + 2) are ever decompressed,
+    so it is too large (check: oversize) without gigabytes in memory or the time to make
+    them. A bzip2 mbox that expands to gigabytes is split as it decompresses until it has
+    given a thousand times the compressed bytes read, then named as a probable bomb, the
+    message before it learned."""
+    bomb = gzip.compress(b"From: a@example.org\nTo: b@example.org\nSubject: big\n\n") + (
+        gzip.compress(b"x" * (1 << 20)) * 2048)
+    assert len(bomb) < 3 << 20
+    junk = maildir(tmp_path / "Junk", [mail(1, True), bomb])
+    code, out, err, peak = run_measured("train", "--db", str(db), "--spam", str(junk))
+    assert (code, err) == (0, "") and out.startswith("Learned 1 of 2 messages as spam (1 too "
+                                                     "large)")
+    assert peak < 200, f"{peak} MiB"
+    named = tmp_path / "bomb.eml.gz"
+    named.write_bytes(bomb)
+    code, out, err, peak = run_measured("check", "--db", str(db), "--batch", str(named))
+    assert out == f"{named}\t-\tunchecked=oversize\n" and peak < 200, (out, err, peak)
+
+    head = mbox_of([mail(2, True)]) + b"From x@y Mon Jan  1 00:00:00 2026\nFrom: a@b.example\n\n"
+    box = tmp_path / "box.mbox.bz2"
+    box.write_bytes(bz2.compress(head) + bz2.compress(b"y\n" * (1 << 20)) * 2048)
+    code, out, err, peak = run_measured("train", "--db", str(db), "--spam", str(box))
+    assert code == 1 and out.startswith("Learned 1 of 2 messages as spam (1 unreadable)")
+    assert err == (f"spambridge train: {box}: unreadable: compressed with bzip2 and expands "
+                   "more than 1000-fold (a decompression bomb?): not read further\n")
+    assert peak < 200, f"{peak} MiB"
+    assert totals(db) == (2, 0)
+
+
+def test_check_reads_a_compressed_message_as_the_milter_received_it(
+        tmp_path: Path, db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`check` on a file from a compressed Maildir scored the compressed bytes as a message
+    (a reject from clues such as '8bit%:65'); now it scores the message, and max_scan_size is
+    on the message, as the milter counted it."""
+    cfg = tmp_path / "sb.toml"
+    cfg.write_text("[bayes]\nmin_trained = 20\n[milter]\nmax_scan_size = 2048\n")
+    run("train", "--config", str(cfg), "--db", str(db), "--spam",
+        str(folder(tmp_path / "spam", [mail(i, True) for i in range(20)])), capsys=capsys)
+    run("train", "--config", str(cfg), "--db", str(db), "--ham",
+        str(folder(tmp_path / "ham", [mail(i, False) for i in range(20)])), capsys=capsys)
+    results = []
+    for name, data in (("ham.eml", mail(500, False)), ("ham.eml.gz", gzip.compress(
+            mail(500, False))), ("ham.eml.xz", lzma.compress(mail(500, False)))):
+        (tmp_path / name).write_bytes(data)
+        code, out, _ = run("check", "--config", str(cfg), "--db", str(db), "--explain",
+                           str(tmp_path / name), capsys=capsys)
+        assert code == 0
+        results.append(re.sub(r"^\S+: | \(\d+ ms\)", "", out, flags=re.M))
+    assert "verdict=ham action=accept" in results[0]
+    assert results[1] == results[0] and results[2] == results[0]
+    big = tmp_path / "big.eml.bz2"
+    big.write_bytes(bz2.compress(mail(501, False) + b"y" * 4096))
+    assert big.stat().st_size < 2048
+    code, out, _ = run("check", "--config", str(cfg), "--db", str(db), "--batch", str(big),
+                       capsys=capsys)
+    assert (code, out) == (0, f"{big}\t-\tunchecked=oversize\n")
+
