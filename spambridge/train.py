@@ -177,8 +177,8 @@ def count_messages(path: str) -> int | None:
     """How many items `read_path` will yield, when cheap to know (for the progress bar)."""
     p = Path(path)
     try:
-        if _is_maildir(p):
-            return sum(len(os.listdir(p / d)) for d in ("cur", "new"))
+        if boxes := _maildir(path):
+            return sum(len(os.listdir(d)) for d in boxes)
         if p.is_dir():
             return sum(1 for e in os.scandir(p) if _is_file(e) and not e.name.startswith("."))
         if p.is_file() and not _holds_several(p):
@@ -188,8 +188,15 @@ def count_messages(path: str) -> int | None:
     return None
 
 
-def _is_maildir(p: Path) -> bool:
-    return (p / "cur").is_dir() and (p / "new").is_dir()
+def _maildir(path: str) -> list[str]:
+    """A Maildir's cur/ and new/ (what of them there is), or [] when `path` is no Maildir.
+    A cur/ makes one, as for Dovecot (which makes new/ and tmp/ when missing): a copy that lost
+    its empty new/ (git, some backups) was read as a folder of files, Dovecot's index and list
+    files counted as "not mail" and the mail in cur/ never looked at."""
+    cur, new = os.path.join(path, "cur"), os.path.join(path, "new")
+    if not os.path.isdir(cur):
+        return []
+    return [cur, new] if os.path.isdir(new) else [cur]
 
 
 def _holds_several(p: Path) -> bool:
@@ -216,7 +223,6 @@ def read_path(path: str, max_size: int, mbox: bool = False, stdin: IO[bytes] | N
         yield from _read_open(src, "<stdin>", max_size, mbox, sniff=False)
         return
     try:
-        p = Path(path)
         # a pipe or device is opened once, by the reader (a FIFO's writer waits on our open);
         # _slurp still tells one that appeared since the stat
         slurped = None if _is_stream(path) else _slurp(path, max(max_size, MBOX_IN_MEMORY),
@@ -225,8 +231,7 @@ def read_path(path: str, max_size: int, mbox: bool = False, stdin: IO[bytes] | N
             yield from _read_stream(path, max_size, mbox)
             return
         if slurped[1] == _DIRECTORY:
-            dirs = [os.path.join(path, "cur"), os.path.join(path, "new")] if _is_maildir(p) \
-                else [path]
+            dirs = _maildir(path) or [path]
             for d in dirs:
                 # regular files only (the directory entry says so, no stat): opening a FIFO
                 # left in a folder would block

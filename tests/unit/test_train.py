@@ -1977,3 +1977,21 @@ def test_check_reads_a_compressed_message_as_the_milter_received_it(
                        capsys=capsys)
     assert (code, out) == (0, f"{big}\t-\tunchecked=oversize\n")
 
+
+def test_a_maildir_that_lost_its_empty_new_is_still_read_as_one(
+        tmp_path: Path, db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Dovecot takes a folder with cur/ for a Maildir (it makes new/ and tmp/ when missing); a
+    copy that lost its empty new/ (kept in git, some backup tools) was read as a folder of
+    files: Dovecot's uidlist, index and subscriptions files counted "not mail", the mail in
+    cur/ never looked at, exit 0. Subfolders (Maildir++ .Junk.Sub beside it, or LAYOUT=fs
+    Junk/Sub inside it) stay unread: they are other folders."""
+    junk = dovecot_maildir(tmp_path / ".Junk", [mail(i, True) for i in range(4)])
+    for f in (junk / "new").iterdir():
+        f.rename(junk / "cur" / f.name)
+    (junk / "new").rmdir()
+    maildir(junk / "Sub", [mail(7, False)])  # LAYOUT=fs
+    maildir(tmp_path / ".Junk.Sub", [mail(8, False)])  # Maildir++
+    code, out, err = run("train", "--db", str(db), "--spam", str(junk), capsys=capsys)
+    assert (code, err) == (0, "")
+    assert out.startswith("Learned 4 of 4 messages as spam in ")
+    assert totals(db) == (4, 0)
