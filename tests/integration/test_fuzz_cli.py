@@ -9,8 +9,11 @@ traceback on stderr.
 
 from __future__ import annotations
 
+import bz2
 import contextlib
+import gzip
 import io
+import lzma
 import os
 import re
 import sqlite3
@@ -104,6 +107,58 @@ def test_train_and_check_survive_hostile_files(
         assert m and m.group(1) == str(f), line
         assert m.group(3) in ("ham", "unsure", "spam", "reject", "unchecked=oversize"), line
     assert "Traceback" not in err
+
+
+PACK = {"gzip": gzip.compress, "bzip2": bz2.compress, "xz": lzma.compress}
+
+
+def outcome(summary: str) -> str:
+    """A train summary line without its timing."""
+    return summary.partition(" in ")[0]
+
+
+@pytest.mark.filterwarnings("ignore::hypothesis.errors.HypothesisWarning")
+@settings(FUZZ, max_examples=max(1, EXAMPLES // 3))
+@given(msgs=st.lists(hostile_message(), min_size=1, max_size=3),
+       fmt=st.sampled_from(sorted(PACK)), cut=st.none() | st.integers(1, 200))
+def test_a_hostile_file_compressed_reads_as_the_file_or_is_named(
+    corpus: Path, db: Path, msgs: list[tuple[list[tuple[str, bytes]], bytes]], fmt: str,
+    cut: int | None,
+) -> None:
+    """Stored compressed (Dovecot's zlib plugin), a file is the same file to `train` and
+    `check`: the same outcome and the same score; cut short, it is named, never a traceback
+    and never learned in part."""
+    n = next(counter)
+    plain, packed = corpus / f"zex{n}" / "plain", corpus / f"zex{n}" / "packed"
+    plain.mkdir(parents=True)
+    packed.mkdir()
+    whole = True
+    for i, (headers, body) in enumerate(msgs):
+        data = as_file(headers, body)
+        (plain / f"{i}.msg").write_bytes(data)  # (not *.eml: the last test's files)
+        z = PACK[fmt](data)
+        if cut is not None and len(z) - cut >= 16:  # still told compressed by its first bytes
+            z, whole = z[: len(z) - cut], False
+        (packed / f"{i}.msg").write_bytes(z)
+    cfg = str(db.parent / "sb.toml")
+    results = []
+    for d in (plain, packed):
+        fresh = d.parent / f"{d.name}.sqlite"
+        code, out, err = run_cli("train", "--db", str(fresh), "--spam", str(d))
+        assert "Traceback" not in err
+        c_code, c_out, c_err = run_cli("check", "--config", cfg, "--db", str(db), "--batch",
+                                       *sorted(map(str, d.iterdir())))
+        assert "Traceback" not in c_err and len(c_out.splitlines()) == len(msgs), c_out
+        results.append((code, outcome(out), c_code, c_out.replace(str(d), ""), fresh))
+    if whole:
+        assert results[1][:4] == results[0][:4]
+    else:  # some file cut short: named, unreadable, nothing of it learned
+        code, summary, c_code, c_out, _ = results[1]
+        assert code == 1 and " unreadable)" in summary and c_code == 1, (summary, c_out)
+        assert "\t-\tunreadable" in c_out, c_out
+        # into the database the plain files went to: nothing new, no part of one learned
+        _, out, _ = run_cli("train", "--db", str(results[0][4]), "--spam", str(packed))
+        assert out.startswith(f"Learned 0 of {len(msgs)} messages"), out
 
 
 def test_real_commands_over_every_hostile_file(corpus: Path, db: Path) -> None:
