@@ -10,12 +10,15 @@ from __future__ import annotations
 import logging
 import platform
 import re
+import socket
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
-from prometheus_client.exposition import start_http_server
+from prometheus_client.exposition import make_wsgi_app
 
 from spambridge import __version__
 from spambridge.config import Config, MetricsConfig, host_port
@@ -112,11 +115,71 @@ class Metrics:
         return counted
 
 
+WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+_TEXT = ("Content-Type", "text/plain; charset=utf-8")  # wsgiref adds to the list it is given
+ALLOWED = "GET, HEAD, OPTIONS"
+
+
+def app(registry: CollectorRegistry) -> WsgiApp:
+    """The endpoint: the metrics at /metrics for GET and HEAD (curl -I, check_http -j HEAD),
+    a 404 naming /metrics on any other path (prometheus_client serves them everywhere, so a
+    mistyped scrape path would look right), 405 for other methods."""
+    metrics = make_wsgi_app(registry)
+
+    def serve_one(environ: dict[str, Any], start_response: Callable[..., Any]
+                  ) -> Iterable[bytes]:
+        method = environ["REQUEST_METHOD"]
+        if environ.get("PATH_INFO") != "/metrics":
+            start_response("404 Not Found", [_TEXT])
+            return [b"spambridge: the metrics are at /metrics\n"]
+        if method == "OPTIONS":
+            start_response("200 OK", [("Allow", ALLOWED), ("Content-Length", "0")])
+            return []
+        if method not in ("GET", "HEAD"):
+            start_response("405 Method Not Allowed", [("Allow", ALLOWED), _TEXT])
+            return [f"spambridge: {ALLOWED} only\n".encode()]
+        if method == "GET":
+            return metrics(environ, start_response)  # type: ignore[no-any-return]
+        answer: list[Any] = []
+        body = b"".join(metrics({**environ, "REQUEST_METHOD": "GET"},
+                                lambda status, headers, *_: answer.extend((status, headers))))
+        start_response(answer[0], [*answer[1], ("Content-Length", str(len(body)))])
+        return []
+
+    return serve_one
+
+
+class _Handler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """Scrapes are not worth a log line each."""
+
+
+class _Server(WSGIServer):
+    """One thread per scrape (the scan path never waits on a scraper)."""
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        threading.Thread(target=self._one, args=(request, client_address), daemon=True,
+                         name="spambridge-metrics-scrape").start()
+
+    def _one(self, request: Any, client_address: Any) -> None:
+        try:
+            self.finish_request(request, client_address)
+        except Exception:
+            self.handle_error(request, client_address)
+        finally:
+            self.shutdown_request(request)
+
+
 def serve(cfg: MetricsConfig, metrics: Metrics) -> Any:
     """Start the HTTP endpoint in a daemon thread that never sees libmilter's signals."""
     started = time.monotonic()
-    with signals_blocked():
-        server = start_http_server(cfg.port, addr=cfg.host, registry=metrics.registry)
+    cls = type("_Server", (_Server,), {
+        "address_family": socket.AF_INET6 if ":" in cfg.host else socket.AF_INET})
+    server = cls((cfg.host, cfg.port), _Handler)
+    server.set_app(app(metrics.registry))
+    with signals_blocked():  # inherited by the threads it starts for each scrape
+        threading.Thread(target=server.serve_forever, name="spambridge-metrics",
+                         daemon=True).start()
     log.info("metrics on http://%s/metrics (%.0f ms)", host_port(cfg.host, cfg.port),
              (time.monotonic() - started) * 1000)
     return server

@@ -3,6 +3,7 @@ milter socket: a real spamd for verdicts, and for failures a dead port and a spa
 
 from __future__ import annotations
 
+import http.client
 import socket
 import threading
 import time
@@ -140,3 +141,46 @@ def test_metrics_port_in_use_is_a_clear_startup_error(start_milter: Start) -> No
             start_milter({"milter": {"engine": "spamd"},
                           "metrics": {"listen": f"127.0.0.1:{port}"}})
     assert f"cannot serve metrics on 127.0.0.1:{port}" in str(exc.value)
+
+
+def http_request(port: int, method: str, path: str) -> tuple[int, dict[str, str], bytes]:
+    """One plain HTTP request, as curl, check_http or monit would send it."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request(method, path)
+        r = conn.getresponse()
+        return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
+    finally:
+        conn.close()
+
+
+def test_the_endpoint_serves_get_and_head_on_metrics_and_nothing_elsewhere(
+        start_milter: Start) -> None:
+    """/metrics answers GET and HEAD (`curl -I`, check_http -j HEAD) with the 0.0.4 text
+    format; another path is a 404 that says where to look, not the metrics again (a typo in
+    a scrape config shows up as a failed target); other methods are refused."""
+    port = free_port()
+    start_milter({"milter": {"engine": "bayes"}, "metrics": {"listen": f"127.0.0.1:{port}"}})
+    status, hdrs, body = http_request(port, "GET", "/metrics")
+    assert status == 200
+    assert hdrs["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
+    assert b"# TYPE spambridge_messages_total counter" in body
+
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:  # raw: every byte
+        s.sendall(b"HEAD /metrics HTTP/1.0\r\n\r\n")
+        head = b"".join(iter(lambda: s.recv(65536), b""))
+    status_line, _, rest = head.partition(b"\r\n")
+    fields, _, after = rest.partition(b"\r\n\r\n")
+    assert status_line.split()[1] == b"200"
+    assert b"Content-Type: text/plain; version=0.0.4; charset=utf-8" in fields
+    assert after == b""  # no body after a HEAD
+
+    for path in ("/", "/metric", "/metrics/", "/favicon.ico"):
+        status, hdrs, body = http_request(port, "GET", path)
+        assert status == 404, path
+        assert b"/metrics" in body and b"spambridge_" not in body
+    for method in ("POST", "PUT", "DELETE"):
+        status, hdrs, body = http_request(port, method, "/metrics")
+        assert status == 405, method
+        assert hdrs["allow"] == "GET, HEAD, OPTIONS"
+        assert b"spambridge_" not in body
