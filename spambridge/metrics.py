@@ -11,6 +11,7 @@ import logging
 import platform
 import re
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -149,17 +150,41 @@ def app(registry: CollectorRegistry) -> WsgiApp:
     return serve_one
 
 
+# A scrape's request arrives as soon as it connects: a connection silent (or not reading)
+# this long is dropped, and only so many are served at once, the rest closed at accept. A
+# thread per silent connection, without limit, would use up the threads (TasksMax) the
+# milter needs for SMTP sessions.
+IDLE_SECONDS = 5.0
+MAX_SCRAPES = 8
+
+
 class _Handler(WSGIRequestHandler):
+    timeout = IDLE_SECONDS
+
     def log_message(self, format: str, *args: Any) -> None:
         """Scrapes are not worth a log line each."""
 
 
 class _Server(WSGIServer):
-    """One thread per scrape (the scan path never waits on a scraper)."""
+    """One thread per scrape, a few at most (the scan path never waits on a scraper)."""
+
+    request_queue_size = 32  # a burst of connections is accepted (or closed) at once
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self._slots = threading.BoundedSemaphore(MAX_SCRAPES)
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        threading.Thread(target=self._one, args=(request, client_address), daemon=True,
-                         name="spambridge-metrics-scrape").start()
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        try:
+            threading.Thread(target=self._one, args=(request, client_address), daemon=True,
+                             name="spambridge-metrics-scrape").start()
+        except BaseException:
+            self._slots.release()
+            self.shutdown_request(request)
+            raise
 
     def _one(self, request: Any, client_address: Any) -> None:
         try:
@@ -168,6 +193,15 @@ class _Server(WSGIServer):
             self.handle_error(request, client_address)
         finally:
             self.shutdown_request(request)
+            self._slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A scraper that went silent or away is its own problem (socketserver would print a
+        traceback on stderr for each); anything else is a bug worth a log line."""
+        if isinstance(sys.exc_info()[1], OSError):
+            log.debug("metrics: %s: %s", client_address, sys.exc_info()[1])
+        else:
+            log.exception("metrics: serving %s failed", client_address)
 
 
 def serve(cfg: MetricsConfig, metrics: Metrics) -> Any:

@@ -4,6 +4,7 @@ milter socket: a real spamd for verdicts, and for failures a dead port and a spa
 from __future__ import annotations
 
 import http.client
+import os
 import socket
 import threading
 import time
@@ -20,6 +21,7 @@ from harness import (
     free_port,
     message,
     train_database,
+    wait_until,
 )
 from milterclient import send_one
 from ops_helpers import scrape, value
@@ -184,3 +186,35 @@ def test_the_endpoint_serves_get_and_head_on_metrics_and_nothing_elsewhere(
         assert status == 405, method
         assert hdrs["allow"] == "GET, HEAD, OPTIONS"
         assert b"spambridge_" not in body
+
+
+def threads(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/task"))
+
+
+def test_silent_connections_are_dropped_and_cannot_pile_up_threads(
+        start_milter: Start, tmp_path: Path) -> None:
+    """A scraper (or port scanner, or a stuck monitoring check) that connects and sends
+    nothing held a thread of the milter for as long as it kept the connection open, one per
+    connection, without limit: enough of them and libmilter cannot start the thread the next
+    SMTP session needs (TasksMax). Now a silent connection is closed after a few seconds and
+    only a few are served at once; mail flows meanwhile, and scrapes work again after."""
+    db = train_database(tmp_path, bayes_mail, 20)
+    port = free_port()
+    m = start_milter({"milter": {"engine": "bayes"}, "bayes": {"db": str(db), "min_trained": 20},
+                      "metrics": {"listen": f"127.0.0.1:{port}"}})
+    assert send_one(m.socket_path, bayes_mail(98, "spam")).action == "reject"  # pool started
+    scrape("127.0.0.1", port)
+    before = threads(m.proc.pid)
+    silent = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(40)]
+    try:
+        time.sleep(1)  # each accepted by now (or refused)
+        assert threads(m.proc.pid) <= before + 10
+        assert send_one(m.socket_path, bayes_mail(99, "spam")).action == "reject"
+        assert silent[0].recv(100) == b""  # closed by the milter (not: a timeout, at 30 s)
+    finally:
+        for s in silent:
+            s.close()
+    wait_until(lambda: threads(m.proc.pid) <= before, 20, "the scrape threads to end")
+    assert value(scrape("127.0.0.1", port), "spambridge_messages_total",
+                 action="reject", engine="bayes") == 2
