@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.exposition import make_wsgi_app
 
 from spambridge import __version__
-from spambridge.config import Config, MetricsConfig, host_port
+from spambridge.config import Config, MetricsConfig, host_port, key_at
 from spambridge.message import MessageBuffer
 from spambridge.milter.bridge import signals_blocked
 from spambridge.pipeline import Evaluation, Pipeline
@@ -229,7 +229,8 @@ def start(cfg: Config, pipeline: Pipeline,
     metrics.track(pipeline)
     try:
         serve(cfg.metrics, metrics)
-    except OSError as e:
-        raise OSError(f"cannot serve metrics on {cfg.metrics.listen}: {e.strerror or e}") from e
+    except OSError as e:  # in use, or not an address of this host: which line to change
+        raise OSError(f"{key_at(cfg, 'metrics', 'listen')}: cannot serve metrics on "
+                      f"{cfg.metrics.listen}: {e.strerror or e}") from e
     return metrics.counting_reloads(reload) if reload is not None else None
 

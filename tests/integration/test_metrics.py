@@ -134,7 +134,10 @@ def test_a_spamd_failure_bayes_covered_for_is_counted(start_milter: Start,
     assert value(s, "spambridge_scan_errors_total", engine="spamd", kind="unavailable") == 1
 
 
-def test_metrics_port_in_use_is_a_clear_startup_error(start_milter: Start) -> None:
+def test_metrics_port_in_use_is_a_clear_startup_error(start_milter: Start,
+                                                      tmp_path: Path) -> None:
+    """The error names the file, line and key to change, as every other start-up error does,
+    and the exit status is 1 (a runtime failure: systemd retries, the port may come free)."""
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen(1)
@@ -142,7 +145,11 @@ def test_metrics_port_in_use_is_a_clear_startup_error(start_milter: Start) -> No
         with pytest.raises(RuntimeError) as exc:
             start_milter({"milter": {"engine": "spamd"},
                           "metrics": {"listen": f"127.0.0.1:{port}"}})
-    assert f"cannot serve metrics on 127.0.0.1:{port}" in str(exc.value)
+    config = tmp_path / "m0.toml"
+    line = config.read_text().splitlines().index(f'listen = "127.0.0.1:{port}"') + 1
+    assert str(exc.value).startswith("spambridge exited 1:")
+    assert (f"{config}:{line}: [metrics] listen: cannot serve metrics on 127.0.0.1:{port}: "
+            "Address already in use") in str(exc.value)
 
 
 def http_request(port: int, method: str, path: str) -> tuple[int, dict[str, str], bytes]:
