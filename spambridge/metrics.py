@@ -54,6 +54,11 @@ class Metrics:
             "spambridge_scan_errors",
             "Scanner failures by kind (unavailable, timeout, error); a spamd failure that the "
             "Bayes fallback covered counts too", ["engine", "kind"], registry=r)
+        self.unchecked = Counter(
+            "spambridge_messages_unchecked",
+            "Messages that got no verdict: the scan failed and no fallback covered, so the "
+            "on_<kind> action decided (oversize mail is in spambridge_skipped_total)",
+            ["kind"], registry=r)
         self.skipped = Counter(
             "spambridge_skipped", "Messages not scanned, by reason (oversize, authenticated, "
             "trusted)", ["reason"], registry=r)
@@ -75,6 +80,7 @@ class Metrics:
             self.messages.labels(action, "none")  # so rate() has a series from the start
         for kind in ("unavailable", "timeout", "error"):
             self.errors.labels("spamd", kind)
+            self.unchecked.labels(kind)
 
     def observe(self, ev: Evaluation, buf: MessageBuffer) -> None:
         """Pipeline observer: called once per decided message."""
@@ -88,6 +94,7 @@ class Metrics:
             self.skipped.labels("oversize").inc()
         elif isinstance(outcome, ScanError):
             self.errors.labels(outcome.engine, outcome.kind.value).inc()
+            self.unchecked.labels(outcome.kind.value).inc()
             self.scan_seconds.labels(outcome.engine).observe(ev.elapsed)
         elif isinstance(outcome, ScoreResult):
             self.scan_seconds.labels(outcome.engine).observe(ev.elapsed)

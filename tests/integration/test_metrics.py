@@ -225,3 +225,51 @@ def test_silent_connections_are_dropped_and_cannot_pile_up_threads(
     wait_until(lambda: threads(m.proc.pid) <= before, 20, "the scrape threads to end")
     assert value(scrape("127.0.0.1", port), "spambridge_messages_total",
                  action="reject", engine="bayes") == 2
+
+
+def test_mail_passed_unchecked_is_a_series_of_its_own(start_milter: Start,
+                                                     tmp_path: Path) -> None:
+    """"Every message goes through unchecked" is the alert that matters, and the counters had
+    no series for it: a spamd failure Bayes covered for and one nothing covered for both
+    counted as a scan error, and both messages as action="accept". Now a message that got no
+    verdict (its on_<kind> action decided) counts in spambridge_messages_unchecked_total, and
+    the series exist at 0 from the start, for rate()."""
+    trained = train_database(tmp_path, bayes_mail, 20)
+    ports = []
+    for db in (trained, tmp_path / "empty.sqlite"):  # Bayes covers spamd / cannot cover
+        port = free_port()
+        ports.append(port)
+        m = start_milter({"milter": {"engine": "spamd+bayes"},
+                          "spamd": {"host": "127.0.0.1", "port": free_port()},  # nothing there
+                          "bayes": {"db": str(db), "min_trained": 20},
+                          "metrics": {"listen": f"127.0.0.1:{port}"}})
+        for kind in ("unavailable", "timeout", "error"):
+            assert ("spambridge_messages_unchecked_total", (("kind", kind),)) in scrape(
+                "127.0.0.1", port)
+        res = send_one(m.socket_path, bayes_mail(99, "ham"))
+        assert res.action in ("accept", "continue")
+    covered, uncovered = (scrape("127.0.0.1", p) for p in ports)
+    for s in (covered, uncovered):  # spamd failed in both
+        assert value(s, "spambridge_scan_errors_total", engine="spamd", kind="unavailable") == 1
+    assert value(covered, "spambridge_messages_unchecked_total", kind="unavailable") == 0
+    assert value(uncovered, "spambridge_messages_unchecked_total", kind="unavailable") == 1
+
+
+def test_a_failing_spool_shows_as_unchecked_mail(start_milter: Start, tmp_path: Path) -> None:
+    """The spool directory gone after start (a cleanup job, a full disk likewise): each
+    message above spool_memory is decided by on_error without a scan, and says so."""
+    db = train_database(tmp_path, bayes_mail, 20)
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    port = free_port()
+    m = start_milter({"milter": {"engine": "bayes", "spool_dir": str(spool),
+                                 "spool_memory": 1024},
+                      "bayes": {"db": str(db), "min_trained": 20},
+                      "metrics": {"listen": f"127.0.0.1:{port}"}})
+    spool.rmdir()
+    res = send_one(m.socket_path, message(body="lunch on friday\n" * 300))
+    assert res.header("X-Spam-Status") == "No, unchecked=error"
+    s = scrape("127.0.0.1", port)
+    assert value(s, "spambridge_messages_total", action="accept", engine="spool") == 1
+    assert value(s, "spambridge_scan_errors_total", engine="spool", kind="error") == 1
+    assert value(s, "spambridge_messages_unchecked_total", kind="error") == 1
