@@ -26,13 +26,14 @@ from spambridge.config import Config, MetricsConfig, host_port, key_at
 from spambridge.message import MessageBuffer
 from spambridge.milter.bridge import signals_blocked
 from spambridge.pipeline import Evaluation, Pipeline
-from spambridge.verdict import ErrorKind, ScanError, ScoreResult, Skipped
+from spambridge.verdict import ErrorKind, ScanError, ScoreResult, Skipped, SkipReason
 
 log = logging.getLogger("spambridge")
 
 # from a 45 ms GTUBE check to the 120 s maximum cap
 SCAN_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
 SIZE_BUCKETS = (1 << 10, 4 << 10, 16 << 10, 64 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20)
+KINDS = tuple(k.value for k in ErrorKind if k is not ErrorKind.OVERSIZE)  # oversize: skipped
 _FALLBACK = re.compile(r"fallback=([a-z]+)-([a-z]+)")
 
 
@@ -78,9 +79,12 @@ class Metrics:
         self.reload_ok.set(1)
         for action in ("accept", "tag", "reject", "tempfail"):
             self.messages.labels(action, "none")  # so rate() has a series from the start
-        for kind in ("unavailable", "timeout", "error"):
-            self.errors.labels("spamd", kind)
+        for kind in KINDS:
             self.unchecked.labels(kind)
+        for reason in ("oversize", *(r.value for r in SkipReason)):
+            self.skipped.labels(reason)
+        for result in ("ok", "failed"):
+            self.reloads.labels(result)
 
     def observe(self, ev: Evaluation, buf: MessageBuffer) -> None:
         """Pipeline observer: called once per decided message."""
@@ -104,6 +108,10 @@ class Metrics:
 
     def track(self, pipeline: Pipeline) -> None:
         pipeline.observers.append(self.observe)
+        # the engine whose failures count: spamd's, when Bayes is only its fallback
+        engine = "bayes" if pipeline.scanner.name == "bayes" else "spamd"
+        for kind in KINDS:
+            self.errors.labels(engine, kind)
         self.inflight.set_function(lambda: float(pipeline.inflight))
 
     def counting_reloads(self, reload: Callable[[], Config]) -> Callable[[], Config]:

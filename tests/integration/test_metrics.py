@@ -273,3 +273,24 @@ def test_a_failing_spool_shows_as_unchecked_mail(start_milter: Start, tmp_path: 
     assert value(s, "spambridge_messages_total", action="accept", engine="spool") == 1
     assert value(s, "spambridge_scan_errors_total", engine="spool", kind="error") == 1
     assert value(s, "spambridge_messages_unchecked_total", kind="error") == 1
+
+
+def series(s: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str
+           ) -> set[tuple[tuple[str, str], ...]]:
+    return {labels for n, labels in s if n == name}
+
+
+def test_the_series_an_alert_needs_exist_from_the_start_for_the_engine_in_use(
+        start_milter: Start, tmp_path: Path) -> None:
+    """rate() and increase() see a counter only once its series exists: every skip reason and
+    reload result is there at 0 before the first message or reload, and the scan errors of
+    the engine in use — a Bayes-only milter showed spamd's, and none of its own."""
+    port = free_port()
+    start_milter({"milter": {"engine": "bayes"}, "metrics": {"listen": f"127.0.0.1:{port}"}})
+    s = scrape("127.0.0.1", port)
+    assert series(s, "spambridge_scan_errors_total") == {
+        (("engine", "bayes"), ("kind", k)) for k in ("unavailable", "timeout", "error")}
+    assert series(s, "spambridge_skipped_total") == {
+        (("reason", r),) for r in ("oversize", "authenticated", "trusted")}
+    assert series(s, "spambridge_config_reloads_total") == {
+        (("result", r),) for r in ("ok", "failed")}
