@@ -294,3 +294,18 @@ def test_the_series_an_alert_needs_exist_from_the_start_for_the_engine_in_use(
         (("reason", r),) for r in ("oversize", "authenticated", "trusted")}
     assert series(s, "spambridge_config_reloads_total") == {
         (("result", r),) for r in ("ok", "failed")}
+
+
+def test_process_metrics_and_no_created_timestamps(start_milter: Start) -> None:
+    """process_start_time_seconds tells a restart loop (Restart=always hides one from `up`)
+    and process_resident_memory_bytes/process_open_fds a leak; the client library's
+    *_created gauges, one per series, only doubled the count of series an admin sees."""
+    port = free_port()
+    before = time.time()
+    m = start_milter({"milter": {"engine": "bayes"}, "metrics": {"listen": f"127.0.0.1:{port}"}})
+    send_one(m.socket_path, message())
+    s = scrape("127.0.0.1", port)
+    assert before - 1 <= value(s, "process_start_time_seconds") <= time.time()
+    assert value(s, "process_resident_memory_bytes") > 1 << 20
+    assert value(s, "process_open_fds") > 3
+    assert not [n for n, _ in s if n.endswith("_created")]
