@@ -15,11 +15,12 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import make_wsgi_app
 
 from spambridge import __version__
@@ -28,6 +29,9 @@ from spambridge.message import MessageBuffer
 from spambridge.milter.bridge import signals_blocked
 from spambridge.pipeline import Evaluation, Pipeline
 from spambridge.verdict import ErrorKind, ScanError, ScoreResult, Skipped, SkipReason
+
+if TYPE_CHECKING:
+    from spambridge.scanners.bayes import BayesScanner
 
 log = logging.getLogger("spambridge")
 # a <name>_created gauge beside every series doubles what an admin sees, for a start time
@@ -114,6 +118,9 @@ class Metrics:
 
     def track(self, pipeline: Pipeline) -> None:
         pipeline.observers.append(self.observe)
+        bayes: Any = getattr(pipeline.scanner, "secondary", pipeline.scanner)
+        if bayes.name == "bayes":  # not imported here: spamd-only never loads the classifier
+            self.registry.register(_BayesTrained(bayes))
         # the engine whose failures count: spamd's, when Bayes is only its fallback
         engine = "bayes" if pipeline.scanner.name == "bayes" else "spamd"
         for kind in KINDS:
@@ -223,6 +230,29 @@ class _Server(WSGIServer):
             log.debug("metrics: %s: %s", client_address, sys.exc_info()[1])
         else:
             log.exception("metrics: serving %s failed", client_address)
+
+
+class _BayesTrained:
+    """spambridge_bayes_trained_messages, from the counts the scanner last read: a scrape
+    never opens the database nor waits for the scanner's lock."""
+
+    NAME = "spambridge_bayes_trained_messages"
+    HELP = ("Messages the Bayes database in use was trained on, by class, as last read (at "
+            "start, then each message Bayes scores); absent while it cannot be read")
+
+    def __init__(self, scanner: BayesScanner) -> None:
+        self.scanner = scanner
+
+    def describe(self) -> Iterable[GaugeMetricFamily]:
+        yield GaugeMetricFamily(self.NAME, self.HELP, labels=["class"])
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        g = GaugeMetricFamily(self.NAME, self.HELP, labels=["class"])
+        seen = self.scanner.seen
+        if seen is not None:
+            g.add_metric(["spam"], seen.nspam)
+            g.add_metric(["ham"], seen.nham)
+        yield g
 
 
 def serve(cfg: MetricsConfig, metrics: Metrics) -> Any:

@@ -86,6 +86,9 @@ class BayesScanner:
         self._wal: FileId | None = None
         self._refused: FileId | None = None  # the replacing file last refused, logged once
         self._lock = threading.Lock()  # guards those above and the connection's use
+        # the database's counts as last read (the start-up check, a message), None when that
+        # read failed: what the metrics show, which never touch the database themselves
+        self.seen: store.Totals | None = None
         if create and not os.path.exists(cfg.db):
             try:
                 store.create(cfg.db)
@@ -125,7 +128,13 @@ class BayesScanner:
 
     def totals(self) -> store.Totals:
         with self._locked():
-            return self._current().totals()
+            try:
+                totals = self._current().totals()
+            except BaseException:
+                self.seen = None
+                raise
+            self.seen = totals
+            return totals
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -149,7 +158,9 @@ class BayesScanner:
                     totals, values = self._current().lookup_aligned(tokens)
                 except (store.StoreError, OSError):
                     self._drop()  # reopened on the next message: the file may be fixed by then
+                    self.seen = None
                     raise
+                self.seen = totals
             if not totals.trained(self.cfg.min_trained):
                 raise ScanError(ErrorKind.UNAVAILABLE, ENGINE,
                                 f"not trained yet: {totals.nspam} spam, {totals.nham} ham")

@@ -309,3 +309,44 @@ def test_process_metrics_and_no_created_timestamps(start_milter: Start) -> None:
     assert value(s, "process_resident_memory_bytes") > 1 << 20
     assert value(s, "process_open_fds") > 3
     assert not [n for n, _ in s if n.endswith("_created")]
+
+
+def test_the_bayes_database_in_use_is_visible(start_milter: Start, tmp_path: Path) -> None:
+    """How many messages the database the milter reads was trained on: an admin sees the
+    retrained copy moved into place taken (the numbers change), an empty database (0), and
+    one that cannot be read (no series; scan errors say why) — without a scrape ever
+    touching the database."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    db = train_database(tmp_path / "a", bayes_mail, 20)
+    retrained = train_database(tmp_path / "b", bayes_mail, 25)
+    port = free_port()
+    m = start_milter({"milter": {"engine": "bayes"}, "bayes": {"db": str(db), "min_trained": 20},
+                      "metrics": {"listen": f"127.0.0.1:{port}"}})
+    trained = "spambridge_bayes_trained_messages"
+    s = scrape("127.0.0.1", port)  # known from the start-up check, before any message
+    assert (value(s, trained, **{"class": "spam"}), value(s, trained, **{"class": "ham"})) == (
+        20, 20)
+
+    os.replace(retrained, db)  # the retrained copy moved into place
+    assert send_one(m.socket_path, bayes_mail(99, "spam")).action == "reject"
+    s = scrape("127.0.0.1", port)
+    assert (value(s, trained, **{"class": "spam"}), value(s, trained, **{"class": "ham"})) == (
+        25, 25)
+
+    db.unlink()
+    assert (send_one(m.socket_path, bayes_mail(98, "spam")).header("X-Spam-Status")
+            == "No, unchecked=unavailable")
+    s = scrape("127.0.0.1", port)
+    assert not series(s, trained)
+    assert value(s, "spambridge_scan_errors_total", engine="bayes", kind="unavailable") == 1
+
+
+def test_an_empty_bayes_database_shows_as_zero(start_milter: Start) -> None:
+    port = free_port()
+    start_milter({"milter": {"engine": "spamd+bayes"},
+                  "metrics": {"listen": f"127.0.0.1:{port}"}})  # a new, empty database
+    s = scrape("127.0.0.1", port)
+    assert series(s, "spambridge_bayes_trained_messages") == {
+        (("class", "spam"),), (("class", "ham"),)}
+    assert value(s, "spambridge_bayes_trained_messages", **{"class": "spam"}) == 0
