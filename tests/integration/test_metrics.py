@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import http.client
 import os
+import re
+import shutil
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -350,3 +353,48 @@ def test_an_empty_bayes_database_shows_as_zero(start_milter: Start) -> None:
     assert series(s, "spambridge_bayes_trained_messages") == {
         (("class", "spam"),), (("class", "ham"),)}
     assert value(s, "spambridge_bayes_trained_messages", **{"class": "spam"}) == 0
+
+
+def readme_check_script() -> str:
+    """The Nagios/monit check as README.md prints it, so what admins copy is what is tested."""
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    blocks = [b.split("```", 1)[0] for b in text.split("```sh\n")[1:]]
+    return next(b for b in blocks if "# check_spambridge" in b)
+
+
+def test_the_readme_check_for_nagios_and_monit(start_milter: Start, tmp_path: Path) -> None:
+    if not shutil.which("curl"):
+        pytest.fail("curl is not installed (apt-get install curl)")
+    script = tmp_path / "check_spambridge"
+    script.write_text(readme_check_script())
+    port = free_port()
+    m = start_milter({"milter": {"engine": "spamd", "scan_timeout": 2},
+                      "spamd": {"host": "127.0.0.1", "port": free_port()},  # nothing there
+                      "metrics": {"listen": f"127.0.0.1:{port}"}})
+    args = ["sh", str(script), f"http://127.0.0.1:{port}/metrics", str(tmp_path / "state")]
+
+    def check() -> tuple[int, str]:
+        r = subprocess.run(args, capture_output=True, text=True, timeout=30)
+        assert r.stderr == ""
+        return r.returncode, r.stdout.strip()
+
+    assert check() == (0, "OK: 0 of 0 messages got no verdict")
+    for _ in range(2):
+        send_one(m.socket_path, message())
+    assert check() == (2, "CRITICAL: 2 of 2 messages got no verdict")
+    assert check() == (0, "OK: 0 of 0 messages got no verdict")  # only what is new counts
+    m.stop()
+    assert check() == (2, f"CRITICAL: no spambridge metrics at http://127.0.0.1:{port}/metrics")
+
+
+def test_the_readme_alerts_name_series_the_milter_serves(start_milter: Start) -> None:
+    """Each series the README's alert rules use is served from the start (a renamed metric
+    would leave an alert that can never fire)."""
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    rules = text.split("```yaml\n", 1)[1].split("```", 1)[0]
+    used = set(re.findall(r"\b((?:spambridge|process)_[a-z_]+)\b", rules))
+    assert "spambridge_messages_unchecked_total" in used
+    port = free_port()
+    start_milter({"milter": {"engine": "spamd+bayes"}, "metrics": {"listen": f"127.0.0.1:{port}"}})
+    served = {name for name, _ in scrape("127.0.0.1", port)}
+    assert used <= served, used - served
