@@ -14,7 +14,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from spambridge import defaults, headers, policy
-from spambridge.config import Config
+from spambridge.config import Config, PolicyConfig
+from spambridge.health import Health
 from spambridge.message import Envelope, MessageBuffer, clean
 from spambridge.milter.bridge import AsyncBridge
 from spambridge.scanners import Scanner, ThreadedScanner
@@ -46,6 +47,7 @@ class Pipeline:
         self.bridge = bridge
         self.config = config  # replaced whole on reload; read once per message
         self.observers: list[Callable[[Evaluation, MessageBuffer], None]] = []
+        self.health = Health()
         self._inflight = 0
         self._answering = 0  # end-of-message callbacks between the decision and their return
         self._idle = threading.Condition()
@@ -112,6 +114,7 @@ class Pipeline:
             decision = policy.decide(outcome, cfg.policy)
             ev = Evaluation(decision, outcome, time.monotonic() - start)
             log_decision(ev, buf, envelope, cfg.policy.tag_only)
+            self._track(ev, cfg.policy)
             for observe in self.observers:
                 observe(ev, buf)
             return ev
@@ -120,6 +123,20 @@ class Pipeline:
                 self._inflight -= 1
                 self._last_free = time.monotonic()
                 self._idle.notify_all()
+
+    def _track(self, ev: Evaluation, cfg: PolicyConfig) -> None:
+        """Tell the incident log whether the engines gave a verdict (health.py)."""
+        out, d = ev.outcome, ev.decision
+        if isinstance(out, ScoreResult):
+            if out.failed is not None:
+                self.health.failed(out.failed.engine, out.failed.kind.value, out.failed.detail,
+                                   f"{out.engine} decides meanwhile (fallback)")
+            self.health.answered(out.engine, self.scanner.name)
+        elif isinstance(out, ScanError) and out.engine in INCIDENT_ENGINES and (
+                out.kind is not ErrorKind.OVERSIZE):
+            soft = f" (tag-only: {d.action.value})" if d.action is not d.intended else ""
+            self.health.failed(out.engine, out.kind.value, out.detail,
+                               f"mail gets {out.kind.policy_key} = {d.intended.value}{soft}")
 
     @property
     def inflight(self) -> int:
@@ -169,6 +186,9 @@ class Pipeline:
         return True
 
 
+# the engines whose failures are incidents (health.py): not the spool (a full disk fails only the
+# messages too big for memory, each said at WARNING) nor an internal error (a bug: every one)
+INCIDENT_ENGINES = frozenset({"spamd", "bayes", "spamd+bayes"})
 DETAIL_CHARS = 200  # bytes of an error on a decision line; a longer one is also logged whole, once
 _SAID_WHOLE: dict[str, None] = {}  # the long errors logged whole lately, oldest first
 _SAID_WHOLE_MAX = 16  # two or three causes taking turns are each said once, not every time
@@ -204,9 +224,10 @@ def log_decision(ev: Evaluation, buf: MessageBuffer, env: Envelope, tag_only: bo
         # what to do is often at its end ("run as the milter's user"): said once, not per message
         if cut and _first_time(error):
             whole = error
-    # a scan that failed, or that only the fallback engine answered, is the admin's business
-    level = logging.WARNING if fell_back or (isinstance(ev.outcome, ScanError) and (
-        ev.outcome.kind is not ErrorKind.OVERSIZE)) else logging.INFO
+    # a scanner's failures are said as incidents (health.py), at WARNING; a message that failed
+    # for another reason (its spool, a bug) is the admin's business on its own
+    level = logging.WARNING if isinstance(ev.outcome, ScanError) and (
+        ev.outcome.engine not in INCIDENT_ENGINES) else logging.INFO
     log.log(
         level,
         "%s: from=<%s> rcpts=%d size=%d engine=%s score=%s action=%s%s reason=%s ms=%d%s%s",

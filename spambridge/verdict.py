@@ -63,8 +63,17 @@ class ScoreResult:
     score: float
     tests: tuple[str, ...] = ()
     clues: tuple[tuple[str, float], ...] = ()  # Bayes: strongest tokens, for --explain
-    note: str = ""  # e.g. "fallback=spamd-timeout" when another engine decided
-    why: str = ""  # with a note: what the engine it stands for failed with (for the log)
+    failed: ScanError | None = None  # the engine this one stood in for, and how it failed
+
+    @property
+    def note(self) -> str:
+        """"fallback=spamd-timeout" when another engine decided (headers, log, check)."""
+        return f"fallback={self.failed.engine}-{self.failed.kind.value}" if self.failed else ""
+
+    @property
+    def why(self) -> str:
+        """With a note: what the engine it stands for failed with."""
+        return self.failed.detail if self.failed else ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -50,9 +50,8 @@ class FallbackScanner:
                 # both failed: the primary's failure class decides, and the log says why the
                 # fallback could not cover for it (an untrained database, say)
                 raise ScanError(why.kind, why.engine, f"{why.detail}; no fallback: {e}") from None
-            note = f"fallback={self.primary.name}-{why.kind.value}"
             return ScoreResult(fallback.engine, fallback.score, fallback.tests, fallback.clues,
-                               note, why.detail)
+                               why)
         finally:
             task.cancel()  # given up (or the cap ran out): its connection is closed now
 

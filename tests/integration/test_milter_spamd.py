@@ -32,6 +32,7 @@ from harness import (
     write_config,
 )
 from milterclient import MilterClient, Result, send_one
+from spamdfakes import SwitchableSpamd
 
 pytestmark = pytest.mark.spamd
 
@@ -194,6 +195,37 @@ def test_spamd_stopped_gives_on_unavailable_fast(tmp_path: Path, start_milter: S
     finally:
         stop_process(own.proc)
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_a_spamd_outage_is_told_when_it_starts_and_when_it_ends(start_milter: Start) -> None:
+    """What `journalctl -u spambridge -p warning` shows for spamd down a while: its cause once,
+    then that it answers again with how many messages it missed; each of those messages has
+    its own INFO line. It was a warning per message, each with the same error, and no line
+    said that spamd was back."""
+    spamd = SwitchableSpamd("good")
+    m = start_milter(spamd_cfg(spamd))
+    try:
+        assert send_one(m.socket_path, message(), queue_id="4BEFORE").action == "accept"
+        spamd.close()  # down: nothing listens on its port
+        for i in range(30):
+            r = send_one(m.socket_path, message(), queue_id=f"4DOWN{i:02d}")
+            assert status(r) == "No, unchecked=unavailable"
+        spamd = SwitchableSpamd("good", port=spamd.port)  # back
+        assert status(send_one(m.socket_path, message(), queue_id="4AFTER")).startswith("No, s")
+    finally:
+        spamd.close()
+    wait_until(lambda: "4AFTER: " in m.log, 10, "the last decision line")
+    lines = m.log.splitlines()
+    warned = [ln.split(" WARNING ", 1)[1] for ln in lines
+              if " WARNING " in ln and "running as root" not in ln]
+    assert len(warned) == 2, m.log
+    assert warned[0].startswith(f"spamd failing: unavailable: {spamd.address}: ")
+    assert warned[0].endswith("; mail gets on_unavailable = accept until it answers again")
+    assert re.fullmatch(r"spamd answers again after [\d.]+s failing: 30 messages "
+                        r"\(unavailable 30\) got no verdict from it", warned[1]), warned[1]
+    down = [ln for ln in lines if "4DOWN" in ln]
+    assert len(down) == 30 and all(" INFO 4DOWN" in ln and "reason=unavailable" in ln
+                                   for ln in down)
 
 
 def hang(conn: socket.socket) -> None:

@@ -220,16 +220,20 @@ def test_an_error_under_a_non_ascii_path_is_logged_readable(
 
 def test_the_decision_lines_level_says_whether_the_admin_must_look(
         caplog: pytest.LogCaptureFixture) -> None:
-    """A scanner failure is a warning (mail went out under an on_* action); an oversize
-    message skipped on purpose, and a normal verdict, are info: a big attachment must not
-    page anyone, nor fill syslog's mail.warn."""
+    """A message that failed on its own (its spool, a bug) is a warning; an engine's failure
+    is an incident said at WARNING by its own lines (test_incidents.py), its messages at INFO;
+    an oversize message skipped on purpose, and a normal verdict, are info: a big attachment
+    must not page anyone, nor fill syslog's mail.warn."""
     caplog.set_level(logging.INFO, logger="spambridge")
     buf = MessageBuffer(1000, 1000)
     cases: list[tuple[ScanError | ScoreResult, int]] = [
         (ScanError(ErrorKind.OVERSIZE, "spamd", "over max_scan_size 1000"), logging.INFO),
         (ScoreResult("spamd", 1.0), logging.INFO),
-        (ScanError(ErrorKind.TIMEOUT, "spamd", "no verdict within 10s"), logging.WARNING),
-        (ScoreResult("bayes", 0.1, note="fallback=spamd-timeout"), logging.WARNING),
+        (ScanError(ErrorKind.TIMEOUT, "spamd", "no verdict within 10s"), logging.INFO),
+        (ScoreResult("bayes", 0.1, failed=ScanError(ErrorKind.TIMEOUT, "spamd")), logging.INFO),
+        (ScanError(ErrorKind.ERROR, "spool", "spool_dir /var/tmp: No space left"),
+         logging.WARNING),
+        (ScanError(ErrorKind.ERROR, "internal", "KeyError()"), logging.WARNING),
     ]
     for outcome, level in cases:
         caplog.clear()
