@@ -219,7 +219,10 @@ def log_decision(ev: Evaluation, buf: MessageBuffer, env: Envelope, tag_only: bo
         detail = f" {clean(note, 100, log=True)}"
         error = ev.outcome.why if isinstance(ev.outcome, ScoreResult) else ""  # why spamd failed
     if error:
-        detail += f" error={clean(error, DETAIL_CHARS, log=True)!r}"
+        # always in double quotes, with a double quote in it escaped: repr() chose ' or " by
+        # the text (grep 'error="' missed half the lines) and doubled every backslash
+        quoted = clean(error, DETAIL_CHARS, log=True).replace('"', '\\"')
+        detail += f' error="{quoted}"'
         cut = len(error.encode("utf-8", "surrogateescape")) > DETAIL_CHARS  # as clean
         # what to do is often at its end ("run as the milter's user"): said once, not per message
         if cut and _first_time(error):

@@ -215,7 +215,28 @@ def test_an_error_under_a_non_ascii_path_is_logged_readable(
     log_decision(Evaluation(decide(err, Config().policy), err, 0.001),
                  MessageBuffer(1000, 1000), Envelope(queue_id="4ABC"), False)
     [line] = [r.getMessage() for r in caplog.records]
-    assert f"error={detail!r}" in line
+    assert f'error="{detail}"' in line
+
+
+@pytest.mark.parametrize(("detail", "logged"), [
+    ("/var/lib/spambridge/bayes.sqlite: database is locked",
+     'error="/var/lib/spambridge/bayes.sqlite: database is locked"'),
+    ("127.0.0.1:783: Connect call failed ('127.0.0.1', 783)",
+     'error="127.0.0.1:783: Connect call failed (\'127.0.0.1\', 783)"'),
+    ("127.0.0.1:783: BadResponse: b'HTTP/1.0 200 OK\\r\\n\"x\"'",
+     'error="127.0.0.1:783: BadResponse: b\'HTTP/1.0 200 OK\\r\\n\\"x\\"\'"'),
+])
+def test_the_error_field_is_always_in_double_quotes(
+        caplog: pytest.LogCaptureFixture, detail: str, logged: str) -> None:
+    """`grep 'error="'` finds every failed message, and the text reads as the engine said it:
+    the field was repr()'d, in single or double quotes as the text happened to need, with
+    every backslash doubled (spamd's `\\r\\n` became `\\\\r\\\\n`)."""
+    err = ScanError(ErrorKind.ERROR, "spamd", detail)
+    caplog.set_level(logging.INFO, logger="spambridge")
+    log_decision(Evaluation(decide(err, Config().policy), err, 0.001),
+                 MessageBuffer(1000, 1000), Envelope(queue_id="4ABC"), False)
+    [line] = [r.getMessage() for r in caplog.records]
+    assert line.endswith(f" {logged}"), line
 
 
 def test_the_decision_lines_level_says_whether_the_admin_must_look(
@@ -273,6 +294,6 @@ def test_an_error_cut_inside_a_character_ends_at_the_last_whole_one(
     log_decision(Evaluation(decide(err, Config().policy), err, 0.001),
                  MessageBuffer(1000, 1000), Envelope(queue_id="4ABC"), False)
     [line] = [r.getMessage() for r in caplog.records if "4ABC: from=" in r.getMessage()]
-    logged = re.search(r"error='([^']*)'", line)
+    logged = re.search(r'error="([^"]*)"', line)
     assert logged and "\\x" not in logged.group(1), line
     assert detail.startswith(logged.group(1)) and len(logged.group(1).encode()) >= 199
