@@ -140,6 +140,19 @@ def setup_logging(level: str) -> None:
     logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler])
 
 
+def libmilter_syslog() -> None:
+    """libmilter reports its own errors with syslog(3) (an MTA it cannot negotiate with,
+    accept() failing for want of descriptors, a thread it cannot start) and never calls
+    openlog(): they went out as `python3: ...` under facility user, so not in mail.log nor
+    under `journalctl -t spambridge`, and with no syslog daemon (a terminal, a container)
+    nowhere. Give them our name, pid and facility (the unit's SyslogFacility=mail), and,
+    unless stderr is the journal (which takes the syslog copy), a copy on stderr as well."""
+    import syslog
+
+    copy = 0 if _stderr_is_journal() else syslog.LOG_PERROR
+    syslog.openlog("spambridge", syslog.LOG_PID | copy, syslog.LOG_MAIL)
+
+
 def _unencodable(raw: bool) -> Callable[[UnicodeError], tuple[str | bytes, int]]:
     """A codec error handler for our output streams. A byte of a file name that is not UTF-8
     (Python holds it as a lone surrogate, as in argv or a directory listing): on stdout the
@@ -195,6 +208,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "run":
             from spambridge import app
+
+            libmilter_syslog()
 
             def reload() -> Config:
                 return load_config(args)

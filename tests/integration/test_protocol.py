@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import re
+import socket
+import struct
 from collections.abc import Callable
 
-from harness import RunningMilter, message
+from harness import RunningMilter, message, wait_until
 from milterclient import MilterClient, send_one
 from miltertest import constants
 from spamdfakes import SwitchableSpamd
@@ -85,7 +87,28 @@ def test_an_8bit_helo_is_logged_as_a_log_line_and_the_message_still_judged(
         c.helo(b"mail\xff\xfe.example")
         r = c.send(message(), connected=True, queue_id="8BITHELO1")
     assert r.action == "accept" and r.header("X-Spam-Status")
+    # every line is a log line: ours with its time, or libmilter's own (copied from syslog(3),
+    # which writes no time there: "milter claimed not to reply in state 3", as pymilter
+    # answered a HELO it declared no-reply)
     stray = [line for line in m.log.splitlines()
-             if line and not re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", line)]
+             if line and not re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", line)
+             and not line.startswith(f"spambridge[{m.proc.pid}]: spambridge: ")]
     assert not stray, stray
     assert "not UTF-8" in m.log and r"mail\xff\xfe.example" in m.log, m.log
+
+
+def test_libmilters_own_errors_reach_the_milters_log(start_milter: Start) -> None:
+    """libmilter logs its own errors (here: an MTA whose option negotiation is cut short) with
+    syslog(3) and no openlog(): they went out as `python: ...` under facility user, outside
+    mail.log and `journalctl -t spambridge`, and, with no syslog daemon, nowhere at all. They
+    now carry the milter's name and pid, and are copied to its stderr unless that is the
+    journal."""
+    m = start_milter()
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(m.socket_path)
+        s.sendall(struct.pack(">I", 4) + b"O\0\0\0")  # SMFIC_OPTNEG with 3 bytes, not 12
+        s.settimeout(5)
+        assert s.recv(100) == b""  # libmilter hangs up
+    wait_until(lambda: "st_optionneg" in m.log, 10, "libmilter's complaint in the log")
+    line = next(ln for ln in m.log.splitlines() if "st_optionneg" in ln)
+    assert line == f"spambridge[{m.proc.pid}]: spambridge: st_optionneg[0]: len too short 3 < 12"
