@@ -211,8 +211,8 @@ def log_decision(ev: Evaluation, buf: MessageBuffer, env: Envelope, tag_only: bo
     score = headers.format_score(d.engine, d.score) if d.score is not None else "-"
     would = f" would={d.intended.value}" if d.intended is not d.action else ""
     detail = whole = error = ""
-    if isinstance(ev.outcome, ScanError):
-        error = ev.outcome.detail
+    if isinstance(ev.outcome, ScanError) and ev.outcome.kind is not ErrorKind.OVERSIZE:
+        error = ev.outcome.detail  # (an oversize message was skipped on purpose: no error)
     note = ev.outcome.note if isinstance(ev.outcome, ScoreResult) else ""
     fell_back = bool(note)  # e.g. fallback=spamd-timeout
     if fell_back:

@@ -239,6 +239,22 @@ def test_the_error_field_is_always_in_double_quotes(
     assert line.endswith(f" {logged}"), line
 
 
+def test_only_failures_carry_an_error(caplog: pytest.LogCaptureFixture) -> None:
+    """`grep -c 'error='` counts the messages a scanner or the spool failed on: an oversize
+    message, skipped on purpose (and counted as skipped by the metrics), carried
+    error="over max_scan_size 512000" too."""
+    caplog.set_level(logging.INFO, logger="spambridge")
+    for n, outcome in enumerate([
+            ScanError(ErrorKind.OVERSIZE, "spamd", "over max_scan_size 512000"),
+            ScanError(ErrorKind.TIMEOUT, "spamd", "no verdict within 10s"),
+            ScanError(ErrorKind.ERROR, "spool", "spool_dir /var/tmp: No space left")]):
+        log_decision(Evaluation(decide(outcome, Config().policy), outcome, 0.001),
+                     MessageBuffer(1000, 1000), Envelope(queue_id=f"4ABC{n}"), False)
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0].endswith(" reason=oversize ms=1"), lines[0]
+    assert [ln for ln in lines if "error=" in ln] == lines[1:]
+
+
 def test_the_decision_lines_level_says_whether_the_admin_must_look(
         caplog: pytest.LogCaptureFixture) -> None:
     """A message that failed on its own (its spool, a bug) is a warning; an engine's failure
