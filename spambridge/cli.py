@@ -116,7 +116,7 @@ class JournalFormatter(logging.Formatter):
     priority info (SyslogLevel=); no time stamp or name[pid], journald adds both."""
 
     def __init__(self) -> None:
-        super().__init__("%(levelname)s %(message)s")
+        super().__init__("%(levelname)s %(origin)s%(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
         prefix = f"<{_PRIORITY.get(record.levelno, 6 if record.levelno < 30 else 3)}>"
@@ -133,10 +133,23 @@ def _stderr_is_journal() -> bool:
     return bool(want) and want == f"{st.st_dev}:{st.st_ino}"
 
 
+class _Origin(logging.Filter):
+    """A library's line (asyncio's "Task exception was never retrieved") names the library in
+    its text: the prefix is the program's, as in syslog. It used to print the logger's name
+    there ("asyncio[812]: ERROR ..."), which reads as another program and escapes
+    a grep for "spambridge["; in the journal such a line did not say whose it was at all."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        ours = record.name == "spambridge" or record.name.startswith("spambridge.")
+        record.origin = "" if ours else f"{record.name}: "
+        return True
+
+
 def setup_logging(level: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(_Origin())
     handler.setFormatter(JournalFormatter() if _stderr_is_journal() else logging.Formatter(
-        "%(asctime)s %(name)s[%(process)d]: %(levelname)s %(message)s"))
+        "%(asctime)s spambridge[%(process)d]: %(levelname)s %(origin)s%(message)s"))
     logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler])
 
 

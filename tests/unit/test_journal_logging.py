@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -22,12 +23,12 @@ except ZeroDivisionError:
 """
 
 
-def run(tmp_path: Path, journal: bool) -> list[str]:
+def run(tmp_path: Path, journal: bool, script: str = SCRIPT) -> list[str]:
     out = tmp_path / "stderr"
     with out.open("wb") as f:
         st = os.fstat(f.fileno())
         env = {**os.environ, "JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}" if journal else ""}
-        subprocess.run([sys.executable, "-c", SCRIPT], stderr=f, env=env, check=True,
+        subprocess.run([sys.executable, "-c", script], stderr=f, env=env, check=True,
                        timeout=60)
     return out.read_text().splitlines()
 
@@ -48,3 +49,22 @@ def test_a_terminal_or_file_keeps_time_stamps(tmp_path: Path) -> None:
     first = run(tmp_path, journal=False)[0]
     assert not first.startswith("<") and " spambridge[" in first
     assert first.endswith(": INFO 4ABC: from=<a@b> action=accept")
+
+
+LIBRARY = """
+import logging
+from spambridge.cli import setup_logging
+setup_logging("info")
+logging.getLogger("asyncio").error("Task exception was never retrieved")
+"""
+
+
+def test_a_librarys_line_names_the_program_and_then_the_library(tmp_path: Path) -> None:
+    """The prefix was the logger's name: "asyncio[812]: ERROR ...", a line that reads as
+    another program's and that `grep 'spambridge\\['` misses; in the journal it did not say
+    whose it was."""
+    [line] = run(tmp_path, journal=False, script=LIBRARY)
+    assert re.fullmatch(r"\S+ \S+ spambridge\[\d+\]: ERROR asyncio: Task exception was never "
+                        r"retrieved", line), line
+    assert run(tmp_path, journal=True, script=LIBRARY) == [
+        "<3>ERROR asyncio: Task exception was never retrieved"]
