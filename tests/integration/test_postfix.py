@@ -144,6 +144,51 @@ def test_default_bayes_engine_behind_postfix(postfix: PostfixInstance, start_mil
     assert got.all("X-Spam-Checker-Version")[0].startswith("spambridge ")
 
 
+def test_one_grep_of_a_long_queue_id_finds_postfixs_lines_and_ours(
+        postfix: PostfixInstance, start_milter: Start, tmp_path: Path) -> None:
+    """What README's Logs section promises an admin: `grep QUEUEID` gives Postfix's lines
+    and spambridge's one line for the message, with enable_long_queue_ids too; sessions
+    that end before DATA (refused at RCPT, RSET) add no line of ours."""
+    db = train_database(tmp_path, bayes_mail, 20)
+    postfix.postconf("-e", "enable_long_queue_ids = yes")
+    postfix.postfix("reload")
+    try:
+        wait_until(lambda: "reload -- version" in postfix.log, 10, "Postfix's reload")
+        m = start_milter({"milter": {"socket": f"unix:{postfix.milter_socket}"},
+                          "bayes": {"db": str(db), "min_trained": 20},
+                          "policy": {"reject_reply": REJECT_REPLY}})
+        ham = postfix.send(bayes_mail(950, "ham"))
+        assert re.fullmatch(r"[0-9B-DF-HJ-NP-TV-Zb-df-hj-np-tv-z]{12,}", ham), ham
+        postfix.wait_delivered(ham)
+        with pytest.raises(smtplib.SMTPDataError) as refused:
+            postfix.send(bayes_mail(951, "spam"))
+        assert refused.value.smtp_code == 550
+        rejected = r"\]: ([0-9A-Za-z]{12,}): milter-reject: END-OF-MESSAGE"
+        wait_until(lambda: bool(re.search(rejected, postfix.log)), 10, "the milter-reject line")
+        [spam] = re.findall(rejected, postfix.log)
+        for qid, postfix_says in ((ham, "status=sent"), (spam, "milter-reject")):
+            wait_until(lambda q=qid: f"{q}: from=" in m.log, 10, "the decision line")
+            ours = [ln for ln in m.log.splitlines() if qid in ln]
+            assert len(ours) == 1 and f" {qid}: from=<alice@example.net> rcpts=1 " in ours[0]
+            theirs = postfix.log_lines(qid)
+            assert any(f"{qid}: client=" in ln for ln in theirs), theirs
+            assert any(postfix_says in ln for ln in theirs), theirs
+        before = m.log
+        with pytest.raises(smtplib.SMTPRecipientsRefused):
+            postfix.send(message(), rcpt="nobody@elsewhere.example")
+        with postfix.smtp() as s:
+            s.mail("alice@example.net")
+            s.rcpt("bob@test.example")
+            s.rset()
+        postfix.wait_delivered(postfix.send(bayes_mail(952, "ham")))  # a line after them
+        wait_until(lambda: m.log.count(": from=") == before.count(": from=") + 1, 10,
+                   "the last message's line")
+        assert m.log[len(before):].count("\n") == 1, m.log[len(before):]
+    finally:
+        postfix.postconf("-e", "enable_long_queue_ids = no")
+        postfix.postfix("reload")
+
+
 def test_a_restart_under_traffic_loses_no_mail(postfix: PostfixInstance, start_milter: Start,
                                               tmp_path: Path) -> None:
     """`systemctl restart` while clients keep sending, one message per SMTP session: every
