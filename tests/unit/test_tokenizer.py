@@ -126,6 +126,19 @@ def test_only_ascii_letters_are_folded() -> None:
     assert "\xc0bc" in t
 
 
+def test_names_and_file_names_fold_only_ascii_letters_too() -> None:
+    """A display name and an attachment's file name are lowercased as SpamBayes on Python 2
+    did it, A-Z only: Latin-1 capitals kept, so the tokens match its database as the body's
+    do."""
+    msg = ("From: \xc9MILE Dupont <e@example.fr>\nSubject: x\n"
+           'Content-Type: multipart/mixed; boundary="B"\n\n--B\nContent-Type: text/plain\n\n'
+           'hi there\n--B\nContent-Type: application/pdf; name="R\xc9SUM\xc9.PDF"\n\nx\n'
+           "--B--\n").encode("latin-1")
+    t = tokenize(msg)
+    assert {"from:name:\xc9mile dupont", "filename:fname:r\xc9sum\xc9.pdf",
+            "filename:fname piece:r\xc9sum\xc9"} <= set(t), t
+
+
 def test_broken_boundaries_still_yield_the_text() -> None:
     t = tokens_of("broken_boundary.eml")
     assert {"lottery", "winnings", "claim", "prize"} <= set(t)
