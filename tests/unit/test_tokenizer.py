@@ -164,6 +164,16 @@ def test_word_lengths_at_the_edges() -> None:
     assert "b" * 13 not in t and "skip:b 10" in t
 
 
+def test_an_address_of_40_characters_is_a_skip_token() -> None:
+    """A long word with one "@" and a dot is an address only below 40 characters (SpamBayes'
+    rule): at 40 it is a skip: token like any other long word."""
+    short = b"n" * 26 + b"@example.com"  # 38 characters
+    at40 = b"m" * 28 + b"@example.com"
+    t = tokenize(b"Subject: hi\n\n" + short + b" " + at40 + b"\n")
+    assert {"email name:" + "n" * 26, "email addr:example.com", "skip:m 40"} <= set(t), t
+    assert "email name:" + "m" * 28 not in t
+
+
 def test_sender_and_reply_to_are_read_like_from() -> None:
     msg = (b"From: Ann <ann@from.example>\n"
            b"Sender: =?iso-8859-1?q?Fran=E7ois?= <list@sender.example>\n"
@@ -400,6 +410,18 @@ def test_more_spellings_spambayes_gives() -> None:
     assert 'content-disposition:attachment; filename="a.pdf"' in t
     assert 'virus:src="cid:' in t
     assert {"to:addr:u0", "to:addr:u49"} <= set(t) and "to:addr:u50" not in t
+
+
+def test_the_spellings_of_rarer_headers_spambayes_gives() -> None:
+    """A Message-ID without a domain reads message-id:invalid, a multipart/related type=
+    parameter is a content-type/type: clue, and counts go into buckets of round(log2(n)):
+    three addresses are 2**2, not 2**1."""
+    t = tokenize(b"To: a@example.net, b@example.net, c@example.net\n"
+                 b"Message-ID: <no-domain-here>\nSubject: x\n"
+                 b'Content-Type: multipart/related; type="Text/HTML"; boundary="B"\n\n'
+                 b"--B\nContent-Type: text/html\n\nhello there\n--B--\n")
+    assert {"message-id:invalid", "content-type/type:text/html", "to:2**2",
+            "to:no real name:2**2"} <= set(t), t
 
 
 def test_an_inner_boundary_that_starts_with_the_outer_one_is_not_a_delimiter() -> None:
