@@ -424,6 +424,19 @@ def test_the_spellings_of_rarer_headers_spambayes_gives() -> None:
             "to:no real name:2**2"} <= set(t), t
 
 
+def test_mime_names_in_capitals_read_as_in_lower_case() -> None:
+    """Media types, transfer encodings and charset names are case-insensitive (RFC 2045,
+    2047): a mailer writing MULTIPART/MIXED, BASE64 or ISO-8859-1 must not hide its text from
+    the tokenizer, nor spell its tokens apart from everyone else's."""
+    msg = (b"Subject: =?ISO-8859-1?Q?R=E9union?=\n"
+           b'Content-Type: MULTIPART/MIXED; boundary="B"\n\n'
+           b"--B\nContent-Type: TEXT/PLAIN; charset=us-ascii\nContent-Transfer-Encoding: BASE64\n\n"
+           + base64.encodebytes(b"cheap watches online\n") + b"--B--\n")
+    t = tokenize(msg)
+    assert {"content-type:multipart/mixed", "content-type:text/plain", "cheap", "watches",
+            "online", "subjectcharset:iso-8859-1"} <= set(t), t
+
+
 def test_an_inner_boundary_that_starts_with_the_outer_one_is_not_a_delimiter() -> None:
     """Outer boundary "NP", inner "NPAA" (a spam mailer's habit, legal MIME): a delimiter is
     the whole line, so the outer part holds the inner multipart whole, as the email package
