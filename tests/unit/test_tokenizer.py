@@ -437,6 +437,25 @@ def test_mime_names_in_capitals_read_as_in_lower_case() -> None:
             "online", "subjectcharset:iso-8859-1"} <= set(t), t
 
 
+def test_tags_inside_a_word_do_not_split_it() -> None:
+    """Spam hides a word from filters by cutting it with tags (V<b></b>iag<i>r</i>a): tags are
+    removed with no space, as SpamBayes does, so the word is read whole."""
+    t = tokenize(b"Subject: x\nContent-Type: text/html\n\n<p>Buy V<b></b>iag<i>r</i>a "
+                 b"<font color=red>now</font></p>\n")
+    assert {"buy", "viagra", "now"} <= set(t), t
+
+
+def test_a_uuencoded_attachment_gives_its_mode_and_name_not_its_lines() -> None:
+    """SpamBayes' uuencode clues: the mode and the pieces of the file name, and none of the
+    encoded lines as words."""
+    body = (b"see the file below\nbegin 644 Invoice.EXE\n"
+            b"M5&AE(&-O;G1E;G1S(&]F('1H92!F:6QE(&=O(&AE<F4@86YD(&UO<F4@=&5X\n"
+            b"`\nend\nthanks\n")
+    t = tokenize(b"Subject: x\n\n" + body)
+    assert {"uuencode mode:644", "uuencode:invoice", "uuencode:exe", "see", "thanks"} <= set(t)
+    assert not [x for x in t if x.startswith(("skip:m", "m5&"))], t
+
+
 def test_an_inner_boundary_that_starts_with_the_outer_one_is_not_a_delimiter() -> None:
     """Outer boundary "NP", inner "NPAA" (a spam mailer's habit, legal MIME): a delimiter is
     the whole line, so the outer part holds the inner multipart whole, as the email package
