@@ -965,6 +965,43 @@ def test_a_moved_in_database_is_not_read_through_the_old_files_wal(
     assert tokens(live).get("unique201x1") == (1, 0)
 
 
+def test_readers_fold_nothing_into_a_file_moved_in_beside_an_unmarked_wal(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """What the marks cannot tell (docs/bayes.md): a copy-in through SQLite left its pages in
+    the -wal, unfolded and unmarked, and another file was moved in while the milter was
+    stopped. The milter started on it, and `check`, read through those pages, but only read:
+    once the admin moves the -wal aside, the file in place is the one moved in. A reader that
+    could write would have folded the copy's pages into it when it closed, for good."""
+    live = small_db(tmp_path / "live.sqlite", 0, capsys)
+    copied = small_db(tmp_path / "copied.sqlite", 100, capsys)
+    moved = small_db(tmp_path / "moved.sqlite", 200, capsys)
+    holder = sqlite3.connect(f"file:{live}?mode=ro", uri=True)  # a milter reading meanwhile
+    holder.execute("SELECT count(*) FROM tokens").fetchone()
+    src, dst = sqlite3.connect(copied), sqlite3.connect(live)
+    src.backup(dst)  # the copy-in, without the checkpoint after it
+    src.close()
+    dst.close()
+    holder.close()  # the milter stopped
+    wal = Path(f"{live}-wal")
+    assert wal.stat().st_size > 0
+    os.replace(moved, live)  # the `mv` deploy, the -wal not folded first
+    started = BayesScanner(BayesConfig(db=str(live), min_trained=1), create=False)
+    try:
+        started.score_now(mail(201, True))  # the milter, started on it
+    finally:
+        started.close()
+    probe = tmp_path / "probe.eml"
+    probe.write_bytes(mail(300, False))
+    cfg = tmp_path / "sb.toml"
+    cfg.write_text("[bayes]\nmin_trained = 1\n")
+    assert run("check", "--config", str(cfg), "--db", str(live), str(probe),
+               capsys=capsys)[0] == 0
+    for suffix in ("-wal", "-shm"):  # aside, as the docs say (a reader that wrote took them)
+        if Path(f"{live}{suffix}").exists():
+            os.replace(f"{live}{suffix}", tmp_path / f"aside{suffix}")
+    assert tokens(live).get("unique201x1") == (1, 0) and "unique101x1" not in tokens(live)
+
+
 def test_a_database_made_afresh_at_the_path_is_not_taken_for_a_stale_one(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`rm bayes.sqlite*`, then a new database built at the live path by a run still at it:
