@@ -646,6 +646,24 @@ def test_check_shows_the_subject_tag_the_clues_and_what_bayes_stood_in_for(
     assert f"  why: fallback=spamd-unavailable: {spamd}: " in out
 
 
+@pytest.mark.parametrize("spam", [False, True])
+def test_with_min_trained_0_a_database_of_one_class_scores(
+        tmp_path: Path, db: Path, capsys: pytest.CaptureFixture[str], spam: bool) -> None:
+    """`min_trained = 0` has the milter score as soon as anything is learned. A database of
+    one class only (a first `train --ham` of the INBOX) gives scores, as SpamBayes' classifier
+    does (an empty class's total counts as 1), not an internal error for every message."""
+    cfg = tmp_path / "sb.toml"
+    cfg.write_text("[bayes]\nmin_trained = 0\n")
+    learned = folder(tmp_path / "learned", [mail(i, spam) for i in range(3)])
+    assert run("train", "--db", str(db), "--spam" if spam else "--ham", str(learned),
+               capsys=capsys)[0] == 0
+    probe = tmp_path / "probe.eml"
+    probe.write_bytes(mail(50, spam))
+    code, out, _ = run("check", "--config", str(cfg), "--db", str(db), "--batch", str(probe),
+                       capsys=capsys)
+    assert code == 0 and out.split("\t")[2].strip() in (("spam", "reject") if spam else ("ham",))
+
+
 def test_check_batch_says_why_messages_were_unchecked(
         tmp_path: Path, db: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """--batch turns the per-message warnings off: a mistyped --db, or a database not trained
