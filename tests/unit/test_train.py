@@ -230,6 +230,10 @@ def test_repeat_is_a_noop_even_after_our_markup_was_added(
     assert code == 0 and "1 already trained" in out
     assert tokens(db) == before and totals(db) == (1, 0)
     assert "x-spam-flag" not in " ".join(before).lower()
+    # field names are case-insensitive: a filter writing them in lower case marks it up too
+    f.write_bytes(b"x-spam-flag: YES\nx-spam-status: Yes, score=7.1\n" + mail(1, True))
+    code, out, _ = run("train", "--db", str(db), "--spam", str(f), capsys=capsys)
+    assert code == 0 and "1 already trained" in out and totals(db) == (1, 0)
 
 
 def test_the_subject_tag_the_milter_added_is_not_learned(
@@ -356,7 +360,8 @@ def test_reading_a_message_in_an_mbox_does_not_make_it_a_new_one(
     f = tmp_path / "inbox"
     f.write_bytes(box(b"Status: O\nX-Mozilla-Status: 0000"))
     assert run("train", "--db", str(db), "--ham", str(f), capsys=capsys)[0] == 0
-    f.write_bytes(box(b"Status: RO\nX-Status: A\nX-Mozilla-Status: 0001\nX-Keywords: $Label1"))
+    f.write_bytes(box(b"Status: RO\nX-Status: A\nX-Mozilla-Status: 0001\nX-Keywords: $Label1\n"
+                      b"Content-Length: 321\nLines: 4"))  # and what mutt writes when it saves
     code, out, _ = run("train", "--db", str(db), "--ham", str(f), capsys=capsys)
     assert code == 0 and "3 already trained" in out and totals(db) == (0, 3)
     code, out, _ = run("train", "--db", str(db), "--spam", str(f), capsys=capsys)
