@@ -273,6 +273,11 @@ def test_the_subject_tag_the_milter_added_is_not_learned(
     # a Subject that opens with the tag on mail no filter flagged is the sender's own
     own = original.replace(subject.group(0), b"Subject: [SPAM] " + subject.group(1))
     assert train.strip_markup(own, b"[SPAM]") == own
+    # on flagged mail, a Subject the tag opens with no space after it ("[SPAM]WIN 1") is not
+    # one the milter wrote (it leaves such a Subject alone): learned whole, not cut to "IN 1"
+    glued = original.replace(subject.group(0), b"Subject: [SPAM]" + subject.group(1))
+    assert actions.tagged_subject("[SPAM]", b"[SPAM]" + subject.group(1)) is None
+    assert train.strip_markup(flagged + glued, b"[SPAM]") == glued
 
 
 def on_a_terminal(cmd: list[str]) -> tuple[subprocess.Popen[bytes], str, bytes]:
