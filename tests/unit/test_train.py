@@ -1644,6 +1644,26 @@ def test_selective_learns_all_but_what_is_at_or_beyond_spambayes_edges(
         (1, 0) if learned else (0, 1))
 
 
+def test_selective_moves_a_message_learned_as_the_other_class(
+        tmp_path: Path, db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A spam once learned as ham, then moved to Junk through `train --selective --spam`: the
+    database, sure it is spam from the other spam, must still move it (unlearn it as ham), or
+    the ham counts keep a spam for good while the summary says it was already recognised."""
+    cfg = tmp_path / "sb.toml"
+    cfg.write_text("[bayes]\nmin_trained = 1\n")
+    base = ("--config", str(cfg), "--db", str(db))
+    assert run("train", *base, "--spam", str(folder(tmp_path / "spam", [
+        mail(i, True) for i in range(10)])), capsys=capsys)[0] == 0
+    assert run("train", *base, "--ham", str(folder(tmp_path / "ham", [
+        mail(i, False) for i in range(10)])), capsys=capsys)[0] == 0
+    wrong = tmp_path / "wrong.eml"
+    wrong.write_bytes(mail(20, True))
+    assert run("train", *base, "--ham", str(wrong), capsys=capsys)[0] == 0
+    code, out, _ = run("train", *base, "--selective", "--spam", str(wrong), capsys=capsys)
+    assert code == 0 and "Learned 1 of 1 messages as spam (1 moved from ham)" in out, out
+    assert totals(db) == (11, 10) and tokens(db)["unique20x1"] == (1, 0)
+
+
 def test_selective_learns_everything_while_the_other_class_is_empty(db: Path) -> None:
     """With no ham at all every message scores as spam: a selective run on spam alone must not
     call them "already recognised" and leave the database with one spam (min_trained 1)."""
