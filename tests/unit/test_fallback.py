@@ -7,7 +7,9 @@ import asyncio
 
 import pytest
 
+from spambridge.config import PolicyConfig
 from spambridge.message import Envelope
+from spambridge.policy import decide
 from spambridge.scanners.fallback import FallbackScanner
 from spambridge.verdict import ErrorKind, ScanError, ScoreResult
 
@@ -71,6 +73,16 @@ def test_bayes_covers_a_slow_spamd() -> None:
     r = scan(Timed("spamd", 2.0), Timed("bayes", 0.0))
     assert isinstance(r, ScoreResult) and r.engine == "bayes"
     assert r.note == "fallback=spamd-timeout" and "0.1s share" in r.why
+
+
+@pytest.mark.parametrize("kind", [ErrorKind.UNAVAILABLE, ErrorKind.ERROR])
+def test_bayes_covers_a_spamd_that_is_down_or_fails(kind: ErrorKind) -> None:
+    """Down (refused) or failing (a garbled reply, an error status) at once: Bayes decides,
+    and X-Spam-Status names it and what it stood in for."""
+    r = scan(Timed("spamd", 0.0, kind), Timed("bayes", 0.0))
+    assert isinstance(r, ScoreResult) and r.engine == "bayes", r
+    status = dict(decide(r, PolicyConfig()).headers)["X-Spam-Status"]
+    assert "engine=bayes" in status and f"fallback=spamd-{kind.value}" in status, status
 
 
 def test_spamds_request_is_given_up_once_bayes_has_decided() -> None:
