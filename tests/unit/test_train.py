@@ -1580,16 +1580,21 @@ def test_a_second_ctrl_c_while_the_run_winds_up_does_not_cut_the_fold_short(
     monkeypatch.setattr(train, "read_path", three_then_ctrl_c)
     monkeypatch.setattr(store.SqliteWriter, "_fold", ctrl_c_again)
     out, err = io.StringIO(), io.StringIO()
+    # Ctrl-C as in a terminal: pytest started as a background job (`nohup … &`, some CI
+    # runners) inherits SIGINT ignored, which `train` rightly leaves ignored
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         code: int | None = train.run(_cfg(db), "spam", ["box"], batch_messages=2, out=out,
                                      err=err)
     except KeyboardInterrupt:
         code = None
+    finally:
+        handler = signal.signal(signal.SIGINT, inherited)
+    assert handler is signal.default_int_handler  # put back
     assert code == 130 and totals(db) == (2, 0)
     assert "interrupted; the first 2 of 3 messages were saved" in err.getvalue()
     wal = Path(f"{db}-wal")
     assert not wal.exists() or wal.stat().st_size == 0
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
 
 
 def test_a_wal_sqlite_could_not_fold_back_fails_the_run(
