@@ -1075,6 +1075,7 @@ def run_spamd(cfg: Config, label: str, paths: list[str], *, max_size: int = DEFA
                     if item.failure:
                         print(f"spambridge train: {origin}{item.where}: {item.problem}",
                               file=err)
+                    await asyncio.sleep(0)  # a stop is seen at an await: a folder of junk too
                     continue
                 msg = strip_markup(item.data, cfg.policy.subject_tag.encode())
                 try:
@@ -1096,16 +1097,37 @@ def run_spamd(cfg: Config, label: str, paths: list[str], *, max_size: int = DEFA
                 else:
                     summary.already += 1
 
+    stopped: list[int] = []  # SIGTERM came while the loop ran
+
+    async def tell_all_until_stopped() -> None:
+        """tell_all, with SIGTERM cancelling it at its next await as asyncio.run does on Ctrl-C.
+        Raised from the signal handler (_raise_stopped) inside the loop, Stopped could land in
+        a task of aiospamc's: the run ended, but with "Task exception was never retrieved"
+        and a traceback on stderr (a Dovecot pipe's log)."""
+        if signal.getsignal(signal.SIGTERM) is _raise_stopped:  # ours to handle (main thread)
+            task = asyncio.current_task()
+            assert task is not None
+
+            def stop() -> None:
+                stopped.append(signal.SIGTERM)
+                task.cancel()
+
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop)
+        await tell_all()
+
     previous = _stop_on_sigterm()
     try:
-        asyncio.run(tell_all())
-    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (Stopped): as on the local database
+        asyncio.run(tell_all_until_stopped())
+    except (KeyboardInterrupt, asyncio.CancelledError) as e:  # Ctrl-C, or SIGTERM
+        if isinstance(e, asyncio.CancelledError) and not stopped:
+            raise
         # spamd saves each TELL as it answers it; the one in flight may or may not be learned
-        how = "stopped (SIGTERM)" if isinstance(e, Stopped) else "interrupted"
+        sigterm = bool(stopped) or isinstance(e, Stopped)
+        how = "stopped (SIGTERM)" if sigterm else "interrupted"
         told = summary.learned + summary.already + summary.forgotten + summary.not_trained
         print(f"spambridge train: {how}; spamd had answered for {told} of {summary.seen} "
               "messages, and saved each as it answered; the rest was not sent", file=err)
-        return 143 if isinstance(e, Stopped) else 130
+        return 143 if sigterm else 130
     finally:
         _restore_signals(previous)
     if not quiet:
