@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import shutil
 import signal
@@ -13,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import Spamd, free_port, message, start_spamd, stop_process
+from harness import Spamd, free_port, message, start_spamd, stop_process, wait_until
 
 pytestmark = pytest.mark.spamd
 
@@ -127,6 +129,15 @@ def test_an_index_teaches_spamd_both_classes(tell_spamd: Spamd, tmp_path: Path) 
     assert b"Learned 1 of 1 messages as ham" in r.stdout
 
 
+def sockets(pid: int) -> int:
+    """How many sockets process `pid` has open."""
+    n = 0
+    with contextlib.suppress(OSError):  # gone, or a descriptor closed meanwhile
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            n += os.readlink(fd).startswith("socket:")
+    return n
+
+
 def test_sigterm_stops_teaching_spamd_and_says_how_far_it_got(tell_spamd: Spamd,
                                                                tmp_path: Path) -> None:
     """SIGTERM (`timeout`, a Dovecot pipe past sieve_pipe_exec_timeout, a service stop) ends a
@@ -142,7 +153,10 @@ def test_sigterm_stops_teaching_spamd_and_says_how_far_it_got(tell_spamd: Spamd,
     cmd = [sys.executable, "-m", "spambridge", "train", "--engine", "spamd", "--spamd",
            tell_spamd.address, "--spam", str(box)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(1.0)
+    # its event loop runs (the loop's socket pair is open): the SIGTERM handler is in place,
+    # however slowly the interpreter started; then let it tell spamd a few
+    wait_until(lambda: sockets(proc.pid) >= 2 or proc.poll() is not None, 60, "the run to start")
+    time.sleep(0.5)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 143, (proc.returncode, out, err)
