@@ -143,6 +143,7 @@ def run(cfg: Config, reload: Callable[[], Config] | None = None) -> int:
                      *(("1 message", "gets its reply") if busy == 1 else
                        (f"{busy} messages", "get their replies")), grace)
         pipeline.wait_idle(grace)
+        pipeline.health.close()
         nudger.stop()
         bridge.run(scanner.aclose(), 5.0) if _alive(bridge) else None
         bridge.stop()

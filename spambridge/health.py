@@ -107,3 +107,14 @@ class Health:
                 if inc is not None:
                     log.log(inc.level, "%s answers again after %s failing: %s got no verdict "
                             "from it", engine, duration(now - inc.since), _counts(inc.kinds))
+
+    def close(self) -> None:
+        """At the stop: an incident still open is said with its count. Otherwise the log of a
+        restart during an outage ends with the last reminder, and the messages since it, and
+        how long it had lasted, are told nowhere."""
+        now = self.clock()
+        with self._lock:
+            for engine, inc in self._open.items():
+                log.log(inc.level, "%s still failing at the stop, after %s: %s got no verdict "
+                        "from it", engine, duration(now - inc.since), _counts(inc.kinds))
+            self._open.clear()

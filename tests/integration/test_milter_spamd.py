@@ -228,6 +228,22 @@ def test_a_spamd_outage_is_told_when_it_starts_and_when_it_ends(start_milter: St
                                    for ln in down)
 
 
+def test_a_restart_during_a_spamd_outage_sums_it_up_at_the_stop(start_milter: Start) -> None:
+    """Stopped while spamd is still down (a restart to "fix" it): the log's last word on the
+    outage was its first line; now the stop says how long it lasted and how much mail missed
+    spamd."""
+    spamd = SwitchableSpamd("good")
+    m = start_milter(spamd_cfg(spamd))
+    spamd.close()
+    for i in range(3):
+        assert status(send_one(m.socket_path, message(), queue_id=f"4DOWN{i:02d}")) == (
+            "No, unchecked=unavailable")
+    m.proc.send_signal(signal.SIGTERM)
+    assert m.proc.wait(20) == 0
+    assert re.search(r" WARNING spamd still failing at the stop, after [\d.]+s: 3 messages "
+                     r"\(unavailable 3\) got no verdict from it\n", m.log), m.log
+
+
 def hang(conn: socket.socket) -> None:
     read_request(conn, 1.0)
     time.sleep(30)

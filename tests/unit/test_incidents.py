@@ -96,6 +96,25 @@ def test_a_spamd_outage_is_one_warning_when_it_starts_and_one_when_it_ends(
     assert len([m for m in info if "engine=spamd score=" in m and "reason=ham" in m]) == 6
 
 
+def test_an_outage_still_open_at_the_stop_is_summed_up(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A restart during an outage: the log told when it began and reminded every five minutes,
+    but the messages since the last reminder, and how long it had lasted, were told nowhere."""
+    scanner = Switchable()
+    p, clock = setup(scanner)
+    caplog.set_level(logging.WARNING, logger="spambridge")
+    scanner.outcome = ScanError(ErrorKind.UNAVAILABLE, "spamd", REFUSED)
+    send(p, 400, clock, every=1.0)
+    p.health.close()
+    p.health.close()  # said once
+    assert said(caplog, logging.WARNING)[1:] == [
+        "spamd still failing after 5m00s: 301 messages (unavailable 301) so far; mail gets "
+        "on_unavailable = accept",
+        "spamd still failing at the stop, after 6m40s: 400 messages (unavailable 400) got no "
+        "verdict from it",
+    ]
+
+
 def test_a_long_outage_is_recalled_every_five_minutes(caplog: pytest.LogCaptureFixture) -> None:
     """An admin who looks at the last few minutes' warnings sees that spamd is still down."""
     scanner = Switchable()
