@@ -60,6 +60,29 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> int:
 # real spamd
 
 
+def dovecot_conf(top: Path, protocol: str, port: int, settings: str, tail: str = "",
+                 users: bool = False) -> str:
+    """A private Dovecot's configuration: its run, state and log files under `top` (the log:
+    `top`/dovecot.log), no TLS, `protocol`'s one listener on 127.0.0.1:`port`, no chroot for
+    anvil (the tests' temp directories are not Dovecot's), and between them `settings` (mail
+    location, users, plugins); `tail` goes last (an !include). With `users`, the users and
+    their passwords are in `top`/users (passwd-file)."""
+    if users:
+        settings += "".join(f"\n{db} {{\n  driver = passwd-file\n  args = {top}/users\n}}"
+                            for db in ("passdb", "userdb"))
+    if protocol == "lmtp":
+        service = ("service lmtp {\n  inet_listener lmtp {\n    address = 127.0.0.1\n"
+                   f"    port = {port}\n  }}\n}}\n")
+    else:  # imap, imaps off
+        service = ("service imap-login {\n  chroot =\n  inet_listener imap {\n"
+                   f"    address = 127.0.0.1\n    port = {port}\n  }}\n"
+                   "  inet_listener imaps {\n    port = 0\n  }\n}\n")
+    return (f"base_dir = {top}/run\nstate_dir = {top}/state\nprotocols = {protocol}\n"
+            f"log_path = {top}/dovecot.log\nssl = no\nfirst_valid_uid = 1\n"
+            f"default_internal_user = root\n{settings.strip()}\n{service}"
+            f"service anvil {{\n  chroot =\n}}\n{tail}")
+
+
 @contextlib.contextmanager
 def running_dovecot(binary: str, conf: Path, probe: Callable[[], object], what: str
                     ) -> Iterator[subprocess.Popen[bytes]]:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from harness import free_port, running_dovecot, wait_until
+from harness import dovecot_conf, free_port, running_dovecot, wait_until
 
 DOVECOT = shutil.which("dovecot") or "/usr/sbin/dovecot"
 DOVEADM = shutil.which("doveadm") or "/usr/bin/doveadm"
@@ -83,36 +83,12 @@ def site(tmp_path: Path) -> Iterator[Site]:
         f"{u}:{{PLAIN}}secret:65534:65534::{mail}/{u}::userdb_zlib_save={u}\n" for u in FORMATS))
     port = free_port()
     conf = top / "dovecot.conf"
-    conf.write_text(f"""
-base_dir = {top}/run
-state_dir = {top}/state
-protocols = lmtp
-log_path = {top}/dovecot.log
-ssl = no
+    conf.write_text(dovecot_conf(top, "lmtp", port, """
 mail_location = maildir:~
 mail_plugins = $mail_plugins zlib
-first_valid_uid = 1
 auth_username_format = %n
-default_internal_user = root
 default_login_user = root
-passdb {{
-  driver = passwd-file
-  args = {top}/users
-}}
-userdb {{
-  driver = passwd-file
-  args = {top}/users
-}}
-service lmtp {{
-  inet_listener lmtp {{
-    address = 127.0.0.1
-    port = {port}
-  }}
-}}
-service anvil {{
-  chroot =
-}}
-""")
+""", users=True))
     try:
         with running_dovecot(DOVECOT, conf, lambda: smtplib.LMTP("127.0.0.1", port).quit(),
                              "Dovecot's LMTP listener"):

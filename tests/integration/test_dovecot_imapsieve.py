@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from harness import free_port, running_dovecot
+from harness import dovecot_conf, free_port, running_dovecot
 
 import spambridge
 
@@ -137,42 +137,12 @@ def start(top: Path, extra: str = "") -> Generator[Server, None, None]:
     (top / "users").write_text(f"user:{{PLAIN}}secret:{MAIL_UID}:{MAIL_UID}::{mail}/user::\n")
     port = free_port()
     conf = top / "dovecot.conf"
-    conf.write_text(f"""
-base_dir = {top}/run
-state_dir = {top}/state
-protocols = imap
-log_path = {top}/dovecot.log
-ssl = no
+    conf.write_text(dovecot_conf(top, "imap", port, f"""
 disable_plaintext_auth = no
 mail_location = maildir:~/Maildir
-first_valid_uid = 1
-default_internal_user = root
 default_login_user = dovenull
 mail_access_groups = {DB_GROUP}
-passdb {{
-  driver = passwd-file
-  args = {top}/users
-}}
-userdb {{
-  driver = passwd-file
-  args = {top}/users
-}}
-service imap-login {{
-  chroot =
-  inet_listener imap {{
-    address = 127.0.0.1
-    port = {port}
-  }}
-  inet_listener imaps {{
-    port = 0
-  }}
-}}
-service anvil {{
-  chroot =
-}}
-{extra}
-!include {top}/imapsieve.conf
-""")
+""", f"{extra}\n!include {top}/imapsieve.conf\n", users=True))
     # the README's `sievec` step: the mail user cannot write the compiled scripts next to them
     for s in ("report-spam.sieve", "report-ham.sieve"):
         subprocess.run([SIEVEC, "-c", str(conf), str(sieve / s)], check=True)

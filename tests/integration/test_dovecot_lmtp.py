@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import free_port, running_dovecot
+from harness import dovecot_conf, free_port, running_dovecot
 
 from spambridge.bayes.tokenizer import tokenize
 
@@ -38,14 +38,8 @@ def lmtp(tmp_path: Path) -> Iterator[tuple[int, Path]]:
     mail.chmod(0o777)
     port = free_port()
     conf = tmp_path / "dovecot.conf"
-    conf.write_text(f"""
-base_dir = {tmp_path}/run
-protocols = lmtp
-log_path = {tmp_path}/dovecot.log
-ssl = no
+    conf.write_text(dovecot_conf(tmp_path, "lmtp", port, f"""
 mail_location = maildir:{mail}/%n
-first_valid_uid = 1
-default_internal_user = root
 default_login_user = root
 passdb {{
   driver = static
@@ -55,16 +49,7 @@ userdb {{
   driver = static
   args = uid=65534 gid=65534 home={mail}/%n
 }}
-service lmtp {{
-  inet_listener lmtp {{
-    address = 127.0.0.1
-    port = {port}
-  }}
-}}
-service anvil {{
-  chroot =
-}}
-""")
+"""))
     try:
         with running_dovecot(DOVECOT, conf, lambda: smtplib.LMTP("127.0.0.1", port).quit(),
                              "Dovecot's LMTP listener"):
