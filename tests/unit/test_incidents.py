@@ -68,6 +68,16 @@ def send(p: Pipeline, n: int, clock: Clock | None = None, every: float = 0.05) -
             clock.now += every
 
 
+def outage(scanner: Switchable, p: Pipeline, clock: Clock, failing: ScoreResult | ScanError,
+           n: int, after: int) -> None:
+    """`n` messages a twentieth of a second apart while the scanner answers `failing`, then
+    `after` while spamd is back."""
+    scanner.outcome = failing
+    send(p, n, clock)
+    scanner.outcome = ScoreResult("spamd", 2.0)
+    send(p, after, clock)
+
+
 def said(caplog: pytest.LogCaptureFixture, level: int) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.levelno == level]
 
@@ -80,10 +90,7 @@ def test_a_spamd_outage_is_one_warning_when_it_starts_and_one_when_it_ends(
     p, clock = setup(scanner)
     caplog.set_level(logging.INFO, logger="spambridge")
     send(p, 3, clock)
-    scanner.outcome = ScanError(ErrorKind.UNAVAILABLE, "spamd", REFUSED)
-    send(p, 200, clock)  # 10 s at 20 msg/s
-    scanner.outcome = ScoreResult("spamd", 2.0)
-    send(p, 3, clock)
+    outage(scanner, p, clock, ScanError(ErrorKind.UNAVAILABLE, "spamd", REFUSED), 200, 3)
     assert said(caplog, logging.WARNING) == [
         f"spamd failing: unavailable: {REFUSED}; mail gets on_unavailable = accept until it "
         "answers again",
@@ -184,11 +191,8 @@ def test_bayes_covering_for_spamd_is_an_incident_of_spamd(
     scanner = Switchable("spamd+bayes")
     p, clock = setup(scanner)
     caplog.set_level(logging.INFO, logger="spambridge")
-    scanner.outcome = ScoreResult("bayes", 0.01, failed=ScanError(ErrorKind.UNAVAILABLE,
-                                                                  "spamd", REFUSED))
-    send(p, 50, clock)
-    scanner.outcome = ScoreResult("spamd", 2.0)
-    send(p, 1, clock)
+    outage(scanner, p, clock, ScoreResult("bayes", 0.01, failed=ScanError(
+        ErrorKind.UNAVAILABLE, "spamd", REFUSED)), 50, 1)
     assert said(caplog, logging.WARNING) == [
         f"spamd failing: unavailable: {REFUSED}; bayes decides meanwhile (fallback) until it "
         "answers again",
