@@ -227,8 +227,9 @@ def check_postfix(cfg: Config, pf: PostfixSettings) -> Report:
     for endpoint, _ in milter_entries(p.get("non_smtpd_milters", "")):
         if endpoint_matches(endpoint, ours, queue_dir, False)[0] or endpoint_matches(
                 endpoint, ours, queue_dir, True)[0]:
-            r.warn("non_smtpd_milters lists spambridge: that scans local submissions "
-                   "(sendmail(1)) and re-injected mail; use smtpd_milters only")
+            r.warn("non_smtpd_milters lists spambridge: mail from sendmail(1) gets scanned "
+                   "and tagged (never refused: Postfix would bounce it), mail re-injected with "
+                   "postsuper -r scanned again; use smtpd_milters only")
 
     # what Postfix does when we are down, its timer, protocol and macros: main.cf's values,
     # or a service's own (master.cf -o milter_…=) for each service that uses spambridge

@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from spambridge import defaults, headers, policy
 from spambridge.config import Config, PolicyConfig
@@ -111,7 +111,11 @@ class Pipeline:
                 if self.before_scan is not None:
                     self.before_scan()
                 outcome = self.scan(raw, envelope, cfg.milter.scan_timeout)
-            decision = policy.decide(outcome, cfg.policy)
+            # a refusal of locally submitted mail reaches no client: Postfix bounces it (5xx) to
+            # the envelope sender, or keeps it in the maildrop (4xx). Tag it instead.
+            pcfg = (replace(cfg.policy, tag_only=True)
+                    if envelope.local and not cfg.policy.tag_only else cfg.policy)
+            decision = policy.decide(outcome, pcfg)
             ev = Evaluation(decision, outcome, time.monotonic() - start)
             log_decision(ev, buf, envelope, cfg.policy.tag_only)
             self._track(ev, cfg.policy)
@@ -244,7 +248,7 @@ def log_decision(ev: Evaluation, buf: MessageBuffer, env: Envelope, tag_only: bo
         would,
         d.reason or "-",
         round(ev.elapsed * 1000),
-        " mode=tag-only" if tag_only else "",
+        " mode=tag-only" if tag_only else " mode=local" if env.local else "",
         detail,
     )
     if whole:

@@ -21,6 +21,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
@@ -234,6 +235,24 @@ class PostfixInstance:
             if code != 250:
                 raise smtplib.SMTPDataError(code, text)
             return text.decode().rsplit(" ", 1)[-1]
+
+    def sendmail(self, raw: bytes, sender: str, rcpt: str = "bob@test.example") -> None:
+        """Submit as cron or a web app does: this instance's sendmail(1), so the message comes in
+        through pickup/cleanup and meets non_smtpd_milters, not smtpd_milters."""
+        subprocess.run(["/usr/sbin/sendmail", "-C", str(self.etc), "-f", sender, rcpt],
+                       input=raw, capture_output=True, timeout=60, check=True)
+
+    @contextlib.contextmanager
+    def main_cf(self, **params: str) -> Iterator[None]:
+        """main.cf with `params` set for the block (postconf -e, reload), then as it was."""
+        before = (self.etc / "main.cf").read_text()
+        self.postconf("-e", *(f"{k}={v}" for k, v in params.items()))
+        self.postfix("reload")
+        try:
+            yield
+        finally:
+            (self.etc / "main.cf").write_text(before)
+            self.postfix("reload")
 
     def delivered(self) -> list[Delivered]:
         new = self.mail / "inbox" / "new"

@@ -39,9 +39,10 @@ class SpamBridgeMilter(Milter.Base):
 
     @Milter.noreply
     def connect(self, hostname: str, family: int, hostaddr: Any) -> int:
-        addr = hostaddr[0] if family in (socket.AF_INET, socket.AF_INET6) and hostaddr else ""
+        inet = family in (socket.AF_INET, socket.AF_INET6) and hostaddr
+        addr, port = (hostaddr[0], hostaddr[1]) if inet else ("", None)
         self.session.connect(hostname or "", str(addr), self.macro("j"),
-                             self.macro("{daemon_name}"))
+                             self.macro("{daemon_name}"), port)
         return CONTINUE
 
     @Milter.noreply

@@ -25,15 +25,18 @@ class Session:
         self.mta_host = ""
         self.daemon_name = ""
         self.trusted = False
+        self.local = False
         self.envelope = Envelope()
         self.buffer: MessageBuffer | None = None
         self.failure: ScanError | None = None
 
     # connection ------------------------------------------------------------------------------
-    def connect(self, hostname: str, addr: str, mta_host: str, daemon_name: str) -> None:
+    def connect(self, hostname: str, addr: str, mta_host: str, daemon_name: str,
+                port: int | None = None) -> None:
         self.client_name, self.client_addr = hostname, addr
         self.mta_host, self.daemon_name = mta_host, daemon_name
         self.trusted = is_trusted(addr, self.cfg)
+        self.local = is_local_submission(hostname, addr, port)
 
     def hello(self, helo: str) -> None:
         self.helo = helo
@@ -55,6 +58,7 @@ class Session:
             sender=sender,
             auth_user=auth_user,
             tls=tls,
+            local=self.local,
         )
         self.failure = None
         try:
@@ -125,6 +129,13 @@ class Session:
             self.start_message("", "", False)
         assert self.buffer is not None
         return self.buffer
+
+
+def is_local_submission(hostname: str, addr: str, port: int | None) -> bool:
+    """Mail Postfix did not receive over SMTP (sendmail(1) via pickup, listed in
+    non_smtpd_milters): cleanup emulates the connection as localhost, 127.0.0.1, port 0.
+    A TCP client always has a port; smtpd passes it."""
+    return hostname == "localhost" and addr == "127.0.0.1" and port == 0
 
 
 def is_trusted(addr: str, cfg: MilterConfig) -> bool:

@@ -23,11 +23,12 @@ from harness import (
     RunningMilter,
     Spamd,
     bayes_mail,
+    free_port,
     message,
     train_database,
     wait_until,
 )
-from postfix_instance import PostfixInstance, example_settings
+from postfix_instance import Delivered, PostfixInstance, example_settings
 
 pytestmark = pytest.mark.postfix  # and each test that scans with spamd: pytest.mark.spamd
 
@@ -297,6 +298,56 @@ def test_spam_the_milter_tagged_is_trained_as_the_message_that_came(
 
 
 # what Postfix does without its milter, per milter_default_action (notes/ecosystem.md §1.2)
+def submitted_locally(pf: PostfixInstance, raw: bytes, sender: str) -> Delivered:
+    """`sendmail -f sender` into the instance (pickup → cleanup → non_smtpd_milters); what was
+    delivered for it (Postfix's own Received line, "from userid 0 … id QID", names its id)."""
+    pf.sendmail(raw, sender)
+    qid = queue_id_of(pf, f"uid=0 from=<{sender}>", "pickup's line for the local submission")
+    return pf.wait_delivered(qid)
+
+
+def test_mail_submitted_locally_is_tagged_never_bounced(
+        postfix: PostfixInstance, start_milter: Start, tmp_path: Path) -> None:
+    """Guides set non_smtpd_milters = $smtpd_milters (for DKIM signing). A reject from a milter
+    at the end of a sendmail(1) submission makes cleanup bounce it: the cron report or the
+    contact form's mail goes to the envelope sender as a non-delivery notice (backscatter,
+    when a web form puts a visitor's address there). Local submissions are tagged instead,
+    while spam over SMTP through the same milter is still refused."""
+    db = train_database(tmp_path, bayes_mail, 20)
+    m = start_milter({"milter": {"socket": f"unix:{postfix.milter_socket}", "engine": "bayes"},
+                      "bayes": {"db": str(db), "min_trained": 20},
+                      "policy": {"reject_reply": REJECT_REPLY}})
+    with postfix.main_cf(non_smtpd_milters="$smtpd_milters"):
+        got = submitted_locally(postfix, bayes_mail(960, "spam"), "cron-spam@test.example")
+        [status] = got.all("X-Spam-Status")
+        assert status.startswith("Yes, score=") and "engine=bayes" in status, status
+        assert got.all("X-Spam-Flag") == ["YES"]
+        qid = queue_id_of(postfix, "uid=0 from=<cron-spam@test.example>", "pickup's line")
+        assert not any(f"{qid}: milter-reject" in x or f"{qid}: sender non-delivery" in x
+                       for x in postfix.log_lines(qid)), postfix.log_lines(qid)
+        line = next(x for x in m.log.splitlines() if f"{qid}: " in x)
+        assert "action=tag would=reject" in line and "mode=local" in line, line
+        assert "engine=bayes" in expect_refused(postfix, m, bayes_mail(961, "spam"))
+
+
+def test_mail_submitted_locally_waits_for_no_scanner(
+        postfix: PostfixInstance, start_milter: Start) -> None:
+    """on_unavailable = tempfail keeps SMTP senders retrying; a tempfail at the end of a
+    local submission leaves the cron mail in the maildrop, retried by pickup under a new queue
+    id each minute, until spamd is back. It is delivered at once, marked unchecked."""
+    m = start_milter({"milter": {"socket": f"unix:{postfix.milter_socket}", "engine": "spamd"},
+                      "spamd": {"host": "127.0.0.1", "port": free_port()},  # nobody listens
+                      "policy": {"on_unavailable": "tempfail"}})
+    with postfix.main_cf(non_smtpd_milters="$smtpd_milters"):
+        got = submitted_locally(postfix, message(subject="cron report"),
+                                "cron-unchecked@test.example")
+        assert got.all("X-Spam-Status") == ["No, unchecked=unavailable"]
+        with pytest.raises(smtplib.SMTPResponseException) as exc:  # over SMTP: still 451
+            postfix.send(message(subject="over SMTP while spamd is down"))
+        assert exc.value.smtp_code == 451
+    assert "action=accept would=tempfail" in m.log
+
+
 DEFAULT_ACTION_EFFECT = {
     "accept": "delivered",
     "tempfail": "451",
