@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
 from spambridge import defaults, headers, policy
-from spambridge.config import Config, PolicyConfig
+from spambridge.config import Config
 from spambridge.health import Health
 from spambridge.message import Envelope, MessageBuffer, clean
 from spambridge.milter.bridge import AsyncBridge
@@ -118,7 +118,7 @@ class Pipeline:
             decision = policy.decide(outcome, pcfg)
             ev = Evaluation(decision, outcome, time.monotonic() - start)
             log_decision(ev, buf, envelope, cfg.policy.tag_only)
-            self._track(ev, cfg.policy)
+            self._track(ev)
             for observe in self.observers:
                 observe(ev, buf)
             return ev
@@ -128,7 +128,7 @@ class Pipeline:
                 self._last_free = time.monotonic()
                 self._idle.notify_all()
 
-    def _track(self, ev: Evaluation, cfg: PolicyConfig) -> None:
+    def _track(self, ev: Evaluation) -> None:
         """Tell the incident log whether the engines gave a verdict (health.py)."""
         out, d = ev.outcome, ev.decision
         if isinstance(out, ScoreResult):
