@@ -833,6 +833,12 @@ def read_index(path: str) -> list[IndexEntry]:
     return out
 
 
+def _sources(label: str, paths: list[str], index: list[IndexEntry] | None
+             ) -> list[IndexEntry]:
+    """What a run reads: the index's entries, or each path named, as `label`."""
+    return index if index is not None else [IndexEntry(label, p, "") for p in paths]
+
+
 def run(cfg: Config, label: str, paths: list[str], *, max_size: int = DEFAULT_MAX_SIZE,
         mbox: bool = False, quiet: bool = False, batch_messages: int = BATCH_MESSAGES,
         selective: bool = False, index: list[IndexEntry] | None = None,
@@ -852,7 +858,7 @@ def run(cfg: Config, label: str, paths: list[str], *, max_size: int = DEFAULT_MA
         return 1
     trainer = Trainer(writer, label, limits_for(cfg.bayes), batch_messages, selective,
                       cfg.bayes.min_trained, cfg.policy.subject_tag)
-    sources = index if index is not None else [IndexEntry(label, p, "") for p in paths]
+    sources = _sources(label, paths, index)
     single = index is None and paths == ["-"]
     progress = _Progress([e.path for e in sources], enabled=not quiet and not single
                          and err.isatty())
@@ -1066,7 +1072,7 @@ def run_spamd(cfg: Config, label: str, paths: list[str], *, max_size: int = DEFA
         headers = {"Message-class": label, "Set": "local"}
 
     async def tell_all() -> None:
-        for entry in index if index is not None else [IndexEntry(label, p, "") for p in paths]:
+        for entry in _sources(label, paths, index):
             path, origin = entry.path, entry.origin
             for item in read_path(path, max_size, mbox):
                 if stopped:
