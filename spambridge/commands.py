@@ -40,7 +40,12 @@ def add_parsers(sub: Any, config_arg: ArgAdder, engine_args: ArgAdder,
         description="Learn messages as spam or ham, or forget them. Each PATH is a Maildir, "
         "an mbox, a directory of message files, one message file, or - for one message on "
         "stdin (the default; for Dovecot's IMAPSieve pipe). Training the same message again "
-        "does nothing; training it as the other class moves it.")
+        "does nothing; training it as the other class moves it.",
+        epilog="Exit status: 0 when the run finished (messages already trained, over "
+        "the size limit, or files in a folder that are not mail are counted, not errors); 1 when "
+        "a PATH given could not be read or is not mail, or the database or spamd failed; 2 "
+        "for a usage error; 78 for a configuration error; 130 on Ctrl-C and 143 on SIGTERM "
+        "(every finished batch is kept: run it again to learn the rest).")
     config_arg(t)
     engine_args(t)
     what = t.add_mutually_exclusive_group(required=True)
@@ -75,7 +80,11 @@ def add_parsers(sub: Any, config_arg: ArgAdder, engine_args: ArgAdder,
         "check", help="score messages offline through the milter's decision path",
         description="Run each message through the engine, the policy and the header "
         "rendering exactly as the milter would, and print the score, the verdict, the "
-        "headers that would be added and the SMTP reply.")
+        "headers that would be added and the SMTP reply.",
+        epilog="Exit status: 0 when every message was scored (an oversize one, skipped as "
+        "the milter would skip it, counts as scored); 1 when one could not be read or "
+        "scanned (no database, not trained yet, spamd down), whatever the verdicts; 2 for a "
+        "usage error; 78 for a configuration error.")
     config_arg(c)
     engine_args(c)
     policy_args(c)

@@ -228,3 +228,65 @@ def test_a_spamd_user_spamd_cannot_be_sent_is_a_usage_error(
     assert e.value.code == 2
     assert ("argument --user: must be printable ASCII, as spamd's User header is; 'ö' is not"
             in capsys.readouterr().err)
+
+
+def _help(command: str, capsys: pytest.CaptureFixture[str]) -> str:
+    with pytest.raises(SystemExit):
+        cli.main([command, "--help"])
+    return " ".join(capsys.readouterr().out.split())
+
+
+def test_train_does_what_its_help_says_of_exit_statuses(tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]
+                                                         ) -> None:
+    """A Sieve script or a cron job acts on the status: `train --help` names each one, and
+    each is what a run gives — a folder with a file that is not mail is no error, a named
+    file that is not mail is, and so is a bad config."""
+    text = _help("train", capsys)
+    for part in ("Exit status: 0 when the run finished", "1 when a PATH given could not be "
+                 "read or is not mail", "2 for a usage error", "78 for a configuration error",
+                 "130 on Ctrl-C and 143 on SIGTERM"):
+        assert part in text
+    db = str(tmp_path / "b.sqlite")
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "m.eml").write_bytes(b"Subject: x\n\nbody\n")
+    (folder / "notes.json").write_bytes(b'{"not": "mail"}\n')
+    assert cli.main(["train", "-q", "--db", db, "--spam", str(folder)]) == 0
+    assert cli.main(["train", "-q", "--db", db, "--spam", str(folder)]) == 0  # already trained
+    assert cli.main(["train", "-q", "--db", db, "--spam", str(folder / "notes.json")]) == 1
+    assert cli.main(["train", "-q", "--db", db, "--spam", str(tmp_path / "missing")]) == 1
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[bayes]\nmin_traned = 1\n")
+    assert cli.main(["train", "-c", str(bad), "--db", db, "--spam", str(folder)]) == 78
+    with pytest.raises(SystemExit) as usage:
+        cli.main(["train", "--spam", "--ham", str(folder)])
+    assert usage.value.code == 2
+
+
+def test_check_does_what_its_help_says_of_exit_statuses(tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]
+                                                         ) -> None:
+    """`check --help` names its statuses, and a spam verdict is no failure (status 0), while
+    a database not trained yet is (1): a script tells "scored" from "could not score"."""
+    text = _help("check", capsys)
+    for part in ("Exit status: 0 when every message was scored", "1 when one could not be "
+                 "read or scanned", "whatever the verdicts", "2 for a usage error",
+                 "78 for a configuration error"):
+        assert part in text
+    db = str(tmp_path / "b.sqlite")
+    spam, ham = tmp_path / "spam.eml", tmp_path / "ham.eml"
+    spam.write_bytes(b"Subject: cheap pills now\n\nbuy cheap pills viagra casino\n")
+    ham.write_bytes(b"Subject: meeting notes\n\nthe agenda for tomorrow's project meeting\n")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[bayes]\nmin_trained = 1\n")
+    assert cli.main(["train", "-q", "-c", str(cfg), "--db", db, "--spam", str(spam)]) == 0
+    assert cli.main(["check", "-c", str(cfg), "--db", db, str(spam)]) == 1  # no ham yet
+    assert cli.main(["train", "-q", "-c", str(cfg), "--db", db, "--ham", str(ham)]) == 0
+    capsys.readouterr()
+    assert cli.main(["check", "-c", str(cfg), "--db", db, str(spam)]) == 0
+    assert "action=reject" in capsys.readouterr().out  # a reject is a verdict, not a failure
+    assert cli.main(["check", "-c", str(cfg), "--db", db, str(tmp_path / "missing")]) == 1
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[policy]\ntag_at = 'five'\n")
+    assert cli.main(["check", "-c", str(bad), "--db", db, str(spam)]) == 78
