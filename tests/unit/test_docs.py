@@ -1,12 +1,107 @@
-"""What the docs show an admin, read from the docs themselves: the tests and files the docs
-cite exist."""
+"""What the docs show an admin, read from the docs themselves: the log lines README's Logs
+section prints are the ones the milter writes for those cases (with the defaults' cap and
+share), and the tests and files the docs cite exist."""
 
 from __future__ import annotations
 
+import logging
 import re
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
+
+import pytest
+
+from spambridge import defaults
+from spambridge.config import Config
+from spambridge.message import Envelope, MessageBuffer
+from spambridge.pipeline import Evaluation, log_decision
+from spambridge.policy import decide
+from spambridge.verdict import (
+    ErrorKind,
+    FailAction,
+    Outcome,
+    ScanError,
+    ScoreResult,
+    Skipped,
+    SkipReason,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
+README = ROOT / "README.md"
+
+
+def readme_log_lines() -> list[tuple[str, str]]:
+    """(level, message) of each decision line in the README's Logs section."""
+    logs = README.read_text().split("\n## Logs\n", 1)[1].split("\n## ", 1)[0]
+    block = logs.split("```\n", 2)[1]
+    lines = [re.fullmatch(r"spambridge\[\d+\]: (\w+) (.*)", line) for line in block.splitlines()]
+    assert all(lines), block
+    return [(m.group(1), m.group(2)) for m in lines if m]
+
+
+def field(line: str, name: str) -> str:
+    m = re.search(rf" {name}=(\S+)", line)
+    assert m, (name, line)
+    return m.group(1)
+
+
+# what the milter decides from, for each (engine, action, reason) the README shows; the error
+# texts that depend on the config are written as the defaults give them
+CAP = defaults.SCAN_TIMEOUT
+CASES: dict[tuple[str, str, str], tuple[Outcome, dict[str, Any]]] = {
+    ("spamd", "accept", "ham"): (ScoreResult("spamd", -0.1), {}),
+    ("spamd", "tag", "spam"): (ScoreResult("spamd", 7.2), {}),
+    ("bayes", "reject", "reject"): (ScoreResult("bayes", 0.999), {}),
+    ("spamd", "tag", "reject"): (ScoreResult("spamd", 1000.0), {"tag_only": True}),
+    ("-", "accept", "authenticated"): (Skipped(SkipReason.AUTHENTICATED), {}),
+    ("spamd", "accept", "oversize"): (
+        ScanError(ErrorKind.OVERSIZE, "spamd", f"over max_scan_size {defaults.MAX_SCAN_SIZE}"),
+        {}),
+    ("spamd", "accept", "unavailable"): (ScanError(
+        ErrorKind.UNAVAILABLE, "spamd", "127.0.0.1:783: AIOSpamcConnectionFailed: [Errno 111] "
+        "Connect call failed ('127.0.0.1', 783)"), {}),
+    ("spamd", "tempfail", "timeout"): (
+        ScanError(ErrorKind.TIMEOUT, "spamd", f"no verdict within {CAP:g}s"),  # Pipeline.scan
+        {"on_timeout": FailAction("tempfail")}),
+    ("bayes", "accept", "ham"): (ScoreResult("bayes", 0.02, failed=ScanError(
+        ErrorKind.TIMEOUT, "spamd",  # FallbackScanner, with app.build_scanner's budget
+        f"no answer within its {defaults.SPAMD_SHARE * CAP:g}s share")), {}),
+    ("spool", "accept", "error"): (ScanError(
+        ErrorKind.ERROR, "spool", "spool_dir /var/tmp: [Errno 28] No space left on device"), {}),
+}
+
+
+def test_the_readme_log_lines_are_the_ones_the_milter_writes(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """An admin greps for what the README shows. The fallback line had a 7.5 s share and
+    7,503 ms, which no default gives (the cap 10 s and spamd's share 0.7 make "its 7s share"),
+    and the full spool's had a 2 MiB size, which a spool failure never logs: the milter stops
+    taking the body at the failed write, at most max_scan_size in."""
+    lines = readme_log_lines()
+    assert len(lines) == len(CASES)
+    caplog.set_level(logging.INFO, logger="spambridge")
+    for level, shown in lines:
+        key = (field(shown, "engine"), field(shown, "action"), field(shown, "reason"))
+        outcome, policy = CASES[key]
+        cfg = Config()
+        cfg = replace(cfg, policy=replace(cfg.policy, **policy))
+        buf = MessageBuffer(defaults.MAX_SCAN_SIZE, defaults.SPOOL_MEMORY)
+        buf.size = int(field(shown, "size"))
+        assert buf.size <= defaults.MAX_SCAN_SIZE + 65535, (
+            "the milter stops taking a message one body chunk past max_scan_size", shown)
+        if key[0] == "spool":
+            assert buf.size <= defaults.MAX_SCAN_SIZE, ("a spool failure is found before "
+                                                        "max_scan_size", shown)
+        ev = Evaluation(decide(outcome, cfg.policy), outcome, int(field(shown, "ms")) / 1000)
+        caplog.clear()
+        log_decision(ev, buf, Envelope(queue_id="4ABCDEF0123", sender="<a@example.net>",
+                                      recipients=["<b@example.org>"]),
+                     cfg.policy.tag_only)
+        [record] = caplog.records
+        assert (record.levelname, record.getMessage()) == (level, shown)
+        if "fallback=" in shown:  # Bayes answers only after spamd's share has run out
+            assert int(field(shown, "ms")) >= defaults.SPAMD_SHARE * CAP * 1000, shown
 
 
 DOCS = ["README.md", "docs/bayes.md", "docs/reliability.md", "docs/benchmarks.md",
