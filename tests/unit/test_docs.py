@@ -1,6 +1,7 @@
 """What the docs show an admin, read from the docs themselves: the log lines README's Logs
 section prints are the ones the milter writes for those cases (with the defaults' cap and
-share), and the tests and files the docs cite exist."""
+share), every key spambridge.toml(5) lists is shown with the loader's default, the config
+snippets the docs give load, and the tests and files the docs cite exist."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from spambridge import defaults
+from spambridge import config, defaults
 from spambridge.config import Config
 from spambridge.message import Envelope, MessageBuffer
 from spambridge.pipeline import Evaluation, log_decision
@@ -29,6 +30,7 @@ from spambridge.verdict import (
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
+MAN5 = ROOT / "packaging" / "man" / "spambridge.toml.5"
 
 
 def readme_log_lines() -> list[tuple[str, str]]:
@@ -102,6 +104,60 @@ def test_the_readme_log_lines_are_the_ones_the_milter_writes(
         assert (record.levelname, record.getMessage()) == (level, shown)
         if "fallback=" in shown:  # Bayes answers only after spamd's share has run out
             assert int(field(shown, "ms")) >= defaults.SPAMD_SHARE * CAP * 1000, shown
+
+
+def man_keys() -> str:
+    """The `.B "key = default"` lines of spambridge.toml(5), under their sections, as TOML."""
+    out = []
+    for line in MAN5.read_text().splitlines():
+        if m := re.fullmatch(r"\.SS (\[\w+\])", line):
+            out.append(m.group(1))
+        elif m := re.fullmatch(r'\.B "(\w+ = .*)"', line):
+            out.append(m.group(1).replace("\\(dq", '"').replace("\\-", "-"))
+    return "\n".join(out) + "\n"
+
+
+def test_the_man_page_shows_every_key_with_the_loaders_default(tmp_path: Path) -> None:
+    """spambridge.toml(5) lists each key as `key = default`: all of them, as the loader takes
+    them (the example file is held to the same in test_toml_example.py)."""
+    from test_toml_example import example_keys
+
+    p = tmp_path / "man.toml"
+    p.write_text(man_keys())
+    assert replace(config.load(p), source="<defaults>") == config.load(None)
+    keys, section = set(), ""
+    for line in man_keys().splitlines():
+        if m := re.fullmatch(r"\[(\w+)\]", line):
+            section = m.group(1)
+        else:
+            keys.add((section, line.split(" = ")[0]))
+    assert keys == example_keys()
+
+
+def toml_snippets() -> list[tuple[str, str]]:
+    """(where, text) of each config file the docs tell an admin to write."""
+    out = []
+    readme = README.read_text()
+    for n, block in enumerate(re.findall(r"```toml\n(.*?)```", readme, re.S)):
+        out.append((f"README.md toml block {n + 1}", re.sub(r"^ {3}", "", block, flags=re.M)))
+    man = MAN5.read_text()
+    out.append(("spambridge.toml(5) EXAMPLE",
+                man.split(".SH EXAMPLE\n.nf\n", 1)[1].split("\n.fi\n", 1)[0]))
+    sendmail = (ROOT / "contrib" / "sendmail" / "README").read_text()
+    block = re.search(r"\n\n( {7}\[milter\]\n.*?)\n\n", sendmail, re.S)
+    assert block, "the Sendmail README's spambridge.toml lines are gone"
+    out.append(("contrib/sendmail/README", re.sub(r"^ {7}", "", block.group(1), flags=re.M)))
+    out.append(("packaging/spambridge.toml", (ROOT / "packaging" / "spambridge.toml").read_text()))
+    return out
+
+
+@pytest.mark.parametrize(("where", "text"), [pytest.param(w, t, id=w) for w, t in toml_snippets()])
+def test_the_config_snippets_in_the_docs_load(tmp_path: Path, where: str, text: str) -> None:
+    p = tmp_path / "spambridge.toml"
+    p.write_text(text)
+    assert config.load(p).source == str(p), where
+    p.write_text(re.sub(r"^#(\w+ = )", r"\1", text, flags=re.M))  # "#tag_only = true  # ..."
+    config.load(p)
 
 
 DOCS = ["README.md", "docs/bayes.md", "docs/reliability.md", "docs/benchmarks.md",
