@@ -46,6 +46,8 @@ from spambridge.bayes.tokenizer import (
 
 if TYPE_CHECKING:
     from spambridge.config import Config
+    from spambridge.scanners.spamd import SpamdScanner
+    from spambridge.verdict import ScanError
 
 DEFAULT_MAX_SIZE = 500 * 1024  # bytes, as sa-learn: bigger messages are skipped
 BATCH_MESSAGES = 2000  # messages per transaction …
@@ -1049,6 +1051,27 @@ class _Progress:
 # spamd
 
 
+# a TELL spamd refuses whether or not it allows TELL: it checks --allow-tell first, then this
+TELL_PROBE = {"Message-class": "spam", "Set": "local", "Remove": "local"}
+
+
+async def _why_reset(scanner: SpamdScanner, user: str, e: ScanError) -> ScanError:
+    """spamd refuses TELL without --allow-tell, but says so only when the whole request
+    reached it first: a message over a few kB gets a connection reset (or "not connected"),
+    which reads as a network fault. After such an error, ask spamd with a TELL that nothing
+    can be learned from, and give its refusal instead when that is what it was."""
+    from spambridge.verdict import ScanError
+
+    if not isinstance(e.__cause__, OSError):  # (a spamd that is down refuses the question too)
+        return e
+    try:
+        await scanner.request("TELL", b"", user, TELL_PROBE)
+    except ScanError as probe:
+        if "--allow-tell" in probe.detail:
+            return probe
+    return e
+
+
 def run_spamd(cfg: Config, label: str, paths: list[str], *, max_size: int = DEFAULT_MAX_SIZE,
               mbox: bool = False, user: str = "", quiet: bool = False,
               index: list[IndexEntry] | None = None,
@@ -1091,7 +1114,8 @@ def run_spamd(cfg: Config, label: str, paths: list[str], *, max_size: int = DEFA
                 msg = strip_markup(item.data, cfg.policy.subject_tag.encode())
                 try:
                     resp = await scanner.request("TELL", msg, user or cfg.spamd.user, headers)
-                except ScanError as e:
+                except ScanError as first:
+                    e = await _why_reset(scanner, user or cfg.spamd.user, first)
                     summary.spamd_errors += 1
                     summary.errors.append(f"{item.where}: {e}")
                     print(f"spambridge train: {origin}{item.where}: {e}", file=err)

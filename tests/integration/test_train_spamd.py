@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import re
@@ -62,6 +63,37 @@ def test_tell_to_a_stopped_spamd_is_an_error(tmp_path: Path) -> None:
     r = train("--spamd", f"127.0.0.1:{port}", "--ham", str(tmp_path))
     assert r.returncode == 1 and r.stderr.count(b"unavailable") == 1
     assert b"Learned 0 of 1 messages as ham (1 spamd error, stopped there" in r.stdout
+
+
+@pytest.mark.parametrize("size", [200, 200_000])
+def test_a_spamd_without_allow_tell_is_named_as_the_cause(spamd: Spamd, size: int) -> None:
+    """spamd refuses TELL unless started with --allow-tell, and says so only when the whole
+    message reached it first: for anything bigger than a few kB it closes before reading the
+    body, and train said "Connection reset by peer" — an admin looked for a network fault.
+    The run asks spamd why (a TELL it cannot learn from) and shows spamd's own words."""
+    msg = message(subject="Cheap watches", body="Buy replica watches today. " * (size // 27))
+    r = train("--spamd", spamd.address, "--spam", "-", stdin=msg)
+    assert r.returncode == 1
+    assert (b"TELL commands are not enabled, set the --allow-tell switch." in r.stderr
+            ), r.stderr
+    assert b"reset" not in r.stderr
+    assert b"Learned 0 of 1 messages as spam (1 spamd error, stopped there" in r.stdout
+
+
+def test_a_reset_from_a_spamd_that_allows_tell_is_said_as_it_was(tell_spamd: Spamd) -> None:
+    """The question spamd is asked after a reset teaches it nothing: a spamd that allows
+    TELL refuses it (Set and Remove together), and the reset is reported as it was."""
+    from spambridge.config import SpamdConfig
+    from spambridge.scanners.spamd import SpamdScanner
+    from spambridge.train import TELL_PROBE, _why_reset
+    from spambridge.verdict import ErrorKind, ScanError
+
+    host, port = tell_spamd.address.rsplit(":", 1)
+    scanner = SpamdScanner(SpamdConfig(host=host, port=int(port)), 10.0)
+    with pytest.raises(ScanError, match="Unable to set local and remove local"):
+        asyncio.run(scanner.request("TELL", b"", "", TELL_PROBE))
+    reset = ScanError(ErrorKind.UNAVAILABLE, "spamd", "x: ConnectionResetError: reset")
+    assert asyncio.run(_why_reset(scanner, "", reset)) is reset
 
 
 def test_tell_to_a_missing_socket_names_the_path(tmp_path: Path) -> None:
