@@ -61,7 +61,10 @@ def drop(cfg: Config, spec: SocketSpec) -> None:
             except FileNotFoundError:
                 continue
             if stat.S_ISREG(st.st_mode) and st.st_uid == 0 and st.st_nlink == 1:  # no links
-                os.chown(f, pw.pw_uid, pw.pw_gid, follow_symlinks=False)
+                # the group stays, unless it is root's: through it others may write the file
+                # (a Dovecot pipe, contrib/dovecot), and SQLite gives it to the -wal and -shm
+                os.chown(f, pw.pw_uid, pw.pw_gid if st.st_gid == 0 else -1,
+                         follow_symlinks=False)
     preload()
     os.initgroups(name, pw.pw_gid)
     os.setgid(pw.pw_gid)

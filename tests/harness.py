@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import grp
 import os
 import pwd
 import shutil
@@ -14,6 +15,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -196,6 +198,40 @@ def start_spamd(base: Path, extra: tuple[str, ...] = (), tls: tuple[Path, Path] 
     if proc.poll() is not None:
         pytest.fail(f"spamd exited: {(base / 'spamd.log').read_text()[-2000:]}")
     return Spamd("127.0.0.1", port, proc, home, bayes if site.is_dir() else None)
+
+
+def python_for(top: Path, uid: int, gid: int) -> tuple[str, str]:
+    """An interpreter user `uid` (group `gid`) can run, and a PYTHONPATH that gives it this
+    checkout's spambridge: a copy in `top` (which that user must be able to search), since the
+    checkout may lie where the user cannot read (a clone under /root). A venv built on a Python
+    under /root is not reachable either; the system python3 (3.11 on Debian 12) then is, and
+    `train` and `check-config` need no package beyond it."""
+    import spambridge
+
+    lib = top / "lib"
+    shutil.copytree(Path(spambridge.__file__).resolve().parent, lib / "spambridge",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    path = str(lib)
+    tried = []
+    for exe in dict.fromkeys([sys.executable, "/usr/bin/python3"]):
+        try:
+            r = subprocess.run([exe, "-c", "import spambridge.train, spambridge.checkconfig"],
+                               cwd="/", env={"PYTHONPATH": path, "PATH": "/usr/bin:/bin"},
+                               user=uid, group=gid, extra_groups=[],
+                               capture_output=True, text=True, check=False)
+        except OSError as e:
+            tried.append(f"{exe}: {e.strerror}")
+            continue
+        if r.returncode == 0:
+            return exe, path
+        tried.append(f"{exe}: {r.stderr.strip().splitlines()[-1:]}")
+    pytest.fail(f"no Python uid {uid} can run spambridge with: " + "; ".join(tried))
+
+
+def unused_id(start: int = 61000) -> int:
+    """A number no user and no group has: a throwaway identity for setuid/setgid."""
+    taken = {p.pw_uid for p in pwd.getpwall()} | {g.gr_gid for g in grp.getgrall()}
+    return next(n for n in range(start, start + 1000) if n not in taken)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -25,16 +25,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from harness import dovecot_conf, free_port, running_dovecot
-
-import spambridge
+from harness import dovecot_conf, free_port, python_for, running_dovecot
 
 DOVECOT = shutil.which("dovecot") or "/usr/sbin/dovecot"
 SIEVEC = shutil.which("sievec") or "/usr/bin/sievec"
 IMAP = "/usr/lib/dovecot/imap"
 IMAPSIEVE = "/usr/lib/dovecot/modules/sieve/lib90_sieve_imapsieve_plugin.so"
 CONTRIB = Path(__file__).resolve().parents[2] / "contrib" / "dovecot"
-SRC = Path(spambridge.__file__).resolve().parents[1]  # this checkout, not an installed copy
 MAIL_UID = 65534  # nobody: the mail user, who does not own the database
 # the database's group, which the mail user joins through Dovecot's mail_access_groups (the
 # README's advice for virtual users): one every Debian system has, other than nobody's own
@@ -61,28 +58,8 @@ def msg(n: int, spam: bool = True) -> bytes:
 
 
 def pipe_python(top: Path) -> tuple[str, str]:
-    """An interpreter the mail user can run, and a PYTHONPATH that gives it this checkout's
-    spambridge: a copy in `top`, since the checkout may lie where nobody cannot read (a clone
-    under /root), and `train` needs no other package. A venv built on a Python under /root is
-    not reachable by nobody either; the system python3 (3.11 on Debian 12) then is."""
-    lib = top / "lib"
-    shutil.copytree(SRC / "spambridge", lib / "spambridge",
-                    ignore=shutil.ignore_patterns("__pycache__"))
-    path = str(lib)
-    tried = []
-    for exe in dict.fromkeys([sys.executable, "/usr/bin/python3"]):
-        try:
-            r = subprocess.run([exe, "-c", "import spambridge.train"], cwd="/",
-                               env={"PYTHONPATH": path, "PATH": "/usr/bin:/bin"},
-                               user=MAIL_UID, group=MAIL_UID, extra_groups=[],
-                               capture_output=True, text=True, check=False)
-        except OSError as e:
-            tried.append(f"{exe}: {e.strerror}")
-            continue
-        if r.returncode == 0:
-            return exe, path
-        tried.append(f"{exe}: {r.stderr.strip().splitlines()[-1:]}")
-    pytest.fail("no Python the mail user (nobody) can run spambridge with: " + "; ".join(tried))
+    """An interpreter the mail user (nobody) can run, with this checkout's spambridge."""
+    return python_for(top, MAIL_UID, MAIL_UID)
 
 
 @dataclass

@@ -1,0 +1,102 @@
+"""The Bayes database as the parties of a real installation meet it: root's `train` from cron,
+the milter as its own user, Dovecot's "move to Junk" pipe as the mail user through the
+database's group (contrib/dovecot), an admin's `check` and `check-config`; a read-only, a
+full or a symlinked place. Each party runs as its own user (setuid, with unused uid and gid
+numbers where no name is needed); what is asserted is what that party is told, and the files'
+state."""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from harness import RunningMilter, bayes_mail, python_for, unused_id, wait_until
+from milterload import deliver
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="runs each party as its own user: "
+                                "needs root (as CI runs)")
+
+Start = Callable[..., RunningMilter]
+SPAM = bayes_mail(99, "spam")
+
+
+@pytest.fixture
+def mail_user(open_dir: Path) -> tuple[int, int, tuple[str, str]]:
+    """The Dovecot pipe's user (an unused uid), a group for the database (an unused gid), and
+    an interpreter that user can run spambridge with."""
+    uid = unused_id()
+    group = unused_id(uid + 1)
+    return uid, group, python_for(open_dir, uid, uid)
+
+
+def train(db: Path, corpus: Path) -> Path:
+    """A small database trained by root through the real `train`, as cron would."""
+    from spambridge import cli
+
+    for label in ("spam", "ham"):
+        d = corpus / f"train-{label}"
+        d.mkdir(parents=True, exist_ok=True)
+        for i in range(3):
+            (d / f"{i}.eml").write_bytes(bayes_mail(i, label))
+        assert cli.main(["train", "--db", str(db), f"--{label}", "-q", str(d)]) == 0
+    return db
+
+
+def as_user(py: tuple[str, str], uid: int, groups: list[int], *args: str,
+            stdin: bytes = b"") -> subprocess.CompletedProcess[str]:
+    """`spambridge ARGS` as user `uid` (group `uid`) with these supplementary groups."""
+    exe, path = py
+    return subprocess.run([exe, "-m", "spambridge", *args], input=stdin.decode(), cwd="/",
+                          env={"PYTHONPATH": path, "PATH": "/usr/bin:/bin"}, user=uid,
+                          group=uid, extra_groups=groups, capture_output=True, text=True,
+                          check=False)
+
+
+def pipe(py: tuple[str, str], uid: int, groups: list[int], db: Path
+         ) -> subprocess.CompletedProcess[str]:
+    """contrib/dovecot's spambridge-learn-spam.sh: one message on stdin, --quiet."""
+    return as_user(py, uid, groups, "train", "--db", str(db), "--spam", "--quiet", "-",
+                   stdin=SPAM)
+
+
+def milter_cfg(open_dir: Path, db: Path, user: str) -> dict[str, dict[str, object]]:
+    return {"milter": {"engine": "bayes", "user": user,
+                       "socket": f"unix:{open_dir}/milter.sock"},
+            "bayes": {"db": str(db), "min_trained": 3}}
+
+
+def shared_dir(open_dir: Path, group: int) -> Path:
+    """contrib/dovecot's database directory: root's, in the database's group, setgid 2770."""
+    d = open_dir / "db"
+    d.mkdir()
+    os.chown(d, 0, group)
+    os.chmod(d, 0o2770)
+    return d
+
+
+def test_a_milter_started_as_root_leaves_the_database_in_the_group_the_pipe_writes_through(
+        user_in_a_group: tuple[pwd.struct_passwd, grp.struct_group],  # first: removed last
+        start_milter: Start, open_dir: Path, mail_user: tuple[int, int, tuple[str, str]]
+) -> None:
+    """The milter's user reaches the database through the directory's group, which is not its
+    primary one (here nogroup), as the Dovecot pipe does. Root's `train` made the files root's;
+    the milter's start hands them to its user, and used to give them that user's primary group
+    as well: the files were 0660 milter:nogroup, and every pipe after it failed."""
+    user, g = user_in_a_group
+    uid, _, py = mail_user
+    dbdir = shared_dir(open_dir, g.gr_gid)
+    db = train(dbdir / "bayes.sqlite", open_dir / "corpus")
+    m = start_milter(milter_cfg(open_dir, db, user.pw_name))
+    wait_until(lambda: f"running as {user.pw_name}" in m.log, 10, "the switch")
+    d = deliver(m.socket_path, SPAM, timeout=30)
+    assert d.result is not None and d.result.action == "reject", (d, m.log)
+    for f in dbdir.glob("bayes.sqlite*"):
+        st = f.stat()
+        assert (st.st_uid, st.st_gid) == (user.pw_uid, g.gr_gid), f
+    r = pipe(py, uid, [g.gr_gid], db)
+    assert r.returncode == 0, r.stderr
