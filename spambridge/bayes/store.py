@@ -17,15 +17,17 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import grp
 import json
 import os
+import pwd
 import random
 import sqlite3
 import stat
 import time
 import urllib.parse
 from collections import Counter
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from itertools import repeat
 from pathlib import Path
@@ -112,13 +114,122 @@ def _connect(path: str, timeout: float, readonly: bool = False) -> sqlite3.Conne
         conn.execute("PRAGMA mmap_size=268435456")
         return conn
     except sqlite3.Error as e:
-        hint = ""
-        if "readonly" in str(e):
+        hint = access_problem(path, write=not readonly) or full_problem(path)
+        if hint:
+            hint = f": {hint}"
+        elif "readonly" in str(e):
             hint = ("; even reading needs write access to the database's directory and its -shm "
                     "file (SQLite's WAL mode)" if readonly else
                     "; training needs write access to the database, its -wal and -shm files and "
                     "their directory") + ": run as the milter's user or in its group"
         raise StoreError(f"{path}: cannot open the Bayes database: {e}{hint}") from e
+
+
+def _name(table: Callable[[int], Any], number: int) -> str:
+    try:
+        return str(table(number)[0])
+    except KeyError:
+        return str(number)
+
+
+def _described(path: str, st: os.stat_result) -> str:
+    return (f"{path} ({_name(pwd.getpwuid, st.st_uid)}:{_name(grp.getgrgid, st.st_gid)}, "
+            f"mode {stat.S_IMODE(st.st_mode):04o})")
+
+
+def _why(path: str, st: os.stat_result, bits: str) -> str:
+    """Why this process lacks the permissions `bits` ("r", "rw", "wx", "x") on `path`, with
+    what would give them; from the mode bits (ACLs aside: os.access has already said no)."""
+    if _readonly_fs(path):
+        return ("its filesystem is mounted read-only (for this process only, under systemd's "
+                "ProtectSystem=strict: add the directory to the unit's ReadWritePaths=)")
+    if st.st_uid == os.geteuid():
+        return f"its owner may not: chmod u+{bits} {path}"
+    group = _name(grp.getgrgid, st.st_gid)
+    if st.st_gid == os.getegid() or st.st_gid in os.getgroups():
+        return f"its group {group} may not: chmod g+{bits} {path}"
+    return f"{_user()} is neither its owner nor in its group {group}"
+
+
+def _user() -> str:
+    return f"user {_name(pwd.getpwuid, os.geteuid())}"
+
+
+def access_problem(path: str, write: bool) -> str:
+    """Why this process cannot use the database `path` as SQLite in WAL mode needs it — to read
+    it (the file and its -wal and -shm, or their directory to make those in, on a read-only
+    filesystem as well) or, `write`, to write it too — or "" when nothing in the files'
+    permissions stands in the way. SQLite itself only says
+    "unable to open database file" or "attempt to write a readonly database", the same for the
+    database and its -shm, and the same to a user outside the group as to one inside it: the
+    admin is told which file, whose and with what mode, and who is asking."""
+    real = os.path.realpath(path)
+    folder = os.path.dirname(real)
+    up = "/"
+    for part in folder.split("/")[1:]:  # every directory on the way must let us through
+        up = os.path.join(up, part)
+        if not os.access(up, os.X_OK):
+            try:
+                st = os.stat(up)
+            except OSError:
+                break  # missing: told below
+            return f"{_user()} may not enter {_described(up, st)}: {_why(up, st, 'x')}"
+    if not os.path.isdir(folder):
+        if not write:
+            return ""  # no database: the caller says so
+        above = os.path.dirname(folder)  # `train` makes the directory: may it?
+        while not os.path.isdir(above) and above != os.path.dirname(above):
+            folder, above = above, os.path.dirname(above)
+        if os.access(above, os.W_OK | os.X_OK):
+            return ""
+        st = os.stat(above)
+        return (f"{_user()} may not create {os.path.basename(folder)} in "
+                f"{_described(above, st)}: {_why(above, st, 'wx')}")
+
+    def cannot_create(name: str) -> str:
+        st = os.stat(folder)
+        return (f"{_user()} may not create {name} in {_described(folder, st)}: "
+                f"{_why(folder, st, 'wx')}")
+
+    if not os.path.exists(real):
+        return (cannot_create(os.path.basename(real))
+                if write and not os.access(folder, os.W_OK | os.X_OK) else "")
+    want = os.R_OK | os.W_OK if write else os.R_OK
+    for f in (real, real + "-wal", real + "-shm"):
+        try:
+            st = os.stat(f)
+        except FileNotFoundError:
+            if f == real:
+                return ""
+            if not os.access(folder, os.W_OK | os.X_OK):  # read-only too: WAL needs both
+                return cannot_create(os.path.basename(f))
+            continue
+        except OSError:
+            return ""
+        if not os.access(f, want):
+            verb, bits = ("write", "rw") if write else ("read", "r")
+            return f"{_user()} may not {verb} {_described(f, st)}: {_why(f, st, bits)}"
+    return ""
+
+
+def _readonly_fs(path: str) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
+def full_problem(path: str) -> str:
+    """"its filesystem is full" when it is: SQLite then says "disk I/O error" (it cannot size
+    its -shm file) or "database or disk is full"."""
+    folder = os.path.dirname(os.path.realpath(path))
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return ""
+    if (st.f_bfree if os.geteuid() == 0 else st.f_bavail) > 0:
+        return ""
+    return f"no space left on the filesystem of {folder} (SQLite makes its -wal and -shm there)"
 
 
 def create(path: str) -> None:
@@ -323,7 +434,9 @@ class SqliteReader:
 
     def __init__(self, path: str, timeout: float = BUSY_TIMEOUT_READ) -> None:
         if not os.path.exists(path):
-            raise StoreError(no_database(path))
+            problem = access_problem(path, write=False)  # not there, or out of our reach?
+            raise StoreError(f"{path}: cannot open the Bayes database: {problem}" if problem
+                             else no_database(path))
         _refuse_foreign_wal(path)  # before anything reads through it
         self.path = path
         self.conn = _connect(path, timeout, readonly=True)
@@ -549,6 +662,11 @@ class SqliteWriter:
 
     def __init__(self, path: str, timeout: float = BUSY_TIMEOUT_WRITE) -> None:
         self.path = path
+        # before SQLite, which opens a file it may not write read-only and fails at the first
+        # write, saying only "attempt to write a readonly database"
+        problem = access_problem(path, write=True)
+        if problem:
+            raise StoreError(f"{path}: cannot write the Bayes database: {problem}")
         create(path)  # a no-op on a database of our schema; refuses a -wal not the file's
         self.conn = _connect(path, timeout)
         _check_opened(self.conn, path)

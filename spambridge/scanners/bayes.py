@@ -192,6 +192,10 @@ class BayesScanner:
         except FileNotFoundError as e:
             self._drop()
             raise store.StoreError(store.no_database(path)) from e
+        except PermissionError as e:  # a directory on the way the milter's user may not enter
+            self._drop()
+            raise store.StoreError(f"{path}: cannot open the Bayes database: "
+                                   f"{store.access_problem(path, write=False) or e}") from e
         now = _file_id(st)
         if self._reader is not None and now == self._file:
             self._wal = _wal_id(self._wal_path)  # one stat: the path is resolved at open

@@ -7,16 +7,20 @@ state."""
 
 from __future__ import annotations
 
+import contextlib
 import grp
 import os
 import pwd
 import subprocess
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from harness import RunningMilter, bayes_mail, python_for, unused_id, wait_until
 from milterload import deliver
+
+from spambridge.bayes import store
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="runs each party as its own user: "
                                 "needs root (as CI runs)")
@@ -100,3 +104,76 @@ def test_a_milter_started_as_root_leaves_the_database_in_the_group_the_pipe_writ
         assert (st.st_uid, st.st_gid) == (user.pw_uid, g.gr_gid), f
     r = pipe(py, uid, [g.gr_gid], db)
     assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize("case", ["restored by root with cp", "its -shm read-only to the group",
+                                  "directory not group-writable", "not in the group"])
+def test_a_pipe_that_may_not_write_says_which_file_and_why(
+        open_dir: Path, mail_user: tuple[int, int, tuple[str, str]], case: str) -> None:
+    """SQLite says "attempt to write a readonly database" or "unable to open database file"
+    alike for the database, its -shm and its directory, and for a user outside the group as
+    for one inside it; Dovecot logs what the pipe says. It must name the file, its owner,
+    group and mode, and what would let the mail user in, and say nothing of an unfolded -wal
+    (nothing was written)."""
+    uid, group, py = mail_user
+    dbdir = shared_dir(open_dir, group)
+    db = train(dbdir / "bayes.sqlite", open_dir / "corpus")
+    groups = [group]
+    if case == "restored by root with cp":  # cp's mode: the backup's 0660 less umask 022
+        db.chmod(0o640)
+        expect = f"may not write {db} (root:{group}, mode 0640): its group {group} may not: " \
+                 f"chmod g+rw {db}"
+    elif case == "its -shm read-only to the group":
+        store.SqliteReader(str(db)).close()  # a reader (root's `check`) leaves -wal and -shm
+        os.chmod(dbdir / "bayes.sqlite-shm", 0o640)
+        expect = f"may not write {db}-shm (root:{group}, mode 0640)"
+    elif case == "directory not group-writable":  # systemd's StateDirectoryMode=0750 at start
+        for f in dbdir.glob("bayes.sqlite-*"):
+            f.unlink()  # as the last connection to close removes them
+        dbdir.chmod(0o750)
+        expect = (f"may not create bayes.sqlite-wal in {dbdir} (root:{group}, mode 0750): "
+                  f"its group {group} may not: chmod g+wx {dbdir}")
+    else:
+        groups = []  # Dovecot without mail_access_groups
+        expect = (f"may not enter {dbdir} (root:{group}, mode 2770): user {uid} is neither its "
+                  f"owner nor in its group {group}")
+    r = pipe(py, uid, groups, db)
+    assert r.returncode == 1
+    assert f"spambridge train: {db}: cannot write the Bayes database: user {uid} {expect}" \
+        in r.stderr, r.stderr
+    assert "folded" not in r.stderr
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, size: str = "1m") -> Iterator[Path]:
+    path.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs",
+                        str(path)], capture_output=True, text=True, check=False)
+    if r.returncode:
+        pytest.fail(f"cannot mount a tmpfs at {path}: {r.stderr}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True, check=False)
+
+
+def test_a_full_filesystem_is_named_not_a_disk_io_error(open_dir: Path) -> None:
+    """With no -shm left (the last connection to close removes it) and the filesystem full,
+    SQLite cannot size a new -shm and says "disk I/O error" to every reader: a hardware fault,
+    to an admin. The filesystem is named, and that it is full."""
+    with tmpfs(open_dir / "full", size="256k") as mnt:
+        db = train(mnt / "bayes.sqlite", open_dir / "corpus")
+        for f in mnt.glob("bayes.sqlite-*"):
+            f.unlink()
+        fd = os.open(mnt / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
+        with contextlib.suppress(OSError):
+            for _ in range(1000):
+                os.write(fd, b"\0" * 4096)
+        os.close(fd)
+        (open_dir / "m.eml").write_bytes(SPAM)
+        r = subprocess.run([sys.executable, "-m", "spambridge", "check", "--batch", "--db",
+                            str(db), str(open_dir / "m.eml")],
+                           capture_output=True, text=True, check=False)
+        assert r.returncode == 1
+        assert (f"disk I/O error: no space left on the filesystem of {mnt} (SQLite makes its "
+                "-wal and -shm there)") in r.stderr, r.stderr
