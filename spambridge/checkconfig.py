@@ -11,11 +11,14 @@ milter_default_action. Exit status: 0 all well, 1 warnings. Reading Postfix is o
 
 from __future__ import annotations
 
+import grp
 import ipaddress
 import os
 import posixpath
+import pwd
 import re
 import shutil
+import stat
 import subprocess
 from dataclasses import dataclass, field
 
@@ -314,9 +317,6 @@ def check_local(cfg: Config) -> Report:
     """What `run` would trip over on this host that the file's syntax cannot show: a user or
     group that does not exist, a relative database path, a CA file that is not there (each
     would stop the milter at start with exit 78, which systemd does not retry)."""
-    import grp
-    import pwd
-
     r = Report()
     m = cfg.milter
     for key, kind, name, lookup in (("user", "user", m.user, pwd.getpwnam),
@@ -365,13 +365,26 @@ def _user_dirs(cfg: Config, r: Report) -> None:
     Bayes database's directory and the spool directory must be writable by that user."""
     name, m = cfg.milter.user, cfg.milter
     if privileges.uses_bayes(cfg) and os.path.isabs(cfg.bayes.db):
-        db_dir = os.path.dirname(cfg.bayes.db)
+        # where SQLite keeps the -wal and -shm: beside the file a symlink points to
+        db_dir = os.path.dirname(os.path.realpath(cfg.bayes.db))
         if not os.path.isdir(db_dir):
             r.warn(f"[bayes] db: {db_dir} does not exist: started as root, the milter creates "
                    f"it owned by root, and then cannot write it as user {name!r}: "
                    f"install -d -o {name} {db_dir}")
-        elif privileges.can_write_dir(db_dir, name) is False:
+        elif (privileges.can_write_dir(db_dir, name) is False
+              or privileges.read_only_fs(db_dir)):
             r.warn(f"[bayes] db: {privileges.db_dir_problem(db_dir, name)}")
+        unreadable = privileges.unreadable_db_files(cfg.bayes.db, name)
+        if unreadable:
+            sts = [os.stat(f) for f in unreadable]
+            r.warn(f"[bayes] db: user {name!r} may not read "
+                   + ", ".join(f"{f} ({_owner(st)}, mode {stat.S_IMODE(st.st_mode):04o})"
+                               for f, st in zip(unreadable, sts, strict=True))
+                   + ": every message would get on_unavailable"
+                   + (" (a milter started as root hands files root owns to its user at start; "
+                      "under systemd it starts as that user)" if any(st.st_uid == 0 for st in sts)
+                      else "")
+                   + f": chown {name} {' '.join(unreadable)}")
     # unset, it is the milter's own TMPDIR, which need not be the admin's shell's
     # (libpam-tmpdir's /tmp/user/0): only a configured one can be judged from here
     spool = m.spool_dir
@@ -379,6 +392,18 @@ def _user_dirs(cfg: Config, r: Report) -> None:
                                            or privileges.can_reach(spool, name) is False):
         r.warn(f"[milter] spool_dir: {spool} is not writable by user {name!r}; a message above "
                "spool_memory would get on_error")
+
+
+def _owner(st: os.stat_result) -> str:
+    try:
+        user = pwd.getpwuid(st.st_uid).pw_name
+    except KeyError:
+        user = str(st.st_uid)
+    try:
+        group = grp.getgrgid(st.st_gid).gr_name
+    except KeyError:
+        group = str(st.st_gid)
+    return f"{user}:{group}"
 
 
 def find_postconf() -> str | None:
@@ -464,7 +489,8 @@ def bayes_state(cfg: Config, r: Report) -> None:
     from spambridge.bayes import store
 
     db = cfg.bayes.db
-    if not os.path.exists(db):
+    # not there, or only out of this user's reach (a directory it may not enter)?
+    if not os.path.exists(db) and not store.access_problem(db, write=False):
         r.note(f"[bayes] db: {db} does not exist yet: the milter creates it empty, and mail "
                "gets on_unavailable until it is trained (spambridge train)")
         return
@@ -475,7 +501,11 @@ def bayes_state(cfg: Config, r: Report) -> None:
         finally:
             reader.close()
     except store.StoreError as e:
-        r.warn(f"[bayes] db: {e}: every message would get on_unavailable")
+        me = _current_user()
+        whose = ("" if me in ("root", cfg.milter.user or "root") else
+                 f" (if the milter ran as {me}, who ran this check; it runs as "
+                 f"{cfg.milter.user or 'root'}: run check-config as root to judge for it)")
+        r.warn(f"[bayes] db: {e}: every message would get on_unavailable{whose}")
         return
     if not store.can_mark(db):
         r.note(f"[bayes] db: {db}: its filesystem keeps no extended attributes, so pages a "
@@ -484,6 +514,13 @@ def bayes_state(cfg: Config, r: Report) -> None:
     if not t.trained(cfg.bayes.min_trained):
         r.note(f"[bayes] db: {db} is not trained yet ({t.nspam} spam, {t.nham} ham; "
                f"min_trained {cfg.bayes.min_trained}): mail gets on_unavailable until it is")
+
+
+def _current_user() -> str:
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return str(os.geteuid())
 
 
 def spamd_state(cfg: Config, r: Report) -> None:

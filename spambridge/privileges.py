@@ -82,14 +82,33 @@ def drop(cfg: Config, spec: SocketSpec) -> None:
             log.warning("%s: %s", key_at(cfg, "milter", "socket"),
                         socket_dir_problem(sock_dir, name, os.access(sock_dir, os.X_OK)))
     if uses_bayes(cfg):
-        db_dir = os.path.dirname(os.path.abspath(cfg.bayes.db))
+        # where SQLite keeps the -wal and -shm: beside the file a symlink points to
+        db_dir = os.path.dirname(os.path.realpath(cfg.bayes.db))
         if not os.access(db_dir, os.W_OK | os.X_OK):
             raise ConfigError(f"{key_at(cfg, 'bayes', 'db')}: {db_dir_problem(db_dir, name)}")
 
 
+def read_only_fs(path: str) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
 def db_dir_problem(db_dir: str, name: str) -> str:
+    if read_only_fs(db_dir):  # no chown helps there
+        return (f"{db_dir} is on a filesystem mounted read-only (SQLite keeps its -wal/-shm "
+                "files next to the database, and cannot read it without them): "
+                f"{READ_ONLY_ADVICE}")
     return (f"{db_dir} is not writable by user {name!r} (SQLite keeps its -wal/-shm files "
             f"next to the database): chown {name} {db_dir}")
+
+
+# what to do about a read-only filesystem; systemd's ProtectSystem=strict makes one of every
+# path but the unit's own directories and ReadWritePaths=, for the milter's process only
+READ_ONLY_ADVICE = ("put the database where the milter may write, or mount it read-write "
+                    "(under systemd's ProtectSystem=strict, as the packaged unit has it, add "
+                    "its directory to ReadWritePaths=)")
 
 
 def socket_dir_problem(sock_dir: str, name: str, reachable: bool = False) -> str:
@@ -122,6 +141,29 @@ def can_write_dir(path: str, name: str) -> bool | None:
         return pw.pw_uid == 0 or _allowed(path, pw, groups, 0o3)  # write and search
     except (KeyError, OSError):
         return None
+
+
+def unreadable_db_files(db: str, name: str) -> list[str]:
+    """Those of the database `db` and its -wal and -shm (beside the file a symlink points to)
+    that user `name` may not read by their mode bits: the milter then answers on_unavailable
+    for every message. Not said: what a milter started as root hands over at start (a file
+    root owns, not behind a symlink); one started as the user, as systemd does, gets nothing."""
+    try:
+        pw = pwd.getpwnam(name)
+        groups = os.getgrouplist(name, pw.pw_gid)
+    except KeyError:
+        return []
+    if pw.pw_uid == 0:
+        return []
+    real = os.path.realpath(db)
+    out = []
+    for f in (real, real + "-wal", real + "-shm"):
+        try:
+            if not _allowed(f, pw, groups, 0o4):
+                out.append(f)
+        except OSError:
+            continue
+    return out
 
 
 def can_reach(path: str, name: str) -> bool | None:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from harness import RunningMilter, bayes_mail, python_for, unused_id, wait_until
+from harness import RunningMilter, bayes_mail, python_for, unused_id, wait_until, write_config
 from milterload import deliver
 
 from spambridge.bayes import store
@@ -144,6 +144,77 @@ def test_a_pipe_that_may_not_write_says_which_file_and_why(
     assert "folded" not in r.stderr
 
 
+def test_the_milter_and_check_config_say_whose_file_the_milter_cannot_read(
+        start_milter: Start, open_dir: Path, tmp_path: Path) -> None:
+    """A retrained copy made by root and moved into place (0640 root:root) behind a symlink,
+    so that nothing hands it over: the milter's log and `check-config` name the file and its
+    owner and mode; SQLite only said "unable to open database file", and check-config said
+    all was well."""
+    nobody = pwd.getpwnam("nobody")
+    dbdir = open_dir / "db"
+    dbdir.mkdir()
+    os.chown(dbdir, nobody.pw_uid, nobody.pw_gid)
+    real = open_dir / "big-disk"
+    real.mkdir()
+    os.chown(real, nobody.pw_uid, nobody.pw_gid)
+    made = train(open_dir / "retrained.sqlite", open_dir / "corpus")  # root's 0640
+    made.rename(real / "bayes.sqlite")
+    (dbdir / "bayes.sqlite").symlink_to(real / "bayes.sqlite")
+    cfg = milter_cfg(open_dir, dbdir / "bayes.sqlite", "nobody")
+    r = subprocess.run([sys.executable, "-m", "spambridge", "check-config", "--no-postfix",
+                        "--config", str(write_config(tmp_path / "c.toml", cfg))],
+                       capture_output=True, text=True, check=False)
+    assert r.returncode == 1
+    assert (f"warning: [bayes] db: user 'nobody' may not read {real}/bayes.sqlite (root:root, "
+            "mode 0640)") in r.stdout, r.stdout
+    assert f"chown nobody {real}/bayes.sqlite" in r.stdout
+    m = start_milter(cfg)
+    wait_until(lambda: "Bayes database unusable" in m.log, 10, "the start-up check")
+    assert (f"user nobody may not read {real}/bayes.sqlite (root:root, mode 0640): user nobody is "
+            "neither its owner nor in its group root") in m.log, m.log
+
+
+def test_check_config_as_an_admin_outside_the_group_does_not_call_the_database_missing(
+        open_dir: Path, mail_user: tuple[int, int, tuple[str, str]]) -> None:
+    """Run by a user who may not enter the database's directory, `check-config` said the
+    database did not exist yet, that the milter would create it, and all was well."""
+    uid, group, py = mail_user
+    dbdir = shared_dir(open_dir, group)
+    db = train(dbdir / "bayes.sqlite", open_dir / "corpus")
+    conf = write_config(open_dir / "c.toml", {"milter": {"engine": "bayes"},
+                                              "bayes": {"db": str(db)}})
+    conf.chmod(0o644)
+    r = as_user(py, uid, [], "check-config", "--no-postfix", "--config", str(conf))
+    assert "does not exist" not in r.stdout, r.stdout
+    assert r.returncode == 1
+    assert (f"warning: [bayes] db: {db}: cannot open the Bayes database: user {uid} may not "
+            f"enter {dbdir} (root:{group}, mode 2770)") in r.stdout, r.stdout
+
+
+@pytest.mark.parametrize("where", ["its directory", "a symlink's directory"])
+def test_a_database_directory_the_milters_user_cannot_write_stops_the_start(
+        start_milter: Start, open_dir: Path, where: str) -> None:
+    """SQLite keeps the -wal and -shm beside the file a symlink points to: that directory is
+    the one the milter's user must write (it was judged by the link's own, and the milter
+    started to answer on_unavailable)."""
+    nobody = pwd.getpwnam("nobody")
+    dbdir = open_dir / "db"
+    dbdir.mkdir()
+    os.chown(dbdir, nobody.pw_uid, nobody.pw_gid)
+    target = open_dir / "root-disk"  # root's 0755
+    target.mkdir()
+    db = train(target / "bayes.sqlite", open_dir / "corpus")
+    for f in target.glob("bayes.sqlite*"):
+        os.chown(f, nobody.pw_uid, nobody.pw_gid)  # the files are the user's, not the directory
+    if where == "a symlink's directory":
+        (dbdir / "bayes.sqlite").symlink_to(db)
+        db = dbdir / "bayes.sqlite"
+    m = start_milter(milter_cfg(open_dir, db, "nobody"), wait=False)
+    assert m.proc.wait(30) == 78, m.log
+    assert (f"{target} is not writable by user 'nobody' (SQLite keeps its -wal/-shm files next "
+            f"to the database): chown nobody {target}") in m.log, m.log
+
+
 @contextlib.contextmanager
 def tmpfs(path: Path, size: str = "1m") -> Iterator[Path]:
     path.mkdir()
@@ -155,6 +226,46 @@ def tmpfs(path: Path, size: str = "1m") -> Iterator[Path]:
         yield path
     finally:
         subprocess.run(["umount", "-l", str(path)], capture_output=True, check=False)
+
+
+def test_a_database_on_a_read_only_filesystem_is_named_as_such(
+        start_milter: Start, open_dir: Path, mail_user: tuple[int, int, tuple[str, str]],
+        tmp_path: Path) -> None:
+    """A database on a filesystem mounted read-only (for the milter alone, too, under systemd's
+    ProtectSystem=strict when it lies outside the unit's directories). SQLite cannot read a WAL
+    database there without its -wal and -shm, nor make them. The milter refused to start with
+    advice to chown a directory its user already owned; `check` and a pipe said only "unable
+    to open database file" and "attempt to write a readonly database", the pipe adding that
+    the -wal "was not folded back"."""
+    nobody = pwd.getpwnam("nobody")
+    uid, group, py = mail_user
+    with tmpfs(open_dir / "ro") as mnt:
+        os.chown(mnt, nobody.pw_uid, group)
+        os.chmod(mnt, 0o2770)
+        db = train(mnt / "bayes.sqlite", open_dir / "corpus")  # nobody's: its directory's
+        subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
+        m = start_milter(milter_cfg(open_dir, db, "nobody"), wait=False)
+        assert m.proc.wait(30) == 78, m.log
+        assert (f"{mnt} is on a filesystem mounted read-only (SQLite keeps its -wal/-shm files "
+                "next to the database, and cannot read it without them): put the database where "
+                "the milter may write, or mount it read-write") in m.log, m.log
+        assert f"chown nobody {mnt}" not in m.log
+        cfg = write_config(tmp_path / "c.toml", milter_cfg(open_dir, db, "nobody"))
+        r = subprocess.run([sys.executable, "-m", "spambridge", "check-config", "--no-postfix",
+                            "--config", str(cfg)], capture_output=True, text=True, check=False)
+        assert f"{mnt} is on a filesystem mounted read-only" in r.stdout, r.stdout
+        (open_dir / "m.eml").write_bytes(SPAM)
+        r = subprocess.run([sys.executable, "-m", "spambridge", "check", "--batch", "--db",
+                            str(db), str(open_dir / "m.eml")],
+                           capture_output=True, text=True, check=False)
+        assert r.returncode == 1
+        assert (f"user root may not create bayes.sqlite-wal in {mnt} (nobody:{group}, mode "
+                "2770): its filesystem is mounted read-only") in r.stderr, r.stderr
+        r = pipe(py, uid, [group], db)
+        assert r.returncode == 1
+        assert (f"user {uid} may not write {db} (nobody:{group}, mode 0660): its filesystem is "
+                "mounted read-only") in r.stderr, r.stderr
+        assert "folded" not in r.stderr
 
 
 def test_a_full_filesystem_is_named_not_a_disk_io_error(open_dir: Path) -> None:
