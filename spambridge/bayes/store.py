@@ -271,8 +271,7 @@ def _ensure_schema(conn: sqlite3.Connection, path: str) -> None:
         if version == SCHEMA_VERSION:
             return
         if version != 0:
-            raise StoreError(f"{path}: schema version {version}, this spambridge knows "
-                             f"{SCHEMA_VERSION}")
+            raise StoreError(_other_version(path, "schema", version, SCHEMA_VERSION))
         conn.execute("BEGIN IMMEDIATE")
         if conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
             conn.rollback()  # tables, but not ours: another program's database
@@ -297,13 +296,34 @@ def _check_opened(conn: sqlite3.Connection, path: str) -> None:
             raise StoreError(f"{path}: not a spambridge Bayes database (empty, or another "
                              "program's file)")
         if version != SCHEMA_VERSION:
-            raise StoreError(f"{path}: schema version {version}, expected {SCHEMA_VERSION}")
+            raise StoreError(_other_version(path, "schema", version, SCHEMA_VERSION))
         row = conn.execute("SELECT value FROM meta WHERE key='tokenizer'").fetchone()
     except sqlite3.DatabaseError as e:
         raise StoreError(f"{path}: not a usable Bayes database: {e}") from e
-    if row is None or row[0] != str(TOKENIZER_VERSION):
-        raise StoreError(f"{path}: trained with tokenizer version {row and row[0]}, this "
-                         f"spambridge has {TOKENIZER_VERSION}: retrain into a new database")
+    if row is None:
+        raise StoreError(f"{path}: records no tokenizer version, so its tokens cannot be told "
+                         f"to match this spambridge's: {RETRAIN}")
+    if row[0] != str(TOKENIZER_VERSION):
+        raise StoreError(_other_version(path, "tokenizer", row[0], TOKENIZER_VERSION))
+
+
+RETRAIN = "retrain into a new database and copy it in (docs/bayes.md)"
+
+
+def _other_version(path: str, what: str, theirs: object, ours: int) -> str:
+    """A database another spambridge wrote, told by its schema or tokenizer version: newer
+    (spambridge was downgraded: the one that wrote it can still use it) or older (its counts
+    are of token spellings this one no longer makes)."""
+    try:
+        newer = int(str(theirs)) > ours
+    except ValueError:
+        newer = False
+    if newer:
+        return (f"{path}: written by a newer spambridge ({what} version {theirs}; this one has "
+                f"{ours}): run that version again, or {RETRAIN}")
+    return (f"{path}: written by an older spambridge ({what} version {theirs}; this one has "
+            f"{ours})" + (", whose tokens this one no longer makes" if what == "tokenizer" else "")
+            + f": {RETRAIN}")
 
 
 @functools.lru_cache(maxsize=64)

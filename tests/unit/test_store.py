@@ -228,6 +228,37 @@ def test_a_database_learned_with_another_tokenizer_version_is_refused(tmp_path: 
         store.SqliteWriter(path)
 
 
+@pytest.mark.parametrize(("schema", "tokenizer", "said"), [
+    (None, "2", "written by a newer spambridge (tokenizer version 2; this one has 1): run that "
+     "version again, or retrain"),
+    (2, None, "written by a newer spambridge (schema version 2; this one has 1): run that version "
+     "again, or retrain"),
+    (None, "0", "written by an older spambridge (tokenizer version 0; this one has 1), whose "
+     "tokens this one no longer makes: retrain into a new database and copy it in"),
+    (None, "missing", "records no tokenizer version"),
+])
+def test_a_database_of_another_version_says_which_way_and_what_to_do(
+        tmp_path: Path, schema: int | None, tokenizer: str | None, said: str) -> None:
+    """After a downgrade the spambridge that wrote the database can still use it: retraining
+    is not the only way out. Said alike by the milter's reader, `train` and `check`; and a
+    missing version is not "version None"."""
+    assert store.SCHEMA_VERSION == 1 and store.TOKENIZER_VERSION == 1  # as `said` has them
+    path = str(tmp_path / "b.sqlite")
+    store.create(path)
+    with sqlite3.connect(path) as c:
+        if schema is not None:
+            c.execute(f"PRAGMA user_version={schema}")
+        if tokenizer == "missing":
+            c.execute("DELETE FROM meta")
+        elif tokenizer is not None:
+            c.execute("UPDATE meta SET value = ? WHERE key = 'tokenizer'", (tokenizer,))
+    c.close()
+    for open_it in (store.SqliteReader, store.SqliteWriter):
+        with pytest.raises(store.StoreError) as e:
+            open_it(path)
+        assert said in str(e.value) and "None" not in str(e.value), str(e.value)
+
+
 def test_train_names_the_schema_of_a_newer_spambridge_database(tmp_path: Path) -> None:
     """A database a newer spambridge wrote (our tables, a higher schema version): `train` says
     which version it is, not that it is another program's file, and leaves it as it was."""
