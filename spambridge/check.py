@@ -24,6 +24,7 @@ from typing import IO
 
 from spambridge import compressed
 from spambridge.config import Config
+from spambridge.health import Health
 from spambridge.message import Envelope, parse_raw
 from spambridge.milter.actions import tagged_subject
 from spambridge.milter.bridge import AsyncBridge
@@ -80,6 +81,18 @@ def _messages(paths: list[str], stdin: IO[bytes] | None, limit: int
             yield path, f"cannot read: {e}"
 
 
+class _NoIncidents(Health):
+    """`check` says each message's failure on its `why:` line (or, --batch, once per reason):
+    the milter's incident log ("spamd failing: …; mail gets on_unavailable = accept until it
+    answers again") only repeated it on stderr, in words meant for a running milter."""
+
+    def failed(self, engine: str, kind: str, detail: str, meanwhile: str) -> None:
+        return None
+
+    def answered(self, *engines: str) -> None:
+        return None
+
+
 def run(cfg: Config, paths: list[str], *, explain: bool = False, batch: bool = False,
         out: IO[str] | None = None, err: IO[str] | None = None,
         stdin: IO[bytes] | None = None) -> int:
@@ -92,6 +105,7 @@ def run(cfg: Config, paths: list[str], *, explain: bool = False, batch: bool = F
     scanner = build_scanner(cfg, EXPLAIN_CLUES if explain else 0)
     bridge = AsyncBridge().start()
     pipeline = Pipeline(scanner, bridge, cfg)
+    pipeline.health = _NoIncidents()
     status = 0
     fallbacks: dict[str, int] = {}  # spamd+bayes: the notes of messages Bayes scored instead
     # --batch: why messages went unchecked (the log lines that say it are off), said once each

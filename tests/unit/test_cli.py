@@ -3,6 +3,7 @@ exit codes a unit file or a script acts on (0, 1, 2 usage, 78 configuration)."""
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -265,10 +266,12 @@ def test_train_does_what_its_help_says_of_exit_statuses(tmp_path: Path,
 
 
 def test_check_does_what_its_help_says_of_exit_statuses(tmp_path: Path,
-                                                         capsys: pytest.CaptureFixture[str]
+                                                         capsys: pytest.CaptureFixture[str],
+                                                         caplog: pytest.LogCaptureFixture
                                                          ) -> None:
     """`check --help` names its statuses, and a spam verdict is no failure (status 0), while
-    a database not trained yet is (1): a script tells "scored" from "could not score"."""
+    a database not trained yet is (1): a script tells "scored" from "could not score". Why
+    is said on the message's `why:` line only, not as a running milter's incident too."""
     text = _help("check", capsys)
     for part in ("Exit status: 0 when every message was scored", "1 when one could not be "
                  "read or scanned", "whatever the verdicts", "2 for a usage error",
@@ -281,7 +284,13 @@ def test_check_does_what_its_help_says_of_exit_statuses(tmp_path: Path,
     cfg = tmp_path / "c.toml"
     cfg.write_text("[bayes]\nmin_trained = 1\n")
     assert cli.main(["train", "-q", "-c", str(cfg), "--db", db, "--spam", str(spam)]) == 0
+    capsys.readouterr()
     assert cli.main(["check", "-c", str(cfg), "--db", db, str(spam)]) == 1  # no ham yet
+    said = capsys.readouterr()
+    assert "  why: not trained yet: 1 spam, 0 ham" in said.out
+    # said once, on the message's own line: not again as the running milter's incident
+    logged = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert not any("until it answers again" in m for m in logged), logged
     assert cli.main(["train", "-q", "-c", str(cfg), "--db", db, "--ham", str(ham)]) == 0
     capsys.readouterr()
     assert cli.main(["check", "-c", str(cfg), "--db", db, str(spam)]) == 0
