@@ -333,6 +333,10 @@ def check_local(cfg: Config) -> Report:
             reachable = privileges.can_reach(sock_dir, m.user) is not False
             r.warn("[milter] socket: "
                    + privileges.socket_dir_problem(sock_dir, m.user, reachable))
+    if spec.family == "unix" and os.path.lexists(spec.path) and not stat.S_ISSOCK(
+            os.lstat(spec.path).st_mode):
+        r.warn(f"[milter] socket: {spec.path} exists and is not a socket: the milter refuses "
+               "to start rather than remove it (move it away, or choose another path)")
     if spec.family == "unix" and not m.socket_mode & 0o022 and m.user != "postfix":
         r.warn(f"[milter] socket_mode: {m.socket_mode:04o} lets only the socket's owner connect "
                "(connecting takes write permission): Postfix's smtpd, user postfix, needs "

@@ -6,6 +6,7 @@ import errno
 import grp
 import os
 import pwd
+import socket
 import sqlite3
 import tempfile
 from pathlib import Path
@@ -326,6 +327,22 @@ def test_a_socket_directory_the_milter_user_cannot_write_is_named(tmp_path: Path
         "socket when it stops, nor reach it to wake libmilter's workers under load; chown "
         f"nobody {d} (mode 2750, group postfix)"]
     d.chmod(0o777)
+    assert check_local(cfg).warnings == []
+
+
+def test_a_file_at_the_socket_path_is_named(tmp_path: Path) -> None:
+    """`run` refuses to start when something that is not a socket sits at its socket path (it
+    will not delete an admin's file), and check-config said "all well"."""
+    path = tmp_path / "spambridge.sock"
+    path.write_text("left here\n")
+    cfg = from_mapping({"milter": {"engine": "spamd", "socket": f"unix:{path}"}})
+    assert check_local(cfg).warnings == [
+        f"[milter] socket: {path} exists and is not a socket: the milter refuses to start "
+        "rather than remove it (move it away, or choose another path)"]
+    path.unlink()
+    sock = socket.socket(socket.AF_UNIX)  # a stale socket is no problem: the milter removes it
+    sock.bind(str(path))
+    sock.close()
     assert check_local(cfg).warnings == []
 
 
