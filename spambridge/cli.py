@@ -151,6 +151,9 @@ def setup_logging(level: str) -> None:
     handler.setFormatter(JournalFormatter() if _stderr_is_journal() else logging.Formatter(
         "%(asctime)s spambridge[%(process)d]: %(levelname)s %(origin)s%(message)s"))
     logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler])
+    # asyncio's own debug lines ("Using selector: EpollSelector") say nothing to an admin:
+    # `debug` adds the metrics endpoint's dropped connections, as documented, and no more
+    logging.getLogger("asyncio").setLevel(logging.INFO)
 
 
 def libmilter_syslog() -> None:

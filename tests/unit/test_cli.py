@@ -299,3 +299,22 @@ def test_check_does_what_its_help_says_of_exit_statuses(tmp_path: Path,
     bad = tmp_path / "bad.toml"
     bad.write_text("[policy]\ntag_at = 'five'\n")
     assert cli.main(["check", "-c", str(bad), "--db", db, str(spam)]) == 78
+
+
+def test_debug_logging_adds_no_asyncio_chatter(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--log-level debug` printed asyncio's "Using selector: EpollSelector" at every start;
+    the docs promise only the metrics endpoint's dropped connections beyond `info`."""
+    import asyncio
+
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", [])  # as at a real start: basicConfig takes effect
+    monkeypatch.setattr(root, "level", root.level)
+    asyncio_log = logging.getLogger("asyncio")
+    monkeypatch.setattr(asyncio_log, "level", asyncio_log.level)
+    cli.setup_logging("debug")
+    seen: list[logging.LogRecord] = []
+    handler = root.handlers[0]
+    monkeypatch.setattr(handler, "emit", seen.append)
+    asyncio.run(asyncio.sleep(0))  # a new event loop logs its selector at DEBUG
+    logging.getLogger("spambridge").debug("metrics: dropped a connection")
+    assert [r.name for r in seen] == ["spambridge"]
