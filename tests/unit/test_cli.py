@@ -311,6 +311,8 @@ def test_debug_logging_adds_no_asyncio_chatter(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(root, "level", root.level)
     asyncio_log = logging.getLogger("asyncio")
     monkeypatch.setattr(asyncio_log, "level", asyncio_log.level)
+    ours = logging.getLogger("spambridge")
+    monkeypatch.setattr(ours, "level", logging.NOTSET)  # (`check` in another test set it)
     cli.setup_logging("debug")
     seen: list[logging.LogRecord] = []
     handler = root.handlers[0]
