@@ -144,6 +144,10 @@ def test_deb_builds_installs_and_runs(built: Built) -> None:
     links = [ln.split(" -> ")[1] for ln in listing.splitlines()
              if "/opt/venvs/spambridge/bin/python" in ln and " -> /" in ln]
     assert links == [f"/usr/bin/python{minor}"], listing
+    # the errors, the man page and README send the admin to docs/bayes.md: it is there
+    docs = [ln.split()[-1] for ln in listing.splitlines() if "/usr/share/doc/spambridge/" in ln]
+    assert {"./usr/share/doc/spambridge/docs/bayes.md.gz",
+            "./usr/share/doc/spambridge/docs/reliability.md.gz"} <= set(docs), docs
 
 
 def test_the_compiled_milter_module_is_built_here_and_hardened(built: Built) -> None:
