@@ -23,6 +23,7 @@ import subprocess
 from dataclasses import dataclass, field
 
 from spambridge import defaults, privileges
+from spambridge.bayes import store
 from spambridge.config import Config
 from spambridge.message import spool_problem
 from spambridge.milter.socketspec import SocketSpec, parse_socket_spec
@@ -376,7 +377,7 @@ def _user_dirs(cfg: Config, r: Report) -> None:
                    f"it owned by root, and then cannot write it as user {name!r}: "
                    f"install -d -o {name} {db_dir}")
         elif (privileges.can_write_dir(db_dir, name) is False
-              or privileges.read_only_fs(db_dir)):
+              or store.read_only_fs(db_dir)):
             r.warn(f"[bayes] db: {privileges.db_dir_problem(db_dir, name)}")
         unreadable = privileges.unreadable_db_files(cfg.bayes.db, name)
         if unreadable:
@@ -490,8 +491,6 @@ def read_postfix(exe: str, config_dir: str | None = None) -> PostfixSettings:
 def bayes_state(cfg: Config, r: Report) -> None:
     """When the Bayes engine would answer on_unavailable for every message: a database it
     cannot use is a warning; a missing or untrained one, every install's first state, a note."""
-    from spambridge.bayes import store
-
     db = cfg.bayes.db
     # not there, or only out of this user's reach (a directory it may not enter)?
     if not os.path.exists(db) and not store.access_problem(db, write=False):

@@ -11,6 +11,7 @@ import os
 import pwd
 import stat
 
+from spambridge.bayes.store import read_only_fs
 from spambridge.config import Config, ConfigError, key_at
 from spambridge.milter.socketspec import SocketSpec
 
@@ -86,13 +87,6 @@ def drop(cfg: Config, spec: SocketSpec) -> None:
         db_dir = os.path.dirname(os.path.realpath(cfg.bayes.db))
         if not os.access(db_dir, os.W_OK | os.X_OK):
             raise ConfigError(f"{key_at(cfg, 'bayes', 'db')}: {db_dir_problem(db_dir, name)}")
-
-
-def read_only_fs(path: str) -> bool:
-    try:
-        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
-    except OSError:
-        return False
 
 
 def db_dir_problem(db_dir: str, name: str) -> str:

@@ -140,7 +140,7 @@ def _described(path: str, st: os.stat_result) -> str:
 def _why(path: str, st: os.stat_result, bits: str) -> str:
     """Why this process lacks the permissions `bits` ("r", "rw", "wx", "x") on `path`, with
     what would give them; from the mode bits (ACLs aside: os.access has already said no)."""
-    if _readonly_fs(path):
+    if read_only_fs(path):
         return ("its filesystem is mounted read-only (for this process only, under systemd's "
                 "ProtectSystem=strict: add the directory to the unit's ReadWritePaths=)")
     if st.st_uid == os.geteuid():
@@ -212,7 +212,9 @@ def access_problem(path: str, write: bool) -> str:
     return ""
 
 
-def _readonly_fs(path: str) -> bool:
+def read_only_fs(path: str) -> bool:
+    """Whether `path` is on a filesystem mounted read-only (for this process: systemd's
+    ProtectSystem=strict mounts one for the unit alone), where no chmod or chown helps."""
     try:
         return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
     except OSError:
