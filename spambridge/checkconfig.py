@@ -383,7 +383,7 @@ def _user_dirs(cfg: Config, r: Report) -> None:
         if unreadable:
             sts = [os.stat(f) for f in unreadable]
             r.warn(f"[bayes] db: user {name!r} may not read "
-                   + ", ".join(f"{f} ({_owner(st)}, mode {stat.S_IMODE(st.st_mode):04o})"
+                   + ", ".join(store.described(f, st)
                                for f, st in zip(unreadable, sts, strict=True))
                    + ": every message would get on_unavailable"
                    + (" (a milter started as root hands files root owns to its user at start; "
@@ -397,18 +397,6 @@ def _user_dirs(cfg: Config, r: Report) -> None:
                                            or privileges.can_reach(spool, name) is False):
         r.warn(f"[milter] spool_dir: {spool} is not writable by user {name!r}; a message above "
                "spool_memory would get on_error")
-
-
-def _owner(st: os.stat_result) -> str:
-    try:
-        user = pwd.getpwuid(st.st_uid).pw_name
-    except KeyError:
-        user = str(st.st_uid)
-    try:
-        group = grp.getgrgid(st.st_gid).gr_name
-    except KeyError:
-        group = str(st.st_gid)
-    return f"{user}:{group}"
 
 
 def find_postconf() -> str | None:
@@ -504,7 +492,7 @@ def bayes_state(cfg: Config, r: Report) -> None:
         finally:
             reader.close()
     except store.StoreError as e:
-        me = _current_user()
+        me = store.user_name()
         whose = ("" if me in ("root", cfg.milter.user or "root") else
                  f" (if the milter ran as {me}, who ran this check; it runs as "
                  f"{cfg.milter.user or 'root'}: run check-config as root to judge for it)")
@@ -517,13 +505,6 @@ def bayes_state(cfg: Config, r: Report) -> None:
     if not t.trained(cfg.bayes.min_trained):
         r.note(f"[bayes] db: {db} is not trained yet ({t.nspam} spam, {t.nham} ham; "
                f"min_trained {cfg.bayes.min_trained}): mail gets on_unavailable until it is")
-
-
-def _current_user() -> str:
-    try:
-        return pwd.getpwuid(os.geteuid()).pw_name
-    except KeyError:
-        return str(os.geteuid())
 
 
 def spamd_state(cfg: Config, r: Report) -> None:

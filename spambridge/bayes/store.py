@@ -132,9 +132,15 @@ def _name(table: Callable[[int], Any], number: int) -> str:
         return str(number)
 
 
-def _described(path: str, st: os.stat_result) -> str:
+def described(path: str, st: os.stat_result) -> str:
+    """`path (owner:group, mode 0640)`, as every permission message names a file."""
     return (f"{path} ({_name(pwd.getpwuid, st.st_uid)}:{_name(grp.getgrgid, st.st_gid)}, "
             f"mode {stat.S_IMODE(st.st_mode):04o})")
+
+
+def user_name() -> str:
+    """This process's user, by name where it has one."""
+    return _name(pwd.getpwuid, os.geteuid())
 
 
 def _why(path: str, st: os.stat_result, bits: str) -> str:
@@ -152,7 +158,7 @@ def _why(path: str, st: os.stat_result, bits: str) -> str:
 
 
 def _user() -> str:
-    return f"user {_name(pwd.getpwuid, os.geteuid())}"
+    return f"user {user_name()}"
 
 
 def access_problem(path: str, write: bool) -> str:
@@ -173,7 +179,7 @@ def access_problem(path: str, write: bool) -> str:
                 st = os.stat(up)
             except OSError:
                 break  # missing: told below
-            return f"{_user()} may not enter {_described(up, st)}: {_why(up, st, 'x')}"
+            return f"{_user()} may not enter {described(up, st)}: {_why(up, st, 'x')}"
     if not os.path.isdir(folder):
         if not write:
             return ""  # no database: the caller says so
@@ -184,11 +190,11 @@ def access_problem(path: str, write: bool) -> str:
             return ""
         st = os.stat(above)
         return (f"{_user()} may not create {os.path.basename(folder)} in "
-                f"{_described(above, st)}: {_why(above, st, 'wx')}")
+                f"{described(above, st)}: {_why(above, st, 'wx')}")
 
     def cannot_create(name: str) -> str:
         st = os.stat(folder)
-        return (f"{_user()} may not create {name} in {_described(folder, st)}: "
+        return (f"{_user()} may not create {name} in {described(folder, st)}: "
                 f"{_why(folder, st, 'wx')}")
 
     if not os.path.exists(real):
@@ -208,7 +214,7 @@ def access_problem(path: str, write: bool) -> str:
             return ""
         if not os.access(f, want):
             verb, bits = ("write", "rw") if write else ("read", "r")
-            return f"{_user()} may not {verb} {_described(f, st)}: {_why(f, st, bits)}"
+            return f"{_user()} may not {verb} {described(f, st)}: {_why(f, st, bits)}"
     return ""
 
 
