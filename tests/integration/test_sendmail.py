@@ -1,0 +1,124 @@
+"""A real Sendmail (8.17, Debian's binary, see tests/sendmail_instance.py) with
+contrib/sendmail/spambridge.mc added as an admin adds it, in front of the real
+`spambridge run`: what contrib/sendmail/README promises."""
+
+from __future__ import annotations
+
+import re
+import smtplib
+from collections.abc import Callable, Iterator
+
+import pytest
+from harness import GTUBE, RunningMilter, Spamd, free_port, message, wait_until
+from sendmail_instance import SendmailInstance, destroy, make_instance
+from spamdfakes import SwitchableSpamd
+
+pytestmark = pytest.mark.sendmail
+
+Start = Callable[..., RunningMilter]
+QUEUE_ID = r"[0-9A-Za-z]{14}"  # Sendmail's: 6AQN5S8j021796
+
+
+@pytest.fixture(scope="module")
+def sendmail(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SendmailInstance]:
+    sock = tmp_path_factory.mktemp("sendmail-milter") / "spambridge.sock"
+    sm = make_instance(f"local:{sock}")
+    yield sm
+    destroy(sm)
+
+
+def milter_socket(sm: SendmailInstance) -> str:
+    """spambridge.toml's spelling of the S= Sendmail uses."""
+    return "unix:" + sm.milter_socket.removeprefix("local:")
+
+
+def spamd_config(sm: SendmailInstance, spamd: Spamd, **policy: object
+                 ) -> dict[str, dict[str, object]]:
+    return {"milter": {"socket": milter_socket(sm), "engine": "spamd"},
+            "spamd": {"host": spamd.host, "port": spamd.port},
+            "policy": {"tag_at": 5.0, "reject_at": 15.0, **policy}}
+
+
+def gtube(subject: str) -> bytes:
+    return message(subject=subject, body=f"Buy now.\n\n{GTUBE}\n")
+
+
+def log_line(m: RunningMilter, qid: str) -> str:
+    return next(x for x in m.log.splitlines() if f" {qid}: " in x)
+
+
+@pytest.mark.spamd
+def test_spam_is_refused_at_end_of_data_and_ham_delivered_with_headers(
+        sendmail: SendmailInstance, spamd: Spamd, start_milter: Start) -> None:
+    m = start_milter(spamd_config(sendmail, spamd))
+    with pytest.raises(smtplib.SMTPDataError) as exc:
+        sendmail.send(gtube("GTUBE over SMTP"))
+    assert (exc.value.smtp_code, exc.value.smtp_error) == (550, b"5.7.1 Message rejected as spam")
+    # the log line names Sendmail's queue id (macro i), not NOQUEUE
+    assert re.search(rf"INFO {QUEUE_ID}: from=<alice@example.net> .*action=reject", m.log), m.log
+
+    forged = "X-Spam-Flag: YES\nX-Spam-Status: Yes, score=99.0\nX-Spam-Flag: YES\n"
+    qid = sendmail.send(message(subject="lunch", extra_headers=forged))
+    got = sendmail.wait_delivered(f"id {qid}".encode())
+    assert got.all("X-Spam-Flag") == []  # the sender's forged fields are gone
+    [status] = got.all("X-Spam-Status")
+    assert status.startswith("No, score=") and "engine=spamd" in status, status
+    assert got.all("X-Spam-Checker-Version")[0].startswith("spambridge ")
+    # SpamAssassin parsed the Received line spambridge wrote from Sendmail's macros (Sendmail
+    # shows milters no Received line of its own): a relay from 127.0.0.1, trusted
+    assert "ALL_TRUSTED" in status and "UNPARSEABLE_RELAY" not in status, status
+    assert "NO_RELAYS" not in status, status
+    assert "action=accept reason=ham" in log_line(m, qid)
+
+
+@pytest.mark.spamd
+def test_subject_tag_in_tag_only_mode(sendmail: SendmailInstance, spamd: Spamd,
+                                      start_milter: Start) -> None:
+    m = start_milter(spamd_config(sendmail, spamd, tag_only=True, subject_tag="[SPAM]"))
+    qid = sendmail.send(gtube("cheap pills"))
+    got = sendmail.wait_delivered(f"id {qid}".encode())
+    assert got.all("Subject") == ["[SPAM] cheap pills"]
+    assert got.all("X-Spam-Flag") == ["YES"]
+    assert "action=tag would=reject" in log_line(m, qid)
+
+
+def test_milter_down_tempfails_with_the_contrib_flags(sendmail: SendmailInstance,
+                                                      start_milter: Start) -> None:
+    """F=T, as contrib/sendmail/spambridge.mc sets: 4xx while spambridge is not there."""
+    m = start_milter({"milter": {"socket": milter_socket(sendmail), "engine": "bayes"}})
+    qid = sendmail.send(message(subject="while the milter runs"))
+    assert sendmail.wait_delivered(f"id {qid}".encode()).all("X-Spam-Status")
+    assert m.stop() == 0
+    with pytest.raises(smtplib.SMTPResponseException) as exc:
+        sendmail.send(message(subject="while the milter is stopped"))
+    assert exc.value.smtp_code == 451
+
+
+def test_a_scan_that_takes_the_whole_cap_gets_its_own_answer(
+        sendmail: SendmailInstance, start_milter: Start, fake: SwitchableSpamd) -> None:
+    """Sendmail waits T=R for the end-of-message reply, and its default R (10 s) is
+    spambridge's default scan_timeout: with the contrib T= values, a spamd that never answers
+    gets on_timeout's answer at the 10 s cap, not Sendmail's 451."""
+    fake.mode = "hang"
+    m = start_milter({"milter": {"socket": milter_socket(sendmail), "engine": "spamd"},
+                      "spamd": {"host": "127.0.0.1", "port": fake.port},
+                      "policy": {"on_timeout": "accept"}})
+    qid = sendmail.send(message(subject="spamd hangs"))
+    got = sendmail.wait_delivered(f"id {qid}".encode())
+    assert got.all("X-Spam-Status") == ["No, unchecked=timeout"]
+    assert "reason=timeout" in log_line(m, qid)
+
+
+def test_inet_socket_spelling(start_milter: Start) -> None:
+    """S=inet:PORT@127.0.0.1 in Sendmail, the same string in spambridge.toml."""
+    spec = f"inet:{free_port()}@127.0.0.1"
+    m = start_milter({"milter": {"socket": spec, "engine": "bayes"}}, wait=False)
+    sm = make_instance(spec)
+    try:
+        wait_until(lambda: "listening on" in m.log, 30, "the milter")
+        qid = sm.send(message(subject="over TCP"))
+        got = sm.wait_delivered(f"id {qid}".encode())
+        assert got.all("X-Spam-Status") == ["No, unchecked=unavailable"]  # untrained Bayes
+        assert f" {qid}: " in m.log
+    finally:
+        destroy(sm)
