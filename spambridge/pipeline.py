@@ -112,7 +112,8 @@ class Pipeline:
                     self.before_scan()
                 outcome = self.scan(raw, envelope, cfg.milter.scan_timeout)
             # a refusal of locally submitted mail reaches no client: Postfix bounces it (5xx) to
-            # the envelope sender, or keeps it in the maildrop (4xx). Tag it instead.
+            # the envelope sender, or keeps it in the maildrop (4xx); Sendmail's MSP bounces
+            # it and loses it when the bounce is refused too. Tag it instead.
             pcfg = (replace(cfg.policy, tag_only=True)
                     if envelope.local and not cfg.policy.tag_only else cfg.policy)
             decision = policy.decide(outcome, pcfg)

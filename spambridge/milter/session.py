@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import re
 
 from spambridge import defaults
 from spambridge.config import MilterConfig
@@ -29,6 +30,7 @@ class Session:
         self.envelope = Envelope()
         self.buffer: MessageBuffer | None = None
         self.failure: ScanError | None = None
+        self.headers_seen = 0
 
     # connection ------------------------------------------------------------------------------
     def connect(self, hostname: str, addr: str, mta_host: str, daemon_name: str,
@@ -61,6 +63,7 @@ class Session:
             local=self.local,
         )
         self.failure = None
+        self.headers_seen = 0
         try:
             self.buffer = MessageBuffer(self.cfg.max_scan_size, self.cfg.spool_memory,
                                         self.cfg.spool_dir)
@@ -79,7 +82,11 @@ class Session:
             self.envelope.queue_id = qid
 
     def add_header(self, name: str, value: bytes) -> None:
-        self._buf().add_header(name, value)
+        buf = self._buf()
+        if not self.headers_seen and is_submitted_hop(self.client_addr, name, value):
+            self.envelope.local = True
+        self.headers_seen += 1
+        buf.add_header(name, value)
 
     def add_body(self, chunk: bytes) -> bool:
         """False when no more body is wanted (oversize, or the spool failed)."""
@@ -136,6 +143,33 @@ def is_local_submission(hostname: str, addr: str, port: int | None) -> bool:
     non_smtpd_milters): cleanup emulates the connection as localhost, 127.0.0.1, port 0.
     A TCP client always has a port; smtpd passes it."""
     return hostname == "localhost" and addr == "127.0.0.1" and port == 0
+
+
+# What Sendmail writes on top of a message it got from sendmail(1) rather than over the network:
+# "Received: (from USER@localhost)" (-t, -bm), "Received: from HELO (USER@localhost)" (-bs);
+# over TCP the comment is "(NAME [ADDR])".
+_SUBMITTED = re.compile(rb"(?:from\s+\S+\s+)?\((?:from\s+)?[^\s()@\[\]]+@localhost\)\s",
+                        re.IGNORECASE)
+
+
+def is_submitted_hop(addr: str, name: str, value: bytes) -> bool:
+    """Whether a message's first header shows Sendmail's submission program (submit.cf, the
+    MSP) relaying mail submitted with sendmail(1) — cron, mail(1), a script — to the daemon
+    over loopback SMTP. Refused, the MSP bounced it to its sender; the bounce, which carries
+    the message, was refused too, and the MSP gave up ("lost" queue file in
+    /var/spool/mqueue-client). Only a loopback client is believed."""
+    return (name.lower() == "received" and _SUBMITTED.match(value.lstrip()) is not None
+            and _loopback(addr))
+
+
+def _loopback(addr: str) -> bool:
+    try:
+        ip = ipaddress.ip_address(addr.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback
 
 
 def is_trusted(addr: str, cfg: MilterConfig) -> bool:

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 from harness import GTUBE, RunningMilter, Spamd, free_port, message, wait_until
-from sendmail_instance import SendmailInstance, destroy, make_instance
+from sendmail_instance import HOSTNAME, SendmailInstance, destroy, make_instance
 from spamdfakes import SwitchableSpamd
 
 pytestmark = pytest.mark.sendmail
@@ -80,6 +80,31 @@ def test_subject_tag_in_tag_only_mode(sendmail: SendmailInstance, spamd: Spamd,
     assert got.all("Subject") == ["[SPAM] cheap pills"]
     assert got.all("X-Spam-Flag") == ["YES"]
     assert "action=tag would=reject" in log_line(m, qid)
+
+
+@pytest.mark.spamd
+def test_mail_from_sendmail_1_is_tagged_never_lost(
+        sendmail: SendmailInstance, spamd: Spamd, start_milter: Start) -> None:
+    """sendmail(1) hands mail to Sendmail's submission program (submit.cf), which relays it
+    over SMTP to the daemon on 127.0.0.1, greeting with the host's name. Refused there, the
+    submission program bounced it to its sender; the bounce carries the spam and was refused
+    too, and the cron output ended as a "lost" queue file, delivered to nobody. It is tagged
+    instead, while the same spam from an SMTP client is still refused."""
+    m = start_milter(spamd_config(sendmail, spamd))
+    cron = (b"From: root (Cron Daemon)\nTo: root\nSubject: Cron <root@mx> logwatch\n\n"
+            b"logwatch saw this in a mail log:\n" + GTUBE.encode() + b"\n")
+    r = sendmail.submit(cron, "-FCronDaemon", "-i", "-B8BITMIME", "-oem", "root")  # as cron
+    # before: exit 69 and ['Qf…', 'df…'] in the submission program's queue
+    assert (r.returncode, sendmail.client_queued()) == (0, []), r.stderr
+    got = sendmail.wait_delivered(b"Subject: Cron <root@mx> logwatch")
+    assert got.all("X-Spam-Flag") == ["YES"]
+    line = next(x for x in m.log.splitlines() if "from=<root@" + HOSTNAME in x)
+    assert "action=tag would=reject" in line and "mode=local" in line, line
+
+    # an SMTP client on the same host greeting with its name (swaks on the MX) is told 550
+    with pytest.raises(smtplib.SMTPDataError) as exc:
+        sendmail.send(gtube("the same over SMTP"), helo=HOSTNAME)
+    assert exc.value.smtp_code == 550
 
 
 def test_milter_down_tempfails_with_the_contrib_flags(sendmail: SendmailInstance,

@@ -1,0 +1,73 @@
+"""Which messages are local submissions (decided as in tag-only mode, logged mode=local): what
+the MTA tells the milter at connect and in the headers, per MTA."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from spambridge.config import Config
+from spambridge.milter.session import Session
+
+MX = "mx.example.org"  # the MTA's macro j
+# what Sendmail's submission program (submit.cf) writes on top of mail from sendmail(1)
+MSP_T = b"(from root@localhost)\n\tby mx.example.org (8.17.1.9/8.17.1.9/Submit) id 6AQNUa1Z0130"
+MSP_BS = (b"from me.example (www-data@localhost)\n\tby mx.example.org (8.17.1.9/8.17.1.9/Submit)"
+          b" with ESMTP id 6AQNUbLd013886")
+# what a daemon writes for mail it got over TCP
+SMTP = b"from client.example.net (localhost [127.0.0.1])\n\tby mx.example.org with ESMTP id X"
+
+
+def local(addr: str, port: int | None, headers: list[tuple[str, bytes]],
+          name: str = "localhost") -> bool:
+    s = Session(SimpleNamespace(config=Config()))  # type: ignore[arg-type]
+    s.connect(name, addr, MX, "MTA-v4", port)
+    s.hello(MX)
+    s.start_message("<root@mx.example.org>", "", False)
+    for n, v in headers:
+        s.add_header(n, v)
+    try:
+        return s.envelope.local
+    finally:
+        s.end_message()
+
+
+@pytest.mark.parametrize(("addr", "port", "headers"), [
+    # Postfix, sendmail(1) through pickup and non_smtpd_milters: cleanup's emulated connection
+    ("127.0.0.1", 0, [("Subject", b"cron")]),
+    # Sendmail's submission program relaying to the daemon over loopback SMTP
+    ("127.0.0.1", 40312, [("Received", MSP_T), ("Subject", b"cron")]),
+    ("::1", 40312, [("Received", MSP_BS)]),
+    ("::ffff:127.0.0.1", 40312, [("received", MSP_T)]),
+])
+def test_local_submissions(addr: str, port: int, headers: list[tuple[str, bytes]]) -> None:
+    assert local(addr, port, headers)
+
+
+@pytest.mark.parametrize(("addr", "port", "headers", "name"), [
+    # any other SMTP client on loopback (swaks on the MX, a web app): told the reply itself
+    ("127.0.0.1", 40312, [("Subject", b"GTUBE")], "localhost"),
+    ("127.0.0.1", 40312, [("Received", SMTP)], "localhost"),
+    # a submission line further down was an earlier hop
+    ("127.0.0.1", 40312, [("Received", SMTP), ("Received", MSP_T)], "localhost"),
+    # a remote client cannot claim it
+    ("192.0.2.7", 40312, [("Received", MSP_T)], "mail.example.net"),
+    # sendmail -bs in the daemon's own mode: no address, the submitter reads the reply
+    ("", None, [("Received", MSP_T)], "localhost"),
+])
+def test_not_local_submissions(addr: str, port: int | None, headers: list[tuple[str, bytes]],
+                               name: str) -> None:
+    assert not local(addr, port, headers, name)
+
+
+def test_the_next_message_on_the_connection_is_judged_afresh() -> None:
+    s = Session(SimpleNamespace(config=Config()))  # type: ignore[arg-type]
+    s.connect("localhost", "127.0.0.1", MX, "MTA-v4", 40312)
+    s.start_message("<root@mx.example.org>", "", False)
+    s.add_header("Received", MSP_T)
+    assert s.envelope.local
+    s.start_message("<alice@example.net>", "", False)
+    s.add_header("Received", SMTP)
+    assert not s.envelope.local
+    s.end_message()
