@@ -90,7 +90,9 @@ class SpamdConfig:
     tls: bool = False
     ca_file: str = ""
     user: str = ""  # fixed spamd user; empty = spamd's default
-    per_recipient_user: bool = False  # use the recipient as spamd user when there is exactly one
+    # the spamd user for mail to exactly one recipient: "" = [spamd] user; "address" = the
+    # recipient; "local-part" = its local part in lower case (spamass-milter -u)
+    per_recipient_user: str = ""
     connect_timeout: float = defaults.SPAMD_CONNECT_TIMEOUT
     share: float = defaults.SPAMD_SHARE
 
@@ -410,7 +412,7 @@ def from_mapping(data: Mapping[str, Any], path: str = "<config>", text: str = ""
         tls=s.get("tls", bool, sd.tls),
         ca_file=s.get("ca_file", str, sd.ca_file),
         user=s.get("user", str, sd.user, spamd_user),
-        per_recipient_user=s.get("per_recipient_user", bool, sd.per_recipient_user),
+        per_recipient_user=_recipient_user(s),
         connect_timeout=s.get("connect_timeout", float, sd.connect_timeout, _between(0.05, 60)),
         share=s.get("share", float, sd.share, _between(0.1, 0.95)),
     )
@@ -508,6 +510,24 @@ def spamd_user(v: str) -> str:
     (what it cannot encode, such as jörg, made every request fail: unchecked=error)."""
     if (bad := _not_printable_ascii(v)) is not None:
         raise ValueError(f"must be printable ASCII, as spamd's User header is; {bad!r} is not")
+    return v
+
+
+RECIPIENT_USER = ("address", "local-part")
+
+
+def _recipient_user(s: _Section) -> str:
+    """[spamd] per_recipient_user: true (the address, as before) or false, or which part of
+    the recipient spamd gets: "address" or "local-part" (spamass-milter -u without -e)."""
+    key = "per_recipient_user"
+    if isinstance(s.table.get(key), str):
+        return s.get(key, str, "", _recipient_user_choice)
+    return RECIPIENT_USER[0] if s.get(key, bool, False) else ""
+
+
+def _recipient_user_choice(v: str) -> str:
+    if v not in RECIPIENT_USER:
+        raise ValueError(f'must be true, false, "address" or "local-part"; got {v!r}')
     return v
 
 

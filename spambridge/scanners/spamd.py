@@ -118,8 +118,13 @@ class SpamdScanner:
         self.target = cfg.socket or host_port(cfg.host, cfg.port)
 
     def user_for(self, envelope: Envelope) -> str:
+        """[spamd] user, or for mail to one recipient (per_recipient_user) the address, or
+        its local part in lower case, as spamass-milter -u gave spamc: a Unix user name."""
         if self.cfg.per_recipient_user and len(envelope.recipients) == 1:
             rcpt = envelope.recipients[0].strip("<>")
+            if self.cfg.per_recipient_user == "local-part":
+                rcpt = rcpt.rpartition("@")[0] if "@" in rcpt else rcpt
+                rcpt = "" if '"' in rcpt else rcpt.lower()  # quoted: no Unix user's name
             if rcpt and all(32 < ord(c) < 127 for c in rcpt):
                 return rcpt
         return self.cfg.user

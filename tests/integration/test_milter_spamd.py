@@ -369,6 +369,35 @@ def test_spamd_user_and_received_for_only_for_a_message_to_one_recipient(
     assert received[1].endswith(b"id EEE555\r\n\tfor <carol@test.example>"), received[1]
 
 
+def test_per_recipient_user_local_part_is_what_spamass_milter_u_passed(
+        start_milter: Start, spamd: Spamd) -> None:
+    """spamass-milter -u (Debian's default: -u spamass-milter) gave spamd the single
+    recipient's local part, lowercased: the Unix user whose ~/.spamassassin prefs and Bayes
+    database spamd then reads. per_recipient_user = "local-part" does the same; two
+    recipients get [spamd] user, as -u's default user. The real spamd says whom it scanned for."""
+    cfg = spamd_cfg(spamd)
+    cfg["spamd"].update(user="spamass-milter", per_recipient_user="local-part")
+    m = start_milter(cfg)
+    tag = f"{os.getpid()}.{time.monotonic_ns()}"
+
+    def mail(n: int) -> bytes:
+        return message().replace(b"<20261125100000.1234@example.net>",
+                                 f"<lp{n}.{tag}@example.net>".encode())
+
+    one = send_one(m.socket_path, mail(1), rcpts=("<Bob.Smith@Test.Example>",))
+    two = send_one(m.socket_path, mail(2), rcpts=("<bob@test.example>", "<carol@test.example>"))
+    assert one.action == two.action == "accept"
+    log = spamd.home.parent / "spamd.log"
+
+    def users() -> dict[int, str]:
+        found = re.findall(rf"result: .*,user=([^,]*),.*mid=<lp(\d)\.{re.escape(tag)}@",
+                           log.read_text(errors="replace"))
+        return {int(n): u for u, n in found}
+
+    wait_until(lambda: len(users()) == 2, 10, "spamd's result lines")
+    assert users() == {1: "bob.smith", 2: "spamass-milter"}
+
+
 def test_every_message_of_a_session_has_its_helo_in_the_received_line(
         start_milter: Start, fake_spamd: MakeFake) -> None:
     """HELO comes once per connection; each message on it reaches spamd with a Received

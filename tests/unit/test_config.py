@@ -381,6 +381,9 @@ def test_the_docs_state_each_range_as_the_loader_takes_it(key: str) -> None:
     ("[milter]\ntrusted_networks = [10]\n", 2,
      "[milter] trusted_networks: must be a list of strings"),
     # loaded, and then every message was unchecked=error: the spamd client sends it as ASCII
+    ('[spamd]\nper_recipient_user = "domain"\n', 2,
+     "[spamd] per_recipient_user: must be true, false, \"address\" or \"local-part\"; "
+     "got 'domain'"),
     ('[spamd]\nuser = "jörg"\n', 2,
      "[spamd] user: must be printable ASCII, as spamd's User header is; 'ö' is not"),
 ])
@@ -389,6 +392,15 @@ def test_more_errors_name_file_line_and_key(tmp_path: Path, text: str, line: int
     """Each would otherwise load as something the admin did not write, or name the wrong line."""
     p, error = config_error(tmp_path, text)
     assert error.startswith(f"{p}:{line}: {message}"), error
+
+
+@pytest.mark.parametrize(("value", "loaded"), [
+    ("false", ""), ("true", "address"), ('"address"', "address"), ('"local-part"', "local-part")])
+def test_per_recipient_user_takes_the_address_or_its_local_part(tmp_path: Path, value: str,
+                                                                loaded: str) -> None:
+    """true (the whole address) as before, or "local-part": spamass-milter -u's choice."""
+    cfg = load(write(tmp_path, f"[spamd]\nper_recipient_user = {value}\n"))
+    assert cfg.spamd.per_recipient_user == loaded
 
 
 def test_a_section_that_is_not_a_table_names_its_line(tmp_path: Path) -> None:

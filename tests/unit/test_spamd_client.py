@@ -157,6 +157,21 @@ def test_spamd_user_per_recipient_only_for_one_plain_recipient() -> None:
     assert scanner.user_for(Envelope(recipients=["<b\x7fob@example.org>"])) == "filter"
 
 
+def test_spamd_user_per_recipient_local_part_as_spamass_milter_u() -> None:
+    """"local-part": the single recipient's local part in lower case, as spamass-milter -u
+    passed it to spamc (a Unix user name); two recipients, or a local part no Unix user can
+    have (quoted, with a space), get the configured user."""
+    from spambridge.message import Envelope
+
+    scanner = SpamdScanner(SpamdConfig(user="filter", per_recipient_user="local-part"), 1.0)
+    assert scanner.user_for(Envelope(recipients=["<Bob.Smith@Example.ORG>"])) == "bob.smith"
+    assert scanner.user_for(Envelope(recipients=["<postmaster>"])) == "postmaster"
+    assert scanner.user_for(Envelope(recipients=["<a@example.org>", "<b@example.org>"])) \
+        == "filter"
+    assert scanner.user_for(Envelope(recipients=['<"b ob"@example.org>'])) == "filter"
+    assert scanner.user_for(Envelope(recipients=["<@example.org>"])) == "filter"
+
+
 def test_an_error_text_is_one_short_line() -> None:
     """The decision line and the SMTP reply carry it: a peer's multi-line essay is cut to 200
     characters on one line."""
