@@ -142,9 +142,10 @@ SPAMASSASSIN_SITE = "/etc/spamassassin"
 
 
 def start_spamd(base: Path, extra: tuple[str, ...] = (), tls: tuple[Path, Path] | None = None,
-                unix: Path | None = None) -> Spamd:
+                unix: Path | None = None, rules: str = "") -> Spamd:
     """A real spamd on 127.0.0.1; `tls` = (cert, key) makes it accept only TLS; `unix` adds
-    a unix socket (mode 0666, so our non-root user can reach it too)."""
+    a unix socket (mode 0666, so our non-root user can reach it too); `rules` is added to
+    its local.cf (rules and scores of a test's own)."""
     exe = shutil.which("spamd") or "/usr/sbin/spamd"
     if not os.path.exists(exe):
         pytest.fail("spamd is not installed: run .ci/run (or apt-get install spamd)")
@@ -170,8 +171,10 @@ def start_spamd(base: Path, extra: tuple[str, ...] = (), tls: tuple[Path, Path] 
         bayes.mkdir()
         os.chmod(bayes, 0o777)
         with open(own / "local.cf", "a") as cf:
-            cf.write(f"\nbayes_path {bayes}/bayes\n")
+            cf.write(f"\nbayes_path {bayes}/bayes\n{rules}")
         extra = (*extra, f"--siteconfigpath={own}")
+    elif rules:
+        pytest.fail(f"{site} is missing: spamd cannot be given a test's rules")
     port = free_port()
     listen = f"ssl:127.0.0.1:{port}" if tls else f"127.0.0.1:{port}"
     if tls:
