@@ -153,8 +153,11 @@ BAYES_MAIL = [
 ]
 FALLBACK_MAIL = [(k, make, folder, f"{status} fallback=spamd-unavailable")
                  for k, make, folder, status in BAYES_MAIL if k != "unsure"]
+UNCHECKED_MAIL = [("spam", lambda s: message(subject=s, body=f"{GTUBE}\n"), "INBOX",
+                   r"No, unchecked=unavailable$")]  # spamtest 0: "not tested"
 CASES = {
     "spamd": ("spamd", True, SPAMD_MAIL),
+    "spamd, spamd down": ("spamd", False, UNCHECKED_MAIL),
     "bayes": ("bayes", False, BAYES_MAIL),
     "spamd+bayes": ("spamd+bayes", True, SPAMD_MAIL),
     "spamd+bayes, spamd down": ("spamd+bayes", False, FALLBACK_MAIL),
