@@ -37,6 +37,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def smtp_greets(port: int) -> bool:
+    """Whether an SMTP server on 127.0.0.1:`port` gives its 220 banner now."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+            return s.recv(100).startswith(b"220")
+    except OSError:
+        return False
+
+
 def wait_until(pred: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -17,7 +17,6 @@ import pwd
 import shutil
 import signal
 import smtplib
-import socket
 import subprocess
 import tempfile
 import time
@@ -25,6 +24,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
+
+from harness import smtp_greets, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "contrib" / "postfix" / "main.cf.example"
@@ -184,19 +185,11 @@ class PostfixInstance:
 
     def start(self) -> None:
         self.postfix("start")
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self._banner():
-                return
-            time.sleep(0.1)
-        raise PostfixError(f"Postfix did not answer on 127.0.0.1:{self.port}\n{self.log[-3000:]}")
-
-    def _banner(self) -> bool:
         try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=2) as s:
-                return s.recv(100).startswith(b"220")
-        except OSError:
-            return False
+            wait_until(lambda: smtp_greets(self.port), 30, "Postfix's banner")
+        except TimeoutError:
+            raise PostfixError(f"Postfix did not answer on 127.0.0.1:{self.port}\n"
+                               f"{self.log[-3000:]}") from None
 
     @property
     def master_pid(self) -> int | None:

@@ -24,14 +24,13 @@ import pwd
 import shutil
 import signal
 import smtplib
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from harness import free_port
+from harness import free_port, smtp_greets, wait_until
 from postfix_instance import Delivered
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -204,19 +203,10 @@ class SendmailInstance:
                            capture_output=True, timeout=120, stdin=subprocess.DEVNULL)
         if r.returncode != 0:
             raise SendmailError(f"sendmail -bd exited {r.returncode}:\n{r.stdout}{r.stderr}")
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self._banner():
-                return
-            time.sleep(0.1)
-        raise SendmailError(f"Sendmail did not answer on 127.0.0.1:{self.port}")
-
-    def _banner(self) -> bool:
         try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=2) as s:
-                return s.recv(100).startswith(b"220")
-        except OSError:
-            return False
+            wait_until(lambda: smtp_greets(self.port), 30, "Sendmail's banner")
+        except TimeoutError:
+            raise SendmailError(f"Sendmail did not answer on 127.0.0.1:{self.port}") from None
 
     @property
     def pid(self) -> int | None:
