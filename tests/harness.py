@@ -72,12 +72,17 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> int:
 
 
 def dovecot_conf(top: Path, protocol: str, port: int, settings: str, tail: str = "",
-                 users: bool = False) -> str:
+                 users: bool = False, anyone_in: Path | None = None) -> str:
     """A private Dovecot's configuration: its run, state and log files under `top` (the log:
     `top`/dovecot.log), no TLS, `protocol`'s one listener on 127.0.0.1:`port`, no chroot for
     anvil (the tests' temp directories are not Dovecot's), and between them `settings` (mail
     location, users, plugins); `tail` goes last (an !include). With `users`, the users and
-    their passwords are in `top`/users (passwd-file)."""
+    their passwords are in `top`/users (passwd-file); with `anyone_in`, any user name is
+    taken without a password and has its home in `anyone_in`/NAME, as nobody."""
+    if anyone_in is not None:
+        settings += ("\npassdb {\n  driver = static\n  args = nopassword=y\n}\n"
+                     "userdb {\n  driver = static\n"
+                     f"  args = uid=65534 gid=65534 home={anyone_in}/%n\n}}")
     if users:
         settings += "".join(f"\n{db} {{\n  driver = passwd-file\n  args = {top}/users\n}}"
                             for db in ("passdb", "userdb"))

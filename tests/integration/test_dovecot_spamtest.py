@@ -83,19 +83,11 @@ def dovecot(postfix: PostfixInstance) -> Iterator[Dovecot]:
 mail_location = maildir:{mail}/%n
 lda_mailbox_autocreate = yes
 default_login_user = root
-passdb {{
-  driver = static
-  args = nopassword=y
-}}
-userdb {{
-  driver = static
-  args = uid=65534 gid=65534 home={mail}/%n
-}}
 protocol lmtp {{
   mail_plugins = $mail_plugins sieve
 }}
 {plugin}
-"""))
+""", anyone_in=mail))
     try:
         with running_dovecot(DOVECOT, conf, lambda: smtplib.LMTP("127.0.0.1", port).quit(),
                              "Dovecot's LMTP listener"), \
