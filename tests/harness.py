@@ -46,6 +46,25 @@ def smtp_greets(port: int) -> bool:
         return False
 
 
+def kill_lingering(pid: int, grace: float = 15.0) -> None:
+    """After a daemon we started was told to stop: SIGKILL that PID if it is still there after
+    `grace` seconds (a daemon, not our child: nothing to wait() for)."""
+    def alive() -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+    with contextlib.suppress(TimeoutError):
+        wait_until(lambda: not alive(), grace, f"process {pid} to end")
+    if alive():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
 def wait_until(pred: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

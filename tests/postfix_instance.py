@@ -15,7 +15,6 @@ import grp
 import os
 import pwd
 import shutil
-import signal
 import smtplib
 import subprocess
 import tempfile
@@ -25,7 +24,7 @@ from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
 
-from harness import smtp_greets, wait_until
+from harness import kill_lingering, smtp_greets, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "contrib" / "postfix" / "main.cf.example"
@@ -204,12 +203,7 @@ class PostfixInstance:
         self.postfix("stop", check=False)
         if pid is None:
             return
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and _alive(pid):
-            time.sleep(0.1)
-        if _alive(pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        kill_lingering(pid)
 
     # -- mail ----------------------------------------------------------------------------------
     def smtp(self) -> smtplib.SMTP:
@@ -273,16 +267,6 @@ class PostfixInstance:
 
     def log_lines(self, queue_id: str) -> list[str]:
         return [line for line in self.log.splitlines() if queue_id in line]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def require_root_and_postfix() -> None:

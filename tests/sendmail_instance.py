@@ -30,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness import free_port, smtp_greets, wait_until
+from harness import free_port, kill_lingering, smtp_greets, wait_until
 from postfix_instance import Delivered
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -222,12 +222,7 @@ class SendmailInstance:
             return
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and _alive(pid):
-            time.sleep(0.1)
-        if _alive(pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        kill_lingering(pid)
 
     # -- mail ----------------------------------------------------------------------------------
     def send(self, raw: bytes, sender: str = "alice@example.net",
@@ -271,16 +266,6 @@ class SendmailInstance:
         """Queue files the submission program kept: mail it could not hand to the daemon
         (qf*), or gave up on (Qf*: "lost", delivered to nobody)."""
         return sorted(p.name for p in self.client_queue.iterdir() if p.name[1:2] == "f")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def make_instance(milter_socket: str) -> SendmailInstance:
