@@ -18,6 +18,9 @@ _CTL = re.compile(rb"[\x00-\x1f\x7f]")
 # a header field's start as Postfix's is_header() sees it (RFC 5322 field name, obsolete
 # blanks before the colon allowed)
 _FIELD = re.compile(rb"[!-9;-~]+[ \t]*:")
+# what Postfix writes as "?" in the HELO of its Received line: a HELO is the client's own
+# words, and "EHLO x (localhost [127.0.0.1])" must not read as a comment naming another relay
+_NOT_A_WORD = str.maketrans(" ()", "???")
 
 
 def clean(value: str | bytes | None, limit: int = 255, log: bool = False) -> str:
@@ -72,9 +75,9 @@ class Envelope:
             return b""
         when = when or datetime.now().astimezone()
         proto = "ESMTP" + ("S" if self.tls else "") + ("A" if self.auth_user else "")
-        helo = clean(self.helo) or clean(self.client_name) or "unknown"
+        helo = (clean(self.helo) or clean(self.client_name) or "unknown").translate(_NOT_A_WORD)
         # Postfix passes "[addr]" as the name when reverse DNS failed, and writes "unknown"
-        name = clean(self.client_name)
+        name = clean(self.client_name).translate(_NOT_A_WORD)
         if not name or name.startswith("["):
             name = "unknown"
         addr = clean(self.client_addr)

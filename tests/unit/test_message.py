@@ -232,3 +232,26 @@ def test_a_forged_checker_version_is_removed_after_a_flood_of_junk_names() -> No
         buf.add_header(f"X-Spam-J{i}", b"x")
     buf.add_header("X-Spam-Checker-Version", b"Forger 1.0")
     assert ("X-Spam-Checker-Version", 1) in buf.owned_headers()
+
+
+@pytest.mark.parametrize("helo", ["a.example (localhost [127.0.0.1])",
+                                  "x (trusted.example [10.9.8.7]) by mx.test.example",
+                                  "x(y", "x)(y[1.2.3.4]"])
+def test_a_helo_cannot_name_another_relay(helo: str) -> None:
+    """Postfix hands the milter the client's HELO words as typed, spaces and parentheses
+    included; in its own Received line it writes them as "?". Verbatim, our line read to
+    SpamAssassin as a hop from 127.0.0.1 (ALL_TRUSTED, and the DNSBLs asked about
+    127.0.0.1 instead of the client)."""
+    env = Envelope(client_name="[203.0.113.5]", client_addr="203.0.113.5", helo=helo)
+    first = env.received_header().split(b"\r\n")[0].decode()
+    expected = helo.replace(" ", "?").replace("(", "?").replace(")", "?")
+    assert first == f"Received: from {expected} (unknown [203.0.113.5])"
+    assert first.count("(") == 1 and first.count("[") == 1 + helo.count("[")
+
+
+def test_helo_sanitised_as_postfix_writes_it() -> None:
+    """What Postfix 3.7 wrote for `EHLO a.example (trusted.example [10.9.8.7])`."""
+    env = Envelope(client_name="localhost", client_addr="127.0.0.1",
+                   helo="a.example (trusted.example [10.9.8.7])")
+    assert env.received_header().startswith(
+        b"Received: from a.example??trusted.example?[10.9.8.7]? (localhost [127.0.0.1])\r\n")
