@@ -35,6 +35,9 @@ POSTFIX = "/usr/sbin/postfix"
 MASTER_CF = """\
 # service       type  private unpriv  chroot  wakeup  maxproc command
 127.0.0.1:{port} inet n       -       n       -       -       smtpd
+# smtpd on a unix-domain socket (public/smtpu), as a content filter reinjects or a local
+# application submits: Postfix hands milters no address for such a client
+smtpu           unix  n       -       n       -       -       smtpd
 pickup          unix  n       -       n       60      1       pickup
 cleanup         unix  n       -       n       -       0       cleanup
 qmgr            unix  n       -       n       300     1       qmgr
@@ -215,6 +218,28 @@ class PostfixInstance:
              rcpt: str = "bob@test.example") -> str:
         """Send one message; the queue id from Postfix's 250 reply (SMTP errors propagate)."""
         with self.smtp() as s:
+            s.mail(sender)
+            code, text = s.rcpt(rcpt)
+            if code != 250:
+                raise smtplib.SMTPRecipientsRefused({rcpt: (code, text)})
+            code, text = s.data(raw)
+            if code != 250:
+                raise smtplib.SMTPDataError(code, text)
+            return text.decode().rsplit(" ", 1)[-1]
+
+    def send_unix(self, raw: bytes, helo: str = "client.example.net",
+                  sender: str = "alice@example.net", rcpt: str = "bob@test.example") -> str:
+        """send() through the smtpd on the unix-domain socket public/smtpu."""
+        s = smtplib.SMTP(local_hostname=helo, timeout=60)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(60)
+        sock.connect(str(self.spool / "public" / "smtpu"))
+        s.sock = sock
+        code, text = s.getreply()
+        if code != 220:
+            raise smtplib.SMTPConnectError(code, text)
+        with s:
+            s.ehlo()
             s.mail(sender)
             code, text = s.rcpt(rcpt)
             if code != 250:

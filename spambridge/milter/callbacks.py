@@ -42,7 +42,7 @@ class SpamBridgeMilter(Milter.Base):
         inet = family in (socket.AF_INET, socket.AF_INET6) and hostaddr
         addr, port = (hostaddr[0], hostaddr[1]) if inet else ("", None)
         self.session.connect(hostname or "", str(addr), self.macro("j"),
-                             self.macro("{daemon_name}"), port)
+                             self.macro("{daemon_name}"), port, self.macro("_"))
         return CONTINUE
 
     @Milter.noreply

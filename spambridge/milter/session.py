@@ -34,11 +34,14 @@ class Session:
 
     # connection ------------------------------------------------------------------------------
     def connect(self, hostname: str, addr: str, mta_host: str, daemon_name: str,
-                port: int | None = None) -> None:
-        self.client_name, self.client_addr = hostname, addr
+                port: int | None = None, client: str = "") -> None:
+        """`client` is the MTA's macro `_` ("NAME [ADDR]"): the address when the connect
+        call carries none, as for Postfix's smtpd on a unix-domain socket (a content filter's
+        reinjection, a local application), which Postfix itself takes for 127.0.0.1."""
+        self.client_name, self.client_addr = hostname, addr or macro_address(client)
         self.mta_host, self.daemon_name = mta_host, daemon_name
-        self.trusted = is_trusted(addr, self.cfg)
-        self.local = is_local_submission(hostname, addr, port)
+        self.trusted = is_trusted(self.client_addr, self.cfg)
+        self.local = is_local_submission(hostname, self.client_addr, port)
 
     def hello(self, helo: str) -> None:
         self.helo = helo
@@ -53,7 +56,10 @@ class Session:
             self.trusted = is_trusted(self.client_addr, cfg)
         self.envelope = Envelope(
             client_name=self.client_name,
-            client_addr=self.client_addr,
+            # no address even in `_` (a unix-domain client, the macro not sent): a process on
+            # this host, which Postfix writes as 127.0.0.1 in its Received line; "[]" is no
+            # relay to SpamAssassin (UNPARSEABLE_RELAY, and the trust path ends there)
+            client_addr=self.client_addr or "127.0.0.1",
             helo=self.helo,
             mta_host=self.mta_host,
             daemon_name=self.daemon_name,
@@ -136,6 +142,21 @@ class Session:
             self.start_message("", "", False)
         assert self.buffer is not None
         return self.buffer
+
+
+_MACRO_ADDR = re.compile(r"\[(?:IPv6:)?([0-9A-Fa-f:.]+)\]")
+
+
+def macro_address(client: str) -> str:
+    """The address in the macro `_` ("localhost [127.0.0.1]", Sendmail's "NAME [IPv6:ADDR]
+    (may be forged)"), or ""."""
+    m = _MACRO_ADDR.search(client)
+    if not m:
+        return ""
+    try:
+        return str(ipaddress.ip_address(m.group(1)))
+    except ValueError:
+        return ""
 
 
 def is_local_submission(hostname: str, addr: str, port: int | None) -> bool:

@@ -3,12 +3,14 @@ the MTA tells the milter at connect and in the headers, per MTA."""
 
 from __future__ import annotations
 
+import dataclasses
+import ipaddress
 from types import SimpleNamespace
 
 import pytest
 
 from spambridge.config import Config
-from spambridge.milter.session import Session
+from spambridge.milter.session import Session, macro_address
 
 MX = "mx.example.org"  # the MTA's macro j
 # what Sendmail's submission program (submit.cf) writes on top of mail from sendmail(1)
@@ -71,3 +73,55 @@ def test_the_next_message_on_the_connection_is_judged_afresh() -> None:
     s.add_header("Received", SMTP)
     assert not s.envelope.local
     s.end_message()
+
+
+def trusting(*networks: str) -> Config:
+    cfg = Config()
+    nets = tuple(ipaddress.ip_network(n) for n in networks)
+    return dataclasses.replace(cfg, milter=dataclasses.replace(cfg.milter, trusted_networks=nets))
+
+
+def received(s: Session) -> str:
+    s.hello("client.example.net")
+    s.start_message("<alice@example.net>", "", False)
+    try:
+        return s.envelope.received_header().decode().split("\r\n")[0]
+    finally:
+        s.end_message()
+
+
+def test_a_unix_domain_client_has_the_address_postfix_names_in_its_macro() -> None:
+    """Postfix's smtpd on a unix-domain socket: no address at connect (family unknown), the
+    macro `_` says "localhost [127.0.0.1]", and Postfix's own Received line and mynetworks use
+    127.0.0.1. Ours said "(localhost [])" (UNPARSEABLE_RELAY) and trusted_networks missed it."""
+    cfg = trusting("127.0.0.1/32")
+    s = Session(SimpleNamespace(config=cfg))  # type: ignore[arg-type]
+    s.connect("localhost", "", MX, "MTA-v4", None, "localhost [127.0.0.1]")
+    assert s.trusted and not s.local  # an SMTP client: it reads the reply itself
+    assert received(s) == "Received: from client.example.net (localhost [127.0.0.1])"
+    s6 = Session(SimpleNamespace(config=Config()))  # type: ignore[arg-type]
+    s6.connect("localhost", "", MX, "MTA-v4", None, "localhost [IPv6:::1]")
+    assert received(s6) == "Received: from client.example.net (localhost [::1])"
+
+
+def test_a_client_with_no_address_anywhere_is_written_as_this_host() -> None:
+    """milter_connect_macros without `_` and a unix-domain client: still a relay SpamAssassin
+    can parse, the loopback address Postfix writes for it (not trusted by trusted_networks:
+    nothing named an address)."""
+    cfg = trusting("127.0.0.1/32")
+    s = Session(SimpleNamespace(config=cfg))  # type: ignore[arg-type]
+    s.connect("localhost", "", MX, "MTA-v4", None, "")
+    assert not s.trusted
+    assert received(s) == "Received: from client.example.net (localhost [127.0.0.1])"
+
+
+@pytest.mark.parametrize(("macro", "addr"), [
+    ("localhost [127.0.0.1]", "127.0.0.1"),
+    ("unknown [::1]", "::1"),
+    ("mail.example.net [IPv6:2001:db8::5] (may be forged)", "2001:db8::5"),
+    ("root@localhost", ""),
+    ("x [not-an-address]", ""),
+    ("", ""),
+])
+def test_macro_address(macro: str, addr: str) -> None:
+    assert macro_address(macro) == addr
