@@ -174,11 +174,22 @@ def _not_printable_ascii(v: str) -> str | None:
     return next((c for c in v if not 32 <= ord(c) < 127), None)
 
 
+_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
+
+
 def parse_network(text: str) -> Network:
+    """A network; an IPv4-mapped one ("::ffff:10.0.0.0/104") as the IPv4 network it maps,
+    since a client's mapped address is matched as IPv4 (and Postfix sends IPv4 clients as
+    IPv4): kept as IPv6, it matched no client at all."""
     try:
-        return ipaddress.ip_network(text.strip(), strict=False)
+        net = ipaddress.ip_network(text.strip(), strict=False)
     except ValueError as e:
         raise ValueError(f"{text!r} is not an IPv4/IPv6 address or CIDR network") from e
+    if isinstance(net, ipaddress.IPv6Network) and net.subnet_of(_MAPPED):
+        v4 = net.network_address.ipv4_mapped
+        assert v4 is not None
+        return ipaddress.IPv4Network(f"{v4}/{net.prefixlen - 96}")
+    return net
 
 
 def host_port(host: str, port: int) -> str:

@@ -500,3 +500,27 @@ def test_a_non_ascii_reply_or_tag_names_the_character(tmp_path: Path, key: str, 
     p, error = config_error(tmp_path, f'[policy]\n{key} = "{value}"\n')
     assert error.startswith(f"{p}:2: [policy] {key}: "), error
     assert "must be printable ASCII" in error and error.endswith(f"; {named} is not"), error
+
+
+@pytest.mark.parametrize(("client", "trusted"), [
+    ("10.1.2.3", True), ("::ffff:10.1.2.3", True), ("192.0.2.7", True),
+    ("::ffff:192.0.2.7", True), ("::1", True), ("fe80::1%eth0", True), ("2001:db8::9", True),
+    ("192.0.2.8", False), ("11.0.0.1", False), ("2001:db9::1", False),
+])
+def test_trusted_networks_in_ipv6_and_ipv4_mapped_notation(tmp_path: Path, client: str,
+                                                           trusted: bool) -> None:
+    """An IPv4-mapped entry (as Sendmail or a dual-stack log shows a client) stood for no
+    client: Postfix sends IPv4 clients as IPv4, and a mapped client address is matched as the
+    IPv4 it maps. It now stands for that IPv4 network."""
+    from types import SimpleNamespace
+
+    from spambridge.milter.session import Session
+
+    cfg = load(write(tmp_path, """
+[milter]
+trusted_networks = ["::ffff:10.0.0.0/104", "::ffff:192.0.2.7", "::1", "fe80::/10",
+                    "2001:db8::/32"]
+"""))
+    s = Session(SimpleNamespace(config=cfg))  # type: ignore[arg-type]
+    s.connect("client.example", client, "mx.example.org", "MTA-v4", 40000)
+    assert s.trusted is trusted
