@@ -16,6 +16,7 @@ import os
 import pwd
 import shutil
 import smtplib
+import socket
 import subprocess
 import tempfile
 import time
