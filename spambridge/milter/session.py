@@ -184,22 +184,24 @@ def is_submitted_hop(addr: str, name: str, value: bytes) -> bool:
 
 
 def _loopback(addr: str) -> bool:
+    ip = _client_ip(addr)
+    return ip is not None and ip.is_loopback
+
+
+def _client_ip(addr: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The client's address as the MTA gave it, a mapped IPv4 one as IPv4, without a zone id;
+    None when there is none or it does not parse."""
     try:
         ip = ipaddress.ip_address(addr.split("%", 1)[0])
     except ValueError:
-        return False
+        return None
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip.is_loopback
+        return ip.ipv4_mapped
+    return ip
 
 
 def is_trusted(addr: str, cfg: MilterConfig) -> bool:
     if not addr or not cfg.trusted_networks:
         return False
-    try:
-        ip = ipaddress.ip_address(addr.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return any(ip in net for net in cfg.trusted_networks)
+    ip = _client_ip(addr)
+    return ip is not None and any(ip in net for net in cfg.trusted_networks)
