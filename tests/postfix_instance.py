@@ -219,14 +219,7 @@ class PostfixInstance:
              rcpt: str = "bob@test.example") -> str:
         """Send one message; the queue id from Postfix's 250 reply (SMTP errors propagate)."""
         with self.smtp() as s:
-            s.mail(sender)
-            code, text = s.rcpt(rcpt)
-            if code != 250:
-                raise smtplib.SMTPRecipientsRefused({rcpt: (code, text)})
-            code, text = s.data(raw)
-            if code != 250:
-                raise smtplib.SMTPDataError(code, text)
-            return text.decode().rsplit(" ", 1)[-1]
+            return _transaction(s, raw, sender, rcpt)
 
     def send_unix(self, raw: bytes, helo: str = "client.example.net",
                   sender: str = "alice@example.net", rcpt: str = "bob@test.example") -> str:
@@ -241,14 +234,7 @@ class PostfixInstance:
             raise smtplib.SMTPConnectError(code, text)
         with s:
             s.ehlo()
-            s.mail(sender)
-            code, text = s.rcpt(rcpt)
-            if code != 250:
-                raise smtplib.SMTPRecipientsRefused({rcpt: (code, text)})
-            code, text = s.data(raw)
-            if code != 250:
-                raise smtplib.SMTPDataError(code, text)
-            return text.decode().rsplit(" ", 1)[-1]
+            return _transaction(s, raw, sender, rcpt)
 
     def sendmail(self, raw: bytes, sender: str, rcpt: str = "bob@test.example") -> None:
         """Submit as cron or a web app does: this instance's sendmail(1), so the message comes in
@@ -293,6 +279,18 @@ class PostfixInstance:
 
     def log_lines(self, queue_id: str) -> list[str]:
         return [line for line in self.log.splitlines() if queue_id in line]
+
+
+def _transaction(s: smtplib.SMTP, raw: bytes, sender: str, rcpt: str) -> str:
+    """MAIL, RCPT, DATA on a greeted connection; the queue id from Postfix's 250 reply."""
+    s.mail(sender)
+    code, text = s.rcpt(rcpt)
+    if code != 250:
+        raise smtplib.SMTPRecipientsRefused({rcpt: (code, text)})
+    code, text = s.data(raw)
+    if code != 250:
+        raise smtplib.SMTPDataError(code, text)
+    return text.decode().rsplit(" ", 1)[-1]
 
 
 def require_root_and_postfix() -> None:
