@@ -288,3 +288,87 @@ def test_a_full_filesystem_is_named_not_a_disk_io_error(open_dir: Path) -> None:
         assert r.returncode == 1
         assert (f"disk I/O error: no space left on the filesystem of {mnt} (SQLite makes its "
                 "-wal and -shm there)") in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("missing", ["the database", "its directory"])
+def test_a_pipe_that_may_not_create_the_database_says_where_and_why(
+        open_dir: Path, mail_user: tuple[int, int, tuple[str, str]], missing: str) -> None:
+    """No database yet (or no directory for it) in a place the mail user may not write: the
+    pipe names the directory, whose it is and what it lacks, not SQLite's "unable to open"."""
+    uid, _, py = mail_user
+    top = open_dir / "root-disk"  # root's 0755
+    top.mkdir()
+    top.chmod(0o755)
+    db = top / "bayes.sqlite" if missing == "the database" else top / "new" / "bayes.sqlite"
+    name = "bayes.sqlite" if missing == "the database" else "new"
+    r = pipe(py, uid, [], db)
+    assert r.returncode == 1
+    assert (f"spambridge train: {db}: cannot write the Bayes database: user {uid} may not "
+            f"create {name} in {top} (root:root, mode 0755): user {uid} is neither its owner "
+            "nor in its group root") in r.stderr, r.stderr
+    assert not (top / "new").exists() and not list(top.glob("bayes.sqlite*"))
+
+
+def test_a_directory_on_the_way_closed_to_the_running_milter_is_named(
+        start_milter: Start, open_dir: Path) -> None:
+    """A directory above the database's that the milter's user may no longer enter (a chmod
+    after the start): the log names it and what it lacks, not "[Errno 13] Permission denied"."""
+    nobody = pwd.getpwnam("nobody")
+    outer = open_dir / "outer"  # root's
+    outer.mkdir()
+    outer.chmod(0o755)
+    dbdir = outer / "db"
+    dbdir.mkdir()
+    os.chown(dbdir, nobody.pw_uid, nobody.pw_gid)
+    db = train(dbdir / "bayes.sqlite", open_dir / "corpus")
+    m = start_milter(milter_cfg(open_dir, db, "nobody"))
+    wait_until(lambda: "running as nobody" in m.log, 10, "the switch")
+    outer.chmod(0o700)
+    d = deliver(m.socket_path, SPAM, timeout=30)
+    assert d.result is not None and d.result.action != "reject", (d, m.log)
+    wait_until(lambda: "the error in full" in m.log, 10, "the warning")
+    assert (f"{db}: cannot open the Bayes database: user nobody may not enter {outer} "
+            "(root:root, mode 0700): user nobody is neither its owner nor in its group root"
+            ) in m.log, m.log
+
+
+def test_check_config_says_when_its_user_is_not_the_milters(
+        open_dir: Path, mail_user: tuple[int, int, tuple[str, str]]) -> None:
+    """What check-config cannot open as the admin who runs it, the milter's user may: the
+    warning says who ran it, and nothing of the kind when that is the milter's own user."""
+    uid, group, py = mail_user
+    dbdir = shared_dir(open_dir, group)
+    db = train(dbdir / "bayes.sqlite", open_dir / "corpus")
+    conf = write_config(open_dir / "c.toml", {"milter": {"engine": "bayes"},
+                                              "bayes": {"db": str(db)}})
+    conf.chmod(0o644)
+    r = as_user(py, uid, [], "check-config", "--no-postfix", "--config", str(conf))
+    assert (f"every message would get on_unavailable (if the milter ran as {uid}, who ran this "
+            "check; it runs as root: run check-config as root to judge for it)") in r.stdout, \
+        r.stdout
+    nobody = pwd.getpwnam("nobody")
+    conf = write_config(open_dir / "n.toml", milter_cfg(open_dir, db, "nobody"))
+    conf.chmod(0o644)
+    r = as_user(python_for(open_dir / "n", nobody.pw_uid, nobody.pw_gid), nobody.pw_uid, [],
+                "check-config", "--no-postfix", "--config", str(conf))
+    assert (f"[bayes] db: {db}: cannot open the Bayes database: user nobody may not enter "
+            f"{dbdir}") in r.stdout, r.stdout
+    assert "if the milter ran as" not in r.stdout
+
+
+def test_a_milter_started_as_root_gives_files_in_roots_group_its_users_group(
+        start_milter: Start, open_dir: Path) -> None:
+    """Root's `train` leaves root:root files; the milter's start hands them to its user and that
+    user's group (root's group kept, the group root may write through would be root's)."""
+    nobody = pwd.getpwnam("nobody")
+    dbdir = open_dir / "db"
+    dbdir.mkdir()
+    os.chown(dbdir, nobody.pw_uid, nobody.pw_gid)
+    db = train(dbdir / "bayes.sqlite", open_dir / "corpus")
+    for f in dbdir.glob("bayes.sqlite*"):
+        os.chown(f, 0, 0)  # restored by root from a backup
+    m = start_milter(milter_cfg(open_dir, db, "nobody"))
+    wait_until(lambda: "running as nobody" in m.log, 10, "the switch")
+    for f in dbdir.glob("bayes.sqlite*"):
+        st = f.stat()
+        assert (st.st_uid, st.st_gid) == (nobody.pw_uid, nobody.pw_gid), f

@@ -740,3 +740,47 @@ def test_a_chrooted_smtpd_is_not_told_to_write_what_it_already_has() -> None:
     assert not [w for w in warnings if "Postfix would write" in w]
     assert [w for w in warnings if "chrooted in /var/spool/postfix, where "
             "/run/spambridge/spambridge.sock cannot be reached" in w]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="hands files to other users: needs root (as CI)")
+def test_the_database_files_the_milters_user_may_not_read_are_named(open_dir: Path) -> None:
+    """The milter reads the database through its -shm as well: each file its user may not
+    read is named (reading is enough: the milter never writes), with the advice on files
+    root owns; a milter that runs as root is told nothing. A database behind a symlink is
+    judged by the directory the symlink points into, where SQLite makes the -wal and -shm."""
+    nobody = pwd.getpwnam("nobody")
+    dbdir = open_dir / "db"
+    dbdir.mkdir()
+    os.chown(dbdir, nobody.pw_uid, nobody.pw_gid)
+    db = dbdir / "bayes.sqlite"
+    store.create(str(db))
+    store.SqliteReader(str(db)).close()  # root's `check` leaves the -wal and -shm
+    shm = Path(f"{db}-shm")
+    for f, mode in ((db, 0o644), (Path(f"{db}-wal"), 0o644), (shm, 0o600)):
+        os.chown(f, 0, 0)  # root's, as its directory's owner is not
+        f.chmod(mode)
+
+    def warned(user: str, path: Path) -> list[str]:
+        cfg = from_mapping({"milter": {"engine": "bayes", "user": user,
+                                       "socket": f"unix:{open_dir}/s.sock"},
+                            "bayes": {"db": str(path)}})
+        return [w for w in check_local(cfg).warnings if w.startswith("[bayes] db:")]
+
+    assert warned("nobody", db) == [
+        f"[bayes] db: user 'nobody' may not read {shm} (root:root, mode 0600): every message "
+        "would get on_unavailable (a milter started as root hands files root owns to its user "
+        f"at start; under systemd it starts as that user): chown nobody {shm}"]
+    db.chmod(0)
+    assert warned("root", db) == []
+    db.chmod(0o644)
+    shm.chmod(0o644)
+    assert warned("nobody", db) == []
+    elsewhere = open_dir / "root-disk"  # root's 0755, behind a link in nobody's directory
+    elsewhere.mkdir()
+    elsewhere.chmod(0o755)
+    for f in dbdir.glob("bayes.sqlite*"):
+        f.rename(elsewhere / f.name)
+    db.symlink_to(elsewhere / "bayes.sqlite")
+    assert warned("nobody", db) == [
+        f"[bayes] db: {elsewhere} is not writable by user 'nobody' (SQLite keeps its -wal/-shm "
+        f"files next to the database): chown nobody {elsewhere}"]
