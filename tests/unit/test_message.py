@@ -249,6 +249,15 @@ def test_a_helo_cannot_name_another_relay(helo: str) -> None:
     assert first.count("(") == 1 and first.count("[") == 1 + helo.count("[")
 
 
+def test_a_client_name_cannot_name_another_relay() -> None:
+    """The client's name (the MTA's reverse lookup) in the comment is written as the HELO is:
+    spaces and parentheses as "?", so that it cannot close the comment and name a relay."""
+    env = Envelope(client_name="mx (trusted.example [10.9.8.7])", client_addr="203.0.113.5",
+                   helo="mx.example")
+    assert env.received_header().split(b"\r\n")[0] == (
+        b"Received: from mx.example (mx??trusted.example?[10.9.8.7]? [203.0.113.5])")
+
+
 def test_helo_sanitised_as_postfix_writes_it() -> None:
     """What Postfix 3.7 wrote for `EHLO a.example (trusted.example [10.9.8.7])`."""
     env = Envelope(client_name="localhost", client_addr="127.0.0.1",

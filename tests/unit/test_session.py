@@ -42,6 +42,9 @@ def local(addr: str, port: int | None, headers: list[tuple[str, bytes]],
     ("127.0.0.1", 40312, [("Received", MSP_T), ("Subject", b"cron")]),
     ("::1", 40312, [("Received", MSP_BS)]),
     ("::ffff:127.0.0.1", 40312, [("received", MSP_T)]),
+    # the value as Sendmail hands it without SMFIP_HDR_LEADSPC, or folded after the colon
+    ("127.0.0.1", 40312, [("Received", b" " + MSP_T)]),
+    ("127.0.0.1", 40312, [("Received", b"\n\t" + MSP_BS)]),
 ])
 def test_local_submissions(addr: str, port: int, headers: list[tuple[str, bytes]]) -> None:
     assert local(addr, port, headers)
@@ -57,6 +60,11 @@ def test_local_submissions(addr: str, port: int, headers: list[tuple[str, bytes]
     ("192.0.2.7", 40312, [("Received", MSP_T)], "mail.example.net"),
     # sendmail -bs in the daemon's own mode: no address, the submitter reads the reply
     ("", None, [("Received", MSP_T)], "localhost"),
+    # the submission comment in another field, or not at the line's start, or not localhost's
+    ("127.0.0.1", 40312, [("X-Original-Received", MSP_T)], "localhost"),
+    ("127.0.0.1", 40312, [("Received", SMTP + b" (from root@localhost) ")], "localhost"),
+    ("127.0.0.1", 40312, [("Received", MSP_T.replace(b"@localhost", b"@mail.example.net"))],
+     "localhost"),
 ])
 def test_not_local_submissions(addr: str, port: int | None, headers: list[tuple[str, bytes]],
                                name: str) -> None:
@@ -72,6 +80,9 @@ def test_the_next_message_on_the_connection_is_judged_afresh() -> None:
     s.start_message("<alice@example.net>", "", False)
     s.add_header("Received", SMTP)
     assert not s.envelope.local
+    s.start_message("<root@mx.example.org>", "", False)  # and the other way round
+    s.add_header("Received", MSP_T)
+    assert s.envelope.local
     s.end_message()
 
 
@@ -121,6 +132,7 @@ def test_a_client_with_no_address_anywhere_is_written_as_this_host() -> None:
     ("mail.example.net [IPv6:2001:db8::5] (may be forged)", "2001:db8::5"),
     ("root@localhost", ""),
     ("x [not-an-address]", ""),
+    ("x [1.2.3]", ""),  # address characters, but no address
     ("", ""),
 ])
 def test_macro_address(macro: str, addr: str) -> None:

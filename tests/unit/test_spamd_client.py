@@ -169,6 +169,7 @@ def test_spamd_user_per_recipient_local_part_as_spamass_milter_u() -> None:
     assert scanner.user_for(Envelope(recipients=["<a@example.org>", "<b@example.org>"])) \
         == "filter"
     assert scanner.user_for(Envelope(recipients=['<"b ob"@example.org>'])) == "filter"
+    assert scanner.user_for(Envelope(recipients=['<"bob"@example.org>'])) == "filter"
     assert scanner.user_for(Envelope(recipients=["<@example.org>"])) == "filter"
 
 
