@@ -382,13 +382,15 @@ def _user_dirs(cfg: Config, r: Report) -> None:
         unreadable = privileges.unreadable_db_files(cfg.bayes.db, name)
         if unreadable:
             sts = [os.stat(f) for f in unreadable]
+            # what privileges.drop hands over: root's own files, never behind a symlink
+            handed = not os.path.islink(cfg.bayes.db) and any(
+                st.st_uid == 0 and st.st_nlink == 1 for st in sts)
             r.warn(f"[bayes] db: user {name!r} may not read "
                    + ", ".join(store.described(f, st)
                                for f, st in zip(unreadable, sts, strict=True))
                    + ": every message would get on_unavailable"
                    + (" (a milter started as root hands files root owns to its user at start; "
-                      "under systemd it starts as that user)" if any(st.st_uid == 0 for st in sts)
-                      else "")
+                      "under systemd it starts as that user)" if handed else "")
                    + f": chown {name} {' '.join(unreadable)}")
     # unset, it is the milter's own TMPDIR, which need not be the admin's shell's
     # (libpam-tmpdir's /tmp/user/0): only a configured one can be judged from here

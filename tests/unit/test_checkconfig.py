@@ -747,7 +747,8 @@ def test_the_database_files_the_milters_user_may_not_read_are_named(open_dir: Pa
     """The milter reads the database through its -shm as well: each file its user may not
     read is named (reading is enough: the milter never writes), with the advice on files
     root owns; a milter that runs as root is told nothing. A database behind a symlink is
-    judged by the directory the symlink points into, where SQLite makes the -wal and -shm."""
+    judged by the directory the symlink points into, where SQLite makes the -wal and -shm,
+    and its files get no promise of being handed over (the milter never follows the link)."""
     nobody = pwd.getpwnam("nobody")
     dbdir = open_dir / "db"
     dbdir.mkdir()
@@ -784,3 +785,10 @@ def test_the_database_files_the_milters_user_may_not_read_are_named(open_dir: Pa
     assert warned("nobody", db) == [
         f"[bayes] db: {elsewhere} is not writable by user 'nobody' (SQLite keeps its -wal/-shm "
         f"files next to the database): chown nobody {elsewhere}"]
+    # behind the symlink, a file nobody may read: the milter started as root hands over no file
+    # behind a link, so the advice must not promise that it does
+    (elsewhere / "bayes.sqlite-shm").chmod(0o600)
+    target_shm = elsewhere / "bayes.sqlite-shm"
+    assert [w for w in warned("nobody", db) if "may not read" in w] == [
+        f"[bayes] db: user 'nobody' may not read {target_shm} (root:root, mode 0600): every "
+        f"message would get on_unavailable: chown nobody {target_shm}"]
