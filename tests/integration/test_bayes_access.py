@@ -174,17 +174,25 @@ def test_the_milter_and_check_config_say_whose_file_the_milter_cannot_read(
             "neither its owner nor in its group root") in m.log, m.log
 
 
-def test_check_config_as_an_admin_outside_the_group_does_not_call_the_database_missing(
-        open_dir: Path, mail_user: tuple[int, int, tuple[str, str]]) -> None:
-    """Run by a user who may not enter the database's directory, `check-config` said the
-    database did not exist yet, that the milter would create it, and all was well."""
+def check_config_outside_the_group(open_dir: Path, mail_user: tuple[int, int, tuple[str, str]]
+                                   ) -> tuple[Path, Path, subprocess.CompletedProcess[str]]:
+    """A trained database in a 2770 directory of a group `mail_user` is not in, and
+    `check-config` run by that user: (database, its directory, what check-config did)."""
     uid, group, py = mail_user
     dbdir = shared_dir(open_dir, group)
     db = train(dbdir / "bayes.sqlite", open_dir / "corpus")
     conf = write_config(open_dir / "c.toml", {"milter": {"engine": "bayes"},
                                               "bayes": {"db": str(db)}})
     conf.chmod(0o644)
-    r = as_user(py, uid, [], "check-config", "--no-postfix", "--config", str(conf))
+    return db, dbdir, as_user(py, uid, [], "check-config", "--no-postfix", "--config", str(conf))
+
+
+def test_check_config_as_an_admin_outside_the_group_does_not_call_the_database_missing(
+        open_dir: Path, mail_user: tuple[int, int, tuple[str, str]]) -> None:
+    """Run by a user who may not enter the database's directory, `check-config` said the
+    database did not exist yet, that the milter would create it, and all was well."""
+    uid, group, _ = mail_user
+    db, dbdir, r = check_config_outside_the_group(open_dir, mail_user)
     assert "does not exist" not in r.stdout, r.stdout
     assert r.returncode == 1
     assert (f"warning: [bayes] db: {db}: cannot open the Bayes database: user {uid} may not "
@@ -336,13 +344,8 @@ def test_check_config_says_when_its_user_is_not_the_milters(
         open_dir: Path, mail_user: tuple[int, int, tuple[str, str]]) -> None:
     """What check-config cannot open as the admin who runs it, the milter's user may: the
     warning says who ran it, and nothing of the kind when that is the milter's own user."""
-    uid, group, py = mail_user
-    dbdir = shared_dir(open_dir, group)
-    db = train(dbdir / "bayes.sqlite", open_dir / "corpus")
-    conf = write_config(open_dir / "c.toml", {"milter": {"engine": "bayes"},
-                                              "bayes": {"db": str(db)}})
-    conf.chmod(0o644)
-    r = as_user(py, uid, [], "check-config", "--no-postfix", "--config", str(conf))
+    uid = mail_user[0]
+    db, dbdir, r = check_config_outside_the_group(open_dir, mail_user)
     assert (f"every message would get on_unavailable (if the milter ran as {uid}, who ran this "
             "check; it runs as root: run check-config as root to judge for it)") in r.stdout, \
         r.stdout
