@@ -41,8 +41,10 @@ class SpamBridgeMilter(Milter.Base):
     def connect(self, hostname: str, family: int, hostaddr: Any) -> int:
         inet = family in (socket.AF_INET, socket.AF_INET6) and hostaddr
         addr, port = (hostaddr[0], hostaddr[1]) if inet else ("", None)
+        # the macro `_` only for a client the call gives no address of (a unix-domain smtpd)
         self.session.connect(hostname or "", str(addr), self.macro("j"),
-                             self.macro("{daemon_name}"), port, self.macro("_"))
+                             self.macro("{daemon_name}"), port,
+                             "" if inet else self.macro("_"))
         return CONTINUE
 
     @Milter.noreply
