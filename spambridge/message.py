@@ -56,7 +56,8 @@ class Envelope:
     auth_user: str = ""  # macro {auth_authen}, captured at MAIL FROM
     queue_id: str = ""  # macro i, known from DATA on
     tls: bool = False
-    # submitted with sendmail(1), not over SMTP: refusing it would bounce it to its sender
+    # submitted with sendmail(1) (Postfix's pickup, or Sendmail's submission program relaying
+    # it over loopback): refusing it would bounce it to its sender, or lose it
     local: bool = False
     # `check` on a mailbox file: the receiving MTA's Received line is already in it
     delivered: bool = False

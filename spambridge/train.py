@@ -1094,6 +1094,8 @@ def run_spamd(cfg: Config, label: str, paths: list[str], *, max_size: int = DEFA
     else:
         headers = {"Message-class": label, "Set": "local"}
 
+    spamd_user = user or cfg.spamd.user
+
     async def tell_all() -> None:
         for entry in _sources(label, paths, index):
             path, origin = entry.path, entry.origin
@@ -1113,9 +1115,9 @@ def run_spamd(cfg: Config, label: str, paths: list[str], *, max_size: int = DEFA
                     continue
                 msg = strip_markup(item.data, cfg.policy.subject_tag.encode())
                 try:
-                    resp = await scanner.request("TELL", msg, user or cfg.spamd.user, headers)
+                    resp = await scanner.request("TELL", msg, spamd_user, headers)
                 except ScanError as first:
-                    e = await _why_reset(scanner, user or cfg.spamd.user, first)
+                    e = await _why_reset(scanner, spamd_user, first)
                     summary.spamd_errors += 1
                     summary.errors.append(f"{item.where}: {e}")
                     print(f"spambridge train: {origin}{item.where}: {e}", file=err)
