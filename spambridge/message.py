@@ -82,15 +82,29 @@ class Envelope:
         if not name or name.startswith("["):
             name = "unknown"
         addr = clean(self.client_addr)
-        rcpt = f"\r\n\tfor {clean(self.recipients[0])}" if len(self.recipients) == 1 else ""
+        # addresses as Postfix writes them in an SMTPUTF8 session: UTF-8 text, not escapes
+        rcpt = (f"\r\n\tfor {_address(self.recipients[0])}" if len(self.recipients) == 1
+                else "")
         qid = f" id {clean(self.queue_id)}" if self.queue_id else ""
         by = clean(self.mta_host) or "localhost"
+        # the envelope sender, where spamass-milter wrote it for SpamAssassin (Sendmail's
+        # "(envelope-from <…>)" after the date): its EnvelopeFrom, which SPF checks, the
+        # From-domain rules and welcomelist_auth read; Postfix's own line has none
+        envfrom = (f"\r\n\t(envelope-from <{_address(self.sender).strip('<>')}>)"
+                   if self.sender else "")
         line = (
             f"Received: from {helo} ({name} [{addr}])\r\n"
             f"\tby {by} (Postfix) with {proto}{qid}{rcpt};\r\n"
-            f"\t{format_datetime(when)}\r\n"
+            f"\t{format_datetime(when)}{envfrom}\r\n"
         )
-        return line.encode("ascii", "replace")
+        return line.encode("utf-8", "replace")
+
+
+def _address(value: str) -> str:
+    """An envelope address for our Received line: valid UTF-8 kept as text, other 8-bit bytes
+    as escapes, no controls, and blanks and parentheses as "?" (a quoted local part must not
+    open a comment naming another relay)."""
+    return clean(value, log=True).translate(_NOT_A_WORD)
 
 
 def spool_problem(spool_dir: str) -> str:

@@ -264,3 +264,22 @@ def test_helo_sanitised_as_postfix_writes_it() -> None:
                    helo="a.example (trusted.example [10.9.8.7])")
     assert env.received_header().startswith(
         b"Received: from a.example??trusted.example?[10.9.8.7]? (localhost [127.0.0.1])\r\n")
+
+
+def test_received_header_names_the_envelope_sender_as_spamass_milter_did() -> None:
+    """SpamAssassin's EnvelopeFrom (SPF of MAIL FROM, the From-domain rules) comes from an
+    "(envelope-from <…>)" clause; Postfix's own line, which milters never see, has none.
+    UTF-8 addresses stay text, as Postfix writes them; a quoted local part cannot open a
+    comment; a bounce says <>; `check` (no envelope) names no sender."""
+    when = datetime(2026, 11, 25, 10, 0, tzinfo=timezone(timedelta(0)))
+    env = Envelope(client_addr="192.0.2.10", sender="<jörg@bücher.example>",
+                   recipients=["<ĉefo@test.example>"])
+    assert env.received_header(when).endswith(
+        "\tfor <ĉefo@test.example>;\r\n\tWed, 25 Nov 2026 10:00:00 +0000\r\n"
+        "\t(envelope-from <jörg@bücher.example>)\r\n".encode())
+    assert Envelope(sender="<>").received_header(when).endswith(b"(envelope-from <>)\r\n")
+    quoted = Envelope(sender='<"x (a [192.0.2.99])"@example.net>').received_header(when)
+    assert b'(envelope-from <"x??a?[192.0.2.99]?"@example.net>)\r\n' in quoted
+    assert b"envelope-from" not in Envelope().received_header(when)
+    bad = Envelope(sender="<a\udcff@example.net>").received_header(when)  # not UTF-8
+    assert b"(envelope-from <a\\xff@example.net>)" in bad
