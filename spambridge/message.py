@@ -76,21 +76,21 @@ class Envelope:
             return b""
         when = when or datetime.now().astimezone()
         proto = "ESMTP" + ("S" if self.tls else "") + ("A" if self.auth_user else "")
-        helo = (clean(self.helo) or clean(self.client_name) or "unknown").translate(_NOT_A_WORD)
+        # a HELO and addresses as Postfix writes them in an SMTPUTF8 session: UTF-8 text
+        helo = _utf8_word(self.helo) or clean(self.client_name).translate(_NOT_A_WORD) or "unknown"
         # Postfix passes "[addr]" as the name when reverse DNS failed, and writes "unknown"
         name = clean(self.client_name).translate(_NOT_A_WORD)
         if not name or name.startswith("["):
             name = "unknown"
         addr = clean(self.client_addr)
-        # addresses as Postfix writes them in an SMTPUTF8 session: UTF-8 text, not escapes
-        rcpt = (f"\r\n\tfor {_address(self.recipients[0])}" if len(self.recipients) == 1
+        rcpt = (f"\r\n\tfor {_utf8_word(self.recipients[0])}" if len(self.recipients) == 1
                 else "")
         qid = f" id {clean(self.queue_id)}" if self.queue_id else ""
         by = clean(self.mta_host) or "localhost"
         # the envelope sender, where spamass-milter wrote it for SpamAssassin (Sendmail's
         # "(envelope-from <…>)" after the date): its EnvelopeFrom, which SPF checks, the
         # From-domain rules and welcomelist_auth read; Postfix's own line has none
-        envfrom = (f"\r\n\t(envelope-from <{_address(self.sender).strip('<>')}>)"
+        envfrom = (f"\r\n\t(envelope-from <{_utf8_word(self.sender).strip('<>')}>)"
                    if self.sender else "")
         line = (
             f"Received: from {helo} ({name} [{addr}])\r\n"
@@ -100,10 +100,10 @@ class Envelope:
         return line.encode("utf-8", "replace")
 
 
-def _address(value: str) -> str:
-    """An envelope address for our Received line: valid UTF-8 kept as text, other 8-bit bytes
-    as escapes, no controls, and blanks and parentheses as "?" (a quoted local part must not
-    open a comment naming another relay)."""
+def _utf8_word(value: str) -> str:
+    """A HELO or an envelope address for our Received line: valid UTF-8 kept as text, other
+    8-bit bytes as escapes, no controls, and blanks and parentheses as "?" (a HELO or a quoted
+    local part must not open a comment naming another relay)."""
     return clean(value, log=True).translate(_NOT_A_WORD)
 
 

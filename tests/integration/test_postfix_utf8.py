@@ -25,6 +25,8 @@ header SB_ENVFROM_UTF8 EnvelopeFrom:addr =~ /^j\xc3\xb6rg\@b\xc3\xbccher\.exampl
 score SB_ENVFROM_UTF8 0.01
 header SB_FOR_UTF8 Received =~ /\bfor <\xc4\x89efo\@test\.example>/
 score SB_FOR_UTF8 0.01
+header SB_HELO_UTF8 X-Spam-Relays-Trusted =~ /^\[ ip=127\.0\.0\.1 rdns=localhost helo=b\xc3\xbccher\.example /
+score SB_HELO_UTF8 0.01
 """
 
 
@@ -56,9 +58,11 @@ def utf8_message(mid: str) -> bytes:
 
 
 def send_utf8(pf: PostfixInstance, raw: bytes, rcpts: list[str]) -> str:
-    """MAIL FROM:<jörg@bücher.example> SMTPUTF8, the recipients, DATA: the queue id."""
+    """EHLO bücher.example, MAIL FROM:<jörg@bücher.example> SMTPUTF8, the recipients, DATA:
+    the queue id."""
     with pf.smtp() as s:
         s.command_encoding = "utf-8"
+        s.ehlo("bücher.example")
         code, text = s.mail("<jörg@bücher.example>", ["SMTPUTF8"])
         assert code == 250, text
         for r in rcpts:
@@ -85,14 +89,16 @@ def test_spamassassin_reads_the_envelope_of_an_smtputf8_message(
         utf8_postfix: PostfixInstance, rules_spamd: Spamd, start_milter: Start) -> None:
     """spamass-milter told SpamAssassin the envelope sender ("(envelope-from <…>)" in the
     Received line it wrote); ours named none, so SpamAssassin had no EnvelopeFrom: no SPF check
-    of MAIL FROM, no HEADER_FROM_DIFFERENT_DOMAINS, no welcomelist_auth. And the recipient in
-    our line was backslash escapes where Postfix's own line has the UTF-8 address."""
+    of MAIL FROM, no HEADER_FROM_DIFFERENT_DOMAINS, no welcomelist_auth. And the recipient and
+    the HELO in our line were backslash escapes where Postfix's own line has UTF-8 text."""
     m = start_milter(config(utf8_postfix, rules_spamd))
     qid = send_utf8(utf8_postfix, utf8_message(f"envfrom.{time.monotonic_ns()}"),
                     ["ĉefo@test.example"])
     got = utf8_postfix.wait_delivered(qid)
     [status] = got.all("X-Spam-Status")
-    assert {"SB_ENVFROM_UTF8", "SB_FOR_UTF8"} <= rules_hit(status), status
+    assert {"SB_ENVFROM_UTF8", "SB_FOR_UTF8", "SB_HELO_UTF8"} <= rules_hit(status), status
+    # Postfix's own line, which the milter never sees, for the same session
+    assert got.all("Received")[0].startswith("from bücher.example (localhost [127.0.0.1])")
     # the milter names the sender as Postfix's qmgr does
     assert "from=<jörg@bücher.example> rcpts=1 " in log_line(m, qid)
     assert f"{qid}: from=<jörg@bücher.example>," in utf8_postfix.log

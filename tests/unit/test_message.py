@@ -283,3 +283,5 @@ def test_received_header_names_the_envelope_sender_as_spamass_milter_did() -> No
     assert b"envelope-from" not in Envelope().received_header(when)
     bad = Envelope(sender="<a\udcff@example.net>").received_header(when)  # not UTF-8
     assert b"(envelope-from <a\\xff@example.net>)" in bad
+    helo = Envelope(helo="bücher.example", client_addr="192.0.2.10").received_header(when)
+    assert helo.startswith("Received: from bücher.example (unknown [192.0.2.10])".encode())
