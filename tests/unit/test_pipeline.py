@@ -6,6 +6,7 @@ tests/integration (test_bayes_milter.py, test_faults.py's locked database)."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import threading
@@ -21,7 +22,7 @@ from spambridge.milter.bridge import AsyncBridge
 from spambridge.pipeline import Evaluation, Pipeline, log_decision
 from spambridge.policy import decide
 from spambridge.scanners import ThreadedScanner
-from spambridge.verdict import ErrorKind, ScanError, ScoreResult
+from spambridge.verdict import Action, Decision, ErrorKind, ScanError, ScoreResult
 
 
 class PoolScanner:
@@ -313,3 +314,25 @@ def test_an_error_cut_inside_a_character_ends_at_the_last_whole_one(
     logged = re.search(r'error="([^"]*)"', line)
     assert logged and "\\x" not in logged.group(1), line
     assert detail.startswith(logged.group(1)) and len(logged.group(1).encode()) >= 199
+
+
+@pytest.mark.parametrize("tag_only", [False, True])
+def test_a_local_submission_is_tagged_by_its_fields_never_in_its_subject(tag_only: bool) -> None:
+    """With non_smtpd_milters = opendkim, spambridge the mail from sendmail(1) is signed
+    before spambridge sees it: spam among it got "[SPAM] " put on the signed Subject and went
+    out with a broken signature (a DMARC reject at the recipient). It keeps its Subject and is
+    tagged by its X-Spam-* fields; the same spam over SMTP still gets the Subject tag."""
+    policy = dataclasses.replace(Config().policy, subject_tag="[SPAM]", tag_only=tag_only)
+    p = Pipeline(PoolScanner(lambda m: ScoreResult("bayes", 0.999)), AsyncBridge(),
+                 Config(policy=policy))
+
+    def decide_for(env: Envelope) -> Decision:
+        buf = MessageBuffer(1 << 20, 1 << 20)
+        buf.add_header("Subject", b"Invoice 4711")
+        buf.add_body(b"pay now\r\n")
+        return p.evaluate(buf, env).decision
+
+    local = decide_for(Envelope(local=True))
+    assert (local.action, local.intended) == (Action.TAG, Action.REJECT)
+    assert local.subject_prefix == "" and ("X-Spam-Flag", "YES") in local.headers
+    assert decide_for(Envelope()).subject_prefix == ("[SPAM]" if tag_only else "")
