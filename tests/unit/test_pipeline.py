@@ -317,11 +317,12 @@ def test_an_error_cut_inside_a_character_ends_at_the_last_whole_one(
 
 
 @pytest.mark.parametrize("tag_only", [False, True])
-def test_a_local_submission_is_tagged_by_its_fields_never_in_its_subject(tag_only: bool) -> None:
+def test_the_sites_own_mail_is_tagged_by_its_fields_never_in_its_subject(tag_only: bool) -> None:
     """With non_smtpd_milters = opendkim, spambridge the mail from sendmail(1) is signed
     before spambridge sees it: spam among it got "[SPAM] " put on the signed Subject and went
     out with a broken signature (a DMARC reject at the recipient). It keeps its Subject and is
-    tagged by its X-Spam-* fields; the same spam over SMTP still gets the Subject tag."""
+    tagged by its X-Spam-* fields, as is SMTP-authenticated mail; the same spam from any
+    other SMTP client still gets the Subject tag."""
     policy = dataclasses.replace(Config().policy, subject_tag="[SPAM]", tag_only=tag_only)
     p = Pipeline(PoolScanner(lambda m: ScoreResult("bayes", 0.999)), AsyncBridge(),
                  Config(policy=policy))
@@ -336,3 +337,7 @@ def test_a_local_submission_is_tagged_by_its_fields_never_in_its_subject(tag_onl
     assert (local.action, local.intended) == (Action.TAG, Action.REJECT)
     assert local.subject_prefix == "" and ("X-Spam-Flag", "YES") in local.headers
     assert decide_for(Envelope()).subject_prefix == ("[SPAM]" if tag_only else "")
+    # SMTP AUTH (scanned with skip_authenticated = false): opendkim signs it first too
+    authenticated = decide_for(Envelope(auth_user="carol"))
+    assert authenticated.action == (Action.TAG if tag_only else Action.REJECT)
+    assert authenticated.subject_prefix == "" and ("X-Spam-Flag", "YES") in authenticated.headers
