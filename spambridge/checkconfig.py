@@ -191,15 +191,18 @@ def check_postfix(cfg: Config, pf: PostfixSettings) -> Report:
     our_options: dict[str, str] = {}
     options: dict[str, dict[str, str]] = {}  # service → our entry's {default_action=…}
     hints: list[str] = []
+    after: dict[str, None] = {}  # milters listed after ours: they see the message as we left it
     for svc in services:
         value = svc.milters if svc.milters is not None else p.get("smtpd_milters", "")
         mine: list[str] = []  # this service's entries meant for us that miss
-        for endpoint, opts in milter_entries(value):
+        entries = milter_entries(value)
+        for i, (endpoint, opts) in enumerate(entries):
             ok, hint = endpoint_matches(endpoint, ours, queue_dir, svc.chroot)
             if ok:
                 reaching.append(svc.name)
                 our_options = options[svc.name] = opts
                 mine = []
+                after.update(dict.fromkeys(e for e, _ in entries[i + 1:]))
                 break
             if hint:
                 mine.append(f"{svc.name}: {hint}")
@@ -213,6 +216,11 @@ def check_postfix(cfg: Config, pf: PostfixSettings) -> Report:
         # chrooted smtpd) passes its mail unscanned, whatever the other services do
         for h in dict.fromkeys(hints):
             r.warn(h)
+        if after:
+            r.note(f"milters listed after spambridge ({', '.join(after)}) get the message with "
+                   "its changes (X-Spam-* fields, a tagged Subject): a DKIM verifier (OpenDKIM) "
+                   "must be listed before it, or it fails correctly signed mail that "
+                   "spambridge tagged (README, Postfix quick start, step 8)")
     else:
         want = f"unix:{_relative_to(ours.path, queue_dir)}" if (
             ours.family == "unix" and _relative_to(ours.path, queue_dir)) else ours.postfix

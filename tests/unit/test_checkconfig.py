@@ -792,3 +792,17 @@ def test_the_database_files_the_milters_user_may_not_read_are_named(open_dir: Pa
     assert [w for w in warned("nobody", db) if "may not read" in w] == [
         f"[bayes] db: user 'nobody' may not read {target_shm} (root:root, mode 0600): every "
         f"message would get on_unavailable: chown nobody {target_shm}"]
+
+
+def test_a_milter_listed_after_spambridge_is_named() -> None:
+    """`smtpd_milters = spambridge, opendkim`: opendkim verified the Subject spambridge had
+    tagged, and said dkim=fail for correctly signed mail, while check-config said "all well"
+    and nothing about the order. Milters after ours are now named; before ours, nothing."""
+    dkim, ours = "inet:127.0.0.1:8891", "unix:spambridge/spambridge.sock"
+    r = check_postfix(cfg(), settings(smtpd_milters=f"{ours}, {dkim}"))
+    [note] = [n for n in r.notes if "listed after spambridge" in n]
+    assert f"milters listed after spambridge ({dkim}) get the message with its changes" in note
+    assert "DKIM verifier (OpenDKIM) must be listed before it" in note and "step 8" in note
+    assert r.warnings == []
+    r = check_postfix(cfg(), settings(smtpd_milters=f"{dkim}, {ours}"))
+    assert not [n for n in r.notes if "listed after spambridge" in n] and r.warnings == []
