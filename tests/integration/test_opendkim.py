@@ -180,12 +180,22 @@ def submitted_locally(pf: PostfixInstance, raw: bytes, sender: str) -> Delivered
 
 
 FORGED = "X-Spam-Flag: NO\nX-Spam-Status: No, score=-50.0\n"
+README = Path(__file__).resolve().parents[2] / "README.md"
+README_DKIM_SOCKET = "inet:127.0.0.1:8891"  # what README's step 8 writes for opendkim's socket
+
+
+def documented_order(od: OpenDKIM) -> str:
+    """smtpd_milters as README's "Beside OpenDKIM" step writes it, with our opendkim's port."""
+    step = README.read_text().split("**Beside OpenDKIM", 1)[1].split("\n## ", 1)[0]
+    [value] = re.findall(r"^ *smtpd_milters = (.*)$", step, re.M)
+    assert README_DKIM_SOCKET in value and SPAMBRIDGE in value, value
+    return value.replace(README_DKIM_SOCKET, od.milter)
 
 
 def test_opendkim_before_spambridge_verifies_the_mail_as_sent_and_signs_what_leaves(
         postfix: PostfixInstance, opendkim: OpenDKIM, trained_db: Path,
         start_milter: Start) -> None:
-    """The order README documents, in both lists. In: opendkim judges the message as the
+    """The order README documents (read from it), in both lists, as guides copy it. In: opendkim judges the message as the
     sender signed it (dkim=pass, what a DMARC check acts on), though spambridge then tags it;
     spambridge changes no field the signature covers but the Subject it was told to tag, and
     an untagged message still verifies as delivered. Out: the signature opendkim made before
@@ -193,8 +203,8 @@ def test_opendkim_before_spambridge_verifies_the_mail_as_sent_and_signs_what_lea
     spam submitted with sendmail(1), whose Subject spambridge leaves alone (it used to tag it
     after the signing: a broken signature, a DMARC reject, a bounced invoice)."""
     m = start_spambridge(postfix, trained_db, start_milter)
-    order = f"{opendkim.milter}, {SPAMBRIDGE}"
-    with postfix.main_cf(smtpd_milters=order, non_smtpd_milters="$smtpd_milters"):
+    with postfix.main_cf(smtpd_milters=documented_order(opendkim),
+                         non_smtpd_milters="$smtpd_milters"):
         # in: spam from outside, signed over From, To, Subject, Date, with forged X-Spam-*
         sent = opendkim.sign_outside(mail("spam", 901, extra=FORGED))
         got = postfix.wait_delivered(postfix.send(sent))
