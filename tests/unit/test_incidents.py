@@ -229,3 +229,23 @@ def test_a_full_spool_still_warns_for_each_message(caplog: pytest.LogCaptureFixt
         buf.close()
     warned = said(caplog, logging.WARNING)
     assert len(warned) == 3 and all("engine=spool" in m and "reason=error" in m for m in warned)
+
+
+def test_a_message_too_big_to_scan_is_no_incident(caplog: pytest.LogCaptureFixture) -> None:
+    """A big attachment is skipped on purpose (on_oversize): spamd did not fail, so no
+    "spamd failing" warning (and no "answers again" after it) may page the admin; the
+    message's own line says reason=oversize at INFO."""
+    scanner = Switchable()
+    p, clock = setup(scanner)
+    caplog.set_level(logging.INFO, logger="spambridge")
+    for i in range(3):
+        buf = MessageBuffer(1000, 1000)
+        buf.add_body(b"x" * 2000)  # over max_scan_size: not scanned
+        p.evaluate(buf, Envelope(queue_id=f"4BIG{i}"))
+        buf.close()
+        clock.now += 1.0
+    send(p, 2, clock)  # spamd answers, as it did all along
+    assert said(caplog, logging.WARNING) == []
+    info = said(caplog, logging.INFO)
+    assert len([m for m in info if "engine=spamd score=- action=accept reason=oversize" in m]) == 3
+    assert len(info) == 5, info
