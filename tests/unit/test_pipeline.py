@@ -13,16 +13,19 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
-from spambridge.config import Config
+from spambridge.config import Config, MilterConfig, PolicyConfig
 from spambridge.message import Envelope, MessageBuffer
 from spambridge.milter.bridge import AsyncBridge
+from spambridge.milter.session import Session
 from spambridge.pipeline import Evaluation, Pipeline, log_decision
 from spambridge.policy import decide
 from spambridge.scanners import ThreadedScanner
-from spambridge.verdict import Action, Decision, ErrorKind, ScanError, ScoreResult
+from spambridge.verdict import Action, Decision, ErrorKind, FailAction, ScanError, ScoreResult
 
 
 class PoolScanner:
@@ -341,3 +344,90 @@ def test_the_sites_own_mail_is_tagged_by_its_fields_never_in_its_subject(tag_onl
     authenticated = decide_for(Envelope(auth_user="carol"))
     assert authenticated.action == (Action.TAG if tag_only else Action.REJECT)
     assert authenticated.subject_prefix == "" and ("X-Spam-Flag", "YES") in authenticated.headers
+
+
+def decision_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if ": from=<" in r.getMessage()]
+
+
+@pytest.mark.parametrize(("tag_only", "local", "shown"), [
+    (False, False, "action=reject reason=reject"),
+    (False, True, "action=tag would=reject reason=reject mode=local"),
+    (True, False, "action=tag would=reject reason=reject mode=tag-only"),
+    # while the trial runs, tag-only is why nothing is refused, local mail included
+    (True, True, "action=tag would=reject reason=reject mode=tag-only"),
+])
+def test_the_decision_line_says_why_spam_was_not_refused(
+        caplog: pytest.LogCaptureFixture, tag_only: bool, local: bool, shown: str) -> None:
+    """GTUBE through the pipeline: refused, or delivered tagged with `would=reject` and the
+    reason it was not refused (README: the tag-only line, and mail from sendmail(1) that is
+    never bounced to its own sender)."""
+    scanner = PoolScanner(lambda m: ScoreResult("spamd", 1000.0, ("GTUBE",)))
+    scanner.name = "spamd"
+    cfg = Config(policy=replace(PolicyConfig(), tag_only=tag_only))
+    caplog.set_level(logging.INFO, logger="spambridge")
+    buf = MessageBuffer(1000, 1000)
+    try:
+        d = Pipeline(scanner, AsyncBridge(), cfg).evaluate(
+            buf, Envelope(queue_id="4GTUBE", local=local)).decision
+    finally:
+        buf.close()
+        scanner.pool.shutdown()
+    [line] = decision_lines(caplog)
+    assert re.sub(r" ms=\d+", "", line).endswith(" engine=spamd score=1000.0 " + shown), line
+    assert (str(d.reply) if d.reply else None) == (
+        "550 5.7.1 Message rejected as spam" if shown.startswith("action=reject") else None)
+
+
+@pytest.mark.parametrize("engine", ["bayes", "spamd+bayes"])
+def test_a_message_too_big_to_scan_names_the_engine_in_charge(
+        caplog: pytest.LogCaptureFixture, engine: str) -> None:
+    """`grep engine=bayes` finds every message the Bayes engine was in charge of, those
+    skipped for their size too, as the README's oversize line names spamd for engine spamd."""
+    scanner = PoolScanner(lambda m: ScoreResult("bayes", 0.0))
+    scanner.name = engine
+    caplog.set_level(logging.INFO, logger="spambridge")
+    buf = MessageBuffer(1000, 1000)
+    buf.add_body(b"x" * 2000)
+    try:
+        pipeline(scanner).evaluate(buf, Envelope(queue_id="4BIG"))
+    finally:
+        buf.close()
+        scanner.pool.shutdown()
+    [line] = decision_lines(caplog)
+    assert f" engine={engine} score=- action=accept reason=oversize " in line, line
+    assert scanner.queued == []  # not scanned
+
+
+def test_mail_not_to_be_scanned_is_not_refused_for_the_spool_it_did_not_need(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A body bigger than spool_memory spills to spool_dir; with that directory gone (or
+    full) a message to be scanned gets on_error. Mail from an SMTP-authenticated user is not
+    scanned (skip_authenticated): the failed spill must not refuse it."""
+    scanner = PoolScanner(lambda m: ScoreResult("bayes", 0.0))
+    cfg = Config(milter=MilterConfig(spool_dir=str(tmp_path / "gone"), spool_memory=100),
+                 policy=replace(PolicyConfig(), on_error=FailAction.REJECT))
+    p = Pipeline(scanner, AsyncBridge(), cfg)
+    caplog.set_level(logging.INFO, logger="spambridge")
+    replies = []
+    for qid, user in (("4ANON", ""), ("4AUTH", "alice")):
+        s = Session(p)
+        s.connect("client.example.net", "192.0.2.7", "mx.example.org", "MTA-v4", 40312)
+        s.hello("client.example.net")
+        s.start_message("<a@example.net>", user, False)
+        s.set_queue_id(qid)
+        s.add_recipient("<b@example.org>")
+        s.add_header("Subject", b"the quarterly report")
+        s.add_body(b"x" * 1000)
+        try:
+            d = s.finish().decision
+        finally:
+            s.end_message()
+        replies.append(str(d.reply) if d.reply else d.action.value)
+    scanner.pool.shutdown()
+    assert replies == ["550 5.7.1 Message could not be checked for spam", "accept"]
+    anon, auth = decision_lines(caplog)
+    assert anon.startswith("4ANON: ") and " action=reject reason=error " in anon, anon
+    assert "engine=spool" in anon and "gone" in anon
+    assert auth.startswith("4AUTH: ") and " action=accept reason=authenticated " in auth, auth
+    assert scanner.queued == []
