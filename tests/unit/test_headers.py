@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
+import re
+
 import pytest
 
 from spambridge import headers
@@ -53,8 +56,10 @@ def test_hostile_symbols_never_reach_a_header(evil: str) -> None:
         assert not any(ord(c) < 32 and c not in "\n\t" for c in value)
         for line in value.split("\n")[1:]:
             assert line.startswith("\t")  # every newline is a fold, never a new header
-    assert "GOOD_RULE" in h["X-Spam-Status"]
-    assert "Bcc" not in h["X-Spam-Status"]
+    # the list is what a Sieve or procmail rule reads up to the next blank: "E F" in it
+    # would end it early and leave a stray word among X-Spam-Status's fields
+    status = h["X-Spam-Status"].replace("\n\t", " ")
+    assert status == "Yes, score=9.0 required=5.0 tests=GOOD_RULE engine=spamd", status
 
 
 @pytest.mark.parametrize(
@@ -125,3 +130,18 @@ def test_status_lines_are_filled_to_76_columns_and_no_further() -> None:
         "\t" + "B" * 63 + ",",  # with C's 12 it would be 77
         "\t" + "C" * 11 + "," + "D" * 5 + " engine=spamd",
     ]
+
+
+def test_no_status_line_passes_76_columns_whatever_the_rule_names() -> None:
+    """As the header is written (`X-Spam-Status: ` on the first line, a tab on the others),
+    no line is longer than 76 columns, for rule names of every length up to the 64 kept,
+    and no line is broken before a word that still fitted."""
+    for n in range(1, 65):
+        for m in (1, 2, 3, 12):
+            status = render(9.0, ("A" * n, "B" * m, "C" * n, "D"))["X-Spam-Status"]
+            lines = ("X-Spam-Status: " + status).split("\n")
+            assert all(len(line) <= 76 for line in lines), lines
+            for line, after in itertools.pairwise(lines):
+                first_word = re.split(r"(?<=,)| ", after[1:])[0]
+                joint = "" if line.endswith(",") else " "
+                assert len(line + joint + first_word) > 76, (line, after)
