@@ -5,15 +5,26 @@ through a real libmilter."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 from typing import Any
 
 import Milter
+import pytest
 
 from spambridge.config import PolicyConfig
 from spambridge.milter import actions
 from spambridge.policy import decide
-from spambridge.verdict import Action, Decision, ErrorKind, FailAction, ScanError, ScoreResult
+from spambridge.verdict import (
+    Action,
+    Decision,
+    ErrorKind,
+    FailAction,
+    ScanError,
+    ScoreResult,
+    Skipped,
+    SkipReason,
+)
 
 CFG = PolicyConfig()
 TAGGING = replace(CFG, subject_tag="[SPAM]")
@@ -116,3 +127,41 @@ def test_a_tagged_message_is_accepted() -> None:
     result, _ = apply(decide(spamd(7.0), TAGGING))
     assert result == Milter.ACCEPT
     assert decide(spamd(7.0), TAGGING).action is Action.TAG
+
+
+@pytest.mark.parametrize("decision", [
+    decide(spamd(1.0), TAGGING),  # ham
+    decide(ScoreResult("bayes", 0.5), TAGGING),  # unsure: not spam
+    decide(ScanError(ErrorKind.TIMEOUT, "spamd"), TAGGING),  # accepted unchecked
+    decide(Skipped(SkipReason.AUTHENTICATED), TAGGING),
+], ids=["ham", "unsure", "unchecked", "skipped"])
+def test_mail_not_tagged_as_spam_gets_no_subject_it_did_not_have(decision: Decision) -> None:
+    """subject_tag is for spam: a message without a Subject (an automated report, a
+    notification) that is not spam is delivered without one, not with an empty one."""
+    result, ctx = apply(decision, subject=None)
+    assert result == Milter.ACCEPT
+    assert not [c for c in ctx.calls if c[1] == "Subject"], ctx.calls
+
+
+class Refusing(Ctx):
+    """libmilter saying no to field changes (an MTA that did not grant them, a value too big
+    for its packets); adding a field still works."""
+
+    def chgheader(self, field: str, idx: int, value: str | None) -> None:
+        raise Milter.error("cannot change header")
+
+
+def test_changes_libmilter_refuses_are_counted_and_the_first_is_named(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The message still gets its verdict (accepted, our fields added), and one warning says
+    how many changes were refused and which came first: removing the forged fields, before
+    the Subject, is what an admin must know about."""
+    ctx = Refusing()
+    caplog.set_level(logging.WARNING, logger="spambridge")
+    result = actions.apply(ctx, decide(spamd(7.0), TAGGING),
+                           [("X-Spam-Flag", 2), ("X-Spam-Flag", 1)], b"Cheap pills", "4ABC")
+    assert result == Milter.ACCEPT
+    assert ("add", "X-Spam-Flag", "YES", -1) in ctx.calls
+    assert [r.getMessage() for r in caplog.records] == [
+        "4ABC: 3 change(s) to the message refused by libmilter, first: "
+        "remove X-Spam-Flag[2]: cannot change header"]
