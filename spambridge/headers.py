@@ -33,6 +33,17 @@ def format_score(engine: str, score: float) -> str:
     return f"{score:.4f}" if engine == "bayes" else f"{score:.1f}"
 
 
+def shown_score(engine: str, score: float, required: float, spam: bool) -> str:
+    """The score as the headers give it. Rounded, a score just under the threshold would read
+    as reaching it (`No, score=0.9000 required=0.9000`), and Sieve's spamtest, which compares
+    the two, would file mail we did not tag as spam: it reads one step under, as SpamAssassin
+    writes it (its bug 6419). Rounding never takes a tagged score under the threshold."""
+    shown, needed = format_score(engine, score), format_score(engine, required)
+    if not spam and float(shown) >= float(needed):
+        return format_score(engine, float(needed) - (0.0001 if engine == "bayes" else 0.1))
+    return shown
+
+
 def level_stars(engine: str, score: float) -> str:
     """One star per SpamAssassin point (max 50, as SA); Bayes 0..1 maps to 0..10 stars."""
     points = score * 10 if engine == "bayes" else score
@@ -67,7 +78,7 @@ def checker() -> tuple[str, str]:
 
 def render_score(result: ScoreResult, t: Thresholds, band: Band) -> tuple[tuple[str, str], ...]:
     spam = band in (Band.SPAM, Band.REJECT)
-    score = format_score(result.engine, result.score)
+    score = shown_score(result.engine, result.score, t.tag, spam)
     tests = safe_symbols(result.tests) or ["none"]
     parts = [
         "Yes," if spam else "No,",

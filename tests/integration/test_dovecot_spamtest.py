@@ -28,6 +28,7 @@ from harness import (
     wait_until,
 )
 from postfix_instance import PostfixInstance
+from spamdfakes import SwitchableSpamd, spamd_reply
 
 pytestmark = pytest.mark.postfix
 
@@ -188,3 +189,20 @@ def test_readme_sieve_and_spamtest_settings_file_spam_into_junk_for_each_engine(
         # and the one the README keeps for spamd: five Bayes stars are not spam
         stars = bool(re.search(rb"^X-Spam-Level: \*\*\*\*\*", raw, re.M))
         assert stars is (spam or kind == "unsure"), kind
+
+
+def test_mail_under_a_threshold_it_rounds_to_is_left_in_the_inbox_by_both_scripts(
+        postfix: PostfixInstance, dovecot: Dovecot, start_milter: Start,
+        fake: SwitchableSpamd) -> None:
+    """tag_at = 5.04, and spamd answers 5.0: not tagged, so no X-Spam-Flag and the second
+    script leaves it in INBOX. X-Spam-Status read `No, score=5.0 required=5.0`, and the
+    spamtest script, 10 "from the tag threshold up", filed the same message into Junk."""
+    fake.reply = spamd_reply(5.0, 5.0)
+    start_milter({"milter": {"socket": f"unix:{postfix.milter_socket}", "engine": "spamd"},
+                  "spamd": {"host": "127.0.0.1", "port": fake.port},
+                  "policy": {"tag_at": 5.04}})
+    subject = "just under tag_at"
+    got = deliver(postfix, dovecot, message(subject=subject), subject)
+    assert {u: where[0] for u, where in got.items()} == dict.fromkeys(USERS, "INBOX")
+    [value] = re.findall(rb"^X-Spam-Status: (.*)", got["flag"][1], re.M)
+    assert value.startswith(b"No, score=4.9 required=5.0 "), value  # as SpamAssassin's

@@ -171,3 +171,24 @@ def test_tag_only_never_refuses_mail_on_a_failure(kind: ErrorKind, choice: FailA
     assert d.reply is None
     assert hdr(d.headers, "X-Spam-Status") == f"No, unchecked={kind.value}"
 
+
+
+@pytest.mark.parametrize(("outcome", "cfg", "status", "score"), [
+    # a Bayes score 0.00004 under spam_cutoff rounds to it at four decimals
+    (ScoreResult("bayes", 0.89996), CFG, "No, score=0.8999 required=0.9000", "0.8999"),
+    # tag_at with two decimals: 5.0 points is below 5.04, which reads 5.0 at one decimal
+    (spamd(5.0), replace(CFG, spamd=Thresholds(5.04, 5.04, 15.0)),
+     "No, score=4.9 required=5.0", "4.9"),
+    (ScoreResult("bayes", 0.9), CFG, "Yes, score=0.9000 required=0.9000", "0.9000"),
+    (spamd(4.9), CFG, "No, score=4.9 required=5.0", "4.9"),
+])
+def test_mail_not_tagged_never_reads_as_reaching_the_threshold(
+        outcome: ScoreResult, cfg: PolicyConfig, status: str, score: str) -> None:
+    """Sieve's spamtest (README: 10, filed as Junk, "from the tag threshold up") reads score=
+    and required= from X-Spam-Status: a message spambridge did not tag must not read
+    `score=0.9000 required=0.9000`. As SpamAssassin does (its bug 6419), an untagged score that
+    rounds up to the threshold is shown one step under it."""
+    d = decide(outcome, cfg)
+    assert (hdr(d.headers, "X-Spam-Status") or "").startswith(status + " ")
+    assert hdr(d.headers, "X-Spam-Score") == score
+    assert (hdr(d.headers, "X-Spam-Flag") == "YES") == status.startswith("Yes,")
