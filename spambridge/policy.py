@@ -71,7 +71,6 @@ def _decide_score(result: ScoreResult, cfg: PolicyConfig) -> Decision:
         engine=result.engine,
         score=result.score,
         reason=b.value,
-        tags=result.tests,
     )
 
 

@@ -6,7 +6,7 @@ Nothing here does I/O, so policy and header rendering can be tested as tables.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 class Action(enum.Enum):
@@ -124,4 +124,3 @@ class Decision:
     engine: str = "-"
     score: float | None = None
     reason: str = ""  # "timeout", "authenticated", … for the log line
-    tags: tuple[str, ...] = field(default=())
