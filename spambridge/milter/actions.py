@@ -49,8 +49,8 @@ def tagged_subject(prefix: str, subject: bytes | None) -> str | None:
         text = subject.decode("utf-8")
     except UnicodeDecodeError:
         return None
-    if text.startswith(prefix):
-        return None  # already tagged (e.g. rescanned mail)
+    if text.lstrip().startswith(prefix):
+        return None  # already tagged (rescanned mail; a tab or a fold after the colon stays)
     text = _FOLD_OR_CONTROL.sub(lambda m: m[0] if len(m[0]) == 2 else " ", text)
     return f"{prefix} {text.lstrip()}"
 

@@ -71,9 +71,14 @@ def test_tagged_spam_without_a_subject_gets_one() -> None:
     assert not [c for c in ctx.calls if c[0] == "chg" and c[1] == "Subject"]
 
 
-def test_a_subject_already_tagged_is_not_tagged_twice() -> None:
+@pytest.mark.parametrize("subject", [
+    b"[SPAM] Cheap pills",
+    # Postfix strips one space after the colon: a tab, more blanks or a fold stay in the value
+    b"\t[SPAM] Cheap pills", b"   [SPAM] Cheap pills", b"\r\n [SPAM] Cheap pills",
+])
+def test_a_subject_already_tagged_is_not_tagged_twice(subject: bytes) -> None:
     """Mail scanned twice (a second MX, a rescan) must not read "[SPAM] [SPAM] ..."."""
-    _, ctx = apply(decide(spamd(7.0), TAGGING), subject=b"[SPAM] Cheap pills")
+    _, ctx = apply(decide(spamd(7.0), TAGGING), subject=subject)
     assert not [c for c in ctx.calls if c[1] == "Subject"]
 
 
