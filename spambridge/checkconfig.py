@@ -32,7 +32,7 @@ PARAMS = (
     "mail_version", "queue_directory", "smtpd_milters", "non_smtpd_milters",
     "milter_protocol", "milter_default_action", "milter_content_timeout",
     "milter_connect_macros", "milter_helo_macros", "milter_mail_macros",
-    "milter_end_of_header_macros", "milter_end_of_data_macros",
+    "milter_end_of_header_macros", "milter_end_of_data_macros", "smtpd_milter_maps",
 )
 
 # macro → (stages where spambridge can see it in time, what breaks without it)
@@ -207,8 +207,16 @@ def check_postfix(cfg: Config, pf: PostfixSettings) -> Report:
             if hint:
                 mine.append(f"{svc.name}: {hint}")
         hints += mine
+    # smtpd_milter_maps (Postfix 3.2): the milters it gives a client's IP address replace
+    # smtpd_milters for that client (DISABLE: none); which clients a table matches is not known
+    # here, so what it does is said, not judged
+    maps = {m: None for m in (svc.overrides.get("smtpd_milter_maps", p.get(
+        "smtpd_milter_maps", "")) for svc in services) if m}
+    by_map = (f"; smtpd_milter_maps ({', '.join(maps)}) gives the SMTP clients it matches their "
+              "milters instead: those are scanned only where their entry lists spambridge "
+              "(DISABLE: no milter at all)") if maps else ""
     if reaching:
-        r.note(f"smtpd services that use spambridge: {', '.join(reaching)}")
+        r.note(f"smtpd services that use spambridge: {', '.join(reaching)}{by_map}")
         skipped = [s.name for s in services if s.name not in reaching]
         if skipped:
             r.note(f"smtpd services without spambridge: {', '.join(skipped)}")
@@ -229,7 +237,7 @@ def check_postfix(cfg: Config, pf: PostfixSettings) -> Report:
         # already written as Postfix spells it, the hints below say why it is not reached
         spell = "" if want in written else f"; Postfix would write {want}"
         r.warn(f"smtpd_milters ({p.get('smtpd_milters', '') or 'empty'}) does not reach "
-               f"spambridge's socket {ours.libmilter}{spell}")
+               f"spambridge's socket {ours.libmilter}{spell}{by_map}")
         for h in dict.fromkeys(hints):
             r.warn(h)
     if ours.family == "unix" and reaching and not _relative_to(ours.path, queue_dir) and any(
@@ -448,7 +456,7 @@ def parse_master(text: str) -> list[Service]:
             name, eq, value = opt.partition("=")
             if eq and name == "smtpd_milters":
                 svc.milters = value
-            elif eq and name in PARAMS and name.startswith("milter_"):
+            elif eq and name in PARAMS and name.startswith(("milter_", "smtpd_milter_maps")):
                 svc.overrides[name] = value
         out.append(svc)
     return out

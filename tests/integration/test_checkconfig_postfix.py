@@ -112,3 +112,37 @@ def test_a_latin1_value_in_main_cf_is_read(tmp_path: Path) -> None:
     assert "Traceback" not in r.stderr, r.stderr
     assert "smtpd services that use spambridge: smtp/inet" in r.stdout
     assert "well below milter_content_timeout 5s" in r.stdout
+
+
+def test_smtpd_milter_maps_is_named_where_it_decides(tmp_path: Path) -> None:
+    """smtpd_milter_maps (Postfix 3.2) gives the clients it matches their own milters instead
+    of smtpd_milters (DISABLE: none): check-config judged smtpd_milters alone and said "all
+    well" while the map's clients went unscanned, or warned that spambridge is not reached
+    without a word about the map that reaches it. The map is named in both cases."""
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "milter_map").write_text("10.0.0.0/8 DISABLE\n")
+    main_cf = ("compatibility_level = 3.6\nqueue_directory = /var/spool/postfix\n"
+               "milter_default_action = accept\n"
+               f"smtpd_milter_maps = cidr:{etc}/milter_map\n")
+    (etc / "main.cf").write_text(main_cf + "smtpd_milters = unix:spambridge/spambridge.sock\n")
+    (etc / "master.cf").write_text("smtp inet n - y - - smtpd\n")
+    cfg = write_config(tmp_path / "ok.toml", {"milter": {
+        "socket": "unix:/var/spool/postfix/spambridge/spambridge.sock", "engine": "spamd"}})
+    r = check_config(cfg, "--postfix-config", str(etc))
+    assert "does not reach" not in r.stdout, r.stdout
+    assert (f"smtpd services that use spambridge: smtp/inet; smtpd_milter_maps "
+            f"(cidr:{etc}/milter_map) gives the SMTP clients it matches their milters "
+            "instead") in r.stdout, r.stdout
+    assert "(DISABLE: no milter at all)" in r.stdout
+    # the map alone gives spambridge to some clients: smtpd_milters still misses it for the rest
+    (etc / "milter_map").write_text("10.0.0.0/8 unix:spambridge/spambridge.sock\n")
+    (etc / "main.cf").write_text(main_cf)
+    (etc / "master.cf").write_text(
+        "smtp inet n - y - - smtpd -o smtpd_milter_maps=cidr:/etc/postfix/other_map\n")
+    r = check_config(cfg, "--postfix-config", str(etc))
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert ("warning: smtpd_milters (empty) does not reach spambridge's socket "
+            "unix:/var/spool/postfix/spambridge/spambridge.sock; Postfix would write "
+            "unix:spambridge/spambridge.sock; smtpd_milter_maps (cidr:/etc/postfix/other_map) "
+            "gives the SMTP clients it matches") in r.stdout, r.stdout
