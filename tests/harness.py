@@ -174,6 +174,21 @@ def _spamd_answers(port: int, tls: bool = False) -> bool:
 SPAMASSASSIN_SITE = "/etc/spamassassin"
 
 
+@contextlib.contextmanager
+def spamd_with_rules(prefix: str, rules: str) -> Iterator[Spamd]:
+    """A real spamd with a test's own rules (see start_spamd) for a module's tests, in a
+    directory of /tmp (outside pytest's 0700 tree) that goes with it."""
+    base = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        s = start_spamd(base, rules=rules)
+        try:
+            yield s
+        finally:
+            stop_process(s.proc)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
 def start_spamd(base: Path, extra: tuple[str, ...] = (), tls: tuple[Path, Path] | None = None,
                 unix: Path | None = None, rules: str = "") -> Spamd:
     """A real spamd on 127.0.0.1; `tls` = (cert, key) makes it accept only TLS; `unix` adds

@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import re
 import smtplib
-import tempfile
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
-from harness import GTUBE, RunningMilter, Spamd, message, start_spamd, stop_process, wait_until
+from harness import GTUBE, RunningMilter, Spamd, message, spamd_with_rules, wait_until
 from postfix_instance import PostfixInstance
 
 pytestmark = [pytest.mark.postfix, pytest.mark.spamd]
@@ -31,10 +29,8 @@ score SB_HOP_FORGED 0.01
 
 @pytest.fixture(scope="module")
 def relay_spamd() -> Iterator[Spamd]:
-    base = Path(tempfile.mkdtemp(prefix="sb-spamd-relays-"))
-    s = start_spamd(base, rules=RULES)
-    yield s
-    stop_process(s.proc)
+    with spamd_with_rules("sb-spamd-relays-", RULES) as s:
+        yield s
 
 
 def config(pf: PostfixInstance, spamd: Spamd, **milter: object) -> dict[str, dict[str, object]]:

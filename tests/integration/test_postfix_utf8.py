@@ -6,13 +6,11 @@ line), and the real milter."""
 from __future__ import annotations
 
 import re
-import tempfile
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
-from harness import RunningMilter, Spamd, start_spamd, stop_process, wait_until
+from harness import RunningMilter, Spamd, spamd_with_rules, wait_until
 from postfix_instance import PostfixInstance
 
 pytestmark = [pytest.mark.postfix, pytest.mark.spamd]
@@ -32,10 +30,8 @@ score SB_HELO_UTF8 0.01
 
 @pytest.fixture(scope="module")
 def rules_spamd() -> Iterator[Spamd]:
-    base = Path(tempfile.mkdtemp(prefix="sb-spamd-utf8-"))
-    s = start_spamd(base, rules=RULES)
-    yield s
-    stop_process(s.proc)
+    with spamd_with_rules("sb-spamd-utf8-", RULES) as s:
+        yield s
 
 
 @pytest.fixture
