@@ -95,6 +95,14 @@ class SpamdConfig:
     per_recipient_user: str = ""
     connect_timeout: float = defaults.SPAMD_CONNECT_TIMEOUT
     share: float = defaults.SPAMD_SHARE
+    # a pool of spamd servers as spamc -d host1,host2 takes it: tried in this order, the next
+    # only when a connection fails; empty = the one at host/port (or socket)
+    servers: tuple[tuple[str, int], ...] = ()
+
+    @property
+    def pool(self) -> tuple[tuple[str, int], ...]:
+        """The TCP servers to try, in order: `servers`, or host/port alone."""
+        return self.servers or ((self.host, self.port),)
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,6 +218,39 @@ def parse_spamd_address(text: str) -> tuple[str, int, str]:
     if not 0 < port < 65536:
         raise ValueError("port must be 1-65535")
     return host, port, ""
+
+
+def parse_server(text: str, port: int) -> tuple[str, int]:
+    """One `[spamd] servers` entry: `HOST`, `HOST:PORT` or `[IPv6]:PORT`; the port defaults
+    to `port` ([spamd] port), as spamc's -d takes the port of -p."""
+    if text.strip().startswith("/"):
+        raise ValueError(f"{text!r}: a unix socket is [spamd] socket; servers are TCP hosts")
+    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+(?:%[\w.-]+)?)\](?::(\d+))?|([^:\s\[\]]+)(?::(\d+))?",
+                     text.strip())
+    if not m:
+        raise ValueError(f"{text!r} is not HOST, HOST:PORT or [IPv6]:PORT (an IPv6 address "
+                         "in brackets)")
+    try:
+        host = _spamd_host(m.group(1) if m.group(1) is not None else m.group(3))
+    except ValueError as e:
+        raise ValueError(f"{text!r}: {e}") from None
+    given = m.group(2) or m.group(4)
+    if given is not None and not 0 < int(given) < 65536:
+        raise ValueError(f"{text!r}: port must be 1-65535")
+    return host, int(given) if given is not None else port
+
+
+def _servers(port: int) -> Callable[[list[Any]], tuple[tuple[str, int], ...]]:
+    def convert(v: list[Any]) -> tuple[tuple[str, int], ...]:
+        if not all(isinstance(item, str) for item in v):
+            raise ValueError('must be a list of strings, e.g. ["10.0.0.5", "10.0.0.6:7830"]')
+        pool = tuple(parse_server(item, port) for item in v)
+        for n, server in enumerate(pool):
+            if server in pool[:n]:  # the same server twice is one server tried twice
+                raise ValueError(f"{host_port(*server)} is listed twice")
+        return pool
+
+    return convert
 
 
 def parse_listen(text: str) -> MetricsConfig:
@@ -416,9 +457,10 @@ def from_mapping(data: Mapping[str, Any], path: str = "<config>", text: str = ""
 
     s = _Section(loader, "spamd", data.get("spamd", {}))
     sd = SpamdConfig()
+    port = s.get("port", int, sd.port, _between(1, 65535))
     spamd = SpamdConfig(
         host=s.get("host", str, sd.host, _spamd_host),
-        port=s.get("port", int, sd.port, _between(1, 65535)),
+        port=port,
         socket=s.get("socket", str, sd.socket, _abs_path),
         tls=s.get("tls", bool, sd.tls),
         ca_file=s.get("ca_file", str, sd.ca_file),
@@ -426,9 +468,16 @@ def from_mapping(data: Mapping[str, Any], path: str = "<config>", text: str = ""
         per_recipient_user=_recipient_user(s),
         connect_timeout=s.get("connect_timeout", float, sd.connect_timeout, _between(0.05, 60)),
         share=s.get("share", float, sd.share, _between(0.1, 0.95)),
+        servers=s.parse("servers", list, [], _servers(port)),
     )
     if spamd.tls and spamd.socket:
         s.fail("tls", "TLS is for spamd over TCP; a unix socket is used as it is")
+    # one place says where spamd is: with both, which one the milter used would be a guess
+    if spamd.servers and spamd.socket:
+        s.fail("servers", "not with [spamd] socket: servers are TCP hosts (remove one of them)")
+    if spamd.servers and spamd.host != sd.host:
+        s.fail("servers", f"not with [spamd] host = {spamd.host!r}: list that host among the "
+               "servers and remove host")
     s.finish()
 
     b = _Section(loader, "bayes", data.get("bayes", {}))
@@ -589,8 +638,8 @@ def with_overrides(cfg: Config, **flags: Any) -> Config:
         if flags.get("spamd") is not None:
             flag = "--spamd"
             host, port, sock = parse_spamd_address(flags["spamd"])
-            spamd = replace(spamd, host=host, port=port, socket=sock)
-            given += ["[spamd] host", "[spamd] port", "[spamd] socket"]
+            spamd = replace(spamd, host=host, port=port, socket=sock, servers=())  # one server
+            given += ["[spamd] host", "[spamd] port", "[spamd] socket", "[spamd] servers"]
         if flags.get("db") is not None:
             flag = "--db"
             bayes = replace(bayes, db=_path(flags["db"]))

@@ -47,6 +47,10 @@ BAYES_MAX_TOKENS = 5000  # distinct tokens per message looked up and scored
 SPAMD_HOST = "127.0.0.1"
 SPAMD_PORT = 783
 SPAMD_CONNECT_TIMEOUT = 2.0
+# [spamd] servers: a server whose connection failed (refused, unreachable, no connect within
+# connect_timeout) is tried after the others for this long, so a dead first server of a pool
+# does not cost connect_timeout on every message; then it is tried in its listed place again
+SPAMD_RETRY_AFTER = 30.0
 SPAMD_SHARE = 0.7  # spamd+bayes: fraction of the cap spamd gets before Bayes decides
 
 HEADER_PREFIX = "X-Spam-"  # every incoming header with this prefix is ours and is removed

@@ -210,3 +210,43 @@ BEHAVIOURS: dict[str, Callable[[SwitchableSpamd, socket.socket], None]] = {
     "reset_mid_reply": _reset_mid_reply,
     "hostile_symbols": _hostile_symbols,
 }
+
+
+class BlackHole:
+    """A spamd host that is off or firewalled, on loopback: a listening socket that never
+    accepts, its accept queue filled (listen(0) holds one connection), so the kernel drops
+    every further SYN and a connect waits out its timeout, as to a dead host. An unroutable
+    address would do the same off this machine; tests stay on 127.0.0.1."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(0)
+        self.port = int(self.sock.getsockname()[1])
+        self._fill: list[socket.socket] = []
+        for _ in range(8):  # bounded: the queue is full after one or two
+            if not self.accepts_within(0.2):
+                return
+        self.close()
+        raise RuntimeError("a listen(0) socket kept completing connections")
+
+    def accepts_within(self, seconds: float) -> bool:
+        """Whether a connection completes within `seconds` (it is kept: it fills the queue)."""
+        c = socket.socket()
+        c.settimeout(seconds)
+        try:
+            c.connect(("127.0.0.1", self.port))
+        except OSError:
+            c.close()
+            return False
+        self._fill.append(c)
+        return True
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        for c in self._fill:
+            c.close()
+        self.sock.close()

@@ -6,14 +6,22 @@ TimeoutError its total timeout raises, becomes a typed ScanError. Its connection
 used with their send replaced (aiospamc is pinned): the reply is read up to _MAX_REPLY bytes,
 not to whatever end a broken peer never sends, and the socket is closed when the cap cancels
 the request, not whenever the garbage collector runs.
+
+A pool (`[spamd] servers`) is tried as spamc -d tries it: in the listed order, the next server
+only when the connection itself failed, so no message is ever sent twice; a server that
+failed to connect goes to the back for SPAMD_RETRY_AFTER seconds (try_order), so a dead first
+server costs connect_timeout once, not on every message.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import ssl
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiospamc
@@ -38,9 +46,12 @@ from aiospamc.responses import (
     UnavailableException,
 )
 
+from spambridge import defaults
 from spambridge.config import SpamdConfig, host_port
 from spambridge.message import Envelope
 from spambridge.verdict import ErrorKind, ScanError, ScoreResult
+
+log = logging.getLogger("spambridge")
 
 ENGINE = "spamd"
 # a SYMBOLS reply is a status line, two headers and the rule names (a few kB); aiospamc's
@@ -77,15 +88,49 @@ class _Unix(_BoundedSend, UnixConnectionManager):
     pass
 
 
-def build_client(cfg: SpamdConfig, total_timeout: float) -> Client:
+@dataclass
+class _Server:
+    """One spamd of the pool, its client, and since when it is put last (try_order)."""
+
+    target: str  # HOST:PORT or the socket's path, as the log names it
+    client: Client
+    retry_at: float = 0.0  # clock() until which it is tried after the others
+    down: bool = False  # its last connection failed (said once, and once when it is back)
+
+
+def build_clients(cfg: SpamdConfig, total_timeout: float) -> list[tuple[str, Client]]:
+    """(target, client) per server, in the order they are tried; one SSL context for all."""
     timeout = aiospamc.Timeout(total=total_timeout, connection=cfg.connect_timeout)
     if cfg.socket:
-        return Client(_Unix(Path(cfg.socket), timeout))
+        return [(cfg.socket, Client(_Unix(Path(cfg.socket), timeout)))]
     context: ssl.SSLContext | None = None
     if cfg.tls:  # as aiospamc's own verify=True / verify=Path(ca_file)
         tls = SSLContextBuilder()
         context = (tls.add_ca(Path(cfg.ca_file)) if cfg.ca_file else tls.add_default_ca()).build()
-    return Client(_Tcp(cfg.host, cfg.port, context, timeout))
+    return [(host_port(host, port), Client(_Tcp(host, port, context, timeout)))
+            for host, port in cfg.pool]
+
+
+def build_client(cfg: SpamdConfig, total_timeout: float) -> Client:
+    """The client of the first (or only) server."""
+    return build_clients(cfg, total_timeout)[0][1]
+
+
+def try_order(retry_at: Sequence[float], now: float) -> list[int]:
+    """The servers' indexes in the order a message tries them: as listed, but those whose
+    connection failed less than SPAMD_RETRY_AFTER ago (retry_at > now) after the others, still
+    in their listed order among themselves. They stay in the list: with every other server
+    down too, they may be back."""
+    return sorted(range(len(retry_at)), key=lambda i: retry_at[i] > now)
+
+
+def connect_failed(exc: BaseException) -> bool:
+    """Whether the connection itself failed (refused, unreachable, not accepted within
+    connect_timeout, its TLS handshake refused): spamd has none of the message, so the next
+    server may have it. Only _BoundedSend's _connect raises these two (no response timeout is
+    set); anything later (a reset while sending, a slow or garbage reply) is that server's
+    own failure, never a reason to send the message again."""
+    return isinstance(exc, AIOSpamcConnectionFailed | ClientTimeoutException)
 
 
 def classify_exception(exc: BaseException) -> ErrorKind:
@@ -111,11 +156,15 @@ class SpamdScanner:
 
     name = ENGINE
 
-    def __init__(self, cfg: SpamdConfig, total_timeout: float) -> None:
+    def __init__(self, cfg: SpamdConfig, total_timeout: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.cfg = cfg
         self.total_timeout = total_timeout
-        self.client = build_client(cfg, total_timeout)
-        self.target = cfg.socket or host_port(cfg.host, cfg.port)
+        self.clock = clock
+        # all on one event loop (the bridge's, or train's and check-config's own): no lock
+        self.servers = [_Server(t, c) for t, c in build_clients(cfg, total_timeout)]
+        self.client = self.servers[0].client
+        self.target = ", ".join(s.target for s in self.servers)
 
     def user_for(self, envelope: Envelope) -> str:
         """[spamd] user, or for mail to one recipient (per_recipient_user) the address, or
@@ -137,22 +186,54 @@ class SpamdScanner:
             req.headers.user = user
         for name, value in (headers or {}).items():
             req.headers.set_header(name, value)
-        try:
-            return await self.client.request(req)
-        except asyncio.CancelledError:
-            raise
-        except Exception as e:  # every aiospamc failure becomes a typed ScanError
-            raise ScanError(classify_exception(e), ENGINE, self.describe(e)) from e
+        failed: list[str] = []  # each server tried so far, with what happened to it
+        order = try_order([s.retry_at for s in self.servers], self.clock())
+        for i in order:
+            server = self.servers[i]
+            try:
+                resp = await server.client.request(req)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # every aiospamc failure becomes a typed ScanError
+                failed.append(self.describe(e, server.target))
+                if not connect_failed(e):  # it has the message: its answer is the answer
+                    self._connected(server)
+                    raise ScanError(classify_exception(e), ENGINE, "; ".join(failed)) from e
+                self._not_connected(server, failed[-1])
+                if len(failed) == len(order):  # none connected: unavailable, each one named
+                    raise ScanError(classify_exception(e), ENGINE, "; ".join(failed)) from e
+                continue
+            self._connected(server)
+            return resp
+        raise AssertionError("a spamd scanner without servers")  # (build_clients: never)
 
-    def describe(self, e: BaseException) -> str:
+    def _not_connected(self, server: _Server, why: str) -> None:
+        """Put it last for SPAMD_RETRY_AFTER. Said once when a pool member goes, and once when
+        it is back: the messages it misses get their verdict from the others, so no decision
+        line says it."""
+        server.retry_at = self.clock() + defaults.SPAMD_RETRY_AFTER
+        if len(self.servers) > 1 and not server.down:
+            log.warning("spamd server %s does not connect (%s): the other servers are tried "
+                        "first, it again every %gs until it connects", server.target, why,
+                        defaults.SPAMD_RETRY_AFTER)
+        server.down = True
+
+    def _connected(self, server: _Server) -> None:
+        server.retry_at = 0.0
+        if server.down and len(self.servers) > 1:
+            log.warning("spamd server %s connects again", server.target)
+        server.down = False
+
+    def describe(self, e: BaseException, target: str = "") -> str:
         """What failed, with where and which limit: aiospamc's own texts name neither a unix
         socket's path nor the timeout (a connect timeout has no text at all)."""
+        target = target or self.target
         if isinstance(e, ClientTimeoutException):
-            return (f"no connection to {self.target} within connect_timeout "
+            return (f"no connection to {target} within connect_timeout "
                     f"{self.cfg.connect_timeout:g}s")
         if isinstance(e, TimeoutException | TimeoutError):
-            return f"no answer from {self.target} within {self.total_timeout:g}s"
-        return f"{self.target}: {_describe(e)}"
+            return f"no answer from {target} within {self.total_timeout:g}s"
+        return f"{target}: {_describe(e)}"
 
     async def scan(self, message: bytes, envelope: Envelope) -> ScoreResult:
         resp = await self.request("SYMBOLS", message, self.user_for(envelope))

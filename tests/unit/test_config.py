@@ -524,3 +524,55 @@ trusted_networks = ["::ffff:10.0.0.0/104", "::ffff:192.0.2.7", "::1", "fe80::/10
     s = Session(SimpleNamespace(config=cfg))  # type: ignore[arg-type]
     s.connect("client.example", client, "mx.example.org", "MTA-v4", 40000)
     assert s.trusted is trusted
+
+
+# --- [spamd] servers: a pool, as spamc -d host1,host2 ------------------------------------------
+
+
+def test_spamd_servers_take_the_port_of_port(tmp_path: Path) -> None:
+    cfg = load(write(tmp_path, '[spamd]\nport = 7830\nservers = ["10.0.0.5", "10.0.0.6:7831", '
+                               '"[2001:db8::5]:783", "spamd.example"]\n'))
+    assert cfg.spamd.pool == (("10.0.0.5", 7830), ("10.0.0.6", 7831), ("2001:db8::5", 783),
+                              ("spamd.example", 7830))
+    assert load(None).spamd.pool == (("127.0.0.1", 783),)  # empty: host/port as before
+    assert load(write(tmp_path, "[spamd]\nservers = []\n")).spamd.pool == (("127.0.0.1", 783),)
+
+
+@pytest.mark.parametrize(("text", "line", "message"), [
+    ('[spamd]\nsocket = "/run/spamd.sock"\nservers = ["10.0.0.5"]\n', 3,
+     "[spamd] servers: not with [spamd] socket"),
+    ('[spamd]\nservers = ["10.0.0.5"]\nhost = "10.0.0.6"\n', 2,
+     "[spamd] servers: not with [spamd] host = '10.0.0.6': list that host among the servers"),
+    ('[spamd]\nservers = ["10.0.0.5", "10.0.0.5:783"]\n', 2,
+     "[spamd] servers: 10.0.0.5:783 is listed twice"),
+    ('[spamd]\nservers = ["2001:db8::5"]\n', 2,
+     "[spamd] servers: '2001:db8::5' is not HOST, HOST:PORT or [IPv6]:PORT"),
+    ('[spamd]\nservers = ["10.0.0.5:0"]\n', 2, "[spamd] servers: '10.0.0.5:0': port must be"),
+    ('[spamd]\nservers = ["/run/spamd.sock"]\n', 2,
+     "[spamd] servers: '/run/spamd.sock': a unix socket is [spamd] socket"),
+    ('[spamd]\nservers = ["spamd.example", 783]\n', 2,
+     "[spamd] servers: must be a list of strings"),
+    ('[spamd]\nservers = "10.0.0.5,10.0.0.6"\n', 2,
+     "[spamd] servers: must be a list, not a string"),
+])
+def test_spamd_servers_errors_name_file_line_and_key(tmp_path: Path, text: str, line: int,
+                                                     message: str) -> None:
+    p = write(tmp_path, text)
+    with pytest.raises(ConfigError) as e:
+        load(p)
+    assert str(e.value).startswith(f"{p}:{line}: {message}"), str(e.value)
+
+
+def test_the_spamd_flag_is_one_server_over_the_list(tmp_path: Path) -> None:
+    cfg = load(write(tmp_path, '[spamd]\nservers = ["10.0.0.5", "10.0.0.6"]\n'))
+    flagged = with_overrides(cfg, spamd="10.0.0.9:7830")
+    assert flagged.spamd.pool == (("10.0.0.9", 7830),)
+    assert with_overrides(cfg, spamd="/run/spamd.sock").spamd.socket == "/run/spamd.sock"
+    assert with_overrides(cfg, spamd="/run/spamd.sock").spamd.servers == ()
+
+
+def test_a_reload_keeps_the_servers_for_a_restart(tmp_path: Path) -> None:
+    old = load(write(tmp_path, '[spamd]\nservers = ["10.0.0.5", "10.0.0.6"]\n'))
+    new = load(write(tmp_path, '[spamd]\nservers = ["10.0.0.6"]\n'))
+    kept, changed = reloaded(old, new)
+    assert kept.spamd.servers == old.spamd.servers and changed == ["[spamd] servers"]

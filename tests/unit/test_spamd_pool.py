@@ -1,0 +1,157 @@
+"""[spamd] servers: which server a message tries, in which order, after which failures and at
+which time (try_order, a pure function), and what the scanner does with a pool of fake spamd
+servers on 127.0.0.1: the next server only when the connection itself failed, never the
+message sent twice."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+from harness import free_port
+from spamdfakes import BlackHole, SwitchableSpamd
+
+from spambridge import defaults
+from spambridge.config import SpamdConfig
+from spambridge.scanners.spamd import SpamdScanner, try_order
+from spambridge.verdict import ErrorKind, ScanError
+
+MSG = b"Subject: x\r\n\r\nhello\r\n"
+RETRY = defaults.SPAMD_RETRY_AFTER
+
+
+@pytest.mark.parametrize(("retry_at", "now", "order"), [
+    ([0.0, 0.0, 0.0], 100.0, [0, 1, 2]),  # as listed
+    ([100.0 + RETRY, 0.0, 0.0], 100.0, [1, 2, 0]),  # the first failed just now: last
+    ([0.0, 120.0, 0.0], 100.0, [0, 2, 1]),
+    ([100.0, 0.0, 0.0], 100.0, [0, 1, 2]),  # its time is up: back in its place
+    ([90.0, 0.0], 100.0, [0, 1]),
+    ([110.0, 120.0, 0.0], 100.0, [2, 0, 1]),  # two failed: still tried, in listed order
+    ([110.0, 120.0], 100.0, [0, 1]),  # all failed: all tried, as listed
+    ([0.0], 100.0, [0]),
+])
+def test_try_order(retry_at: list[float], now: float, order: list[int]) -> None:
+    assert try_order(retry_at, now) == order
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def pool(*ports: int, clock: Clock | None = None, total: float = 5.0) -> SpamdScanner:
+    cfg = SpamdConfig(servers=tuple(("127.0.0.1", p) for p in ports), connect_timeout=0.5)
+    return SpamdScanner(cfg, total, clock or Clock())
+
+
+def ask(scanner: SpamdScanner, cap: float = 5.0) -> float:
+    """The score one SYMBOLS request gets, within `cap` (as the pipeline caps a scan)."""
+
+    async def go() -> float:
+        async with asyncio.timeout(cap):
+            resp = await scanner.request("SYMBOLS", MSG)
+        assert resp.headers.spam is not None
+        return float(resp.headers.spam.score)
+
+    return asyncio.run(go())
+
+
+def test_a_refused_first_server_goes_last_for_its_time(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The first server refuses: the second answers, and for RETRY seconds the first is not
+    asked first (a spamd back by then gets no request), then it is again."""
+    dead_port = free_port()
+    second = SwitchableSpamd()
+    clock = Clock()
+    scanner = pool(dead_port, second.port, clock=clock)
+    revived: SwitchableSpamd | None = None
+    try:
+        with caplog.at_level(logging.WARNING, "spambridge"):
+            assert ask(scanner) == 1.5
+        assert second.requests == 1
+        assert [r.getMessage() for r in caplog.records] == [
+            f"spamd server 127.0.0.1:{dead_port} does not connect (127.0.0.1:{dead_port}: "
+            f"AIOSpamcConnectionFailed: [Errno 111] Connect call failed ('127.0.0.1', "
+            f"{dead_port})): the other servers are tried first, it again every {RETRY:g}s "
+            "until it connects"]
+        revived = SwitchableSpamd(port=dead_port)  # back, but its time is not up
+        clock.now += RETRY - 1
+        assert ask(scanner) == 1.5
+        assert (revived.requests, second.requests) == (0, 2)
+        clock.now += 1
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, "spambridge"):
+            assert ask(scanner) == 1.5
+        assert (revived.requests, second.requests) == (1, 2)
+        assert [r.getMessage() for r in caplog.records] == [
+            f"spamd server 127.0.0.1:{dead_port} connects again"]
+    finally:
+        second.close()
+        if revived is not None:
+            revived.close()
+
+
+def test_a_black_hole_first_costs_connect_timeout_once() -> None:
+    """A first server that takes no connection (a host that is off) is given up after
+    connect_timeout; the second answers, and the next message goes to it first."""
+    hole, second = BlackHole(), SwitchableSpamd()
+    scanner = pool(hole.port, second.port)
+    try:
+        assert ask(scanner, cap=2.0) == 1.5
+        assert second.requests == 1
+        assert try_order([s.retry_at for s in scanner.servers], scanner.clock()) == [1, 0]
+        assert scanner.servers[0].down and not scanner.servers[1].down
+    finally:
+        hole.close()
+        second.close()
+
+
+def test_every_server_refusing_is_unavailable_with_each_named() -> None:
+    a, b = free_port(), free_port()
+    with pytest.raises(ScanError) as e:
+        ask(pool(a, b))
+    assert e.value.kind is ErrorKind.UNAVAILABLE
+    assert e.value.detail == "; ".join(
+        f"127.0.0.1:{p}: AIOSpamcConnectionFailed: [Errno 111] Connect call failed "
+        f"('127.0.0.1', {p})" for p in (a, b))
+
+
+@pytest.mark.parametrize(("mode", "kind"), [("garbage", ErrorKind.ERROR),
+                                            ("die_mid_reply", ErrorKind.ERROR)])
+def test_a_server_that_took_the_message_is_the_answer(mode: str, kind: ErrorKind) -> None:
+    """Garbage or a cut reply from the first server is its error: the message is not sent
+    to the second (spamd may have learned from it, and it would cost the cap twice)."""
+    first, second = SwitchableSpamd(mode), SwitchableSpamd()
+    try:
+        with pytest.raises(ScanError) as e:
+            ask(pool(first.port, second.port))
+        assert e.value.kind is kind
+        assert e.value.detail.startswith(f"127.0.0.1:{first.port}: ")
+        assert (first.requests, second.requests) == (1, 0)
+    finally:
+        first.close()
+        second.close()
+
+
+def test_a_hung_server_is_a_timeout_and_the_message_is_not_resent() -> None:
+    first, second = SwitchableSpamd("hang"), SwitchableSpamd()
+    try:
+        with pytest.raises(TimeoutError):  # the cap, as the pipeline sets it
+            ask(pool(first.port, second.port), cap=0.5)
+        assert (first.requests, second.requests) == (1, 0)
+    finally:
+        first.close()
+        second.close()
+
+
+def test_one_server_keeps_its_error_text() -> None:
+    """No pool: the error reads as before (host/port alone, no list)."""
+    port = free_port()
+    with pytest.raises(ScanError) as e:
+        ask(SpamdScanner(SpamdConfig(port=port), 5.0))
+    assert e.value.detail == (f"127.0.0.1:{port}: AIOSpamcConnectionFailed: [Errno 111] "
+                              f"Connect call failed ('127.0.0.1', {port})")
