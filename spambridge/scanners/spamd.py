@@ -18,6 +18,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
+import socket
 import ssl
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -195,7 +197,8 @@ class SpamdScanner:
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # every aiospamc failure becomes a typed ScanError
-                failed.append(self.describe(e, server.target))
+                failed.append(self._not_connected_why(e, server.target) if connect_failed(e)
+                              and len(self.servers) > 1 else self.describe(e, server.target))
                 if not connect_failed(e):  # it has the message: its answer is the answer
                     self._connected(server)
                     raise ScanError(classify_exception(e), ENGINE, "; ".join(failed)) from e
@@ -214,7 +217,8 @@ class SpamdScanner:
         server.retry_at = self.clock() + defaults.SPAMD_RETRY_AFTER
         if len(self.servers) > 1 and not server.down:
             log.warning("spamd server %s does not connect (%s): the other servers are tried "
-                        "first, it again every %gs until it connects", server.target, why,
+                        "first, it again every %gs until it connects", server.target,
+                        why.removeprefix(f"{server.target}: "),
                         defaults.SPAMD_RETRY_AFTER)
         server.down = True
 
@@ -223,6 +227,17 @@ class SpamdScanner:
         if server.down and len(self.servers) > 1:
             log.warning("spamd server %s connects again", server.target)
         server.down = False
+
+    def _not_connected_why(self, e: BaseException, target: str) -> str:
+        """A pool member's connect failure, short ("10.0.0.5:783: Connection refused"): a
+        message's error names every server tried, and the decision line keeps 200 bytes
+        (aiospamc's own text repeats the address: two servers filled it)."""
+        cause = e.__cause__
+        if isinstance(cause, socket.gaierror) and cause.strerror:
+            return f"{target}: {cause.strerror}"
+        if isinstance(cause, OSError) and cause.errno and cause.errno > 0:
+            return f"{target}: {os.strerror(cause.errno)}"
+        return self.describe(e, target)
 
     def describe(self, e: BaseException, target: str = "") -> str:
         """What failed, with where and which limit: aiospamc's own texts name neither a unix
