@@ -528,31 +528,48 @@ def bayes_state(cfg: Config, r: Report) -> None:
 def spamd_state(cfg: Config, r: Report) -> None:
     """Whether spamd answers a PING now (engine spamd or spamd+bayes). Down or out of reach,
     every message gets on_unavailable, or the Bayes verdict with spamd+bayes, while the
-    milter starts as if all were well."""
+    milter starts as if all were well. Each server of a pool is asked on its own, and each
+    that does not answer is a warning: the others take its mail, but the pool has lost what
+    it was for, and the start-up log says nothing of it."""
     if cfg.milter.engine == "bayes":
         return
     import asyncio
+    from dataclasses import replace
 
     from spambridge.scanners.spamd import SpamdScanner
     from spambridge.verdict import ScanError
 
-    scanner = SpamdScanner(cfg.spamd, cfg.milter.scan_timeout)
-    where = scanner.target  # as the milter's log names it
+    pool = cfg.spamd.servers
+    one = [cfg.spamd] if not pool else [replace(cfg.spamd, servers=(s,)) for s in pool]
+    dead = 0
+    for spamd in one:
+        scanner = SpamdScanner(spamd, cfg.milter.scan_timeout)
+        where = scanner.target  # as the milter's log names it
 
-    async def ping() -> None:
+        async def ping(scanner: SpamdScanner = scanner) -> None:
+            try:
+                await asyncio.wait_for(scanner.ping(), cfg.milter.scan_timeout)
+            finally:
+                await scanner.aclose()
+
         try:
-            await asyncio.wait_for(scanner.ping(), cfg.milter.scan_timeout)
-        finally:
-            await scanner.aclose()
-
-    try:
-        asyncio.run(ping())
-    except (ScanError, TimeoutError, OSError) as e:
-        then = ("every message would get on_unavailable" if cfg.milter.engine == "spamd" else
-                "the Bayes engine would decide every message (fallback=spamd-unavailable)")
-        r.warn(f"[spamd] spamd at {where} does not answer a PING ({e or 'timeout'}): {then}")
-    else:
-        r.note(f"spamd at {where} answers")
+            asyncio.run(ping())
+        except (ScanError, TimeoutError, OSError) as e:
+            dead += 1
+            if len(one) > 1 and dead < len(one):
+                then = "the other servers would take its mail"
+            elif len(one) > 1:
+                then = "no server of [spamd] servers answers: " + (
+                    "every message would get on_unavailable" if cfg.milter.engine == "spamd"
+                    else "the Bayes engine would decide every message")
+            else:
+                then = ("every message would get on_unavailable"
+                        if cfg.milter.engine == "spamd" else
+                        "the Bayes engine would decide every message "
+                        "(fallback=spamd-unavailable)")
+            r.warn(f"[spamd] spamd at {where} does not answer a PING ({e or 'timeout'}): {then}")
+        else:
+            r.note(f"spamd at {where} answers")
 
 
 def main(cfg: Config, postfix: bool = True, postfix_config: str | None = None) -> int:
