@@ -233,6 +233,8 @@ class SpamdScanner:
         message's error names every server tried, and the decision line keeps 200 bytes
         (aiospamc's own text repeats the address: two servers filled it)."""
         cause = e.__cause__
+        if isinstance(cause, ssl.SSLError):  # its errno is OpenSSL's, not the system's
+            return self.describe(e, target)
         if isinstance(cause, socket.gaierror) and cause.strerror:
             return f"{target}: {cause.strerror}"
         if isinstance(cause, OSError) and cause.errno and cause.errno > 0:

@@ -6,7 +6,13 @@ message sent twice."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
+import ssl
+import subprocess
+import threading
+from pathlib import Path
 
 import pytest
 from harness import free_port
@@ -151,3 +157,47 @@ def test_one_server_keeps_its_error_text() -> None:
         ask(SpamdScanner(SpamdConfig(port=port), 5.0))
     assert e.value.detail == (f"127.0.0.1:{port}: AIOSpamcConnectionFailed: [Errno 111] "
                               f"Connect call failed ('127.0.0.1', {port})")
+
+
+def test_a_certificate_that_does_not_verify_is_named_so(tmp_path: Path) -> None:
+    """A pool member over TLS whose certificate the CA did not sign: its connection failed
+    (the next server is tried), said with OpenSSL's words, not os.strerror of its number."""
+    cert, key = tmp_path / "c.pem", tmp_path / "c.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    "-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(cert, key)
+    listeners = [socket.create_server(("127.0.0.1", 0)) for _ in range(2)]
+    stop = threading.Event()
+
+    def serve(ls: socket.socket) -> None:
+        ls.settimeout(0.2)
+        while not stop.is_set():  # bounded by the test's end
+            try:
+                conn, _ = ls.accept()
+            except OSError:
+                continue
+            with contextlib.suppress(OSError), conn:
+                conn.settimeout(5)
+                server_ctx.wrap_socket(conn, server_side=True).close()
+
+    threads = [threading.Thread(target=serve, args=(ls,), daemon=True) for ls in listeners]
+    for t in threads:
+        t.start()
+    try:
+        ports = [ls.getsockname()[1] for ls in listeners]
+        cfg = SpamdConfig(servers=tuple(("127.0.0.1", p) for p in ports), tls=True,
+                          connect_timeout=5.0)  # the system's CAs: not this certificate
+        with pytest.raises(ScanError) as e:
+            ask(SpamdScanner(cfg, 5.0))
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(2)
+        for ls in listeners:
+            ls.close()
+    assert e.value.kind is ErrorKind.UNAVAILABLE
+    parts = e.value.detail.split("; ")
+    assert [p.split(": ", 1)[0] for p in parts] == [f"127.0.0.1:{p}" for p in ports]
+    assert all("CERTIFICATE_VERIFY_FAILED" in p for p in parts), e.value.detail
