@@ -100,13 +100,17 @@ def test_the_first_spamd_stopped_the_second_tags_the_mail(
     assert "spamd failing" not in m.log  # no outage: every message had its verdict
 
 
+@pytest.mark.parametrize("engine", ["spamd", "spamd+bayes"])
 def test_a_black_hole_first_costs_connect_timeout_within_the_cap(
-        spamd: Spamd, start_milter: Start) -> None:
+        spamd: Spamd, start_milter: Start, engine: str) -> None:
     """A first server that takes no connection (a host that is off, a firewall that drops)
-    is given up after connect_timeout (1 s of the 3 s cap): the second spamd's verdict."""
+    is given up after connect_timeout (1 s of the 3 s cap; with spamd+bayes, of spamd's 2.1 s
+    share): the second spamd's verdict."""
     hole = BlackHole()
     try:
-        m = start_milter(pool_cfg(hole.address, spamd.address, scan_timeout=3.0))
+        cfg = pool_cfg(hole.address, spamd.address, scan_timeout=3.0)
+        cfg["milter"]["engine"] = engine
+        m = start_milter(cfg)
         for _ in range(2):
             r = send_one(m.socket_path, gtube())
             assert r.action == "reject" and r.reply.startswith("550 5.7.1"), r
@@ -121,17 +125,27 @@ def test_a_black_hole_first_costs_connect_timeout_within_the_cap(
 
 def test_both_down_is_on_unavailable_with_both_named(
         own_spamd: Callable[..., Spamd], start_milter: Start) -> None:
-    first, second = own_spamd(), free_port()
+    """Neither connects: on_unavailable, the error naming each server and what happened to
+    it, and the outage incident as with one server; it ends when one of them is back."""
+    first = own_spamd()
     stop_process(first.proc)
-    m = start_milter(pool_cfg(first.address, f"127.0.0.1:{second}"))
-    r = send_one(m.socket_path, message())
-    assert r.action == "tempfail" and r.reply.startswith("451 4.7.1"), r
-    named = f"{first.address}: Connection refused; 127.0.0.1:{second}: Connection refused"
-    (line,) = decision_lines(m)
-    assert 'action=tempfail reason=unavailable ms=' in line and f'error="{named}"' in line
-    # the outage incident, as with one server
-    assert f"WARNING spamd failing: unavailable: {named}; mail gets on_unavailable = " \
-           "tempfail until it answers again" in m.log
+    second = SwitchableSpamd(port=free_port(), listen=False)  # back later, answering 1.5
+    try:
+        m = start_milter(pool_cfg(first.address, second.address))
+        r = send_one(m.socket_path, message())
+        assert r.action == "tempfail" and r.reply.startswith("451 4.7.1"), r
+        named = f"{first.address}: Connection refused; {second.address}: Connection refused"
+        (line,) = decision_lines(m)
+        assert 'action=tempfail reason=unavailable ms=' in line and f'error="{named}"' in line
+        assert (f"WARNING spamd failing: unavailable: {named}; mail gets on_unavailable = "
+                "tempfail until it answers again") in m.log
+        second.listen()  # both were put last: both are still tried, as listed
+        r = send_one(m.socket_path, message())
+        assert r.action == "accept" and status(r).startswith("No, score=1.5"), r
+        assert "WARNING spamd answers again after" in m.log
+        assert f"WARNING spamd server {second.address} connects again" in m.log
+    finally:
+        second.close()
 
 
 def test_a_first_server_hung_after_accepting_is_a_timeout_not_resent(
