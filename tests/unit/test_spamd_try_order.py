@@ -140,10 +140,14 @@ def test_a_server_that_took_the_message_is_the_answer(mode: str, kind: ErrorKind
 
 
 def test_a_hung_server_is_a_timeout_and_the_message_is_not_resent() -> None:
+    """A server that has the message and does not answer: a timeout, said with its name
+    just before the caller's cap (whose own text names no server), and not resent."""
     first, second = SwitchableSpamd("hang"), SwitchableSpamd()
     try:
-        with pytest.raises(TimeoutError):  # the cap, as the pipeline sets it
-            ask(pool(first.port, second.port), cap=0.5)
+        with pytest.raises(ScanError) as e:
+            ask(pool(first.port, second.port, total=0.5), cap=0.5)
+        assert e.value.kind is ErrorKind.TIMEOUT
+        assert e.value.detail == f"no answer from 127.0.0.1:{first.port} within 0.5s"
         assert (first.requests, second.requests) == (1, 0)
     finally:
         first.close()
