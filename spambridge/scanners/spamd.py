@@ -208,7 +208,8 @@ class SpamdScanner:
                 failed.append(self._not_connected_why(e, server.target) if connect_failed(e)
                               and len(self.servers) > 1 else self.describe(e, server.target))
                 if not connect_failed(e):  # it has the message: its answer is the answer
-                    self._connected(server)
+                    if not isinstance(e, TimeoutError):  # (cut by the cap: maybe connecting)
+                        self._connected(server)
                     raise ScanError(classify_exception(e), ENGINE, "; ".join(failed)) from e
                 self._not_connected(server, failed[-1])
                 if len(failed) == len(order):  # none connected: unavailable, each one named

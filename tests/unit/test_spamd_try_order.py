@@ -205,3 +205,27 @@ def test_a_certificate_that_does_not_verify_is_named_so(tmp_path: Path) -> None:
     parts = e.value.detail.split("; ")
     assert [p.split(": ", 1)[0] for p in parts] == [f"127.0.0.1:{p}" for p in ports]
     assert all("CERTIFICATE_VERIFY_FAILED" in p for p in parts), e.value.detail
+
+
+def test_a_server_still_connecting_at_the_cap_is_not_taken_for_back(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A black-holed server put last, tried again when the cap runs out during its connect:
+    a timeout, and it stays put last (no "connects again": it never connected)."""
+    hole = BlackHole()
+    dead = free_port()
+    clock = Clock()
+    cfg = SpamdConfig(servers=(("127.0.0.1", hole.port), ("127.0.0.1", dead)),
+                      connect_timeout=0.3)
+    scanner = SpamdScanner(cfg, 5.0, clock)
+    try:
+        with pytest.raises(ScanError):
+            ask(scanner)  # both fail to connect: both put last
+        clock.now += RETRY  # time is up: the black hole first again, with a cap it cannot meet
+        scanner.total_timeout = 0.2
+        with caplog.at_level(logging.WARNING, "spambridge"), pytest.raises(ScanError) as e:
+            ask(scanner)
+    finally:
+        hole.close()
+    assert e.value.kind is ErrorKind.TIMEOUT
+    assert "connects again" not in caplog.text
+    assert scanner.servers[0].down
