@@ -556,17 +556,12 @@ def spamd_state(cfg: Config, r: Report) -> None:
             asyncio.run(ping())
         except (ScanError, TimeoutError, OSError) as e:
             dead += 1
-            if len(one) > 1 and dead < len(one):
-                then = "the other servers would take its mail"
-            elif len(one) > 1:
-                then = "no server of [spamd] servers answers: " + (
-                    "every message would get on_unavailable" if cfg.milter.engine == "spamd"
-                    else "the Bayes engine would decide every message")
-            else:
-                then = ("every message would get on_unavailable"
-                        if cfg.milter.engine == "spamd" else
-                        "the Bayes engine would decide every message "
-                        "(fallback=spamd-unavailable)")
+            then = ("every message would get on_unavailable" if cfg.milter.engine == "spamd"
+                    else "the Bayes engine would decide every message "
+                    "(fallback=spamd-unavailable)")
+            if len(one) > 1:
+                then = ("the other servers would take its mail" if dead < len(one) else
+                        f"no server of [spamd] servers answers: {then}")
             r.warn(f"[spamd] spamd at {where} does not answer a PING ({e or 'timeout'}): {then}")
         else:
             r.note(f"spamd at {where} answers")

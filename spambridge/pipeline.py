@@ -112,18 +112,16 @@ class Pipeline:
                     self.before_scan()
                 outcome = self.scan(raw, envelope, cfg.milter.scan_timeout)
             pcfg = cfg.policy
-            # a refusal of locally submitted mail reaches no client: Postfix bounces it (5xx) to
-            # the envelope sender, or keeps it in the maildrop (4xx); Sendmail's MSP bounces
-            # it and loses it when the bounce is refused too. Tag it instead.
-            if envelope.local:
-                pcfg = replace(pcfg, tag_only=True)
-            # The site's own outgoing mail (sendmail(1), SMTP AUTH with skip_authenticated =
-            # false) is tagged by its X-Spam-* fields only: a DKIM signer before spambridge in
-            # the milter list (README: opendkim, spambridge) has signed its Subject already, so
-            # a tagged Subject would go out with a broken signature (a DMARC reject at the
-            # recipient), and the tag to a customer.
             if envelope.local or envelope.auth_user:
-                pcfg = replace(pcfg, subject_tag="")
+                # The site's own mail (sendmail(1), SMTP AUTH with skip_authenticated = false)
+                # is tagged by its X-Spam-* fields only: a DKIM signer before spambridge in the
+                # milter list (README: opendkim, spambridge) has signed its Subject already, so
+                # a tagged Subject would go out with a broken signature (a DMARC reject at the
+                # recipient), and the tag to a customer. A refusal of locally submitted mail
+                # reaches no client: Postfix bounces it (5xx) to the envelope sender, or keeps
+                # it in the maildrop (4xx); Sendmail's MSP bounces it and loses it when the
+                # bounce is refused too. Tag it instead.
+                pcfg = replace(pcfg, subject_tag="", tag_only=pcfg.tag_only or envelope.local)
             decision = policy.decide(outcome, pcfg)
             ev = Evaluation(decision, outcome, time.monotonic() - start)
             log_decision(ev, buf, envelope, cfg.policy.tag_only)
