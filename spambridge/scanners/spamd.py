@@ -24,6 +24,7 @@ import ssl
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import count
 from pathlib import Path
 
 import aiospamc
@@ -99,6 +100,7 @@ class _Server:
     client: Client
     retry_at: float = 0.0  # clock() until which it is tried after the others
     down: bool = False  # its last connection failed (said once, and once when it is back)
+    news: int = 0  # the attempt whose outcome set retry_at/down (SpamdScanner._attempts)
 
 
 def build_clients(cfg: SpamdConfig, total_timeout: float) -> list[tuple[str, Client]]:
@@ -166,6 +168,10 @@ class SpamdScanner:
         self.clock = clock
         # all on one event loop (the bridge's, or train's and check-config's own): no lock
         self.servers = [_Server(t, c) for t, c in build_clients(cfg, total_timeout)]
+        # each attempt's number, in the order they start: a reply on a connection made before
+        # a later attempt failed to connect says nothing of the server now (spamd stopped
+        # with a scan under way), nor does a connect that fails after a later one worked
+        self._attempts = count(1)
         self.client = self.servers[0].client
         self.target = ", ".join(s.target for s in self.servers)
 
@@ -198,6 +204,7 @@ class SpamdScanner:
         end = loop.time() + self.total_timeout - _AHEAD if len(self.servers) > 1 else None
         for i in order:
             server = self.servers[i]
+            attempt = next(self._attempts)
             try:
                 resp = await (server.client.request(req) if end is None else
                               asyncio.wait_for(server.client.request(req),
@@ -209,20 +216,23 @@ class SpamdScanner:
                               and len(self.servers) > 1 else self.describe(e, server.target))
                 if not connect_failed(e):  # it has the message: its answer is the answer
                     if not isinstance(e, TimeoutError):  # (cut by the cap: maybe connecting)
-                        self._connected(server)
+                        self._connected(server, attempt)
                     raise ScanError(classify_exception(e), ENGINE, "; ".join(failed)) from e
-                self._not_connected(server, failed[-1])
+                self._not_connected(server, failed[-1], attempt)
                 if len(failed) == len(order):  # none connected: unavailable, each one named
                     raise ScanError(classify_exception(e), ENGINE, "; ".join(failed)) from e
                 continue
-            self._connected(server)
+            self._connected(server, attempt)
             return resp
         raise AssertionError("a spamd scanner without servers")  # (build_clients: never)
 
-    def _not_connected(self, server: _Server, why: str) -> None:
+    def _not_connected(self, server: _Server, why: str, attempt: int) -> None:
         """Put it last for SPAMD_RETRY_AFTER. Said once when a pool member goes, and once when
         it is back: the messages it misses get their verdict from the others, so no decision
-        line says it."""
+        line says it. An attempt older than the one that last set its state is no news."""
+        if attempt < server.news:
+            return
+        server.news = attempt
         server.retry_at = self.clock() + defaults.SPAMD_RETRY_AFTER
         if len(self.servers) > 1 and not server.down:
             log.warning("spamd server %s does not connect (%s): the other servers are tried "
@@ -231,7 +241,10 @@ class SpamdScanner:
                         defaults.SPAMD_RETRY_AFTER)
         server.down = True
 
-    def _connected(self, server: _Server) -> None:
+    def _connected(self, server: _Server, attempt: int) -> None:
+        if attempt < server.news:
+            return
+        server.news = attempt
         server.retry_at = 0.0
         if server.down and len(self.servers) > 1:
             log.warning("spamd server %s connects again", server.target)

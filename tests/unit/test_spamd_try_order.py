@@ -15,8 +15,9 @@ import threading
 from pathlib import Path
 
 import pytest
+from aiospamc.exceptions import ClientTimeoutException
 from harness import free_port
-from spamdfakes import BlackHole, SwitchableSpamd
+from spamdfakes import BlackHole, SwitchableSpamd, spamd_reply
 
 from spambridge import defaults
 from spambridge.config import SpamdConfig
@@ -229,3 +230,99 @@ def test_a_server_still_connecting_at_the_cap_is_not_taken_for_back(
     assert e.value.kind is ErrorKind.TIMEOUT
     assert "connects again" not in caplog.text
     assert scanner.servers[0].down
+
+
+def test_a_reply_on_a_connection_older_than_the_failure_is_not_taken_for_back(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """spamd stopped while it scans a message: the next message is refused (it goes last,
+    said once); the scan that was under way still answers, which is no news about the
+    server: no "connects again", and the message after is not tried there first."""
+    second = SwitchableSpamd()
+    port = 0
+
+    async def go() -> tuple[float, float, float]:
+        nonlocal port
+        got, release = asyncio.Event(), asyncio.Event()
+
+        async def slow_spamd(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readuntil(b"\r\n\r\n")  # the message is under way: it is stopped
+            got.set()
+            await release.wait()
+            writer.write(spamd_reply(score=2.5))
+            writer.close()
+
+        first = await asyncio.start_server(slow_spamd, "127.0.0.1", 0)
+        port = first.sockets[0].getsockname()[1]
+        scanner = pool(port, second.port)
+
+        async def score() -> float:
+            resp = await scanner.request("SYMBOLS", MSG)
+            assert resp.headers.spam is not None
+            return float(resp.headers.spam.score)
+
+        async with asyncio.timeout(5):
+            a = asyncio.ensure_future(score())
+            await got.wait()
+            first.close()  # no new connection is taken; the one it has goes on
+            b = await score()
+            release.set()
+            answered = await a
+            return answered, b, await score()
+
+    try:
+        with caplog.at_level(logging.WARNING, "spambridge"):
+            assert asyncio.run(go()) == (2.5, 1.5, 1.5)
+    finally:
+        second.close()
+    assert [r.getMessage() for r in caplog.records] == [
+        f"spamd server 127.0.0.1:{port} does not connect (Connection refused): the other "
+        f"servers are tried first, it again every {RETRY:g}s until it connects"]
+    assert second.requests == 2  # the third message went to the second server, not refused
+
+
+def test_a_connect_failing_after_a_later_one_worked_does_not_put_it_last(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The first server is back: a message connecting there since before (its SYN lost
+    while the host rebooted) gives up after connect_timeout, when a later message already had
+    its answer there: the server is up, so it stays first and nothing says it went again."""
+    second = SwitchableSpamd()
+    clock = Clock()
+    scanner = pool(free_port(), second.port, clock=clock)
+    first = scanner.servers[0]
+
+    class Back:  # the first server as the clients see it once it is back
+        def __init__(self) -> None:
+            self.give_up = asyncio.Event()
+            self.calls = 0
+
+        async def request(self, req: object) -> str:
+            self.calls += 1
+            if self.calls == 1:  # the message that had started connecting before
+                await self.give_up.wait()
+                raise ClientTimeoutException
+            return "answered"
+
+    async def go() -> None:
+        await scanner.request("PING", b"")  # nothing listens there: put last, said once
+        clock.now += RETRY  # its time is up
+        back = Back()
+        first.client = back  # type: ignore[assignment]
+        a = asyncio.ensure_future(scanner.request("SYMBOLS", MSG))
+        for _ in range(100):  # bounded: until a is connecting there
+            if back.calls:
+                break
+            await asyncio.sleep(0.01)
+        assert await scanner.request("SYMBOLS", MSG) == "answered"  # type: ignore[comparison-overlap]
+        back.give_up.set()
+        resp = await a  # a goes on to the second server
+        assert resp.headers.spam is not None
+
+    try:
+        with caplog.at_level(logging.WARNING, "spambridge"):
+            asyncio.run(go())
+    finally:
+        second.close()
+    assert [r.getMessage().split(" (")[0] for r in caplog.records] == [
+        f"spamd server {first.target} does not connect",
+        f"spamd server {first.target} connects again"], caplog.text
+    assert try_order([s.retry_at for s in scanner.servers], clock()) == [0, 1]
