@@ -190,10 +190,10 @@ def spamd_with_rules(prefix: str, rules: str) -> Iterator[Spamd]:
 
 
 def start_spamd(base: Path, extra: tuple[str, ...] = (), tls: tuple[Path, Path] | None = None,
-                unix: Path | None = None, rules: str = "") -> Spamd:
+                unix: Path | None = None, rules: str = "", port: int = 0) -> Spamd:
     """A real spamd on 127.0.0.1; `tls` = (cert, key) makes it accept only TLS; `unix` adds
     a unix socket (mode 0666, so our non-root user can reach it too); `rules` is added to
-    its local.cf (rules and scores of a test's own)."""
+    its local.cf (rules and scores of a test's own); `port`: that one (a spamd restarted)."""
     exe = shutil.which("spamd") or "/usr/sbin/spamd"
     if not os.path.exists(exe):
         pytest.fail("spamd is not installed: run .ci/run (or apt-get install spamd)")
@@ -223,7 +223,7 @@ def start_spamd(base: Path, extra: tuple[str, ...] = (), tls: tuple[Path, Path] 
         extra = (*extra, f"--siteconfigpath={own}")
     elif rules:
         pytest.fail(f"{site} is missing: spamd cannot be given a test's rules")
-    port = free_port()
+    port = port or free_port()
     listen = f"ssl:127.0.0.1:{port}" if tls else f"127.0.0.1:{port}"
     if tls:
         extra = (*extra, f"--server-cert={tls[0]}", f"--server-key={tls[1]}")

@@ -326,3 +326,49 @@ def test_a_connect_failing_after_a_later_one_worked_does_not_put_it_last(
         f"spamd server {first.target} does not connect",
         f"spamd server {first.target} connects again"], caplog.text
     assert try_order([s.retry_at for s in scanner.servers], clock()) == [0, 1]
+
+
+def test_a_pool_that_flaps_says_each_change_once_and_asks_the_one_that_answered_first(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Two servers going and coming back: each change of each server is one WARNING (not
+    one per message that finds it still down), and the server that answered last is asked
+    before one that was refused since, until that one's time is up."""
+    b_port, a_port = free_port(), free_port()
+    clock = Clock()
+    scanner = pool(b_port, a_port, clock=clock)  # listed: B, then A
+    up: dict[int, SwitchableSpamd] = {}
+
+    def start(port: int) -> None:
+        up[port] = SwitchableSpamd(port=port)
+
+    def stop(port: int) -> None:
+        up.pop(port).close()
+
+    def requests(port: int) -> int:
+        return up[port].requests
+
+    try:
+        with caplog.at_level(logging.WARNING, "spambridge"):
+            start(a_port)
+            assert ask(scanner) == 1.5  # B refuses: A answers
+            stop(a_port)
+            clock.now += 10
+            with pytest.raises(ScanError):  # both refuse; B again, said once already
+                ask(scanner)
+            clock.now += 10
+            start(a_port)
+            assert ask(scanner) == 1.5  # both put last: B refuses again, A is back
+            start(b_port)
+            clock.now += 5  # neither one's time is up: A answered, B was refused
+            assert ask(scanner) == 1.5
+            assert (requests(a_port), requests(b_port)) == (2, 0)
+            stop(a_port)
+            assert ask(scanner) == 1.5  # A goes again: said again; B answers
+            assert requests(b_port) == 1
+    finally:
+        for s in up.values():
+            s.close()
+    b, a = (f"spamd server 127.0.0.1:{p}" for p in (b_port, a_port))
+    assert [r.getMessage().split(" (")[0] for r in caplog.records] == [
+        f"{b} does not connect", f"{a} does not connect", f"{a} connects again",
+        f"{a} does not connect", f"{b} connects again"], caplog.text
