@@ -19,6 +19,7 @@ import asyncio
 import logging
 import math
 import os
+import re
 import socket
 import ssl
 import time
@@ -261,6 +262,11 @@ class SpamdScanner:
             return f"{target}: {cause.strerror}"
         if isinstance(cause, OSError) and cause.errno and cause.errno > 0:
             return f"{target}: {os.strerror(cause.errno)}"
+        # a name with several addresses (localhost: ::1 and 127.0.0.1) that all failed:
+        # asyncio says "Multiple exceptions: [Errno 111] Connect call failed ('::1', …), …"
+        errnos = dict.fromkeys(int(n) for n in re.findall(r"\[Errno (\d+)\]", str(cause)))
+        if isinstance(cause, OSError) and str(cause).startswith("Multiple exceptions:") and errnos:
+            return f"{target}: {', '.join(os.strerror(n) for n in errnos)}"
         return self.describe(e, target)
 
     def describe(self, e: BaseException, target: str = "") -> str:

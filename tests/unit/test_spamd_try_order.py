@@ -372,3 +372,38 @@ def test_a_pool_that_flaps_says_each_change_once_and_asks_the_one_that_answered_
     assert [r.getMessage().split(" (")[0] for r in caplog.records] == [
         f"{b} does not connect", f"{a} does not connect", f"{a} connects again",
         f"{a} does not connect", f"{b} connects again"], caplog.text
+
+
+@pytest.fixture
+def debian_localhost(monkeypatch: pytest.MonkeyPatch) -> None:
+    """localhost as Debian's /etc/hosts has it, ::1 and 127.0.0.1 (this test machine's has
+    127.0.0.1 alone): the resolver's answer, the connects are real."""
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host: object, port: object, *args: object, **kw: object) -> list[object]:
+        if host == "localhost":
+            assert isinstance(port, int)
+            return [(socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("::1", port, 0, 0)),
+                    (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port))]
+        return real(host, port, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+
+
+@pytest.mark.usefixtures("debian_localhost")
+def test_a_name_with_two_addresses_that_both_refuse_is_said_in_few_words() -> None:
+    """`localhost:PORT` (::1, then 127.0.0.1): a spamd on 127.0.0.1 alone answers; a stopped
+    one is "Connection refused", as an address is, not Python's "Multiple exceptions: …"
+    text with both addresses, which alone filled the decision line's 200 bytes."""
+    live = SwitchableSpamd()
+    dead, other = free_port(), free_port()
+    try:
+        cfg = SpamdConfig(servers=(("localhost", live.port), ("127.0.0.1", other)))
+        assert ask(SpamdScanner(cfg, 5.0)) == 1.5
+        cfg = SpamdConfig(servers=(("localhost", dead), ("127.0.0.1", other)))
+        with pytest.raises(ScanError) as e:
+            ask(SpamdScanner(cfg, 5.0))
+    finally:
+        live.close()
+    assert e.value.detail == (f"localhost:{dead}: Connection refused; "
+                              f"127.0.0.1:{other}: Connection refused")
