@@ -197,7 +197,8 @@ class SpamdScanner:
         for name, value in (headers or {}).items():
             req.headers.set_header(name, value)
         failed: list[str] = []  # each server tried so far, with what happened to it
-        order = try_order([s.retry_at for s in self.servers], self.clock())
+        now = self.clock()
+        order = try_order([s.retry_at for s in self.servers], now)
         loop = asyncio.get_running_loop()
         # a pool ends its own request just before the caller's cap (which started just
         # before it): the cap's own text ("no verdict within 10s") could not say which
@@ -206,6 +207,10 @@ class SpamdScanner:
         for i in order:
             server = self.servers[i]
             attempt = next(self._attempts)
+            if server.down and server.retry_at <= now:
+                # its time is up: this message tries it; the ones arriving meanwhile try it
+                # last, not each one waiting connect_timeout for a host that is still off
+                server.retry_at = now + defaults.SPAMD_RETRY_AFTER
             try:
                 resp = await (server.client.request(req) if end is None else
                               asyncio.wait_for(server.client.request(req),

@@ -282,12 +282,12 @@ def test_a_reply_on_a_connection_older_than_the_failure_is_not_taken_for_back(
 
 def test_a_connect_failing_after_a_later_one_worked_does_not_put_it_last(
         caplog: pytest.LogCaptureFixture) -> None:
-    """The first server is back: a message connecting there since before (its SYN lost
-    while the host rebooted) gives up after connect_timeout, when a later message already had
-    its answer there: the server is up, so it stays first and nothing says it went again."""
-    second = SwitchableSpamd()
+    """Both servers down, then the first back: a message trying it since before (its SYN
+    lost while the host rebooted) gives up after connect_timeout, when a later message (the
+    second server refusing it) already had its answer there: the first is up, so it stays
+    first and nothing says it went again."""
     clock = Clock()
-    scanner = pool(free_port(), second.port, clock=clock)
+    scanner = pool(free_port(), free_port(), clock=clock)
     first = scanner.servers[0]
 
     class Back:  # the first server as the clients see it once it is back
@@ -303,8 +303,9 @@ def test_a_connect_failing_after_a_later_one_worked_does_not_put_it_last(
             return "answered"
 
     async def go() -> None:
-        await scanner.request("PING", b"")  # nothing listens there: put last, said once
-        clock.now += RETRY  # its time is up
+        with pytest.raises(ScanError):  # nothing listens: both put last, each said once
+            await scanner.request("PING", b"")
+        clock.now += RETRY  # their time is up
         back = Back()
         first.client = back  # type: ignore[assignment]
         a = asyncio.ensure_future(scanner.request("SYMBOLS", MSG))
@@ -314,16 +315,15 @@ def test_a_connect_failing_after_a_later_one_worked_does_not_put_it_last(
             await asyncio.sleep(0.01)
         assert await scanner.request("SYMBOLS", MSG) == "answered"  # type: ignore[comparison-overlap]
         back.give_up.set()
-        resp = await a  # a goes on to the second server
-        assert resp.headers.spam is not None
+        with pytest.raises(ScanError):  # a goes on to the second, which still refuses
+            await a
 
-    try:
-        with caplog.at_level(logging.WARNING, "spambridge"):
-            asyncio.run(go())
-    finally:
-        second.close()
+    with caplog.at_level(logging.WARNING, "spambridge"):
+        asyncio.run(go())
+    second = scanner.servers[1]
     assert [r.getMessage().split(" (")[0] for r in caplog.records] == [
         f"spamd server {first.target} does not connect",
+        f"spamd server {second.target} does not connect",
         f"spamd server {first.target} connects again"], caplog.text
     assert try_order([s.retry_at for s in scanner.servers], clock()) == [0, 1]
 
@@ -407,3 +407,46 @@ def test_a_name_with_two_addresses_that_both_refuse_is_said_in_few_words() -> No
         live.close()
     assert e.value.detail == (f"localhost:{dead}: Connection refused; "
                               f"127.0.0.1:{other}: Connection refused")
+
+
+def test_when_a_dead_servers_time_is_up_one_message_tries_it_not_all_at_once() -> None:
+    """A host that is off, put last; its 30 s are up and four messages arrive together: one
+    of them tries it (and waits connect_timeout), the others go to the second server at
+    once, as they did the 30 s before. The dead server costs connect_timeout once per 30 s,
+    not once per message that arrives while that one is waiting."""
+    second = SwitchableSpamd()
+    clock = Clock()
+    scanner = pool(free_port(), second.port, clock=clock)
+
+    class StillOff:  # the first server's client: a host that is off, until told
+        def __init__(self) -> None:
+            self.calls = 0
+            self.give_up = asyncio.Event()
+
+        async def request(self, req: object) -> object:
+            self.calls += 1
+            if self.calls == 1:  # (the others would wait as long: they fail at once here)
+                await self.give_up.wait()
+            raise ClientTimeoutException
+
+    async def go() -> int:
+        await scanner.request("PING", b"")  # refused: put last
+        clock.now += RETRY
+        off = StillOff()
+        scanner.servers[0].client = off  # type: ignore[assignment]
+        first = asyncio.ensure_future(scanner.request("SYMBOLS", MSG))
+        for _ in range(100):  # bounded: until the first message is trying it
+            if off.calls:
+                break
+            await asyncio.sleep(0.01)
+        for _ in range(3):
+            await scanner.request("SYMBOLS", MSG)
+        off.give_up.set()
+        await first
+        return off.calls
+
+    try:
+        assert asyncio.run(go()) == 1
+        assert second.requests == 5  # the PING, three at once, the one that tried the first
+    finally:
+        second.close()
