@@ -99,7 +99,7 @@ class _Server:
 
     target: str  # HOST:PORT or the socket's path, as the log names it
     client: Client
-    retry_at: float = 0.0  # clock() until which it is tried after the others
+    retry_at: float = 0.0  # clock() until which it is tried after the others (or being retried)
     down: bool = False  # its last connection failed (said once, and once when it is back)
     news: int = 0  # the attempt whose outcome set retry_at/down (SpamdScanner._attempts)
 
