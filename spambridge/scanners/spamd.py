@@ -24,6 +24,7 @@ import socket
 import ssl
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from itertools import count
 from pathlib import Path
@@ -65,9 +66,17 @@ _AHEAD = 0.05  # s: a pool's end of the cap comes before the caller's, so the lo
 _MAX_SCORE = 10_000.0  # spamd's own scores stay within ±1,000 (whitelist_from is -100)
 
 
+# one per attempt of a pool (SpamdScanner.request): set once the connection (and its TLS
+# handshake) is up, so a cap that cuts the attempt can tell "still connecting" (nobody has
+# the message) from "has it". A list: the tasks aiospamc and wait_for start copy the context.
+_reached: ContextVar[list[bool]] = ContextVar("spamd_reached")
+
+
 class _BoundedSend(ConnectionManager):
     async def _send(self, data: bytes) -> bytes:
         reader, writer = await self._connect()
+        if (reached := _reached.get(None)) is not None:
+            reached[0] = True
         try:
             writer.write(data)
             if writer.can_write_eof():
@@ -211,23 +220,35 @@ class SpamdScanner:
                 # its time is up: this message tries it; the ones arriving meanwhile try it
                 # last, not each one waiting connect_timeout for a host that is still off
                 server.retry_at = now + defaults.SPAMD_RETRY_AFTER
+            reached = [False]
+            token = _reached.set(reached)
             try:
                 resp = await (server.client.request(req) if end is None else
                               asyncio.wait_for(server.client.request(req),
                                                max(end - loop.time(), 0.0)))
             except asyncio.CancelledError:
                 raise
+            except TimeoutError as e:
+                if end is None or reached[0]:  # it has the message: its timeout
+                    failed.append(self.describe(e, server.target))
+                    raise ScanError(classify_exception(e), ENGINE, "; ".join(failed)) from e
+                # the pool's end came while it was still connecting (each one before it did
+                # not connect): nobody has the message; its state stays as it was
+                failed.append(f"no connection to {server.target} within the "
+                              f"{self.total_timeout:g}s cap")
+                raise ScanError(ErrorKind.UNAVAILABLE, ENGINE, "; ".join(failed)) from e
             except Exception as e:  # every aiospamc failure becomes a typed ScanError
                 failed.append(self._not_connected_why(e, server.target) if connect_failed(e)
                               and len(self.servers) > 1 else self.describe(e, server.target))
                 if not connect_failed(e):  # it has the message: its answer is the answer
-                    if not isinstance(e, TimeoutError):  # (cut by the cap: maybe connecting)
-                        self._connected(server, attempt)
+                    self._connected(server, attempt)
                     raise ScanError(classify_exception(e), ENGINE, "; ".join(failed)) from e
                 self._not_connected(server, failed[-1], attempt)
                 if len(failed) == len(order):  # none connected: unavailable, each one named
                     raise ScanError(classify_exception(e), ENGINE, "; ".join(failed)) from e
                 continue
+            finally:
+                _reached.reset(token)
             self._connected(server, attempt)
             return resp
         raise AssertionError("a spamd scanner without servers")  # (build_clients: never)

@@ -211,7 +211,8 @@ def test_a_certificate_that_does_not_verify_is_named_so(tmp_path: Path) -> None:
 def test_a_server_still_connecting_at_the_cap_is_not_taken_for_back(
         caplog: pytest.LogCaptureFixture) -> None:
     """A black-holed server put last, tried again when the cap runs out during its connect:
-    a timeout, and it stays put last (no "connects again": it never connected)."""
+    unavailable (nobody had the message), and it stays put last (no "connects again": it
+    never connected)."""
     hole = BlackHole()
     dead = free_port()
     clock = Clock()
@@ -227,7 +228,7 @@ def test_a_server_still_connecting_at_the_cap_is_not_taken_for_back(
             ask(scanner)
     finally:
         hole.close()
-    assert e.value.kind is ErrorKind.TIMEOUT
+    assert e.value.kind is ErrorKind.UNAVAILABLE
     assert "connects again" not in caplog.text
     assert scanner.servers[0].down
 
@@ -450,3 +451,20 @@ def test_when_a_dead_servers_time_is_up_one_message_tries_it_not_all_at_once() -
         assert second.requests == 5  # the PING, three at once, the one that tried the first
     finally:
         second.close()
+
+
+def test_hosts_off_until_the_cap_runs_out_are_unavailable_not_a_timeout() -> None:
+    """Every member a host that is off, and their connect_timeouts together longer than the
+    cap: the cap cuts the last one while it is still connecting. Nobody had the message, so
+    it is on_unavailable, and the text says no connection, not "no answer from" it."""
+    holes = [BlackHole(), BlackHole()]
+    cfg = SpamdConfig(servers=tuple(("127.0.0.1", h.port) for h in holes), connect_timeout=1.0)
+    try:
+        with pytest.raises(ScanError) as e:
+            ask(SpamdScanner(cfg, 1.5), cap=1.5)
+    finally:
+        for h in holes:
+            h.close()
+    assert e.value.kind is ErrorKind.UNAVAILABLE
+    assert e.value.detail == (f"no connection to {holes[0].address} within connect_timeout 1s; "
+                              f"no connection to {holes[1].address} within the 1.5s cap")
