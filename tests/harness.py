@@ -174,6 +174,16 @@ def _spamd_answers(port: int, tls: bool = False) -> bool:
 SPAMASSASSIN_SITE = "/etc/spamassassin"
 
 
+def self_signed(where: Path, name: str) -> tuple[Path, Path]:
+    """A certificate and key for a TLS spamd on 127.0.0.1 or ::1 (the tests' ca_file too)."""
+    cert, key = where / f"{name}.pem", where / f"{name}.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1,IP:::1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    os.chmod(key, 0o644)  # spamd reads it after dropping to its own user
+    return cert, key
+
+
 @contextlib.contextmanager
 def spamd_with_rules(prefix: str, rules: str) -> Iterator[Spamd]:
     """A real spamd with a test's own rules (see start_spamd) for a module's tests, in a

@@ -26,6 +26,7 @@ from harness import (
     free_port,
     message,
     read_request,
+    self_signed,
     start_spamd,
     stop_process,
     wait_until,
@@ -681,19 +682,10 @@ def test_sigterm_during_startup_is_a_clean_stop(tmp_path: Path) -> None:
     assert b"spambridge stopped" in (proc.stderr.read() if proc.stderr else b"")
 
 
-def _self_signed(tmp: Path, name: str) -> tuple[Path, Path]:
-    cert, key = tmp / f"{name}.pem", tmp / f"{name}.key"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
-    os.chmod(key, 0o644)  # spamd reads it after dropping to its own user
-    return cert, key
-
-
 def test_spamd_over_tls(start_milter: Start) -> None:
     base = Path(tempfile.mkdtemp(prefix="sb-spamd-tls-"))
-    cert, key = _self_signed(base, "spamd")
-    other, _ = _self_signed(base, "other")
+    cert, key = self_signed(base, "spamd")
+    other, _ = self_signed(base, "other")
     own = start_spamd(base, tls=(cert, key))
     try:
         cfg = spamd_cfg(own, on_unavailable="tempfail", on_error="tempfail")
