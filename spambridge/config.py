@@ -245,12 +245,25 @@ def _servers(port: int) -> Callable[[list[Any]], tuple[tuple[str, int], ...]]:
         if not all(isinstance(item, str) for item in v):
             raise ValueError('must be a list of strings, e.g. ["10.0.0.5", "10.0.0.6:7830"]')
         pool = tuple(parse_server(item, port) for item in v)
-        for n, server in enumerate(pool):
-            if server in pool[:n]:  # the same server twice is one server tried twice
-                raise ValueError(f"{host_port(*server)} is listed twice")
+        seen: dict[tuple[str, int], tuple[str, int]] = {}
+        for server in pool:  # the same server twice is one server tried twice
+            key = (_one_spelling(server[0]), server[1])
+            if key in seen:
+                also = "" if seen[key] == server else f"{host_port(*seen[key])} "
+                raise ValueError(f"{host_port(*server)} is {also}listed twice")
+            seen[key] = server
         return pool
 
     return convert
+
+
+def _one_spelling(host: str) -> str:
+    """A host as written once: an IP address in its compressed form ([0:0::1] is [::1]), a
+    name in lower case (DNS does not tell SPAMD.example from spamd.example)."""
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        return host.lower()
 
 
 def parse_listen(text: str) -> MetricsConfig:

@@ -545,6 +545,11 @@ def test_spamd_servers_take_the_port_of_port(tmp_path: Path) -> None:
      "[spamd] servers: not with [spamd] host = '10.0.0.6': list that host among the servers"),
     ('[spamd]\nservers = ["10.0.0.5", "10.0.0.5:783"]\n', 2,
      "[spamd] servers: 10.0.0.5:783 is listed twice"),
+    # one server however it is spelled: an IPv6 address's zeros, a name's capitals
+    ('[spamd]\nservers = ["[::1]:783", "[0:0::1]"]\n', 2,
+     "[spamd] servers: [0:0::1]:783 is [::1]:783 listed twice"),
+    ('[spamd]\nservers = ["spamd.example", "SPAMD.example:783"]\n', 2,
+     "[spamd] servers: SPAMD.example:783 is spamd.example:783 listed twice"),
     ('[spamd]\nservers = ["2001:db8::5"]\n', 2,
      "[spamd] servers: '2001:db8::5' is not HOST, HOST:PORT or [IPv6]:PORT"),
     ('[spamd]\nservers = ["10.0.0.5:0"]\n', 2, "[spamd] servers: '10.0.0.5:0': port must be"),
