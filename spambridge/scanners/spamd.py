@@ -126,11 +126,6 @@ def build_clients(cfg: SpamdConfig, total_timeout: float) -> list[tuple[str, Cli
             for host, port in cfg.pool]
 
 
-def build_client(cfg: SpamdConfig, total_timeout: float) -> Client:
-    """The client of the first (or only) server."""
-    return build_clients(cfg, total_timeout)[0][1]
-
-
 def try_order(retry_at: Sequence[float], now: float) -> list[int]:
     """The servers' indexes in the order a message tries them: as listed, but those whose
     connection failed less than SPAMD_RETRY_AFTER ago (retry_at > now) after the others, still
@@ -182,7 +177,6 @@ class SpamdScanner:
         # a later attempt failed to connect says nothing of the server now (spamd stopped
         # with a scan under way), nor does a connect that fails after a later one worked
         self._attempts = count(1)
-        self.client = self.servers[0].client
         self.target = ", ".join(s.target for s in self.servers)
 
     def user_for(self, envelope: Envelope) -> str:
@@ -238,9 +232,10 @@ class SpamdScanner:
                               f"{self.total_timeout:g}s cap")
                 raise ScanError(ErrorKind.UNAVAILABLE, ENGINE, "; ".join(failed)) from e
             except Exception as e:  # every aiospamc failure becomes a typed ScanError
-                failed.append(self._not_connected_why(e, server.target) if connect_failed(e)
+                refused = connect_failed(e)
+                failed.append(self._not_connected_why(e, server.target) if refused
                               and len(self.servers) > 1 else self.describe(e, server.target))
-                if not connect_failed(e):  # it has the message: its answer is the answer
+                if not refused:  # it has the message: its answer is the answer
                     self._connected(server, attempt)
                     raise ScanError(classify_exception(e), ENGINE, "; ".join(failed)) from e
                 self._not_connected(server, failed[-1], attempt)
