@@ -456,7 +456,8 @@ def parse_master(text: str) -> list[Service]:
             name, eq, value = opt.partition("=")
             if eq and name == "smtpd_milters":
                 svc.milters = value
-            elif eq and name in PARAMS and name.startswith(("milter_", "smtpd_milter_maps")):
+            elif eq and name in PARAMS and (name.startswith("milter_")
+                                            or name == "smtpd_milter_maps"):
                 svc.overrides[name] = value
         out.append(svc)
     return out

@@ -76,10 +76,10 @@ class Envelope:
             return b""
         when = when or datetime.now().astimezone()
         proto = "ESMTP" + ("S" if self.tls else "") + ("A" if self.auth_user else "")
-        # a HELO and addresses as Postfix writes them in an SMTPUTF8 session: UTF-8 text
-        helo = _utf8_word(self.helo) or clean(self.client_name).translate(_NOT_A_WORD) or "unknown"
-        # Postfix passes "[addr]" as the name when reverse DNS failed, and writes "unknown"
         name = clean(self.client_name).translate(_NOT_A_WORD)
+        # a HELO and addresses as Postfix writes them in an SMTPUTF8 session: UTF-8 text
+        helo = _utf8_word(self.helo) or name or "unknown"
+        # Postfix passes "[addr]" as the name when reverse DNS failed, and writes "unknown"
         if not name or name.startswith("["):
             name = "unknown"
         addr = clean(self.client_addr)
