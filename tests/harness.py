@@ -400,6 +400,18 @@ def read_request(conn: socket.socket, limit: float = 5.0) -> bytes:
     return data
 
 
+def log_line(m: RunningMilter, qid: str) -> str:
+    """The milter's one line for the queue id, once it is written."""
+    wait_until(lambda: f" {qid}: " in m.log, 10, f"the milter's line for {qid}")
+    [line] = [x for x in m.log.splitlines() if f" {qid}: " in x]
+    return line
+
+
+def gtube_mail(subject: str) -> bytes:
+    """SpamAssassin's test spam in an ordinary message (spamd scores it 1000)."""
+    return message(subject=subject, body=f"Buy now.\n\n{GTUBE}\n")
+
+
 def message(subject: str = "Lunch on Friday", body: str = "Shall we meet at noon?\n",
             extra_headers: str = "", sender: str = "alice@example.net") -> bytes:
     return (

@@ -68,6 +68,12 @@ class Result:
         return f"{self.smtp_code} {self.smtp_text}".strip()
 
 
+
+def status(r: Result) -> str:
+    """The X-Spam-Status value unfolded (a fold after a comma continues the tests list)."""
+    return (r.header("X-Spam-Status") or "").replace(",\n\t", ",").replace("\n\t", " ")
+
+
 _ACTIONS = {
     constants.SMFIR_ACCEPT: "accept",
     constants.SMFIR_CONTINUE: "continue",

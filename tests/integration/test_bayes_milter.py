@@ -24,7 +24,7 @@ from harness import (
     train_database,
     wait_until,
 )
-from milterclient import MilterClient, Result, send_one
+from milterclient import MilterClient, send_one, status
 
 from spambridge import cli
 from spambridge.message import Envelope
@@ -61,10 +61,6 @@ def labelled(n: int, label: str) -> bytes:
 def trained_db(tmp_path: Path) -> Path:
     """A database trained through the real `train` command on 30 + 30 fixture messages."""
     return train_database(tmp_path, labelled, 30)
-
-
-def status(r: Result) -> str:
-    return (r.header("X-Spam-Status") or "").replace(",\n\t", ",").replace("\n\t", " ")
 
 
 def bayes_cfg(db: Path, **bayes: object) -> dict[str, dict[str, object]]:

@@ -32,7 +32,7 @@ from harness import (
     wait_until,
     write_config,
 )
-from milterclient import MilterClient, Result, send_one
+from milterclient import MilterClient, Result, send_one, status
 from spamdfakes import SwitchableSpamd
 
 pytestmark = pytest.mark.spamd
@@ -50,11 +50,6 @@ def spamd_cfg(spamd: Spamd | FakeSpamd | str, **policy: object) -> dict[str, dic
         "spamd": {"host": host, "port": int(port)},
         "policy": dict(policy),
     }
-
-
-def status(r: Result) -> str:
-    """The status value unfolded (a fold after a comma continues the tests list)."""
-    return (r.header("X-Spam-Status") or "").replace(",\n\t", ",").replace("\n\t", " ")
 
 
 # --- verdicts from the real spamd -----------------------------------------------------------

@@ -19,11 +19,11 @@ from pathlib import Path
 import pytest
 from harness import (
     BAYES_WORDS,
-    GTUBE,
     RunningMilter,
     Spamd,
     bayes_mail,
     free_port,
+    gtube_mail,
     message,
     train_database,
     wait_until,
@@ -45,10 +45,6 @@ def milter_config(pf: PostfixInstance, spamd: Spamd, **policy: object) -> dict[s
         "spamd": {"host": spamd.host, "port": spamd.port},
         "policy": {"tag_at": 5.0, "reject_at": 15.0, "reject_reply": REJECT_REPLY, **policy},
     }
-
-
-def gtube(subject: str) -> bytes:
-    return message(subject=subject, body=f"Buy now.\n\n{GTUBE}\n")
 
 
 def queue_id_of(pf: PostfixInstance, marker: str, what: str) -> str:
@@ -91,7 +87,7 @@ def test_gtube_is_rejected_at_end_of_data(postfix: PostfixInstance, spamd: Spamd
     m = start_milter(milter_config(postfix, spamd))
     st = postfix.milter_socket.stat()
     assert (grp.getgrgid(st.st_gid).gr_name, stat.S_IMODE(st.st_mode)) == ("postfix", 0o660)
-    line = expect_refused(postfix, m, gtube("GTUBE through Postfix"))
+    line = expect_refused(postfix, m, gtube_mail("GTUBE through Postfix"))
     assert "engine=spamd" in line
     assert re.search(r" score=(99\d|1\d\d\d)\.\d ", line)  # GTUBE: 1000 give or take other rules
 
@@ -119,7 +115,7 @@ def test_ham_is_delivered_with_our_headers_and_without_forged_ones(
 def test_tag_only_delivers_gtube_flagged(postfix: PostfixInstance, spamd: Spamd,
                                          start_milter: Start) -> None:
     m = start_milter(milter_config(postfix, spamd, tag_only=True))
-    qid = postfix.send(gtube("GTUBE in tag-only mode"))
+    qid = postfix.send(gtube_mail("GTUBE in tag-only mode"))
     got = postfix.wait_delivered(qid)
     assert got.all("X-Spam-Flag") == ["YES"]
     [status] = got.all("X-Spam-Status")

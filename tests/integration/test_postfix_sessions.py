@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from harness import GTUBE, RunningMilter, Spamd, message, wait_until
+from harness import GTUBE, RunningMilter, Spamd, log_line, message
 from postfix_instance import Delivered, PostfixInstance
 from spamdfakes import SwitchableSpamd
 
@@ -35,12 +35,6 @@ def queued_id(reply: bytes | str) -> str:
     found = re.search(r"queued as ([0-9A-F]+)", text)
     assert found, text
     return found[1]
-
-
-def log_line(m: RunningMilter, qid: str) -> str:
-    wait_until(lambda: f"{qid}: " in m.log, 10, f"the milter's line for {qid}")
-    [line] = [x for x in m.log.splitlines() if f" {qid}: " in x]
-    return line
 
 
 def only_our_headers(got: Delivered, spam: bool) -> None:

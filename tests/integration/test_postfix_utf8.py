@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
-from harness import RunningMilter, Spamd, spamd_with_rules, wait_until
+from harness import RunningMilter, Spamd, log_line, spamd_with_rules, wait_until
 from postfix_instance import PostfixInstance
 
 pytestmark = [pytest.mark.postfix, pytest.mark.spamd]
@@ -73,12 +73,6 @@ def rules_hit(status: str) -> set[str]:
     m = re.search(r"tests=(.*?)\s+engine=", status, re.S)
     assert m, status
     return set(re.sub(r"\s+", "", m.group(1)).split(","))
-
-
-def log_line(m: RunningMilter, qid: str) -> str:
-    wait_until(lambda: f" {qid}: " in m.log, 10, f"the milter's line for {qid}")
-    [line] = [x for x in m.log.splitlines() if f" {qid}: " in x]
-    return line
 
 
 def test_spamassassin_reads_the_envelope_of_an_smtputf8_message(

@@ -9,7 +9,7 @@ import smtplib
 from collections.abc import Callable, Iterator
 
 import pytest
-from harness import GTUBE, RunningMilter, Spamd, free_port, message, wait_until
+from harness import GTUBE, RunningMilter, Spamd, free_port, gtube_mail, message, wait_until
 from sendmail_instance import HOSTNAME, SendmailInstance, destroy, make_instance
 from spamdfakes import SwitchableSpamd
 
@@ -39,10 +39,6 @@ def spamd_config(sm: SendmailInstance, spamd: Spamd, **policy: object
             "policy": {"tag_at": 5.0, "reject_at": 15.0, **policy}}
 
 
-def gtube(subject: str) -> bytes:
-    return message(subject=subject, body=f"Buy now.\n\n{GTUBE}\n")
-
-
 def log_line(m: RunningMilter, qid: str) -> str:
     return next(x for x in m.log.splitlines() if f" {qid}: " in x)
 
@@ -52,7 +48,7 @@ def test_spam_is_refused_at_end_of_data_and_ham_delivered_with_headers(
         sendmail: SendmailInstance, spamd: Spamd, start_milter: Start) -> None:
     m = start_milter(spamd_config(sendmail, spamd))
     with pytest.raises(smtplib.SMTPDataError) as exc:
-        sendmail.send(gtube("GTUBE over SMTP"))
+        sendmail.send(gtube_mail("GTUBE over SMTP"))
     assert (exc.value.smtp_code, exc.value.smtp_error) == (550, b"5.7.1 Message rejected as spam")
     # the log line names Sendmail's queue id (macro i), not NOQUEUE
     assert re.search(rf"INFO {QUEUE_ID}: from=<alice@example.net> .*action=reject", m.log), m.log
@@ -75,7 +71,7 @@ def test_spam_is_refused_at_end_of_data_and_ham_delivered_with_headers(
 def test_subject_tag_in_tag_only_mode(sendmail: SendmailInstance, spamd: Spamd,
                                       start_milter: Start) -> None:
     m = start_milter(spamd_config(sendmail, spamd, tag_only=True, subject_tag="[SPAM]"))
-    qid = sendmail.send(gtube("cheap pills"))
+    qid = sendmail.send(gtube_mail("cheap pills"))
     got = sendmail.wait_delivered(f"id {qid}".encode())
     assert got.all("Subject") == ["[SPAM] cheap pills"]
     assert got.all("X-Spam-Flag") == ["YES"]
@@ -103,7 +99,7 @@ def test_mail_from_sendmail_1_is_tagged_never_lost(
 
     # an SMTP client on the same host greeting with its name (swaks on the MX) is told 550
     with pytest.raises(smtplib.SMTPDataError) as exc:
-        sendmail.send(gtube("the same over SMTP"), helo=HOSTNAME)
+        sendmail.send(gtube_mail("the same over SMTP"), helo=HOSTNAME)
     assert exc.value.smtp_code == 550
 
 

@@ -32,7 +32,7 @@ from harness import (
     wait_until,
     write_config,
 )
-from milterclient import Result, send_one
+from milterclient import Result, send_one, status
 from ops_helpers import scrape, value
 from spamdfakes import BlackHole, SwitchableSpamd
 
@@ -74,10 +74,6 @@ def spamd_log(s: Spamd) -> str:
 def scanned(s: Spamd) -> int:
     """Messages this spamd has scanned, from its own log (one `result:` line each)."""
     return spamd_log(s).count("spamd: result:")
-
-
-def status(r: Result) -> str:
-    return (r.header("X-Spam-Status") or "").replace(",\n\t", ",").replace("\n\t", " ")
 
 
 def gtube(n: int = 0) -> bytes:
