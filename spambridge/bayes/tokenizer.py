@@ -137,8 +137,11 @@ MAX_NEAR_DELIMITERS = 1000
 _STR_SPACE_ONLY = (b"\x1c", b"\x1d", b"\x1e", b"\x1f", b"\x85", b"\xa0")  # space to str, not bytes
 _HIGH_BYTES = bytes(range(128, 256))
 # the lines of a base64 block (blank ones too) up to and with the first one that ends in padding;
-# possessive, so a long line that turns out not to be base64 is not scanned again
-_BASE64_BLOCK = re.compile(rb"(?:[ \t]*+[A-Za-z0-9+/]*+[ \t]*+\r?\n)*+"
+# possessive, so a long line that turns out not to be base64 is not scanned again. The repeated
+# line is an atomic group, not a possessive `(?:…)*+`: Python before 3.11.5 (Debian 12 ships
+# 3.11.2) matched that wrongly when the group failed part-way (CPython gh-106052), so a base64
+# line with junk after its padding ended the block before its last quad
+_BASE64_BLOCK = re.compile(rb"(?>(?:[ \t]*+[A-Za-z0-9+/]*+[ \t]*+\r?\n)*)"
                            rb"(?:[ \t]*+[A-Za-z0-9+/]*+=*+[ \t]*+(?:\r?\n|\Z))?")
 _NOT_B64 = bytes(c for c in range(256)
                  if c not in b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")

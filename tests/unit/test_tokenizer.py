@@ -490,6 +490,22 @@ def test_a_footer_tacked_onto_a_base64_part_is_read_as_text() -> None:
         assert "control: couldn't decode" not in t
 
 
+def test_junk_after_the_padding_on_a_base64_line_keeps_the_last_quad() -> None:
+    """Spam that appends junk to its base64 line ("...YgRk=!!!x") is read in full on every
+    Python the milter runs on. Debian 12's 3.11.2 matched a possessive repeat of a group
+    wrongly (fixed in 3.11.5): the block ended before the last quad, so its last word came out
+    cut and the part was counted as undecodable."""
+    block = base64.b64encode(b"<b>claim your prize</b>") + b"!!!garbage-not-base64***\n"
+    # a second line with a blank inside it was cut the same way
+    for body in (block, b"Y2xhaW0geW91ciBwcml6ZQ==\nabc def\n" + block):
+        msg = (b"Subject: x\nContent-Type: text/html\nContent-Transfer-Encoding: base64\n\n"
+               + body)
+        t = tokenize(msg)
+        assert {"claim", "your", "prize"} <= set(t), body
+        assert not [w for w in t if w.startswith("prize<") or w.startswith("skip:=")], t
+        assert "control: couldn't decode" not in t
+
+
 WORDS = ("alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel")
 
 
