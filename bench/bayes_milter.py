@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import platform
 import statistics
 import subprocess
 import sys
@@ -128,7 +129,8 @@ def main() -> int:
             proc.terminate()
             proc.wait(30)
     print(f"engine=bayes C={args.concurrency} {args.messages} messages x {args.runs} runs "
-          f"(one connection per message, client {args.client})")
+          f"(one connection per message, client {args.client}); "
+          f"python {platform.python_version()} ({os.path.realpath(sys.executable)})")
     print(f"msg/s median {statistics.median(rates):.0f} (runs: "
           f"{', '.join(f'{r:.0f}' for r in rates)})")
     print(f"latency p50 {statistics.median(p50s) * 1000:.1f} ms, "
