@@ -58,6 +58,10 @@ CASES: dict[str, Callable[[int], bytes]] = {
     "b64_junk": body(b"QUJD!@#$", b"Content-Transfer-Encoding: base64\n"),
     "b64_then_text": body(b"QUJDRA==\nfooter words here\n", b"Content-Transfer-Encoding: base64\n"),
     "b64_long_line": body(b"QUJD", b"Content-Transfer-Encoding: base64\n"),
+    # lines the base64 block is made of, each a step of whatever finds them (a regex repeat of
+    # a group kept ~100 bytes per line: +41 MB for 512 kB of empty lines)
+    "b64_blank_lines": body(b"\n", b"Content-Transfer-Encoding: base64\n"),
+    "b64_short_lines": body(b"QUJD\n", b"Content-Transfer-Encoding: base64\n"),
     "giant_line": body(b"a"),
     "nul": body(b"\0"),
     "cr_only": body(b"abc def\r"),
