@@ -230,7 +230,7 @@ def main() -> int:
     cols = [*regimes, "bogo"]
     print(f"corpus: {n_train} train / {n_test} test ({n_spam} spam, {n_test - n_spam} ham); "
           f"split salt {args.salt!r}; median of {args.runs} runs")
-    # the interpreter matters: a build without PGO/LTO (pyenv's default) runs 20-30 % slower
+    # the interpreter matters: a build without PGO/LTO (pyenv's default) ran 15-17 % slower
     print(f"python {platform.python_version()} ({os.path.realpath(sys.executable)})")
     print(f"{'':24}" + "".join(f"{h:>16}" for h in ("ours: all", "ours: selective",
                                                       "bogofilter")))
