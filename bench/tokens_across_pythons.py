@@ -90,9 +90,15 @@ def main() -> int:
           f"{sys.version.split()[0]} ({os.path.realpath(sys.executable)})")
     differ = 0
     for python in args.pythons:
-        theirs = readings(python, args.damaged, args.seed)
-        version = subprocess.run([python, "-c", "import sys; print(sys.version.split()[0])"],
-                                 capture_output=True, text=True, check=True).stdout.strip()
+        try:
+            theirs = readings(python, args.damaged, args.seed)
+            version = subprocess.run([python, "-c", "import sys; print(sys.version.split()[0])"],
+                                     capture_output=True, text=True, check=True).stdout.strip()
+        except (OSError, subprocess.CalledProcessError) as e:
+            why = getattr(e, "stderr", None) or str(e)
+            print(f"{python}: did not run: {why.strip().splitlines()[-1]}")
+            differ += 1
+            continue
         diff = [n for n in ours if theirs.get(n) != ours[n]]
         differ += bool(diff)
         print(f"{python} ({version}): {len(diff)} tokenized differently")
