@@ -6,9 +6,11 @@ from __future__ import annotations
 import argparse
 import io
 import re
+import shutil
 import sys
+import tempfile
 from collections.abc import Callable
-from typing import Any
+from typing import IO, Any
 
 from spambridge.config import Config
 
@@ -107,6 +109,21 @@ def dispatch(args: argparse.Namespace, cfg: Config) -> int:
 
 # exit statuses of a train run that was interrupted (Ctrl-C) or stopped (SIGTERM)
 STOPPED = (130, 143)
+KEPT_IN_MEMORY = 8 << 20  # an mbox on stdin kept for spamd+bayes' second reading: then on disk
+
+
+def _kept(src: IO[bytes], max_size: int, mbox: bool) -> IO[bytes]:
+    """Standard input kept for a second reading. One message needs no more than max_size + 1
+    bytes (beyond that, both engines say "too large"); an mbox (`--mbox -`) is kept whole, on
+    disk past a few MB, since each of its messages has a limit of its own (cut at the one
+    message's limit, a 4 MB mbox taught the database its first 398 messages, the last one cut
+    short, and said nothing)."""
+    if not mbox:
+        return io.BytesIO(src.read(max_size + 1 if max_size else -1))
+    kept = tempfile.SpooledTemporaryFile(max_size=KEPT_IN_MEMORY)  # noqa: SIM115 - returned
+    shutil.copyfileobj(src, kept)
+    kept.seek(0)
+    return kept
 
 
 def _train(args: argparse.Namespace, cfg: Config) -> int:
@@ -146,9 +163,8 @@ def _train(args: argparse.Namespace, cfg: Config) -> int:
         return train.run_spamd(cfg, args.label, args.paths, user=args.user, **common)
     # spamd+bayes: teach both; stdin can be read only once, so keep it
     keep = "-" in args.paths and sys.stdin is not None
-    if keep:  # (no more than max_size + 1 bytes: beyond that, both say "too large")
-        limit = args.max_size + 1 if args.max_size else -1
-        sys.stdin = io.TextIOWrapper(io.BytesIO(sys.stdin.buffer.read(limit)))
+    if keep:
+        sys.stdin = io.TextIOWrapper(_kept(sys.stdin.buffer, args.max_size, args.mbox))
     status = train.run(cfg, args.label, args.paths, **local, **common)
     if status in STOPPED:  # Ctrl-C or SIGTERM stops the command, not one engine's half of it
         return status

@@ -127,6 +127,23 @@ def test_an_mbox_on_stdin_is_split_with_mbox(db: Path) -> None:
     assert totals(db) == (5, 0) and tokens(db)["unique4x1"] == (1, 0)
 
 
+def test_an_mbox_on_stdin_teaches_the_database_whole_with_spamd_bayes(db: Path) -> None:
+    """engine spamd+bayes keeps stdin for its second reading: it was cut at one message's
+    limit, so a 3,000-message mbox taught the database its first few hundred, the last cut
+    short, and the database's half said nothing (exit 1 came from spamd alone)."""
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))  # bound, never listening: spamd refuses
+    with dead:
+        proc = subprocess.run([sys.executable, "-m", "spambridge", "train", "--db", str(db),
+                               "--engine", "spamd+bayes", "--spamd",
+                               f"127.0.0.1:{dead.getsockname()[1]}", "--spam", "--mbox", "-"],
+                              input=mbox_of([mail(i, True) for i in range(3000)]),
+                              capture_output=True, check=False, timeout=300)
+    assert b"Learned 3000 of 3000 messages as spam" in proc.stdout, proc.stdout[-500:]
+    assert totals(db) == (3000, 0) and tokens(db)["unique2999x1"] == (1, 0)
+    assert proc.returncode == 1 and b"spamd" in proc.stderr  # its half failed, and says so
+
+
 def test_an_mbox_on_stdin_without_mbox_is_refused_not_learned_as_one(db: Path) -> None:
     """`xzcat box.xz | train --spam -` learned five messages as one, or dropped a big archive
     as too large, with exit 0."""
