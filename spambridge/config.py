@@ -7,8 +7,11 @@ an admin fixing a config at 3 a.m. should not have to guess.
 from __future__ import annotations
 
 import contextlib
+import errno
 import ipaddress
+import os
 import re
+import stat
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -420,13 +423,35 @@ def _socket_spec(v: str) -> str:
     return v
 
 
+MAX_CONFIG_SIZE = 1 << 20
+
+
+def _read_config(p: Path) -> bytes:
+    """The file's bytes, if it is a regular file of at most MAX_CONFIG_SIZE: a FIFO given as
+    --config hung the start (or a SIGUSR1 reload) on its open, /dev/zero grew memory until
+    killed."""
+    fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO's open cannot wait
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        f = os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+    with f:
+        raw = f.read(MAX_CONFIG_SIZE + 1)
+    if len(raw) > MAX_CONFIG_SIZE:
+        raise OSError(errno.EFBIG, f"larger than {MAX_CONFIG_SIZE >> 20} MiB")
+    return raw
+
+
 def load(path: str | Path | None) -> Config:
     """Load and validate a config file; None means the built-in defaults."""
     if path is None:
         return Config()
     p = Path(path)
     try:
-        raw = p.read_bytes()
+        raw = _read_config(p)
     except OSError as e:
         raise ConfigError(f"{p}: cannot read config: {e.strerror or e}") from e
     try:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import threading
 from pathlib import Path
 
 import pytest
@@ -416,6 +418,32 @@ def test_a_missing_file_is_named(tmp_path: Path) -> None:
     p = tmp_path / "nope.toml"
     with pytest.raises(ConfigError, match=rf"^{re.escape(str(p))}: cannot read config: "):
         load(p)
+
+
+def test_a_config_that_is_not_a_regular_file_is_refused_at_once(tmp_path: Path) -> None:
+    """A FIFO with no writer hung the start (and a SIGUSR1 reload) on its open; /dev/zero
+    grew memory until killed; a directory said "Is a directory". Each is an error naming it,
+    within a second (the FIFO's check runs in a thread, so a regression fails, not hangs)."""
+    fifo = tmp_path / "fifo.toml"
+    os.mkfifo(fifo)
+    for p in (fifo, Path("/dev/zero"), tmp_path):
+        errors: list[BaseException] = []
+
+        def read(p: Path = p, errors: list[BaseException] = errors) -> None:
+            try:
+                load(p)
+            except ConfigError as failed:
+                errors.append(failed)
+
+        t = threading.Thread(target=read, daemon=True)
+        t.start()
+        t.join(5)
+        assert not t.is_alive(), f"{p}: load() still waiting"
+        assert [str(e) for e in errors] == [f"{p}: cannot read config: not a regular file"]
+    (tmp_path / "d").mkdir()
+    big = write(tmp_path / "d", "# padding\n" * 200_000)
+    with pytest.raises(ConfigError, match=r": cannot read config: larger than 1 MiB$"):
+        load(big)
 
 
 def test_equal_bounds_are_allowed(tmp_path: Path) -> None:
