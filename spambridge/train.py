@@ -222,7 +222,10 @@ def read_path(path: str, max_size: int, mbox: bool = False, stdin: IO[bytes] | N
             return
         # one message, as a Dovecot or procmail pipe gives it (with an MDA's From_ line,
         # dropped later): only --mbox splits, for a paragraph can open with "From 9:00 to..."
-        yield from _read_open(src, "<stdin>", max_size, mbox, sniff=False)
+        try:
+            yield from _read_open(src, "<stdin>", max_size, mbox, sniff=False)
+        except OSError as e:  # e.g. fd 0 open for writing only: the rest of the run goes on
+            yield Item("<stdin>", problem=f"unreadable: {e.strerror or e}", named=True)
         return
     try:
         # a pipe or device is opened once, by the reader (a FIFO's writer waits on our open);

@@ -774,6 +774,21 @@ def test_check_batch_into_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
     assert proc.returncode == 141 and proc.stderr == b""
 
 
+def test_a_stdin_that_cannot_be_read_is_reported_and_the_rest_learned(tmp_path: Path,
+                                                                        db: Path) -> None:
+    """fd 0 open for writing only: the run stopped with "[Errno 9] Bad file descriptor" and no
+    summary, and the file named before it, already in the batch, was rolled back unsaid."""
+    good = tmp_path / "good.eml"
+    good.write_bytes(mail(1, True))
+    with open(tmp_path / "wo.txt", "wb") as write_only:
+        proc = subprocess.run([sys.executable, "-m", "spambridge", "train", "--db", str(db),
+                               "--spam", str(good), "-"], stdin=write_only,
+                              capture_output=True, text=True, check=False, timeout=60)
+    assert proc.returncode == 1 and "<stdin>: unreadable: Bad file descriptor" in proc.stderr
+    assert "Learned 1 of 2 messages as spam (1 unreadable)" in proc.stdout, proc.stdout
+    assert totals(db) == (1, 0)
+
+
 def test_pipes_devices_fifos_loops_and_a_closed_stdin(tmp_path: Path, db: Path,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
     """Inputs that are not plain files: read as streams within --max-size (an mbox through
