@@ -27,7 +27,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
@@ -861,7 +861,13 @@ def run(cfg: Config, label: str, paths: list[str], *, max_size: int = DEFAULT_MA
     except (store.StoreError, OSError) as e:
         print(f"spambridge train: {e}", file=err)
         return 1
-    trainer = Trainer(writer, label, limits_for(cfg.bayes), batch_messages, selective,
+    try:
+        limits = _training_limits(cfg, writer, err if not quiet else None)
+    except store.StoreError as e:
+        writer.close()
+        print(f"spambridge train: {e}", file=err)
+        return 1
+    trainer = Trainer(writer, label, limits, batch_messages, selective,
                       cfg.bayes.min_trained, cfg.policy.subject_tag)
     sources = _sources(label, paths, index)
     single = index is None and paths == ["-"]
@@ -917,6 +923,20 @@ def run(cfg: Config, label: str, paths: list[str], *, max_size: int = DEFAULT_MA
             _note_untrained(cfg, out)
     # what was learned is saved (in the -wal), but a full disk is the admin's business now
     return 1 if trainer.summary.failed or writer.fold_failed else 0
+
+
+def _training_limits(cfg: Config, writer: store.SqliteWriter, err: IO[str] | None) -> Limits:
+    """The tokenizer limits to learn and unlearn with: the database's own (see
+    SqliteWriter.training_limits), said when the config's differ; those still bound scoring."""
+    b = cfg.bayes
+    max_bytes, max_tokens = writer.training_limits((b.max_bytes, b.max_tokens))
+    if (max_bytes, max_tokens) != (b.max_bytes, b.max_tokens) and err is not None:
+        print(f"spambridge train: {b.db} was first trained with max_bytes = {max_bytes} and "
+              f"max_tokens = {max_tokens}; training keeps to them, so that moves and --forget "
+              f"take back exactly what was learned (the config's {b.max_bytes} and "
+              f"{b.max_tokens} bound scoring only; to change them, retrain into a new "
+              "database: docs/bayes.md)", file=err)
+    return limits_for(replace(b, max_bytes=max_bytes, max_tokens=max_tokens))
 
 
 class Stopped(KeyboardInterrupt):

@@ -4,7 +4,7 @@ Layout (schema version in `PRAGMA user_version`):
   tokens(token, spam, ham)        per token, the number of trained messages containing it
   totals(nspam, nham)             one row: trained messages per class
   messages(digest, label, at)     what each trained message was learned as (dedupe, move, forget)
-  meta(key, value)                tokenizer version the counts were learned with
+  meta(key, value)                tokenizer version and limits the counts were learned with
 
 A reader gets the totals and all of a message's token counts in one statement, so the snapshot
 is consistent without an explicit transaction. A writer applies a whole batch of messages in one
@@ -684,6 +684,9 @@ def _busy(e: sqlite3.OperationalError) -> bool:
     return e.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY
 
 
+_LIMIT_KEYS = ("max_bytes", "max_tokens")  # meta: the tokenizer limits training keeps to
+
+
 class SqliteWriter:
     """The training side. `begin()` takes SQLite's write lock (readers carry on in WAL mode),
     so two `train` runs never double-count the same message."""
@@ -709,6 +712,32 @@ class SqliteWriter:
         self.fold_failed = False
         self.timeout = timeout
         self._released = -WRITE_YIELD  # time.monotonic() of our last commit
+
+    def training_limits(self, wanted: tuple[int, int]) -> tuple[int, int]:
+        """(max_bytes, max_tokens) the counts are learned with: recorded by the first run that
+        asks, as `wanted` (the config's then). A move or `--forget` must tokenize a message
+        as its learning did, or it takes counts from other messages' tokens and leaves its
+        own behind, so later runs keep to them whatever the config says by then."""
+        try:
+            got = self._recorded_limits()
+            if got is None:
+                self._lock()
+                self.conn.executemany("INSERT OR IGNORE INTO meta VALUES (?, ?)",
+                                      zip(_LIMIT_KEYS, map(str, wanted), strict=True))
+                self.conn.execute("COMMIT")
+                got = self._recorded_limits()
+        except sqlite3.Error as e:
+            self.rollback()
+            raise StoreError(f"{self.path}: cannot record the training limits: {e}") from e
+        return got or wanted
+
+    def _recorded_limits(self) -> tuple[int, int] | None:
+        rows = dict(self.conn.execute("SELECT key, value FROM meta WHERE key IN (?, ?)",
+                                      _LIMIT_KEYS).fetchall())
+        try:
+            return int(rows[_LIMIT_KEYS[0]]), int(rows[_LIMIT_KEYS[1]])
+        except (KeyError, ValueError):
+            return None
 
     def begin(self) -> Batch:
         try:

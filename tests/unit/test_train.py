@@ -774,6 +774,33 @@ def test_check_batch_into_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
     assert proc.returncode == 141 and proc.stderr == b""
 
 
+def test_moves_and_forget_take_back_what_was_learned_after_the_limits_change(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A message learned under max_tokens = 100 and forgotten under 5000 took counts from
+    every other message sharing its later tokens (a reviewer's run: all 1,000 tokens of
+    another message gone, its total still counted). Training keeps to the limits the database
+    was first trained with, and says so; forgetting A leaves exactly B's counts."""
+    words = [f"w{i:04d}" for i in range(3000)]
+    a, b = tmp_path / "a.eml", tmp_path / "b.eml"
+    a.write_text("From: x@example.com\nSubject: a\n\n" + " ".join(words) + "\n")
+    b.write_text("From: y@example.com\nSubject: b\n\n" + " ".join(words[::3]) + "\n")
+    small, large = tmp_path / "small.toml", tmp_path / "large.toml"
+    small.write_text("[bayes]\nmax_tokens = 100\n")
+    large.write_text("[bayes]\nmax_tokens = 5000\n")
+    db, alone = tmp_path / "x.sqlite", tmp_path / "alone.sqlite"
+    assert run("train", "--config", str(small), "--db", str(db), "--spam", str(a),
+               capsys=capsys)[0] == 0
+    code, _, err = run("train", "--config", str(large), "--db", str(db), "--spam", str(b),
+                       capsys=capsys)
+    assert code == 0 and "first trained with max_bytes = 524288 and max_tokens = 100" in err
+    assert run("train", "--config", str(large), "--db", str(db), "--forget", str(a),
+               capsys=capsys)[0] == 0
+    assert run("train", "--config", str(small), "--db", str(alone), "--spam", str(b),
+               capsys=capsys)[0] == 0
+    assert totals(db) == totals(alone) == (1, 0)
+    assert tokens(db) == tokens(alone) and len(tokens(alone)) == 100
+
+
 def test_a_stdin_that_cannot_be_read_is_reported_and_the_rest_learned(tmp_path: Path,
                                                                         db: Path) -> None:
     """fd 0 open for writing only: the run stopped with "[Errno 9] Bad file descriptor" and no
