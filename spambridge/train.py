@@ -205,16 +205,25 @@ def _holds_several(p: Path) -> bool:
     """An mbox, or compressed (a compressed mbox cannot be counted without reading it)."""
     try:
         with open(p, "rb") as f:
-            head = f.read(compressed.HEAD)
+            head = f.read(4096)
     except OSError:
         return False
-    return head.startswith(b"From ") or compressed.sniff(head) is not None
+    return _is_mbox(head) or compressed.sniff(head[:compressed.HEAD]) is not None
+
+
+_MBOX_START = re.compile(rb"[\r\n]*From ")
+
+
+def _is_mbox(head: bytes) -> bool:
+    """A leading "From " line, after any blank lines (some exports open with one)."""
+    return _MBOX_START.match(head) is not None
 
 
 def read_path(path: str, max_size: int, mbox: bool = False, stdin: IO[bytes] | None = None
               ) -> Iterator[Item]:
     """Every message under `path`: `-` (stdin, one message), a Maildir (cur/ and new/), an mbox
-    (by `--mbox` or a leading "From " line), a directory of message files, or one file."""
+    (by `--mbox` or a leading "From " line, blank lines before it passed over), a directory of
+    message files, or one file."""
     if path == "-":
         src = stdin or (sys.stdin.buffer if sys.stdin is not None else None)
         if src is None:  # started with fd 0 closed (a daemon's child)
@@ -356,7 +365,7 @@ def _read_file(path: str, max_size: int, mbox: bool,
             if (fmt := compressed.sniff(head)) is not None:  # what it holds decides
                 yield from _read_compressed(path, fmt, head, f, max_size, mbox, named)
                 return
-            if not (mbox or head.startswith(b"From ")):
+            if not (mbox or _is_mbox(head)):
                 if max_size:  # not mail says more than too large (a .gz named by mistake)
                     yield Item(path, problem="too large" if looks_like_mail(head)
                                else "not mail", named=named)
@@ -365,7 +374,7 @@ def _read_file(path: str, max_size: int, mbox: bool,
         if data is None:
             yield from _stream_mbox(Path(path), max_size)
             return
-    if mbox or data.startswith(b"From "):
+    if mbox or _is_mbox(data):
         yield from _split_mbox(path, data, max_size)
     else:
         yield _item(path, data, named=named, max_size=max_size)
@@ -384,6 +393,7 @@ def _split_mbox(p: str, data: bytes, max_size: int) -> Iterator[Item]:
     memory."""
     if b"\r" in data:
         data = data.replace(b"\r\n", b"\n")
+    data = data.lstrip(b"\n")  # blank lines before the first separator are no message
     if data.startswith(b"From ") and b"\n\nFrom " not in data:
         chunks = [data]  # one message with its separator line: the common case of a file
     else:
@@ -429,17 +439,33 @@ def _read_open(f: IO[bytes], where: str, max_size: int, mbox: bool, sniff: bool 
             yield from _read_compressed(where, fmt, head, f, max_size, mbox, named, sniff)
             return
         f = io.BufferedReader(compressed.Prefixed(head, f))
+    blank = _blank_lines(f)
     head = f.read(5)
     if mbox or (sniff and head == b"From "):
         yield from _split_lines(where, itertools.chain([head + f.readline(_LINE)], _lines(f)),
                                 max_size)
         return
+    if head != b"From ":
+        head = blank + head  # no mbox: the message as it came (blank first: not mail)
     data = head + (f.read(max(0, max_size + 1 - len(head))) if max_size else f.read())
     if not sniff and head == b"From " and _holds_another_message(data):
         # learned as one message, or dropped as too large, an archive would teach nothing
         yield Item(where, problem=MBOX_WITHOUT_FLAG, named=named)
         return
     yield _item(where, data, named=named, max_size=max_size)
+
+
+def _blank_lines(f: IO[bytes]) -> bytes:
+    """Read off the blank lines (up to _LINE bytes of them) a buffered stream opens with, and
+    return them: some mbox exports put one before the first "From " line."""
+    if not isinstance(f, io.BufferedReader):
+        return b""
+    blank: list[bytes] = []
+    size = 0
+    while size < _LINE and ((ahead := f.peek(2))[:1] == b"\n" or ahead[:2] == b"\r\n"):
+        blank.append(f.readline(2))
+        size += len(blank[-1])
+    return b"".join(blank)
 
 
 def _read_compressed(where: str, fmt: str, head: bytes, rest: IO[bytes], max_size: int,
@@ -480,12 +506,13 @@ def _stream_mbox(p: Path, max_size: int) -> Iterator[Item]:
 
 
 def _split_lines(p: str, lines_in: Iterable[bytes], max_size: int) -> Iterator[Item]:
-    """Split an mbox given line by line at its separator lines."""
+    """Split an mbox given line by line at its separator lines (blank lines before the first
+    one are passed over)."""
     n = 0
     lines: list[bytes] = []
     size = 0
     blank = True
-    for line in lines_in:
+    for line in itertools.dropwhile(_is_blank, lines_in):
         if blank and line.startswith(b"From ") and (
                 (n == 0 and not size) or _SEPARATOR_REST.match(line, 5)):
             if lines or size:  # (a first line over max_size appended nothing)
@@ -501,6 +528,10 @@ def _split_lines(p: str, lines_in: Iterable[bytes], max_size: int) -> Iterator[I
     if lines or size:
         n += 1
         yield _mbox_item(p, n, lines, size, max_size)
+
+
+def _is_blank(line: bytes) -> bool:
+    return line in (b"\n", b"\r\n")
 
 
 def _mbox_item(p: str, n: int, lines: list[bytes], size: int, max_size: int) -> Item:

@@ -2190,3 +2190,39 @@ def test_a_maildir_that_lost_its_empty_new_is_still_read_as_one(
     assert (code, err) == (0, "")
     assert out.startswith("Learned 4 of 4 messages as spam in ")
     assert totals(db) == (4, 0)
+
+
+@pytest.mark.parametrize("kind", ["file", "--mbox", "folder", "big", "gzip", "pipe", "stdin"])
+def test_blank_lines_before_an_mboxs_first_from_line_are_passed_over(
+        tmp_path: Path, db: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch, kind: str) -> None:
+    """An mbox export opening with a blank line was "not mail" (named: exit 1; in a folder of
+    monthly exports: the whole file one "not mail", exit 0), or with --mbox lost its first
+    message as "not mail" and learned the rest, exit 0."""
+    box = tmp_path / "2026-01.mbox"
+    box.write_bytes(b"\n" + mbox_of([mail(i, True) for i in range(10)]))
+    args = ["train", "--db", str(db), "--spam", "--max-size", "2k"]
+    if kind == "pipe":  # as `train --spam <(cat box)`: a stream, sniffed
+        spambridge = f"{sys.executable} -m spambridge {' '.join(args)}"
+        proc = subprocess.run(["bash", "-c", f"{spambridge} <(cat {box})"],
+                              capture_output=True, text=True, timeout=60, check=False)
+        code, out, err = proc.returncode, proc.stdout, proc.stderr
+    elif kind == "stdin":
+        proc = subprocess.run([sys.executable, "-m", "spambridge", *args, "--mbox", "-"],
+                              input=box.read_bytes(), capture_output=True, check=False)
+        code, out, err = proc.returncode, proc.stdout.decode(), proc.stderr.decode()
+    else:
+        path = box
+        if kind == "folder":
+            path = folder(tmp_path / "exports", [])
+            box.rename(path / box.name)
+        elif kind == "gzip":
+            path = tmp_path / "box.mbox.gz"
+            path.write_bytes(gzip.compress(box.read_bytes()))
+        elif kind == "big":  # over what is split in memory: streamed line by line
+            monkeypatch.setattr(train, "MBOX_IN_MEMORY", 100)
+        code, out, err = run(*args, *(["--mbox"] if kind == "--mbox" else []), str(path),
+                             capsys=capsys)
+    assert (code, err) == (0, "")
+    assert "Learned 10 of 10 messages as spam in " in out
+    assert totals(db) == (10, 0) and tokens(db)["unique0x1"] == (1, 0)
