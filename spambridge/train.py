@@ -67,6 +67,7 @@ _SPAM_FLAG = re.compile(rb"^x-spam-flag[ \t]*:[ \t]*yes\b", re.I | re.M)
 _LOOKS_LIKE_MAIL = re.compile(rb"[!-9;-~]+[ \t]*:[^\n]*\r?\n")
 _FIELD_NAME = re.compile(rb"^([!-9;-~]+)[ \t]*:", re.M)
 _HEADER_END = re.compile(rb"\n\r?\n")
+MAIL_HEAD = 8192  # bytes of a message looks_like_mail judges it by
 # fields every stored message has one of, and a stray text file with colons has none of
 _MAIL_FIELDS = frozenset(b"from to cc subject date received message-id return-path "
                          b"delivered-to sender reply-to mime-version content-type".split())
@@ -390,7 +391,7 @@ _SEPARATOR_REST = re.compile(rb"\S*+[ \t][^\n]*?\d:\d\d")
 
 def _split_mbox(p: str, data: bytes, max_size: int) -> Iterator[Item]:
     """Split at "From " separator lines that follow a blank line (or start the file), in
-    memory."""
+    memory (see _starts_message)."""
     if b"\r" in data:
         data = data.replace(b"\r\n", b"\n")
     data = data.lstrip(b"\n")  # blank lines before the first separator are no message
@@ -402,9 +403,7 @@ def _split_mbox(p: str, data: bytes, max_size: int) -> Iterator[Item]:
         pieces = data.split(b"\n\nFrom ")  # a literal split: fast, no regex backtracking
         runs = [[pieces[0]]]  # the pieces of each message, joined once (no quadratic copies)
         for i, piece in enumerate(pieces[1:]):
-            end = piece.find(b"\n")
-            if ((i == 0 and data.startswith(b"\n\nFrom "))
-                    or _SEPARATOR_REST.match(piece, 0, len(piece) if end < 0 else end)):
+            if (i == 0 and data.startswith(b"\n\nFrom ")) or _starts_message(piece, 0):
                 runs.append([piece])
             else:  # not a separator line: the body goes on
                 runs[-1].append(piece)
@@ -489,14 +488,19 @@ _NEXT_FROM = re.compile(rb"\n\r?\nFrom ")
 
 
 def _holds_another_message(data: bytes) -> bool:
-    """A separator line after a blank line, with a header block after it: a second message
-    (a body paragraph such as "From 9:00 to 17:00 we are open." is followed by prose)."""
-    for m in itertools.islice(_NEXT_FROM.finditer(data), 100):
-        line_end = data.find(b"\n", m.end())
-        if line_end > 0 and _SEPARATOR_REST.match(data, m.end(), line_end) and looks_like_mail(
-                data[line_end + 1 : line_end + 1 + 8192]):
-            return True
-    return False
+    """A separator line after a blank line, with a header block after it: a second message."""
+    return any(_starts_message(data, m.end())
+               for m in itertools.islice(_NEXT_FROM.finditer(data), 100))
+
+
+def _starts_message(data: bytes, start: int) -> bool:
+    """Whether the "From " line (after a blank line) whose rest begins at `start` separates two
+    messages: a sender and a date with a time on it, and a header after it. A body paragraph
+    such as "From 9:00 to 17:00 we are open." has the time, but prose follows it. (_split_lines
+    applies the same rule to lines.)"""
+    eol = data.find(b"\n", start)
+    return (eol > 0 and _SEPARATOR_REST.match(data, start, eol) is not None
+            and _is_header(data[eol + 1 : eol + 1 + MAIL_HEAD]))
 
 
 def _stream_mbox(p: Path, max_size: int) -> Iterator[Item]:
@@ -507,24 +511,54 @@ def _stream_mbox(p: Path, max_size: int) -> Iterator[Item]:
 
 def _split_lines(p: str, lines_in: Iterable[bytes], max_size: int) -> Iterator[Item]:
     """Split an mbox given line by line at its separator lines (blank lines before the first
-    one are passed over)."""
+    one are passed over). As _starts_message, a "From " line after a blank one separates only
+    when a header follows it: it is held, with the lines after it, until that is known (the
+    header block ended, or plainly is none)."""
     n = 0
     lines: list[bytes] = []
     size = 0
     blank = True
-    for line in itertools.dropwhile(_is_blank, lines_in):
-        if blank and line.startswith(b"From ") and (
-                (n == 0 and not size) or _SEPARATOR_REST.match(line, 5)):
-            if lines or size:  # (a first line over max_size appended nothing)
+    held: list[bytes] = []  # a candidate separator line and the lines after it so far
+    held_size = 0
+
+    def settle() -> Iterator[Item]:
+        """Decide on the held lines: a new message, or body lines of the one before."""
+        nonlocal n, lines, size
+        if _is_header(b"".join(held[1:])):
+            if lines or size:
                 n += 1
                 yield _mbox_item(p, n, lines, size, max_size)
             lines, size = [], 0
-            blank = False
+            del held[0]
+        for line in held:
+            size += len(line)
+            if not max_size or size <= max_size:
+                lines.append(line)
+        held.clear()
+
+    for line in itertools.dropwhile(_is_blank, lines_in):
+        if held:
+            held.append(line)
+            held_size += len(line)
+            blank = line in (b"\n", b"\r\n")
+            if blank or held_size > MAIL_HEAD or (
+                    len(held) == 2 and _LOOKS_LIKE_MAIL.match(line) is None):
+                yield from settle()
             continue
+        if blank and line.startswith(b"From "):
+            if n == 0 and not size:  # the first line
+                blank = False
+                continue
+            if _SEPARATOR_REST.match(line, 5):
+                held.append(line)
+                held_size = len(line)
+                continue
         blank = line in (b"\n", b"\r\n")
         size += len(line)
         if not max_size or size <= max_size:
             lines.append(line)
+    if held:
+        yield from settle()
     if lines or size:
         n += 1
         yield _mbox_item(p, n, lines, size, max_size)
@@ -566,9 +600,14 @@ def looks_like_mail(data: bytes) -> bool:
     header block, and among its fields one that messages have (From, Received, Subject...):
     what separates a message from a stray text or binary file, /etc/passwd and "key: value"
     notes included."""
-    head = data[:8192]
+    head = data[:MAIL_HEAD]
     if head.startswith(b"From "):
         head = head.partition(b"\n")[2]
+    return _is_header(head)
+
+
+def _is_header(head: bytes) -> bool:
+    """looks_like_mail of what follows a "From " line."""
     if _LOOKS_LIKE_MAIL.match(head) is None:
         return False
     block = _HEADER_END.split(head, 1)[0]

@@ -2226,3 +2226,34 @@ def test_blank_lines_before_an_mboxs_first_from_line_are_passed_over(
     assert (code, err) == (0, "")
     assert "Learned 10 of 10 messages as spam in " in out
     assert totals(db) == (10, 0) and tokens(db)["unique0x1"] == (1, 0)
+
+
+@pytest.mark.parametrize("kind", ["file", "big", "gzip", "stdin"])
+def test_a_body_line_from_9_00_after_a_blank_line_does_not_split_an_mbox(
+        tmp_path: Path, db: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch, kind: str) -> None:
+    """An unquoted paragraph "From 9:00 to 17:00 we are open." has what a separator line has
+    (a word, a time): in an mbox file it cut its message in two, "Learned 2 of 3 messages (1
+    not mail)", exit 0, the first learned without its end. Only a "From " line with a header
+    after it starts a message, as on stdin (`train --spam -`) already."""
+    hours = mail(1, True) + b"\nFrom 9:00 to 17:00 we are open.\nClosed on sundays.\n"
+    data = mbox_of([hours, mail(2, True)])
+    box = tmp_path / "box.mbox"
+    box.write_bytes(data)
+    args = ["train", "--db", str(db), "--spam"]
+    if kind == "stdin":
+        proc = subprocess.run([sys.executable, "-m", "spambridge", *args, "--mbox", "-"],
+                              input=data, capture_output=True, check=False)
+        code, out, err = proc.returncode, proc.stdout.decode(), proc.stderr.decode()
+    else:
+        if kind == "gzip":
+            box = tmp_path / "box.mbox.gz"
+            box.write_bytes(gzip.compress(data))
+        elif kind == "big":  # streamed line by line
+            monkeypatch.setattr(train, "MBOX_IN_MEMORY", 100)
+            args += ["--max-size", "1k"]
+        code, out, err = run(*args, str(box), capsys=capsys)
+    assert (code, err) == (0, "")
+    assert "Learned 2 of 2 messages as spam in " in out
+    assert totals(db) == (2, 0)
+    assert tokens(db)["17:00"] == (1, 0) and tokens(db)["sundays."] == (1, 0)
