@@ -67,7 +67,9 @@ _SPAM_FLAG = re.compile(rb"^x-spam-flag[ \t]*:[ \t]*yes\b", re.I | re.M)
 _LOOKS_LIKE_MAIL = re.compile(rb"[!-9;-~]+[ \t]*:[^\n]*\r?\n")
 _FIELD_NAME = re.compile(rb"^([!-9;-~]+)[ \t]*:", re.M)
 _HEADER_END = re.compile(rb"\n\r?\n")
-MAIL_HEAD = 8192  # bytes of a message looks_like_mail judges it by
+# bytes of a header looks_like_mail judges, at most (it stops at the header's end): a first
+# field can be long (a To: of 600 addresses, 12 kB) or come after hundreds of others
+MAIL_HEAD = 256 << 10
 # fields every stored message has one of, and a stray text file with colons has none of
 _MAIL_FIELDS = frozenset(b"from to cc subject date received message-id return-path "
                          b"delivered-to sender reply-to mime-version content-type".split())
@@ -367,6 +369,8 @@ def _read_file(path: str, max_size: int, mbox: bool,
                 yield from _read_compressed(path, fmt, head, f, max_size, mbox, named)
                 return
             if not (mbox or _is_mbox(head)):
+                if _HEADER_END.search(head) is None:  # a long header: judged up to its end
+                    head += f.read(MAIL_HEAD - len(head))
                 if max_size:  # not mail says more than too large (a .gz named by mistake)
                     yield Item(path, problem="too large" if looks_like_mail(head)
                                else "not mail", named=named)
@@ -500,7 +504,7 @@ def _starts_message(data: bytes, start: int) -> bool:
     applies the same rule to lines.)"""
     eol = data.find(b"\n", start)
     return (eol > 0 and _SEPARATOR_REST.match(data, start, eol) is not None
-            and _is_header(data[eol + 1 : eol + 1 + MAIL_HEAD]))
+            and _is_header(data, eol + 1))
 
 
 def _stream_mbox(p: Path, max_size: int) -> Iterator[Item]:
@@ -599,20 +603,23 @@ def looks_like_mail(data: bytes) -> bool:
     """A header field on the first line (after an mbox "From " line), no NUL byte in the
     header block, and among its fields one that messages have (From, Received, Subject...):
     what separates a message from a stray text or binary file, /etc/passwd and "key: value"
-    notes included."""
-    head = data[:MAIL_HEAD]
-    if head.startswith(b"From "):
-        head = head.partition(b"\n")[2]
-    return _is_header(head)
+    notes included. The header is judged up to its end, or its first MAIL_HEAD bytes."""
+    start = 0
+    if data.startswith(b"From "):
+        start = data.find(b"\n") + 1
+        if not start:
+            return False
+    return _is_header(data, start)
 
 
-def _is_header(head: bytes) -> bool:
-    """looks_like_mail of what follows a "From " line."""
-    if _LOOKS_LIKE_MAIL.match(head) is None:
+def _is_header(data: bytes, start: int = 0) -> bool:
+    """looks_like_mail of what begins at `start` (after a "From " line), without copying it."""
+    limit = start + MAIL_HEAD
+    if _LOOKS_LIKE_MAIL.match(data, start, limit) is None:
         return False
-    block = _HEADER_END.split(head, 1)[0]
-    return b"\0" not in block and any(m.group(1).lower() in _MAIL_FIELDS
-                                      for m in _FIELD_NAME.finditer(block))
+    end = m.start() if (m := _HEADER_END.search(data, start, limit)) else min(len(data), limit)
+    return data.find(b"\0", start, end) < 0 and any(
+        f.group(1).lower() in _MAIL_FIELDS for f in _FIELD_NAME.finditer(data, start, end))
 
 
 # ---------------------------------------------------------------------------------------------

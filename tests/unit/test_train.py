@@ -2257,3 +2257,21 @@ def test_a_body_line_from_9_00_after_a_blank_line_does_not_split_an_mbox(
     assert "Learned 2 of 2 messages as spam in " in out
     assert totals(db) == (2, 0)
     assert tokens(db)["17:00"] == (1, 0) and tokens(db)["sundays."] == (1, 0)
+
+
+def test_mail_whose_first_field_is_long_or_far_down_is_mail(
+        tmp_path: Path, db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Only the first 8 kB were looked at: a first line `To:` with 600 addresses (12 kB) or 200
+    X-Junk fields before From: were "not mail" (in a Maildir: counted, exit 0, while `check`
+    scored the file), and such a message over --max-size "not mail" instead of too large."""
+    to = b"To: " + b", ".join(b"user%d@example.net" % i for i in range(600)) + b"\n"
+    junk = b"".join(b"X-Junk-%d: %s\n" % (i, b"x" * 50) for i in range(200))
+    long_to = to + mail(1, True).replace(b"To: user@example.net\n", b"")
+    far_down = junk + mail(2, True)
+    assert len(to) > 12000 and len(junk) > 8192
+    box = maildir(tmp_path / "Junk", [long_to, far_down, long_to + b"big body\n" * 2000])
+    code, out, err = run("train", "--db", str(db), "--spam", "--max-size", "16k", str(box),
+                         capsys=capsys)
+    assert (code, err) == (0, "")
+    assert "Learned 2 of 3 messages as spam (1 too large) in " in out
+    assert totals(db) == (2, 0) and tokens(db)["unique2x1"] == (1, 0)
