@@ -252,9 +252,13 @@ def read_path(path: str, max_size: int, mbox: bool = False, stdin: IO[bytes] | N
             for d in dirs:
                 # regular files only (the directory entry says so, no stat): opening a FIFO
                 # left in a folder would block
-                with os.scandir(d) as entries:
-                    files = sorted(e.path for e in entries
-                                   if not e.name.startswith(".") and _is_file(e))
+                try:
+                    with os.scandir(d) as entries:
+                        files = sorted(e.path for e in entries
+                                       if not e.name.startswith(".") and _is_file(e))
+                except OSError as e:  # a Maildir's cur/ or new/: named, the other one read
+                    yield Item(d, problem=f"unreadable: {e.strerror or e}", named=True)
+                    continue
                 for f in files:
                     # up to max_size only: a folder's big attachments are not read whole to
                     # be called too large (an mbox over it is streamed, as a big one named)

@@ -2275,3 +2275,25 @@ def test_mail_whose_first_field_is_long_or_far_down_is_mail(
     assert (code, err) == (0, "")
     assert "Learned 2 of 3 messages as spam (1 too large) in " in out
     assert totals(db) == (2, 0) and tokens(db)["unique2x1"] == (1, 0)
+
+
+def test_an_unreadable_cur_is_named_and_new_still_learned(
+        tmp_path: Path, db: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Maildir whose cur/ the trainer may not read (mode 700, another user's): the error
+    named the Maildir, "Junk: unreadable: Permission denied", and new/ was not read at all.
+    (Refused by os.scandir here, as root reads a directory whatever its mode.)"""
+    box = maildir(tmp_path / "Junk", [mail(i, True) for i in range(4)])  # 2 in cur/, 2 in new/
+    scandir = os.scandir
+
+    def refuse_cur(path: Any = ".") -> Any:
+        if os.fspath(path) == str(box / "cur"):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return scandir(path)
+
+    monkeypatch.setattr(train.os, "scandir", refuse_cur)
+    code, out, err = run("train", "--db", str(db), "--spam", str(box), capsys=capsys)
+    assert code == 1
+    assert err == f"spambridge train: {box / 'cur'}: unreadable: Permission denied\n"
+    assert "Learned 2 of 3 messages as spam (1 unreadable) in " in out
+    assert totals(db) == (2, 0) and tokens(db)["unique0x1"] == (1, 0)  # 0.host:2,S in new/
