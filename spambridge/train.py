@@ -233,7 +233,7 @@ def read_path(path: str, max_size: int, mbox: bool = False, stdin: IO[bytes] | N
             yield Item("<stdin>", problem="unreadable: standard input is closed", named=True)
             return
         # one message, as a Dovecot or procmail pipe gives it (with an MDA's From_ line,
-        # dropped later): only --mbox splits, for a paragraph can open with "From 9:00 to..."
+        # dropped later): only --mbox splits; one that holds more is refused (_read_open)
         try:
             yield from _read_open(src, "<stdin>", max_size, mbox, sniff=False)
         except OSError as e:  # e.g. fd 0 open for writing only: the rest of the run goes on
@@ -271,7 +271,12 @@ def read_path(path: str, max_size: int, mbox: bool = False, stdin: IO[bytes] | N
                         yield Item(f, problem=GONE)
                         continue
                     if found[1] not in (_DIRECTORY, _STREAM):  # a subdirectory, or a new FIFO
-                        yield from _read_file(f, max_size, mbox, found, named=False)
+                        try:
+                            yield from _read_file(f, max_size, mbox, found, named=False)
+                        except FileNotFoundError:  # a big one, opened only now: see above
+                            yield Item(f, problem=GONE)
+                        except OSError as e:  # named, and the rest of the folder read
+                            yield Item(f, problem=f"unreadable: {e.strerror or e}")
             return
         yield from _read_file(path, max_size, mbox, slurped, named=True)
     except OSError as e:

@@ -2277,6 +2277,32 @@ def test_mail_whose_first_field_is_long_or_far_down_is_mail(
     assert totals(db) == (2, 0) and tokens(db)["unique2x1"] == (1, 0)
 
 
+def test_a_big_file_of_a_folder_that_cannot_be_opened_is_named_and_the_rest_learned(
+        tmp_path: Path, db: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file over --max-size is opened only when its turn comes (to tell an mbox from a big
+    message); when that open failed (gone, or no permission), the error named the whole
+    folder and the files after it were not read."""
+    d = tmp_path / "Junk"
+    d.mkdir()
+    (d / "a.eml").write_bytes(mail(1, True))
+    (d / "b.mbox").write_bytes(mbox_of([mail(i, True) for i in range(10, 40)]))  # over 2k
+    (d / "c.eml").write_bytes(mail(2, True))
+    real_open = open
+
+    def refuse_b(path: Any, *args: Any, **kwargs: Any) -> Any:
+        if os.fspath(path) == str(d / "b.mbox"):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(train, "open", refuse_b, raising=False)
+    code, out, err = run("train", "--db", str(db), "--spam", "--max-size", "2k", str(d),
+                         capsys=capsys)
+    assert err == f"spambridge train: {d / 'b.mbox'}: unreadable: Permission denied\n"
+    assert code == 1 and "Learned 2 of 3 messages as spam (1 unreadable) in " in out
+    assert totals(db) == (2, 0)
+
+
 def test_an_unreadable_cur_is_named_and_new_still_learned(
         tmp_path: Path, db: Path, capsys: pytest.CaptureFixture[str],
         monkeypatch: pytest.MonkeyPatch) -> None:
