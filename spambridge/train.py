@@ -64,7 +64,9 @@ def _field(names: bytes) -> re.Pattern[bytes]:
 _SUBJECT = _field(rb"subject")
 _PREV_SUBJECT = _field(rb"x-spam-prev-subject")
 _SPAM_FLAG = re.compile(rb"^x-spam-flag[ \t]*:[ \t]*yes\b", re.I | re.M)
-_LOOKS_LIKE_MAIL = re.compile(rb"[!-9;-~]+[ \t]*:[^\n]*\r?\n")
+# a header field line; the end of the data ends one too (a header-only message cut from an mbox
+# in memory has lost its last newline to the separator's blank line)
+_LOOKS_LIKE_MAIL = re.compile(rb"[!-9;-~]+[ \t]*:[^\n]*(?:\r?\n|\Z)")
 _FIELD_NAME = re.compile(rb"^([!-9;-~]+)[ \t]*:", re.M)
 _HEADER_END = re.compile(rb"\n\r?\n")
 # bytes of a header looks_like_mail judges, at most (it stops at the header's end): a first
@@ -400,6 +402,11 @@ MBOX_IN_MEMORY = 32 << 20  # smaller mboxes are read whole and split with one re
 # "From" in an unescaped body ("From what I hear, ...") does not cut the message in two
 # (one blank, then a lazy scan: "[ \t]+[^\n]*?" would try every split of a run of blanks)
 _SEPARATOR_REST = re.compile(rb"\S*+[ \t][^\n]*?\d:\d\d")
+# the rest of a separator line as mbox writers make it (Postfix's local, procmail, mutt,
+# Thunderbird, Python's mailbox): a sender and an asctime date, "a@b Mon Jan  1 00:00:00 2024"
+_SEPARATOR_WRITTEN = re.compile(
+    rb"\S*+[ \t]+(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun)[ \t]+"
+    rb"(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)[ \t]+\d\d?[ \t]+\d\d?:\d\d")
 
 
 def _split_mbox(p: str, data: bytes, max_size: int) -> Iterator[Item]:
@@ -451,33 +458,34 @@ def _read_open(f: IO[bytes], where: str, max_size: int, mbox: bool, sniff: bool 
             yield from _read_compressed(where, fmt, head, f, max_size, mbox, named, sniff)
             return
         f = io.BufferedReader(compressed.Prefixed(head, f))
-    blank = _blank_lines(f)
-    head = f.read(5)
-    if mbox or (sniff and head == b"From "):
-        yield from _split_lines(where, itertools.chain([head + f.readline(_LINE)], _lines(f)),
-                                max_size)
+    blank, head = _blank_lines(f)
+    separator = head.startswith(b"From ")
+    if mbox or (sniff and separator):
+        yield from _split_lines(where, itertools.chain([head], _lines(f)), max_size)
         return
-    if head != b"From ":
+    if not separator:
         head = blank + head  # no mbox: the message as it came (blank first: not mail)
     data = head + (f.read(max(0, max_size + 1 - len(head))) if max_size else f.read())
-    if not sniff and head == b"From " and _holds_another_message(data):
+    if not sniff and separator and _holds_another_message(data):
         # learned as one message, or dropped as too large, an archive would teach nothing
         yield Item(where, problem=MBOX_WITHOUT_FLAG, named=named)
         return
     yield _item(where, data, named=named, max_size=max_size)
 
 
-def _blank_lines(f: IO[bytes]) -> bytes:
-    """Read off the blank lines (up to _LINE bytes of them) a buffered stream opens with, and
-    return them: some mbox exports put one before the first "From " line."""
-    if not isinstance(f, io.BufferedReader):
-        return b""
+def _blank_lines(f: IO[bytes]) -> tuple[bytes, bytes]:
+    """Read off the blank lines a stream opens with (some mbox exports put one before the first
+    "From " line), up to _LINE bytes of them, and the first other line (up to _LINE bytes):
+    (the blank lines, that line). Line by line, so CRLF lines arriving in odd pieces through a
+    pipe are told as well as whole ones."""
     blank: list[bytes] = []
     size = 0
-    while size < _LINE and ((ahead := f.peek(2))[:1] == b"\n" or ahead[:2] == b"\r\n"):
-        blank.append(f.readline(2))
-        size += len(blank[-1])
-    return b"".join(blank)
+    line = f.readline(_LINE)
+    while line in (b"\n", b"\r\n") and size < _LINE:
+        blank.append(line)
+        size += len(line)
+        line = f.readline(_LINE)
+    return b"".join(blank), line
 
 
 def _read_compressed(where: str, fmt: str, head: bytes, rest: IO[bytes], max_size: int,
@@ -502,18 +510,24 @@ _NEXT_FROM = re.compile(rb"\n\r?\nFrom ")
 
 def _holds_another_message(data: bytes) -> bool:
     """A separator line after a blank line, with a header block after it: a second message."""
-    return any(_starts_message(data, m.end())
+    return any(_starts_message(data, m.end(), header=True)
                for m in itertools.islice(_NEXT_FROM.finditer(data), 100))
 
 
-def _starts_message(data: bytes, start: int) -> bool:
+def _starts_message(data: bytes, start: int, header: bool = False) -> bool:
     """Whether the "From " line (after a blank line) whose rest begins at `start` separates two
-    messages: a sender and a date with a time on it, and a header after it. A body paragraph
-    such as "From 9:00 to 17:00 we are open." has the time, but prose follows it. (_split_lines
-    applies the same rule to lines.)"""
+    messages: one as mbox writers make it (_SEPARATOR_WRITTEN), whatever follows (a message
+    with a broken header is still a message of its own, counted "not mail", never merged into
+    the one before); or, written otherwise, a date with a time on it and a header after it — a
+    body paragraph such as "From 9:00 to 17:00 we are open." has the time, but prose follows.
+    With `header`, a header must follow either way (is stdin more than one message?).
+    _split_lines applies the same rule to lines."""
     eol = data.find(b"\n", start)
-    return (eol > 0 and _SEPARATOR_REST.match(data, start, eol) is not None
-            and _is_header(data, eol + 1))
+    if eol < 0:
+        eol = len(data)
+    if not header and _SEPARATOR_WRITTEN.match(data, start, eol):
+        return True
+    return _SEPARATOR_REST.match(data, start, eol) is not None and _is_header(data, eol + 1)
 
 
 def _stream_mbox(p: Path, max_size: int) -> Iterator[Item]:
@@ -562,9 +576,16 @@ def _split_lines(p: str, lines_in: Iterable[bytes], max_size: int) -> Iterator[I
             if n == 0 and not size:  # the first line
                 blank = False
                 continue
+            if _SEPARATOR_WRITTEN.match(line, 5):
+                if lines or size:  # (a first line over max_size appended nothing)
+                    n += 1
+                    yield _mbox_item(p, n, lines, size, max_size)
+                lines, size = [], 0
+                blank = False
+                continue
             if _SEPARATOR_REST.match(line, 5):
                 held.append(line)
-                held_size = len(line)
+                held_size = 0  # the lines after it, as _is_header counts them in memory
                 continue
         blank = line in (b"\n", b"\r\n")
         size += len(line)

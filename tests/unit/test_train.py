@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import bz2
 import gzip
+import io
 import lzma
 import os
 import re
@@ -2257,6 +2258,59 @@ def test_a_body_line_from_9_00_after_a_blank_line_does_not_split_an_mbox(
     assert "Learned 2 of 2 messages as spam in " in out
     assert totals(db) == (2, 0)
     assert tokens(db)["17:00"] == (1, 0) and tokens(db)["sundays."] == (1, 0)
+
+
+WRITTEN = b"From a@b Mon Jan  1 00:00:00 2024\n"  # a separator as mbox writers make it
+
+
+def split_both_ways(data: bytes) -> tuple[list[bytes | None], list[bytes | None]]:
+    """The messages of an mbox read whole in memory and read line by line (a pipe, stdin with
+    --mbox, a file over MBOX_IN_MEMORY), normalised as training keys them."""
+    def norm(items: list[train.Item]) -> list[bytes | None]:
+        return [None if i.data is None else train.strip_markup(i.data) for i in items]
+
+    return (norm(list(train._split_mbox("box", data, 0))),
+            norm(list(train.read_path("-", 0, mbox=True, stdin=io.BytesIO(data)))))
+
+
+def test_a_message_with_a_broken_header_is_never_merged_into_the_one_before() -> None:
+    """Since only a "From " line with a header after it started a message, one whose header
+    was broken (a NUL, no field a message has, a second From_ line) was glued to the message
+    before it: its text learned as that message's, under a new key. A separator as mbox
+    writers make it starts a message whatever follows; the broken one is "not mail"."""
+    for broken in (b"From: spam\0er@z\nSubject: win\n\nbuy now\n",
+                   b"X-Nothing: known\n\nbuy now\n",
+                   b">From a@b Mon Jan  1 00:00:00 2024\nFrom: x@y\nSubject: s\n\nbuy now\n"):
+        data = WRITTEN + mail(1, False) + b"\n" + WRITTEN + broken + b"\n" + WRITTEN + mail(3, False)
+        in_memory, streamed = split_both_ways(data)
+        assert in_memory == streamed, broken
+        assert len(in_memory) == 3 and b"buy now" not in (in_memory[0] or b""), broken
+        first = in_memory[0]
+        assert first is not None and first.endswith(b"unique1x0\n")
+
+
+def test_a_one_line_header_after_a_separator_splits_alike_in_memory_and_streamed() -> None:
+    """In memory the piece after a separator loses its last newline to the blank line before
+    the next one, so a header of one line was "no header" there and a header streamed: the
+    same mbox learned differently under and over 32 MiB."""
+    for sep in (WRITTEN, b"From a 0:00\n"):  # written by a writer, or only a time on it
+        data = WRITTEN + mail(1, True) + b"\n" + sep + b"Subject: two\n\n" + WRITTEN + mail(3, True)
+        in_memory, streamed = split_both_ways(data)
+        assert in_memory == streamed and len(in_memory) == 3, sep
+    # streamed, a 300 kB separator line counted against the 256 kB of header looked at
+    data = (WRITTEN + mail(1, True) + b"\nFrom a " + b"x" * 300_000 + b" 0:00\n"
+            + b"X-Foo: a\nSubject: b\n\nbody\n")
+    in_memory, streamed = split_both_ways(data)
+    assert in_memory == streamed and len(in_memory) == 2
+
+
+def test_crlf_blank_lines_before_an_mbox_straddling_the_sniffed_head() -> None:
+    """The blank lines before an mbox's first "From " line were told by peeking two bytes, and
+    where the 16 bytes read to sniff a compression format ended between a "\\r" and its
+    "\\n" the peek saw one byte: the mbox became one message, "not mail"."""
+    box = b"\n" + b"\r\n" * 8 + mbox_of([mail(i, True) for i in range(3)]).replace(b"\n", b"\r\n")
+    items = list(train._read_open(io.BufferedReader(io.BytesIO(box)), "<pipe>", 0, False))
+    assert [i.problem for i in items] == ["", "", ""]
 
 
 def test_mail_whose_first_field_is_long_or_far_down_is_mail(
