@@ -481,7 +481,7 @@ def _blank_lines(f: IO[bytes]) -> tuple[bytes, bytes]:
     blank: list[bytes] = []
     size = 0
     line = f.readline(_LINE)
-    while line in (b"\n", b"\r\n") and size < _LINE:
+    while _is_blank(line) and size < _LINE:
         blank.append(line)
         size += len(line)
         line = f.readline(_LINE)
@@ -538,9 +538,10 @@ def _stream_mbox(p: Path, max_size: int) -> Iterator[Item]:
 
 def _split_lines(p: str, lines_in: Iterable[bytes], max_size: int) -> Iterator[Item]:
     """Split an mbox given line by line at its separator lines (blank lines before the first
-    one are passed over). As _starts_message, a "From " line after a blank one separates only
-    when a header follows it: it is held, with the lines after it, until that is known (the
-    header block ended, or plainly is none)."""
+    one are passed over), by _starts_message's rule: a "From " line after a blank one that is
+    not written as mbox writers write it separates only when a header follows it, so it is
+    held, with the lines after it, until that is known (the header block ended, or plainly is
+    none)."""
     n = 0
     lines: list[bytes] = []
     size = 0
@@ -567,7 +568,7 @@ def _split_lines(p: str, lines_in: Iterable[bytes], max_size: int) -> Iterator[I
         if held:
             held.append(line)
             held_size += len(line)
-            blank = line in (b"\n", b"\r\n")
+            blank = _is_blank(line)
             if blank or held_size > MAIL_HEAD or (
                     len(held) == 2 and _LOOKS_LIKE_MAIL.match(line) is None):
                 yield from settle()
@@ -587,7 +588,7 @@ def _split_lines(p: str, lines_in: Iterable[bytes], max_size: int) -> Iterator[I
                 held.append(line)
                 held_size = 0  # the lines after it, as _is_header counts them in memory
                 continue
-        blank = line in (b"\n", b"\r\n")
+        blank = _is_blank(line)
         size += len(line)
         if not max_size or size <= max_size:
             lines.append(line)
