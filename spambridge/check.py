@@ -30,7 +30,7 @@ from spambridge.milter.actions import tagged_subject
 from spambridge.milter.bridge import AsyncBridge
 from spambridge.pipeline import Evaluation, Pipeline
 from spambridge.scanners import Scanner
-from spambridge.train import open_no_wait
+from spambridge.train import holds_several_messages, looks_like_mail, open_no_wait
 from spambridge.verdict import Action, ErrorKind, ScanError, ScoreResult, Skipped
 
 EXPLAIN_CLUES = 20
@@ -81,6 +81,18 @@ def _messages(paths: list[str], stdin: IO[bytes] | None, limit: int
             yield path, f"cannot read: {e}"
 
 
+def _input_note(data: bytes) -> str:
+    """What to know of a file before trusting its score: a milter is never sent an mbox, and
+    what has no header is no message `train` would learn (an mbox or a binary file got a score,
+    junk an "unsure" 0.5, with no word)."""
+    if holds_several_messages(data):
+        return ("holds several messages (an mbox): scored as one; `train --mbox` splits one, "
+                "`check` does not")
+    if not looks_like_mail(data):
+        return "does not look like mail (no header field a message has): scored all the same"
+    return ""
+
+
 class _NoIncidents(Health):
     """`check` says each message's failure on its `why:` line (or, --batch, once per reason):
     the milter's incident log ("spamd failing: …; mail gets on_unavailable = accept until it
@@ -123,6 +135,8 @@ def run(cfg: Config, paths: list[str], *, explain: bool = False, batch: bool = F
                     print(f"{path}\t-\tunreadable", file=out)
                 status = 1
                 continue
+            if note := _input_note(raw[:limit]):
+                print(f"spambridge check: {path}: {note}", file=err)
             # a file longer than the read limit is over max_scan_size: its prefix is not scored
             buf = parse_raw(raw[:limit], cfg.milter.max_scan_size, complete=len(raw) <= limit)
             try:

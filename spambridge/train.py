@@ -508,6 +508,13 @@ MBOX_WITHOUT_FLAG = "not mail but several messages (an mbox): give --mbox to spl
 _NEXT_FROM = re.compile(rb"\n\r?\nFrom ")
 
 
+def holds_several_messages(data: bytes) -> bool:
+    """An mbox of more than one message (`check` scores a file as one message, as a milter
+    would be sent it, and says so)."""
+    head = data.lstrip(b"\r\n")
+    return head.startswith(b"From ") and _holds_another_message(head)
+
+
 def _holds_another_message(data: bytes) -> bool:
     """A separator line after a blank line, with a header block after it: a second message."""
     return any(_starts_message(data, m.end(), header=True)

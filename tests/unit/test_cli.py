@@ -301,6 +301,25 @@ def test_check_does_what_its_help_says_of_exit_statuses(tmp_path: Path,
     assert cli.main(["check", "-c", str(bad), "--db", db, str(spam)]) == 78
 
 
+def test_check_says_when_a_file_is_an_mbox_or_no_mail(tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]
+                                                      ) -> None:
+    """An mbox got one score for all its messages, binary junk an "unsure" 0.5, with no word:
+    an admin checking the wrong file took the score for a verdict on a message."""
+    msg = b"From: a@example.org\nSubject: notes\n\nthe agenda for tomorrow\n"
+    sep = b"From a@example.org Mon Jan  1 00:00:00 2024\n"
+    (tmp_path / "box.mbox").write_bytes(sep + msg + b"\n" + sep + msg)
+    (tmp_path / "junk.bin").write_bytes(bytes(range(256)) * 8)
+    (tmp_path / "one.eml").write_bytes(sep + msg)  # a delivered message with its From_ line
+    db = str(tmp_path / "b.sqlite")
+    paths = [str(tmp_path / n) for n in ("box.mbox", "junk.bin", "one.eml")]
+    cli.main(["check", "--db", db, "--batch", *paths])
+    err = capsys.readouterr().err
+    assert f"{paths[0]}: holds several messages (an mbox): scored as one" in err
+    assert f"{paths[1]}: does not look like mail" in err
+    assert "one.eml" not in err
+
+
 def test_debug_logging_adds_no_asyncio_chatter(monkeypatch: pytest.MonkeyPatch) -> None:
     """`--log-level debug` printed asyncio's "Using selector: EpollSelector" at every start;
     the docs promise only the metrics endpoint's dropped connections beyond `info`."""
