@@ -508,6 +508,7 @@ def bayes_state(cfg: Config, r: Report) -> None:
         reader = store.SqliteReader(db)
         try:
             t = reader.totals()
+            limits = store.recorded_limits(reader.conn)
         finally:
             reader.close()
     except store.StoreError as e:
@@ -524,6 +525,11 @@ def bayes_state(cfg: Config, r: Report) -> None:
     if not t.trained(cfg.bayes.min_trained):
         r.note(f"[bayes] db: {db} is not trained yet ({t.nspam} spam, {t.nham} ham; "
                f"min_trained {cfg.bayes.min_trained}): mail gets on_unavailable until it is")
+    b = cfg.bayes
+    if limits is not None and limits != (b.max_bytes, b.max_tokens):
+        r.note(f"[bayes] max_bytes/max_tokens: {db} was first trained with max_bytes = "
+               f"{limits[0]} and max_tokens = {limits[1]}, and `train` keeps to them; the "
+               f"config's {b.max_bytes} and {b.max_tokens} bound scoring only")
 
 
 def spamd_state(cfg: Config, r: Report) -> None:

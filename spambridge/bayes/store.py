@@ -687,6 +687,17 @@ def _busy(e: sqlite3.OperationalError) -> bool:
 _LIMIT_KEYS = ("max_bytes", "max_tokens")  # meta: the tokenizer limits training keeps to
 
 
+def recorded_limits(conn: sqlite3.Connection) -> tuple[int, int] | None:
+    """(max_bytes, max_tokens) the database's training keeps to (SqliteWriter.training_limits);
+    None before its first `train`."""
+    rows = dict(conn.execute("SELECT key, value FROM meta WHERE key IN (?, ?)",
+                             _LIMIT_KEYS).fetchall())
+    try:
+        return int(rows[_LIMIT_KEYS[0]]), int(rows[_LIMIT_KEYS[1]])
+    except (KeyError, ValueError):
+        return None
+
+
 class SqliteWriter:
     """The training side. `begin()` takes SQLite's write lock (readers carry on in WAL mode),
     so two `train` runs never double-count the same message."""
@@ -732,12 +743,7 @@ class SqliteWriter:
         return got or wanted
 
     def _recorded_limits(self) -> tuple[int, int] | None:
-        rows = dict(self.conn.execute("SELECT key, value FROM meta WHERE key IN (?, ?)",
-                                      _LIMIT_KEYS).fetchall())
-        try:
-            return int(rows[_LIMIT_KEYS[0]]), int(rows[_LIMIT_KEYS[1]])
-        except (KeyError, ValueError):
-            return None
+        return recorded_limits(self.conn)
 
     def begin(self) -> Batch:
         try:

@@ -238,6 +238,13 @@ def test_a_bayes_database_the_milter_cannot_use_yet_is_named(tmp_path: Path) -> 
     with sqlite3.connect(db) as c:
         c.execute("UPDATE totals SET nspam = 200, nham = 200")
     assert said() == ([], [])
+    # the tokenizer limits `train` recorded and keeps to (moves and --forget need them)
+    writer = store.SqliteWriter(str(db))
+    assert writer.training_limits((524288, 100)) == (524288, 100)
+    writer.close()
+    assert said() == ([], [f"[bayes] max_bytes/max_tokens: {db} was first trained with "
+                           "max_bytes = 524288 and max_tokens = 100, and `train` keeps to them; "
+                           "the config's 524288 and 5000 bound scoring only"])
 
 
 def test_a_spool_dir_that_cannot_take_a_file_is_named(tmp_path: Path) -> None:
