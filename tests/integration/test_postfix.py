@@ -47,12 +47,14 @@ def milter_config(pf: PostfixInstance, spamd: Spamd, **policy: object) -> dict[s
     }
 
 
-def queue_id_of(pf: PostfixInstance, marker: str, what: str) -> str:
-    """The queue id Postfix logged on a line containing `marker`."""
+def queue_id_of(pf: PostfixInstance, marker: str, what: str, since: int = 0) -> str:
+    """The queue id Postfix logged on a line containing `marker`, after the log's first
+    `since` characters: the instance serves a whole module, and the SMTP reply can come
+    before Postfix's line for it is written, so an earlier test's line would be found first."""
     found: list[str] = []
 
     def seen() -> bool:
-        found[:] = re.findall(rf"\]: ([0-9A-F]{{6,}}): {re.escape(marker)}", pf.log)
+        found[:] = re.findall(rf"\]: ([0-9A-F]{{6,}}): {re.escape(marker)}", pf.log[since:])
         return bool(found)
 
     wait_until(seen, 10, what)
@@ -63,11 +65,13 @@ def expect_refused(pf: PostfixInstance, m: RunningMilter, raw: bytes) -> str:
     """Send `raw`; Postfix must refuse it at end of data with our reply and deliver nothing.
     Returns our log line for it, found by the queue id Postfix gave the message (macro i
     reached us)."""
+    since = len(pf.log)
     with pytest.raises(smtplib.SMTPDataError) as exc:
         pf.send(raw)
     assert exc.value.smtp_code == 550
     assert exc.value.smtp_error.decode() == REJECT_REPLY.removeprefix("550 ")
-    qid = queue_id_of(pf, "milter-reject: END-OF-MESSAGE", "Postfix's milter-reject line")
+    qid = queue_id_of(pf, "milter-reject: END-OF-MESSAGE", "Postfix's milter-reject line",
+                      since)
     wait_until(lambda: f"{qid}: " in m.log, 10, "the milter's log line")
     line = next(x for x in m.log.splitlines() if f"{qid}: " in x)
     assert "action=reject" in line
@@ -297,8 +301,10 @@ def test_spam_the_milter_tagged_is_trained_as_the_message_that_came(
 def submitted_locally(pf: PostfixInstance, raw: bytes, sender: str) -> Delivered:
     """`sendmail -f sender` into the instance (pickup → cleanup → non_smtpd_milters); what was
     delivered for it (Postfix's own Received line, "from userid 0 … id QID", names its id)."""
+    since = len(pf.log)
     pf.sendmail(raw, sender)
-    qid = queue_id_of(pf, f"uid=0 from=<{sender}>", "pickup's line for the local submission")
+    qid = queue_id_of(pf, f"uid=0 from=<{sender}>", "pickup's line for the local submission",
+                      since)
     return pf.wait_delivered(qid)
 
 
@@ -377,6 +383,7 @@ def test_milter_stopped_applies_the_examples_default_action(
         with pytest.raises((smtplib.SMTPResponseException, smtplib.SMTPConnectError)):
             postfix.send(message(subject="while the milter is stopped"))
     else:
+        since = len(postfix.log)
         postfix.send(message(subject="while the milter is stopped"))
-        queue_id_of(postfix, "milter-hold", "the milter-hold line")
+        queue_id_of(postfix, "milter-hold", "the milter-hold line", since)
     assert "connect to Milter service unix:spambridge/spambridge.sock" in postfix.log
