@@ -135,10 +135,11 @@ def run(cfg: Config, paths: list[str], *, explain: bool = False, batch: bool = F
                     print(f"{path}\t-\tunreadable", file=out)
                 status = 1
                 continue
-            if note := _input_note(raw[:limit]):
+            message = raw[:limit]  # (a copy: taken once)
+            if note := _input_note(message):
                 print(f"spambridge check: {path}: {note}", file=err)
             # a file longer than the read limit is over max_scan_size: its prefix is not scored
-            buf = parse_raw(raw[:limit], cfg.milter.max_scan_size, complete=len(raw) <= limit)
+            buf = parse_raw(message, cfg.milter.max_scan_size, complete=len(raw) <= limit)
             try:
                 ev = pipeline.evaluate(buf, Envelope(queue_id=f"CHECK{n:05d}",
                                                      delivered=buf.delivered()))

@@ -730,20 +730,17 @@ class SqliteWriter:
         as its learning did, or it takes counts from other messages' tokens and leaves its
         own behind, so later runs keep to them whatever the config says by then."""
         try:
-            got = self._recorded_limits()
+            got = recorded_limits(self.conn)
             if got is None:
                 self._lock()
                 self.conn.executemany("INSERT OR IGNORE INTO meta VALUES (?, ?)",
                                       zip(_LIMIT_KEYS, map(str, wanted), strict=True))
                 self.conn.execute("COMMIT")
-                got = self._recorded_limits()
+                got = recorded_limits(self.conn)
         except sqlite3.Error as e:
             self.rollback()
             raise StoreError(f"{self.path}: cannot record the training limits: {e}") from e
         return got or wanted
-
-    def _recorded_limits(self) -> tuple[int, int] | None:
-        return recorded_limits(self.conn)
 
     def begin(self) -> Batch:
         try:
