@@ -315,6 +315,22 @@ def test_process_metrics_and_no_created_timestamps(start_milter: Start) -> None:
     assert not [n for n, _ in s if n.endswith("_created")]
 
 
+def after_start_check(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """A scrape once the start-up check has read the database. The milter socket accepts
+    connections a few milliseconds before that check runs (it reads the database as the
+    milter's user, after privileges are dropped), and a scrape in between sees no Bayes
+    series yet — as it would if the database could not be read; systemd's READY=1 comes
+    after the check."""
+    seen: list[dict[tuple[str, tuple[tuple[str, str], ...]], float]] = []
+
+    def read() -> bool:
+        seen[:] = [scrape("127.0.0.1", port)]
+        return bool(series(seen[0], "spambridge_bayes_trained_messages"))
+
+    wait_until(read, 10, "the start-up check's spambridge_bayes_trained_messages")
+    return seen[0]
+
+
 def test_the_bayes_database_in_use_is_visible(start_milter: Start, tmp_path: Path) -> None:
     """How many messages the database the milter reads was trained on: an admin sees the
     retrained copy moved into place taken (the numbers change), an empty database (0), and
@@ -328,7 +344,7 @@ def test_the_bayes_database_in_use_is_visible(start_milter: Start, tmp_path: Pat
     m = start_milter({"milter": {"engine": "bayes"}, "bayes": {"db": str(db), "min_trained": 20},
                       "metrics": {"listen": f"127.0.0.1:{port}"}})
     trained = "spambridge_bayes_trained_messages"
-    s = scrape("127.0.0.1", port)  # known from the start-up check, before any message
+    s = after_start_check(port)  # known from the start-up check, before any message
     assert (value(s, trained, **{"class": "spam"}), value(s, trained, **{"class": "ham"})) == (
         20, 20)
 
@@ -350,7 +366,7 @@ def test_an_empty_bayes_database_shows_as_zero(start_milter: Start) -> None:
     port = free_port()
     start_milter({"milter": {"engine": "spamd+bayes"},
                   "metrics": {"listen": f"127.0.0.1:{port}"}})  # a new, empty database
-    s = scrape("127.0.0.1", port)
+    s = after_start_check(port)
     assert series(s, "spambridge_bayes_trained_messages") == {
         (("class", "spam"),), (("class", "ham"),)}
     assert value(s, "spambridge_bayes_trained_messages", **{"class": "spam"}) == 0
