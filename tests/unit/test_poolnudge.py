@@ -1,6 +1,11 @@
 """The pool nudger connects to the milter's own socket only when libmilter's workers may all be
 inside scans: never while idle, never for a lone scan, and periodically only once no worker
-has been free for `stall_after` seconds. A real unix socket counts the connections."""
+has been free for `stall_after` seconds. A real unix socket counts the connections.
+
+Nothing here depends on a thread of the test having run in time: the connections wait in the
+socket's accept queue until the test counts them, and when a poke was made is taken in the
+nudger's own thread. A loaded machine (a CI run, a collection of the test process's heap)
+may hold any thread up for a while; what these tests check must not depend on it."""
 
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from spambridge.milter import poolnudge
 from spambridge.milter.poolnudge import PoolNudger
 from spambridge.milter.socketspec import parse_socket_spec
 
@@ -26,16 +32,21 @@ class FakeActivity:
         self.last_free = time.monotonic()
         self.woken = False
         self._cond = threading.Condition()
+        self.idle = threading.Event()  # the nudger is back asleep with nothing in flight
 
     def set(self, inflight: int, free_now: bool = False) -> None:
         with self._cond:
             self.inflight = inflight
             if free_now:
                 self.last_free = time.monotonic()
+            if inflight:
+                self.idle.clear()
             self._cond.notify_all()
 
     def wait_busy(self, timeout: float | None) -> bool:
         with self._cond:
+            if not self.inflight and not self.woken:
+                self.idle.set()  # whatever it was doing when the scans ended is done
             return self._cond.wait_for(lambda: self.inflight > 0 or self.woken, timeout)
 
     def wake(self) -> None:
@@ -45,28 +56,35 @@ class FakeActivity:
 
 
 class Listener:
+    """A unix socket that counts the connections made to it. A unix connect() returns once
+    the connection is in the accept queue, so every poke made so far is there when `count`
+    is read, and is counted then: a thread accepting them was counted late when the machine
+    held it up past a test's wait, and a poke that had been made looked like none."""
+
     def __init__(self, path: Path) -> None:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.bind(str(path))
-        self.sock.listen(128)
-        self.sock.settimeout(0.05)
-        self.count = 0
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self._run, daemon=True)
-        self._t.start()
+        self.sock.listen(128)  # more than any test here makes
+        self.sock.setblocking(False)
+        self._count = 0
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
+    @property
+    def count(self) -> int:
+        if self.sock.fileno() != -1:  # closed: counted as it closed
+            self._drain()
+        return self._count
+
+    def _drain(self) -> None:
+        while True:
             try:
                 conn, _ = self.sock.accept()
-            except TimeoutError:
-                continue
+            except BlockingIOError:
+                return
             conn.close()
-            self.count += 1
+            self._count += 1
 
     def close(self) -> None:
-        self._stop.set()
-        self._t.join(2)
+        self._drain()
         self.sock.close()
 
 
@@ -81,6 +99,22 @@ def listener(tmp_path: Path) -> Iterator[tuple[Listener, str]]:
 def settle(lst: Listener, seconds: float) -> int:
     time.sleep(seconds)
     return lst.count
+
+
+@pytest.fixture
+def poke_times(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """When each of the nudger's connections was made (time.monotonic(), which its stall check
+    reads), taken in the nudger's thread as it connects: how late the test looks does not
+    change what it sees."""
+    times: list[float] = []
+    real = poolnudge.poke_error
+
+    def timed(target: poolnudge.Target | None, timeout: float = 0.05) -> int:
+        times.append(time.monotonic())
+        return real(target, timeout)
+
+    monkeypatch.setattr(poolnudge, "poke_error", timed)
+    return times
 
 
 @contextlib.contextmanager
@@ -119,16 +153,20 @@ def test_no_connection_while_idle_or_while_workers_come_free(
 
 
 def test_periodic_connections_once_no_worker_was_free_for_stall_after(
-        listener: tuple[Listener, str]) -> None:
+        listener: tuple[Listener, str], poke_times: list[float]) -> None:
     lst, spec = listener
     act = FakeActivity()
     with running(spec, act, stall_after=0.15):
         act.set(4, free_now=True)  # four scans hang from now on
-        assert settle(lst, 0.1) == 0  # not yet stalled
-        got = settle(lst, 0.6)
+        freed = act.last_free
+        got = settle(lst, 0.7)
         assert got >= 5, got  # stalled from 0.15 s: one every 20 ms or so
+        # not yet stalled before then (as the nudger reckons it: last_free + stall_after)
+        assert all(freed + 0.15 - t <= 0 for t in poke_times), [t - freed for t in poke_times]
         act.set(0, free_now=True)
-        before = settle(lst, 0.1)
+        # back asleep with nothing in flight: a poke it was making as the scans ended is made
+        assert act.idle.wait(10)
+        before = lst.count
         assert settle(lst, 0.4) == before  # idle again: no more
 
 
