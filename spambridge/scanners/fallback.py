@@ -43,7 +43,7 @@ class FallbackScanner:
                 # have finished while Bayes failed (a busy database takes 0.5 s): its answer
                 # or its own failure, then, not the share's timeout
                 late = await self._wait(task, end - loop.time(),
-                                        f"no answer within the {self.cap:g}s cap")
+                                        f"no answer within the {self.cap:g}s cap", end)
                 if isinstance(late, ScoreResult):
                     return late
                 why = late
@@ -54,17 +54,35 @@ class FallbackScanner:
                                why)
         finally:
             task.cancel()  # given up (or the cap ran out): its connection is closed now
+            # a pool cancelled at its own end of the cap says why with a ScanError, as if
+            # that end had come first: nobody awaits the task now, so its failure is taken
+            # here rather than logged as "never retrieved"
+            task.add_done_callback(_retrieved)
 
     async def _wait(self, task: asyncio.Future[ScoreResult], seconds: float,
-                    timeout: str) -> ScoreResult | ScanError:
-        """spamd's answer or failure within `seconds`; the request goes on either way."""
+                    timeout: str, end: float | None = None) -> ScoreResult | ScanError:
+        """spamd's answer or failure within `seconds`; the request goes on either way.
+        `end`: our end of the cap, when this wait runs to it."""
         try:
             return await asyncio.wait_for(asyncio.shield(task), max(seconds, 0.0))
         except ScanError as e:
             return e
         except TimeoutError:
             return ScanError(ErrorKind.TIMEOUT, self.primary.name, timeout)
+        except asyncio.CancelledError:
+            if end is None or asyncio.get_running_loop().time() < end:
+                raise
+            # the caller's cap, due just after our end: a loop held up past both (a long
+            # callback, a collection, the process descheduled) runs the caller's
+            # cancellation first. The scan ends now either way; it is said as our end says
+            # it (spamd timed out, and why Bayes could not cover), not as "no verdict"
+            return ScanError(ErrorKind.TIMEOUT, self.primary.name, timeout)
 
     async def aclose(self) -> None:
         await self.primary.aclose()
         await self.secondary.aclose()
+
+
+def _retrieved(task: asyncio.Future[ScoreResult]) -> None:
+    if not task.cancelled():
+        task.exception()

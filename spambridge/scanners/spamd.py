@@ -220,17 +220,17 @@ class SpamdScanner:
                 resp = await (server.client.request(req) if end is None else
                               asyncio.wait_for(server.client.request(req),
                                                max(end - loop.time(), 0.0)))
-            except asyncio.CancelledError:
-                raise
+            except asyncio.CancelledError as e:
+                if end is None or loop.time() < end:
+                    raise
+                # the caller's cap, due just after the pool's end: a loop held up past both
+                # (a long callback, a collection, the process descheduled) runs the caller's
+                # cancellation first. The request ends now either way; it is said as the
+                # pool's end says it, which may be on_unavailable rather than on_timeout
+                raise self._cut_off(TimeoutError(), server.target, end, reached[0],
+                                    failed) from e
             except TimeoutError as e:
-                if end is None or reached[0]:  # it has the message: its timeout
-                    failed.append(self.describe(e, server.target))
-                    raise ScanError(classify_exception(e), ENGINE, "; ".join(failed)) from e
-                # the pool's end came while it was still connecting (each one before it did
-                # not connect): nobody has the message; its state stays as it was
-                failed.append(f"no connection to {server.target} within the "
-                              f"{self.total_timeout:g}s cap")
-                raise ScanError(ErrorKind.UNAVAILABLE, ENGINE, "; ".join(failed)) from e
+                raise self._cut_off(e, server.target, end, reached[0], failed) from e
             except Exception as e:  # every aiospamc failure becomes a typed ScanError
                 refused = connect_failed(e)
                 failed.append(self._not_connected_why(e, server.target) if refused
@@ -247,6 +247,17 @@ class SpamdScanner:
             self._connected(server, attempt)
             return resp
         raise AssertionError("a spamd scanner without servers")  # (build_clients: never)
+
+    def _cut_off(self, e: TimeoutError, target: str, end: float | None, reached: bool,
+                 failed: list[str]) -> ScanError:
+        """A request that ran out of time: a timeout of the server that has the message, or,
+        when the pool's end came while it was still connecting (each one before it did not
+        connect), nobody has the message: unavailable, its state left as it was."""
+        if end is None or reached:
+            failed.append(self.describe(e, target))
+            return ScanError(classify_exception(e), ENGINE, "; ".join(failed))
+        failed.append(f"no connection to {target} within the {self.total_timeout:g}s cap")
+        return ScanError(ErrorKind.UNAVAILABLE, ENGINE, "; ".join(failed))
 
     def _not_connected(self, server: _Server, why: str, attempt: int) -> None:
         """Put it last for SPAMD_RETRY_AFTER. Said once when a pool member goes, and once when

@@ -4,8 +4,11 @@ decides, and what the failure says, when spamd and Bayes finish in either order.
 from __future__ import annotations
 
 import asyncio
+import gc
+import logging
 
 import pytest
+from stalls import Stalled, outcome
 
 from spambridge.config import PolicyConfig
 from spambridge.message import Envelope
@@ -73,6 +76,25 @@ def test_a_slow_spamd_keeps_the_cap_when_bayes_fails(spamd: float,
     else:
         assert isinstance(r, ScanError) and r.kind is kind
         assert "no answer within the 0.5s cap; no fallback" in r.detail
+
+
+def test_a_loop_held_up_at_the_end_of_the_cap_still_says_why(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The milter's loop held up from just before FallbackScanner's own end of the cap to past
+    the caller's: both come due at once, and the caller's cancellation runs first. The scan
+    still ends as its own end says it, spamd's timeout and why Bayes could not cover — not
+    "no verdict" under engine spamd+bayes, which the decision line, the incident warning and
+    the metrics' engine label would have shown."""
+    scanner = FallbackScanner(Timed("spamd", 30.0), Timed("bayes", 0.0, ErrorKind.UNAVAILABLE),
+                              0.3, 1.0)
+    with caplog.at_level(logging.ERROR, "asyncio"):
+        r = outcome(Stalled(scanner, 1.0, before=0.015, seconds=0.05), 1.0)
+        gc.collect()
+    assert isinstance(r, ScanError), r
+    assert (r.kind, r.engine, r.detail) == (
+        ErrorKind.TIMEOUT, "spamd",
+        "no answer within the 1s cap; no fallback: bayes unavailable: bayes failed")
+    assert not caplog.records  # no task left with an exception nobody took
 
 
 def test_bayes_covers_a_slow_spamd() -> None:

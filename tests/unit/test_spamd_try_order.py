@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import socket
 import ssl
@@ -18,11 +19,14 @@ import pytest
 from aiospamc.exceptions import ClientTimeoutException
 from harness import free_port
 from spamdfakes import BlackHole, SwitchableSpamd, spamd_reply
+from stalls import Stalled, outcome
 
 from spambridge import defaults
 from spambridge.config import SpamdConfig
+from spambridge.message import Envelope
+from spambridge.scanners.fallback import FallbackScanner
 from spambridge.scanners.spamd import SpamdScanner, try_order
-from spambridge.verdict import ErrorKind, ScanError
+from spambridge.verdict import ErrorKind, ScanError, ScoreResult
 
 MSG = b"Subject: x\r\n\r\nhello\r\n"
 RETRY = defaults.SPAMD_RETRY_AFTER
@@ -158,6 +162,63 @@ def test_a_hung_server_is_a_timeout_and_the_message_is_not_resent() -> None:
     finally:
         first.close()
         second.close()
+
+
+def test_a_loop_held_up_at_the_pools_end_still_says_which_server() -> None:
+    """The milter's loop held up from just before the pool's own end of the cap to past the
+    caller's: both come due at once and the caller's cancellation runs first. The scan still
+    ends as the pool's end says it: a hung server's timeout, named; and with every member
+    off, nobody had the message — on_unavailable, not the caller's "no verdict" timeout
+    (on_timeout, which an admin may have set otherwise)."""
+    first, second = SwitchableSpamd("hang"), SwitchableSpamd()
+    try:
+        r = outcome(Stalled(pool(first.port, second.port, total=0.5), 0.5, 0.06, 0.1), 0.5)
+    finally:
+        first.close()
+        second.close()
+    assert isinstance(r, ScanError), r
+    assert (r.kind, r.detail) == (ErrorKind.TIMEOUT,
+                                  f"no answer from 127.0.0.1:{first.port} within 0.5s")
+    holes = [BlackHole(), BlackHole()]
+    cfg = SpamdConfig(servers=tuple(("127.0.0.1", h.port) for h in holes), connect_timeout=1.0)
+    try:
+        r = outcome(Stalled(SpamdScanner(cfg, 1.5), 1.5, 0.06, 0.1), 1.5)
+    finally:
+        for h in holes:
+            h.close()
+    assert isinstance(r, ScanError), r
+    assert (r.kind, r.detail) == (ErrorKind.UNAVAILABLE, (
+        f"no connection to {holes[0].address} within connect_timeout 1s; "
+        f"no connection to {holes[1].address} within the 1.5s cap"))
+
+
+def test_a_pool_behind_bayes_held_up_at_its_end_leaves_no_unread_failure(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """spamd+bayes over a pool, Bayes unable to cover, the loop held up at the end: the pool's
+    request, cancelled as its own end came, ends with its failure; nothing awaits it then,
+    and asyncio must not log it as "Task exception was never retrieved"."""
+    first, second = SwitchableSpamd("hang"), SwitchableSpamd()
+
+    class Untrained:
+        name = "bayes"
+
+        async def scan(self, message: bytes, envelope: Envelope) -> ScoreResult:
+            raise ScanError(ErrorKind.UNAVAILABLE, "bayes", "not trained yet")
+
+        async def aclose(self) -> None:
+            pass
+
+    scanner = FallbackScanner(pool(first.port, second.port, total=0.5), Untrained(), 0.1, 0.5)
+    try:
+        with caplog.at_level(logging.ERROR, "asyncio"):
+            for before in (0.06, 0.03, 0.012):  # the pool's end, between, FallbackScanner's
+                r = outcome(Stalled(scanner, 0.5, before, 0.1), 0.5)
+                assert isinstance(r, ScanError) and r.engine == "spamd", r
+            gc.collect()
+    finally:
+        first.close()
+        second.close()
+    assert not caplog.records
 
 
 def test_one_server_keeps_its_error_text() -> None:
