@@ -39,10 +39,9 @@ def scan(primary: Timed, secondary: Timed, share: float = 0.1, cap: float = 1.0
         try:
             # Pipeline.scan's own timeout, set later than its cap: FallbackScanner ends its
             # scan 10 ms before the cap so the log says why, and that end is what these tests
-            # check. A CI machine stalling the loop past those 10 ms would let the caller's
-            # timeout fire first (in the milter: the same TIMEOUT, said less precisely) and
-            # fail a test about the scanner. A scanner that overran its cap still fails here:
-            # the TimeoutError is not caught.
+            # check; both coming due at once (a loop held up) is the subject of
+            # test_a_loop_held_up_at_the_end_of_the_cap_still_says_why. A scanner that
+            # overran its cap still fails here: the TimeoutError is not caught.
             async with asyncio.timeout(cap + 0.5):
                 return await FallbackScanner(primary, secondary, share, cap).scan(
                     b"m", Envelope())

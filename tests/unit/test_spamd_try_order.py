@@ -63,9 +63,10 @@ def ask(scanner: SpamdScanner, cap: float = 5.0) -> float:
     """The score one SYMBOLS request gets, within `cap` (as the pipeline caps a scan).
 
     The caller's timeout is set later than `cap`: a pool ends its scan 50 ms before the cap
-    so the log names the server, and that end is what these tests check; a loaded CI machine
-    stalling the loop past those 50 ms would otherwise let the caller's fire first. A scanner
-    overrunning the cap still fails the test (TimeoutError, not ScanError)."""
+    so the log names the server, and that end is what these tests check; both coming due at
+    once (a loop held up) is test_a_loop_held_up_at_the_pools_end_still_says_which_server's
+    subject. A scanner overrunning the cap still fails the test (TimeoutError, not
+    ScanError)."""
 
     async def go() -> float:
         async with asyncio.timeout(cap + 0.5):
