@@ -7,6 +7,7 @@ while a pool member is stopped."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -394,6 +395,11 @@ def test_messages_in_flight_while_the_first_spamd_is_stopped(
     assert len(lines) == len(results)
     assert all(r.action in ("reject", "tempfail") for r in results), results
     rejected = sum(r.action == "reject" for r in results)
+    # spamd logs its result: line after it has replied: the lines of the last replies may
+    # still be on their way
+    with contextlib.suppress(TimeoutError):
+        wait_until(lambda: scanned(first) + scanned(spamd) - before >= rejected, 10,
+                   "spamd's result lines")
     assert scanned(first) + scanned(spamd) - before == rejected  # none scanned twice
     failed = [line for line in lines if "action=tempfail" in line]
     assert all(("reason=unavailable" in line or "reason=error" in line) and
