@@ -7,6 +7,7 @@ threads (ThreadedScanner: the local Bayes engine) is waited on by the milter's t
 
 from __future__ import annotations
 
+import asyncio
 from concurrent.futures import Future
 from typing import Protocol, runtime_checkable
 
@@ -37,3 +38,14 @@ class ThreadedScanner(Scanner, Protocol):
         (the caller gave up at the cap, or the scanner stopped with the scan still queued).
         Raises ScanError when the scanner has already stopped."""
         ...
+
+
+def cut_at_own_end(end: float | None) -> bool:
+    """Whether a cancellation that has just arrived is the caller's cap, come due with the
+    scanner's own end of it (`end`, on the loop's clock; None: it has none). A scanner that
+    ends a scan just before the caller's cap, to say why (which server, why Bayes could not
+    cover), is run second when a loop held up past both ends (a long callback, a collection,
+    the process descheduled) lets the caller's cancellation in first: the scan ends now
+    either way, and it should be said as the scanner's end says it, not as "no verdict" — a
+    pool whose hosts were all off would be on_timeout instead of on_unavailable."""
+    return end is not None and asyncio.get_running_loop().time() >= end

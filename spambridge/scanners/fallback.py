@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 
 from spambridge.message import Envelope
-from spambridge.scanners import Scanner
+from spambridge.scanners import Scanner, cut_at_own_end
 from spambridge.verdict import ErrorKind, ScanError, ScoreResult
 
 _AHEAD = 0.01  # s: our end of the cap comes before the caller's, so the log can say why
@@ -70,13 +70,9 @@ class FallbackScanner:
         except TimeoutError:
             return ScanError(ErrorKind.TIMEOUT, self.primary.name, timeout)
         except asyncio.CancelledError:
-            if end is None or asyncio.get_running_loop().time() < end:
+            if not cut_at_own_end(end):
                 raise
-            # the caller's cap, due just after our end: a loop held up past both (a long
-            # callback, a collection, the process descheduled) runs the caller's
-            # cancellation first. The scan ends now either way; it is said as our end says
-            # it (spamd timed out, and why Bayes could not cover), not as "no verdict"
-            return ScanError(ErrorKind.TIMEOUT, self.primary.name, timeout)
+            return ScanError(ErrorKind.TIMEOUT, self.primary.name, timeout)  # as our end says
 
     async def aclose(self) -> None:
         await self.primary.aclose()

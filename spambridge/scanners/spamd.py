@@ -54,6 +54,7 @@ from aiospamc.responses import (
 from spambridge import defaults
 from spambridge.config import SpamdConfig, host_port
 from spambridge.message import Envelope
+from spambridge.scanners import cut_at_own_end
 from spambridge.verdict import ErrorKind, ScanError, ScoreResult
 
 log = logging.getLogger("spambridge")
@@ -221,14 +222,10 @@ class SpamdScanner:
                               asyncio.wait_for(server.client.request(req),
                                                max(end - loop.time(), 0.0)))
             except asyncio.CancelledError as e:
-                if end is None or loop.time() < end:
+                if not cut_at_own_end(end):
                     raise
-                # the caller's cap, due just after the pool's end: a loop held up past both
-                # (a long callback, a collection, the process descheduled) runs the caller's
-                # cancellation first. The request ends now either way; it is said as the
-                # pool's end says it, which may be on_unavailable rather than on_timeout
                 raise self._cut_off(TimeoutError(), server.target, end, reached[0],
-                                    failed) from e
+                                    failed) from e  # as the pool's end says it
             except TimeoutError as e:
                 raise self._cut_off(e, server.target, end, reached[0], failed) from e
             except Exception as e:  # every aiospamc failure becomes a typed ScanError
