@@ -556,14 +556,19 @@ def _split_lines(p: str, lines_in: Iterable[bytes], max_size: int) -> Iterator[I
     held: list[bytes] = []  # a candidate separator line and the lines after it so far
     held_size = 0
 
+    def cut() -> Iterator[Item]:
+        """The message so far, if any (a first line over max_size appended nothing)."""
+        nonlocal n, lines, size
+        if lines or size:
+            n += 1
+            yield _mbox_item(p, n, lines, size, max_size)
+        lines, size = [], 0
+
     def settle() -> Iterator[Item]:
         """Decide on the held lines: a new message, or body lines of the one before."""
-        nonlocal n, lines, size
+        nonlocal size
         if _is_header(b"".join(held[1:])):
-            if lines or size:
-                n += 1
-                yield _mbox_item(p, n, lines, size, max_size)
-            lines, size = [], 0
+            yield from cut()
             del held[0]
         for line in held:
             size += len(line)
@@ -585,10 +590,7 @@ def _split_lines(p: str, lines_in: Iterable[bytes], max_size: int) -> Iterator[I
                 blank = False
                 continue
             if _SEPARATOR_WRITTEN.match(line, 5):
-                if lines or size:  # (a first line over max_size appended nothing)
-                    n += 1
-                    yield _mbox_item(p, n, lines, size, max_size)
-                lines, size = [], 0
+                yield from cut()
                 blank = False
                 continue
             if _SEPARATOR_REST.match(line, 5):
@@ -601,9 +603,7 @@ def _split_lines(p: str, lines_in: Iterable[bytes], max_size: int) -> Iterator[I
             lines.append(line)
     if held:
         yield from settle()
-    if lines or size:
-        n += 1
-        yield _mbox_item(p, n, lines, size, max_size)
+    yield from cut()
 
 
 def _is_blank(line: bytes) -> bool:
