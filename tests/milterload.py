@@ -156,10 +156,11 @@ _paused: list[bool] = []  # one per deliver_many running: whether the collector 
 
 @contextlib.contextmanager
 def collector_paused() -> Iterator[None]:
-    """Reply times are taken in this process: a collection of its heap holds every client
-    thread at once, and adds its length to replies that came in time (the garbage of a few
-    rounds of 50 sessions took 1.9 s to collect on a loaded 2-core machine). Collect before
-    the sessions, then keep the collector out of them."""
+    """The test process's garbage collected now, and the collector kept out of what follows.
+    A collection holds every thread at once: reply times taken in this process grow by its
+    length (the garbage of a few rounds of 50 sessions took 1.9 s to collect on a loaded
+    2-core machine). And it closes what earlier tests left unclosed: descriptors vanish from
+    a listing of the process's own (test_listener)."""
     with _paused_lock:
         if not _paused:
             gc.collect()

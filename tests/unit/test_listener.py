@@ -3,12 +3,12 @@ listener found closed means a stop was asked for)."""
 
 from __future__ import annotations
 
-import gc
 import os
 import socket
 from pathlib import Path
 
 import pytest
+from milterload import collector_paused
 
 from spambridge.milter.socketspec import find_listener, parse_socket_spec
 
@@ -52,19 +52,13 @@ def test_looking_for_the_listener_leaves_no_descriptor_behind(tmp_path: Path) ->
     # collection there fails the test after test_incidents: 12 gone, its 4 loops' 3 each).
     # Collect that garbage first, and keep the collector out of the window: a descriptor
     # find_listener leaks still fails the test.
-    gc.collect()
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        with open(tmp_path / "some.log", "w"), socket.socket(socket.AF_UNIX) as lst:
-            lst.bind(str(tmp_path / "m.sock"))
-            lst.listen(1)
-            before = sorted(os.listdir("/proc/self/fd"))
-            for _ in range(3):
-                assert find_listener(spec) == lst.fileno()
-            assert find_listener(parse_socket_spec("inet:1@127.0.0.1")) is None
-            assert sorted(os.listdir("/proc/self/fd")) == before
-            assert lst.getsockname() == str(tmp_path / "m.sock")  # a look never closes it
-    finally:
-        if enabled:
-            gc.enable()
+    with collector_paused(), open(tmp_path / "some.log", "w"), \
+            socket.socket(socket.AF_UNIX) as lst:
+        lst.bind(str(tmp_path / "m.sock"))
+        lst.listen(1)
+        before = sorted(os.listdir("/proc/self/fd"))
+        for _ in range(3):
+            assert find_listener(spec) == lst.fileno()
+        assert find_listener(parse_socket_spec("inet:1@127.0.0.1")) is None
+        assert sorted(os.listdir("/proc/self/fd")) == before
+        assert lst.getsockname() == str(tmp_path / "m.sock")  # a look never closes it
