@@ -1,6 +1,7 @@
-"""A milter's event loop held up at the end of a scan's cap, as a loaded machine holds it up (a
-long callback, a collection of the heap, the process descheduled): the scanners that end a scan
-just before the caller's cap, to say why, must say the same when both ends come due at once."""
+"""Scanners whose timing a test controls, and a milter's event loop held up at the end of a
+scan's cap, as a loaded machine holds it up (a long callback, a collection of the heap, the
+process descheduled): the scanners that end a scan just before the caller's cap, to say why,
+must say the same when both ends come due at once."""
 
 from __future__ import annotations
 
@@ -12,9 +13,25 @@ from spambridge.message import Envelope
 from spambridge.milter.bridge import AsyncBridge
 from spambridge.pipeline import Pipeline
 from spambridge.scanners import Scanner
-from spambridge.verdict import ScanError, ScoreResult
+from spambridge.verdict import ErrorKind, ScanError, ScoreResult
 
 MESSAGE = b"Subject: x\r\n\r\nhello\r\n"
+
+
+class Timed:
+    """Answers (or fails with `error`) after `delay` seconds."""
+
+    def __init__(self, name: str, delay: float, error: ErrorKind | None = None) -> None:
+        self.name, self.delay, self.error = name, delay, error
+
+    async def scan(self, message: bytes, envelope: Envelope) -> ScoreResult:
+        await asyncio.sleep(self.delay)
+        if self.error is not None:
+            raise ScanError(self.error, self.name, f"{self.name} failed")
+        return ScoreResult(self.name, 9.0)
+
+    async def aclose(self) -> None:
+        pass
 
 
 class Stalled:

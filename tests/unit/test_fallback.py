@@ -8,29 +8,13 @@ import gc
 import logging
 
 import pytest
-from stalls import Stalled, outcome
+from stalls import Stalled, Timed, outcome
 
 from spambridge.config import PolicyConfig
 from spambridge.message import Envelope
 from spambridge.policy import decide
 from spambridge.scanners.fallback import FallbackScanner
 from spambridge.verdict import ErrorKind, ScanError, ScoreResult
-
-
-class Timed:
-    """Answers (or fails with `error`) after `delay` seconds."""
-
-    def __init__(self, name: str, delay: float, error: ErrorKind | None = None) -> None:
-        self.name, self.delay, self.error = name, delay, error
-
-    async def scan(self, message: bytes, envelope: Envelope) -> ScoreResult:
-        await asyncio.sleep(self.delay)
-        if self.error is not None:
-            raise ScanError(self.error, self.name, f"{self.name} failed")
-        return ScoreResult(self.name, 9.0)
-
-    async def aclose(self) -> None:
-        pass
 
 
 def scan(primary: Timed, secondary: Timed, share: float = 0.1, cap: float = 1.0

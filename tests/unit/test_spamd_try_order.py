@@ -19,14 +19,13 @@ import pytest
 from aiospamc.exceptions import ClientTimeoutException
 from harness import free_port
 from spamdfakes import BlackHole, SwitchableSpamd, spamd_reply
-from stalls import Stalled, outcome
+from stalls import Stalled, Timed, outcome
 
 from spambridge import defaults
 from spambridge.config import SpamdConfig
-from spambridge.message import Envelope
 from spambridge.scanners.fallback import FallbackScanner
 from spambridge.scanners.spamd import SpamdScanner, try_order
-from spambridge.verdict import ErrorKind, ScanError, ScoreResult
+from spambridge.verdict import ErrorKind, ScanError
 
 MSG = b"Subject: x\r\n\r\nhello\r\n"
 RETRY = defaults.SPAMD_RETRY_AFTER
@@ -199,17 +198,8 @@ def test_a_pool_behind_bayes_held_up_at_its_end_leaves_no_unread_failure(
     request, cancelled as its own end came, ends with its failure; nothing awaits it then,
     and asyncio must not log it as "Task exception was never retrieved"."""
     first, second = SwitchableSpamd("hang"), SwitchableSpamd()
-
-    class Untrained:
-        name = "bayes"
-
-        async def scan(self, message: bytes, envelope: Envelope) -> ScoreResult:
-            raise ScanError(ErrorKind.UNAVAILABLE, "bayes", "not trained yet")
-
-        async def aclose(self) -> None:
-            pass
-
-    scanner = FallbackScanner(pool(first.port, second.port, total=0.5), Untrained(), 0.1, 0.5)
+    untrained = Timed("bayes", 0.0, ErrorKind.UNAVAILABLE)
+    scanner = FallbackScanner(pool(first.port, second.port, total=0.5), untrained, 0.1, 0.5)
     try:
         with caplog.at_level(logging.ERROR, "asyncio"):
             for before in (0.06, 0.03, 0.012):  # the pool's end, between, FallbackScanner's
