@@ -158,7 +158,8 @@ def test_clients_that_vanish_mid_data_leave_nothing_behind(
         tmp_path: Path) -> None:
     """30 clients hang up in the middle of DATA — after the header, or halfway through a body
     larger than spool_memory. No spool file stays open, descriptors and threads do not grow
-    with the number of such clients, and the next message is answered at once."""
+    with the number of such clients, and the next message is still filtered: Postfix meets no
+    milter timeout on it."""
     spool = tmp_path / "spool"
     spool.mkdir()
     cfg = spamd_config(postfix, "127.0.0.1", fake.port)
@@ -199,10 +200,12 @@ def test_clients_that_vanish_mid_data_leave_nothing_behind(
     vanish(10)
     fds0, threads0 = settled()
     vanish(20)
-    start = time.monotonic()
+    since = len(postfix.log)
     qid = postfix.send(message(subject="after the vanished clients"))
-    assert time.monotonic() - start < 5
     got = postfix.wait_delivered(qid)
+    # a milter still tied up by the vanished sessions shows in Postfix's log: a milter warning
+    # (a connect or reply timeout), then default_action=accept without our header
+    assert "warning: milter" not in postfix.log[since:]
     assert got.all("X-Spam-Status")[0].startswith("No, score=1.5")
     spilled = postfix.wait_delivered(postfix.send(big))  # the spool itself still works
     assert spilled.all("X-Spam-Status")[0].startswith("No, score=1.5")
