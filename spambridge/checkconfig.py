@@ -11,6 +11,7 @@ milter_default_action. Exit status: 0 all well, 1 warnings. Reading Postfix is o
 
 from __future__ import annotations
 
+import contextlib
 import grp
 import ipaddress
 import os
@@ -33,6 +34,7 @@ PARAMS = (
     "milter_protocol", "milter_default_action", "milter_content_timeout",
     "milter_connect_macros", "milter_helo_macros", "milter_mail_macros",
     "milter_end_of_header_macros", "milter_end_of_data_macros", "smtpd_milter_maps",
+    "mail_owner",
 )
 
 # macro → (stages where spambridge can see it in time, what breaks without it)
@@ -381,6 +383,44 @@ def check_local(cfg: Config) -> Report:
     return r
 
 
+def socket_problem(cfg: Config, owner: str) -> str | None:
+    """Whether Postfix's smtpd, user `owner` (mail_owner), may connect to the milter's unix
+    socket: judged on the socket when there is one (the running milter's, or the last one's),
+    else on what `run` will give it (socket_mode; socket_group, or a setgid directory's
+    group). Without it every message gets milter_default_action: passed unscanned, or held."""
+    spec = parse_socket_spec(cfg.milter.socket)
+    if spec.family != "unix":
+        return None
+    m = cfg.milter
+    sock_dir = os.path.dirname(os.path.abspath(spec.path))
+    try:
+        st = os.stat(spec.path)
+    except OSError:
+        st = None
+    if st is not None and stat.S_ISSOCK(st.st_mode):
+        mode, uid, gid = st.st_mode, st.st_uid, st.st_gid
+    else:
+        mode, uid, gid = m.socket_mode, None, None
+        with contextlib.suppress(KeyError):  # check_local names a user or group not there
+            uid = pwd.getpwnam(m.user).pw_uid if m.user else None
+            if m.socket_group:
+                gid = grp.getgrnam(m.socket_group).gr_gid
+            elif os.path.isdir(sock_dir) and os.stat(sock_dir).st_mode & stat.S_ISGID:
+                gid = os.stat(sock_dir).st_gid
+    problem = privileges.socket_connect_problem(spec.path, owner, mode, uid, gid)
+    if problem is None:
+        return None
+    try:
+        group = grp.getgrgid(pwd.getpwnam(owner).pw_gid).gr_name
+    except KeyError:
+        group = owner
+    return (f"[milter] socket: Postfix's smtpd (user {owner!r}, mail_owner) cannot connect: "
+            f"{problem}; every message would get milter_default_action. Give the socket "
+            f'group {group}: socket_group = "{group}" with socket_mode "0660", or a '
+            f"directory setgid to that group, made before the milter starts (install -d -g "
+            f"{group} -m 2750 {sock_dir})")
+
+
 def _user_dirs(cfg: Config, r: Report) -> None:
     """What `run` checks once it is `[milter] user` (each a refusal to start, exit 78): the
     Bayes database's directory and the spool directory must be writable by that user."""
@@ -605,6 +645,9 @@ def main(cfg: Config, postfix: bool = True, postfix_config: str | None = None) -
                 found = check_postfix(cfg, pf)
                 r.warnings += found.warnings
                 r.notes += found.notes
+                problem = socket_problem(cfg, pf.params.get("mail_owner") or "postfix")
+                if problem:
+                    r.warn(problem)
     for n in r.notes:
         print(f"note: {n}")
     for w in r.warnings:

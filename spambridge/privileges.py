@@ -6,6 +6,8 @@ root-owned directory and to hand it to the MTA's group. After that it runs as `[
 
 from __future__ import annotations
 
+import contextlib
+import grp
 import logging
 import os
 import pwd
@@ -177,3 +179,47 @@ def can_reach(path: str, name: str) -> bool | None:
             path = up
     except (KeyError, OSError):
         return None
+
+
+def socket_connect_problem(sock: str, name: str, mode: int, uid: int | None,
+                           gid: int | None) -> str | None:
+    """Why user `name` could not connect to the unix socket `sock` with this `mode`, owner
+    `uid` and group `gid` (None: not known before the milter creates it). Connecting takes
+    search access to every directory above the socket and write access to the socket itself.
+    None when it could, or when that cannot be told (no such user)."""
+    try:
+        pw = pwd.getpwnam(name)
+        groups = os.getgrouplist(name, pw.pw_gid)
+    except KeyError:
+        return None
+    if pw.pw_uid == 0:
+        return None
+    sock_dir = os.path.dirname(os.path.abspath(sock))
+    if os.path.isdir(sock_dir) and can_reach(sock_dir, name) is False:
+        return f"user {name!r} may not search {sock_dir} or a directory above it"
+    if uid == pw.pw_uid:
+        bits = mode >> 6
+    elif gid is not None and gid in groups:
+        bits = mode >> 3
+    elif gid is None and not mode & 0o002:
+        return (f"nothing gives {sock} a group user {name!r} is in ([milter] socket_group is "
+                f"unset and {sock_dir} is not setgid): it gets the group of whoever starts the "
+                "milter, root's when started as root")
+    else:
+        bits = mode
+    if bits & 0o2:
+        return None
+    return f"user {name!r} may not write {sock} ({_described(mode, uid, gid)})"
+
+
+def _described(mode: int, uid: int | None, gid: int | None) -> str:
+    owner = group = "?"
+    if uid is not None:
+        owner = str(uid)
+        with contextlib.suppress(KeyError):
+            owner = pwd.getpwuid(uid).pw_name
+    if gid is not None:
+        group = str(gid)
+        with contextlib.suppress(KeyError):
+            group = grp.getgrgid(gid).gr_name
+    return f"mode {stat.S_IMODE(mode):04o}, owner {owner}, group {group}"

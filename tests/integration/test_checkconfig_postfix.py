@@ -33,6 +33,29 @@ def test_contrib_example_and_matching_config_are_all_well(
     assert "smtpd services that use spambridge: 127.0.0.1:" in r.stdout
 
 
+def test_a_socket_postfix_may_not_connect_to_is_a_warning(
+        postfix: PostfixInstance, tmp_path: Path) -> None:
+    """The milter, started as root in a socket directory it made itself, left its socket in
+    root's group: Postfix's smtpd (user postfix, mail_owner as postconf gives it) could not
+    connect, and check-config said all well. The socket Postfix's own tests use, in the
+    setgid directory of group postfix, passes (the test above)."""
+    elsewhere = postfix.spool / "spambridge-root"
+    elsewhere.mkdir()
+    try:
+        cfg = write_config(tmp_path / "root.toml", {"milter": {
+            "socket": f"unix:{elsewhere}/spambridge.sock"}})
+        with postfix.main_cf(smtpd_milters="unix:spambridge-root/spambridge.sock"):
+            r = check_config(cfg, "--postfix-config", str(postfix.etc))
+    finally:
+        elsewhere.rmdir()
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert ("warning: [milter] socket: Postfix's smtpd (user 'postfix', mail_owner) cannot "
+            f"connect: nothing gives {elsewhere}/spambridge.sock a group user 'postfix' is in"
+            in r.stdout), r.stdout
+    assert f"(install -d -g postfix -m 2750 {elsewhere})" in r.stdout
+    assert "check-config: 1 warning(s)" in r.stdout
+
+
 def test_mail_config_env_works_too(postfix: PostfixInstance, tmp_path: Path) -> None:
     cfg = write_config(tmp_path / "ok.toml", {"milter": {
         "socket": f"unix:{postfix.milter_socket}"}})

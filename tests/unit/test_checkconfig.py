@@ -24,6 +24,7 @@ from spambridge.checkconfig import (
     milter_entries,
     parse_master,
     parse_time,
+    socket_problem,
 )
 from spambridge.config import from_mapping
 from spambridge.milter.socketspec import parse_socket_spec
@@ -813,3 +814,48 @@ def test_a_milter_listed_after_spambridge_is_named() -> None:
     assert r.warnings == []
     r = check_postfix(cfg(), settings(smtpd_milters=f"{dkim}, {ours}"))
     assert not [n for n in r.notes if "listed after spambridge" in n] and r.warnings == []
+
+
+def test_a_socket_postfixs_smtpd_cannot_connect_to_is_named(
+        user_in_a_group: tuple[pwd.struct_passwd, grp.struct_group], open_dir: Path) -> None:
+    """README: check-config reports a socket Postfix cannot reach. Started as root, without
+    socket_group, in a directory it made itself, the milter's socket is root's group, mode
+    0660: Postfix's smtpd (its mail_owner, here a user in a group of its own) got "Permission
+    denied" and every message went by milter_default_action, while check-config said all
+    well. The socket there is judged (the running milter's); before it exists, what `run`
+    will give it."""
+    user, g = user_in_a_group
+    name = user.pw_name
+    sock_dir = open_dir / "spambridge"
+    sock = sock_dir / "spambridge.sock"
+    plain = from_mapping({"milter": {"socket": f"unix:{sock}"}})
+    advice = (f"; every message would get milter_default_action. Give the socket group "
+              f'nogroup: socket_group = "nogroup" with socket_mode "0660", or a directory '
+              f"setgid to that group, made before the milter starts (install -d -g nogroup -m "
+              f"2750 {sock_dir})")
+    said = f"[milter] socket: Postfix's smtpd (user {name!r}, mail_owner) cannot connect: "
+    assert socket_problem(plain, name) == (
+        f"{said}nothing gives {sock} a group user {name!r} is in ([milter] socket_group is "
+        f"unset and {sock_dir} is not setgid): it gets the group of whoever starts the "
+        f"milter, root's when started as root{advice}")
+    sock_dir.mkdir()
+    os.chown(sock_dir, 0, g.gr_gid)
+    sock_dir.chmod(0o2750)  # as the package makes it: the socket gets the directory's group
+    assert socket_problem(plain, name) is None
+    os.chown(sock_dir, 0, 0)
+    sock_dir.chmod(0o755)
+    named = from_mapping({"milter": {"socket": f"unix:{sock}", "socket_group": g.gr_name}})
+    assert socket_problem(named, name) is None
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(str(sock))  # what the milter left there counts, whatever the file says
+        os.chmod(sock, 0o660)
+        assert socket_problem(named, name) == (
+            f"{said}user {name!r} may not write {sock} (mode 0660, owner root, group root)"
+            f"{advice}")
+        os.chown(sock, 0, g.gr_gid)
+        assert socket_problem(plain, name) is None
+        sock_dir.chmod(0o750)  # group root: the user may not reach the socket
+        assert socket_problem(plain, name) == (
+            f"{said}user {name!r} may not search {sock_dir} or a directory above it{advice}")
+    tcp = from_mapping({"milter": {"socket": "inet:8893@127.0.0.1"}})
+    assert socket_problem(tcp, name) is None
