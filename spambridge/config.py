@@ -13,7 +13,7 @@ import os
 import re
 import stat
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
@@ -340,6 +340,30 @@ def _check_order(b: _Section, t: Thresholds) -> None:
             b.fail(key, f"{lo_key} ({lo:g}) must not be above {hi_key} ({hi:g})")
 
 
+# a TOML key as written: bare, "basic" or 'literal'; dotted, with spaces around the dots
+_KEY = r"""[A-Za-z0-9_-]+|"(?:[^"\\]|\\.)*"|'[^']*'"""
+_DOTTED = rf"(?:{_KEY})(?:\s*\.\s*(?:{_KEY}))*"
+_HEADER = re.compile(rf"\[\[?\s*({_DOTTED})\s*\]\]?\s*(?:#.*)?")  # [table] or [[array]]
+_ASSIGN = re.compile(rf"({_DOTTED})\s*=")
+
+
+def _key_path(dotted: str) -> list[str]:
+    """The parts of a dotted key, unquoted: `milter . "extra"` is ["milter", "extra"]."""
+    return [_unquoted(part) for part in re.findall(_KEY, dotted)]
+
+
+def _unquoted(part: str) -> str:
+    """A key part as TOML reads it (escapes too); what only looks like a key (a line inside a
+    multi-line string) loses its quotes alone."""
+    if part[0] not in "\"'":
+        return part
+    try:
+        key: str = tomllib.loads(f"k = {part}")["k"]
+    except tomllib.TOMLDecodeError:
+        return part[1:-1]
+    return key
+
+
 class _Loader:
     def __init__(self, path: str, text: str) -> None:
         # lines as TOML (and an editor) counts them: splitlines() also broke at U+2028, U+0085
@@ -347,24 +371,34 @@ class _Loader:
         self.path, self.lines = path, text.split("\n")
 
     def where(self, section: str, key: str) -> str:
-        """`file:line` of `key` inside `[section]`; tomllib keeps no positions, so look it up."""
-        current = ""
+        """`file:line` of `key` inside `[section]`; tomllib keeps no positions, so look it up.
+        A sub-table (`[milter.extra]`, `extra.x = 1` or `extra = {x = 1}` under [milter]) is
+        key `extra` of [milter] too: its line, not the file alone, is named."""
+        return self._first([section, key])
+
+    def where_section(self, name: str) -> str:
+        """`file:line` where top-level `name` is first written: its [name] header, or a key
+        written above every section."""
+        return self._first([name])
+
+    def _first(self, path: list[str]) -> str:
+        """The first line writing into `path`: where the admin looks for it."""
+        for n, written in self._paths():
+            if written[:len(path)] == path:
+                return f"{self.path}:{n}"
+        return self.path
+
+    def _paths(self) -> Iterator[tuple[int, list[str]]]:
+        """Each line that opens a table or sets a key, with the whole dotted path it writes:
+        ["milter", "extra", "x"] for `extra.x = 1` under [milter]."""
+        table: list[str] = []
         for n, line in enumerate(self.lines, 1):
             stripped = line.strip()
-            header = re.fullmatch(r"\[\s*([^\]]+?)\s*\]\s*(#.*)?", stripped)
-            if header:
-                current = header.group(1).strip('"')
-            elif current == section and re.match(rf'"?{re.escape(key)}"?\s*=', stripped):
-                return f"{self.path}:{n}"
-        return self.path
-
-
-    def where_section(self, section: str) -> str:
-        for n, line in enumerate(self.lines, 1):
-            if re.fullmatch(rf"\[\s*{re.escape(section)}\s*\]\s*(#.*)?|{re.escape(section)}\s*=.*",
-                            line.strip()):
-                return f"{self.path}:{n}"
-        return self.path
+            if header := _HEADER.fullmatch(stripped):
+                table = _key_path(header.group(1))
+                yield n, table
+            elif assign := _ASSIGN.match(stripped):
+                yield n, table + _key_path(assign.group(1))
 
 
 def _kind_name(kind: type) -> str:

@@ -413,6 +413,19 @@ def test_a_section_that_is_not_a_table_names_its_line(tmp_path: Path) -> None:
         load(p)
 
 
+@pytest.mark.parametrize(("text", "line"), [
+    ('[milter]\nengine = "bayes"\n\n[milter.extra]\nx = 1\n', 4),
+    ('[milter]\nengine = "bayes"\nextra.x = 1\n', 3),
+    ('[milter]\n[[ milter . "extra" ]]\nx = 1\n', 2),
+    ("milter.extra.x = 1\n", 1),
+])
+def test_a_sub_table_names_the_line_it_is_written_on(tmp_path: Path, text: str,
+                                                      line: int) -> None:
+    """`[milter.extra]` or `extra.x = 1` under [milter]: the error named the file alone."""
+    p, error = config_error(tmp_path, text)
+    assert error == f"{p}:{line}: [milter] extra: unknown key"
+
+
 def test_a_missing_file_is_named(tmp_path: Path) -> None:
     """Which file could not be read: -c, or /etc/spambridge/spambridge.toml."""
     p = tmp_path / "nope.toml"
