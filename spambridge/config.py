@@ -298,6 +298,7 @@ class _Section:
     def __init__(self, loader: _Loader, name: str, table: Mapping[str, Any]) -> None:
         self.loader, self.name, self.table = loader, name, dict(table)
         self.used: set[str] = set()
+        loader.sections.append(self)
 
     def get(self, key: str, kind: type[T], default: T, check: Callable[[T], T] | None = None) -> T:
         self.used.add(key)
@@ -369,6 +370,7 @@ class _Loader:
         # lines as TOML (and an editor) counts them: splitlines() also broke at U+2028, U+0085
         # and the like, which a comment may hold, and every line after was named one too low
         self.path, self.lines = path, text.split("\n")
+        self.sections: list[_Section] = []  # in the order read, for the keys each one has
 
     def where(self, section: str, key: str) -> str:
         """`file:line` of `key` inside `[section]`; tomllib keeps no positions, so look it up.
@@ -503,12 +505,30 @@ def from_mapping(data: Mapping[str, Any], path: str = "<config>", text: str = ""
     loader = _Loader(path, text)
     known = {"milter", "policy", "spamd", "bayes", "log", "metrics"}
     for name, table in data.items():
+        if name not in known and not isinstance(table, Mapping):  # above the first [section]
+            raise ConfigError(f"{loader.where_section(name)}: {name}: a key outside any "
+                              f"section; {_belongs(name, known)}")
         if name not in known:
             raise ConfigError(f"{loader.where_section(name)}: unknown section [{name}] "
                               f"(expected one of {', '.join(sorted(known))})")
         if not isinstance(table, Mapping):
             raise ConfigError(f"{loader.where_section(name)}: [{name}] must be a table")
+    return _read_sections(loader, data)
 
+
+def _belongs(key: str, known: set[str]) -> str:
+    """Where a key written above every section goes: the sections that read it, as the loader
+    reads each from an empty file (so no second list of keys to keep in step)."""
+    reader = _Loader("<defaults>", "")
+    _read_sections(reader, {})
+    homes = [f"[{s.name}]" for s in reader.sections if key in s.used]
+    if not homes:
+        return f"no section has it (the sections are {', '.join(sorted(known))})"
+    return f"it belongs under {' or '.join(homes)}"
+
+
+def _read_sections(loader: _Loader, data: Mapping[str, Any]) -> Config:
+    """Each section's keys, typed and checked; the top level is already known to be tables."""
     m = _Section(loader, "milter", data.get("milter", {}))
     d = MilterConfig()
     milter = MilterConfig(
@@ -601,7 +621,7 @@ def from_mapping(data: Mapping[str, Any], path: str = "<config>", text: str = ""
     mt = _Section(loader, "metrics", data.get("metrics", {}))
     metrics = mt.parse("listen", str, "", parse_listen)
     mt.finish()
-    return Config(milter, policy, spamd, bayes, level, path, metrics)
+    return Config(milter, policy, spamd, bayes, level, loader.path, metrics)
 
 
 def _networks(v: list[Any]) -> tuple[Network, ...]:

@@ -413,6 +413,22 @@ def test_a_section_that_is_not_a_table_names_its_line(tmp_path: Path) -> None:
         load(p)
 
 
+@pytest.mark.parametrize(("text", "line", "message"), [
+    ('engine = "spamd"\n[milter]\n', 1,
+     "engine: a key outside any section; it belongs under [milter]"),
+    ('# spambridge\nsocket = "unix:/run/s.sock"\n', 2,
+     "socket: a key outside any section; it belongs under [milter] or [spamd]"),
+    ('enigne = "spamd"\n', 1, "enigne: a key outside any section; no section has it "
+     "(the sections are bayes, log, metrics, milter, policy, spamd)"),
+])
+def test_a_key_above_every_section_is_called_a_key(tmp_path: Path, text: str, line: int,
+                                                    message: str) -> None:
+    """A key before the first [section] header (or with the header forgotten): it was called
+    an unknown section [engine], which sent the admin looking for a header."""
+    p, error = config_error(tmp_path, text)
+    assert error == f"{p}:{line}: {message}"
+
+
 @pytest.mark.parametrize(("text", "line"), [
     ('[milter]\nengine = "bayes"\n\n[milter.extra]\nx = 1\n', 4),
     ('[milter]\nengine = "bayes"\nextra.x = 1\n', 3),
