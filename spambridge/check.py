@@ -118,6 +118,7 @@ def run(cfg: Config, paths: list[str], *, explain: bool = False, batch: bool = F
     bridge = AsyncBridge().start()
     pipeline = Pipeline(scanner, bridge, cfg)
     pipeline.health = _NoIncidents()
+    pipeline.errors_in_full = False  # each `why:` line says its error whole already
     status = 0
     fallbacks: dict[str, int] = {}  # spamd+bayes: the notes of messages Bayes scored instead
     # --batch: why messages went unchecked (the log lines that say it are off), said once each

@@ -55,6 +55,9 @@ class Pipeline:
         self._last_free = time.monotonic()
         self.before_scan: Callable[[], None] | None = None  # app.py: PoolNudger.poke
         self._submit = scanner.submit if isinstance(scanner, ThreadedScanner) else None
+        # a long error is logged whole once, past the decision line's cut; `check` turns this
+        # off: its `why:` line says every error whole already
+        self.errors_in_full = True
 
     def scan(self, raw: bytes, envelope: Envelope, cap: float) -> Outcome:
         """The scanner's answer within `cap` seconds, whatever the scanner does: awaited on
@@ -124,7 +127,7 @@ class Pipeline:
                 pcfg = replace(pcfg, subject_tag="", tag_only=pcfg.tag_only or envelope.local)
             decision = policy.decide(outcome, pcfg)
             ev = Evaluation(decision, outcome, time.monotonic() - start)
-            log_decision(ev, buf, envelope, cfg.policy.tag_only)
+            log_decision(ev, buf, envelope, cfg.policy.tag_only, self.errors_in_full)
             self._track(ev)
             for observe in self.observers:
                 observe(ev, buf)
@@ -217,7 +220,8 @@ def _first_time(detail: str) -> bool:
         return True
 
 
-def log_decision(ev: Evaluation, buf: MessageBuffer, env: Envelope, tag_only: bool) -> None:
+def log_decision(ev: Evaluation, buf: MessageBuffer, env: Envelope, tag_only: bool,
+                 errors_in_full: bool = True) -> None:
     d = ev.decision
     score = headers.format_score(d.engine, d.score) if d.score is not None else "-"
     would = f" would={d.intended.value}" if d.intended is not d.action else ""
@@ -236,7 +240,7 @@ def log_decision(ev: Evaluation, buf: MessageBuffer, env: Envelope, tag_only: bo
         detail += f' error="{quoted}"'
         cut = len(error.encode("utf-8", "surrogateescape")) > DETAIL_CHARS  # as clean
         # what to do is often at its end ("run as the milter's user"): said once, not per message
-        if cut and _first_time(error):
+        if cut and errors_in_full and _first_time(error):
             whole = error
     # a scanner's failures are said as incidents (health.py), at WARNING; a message that failed
     # for another reason (its spool, a bug) is the admin's business on its own

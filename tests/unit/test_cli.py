@@ -301,6 +301,20 @@ def test_check_does_what_its_help_says_of_exit_statuses(tmp_path: Path,
     assert cli.main(["check", "-c", str(bad), "--db", db, str(spam)]) == 78
 
 
+def test_check_says_a_long_error_once(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                      caplog: pytest.LogCaptureFixture) -> None:
+    """An error longer than the milter's decision line holds (a database `check` cannot open,
+    under a long path) is on the `why:` line whole: the milter's "the error in full" warning
+    only printed it a second time, timestamped, on stderr."""
+    db = tmp_path / ("d" * 150) / "b.sqlite"
+    msg = tmp_path / "m.eml"
+    msg.write_bytes(b"Subject: notes\n\nthe agenda for tomorrow\n")
+    assert cli.main(["check", "--db", str(db), str(msg)]) == 1
+    assert (f"  why: {db}: no Bayes database (train one with `spambridge train`)\n"
+            in capsys.readouterr().out)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
 def test_check_says_when_a_file_is_an_mbox_or_no_mail(tmp_path: Path,
                                                       capsys: pytest.CaptureFixture[str]
                                                       ) -> None:
