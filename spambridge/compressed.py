@@ -13,6 +13,7 @@ compressed file is met, not before (the Dovecot pipe's start-up stays as it was)
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from typing import IO, Any, cast
 
 HEAD = 16  # bytes `sniff` looks at (Dovecot's lz4 magic is the longest: 15)
@@ -104,10 +105,13 @@ def open_stream(fmt: str, head: bytes, rest: IO[bytes]) -> IO[bytes]:
 class Prefixed(io.RawIOBase):
     """`head`, then the rest of the stream: a stream whose first bytes were read to sniff it,
     whole again. Counts the bytes handed on (the bomb check weighs what came out against
-    them)."""
+    them). A read hands on what has arrived (read1: one read of a pipe), never waiting for
+    the whole size asked: a message trickling in on stdin must reach the mbox splitter, and
+    be committed, as it comes, not once 8 KiB more have come."""
 
     def __init__(self, head: bytes, rest: IO[bytes]) -> None:
         self.head, self.rest, self.count = head, rest, 0
+        self._read: Callable[[int], bytes] = getattr(rest, "read1", rest.read)
 
     def readable(self) -> bool:
         return True
@@ -119,7 +123,7 @@ class Prefixed(io.RawIOBase):
             view[:n] = self.head[:n]
             self.head = self.head[n:]
         else:
-            data = self.rest.read(len(view))
+            data = self._read(len(view))
             n = len(data)
             view[:n] = data
         self.count += n
