@@ -132,7 +132,8 @@ class Prefixed(io.RawIOBase):
 
 class _Guarded(io.RawIOBase):
     """The decompressor's output, a bounded piece per read (the stdlib readers decompress no
-    more than asked for), its errors turned into Damaged, and a bomb stopped."""
+    more than asked for), its errors turned into Damaged, and a bomb stopped. A piece is what
+    the input read so far gives (read1), not a wait for the whole size: see Prefixed."""
 
     def __init__(self, fmt: str, inner: io.BufferedIOBase, raw: Prefixed,
                  errors: tuple[type[Exception], ...]) -> None:
@@ -144,7 +145,7 @@ class _Guarded(io.RawIOBase):
     def readinto(self, b: Any) -> int:
         view = memoryview(b).cast("B")
         try:
-            data = self.inner.read(len(view))
+            data = self.inner.read1(len(view))
         except EOFError:  # the stdlib's word for a stream cut short
             raise Damaged(f"compressed with {self.fmt} but cut short") from None
         except self.errors as e:

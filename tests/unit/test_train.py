@@ -18,6 +18,7 @@ import stat
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -1362,11 +1363,15 @@ def test_a_train_stopped_by_sigterm_says_what_it_kept_and_folds_its_wal(
     assert totals(db) == (n, 0)
 
 
-def test_an_mbox_trickling_in_on_stdin_is_saved_batch_by_batch(db: Path) -> None:
+@pytest.mark.parametrize("compress", [False, True])
+def test_an_mbox_trickling_in_on_stdin_is_saved_batch_by_batch(db: Path, compress: bool
+                                                               ) -> None:
     """An mbox on a slow pipe (an export written as it goes) is committed as its messages come,
-    every BATCH_SECONDS, as docs/bayes.md says. Stdin was read in 8 KiB pieces, each waiting
-    for the whole 8 KiB: small messages sat unread, no batch was ever committed, and a SIGTERM
+    every BATCH_SECONDS, as docs/bayes.md says; gzipped too, when each message is flushed out.
+    Stdin was read in 8 KiB pieces, each waiting for the whole 8 KiB (of what came out of the
+    decompressor too): small messages sat unread, no batch was ever committed, and a SIGTERM
     said "nothing was saved"."""
+    gz = zlib.compressobj(wbits=31)  # a gzip stream
     proc = subprocess.Popen([sys.executable, "-m", "spambridge", "train", "--db", str(db),
                              "--spam", "--mbox", "-"], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -1386,7 +1391,8 @@ def test_an_mbox_trickling_in_on_stdin_is_saved_batch_by_batch(db: Path) -> None
     for i in range(12):
         if committed():
             break
-        proc.stdin.write(mbox_of([mail(i, True)]))
+        data = mbox_of([mail(i, True)])
+        proc.stdin.write(gz.compress(data) + gz.flush(zlib.Z_SYNC_FLUSH) if compress else data)
         proc.stdin.flush()
         time.sleep(0.5)
     deadline = time.monotonic() + 30
