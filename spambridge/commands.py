@@ -143,7 +143,7 @@ def _train(args: argparse.Namespace, cfg: Config) -> int:
             return 2
         try:
             index = train.read_index(args.index)
-        except (OSError, ValueError) as e:
+        except ValueError as e:
             print(f"spambridge train: {e}", file=sys.stderr)
             return 1
         status = 0

@@ -933,23 +933,30 @@ def read_index(path: str) -> list[IndexEntry]:
     """The entries of an index file in the TREC spam-track format: one `spam PATH` or `ham
     PATH` per line (a space or a tab between), in the order to learn them; a relative PATH
     is taken from the index file's directory; blank lines and `#` comments are skipped.
-    Raises ValueError on a bad line."""
+    Raises ValueError on a bad line, or on a file it cannot read (said as any path is, not as
+    Python's "[Errno 2]")."""
     base = os.path.dirname(os.path.abspath(path))
     out: list[IndexEntry] = []
-    with open(path, encoding="utf-8-sig", errors="surrogateescape") as f:  # -sig: a BOM is skipped
-        for n, line in enumerate(f, 1):
-            line = line.strip()
-            if not line or line.startswith("#"):
-                continue
-            # a space or a tab (as cut(1) writes) ends the class; the path may hold either
-            cut = min((i for i in (line.find(" "), line.find("\t")) if i >= 0),
-                      default=len(line))
-            label, where = line[:cut].lower(), line[cut + 1:].strip()
-            if label not in (store.SPAM, store.HAM) or not where:
-                raise ValueError(f"{path}:{n}: expected 'spam PATH' or 'ham PATH', got {line!r}")
-            out.append(IndexEntry(
-                label, where if os.path.isabs(where) else os.path.join(base, where),
-                f"{path}:{n}"))
+    try:  # utf-8-sig: a BOM is skipped
+        with open(path, encoding="utf-8-sig", errors="surrogateescape") as f:
+            for n, line in enumerate(f, 1):
+                line = line.strip()
+                if not line or line.startswith("#"):
+                    continue
+                # a space or a tab (as cut(1) writes) ends the class; the path may hold either
+                cut = min((i for i in (line.find(" "), line.find("\t")) if i >= 0),
+                          default=len(line))
+                label, where = line[:cut].lower(), line[cut + 1:].strip()
+                if label not in (store.SPAM, store.HAM) or not where:
+                    raise ValueError(
+                        f"{path}:{n}: expected 'spam PATH' or 'ham PATH', got {line!r}")
+                out.append(IndexEntry(
+                    label, where if os.path.isabs(where) else os.path.join(base, where),
+                    f"{path}:{n}"))
+    except OSError as e:
+        why = (_NO_SUCH_FILE if isinstance(e, FileNotFoundError)
+               else f"unreadable: {e.strerror or e}")
+        raise ValueError(f"{path}: {why}") from None
     return out
 
 

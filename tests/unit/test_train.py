@@ -1634,6 +1634,21 @@ def test_an_index_line_is_split_at_its_first_blank_only(tmp_path: Path) -> None:
         ("spam", str(tmp_path / "e\tf g.eml"))]
 
 
+def test_an_index_file_that_cannot_be_read_is_named_as_any_path_is(
+        tmp_path: Path, db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--index` naming no file said Python's "[Errno 2] No such file or directory: '...'";
+    it now reads as train's other path errors do (exit status 1), and nothing is created."""
+    missing, folder = tmp_path / "missing.idx", tmp_path / "corpus"
+    folder.mkdir()
+    code, out, err = run("train", "--db", str(db), "--index", str(missing), capsys=capsys)
+    assert (code, out) == (1, "")
+    assert err == f"spambridge train: {missing}: unreadable: no such file or directory\n"
+    code, out, err = run("train", "--db", str(db), "--index", str(folder), capsys=capsys)
+    assert (code, out) == (1, "")
+    assert err == f"spambridge train: {folder}: unreadable: Is a directory\n"
+    assert not db.exists()
+
+
 def test_a_bug_in_the_bayes_engine_is_an_error_not_unavailable(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A bug while scoring falls under on_error (X-Spam-Status `unchecked=error`), not
