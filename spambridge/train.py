@@ -1041,8 +1041,7 @@ def run(cfg: Config, label: str, paths: list[str], *, max_size: int = DEFAULT_MA
         print(line, file=out)
     if not quiet:
         print(trainer.summary.line(time.monotonic() - start), file=out)
-        if trainer.summary.learned or trainer.summary.forgotten:
-            _note_untrained(cfg, out)
+        _note_untrained(cfg, out)
     # what was learned is saved (in the -wal), but a full disk is the admin's business now
     return 1 if trainer.summary.failed or writer.fold_failed else 0
 
@@ -1125,7 +1124,9 @@ def _kept(trainer: Trainer, batch: str) -> str:
 
 
 def _note_untrained(cfg: Config, out: IO[str]) -> None:
-    """Say so when the milter will not use the database yet (min_trained of each class)."""
+    """Say so when the milter will not use the database yet (min_trained of each class), after
+    any run: one that learned nothing (all already trained, or too large) leaves it as unused,
+    and the admin rerunning it is the one wondering why the milter does not score."""
     need = cfg.bayes.min_trained
     try:
         reader = store.SqliteReader(cfg.bayes.db)

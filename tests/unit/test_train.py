@@ -2007,6 +2007,29 @@ def test_forgetting_says_when_the_database_falls_below_min_trained(
         "has" in out
 
 
+def test_a_run_that_learns_nothing_still_says_the_database_is_below_min_trained(
+        tmp_path: Path, db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """docs/bayes.md: train says so "after a run that leaves the database below" min_trained.
+    A rerun that found everything already trained, or met only a message over --max-size, said
+    nothing, as if the database were in use."""
+    f, big = tmp_path / "m.eml", tmp_path / "big.eml"
+    f.write_bytes(mail(1, True))
+    big.write_bytes(mail(2, True, extra="X-Pad: " + "x" * 2000 + "\n"))
+    note = ("The database holds 1 spam and 0 ham; the milter scores with it once each class "
+            "has 200 (min_trained).\n")
+    code, out, _ = run("train", "--db", str(db), "--spam", str(f), capsys=capsys)
+    assert code == 0 and out.endswith(note)
+    code, out, _ = run("train", "--db", str(db), "--spam", str(f), capsys=capsys)
+    assert code == 0 and "(1 already trained)" in out and out.endswith(note)
+    code, out, _ = run("train", "--db", str(db), "--spam", "--max-size", "1k", str(big),
+                       capsys=capsys)
+    assert code == 0 and "(1 too large)" in out and out.endswith(note)
+    code, out, _ = run("train", "--db", str(db), "--forget", str(big), capsys=capsys)
+    assert code == 0 and "(1 not trained before)" in out and out.endswith(note)
+    code, out, _ = run("train", "-q", "--db", str(db), "--spam", str(f), capsys=capsys)
+    assert (code, out) == (0, "")
+
+
 def test_the_milter_logs_a_replaced_database_once_and_a_train_not_at_all(
         tmp_path: Path, capsys: pytest.CaptureFixture[str],
         caplog: pytest.LogCaptureFixture) -> None:
