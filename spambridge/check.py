@@ -207,8 +207,7 @@ def _subject_change(prefix: str, subject: bytes | None) -> str:
 def _report(path: str, ev: Evaluation, explain: bool, removed: list[str],
             subject: bytes | None, out: IO[str]) -> None:
     d = ev.decision
-    score = "-" if d.score is None else (
-        f"{d.score:.4f}" if d.engine == "bayes" else f"{d.score:.1f}")
+    score = d.shown or "-"  # as the headers below give it
     would = f" (would {d.intended.value} without tag-only)" if d.intended is not d.action else ""
     print(f"{path}: score={score} engine={d.engine} verdict={verdict(ev)} "
           f"action={d.action.value}{would} ({ev.elapsed * 1000:.0f} ms)", file=out)

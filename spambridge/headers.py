@@ -33,14 +33,19 @@ def format_score(engine: str, score: float) -> str:
     return f"{score:.4f}" if engine == "bayes" else f"{score:.1f}"
 
 
-def shown_score(engine: str, score: float, required: float, spam: bool) -> str:
-    """The score as the headers give it. Rounded, a score just under the threshold would read
-    as reaching it (`No, score=0.9000 required=0.9000`), and Sieve's spamtest, which compares
-    the two, would file mail we did not tag as spam: it reads one step under, as SpamAssassin
-    writes it (its bug 6419). Rounding never takes a tagged score under the threshold."""
-    shown, needed = format_score(engine, score), format_score(engine, required)
-    if not spam and float(shown) >= float(needed):
-        return format_score(engine, float(needed) - (0.0001 if engine == "bayes" else 0.1))
+def shown_score(engine: str, score: float, t: Thresholds, band: Band) -> str:
+    """The score as the headers and the log line give it. Rounded, a score just under a
+    threshold would read as reaching it: `No, score=0.9000 required=0.9000`, which Sieve's
+    spamtest (comparing the two) files as spam though we did not tag it, or a tagged
+    `score=0.9900` in the log beside a reject_cutoff of 0.99. It reads one step under the
+    threshold its band ends at, as SpamAssassin writes it (its bug 6419); rounding up to the
+    threshold a band starts at is right already."""
+    shown = format_score(engine, score)
+    ceiling = {Band.HAM: t.ham if t.ham < t.tag else t.tag, Band.UNSURE: t.tag,
+               Band.SPAM: t.reject}.get(band)
+    if ceiling is not None and float(shown) >= float(format_score(engine, ceiling)):
+        step = 0.0001 if engine == "bayes" else 0.1
+        return format_score(engine, float(format_score(engine, ceiling)) - step)
     return shown
 
 
@@ -78,7 +83,7 @@ def checker() -> tuple[str, str]:
 
 def render_score(result: ScoreResult, t: Thresholds, band: Band) -> tuple[tuple[str, str], ...]:
     spam = band in (Band.SPAM, Band.REJECT)
-    score = shown_score(result.engine, result.score, t.tag, spam)
+    score = shown_score(result.engine, result.score, t, band)
     tests = safe_symbols(result.tests) or ["none"]
     parts = [
         "Yes," if spam else "No,",

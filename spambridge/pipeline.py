@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
-from spambridge import defaults, headers, policy
+from spambridge import defaults, policy
 from spambridge.config import Config
 from spambridge.health import Health
 from spambridge.message import Envelope, MessageBuffer, clean
@@ -223,7 +223,7 @@ def _first_time(detail: str) -> bool:
 def log_decision(ev: Evaluation, buf: MessageBuffer, env: Envelope, tag_only: bool,
                  errors_in_full: bool = True) -> None:
     d = ev.decision
-    score = headers.format_score(d.engine, d.score) if d.score is not None else "-"
+    score = d.shown or "-"
     would = f" would={d.intended.value}" if d.intended is not d.action else ""
     detail = whole = error = ""
     if isinstance(ev.outcome, ScanError) and ev.outcome.kind is not ErrorKind.OVERSIZE:

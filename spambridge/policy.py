@@ -70,6 +70,7 @@ def _decide_score(result: ScoreResult, cfg: PolicyConfig) -> Decision:
         reply=cfg.reject_reply if action is Action.REJECT else None,
         engine=result.engine,
         score=result.score,
+        shown=headers.shown_score(result.engine, result.score, t, b),
         reason=b.value,
     )
 

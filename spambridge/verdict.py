@@ -123,4 +123,5 @@ class Decision:
     reply: SmtpReply | None = None  # for REJECT / TEMPFAIL
     engine: str = "-"
     score: float | None = None
+    shown: str = ""  # the score as the headers give it (headers.shown_score), for the log
     reason: str = ""  # "timeout", "authenticated", … for the log line

@@ -192,3 +192,23 @@ def test_mail_not_tagged_never_reads_as_reaching_the_threshold(
     assert (hdr(d.headers, "X-Spam-Status") or "").startswith(status + " ")
     assert hdr(d.headers, "X-Spam-Score") == score
     assert (hdr(d.headers, "X-Spam-Flag") == "YES") == status.startswith("Yes,")
+
+
+@pytest.mark.parametrize(("score", "band", "status", "unsure", "shown"), [
+    (0.19996, "ham", "No, score=0.1999 ", False, "0.1999"),  # under ham_cutoff 0.20
+    (0.2, "unsure", "No, score=0.2000 ", True, "0.2000"),
+    (0.98996, "spam", "Yes, score=0.9899 ", False, "0.9899"),  # tagged, under reject 0.99
+    (0.99, "reject", "Yes, score=0.9900 ", False, "0.9900"),
+    (0.999996, "reject", "Yes, score=1.0000 ", False, "1.0000"),
+])
+def test_a_bayes_score_reads_inside_its_band(score: float, band: str, status: str,
+                                             unsure: bool, shown: str) -> None:
+    """A Bayes score just under ham_cutoff or reject_cutoff read as reaching it: 0.19996
+    showed `score=0.2000` with no `unsure=yes`, and a tagged 0.98996 was logged as
+    `score=0.9900 action=tag` beside a reject_cutoff of 0.99 (bayes.md's bands). Header, log
+    line and `check` show the score one step under the threshold its band ends at."""
+    d = decide(ScoreResult("bayes", score), CFG)
+    assert d.reason == band
+    got = hdr(d.headers, "X-Spam-Status") or ""
+    assert got.startswith(status) and ("unsure=yes" in got) == unsure, got
+    assert hdr(d.headers, "X-Spam-Score") == d.shown == shown
