@@ -176,7 +176,16 @@ def parse_reply(text: str, klass: str) -> SmtpReply:
         raise ValueError(f"must be a {klass}xx reply with a {klass}.x.x status")
     if (bad := _not_printable_ascii(msg)) is not None:
         raise ValueError(f"text must be printable ASCII, as an SMTP reply is; {bad!r} is not")
+    if (n := len(msg) + msg.count("%")) > MAX_REPLY_TEXT:
+        # libmilter refuses a longer one (smfi_setreply): the client would get the MTA's own
+        # text on every message, and the milter a warning per message
+        doubled = "each % counting twice, as libmilter gets it doubled; " if "%" in msg else ""
+        raise ValueError(f"text is {n} characters long ({doubled}libmilter takes at most "
+                         f"{MAX_REPLY_TEXT})")
     return SmtpReply(code, xcode, msg)
+
+
+MAX_REPLY_TEXT = 980  # libmilter's MAXREPLYLEN
 
 
 def _not_printable_ascii(v: str) -> str | None:

@@ -9,7 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from spambridge.config import ConfigError, load, parse_spamd_address, reloaded, with_overrides
+from spambridge.config import (
+    ConfigError,
+    from_mapping,
+    load,
+    parse_spamd_address,
+    reloaded,
+    with_overrides,
+)
 from spambridge.milter.socketspec import parse_socket_spec
 from spambridge.verdict import FailAction, SmtpReply
 
@@ -380,6 +387,12 @@ def test_the_docs_state_each_range_as_the_loader_takes_it(key: str) -> None:
      "[policy] reject_reply: must be a 5xx reply with a 5.x.x status"),
     ('[policy]\ntempfail_reply = "451 5.7.1 Later"\n', 2,
      "[policy] tempfail_reply: must be a 4xx reply with a 4.x.x status"),
+    # loaded, and then libmilter refused it on every message: the client got the MTA's text
+    ('[policy]\nreject_reply = "550 5.7.1 ' + 'x' * 981 + '"\n', 2,
+     "[policy] reject_reply: text is 981 characters long (libmilter takes at most 980)"),
+    ('[policy]\n\ntempfail_reply = "451 4.7.1 ' + '%' * 491 + '"\n', 3,
+     "[policy] tempfail_reply: text is 982 characters long (each % counting twice, as "
+     "libmilter gets it doubled; libmilter takes at most 980)"),
     ("[milter]\ntrusted_networks = [10]\n", 2,
      "[milter] trusted_networks: must be a list of strings"),
     # loaded, and then every message was unchecked=error: the spamd client sends it as ASCII
@@ -638,3 +651,10 @@ def test_a_reload_keeps_the_servers_for_a_restart(tmp_path: Path) -> None:
     new = load(write(tmp_path, '[spamd]\nservers = ["10.0.0.6"]\n'))
     kept, changed = reloaded(old, new)
     assert kept.spamd.servers == old.spamd.servers and changed == ["[spamd] servers"]
+
+
+def test_a_reply_text_as_long_as_libmilter_takes_loads() -> None:
+    """980 characters of text, a % counting twice: libmilter's own limit, not one below it."""
+    for text in ("x" * 980, "%" * 490):
+        cfg = from_mapping({"policy": {"reject_reply": f"550 5.7.1 {text}"}})
+        assert cfg.policy.reject_reply.text == text
