@@ -48,6 +48,9 @@ NEEDED_MACROS: dict[str, tuple[tuple[str, ...], str]] = {
                       "the Received line spamd sees never says ESMTPS"),
     "i": (("milter_end_of_header_macros", "milter_end_of_data_macros"),
           "log lines say NOQUEUE instead of the queue id, and the Received line has no id"),
+    "_": (("milter_connect_macros",),
+          "a client of a unix-domain smtpd (a content filter's reinjection) has no address: "
+          "trusted_networks cannot match it as 127.0.0.1, so its mail is scanned"),
 }
 
 

@@ -577,10 +577,21 @@ def test_the_macro_warning_names_the_last_stage_that_sends_it_in_time() -> None:
     counts when sent at helo; the advice is the latest stage."""
     r = check_postfix(cfg(), settings(milter_end_of_header_macros="",
                                       milter_end_of_data_macros="",
-                                      milter_connect_macros="",
+                                      milter_connect_macros="_",
                                       milter_helo_macros="j {tls_version}"))
     assert [w.split(":")[0] for w in r.warnings] == [
         "Postfix does not send macro i (add it to milter_end_of_data_macros)"]
+
+
+def test_a_connect_macro_list_without_the_client_macro_warns() -> None:
+    """milter_connect_macros as older guides wrote it ("j {daemon_name} v"): a client of a
+    unix-domain smtpd then has no address, and trusted_networks = ["127.0.0.1/32"] does not
+    match it (the man page says it is 127.0.0.1)."""
+    r = check_postfix(cfg(), settings(milter_connect_macros="j {daemon_name} v"))
+    assert r.warnings == [
+        "Postfix does not send macro _ (add it to milter_connect_macros): a client of a "
+        "unix-domain smtpd (a content filter's reinjection) has no address: trusted_networks "
+        "cannot match it as 127.0.0.1, so its mail is scanned"]
 
 
 def test_our_socket_listed_twice_is_one_service_and_no_warning() -> None:
