@@ -239,7 +239,20 @@ def _open_socket(spec: SocketSpec, cfg: Config) -> tuple[int, int] | None:
 
     milter = M.milter
     if spec.family == "unix":
-        os.makedirs(os.path.dirname(spec.path) or ".", exist_ok=True)
+        sock_dir = os.path.dirname(spec.path) or "."
+        try:
+            os.makedirs(sock_dir, exist_ok=True)
+        except OSError as e:
+            # a lasting cause (no parent, a read-only tree, Postfix not installed yet under the
+            # packaged unit): exit 78, which systemd does not restart, where exit 1 made it
+            # retry every 2 s and a `systemctl start` (dpkg's) wait for ever
+            raise ConfigError(
+                f"{key_at(cfg, 'milter', 'socket')}: cannot create {sock_dir}: "
+                f"{e.strerror or e}; make it before the milter starts (install -d -o USER -g "
+                f"postfix -m 2750 {sock_dir}; the package makes /var/spool/postfix/spambridge "
+                "once group postfix exists); under the packaged unit (ProtectSystem=strict) "
+                "a directory elsewhere also needs ReadWritePaths= (systemctl edit spambridge)"
+            ) from None
         remove_stale_unix_socket(spec.path)
     milter.setconn(spec.libmilter)
     milter.register(cfg.milter.name, data=lambda ctx: ctx.getpriv().data(),
