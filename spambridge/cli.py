@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "settings when postconf is available)")
     _config_arg(cc)
     cc.add_argument("--no-postfix", action="store_true", help="do not ask postconf")
+    cc.add_argument("--syntax-only", action="store_true",
+                    help="only read the file, as a reload does (exit 78 on an error): the "
+                    "packaged unit's ExecReload, so `systemctl reload` fails on a bad file")
     cc.add_argument("--postfix-config", metavar="DIR",
                     help="the Postfix config directory to read (postconf -c DIR; default: "
                     "$MAIL_CONFIG or /etc/postfix)")
@@ -243,6 +246,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     stream.flush()
             os._exit(status)
         if args.command == "check-config":
+            if args.syntax_only:  # read already (a ConfigError is exit 78, below)
+                print(f"{cfg.source}: OK")
+                return 0
             from spambridge import checkconfig
 
             return checkconfig.main(cfg, postfix=not args.no_postfix,

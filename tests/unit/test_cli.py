@@ -55,6 +55,21 @@ def test_the_default_config_file_is_read_when_there(tmp_path: Path,
             in capsys.readouterr().err)
 
 
+def test_syntax_only_reads_the_file_as_a_reload_does(tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """The packaged unit's first ExecReload: a file with an error fails `systemctl reload`
+    (the milter only logged it and kept its config, and the reload reported success); a good
+    file passes whatever Postfix or spamd would say (a reload needs neither)."""
+    path = tmp_path / "spambridge.toml"
+    path.write_text('[milter]\nengine = "spamd"\n[spamd]\nport = 1\n')  # nothing listens
+    assert cli.main(["check-config", "--syntax-only", "-c", str(path)]) == 0
+    assert capsys.readouterr().out == f"{path}: OK\n"
+    path.write_text('[policy]\ntag_at = 9\nreject_at = 3\n')
+    assert cli.main(["check-config", "--syntax-only", "-c", str(path)]) == 78
+    assert (f"spambridge: configuration error: {path}:3: [policy] reject_at: reject_at (3) "
+            "must not be below tag_at (9)" in capsys.readouterr().err)
+
+
 def test_the_default_config_path_is_the_one_packaged() -> None:
     """The .deb installs the conffile and the unit passes it: the path the CLI falls back to
     (and its --help names) is that one."""
