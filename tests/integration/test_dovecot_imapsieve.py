@@ -234,6 +234,33 @@ def test_moving_mail_into_and_out_of_junk_trains_the_database(
     assert srv.errors() == []
 
 
+def test_spam_moved_to_another_trash_or_kept_inside_junk_is_not_learned_as_ham(
+        dovecot: Callable[[str], Server]) -> None:
+    """report-ham.sieve knew one trash, `Trash`: spam deleted by Outlook (into `Deleted
+    Items`) or Apple Mail (`Deleted Messages`), or kept in a folder inside Junk, was
+    unlearned as spam and learned as ham, silently."""
+    srv = dovecot("")
+    c = Client(srv.port)
+    try:
+        boxes = ("Deleted Items", "Deleted Messages", "Junk.Old")
+        for box in boxes:
+            assert c.m.create(f'"{box}"')[0] == "OK"
+        spam = c.append("INBOX", msg(1))
+        spam, _ = c.move("INBOX", spam, "Junk")
+        assert srv.totals() == (1, 0)
+        for box in boxes:
+            spam, _ = c.move("Junk", spam, f'"{box}"')
+            assert (box, srv.totals()) == (box, (1, 0))
+            spam, _ = c.move(f'"{box}"', spam, "Junk")
+        # any other folder is the user saying it was ham
+        assert c.m.create("Work")[0] == "OK"
+        c.move("Junk", spam, "Work")
+        assert srv.totals() == (0, 1)
+    finally:
+        c.close()
+    assert srv.errors() == []
+
+
 def test_a_failing_or_slow_pipe_never_fails_the_move(dovecot: Callable[[str], Server]) -> None:
     """Each fault: the MOVE answers OK, the message is in Junk, nothing is learned and Dovecot
     logs why. The pipe time limit (10 s by default) is cut to 3 s to keep the test short."""
