@@ -46,7 +46,7 @@ def build_scanner(cfg: Config, bayes: Scanner | None = None) -> Scanner:
     if engine == "spamd":
         from spambridge.scanners.spamd import SpamdScanner
 
-        return SpamdScanner(cfg.spamd, cap)
+        return SpamdScanner.from_config(cfg)
     if bayes is None:
         from spambridge.scanners.bayes import BayesScanner
 
@@ -56,7 +56,7 @@ def build_scanner(cfg: Config, bayes: Scanner | None = None) -> Scanner:
     from spambridge.scanners.fallback import FallbackScanner
     from spambridge.scanners.spamd import SpamdScanner
 
-    return FallbackScanner(SpamdScanner(cfg.spamd, cap), bayes, cfg.spamd.share * cap, cap)
+    return FallbackScanner(SpamdScanner.from_config(cfg), bayes, cfg.spamd.share * cap, cap)
 
 
 def run(cfg: Config, reload: Callable[[], Config] | None = None) -> int:

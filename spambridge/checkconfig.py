@@ -586,14 +586,19 @@ def spamd_state(cfg: Config, r: Report) -> None:
     import asyncio
     from dataclasses import replace
 
-    from spambridge.scanners.spamd import SpamdScanner
+    from spambridge.scanners.spamd import CaFileError, SpamdScanner
     from spambridge.verdict import ScanError
 
     pool = cfg.spamd.servers
     one = [cfg.spamd] if not pool else [replace(cfg.spamd, servers=(s,)) for s in pool]
     dead = 0
     for spamd in one:
-        scanner = SpamdScanner(spamd, cfg.milter.scan_timeout)
+        try:
+            scanner = SpamdScanner(spamd, cfg.milter.scan_timeout)
+        except CaFileError as e:  # `run` stops at it (exit 78); no server can be asked
+            if os.access(cfg.spamd.ca_file, os.R_OK):  # else check_local said it already
+                r.warn(f"[spamd] ca_file: {e}")
+            return
         where = scanner.target  # as the milter's log names it
 
         async def ping(scanner: SpamdScanner = scanner) -> None:

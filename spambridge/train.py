@@ -1234,7 +1234,7 @@ def run_spamd(cfg: Config, label: str, paths: list[str], *, max_size: int = DEFA
     err = err or sys.stderr
     start = time.monotonic()
     summary = Summary(label, spamd=True)
-    scanner = SpamdScanner(cfg.spamd, cfg.milter.scan_timeout)
+    scanner = SpamdScanner.from_config(cfg)  # a ca_file it cannot use: exit 78, as run's
     if label == "forget":
         headers = {"Message-class": "spam", "Remove": "local"}
     else:

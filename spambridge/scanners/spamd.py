@@ -16,6 +16,7 @@ server costs connect_timeout once, not on every message.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import math
 import os
@@ -52,7 +53,7 @@ from aiospamc.responses import (
 )
 
 from spambridge import defaults
-from spambridge.config import SpamdConfig, host_port
+from spambridge.config import Config, ConfigError, SpamdConfig, host_port, key_at
 from spambridge.message import Envelope
 from spambridge.scanners import cut_at_own_end
 from spambridge.verdict import ErrorKind, ScanError, ScoreResult
@@ -114,15 +115,42 @@ class _Server:
     news: int = 0  # the attempt whose outcome set retry_at/down (SpamdScanner._attempts)
 
 
+class CaFileError(Exception):
+    """[spamd] ca_file cannot be used: the text is the file and why, in words; the caller says
+    where it was set (SpamdScanner.from_config), which a SpamdConfig does not know."""
+
+
+def tls_context(ca_file: str) -> ssl.SSLContext:
+    """As aiospamc's own verify=True / verify=Path(ca_file): a file of PEM certificates or a
+    directory (OpenSSL's capath). A file it cannot use is a CaFileError: aiospamc raises a
+    bare FileNotFoundError(path), with no reason, and OpenSSL names its source line."""
+    tls = SSLContextBuilder()
+    if not ca_file:
+        tls.add_default_ca()
+    else:
+        try:
+            os.stat(ca_file)  # why it is not there (aiospamc's is_file() says only False)
+            tls.add_ca(Path(ca_file))
+        except ssl.SSLError as e:  # (an OSError too, with OpenSSL's errno)
+            reason = re.sub(r"^\[[^]]*\] |\s*\(_ssl\.c:\d+\)$", "", str(e.args[-1]))
+            raise CaFileError(f"{ca_file}: no CA certificate in it (OpenSSL: {reason})") from e
+        except FileNotFoundError as e:
+            if e.errno != errno.ENOENT:  # aiospamc's: there, but a device or a FIFO
+                raise CaFileError(f"{ca_file}: not a file of PEM certificates or a "
+                                  "directory") from e
+            raise CaFileError(f"{ca_file}: no such file") from e
+        except OSError as e:
+            raise CaFileError(f"{ca_file}: cannot be read: {e.strerror or e}") from e
+    context: ssl.SSLContext = tls.build()
+    return context
+
+
 def build_clients(cfg: SpamdConfig, total_timeout: float) -> list[tuple[str, Client]]:
     """(target, client) per server, in the order they are tried; one SSL context for all."""
     timeout = aiospamc.Timeout(total=total_timeout, connection=cfg.connect_timeout)
     if cfg.socket:
         return [(cfg.socket, Client(_Unix(Path(cfg.socket), timeout)))]
-    context: ssl.SSLContext | None = None
-    if cfg.tls:  # as aiospamc's own verify=True / verify=Path(ca_file)
-        tls = SSLContextBuilder()
-        context = (tls.add_ca(Path(cfg.ca_file)) if cfg.ca_file else tls.add_default_ca()).build()
+    context = tls_context(cfg.ca_file) if cfg.tls else None
     return [(host_port(host, port), Client(_Tcp(host, port, context, timeout)))
             for host, port in cfg.pool]
 
@@ -179,6 +207,15 @@ class SpamdScanner:
         # with a scan under way), nor does a connect that fails after a later one worked
         self._attempts = count(1)
         self.target = ", ".join(s.target for s in self.servers)
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> SpamdScanner:
+        """The client of run, check and train: a ca_file it cannot use is a configuration
+        error naming the file, line and key (exit 78), not a bare path from aiospamc."""
+        try:
+            return cls(cfg.spamd, cfg.milter.scan_timeout)
+        except CaFileError as e:
+            raise ConfigError(f"{key_at(cfg, 'spamd', 'ca_file')}: {e}") from e
 
     def user_for(self, envelope: Envelope) -> str:
         """[spamd] user, or for mail to one recipient (per_recipient_user) the address, or

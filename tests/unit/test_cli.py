@@ -368,3 +368,47 @@ def test_debug_logging_adds_no_asyncio_chatter(monkeypatch: pytest.MonkeyPatch) 
     asyncio.run(asyncio.sleep(0))  # a new event loop logs its selector at DEBUG
     logging.getLogger("spambridge").debug("metrics: dropped a connection")
     assert [r.name for r in seen] == ["spambridge"]
+
+
+def test_a_ca_file_spamd_cannot_use_is_a_configuration_error(tmp_path: Path) -> None:
+    """`[spamd] tls = true` with a ca_file that is not there, or holds no certificate: `run`
+    said only the bare path, or OpenSSL's source line (78, but no file, line or key), and
+    `check-config` stopped with it (exit 1) before its own warning; a CA directory (OpenSSL's
+    capath) is still one."""
+    import subprocess
+    import sys
+
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate\n")
+    (tmp_path / "certs").mkdir()
+
+    cfg = tmp_path / "sb.toml"
+
+    def run(*args: str, ca_file: Path) -> subprocess.CompletedProcess[str]:
+        cfg.write_text(f'[milter]\nengine = "spamd"\nsocket = "unix:{tmp_path}/milter.sock"\n'
+                       f'spool_dir = "{tmp_path}"\n\n[spamd]\nhost = "127.0.0.1"\n'
+                       f'tls = true\nca_file = "{ca_file}"\n')
+        return subprocess.run([sys.executable, "-m", "spambridge", *args, "-c", str(cfg)],
+                              capture_output=True, text=True, timeout=60)
+
+    for ca_file, why in ((tmp_path / "nonexistent.pem", "no such file"),
+                         (junk, "no CA certificate in it (OpenSSL: no certificate or crl "
+                                "found)")):
+        r = run("run", ca_file=ca_file)
+        assert (r.returncode, r.stderr) == (78, f"spambridge: configuration error: {cfg}:9: "
+                                                f"[spamd] ca_file: {ca_file}: {why}\n")
+        assert not (tmp_path / "milter.sock").exists()
+        r = run("train", "--engine", "spamd", "--spam", str(junk), ca_file=ca_file)
+        assert (r.returncode, r.stderr) == (78, f"spambridge: configuration error: {cfg}:9: "
+                                                f"[spamd] ca_file: {ca_file}: {why}\n")
+    r = run("check-config", "--no-postfix", ca_file=tmp_path / "nonexistent.pem")
+    assert (r.returncode, r.stderr) == (1, "")
+    assert [line for line in r.stdout.splitlines() if "[spamd] ca_file" in line] == [
+        f"warning: [spamd] ca_file: {tmp_path}/nonexistent.pem cannot be read"]
+    r = run("check-config", "--no-postfix", ca_file=junk)
+    assert (r.returncode, r.stderr) == (1, "")
+    assert [line for line in r.stdout.splitlines() if "[spamd] ca_file" in line] == [
+        f"warning: [spamd] ca_file: {junk}: no CA certificate in it (OpenSSL: no certificate "
+        "or crl found)"]
+    r = run("check-config", "--no-postfix", ca_file=tmp_path / "certs")
+    assert "[spamd] ca_file" not in r.stdout + r.stderr
