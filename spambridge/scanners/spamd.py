@@ -48,6 +48,7 @@ from aiospamc.exceptions import (
 from aiospamc.requests import Request
 from aiospamc.responses import (
     ResponseException,
+    ServerTimeoutException,
     TemporaryFailureException,
     UnavailableException,
 )
@@ -342,6 +343,10 @@ class SpamdScanner:
         if isinstance(e, ClientTimeoutException):
             return (f"no connection to {target} within connect_timeout "
                     f"{self.cfg.connect_timeout:g}s")
+        if isinstance(e, ServerTimeoutException):  # spamd's answer, not our limit running out
+            said = _one_line(str(e))  # "Timeout: (30 second timeout while trying to CHECK)"
+            return (f"{target}: spamd gave up on the message itself, at its own time limit "
+                    f"(spamd --timeout-child, --timeout-tcp){': ' + said if said else ''}")
         if isinstance(e, TimeoutException | TimeoutError):
             return f"no answer from {target} within {self.total_timeout:g}s"
         return f"{target}: {_describe(e)}"
@@ -372,4 +377,9 @@ def _describe(e: BaseException) -> str:
     detail = str(e) or (str(cause) if cause else "")
     if detail:
         text += f": {detail}"
+    return _one_line(text)
+
+
+def _one_line(text: str) -> str:
+    """A peer's text as the decision line and the SMTP reply can carry it."""
     return text[:200].replace("\n", " ").replace("\r", " ")

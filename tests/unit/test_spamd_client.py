@@ -133,6 +133,21 @@ def test_a_reply_without_a_finite_threshold_is_an_error() -> None:
         assert "reply without a usable Spam header" in str(result)
 
 
+def test_spamd_giving_up_itself_is_not_told_as_our_time_running_out() -> None:
+    """spamd's own limit (--timeout-child, --timeout-tcp) answers status 79 at once: it was
+    told as "no answer within 3s" with spamd's reason dropped. Still a timeout."""
+    fake = SwitchableSpamd("good", reply=b"SPAMD/1.0 79 Timeout: (30 second timeout while "
+                                         b"trying to CHECK)\r\n\r\n")
+    try:
+        e = _error_of(SpamdScanner(SpamdConfig(host="127.0.0.1", port=fake.port), 3.0))
+    finally:
+        fake.close()
+    assert e.kind is ErrorKind.TIMEOUT
+    assert str(e) == (f"spamd timeout: 127.0.0.1:{fake.port}: spamd gave up on the message "
+                      "itself, at its own time limit (spamd --timeout-child, --timeout-tcp): "
+                      "Timeout: (30 second timeout while trying to CHECK)")
+
+
 def test_replies_are_read_up_to_32_kilobytes() -> None:
     """A reply over the cap is an error (a port that is not spamd, a flood); one just within
     it, a long rule list, is read."""
