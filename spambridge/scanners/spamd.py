@@ -233,6 +233,13 @@ class SpamdScanner:
     async def request(self, verb: str, message: bytes, user: str = "",
                       headers: Mapping[str, str] | None = None) -> aiospamc.Response:
         """One request; `headers` adds plain ones (TELL's Message-class, Set, Remove)."""
+        return (await self._request(verb, message, user, headers))[0]
+
+    async def _request(self, verb: str, message: bytes, user: str = "",
+                       headers: Mapping[str, str] | None = None
+                       ) -> tuple[aiospamc.Response, str]:
+        """request(), and the server that answered: a pool's reply that is no use must say
+        which spamd sent it."""
         req = Request(verb, body=message)
         if user:
             req.headers.user = user
@@ -280,7 +287,7 @@ class SpamdScanner:
             finally:
                 _reached.reset(token)
             self._connected(server, attempt)
-            return resp
+            return resp, server.target
         raise AssertionError("a spamd scanner without servers")  # (build_clients: never)
 
     def _cut_off(self, e: TimeoutError, target: str, end: float | None, reached: bool,
@@ -352,10 +359,11 @@ class SpamdScanner:
         return f"{target}: {_describe(e)}"
 
     async def scan(self, message: bytes, envelope: Envelope) -> ScoreResult:
-        resp = await self.request("SYMBOLS", message, self.user_for(envelope))
+        resp, target = await self._request("SYMBOLS", message, self.user_for(envelope))
         spam = resp.headers.spam
         if spam is None or not math.isfinite(spam.score) or not math.isfinite(spam.threshold):
-            raise ScanError(ErrorKind.ERROR, ENGINE, "reply without a usable Spam header")
+            raise ScanError(ErrorKind.ERROR, ENGINE, f"{target}: reply without a usable Spam "
+                            "header")
         body = bytes(resp.body or b"")
         tests = tuple(
             t for t in body.decode("ascii", "replace").replace("\r", "").replace("\n", ",")

@@ -13,6 +13,7 @@ from aiospamc.responses import (
     TemporaryFailureException,
     UnavailableException,
 )
+from harness import free_port
 from spamdfakes import SwitchableSpamd, spamd_reply
 
 from spambridge.config import SpamdConfig
@@ -131,6 +132,26 @@ def test_a_reply_without_a_finite_threshold_is_an_error() -> None:
         result = _scan(reply)
         assert isinstance(result, ScanError) and result.kind is ErrorKind.ERROR
         assert "reply without a usable Spam header" in str(result)
+
+
+def test_a_reply_without_a_usable_spam_header_names_the_server_that_sent_it() -> None:
+    """In a pool nobody could tell which spamd sent it: the one that answered is named (the
+    first here does not connect, so the second answers)."""
+    from spambridge.message import Envelope
+
+    dead = free_port()
+    for reply in (b"SPAMD/1.1 0 EX_OK\r\nContent-length: 0\r\n\r\n",
+                  spamd_reply(1.0, float("inf"), spam=False), spamd_reply(float("nan"), 5.0)):
+        fake = SwitchableSpamd("good", reply=reply)
+        try:
+            cfg = SpamdConfig(servers=(("127.0.0.1", dead), ("127.0.0.1", fake.port)))
+            with pytest.raises(ScanError) as e:
+                asyncio.run(SpamdScanner(cfg, 5.0).scan(b"Subject: x\r\n\r\nhi\r\n", Envelope()))
+        finally:
+            fake.close()
+        assert e.value.kind is ErrorKind.ERROR
+        assert str(e.value) == (
+            f"spamd error: 127.0.0.1:{fake.port}: reply without a usable Spam header"), reply
 
 
 def test_spamd_giving_up_itself_is_not_told_as_our_time_running_out() -> None:
