@@ -75,7 +75,8 @@ def add_parsers(sub: Any, config_arg: ArgAdder, engine_args: ArgAdder,
     t.add_argument("--batch-size", type=int, default=2000, metavar="N",
                    help="messages per database transaction (default: 2000; an interrupted "
                    "run keeps every finished batch)")
-    t.add_argument("-q", "--quiet", action="store_true", help="print only errors")
+    t.add_argument("-q", "--quiet", action="store_true",
+                   help="print only errors, and a message on stdin skipped as too large")
     t.add_argument("paths", nargs="*", metavar="PATH", default=[])
 
     c = sub.add_parser(
@@ -118,8 +119,13 @@ def _kept(src: IO[bytes], max_size: int, mbox: bool) -> IO[bytes]:
     disk past a few MB, since each of its messages has a limit of its own (cut at the one
     message's limit, a 4 MB mbox taught the database its first 398 messages, the last one cut
     short, and said nothing)."""
+    from spambridge import train
+
     if not mbox:
-        return io.BytesIO(src.read(max_size + 1 if max_size else -1))
+        data = src.read(max_size + 1 if max_size else -1)
+        if max_size and len(data) > max_size:
+            train.drain(src)  # too large: its writer (a Dovecot pipe) must not get EPIPE
+        return io.BytesIO(data)
     kept = tempfile.SpooledTemporaryFile(max_size=KEPT_IN_MEMORY)  # noqa: SIM115 - returned
     shutil.copyfileobj(src, kept)
     kept.seek(0)

@@ -52,6 +52,8 @@ if TYPE_CHECKING:
 DEFAULT_MAX_SIZE = 500 * 1024  # bytes, as sa-learn: bigger messages are skipped
 BATCH_MESSAGES = 2000  # messages per transaction …
 BATCH_SECONDS = 2.0  # … or this long, whichever comes first (bounds what a kill loses)
+DRAIN_LIMIT = 1 << 30  # bytes of a too-large message on stdin read and dropped, at most (drain)
+_DRAIN_CHUNK = 64 * 1024
 _OWNED = re.compile(rb"^x-spam-[^:\n]*:.*(?:\n[ \t].*)*\n", re.I | re.M)
 
 
@@ -237,7 +239,10 @@ def read_path(path: str, max_size: int, mbox: bool = False, stdin: IO[bytes] | N
         # one message, as a Dovecot or procmail pipe gives it (with an MDA's From_ line,
         # dropped later): only --mbox splits; one that holds more is refused (_read_open)
         try:
-            yield from _read_open(src, "<stdin>", max_size, mbox, sniff=False)
+            for item in _read_open(src, "<stdin>", max_size, mbox, sniff=False):
+                if item.problem == "too large" and not mbox:  # read up to max_size + 1 only
+                    drain(src)
+                yield item
         except OSError as e:  # e.g. fd 0 open for writing only: the rest of the run goes on
             yield Item("<stdin>", problem=f"unreadable: {e.strerror or e}", named=True)
         return
@@ -438,6 +443,19 @@ def _split_mbox(p: str, data: bytes, max_size: int) -> Iterator[Item]:
             yield Item(f"{p}#{n}", problem="too large")
         else:
             yield _item(f"{p}#{n}", _unescape_from(chunk))
+
+
+def drain(f: IO[bytes]) -> None:
+    """Read and drop the rest of a message on stdin found too large: its writer must see the
+    whole message taken. Left unread, a Dovecot pipe's write failed (EPIPE), and Dovecot logged
+    "write(program stdin) failed: Broken pipe" and "failed to pipe message" for a skip that
+    exits 0. At most DRAIN_LIMIT bytes, so an endless stream does not keep train busy for ever."""
+    left = DRAIN_LIMIT
+    while left > 0:
+        chunk = f.read(min(left, _DRAIN_CHUNK))
+        if not chunk:
+            return
+        left -= len(chunk)
 
 
 def _read_stream(path: str, max_size: int, mbox: bool) -> Iterator[Item]:
@@ -1007,6 +1025,8 @@ def run(cfg: Config, label: str, paths: list[str], *, max_size: int = DEFAULT_MA
                 progress.advance()
                 if item.failure:
                     progress.say(f"spambridge train: {origin}{item.where}: {item.problem}", err)
+                elif single and item.problem == "too large":
+                    progress.say(_skipped(item, max_size), err)
                 elif single and not quiet:
                     said.append(f"{item.where}: {outcome}")
             if not found:  # an empty folder, or mail one level down (Maildir++ .Junk/)
@@ -1113,6 +1133,14 @@ def _folders_in(path: str) -> str:
         return ""
     return (f" (the folders in it are not read: name them, as {os.path.join(path, subs[0])})"
             if subs else "")
+
+
+def _skipped(item: Item, max_size: int) -> str:
+    """A message on stdin not learned for its size: said on stderr, even with --quiet, since a
+    Dovecot pipe's stderr is all its log keeps, and the exit status (0: a skip, as sa-learn's)
+    does not tell it from one learned."""
+    return (f"spambridge train: {item.where}: too large (over --max-size, {max_size} bytes): "
+            "not learned")
 
 
 def _kept(trainer: Trainer, batch: str) -> str:
@@ -1241,6 +1269,7 @@ def run_spamd(cfg: Config, label: str, paths: list[str], *, max_size: int = DEFA
         headers = {"Message-class": label, "Set": "local"}
 
     spamd_user = user or cfg.spamd.user
+    single = index is None and paths == ["-"]
 
     async def tell_all() -> None:
         for entry in _sources(label, paths, index):
@@ -1257,6 +1286,8 @@ def run_spamd(cfg: Config, label: str, paths: list[str], *, max_size: int = DEFA
                     if item.failure:
                         print(f"spambridge train: {origin}{item.where}: {item.problem}",
                               file=err)
+                    elif single and item.problem == "too large":
+                        print(_skipped(item, max_size), file=err)
                     await asyncio.sleep(0)  # a stop is seen at an await: a folder of junk too
                     continue
                 msg = strip_markup(item.data, cfg.policy.subject_tag.encode())

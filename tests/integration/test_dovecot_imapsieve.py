@@ -261,6 +261,26 @@ def test_spam_moved_to_another_trash_or_kept_inside_junk_is_not_learned_as_ham(
     assert srv.errors() == []
 
 
+def test_a_message_over_max_size_moved_into_junk_is_skipped_with_one_log_line(
+        dovecot: Callable[[str], Server]) -> None:
+    """Over `train`'s --max-size (500k, as sa-learn): the pipe read 500 KB of it and exited 0
+    (a skip), and every such move logged "write(program stdin) failed: Broken pipe" and
+    "failed to pipe message", while nothing said "too large" (the scripts pass --quiet)."""
+    srv = dovecot("")
+    c = Client(srv.port)
+    try:
+        big = msg(1) + b"Claim your free casino prize now, click here!\r\n" * 15_000  # 700 KB
+        c.move("INBOX", c.append("INBOX", big), "Junk")
+        assert c.count("Junk") == 1
+    finally:
+        c.close()
+    assert not srv.db.exists() or srv.totals() == (0, 0)
+    errors = srv.errors()
+    assert len(errors) == 1, errors
+    assert errors[0].endswith("spambridge train: <stdin>: too large (over --max-size, 512000 "
+                              "bytes): not learned"), errors
+
+
 def test_a_failing_or_slow_pipe_never_fails_the_move(dovecot: Callable[[str], Server]) -> None:
     """Each fault: the MOVE answers OK, the message is in Junk, nothing is learned and Dovecot
     logs why. The pipe time limit (10 s by default) is cut to 3 s to keep the test short."""

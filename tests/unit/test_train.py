@@ -173,6 +173,74 @@ def test_one_message_on_stdin_with_an_mda_from_line_stays_one(db: Path) -> None:
     assert tokens(db)["17:00"] == (1, 0)  # the whole body, past the "From 9:00" line
 
 
+TOO_LARGE_ON_STDIN = ("spambridge train: <stdin>: too large (over --max-size, 512000 bytes): "
+                      "not learned")
+
+
+@pytest.mark.parametrize("engine", ["bayes", "spamd", "spamd+bayes"])
+def test_a_message_over_max_size_on_stdin_is_taken_whole_and_said_with_quiet(
+        tmp_path: Path, db: Path, engine: str) -> None:
+    """Dovecot's pipe (`train --spam --quiet -`) given a message over --max-size: train read
+    max_size + 1 bytes of it and exited 0, so Dovecot's write failed (Broken pipe) and it logged
+    "failed to pipe message" for a skip; and with --quiet nothing said "too large"."""
+    big = mail(1, True) + b"lottery winner " * 200_000  # 3 MB: far more than a pipe holds
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))  # bound, never listening: never asked (a skip is not told)
+    out, err = tmp_path / "out", tmp_path / "err"
+    with dead, out.open("wb") as o, err.open("wb") as e:
+        proc = subprocess.Popen([sys.executable, "-m", "spambridge", "train", "--db", str(db),
+                                 "--engine", engine, "--spamd",
+                                 f"127.0.0.1:{dead.getsockname()[1]}", "--spam", "--quiet", "-"],
+                                stdin=subprocess.PIPE, stdout=o, stderr=e)
+        assert proc.stdin is not None
+        try:
+            proc.stdin.write(big)
+            proc.stdin.close()
+        except BrokenPipeError:
+            pytest.fail("train left the message unread: its writer got EPIPE")
+        assert proc.wait(timeout=60) == 0
+    assert out.read_text() == ""
+    assert set(err.read_text().splitlines()) == {TOO_LARGE_ON_STDIN}
+    assert not db.exists() or totals(db) == (0, 0)
+
+
+class Endless(io.RawIOBase):
+    """A stream that never ends (a writer gone wrong): a header, then the same byte for ever.
+    Counts the bytes read of it."""
+
+    def __init__(self) -> None:
+        self.head, self.count = b"Subject: endless\n\n", 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        view = memoryview(b).cast("B")
+        n = len(view)
+        head, self.head = self.head[:n], self.head[n:]
+        view[:len(head)] = head
+        view[len(head):] = b"x" * (n - len(head))
+        self.count += n
+        return n
+
+
+def test_stdin_is_drained_after_a_too_large_message_but_not_for_ever(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rest of a message over --max-size on stdin is read and dropped (its writer must
+    not get EPIPE), but at most DRAIN_LIMIT bytes of it: an endless stream ends the run too."""
+    rest = io.BytesIO(mail(1, True) + b"x" * 300_000)
+    assert [i.problem for i in train.read_path("-", 1000, stdin=rest)] == ["too large"]
+    assert rest.read() == b""  # all of it taken
+    monkeypatch.setattr(train, "DRAIN_LIMIT", 1 << 20)
+    endless = Endless()
+    assert [i.problem for i in train.read_path("-", 1000, stdin=endless)] == ["too large"]
+    # the message's 1001 bytes (and what a buffer read ahead of them), then the limit
+    assert (1 << 20) < endless.count < (1 << 20) + 1001 + (64 << 10)
+    endless = Endless()
+    train.drain(endless)
+    assert endless.count == 1 << 20
+
+
 def test_an_mbox_in_a_folder_is_split_and_folders_in_it_are_named(
         tmp_path: Path, db: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A directory of monthly .mbox exports: each file is split as it would be named alone,
