@@ -34,7 +34,7 @@ IMAPSIEVE = "/usr/lib/dovecot/modules/sieve/lib90_sieve_imapsieve_plugin.so"
 CONTRIB = Path(__file__).resolve().parents[2] / "contrib" / "dovecot"
 MAIL_UID = 65534  # nobody: the mail user, who does not own the database
 # the database's group, which the mail user joins through Dovecot's mail_access_groups (the
-# README's advice for virtual users): one every Debian system has, other than nobody's own
+# README's advice, system or virtual users): one every Debian system has, other than nobody's own
 DB_GROUP = next((g for g in ("users", "mail", "daemon") if g in {e.gr_name for e in grp.getgrall()}),
                 "users")
 
