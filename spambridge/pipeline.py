@@ -250,7 +250,9 @@ def log_decision(ev: Evaluation, buf: MessageBuffer, env: Envelope, tag_only: bo
         level,
         "%s: from=<%s> rcpts=%d size=%d engine=%s score=%s action=%s%s reason=%s ms=%d%s%s",
         env.log_id,
-        clean(env.sender.strip("<>"), log=True),
+        # a quoted local part may hold spaces: written \x20, no sender can add a field
+        # (`"x action=reject"@evil.example` counted as a reject with grep " action=reject")
+        clean(env.sender.strip("<>"), log=True).replace(" ", "\\x20"),
         env.rcpt_count or len(env.recipients),
         buf.size,
         d.engine,

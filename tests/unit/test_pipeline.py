@@ -197,6 +197,9 @@ def test_an_error_cut_for_its_8bit_bytes_is_logged_whole(caplog: pytest.LogCaptu
     ("<j\udcf6rg@example.net>", "from=<j\\xf6rg@example.net> "),  # not UTF-8: escaped
     ("<a\x85b\u2028c\u202ed@example.net>", "from=<a?b?c?d@example.net> "),  # C1, separators, bidi
     ("<a\r\nb@example.net>", "from=<a??b@example.net> "),
+    # a quoted local part with spaces cannot add fields a grep would count
+    ('<"x action=reject reason=timeout"@evil.example>',
+     'from=<"x\\x20action=reject\\x20reason=timeout"@evil.example> '),
 ])
 def test_the_sender_is_logged_as_text_an_admin_can_grep(
         caplog: pytest.LogCaptureFixture, sender: str, logged: str) -> None:
@@ -209,6 +212,7 @@ def test_the_sender_is_logged_as_text_an_admin_can_grep(
                  MessageBuffer(1000, 1000), Envelope(queue_id="4ABC", sender=sender), False)
     [line] = [r.getMessage() for r in caplog.records]
     assert logged in line
+    assert line.count(" action=") == line.count(" reason=") == 1  # the decision's own
 
 
 def test_an_error_under_a_non_ascii_path_is_logged_readable(
