@@ -27,7 +27,7 @@ from spambridge import __version__
 from spambridge.config import Config, MetricsConfig, host_port, key_at
 from spambridge.message import MessageBuffer
 from spambridge.milter.bridge import signals_blocked
-from spambridge.pipeline import Evaluation, Pipeline
+from spambridge.pipeline import INCIDENT_ENGINES, Evaluation, Pipeline
 from spambridge.verdict import ErrorKind, ScanError, ScoreResult, Skipped, SkipReason
 
 if TYPE_CHECKING:
@@ -107,9 +107,11 @@ class Metrics:
         elif isinstance(outcome, ScanError) and outcome.kind is ErrorKind.OVERSIZE:
             self.skipped.labels("oversize").inc()
         elif isinstance(outcome, ScanError):
-            self.errors.labels(outcome.engine, outcome.kind.value).inc()
             self.unchecked.labels(outcome.kind.value).inc()
-            self.scan_seconds.labels(outcome.engine).observe(ev.elapsed)
+            if outcome.engine in INCIDENT_ENGINES:  # a scanner's; not a full spool or a bug,
+                # which never reached one (its decision line and messages_unchecked say it)
+                self.errors.labels(outcome.engine, outcome.kind.value).inc()
+                self.scan_seconds.labels(outcome.engine).observe(ev.elapsed)
         elif isinstance(outcome, ScoreResult):
             self.scan_seconds.labels(outcome.engine).observe(ev.elapsed)
             m = _FALLBACK.search(outcome.note)
