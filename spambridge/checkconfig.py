@@ -628,7 +628,9 @@ def main(cfg: Config, postfix: bool = True, postfix_config: str | None = None) -
     r = Report()
     if cfg.metrics.host:
         try:
-            loopback = ipaddress.ip_address(cfg.metrics.host).is_loopback
+            addr = ipaddress.ip_address(cfg.metrics.host)
+            # [::ffff:127.0.0.1] is loopback too (Python 3.11 does not say so of it)
+            loopback = (getattr(addr, "ipv4_mapped", None) or addr).is_loopback
         except ValueError:
             loopback = False
         if not loopback:

@@ -870,3 +870,19 @@ def test_a_socket_postfixs_smtpd_cannot_connect_to_is_named(
             f"{said}user {name!r} may not search {sock_dir} or a directory above it{advice}")
     tcp = from_mapping({"milter": {"socket": "inet:8893@127.0.0.1"}})
     assert socket_problem(tcp, name) is None
+
+
+@pytest.mark.parametrize(("listen", "noted"), [
+    ("127.0.0.1:9386", False), ("[::1]:9386", False), ("[::ffff:127.0.0.1]:9386", False),
+    ("0.0.0.0:9386", True), ("192.0.2.1:9386", True)])
+def test_a_metrics_endpoint_beyond_loopback_is_noted(
+        listen: str, noted: bool, capsys: pytest.CaptureFixture[str]) -> None:
+    """Plain HTTP without authentication: reachable from other hosts, it is said; an
+    IPv4-mapped loopback address is loopback (it was said to be reachable beyond the host)."""
+    from spambridge import checkconfig
+
+    cfg_ = from_mapping({"milter": {"engine": "bayes"}, "metrics": {"listen": listen}})
+    checkconfig.main(cfg_, postfix=False)
+    said = "plain HTTP without authentication, reachable beyond this host" in (
+        capsys.readouterr().out)
+    assert said == noted
