@@ -14,7 +14,7 @@ SCAN_TIMEOUT_MAX = 120.0  # well below Postfix's 300 s milter_content_timeout
 REPLY_MARGIN = 0.25  # seconds the libmilter thread allows beyond the cap
 MAX_SCAN_SIZE = 1024 * 1024  # bytes; larger messages are not scanned (on_oversize)
 SPOOL_MEMORY = 256 * 1024  # bytes of body kept in RAM before spilling to a temp file
-MAX_HEADERS = 10_000  # headers beyond this make the message oversize, not a memory problem
+MAX_HEADERS = 10_000  # header fields kept; the rest are not scanned (the message still is)
 # forged X-Spam-* fields removed per message. Postfix's cleanup applies at most 10,000 edits
 # to a message (more makes it panic and stalls all mail for a minute), each dearer than the
 # last (8,000 deletions: 2 s); no honest message carries more than a few dozen

@@ -124,7 +124,8 @@ class MessageBuffer:
     """Headers (as bytes, in arrival order) and body chunks of one message.
 
     Bounded: past `max_scan_size` the message is marked oversize and no more body is kept,
-    and the body lives in RAM only up to `spool_memory` bytes before spilling to a temp file.
+    past MAX_HEADERS fields no more fields are kept (the message is still scanned), and the
+    body lives in RAM only up to `spool_memory` bytes before spilling to a temp file.
     """
 
     def __init__(self, max_scan_size: int, spool_memory: int, spool_dir: str = "") -> None:
@@ -134,11 +135,17 @@ class MessageBuffer:
         self.owned_total = 0  # every X-Spam-* field seen, remembered or not
         self.size = 0
         self.oversize = False
+        self.unscanned = 0  # header fields past MAX_HEADERS, counted but not kept
+        self._subject = False  # a Subject field is kept
         self._body = tempfile.SpooledTemporaryFile(  # noqa: SIM115 - closed by close()
             max_size=spool_memory, dir=spool_dir or None, prefix="spambridge-"
         )
 
     def add_header(self, name: str, value: bytes) -> None:
+        """Past MAX_HEADERS fields the rest are counted (size, owned) but not kept: memory
+        stays bounded and the message is still scanned, since a flood of cheap fields must
+        not buy a spammer on_oversize. The first Subject is kept wherever it comes: the one
+        the scanner reads and a tag rewrites (without it a second Subject would be added)."""
         if headers.is_owned(name):
             self.owned_total += 1
             key = name.lower()
@@ -148,10 +155,16 @@ class MessageBuffer:
             elif len(self.owned) < defaults.MAX_OWNED_NAMES or key in headers.OURS:
                 self.owned[key] = (name, 1)
         self.size += len(name) + len(value) + 4
-        if self.size > self.max_scan_size or len(self.headers) >= defaults.MAX_HEADERS:
+        if self.size > self.max_scan_size:
             self._mark_oversize()
-        if not self.oversize:
+        if self.oversize:
+            return
+        is_subject = name.lower() == "subject"
+        if len(self.headers) < defaults.MAX_HEADERS or (is_subject and not self._subject):
             self.headers.append((name, value))
+            self._subject = self._subject or is_subject
+        else:
+            self.unscanned += 1
 
     def add_body(self, chunk: bytes) -> bool:
         """Keep a body chunk; False once the message is too large to scan (stop sending)."""

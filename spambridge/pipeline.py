@@ -242,6 +242,12 @@ def log_decision(ev: Evaluation, buf: MessageBuffer, env: Envelope, tag_only: bo
         # what to do is often at its end ("run as the milter's user"): said once, not per message
         if cut and errors_in_full and _first_time(error):
             whole = error
+    # a message scanned without its fields past MAX_HEADERS says so here (one line per message)
+    out = ev.outcome
+    scanned = isinstance(out, ScoreResult) or (isinstance(out, ScanError) and (
+        out.engine in INCIDENT_ENGINES and out.kind is not ErrorKind.OVERSIZE))
+    if buf.unscanned and scanned:
+        detail = f" unscanned_fields={buf.unscanned}{detail}"
     # a scanner's failures are said as incidents (health.py), at WARNING; a message that failed
     # for another reason (its spool, a bug) is the admin's business on its own
     level = logging.WARNING if isinstance(ev.outcome, ScanError) and (

@@ -186,13 +186,32 @@ def test_a_message_of_exactly_max_scan_size_is_scanned() -> None:
     assert just_header.oversize
 
 
-def test_more_than_max_headers_fields_is_oversize() -> None:
+def test_fields_past_max_headers_are_counted_not_kept_and_the_message_is_scanned() -> None:
+    """10,000 lines of `X-P: a` (70 kB) made spam oversize, so unscanned and accepted: the
+    fields past MAX_HEADERS are left out of the scan instead, and still count toward the
+    size; forged X-Spam-* fields among them are still removed, and the first Subject is kept
+    (the one a tag rewrites: without it a second Subject was added)."""
     buf = MessageBuffer(max_scan_size=1 << 30, spool_memory=1000)
     for _ in range(defaults.MAX_HEADERS):
-        buf.add_header("X", b"y")
-    assert not buf.oversize
-    buf.add_header("X", b"y")
-    assert buf.oversize
+        buf.add_header("X-P", b"a")
+    buf.add_header("X-P", b"b")
+    buf.add_header("X-Spam-Status", b"No, forged")
+    buf.add_header("Subject", b"cheap pills")
+    buf.add_header("Subject", b"second")
+    buf.add_body(b"buy now\r\n")
+    assert not buf.oversize and buf.unscanned == 3
+    raw = buf.render()
+    assert raw.count(b"X-P: a\r\n") == defaults.MAX_HEADERS and b"X-P: b" not in raw
+    assert raw.endswith(b"X-P: a\r\nSubject: cheap pills\r\n\r\nbuy now\r\n")
+    fields = [b"X-P: a\r\n"] * defaults.MAX_HEADERS + [
+        b"X-P: b\r\n", b"X-Spam-Status: No, forged\r\n", b"Subject: cheap pills\r\n",
+        b"Subject: second\r\n"]
+    assert buf.size == sum(map(len, fields)) + len(b"buy now\r\n")
+    assert buf.owned_headers() == [("X-Spam-Status", 1)]
+    big = MessageBuffer(max_scan_size=defaults.MAX_HEADERS * 8 + 7, spool_memory=1000)
+    for _ in range(defaults.MAX_HEADERS + 1):
+        big.add_header("X-P", b"a")
+    assert big.oversize  # max_scan_size still counts every field
 
 
 def test_received_header_names_the_recipient_only_when_there_is_one() -> None:

@@ -20,6 +20,7 @@ import pytest
 
 from spambridge.config import Config, MilterConfig, PolicyConfig
 from spambridge.message import Envelope, MessageBuffer
+from spambridge.milter.actions import apply
 from spambridge.milter.bridge import AsyncBridge
 from spambridge.milter.session import Session
 from spambridge.pipeline import Evaluation, Pipeline, log_decision
@@ -435,3 +436,72 @@ def test_mail_not_to_be_scanned_is_not_refused_for_the_spool_it_did_not_need(
     assert "engine=spool" in anon and "gone" in anon
     assert auth.startswith("4AUTH: ") and " action=accept reason=authenticated " in auth, auth
     assert scanner.queued == []
+
+
+class Ctx:
+    """Records what actions.apply asks of libmilter."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[object, ...]] = []
+
+    def addheader(self, field: str, value: str, idx: int = -1) -> None:
+        self.calls.append(("add", field, value))
+
+    def chgheader(self, field: str, idx: int, value: str | None) -> None:
+        self.calls.append(("chg", field, idx, value))
+
+    def setreply(self, rcode: str, xcode: str | None = None, msg: str | None = None) -> None:
+        self.calls.append(("reply", rcode, xcode, msg))
+
+
+@pytest.mark.parametrize(("score", "shown"), [
+    (1000.0, "action=reject reason=reject"), (7.2, "action=tag reason=spam")])
+def test_a_flood_of_header_fields_does_not_buy_spam_a_pass(
+        caplog: pytest.LogCaptureFixture, score: float, shown: str) -> None:
+    """10,001 lines of `X-P: a` (70 kB) before a spam body made the message oversize, so it was
+    accepted unscanned (`X-Spam-Status: No, unchecked=oversize`). Now the first MAX_HEADERS
+    fields and the body are scanned and the spam gets its verdict: the 550, or the tag; the
+    Subject after the flood is rewritten (not a second one added), the forged X-Spam-Status
+    after it removed, and the decision line says how many fields the scan left out."""
+    seen: list[bytes] = []
+
+    def scan(m: bytes) -> ScoreResult:
+        seen.append(m)
+        return ScoreResult("spamd", score if b"cheap pills" in m else 0.0, ("SPAM_BODY",))
+
+    scanner = PoolScanner(scan)
+    scanner.name = "spamd"
+    cfg = Config(milter=MilterConfig(engine="spamd"),
+                 policy=replace(PolicyConfig(), subject_tag="[SPAM]"))
+    caplog.set_level(logging.INFO, logger="spambridge")
+    s = Session(Pipeline(scanner, AsyncBridge(), cfg))
+    s.connect("client.example.net", "192.0.2.7", "mx.example.org", "MTA-v4", 40312)
+    s.start_message("<a@example.net>", "", False)
+    s.set_queue_id("4FLOOD")
+    s.add_recipient("<b@example.org>")
+    for _ in range(10_001):
+        s.add_header("X-P", b"a")
+    s.add_header("X-Spam-Status", b"No, score=-9.9 forged")
+    s.add_header("Subject", b"offer")
+    s.add_body(b"cheap pills, order now\r\n")
+    try:
+        d = s.finish().decision
+        ctx = Ctx()
+        apply(ctx, d, s.owned_headers(), s.subject(), "4FLOOD")
+    finally:
+        s.end_message()
+        scanner.pool.shutdown()
+    [line] = decision_lines(caplog)
+    assert f" engine=spamd score={score:.1f} {shown} " in line, line
+    assert line.endswith(" unscanned_fields=2"), line
+    [raw] = seen
+    assert raw.count(b"X-P: a\r\n") == 10_000 and raw.endswith(b"cheap pills, order now\r\n")
+    if d.action is Action.REJECT:
+        assert ctx.calls == [("reply", "550", "5.7.1", "Message rejected as spam")]
+        return
+    status = dict(d.headers)["X-Spam-Status"]
+    assert status.startswith("Yes, score=7.2 ") and "unchecked" not in status
+    assert ("chg", "X-Spam-Status", 1, None) in ctx.calls
+    assert ("add", "X-Spam-Status", status) in ctx.calls
+    assert ("chg", "Subject", 1, "[SPAM] offer") in ctx.calls
+    assert not [c for c in ctx.calls if c[:2] == ("add", "Subject")]
