@@ -7,6 +7,7 @@ are all from small fixed sets (actions, engines, error kinds): never addresses o
 
 from __future__ import annotations
 
+import io
 import logging
 import platform
 import re
@@ -180,16 +181,43 @@ def app(registry: CollectorRegistry) -> WsgiApp:
     return serve_one
 
 
-# A scrape's request arrives as soon as it connects: a connection silent (or not reading)
-# this long is dropped, and only so many are served at once, the rest closed at accept. A
-# thread per silent connection, without limit, would use up the threads (TasksMax) the
-# milter needs for SMTP sessions.
+# A scrape's request arrives as soon as it connects: a request not complete this long after
+# its connection (silent, or trickling in) is dropped, as is an answer not read for this long,
+# and only so many are served at once, the rest closed at accept. A thread per silent
+# connection, without limit, would use up the threads (TasksMax) the milter needs for SMTP
+# sessions.
 IDLE_SECONDS = 5.0
 MAX_SCRAPES = 8
 
 
+class _Deadline(socket.SocketIO):
+    """The request's reads, all against one deadline: the socket's timeout restarts at every
+    byte, so a client sending one every few seconds kept its slot for as long as it liked
+    (MAX_SCRAPES of them, and Prometheus got no answer)."""
+
+    def __init__(self, sock: socket.socket, seconds: float) -> None:
+        super().__init__(sock, "rb")
+        self._conn, self._seconds = sock, seconds
+        self._deadline = time.monotonic() + seconds
+
+    def readinto(self, b: Any) -> int | None:
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("request not complete in time")
+        self._conn.settimeout(left)
+        try:
+            return super().readinto(b)
+        finally:
+            self._conn.settimeout(self._seconds)  # the answer's writes: as before
+
+
 class _Handler(WSGIRequestHandler):
-    timeout = IDLE_SECONDS
+    timeout = IDLE_SECONDS  # for the whole request from the connection; for each write
+
+    def setup(self) -> None:
+        super().setup()
+        self.rfile.close()  # the socket's own file: only the socket, open, stays
+        self.rfile = io.BufferedReader(_Deadline(self.connection, self.timeout))
 
     def log_message(self, format: str, *args: Any) -> None:
         """Scrapes are not worth a log line each."""
