@@ -14,6 +14,7 @@ this module imports only the tokenizer and the store; `rich` and aiospamc load o
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import io
@@ -26,7 +27,7 @@ import stat
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, NamedTuple
@@ -54,6 +55,7 @@ BATCH_MESSAGES = 2000  # messages per transaction …
 BATCH_SECONDS = 2.0  # … or this long, whichever comes first (bounds what a kill loses)
 DRAIN_LIMIT = 1 << 30  # bytes of a too-large message on stdin read and dropped, at most (drain)
 _DRAIN_CHUNK = 64 * 1024
+Opener = Callable[[str, int], int]  # os.open's (path, flags), as open(opener=) takes
 _OWNED = re.compile(rb"^x-spam-[^:\n]*:.*(?:\n[ \t].*)*\n", re.I | re.M)
 
 
@@ -186,8 +188,8 @@ def count_messages(path: str) -> int | None:
     """How many items `read_path` will yield, when cheap to know (for the progress bar)."""
     p = Path(path)
     try:
-        if boxes := _maildir(path):
-            return sum(len(os.listdir(d)) for d in boxes)
+        if boxes := _maildir(path):  # a cur/ or new/ that is a symlink: one item, refused
+            return sum(1 if os.path.islink(d) else len(os.listdir(d)) for d in boxes)
         if p.is_dir():
             return sum(1 for e in os.scandir(p) if _is_file(e) and not e.name.startswith("."))
         if p.is_file() and not _holds_several(p):
@@ -255,43 +257,73 @@ def read_path(path: str, max_size: int, mbox: bool = False, stdin: IO[bytes] | N
             yield from _read_stream(path, max_size, mbox)
             return
         if slurped[1] == _DIRECTORY:
-            dirs = _maildir(path) or [path]
-            for d in dirs:
-                # regular files only (the directory entry says so, no stat): opening a FIFO
-                # left in a folder would block
-                try:
-                    with os.scandir(d) as entries:
-                        files = sorted(e.path for e in entries
-                                       if not e.name.startswith(".") and _is_file(e))
-                except OSError as e:  # a Maildir's cur/ or new/: named, the other one read
-                    yield Item(d, problem=f"unreadable: {e.strerror or e}", named=True)
-                    continue
-                for f in files:
-                    # up to max_size only: a folder's big attachments are not read whole to
-                    # be called too large (an mbox over it is streamed, as a big one named)
-                    found = _slurp(f, max_size or MBOX_IN_MEMORY, named=False)
-                    if found[2] is not None and found[2].problem == _NO_SUCH_FILE and \
-                            not os.path.lexists(f):
-                        # renamed since listed (a flag changed, new/ to cur/) or expunged:
-                        # the next run learns it under its new name; a symlink to nothing
-                        # is still there, and reported
-                        yield Item(f, problem=GONE)
-                        continue
-                    if found[1] not in (_DIRECTORY, _STREAM):  # a subdirectory, or a new FIFO
-                        try:
-                            yield from _read_file(f, max_size, mbox, found, named=False)
-                        except FileNotFoundError:  # a big one, opened only now: see above
-                            yield Item(f, problem=GONE)
-                        except OSError as e:  # named, and the rest of the folder read
-                            yield Item(f, problem=f"unreadable: {e.strerror or e}")
+            for d in _maildir(path) or [path]:
+                yield from _read_folder(d, d != path, max_size, mbox)
             return
         yield from _read_file(path, max_size, mbox, slurped, named=True)
     except OSError as e:
         yield Item(path, problem=f"unreadable: {e.strerror or e}", named=True)
 
 
+def _read_folder(d: str, inside: bool, max_size: int, mbox: bool) -> Iterator[Item]:
+    """The files in folder `d`: a directory named on the command line, or (`inside` it) a
+    Maildir's cur/ or new/. Whoever owns the folder (a user's Junk, read by root's cron)
+    chooses what is in it: a symlink there, or a cur/ that is one, would have root learn any
+    file root can read, so none is followed. The folder is opened once and each file opened in
+    it without following a symlink, so none swapped in after the listing (a file, or cur/
+    itself) is read either."""
+    try:
+        dir_fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+                         | (os.O_NOFOLLOW if inside else 0))
+    except OSError as e:  # a Maildir's cur/ or new/: named, the other one read
+        yield Item(d, problem=SYMLINK if inside and os.path.islink(d)
+                   else f"unreadable: {e.strerror or e}", named=True)
+        return
+    try:
+        # regular files and symlinks only (the directory entry says so, no stat): opening a
+        # FIFO left in a folder would block
+        try:
+            with os.scandir(dir_fd) as entries:
+                files = sorted((e.name, e.is_symlink()) for e in entries
+                               if not e.name.startswith(".") and _is_file(e))
+        except OSError as e:
+            yield Item(d, problem=f"unreadable: {e.strerror or e}", named=True)
+            return
+        opener = functools.partial(_open_in, dir_fd)
+        for name, link in files:
+            f = os.path.join(d, name)
+            if link:
+                yield Item(f, problem=SYMLINK)
+                continue
+            # up to max_size only: a folder's big attachments are not read whole to be
+            # called too large (an mbox over it is streamed, as a big one named)
+            found = _slurp(f, max_size or MBOX_IN_MEMORY, named=False, opener=opener)
+            if found[2] is not None and found[2].problem == _NO_SUCH_FILE:
+                # renamed since listed (a flag changed, new/ to cur/) or expunged: the next
+                # run learns it under its new name
+                yield Item(f, problem=GONE)
+                continue
+            if found[1] not in (_DIRECTORY, _STREAM):  # a subdirectory, or a new FIFO
+                try:
+                    yield from _read_file(f, max_size, mbox, found, named=False, opener=opener)
+                except FileNotFoundError:  # a big one, opened only now: see above
+                    yield Item(f, problem=GONE)
+                except OSError as e:  # named, and the rest of the folder read
+                    yield Item(f, problem=SYMLINK if e.errno == errno.ELOOP
+                               else f"unreadable: {e.strerror or e}")
+    finally:
+        os.close(dir_fd)
+
+
+def _open_in(dir_fd: int, path: str, flags: int) -> int:
+    """Open a folder's file (`path`) by its name in the folder open as `dir_fd`, a symlink not
+    followed (ELOOP): an opener for open() and _slurp."""
+    return os.open(os.path.basename(path), flags | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+
+
 _DIRECTORY, _STREAM = -1, -2  # _slurp's sizes for what it does not read
 _NO_SUCH_FILE = "unreadable: no such file or directory"
+SYMLINK = "unreadable: a symbolic link, not followed"  # met inside a folder
 GONE = "moved or deleted during the run"
 _LINE = 1 << 20  # longest line read at once from a stream or a big mbox (memory stays bounded)
 
@@ -319,26 +351,30 @@ def _lines(f: IO[bytes]) -> Iterator[bytes]:
 
 
 def _is_file(entry: os.DirEntry[str]) -> bool:
-    """A regular file, or an entry that cannot even be looked at (a symlink loop, a symlink
-    to nothing): reading it then reports it by name instead of failing the whole folder or
-    passing it over in silence."""
+    """A regular file, a symlink (reported by name, never followed: _read_folder), or an entry
+    that cannot even be looked at: reading it then reports it instead of failing the whole
+    folder or passing it over in silence."""
     try:
-        return entry.is_file() or (entry.is_symlink() and not os.path.exists(entry.path))
+        return entry.is_symlink() or entry.is_file(follow_symlinks=False)
     except OSError:
         return True
 
 
-def _slurp(path: str, limit: int, named: bool) -> tuple[bytes | None, int, Item | None]:
+def _slurp(path: str, limit: int, named: bool, opener: Opener | None = None
+           ) -> tuple[bytes | None, int, Item | None]:
     """(contents, size, problem) of a file, read in as few system calls as the OS allows (open,
     fstat, one read: most of the cost of bulk training from files). Contents are None when the
     file is a directory (size _DIRECTORY), a pipe or device (_STREAM: `_read_stream` reads it),
     bigger than `limit` bytes, or unreadable (the problem says why). Opened non-blocking, so a
-    FIFO without a writer cannot hang the run."""
+    FIFO without a writer cannot hang the run. A folder's file is opened by `opener` (_open_in).
+    """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+        fd = (opener or os.open)(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except FileNotFoundError:
         return None, 0, Item(path, problem=_NO_SUCH_FILE, named=named)
     except OSError as e:
+        if e.errno == errno.ELOOP and opener is not None:  # made a symlink since listed
+            return None, 0, Item(path, problem=SYMLINK, named=named)
         return None, 0, Item(path, problem=f"unreadable: {e.strerror or e}", named=named)
     try:
         st = os.fstat(fd)
@@ -366,7 +402,8 @@ def _slurp(path: str, limit: int, named: bool) -> tuple[bytes | None, int, Item 
 
 
 def _read_file(path: str, max_size: int, mbox: bool,
-                slurped: tuple[bytes | None, int, Item | None], named: bool) -> Iterator[Item]:
+                slurped: tuple[bytes | None, int, Item | None], named: bool,
+                opener: Opener | None = None) -> Iterator[Item]:
     """A file (`slurped` by the caller), named on the command line or found in a directory:
     one message, or an mbox (a directory of monthly exports is split as each file named
     alone would be). This is the per-message path of bulk training from files, so a file of
@@ -379,7 +416,7 @@ def _read_file(path: str, max_size: int, mbox: bool,
         yield from _read_compressed(path, fmt, data, io.BytesIO(), max_size, mbox, named)
         return
     if data is None:  # bigger than an in-memory mbox: stream it if it is one
-        with open(path, "rb") as f:
+        with open(path, "rb", opener=opener) as f:
             head = f.read(8192)
             if (fmt := compressed.sniff(head)) is not None:  # what it holds decides
                 yield from _read_compressed(path, fmt, head, f, max_size, mbox, named)
@@ -393,7 +430,7 @@ def _read_file(path: str, max_size: int, mbox: bool,
                     return
                 data = head + f.read()
         if data is None:
-            yield from _stream_mbox(Path(path), max_size)
+            yield from _stream_mbox(Path(path), max_size, opener)
             return
     if mbox or _is_mbox(data):
         yield from _split_mbox(path, data, max_size)
@@ -555,9 +592,9 @@ def _starts_message(data: bytes, start: int, header: bool = False) -> bool:
     return _SEPARATOR_REST.match(data, start, eol) is not None and _is_header(data, eol + 1)
 
 
-def _stream_mbox(p: Path, max_size: int) -> Iterator[Item]:
+def _stream_mbox(p: Path, max_size: int, opener: Opener | None = None) -> Iterator[Item]:
     """The same split, line by line, so a multi-gigabyte mbox never sits in memory."""
-    with open(p, "rb") as f:
+    with open(p, "rb", opener=opener) as f:
         yield from _split_lines(str(p), _lines(f), max_size)
 
 

@@ -418,7 +418,7 @@ def test_an_error_during_the_progress_bar_is_printed_on_its_own_line(
     proc, out, seen = on_a_terminal(cmd)
     assert proc.returncode == 1 and "Learned 600 of 601 messages as ham" in out
     assert b"training" in seen and b"/601" in seen, seen[-500:]
-    error = f"spambridge train: {ham}/300-gone.eml: unreadable: no such file or directory"
+    error = f"spambridge train: {ham}/300-gone.eml: {train.SYMLINK}"
     at = seen.find(error.encode())
     assert at >= 0, seen[-1000:]
     # what the terminal keeps on that line before the error: nothing once escapes are dropped
@@ -926,6 +926,66 @@ def test_pipes_devices_fifos_loops_and_a_closed_stdin(tmp_path: Path, db: Path,
     assert "-: cannot read: standard input is closed" in proc.stderr
     assert proc.stdout.count("rc=") == 5 and "Traceback" not in proc.stderr  # fd 1 closed too
     assert totals(db) == (4, 0)
+
+
+def root_only(tmp_path: Path) -> tuple[Path, Path]:
+    """A message and an mbox only root may read (here: outside the folders trained), words
+    unique7x0, unique8x0 and unique9x0 in them."""
+    private = tmp_path / "root-only"
+    private.mkdir(mode=0o700)
+    secret = private / "secret.eml"
+    secret.write_bytes(mail(7, False))
+    box = private / "mbox"
+    box.write_bytes(b"".join(b"From x@y Mon Jan  1 00:00:00 2026\n" + mail(i, False) + b"\n"
+                             for i in (8, 9)))
+    return secret, box
+
+
+def test_a_symlink_in_a_folder_is_not_followed_one_named_is(
+        tmp_path: Path, db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """root's cron trains from folders their users own (docs/bayes.md: ~jane/Maildir/.Junk):
+    a symlink planted there to a file only root may read had root learn it as spam, its words
+    in a database the milter's user and Dovecot's group read. Each is named, nothing learned
+    from it; a symlink the admin names is still read."""
+    secret, box = root_only(tmp_path)
+    files = folder(tmp_path / "spam", [mail(1, True)])
+    (files / "2.eml").symlink_to(secret)
+    junk = maildir(tmp_path / "jane" / ".Junk", [mail(2, True), mail(3, True)])
+    (junk / "cur" / "1700000000.M1P1.host:2,S").symlink_to(secret)
+    (junk / "new" / "1700000001.M2P1.host").symlink_to(box)
+    named = tmp_path / "named.eml"
+    named.symlink_to(folder(tmp_path / "mine", [mail(4, True)]) / "0.eml")
+    code, out, err = run("train", "--db", str(db), "--spam", str(files), str(junk), str(named),
+                         capsys=capsys)
+    assert code == 1
+    assert "Learned 4 of 7 messages as spam (3 unreadable)" in out
+    assert err.splitlines() == [
+        f"spambridge train: {files / '2.eml'}: unreadable: a symbolic link, not followed",
+        f"spambridge train: {junk / 'cur' / '1700000000.M1P1.host:2,S'}: unreadable: "
+        "a symbolic link, not followed",
+        f"spambridge train: {junk / 'new' / '1700000001.M2P1.host'}: unreadable: "
+        "a symbolic link, not followed"]
+    learned = tokens(db)
+    assert totals(db) == (4, 0) and learned["unique4x1"] == (1, 0)
+    assert not {"unique7x0", "unique8x0", "unique9x0"} & learned.keys()
+
+
+@pytest.mark.parametrize("which", ["cur", "new"])
+def test_a_maildirs_cur_or_new_that_is_a_symlink_is_refused(
+        tmp_path: Path, db: Path, capsys: pytest.CaptureFixture[str], which: str) -> None:
+    """A .Junk/cur (or new) replaced by a symlink to a Maildir only root may read was read as
+    the user's own: refused, named, and the other one still learned."""
+    private = maildir(tmp_path / "root-only", [mail(7, False), mail(8, False)])
+    junk = maildir(tmp_path / "jane" / ".Junk", [mail(1, True), mail(2, True)])
+    shutil.rmtree(junk / which)
+    (junk / which).symlink_to(private / which)
+    code, out, err = run("train", "--db", str(db), "--spam", str(junk), capsys=capsys)
+    assert code == 1
+    assert err == f"spambridge train: {junk / which}: unreadable: a symbolic link, not followed\n"
+    assert "Learned 1 of 2 messages as spam (1 unreadable)" in out
+    learned = tokens(db)
+    assert totals(db) == (1, 0) and ("unique1x1" if which == "cur" else "unique2x1") in learned
+    assert not {"unique7x0", "unique8x0"} & learned.keys()
 
 
 def test_store_rejects_a_foreign_or_newer_database(tmp_path: Path) -> None:
@@ -1639,10 +1699,10 @@ def test_a_message_renamed_in_a_live_maildir_during_the_run_is_not_an_error(
     slurp = train._slurp
     renamed = box / "cur" / "1.host:2,S"
 
-    def read_while_the_user_reads(path: str, limit: int, named: bool) -> object:
+    def read_while_the_user_reads(path: str, limit: int, named: bool, **kw: Any) -> object:
         if path == str(renamed):
             renamed.rename(box / "cur" / "1.host:2,RS")  # the user read and replied to it
-        return slurp(path, limit, named)
+        return slurp(path, limit, named, **kw)
 
     monkeypatch.setattr(train, "_slurp", read_while_the_user_reads)
     code, out, err = run("train", "--db", str(db), "--spam", str(box), capsys=capsys)
@@ -2513,16 +2573,16 @@ def test_an_unreadable_cur_is_named_and_new_still_learned(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """A Maildir whose cur/ the trainer may not read (mode 700, another user's): the error
     named the Maildir, "Junk: unreadable: Permission denied", and new/ was not read at all.
-    (Refused by os.scandir here, as root reads a directory whatever its mode.)"""
+    (Refused by os.open here, as root reads a directory whatever its mode.)"""
     box = maildir(tmp_path / "Junk", [mail(i, True) for i in range(4)])  # 2 in cur/, 2 in new/
-    scandir = os.scandir
+    os_open = os.open
 
-    def refuse_cur(path: Any = ".") -> Any:
-        if os.fspath(path) == str(box / "cur"):
-            raise PermissionError(13, "Permission denied", os.fspath(path))
-        return scandir(path)
+    def refuse_cur(path: Any, flags: int, *args: Any, **kw: Any) -> Any:
+        if path == str(box / "cur"):
+            raise PermissionError(13, "Permission denied", path)
+        return os_open(path, flags, *args, **kw)
 
-    monkeypatch.setattr(train.os, "scandir", refuse_cur)
+    monkeypatch.setattr(train.os, "open", refuse_cur)
     code, out, err = run("train", "--db", str(db), "--spam", str(box), capsys=capsys)
     assert code == 1
     assert err == f"spambridge train: {box / 'cur'}: unreadable: Permission denied\n"
