@@ -408,8 +408,8 @@ def socket_problem(cfg: Config, owner: str) -> str | None:
             uid = pwd.getpwnam(m.user).pw_uid if m.user else None
             if m.socket_group:
                 gid = grp.getgrnam(m.socket_group).gr_gid
-            elif os.path.isdir(sock_dir) and os.stat(sock_dir).st_mode & stat.S_ISGID:
-                gid = os.stat(sock_dir).st_gid
+            elif os.path.isdir(sock_dir) and (dir_st := os.stat(sock_dir)).st_mode & stat.S_ISGID:
+                gid = dir_st.st_gid
     problem = privileges.socket_connect_problem(spec.path, owner, mode, uid, gid)
     if problem is None:
         return None

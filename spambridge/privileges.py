@@ -119,12 +119,19 @@ def _allowed(path: str, pw: pwd.struct_passwd, groups: list[int], want: int) -> 
     """Whether the mode bits of `path` give the user `want` (a mask of 4/2/1), as the kernel
     checks them without ACLs; raises OSError."""
     st = os.stat(path)
-    if st.st_uid == pw.pw_uid:
-        bits = st.st_mode >> 6
-    elif st.st_gid in groups:
-        bits = st.st_mode >> 3
+    return _grants(st.st_mode, st.st_uid, st.st_gid, pw, groups, want)
+
+
+def _grants(mode: int, uid: int | None, gid: int | None, pw: pwd.struct_passwd,
+            groups: list[int], want: int) -> bool:
+    """Whether `mode` with owner `uid` and group `gid` gives the user `want`: the owner's
+    bits for the owner, else the group's for a member, else the others'."""
+    if uid == pw.pw_uid:
+        bits = mode >> 6
+    elif gid in groups:
+        bits = mode >> 3
     else:
-        bits = st.st_mode
+        bits = mode
     return bits & want == want
 
 
@@ -197,18 +204,12 @@ def socket_connect_problem(sock: str, name: str, mode: int, uid: int | None,
     sock_dir = os.path.dirname(os.path.abspath(sock))
     if os.path.isdir(sock_dir) and can_reach(sock_dir, name) is False:
         return f"user {name!r} may not search {sock_dir} or a directory above it"
-    if uid == pw.pw_uid:
-        bits = mode >> 6
-    elif gid is not None and gid in groups:
-        bits = mode >> 3
-    elif gid is None and not mode & 0o002:
+    if _grants(mode, uid, gid, pw, groups, 0o2):
+        return None
+    if gid is None and uid != pw.pw_uid:
         return (f"nothing gives {sock} a group user {name!r} is in ([milter] socket_group is "
                 f"unset and {sock_dir} is not setgid): it gets the group of whoever starts the "
                 "milter, root's when started as root")
-    else:
-        bits = mode
-    if bits & 0o2:
-        return None
     return f"user {name!r} may not write {sock} ({_described(mode, uid, gid)})"
 
 
