@@ -43,9 +43,8 @@ def shown_score(engine: str, score: float, t: Thresholds, band: Band) -> str:
     shown = format_score(engine, score)
     ceiling = {Band.HAM: t.ham if t.ham < t.tag else t.tag, Band.UNSURE: t.tag,
                Band.SPAM: t.reject}.get(band)
-    if ceiling is not None and float(shown) >= float(format_score(engine, ceiling)):
-        step = 0.0001 if engine == "bayes" else 0.1
-        return format_score(engine, float(format_score(engine, ceiling)) - step)
+    if ceiling is not None and float(shown) >= (needed := float(format_score(engine, ceiling))):
+        return format_score(engine, needed - (0.0001 if engine == "bayes" else 0.1))
     return shown
 
 
@@ -81,9 +80,11 @@ def checker() -> tuple[str, str]:
     return CHECKER, f"spambridge {__version__}"
 
 
-def render_score(result: ScoreResult, t: Thresholds, band: Band) -> tuple[tuple[str, str], ...]:
+def render_score(result: ScoreResult, t: Thresholds, band: Band, score: str = ""
+                 ) -> tuple[tuple[str, str], ...]:
+    """`score`: the shown_score the caller has already (policy keeps it for the log line)."""
     spam = band in (Band.SPAM, Band.REJECT)
-    score = shown_score(result.engine, result.score, t, band)
+    score = score or shown_score(result.engine, result.score, t, band)
     tests = safe_symbols(result.tests) or ["none"]
     parts = [
         "Yes," if spam else "No,",

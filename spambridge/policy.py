@@ -60,7 +60,8 @@ def _decide_score(result: ScoreResult, cfg: PolicyConfig) -> Decision:
     if cfg.tag_only and action is Action.REJECT:
         action = Action.TAG
     is_spam = b in (Band.SPAM, Band.REJECT)
-    hdrs = headers.render_score(result, t, b)
+    shown = headers.shown_score(result.engine, result.score, t, b)
+    hdrs = headers.render_score(result, t, b, shown)
     prefix = cfg.subject_tag if is_spam and action is Action.TAG and cfg.subject_tag else ""
     return Decision(
         action=action,
@@ -70,7 +71,7 @@ def _decide_score(result: ScoreResult, cfg: PolicyConfig) -> Decision:
         reply=cfg.reject_reply if action is Action.REJECT else None,
         engine=result.engine,
         score=result.score,
-        shown=headers.shown_score(result.engine, result.score, t, b),
+        shown=shown,
         reason=b.value,
     )
 
