@@ -136,7 +136,7 @@ class MessageBuffer:
         self.size = 0
         self.oversize = False
         self.unscanned = 0  # header fields past MAX_HEADERS, counted but not kept
-        self._subject = False  # a Subject field is kept
+        self._subject: bool | None = None  # a Subject is kept (None: not looked up)
         self._body = tempfile.SpooledTemporaryFile(  # noqa: SIM115 - closed by close()
             max_size=spool_memory, dir=spool_dir or None, prefix="spambridge-"
         )
@@ -159,12 +159,20 @@ class MessageBuffer:
             self._mark_oversize()
         if self.oversize:
             return
-        is_subject = name.lower() == "subject"
-        if len(self.headers) < defaults.MAX_HEADERS or (is_subject and not self._subject):
+        if len(self.headers) < defaults.MAX_HEADERS:
             self.headers.append((name, value))
-            self._subject = self._subject or is_subject
+        elif name.lower() == "subject" and not self._kept_subject():
+            self.headers.append((name, value))
+            self._subject = True
         else:
             self.unscanned += 1
+
+    def _kept_subject(self) -> bool:
+        """Whether a Subject is among the fields kept: looked up when the first Subject past
+        the limit comes, not tracked field by field on every message's path."""
+        if self._subject is None:
+            self._subject = any(n.lower() == "subject" for n, _ in self.headers)
+        return self._subject
 
     def add_body(self, chunk: bytes) -> bool:
         """Keep a body chunk; False once the message is too large to scan (stop sending)."""
