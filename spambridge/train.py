@@ -113,7 +113,7 @@ class Summary:
 
     def skipped(self, item: Item) -> None:
         """Count an item that could not be learned from (item.data is None)."""
-        if item.problem == "too large":
+        if item.problem == TOO_LARGE:
             self.too_large += 1
         elif item.problem == GONE:
             self.gone += 1
@@ -148,7 +148,7 @@ class Summary:
             (self.already, "already trained" + spamd_or),
             (self.recognised, "already recognised"),
             (self.not_trained, "not trained before" + spamd_or),
-            (self.too_large, "too large"),
+            (self.too_large, TOO_LARGE),
             (self.not_mail, "not mail"),
             (self.unreadable, "unreadable"),
             *((n, f"compressed with {fmt}") for fmt, n in sorted(self.unsupported.items())),
@@ -172,7 +172,7 @@ class Item:
 
     where: str
     data: bytes | None = None
-    problem: str = ""  # "unreadable: …", "too large", "not mail", GONE
+    problem: str = ""  # "unreadable: …", TOO_LARGE, "not mail", GONE
     named: bool = False  # named on the command line (or stdin), not found inside a folder
 
     @property
@@ -180,7 +180,7 @@ class Item:
         """Not read, and worth an error: unreadable, or not mail though named on the command
         line. Junk met inside a folder, messages over the size limit and files gone from a
         folder since it was listed are only counted."""
-        return self.data is None and self.problem not in ("too large", GONE) and (
+        return self.data is None and self.problem not in (TOO_LARGE, GONE) and (
             self.named or self.problem != "not mail")
 
 
@@ -242,7 +242,7 @@ def read_path(path: str, max_size: int, mbox: bool = False, stdin: IO[bytes] | N
         # dropped later): only --mbox splits; one that holds more is refused (_read_open)
         try:
             for item in _read_open(src, "<stdin>", max_size, mbox, sniff=False):
-                if item.problem == "too large" and not mbox:  # read up to max_size + 1 only
+                if item.problem == TOO_LARGE and not mbox:  # read up to max_size + 1 only
                     drain(src)
                 yield item
         except OSError as e:  # e.g. fd 0 open for writing only: the rest of the run goes on
@@ -325,6 +325,7 @@ _DIRECTORY, _STREAM = -1, -2  # _slurp's sizes for what it does not read
 _NO_SUCH_FILE = "unreadable: no such file or directory"
 SYMLINK = "unreadable: a symbolic link, not followed"  # met inside a folder
 GONE = "moved or deleted during the run"
+TOO_LARGE = "too large"  # over --max-size: counted, and drained from a pipe
 _LINE = 1 << 20  # longest line read at once from a stream or a big mbox (memory stays bounded)
 
 
@@ -425,7 +426,7 @@ def _read_file(path: str, max_size: int, mbox: bool,
                 if _HEADER_END.search(head) is None:  # a long header: judged up to its end
                     head += f.read(MAIL_HEAD - len(head))
                 if max_size:  # not mail says more than too large (a .gz named by mistake)
-                    yield Item(path, problem="too large" if looks_like_mail(head)
+                    yield Item(path, problem=TOO_LARGE if looks_like_mail(head)
                                else "not mail", named=named)
                     return
                 data = head + f.read()
@@ -477,7 +478,7 @@ def _split_mbox(p: str, data: bytes, max_size: int) -> Iterator[Item]:
     for n, chunk in enumerate(chunks, 1):
         chunk = chunk.partition(b"\n")[2]  # the rest of the separator line
         if max_size and len(chunk) > max_size:
-            yield Item(f"{p}#{n}", problem="too large")
+            yield Item(f"{p}#{n}", problem=TOO_LARGE)
         else:
             yield _item(f"{p}#{n}", _unescape_from(chunk))
 
@@ -668,7 +669,7 @@ def _is_blank(line: bytes) -> bool:
 def _mbox_item(p: str, n: int, lines: list[bytes], size: int, max_size: int) -> Item:
     where = f"{p}#{n}"
     if max_size and size > max_size:
-        return Item(where, problem="too large")
+        return Item(where, problem=TOO_LARGE)
     data = b"".join(lines)
     if data.endswith(b"\n\n"):
         data = data[:-1]  # the blank line before the next "From " belongs to the mbox
@@ -688,7 +689,7 @@ def _item(where: str, data: bytes, named: bool = False, max_size: int = 0) -> It
     if not looks_like_mail(data):
         return Item(where, problem="not mail", named=named)
     if max_size and len(data) > max_size:
-        return Item(where, problem="too large", named=named)
+        return Item(where, problem=TOO_LARGE, named=named)
     return Item(where, data, named=named)
 
 
@@ -1062,7 +1063,7 @@ def run(cfg: Config, label: str, paths: list[str], *, max_size: int = DEFAULT_MA
                 progress.advance()
                 if item.failure:
                     progress.say(f"spambridge train: {origin}{item.where}: {item.problem}", err)
-                elif single and item.problem == "too large":
+                elif single and item.problem == TOO_LARGE:
                     progress.say(_skipped(item, max_size), err)
                 elif single and not quiet:
                     said.append(f"{item.where}: {outcome}")
@@ -1323,7 +1324,7 @@ def run_spamd(cfg: Config, label: str, paths: list[str], *, max_size: int = DEFA
                     if item.failure:
                         print(f"spambridge train: {origin}{item.where}: {item.problem}",
                               file=err)
-                    elif single and item.problem == "too large":
+                    elif single and item.problem == TOO_LARGE:
                         print(_skipped(item, max_size), file=err)
                     await asyncio.sleep(0)  # a stop is seen at an await: a folder of junk too
                     continue
