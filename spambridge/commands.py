@@ -113,23 +113,24 @@ STOPPED = (130, 143)
 KEPT_IN_MEMORY = 8 << 20  # an mbox on stdin kept for spamd+bayes' second reading: then on disk
 
 
-def _kept(src: IO[bytes], max_size: int, mbox: bool) -> IO[bytes]:
-    """Standard input kept for a second reading. One message needs no more than max_size + 1
-    bytes (beyond that, both engines say "too large"); an mbox (`--mbox -`) is kept whole, on
-    disk past a few MB, since each of its messages has a limit of its own (cut at the one
-    message's limit, a 4 MB mbox taught the database its first 398 messages, the last one cut
-    short, and said nothing)."""
+def _kept(src: IO[bytes], max_size: int, mbox: bool) -> tuple[IO[bytes], bool]:
+    """Standard input kept for a second reading, and whether it is one message over max_size.
+    One message needs no more than max_size + 1 bytes (beyond that it is not learned); an mbox
+    (`--mbox -`) is kept whole, on disk past a few MB, since each of its messages has a limit
+    of its own (cut at the one message's limit, a 4 MB mbox taught the database its first 398
+    messages, the last one cut short, and said nothing)."""
     from spambridge import train
 
     if not mbox:
         data = src.read(max_size + 1 if max_size else -1)
-        if max_size and len(data) > max_size:
-            train.drain(src)  # too large: its writer (a Dovecot pipe) must not get EPIPE
-        return io.BytesIO(data)
+        too_large = bool(max_size) and len(data) > max_size
+        if too_large:
+            train.drain(src)  # its writer (a Dovecot pipe) must not get EPIPE
+        return io.BytesIO(data), too_large
     kept = tempfile.SpooledTemporaryFile(max_size=KEPT_IN_MEMORY)  # noqa: SIM115 - returned
     shutil.copyfileobj(src, kept)
     kept.seek(0)
-    return kept
+    return kept, False
 
 
 def _train(args: argparse.Namespace, cfg: Config) -> int:
@@ -169,12 +170,19 @@ def _train(args: argparse.Namespace, cfg: Config) -> int:
         return train.run_spamd(cfg, args.label, args.paths, user=args.user, **common)
     # spamd+bayes: teach both; stdin can be read only once, so keep it
     keep = "-" in args.paths and sys.stdin is not None
+    too_large = False
     if keep:
-        sys.stdin = io.TextIOWrapper(_kept(sys.stdin.buffer, args.max_size, args.mbox))
+        kept, too_large = _kept(sys.stdin.buffer, args.max_size, args.mbox)
+        sys.stdin = io.TextIOWrapper(kept)
     status = train.run(cfg, args.label, args.paths, **local, **common)
     if status in STOPPED:  # Ctrl-C or SIGTERM stops the command, not one engine's half of it
         return status
-    if keep:
+    paths = args.paths
+    if too_large:  # the local run said so (on stderr, even with --quiet): once is enough
+        paths = [p for p in paths if p != "-"]
+        if not paths:
+            return status
+    elif keep:
         sys.stdin.buffer.seek(0)
-    remote = train.run_spamd(cfg, args.label, args.paths, user=args.user, **common)
+    remote = train.run_spamd(cfg, args.label, paths, user=args.user, **common)
     return max(status, remote)
