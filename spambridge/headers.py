@@ -18,6 +18,11 @@ LEVEL = "X-Spam-Level"
 STATUS = "X-Spam-Status"
 CHECKER = "X-Spam-Checker-Version"
 OURS = frozenset(n.lower() for n in (FLAG, SCORE, LEVEL, STATUS, CHECKER))  # what we write
+# what readers, Sieve scripts and SpamAssassin's own setups act on besides ours (its report,
+# relay and virus fields): like ours, removed however many junk X-Spam-* names come first
+KNOWN = OURS | frozenset(f"x-spam-{n}" for n in (
+    "report", "virus", "prev-subject", "languages", "relays-external", "relays-internal",
+    "relays-trusted", "relays-untrusted"))
 
 _SAFE_SYMBOL = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 _FOLD_AT = 76

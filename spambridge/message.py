@@ -152,7 +152,7 @@ class MessageBuffer:
             if key in self.owned:
                 first, n = self.owned[key]
                 self.owned[key] = (first, n + 1)
-            elif len(self.owned) < defaults.MAX_OWNED_NAMES or key in headers.OURS:
+            elif len(self.owned) < defaults.MAX_OWNED_NAMES or key in headers.KNOWN:
                 self.owned[key] = (name, 1)
         self.size += len(name) + len(value) + 4
         if self.size > self.max_scan_size:
@@ -196,10 +196,11 @@ class MessageBuffer:
         """(name, index) pairs to delete, highest index first per name (CVE-2022-48521): the
         first occurrences, at most MAX_OWNED in all (a flood of forged fields is a hostile
         message, and Postfix could not apply more edits; the rest stay, and are logged). The
-        names we write share the budget first, evenly (a flood of one cannot shield another),
-        so no junk X-Spam-* name can use it up before a forged X-Spam-Flag or X-Spam-Status."""
-        ours = [v for k, v in self.owned.items() if k in headers.OURS]
-        rest = [v for k, v in self.owned.items() if k not in headers.OURS]
+        names we write, and the others readers act on (headers.KNOWN), share the budget first,
+        evenly (a flood of one cannot shield another), so no junk X-Spam-* name can use it up
+        before a forged X-Spam-Flag, X-Spam-Status or X-Spam-Report."""
+        ours = [v for k, v in self.owned.items() if k in headers.KNOWN]
+        rest = [v for k, v in self.owned.items() if k not in headers.KNOWN]
         kept = _shares([n for _, n in ours], defaults.MAX_OWNED)
         kept += _shares([n for _, n in rest], defaults.MAX_OWNED - sum(kept))
         return [(name, i) for (name, _), k in zip(ours + rest, kept, strict=True)
