@@ -358,6 +358,33 @@ DEFAULT_ACTION_EFFECT = {
 }
 
 
+def test_header_checks_take_forged_fields_off_mail_the_milter_never_saw(
+        postfix: PostfixInstance, start_milter: Start, tmp_path: Path) -> None:
+    """README, Postfix quick start, step 7: while spambridge is down, milter_default_action =
+    accept delivers mail unscanned, and a sender can write X-Spam-Checker-Version and
+    X-Spam-Status as well as we do. Postfix's header_checks `/^X-Spam-/ IGNORE` takes them off
+    whether the milter runs or not, and never the fields spambridge adds (cleanup does not
+    apply header_checks to a milter's fields)."""
+    forged = ("X-Spam-Checker-Version: spambridge 0.1.0\n"
+              "X-Spam-Status: No, score=0.0010 forged=yes\n")
+    got = postfix.wait_delivered(postfix.send(message(subject="down", extra_headers=forged)))
+    assert got.all("X-Spam-Status") == ["No, score=0.0010 forged=yes"]  # what step 7 warns of
+    checks = postfix.etc / "header_checks"
+    checks.write_text("/^X-Spam-/ IGNORE\n")
+    with postfix.main_cf(header_checks=f"regexp:{checks}"):
+        got = postfix.wait_delivered(postfix.send(message(subject="down, checked",
+                                                          extra_headers=forged)))
+        assert got.all("X-Spam-Status") == [] and got.all("X-Spam-Checker-Version") == []
+        start_milter({"milter": {"socket": f"unix:{postfix.milter_socket}"},
+                      "bayes": {"db": str(tmp_path / "bayes.sqlite")}})
+        got = postfix.wait_delivered(postfix.send(message(subject="up, checked",
+                                                          extra_headers=forged)))
+        [status] = got.all("X-Spam-Status")
+        assert status.startswith("No, unchecked=unavailable") and "forged" not in status
+        assert [v[:11] for v in got.all("X-Spam-Checker-Version")] == ["spambridge "]
+        assert "0.0010" not in got.raw.decode()
+
+
 @pytest.mark.spamd
 def test_milter_stopped_applies_the_examples_default_action(
         postfix: PostfixInstance, spamd: Spamd, start_milter: Start) -> None:
