@@ -100,6 +100,8 @@ def render_score(result: ScoreResult, t: Thresholds, band: Band, score: str = ""
     ]
     if band is Band.UNSURE:
         parts.append("unsure=yes")
+    if result.unread:
+        parts.append(f"unread={result.unread}")
     if result.note and _SAFE_SYMBOL.fullmatch(result.note.replace("=", "_")):
         parts.append(result.note)
     out: list[tuple[str, str]] = [checker()]

@@ -248,6 +248,8 @@ def log_decision(ev: Evaluation, buf: MessageBuffer, env: Envelope, tag_only: bo
         out.engine in INCIDENT_ENGINES and out.kind is not ErrorKind.OVERSIZE))
     if buf.unscanned and scanned:
         detail = f" unscanned_fields={buf.unscanned}{detail}"
+    if isinstance(out, ScoreResult) and out.unread:  # built to hide text from the tokenizer
+        detail = f" unread={out.unread}{detail}"
     # a scanner's failures are said as incidents (health.py), at WARNING; a message that failed
     # for another reason (its spool, a bug) is the admin's business on its own
     level = logging.WARNING if isinstance(ev.outcome, ScanError) and (

@@ -50,6 +50,10 @@ def decide(outcome: Outcome, cfg: PolicyConfig) -> Decision:
 def _decide_score(result: ScoreResult, cfg: PolicyConfig) -> Decision:
     t = thresholds(result.engine, cfg)
     b = band(result.score, t)
+    if b is Band.HAM and result.unread and t.ham < t.tag:
+        # more MIME parts, nesting, delimiter lookalikes, entities or URLs than the tokenizer
+        # reads: a message built so that what we read looks like ham is at least unsure
+        b = Band.UNSURE
     intended = {
         Band.HAM: Action.ACCEPT,
         Band.UNSURE: Action.TAG,

@@ -64,6 +64,9 @@ class ScoreResult:
     tests: tuple[str, ...] = ()
     clues: tuple[tuple[str, float], ...] = ()  # Bayes: strongest tokens, for --explain
     failed: ScanError | None = None  # the engine this one stood in for, and how it failed
+    # Bayes: the message is built to hide text past the tokenizer's structure caps ("parts",
+    # tokenizer.HIDING): what was read cannot make it ham
+    unread: str = ""
 
     @property
     def note(self) -> str:

@@ -21,6 +21,26 @@ from typing import Protocol
 # Bumped whenever token spellings change: counts learned with another version do not match.
 TOKENIZER_VERSION = 1
 
+# The caps that only a message built to hide its text reaches (no message of the SpamAssassin
+# corpus does): what is past them goes unread, so the scanner never calls such a message ham
+# on what it did read (verdict.ScoreResult.unread). The byte, text and token caps are not
+# among them: a long newsletter or a big attachment reaches those.
+HIDING = {
+    "control: too many parts": "parts",
+    "control: too deep": "depth",
+    "control: too many delimiter lookalikes": "delimiters",
+    "control: too many entities": "entities",
+    "control: too many urls": "urls",
+}
+
+
+def unread(tokens: list[str]) -> str:
+    """Why part of the message went unread (HIDING's word, "" when nothing did): one C-level
+    pass, the tokens' hashes then cached for the store lookup."""
+    if HIDING.keys().isdisjoint(tokens):
+        return ""
+    return next(word for token, word in HIDING.items() if token in tokens)
+
 
 @dataclass(frozen=True, slots=True)
 class Limits:
@@ -492,7 +512,10 @@ class _Tokenizer:
 
         if ctype.startswith(b"multipart/"):
             boundary = prm.get(b"boundary")
-            parts = split_multipart(body, boundary) if boundary else None
+            misses = [MAX_NEAR_DELIMITERS]
+            parts = split_multipart(body, boundary, misses) if boundary else None
+            if not misses[0]:
+                emit("control: too many delimiter lookalikes")
             if not parts:  # no boundary or none found: do not let the content hide
                 emit("control: broken multipart")
                 self.add_text(body, b"")
@@ -549,7 +572,9 @@ class _Tokenizer:
             return
         text = text[: self.limits.max_text]
         if b"&#" in text:
-            text = _NUMERIC_ENTITY.sub(_entity, text, MAX_ENTITIES)
+            text, n = _NUMERIC_ENTITY.subn(_entity, text, MAX_ENTITIES)
+            if n == MAX_ENTITIES and _NUMERIC_ENTITY.search(text):
+                emit("control: too many entities")
         text = text.lower()
         if b"<" in text:
             if b"script" in text or b"iframe" in text:
@@ -627,6 +652,7 @@ class _Tokenizer:
             else:
                 continue  # "x://" junk does not count towards the cap: it cannot hide links
             if len(out) >= MAX_URLS:
+                self.emit("control: too many urls")
                 break
             pieces.append(b"proto:" + proto)
             guts = m.group(1).rstrip(b".:?!/")
@@ -730,16 +756,18 @@ def parse_addresses(value: bytes, limit: int = 50) -> list[tuple[bytes, bytes]]:
     return out
 
 
-def split_multipart(body: bytes, boundary: bytes) -> list[bytes]:
+def split_multipart(body: bytes, boundary: bytes, misses: list[int] | None = None
+                    ) -> list[bytes]:
     """The parts between `--boundary` lines; a missing close delimiter ends at the body's end
     (broken boundaries are common in spam). Empty if the boundary never occurs. A delimiter
     is a whole line, `--boundary` and optional `--`, then blanks only (RFC 2046, and what the
     email package reads): an inner part's boundary the outer one is a prefix of (outer "X",
-    inner "XAA") does not cut the outer part."""
+    inner "XAA") does not cut the outer part. `misses`: how many lines that only look like a
+    delimiter it may step over; left at 0 when they ran out (the rest is not split)."""
     delim = b"\n--" + boundary.strip()
     data = b"\n" + body
     parts: list[bytes] = []
-    misses = [MAX_NEAR_DELIMITERS]
+    misses = [MAX_NEAR_DELIMITERS] if misses is None else misses
     start, closing = _delimiter(data, delim, 0, misses)
     while start >= 0 and not closing and len(parts) <= DEFAULT_LIMITS.max_parts:
         line_end = data.find(b"\n", start + 1)

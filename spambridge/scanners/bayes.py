@@ -22,7 +22,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 from spambridge.bayes import store
 from spambridge.bayes.classifier import Scorer
-from spambridge.bayes.tokenizer import limits_for, tokenize
+from spambridge.bayes.tokenizer import limits_for, tokenize, unread
 from spambridge.config import BayesConfig
 from spambridge.message import Envelope
 from spambridge.verdict import ErrorKind, ScanError, ScoreResult
@@ -173,7 +173,7 @@ class BayesScanner:
             self._local.scorer = None
             log.exception("bayes: internal error")
             raise ScanError(ErrorKind.ERROR, ENGINE, f"internal: {type(e).__name__}") from e
-        return ScoreResult(ENGINE, verdict.score, (), verdict.clues)
+        return ScoreResult(ENGINE, verdict.score, (), verdict.clues, unread=unread(tokens))
 
     def _scorer(self) -> Scorer:
         scorer: Scorer | None = getattr(self._local, "scorer", None)

@@ -10,6 +10,7 @@ yet, no database), spamd keeps the rest of the cap, as it would have with `engin
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 from spambridge.message import Envelope
 from spambridge.scanners import Scanner, cut_at_own_end
@@ -50,8 +51,7 @@ class FallbackScanner:
                 # both failed: the primary's failure class decides, and the log says why the
                 # fallback could not cover for it (an untrained database, say)
                 raise ScanError(why.kind, why.engine, f"{why.detail}; no fallback: {e}") from None
-            return ScoreResult(fallback.engine, fallback.score, fallback.tests, fallback.clues,
-                               why)
+            return dataclasses.replace(fallback, failed=why)
         finally:
             task.cancel()  # given up (or the cap ran out): its connection is closed now
             # a pool cancelled at its own end of the cap says why with a ScanError, as if

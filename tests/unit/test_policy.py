@@ -142,6 +142,29 @@ def test_bayes_bands(score: float, expected_band: Band, expected_action: Action)
     assert status.startswith("Yes," if expected_band in (Band.SPAM, Band.REJECT) else "No,")
 
 
+@pytest.mark.parametrize(("score", "action", "band"), [
+    (0.0, Action.ACCEPT, "unsure"),  # what was read looks like ham: unsure, tagged so
+    (0.5, Action.TAG, "unsure"),
+    (0.95, Action.TAG, "spam"),  # what was read is spam already: as it is
+    (0.995, Action.REJECT, "reject"),
+])
+def test_a_message_built_to_hide_text_from_bayes_is_never_ham(
+        score: float, action: Action, band: str) -> None:
+    """A message with more MIME parts, nesting, delimiter lookalikes, entities or URLs than
+    the tokenizer reads (the scanner's `unread`) scored on its visible part alone: a spam
+    that hid its text behind 99 empty parts scored 0.0000 and was accepted as ham. It is
+    at least unsure now, and its X-Spam-Status says what went unread; the Bayes verdict
+    stands otherwise."""
+    d = decide(ScoreResult("bayes", score, unread="parts"), CFG)
+    status = hdr(d.headers, "X-Spam-Status") or ""
+    assert d.reason == band and "unread=parts" in status
+    assert d.action is (Action.TAG if band == "unsure" else action)
+    assert ("unsure=yes" in status) == (band == "unsure")
+    plain = decide(ScoreResult("bayes", score), CFG)
+    assert "unread" not in (hdr(plain.headers, "X-Spam-Status") or "")
+    assert plain.action is action
+
+
 def test_tag_only_tags_the_subject_of_spam_it_would_have_rejected() -> None:
     """In tag-only mode the worst spam is delivered: it must carry the Subject tag like the
     spam just above tag_at, not reach the inbox looking cleaner than it."""

@@ -10,6 +10,7 @@ import random
 import re
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -19,6 +20,7 @@ from spambridge.bayes.tokenizer import (
     base64_block_end,
     parse_addresses,
     tokenize,
+    unread,
 )
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "bayes"
@@ -220,6 +222,7 @@ def test_five_megabyte_attachment_is_not_read() -> None:
             "archive"} <= set(t)
     assert not [x for x in t if x.startswith("skip:")]  # base64 lines never seen as words
     assert len(t) < 200
+    assert unread(t) == ""  # cut by the byte cap: not a message built to hide its text
 
 
 def test_one_megabyte_single_line() -> None:
@@ -227,6 +230,7 @@ def test_one_megabyte_single_line() -> None:
     t = tokenize(msg)
     skips = [x for x in t if x.startswith("skip:")]
     assert skips == [f"skip:a {DEFAULT_LIMITS.max_text // 10 * 10}"]  # cut at the text cap
+    assert unread(t) == ""
     msg = b"Subject: line\n\n" + b"ab cd " * (200_000)
     assert tokenize(msg)  # a million short words: no tokens from them, no exception
 
@@ -242,6 +246,7 @@ def test_binary_garbage_and_hostile_html() -> None:
         b"--x\nContent-Type: multipart/mixed; boundary=x\n\n" * 5000)
     t = tokenize(deep)
     assert "control: too deep" in t or "control: too many parts" in t
+    assert unread(t) in ("depth", "parts")
 
 
 def test_runs_of_blanks_after_a_tag_opener_and_floods_of_links() -> None:
@@ -590,3 +595,51 @@ def test_a_flood_of_blank_lines_in_a_base64_part_costs_no_memory_per_line() -> N
         tracemalloc.stop()
     assert (text, ok) == (b"ABC", True)
     assert peak < 4 * len(payload), peak
+
+
+def _hiding(body_head: bytes, body: bytes) -> bytes:
+    return (b"From: Ann <ann@example.org>\nSubject: minutes\nMIME-Version: 1.0\n" + body_head
+            + b"\n" + body)
+
+
+_HIDDEN = b"viagra pharmacy lottery winner"
+_HIDING_CASES = {
+    # 100 empty parts first: the text in the 101st was never read
+    "parts": _hiding(b'Content-Type: multipart/mixed; boundary="b"\n',
+                     b"--b\n\n" * 100 + b"--b\nContent-Type: text/plain\n\n" + _HIDDEN
+                     + b"\n--b--\n"),
+    # 1,001 lines that start like the delimiter but are not one, before the real parts
+    "delimiters": _hiding(b'Content-Type: multipart/mixed; boundary="b"\n',
+                          b"--b0x\n" * 1001 + b"--b\nContent-Type: text/plain\n"
+                          b"Content-Transfer-Encoding: base64\n\n" + base64.encodebytes(_HIDDEN)
+                          + b"--b--\n"),
+    # 10,000 decoy entities, then the text spelled in entities
+    "entities": _hiding(b"Content-Type: text/html\n",
+                        b"<!--" + b"&#65;" * 10_000 + b"-->" + b"".join(
+                            b"&#%d;" % c for c in _HIDDEN)),
+    # 5,000 decoy URLs, then the real one
+    "urls": _hiding(b"Content-Type: text/plain\n",
+                    b" ".join(b"http://d%d.example/" % i for i in range(5001))
+                    + b" http://pills.example.biz/buy"),
+}
+
+
+@pytest.mark.parametrize("why", sorted(_HIDING_CASES))
+def test_a_message_built_to_hide_text_past_a_structure_cap_says_so(why: str) -> None:
+    """A sender can put the text past what the tokenizer reads (a review hid every word of
+    305 test spams with 99 empty parts in 5.8 kB, or with decoy lines, entities or URLs), and
+    a spam with ham's headers then scored 0.0000. The tokens say which cap cut the reading,
+    and `unread` names it for the scanner (which then never calls the message ham)."""
+    tokens = tokenize(_HIDING_CASES[why])
+    assert unread(tokens) == why
+    assert "url:biz" not in tokens and "pharmacy" not in tokens  # the text is unread indeed
+
+
+def test_ordinary_mail_reads_whole() -> None:
+    """No fixture, however odd (broken boundaries, encodings, HTML only), is taken for a
+    message built to hide its text (nor a 5 MB attachment or a 1 MB line, above: those reach
+    the byte and text caps, as a big attachment or a long newsletter does)."""
+    names = sorted(p.name for p in DATA.iterdir() if p.suffix == ".eml")
+    assert len(names) >= 5
+    for name in names:
+        assert unread(tokens_of(name)) == "", name
