@@ -49,7 +49,7 @@ class Limits:
 
     max_bytes: int = 512 * 1024  # of the raw message looked at
     max_text: int = 256 * 1024  # decoded text/* bytes tokenized, all parts together
-    max_tokens: int = 5000  # distinct tokens returned (headers first)
+    max_tokens: int = 5000  # distinct tokens returned (headers first, then a sample: _capped)
     max_parts: int = 100
     max_depth: int = 8
     max_headers: int = 500  # header fields parsed per part
@@ -195,16 +195,34 @@ _NOT_B64 = bytes(c for c in range(256)
 
 def tokenize(message: bytes, limits: Limits = DEFAULT_LIMITS) -> list[str]:
     """The distinct tokens of one raw RFC 5322 message, header tokens first, at most
-    `limits.max_tokens` of them. Never raises."""
+    `limits.max_tokens` of them (see _capped). Never raises."""
     out: list[str] = []
+    tokenizer = _Tokenizer(limits, out)
     try:
-        _Tokenizer(limits, out).message(message)
+        tokenizer.message(message)
     except Exception:
         out.append("control: tokenizer error")
-    distinct = dict.fromkeys(out)
+    distinct = list(dict.fromkeys(out))
     if len(distinct) > limits.max_tokens:
-        return list(distinct)[: limits.max_tokens]
-    return list(distinct)
+        before = out if tokenizer.body_start is None else out[: tokenizer.body_start]
+        return _capped(distinct, len(dict.fromkeys(before)), limits.max_tokens)
+    return distinct
+
+
+def _capped(tokens: list[str], head: int, cap: int) -> list[str]:
+    """`cap` of the distinct `tokens`, of which the first `head` came before the bodies: those,
+    the body's control tokens, and an even sample of the body's words. Not its first words:
+    5,000 invisible numbers put before the text (66 kB) hid every word of a spam from the
+    classifier, where now they only thin its words out."""
+    if head >= cap:
+        return tokens[:cap]
+    rest = tokens[head:]
+    controls = [t for t in rest if t.startswith("control: ")]
+    if controls:
+        rest = [t for t in rest if not t.startswith("control: ")]
+    k = max(cap - head - len(controls), 0)
+    n = len(rest)
+    return tokens[:head] + controls + [rest[i * n // k] for i in range(k)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -362,11 +380,13 @@ def _pow2(n: int) -> int:
 class _Tokenizer:
     def __init__(self, limits: Limits, out: list[str]) -> None:
         self.limits = limits
+        self.out = out
         self.emit = out.append
         self.extend = out.extend
         self.parts = 0
         self.text_left = limits.max_text
         self.text_parts: list[tuple[bytes, bytes]] = []  # (payload, transfer encoding)
+        self.body_start: int | None = None  # tokens out before the bodies (see _capped)
 
     def message(self, raw: bytes) -> None:
         data = raw[: self.limits.max_bytes]
@@ -378,6 +398,7 @@ class _Tokenizer:
         headers = without_delivery_hops(parse_headers(head, self.limits.max_headers))
         self._guard(self.top_headers, headers)
         self._guard(self.walk, headers, body, 0)
+        self.body_start = len(self.out)
         for payload, cte in self.text_parts:
             self._guard(self.text, payload, cte)
 

@@ -367,11 +367,31 @@ def test_token_spellings_a_spambayes_database_holds() -> None:
 
 
 def test_the_token_cap_is_exact() -> None:
-    """max_tokens distinct tokens, no fewer and no more."""
+    """max_tokens distinct tokens, no fewer and no more, all of them the message's, the
+    header's first (a cap below the header's count keeps its first)."""
     every = tokenize(SPELLINGS)
     for cap in (len(every) - 1, len(every) - 2, 10):
-        assert tokenize(SPELLINGS, Limits(max_tokens=cap)) == every[:cap]
+        capped = tokenize(SPELLINGS, Limits(max_tokens=cap))
+        assert len(capped) == len(set(capped)) == cap and set(capped) <= set(every)
+    assert tokenize(SPELLINGS, Limits(max_tokens=10)) == every[:10]
     assert tokenize(SPELLINGS, Limits(max_tokens=len(every))) == every
+
+
+def test_junk_before_the_text_does_not_push_its_words_past_the_token_cap() -> None:
+    """The cap kept the first 5,000 distinct tokens: 5,000 numbers in an invisible <div>
+    before the text (66 kB) hid every word of a spam from the classifier. Past the cap the
+    body's words are now sampled evenly, so junk only thins them out; the header's tokens
+    and the body's control tokens are all kept."""
+    words = [f"spamword{i:03d}" for i in range(100)]
+    junk = " ".join(str(10_000_000 + i) for i in range(5000))
+    msg = ("From: a@example.com\nSubject: offer\nContent-Type: text/html\n\n"
+           f"<div style=display:none>{junk}</div>{' '.join(words)}"
+           + "".join(f" http://x{i}.example/" for i in range(5001))).encode()
+    t = tokenize(msg)
+    assert len(t) == DEFAULT_LIMITS.max_tokens
+    assert {"from:addr:example.com", "subject:offer", "control: too many urls"} <= set(t)
+    kept = set(words) & set(t)
+    assert len(kept) > 30, len(kept)  # about 5,000 of 10,100: half of them; the first: none
 
 
 def test_word_lengths_are_the_same_in_text_with_a_no_break_space() -> None:
