@@ -326,7 +326,9 @@ def decode_payload(payload: bytes, cte: bytes) -> tuple[bytes, bool]:
         end = base64_block_end(payload)
         if 0 < end < len(payload) and not payload[end:].isspace():
             text, ok = _from_base64(payload[:end])
-            return text + b"\n" + payload[end:], ok
+            rest = payload[end:]
+            more = _more_base64(rest)
+            return text + b"\n" + rest + (b"\n" + more if more else b""), ok
         return _from_base64(payload)
     if cte == b"quoted-printable":
         try:
@@ -334,6 +336,27 @@ def decode_payload(payload: bytes, cte: bytes) -> tuple[bytes, bool]:
         except (binascii.Error, ValueError):
             return payload, False
     return payload, True
+
+
+def _more_base64(rest: bytes) -> bytes:
+    """What the lines after a base64 block decode to when they are more base64, else b"".
+    A blank or a stray byte in a line ends the block (a footer starts so), and so does padding
+    (a second block after it), but mail clients and the email package decode past both,
+    skipping the strays: read as a footer only, a spam's whole text stayed hidden. A real
+    footer's words decode to bytes that are neither ASCII text nor UTF-8, and are dropped."""
+    data, _ = _from_base64(rest)
+    if not data or data is rest:
+        return b""
+    if len(data.translate(None, _TEXT_BYTES)) * 10 <= len(data):  # 90 % ASCII text at least
+        return data
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return b""
+    return data
+
+
+_TEXT_BYTES = bytes([9, 10, 13, *range(32, 127)])
 
 
 def _from_base64(data: bytes) -> tuple[bytes, bool]:

@@ -520,6 +520,30 @@ def test_a_footer_tacked_onto_a_base64_part_is_read_as_text() -> None:
         t = tokenize(msg)
         assert {"cheap", "meds", "sponsored", "thinkgeek", "url:listinfo"} <= set(t), text
         assert "control: couldn't decode" not in t
+        # and nothing more: the footer's words, decoded as base64 in case they were, are junk
+        plain = b"Subject: x\nContent-Type: text/html\n\n" + text + b"\n" + footer
+        assert set(t) == set(tokenize(plain))
+
+
+def _damaged(lines: list[bytes], at: int, insert: bytes) -> bytes:
+    return b"\n".join(ln[:20] + insert + ln[20:] if i >= at and ln else ln
+                      for i, ln in enumerate(lines))
+
+
+def test_base64_damaged_on_purpose_after_its_first_line_is_still_read() -> None:
+    """A blank, a tab or a stray byte in a base64 line after the first, or the text encoded as
+    two blocks, ended the block where a list footer would start: the rest was read as a
+    footer, its base64 as long words, and 93 % of a spam's words went unseen while Thunderbird
+    and the email package decode past them. The rest is now decoded as well when it decodes to
+    text; a real footer's words decode to junk and add nothing (the footer test above)."""
+    text = (b"Dear friend, buy cheap viagra pills online now. Visit our pharmacy for the best "
+            b"offer on medication and refinance your mortgage today.\n") * 3
+    lines = base64.encodebytes(text).split(b"\n")
+    plain = {w for w in tokenize(b"Subject: hi\n\n" + text) if ":" not in w}
+    for body in (_damaged(lines, 1, b" "), _damaged(lines, 1, b"\t"), _damaged(lines, 1, b"."),
+                 base64.encodebytes(text[:30]) + base64.encodebytes(text[30:])):
+        t = tokenize(b"Subject: hi\nContent-Transfer-Encoding: base64\n\n" + body)
+        assert plain <= set(t), sorted(plain - set(t))
 
 
 def test_junk_after_the_padding_on_a_base64_line_keeps_the_last_quad() -> None:
