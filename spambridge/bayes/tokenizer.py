@@ -130,6 +130,10 @@ _LMTP_HOP = re.compile(rb"(?<![ \t]) *+\t[ \t]*+by\s+[^\s()]+(?:\s+\([^()]*\))?"
 _LMTP_HOP_END = re.compile(rb"[<;]")
 _FNAME_COMP = re.compile(rb"[/\\:]")
 _FNAME_PIECE = re.compile(rb"[;?:@&=+,$.]")
+# a Content-Transfer-Encoding's mechanism: its first token. "base64 (x)", "base64;" and
+# "Base64 x" are base64 to Thunderbird and Mutt, so they must be to us too, or the part's
+# text is read as base64 letters (one skip: token) while the reader sees it
+_CTE_TOKEN = re.compile(rb"\s*+([^\s;(,]*)")
 _NUMERIC_ENTITY = re.compile(rb"&#(x[0-9a-fA-F]{1,6}|\d{1,7});")
 # possessive \s*+: "<" before a long run of blanks must not try every way of splitting it
 # between two \s* (quadratic, with the GIL held, so every milter thread would wait)
@@ -315,6 +319,13 @@ def decode_words(value: bytes) -> tuple[bytes, list[bytes]]:
 
     value = _BETWEEN_ENCODED.sub(rb"\1\2", value)
     return _ENCODED_WORD.sub(one, value), charsets
+
+
+def transfer_encoding(value: bytes) -> bytes:
+    """A Content-Transfer-Encoding value's mechanism, lowercased: its first token (up to a
+    blank, `;`, `(` or `,`), what mail clients go by when junk follows it."""
+    m = _CTE_TOKEN.match(value)
+    return m.group(1).lower() if m else b""
 
 
 def decode_payload(payload: bytes, cte: bytes) -> tuple[bytes, bool]:
@@ -580,7 +591,7 @@ class _Tokenizer:
                 self.walk(inner, sub, depth + 1)
         elif ctype.startswith(b"text/"):
             cte = mime.get(b"content-transfer-encoding")
-            self.add_text(body, b"" if cte is None else cte.strip().lower())
+            self.add_text(body, b"" if cte is None else transfer_encoding(cte))
 
     def filename(self, fname: bytes) -> None:
         emit = self.emit

@@ -127,6 +127,21 @@ def test_base64_quoted_printable_8bit_and_rfc2047() -> None:
     assert not [x for x in t if x.startswith("JVBER") or x.startswith("jvber")]  # pdf not read
 
 
+def test_a_transfer_encoding_with_junk_after_it_is_still_decoded() -> None:
+    """Thunderbird and Mutt take a Content-Transfer-Encoding's first token: a spammer's
+    "base64 (x)" must not make the part's base64 letters all we read of it."""
+    body = base64.encodebytes(b"cheap pharmacy discount online today\n")
+    for cte in [b"base64 (x)", b"base64;", b"Base64 x", b" BASE64,7bit", b"base64(x)"]:
+        msg = (b"Subject: x\nContent-Type: text/plain\nContent-Transfer-Encoding: " + cte
+               + b"\n\n" + body)
+        t = tokenize(msg)
+        for word in ["cheap", "pharmacy", "discount", "online", "today"]:
+            assert word in t, (cte, word)
+        assert not [x for x in t if x.startswith("skip:")], cte
+    qp = b"Content-Transfer-Encoding: quoted-printable (x)\n\ncaf=E9 pr=EAt\n"
+    assert {"caf\xe9", "pr\xeat"} <= set(tokenize(b"Subject: x\n" + qp))
+
+
 def test_only_ascii_letters_are_folded() -> None:
     """So the tokens match a database trained by SpamBayes on Python 2."""
     msg = "Subject: x\n\nCAF\xc9 \xc0BC\n".encode("latin-1")
