@@ -150,8 +150,9 @@ _IP_HOST = re.compile(rb"\d{1,3}(?:\.\d{1,3}){3}")
 PICK_APART_URLS = False  # url:ip addr / has user / port / %-escapes: no gain measured
 _URL_SEP_TO_SLASH = bytes.maketrans(b";?:@&=+,$.", b"//////////")
 _URL_SEP = re.compile(rb"[;?:@&=+,$.]")
-# (opener, closer) of regions removed with no separator, so FR<!-- x -->EE reads FREE
-_STRIP_REGIONS = ((b"<style", b"</style"), (b"<!--", b"-->"), (b"<comment", b"</comment"),
+# (opener, closer) of regions removed with no separator, so FR<!-- x -->EE reads FREE;
+# None: an HTML comment, which has closers of its own (_strip_comments)
+_STRIP_REGIONS = ((b"<style", b"</style"), (b"<!--", None), (b"<comment", b"</comment"),
                   (b"<noframes", b"</noframes"))
 _BREAKING = re.compile(rb"<\s*+(?:/\s*+)?(?:p|br)\b[^<>]{0,256}>")
 _TAG = re.compile(rb"<(?![\s<>])[^<>]{0,256}>")
@@ -772,6 +773,9 @@ def strip_regions(text: bytes) -> bytes:
     for opener, closer in _STRIP_REGIONS:
         if opener not in text:
             continue
+        if closer is None:
+            text = _strip_comments(text)
+            continue
         out: list[bytes] = []
         pos = 0
         while True:
@@ -785,6 +789,37 @@ def strip_regions(text: bytes) -> bytes:
         out.append(text[pos:])
         text = b"".join(out)
     return text
+
+
+def _strip_comments(text: bytes) -> bytes:
+    """Drop HTML comments where a client's HTML parser ends them: at the first "-->" from the
+    opener's "--" on ("<!-->" and "<!--->" are empty comments, and the text after them is
+    shown, so it must not be swallowed up to a later "-->"), or "--!>" after the opener. An
+    unclosed one is kept.
+    Linear: the next place of each closer is remembered, not searched for again per comment."""
+    out: list[bytes] = []
+    pos = 0
+    dash = bang = -2  # next "-->", "--!>" at or after the last search (-1: none left)
+    find = text.find
+    while True:
+        i = find(b"<!--", pos)
+        if i < 0:
+            break
+        i += 2
+        if dash != -1 and dash < i:
+            dash = find(b"-->", i)
+        if bang != -1 and bang < i + 2:  # "<!--!>" and "<!---!>" do not close
+            bang = find(b"--!>", i + 2)
+        if bang >= 0 and (dash < 0 or bang < dash):
+            end = bang + 4
+        elif dash >= 0:
+            end = dash + 3
+        else:
+            break
+        out.append(text[pos : i - 2])
+        pos = end
+    out.append(text[pos:])
+    return b"".join(out)
 
 
 def parse_addresses(value: bytes, limit: int = 50) -> list[tuple[bytes, bytes]]:

@@ -444,6 +444,21 @@ def test_line_breaks_and_no_break_spaces_in_html_separate_words() -> None:
     assert {"alpha", "bravo", "charlie", "delta"} <= set(t)
 
 
+def test_html_comments_end_where_a_mail_clients_parser_ends_them() -> None:
+    """"<!-->" and "<!--->" are whole (empty) comments and "--!>" also closes one (WHATWG
+    HTML): the text after them is shown, so it is tokenized, not swallowed up to a later
+    "-->". A comment's own words still vanish, with no separator (FR<!-- x -->EE)."""
+    visible = b"cheap pharmacy discount online"
+    for opener in [b"<!-->", b"<!--->", b"<!-- x --!>", b"<!----!>"]:
+        t = tokenize(b"Subject: x\nContent-Type: text/html\n\n" + opener + visible
+                     + b" <!-- hidden -->FR<!-- x -->EE\n")
+        assert {"cheap", "pharmacy", "discount", "online", "free"} <= set(t), opener
+        assert "hidden" not in t, opener
+    t = tokenize(b"Subject: x\nContent-Type: text/html\n\n<!-- a -- > b --- c -> hidden --->"
+                 b"shown <!---->seen <!--!> gone -->this <!---!> gone -->too <!-- kept\n")
+    assert {"shown", "seen", "this", "too", "kept"} <= set(t) and not {"hidden", "gone"} & set(t)
+
+
 def test_more_spellings_spambayes_gives() -> None:
     """A folded Content-Disposition reads as on one line with single spaces, an image pulled
     from the message itself (cid:) is a virus: clue, and every one of a To list's addresses
