@@ -151,9 +151,10 @@ PICK_APART_URLS = False  # url:ip addr / has user / port / %-escapes: no gain me
 _URL_SEP_TO_SLASH = bytes.maketrans(b";?:@&=+,$.", b"//////////")
 _URL_SEP = re.compile(rb"[;?:@&=+,$.]")
 # (opener, closer) of regions removed with no separator, so FR<!-- x -->EE reads FREE;
-# None: an HTML comment, which has closers of its own (_strip_comments)
-_STRIP_REGIONS = ((b"<style", b"</style"), (b"<!--", None), (b"<comment", b"</comment"),
-                  (b"<noframes", b"</noframes"))
+# None: an HTML comment, which has closers of its own (_strip_comments). SpamBayes also drops
+# <comment>…</comment>, on purpose ("Nuke HTML comments"): old Internet Explorer hid it. HTML5
+# has no such element, so browsers and mail clients show its text: dropped, it hid the words.
+_STRIP_REGIONS = ((b"<style", b"</style"), (b"<!--", None), (b"<noframes", b"</noframes"))
 _BREAKING = re.compile(rb"<\s*+(?:/\s*+)?(?:p|br)\b[^<>]{0,256}>")
 _TAG = re.compile(rb"<(?![\s<>])[^<>]{0,256}>")
 _BLANK_EOL = re.compile(rb"[ \t\r]*+(?:\n|\Z)")

@@ -459,6 +459,15 @@ def test_html_comments_end_where_a_mail_clients_parser_ends_them() -> None:
     assert {"shown", "seen", "this", "too", "kept"} <= set(t) and not {"hidden", "gone"} & set(t)
 
 
+def test_the_text_of_a_comment_element_is_read() -> None:
+    """<comment> hid its text in old Internet Explorer only: HTML5 clients show it, so unlike
+    SpamBayes we read it (the tags themselves go, as any tag)."""
+    t = tokenize(b"Subject: x\nContent-Type: text/html\n\n"
+                 b"<p><comment>cheap pharmacy discount</comment> <COMMENT x=1>online</COMMENT>\n")
+    assert {"cheap", "pharmacy", "discount", "online"} <= set(t)
+    assert not [x for x in t if "comment" in x]
+
+
 def test_more_spellings_spambayes_gives() -> None:
     """A folded Content-Disposition reads as on one line with single spaces, an image pulled
     from the message itself (cid:) is a virus: clue, and every one of a To list's addresses
