@@ -134,6 +134,11 @@ _FNAME_PIECE = re.compile(rb"[;?:@&=+,$.]")
 # "Base64 x" are base64 to Thunderbird and Mutt, so they must be to us too, or the part's
 # text is read as base64 letters (one skip: token) while the reader sees it
 _CTE_TOKEN = re.compile(rb"\s*+([^\s;(,]*)")
+# text charsets that are not ASCII-compatible → the codec their text is read with
+# (wide_to_utf8); "ucs-2" is a label of UTF-16 in the WHATWG Encoding Standard
+_WIDE_CHARSETS = {b"utf-16": "utf-16", b"utf-16le": "utf-16-le", b"utf-16be": "utf-16-be",
+                  b"ucs-2": "utf-16", b"utf-32": "utf-32", b"utf-32le": "utf-32-le",
+                  b"utf-32be": "utf-32-be"}
 _NUMERIC_ENTITY = re.compile(rb"&#(x[0-9a-fA-F]{1,6}|\d{1,7});")
 # possessive \s*+: "<" before a long run of blanks must not try every way of splitting it
 # between two \s* (quadratic, with the GIL held, so every milter thread would wait)
@@ -330,6 +335,29 @@ def transfer_encoding(value: bytes) -> bytes:
     return m.group(1).lower() if m else b""
 
 
+def wide_to_utf8(data: bytes, codec: str) -> bytes:
+    """UTF-16/32 bytes (codec "utf-16", "utf-16-le", … "utf-32-be") as UTF-8; never raises,
+    damage becomes U+FFFD. Without an order in the name: the BOM's, else the one in which the
+    NUL bytes of ASCII text fall where they should (clients differ: RFC 2781 says big-endian
+    for UTF-16, the WHATWG Encoding Standard little-endian)."""
+    if codec in ("utf-16", "utf-32"):
+        unit = 2 if codec == "utf-16" else 4
+        le_bom, be_bom = (b"\xff\xfe", b"\xfe\xff") if unit == 2 else (b"\xff\xfe\0\0",
+                                                                         b"\0\0\xfe\xff")
+        if data.startswith(le_bom):
+            le = True
+        elif data.startswith(be_bom):
+            le = False
+        else:
+            sample = data[:4096]
+            le = sample[unit - 1 :: unit].count(0) >= sample[::unit].count(0)
+        codec += "-le" if le else "-be"
+    text = data.decode(codec, "replace")
+    if text.startswith("\ufeff"):  # a BOM is not text
+        text = text[1:]
+    return text.encode("utf-8", "replace")
+
+
 def decode_payload(payload: bytes, cte: bytes) -> tuple[bytes, bool]:
     """Undo the transfer encoding; (bytes, ok). Damaged base64 is repaired as far as it goes.
     Plain text after a base64 block (a mailing list's footer tacked onto the part) is kept as
@@ -421,7 +449,8 @@ class _Tokenizer:
         self.extend = out.extend
         self.parts = 0
         self.text_left = limits.max_text
-        self.text_parts: list[tuple[bytes, bytes]] = []  # (payload, transfer encoding)
+        # (payload, transfer encoding, codec of a UTF-16/32 part or None)
+        self.text_parts: list[tuple[bytes, bytes, str | None]] = []
         self.body_start: int | None = None  # tokens out before the bodies (see _capped)
 
     def message(self, raw: bytes) -> None:
@@ -435,8 +464,11 @@ class _Tokenizer:
         self._guard(self.top_headers, headers)
         self._guard(self.walk, headers, body, 0)
         self.body_start = len(self.out)
-        for payload, cte in self.text_parts:
-            self._guard(self.text, payload, cte)
+        for payload, cte, wide in self.text_parts:
+            if wide is None:
+                self._guard(self.text, payload, cte)
+            else:
+                self._guard(self.wide_text, payload, cte, wide)
 
     def _guard(self, stage: Callable[..., None], *args: object) -> None:
         try:
@@ -593,7 +625,8 @@ class _Tokenizer:
                 self.walk(inner, sub, depth + 1)
         elif ctype.startswith(b"text/"):
             cte = mime.get(b"content-transfer-encoding")
-            self.add_text(body, b"" if cte is None else transfer_encoding(cte))
+            self.add_text(body, b"" if cte is None else transfer_encoding(cte),
+                          _WIDE_CHARSETS.get(prm.get(b"charset", b"").lower()))
 
     def filename(self, fname: bytes) -> None:
         emit = self.emit
@@ -607,18 +640,28 @@ class _Tokenizer:
                     if piece:
                         emit("filename:fname piece:" + _s(piece))
 
-    def add_text(self, payload: bytes, cte: bytes) -> None:
+    def add_text(self, payload: bytes, cte: bytes, wide: str | None = None) -> None:
         """Queue a text part; bodies are tokenized after all structure tokens are out, so the
-        token cap can never crowd out the header and MIME clues."""
+        token cap can never crowd out the header and MIME clues. `wide`: the part is UTF-16
+        or UTF-32 (_WIDE_CHARSETS)."""
         if self.text_left <= 0:
             self.emit("control: text cap")
             return
         # transfer encodings at most shrink text, so a raw slice bounds the decoded size
         slack = 4 * self.text_left // 3 + 4 if cte == b"base64" else self.text_left * 3
-        self.text_parts.append((payload[:slack], cte))
+        self.text_parts.append((payload[:slack], cte, wide))
         self.text_left -= min(len(payload), self.text_left)
 
     # -- bodies ----------------------------------------------------------------------------
+    def wide_text(self, payload: bytes, cte: bytes, wide: str) -> None:
+        """A UTF-16/32 part: its decoded bytes as UTF-8, so that its words are the ones a
+        UTF-8 part gives (read as Latin-1, every other byte is a NUL: the words all vanish).
+        The input is the raw slice add_text bounded; text() cuts the output at the text cap."""
+        text, ok = decode_payload(payload, cte)
+        if not ok:
+            self.emit("control: couldn't decode")
+        self.text(wide_to_utf8(text, wide), b"")
+
     def text(self, payload: bytes, cte: bytes) -> None:
         emit = self.emit
         text, ok = decode_payload(payload, cte)

@@ -142,6 +142,38 @@ def test_a_transfer_encoding_with_junk_after_it_is_still_decoded() -> None:
     assert {"caf\xe9", "pr\xeat"} <= set(tokenize(b"Subject: x\n" + qp))
 
 
+def test_utf16_and_utf32_parts_give_the_words_a_utf8_part_gives() -> None:
+    """Read as Latin-1, a UTF-16/32 part is NUL-split junk (its words all vanish) while
+    clients show it: its text is read as UTF-8, whatever the byte order and BOM."""
+    text = "Cheap pharmacy discount online caf\xe9 &#86;iagra <b>today</b>\n"
+
+    def part(charset: str, data: bytes, cte: str = "base64") -> list[str]:
+        body = base64.encodebytes(data) if cte == "base64" else data
+        return tokenize(b"Subject: x\nContent-Type: text/html; charset=" + charset.encode()
+                        + b"\nContent-Transfer-Encoding: " + cte.encode() + b"\n\n" + body)
+
+    def words(t: list[str]) -> list[str]:
+        return [x for x in t if not x.startswith("charset:")]
+
+    want = words(part("utf-8", text.encode("utf-8")))
+    assert {"cheap", "pharmacy", "discount", "online", "caf\xc3\xa9", "viagra", "today"} <= set(want)
+    for charset, data in [
+        ("utf-16", text.encode("utf-16")),  # with a BOM
+        ("UTF-16", text.encode("utf-16-be")),  # no BOM, big-endian
+        ("utf-16", text.encode("utf-16-le")),  # no BOM, little-endian
+        ("utf-16le", text.encode("utf-16-le")),
+        ("utf-16be", b"\xfe\xff" + text.encode("utf-16-be")),
+        ("utf-32", text.encode("utf-32")),
+        ("utf-32", text.encode("utf-32-be")),
+        ("utf-32le", text.encode("utf-32-le")),
+        ("utf-32be", text.encode("utf-32-be")),
+    ]:
+        assert words(part(charset, data)) == want, (charset, data[:4])
+    t = part("utf-16", text.encode("utf-16-le")[:-1] + b"\x00\xd8", "8bit")  # damaged: no error
+    assert {"cheap", "pharmacy", "discount", "online"} <= set(t)
+    assert not [x for x in t if x.startswith("control:")]
+
+
 def test_only_ascii_letters_are_folded() -> None:
     """So the tokens match a database trained by SpamBayes on Python 2."""
     msg = "Subject: x\n\nCAF\xc9 \xc0BC\n".encode("latin-1")
