@@ -323,7 +323,9 @@ def with_extras(basic: bool = False, short: bool = False, prefix: bool = False,
                         score = len(os.path.commonprefix(lst)) * len(lst) // 10  # noqa: RUF071
                         self.emit(f"{tag}:big" if score > big else f"{tag}:{score}")
 
-        def walk(self, headers: tokmod.Headers, body: bytes, depth: int) -> None:
+        def walk(self, headers: tokmod.Headers, data: bytes, depth: int, start: int = 0,
+                 end: int | None = None) -> None:
+            body = data[start:end]  # the part's body: a window of the message
             ctype, prm = tokmod.content_type(headers)
             if image and ctype.startswith(b"image/"):
                 self.image_bytes += len(body)
@@ -337,14 +339,14 @@ def with_extras(basic: bool = False, short: bool = False, prefix: bool = False,
                          [0] for p in parts]
                 outer, self.skip_html = self.skip_html, b"text/plain" in kinds
                 try:
-                    super().walk(headers, body, depth)
+                    super().walk(headers, data, depth, start, end)
                 finally:
                     self.skip_html = outer
                 return
             if self.skip_html and ctype == b"text/html":
                 self.emit("content-type:text/html")
                 return
-            super().walk(headers, body, depth)
+            super().walk(headers, data, depth, start, end)
 
         def message(self, raw: bytes) -> None:
             super().message(raw)

@@ -51,7 +51,10 @@ class Limits:
     max_text: int = 256 * 1024  # decoded text/* bytes tokenized, all parts together
     max_tokens: int = 5000  # distinct tokens returned (headers first, then a sample: _capped)
     max_parts: int = 100
-    max_depth: int = 8
+    # Each nesting level is a part too, so max_parts already bounds the work: nine nested
+    # multiparts (the cut was at eight) hid a spam's every word. This only keeps the walk's
+    # recursion far below Python's limit should max_parts be raised.
+    max_depth: int = 100
     max_headers: int = 500  # header fields parsed per part
 
 
@@ -163,7 +166,7 @@ _STRIP_REGIONS = ((b"<style", b"</style"), (b"<!--", None), (b"<noframes", b"</n
 _BREAKING = re.compile(rb"<\s*+(?:/\s*+)?(?:p|br)\b[^<>]{0,256}>")
 _TAG = re.compile(rb"<(?![\s<>])[^<>]{0,256}>")
 _BLANK_EOL = re.compile(rb"[ \t\r]*+(?:\n|\Z)")
-# lines that start like a MIME delimiter but are not one, looked at per multipart body
+# lines that start like a MIME delimiter but are not one, looked at per message
 MAX_NEAR_DELIMITERS = 1000
 _STR_SPACE_ONLY = (b"\x1c", b"\x1d", b"\x1e", b"\x1f", b"\x85", b"\xa0")  # space to str, not bytes
 _HIGH_BYTES = bytes(range(128, 256))
@@ -246,12 +249,19 @@ Headers = list[tuple[bytes, bytes]]  # (name as spelled, unfolded value)
 def split_head(data: bytes) -> tuple[bytes, bytes]:
     """(header block, body) of LF-terminated text; a first line that is not a header means
     there is no header block at all."""
-    if not _LOOKS_LIKE_HEADER.match(data):
-        return b"", data[1:] if data.startswith(b"\n") else data
-    i = data.find(b"\n\n")
+    head_end, body_start = _split_head_at(data, 0, len(data))
+    return data[:head_end], data[body_start:]
+
+
+def _split_head_at(data: bytes, start: int, end: int) -> tuple[int, int]:
+    """split_head() of data[start:end] as offsets (where the header block ends, where the
+    body starts), so that the MIME walk copies no part's body."""
+    if not _LOOKS_LIKE_HEADER.match(data, start, end):
+        return start, start + 1 if data.startswith(b"\n", start, end) else start
+    i = data.find(b"\n\n", start, end)
     if i < 0:
-        return data, b""
-    return data[: i + 1], data[i + 2 :]
+        return end, end
+    return i + 1, i + 2
 
 
 def parse_headers(head: bytes, limit: int) -> Headers:
@@ -448,6 +458,7 @@ class _Tokenizer:
         self.emit = out.append
         self.extend = out.extend
         self.parts = 0
+        self.misses = [MAX_NEAR_DELIMITERS]  # for _delimiter, all multiparts together
         self.text_left = limits.max_text
         # (payload, transfer encoding, codec of a UTF-16/32 part or None)
         self.text_parts: list[tuple[bytes, bytes, str | None]] = []
@@ -576,7 +587,12 @@ class _Tokenizer:
                          f"received:{a}.{b}.{c}.{d}"))
 
     # -- MIME walk -------------------------------------------------------------------------
-    def walk(self, headers: Headers, body: bytes, depth: int) -> None:
+    def walk(self, headers: Headers, data: bytes, depth: int, start: int = 0,
+             end: int | None = None) -> None:
+        """Structure tokens of one part, whose body is data[start:end] (a window of the
+        message: nested parts are not copied), and its text queued; recurses into parts."""
+        if end is None:
+            end = len(data)
         self.parts += 1
         emit = self.emit
         mime: dict[bytes, bytes] = {}  # first value of each Content-* field, in one pass
@@ -601,31 +617,37 @@ class _Tokenizer:
 
         if ctype.startswith(b"multipart/"):
             boundary = prm.get(b"boundary")
-            misses = [MAX_NEAR_DELIMITERS]
-            parts = split_multipart(body, boundary, misses) if boundary else None
-            if not misses[0]:
+            if boundary and (start == 0 or data[start - 1] != 0x0A):  # the top body only
+                data, start, end = b"\n" + data[start:end], 1, end - start + 1
+            parts = (_split_multipart_at(data, start, end, boundary, self.misses)
+                     if boundary else None)
+            if not self.misses[0]:  # the rest of the message is not split any more
                 emit("control: too many delimiter lookalikes")
             if not parts:  # no boundary or none found: do not let the content hide
                 emit("control: broken multipart")
-                self.add_text(body, b"")
+                self.add_text(data[start:end], b"")
                 return
             if depth >= self.limits.max_depth:
                 emit("control: too deep")
                 return
-            for part in parts:
+            for part_start, part_end in parts:
                 if self.parts >= self.limits.max_parts:
                     emit("control: too many parts")
                     return
-                head, sub = split_head(part)
-                self.walk(parse_headers(head, self.limits.max_headers), sub, depth + 1)
-        elif ctype == b"message/rfc822" and depth < self.limits.max_depth:
-            head, sub = split_head(body)
-            inner = parse_headers(head, self.limits.max_headers)
+                head_end, sub = _split_head_at(data, part_start, part_end)
+                self.walk(parse_headers(data[part_start:head_end], self.limits.max_headers),
+                          data, depth + 1, sub, part_end)
+        elif ctype == b"message/rfc822":
+            if depth >= self.limits.max_depth:
+                emit("control: too deep")
+                return
+            head_end, sub = _split_head_at(data, start, end)
+            inner = parse_headers(data[start:head_end], self.limits.max_headers)
             if inner:
-                self.walk(inner, sub, depth + 1)
+                self.walk(inner, data, depth + 1, sub, end)
         elif ctype.startswith(b"text/"):
             cte = mime.get(b"content-transfer-encoding")
-            self.add_text(body, b"" if cte is None else transfer_encoding(cte),
+            self.add_text(data[start:end], b"" if cte is None else transfer_encoding(cte),
                           _WIDE_CHARSETS.get(prm.get(b"charset", b"").lower()))
 
     def filename(self, fname: bytes) -> None:
@@ -896,35 +918,45 @@ def split_multipart(body: bytes, boundary: bytes, misses: list[int] | None = Non
     (broken boundaries are common in spam). Empty if the boundary never occurs. A delimiter
     is a whole line, `--boundary` and optional `--`, then blanks only (RFC 2046, and what the
     email package reads): an inner part's boundary the outer one is a prefix of (outer "X",
-    inner "XAA") does not cut the outer part. `misses`: how many lines that only look like a
-    delimiter it may step over; left at 0 when they ran out (the rest is not split)."""
-    delim = b"\n--" + boundary.strip()
+    inner "XAA") does not cut the outer part."""
     data = b"\n" + body
-    parts: list[bytes] = []
-    misses = [MAX_NEAR_DELIMITERS] if misses is None else misses
-    start, closing = _delimiter(data, delim, 0, misses)
-    while start >= 0 and not closing and len(parts) <= DEFAULT_LIMITS.max_parts:
-        line_end = data.find(b"\n", start + 1)
+    parts = _split_multipart_at(data, 1, len(data), boundary, [MAX_NEAR_DELIMITERS])
+    return [data[s:e] for s, e in parts]
+
+
+def _split_multipart_at(data: bytes, start: int, end: int, boundary: bytes,
+                        misses: list[int]) -> list[tuple[int, int]]:
+    """split_multipart() of data[start:end] as (start, end) offsets of the parts; the byte
+    before `start` must be a line feed (a delimiter may open the body). Nested multiparts
+    each split their own window of the one message, with no copy: copies made the work and
+    memory grow with the nesting depth times the message size. `misses`: _delimiter's."""
+    delim = b"\n--" + boundary.strip()
+    parts: list[tuple[int, int]] = []
+    at, closing = _delimiter(data, delim, start - 1, end, misses)
+    while at >= 0 and not closing and len(parts) <= DEFAULT_LIMITS.max_parts:
+        line_end = data.find(b"\n", at + 1, end)
         if line_end < 0:
             break
-        nxt, closing = _delimiter(data, delim, line_end, misses)
-        parts.append(data[line_end + 1 : nxt if nxt >= 0 else len(data)])
-        start = nxt
+        nxt, closing = _delimiter(data, delim, line_end, end, misses)
+        parts.append((line_end + 1, nxt if nxt >= 0 else end))
+        at = nxt
     return parts
 
 
-def _delimiter(data: bytes, delim: bytes, pos: int, misses: list[int]) -> tuple[int, bool]:
-    """Where the next delimiter line starts at or after `pos` (-1: none), and whether it is
+def _delimiter(data: bytes, delim: bytes, pos: int, stop: int,
+               misses: list[int]) -> tuple[int, bool]:
+    """Where the next delimiter line starts in data[pos:stop] (-1: none), and whether it is
     the close delimiter. Lines that only start like one count against `misses` (a message
-    made of them must not cost a Python step per line)."""
+    made of them must not cost a Python step per line). The count is the message's, not one
+    per multipart: each of 100 nested multiparts would count the same lines again."""
     while misses[0] > 0:
-        start = data.find(delim, pos)
+        start = data.find(delim, pos, stop)
         if start < 0:
             break
         end = start + len(delim)
-        if data.startswith(b"--", end):
+        if data.startswith(b"--", end, stop):
             end += 2
-        blanks = _BLANK_EOL.match(data, end)
+        blanks = _BLANK_EOL.match(data, end, stop)
         if blanks:
             return start, end > start + len(delim)
         misses[0] -= 1
