@@ -912,8 +912,7 @@ def parse_addresses(value: bytes, limit: int = 50) -> list[tuple[bytes, bytes]]:
     return out
 
 
-def split_multipart(body: bytes, boundary: bytes, misses: list[int] | None = None
-                    ) -> list[bytes]:
+def split_multipart(body: bytes, boundary: bytes) -> list[bytes]:
     """The parts between `--boundary` lines; a missing close delimiter ends at the body's end
     (broken boundaries are common in spam). Empty if the boundary never occurs. A delimiter
     is a whole line, `--boundary` and optional `--`, then blanks only (RFC 2046, and what the
