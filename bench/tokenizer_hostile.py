@@ -15,6 +15,7 @@ the 1 MB cost as a multiple of the corpus' per-byte cost on the bytes looked at.
 
 from __future__ import annotations
 
+import base64
 import math
 import sys
 import time
@@ -45,6 +46,32 @@ def top(field: bytes) -> Callable[[int], bytes]:
 
 
 MULTIPART = H + b'Content-Type: multipart/mixed; boundary="b"\n\n'
+WIDE16 = b"Content-Type: text/plain; charset=utf-16\n"
+
+
+def nested_fill(n: int, boundary: bytes | None) -> bytes:
+    """99 nested multiparts (message/rfc822 parts when `boundary` is None), the text at the
+    bottom filled up to n bytes, each level closed after it: every level's window spans it."""
+    levels = DEFAULT_LIMITS.max_parts - 1
+    head = tail = b""
+    for d in range(levels):
+        if boundary is None:
+            head += b"Content-Type: message/rfc822\n\nSubject: level\n"
+        else:
+            b = boundary % d if b"%d" in boundary else boundary * (d + 1)
+            head += b'Content-Type: multipart/mixed; boundary="' + b + b'"\n\n--' + b + b"\n"
+            tail = b"\n--" + b + b"--\n" + tail
+    head = H + head + b"Content-Type: text/plain\n\n"
+    return head + rep(b"hello world this is mail\n", max(n - len(head) - len(tail), 0)) + tail
+
+
+def distinct_words(n: int) -> bytes:
+    """Words none of which repeats (4 letters and digits): ~60,000 distinct tokens in the
+    256 kB text cap, twelve times the token cap."""
+    alphabet = b"abcdefghijklmnopqrstuvwxyz0123456789"
+    words = (bytes((alphabet[i // 36**3 % 36], alphabet[i // 36**2 % 36], alphabet[i // 36 % 36],
+                    alphabet[i % 36])) for i in range(n // 5 + 1))
+    return H + b"\n" + b" ".join(words)[:n]
 CASES: dict[str, Callable[[int], bytes]] = {
     "words": body(b"hello world this is mail\n"),
     "lt_flood": body(b"<"),
@@ -79,6 +106,36 @@ CASES: dict[str, Callable[[int], bytes]] = {
     "near_delimiters": lambda n: MULTIPART + rep(b"--bX\n", n),
     "nested_parts": lambda n: MULTIPART + rep(b'--b\nContent-Type: multipart/mixed; '
                                               b'boundary="b"\n\n', n),
+    # the code paths of the reading fixes: lines after a base64 block decoded too, UTF-16/32
+    # parts, HTML5 comment endings, nesting cut by the part cap only, the token cap's sample
+    "b64_end_then_b64": body(base64.encodebytes(b"hello world this is mail " * 3),
+                             b"Content-Transfer-Encoding: base64\n\nQUJDRA==\n"),
+    "b64_end_then_text": body(b"hello world this is mail\n",
+                              b"Content-Transfer-Encoding: base64\n\nQUJDRA==\n"),
+    "b64_end_then_bin": body(b"//79/Pv6+fj39vX0\n",
+                             b"Content-Transfer-Encoding: base64\n\nQUJDRA==\n"),
+    "b64_end_then_strays": body(b"QUJD REVG!R0hJ\n",
+                                b"Content-Transfer-Encoding: base64\n\nQUJDRA==\n"),
+    "utf16_bom": lambda n: H + WIDE16 + b"\n\xff\xfe" + rep("hello world this is mail\n"
+                                                             .encode("utf-16-le"), n),
+    "utf16_no_bom": body("hello world this is mail\n".encode("utf-16-be"), WIDE16),
+    "utf16_odd": lambda n: body("hello world this is mail\n".encode("utf-16-le"), WIDE16)(n | 1),
+    "utf16_junk": body(bytes(range(256)), WIDE16),
+    "utf32_no_bom": body("hello world mail\n".encode("utf-32-le"),
+                         b"Content-Type: text/plain; charset=utf-32\n"),
+    "utf16_b64": body(base64.encodebytes("hello world this is mail\n".encode("utf-16-le") * 3),
+                      WIDE16 + b"Content-Transfer-Encoding: base64\n"),
+    "comments_closed": body(b"<!--a-->b ", b"Content-Type: text/html\n"),
+    "comments_bang": body(b"<!--a--!>b ", b"Content-Type: text/html\n"),
+    "comments_mixed": body(b"<!-- x --!> y <!--> z <!---> w --> ", b"Content-Type: text/html\n"),
+    "comment_openers_bang": lambda n: H + b"Content-Type: text/html\n\n" + rep(b"<!--", n - 4)
+    + b"--!>",
+    "comment_openers_dash": lambda n: H + b"Content-Type: text/html\n\n" + rep(b"<!--", n - 3)
+    + b"-->",
+    "nested_100": lambda n: nested_fill(n, b"n%d"),
+    "nested_100_prefix": lambda n: nested_fill(n, b"n"),
+    "nested_100_rfc822": lambda n: nested_fill(n, None),
+    "distinct_tokens": distinct_words,
 }
 SIZES = (128 * 1024, 512 * 1024, 1024 * 1024)
 
