@@ -805,3 +805,122 @@ def test_ordinary_mail_reads_whole() -> None:
     assert len(names) >= 5
     for name in names:
         assert unread(tokens_of(name)) == "", name
+
+
+# -- properties of the reading fixes' functions ---------------------------------------------
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.sampled_from([b"<!--", b"-->", b"--!>", b"<", b"!", b"-", b">", b"a", b" "]),
+                max_size=30).map(b"".join))
+def test_comments_end_where_the_html5_rule_read_naively_ends_them(text: bytes) -> None:
+    """_strip_comments (closer places remembered, linear) against the rule applied comment by
+    comment: each "<!--" is closed by the first "-->" from its "--" on or the first "--!>"
+    after it, whichever comes first; unclosed, the rest is kept. Never longer, and text
+    without an opener is returned as it is."""
+    from spambridge.bayes.tokenizer import _strip_comments
+
+    out, pos = [], 0
+    while (i := text.find(b"<!--", pos)) >= 0:
+        ends = [e + n for e, n in ((text.find(b"-->", i + 2), 3), (text.find(b"--!>", i + 4), 4))
+                if e >= 0]
+        if not ends:
+            break
+        out.append(text[pos:i])
+        pos = min(ends)
+    want = b"".join(out) + text[pos:]
+    assert _strip_comments(text) == want
+    assert len(want) <= len(text)
+    if b"<!--" not in text:
+        assert _strip_comments(text) == text
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=64) | st.lists(st.sampled_from(
+    [b"\xff\xfe", b"\xfe\xff", b"\0\0", b"\0", b"a", b"\xd8", b"\xdc", b"\x00\xd8", b"\x11"]),
+    max_size=20).map(b"".join), st.sampled_from(sorted(
+        {"utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-32-le", "utf-32-be"})))
+def test_wide_text_never_raises_and_is_always_utf8(data: bytes, codec: str) -> None:
+    """Any bytes, odd lengths, lone surrogates and code points past U+10FFFF among them, in
+    any of the codecs: UTF-8 out, no exception (a stage that raises loses the part's words)."""
+    from spambridge.bayes.tokenizer import _WIDE_CHARSETS, wide_to_utf8
+
+    assert codec in _WIDE_CHARSETS.values()
+    wide_to_utf8(data, codec).decode("utf-8")
+
+
+def _mime_tree(draw: st.DrawFn, depth: int) -> bytes:
+    """A random MIME entity: text (with lines that look like delimiters), a multipart with
+    boundaries that may repeat or prefix an outer one, missing close delimiters, preambles
+    and epilogues, or an attached message; some parts without a header block."""
+    kind = draw(st.sampled_from(["text", "text", "multipart", "message"]) if depth < 4
+                else st.just("text"))
+    words = draw(st.lists(st.sampled_from((*WORDS, "--a", "--ab", "--a--", "", "x:y")),
+                          max_size=4))
+    filler = b"\n".join(w.encode() for w in words)
+    if kind == "text":
+        head = draw(st.sampled_from([b"Content-Type: text/plain\n\n", b"\n", b"",
+                                     b"Content-Type: text/html\n\n"]))
+        return head + filler
+    if kind == "message":
+        return b"Content-Type: message/rfc822\n\nSubject: s\n" + _mime_tree(draw, depth + 1)
+    boundary = draw(st.sampled_from(["a", "ab", "b", "a=", "ab="])).encode()
+    children = [_mime_tree(draw, depth + 1) for _ in range(draw(st.integers(0, 3)))]
+    body = filler + b"\n" if draw(st.booleans()) else b""
+    for child in children:
+        body += b"--" + boundary + draw(st.sampled_from([b"", b" ", b"\t"])) + b"\n" + child + b"\n"
+    if draw(st.booleans()):
+        body += b"--" + boundary + b"--\n" + filler
+    return b'Content-Type: multipart/mixed; boundary="' + boundary + b'"\n\n' + body
+
+
+def _copying_walk(headers: list[tuple[bytes, bytes]], body: bytes, depth: int,
+                  seen: list[tuple[bytes, bytes]], count: list[int]) -> None:
+    """The MIME walk over copies (split_head, split_multipart on each part's bytes), as the
+    walk was before it split windows of the message: (content type, text payload) in order."""
+    from spambridge.bayes.tokenizer import (
+        content_type,
+        parse_headers,
+        split_head,
+        split_multipart,
+    )
+
+    count[0] += 1
+    ctype, prm = content_type(headers)
+    boundary = prm.get(b"boundary")
+    if ctype.startswith(b"multipart/"):
+        parts = split_multipart(body, boundary) if boundary else []
+        if not parts:
+            seen.append((b"broken", body))
+            return
+        for part in parts:
+            if count[0] >= DEFAULT_LIMITS.max_parts:
+                return
+            head, sub = split_head(part)
+            _copying_walk(parse_headers(head, 500), sub, depth + 1, seen, count)
+    elif ctype == b"message/rfc822":
+        head, sub = split_head(body)
+        inner = parse_headers(head, 500)
+        if inner:
+            _copying_walk(inner, sub, depth + 1, seen, count)
+    elif ctype.startswith(b"text/"):
+        seen.append((ctype, body))
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.data())
+def test_the_windowed_walk_reads_the_parts_a_walk_over_copies_reads(data: st.DataObject) -> None:
+    """The walk splits windows of one message; walking copies of each part's bytes (what
+    split_head and split_multipart give) must find the same parts and the same text."""
+    from spambridge.bayes.tokenizer import _Tokenizer, parse_headers, split_head
+
+    raw = b"From: a@b.example\n" + data.draw(st.composite(lambda d: _mime_tree(d, 0))())
+    tok = _Tokenizer(DEFAULT_LIMITS, [])
+    tok.message(raw)
+    head, body = split_head(raw)
+    want: list[tuple[bytes, bytes]] = []
+    _copying_walk(parse_headers(head, 500), body, 0, want, [0])
+    assert [p for p, _, _ in tok.text_parts] == [p for _, p in want]
+    got_types = [t for t in tok.out if t.startswith("content-type:")]
+    assert len(got_types) == tok.parts
+    assert ("control: broken multipart" in tok.out) == any(c == b"broken" for c, _ in want)
