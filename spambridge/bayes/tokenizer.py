@@ -224,19 +224,23 @@ def tokenize(message: bytes, limits: Limits = DEFAULT_LIMITS) -> list[str]:
 
 
 def _capped(tokens: list[str], head: int, cap: int) -> list[str]:
-    """`cap` of the distinct `tokens`, of which the first `head` came before the bodies: those,
-    the body's control tokens, and an even sample of the body's words. Not its first words:
-    5,000 invisible numbers put before the text (66 kB) hid every word of a spam from the
-    classifier, where now they only thin its words out."""
-    if head >= cap:
-        return tokens[:cap]
-    rest = tokens[head:]
-    controls = [t for t in rest if t.startswith("control: ")]
+    """`cap` of the distinct `tokens`, of which the first `head` came before the bodies: every
+    control token (a hiding one is what makes `unread` say so), the header's first tokens,
+    and an even sample of the body's words, which gets at least half the room when it has
+    that many. Not the body's first words: 5,000 invisible numbers put before the text
+    (66 kB) hid every word of a spam, and nor the header's all: the sender's attachment
+    names alone (98 parts, 34 kB) filled the cap and hid every word of the text."""
+    controls = [t for t in tokens if t.startswith("control: ")]
+    if len(controls) >= cap:
+        return controls[:cap]
+    first, rest = tokens[:head], tokens[head:]
     if controls:
+        first = [t for t in first if not t.startswith("control: ")]
         rest = [t for t in rest if not t.startswith("control: ")]
-    k = max(cap - head - len(controls), 0)
+    room = cap - len(controls)
+    k = min(len(rest), max(room // 2, room - len(first)))
     n = len(rest)
-    return tokens[:head] + controls + [rest[i * n // k] for i in range(k)]
+    return first[: room - k] + controls + [rest[i * n // k] for i in range(k)]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -462,12 +462,14 @@ def test_token_spellings_a_spambayes_database_holds() -> None:
 
 def test_the_token_cap_is_exact() -> None:
     """max_tokens distinct tokens, no fewer and no more, all of them the message's, the
-    header's first (a cap below the header's count keeps its first)."""
+    header's first (a cap below the header's count keeps its first, in half the cap: the
+    body's words get the other half)."""
     every = tokenize(SPELLINGS)
     for cap in (len(every) - 1, len(every) - 2, 10):
         capped = tokenize(SPELLINGS, Limits(max_tokens=cap))
         assert len(capped) == len(set(capped)) == cap and set(capped) <= set(every)
-    assert tokenize(SPELLINGS, Limits(max_tokens=10)) == every[:10]
+    capped = tokenize(SPELLINGS, Limits(max_tokens=10))
+    assert capped[:5] == every[:5] and "proto:https" in capped[5:]
     assert tokenize(SPELLINGS, Limits(max_tokens=len(every))) == every
 
 
@@ -486,6 +488,27 @@ def test_junk_before_the_text_does_not_push_its_words_past_the_token_cap() -> No
     assert {"from:addr:example.com", "subject:offer", "control: too many urls"} <= set(t)
     kept = set(words) & set(t)
     assert len(kept) > 30, len(kept)  # about 5,000 of 10,100: half of them; the first: none
+
+
+def test_attachment_names_do_not_push_the_text_past_the_token_cap() -> None:
+    """The header's and the parts' tokens came first and whole: 98 attachments whose names
+    hold 63 made-up pieces each (34 kB) filled the 5,000 and hid every word of the text,
+    and a hiding control token of the body went with them. The body's words now get at
+    least half the cap, and every control token is kept."""
+    alphabet = b"abcdefghijklmnopqrstuvwxyz0123456789"
+    pieces = iter(bytes((alphabet[k // 1296 % 36], alphabet[k // 36 % 36], alphabet[k % 36]))
+                  for k in range(98 * 63))
+    names = b"".join(b'--b\nContent-Type: application/octet-stream\nContent-Disposition: '
+                     b'attachment; filename="' + b".".join(next(pieces) for _ in range(63))
+                     + b'"\n\nAAAA\n' for _ in range(98))
+    for decoys, why in ((b"", ""), (b"&#65;" * 10_001, "entities")):
+        msg = _hiding(b'Content-Type: multipart/mixed; boundary="b"\n',
+                      b"--b\nContent-Type: text/html\n\n" + decoys + b" " + _HIDDEN + b"\n"
+                      + names + b"--b--\n")
+        t = tokenize(msg)
+        assert len(t) == DEFAULT_LIMITS.max_tokens
+        assert {"viagra", "pharmacy", "lottery", "winner"} <= set(t)
+        assert "from:addr:example.org" in t and unread(t) == why
 
 
 def test_word_lengths_are_the_same_in_text_with_a_no_break_space() -> None:
@@ -808,6 +831,35 @@ def test_ordinary_mail_reads_whole() -> None:
 
 
 # -- properties of the reading fixes' functions ---------------------------------------------
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.integers(0, 60).flatmap(lambda n: st.tuples(
+    st.just(n), st.integers(0, n), st.integers(1, 70),
+    st.sets(st.integers(0, max(n - 1, 0)), max_size=6))))
+def test_the_token_cap_keeps_exactly_cap_of_the_tokens_the_header_first(
+        case: tuple[int, int, int, set[int]]) -> None:
+    """_capped: exactly `cap` distinct tokens when more were found, all of them the message's,
+    every control token (a hiding one among them is what makes `unread` say so), the
+    header's first, and at least half the room for the body's words when it has them."""
+    from spambridge.bayes.tokenizer import _capped
+
+    n, head, cap, control_at = case
+    tokens = [f"control: {i}" if i in control_at else f"t{i}" for i in range(n)]
+    if n <= cap:
+        return  # tokenize() calls _capped only past the cap
+    out = _capped(tokens, head, cap)
+    assert len(out) == len(set(out)) == cap and set(out) <= set(tokens)
+    controls = [t for t in tokens if t.startswith("control: ")]
+    if len(controls) <= cap:
+        assert set(controls) <= set(out)
+    words = [t for t in out if not t.startswith("control: ")]
+    head_words = [t for t in tokens[:head] if not t.startswith("control: ")]
+    kept_head = [t for t in words if t in head_words]
+    assert words[: len(kept_head)] == head_words[: len(kept_head)]  # the header's, its first
+    body_words = len(tokens) - head - len([t for t in tokens[head:] if t in controls])
+    room = max(cap - len(controls), 0)
+    assert len(words) - len(kept_head) >= min(body_words, room // 2)
 
 
 @settings(max_examples=500, deadline=None)
