@@ -376,14 +376,15 @@ def decode_payload(payload: bytes, cte: bytes) -> tuple[bytes, bool]:
     """Undo the transfer encoding; (bytes, ok). Damaged base64 is repaired as far as it goes.
     Plain text after a base64 block (a mailing list's footer tacked onto the part) is kept as
     text, as SpamBayes meant to: the decoder would stop at the block's padding and drop it, or
-    read its letters as more base64."""
+    read its letters as more base64. What they decode to comes before them: the text cap
+    cuts the end, and 256 kB of raw lines left none of a damaged part's text read."""
     if cte == b"base64":
         end = base64_block_end(payload)
         if 0 < end < len(payload) and not payload[end:].isspace():
             text, ok = _from_base64(payload[:end])
             rest = payload[end:]
             more = _more_base64(rest)
-            return text + b"\n" + rest + (b"\n" + more if more else b""), ok
+            return text + b"\n" + (more + b"\n" if more else b"") + rest, ok
         return _from_base64(payload)
     if cte == b"quoted-printable":
         try:

@@ -687,6 +687,22 @@ def test_base64_damaged_on_purpose_after_its_first_line_is_still_read() -> None:
         assert plain <= set(t), sorted(plain - set(t))
 
 
+def test_damaged_base64_is_read_before_its_raw_lines_fill_the_text_cap() -> None:
+    """The lines after a damaged first line are kept raw too (as a footer would be), and the
+    text they decode to came after them: a part of 340 kB (its text, then 250 kB of blanks)
+    ran past the 256 kB text cap on the raw letters alone, and not one word was read, where
+    the same part undamaged reads whole. The decoded text now comes first."""
+    text = b"Dear friend, buy cheap viagra pills online now at our pharmacy.\n" * 3
+    padded = b" " * 57 + text + b" " * 250_000  # the first line (57 bytes) holds no word
+    lines = base64.encodebytes(padded).split(b"\n")
+    plain = {w for w in tokenize(b"Subject: hi\n\n" + text) if ":" not in w}
+    for body in (base64.encodebytes(padded), _damaged(lines, 1, b" "),
+                 b"QUJD\n=\n" + base64.encodebytes(padded)):
+        assert DEFAULT_LIMITS.max_text < len(body) < 4 * DEFAULT_LIMITS.max_text // 3
+        t = tokenize(b"Subject: hi\nContent-Transfer-Encoding: base64\n\n" + body)
+        assert plain <= set(t), sorted(plain - set(t))
+
+
 def test_junk_after_the_padding_on_a_base64_line_keeps_the_last_quad() -> None:
     """Spam that appends junk to its base64 line ("...YgRk=!!!x") is read in full on every
     Python the milter runs on. Debian 12's 3.11.2 matched a possessive repeat of a group
