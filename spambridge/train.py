@@ -14,6 +14,7 @@ this module imports only the tokenizer and the store; `rich` and aiospamc load o
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import hashlib
@@ -965,10 +966,11 @@ class Trainer:
         return None
 
     def flush(self) -> None:
-        if self._batch is not None:
-            batch, self._batch = self._batch, None
-            self.writer.commit(batch)
-        self.saved = self.summary.seen
+        with _stop_deferred():  # a commit and its count together, or the stop said too few
+            if self._batch is not None:
+                batch, self._batch = self._batch, None
+                self.writer.commit(batch)
+            self.saved = self.summary.seen
 
     def abandon(self) -> None:
         self._batch = None
@@ -1123,8 +1125,39 @@ class Stopped(KeyboardInterrupt):
     whatever handles that."""
 
 
+_deferred: list[int] | None = None  # inside _stop_deferred: the signals that came meanwhile
+
+
 def _raise_stopped(signum: int, frame: object) -> None:
-    raise Stopped
+    if _deferred is not None:
+        _deferred.append(signum)
+        return
+    raise Stopped if signum == signal.SIGTERM else KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _stop_deferred() -> Iterator[None]:
+    """A Ctrl-C or SIGTERM (once _stop_on_sigterm routes it here) that comes inside is
+    raised when it ends: a stop just after a batch's COMMIT, before the run counted it, made
+    the run say "the first 250 of 501 messages were saved" of a database holding 500. Not
+    raised over an error. Ctrl-C is routed here only meanwhile: asyncio.run (spamd's TELLs)
+    handles it itself when Python's own handler is in place."""
+    global _deferred
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signals reach the main thread only
+        return
+    outer, _deferred = _deferred, []
+    sigint = signal.getsignal(signal.SIGINT)
+    if sigint is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _raise_stopped)
+    try:
+        yield
+    finally:
+        if sigint is signal.default_int_handler:
+            signal.signal(signal.SIGINT, sigint)
+        came, _deferred = _deferred, outer
+    if came:
+        _raise_stopped(came[0], None)
 
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
