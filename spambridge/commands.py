@@ -177,12 +177,10 @@ def _train(args: argparse.Namespace, cfg: Config) -> int:
     status = train.run(cfg, args.label, args.paths, **local, **common)
     if status in STOPPED:  # Ctrl-C or SIGTERM stops the command, not one engine's half of it
         return status
-    paths = args.paths
-    if too_large:  # the local run said so (on stderr, even with --quiet): once is enough
-        paths = [p for p in paths if p != "-"]
-        if not paths:
-            return status
-    elif keep:
+    if keep:
         sys.stdin.buffer.seek(0)
-    remote = train.run_spamd(cfg, args.label, paths, user=args.user, **common)
+    # a message over --max-size on stdin: the local run said so (on stderr, even with
+    # --quiet); spamd's run counts it in its summary, and does not say it again
+    remote = train.run_spamd(cfg, args.label, args.paths, user=args.user,
+                             too_large_said=too_large, **common)
     return max(status, remote)

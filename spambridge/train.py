@@ -1319,11 +1319,12 @@ async def _why_reset(scanner: SpamdScanner, user: str, e: ScanError) -> ScanErro
 
 def run_spamd(cfg: Config, label: str, paths: list[str], *, max_size: int = DEFAULT_MAX_SIZE,
               mbox: bool = False, user: str = "", quiet: bool = False,
-              index: list[IndexEntry] | None = None,
+              index: list[IndexEntry] | None = None, too_large_said: bool = False,
               out: IO[str] | None = None, err: IO[str] | None = None) -> int:
     """Teach SpamAssassin's own Bayes through spamd TELL (needs spamd --allow-tell). With
     `index` (entries of class `label`, see read_index) `paths` is unused and errors name the
-    index line each path came from."""
+    index line each path came from. `too_large_said`: the local run has already said that
+    stdin's message is too large (spamd+bayes), so it is not said twice."""
     import asyncio
 
     from spambridge.scanners.spamd import SpamdScanner
@@ -1357,7 +1358,7 @@ def run_spamd(cfg: Config, label: str, paths: list[str], *, max_size: int = DEFA
                     if item.failure:
                         print(f"spambridge train: {origin}{item.where}: {item.problem}",
                               file=err)
-                    elif single and item.problem == TOO_LARGE:
+                    elif single and item.problem == TOO_LARGE and not too_large_said:
                         print(_skipped(item, max_size), file=err)
                     await asyncio.sleep(0)  # a stop is seen at an await: a folder of junk too
                     continue
