@@ -1307,7 +1307,9 @@ async def _why_reset(scanner: SpamdScanner, user: str, e: ScanError) -> ScanErro
     can be learned from, and give its refusal instead when that is what it was."""
     from spambridge.verdict import ScanError
 
-    if not isinstance(e.__cause__, OSError):  # (a spamd that is down refuses the question too)
+    # (a spamd that is down refuses the question too); a timeout is no refusal: spamd took
+    # the request and did not answer, and asking again would wait out scan_timeout twice
+    if not isinstance(e.__cause__, OSError) or isinstance(e.__cause__, TimeoutError):
         return e
     try:
         await scanner.request("TELL", b"", user, TELL_PROBE)

@@ -65,6 +65,33 @@ def test_tell_to_a_stopped_spamd_is_an_error(tmp_path: Path) -> None:
     assert b"Learned 0 of 1 messages as ham (1 spamd error, stopped there" in r.stdout
 
 
+def test_a_hung_spamd_stops_the_run_at_its_first_timeout(tmp_path: Path) -> None:
+    """A spamd that takes a TELL and never answers (hung, or its children all busy) costs
+    scan_timeout per message: the run stops at the first timeout, as at a spamd that is down,
+    and says the rest was not sent, rather than wait it out for every message of a folder. Nor
+    does it ask spamd whether TELL is allowed (the question after a reset): that waited out
+    scan_timeout a second time, 20 s by default for a Dovecot pipe killed after 10 s."""
+    from spamdfakes import SwitchableSpamd
+
+    box = tmp_path / "junk"
+    box.mkdir()
+    for n in range(4):
+        (box / f"{n}.eml").write_bytes(message(subject=f"Offer {n}"))
+    cfg = tmp_path / "sb.toml"
+    cfg.write_text("[milter]\nscan_timeout = 1\n")
+    fake = SwitchableSpamd("hang")
+    try:
+        r = train("-c", str(cfg), "--spamd", fake.address, "--spam", str(box))
+        asked = fake.requests
+    finally:
+        fake.close()
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.count(b"spambridge train: ") == 1 and b"timeout" in r.stderr, r.stderr
+    assert b"Learned 0 of 1 messages as spam (1 spamd error, stopped there: later messages " \
+        b"were not sent)" in r.stdout, r.stdout
+    assert asked == 1  # the TELL only, no question after it
+
+
 @pytest.mark.parametrize("size", [200, 200_000])
 def test_a_spamd_without_allow_tell_is_named_as_the_cause(spamd: Spamd, size: int) -> None:
     """spamd refuses TELL unless started with --allow-tell, and says so only when the whole
