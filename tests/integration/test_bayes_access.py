@@ -107,7 +107,8 @@ def test_a_milter_started_as_root_leaves_the_database_in_the_group_the_pipe_writ
 
 
 @pytest.mark.parametrize("case", ["restored by root with cp", "its -shm read-only to the group",
-                                  "directory not group-writable", "not in the group"])
+                                  "directory not group-writable", "not in the group",
+                                  "the pipe's own, read-only"])
 def test_a_pipe_that_may_not_write_says_which_file_and_why(
         open_dir: Path, mail_user: tuple[int, int, tuple[str, str]], case: str) -> None:
     """SQLite says "attempt to write a readonly database" or "unable to open database file"
@@ -133,6 +134,11 @@ def test_a_pipe_that_may_not_write_says_which_file_and_why(
         dbdir.chmod(0o750)
         expect = (f"may not create bayes.sqlite-wal in {dbdir} (root:{group}, mode 0750): "
                   f"its group {group} may not: chmod g+wx {dbdir}")
+    elif case == "the pipe's own, read-only":  # a file its user owns, made read-only
+        os.chown(db, uid, group)
+        db.chmod(0o440)
+        expect = f"may not write {db} ({uid}:{group}, mode 0440): its owner may not: " \
+                 f"chmod u+rw {db}"
     else:
         groups = []  # Dovecot without mail_access_groups
         expect = (f"may not enter {dbdir} (root:{group}, mode 2770): user {uid} is neither its "
@@ -142,6 +148,22 @@ def test_a_pipe_that_may_not_write_says_which_file_and_why(
     assert f"spambridge train: {db}: cannot write the Bayes database: user {uid} {expect}" \
         in r.stderr, r.stderr
     assert "folded" not in r.stderr
+
+
+def test_check_config_by_an_admin_before_the_first_start_says_the_database_comes_then(
+        open_dir: Path, mail_user: tuple[int, int, tuple[str, str]]) -> None:
+    """Before the milter's first start neither the database nor its directory exists: run by
+    an admin who may not create that directory (the milter, started as root, makes it),
+    `check-config` says it does not exist yet, not that this user may not create it."""
+    uid, _, py = mail_user
+    db = open_dir / "spambridge" / "bayes.sqlite"
+    conf = write_config(open_dir / "c.toml", {"milter": {"engine": "bayes"},
+                                              "bayes": {"db": str(db)}})
+    conf.chmod(0o644)
+    r = as_user(py, uid, [], "check-config", "--no-postfix", "--config", str(conf))
+    assert f"[bayes] db: {db} does not exist yet: the milter creates it empty" in r.stdout, \
+        r.stdout
+    assert "may not create" not in r.stdout and not db.parent.exists()
 
 
 def test_the_milter_and_check_config_say_whose_file_the_milter_cannot_read(

@@ -151,6 +151,38 @@ def test_a_wal_started_over_while_its_marks_are_read_is_not_taken_for_a_stale_on
     second.close()
 
 
+def test_a_wal_started_over_at_every_reading_of_its_marks_is_not_taken_for_a_stale_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same race at every one of the check's readings (a long burst of Dovecot pipes): the
+    -wal is busy, not a stale one left sitting there, so the database is opened, not refused
+    on the last (mismatched) reading."""
+    path = str(tmp_path / "b.sqlite")
+    writers = [store.SqliteWriter(path) for _ in range(store.FOREIGN_READS + 1)]
+    _commit(writers[0], "w0")
+    read = store._mark_of
+    raced: list[int] = []
+    marking: list[bool] = []  # the writers' own readings (their _mark) are let through
+
+    def racing(p: str) -> bytes | None:
+        if p == path and not marking and len(raced) < store.FOREIGN_READS:
+            n = len(raced)
+            raced.append(n)
+            marking.append(True)
+            writers[n].close()  # folds: the -wal is emptied
+            _commit(writers[n + 1], f"w{n + 1}")  # starts it over, and marks it and the file
+            marking.clear()
+        return read(p)
+
+    monkeypatch.setattr(store, "_mark_of", racing)
+    assert store.foreign_wal(path) == ""
+    assert len(raced) == store.FOREIGN_READS
+    monkeypatch.undo()
+    writers[-1].close()
+    reader = store.SqliteReader(path)
+    assert reader.totals() == Totals(store.FOREIGN_READS + 1, 0)
+    reader.close()
+
+
 def test_no_writer_starts_the_wal_over_while_another_marks_it(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Two writers marking across a new generation (the first between reading the header and

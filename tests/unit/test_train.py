@@ -17,6 +17,7 @@ import sqlite3
 import stat
 import subprocess
 import sys
+import threading
 import time
 import zlib
 from pathlib import Path
@@ -744,6 +745,47 @@ def test_check_shows_the_subject_tag_the_clues_and_what_bayes_stood_in_for(
     assert f"  why: fallback=spamd-unavailable: {spamd}: " in out
 
 
+def test_check_explain_shows_the_twenty_strongest_clues(
+        tmp_path: Path, db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--explain lists the 20 strongest clues (EXPLAIN_CLUES) of a message that has more: what
+    an admin reads to see why mail scored as it did."""
+    words = [f"lure{n}" for n in range(30)]
+    for label, vocabulary in (("spam", words), ("ham", [f"memo{n}" for n in range(30)])):
+        msgs = [f"From: x{i}@{label}.example\nSubject: {label} {i}\n\n{' '.join(vocabulary)}\n"
+                .encode() for i in range(3)]
+        learned = folder(tmp_path / label, msgs)
+        assert run("train", "--db", str(db), f"--{label}", "-q", str(learned),
+                   capsys=capsys)[0] == 0
+    cfg = tmp_path / "sb.toml"
+    cfg.write_text("[bayes]\nmin_trained = 1\n")
+    probe = tmp_path / "probe.eml"
+    probe.write_bytes(f"From: y@elsewhere.example\nSubject: hello\n\n{' '.join(words)}\n"
+                      .encode())
+    code, out, _ = run("check", "--config", str(cfg), "--db", str(db), "--explain", str(probe),
+                       capsys=capsys)
+    clues = re.findall(r"^    ([01]\.\d{4})  '(.*)'$", out, re.M)
+    assert code == 0 and "strongest clues (20 shown;" in out and len(clues) == 20, out
+    assert all(word.startswith("lure") for _, word in clues)
+
+
+def test_check_explain_names_the_rules_spamd_hit(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """With spamd as the engine, --explain lists the SpamAssassin rules the message hit: the
+    why of its score, as the X-Spam-Status tests= list gives it."""
+    from spamdfakes import SwitchableSpamd
+
+    msg = tmp_path / "m.eml"
+    msg.write_bytes(mail(1, True))
+    fake = SwitchableSpamd("good")
+    try:
+        code, out, _ = run("check", "--engine", "spamd", "--spamd", fake.address, "--explain",
+                           str(msg), capsys=capsys)
+    finally:
+        fake.close()
+    assert code == 0 and "engine=spamd verdict=ham" in out, out
+    assert "\n  tests: SYM_A, SYM_B\n" in out, out
+
+
 @pytest.mark.parametrize("spam", [False, True])
 def test_with_min_trained_0_a_database_of_one_class_scores(
         tmp_path: Path, db: Path, capsys: pytest.CaptureFixture[str], spam: bool) -> None:
@@ -778,6 +820,54 @@ def test_check_batch_says_why_messages_were_unchecked(
     assert run("train", "--db", str(db), "--ham", str(msgs[0]), capsys=capsys)[0] == 0
     code, out, err = run("check", "--db", str(db), "--batch", str(msgs[1]), capsys=capsys)
     assert code == 1 and "1 message unchecked=unavailable: not trained yet: 0 spam, 1 ham" in err
+
+
+def test_check_batch_names_the_five_commonest_reasons_for_unchecked_mail(
+        tmp_path: Path, fake_spamd: Any) -> None:
+    """spamd's errors can differ message by message: --batch names the five reasons most
+    messages went unchecked for, the commonest first, and counts the rest in one line."""
+    from spamdfakes import read_spamc_request
+
+    codes = iter([76, 76, 76, 74, 74, 64, 65, 66, 67, 68])  # spamd's EX_* exit codes
+    lock = threading.Lock()
+
+    def answer(conn: socket.socket) -> None:
+        if read_spamc_request(conn):
+            with lock:
+                code = next(codes)
+            conn.sendall(f"SPAMD/1.5 {code} Bad\r\n\r\n".encode())
+            conn.close()
+
+    spamd = fake_spamd(answer)
+    msgs = folder(tmp_path / "m", [mail(i, False) for i in range(10)])
+    proc = subprocess.run([sys.executable, "-m", "spambridge", "check", "--batch", "--engine",
+                           "spamd", "--spamd", spamd.address, *map(str, msgs.iterdir())],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and proc.stdout.count("\tunchecked=error\n") == 10
+    said = [line.removeprefix("spambridge check: ").replace(f"{spamd.address}: ", "")
+            for line in proc.stderr.splitlines()]
+    assert said == ["3 messages unchecked=error: ProtocolException: Bad",
+                    "2 messages unchecked=error: IOErrorException: Bad",
+                    "1 message unchecked=error: UsageException: Bad",
+                    "1 message unchecked=error: DataErrorException: Bad",
+                    "1 message unchecked=error: NoInputException: Bad",
+                    "2 more unchecked for other reasons"], proc.stderr
+
+
+def test_check_shows_no_change_to_a_message_the_milter_refuses(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A message refused with a tempfail (here: no database, on_unavailable = tempfail) is not
+    changed by the milter: `check` says the 451 and no forged X-Spam-* field removed, as it
+    says none for a rejected one."""
+    msg = tmp_path / "m.eml"
+    msg.write_bytes(mail(1, False, extra="X-Spam-Flag: NO\nX-Spam-Status: No, forged\n"))
+    cfg = tmp_path / "sb.toml"
+    cfg.write_text('[policy]\non_unavailable = "tempfail"\n')
+    code, out, _ = run("check", "--config", str(cfg), "--db", str(tmp_path / "none.db"),
+                       str(msg), capsys=capsys)
+    assert code == 1 and "verdict=unchecked=unavailable action=tempfail" in out, out
+    assert "  SMTP reply: 451 4.7.1 " in out
+    assert "headers removed" not in out and "headers added" not in out
 
 
 def test_check_never_scores_a_file_cut_at_the_read_limit(
@@ -1338,6 +1428,44 @@ def test_a_database_moved_over_a_killed_trains_wal_is_opened_by_nothing(
     assert tokens(live).get("unique1x1" if backup else "unique201x1") == (1, 0)
 
 
+# a `train` that has the database open when a retrained copy is moved over it, commits a batch
+# (to the -wal, which stays the old file's) and is killed
+MOVED_UNDER_A_TRAIN = """
+import os, sys
+from spambridge.bayes import store
+w = store.SqliteWriter(sys.argv[1])
+b = w.begin()
+b.learn(["killedtoken"], "spam")
+b.mark(b"k" * 16, "spam")
+os.replace(sys.argv[2], sys.argv[1])
+w.commit(b)
+os._exit(0)
+"""
+
+
+def test_a_database_moved_in_while_a_train_writes_is_not_read_through_its_wal(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A retrained copy moved into place while a nightly `train` is still at it, and that
+    `train` killed after its next commit: its pages are in the -wal beside the new file, and
+    the new file must not be taken for the one they were written for (the mark goes on the
+    -wal only), or the next opener reads them as the new file's and a `train` folds them in."""
+    live = small_db(tmp_path / "live.sqlite", 0, capsys)
+    moved = small_db(tmp_path / "moved.sqlite", 200, capsys)
+    subprocess.run([sys.executable, "-c", MOVED_UNDER_A_TRAIN, str(live), str(moved)],
+                   check=True)
+    wal = Path(f"{live}-wal")
+    assert wal.stat().st_size > 0
+    ham = tmp_path / "ham.eml"
+    ham.write_bytes(mail(300, False))
+    code, _, err = run("train", "--db", str(live), "--ham", str(ham), capsys=capsys)
+    assert code == 1 and "not opened" in err and "was there before" in err, err
+    code, out, _ = run("check", "--db", str(live), str(ham), capsys=capsys)
+    assert code == 1 and f"Move {wal} and" in out
+    os.replace(wal, tmp_path / "aside-wal")  # what the message says to do
+    os.replace(f"{live}-shm", tmp_path / "aside-shm")
+    assert totals(live) == (6, 6) and "killedtoken" not in tokens(live)
+
+
 @pytest.mark.parametrize("keep_attributes", [False, True])
 def test_a_backup_restored_with_rm_then_cp_is_not_read_through_the_old_wal(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], keep_attributes: bool) -> None:
@@ -1362,6 +1490,22 @@ def test_a_backup_restored_with_rm_then_cp_is_not_read_through_the_old_wal(
     assert totals(live) == (6, 6) and "killedtoken" not in tokens(live)
     assert run("train", "--db", str(live), "--ham", str(ham), capsys=capsys)[0] == 0
     assert totals(live) == (6, 7)
+
+
+def test_a_database_removed_after_a_killed_train_is_made_afresh(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`rm bayes.sqlite` to start over, after a `train` was killed: its marked -wal is still
+    there, but with no file it has nothing to be taken for. The next `train` makes a new,
+    empty database (SQLite drops the old pages), not a refusal to "move the -wal aside" from a
+    file in place that is not there."""
+    live = small_db(tmp_path / "live.sqlite", 0, capsys)
+    wal = killed_train(live)
+    live.unlink()
+    assert wal.exists()
+    ham = folder(tmp_path / "new-ham", [mail(300, False)])
+    code, out, err = run("train", "--db", str(live), "--ham", str(ham), capsys=capsys)
+    assert code == 0 and "Learned 1 of 1 messages as ham" in out, err
+    assert totals(live) == (0, 1) and "killedtoken" not in tokens(live)
 
 
 def test_a_killed_trains_own_wal_is_read_and_folded_by_the_next_train(
@@ -1519,6 +1663,21 @@ def test_a_stop_that_comes_as_a_batch_commits_is_counted_with_it(
     assert int(m.group(1)) == totals(db)[0] == 500
 
 
+def test_a_sigterm_ignored_by_whoever_started_train_does_not_stop_it(
+        tmp_path: Path, db: Path) -> None:
+    """A wrapper that ignores SIGTERM (`trap '' TERM`: what it starts must finish) passes that
+    on to `train`: the run keeps to it, learning every message, and does not stop at a SIGTERM
+    as a run started normally does (_stop_on_sigterm leaves an ignored signal ignored)."""
+    proc, _ = long_train(tmp_path, db, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, preexec_fn=lambda: signal.signal(signal.SIGTERM,
+                                                                     signal.SIG_IGN))
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, (proc.returncode, err)
+    assert f"Learned {LONG_RUN} of {LONG_RUN} messages as spam" in out and "stopped" not in err
+    assert totals(db) == (LONG_RUN, 0)
+
+
 @pytest.mark.parametrize("compress", [False, True])
 def test_an_mbox_trickling_in_on_stdin_is_saved_batch_by_batch(db: Path, compress: bool
                                                                ) -> None:
@@ -1657,6 +1816,30 @@ def test_a_reader_keeping_its_snapshot_does_not_stall_the_dovecot_pipe(
     # one tells: the last to finish (the other may leave the fold to it, as it was writing)
     assert any("was not folded back" in e for e in errs) and "Traceback" not in "".join(errs)
     assert totals(db) == (2, 3)
+
+
+def test_a_pipe_leaves_the_fold_to_a_train_still_writing_without_a_warning(
+        tmp_path: Path, db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A Dovecot pipe ending while another `train` holds the write lock (a bulk run's batch,
+    here held from this test) cannot fold the -wal back; that writer folds it when it ends, so
+    the pipe says nothing of it. The warning not to move a file over the database is for a
+    -wal a reader kept full: said here, it would reach Dovecot's log from every pipe that ends
+    during a long batch of a bulk run."""
+    run("train", "--db", str(db), "--ham", str(folder(tmp_path / "ham", [mail(i, False)
+                                                                         for i in range(3)])),
+        capsys=capsys)
+    writer = sqlite3.connect(db, isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")
+    try:
+        pipe = subprocess.run([sys.executable, "-m", "spambridge", "train", "--db", str(db),
+                               "--spam", "-q", "--max-size", "100", "-"],
+                              input=mail(1, True), capture_output=True, timeout=60)
+    finally:
+        writer.rollback()
+        writer.close()
+    assert pipe.returncode == 0
+    assert pipe.stderr.decode() == ("spambridge train: <stdin>: too large (over --max-size, 100 "
+                                    "bytes): not learned\n")
 
 
 def test_a_dovecot_pipe_is_not_held_up_by_a_bulk_train(
