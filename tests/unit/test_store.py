@@ -225,6 +225,23 @@ def test_no_writer_starts_the_wal_over_while_another_marks_it(
     reader.close()
 
 
+def test_a_write_refused_for_another_reason_than_the_lock_is_not_tried_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only SQLite's "busy" means another writer holds the lock and the next try may get it;
+    any other refusal of BEGIN IMMEDIATE (here: a transaction already open on the connection)
+    would only fail again, so `train` says it at once instead of retrying it until its
+    deadline (30 s, longer than Dovecot gives a pipe)."""
+    writer = store.SqliteWriter(str(tmp_path / "b.sqlite"), timeout=1.0)
+    slept: list[float] = []
+    monkeypatch.setattr(store.time, "sleep", slept.append)
+    writer.conn.execute("BEGIN")
+    with pytest.raises(store.StoreError,
+                       match="cannot start a write: cannot start a transaction within"):
+        writer.begin()
+    assert slept == []
+    writer.close()
+
+
 def test_unlearning_what_the_database_does_not_hold_stops_at_zero(tmp_path: Path) -> None:
     """A message forgotten or moved after [bayes] max_tokens or max_bytes changed gives tokens
     it was never learned with: no count, and no total, may go below zero (a negative count
