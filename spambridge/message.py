@@ -199,11 +199,11 @@ class MessageBuffer:
         names we write, and the others readers act on (headers.KNOWN), share the budget first,
         evenly (a flood of one cannot shield another), so no junk X-Spam-* name can use it up
         before a forged X-Spam-Flag, X-Spam-Status or X-Spam-Report."""
-        ours = [v for k, v in self.owned.items() if k in headers.KNOWN]
+        known = [v for k, v in self.owned.items() if k in headers.KNOWN]
         rest = [v for k, v in self.owned.items() if k not in headers.KNOWN]
-        kept = _shares([n for _, n in ours], defaults.MAX_OWNED)
+        kept = _shares([n for _, n in known], defaults.MAX_OWNED)
         kept += _shares([n for _, n in rest], defaults.MAX_OWNED - sum(kept))
-        return [(name, i) for (name, _), k in zip(ours + rest, kept, strict=True)
+        return [(name, i) for (name, _), k in zip(known + rest, kept, strict=True)
                 for i in range(k, 0, -1)]
 
     def delivered(self) -> bool:
