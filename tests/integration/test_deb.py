@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import pwd
+import re
+import shutil
 import signal
 import stat
 import subprocess
@@ -162,6 +164,65 @@ def test_the_compiled_milter_module_is_built_here_and_hardened(built: Built) -> 
         assert "RPATH" not in dyn and "RUNPATH" not in dyn, f"{so}:\n{dyn}"
         # hardening=+all: -Wl,-z,now (lintian: hardening-no-bindnow)
         assert "BIND_NOW" in dyn, f"{so}:\n{dyn}"
+
+
+def pins(*files: str) -> dict[str, str]:
+    """NAME==VERSION of packaging/FILES, names normalized (PEP 503)."""
+    out = {}
+    for f in files:
+        for m in re.finditer(r"^([A-Za-z0-9][\w.-]*)==(\S+)", (ROOT / "packaging" / f).read_text(),
+                             re.M):
+            out[re.sub(r"[-_.]+", "-", m.group(1)).lower()] = m.group(2)
+    return out
+
+
+def test_the_virtualenv_holds_exactly_the_hash_pinned_distributions(built: Built) -> None:
+    """What the build installed is what packaging/requirements.txt and build-requirements.txt
+    pin (with their hashes), the project and the venv's own pip: nothing more, nothing else."""
+    r = run("/opt/venvs/spambridge/bin/python", "-c",
+            "import importlib.metadata as m\n"
+            "for d in m.distributions(): print(d.metadata['Name'], d.version)", timeout=60)
+    assert r.returncode == 0, r.stderr
+    got = {re.sub(r"[-_.]+", "-", name).lower(): version
+           for name, version in (ln.split() for ln in r.stdout.splitlines())}
+    assert got.pop("spambridge") == "0.1.0"
+    got.pop("pip")  # the one venv bootstraps (Debian's python3-pip-whl)
+    assert got == pins("requirements.txt", "build-requirements.txt")
+
+
+def test_a_hash_that_does_not_match_fails_the_build_at_pip(tmp_path: Path) -> None:
+    """A copy of the tree whose requirements.txt has one hash altered (what a file replaced on
+    the index or a mirror looks like to the build): the build stops at pip's hash check, which
+    pip makes before it unpacks (let alone builds) the sdist, and installs nothing. The untouched build is
+    test_deb_builds_installs_and_runs's."""
+    tree = tmp_path / "tree"
+    # what the script copies from a checkout: tracked files and new ones git does not ignore
+    files = subprocess.run(["git", "-C", str(ROOT), "ls-files", "-z", "--cached", "--others",
+                            "--exclude-standard"], capture_output=True, check=True,
+                           timeout=60).stdout.decode().split("\0")
+    for f in filter(None, files):
+        src = ROOT / f
+        if src.is_file():
+            (tree / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, tree / f)
+    reqs = tree / "packaging" / "requirements.txt"
+    text = reqs.read_text()
+    pin = re.search(r"^pymilter==\S+ \\\n    --hash=sha256:([0-9a-f]{64})", text, re.M)
+    assert pin, text
+    good = pin.group(1)
+    bad = good[:-1] + ("0" if good[-1] != "0" else "1")
+    reqs.write_text(text.replace(good, bad))
+    before = dpkg_version()
+
+    r = run(tree / "packaging" / "build-and-install-deb.sh", timeout=900,
+            DEB_OUT=str(tmp_path / "out"))
+    log = r.stdout + r.stderr
+    assert r.returncode != 0, log[-3000:]
+    assert "THESE PACKAGES DO NOT MATCH THE HASHES FROM THE REQUIREMENTS FILE" in log, log[-3000:]
+    assert f"Expected sha256 {bad}" in log and f"Got        {good}" in log, log[-3000:]
+    assert "dpkg-buildpackage failed" in log
+    assert not list((tmp_path / "out").glob("*.deb"))
+    assert dpkg_version() == before
 
 
 def test_an_upgrade_from_a_script_keeps_the_admins_config_and_database(package: Built) -> None:
