@@ -19,7 +19,7 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
-from spambridge import __version__, defaults, privileges
+from spambridge import __version__, defaults, limits, privileges
 from spambridge.config import Config, ConfigError, key_at, reloaded
 from spambridge.message import clean, spool_problem
 from spambridge.milter.bridge import AsyncBridge, signals_blocked
@@ -68,6 +68,9 @@ def run(cfg: Config, reload: Callable[[], Config] | None = None) -> int:
     from spambridge.milter.session import Session
 
     _fix_mmap_threshold()
+    before, after = limits.raise_nofile()
+    if after != before:
+        log.debug("open files limit raised from %d to %d (the hard limit)", before, after)
     spec = parse_socket_spec(cfg.milter.socket)
     # Block libmilter's signals before any helper thread exists, and keep them blocked: inside
     # milter.main() libmilter's own signal thread sigwait()s for them, so a TERM that arrives
@@ -113,6 +116,7 @@ def run(cfg: Config, reload: Callable[[], Config] | None = None) -> int:
              ", tag-only" if cfg.policy.tag_only else "",
              f"config {cfg.source}" if cfg.source != "<defaults>" else
              f"no config file: built-in defaults ({defaults.CONFIG_PATH} absent)")
+    limits.check_at_start(cfg.milter.max_scan_size)  # as the milter's user
     bayes: Any = getattr(scanner, "secondary", scanner)  # spamd+bayes: the fallback engine
     if bayes.name == "bayes":
         try:

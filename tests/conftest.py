@@ -3,9 +3,11 @@ fake spamd servers for faults. Helpers are imported from `harness`."""
 
 from __future__ import annotations
 
+import functools
 import grp
 import os
 import pwd
+import resource
 import shutil
 import socket
 import subprocess
@@ -37,6 +39,12 @@ def spamd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Spamd]:
 
 
 
+def _set_rlimits(rlimits: dict[int, tuple[int, int]]) -> None:
+    """In the child, before exec: the limits a test starts the milter under."""
+    for which, (soft, hard) in rlimits.items():
+        resource.setrlimit(which, (soft, hard))
+
+
 @pytest.fixture
 def start_milter(tmp_path: Path) -> Iterator[Callable[..., RunningMilter]]:
     """Start `spambridge run` with a config built from keyword sections; stop it after."""
@@ -44,7 +52,10 @@ def start_milter(tmp_path: Path) -> Iterator[Callable[..., RunningMilter]]:
     counter = iter(range(1000))
 
     def start(config: dict[str, dict[str, object]] | None = None, *args: str,
-              wait: bool = True) -> RunningMilter:
+              wait: bool = True,
+              rlimits: dict[int, tuple[int, int]] | None = None) -> RunningMilter:
+        """`rlimits`: resource.RLIMIT_* → (soft, hard) the process starts with (as systemd's
+        Limit*= settings would give it)."""
         n = next(counter)
         sock = str(tmp_path / f"m{n}.sock")
         cfg = {k: dict(v) for k, v in (config or {}).items()}
@@ -56,6 +67,7 @@ def start_milter(tmp_path: Path) -> Iterator[Callable[..., RunningMilter]]:
             [sys.executable, "-m", "spambridge", "run", "--config", str(cfg_path),
              "--log-level", "debug", *args],
             stdout=open(log_path, "wb"), stderr=subprocess.STDOUT,  # noqa: SIM115
+            preexec_fn=functools.partial(_set_rlimits, rlimits) if rlimits else None,
         )
         m = RunningMilter(proc, cfg["milter"]["socket"].removeprefix("unix:"),  # type: ignore[union-attr]
                           log_path, cfg_path)

@@ -1,0 +1,46 @@
+"""spambridge.limits: which process limits are too low for Postfix's default load, and what
+an admin is told to raise."""
+
+from __future__ import annotations
+
+from spambridge.limits import FDS_BASE, FDS_PER_SESSION, SESSIONS, THREADS_BASE, Limits, problems
+
+MIB = 1 << 20
+ROOMY = Limits(nofile=524288, nproc=None, tasks=4915, address_space=None, stack=8 * MIB,
+               vm_size=300 * MIB)
+
+
+def test_systemds_defaults_raised_soft_limit_and_tasks_are_enough() -> None:
+    assert problems(ROOMY, 1 << 20) == []
+
+
+def test_each_low_limit_names_its_unit_setting_and_the_sessions_it_allows() -> None:
+    low = Limits(nofile=64, nproc=40, tasks=30, address_space=512 * MIB, stack=8 * MIB,
+                 vm_size=300 * MIB)
+    said = problems(low, 1 << 20)
+    assert len(said) == 4
+    nofile, tasks, nproc, space = said
+    assert "RLIMIT_NOFILE) is 64" in nofile and "LimitNOFILE=" in nofile
+    assert f"about {(64 - FDS_BASE) // FDS_PER_SESSION} SMTP sessions" in nofile
+    assert "pids.max) is 30" in tasks and "TasksMax=" in tasks
+    assert f"about {30 - THREADS_BASE} SMTP sessions" in tasks
+    assert "RLIMIT_NPROC) is 40" in nproc and "LimitNPROC=" in nproc
+    assert "RLIMIT_AS) is 512 MiB" in space and "MemoryMax=" in space
+
+
+def test_the_thresholds_are_what_the_sessions_need() -> None:
+    need_fds = FDS_BASE + FDS_PER_SESSION * SESSIONS
+    need_threads = THREADS_BASE + SESSIONS
+    at = Limits(nofile=need_fds, nproc=need_threads, tasks=need_threads, address_space=None,
+                stack=8 * MIB, vm_size=0)
+    assert problems(at, 1 << 20) == []
+    under = Limits(nofile=need_fds - 1, nproc=need_threads - 1, tasks=need_threads - 1,
+                   address_space=None, stack=8 * MIB, vm_size=0)
+    assert len(problems(under, 1 << 20)) == 3
+
+
+def test_the_address_space_needed_grows_with_max_scan_size() -> None:
+    space = Limits(nofile=None, nproc=None, tasks=None, address_space=4096 * MIB,
+                   stack=8 * MIB, vm_size=300 * MIB)
+    assert problems(space, 1 << 20) == []  # 300 + 100 x (8 + 3) MiB fit in 4 GiB
+    assert len(problems(space, 32 << 20)) == 1  # 100 x 96 MiB of messages do not
