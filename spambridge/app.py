@@ -123,6 +123,7 @@ def run(cfg: Config, reload: Callable[[], Config] | None = None) -> int:
             bayes.probe(fallback=bayes is not scanner)  # as the milter's user
         except Exception:  # only a warning is at stake: never a reason not to serve mail
             log.exception("checking the Bayes database at start failed")
+    watch = limits.Watch(threading.get_ident()).start()  # this thread runs the listener
     nudger = PoolNudger(spec, pipeline).start()
     pipeline.before_scan = nudger.poke
     waker = ListenerWaker().start()
@@ -149,6 +150,7 @@ def run(cfg: Config, reload: Callable[[], Config] | None = None) -> int:
         pipeline.wait_idle(grace)
         pipeline.health.close()
         nudger.stop()
+        watch.stop()
         bridge.run(scanner.aclose(), 5.0) if _alive(bridge) else None
         bridge.stop()
         _remove_own_socket(spec, ours)

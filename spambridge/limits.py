@@ -14,9 +14,13 @@ setting that raises it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import resource
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 log = logging.getLogger("spambridge")
@@ -63,8 +67,8 @@ def _finite(value: int) -> int | None:
     return None if value == resource.RLIM_INFINITY else value
 
 
-def _cgroup_pids_max() -> int | None:
-    """pids.max of this process's cgroup (v2, or v1's pids controller); None if unlimited."""
+def _cgroup_dir() -> str | None:
+    """This process's cgroup directory that holds pids.max (v2, or v1's pids controller)."""
     try:
         with open("/proc/self/cgroup") as f:
             lines = f.read().splitlines()
@@ -78,10 +82,19 @@ def _cgroup_pids_max() -> int | None:
             where = f"/sys/fs/cgroup/pids{path}"
         else:
             continue
-        with contextlib.suppress(OSError, ValueError):
-            with open(os.path.join(where, "pids.max")) as f:
-                value = f.read().strip()
-            return None if value == "max" else int(value)
+        if os.path.exists(os.path.join(where, "pids.max")):
+            return where
+    return None
+
+
+def _cgroup_pids_max() -> int | None:
+    """pids.max of this process's cgroup (systemd's TasksMax=); None if unlimited."""
+    where = _cgroup_dir()
+    if where is None:
+        return None
+    with contextlib.suppress(OSError, ValueError), open(os.path.join(where, "pids.max")) as f:
+        value = f.read().strip()
+        return None if value == "max" else int(value)
     return None
 
 
@@ -146,3 +159,173 @@ def check_at_start(max_scan_size: int) -> None:
     """Warn of each limit too low for the load Postfix can send (see problems())."""
     for problem in problems(current(), max_scan_size):
         log.warning("%s", problem)
+
+
+# ------------------------------------------------------------------------------------------------
+# at run time: a limit reached is said once every REMIND seconds, naming it and its setting
+
+REMIND = 300.0  # seconds between warnings about one limit (as health.py's incidents)
+WATCH_EVERY = 1.0  # seconds between the watch's looks at the threads and the listener
+SPIN = 0.5  # share of a core the listener thread uses when it retries accept() in a loop
+
+_said: dict[str, float] = {}
+_said_lock = threading.Lock()
+
+
+def _say(kind: str, text: str, clock: Callable[[], float] = time.monotonic) -> bool:
+    """Warn `text` unless `kind` was warned of in the last REMIND seconds; whether it was."""
+    now = clock()
+    with _said_lock:
+        last = _said.get(kind)
+        if last is not None and now - last < REMIND:
+            return False
+        _said[kind] = now
+    log.warning("%s", text)
+    return True
+
+
+def _nofile_text() -> str:
+    soft = _finite(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+    return (f"out of file descriptors: the open files limit (RLIMIT_NOFILE) of {soft} is "
+            "reached. Scans fail (\"Too many open files\": on_unavailable, or on_error for a "
+            "spooled body) and libmilter cannot accept the MTA's connections until some close "
+            "(it retries at full CPU); raise LimitNOFILE= in the unit (systemctl edit "
+            "spambridge)")
+
+
+def _memory_text(max_scan_size: int | None = None) -> str:
+    space = _finite(resource.getrlimit(resource.RLIMIT_AS)[0])
+    limit = (f"the address space limit (RLIMIT_AS) is {space >> 20} MiB, {_vm_size() >> 20} "
+             "MiB in use" if space is not None else "no RLIMIT_AS: a cgroup's MemoryMax= or "
+             "the machine")
+    return (f"out of memory (MemoryError) while a message was scanned: {limit}. Such messages "
+            "get on_error, and libmilter cannot start threads for new sessions; remove "
+            "LimitAS= (bound memory with MemoryMax= instead), raise it, or lower "
+            "max_scan_size")
+
+
+# a failure's text that shows a limit reached, and which
+_SIGNS = (("Too many open files", "nofile"), ("MemoryError", "memory"),
+          ("can't start new thread", "threads"))
+
+
+def note(detail: str) -> None:
+    """A scan or spool failure (its text): when it comes from a process limit, say which and
+    what raises it (the failure itself reads as spamd's or the spool's)."""
+    for sign, kind in _SIGNS:
+        if sign in detail:
+            if kind == "nofile":
+                _say(kind, _nofile_text())
+            elif kind == "memory":
+                _say(kind, _memory_text())
+            else:
+                _say(kind, _threads_text(None))
+            return
+
+
+def _threads_text(found: str | None) -> str:
+    """`found`: what threads_exhausted() saw, which names its own setting."""
+    remedy = ("raise it in the unit (systemctl edit spambridge)" if found else
+              "raise TasksMax= or LimitNPROC= in the unit (systemctl edit spambridge), or "
+              "remove LimitAS=")
+    return ("out of threads: " + (found or "a thread could not be started") + ". libmilter "
+            "cannot start a thread for a new SMTP session: it is never answered (the MTA "
+            "applies milter_default_action after its milter timeout) and keeps its descriptor "
+            f"until the milter restarts; {remedy}")
+
+
+class Watch:
+    """Looks every WATCH_EVERY seconds at what no failure of ours shows: libmilter's listener
+    spinning on accept() past RLIMIT_NOFILE (idle sessions hold every descriptor), and the
+    threads at their limit (libmilter's LAUNCH_WORKER fails and says only "Resource
+    temporarily unavailable"). Costs a clock read and one /proc read a second."""
+
+    def __init__(self, listener: int, every: float = WATCH_EVERY) -> None:
+        self.every = every
+        self._clock: int | None = None
+        with contextlib.suppress(OSError, AttributeError):
+            self._clock = time.pthread_getcpuclockid(listener)
+        self._cgroup = _cgroup_dir()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="spambridge-limits",
+                                        daemon=True)
+        self.threads_out = False  # at the last look, no thread could be started
+
+    def start(self) -> Watch:
+        from spambridge.milter.bridge import signals_blocked
+
+        with signals_blocked():
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(1.0)
+
+    def _look(self) -> str | None:
+        # one short of the limit counts: the look is a sample, libmilter's threads come and go
+        found = threads_exhausted(self._cgroup, 1)
+        self.threads_out = found is not None
+        return found
+
+    def _listener_cpu(self) -> float | None:
+        if self._clock is None:
+            return None
+        try:
+            return time.clock_gettime(self._clock)
+        except OSError:  # the thread is gone: libmilter has returned
+            return None
+
+    def _run(self) -> None:
+        cpu = self._listener_cpu()
+        while not self._stop.wait(self.every):
+            now = self._listener_cpu()
+            spinning = now is not None and cpu is not None and now - cpu >= SPIN * self.every
+            if spinning and fds_exhausted():
+                _say("nofile", _nofile_text())
+            cpu = now
+            found = self._look()
+            if found is not None:
+                _say("threads", _threads_text(found))
+
+
+def fds_exhausted() -> bool:
+    """Whether this process holds as many descriptors as RLIMIT_NOFILE allows (bar one)."""
+    soft = _finite(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+    try:
+        held = len(os.listdir("/proc/self/fd")) - 1  # less the one listdir held
+    except OSError as e:
+        return e.errno in (errno.EMFILE, errno.ENFILE)
+    return soft is not None and held >= soft - 1
+
+
+def threads_exhausted(cgroup: str | None, margin: int = 0) -> str | None:
+    """What keeps a new thread from starting now ("N tasks, the tasks limit ..."), or None;
+    `margin`: count as out that many threads before the limit."""
+    threads, vm = _threads_and_vm()
+    if cgroup is not None:
+        with contextlib.suppress(OSError, ValueError):
+            with open(os.path.join(cgroup, "pids.max")) as f:
+                top = f.read().strip()
+            with open(os.path.join(cgroup, "pids.current")) as f:
+                used = int(f.read())
+            if top != "max" and used + margin >= int(top):
+                return f"{used} tasks, the tasks limit (cgroup pids.max, TasksMax=) is {top}"
+    nproc = _finite(resource.getrlimit(resource.RLIMIT_NPROC)[0])
+    if os.geteuid() and nproc is not None and threads + margin >= nproc:
+        return f"{threads} threads, the process limit (RLIMIT_NPROC, LimitNPROC=) is {nproc}"
+    space = _finite(resource.getrlimit(resource.RLIMIT_AS)[0])
+    stack = _finite(resource.getrlimit(resource.RLIMIT_STACK)[0]) or STACK
+    if space is not None and vm + (1 + margin) * stack > space:
+        return (f"{vm >> 20} MiB of address space in use, the limit (RLIMIT_AS, LimitAS=) is "
+                f"{space >> 20} MiB and a thread's stack takes {stack >> 20} MiB")
+    return None
+
+
+def _threads_and_vm() -> tuple[int, int]:
+    """This process's thread count and address space in bytes (/proc/self/stat: shorter to
+    make than /proc/self/status, which costs the kernel half again as much)."""
+    with contextlib.suppress(OSError, ValueError, IndexError), open("/proc/self/stat", "rb") as f:
+        fields = f.read().rsplit(b")", 1)[1].split()  # after the name, which may hold blanks
+        return int(fields[17]), int(fields[20])  # num_threads, vsize
+    return 0, 0

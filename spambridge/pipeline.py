@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
-from spambridge import defaults, policy
+from spambridge import defaults, limits, policy
 from spambridge.config import Config
 from spambridge.health import Health
 from spambridge.message import Envelope, MessageBuffer, clean
@@ -110,10 +110,7 @@ class Pipeline:
                 outcome = ScanError(ErrorKind.OVERSIZE, self.scanner.name,
                                     f"over max_scan_size {cfg.milter.max_scan_size}")
             else:
-                raw = buf.render(envelope.received_header())
-                if self.before_scan is not None:
-                    self.before_scan()
-                outcome = self.scan(raw, envelope, cfg.milter.scan_timeout)
+                outcome = self._render_and_scan(buf, envelope, cfg.milter.scan_timeout)
             pcfg = cfg.policy
             if envelope.local or envelope.auth_user:
                 # The site's own mail (sendmail(1), SMTP AUTH with skip_authenticated = false)
@@ -138,9 +135,25 @@ class Pipeline:
                 self._last_free = time.monotonic()
                 self._idle.notify_all()
 
+    def _render_and_scan(self, buf: MessageBuffer, envelope: Envelope, cap: float) -> Outcome:
+        """The message rebuilt for the scanner, and scanned. Out of memory for the copy (an
+        address space limit, LimitAS=, with a big max_scan_size) is no bug: on_error, and
+        limits.note names the limit, where it was an "internal error" with a traceback."""
+        try:
+            raw = buf.render(envelope.received_header())
+        except MemoryError:
+            return ScanError(ErrorKind.ERROR, "internal",
+                             f"MemoryError: no memory to copy the {buf.size}-byte message")
+        if self.before_scan is not None:
+            self.before_scan()
+        return self.scan(raw, envelope, cap)
+
     def _track(self, ev: Evaluation) -> None:
         """Tell the incident log whether the engines gave a verdict (health.py)."""
         out, d = ev.outcome, ev.decision
+        failure = out.failed if isinstance(out, ScoreResult) else out
+        if isinstance(failure, ScanError):
+            limits.note(failure.detail)  # "Too many open files" is not spamd's fault
         if isinstance(out, ScoreResult):
             if out.failed is not None:
                 self.health.failed(out.failed.engine, out.failed.kind.value, out.failed.detail,

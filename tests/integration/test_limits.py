@@ -5,12 +5,19 @@ setting that raises it."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import pwd
 import resource
+import shutil
+import socket
+import tempfile
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-from harness import RunningMilter, message
+import pytest
+from harness import RunningMilter, message, wait_until
 from milterload import deliver_many
 from spamdfakes import SwitchableSpamd
 
@@ -55,3 +62,81 @@ def test_a_hard_descriptor_limit_too_low_is_said_at_start(start_milter: Start) -
     line = next((ln for ln in m.log.splitlines() if "open files limit" in ln), "")
     assert "WARNING" in line and "RLIMIT_NOFILE) is 64" in line, m.log
     assert "LimitNOFILE=" in line
+
+
+def test_descriptors_running_out_are_named_with_the_setting_that_raises_them(
+        start_milter: Start) -> None:
+    """A hard limit of 48 (nothing to raise to) and 40 sessions on a slow spamd: each still
+    gets one defined reply, the failures read "spamd failing: ... Too many open files", and
+    one line more says it is the milter's own descriptor limit, and what raises it."""
+    fake = SwitchableSpamd("slow", delay=0.5)
+    try:
+        m = start_milter({"milter": {"engine": "spamd", "scan_timeout": 5.0},
+                          "spamd": {"host": "127.0.0.1", "port": fake.port}},
+                         rlimits={resource.RLIMIT_NOFILE: (48, 48)})
+        got = deliver_many(m.socket_path, [message(subject=f"n {i}") for i in range(N)], N,
+                           timeout=30, together=False)
+        fake.mode = "good"
+        after = deliver_many(m.socket_path, [message()], 1, timeout=10)[0]
+    finally:
+        fake.close()
+    assert all(d.result is not None and not d.extra for d in got), [d.error for d in got]
+    assert "Too many open files" in m.log  # the burst did reach the limit
+    line = next((ln for ln in m.log.splitlines() if "out of file descriptors" in ln), "")
+    assert "WARNING" in line and "RLIMIT_NOFILE) of 48" in line and "LimitNOFILE=" in line
+    assert after.result is not None
+    assert (after.result.header("X-Spam-Status") or "").startswith("No, score=1.5")
+
+
+def test_a_listener_out_of_descriptors_is_named_though_no_scan_fails(start_milter: Start
+                                                                    ) -> None:
+    """Idle sessions holding every descriptor: libmilter's listener retries accept() in a
+    busy loop and logs nothing; no scan runs to fail. The milter says it within seconds."""
+    m = start_milter({"milter": {"engine": "bayes"}},
+                     rlimits={resource.RLIMIT_NOFILE: (40, 40)})
+    held: list[socket.socket] = []
+    try:
+        for _ in range(50):  # more than the 40 descriptors: the rest wait in the backlog
+            s = socket.socket(socket.AF_UNIX)
+            s.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                s.connect(m.socket_path)
+            held.append(s)
+        wait_until(lambda: "out of file descriptors" in m.log, 10, "the warning")
+    finally:
+        for s in held:
+            s.close()
+    line = next(ln for ln in m.log.splitlines() if "out of file descriptors" in ln)
+    assert "RLIMIT_NOFILE) of 40" in line and "LimitNOFILE=" in line
+    r = deliver_many(m.socket_path, [message()], 1, timeout=10)[0]
+    assert r.result is not None, r.error  # serves again once the sessions are gone
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="RLIMIT_NPROC for the milter's own user (root)")
+def test_threads_running_out_are_named(
+        start_milter: Start) -> None:
+    """RLIMIT_NPROC 30 for the milter's user and 30 sessions on a slow spamd: libmilter cannot
+    start threads for some (its "LAUNCH_WORKER error: Resource temporarily unavailable"), and
+    those sessions are never answered (libmilter's, not fixable here: the MTA's milter timeout
+    decides). The milter says which limit."""
+    base = Path(tempfile.mkdtemp(prefix="sb-limits-"))  # outside pytest's 0700 tree
+    fake = SwitchableSpamd("slow", delay=3.0)
+    try:
+        os.chmod(base, 0o755)
+        spool = base / "spool"
+        spool.mkdir()
+        os.chown(spool, pwd.getpwnam("nobody").pw_uid, -1)
+        m = start_milter({"milter": {"engine": "spamd", "scan_timeout": 5.0, "user": "nobody",
+                                     "socket": f"unix:{base}/m.sock", "spool_dir": str(spool)},
+                          "spamd": {"host": "127.0.0.1", "port": fake.port}},
+                         rlimits={resource.RLIMIT_NPROC: (30, 30)})
+        got = deliver_many(m.socket_path, [message(subject=f"n {i}") for i in range(30)], 30,
+                           timeout=8, together=False)
+    finally:
+        fake.close()
+        shutil.rmtree(base, ignore_errors=True)
+    unanswered = sum(d.result is None for d in got)
+    assert unanswered, "the limit was not reached"
+    assert "RLIMIT_NPROC) is 30" in m.log  # at start
+    line = next((ln for ln in m.log.splitlines() if "out of threads" in ln), "")
+    assert "WARNING" in line and "LimitNPROC=" in line, m.log[-3000:]

@@ -3,6 +3,11 @@ an admin is told to raise."""
 
 from __future__ import annotations
 
+import logging
+
+import pytest
+
+from spambridge import limits
 from spambridge.limits import FDS_BASE, FDS_PER_SESSION, SESSIONS, THREADS_BASE, Limits, problems
 
 MIB = 1 << 20
@@ -44,3 +49,20 @@ def test_the_address_space_needed_grows_with_max_scan_size() -> None:
                    stack=8 * MIB, vm_size=300 * MIB)
     assert problems(space, 1 << 20) == []  # 300 + 100 x (8 + 3) MiB fit in 4 GiB
     assert len(problems(space, 32 << 20)) == 1  # 100 x 96 MiB of messages do not
+
+
+def test_a_failure_from_a_limit_is_named_once_every_few_minutes(
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """'spamd failing: unavailable: ... [Errno 24] Too many open files' reads as spamd's
+    fault; one more line says it is the milter's own limit, and which setting raises it."""
+    monkeypatch.setattr(limits, "_said", {})
+    spamd = "127.0.0.1:783: AIOSpamcConnectionFailed: [Errno 24] Too many open files"
+    with caplog.at_level(logging.WARNING, logger="spambridge"):
+        limits.note(spamd)
+        limits.note("spool_dir /var/tmp: [Errno 24] Too many open files: '/var/tmp/x'")
+        limits.note("127.0.0.1:783: MemoryError")
+        limits.note("127.0.0.1:783: AIOSpamcConnectionFailed: [Errno 111] Connection refused")
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 2, said  # the second descriptor failure: within REMIND of the first
+    assert said[0].startswith("out of file descriptors") and "LimitNOFILE=" in said[0]
+    assert said[1].startswith("out of memory") and "max_scan_size" in said[1]

@@ -505,3 +505,30 @@ def test_a_flood_of_header_fields_does_not_buy_spam_a_pass(
     assert ("add", "X-Spam-Status", status) in ctx.calls
     assert ("chg", "Subject", 1, "[SPAM] offer") in ctx.calls
     assert not [c for c in ctx.calls if c[:2] == ("add", "Subject")]
+
+
+def test_no_memory_to_copy_the_message_is_on_error_and_names_the_limit(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Under an address space limit (LimitAS=) with a big max_scan_size, rebuilding a 20 MB
+    message for the scanner raised MemoryError out of the pipeline: 'ERROR internal error at
+    end of message' with a traceback, as for a bug. Now on_error, and the limit named."""
+    from spambridge import limits
+
+    monkeypatch.setattr(limits, "_said", {})
+    scanner = PoolScanner(lambda m: ScoreResult("bayes", 0.0))
+    p = Pipeline(scanner, AsyncBridge(), Config())
+    buf = MessageBuffer(1000, 1000)
+    buf.add_body(b"hello\n")
+
+    def no_memory(received: bytes = b"") -> bytes:
+        raise MemoryError
+
+    monkeypatch.setattr(buf, "render", no_memory)
+    with caplog.at_level(logging.INFO, logger="spambridge"):
+        ev = p.evaluate(buf, Envelope(queue_id="4ABC"))
+    assert ev.decision.action is Action.ACCEPT and ev.decision.reason == "error"
+    assert scanner.started == []
+    lines = [r.getMessage() for r in caplog.records]
+    assert any(" error=\"MemoryError: no memory to copy" in ln for ln in lines), lines
+    assert any(ln.startswith("out of memory") and "LimitAS=" in ln for ln in lines), lines
+    assert not any(r.exc_info for r in caplog.records)
