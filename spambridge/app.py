@@ -124,7 +124,9 @@ def run(cfg: Config, reload: Callable[[], Config] | None = None) -> int:
         except Exception:  # only a warning is at stake: never a reason not to serve mail
             log.exception("checking the Bayes database at start failed")
     watch = limits.Watch(threading.get_ident()).start()  # this thread runs the listener
-    nudger = PoolNudger(spec, pipeline).start()
+    # a poke libmilter cannot start a thread for is a session it never serves: a descriptor
+    # lost for good, twenty a second while stalled
+    nudger = PoolNudger(spec, pipeline, may_poke=watch.may_start_thread).start()
     pipeline.before_scan = nudger.poke
     waker = ListenerWaker().start()
     _notify_ready()

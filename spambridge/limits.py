@@ -166,6 +166,11 @@ def check_at_start(max_scan_size: int) -> None:
 
 REMIND = 300.0  # seconds between warnings about one limit (as health.py's incidents)
 WATCH_EVERY = 1.0  # seconds between the watch's looks at the threads and the listener
+FRESH = 0.01  # seconds a look at the threads is trusted for a poke (100 looks a second at most,
+# 50 us each, only while scans overlap)
+# threads short of the limit at which the nudger stops connecting: libmilter's sessions start
+# threads between its look and its connection
+POKE_MARGIN = 4
 SPIN = 0.5  # share of a core the listener thread uses when it retries accept() in a loop
 
 _said: dict[str, float] = {}
@@ -250,6 +255,8 @@ class Watch:
         self._thread = threading.Thread(target=self._run, name="spambridge-limits",
                                         daemon=True)
         self.threads_out = False  # at the last look, no thread could be started
+        self._looked = 0.0  # time.monotonic() of may_start_thread's last look
+        self._poke_ok = True  # what it saw
 
     def start(self) -> Watch:
         from spambridge.milter.bridge import signals_blocked
@@ -261,6 +268,14 @@ class Watch:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(1.0)
+
+    def may_start_thread(self) -> bool:
+        """Whether a few threads can still be started: looked at again when the last look is
+        more than FRESH seconds old (the nudger asks before each connection it would make)."""
+        if time.monotonic() - self._looked > FRESH:
+            self._poke_ok = threads_exhausted(self._cgroup, POKE_MARGIN) is None
+            self._looked = time.monotonic()
+        return self._poke_ok
 
     def _look(self) -> str | None:
         # one short of the limit counts: the look is a sample, libmilter's threads come and go

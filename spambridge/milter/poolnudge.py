@@ -23,6 +23,7 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from spambridge.milter.bridge import signals_blocked
@@ -103,8 +104,12 @@ def poke_error(target: Target | None, timeout: float = 0.05) -> int:
 
 class PoolNudger:
     def __init__(self, spec: SocketSpec, activity: Activity, interval: float = INTERVAL,
-                 stall_after: float = STALL_AFTER) -> None:
+                 stall_after: float = STALL_AFTER,
+                 may_poke: Callable[[], bool] = lambda: True) -> None:
+        """`may_poke`: False while libmilter could not start a thread for a poke (limits.Watch):
+        the poke's session would never be served and its descriptor never closed."""
         self.spec, self.activity, self.interval = spec, activity, interval
+        self.may_poke = may_poke
         self.target = _target(spec)
         self.stall_after = stall_after
         self._stop = threading.Event()
@@ -120,7 +125,7 @@ class PoolNudger:
         """Called as each scan starts: the worker this wakes takes over a waiting session, and
         that session's own scan pokes again, so a burst of lost wake-ups drains in a chain.
         A lone scan leaves the other workers free (and the stall check covers it): no poke."""
-        if self.activity.inflight >= 2:
+        if self.activity.inflight >= 2 and self.may_poke():
             poke(self.target)
 
     def stop(self) -> None:
@@ -143,7 +148,7 @@ class PoolNudger:
             if left > 0:  # a worker was free lately: sleep until that could have changed
                 self._stop.wait(left)
                 continue
-            err = poke_error(self.target) if self.activity.inflight else 0
+            err = poke_error(self.target) if self.activity.inflight and self.may_poke() else 0
             if err and err not in _NOT_UNREACHABLE and not self._warned:
                 if find_listener(self.spec) is None:
                     # libmilter closed its listener: a stop, the last scans finishing (not as

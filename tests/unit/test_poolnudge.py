@@ -246,3 +246,22 @@ def test_stopping_an_idle_nudger_does_not_wait_out_its_sleep(
     time.sleep(0.1)  # asleep in wait_busy
     n.stop()  # joins for at most 1 s
     assert not n._thread.is_alive()
+
+
+def test_no_connection_while_no_thread_can_be_started(listener: tuple[Listener, str]) -> None:
+    """At the thread limit (limits.Watch), libmilter cannot start a worker for a poke: the
+    poke's session is never served and keeps its descriptor for good (41 to 47 of them in a
+    2-second stall under RLIMIT_NPROC 30). Neither the scan-start poke nor the stalled ones."""
+    lst, spec = listener
+    act = FakeActivity()
+    ok = [False]
+    n = PoolNudger(parse_socket_spec(spec), act, interval=0.02, stall_after=0.05,
+                   may_poke=lambda: ok[0]).start()
+    try:
+        act.set(3, free_now=True)  # three scans hang from now on: stalled after 50 ms
+        n.poke()
+        assert settle(lst, 0.4) == 0
+        ok[0] = True  # threads free again: the pokes resume
+        assert settle(lst, 0.4) > 0
+    finally:
+        n.stop()
