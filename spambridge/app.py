@@ -123,7 +123,10 @@ def run(cfg: Config, reload: Callable[[], Config] | None = None) -> int:
             bayes.probe(fallback=bayes is not scanner)  # as the milter's user
         except Exception:  # only a warning is at stake: never a reason not to serve mail
             log.exception("checking the Bayes database at start failed")
-    watch = limits.Watch(threading.get_ident()).start()  # this thread runs the listener
+    # this thread runs the listener; a session may be in a scan up to the cap after its MTA
+    # hung up: only past that is an open one surely unserved
+    watch = limits.Watch(threading.get_ident(), spec=spec, grace=lambda: (
+        pipeline.config.milter.scan_timeout + defaults.REPLY_MARGIN + 5.0)).start()
     # a poke libmilter cannot start a thread for is a session it never serves: a descriptor
     # lost for good, twenty a second while stalled
     nudger = PoolNudger(spec, pipeline, may_poke=watch.may_start_thread).start()

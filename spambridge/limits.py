@@ -18,10 +18,14 @@ import errno
 import logging
 import os
 import resource
+import select
+import socket
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from spambridge.milter.socketspec import SocketSpec
 
 log = logging.getLogger("spambridge")
 
@@ -171,18 +175,20 @@ FRESH = 0.01  # seconds a look at the threads is trusted for a poke (100 looks a
 # threads short of the limit at which the nudger stops connecting: libmilter's sessions start
 # threads between its look and its connection
 POKE_MARGIN = 4
+UNSERVED_EVERY = 5  # looks between searches for sessions libmilter never served (a stuck one stays)
 SPIN = 0.5  # share of a core the listener thread uses when it retries accept() in a loop
 
 _said: dict[str, float] = {}
 _said_lock = threading.Lock()
 
 
-def _say(kind: str, text: str, clock: Callable[[], float] = time.monotonic) -> bool:
-    """Warn `text` unless `kind` was warned of in the last REMIND seconds; whether it was."""
+def _say(kind: str, text: str, clock: Callable[[], float] = time.monotonic,
+         every: float = REMIND) -> bool:
+    """Warn `text` unless `kind` was warned of in the last `every` seconds; whether it was."""
     now = clock()
     with _said_lock:
         last = _said.get(kind)
-        if last is not None and now - last < REMIND:
+        if last is not None and now - last < every:
             return False
         _said[kind] = now
     log.warning("%s", text)
@@ -245,8 +251,15 @@ class Watch:
     threads at their limit (libmilter's LAUNCH_WORKER fails and says only "Resource
     temporarily unavailable"). Costs a clock read and one /proc read a second."""
 
-    def __init__(self, listener: int, every: float = WATCH_EVERY) -> None:
+    def __init__(self, listener: int, every: float = WATCH_EVERY,
+                 spec: SocketSpec | None = None,
+                 grace: Callable[[], float] = lambda: 0.0) -> None:
+        """`spec`, `grace`: the milter's socket, and how long past its peer's hang-up a session
+        of it may still be in a scan (scan_timeout and a margin); see unserved()."""
         self.every = every
+        self.spec, self.grace = spec, grace
+        self._hung: dict[tuple[int, int], float] = {}  # (fd, inode) → first seen hung up
+        self._stuck_said = 0  # how many unserved sessions the last warning counted
         self._clock: int | None = None
         with contextlib.suppress(OSError, AttributeError):
             self._clock = time.pthread_getcpuclockid(listener)
@@ -293,7 +306,15 @@ class Watch:
 
     def _run(self) -> None:
         cpu = self._listener_cpu()
+        looks = 0
         while not self._stop.wait(self.every):
+            looks += 1
+            if self.spec is not None and looks % UNSERVED_EVERY == 0:
+                stuck = unserved(self.spec, self._hung, self.grace())
+                # said as their number grows (at most once a minute): each one is news
+                if stuck > self._stuck_said and _say("unserved", _unserved_text(stuck),
+                                                     every=60.0):
+                    self._stuck_said = stuck
             now = self._listener_cpu()
             spinning = now is not None and cpu is not None and now - cpu >= SPIN * self.every
             if spinning and fds_exhausted():
@@ -302,6 +323,58 @@ class Watch:
             found = self._look()
             if found is not None:
                 _say("threads", _threads_text(found))
+
+
+def unserved(spec: SocketSpec, hung: dict[tuple[int, int], float], grace: float,
+             clock: Callable[[], float] = time.monotonic) -> int:
+    """Sessions libmilter accepted and never served: their MTA hung up more than `grace`
+    seconds ago and the descriptor is still open. A served session is closed within
+    milliseconds of its MTA's hang-up (at most a scan later); one libmilter could not start a
+    thread for is never looked at again. `hung` carries the hang-ups seen between calls."""
+    now = clock()
+    seen: set[tuple[int, int]] = set()
+    poller = select.poll()
+    try:
+        names = os.listdir("/proc/self/fd")
+    except OSError:
+        return 0
+    for name in names:
+        fd = int(name)
+        try:
+            s = socket.socket(fileno=fd)
+        except OSError:
+            continue
+        try:
+            if s.type != socket.SOCK_STREAM or s.getsockopt(socket.SOL_SOCKET,
+                                                            socket.SO_ACCEPTCONN):
+                continue
+            addr = s.getsockname()
+            if not ((addr == spec.path) if spec.family == "unix" else (
+                    isinstance(addr, tuple) and len(addr) >= 2 and addr[1] == spec.port)):
+                continue  # not a session of our listener (spamd, the database, a pipe)
+            poller.register(fd, select.POLLRDHUP)
+            ready = poller.poll(0)
+            poller.unregister(fd)
+            if ready and ready[0][1] & (select.POLLRDHUP | select.POLLHUP):
+                key = (fd, os.fstat(fd).st_ino)
+                seen.add(key)
+                hung.setdefault(key, now)
+        except OSError:
+            continue
+        finally:
+            s.detach()  # libmilter's descriptor: never closed here
+    for key in list(hung):
+        if key not in seen:
+            del hung[key]  # closed (served) since, or its number reused
+    return sum(now - since > grace for since in hung.values())
+
+
+def _unserved_text(stuck: int) -> str:
+    return (f"{stuck} SMTP session{'s' if stuck != 1 else ''} never served: libmilter could not "
+            "start a thread for them (its \"LAUNCH_WORKER error\"), their MTA gave up on them "
+            "(milter_default_action), and libmilter keeps their descriptors until the milter "
+            "restarts. Raise the limit the \"out of threads\" line named at the time (or at "
+            "start), then systemctl restart spambridge")
 
 
 def fds_exhausted() -> bool:

@@ -143,3 +143,34 @@ def test_threads_running_out_are_named_and_not_made_worse_by_the_nudger(
     assert "WARNING" in line and "LimitNPROC=" in line, m.log[-3000:]
     not_started = m.log.count("LAUNCH_WORKER error")
     assert not_started - unanswered <= 10, (not_started, unanswered)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="RLIMIT_NPROC for the milter's own user (root)")
+def test_sessions_libmilter_never_served_are_counted_in_the_log(start_milter: Start) -> None:
+    """A session libmilter could not start a thread for stays open in the milter after its MTA
+    gave up (libmilter never looks at it again), even once threads are free again: a thread
+    count looked at once a second can miss a short exhaustion, this cannot. Counted once its
+    MTA has hung up for longer than a scan can take (here 2 s + 5.25 s)."""
+    base = Path(tempfile.mkdtemp(prefix="sb-limits-"))  # outside pytest's 0700 tree
+    fake = SwitchableSpamd("slow", delay=1.5)
+    try:
+        os.chmod(base, 0o755)
+        spool = base / "spool"
+        spool.mkdir()
+        os.chown(spool, pwd.getpwnam("nobody").pw_uid, -1)
+        m = start_milter({"milter": {"engine": "spamd", "scan_timeout": 2.0, "user": "nobody",
+                                     "socket": f"unix:{base}/m.sock", "spool_dir": str(spool)},
+                          "spamd": {"host": "127.0.0.1", "port": fake.port}},
+                         rlimits={resource.RLIMIT_NPROC: (30, 30)})
+        got = deliver_many(m.socket_path, [message(subject=f"n {i}") for i in range(30)], 30,
+                           timeout=4, together=False)  # the "MTA" gives up after 4 s
+        unanswered = sum(d.result is None for d in got)
+        assert unanswered, "the limit was not reached"
+        wait_until(lambda: "never served" in m.log, 30, "the count of unserved sessions")
+    finally:
+        fake.close()
+        shutil.rmtree(base, ignore_errors=True)
+    line = next(ln for ln in m.log.splitlines() if "never served" in ln)
+    said = int(line.split("WARNING ", 1)[1].split()[0])
+    assert 0 < said <= unanswered + 10, (said, unanswered)
+    assert "systemctl restart spambridge" in line

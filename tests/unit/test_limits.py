@@ -4,11 +4,14 @@ an admin is told to raise."""
 from __future__ import annotations
 
 import logging
+import socket
+from pathlib import Path
 
 import pytest
 
 from spambridge import limits
 from spambridge.limits import FDS_BASE, FDS_PER_SESSION, SESSIONS, THREADS_BASE, Limits, problems
+from spambridge.milter.socketspec import parse_socket_spec
 
 MIB = 1 << 20
 ROOMY = Limits(nofile=524288, nproc=None, tasks=4915, address_space=None, stack=8 * MIB,
@@ -66,3 +69,30 @@ def test_a_failure_from_a_limit_is_named_once_every_few_minutes(
     assert len(said) == 2, said  # the second descriptor failure: within REMIND of the first
     assert said[0].startswith("out of file descriptors") and "LimitNOFILE=" in said[0]
     assert said[1].startswith("out of memory") and "max_scan_size" in said[1]
+
+
+def test_a_session_whose_mta_hung_up_longer_than_a_scan_counts_as_unserved(
+        tmp_path: Path) -> None:
+    """An accepted session of our socket, its peer gone for more than `grace`: libmilter never
+    looked at it again. Open sessions, and ones closed since, do not count."""
+    path = str(tmp_path / "m.sock")
+    spec = parse_socket_spec(f"unix:{path}")
+    now = [100.0]
+    hung: dict[tuple[int, int], float] = {}
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(path)
+        listener.listen(4)
+        gone, alive = socket.socket(socket.AF_UNIX), socket.socket(socket.AF_UNIX)
+        gone.connect(path)
+        stuck, _ = listener.accept()
+        alive.connect(path)
+        served, _ = listener.accept()
+        gone.close()  # the MTA gave up on `stuck`
+        with stuck, served, alive:
+            assert limits.unserved(spec, hung, 7.0, lambda: now[0]) == 0  # just hung up
+            now[0] += 5
+            assert limits.unserved(spec, hung, 7.0, lambda: now[0]) == 0  # could be scanning
+            now[0] += 5
+            assert limits.unserved(spec, hung, 7.0, lambda: now[0]) == 1
+        assert limits.unserved(spec, hung, 7.0, lambda: now[0]) == 0  # closed: forgotten
+        assert hung == {}
