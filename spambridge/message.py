@@ -140,6 +140,8 @@ class MessageBuffer:
         self._body = tempfile.SpooledTemporaryFile(  # noqa: SIM115 - closed by close()
             max_size=spool_memory, dir=spool_dir or None, prefix="spambridge-"
         )
+        if spool_memory <= 0:  # max_size 0 is "never roll over": every body would stay in RAM
+            self._body.rollover()  # (an OSError here: Session.start_message's spool failure)
 
     def add_header(self, name: str, value: bytes) -> None:
         """Past MAX_HEADERS fields the rest are counted (size, owned) but not kept: memory

@@ -532,3 +532,33 @@ def test_no_memory_to_copy_the_message_is_on_error_and_names_the_limit(
     assert any(" error=\"MemoryError: no memory to copy" in ln for ln in lines), lines
     assert any(ln.startswith("out of memory") and "LimitAS=" in ln for ln in lines), lines
     assert not any(r.exc_info for r in caplog.records)
+
+
+def test_spool_memory_zero_with_its_directory_gone_is_on_error_not_a_crash(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """With `spool_memory = 0` every body goes to spool_dir from MAIL FROM on: a directory
+    gone (or full) is that message's on_error, named, and no more body is asked for (SKIP);
+    never an exception in the MAIL FROM callback (pymilter's 451 "untrapped exception")."""
+    scanner = PoolScanner(lambda m: ScoreResult("bayes", 0.0))
+    cfg = Config(milter=MilterConfig(spool_dir=str(tmp_path / "gone"), spool_memory=0),
+                 policy=replace(PolicyConfig(), on_error=FailAction.REJECT))
+    p = Pipeline(scanner, AsyncBridge(), cfg)
+    caplog.set_level(logging.INFO, logger="spambridge")
+    s = Session(p)
+    s.connect("client.example.net", "192.0.2.7", "mx.example.org", "MTA-v4", 40312)
+    s.start_message("<a@example.net>", "", False)
+    s.set_queue_id("4ZERO")
+    s.add_recipient("<b@example.org>")
+    s.add_header("Subject", b"the quarterly report")
+    wanted = s.add_body(b"x" * 10)
+    try:
+        d = s.finish().decision
+    finally:
+        s.end_message()
+        scanner.pool.shutdown()
+    assert not wanted
+    assert str(d.reply) == "550 5.7.1 Message could not be checked for spam"
+    [line] = decision_lines(caplog)
+    assert " action=reject reason=error " in line and "engine=spool" in line, line
+    assert f"spool_dir {tmp_path / 'gone'}: [Errno 2]" in line, line
+    assert scanner.queued == []
