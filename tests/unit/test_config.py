@@ -219,6 +219,14 @@ def test_an_inet6_address_may_be_written_in_brackets() -> None:
     assert parse_socket_spec(cfg.milter.socket) == parse_socket_spec("inet6:8893@::1")
 
 
+def test_an_inet6_socket_without_an_address_listens_on_the_ipv6_loopback() -> None:
+    """`inet6:PORT`, as `inet:PORT` is 127.0.0.1: not refused as "inet6 needs an IPv6
+    address" for an address the admin never wrote."""
+    cfg = with_overrides(load(None), socket="inet6:8893")
+    spec = parse_socket_spec(cfg.milter.socket)
+    assert (spec.host, spec.libmilter, spec.postfix) == ("::1", "inet6:8893@::1", "inet:[::1]:8893")
+
+
 def test_a_start_error_names_the_flag_or_the_files_line(tmp_path: Path) -> None:
     """`run --db PATH` with a directory the milter's user cannot write blamed the config
     file's [bayes] db line, which the flag had overridden."""

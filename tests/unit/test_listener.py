@@ -62,3 +62,19 @@ def test_looking_for_the_listener_leaves_no_descriptor_behind(tmp_path: Path) ->
         assert find_listener(parse_socket_spec("inet:1@127.0.0.1")) is None
         assert sorted(os.listdir("/proc/self/fd")) == before
         assert lst.getsockname() == str(tmp_path / "m.sock")  # a look never closes it
+
+
+def test_the_listener_is_the_one_on_the_specs_port_not_another_of_the_process() -> None:
+    """With [metrics] on, the process listens on a second TCP port, opened before libmilter's
+    listener: taken for it, TCP_NODELAY went to the metrics socket, and a stop request that
+    closed libmilter's listener during its start ("cannot run main") was taken for a crash."""
+    with socket.socket(socket.AF_INET) as metrics, socket.socket(socket.AF_INET) as lst:
+        metrics.bind(("127.0.0.1", 0))
+        metrics.listen(1)
+        lst.bind(("127.0.0.1", 0))
+        lst.listen(1)
+        spec = parse_socket_spec(f"inet:{lst.getsockname()[1]}@127.0.0.1")
+        assert metrics.fileno() < lst.fileno()
+        assert find_listener(spec) == lst.fileno()
+        lst.close()
+        assert find_listener(spec) is None

@@ -84,6 +84,11 @@ def test_body_spills_to_disk_past_spool_memory() -> None:
     buf.add_body(b"b" * 60_000)
     assert buf.spilled
     assert buf.render().endswith(b"b" * 60_000)
+    edge = MessageBuffer(max_scan_size=1 << 24, spool_memory=1000)
+    edge.add_body(b"a" * 1000)  # spool_memory bytes are kept in memory; one more spills
+    assert not edge.spilled
+    edge.add_body(b"b")
+    assert edge.spilled
 
 
 def test_received_header_from_macros() -> None:
@@ -331,3 +336,52 @@ def test_spool_memory_zero_spools_every_body(tmp_path: Path) -> None:
     assert buf.render().endswith(b"x" * 100_000)
     buf.close()
     assert not _spool_files(str(tmp_path))
+
+
+def test_past_max_scan_size_no_more_fields_are_kept() -> None:
+    """An oversize message is not scanned: fields that come after it went over are counted
+    (its size in the log line), not kept, so 1,000 fields of 100 kB (Postfix's
+    header_size_limit each) cost no 100 MB of memory."""
+    buf = MessageBuffer(max_scan_size=200_000, spool_memory=1000)
+    for _ in range(50):
+        buf.add_header("X-Junk", b"a" * 100_000)
+    assert buf.oversize and buf.size == 50 * (len("X-Junk") + 100_000 + 4)
+    assert sum(len(n) + len(v) for n, v in buf.headers) <= 200_000
+
+
+def test_a_second_subject_past_max_headers_is_not_scanned_when_the_first_is_kept() -> None:
+    """Past MAX_HEADERS only a Subject the buffer has not kept yet is taken (the one a tag
+    rewrites): a second one there is left out like any other field, and said in the
+    decision line's unscanned_fields."""
+    buf = MessageBuffer(max_scan_size=1 << 30, spool_memory=1000)
+    buf.add_header("Subject", b"the first")
+    for _ in range(defaults.MAX_HEADERS):
+        buf.add_header("X-P", b"a")
+    buf.add_header("Subject", b"the second")
+    assert buf.unscanned == 2
+    raw = buf.render()
+    assert raw.count(b"Subject: ") == 1 and b"the second" not in raw
+
+
+def test_the_subject_a_tag_rewrites_is_the_first_of_two() -> None:
+    """libmilter's index 1 is the first Subject: the tag must be written on its text, or a
+    message with two Subjects would go out with the second one's text in the first's place."""
+    buf = parse_raw(b"Subject: hello bob\nTo: b@example.org\nSubject: buy now\n\nx\n")
+    assert buf.header_value("Subject") == b"hello bob"
+    assert buf.header_value("subject") == b"hello bob"
+
+
+def test_parse_raw_counts_the_size_the_milter_counts() -> None:
+    """`check` reads a file with LF line ends; the milter gets CRLF from the MTA. The body's
+    size (max_scan_size, the log line's size=) must be counted as the milter counts it, or a
+    message just under the limit through the milter is oversize to `check`, or the other way."""
+    raw = b"Subject: hi\n\n" + b"line\n" * 1000
+    buf = parse_raw(raw)
+    milter = MessageBuffer(1 << 20, 1 << 16)
+    milter.add_header("Subject", b"hi")
+    milter.add_body(b"line\r\n" * 1000)
+    assert buf.size == milter.size == len("Subject") + 2 + 4 + 6000
+    assert buf.render() == milter.render()
+    edge = len("Subject") + 2 + 4 + 6000
+    assert not parse_raw(raw, max_scan_size=edge).oversize
+    assert parse_raw(raw, max_scan_size=edge - 1).oversize

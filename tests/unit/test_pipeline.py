@@ -562,3 +562,156 @@ def test_spool_memory_zero_with_its_directory_gone_is_on_error_not_a_crash(
     assert " action=reject reason=error " in line and "engine=spool" in line, line
     assert f"spool_dir {tmp_path / 'gone'}: [Errno 2]" in line, line
     assert scanner.queued == []
+
+
+def test_a_failed_spill_to_the_system_temporary_directory_says_so(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """With spool_dir unset a failed spill names the temporary directory: "spool_dir : [Errno
+    2] …" would send the admin to a setting that is empty, not to /tmp or $TMPDIR."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "gone"))
+    scanner = PoolScanner(lambda m: ScoreResult("bayes", 0.0))
+    p = Pipeline(scanner, AsyncBridge(), Config(milter=MilterConfig(spool_memory=100)))
+    caplog.set_level(logging.INFO, logger="spambridge")
+    s = Session(p)
+    s.connect("client.example.net", "192.0.2.7", "mx.example.org", "MTA-v4", 40312)
+    s.start_message("<a@example.net>", "", False)
+    s.add_header("Subject", b"the quarterly report")
+    assert not s.add_body(b"x" * 1000)
+    try:
+        s.finish()
+    finally:
+        s.end_message()
+        scanner.pool.shutdown()
+    [line] = decision_lines(caplog)
+    assert 'error="spool_dir (the temporary directory): [Errno 2]' in line, line
+
+
+def test_a_scanner_that_holds_on_past_its_cancellation_is_still_cut_at_the_cap() -> None:
+    """The async path (spamd) is cut twice: asyncio.timeout(cap) inside the loop, and the
+    milter thread's own wait of cap + REPLY_MARGIN. A scanner that does not end when it is
+    cancelled (a library that swallows the cancellation, a blocking call) must not hold the
+    MTA's reply past that: the reply is on_timeout within the cap and its margin."""
+    import asyncio
+
+    from spambridge import defaults
+
+    class Stubborn:
+        name = "spamd"
+
+        async def scan(self, message: bytes, envelope: Envelope) -> ScoreResult:
+            for _ in range(2):
+                try:
+                    await asyncio.sleep(3)
+                except asyncio.CancelledError:
+                    continue  # taken, and ignored
+            return ScoreResult("spamd", 0.0)
+
+        async def aclose(self) -> None:
+            pass
+
+    bridge = AsyncBridge().start()
+    try:
+        p = Pipeline(Stubborn(), bridge, Config())  # type: ignore[arg-type]
+        cap = 0.5
+        start = time.monotonic()
+        out = p.scan(b"msg", Envelope(), cap)
+        took = time.monotonic() - start
+    finally:
+        bridge.stop(timeout=0.1)
+    assert isinstance(out, ScanError) and out.kind is ErrorKind.TIMEOUT, out
+    assert out.detail == "no verdict within 0.5s"
+    assert took < cap + defaults.REPLY_MARGIN + 0.4, took
+
+
+def test_what_the_stop_and_the_nudger_see_of_messages_being_decided(
+        release: threading.Event) -> None:
+    """The stop waits (wait_idle) for every message between end of message and the return of
+    its callback, and the pool nudger sleeps (wait_busy) until a message is being decided:
+    a count that never went down made every stop wait out its grace, one never woken left
+    libmilter's lost wake-ups unnudged, and a wake() not kept made a stop wait out a sleep."""
+    scanner = hung(release)
+    p = pipeline(scanner)
+    assert p.inflight == 0 and not p.wait_busy(0.05)
+    before = p.last_free
+    woke: list[bool] = []
+    sleeper = threading.Thread(target=lambda: woke.append(p.wait_busy(10)))
+    sleeper.start()
+    time.sleep(0.05)
+    buf = MessageBuffer(1 << 20, 1 << 16)
+    buf.add_body(b"x\r\n")
+    decided: list[Evaluation] = []
+
+    def one_message() -> None:
+        with p.answering():
+            decided.append(p.evaluate(buf, Envelope()))
+
+    msg = threading.Thread(target=one_message)
+    msg.start()
+    sleeper.join(5)
+    assert woke == [True], "the nudger was not woken by a message being decided"
+    assert p.inflight == 1 and p.last_free > before  # the first of a burst after idle
+    assert not p.wait_idle(0.1)  # a stop waits for it
+    freed = time.monotonic()
+    release.set()
+    msg.join(5)
+    assert decided and p.inflight == 0
+    assert p.wait_idle(0.1)
+    assert p.last_free >= freed  # its worker came free: no stall to nudge
+    with p.answering():  # decided, its reply not yet returned to libmilter: a stop waits
+        assert not p.wait_idle(0.1)
+    assert p.wait_idle(0.1)
+    p.wake()  # the nudger is stopping: no wait_busy sleeps from now on
+    start = time.monotonic()
+    assert p.wait_busy(5)
+    assert p.wait_busy(None) and time.monotonic() - start < 1
+    scanner.pool.shutdown()
+
+
+def test_an_error_that_fits_the_decision_line_is_not_said_again_in_full(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """An error of exactly DETAIL_CHARS bytes is whole on the decision line: no second
+    "the error in full" line repeating it; one byte more is cut, and said whole once."""
+    from spambridge.pipeline import DETAIL_CHARS
+
+    buf = MessageBuffer(1000, 1000)
+    caplog.set_level(logging.INFO, logger="spambridge")
+    for n, size in enumerate((DETAIL_CHARS, DETAIL_CHARS + 1)):
+        err = ScanError(ErrorKind.UNAVAILABLE, "bayes", f"{n}" + "z" * (size - 1))
+        log_decision(Evaluation(decide(err, Config().policy), err, 0.001), buf,
+                     Envelope(queue_id=f"6FIT{n}"), False)
+    lines = [r.getMessage() for r in caplog.records]
+    assert f'error="0{"z" * (DETAIL_CHARS - 1)}"' in lines[0], lines[0]
+    assert [m[:len("6FIT1: the error in full")] for m in lines if "in full" in m] == [
+        "6FIT1: the error in full"]
+
+
+def test_a_message_whose_spill_failed_asks_for_no_more_body_even_once_the_spool_is_back(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A failed spill is that message's outcome (on_error, the error named): the rest of its
+    body is not wanted (SKIP to the MTA), even if the directory is back by the next chunk, and
+    the decision line names the failure the message met, not a later write."""
+    spool = tmp_path / "spool"
+    scanner = PoolScanner(lambda m: ScoreResult("bayes", 0.0))
+    cfg = Config(milter=MilterConfig(spool_dir=str(spool), spool_memory=100),
+                 policy=replace(PolicyConfig(), on_error=FailAction.REJECT))
+    p = Pipeline(scanner, AsyncBridge(), cfg)
+    caplog.set_level(logging.INFO, logger="spambridge")
+    s = Session(p)
+    s.connect("client.example.net", "192.0.2.7", "mx.example.org", "MTA-v4", 40312)
+    s.start_message("<a@example.net>", "", False)
+    s.add_header("Subject", b"the quarterly report")
+    wanted = [s.add_body(b"x" * 1000)]
+    spool.mkdir()
+    wanted.append(s.add_body(b"y" * 1000))
+    try:
+        d = s.finish().decision
+    finally:
+        s.end_message()
+        scanner.pool.shutdown()
+    assert wanted == [False, False]
+    assert d.action is Action.REJECT and scanner.queued == []
+    [line] = decision_lines(caplog)
+    assert f"spool_dir {spool}: [Errno 2] No such file or directory" in line, line

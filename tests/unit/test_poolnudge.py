@@ -265,3 +265,86 @@ def test_no_connection_while_no_thread_can_be_started(listener: tuple[Listener, 
         assert settle(lst, 0.4) > 0
     finally:
         n.stop()
+
+
+def test_a_full_accept_queue_is_no_reason_to_warn(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Under a burst the listener's accept queue fills (EAGAIN on a unix socket): new
+    connections are arriving anyway, and libmilter still listens there, so "cannot connect to
+    our own socket" would send the admin hunting for a permission problem that is not there."""
+    path = tmp_path / "full.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as lst:
+        lst.bind(str(path))
+        lst.listen(0)
+        queued = []
+        try:
+            for _ in range(64):  # bounded: the kernel takes backlog + 1
+                c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                c.setblocking(False)
+                try:
+                    c.connect(str(path))
+                except BlockingIOError:
+                    c.close()
+                    break
+                queued.append(c)
+            else:
+                pytest.fail("the accept queue never filled")
+            assert _stalled_warnings(f"unix:{path}", caplog) == []
+        finally:
+            for c in queued:
+                c.close()
+
+
+def test_a_full_tcp_accept_queue_is_no_reason_to_warn(caplog: pytest.LogCaptureFixture) -> None:
+    """On TCP a full accept queue drops the SYN: the poke times out (ETIMEDOUT), which is
+    connections arriving anyway, as EAGAIN is on a unix socket."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as lst:
+        lst.bind(("127.0.0.1", 0))
+        lst.listen(0)
+        port = lst.getsockname()[1]
+        queued = []
+        try:
+            for _ in range(64):  # bounded: the kernel takes backlog + 1
+                c = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                c.settimeout(0.2)
+                try:
+                    c.connect(("127.0.0.1", port))
+                except TimeoutError:
+                    c.close()
+                    break
+                queued.append(c)
+            else:
+                pytest.fail("the accept queue never filled")
+            assert _stalled_warnings(f"inet:{port}@127.0.0.1", caplog) == []
+        finally:
+            for c in queued:
+                c.close()
+
+
+def test_pokes_while_stalled_come_every_interval_not_in_a_busy_loop(
+        listener: tuple[Listener, str]) -> None:
+    """While every worker may be in a scan the nudger connects every `interval` seconds: a
+    loop without its wait would flood libmilter with connections and burn a core."""
+    lst, spec = listener
+    act = FakeActivity()
+    with running(spec, act, stall_after=0.0):
+        act.set(3)
+        time.sleep(0.3)
+        act.set(0, free_now=True)
+    assert 0 < lst.count <= 0.3 / 0.02 + 10
+
+
+def test_a_socket_host_that_does_not_resolve_is_warned_about(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """`inet:PORT@mx.example` whose name does not resolve at start: libmilter listens there,
+    the nudger has no address to poke, and says so once (replies may wait on busy workers)."""
+    def no_name(*args: object) -> None:
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as lst:
+        lst.bind(("127.0.0.1", 0))
+        lst.listen(8)
+        port = lst.getsockname()[1]
+        monkeypatch.setattr(poolnudge.socket, "getaddrinfo", no_name)
+        warned = _stalled_warnings(f"inet:{port}@mx.example", caplog)
+    assert len(warned) == 1 and "cannot connect to our own socket" in warned[0], warned
