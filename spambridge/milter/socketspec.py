@@ -79,6 +79,8 @@ def remove_stale_unix_socket(path: str) -> None:
     try:
         probe.settimeout(0.5)
         probe.connect(path)
+    except (BlockingIOError, TimeoutError):
+        pass  # its accept queue is full (EAGAIN at once on a unix socket): it is listening
     except OSError:
         os.unlink(path)  # nobody is listening: stale
         return

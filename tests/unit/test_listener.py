@@ -78,3 +78,38 @@ def test_the_listener_is_the_one_on_the_specs_port_not_another_of_the_process() 
         assert find_listener(spec) == lst.fileno()
         lst.close()
         assert find_listener(spec) is None
+
+
+def test_a_busy_milters_socket_is_not_taken_for_a_stale_one(tmp_path: Path) -> None:
+    """A second `spambridge run` on the socket of one that is running is refused, and leaves
+    the socket alone, also when the running milter's accept queue is full (a burst): the
+    probe's connect then fails with EAGAIN at once, which is somebody listening, not nobody.
+    Taken for stale, the live milter's socket was removed: it went on running, but Postfix
+    could no longer reach it (milter_default_action for every message until a restart)."""
+    from spambridge.milter.socketspec import remove_stale_unix_socket
+
+    path = str(tmp_path / "m.sock")
+    with socket.socket(socket.AF_UNIX) as lst:
+        lst.bind(path)
+        lst.listen(0)
+        queued = []
+        try:
+            for _ in range(64):  # bounded: the kernel takes backlog + 1
+                c = socket.socket(socket.AF_UNIX)
+                c.setblocking(False)
+                try:
+                    c.connect(path)
+                except BlockingIOError:
+                    c.close()
+                    break
+                queued.append(c)
+            else:
+                pytest.fail("the accept queue never filled")
+            with pytest.raises(OSError, match="in use by another running milter"):
+                remove_stale_unix_socket(path)
+            assert os.path.exists(path)
+        finally:
+            for c in queued:
+                c.close()
+    remove_stale_unix_socket(path)  # nobody listens now: stale, removed
+    assert not os.path.exists(path)
