@@ -118,6 +118,22 @@ def test_trusted_network_not_scanned_but_cleaned(spamd: Spamd, start_milter: Sta
     assert m.log.count("reason=trusted") == 3
 
 
+def test_an_ipv6_client_is_known_by_its_address_without_the_client_macro(
+        spamd: Spamd, start_milter: Start) -> None:
+    """The address of an IPv6 client comes in the connect call itself, as an IPv4 one's does:
+    an MTA whose connect macros leave out `_` (milter_connect_macros set by the admin) must not
+    make it an address-less client, which is written as this host (127.0.0.1) in the Received
+    line SpamAssassin trusts, and matches no trusted_networks entry of its own."""
+    cfg = spamd_cfg(spamd)
+    cfg["milter"]["trusted_networks"] = ["2001:db8::/32"]
+    m = start_milter(cfg)
+    with MilterClient(m.socket_path) as c:
+        c.connect(addr="2001:db8::25", macros={"_": ""})
+        c.helo()
+        r = c.send(message(body=GTUBE + "\n"), connected=True)
+    assert r.action == "accept" and "reason=trusted" in m.log, m.log
+
+
 def test_folded_and_8bit_headers_survive(spamd: Spamd, start_milter: Start) -> None:
     m = start_milter(spamd_cfg(spamd))
     raw = (b"From: =?ISO-8859-1?Q?Andr=E9?= <andre@example.net>\n"

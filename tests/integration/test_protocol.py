@@ -8,7 +8,7 @@ import struct
 from collections.abc import Callable
 
 from harness import RunningMilter, message, wait_until
-from milterclient import MilterClient, send_one
+from milterclient import MilterClient, send_one, split_message
 from miltertest import constants
 from spamdfakes import SwitchableSpamd
 
@@ -112,3 +112,24 @@ def test_libmilters_own_errors_reach_the_milters_log(start_milter: Start) -> Non
     wait_until(lambda: "st_optionneg" in m.log, 10, "libmilter's complaint in the log")
     line = next(ln for ln in m.log.splitlines() if "st_optionneg" in ln)
     assert line == f"spambridge[{m.proc.pid}]: spambridge: st_optionneg[0]: len too short 3 < 12"
+
+
+def test_a_queue_id_sent_only_at_end_of_message_names_the_message(start_milter: Start) -> None:
+    """An MTA may send the queue id (macro i) only with the end of the message (its
+    end-of-header macro list emptied): the decision line still names the message by it, so
+    that one grep finds the MTA's lines and ours, not NOQUEUE."""
+    m = start_milter()  # the default engine; an untrained database is fine here
+    headers, body = split_message(message())
+    with MilterClient(m.socket_path) as c:
+        c.connect()
+        c.helo()
+        c.mail("<sender@example.net>", None)
+        c.rcpt("<user@test.example>")
+        c.data("")
+        for name, value in headers:
+            c.header(name, value)
+        c.eoh("")
+        c.body(body)
+        assert c.eom("4EOMONLY1").action == "accept"
+    wait_until(lambda: "4EOMONLY1: from=<sender@example.net>" in m.log, 5,
+               "the decision line named by the end-of-message queue id")

@@ -113,6 +113,8 @@ def test_bad_file_is_logged_and_the_old_config_kept(
     reload(m, "reload failed, keeping the running config")
     line = next(x for x in reversed(m.log.splitlines()) if "reload failed" in x)
     assert str(m.config_path) in line  # the admin learns which file (and line) is wrong
+    # in words, as `check-config` says it: not a Python repr (ConfigError('...'))
+    assert f"reload failed, keeping the running config: {m.config_path}:" in line, line
     # still serving, with all of the old config: nothing of the bad file leaked in
     after = send(m)
     assert after.action == "accept" and after.header("X-Spam-Flag") == "YES"

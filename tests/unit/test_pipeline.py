@@ -100,12 +100,18 @@ def test_a_scan_error_is_the_outcome() -> None:
     assert outcome == ScanError(ErrorKind.UNAVAILABLE, "bayes", "database is locked")
 
 
-def test_a_bug_in_the_scanner_is_an_error_outcome() -> None:
+def test_a_bug_in_the_scanner_is_an_error_outcome(caplog: pytest.LogCaptureFixture) -> None:
+    """on_error for the message, and the bug's own text in the log (the decision line says
+    only "internal: KeyError"): what a bug report needs."""
     def bug(message: bytes) -> ScoreResult:
         raise KeyError("oops")
 
-    outcome = pipeline(PoolScanner(bug)).scan(b"x", Envelope(), 2.0)
+    caplog.set_level(logging.INFO, logger="spambridge")
+    outcome = pipeline(PoolScanner(bug)).scan(b"x", Envelope(queue_id="4BUG"), 2.0)
     assert isinstance(outcome, ScanError) and outcome.kind is ErrorKind.ERROR
+    assert outcome.detail == "internal: KeyError"
+    assert [r.getMessage() for r in caplog.records] == [
+        "4BUG: internal scanner error: KeyError('oops')"]
 
 
 def test_a_hung_scan_times_out_at_the_cap_and_a_queued_one_never_starts(
@@ -715,3 +721,30 @@ def test_a_message_whose_spill_failed_asks_for_no_more_body_even_once_the_spool_
     assert d.action is Action.REJECT and scanner.queued == []
     [line] = decision_lines(caplog)
     assert f"spool_dir {spool}: [Errno 2] No such file or directory" in line, line
+
+
+def test_the_long_errors_said_whole_are_remembered_sixteen_at_a_time(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Sixteen causes taking turns are each said whole once; a seventeenth pushes the oldest
+    out, which is then said whole again when it comes back: the memory of what was said is
+    bounded (a spamd error naming each message's own text would otherwise grow it for ever)."""
+    from spambridge import pipeline as pl
+
+    buf = MessageBuffer(1000, 1000)
+    caplog.set_level(logging.INFO, logger="spambridge")
+    pl._SAID_WHOLE.clear()
+    errors = [ScanError(ErrorKind.UNAVAILABLE, "bayes", f"cause {n:02d}: " + "w" * 250)
+              for n in range(pl._SAID_WHOLE_MAX + 1)]
+
+    def said(errs: list[ScanError]) -> int:
+        caplog.clear()
+        for e in errs:
+            log_decision(Evaluation(decide(e, Config().policy), e, 0.001), buf, Envelope(),
+                         False)
+        return len([r for r in caplog.records if "in full" in r.getMessage()])
+
+    assert pl._SAID_WHOLE_MAX == 16
+    assert said(errors[:16]) == 16
+    assert said(errors[:16]) == 0  # all sixteen remembered
+    assert said([errors[16], errors[0]]) == 2  # the seventeenth pushed the oldest out
+    pl._SAID_WHOLE.clear()

@@ -170,11 +170,15 @@ def test_spamd_giving_up_itself_is_not_told_as_our_time_running_out() -> None:
 
 
 def test_replies_are_read_up_to_32_kilobytes() -> None:
-    """A reply over the cap is an error (a port that is not spamd, a flood); one just within
-    it, a long rule list, is read."""
+    """A reply over the cap is an error (a port that is not spamd, a flood); one within it,
+    to its last byte, a long rule list, is read."""
     head = len(spamd_reply(1.0, 5.0, b""))
     within = _scan(spamd_reply(1.0, 5.0, b"R" * (32 * 1024 - head - 100 - 8)))
     assert not isinstance(within, ScanError)
+    body = b"R" * (32 * 1024 - head - 4)  # (its Content-length has 4 digits more than 0)
+    assert len(spamd_reply(1.0, 5.0, body)) == 32 * 1024
+    exact = _scan(spamd_reply(1.0, 5.0, body))  # 32768 bytes: still read
+    assert not isinstance(exact, ScanError), exact
     over = _scan(spamd_reply(1.0, 5.0, b"R" * (32 * 1024 + 1)))
     assert isinstance(over, ScanError) and over.kind is ErrorKind.ERROR
     assert "a reply of more than 32768 bytes" in str(over)
@@ -216,3 +220,17 @@ def test_an_error_text_is_one_short_line() -> None:
 
     text = _describe(BadResponse(("x" * 100 + "\r\n") * 10))
     assert len(text) == 200 and "\n" not in text and "\r" not in text
+
+
+def test_a_ca_file_that_is_a_fifo_is_named_as_no_file_of_certificates(tmp_path: Path) -> None:
+    """A ca_file that is there but is neither a file nor a directory (a FIFO, a device):
+    said so, not "no such file" for a path the admin can see with ls."""
+    import os
+
+    from spambridge.scanners.spamd import CaFileError, tls_context
+
+    fifo = tmp_path / "ca.pem"
+    os.mkfifo(fifo)
+    with pytest.raises(CaFileError) as e:
+        tls_context(str(fifo))
+    assert str(e.value) == f"{fifo}: not a file of PEM certificates or a directory"

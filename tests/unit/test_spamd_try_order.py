@@ -525,3 +525,78 @@ def test_hosts_off_until_the_cap_runs_out_are_unavailable_not_a_timeout() -> Non
     assert e.value.kind is ErrorKind.UNAVAILABLE
     assert e.value.detail == (f"no connection to {holes[0].address} within connect_timeout 1s; "
                               f"no connection to {holes[1].address} within the 1.5s cap")
+
+
+def test_a_server_back_with_an_answer_that_is_no_use_is_back_all_the_same(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A server that was refusing connects again but sends garbage: it took the message, so
+    its answer is the answer (on_error, not sent again elsewhere), and it is back: said once,
+    and first in the order again, not left last for its retry time as if still refusing."""
+    a_port = free_port()
+    b = SwitchableSpamd()
+    clock = Clock()
+    scanner = pool(a_port, b.port, clock=clock)
+    a: SwitchableSpamd | None = None
+    try:
+        assert ask(scanner) == 1.5  # A refuses: B answers
+        a = SwitchableSpamd("garbage", port=a_port)
+        clock.now += RETRY
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, "spambridge"):
+            for _ in range(2):
+                with pytest.raises(ScanError) as e:
+                    ask(scanner)
+                assert e.value.kind is ErrorKind.ERROR
+        assert (a.requests, b.requests) == (2, 1)
+        assert [r.getMessage() for r in caplog.records] == [
+            f"spamd server 127.0.0.1:{a_port} connects again"]
+    finally:
+        b.close()
+        if a is not None:
+            a.close()
+
+
+def test_one_server_going_and_coming_back_is_not_told_as_a_pool_member(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """With one server there are no others to try: its outage is the incident log's (spamd
+    failing, then answering again), not a pool member's "does not connect" and "connects
+    again" lines besides."""
+    port = free_port()
+    clock = Clock()
+    scanner = pool(port, clock=clock)
+    back: SwitchableSpamd | None = None
+    try:
+        with caplog.at_level(logging.WARNING, "spambridge"):
+            with pytest.raises(ScanError):
+                ask(scanner)
+            back = SwitchableSpamd(port=port)
+            clock.now += RETRY
+            assert ask(scanner) == 1.5
+        assert [r.getMessage() for r in caplog.records] == []
+    finally:
+        if back is not None:
+            back.close()
+
+
+def test_a_member_whose_name_does_not_resolve_is_said_in_few_words(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A pool member named by a host name that does not resolve (a typo, DNS down): the
+    resolver's own words, as for an address that refuses, not aiospamc's exception text."""
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host: object, port: object, *args: object, **kw: object) -> list[object]:
+        if host == "spamd.example":
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return real(host, port, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    live = SwitchableSpamd()
+    try:
+        cfg = SpamdConfig(servers=(("spamd.example", 783), ("127.0.0.1", live.port)))
+        with caplog.at_level(logging.WARNING, "spambridge"):
+            assert ask(SpamdScanner(cfg, 5.0)) == 1.5
+    finally:
+        live.close()
+    assert [r.getMessage() for r in caplog.records] == [
+        "spamd server spamd.example:783 does not connect (Name or service not known): the "
+        f"other servers are tried first, it again every {RETRY:g}s until it connects"]

@@ -1,0 +1,92 @@
+"""The end-of-message callback without libmilter: what the MTA is told when the decision
+path itself fails (a bug), and that the message's buffer is let go whatever happens."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from spambridge.config import Config, MilterConfig, PolicyConfig
+from spambridge.message import Envelope
+from spambridge.milter.bridge import AsyncBridge
+from spambridge.milter.callbacks import SpamBridgeMilter
+from spambridge.milter.session import Session
+from spambridge.pipeline import Pipeline
+from spambridge.verdict import FailAction, ScoreResult
+
+
+class Ham:
+    name = "spamd"
+
+    async def scan(self, message: bytes, envelope: Envelope) -> ScoreResult:
+        return ScoreResult("spamd", 0.0)
+
+    async def aclose(self) -> None:
+        pass
+
+
+def test_a_bug_at_end_of_message_ends_in_on_error_not_pymilters_451(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A bug met while deciding (here: an observer, as the metrics are, that fails once)
+    must end in the admin's on_error action with its reply, logged with its traceback: an
+    exception out of the callback becomes pymilter's 451 "untrapped exception", which no
+    policy names."""
+    import Milter
+
+    cfg = Config(policy=replace(PolicyConfig(), on_error=FailAction.REJECT))
+    bridge = AsyncBridge().start()
+    p = Pipeline(Ham(), bridge, cfg)  # type: ignore[arg-type]
+    failures = [RuntimeError("an observer's bug")]
+
+    def observer(ev: object, buf: object) -> None:
+        if failures:
+            raise failures.pop()
+
+    p.observers.append(observer)
+    m = SpamBridgeMilter(lambda: Session(p))
+    replies: list[tuple[str, ...]] = []
+    m.getsymval = lambda name: "4BUGGY" if name == "i" else None  # type: ignore[method-assign]
+    m.setreply = lambda *a: replies.append(a)  # type: ignore[method-assign]
+    m.session.connect("client.example.net", "192.0.2.7", "mx.example.org", "MTA-v4", 40312)
+    m.session.start_message("<a@example.net>", "", False)
+    m.session.add_header("Subject", b"hello")
+    m.session.add_body(b"x\r\n")
+    caplog.set_level(logging.INFO, logger="spambridge")
+    try:
+        assert m.eom() == Milter.REJECT
+    finally:
+        bridge.stop(timeout=1.0)
+    assert replies == [("550", "5.7.1", "Message could not be checked for spam")]
+    assert "4BUGGY: internal error at end of message" in caplog.text
+    assert "RuntimeError: an observer's bug" in caplog.text
+    assert m.session.buffer is None  # let go
+
+
+def test_an_aborted_message_lets_go_of_its_spool_at_once(tmp_path: Path) -> None:
+    """RSET, or a client gone mid-DATA (libmilter's abort): the body's spool file is closed
+    then, not held by the idle connection until its next MAIL FROM or its end."""
+    cfg = Config(milter=MilterConfig(spool_dir=str(tmp_path), spool_memory=0))
+    bridge = AsyncBridge().start()
+    try:
+        m = SpamBridgeMilter(lambda: Session(Pipeline(Ham(), bridge, cfg)))  # type: ignore[arg-type]
+        m.session.connect("client.example.net", "192.0.2.7", "mx.example.org", "MTA-v4", 40312)
+        m.session.start_message("<a@example.net>", "", False)
+        m.session.add_body(b"x" * 1000)
+        assert _spool_files(str(tmp_path))
+        m.abort()
+        assert not _spool_files(str(tmp_path))
+    finally:
+        bridge.stop(timeout=1.0)
+
+
+def _spool_files(spool: str) -> list[str]:
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # the directory's own descriptor, gone by now
+            found += [p for p in [os.readlink(f"/proc/self/fd/{fd}")] if p.startswith(spool + "/")]
+    return found
