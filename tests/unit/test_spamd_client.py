@@ -4,6 +4,7 @@ them (a fake spamd on 127.0.0.1 for the hang a real one can't be made to do)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 
 import pytest
@@ -234,3 +235,47 @@ def test_a_ca_file_that_is_a_fifo_is_named_as_no_file_of_certificates(tmp_path: 
     with pytest.raises(CaFileError) as e:
         tls_context(str(fifo))
     assert str(e.value) == f"{fifo}: not a file of PEM certificates or a directory"
+
+
+def _connections_to(port: int) -> int:
+    """This process's TCP sockets whose peer is 127.0.0.1:`port` (the client side only)."""
+    import os
+
+    inodes = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            link = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if link.startswith("socket:["):
+            inodes.add(link[8:-1])
+    peer = f"0100007F:{port:04X}"
+    with open("/proc/net/tcp") as f:
+        rows = [line.split() for line in f.readlines()[1:]]
+    return len([r for r in rows if r[2] == peer and r[9] in inodes])
+
+
+def test_a_scan_cut_at_the_cap_closes_its_connection_at_once() -> None:
+    """A hung spamd: the cap cancels the request, and its connection is closed then (spamd's
+    child sees the client gone), not left registered on the milter's long-lived loop, one more
+    open socket with every hung scan, until the loop ends."""
+    from milterload import collector_paused
+
+    from spambridge.message import Envelope
+
+    fake = SwitchableSpamd("hang")
+    scanner = SpamdScanner(SpamdConfig(host="127.0.0.1", port=fake.port), 5.0)
+
+    async def go() -> int:
+        for _ in range(3):
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.3):
+                    await scanner.scan(b"Subject: x\r\n\r\nhello\r\n", Envelope())
+        await asyncio.sleep(0.1)
+        return _connections_to(fake.port)
+
+    try:
+        with collector_paused():
+            assert asyncio.run(go()) == 0
+    finally:
+        fake.close()
