@@ -206,7 +206,11 @@ def check_postfix(cfg: Config, pf: PostfixSettings) -> Report:
             if ok:
                 reaching.append(svc.name)
                 our_options = options[svc.name] = opts
-                mine = []
+                # an entry before it that misses is still one Postfix tries first, and meets
+                # milter_default_action at (tempfail: every session) when it cannot connect
+                mine = [f"{h}; or remove it: {endpoint}, listed after it, reaches spambridge, "
+                        "and Postfix applies milter_default_action for the one it cannot "
+                        "connect to" for h in mine]
                 after.update(dict.fromkeys(e for e, _ in entries[i + 1:]))
                 break
             if hint:

@@ -886,3 +886,18 @@ def test_a_metrics_endpoint_beyond_loopback_is_noted(
     said = "plain HTTP without authentication, reachable beyond this host" in (
         capsys.readouterr().out)
     assert said == noted
+
+
+def test_an_entry_for_spambridge_that_misses_is_named_when_a_later_one_reaches() -> None:
+    """A chrooted smtpd listing the socket by its absolute path and then by the relative one
+    (the fix added, the old entry left): Postfix tries the first, cannot connect, and applies
+    milter_default_action to it, with tempfail to every session, while check-config said
+    "all well" because the second entry reached spambridge."""
+    r = check_postfix(cfg(), settings(smtpd_milters=f"{SOCK}, unix:spambridge/spambridge.sock",
+                                      milter_default_action="tempfail"))
+    assert "smtpd services that use spambridge: smtp/inet" in r.notes
+    assert r.warnings == [
+        "smtp/inet: smtpd runs chrooted in /var/spool/postfix, so "
+        f"{SOCK} means /var/spool/postfix{SOCK[5:]}; write unix:spambridge/spambridge.sock; "
+        "or remove it: unix:spambridge/spambridge.sock, listed after it, reaches spambridge, "
+        "and Postfix applies milter_default_action for the one it cannot connect to"]
