@@ -409,6 +409,17 @@ def test_the_docs_state_each_range_as_the_loader_takes_it(key: str) -> None:
      "got 'domain'"),
     ('[spamd]\nuser = "jörg"\n', 2,
      "[spamd] user: must be printable ASCII, as spamd's User header is; 'ö' is not"),
+    # true is an int, and so a float, to Python: a 1-second cap
+    ("[milter]\nscan_timeout = true\n", 2,
+     "[milter] scan_timeout: must be a number, not true or false"),
+    # setuid, setgid or sticky bits on a socket: not a mode the milter gives it
+    ('[milter]\nsocket_mode = "4660"\n', 2,
+     '[milter] socket_mode: must be an octal mode such as "0660"'),
+    # blanks are no path: SQLite would create a database named "  " in the working directory
+    ('[bayes]\ndb = "  "\n', 2, "[bayes] db: an empty path"),
+    # DEL is not printable: in a Subject or an SMTP reply it is a control character
+    ('[policy]\nsubject_tag = "[SPAM]\\u007f"\n', 2,
+     "[policy] subject_tag: must be printable ASCII; '\\x7f' is not"),
 ])
 def test_more_errors_name_file_line_and_key(tmp_path: Path, text: str, line: int,
                                             message: str) -> None:
