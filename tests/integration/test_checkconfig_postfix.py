@@ -169,3 +169,42 @@ def test_smtpd_milter_maps_is_named_where_it_decides(tmp_path: Path) -> None:
             "unix:/var/spool/postfix/spambridge/spambridge.sock; Postfix would write "
             "unix:spambridge/spambridge.sock; smtpd_milter_maps (cidr:/etc/postfix/other_map) "
             "gives the SMTP clients it matches") in r.stdout, r.stdout
+
+
+def _etc(tmp_path: Path, extra: str = "") -> Path:
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "main.cf").write_text(
+        "compatibility_level = 3.6\nqueue_directory = /var/spool/postfix\n"
+        "smtpd_milters = unix:spambridge/spambridge.sock\nmilter_default_action = accept\n"
+        + extra)
+    (etc / "master.cf").write_text("smtp inet n - y - - smtpd\n")
+    return etc
+
+
+def test_an_empty_parameter_is_read_as_empty(tmp_path: Path) -> None:
+    """`milter_protocol =` in main.cf: postconf prints `milter_protocol =`, a value Postfix
+    has no protocol for; it is judged as written, not taken for the default 6."""
+    etc = _etc(tmp_path, "milter_protocol =\n")
+    cfg = write_config(tmp_path / "ok.toml", {"milter": {
+        "socket": "unix:/var/spool/postfix/spambridge/spambridge.sock", "engine": "spamd"}})
+    r = check_config(cfg, "--postfix-config", str(etc))
+    assert "warning: cannot read milter_protocol = ''" in r.stdout, r.stdout
+
+
+def test_the_postfix_config_directory_from_mail_config_is_named(tmp_path: Path) -> None:
+    etc = _etc(tmp_path)
+    cfg = write_config(tmp_path / "ok.toml", {"milter": {
+        "socket": "unix:/var/spool/postfix/spambridge/spambridge.sock", "engine": "spamd"}})
+    r = check_config(cfg, env={"MAIL_CONFIG": str(etc)})
+    assert f"({etc}): smtpd_milters = unix:spambridge/spambridge.sock" in r.stdout, r.stdout
+
+
+def test_the_socket_is_judged_for_postfixs_own_mail_owner(tmp_path: Path) -> None:
+    """mail_owner = nobody: smtpd runs as nobody, and that is the user who must connect."""
+    etc = _etc(tmp_path, "mail_owner = nobody\n")
+    cfg = write_config(tmp_path / "ok.toml", {"milter": {
+        "socket": f"unix:{tmp_path}/run/spambridge.sock", "engine": "spamd"}})
+    r = check_config(cfg, "--postfix-config", str(etc))
+    assert "warning: [milter] socket: Postfix's smtpd (user 'nobody', mail_owner) cannot " \
+        "connect" in r.stdout, r.stdout

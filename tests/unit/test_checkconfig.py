@@ -888,6 +888,184 @@ def test_a_metrics_endpoint_beyond_loopback_is_noted(
     assert said == noted
 
 
+# -- what a mutation review of check-config found untested (2026-11-27) --------------------------
+
+
+def test_an_endpoint_written_with_a_doubled_slash_reaches_the_socket() -> None:
+    """Postfix opens unix:spambridge//spambridge.sock as the path it is: the same socket."""
+    for written in ("unix:spambridge//spambridge.sock", "unix:spambridge/./spambridge.sock"):
+        r = check_postfix(cfg(), settings(smtpd_milters=written))
+        assert r.warnings == [], written
+
+
+def test_macros_listed_with_commas_are_read() -> None:
+    """postconf(5): macro lists are separated by commas or blanks; a comma-separated list was
+    read as one name, and every macro in it called missing."""
+    r = check_postfix(cfg(), settings(
+        milter_connect_macros="j,{daemon_name},v,_",
+        milter_mail_macros="i,{auth_type},{auth_authen}", milter_helo_macros="{tls_version}"))
+    assert r.warnings == []
+
+
+def test_shutdown_is_known_to_a_3_11_snapshot() -> None:
+    """3.11-20250601 is read as 3.11, the release that has shutdown."""
+    assert check_postfix(cfg(), settings(milter_default_action="shutdown",
+                                         mail_version="3.11-20250601")).warnings == []
+
+
+def test_a_default_action_in_capitals_is_one_postfix_knows() -> None:
+    """Postfix compares milter_default_action without regard to case (strcasecmp)."""
+    r = check_postfix(cfg(), settings(milter_default_action="Tempfail"))
+    assert r.warnings == []
+    assert "milter_default_action = Tempfail" in r.notes
+
+
+def test_a_macro_list_a_service_overrides_names_the_service() -> None:
+    """A master.cf `-o milter_mail_macros=i` on the service is where the macro is missing:
+    the warning says so, or the admin looks in main.cf, where it is listed."""
+    pf = settings()
+    pf.smtpd = parse_master("smtp inet n - y - - smtpd -o milter_mail_macros=i\n")
+    warnings = check_postfix(cfg(), pf).warnings
+    assert [w for w in warnings if w.startswith(
+        "smtp/inet (master.cf -o): Postfix does not send macro {auth_authen} (add it to "
+        "milter_mail_macros)")]
+
+
+def test_a_service_that_empties_smtpd_milters_is_without_spambridge() -> None:
+    """`-o smtpd_milters=` on submission turns milters off there, main.cf's list or not."""
+    pf = settings()
+    pf.smtpd = parse_master("smtp inet n - y - - smtpd\n"
+                            "submission inet n - y - - smtpd -o smtpd_milters=\n")
+    r = check_postfix(cfg(), pf)
+    assert "smtpd services that use spambridge: smtp/inet" in r.notes
+    assert "smtpd services without spambridge: submission/inet" in r.notes
+
+
+def test_each_service_is_judged_with_its_own_per_milter_options() -> None:
+    """Two services reaching spambridge, each with its own `{ …, default_action=… }`: the
+    typo on one is named although the other's value is right."""
+    pf = settings(explicit=())
+    pf.smtpd = [
+        Service("smtp/inet", True, "{ unix:spambridge/spambridge.sock, default_action=acept }"),
+        Service("submission/inet", True,
+                "{ unix:spambridge/spambridge.sock, default_action=tempfail }")]
+    warnings = check_postfix(cfg(), pf).warnings
+    assert [w for w in warnings if w.startswith("default_action (per milter) = 'acept'")]
+
+
+def test_a_services_own_smtpd_milter_maps_is_named() -> None:
+    """master.cf `-o smtpd_milter_maps=…` replaces smtpd_milters for the clients it matches
+    on that service: it is said, as main.cf's is."""
+    pf = settings()
+    pf.smtpd = parse_master(
+        "smtp inet n - y - - smtpd -o smtpd_milter_maps=cidr:/etc/postfix/milter_map\n")
+    notes = "\n".join(check_postfix(cfg(), pf).notes)
+    assert "smtpd_milter_maps (cidr:/etc/postfix/milter_map) gives the SMTP clients" in notes
+
+
+def test_a_bayes_database_under_a_file_is_a_warning_not_a_first_start(tmp_path: Path) -> None:
+    """os.path.exists says no for a path through a regular file: that is no database the
+    milter creates at start, but one it can never open."""
+    (tmp_path / "file").touch()
+    db = tmp_path / "file" / "bayes.sqlite"
+    r = check_local(from_mapping({"bayes": {"db": str(db)}}))
+    assert r.notes == []
+    assert [w for w in r.warnings if w.startswith(f"[bayes] db: {db}: cannot open")]
+
+
+def test_the_milters_own_user_is_not_told_to_run_the_check_as_root(tmp_path: Path) -> None:
+    """check-config run as the milter's user (sudo -u spambridge) judges for that user."""
+    db = tmp_path / "bayes.sqlite"
+    db.write_bytes(b"not a database at all" * 100)
+    c = from_mapping({"milter": {"user": "spambridge"}, "bayes": {"db": str(db)}})
+    with mock.patch.object(store, "user_name", return_value="spambridge"):
+        r = check_local(c)
+    said = [w for w in r.warnings if w.startswith("[bayes] db: ")]
+    assert said and not [w for w in said if "run check-config as root" in w]
+    with mock.patch.object(store, "user_name", return_value="admin"):
+        r = check_local(c)
+    assert [w for w in r.warnings if "(if the milter ran as admin, who ran this check; it "
+            "runs as spambridge: run check-config as root to judge for it)" in w]
+
+
+def test_a_database_trained_with_the_configs_limits_gets_no_note(tmp_path: Path) -> None:
+    db = tmp_path / "bayes.sqlite"
+    store.create(str(db))
+    with sqlite3.connect(db) as c:
+        c.execute("UPDATE totals SET nspam = 200, nham = 200")
+    writer = store.SqliteWriter(str(db))
+    assert writer.training_limits((524288, 5000)) == (524288, 5000)
+    writer.close()
+    r = check_local(from_mapping({"bayes": {"db": str(db)}}))
+    assert (r.warnings, r.notes) == ([], [])
+
+
+def test_a_ca_file_that_is_not_there_is_said_once(tmp_path: Path) -> None:
+    """check_local names it; the PING that cannot be made for want of it says nothing more."""
+    from spambridge.checkconfig import spamd_state
+
+    ca = tmp_path / "missing-ca.pem"
+    c = from_mapping({"milter": {"engine": "spamd"}, "spamd": {"tls": True, "ca_file": str(ca)}})
+    r = check_local(c)
+    spamd_state(c, r)
+    assert [w for w in r.warnings if "ca_file" in w] == [f"[spamd] ca_file: {ca} cannot be read"]
+
+
+def test_a_dangling_link_at_the_socket_path_is_named(tmp_path: Path) -> None:
+    """The milter refuses to remove what is not a socket (lstat): a link to nowhere too."""
+    link = tmp_path / "spambridge.sock"
+    link.symlink_to(tmp_path / "nowhere")
+    r = check_local(from_mapping({"milter": {"socket": f"unix:{link}", "engine": "spamd"}}))
+    assert [w for w in r.warnings if w.startswith(
+        f"[milter] socket: {link} exists and is not a socket")]
+
+
+def test_a_relative_database_path_is_not_judged_for_engine_spamd() -> None:
+    r = check_local(from_mapping({"milter": {"engine": "spamd"}, "bayes": {"db": "rel.sqlite"}}))
+    assert not [w for w in r.warnings if w.startswith("[bayes] db")]
+
+
+def test_a_socket_directory_that_is_not_setgid_gives_the_socket_no_group(
+        user_in_a_group: tuple[pwd.struct_passwd, grp.struct_group], open_dir: Path) -> None:
+    """A directory in the right group but without the setgid bit: the socket still gets the
+    group of whoever starts the milter."""
+    user, g = user_in_a_group
+    sock_dir = open_dir / "spambridge"
+    sock_dir.mkdir()
+    os.chown(sock_dir, 0, g.gr_gid)
+    sock_dir.chmod(0o750)
+    plain = from_mapping({"milter": {"socket": f"unix:{sock_dir}/spambridge.sock"}})
+    problem = socket_problem(plain, user.pw_name)
+    assert problem is not None and f"{sock_dir} is not setgid" in problem
+
+
+def test_a_file_at_the_socket_path_is_not_judged_as_the_socket(
+        user_in_a_group: tuple[pwd.struct_passwd, grp.struct_group], open_dir: Path) -> None:
+    """A plain file there (check_local names it) is not what Postfix connects to: what `run`
+    will give the socket is judged."""
+    user, g = user_in_a_group
+    sock = open_dir / "spambridge.sock"
+    sock.touch()
+    sock.chmod(0o600)
+    named = from_mapping({"milter": {"socket": f"unix:{sock}", "socket_group": g.gr_name}})
+    assert socket_problem(named, user.pw_name) is None
+
+
+def test_a_database_directory_on_a_read_only_filesystem_is_named(open_dir: Path) -> None:
+    """A directory whose mode bits let the milter's user write, on a filesystem mounted
+    read-only (or read-only to the milter alone, under ProtectSystem=strict): SQLite cannot
+    keep its -wal there."""
+    (open_dir / "db").mkdir()
+    (open_dir / "db").chmod(0o777)
+    db = open_dir / "db" / "bayes.sqlite"
+    c = from_mapping({"milter": {"user": "nobody"}, "bayes": {"db": str(db)}})
+    with mock.patch.object(store, "read_only_fs", return_value=True), \
+            mock.patch("spambridge.privileges.read_only_fs", return_value=True):
+        r = check_local(c)
+    assert [w for w in r.warnings if w.startswith(
+        f"[bayes] db: {open_dir}/db is on a filesystem mounted read-only")]
+
+
 def test_an_entry_for_spambridge_that_misses_is_named_when_a_later_one_reaches() -> None:
     """A chrooted smtpd listing the socket by its absolute path and then by the relative one
     (the fix added, the old entry left): Postfix tries the first, cannot connect, and applies
@@ -901,3 +1079,49 @@ def test_an_entry_for_spambridge_that_misses_is_named_when_a_later_one_reaches()
         f"{SOCK} means /var/spool/postfix{SOCK[5:]}; write unix:spambridge/spambridge.sock; "
         "or remove it: unix:spambridge/spambridge.sock, listed after it, reaches spambridge, "
         "and Postfix applies milter_default_action for the one it cannot connect to"]
+
+
+def test_a_socket_postfix_may_read_but_not_write_is_named(
+        user_in_a_group: tuple[pwd.struct_passwd, grp.struct_group], open_dir: Path) -> None:
+    """Connecting to a unix socket takes write permission: socket_mode "0640" in Postfix's
+    group lets smtpd read it and nothing more."""
+    user, g = user_in_a_group
+    sock = open_dir / "spambridge.sock"
+    c = from_mapping({"milter": {"socket": f"unix:{sock}", "socket_group": g.gr_name,
+                                 "socket_mode": "0640"}})
+    problem = socket_problem(c, user.pw_name)
+    assert problem is not None and f"may not write {sock} (mode 0640, owner ?, group " \
+        f"{g.gr_name})" in problem
+
+
+def test_a_socket_its_owner_may_not_write_names_the_mode(
+        user_in_a_group: tuple[pwd.struct_passwd, grp.struct_group], open_dir: Path) -> None:
+    """Postfix's own user as the milter's, socket_mode "0440": the owner's bits are the ones
+    that count, and they lack write; no group would help."""
+    user, _ = user_in_a_group
+    sock = open_dir / "spambridge.sock"
+    c = from_mapping({"milter": {"socket": f"unix:{sock}", "user": user.pw_name,
+                                 "socket_mode": "0440"}})
+    problem = socket_problem(c, user.pw_name)
+    assert problem is not None and f"may not write {sock} (mode 0440, owner {user.pw_name}, " \
+        "group ?)" in problem
+
+
+def test_a_postconf_that_hangs_is_a_warning_not_a_traceback(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """postconf stuck (an NFS config directory): after its 30 s, check-config says it could
+    not read Postfix's settings and exits 1."""
+    import subprocess
+
+    from spambridge import checkconfig
+
+    hung = subprocess.TimeoutExpired(["postconf"], 30)
+    with mock.patch.object(checkconfig, "find_postconf", return_value="/usr/sbin/postconf"), \
+            mock.patch.object(checkconfig.subprocess, "run", side_effect=hung):
+        status = checkconfig.main(from_mapping({"milter": {
+            "socket": "inet:8893@127.0.0.1", "engine": "bayes"},
+            "bayes": {"db": "/nonexistent/bayes.sqlite"}}))
+    out = capsys.readouterr().out
+    assert status == 1
+    assert "warning: cannot read Postfix's settings: Command '['postconf']' timed out after " \
+        "30 seconds" in out
