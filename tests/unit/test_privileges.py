@@ -1,0 +1,48 @@
+"""privileges.drop's decisions that need no second user to see: what a milter started without
+root, or without [milter] user, says and does (test_security.py starts real milters as root)."""
+
+from __future__ import annotations
+
+import logging
+import pwd
+from pathlib import Path
+from unittest import mock
+
+import pytest
+
+from spambridge import privileges
+from spambridge.config import ConfigError, from_mapping
+from spambridge.milter.socketspec import parse_socket_spec
+
+NOBODY = pwd.getpwnam("nobody")
+
+
+def _never(*a: object, **k: object) -> None:
+    raise AssertionError("privileges changed")
+
+
+@pytest.mark.parametrize(("euid", "warned"), [(0, True), (NOBODY.pw_uid, False)])
+def test_without_a_user_only_root_is_told_to_set_one(caplog: pytest.LogCaptureFixture,
+                                                     euid: int, warned: bool) -> None:
+    caplog.set_level(logging.WARNING, logger="spambridge")
+    with mock.patch("os.geteuid", return_value=euid), mock.patch("os.setuid", _never):
+        privileges.drop(from_mapping({}), parse_socket_spec("inet:8893@127.0.0.1"))
+    said = [r.getMessage() for r in caplog.records]
+    assert said == (["running as root: set [milter] user to drop privileges"] if warned else [])
+
+
+def test_a_milter_started_as_its_user_carries_on(tmp_path: Path) -> None:
+    """systemd's User=: the milter is already [milter] user; nothing to hand over or drop."""
+    cfg = from_mapping({"milter": {"user": "nobody", "engine": "spamd"}})
+    with mock.patch("os.geteuid", return_value=NOBODY.pw_uid), mock.patch("os.setuid", _never), \
+            mock.patch("os.chown", _never):
+        privileges.drop(cfg, parse_socket_spec(f"unix:{tmp_path}/s.sock"))
+
+
+def test_another_user_is_refused_naming_the_key(tmp_path: Path) -> None:
+    cfg = from_mapping({"milter": {"user": "nobody", "engine": "spamd"}})
+    with mock.patch("os.geteuid", return_value=NOBODY.pw_uid + 1), \
+            mock.patch("os.setuid", _never), pytest.raises(ConfigError) as e:
+        privileges.drop(cfg, parse_socket_spec(f"unix:{tmp_path}/s.sock"))
+    assert str(e.value) == ("<config>: [milter] user: 'nobody' needs spambridge to be started "
+                            "as root")
