@@ -412,3 +412,67 @@ def test_a_ca_file_spamd_cannot_use_is_a_configuration_error(tmp_path: Path) -> 
         "or crl found)"]
     r = run("check-config", "--no-postfix", ca_file=tmp_path / "certs")
     assert "[spamd] ca_file" not in r.stdout + r.stderr
+
+
+def test_the_first_byte_a_surrogate_stands_for_is_written_as_the_others() -> None:
+    """0x80, the lowest byte Python holds as a surrogate (U+DC80), is written as the byte on
+    stdout and as \\x80 on stderr, like 0xff: not as Python's \\udc80."""
+    name = os.fsdecode(b"/srv/mail/\x80\xff.eml")
+    assert name.encode("ascii", "spambridge-stdout") == b"/srv/mail/\x80\xff.eml"
+    assert name.encode("ascii", "spambridge-stderr") == b"/srv/mail/\\x80\\xff.eml"
+
+
+@pytest.mark.parametrize("stop", [130, 143])
+def test_an_index_run_stopped_in_its_local_half_teaches_spamd_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        stop: int) -> None:
+    """`train --index` with spamd+bayes stopped by Ctrl-C (or SIGTERM) while the local
+    database learns: the command stops with that status, spamd's runs are not started."""
+    from spambridge import train
+
+    msg = tmp_path / "m.eml"
+    msg.write_bytes(b"Subject: x\n\nbody\n")
+    listing = tmp_path / "index"
+    listing.write_text(f"spam {msg}\nham {msg}\n")
+    told: list[str] = []
+    monkeypatch.setattr(train, "run", lambda *a, **k: stop)
+    monkeypatch.setattr(train, "run_spamd", lambda cfg, label, *a, **k: told.append(label) or 0)
+    assert cli.main(["train", "--engine", "spamd+bayes", "--db", str(tmp_path / "b.sqlite"),
+                     "--index", str(listing)]) == stop
+    assert told == []
+
+
+def test_an_index_with_paths_is_a_usage_error(tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """`train --index FILE PATH`: the paths come from the file; one given as well would be
+    left unread in silence."""
+    listing = tmp_path / "index"
+    listing.write_text("spam a.eml\n")
+    assert cli.main(["train", "--db", str(tmp_path / "b.sqlite"), "--index", str(listing),
+                     str(tmp_path / "c.eml")]) == 2
+    assert capsys.readouterr().err == "spambridge train: --index takes its paths from the file\n"
+    assert not (tmp_path / "b.sqlite").exists()
+
+
+def test_max_size_0_on_stdin_with_both_engines_is_no_limit(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`train --max-size 0 -` (no limit) under spamd+bayes: the message is kept whole for
+    spamd's reading and is not called too large, which spamd's summary would count."""
+    import io
+    import sys
+
+    from spambridge import train
+
+    raw = b"Subject: x\n\n" + b"body\n" * 1000
+    seen: dict[str, Any] = {}
+
+    def run_spamd(*a: Any, too_large_said: bool = False, **k: Any) -> int:
+        seen["too_large_said"], seen["stdin"] = too_large_said, sys.stdin.buffer.read()
+        return 0
+
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(raw)))
+    monkeypatch.setattr(train, "run", lambda *a, **k: 0)
+    monkeypatch.setattr(train, "run_spamd", run_spamd)
+    assert cli.main(["train", "--engine", "spamd+bayes", "--db", str(tmp_path / "b.sqlite"),
+                     "--max-size", "0", "--spam", "-"]) == 0
+    assert seen == {"too_large_said": False, "stdin": raw}

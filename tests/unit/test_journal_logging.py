@@ -68,3 +68,19 @@ def test_a_librarys_line_names_the_program_and_then_the_library(tmp_path: Path) 
                         r"retrieved", line), line
     assert run(tmp_path, journal=True, script=LIBRARY) == [
         "<3>ERROR asyncio: Task exception was never retrieved"]
+
+
+def test_a_level_between_the_named_ones_gets_the_priority_around_it() -> None:
+    """A library logging at a level of its own (45, 25): at WARNING and above it is an error
+    to syslog (3), below it info (6), never dropped to info because it has no name."""
+    import logging
+
+    from spambridge.cli import JournalFormatter, _Origin
+
+    def line(level: int) -> str:
+        record = logging.LogRecord("lib", level, __file__, 1, "said", None, None)
+        _Origin().filter(record)
+        return JournalFormatter().format(record)
+
+    assert line(45).startswith("<3>")
+    assert line(25).startswith("<6>")

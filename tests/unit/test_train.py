@@ -2799,3 +2799,27 @@ def test_an_unreadable_cur_is_named_and_new_still_learned(
     assert err == f"spambridge train: {box / 'cur'}: unreadable: Permission denied\n"
     assert "Learned 2 of 3 messages as spam (1 unreadable) in " in out
     assert totals(db) == (2, 0) and tokens(db)["unique0x1"] == (1, 0)  # 0.host:2,S in new/
+
+
+def test_stdin_may_follow_options(tmp_path: Path, db: Path, capsys: pytest.CaptureFixture[str],
+                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """`train --spam a.eml --mbox -`: the "-" after an option is stdin, as a PATH before
+    it is, not an unrecognised argument."""
+    one = tmp_path / "a.eml"
+    one.write_bytes(mail(1, True))
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(mail(2, True))))
+    code, out, _ = run("train", "--db", str(db), "--spam", str(one), "--mbox", "-",
+                       capsys=capsys)
+    assert code == 0 and "Learned 2 of 2 messages as spam" in out
+
+
+def test_selective_with_engine_spamd_is_a_usage_error(tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """spamd learns what it is told: --selective there would be ignored in silence."""
+    one = tmp_path / "a.eml"
+    one.write_bytes(mail(1, True))
+    code, out, err = run("train", "--engine", "spamd", "--spamd", "127.0.0.1:1", "--selective",
+                         "--spam", str(one), capsys=capsys)
+    assert code == 2 and out == ""
+    assert err == ("spambridge train: --selective applies to the local Bayes database (engine "
+                   "bayes or spamd+bayes)\n")
