@@ -249,3 +249,71 @@ def test_a_message_too_big_to_scan_is_no_incident(caplog: pytest.LogCaptureFixtu
     info = said(caplog, logging.INFO)
     assert len([m for m in info if "engine=spamd score=- action=accept reason=oversize" in m]) == 3
     assert len(info) == 5, info
+
+
+# -- what a mutation review of the incident lines found untested (2026-11-27) --------------------
+
+
+@pytest.mark.parametrize(("seconds", "text"), [
+    (9.94, "9.9s"), (10.0, "10s"), (59.4, "59s"), (60.0, "1m00s"), (3599.0, "59m59s"),
+    (3600.0, "1h00m"), (7500.0, "2h05m")])
+def test_durations_as_an_admin_reads_them(seconds: float, text: str) -> None:
+    from spambridge.health import duration
+
+    assert duration(seconds) == text
+
+
+def test_one_message_is_one_message(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="spambridge")
+    clock = Clock()
+    h = Health(clock=clock)
+    h.failed("spamd", "unavailable", REFUSED, "mail gets on_unavailable = accept")
+    clock.now += 2
+    h.answered("spamd")
+    assert said(caplog, logging.WARNING)[-1] == (
+        "spamd answers again after 2.0s failing: 1 message (unavailable 1) got no verdict "
+        "from it")
+
+
+def test_the_same_cause_again_exactly_five_minutes_later_is_warned(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The flap limit is "at most every five minutes": at five minutes it is due."""
+    caplog.set_level(logging.INFO, logger="spambridge")
+    clock = Clock()
+    h = Health(clock=clock)
+    for _ in range(2):
+        h.failed("spamd", "timeout", "no verdict within 10s", "mail gets on_timeout = accept")
+        h.answered("spamd")
+        clock.now += 300.0
+    assert len([m for m in said(caplog, logging.WARNING) if m.startswith("spamd failing")]) == 2
+
+
+def test_a_flap_that_lasts_is_warned_of_and_its_end_too(caplog: pytest.LogCaptureFixture) -> None:
+    """An incident that began as a flap (at INFO) and then lasts five minutes: its reminder
+    names the latest cause when it differs, and its end is a warning, as its reminder was."""
+    caplog.set_level(logging.INFO, logger="spambridge")
+    clock = Clock()
+    h = Health(clock=clock)
+    h.failed("spamd", "timeout", "no verdict within 10s", "mail gets on_timeout = accept")
+    h.answered("spamd")
+    clock.now += 30.0
+    h.failed("spamd", "timeout", "no verdict within 10s", "mail gets on_timeout = accept")
+    clock.now += 300.0
+    h.failed("spamd", "unavailable", REFUSED, "mail gets on_unavailable = accept")
+    clock.now += 10.0
+    h.answered("spamd")
+    assert said(caplog, logging.WARNING)[2:] == [
+        "spamd still failing after 5m00s: 2 messages (timeout 1, unavailable 1) so far, the "
+        f"latest unavailable: {REFUSED}; mail gets on_unavailable = accept",
+        "spamd answers again after 5m10s failing: 2 messages (timeout 1, unavailable 1) got no "
+        "verdict from it"]
+
+
+def test_a_verdict_from_two_engines_ends_the_incident_of_either(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """spamd+bayes: both answered; spamd's outage, the second engine named, is over."""
+    caplog.set_level(logging.WARNING, logger="spambridge")
+    h = Health(clock=Clock())
+    h.failed("spamd", "unavailable", REFUSED, "Bayes decides")
+    h.answered("bayes", "spamd")
+    assert said(caplog, logging.WARNING)[-1].startswith("spamd answers again after")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from harness import free_port, wait_until
@@ -60,3 +61,69 @@ def test_requests_trickled_in_cannot_hold_the_slots(port: int) -> None:
         for s in conns:
             s.close()
     assert value(scrape("127.0.0.1", port), "spambridge_config_last_reload_successful") == 1
+
+
+def test_a_connection_beyond_the_slots_is_closed_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """MAX_SCRAPES silent connections hold every slot: the next one is closed at accept, not
+    left waiting in the backlog (with the accepting thread) until a slot frees."""
+    import time
+
+    monkeypatch.setattr(metrics._Handler, "timeout", 5.0)
+    port = free_port()
+    server = metrics.serve(MetricsConfig(host="127.0.0.1", port=port), metrics.Metrics())
+    silent = [socket.create_connection(("127.0.0.1", port), timeout=10)
+              for _ in range(metrics.MAX_SCRAPES)]
+    try:
+        time.sleep(0.5)  # each accepted and holding its slot by now
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as extra:
+            assert extra.recv(100) == b""  # a timeout here: it waited for a slot
+    finally:
+        for s in silent:
+            s.close()
+        server.shutdown()
+        server.server_close()
+
+
+def test_head_says_how_long_the_get_would_be() -> None:
+    """HEAD (curl -I, check_http -j HEAD) answers with the Content-Length of the GET."""
+    from prometheus_client import CollectorRegistry, Gauge
+
+    registry = CollectorRegistry()
+    Gauge("spambridge_x", "x", registry=registry).set(1)
+    app = metrics.app(registry)
+    answers: dict[str, tuple[str, dict[str, str], bytes]] = {}
+    for method in ("GET", "HEAD"):
+        got: list[Any] = []
+        body = b"".join(app({"REQUEST_METHOD": method, "PATH_INFO": "/metrics",
+                             "QUERY_STRING": ""}, lambda s, h, *_, got=got: got.extend((s, h))))
+        answers[method] = (got[0], dict(got[1]), body)
+    status, headers, body = answers["HEAD"]
+    assert status.startswith("200") and body == b""
+    assert headers["Content-Length"] == str(len(answers["GET"][2]))
+
+
+def test_an_ipv6_listen_address_is_served() -> None:
+    """listen = "[::1]:PORT" (check-config and the README allow it): served over IPv6."""
+    port = free_port()
+    server = metrics.serve(MetricsConfig(listen=f"[::1]:{port}", host="::1", port=port),
+                           metrics.Metrics())
+    try:
+        assert value(scrape("[::1]", port), "spambridge_config_last_reload_successful") == 1
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_bytes_that_come_after_the_deadline_are_not_read() -> None:
+    """A byte arriving just as the deadline passes: the read is refused as a timeout (an
+    OSError, a debug line); a negative socket timeout was a ValueError, an ERROR line with a
+    traceback for one slow scraper."""
+    import time
+
+    a, b = socket.socketpair()
+    with a, b:
+        reader = metrics._Deadline(a, 0.05)
+        b.sendall(b"GET /metrics HTTP/1.0\r\n")
+        time.sleep(0.1)
+        with pytest.raises(TimeoutError, match="request not complete in time"):
+            reader.readinto(bytearray(100))
