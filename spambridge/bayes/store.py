@@ -174,11 +174,14 @@ def access_problem(path: str, write: bool) -> str:
     up = "/"
     for part in folder.split("/")[1:]:  # every directory on the way must let us through
         up = os.path.join(up, part)
+        try:
+            st = os.stat(up)
+        except OSError:
+            break  # missing: told below
+        if not stat.S_ISDIR(st.st_mode):  # no chmod makes a file one: "chmod u+x" was said
+            return (f"{described(up, st)} is not a directory, and the database's path goes "
+                    "through it")
         if not os.access(up, os.X_OK):
-            try:
-                st = os.stat(up)
-            except OSError:
-                break  # missing: told below
             return f"{_user()} may not enter {described(up, st)}: {_why(up, st, 'x')}"
     if not os.path.isdir(folder):
         if not write:

@@ -1125,3 +1125,26 @@ def test_a_postconf_that_hangs_is_a_warning_not_a_traceback(
     assert status == 1
     assert "warning: cannot read Postfix's settings: Command '['postconf']' timed out after " \
         "30 seconds" in out
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o755])
+def test_a_file_where_the_database_directory_should_be_is_named_as_such(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], mode: int) -> None:
+    """db = "/srv/file/bayes.sqlite" with /srv/file a regular file: check-config and `train`
+    told root to `chmod u+x` the file (mode 0644), or (0755) that the database did not exist
+    yet and the milter would create it; neither is so."""
+    from spambridge import cli
+
+    (tmp_path / "file").touch()
+    (tmp_path / "file").chmod(mode)
+    db = tmp_path / "file" / "bayes.sqlite"
+    said = (f"{store.described(str(tmp_path / 'file'), os.stat(tmp_path / 'file'))} is not a "
+            "directory, and the database's path goes through it")
+    r = check_local(from_mapping({"bayes": {"db": str(db)}}))
+    assert r.notes == []
+    assert r.warnings == [f"[bayes] db: {db}: cannot open the Bayes database: {said}: every "
+                          "message would get on_unavailable"]
+    msg = tmp_path / "m.eml"
+    msg.write_bytes(b"Subject: x\n\nhello\n")
+    assert cli.main(["train", "--db", str(db), "--spam", str(msg)]) == 1
+    assert f"cannot write the Bayes database: {said}" in capsys.readouterr().err
