@@ -19,7 +19,6 @@ import logging
 import os
 import resource
 import select
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -330,43 +329,82 @@ def unserved(spec: SocketSpec, hung: dict[tuple[int, int], float], grace: float,
     """Sessions libmilter accepted and never served: their MTA hung up more than `grace`
     seconds ago and the descriptor is still open. A served session is closed within
     milliseconds of its MTA's hang-up (at most a scan later); one libmilter could not start a
-    thread for is never looked at again. `hung` carries the hang-ups seen between calls."""
+    thread for is never looked at again. `hung` carries the hang-ups seen between calls.
+
+    The descriptors are libmilter's, in use by its threads meanwhile, and a number may be
+    closed and reused at any moment: nothing here may change one. So they are only read
+    about: socket inodes from /proc/self/fd, hang-ups by poll() on the numbers, which socket
+    is a session of ours from the kernel's tables in /proc/net. (Wrapping one in
+    socket.socket(fileno=...) set O_NONBLOCK on it whenever socket.setdefaulttimeout() had
+    been called, and closed it if that failed.)"""
     now = clock()
     seen: set[tuple[int, int]] = set()
-    poller = select.poll()
     try:
         names = os.listdir("/proc/self/fd")
     except OSError:
         return 0
-    for name in names:
-        fd = int(name)
-        try:
-            s = socket.socket(fileno=fd)
-        except OSError:
-            continue
-        try:
-            if s.type != socket.SOCK_STREAM or s.getsockopt(socket.SOL_SOCKET,
-                                                            socket.SO_ACCEPTCONN):
-                continue
-            addr = s.getsockname()
-            if not ((addr == spec.path) if spec.family == "unix" else (
-                    isinstance(addr, tuple) and len(addr) >= 2 and addr[1] == spec.port)):
-                continue  # not a session of our listener (spamd, the database, a pipe)
-            poller.register(fd, select.POLLRDHUP)
-            ready = poller.poll(0)
-            poller.unregister(fd)
-            if ready and ready[0][1] & (select.POLLRDHUP | select.POLLHUP):
-                key = (fd, os.fstat(fd).st_ino)
-                seen.add(key)
-                hung.setdefault(key, now)
-        except OSError:
-            continue
-        finally:
-            s.detach()  # libmilter's descriptor: never closed here
+    inodes = {fd: ino for fd in map(int, names) if (ino := _socket_inode(fd)) is not None}
+    poller = select.poll()
+    for fd in inodes:
+        poller.register(fd, select.POLLRDHUP)
+    gone = [fd for fd, events in poller.poll(0)
+            if events & (select.POLLRDHUP | select.POLLHUP) and not events & select.POLLNVAL]
+    ours = _session_inodes(spec) if gone else set()  # the tables are read only when needed
+    if ours is None:  # no descriptor to read them with (at RLIMIT_NOFILE): as last time
+        return sum(now - since > grace for since in hung.values())
+    for fd in gone:
+        # still the same socket after the poll: a number closed and reused meanwhile is not
+        if inodes[fd] in ours and _socket_inode(fd) == inodes[fd]:
+            key = (fd, inodes[fd])
+            seen.add(key)
+            hung.setdefault(key, now)
     for key in list(hung):
         if key not in seen:
             del hung[key]  # closed (served) since, or its number reused
     return sum(now - since > grace for since in hung.values())
+
+
+def _socket_inode(fd: int) -> int | None:
+    """The inode of the socket descriptor `fd` is, from its /proc link ("socket:[N]"); None
+    for anything else or a closed number."""
+    try:
+        link = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return None
+    return int(link[8:-1]) if link.startswith("socket:[") else None
+
+
+_ACCEPTCON = 0x10000  # /proc/net/unix's Flags of a listening socket (__SO_ACCEPTCON)
+_TCP_LISTEN = "0A"  # /proc/net/tcp's st of a listening socket
+
+
+def _session_inodes(spec: SocketSpec) -> set[int] | None:
+    """Inodes of the stream sockets accepted on `spec` (not its listener): for unix, bound
+    to its path (an accepted socket shows its listener's); for inet, on its local port.
+    None when the tables cannot be opened."""
+    out: set[int] = set()
+    try:
+        if spec.family == "unix":
+            path = os.fsencode(spec.path)
+            with open("/proc/net/unix", "rb") as f:
+                next(f, None)  # Num RefCount Protocol Flags Type St Inode Path
+                for line in f:
+                    fields = line.rstrip(b"\n").split(None, 7)
+                    if (len(fields) == 8 and fields[7] == path and fields[4] == b"0001"
+                            and not int(fields[3], 16) & _ACCEPTCON):
+                        out.add(int(fields[6]))
+            return out
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            with contextlib.suppress(FileNotFoundError), open(table) as f:  # tcp6: no IPv6
+                next(f, None)  # sl local_address rem_address st ... uid timeout inode
+                for row in f:
+                    cols = row.split()
+                    if (int(cols[1].rsplit(":", 1)[1], 16) == spec.port
+                            and cols[3] != _TCP_LISTEN):
+                        out.add(int(cols[9]))
+    except (OSError, ValueError, IndexError):
+        return None
+    return out
 
 
 def _unserved_text(stuck: int) -> str:

@@ -4,6 +4,7 @@ an admin is told to raise."""
 from __future__ import annotations
 
 import logging
+import os
 import socket
 from pathlib import Path
 
@@ -96,3 +97,77 @@ def test_a_session_whose_mta_hung_up_longer_than_a_scan_counts_as_unserved(
             assert limits.unserved(spec, hung, 7.0, lambda: now[0]) == 1
         assert limits.unserved(spec, hung, 7.0, lambda: now[0]) == 0  # closed: forgotten
         assert hung == {}
+
+
+def test_looking_for_unserved_sessions_changes_no_descriptor(tmp_path: Path) -> None:
+    """The watch reads libmilter's descriptors from another thread while libmilter uses them:
+    it must not change one. Wrapping one in socket.socket(fileno=...) made it non-blocking
+    whenever some library had set socket.setdefaulttimeout(): libmilter's listener and
+    sessions, and stderr when it is journald's stream socket (a blocking write to it then
+    fails with EAGAIN instead of waiting: log lines lost)."""
+    path = str(tmp_path / "m.sock")
+    spec = parse_socket_spec(f"unix:{path}")
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(path)
+        listener.listen(4)
+        mta = socket.socket(socket.AF_UNIX)
+        mta.connect(path)
+        session, _ = listener.accept()
+        journal, other = socket.socketpair()
+        mta.close()
+        with session, journal, other:
+            held = [listener, session, journal, other]
+            before = [os.get_blocking(s.fileno()) for s in held]
+            socket.setdefaulttimeout(5.0)
+            try:
+                limits.unserved(spec, {}, 7.0)
+            finally:
+                socket.setdefaulttimeout(None)
+            assert [os.get_blocking(s.fileno()) for s in held] == before == [True] * 4
+
+
+def test_a_tcp_session_whose_mta_hung_up_longer_than_a_scan_counts_as_unserved() -> None:
+    """The same over inet: sessions on our port, not the listener or other connections."""
+    now = [100.0]
+    hung: dict[tuple[int, int], float] = {}
+    with socket.socket() as listener, socket.socket() as elsewhere:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(4)
+        elsewhere.bind(("127.0.0.1", 0))
+        elsewhere.listen(4)
+        spec = parse_socket_spec(f"inet:{listener.getsockname()[1]}@127.0.0.1")
+        gone = socket.create_connection(listener.getsockname())
+        stuck, _ = listener.accept()
+        alive = socket.create_connection(listener.getsockname())
+        served, _ = listener.accept()
+        away = socket.create_connection(elsewhere.getsockname())
+        theirs, _ = elsewhere.accept()  # hung up too, but not a session of our socket
+        gone.close()
+        away.close()
+        with stuck, served, alive, theirs:
+            assert limits.unserved(spec, hung, 7.0, lambda: now[0]) == 0
+            now[0] += 10
+            assert limits.unserved(spec, hung, 7.0, lambda: now[0]) == 1
+        assert limits.unserved(spec, hung, 7.0, lambda: now[0]) == 0
+        assert hung == {}
+
+
+def test_a_look_that_cannot_read_the_tables_keeps_the_hang_ups_seen(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """At RLIMIT_NOFILE /proc/net/unix may not open: the sessions seen hung up stay counted
+    from when they were first seen, not forgotten and started over."""
+    path = str(tmp_path / "m.sock")
+    spec = parse_socket_spec(f"unix:{path}")
+    hung: dict[tuple[int, int], float] = {}
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(path)
+        listener.listen(4)
+        mta = socket.socket(socket.AF_UNIX)
+        mta.connect(path)
+        stuck, _ = listener.accept()
+        mta.close()
+        with stuck:
+            assert limits.unserved(spec, hung, 7.0, lambda: 100.0) == 0
+            monkeypatch.setattr(limits, "_session_inodes", lambda spec: None)
+            assert limits.unserved(spec, hung, 7.0, lambda: 110.0) == 1
+            assert len(hung) == 1
