@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from spambridge.milter.socketspec import SocketSpec
+from spambridge.milter.socketspec import SocketSpec, socket_inode, stream_inodes
 
 log = logging.getLogger("spambridge")
 
@@ -333,28 +333,27 @@ def unserved(spec: SocketSpec, hung: dict[tuple[int, int], float], grace: float,
 
     The descriptors are libmilter's, in use by its threads meanwhile, and a number may be
     closed and reused at any moment: nothing here may change one. So they are only read
-    about: socket inodes from /proc/self/fd, hang-ups by poll() on the numbers, which socket
-    is a session of ours from the kernel's tables in /proc/net. (Wrapping one in
-    socket.socket(fileno=...) set O_NONBLOCK on it whenever socket.setdefaulttimeout() had
-    been called, and closed it if that failed.)"""
+    about: hang-ups by poll() on the numbers (read-only, on whatever a number is), which is
+    a session of ours by inode (socketspec.stream_inodes)."""
     now = clock()
     seen: set[tuple[int, int]] = set()
     try:
         names = os.listdir("/proc/self/fd")
-    except OSError:
-        return 0
-    inodes = {fd: ino for fd in map(int, names) if (ino := _socket_inode(fd)) is not None}
+    except OSError:  # at RLIMIT_NOFILE: as last time
+        return sum(now - since > grace for since in hung.values())
+    inodes = {fd: ino for fd in map(int, names) if (ino := socket_inode(fd)) is not None}
     poller = select.poll()
     for fd in inodes:
         poller.register(fd, select.POLLRDHUP)
     gone = [fd for fd, events in poller.poll(0)
             if events & (select.POLLRDHUP | select.POLLHUP) and not events & select.POLLNVAL]
-    ours = _session_inodes(spec) if gone else set()  # the tables are read only when needed
-    if ours is None:  # no descriptor to read them with (at RLIMIT_NOFILE): as last time
+    try:
+        ours = stream_inodes(spec, listening=False) if gone else set()  # only when needed
+    except OSError:  # no descriptor to read them with (at RLIMIT_NOFILE): as last time
         return sum(now - since > grace for since in hung.values())
     for fd in gone:
         # still the same socket after the poll: a number closed and reused meanwhile is not
-        if inodes[fd] in ours and _socket_inode(fd) == inodes[fd]:
+        if inodes[fd] in ours and socket_inode(fd) == inodes[fd]:
             key = (fd, inodes[fd])
             seen.add(key)
             hung.setdefault(key, now)
@@ -362,49 +361,6 @@ def unserved(spec: SocketSpec, hung: dict[tuple[int, int], float], grace: float,
         if key not in seen:
             del hung[key]  # closed (served) since, or its number reused
     return sum(now - since > grace for since in hung.values())
-
-
-def _socket_inode(fd: int) -> int | None:
-    """The inode of the socket descriptor `fd` is, from its /proc link ("socket:[N]"); None
-    for anything else or a closed number."""
-    try:
-        link = os.readlink(f"/proc/self/fd/{fd}")
-    except OSError:
-        return None
-    return int(link[8:-1]) if link.startswith("socket:[") else None
-
-
-_ACCEPTCON = 0x10000  # /proc/net/unix's Flags of a listening socket (__SO_ACCEPTCON)
-_TCP_LISTEN = "0A"  # /proc/net/tcp's st of a listening socket
-
-
-def _session_inodes(spec: SocketSpec) -> set[int] | None:
-    """Inodes of the stream sockets accepted on `spec` (not its listener): for unix, bound
-    to its path (an accepted socket shows its listener's); for inet, on its local port.
-    None when the tables cannot be opened."""
-    out: set[int] = set()
-    try:
-        if spec.family == "unix":
-            path = os.fsencode(spec.path)
-            with open("/proc/net/unix", "rb") as f:
-                next(f, None)  # Num RefCount Protocol Flags Type St Inode Path
-                for line in f:
-                    fields = line.rstrip(b"\n").split(None, 7)
-                    if (len(fields) == 8 and fields[7] == path and fields[4] == b"0001"
-                            and not int(fields[3], 16) & _ACCEPTCON):
-                        out.add(int(fields[6]))
-            return out
-        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-            with contextlib.suppress(FileNotFoundError), open(table) as f:  # tcp6: no IPv6
-                next(f, None)  # sl local_address rem_address st ... uid timeout inode
-                for row in f:
-                    cols = row.split()
-                    if (int(cols[1].rsplit(":", 1)[1], 16) == spec.port
-                            and cols[3] != _TCP_LISTEN):
-                        out.add(int(cols[9]))
-    except (OSError, ValueError, IndexError):
-        return None
-    return out
 
 
 def _unserved_text(stuck: int) -> str:

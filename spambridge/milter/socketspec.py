@@ -5,6 +5,7 @@ Note the milter side writes `inet:PORT@HOST`; Postfix's own side is `inet:HOST:P
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import re
@@ -91,25 +92,56 @@ def remove_stale_unix_socket(path: str) -> None:
 
 def find_listener(spec: SocketSpec) -> int | None:
     """libmilter's listening descriptor, found by its bound address (libmilter keeps it to
-    itself); None once libmilter has closed it."""
-    fam = {"unix": socket.AF_UNIX, "inet": socket.AF_INET, "inet6": socket.AF_INET6}[spec.family]
-    for name in os.listdir("/proc/self/fd"):
-        fd = int(name)
-        try:
-            # the descriptor itself, not a dup: on a file or pipe the constructor fails and
-            # never closes what it was given (a dup leaked there, one per file per lookup)
-            s = socket.socket(fileno=fd)
-        except OSError:
-            continue
-        try:
-            if (s.family != fam or s.type != socket.SOCK_STREAM
-                    or not s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)):
-                continue  # an accepted session has the listener's address too
-            addr = s.getsockname()
-            if (addr == spec.path) if spec.family == "unix" else (addr[1] == spec.port):
-                return fd
-        except OSError:
-            continue
-        finally:
-            s.detach()  # libmilter's (or anyone's) descriptor: never closed here
+    itself); None once libmilter has closed it. Found without touching any descriptor (see
+    stream_inodes): the nudger looks from its own thread while libmilter serves."""
+    inodes = stream_inodes(spec, listening=True)
+    if inodes:
+        for name in os.listdir("/proc/self/fd"):
+            if socket_inode(int(name)) in inodes:
+                return int(name)
     return None
+
+
+def socket_inode(fd: int) -> int | None:
+    """The inode of the socket descriptor `fd` is, from its /proc link ("socket:[N]"); None
+    for anything else or a closed number."""
+    try:
+        link = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return None
+    return int(link[8:-1]) if link.startswith("socket:[") else None
+
+
+_ACCEPTCON = 0x10000  # /proc/net/unix's Flags of a listening socket (__SO_ACCEPTCON)
+_TCP_LISTEN = "0A"  # /proc/net/tcp's st of a listening socket
+
+
+def stream_inodes(spec: SocketSpec, listening: bool) -> set[int]:
+    """Inodes of the stream sockets on `spec`'s address, from the kernel's tables in /proc/net:
+    its listener (`listening`), or the sessions accepted on it (on unix, an accepted socket
+    shows its listener's path; on inet, its local port). Match them with socket_inode(): the
+    descriptors themselves are libmilter's, in use by its threads, and their numbers may be
+    reused at any moment. Wrapping one in socket.socket(fileno=...) set O_NONBLOCK on it
+    whenever socket.setdefaulttimeout() had been called, and closed it if that failed.
+    OSError when the table cannot be opened (at RLIMIT_NOFILE)."""
+    out: set[int] = set()
+    if spec.family == "unix":
+        path = os.fsencode(spec.path)
+        with open("/proc/net/unix", "rb") as f:
+            next(f, None)  # Num RefCount Protocol Flags Type St Inode Path
+            for line in f:
+                fields = line.rstrip(b"\n").split(None, 7)
+                with contextlib.suppress(ValueError):
+                    if (len(fields) == 8 and fields[7] == path and fields[4] == b"0001"
+                            and bool(int(fields[3], 16) & _ACCEPTCON) == listening):
+                        out.add(int(fields[6]))
+        return out
+    with open("/proc/net/tcp6" if spec.family == "inet6" else "/proc/net/tcp") as t:
+        next(t, None)  # sl local_address rem_address st ... uid timeout inode
+        for row in t:
+            cols = row.split()
+            with contextlib.suppress(ValueError, IndexError):
+                if (int(cols[1].rsplit(":", 1)[1], 16) == spec.port
+                        and (cols[3] == _TCP_LISTEN) == listening):
+                    out.add(int(cols[9]))
+    return out

@@ -168,6 +168,9 @@ def test_a_look_that_cannot_read_the_tables_keeps_the_hang_ups_seen(
         mta.close()
         with stuck:
             assert limits.unserved(spec, hung, 7.0, lambda: 100.0) == 0
-            monkeypatch.setattr(limits, "_session_inodes", lambda spec: None)
+            def cannot(spec: object, listening: bool) -> set[int]:
+                raise OSError(24, "Too many open files")
+
+            monkeypatch.setattr(limits, "stream_inodes", cannot)
             assert limits.unserved(spec, hung, 7.0, lambda: 110.0) == 1
             assert len(hung) == 1

@@ -113,3 +113,26 @@ def test_a_busy_milters_socket_is_not_taken_for_a_stale_one(tmp_path: Path) -> N
                 c.close()
     remove_stale_unix_socket(path)  # nobody listens now: stale, removed
     assert not os.path.exists(path)
+
+
+def test_looking_for_the_listener_changes_no_descriptor(tmp_path: Path) -> None:
+    """The nudger looks for libmilter's listener from its own thread while libmilter serves.
+    Wrapping each descriptor in socket.socket(fileno=...) set O_NONBLOCK on every socket of
+    the process (libmilter's listener and sessions, a journald stderr) whenever a library had
+    called socket.setdefaulttimeout()."""
+    spec = parse_socket_spec(f"unix:{tmp_path / 'm.sock'}")
+    with socket.socket(socket.AF_UNIX) as lst:
+        lst.bind(str(tmp_path / "m.sock"))
+        lst.listen(1)
+        mta = socket.socket(socket.AF_UNIX)
+        mta.connect(str(tmp_path / "m.sock"))
+        session, _ = lst.accept()
+        journal, other = socket.socketpair()
+        with mta, session, journal, other:
+            held = [lst, session, journal, other]
+            socket.setdefaulttimeout(5.0)
+            try:
+                assert find_listener(spec) == lst.fileno()
+            finally:
+                socket.setdefaulttimeout(None)
+            assert [os.get_blocking(s.fileno()) for s in held] == [True] * 4
