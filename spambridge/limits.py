@@ -266,7 +266,6 @@ class Watch:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="spambridge-limits",
                                         daemon=True)
-        self.threads_out = False  # at the last look, no thread could be started
         self._looked = 0.0  # time.monotonic() of may_start_thread's last look
         self._poke_ok = True  # what it saw
 
@@ -288,12 +287,6 @@ class Watch:
             self._poke_ok = threads_exhausted(self._cgroup, POKE_MARGIN) is None
             self._looked = time.monotonic()
         return self._poke_ok
-
-    def _look(self) -> str | None:
-        # one short of the limit counts: the look is a sample, libmilter's threads come and go
-        found = threads_exhausted(self._cgroup, 1)
-        self.threads_out = found is not None
-        return found
 
     def _listener_cpu(self) -> float | None:
         if self._clock is None:
@@ -319,7 +312,8 @@ class Watch:
             if spinning and fds_exhausted():
                 _say("nofile", _nofile_text())
             cpu = now
-            found = self._look()
+            # one short of the limit counts: a sample, libmilter's threads come and go
+            found = threads_exhausted(self._cgroup, 1)
             if found is not None:
                 _say("threads", _threads_text(found))
 
