@@ -214,9 +214,16 @@ def _memory_text(max_scan_size: int | None = None) -> str:
             "max_scan_size")
 
 
-# a failure's text that shows a limit reached, and which
-_SIGNS = (("Too many open files", "nofile"), ("MemoryError", "memory"),
-          ("can't start new thread", "threads"))
+_NFILE_TEXT = (
+    "the system's open file table is full (\"Too many open files in system\", ENFILE; "
+    "sysctl fs.file-max): every process fails to open files and sockets, the milter's scans "
+    "too (on_unavailable, or on_error for a spooled body). Not the milter's own limit: "
+    "LimitNOFILE= does not help; find what holds the files, or raise fs.file-max")
+
+# a failure's text that shows a limit reached, and which; ENFILE's text before EMFILE's, which
+# is a prefix of it
+_SIGNS = (("Too many open files in system", "nfile"), ("Too many open files", "nofile"),
+          ("MemoryError", "memory"), ("can't start new thread", "threads"))
 
 
 def note(detail: str) -> None:
@@ -224,7 +231,9 @@ def note(detail: str) -> None:
     what raises it (the failure itself reads as spamd's or the spool's)."""
     for sign, kind in _SIGNS:
         if sign in detail:
-            if kind == "nofile":
+            if kind == "nfile":
+                _say(kind, _NFILE_TEXT)
+            elif kind == "nofile":
                 _say(kind, _nofile_text())
             elif kind == "memory":
                 _say(kind, _memory_text())

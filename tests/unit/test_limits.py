@@ -174,3 +174,20 @@ def test_a_look_that_cannot_read_the_tables_keeps_the_hang_ups_seen(
             monkeypatch.setattr(limits, "stream_inodes", cannot)
             assert limits.unserved(spec, hung, 7.0, lambda: 110.0) == 1
             assert len(hung) == 1
+
+
+def test_the_systems_file_table_full_is_not_called_the_milters_limit(
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ENFILE ("Too many open files in system") is the kernel's table (fs.file-max) full, with
+    the milter far below its RLIMIT_NOFILE: raising LimitNOFILE= does nothing for it. It was
+    told as "the open files limit (RLIMIT_NOFILE) of 524288 is reached"."""
+    monkeypatch.setattr(limits, "_said", {})
+    with caplog.at_level(logging.WARNING, logger="spambridge"):
+        limits.note("127.0.0.1:783: AIOSpamcConnectionFailed: [Errno 23] Too many open files "
+                    "in system")
+        limits.note("127.0.0.1:783: AIOSpamcConnectionFailed: [Errno 24] Too many open files")
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 2, said
+    assert not said[0].startswith("out of file descriptors"), said[0]
+    assert "fs.file-max" in said[0] and "LimitNOFILE= does not help" in said[0]
+    assert said[1].startswith("out of file descriptors") and "LimitNOFILE=" in said[1]
