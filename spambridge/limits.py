@@ -203,7 +203,7 @@ def _nofile_text() -> str:
             "spambridge)")
 
 
-def _memory_text(max_scan_size: int | None = None) -> str:
+def _memory_text() -> str:
     space = _finite(resource.getrlimit(resource.RLIMIT_AS)[0])
     limit = (f"the address space limit (RLIMIT_AS) is {space >> 20} MiB, {_vm_size() >> 20} "
              "MiB in use" if space is not None else "no RLIMIT_AS: a cgroup's MemoryMax= or "
