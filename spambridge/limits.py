@@ -344,20 +344,21 @@ def unserved(spec: SocketSpec, hung: dict[tuple[int, int], float], grace: float,
         names = os.listdir("/proc/self/fd")
     except OSError:  # at RLIMIT_NOFILE: as last time
         return sum(now - since > grace for since in hung.values())
-    inodes = {fd: ino for fd in map(int, names) if (ino := socket_inode(fd)) is not None}
     poller = select.poll()
-    for fd in inodes:
-        poller.register(fd, select.POLLRDHUP)
-    gone = [fd for fd, events in poller.poll(0)
-            if events & (select.POLLRDHUP | select.POLLHUP) and not events & select.POLLNVAL]
+    for name in names:
+        poller.register(int(name), select.POLLRDHUP)
+    # the hung-up sockets (a pipe can report POLLHUP too; a file, an epoll or event fd never)
+    gone = [(fd, ino) for fd, events in poller.poll(0)
+            if events & (select.POLLRDHUP | select.POLLHUP) and not events & select.POLLNVAL
+            and (ino := socket_inode(fd)) is not None]
     try:
         ours = stream_inodes(spec, listening=False) if gone else set()  # only when needed
     except OSError:  # no descriptor to read them with (at RLIMIT_NOFILE): as last time
         return sum(now - since > grace for since in hung.values())
-    for fd in gone:
-        # still the same socket after the poll: a number closed and reused meanwhile is not
-        if inodes[fd] in ours and socket_inode(fd) == inodes[fd]:
-            key = (fd, inodes[fd])
+    # a number closed and reused between the poll and its link is told apart at the next
+    # look: only a session seen hung up at every look for `grace` seconds counts
+    for key in gone:
+        if key[1] in ours:
             seen.add(key)
             hung.setdefault(key, now)
     for key in list(hung):
