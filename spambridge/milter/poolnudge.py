@@ -71,8 +71,10 @@ def _target(spec: SocketSpec) -> Target | None:
 # a connection these refuse is no sign of a socket out of our reach: refused, our listener is
 # closed (libmilter stops accepting as soon as a stop is requested, while the last scans
 # finish); a full accept queue (EAGAIN, or a TCP connect timing out), connections are
-# arriving anyway
-_NOT_UNREACHABLE = frozenset({errno.ECONNREFUSED, errno.EAGAIN, errno.ETIMEDOUT})
+# arriving anyway; no descriptor for the poke itself (the open-files limit, which limits.py
+# names)
+_NOT_UNREACHABLE = frozenset({errno.ECONNREFUSED, errno.EAGAIN, errno.ETIMEDOUT, errno.EMFILE,
+                              errno.ENFILE})
 
 
 def poke(target: Target | None, timeout: float = 0.05) -> bool:
@@ -150,7 +152,12 @@ class PoolNudger:
                 continue
             err = poke_error(self.target) if self.activity.inflight and self.may_poke() else 0
             if err and err not in _NOT_UNREACHABLE and not self._warned:
-                if find_listener(self.spec) is None:
+                try:
+                    listener = find_listener(self.spec)
+                except OSError:  # /proc unreadable now (descriptors short): look next time
+                    self._stop.wait(self.interval)
+                    continue
+                if listener is None:
                     # libmilter closed its listener: a stop, the last scans finishing (not as
                     # root it removes the socket file too: ENOENT). Nothing left to wake.
                     return

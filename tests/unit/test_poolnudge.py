@@ -348,3 +348,68 @@ def test_a_socket_host_that_does_not_resolve_is_warned_about(
         monkeypatch.setattr(poolnudge.socket, "getaddrinfo", no_name)
         warned = _stalled_warnings(f"inet:{port}@mx.example", caplog)
     assert len(warned) == 1 and "cannot connect to our own socket" in warned[0], warned
+
+
+@pytest.mark.parametrize("err", ["EMFILE", "ENFILE"])
+def test_no_descriptor_for_a_poke_is_not_called_an_unreachable_socket(
+        listener: tuple[Listener, str], monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture, err: str) -> None:
+    """At the open-files limit the poke's own socket cannot be made ("Too many open files"):
+    that is no permission problem with the socket (limits.py names the limit), and looking
+    for the listener in /proc then fails the same way, which ended the nudger's thread with a
+    traceback. It says nothing and keeps trying; the pokes resume once descriptors are free."""
+    import errno
+
+    lst, spec = listener
+    short = [True]
+    real = poolnudge.poke_error
+
+    def poke_error(target: poolnudge.Target | None, timeout: float = 0.05) -> int:
+        return getattr(errno, err) if short[0] else real(target, timeout)
+
+    def find_listener(spec: object) -> int | None:
+        raise OSError(getattr(errno, err), "Too many open files")
+
+    monkeypatch.setattr(poolnudge, "poke_error", poke_error)
+    monkeypatch.setattr(poolnudge, "find_listener", find_listener)
+    act = FakeActivity()
+    with caplog.at_level(logging.WARNING, logger="spambridge"), \
+            running(spec, act, stall_after=0.05) as n:
+        act.set(3, free_now=True)  # three scans hang from now on: stalled after 50 ms
+        time.sleep(0.3)
+        short[0] = False
+        assert settle(lst, 0.4) > 0  # still poking: the thread lives on
+        assert n._thread.is_alive()
+        act.set(0, free_now=True)
+    assert [r.getMessage() for r in caplog.records] == []
+
+
+def test_a_listener_search_that_fails_is_tried_again_not_the_end_of_the_nudger(
+        listener: tuple[Listener, str], monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A poke refused for a reason worth a warning (EACCES: the socket's mode), while /proc
+    cannot be read for the listener (descriptors short for a moment): the nudger looks again
+    at its next poke, and warns then, instead of its thread ending with a traceback."""
+    import errno
+
+    _, spec = listener
+    real = poolnudge.find_listener
+    fails = [2]
+
+    def find_listener(spec: object) -> int | None:
+        if fails[0]:
+            fails[0] -= 1
+            raise OSError(errno.EMFILE, "Too many open files")
+        return real(spec)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(poolnudge, "poke_error", lambda target, timeout=0.05: errno.EACCES)
+    monkeypatch.setattr(poolnudge, "find_listener", find_listener)
+    act = FakeActivity()
+    with caplog.at_level(logging.WARNING, logger="spambridge"), \
+            running(spec, act, stall_after=0.05) as n:
+        act.set(3, free_now=True)
+        time.sleep(0.4)
+        assert n._thread.is_alive()
+        act.set(0, free_now=True)
+    warned = [r.getMessage() for r in caplog.records]
+    assert fails == [0] and len(warned) == 1 and "cannot connect to our own socket" in warned[0]
