@@ -314,6 +314,18 @@ class RunningMilter:
         return stop_process(self.proc)
 
 
+def open_files_in(directory: str) -> list[str]:
+    """This process's open files in `directory`: a spool file is unlinked at once, so only
+    /proc/self/fd sees it."""
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # the directory's own descriptor, gone by now
+            path = os.readlink(f"/proc/self/fd/{fd}")
+            if path.startswith(directory + "/"):
+                found.append(path)
+    return found
+
+
 def connectable(path: str) -> bool:
     try:
         with socket.socket(socket.AF_UNIX) as s:

@@ -3,13 +3,12 @@ path itself fails (a bug), and that the message's buffer is let go whatever happ
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from harness import open_files_in
 
 from spambridge.config import Config, MilterConfig, PolicyConfig
 from spambridge.message import Envelope
@@ -77,16 +76,9 @@ def test_an_aborted_message_lets_go_of_its_spool_at_once(tmp_path: Path) -> None
         m.session.connect("client.example.net", "192.0.2.7", "mx.example.org", "MTA-v4", 40312)
         m.session.start_message("<a@example.net>", "", False)
         m.session.add_body(b"x" * 1000)
-        assert _spool_files(str(tmp_path))
+        assert open_files_in(str(tmp_path))
         m.abort()
-        assert not _spool_files(str(tmp_path))
+        assert not open_files_in(str(tmp_path))
     finally:
         bridge.stop(timeout=1.0)
 
-
-def _spool_files(spool: str) -> list[str]:
-    found = []
-    for fd in os.listdir("/proc/self/fd"):
-        with contextlib.suppress(OSError):  # the directory's own descriptor, gone by now
-            found += [p for p in [os.readlink(f"/proc/self/fd/{fd}")] if p.startswith(spool + "/")]
-    return found

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from harness import open_files_in
 
 from spambridge import defaults
 from spambridge.message import Envelope, MessageBuffer, parse_raw
@@ -317,14 +316,6 @@ def test_received_header_names_the_envelope_sender_as_spamass_milter_did() -> No
     assert helo.startswith("Received: from bücher.example (unknown [192.0.2.10])".encode())
 
 
-def _spool_files(spool: str) -> list[str]:
-    """This process's open files in `spool` (unlinked at once: only /proc/self/fd sees them)."""
-    found = []
-    for fd in os.listdir("/proc/self/fd"):
-        with contextlib.suppress(OSError):  # the directory's own descriptor, gone by now
-            found += [p for p in [os.readlink(f"/proc/self/fd/{fd}")] if p.startswith(spool + "/")]
-    return found
-
 
 def test_spool_memory_zero_spools_every_body(tmp_path: Path) -> None:
     """`spool_memory = 0` (documented range 0-64 MiB: "body bytes kept in memory before
@@ -332,10 +323,10 @@ def test_spool_memory_zero_spools_every_body(tmp_path: Path) -> None:
     so every body stayed in RAM up to max_scan_size, the opposite of what the admin asked."""
     buf = MessageBuffer(max_scan_size=1 << 20, spool_memory=0, spool_dir=str(tmp_path))
     buf.add_body(b"x" * 100_000)
-    assert buf.spilled and _spool_files(str(tmp_path)), "the body stayed in memory"
+    assert buf.spilled and open_files_in(str(tmp_path)), "the body stayed in memory"
     assert buf.render().endswith(b"x" * 100_000)
     buf.close()
-    assert not _spool_files(str(tmp_path))
+    assert not open_files_in(str(tmp_path))
 
 
 def test_past_max_scan_size_no_more_fields_are_kept() -> None:
