@@ -13,7 +13,7 @@ import shutil
 import socket
 import tempfile
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -112,6 +112,29 @@ def test_a_listener_out_of_descriptors_is_named_though_no_scan_fails(start_milte
     assert r.result is not None, r.error  # serves again once the sessions are gone
 
 
+@contextlib.contextmanager
+def as_nobody_short_of_threads(start_milter: Start, scan_timeout: float, spamd_delay: float
+                               ) -> Iterator[RunningMilter]:
+    """The milter as `nobody` (root is not held to RLIMIT_NPROC) under RLIMIT_NPROC 30, in
+    front of a spamd that answers after `spamd_delay`: 30 sessions at once run out of
+    threads."""
+    base = Path(tempfile.mkdtemp(prefix="sb-limits-"))  # outside pytest's 0700 tree
+    fake = SwitchableSpamd("slow", delay=spamd_delay)
+    try:
+        os.chmod(base, 0o755)
+        spool = base / "spool"
+        spool.mkdir()
+        os.chown(spool, pwd.getpwnam("nobody").pw_uid, -1)
+        yield start_milter({"milter": {"engine": "spamd", "scan_timeout": scan_timeout,
+                                       "user": "nobody", "socket": f"unix:{base}/m.sock",
+                                       "spool_dir": str(spool)},
+                            "spamd": {"host": "127.0.0.1", "port": fake.port}},
+                           rlimits={resource.RLIMIT_NPROC: (30, 30)})
+    finally:
+        fake.close()
+        shutil.rmtree(base, ignore_errors=True)
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="RLIMIT_NPROC for the milter's own user (root)")
 def test_threads_running_out_are_named_and_not_made_worse_by_the_nudger(
         start_milter: Start) -> None:
@@ -120,22 +143,9 @@ def test_threads_running_out_are_named_and_not_made_worse_by_the_nudger(
     those sessions are never answered (libmilter's, not fixable here: the MTA's milter timeout
     decides). The milter says which limit; and its pool nudger stops connecting to its own
     socket, each of which became one more session never served (41 to 47 more before)."""
-    base = Path(tempfile.mkdtemp(prefix="sb-limits-"))  # outside pytest's 0700 tree
-    fake = SwitchableSpamd("slow", delay=3.0)
-    try:
-        os.chmod(base, 0o755)
-        spool = base / "spool"
-        spool.mkdir()
-        os.chown(spool, pwd.getpwnam("nobody").pw_uid, -1)
-        m = start_milter({"milter": {"engine": "spamd", "scan_timeout": 5.0, "user": "nobody",
-                                     "socket": f"unix:{base}/m.sock", "spool_dir": str(spool)},
-                          "spamd": {"host": "127.0.0.1", "port": fake.port}},
-                         rlimits={resource.RLIMIT_NPROC: (30, 30)})
+    with as_nobody_short_of_threads(start_milter, scan_timeout=5.0, spamd_delay=3.0) as m:
         got = deliver_many(m.socket_path, [message(subject=f"n {i}") for i in range(30)], 30,
                            timeout=8, together=False)
-    finally:
-        fake.close()
-        shutil.rmtree(base, ignore_errors=True)
     unanswered = sum(d.result is None for d in got)
     assert unanswered, "the limit was not reached"
     assert "RLIMIT_NPROC) is 30" in m.log  # at start
@@ -151,25 +161,12 @@ def test_sessions_libmilter_never_served_are_counted_in_the_log(start_milter: St
     gave up (libmilter never looks at it again), even once threads are free again: a thread
     count looked at once a second can miss a short exhaustion, this cannot. Counted once its
     MTA has hung up for longer than a scan can take (here 2 s + 5.25 s)."""
-    base = Path(tempfile.mkdtemp(prefix="sb-limits-"))  # outside pytest's 0700 tree
-    fake = SwitchableSpamd("slow", delay=1.5)
-    try:
-        os.chmod(base, 0o755)
-        spool = base / "spool"
-        spool.mkdir()
-        os.chown(spool, pwd.getpwnam("nobody").pw_uid, -1)
-        m = start_milter({"milter": {"engine": "spamd", "scan_timeout": 2.0, "user": "nobody",
-                                     "socket": f"unix:{base}/m.sock", "spool_dir": str(spool)},
-                          "spamd": {"host": "127.0.0.1", "port": fake.port}},
-                         rlimits={resource.RLIMIT_NPROC: (30, 30)})
+    with as_nobody_short_of_threads(start_milter, scan_timeout=2.0, spamd_delay=1.5) as m:
         got = deliver_many(m.socket_path, [message(subject=f"n {i}") for i in range(30)], 30,
                            timeout=4, together=False)  # the "MTA" gives up after 4 s
         unanswered = sum(d.result is None for d in got)
         assert unanswered, "the limit was not reached"
         wait_until(lambda: "never served" in m.log, 30, "the count of unserved sessions")
-    finally:
-        fake.close()
-        shutil.rmtree(base, ignore_errors=True)
     line = next(ln for ln in m.log.splitlines() if "never served" in ln)
     said = int(line.split("WARNING ", 1)[1].split()[0])
     assert 0 < said <= unanswered + 10, (said, unanswered)
