@@ -70,6 +70,16 @@ def _finite(value: int) -> int | None:
     return None if value == resource.RLIM_INFINITY else value
 
 
+def _soft(which: int) -> int | None:
+    """The soft limit `which` (resource.RLIMIT_*); None when unlimited."""
+    return _finite(resource.getrlimit(which)[0])
+
+
+def _stack() -> int:
+    """Bytes of stack each new thread reserves."""
+    return _soft(resource.RLIMIT_STACK) or STACK
+
+
 def _cgroup_dir() -> str | None:
     """This process's cgroup directory that holds pids.max (v2, or v1's pids controller)."""
     try:
@@ -90,36 +100,27 @@ def _cgroup_dir() -> str | None:
     return None
 
 
-def _cgroup_pids_max() -> int | None:
-    """pids.max of this process's cgroup (systemd's TasksMax=); None if unlimited."""
-    where = _cgroup_dir()
+def _cgroup_value(where: str | None, name: str) -> int | None:
+    """A number of the cgroup `where` ("pids.max", "pids.current"); None for "max"
+    (unlimited), no cgroup, or a file that cannot be read."""
     if where is None:
         return None
-    with contextlib.suppress(OSError, ValueError), open(os.path.join(where, "pids.max")) as f:
+    with contextlib.suppress(OSError, ValueError), open(os.path.join(where, name)) as f:
         value = f.read().strip()
         return None if value == "max" else int(value)
     return None
 
 
-def _vm_size() -> int:
-    with contextlib.suppress(OSError, ValueError), open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmSize:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
 def current() -> Limits:
     """This process's limits, as the milter's user (call after dropping privileges)."""
-    stack = _finite(resource.getrlimit(resource.RLIMIT_STACK)[0]) or STACK
     return Limits(
-        nofile=_finite(resource.getrlimit(resource.RLIMIT_NOFILE)[0]),
+        nofile=_soft(resource.RLIMIT_NOFILE),
         # root (with CAP_SYS_RESOURCE) is not held to RLIMIT_NPROC
-        nproc=_finite(resource.getrlimit(resource.RLIMIT_NPROC)[0]) if os.geteuid() else None,
-        tasks=_cgroup_pids_max(),
-        address_space=_finite(resource.getrlimit(resource.RLIMIT_AS)[0]),
-        stack=stack,
-        vm_size=_vm_size(),
+        nproc=_soft(resource.RLIMIT_NPROC) if os.geteuid() else None,
+        tasks=_cgroup_value(_cgroup_dir(), "pids.max"),
+        address_space=_soft(resource.RLIMIT_AS),
+        stack=_stack(),
+        vm_size=_threads_and_vm()[1],
     )
 
 
@@ -195,7 +196,7 @@ def _say(kind: str, text: str, clock: Callable[[], float] = time.monotonic,
 
 
 def _nofile_text() -> str:
-    soft = _finite(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+    soft = _soft(resource.RLIMIT_NOFILE)
     return (f"out of file descriptors: the open files limit (RLIMIT_NOFILE) of {soft} is "
             "reached. Scans fail (\"Too many open files\": on_unavailable, or on_error for a "
             "spooled body) and libmilter cannot accept the MTA's connections until some close "
@@ -204,10 +205,10 @@ def _nofile_text() -> str:
 
 
 def _memory_text() -> str:
-    space = _finite(resource.getrlimit(resource.RLIMIT_AS)[0])
-    limit = (f"the address space limit (RLIMIT_AS) is {space >> 20} MiB, {_vm_size() >> 20} "
-             "MiB in use" if space is not None else "no RLIMIT_AS: a cgroup's MemoryMax= or "
-             "the machine")
+    space = _soft(resource.RLIMIT_AS)
+    limit = (f"the address space limit (RLIMIT_AS) is {space >> 20} MiB, "
+             f"{_threads_and_vm()[1] >> 20} MiB in use" if space is not None else
+             "no RLIMIT_AS: a cgroup's MemoryMax= or the machine")
     return (f"out of memory (MemoryError) while a message was scanned: {limit}. Such messages "
             "get on_error, and libmilter cannot start threads for new sessions; remove "
             "LimitAS= (bound memory with MemoryMax= instead), raise it, or lower "
@@ -377,7 +378,7 @@ def _unserved_text(stuck: int) -> str:
 
 def fds_exhausted() -> bool:
     """Whether this process holds as many descriptors as RLIMIT_NOFILE allows (bar one)."""
-    soft = _finite(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+    soft = _soft(resource.RLIMIT_NOFILE)
     try:
         held = len(os.listdir("/proc/self/fd")) - 1  # less the one listdir held
     except OSError as e:
@@ -389,19 +390,15 @@ def threads_exhausted(cgroup: str | None, margin: int = 0) -> str | None:
     """What keeps a new thread from starting now ("N tasks, the tasks limit ..."), or None;
     `margin`: count as out that many threads before the limit."""
     threads, vm = _threads_and_vm()
-    if cgroup is not None:
-        with contextlib.suppress(OSError, ValueError):
-            with open(os.path.join(cgroup, "pids.max")) as f:
-                top = f.read().strip()
-            with open(os.path.join(cgroup, "pids.current")) as f:
-                used = int(f.read())
-            if top != "max" and used + margin >= int(top):
-                return f"{used} tasks, the tasks limit (cgroup pids.max, TasksMax=) is {top}"
-    nproc = _finite(resource.getrlimit(resource.RLIMIT_NPROC)[0])
+    top = _cgroup_value(cgroup, "pids.max")
+    used = _cgroup_value(cgroup, "pids.current") if top is not None else None
+    if top is not None and used is not None and used + margin >= top:
+        return f"{used} tasks, the tasks limit (cgroup pids.max, TasksMax=) is {top}"
+    nproc = _soft(resource.RLIMIT_NPROC)
     if os.geteuid() and nproc is not None and threads + margin >= nproc:
         return f"{threads} threads, the process limit (RLIMIT_NPROC, LimitNPROC=) is {nproc}"
-    space = _finite(resource.getrlimit(resource.RLIMIT_AS)[0])
-    stack = _finite(resource.getrlimit(resource.RLIMIT_STACK)[0]) or STACK
+    space = _soft(resource.RLIMIT_AS)
+    stack = _stack()
     if space is not None and vm + (1 + margin) * stack > space:
         return (f"{vm >> 20} MiB of address space in use, the limit (RLIMIT_AS, LimitAS=) is "
                 f"{space >> 20} MiB and a thread's stack takes {stack >> 20} MiB")
