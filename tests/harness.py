@@ -326,6 +326,32 @@ def open_files_in(directory: str) -> list[str]:
     return found
 
 
+@contextlib.contextmanager
+def full_unix_queue(path: str) -> Iterator[None]:
+    """A unix socket listening at `path` whose accept queue is full (a milter under a burst):
+    a connect there fails at once with EAGAIN."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as lst:
+        lst.bind(path)
+        lst.listen(0)
+        queued = []
+        try:
+            for _ in range(64):  # bounded: the kernel takes backlog + 1
+                c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                c.setblocking(False)
+                try:
+                    c.connect(path)
+                except BlockingIOError:
+                    c.close()
+                    break
+                queued.append(c)
+            else:
+                pytest.fail("the accept queue never filled")
+            yield
+        finally:
+            for c in queued:
+                c.close()
+
+
 def connectable(path: str) -> bool:
     try:
         with socket.socket(socket.AF_UNIX) as s:

@@ -8,6 +8,7 @@ import socket
 from pathlib import Path
 
 import pytest
+from harness import full_unix_queue
 from milterload import collector_paused
 
 from spambridge.milter.socketspec import find_listener, parse_socket_spec
@@ -89,28 +90,10 @@ def test_a_busy_milters_socket_is_not_taken_for_a_stale_one(tmp_path: Path) -> N
     from spambridge.milter.socketspec import remove_stale_unix_socket
 
     path = str(tmp_path / "m.sock")
-    with socket.socket(socket.AF_UNIX) as lst:
-        lst.bind(path)
-        lst.listen(0)
-        queued = []
-        try:
-            for _ in range(64):  # bounded: the kernel takes backlog + 1
-                c = socket.socket(socket.AF_UNIX)
-                c.setblocking(False)
-                try:
-                    c.connect(path)
-                except BlockingIOError:
-                    c.close()
-                    break
-                queued.append(c)
-            else:
-                pytest.fail("the accept queue never filled")
-            with pytest.raises(OSError, match="in use by another running milter"):
-                remove_stale_unix_socket(path)
-            assert os.path.exists(path)
-        finally:
-            for c in queued:
-                c.close()
+    with full_unix_queue(path):
+        with pytest.raises(OSError, match="in use by another running milter"):
+            remove_stale_unix_socket(path)
+        assert os.path.exists(path)
     remove_stale_unix_socket(path)  # nobody listens now: stale, removed
     assert not os.path.exists(path)
 

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from harness import full_unix_queue
 
 from spambridge.milter import poolnudge
 from spambridge.milter.poolnudge import PoolNudger
@@ -273,26 +274,8 @@ def test_a_full_accept_queue_is_no_reason_to_warn(
     connections are arriving anyway, and libmilter still listens there, so "cannot connect to
     our own socket" would send the admin hunting for a permission problem that is not there."""
     path = tmp_path / "full.sock"
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as lst:
-        lst.bind(str(path))
-        lst.listen(0)
-        queued = []
-        try:
-            for _ in range(64):  # bounded: the kernel takes backlog + 1
-                c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                c.setblocking(False)
-                try:
-                    c.connect(str(path))
-                except BlockingIOError:
-                    c.close()
-                    break
-                queued.append(c)
-            else:
-                pytest.fail("the accept queue never filled")
-            assert _stalled_warnings(f"unix:{path}", caplog) == []
-        finally:
-            for c in queued:
-                c.close()
+    with full_unix_queue(str(path)):
+        assert _stalled_warnings(f"unix:{path}", caplog) == []
 
 
 def test_a_full_tcp_accept_queue_is_no_reason_to_warn(caplog: pytest.LogCaptureFixture) -> None:
