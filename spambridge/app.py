@@ -130,7 +130,7 @@ def run(cfg: Config, reload: Callable[[], Config] | None = None) -> int:
     # a poke libmilter cannot start a thread for is a session it never serves: a descriptor
     # lost for good, twenty a second while stalled
     nudger = PoolNudger(spec, pipeline, may_poke=watch.may_start_thread).start()
-    pipeline.before_scan = nudger.poke
+    pipeline.slow_scan, pipeline.slow_after = nudger.poke, nudger.interval
     waker = ListenerWaker().start()
     _notify_ready()
     try:

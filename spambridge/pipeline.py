@@ -17,7 +17,7 @@ from spambridge import defaults, limits, policy
 from spambridge.config import Config
 from spambridge.health import Health
 from spambridge.message import Envelope, MessageBuffer, clean
-from spambridge.milter.bridge import AsyncBridge
+from spambridge.milter.bridge import AsyncBridge, result_within
 from spambridge.scanners import Scanner, ThreadedScanner
 from spambridge.verdict import (
     Decision,
@@ -53,7 +53,10 @@ class Pipeline:
         self._idle = threading.Condition()
         self._woken = False  # wake(): the nudger is stopping
         self._last_free = time.monotonic()
-        self.before_scan: Callable[[], None] | None = None  # app.py: PoolNudger.poke
+        # called once when a scan is not done after slow_after seconds (app.py:
+        # PoolNudger.poke): a scan done sooner gives its libmilter worker back at once
+        self.slow_scan: Callable[[], None] | None = None
+        self.slow_after = 0.0
         self._submit = scanner.submit if isinstance(scanner, ThreadedScanner) else None
         # a long error is logged whole once, past the decision line's cut; `check` turns this
         # off: its `why:` line says every error whole already
@@ -69,10 +72,11 @@ class Pipeline:
 
         try:
             if self._submit is None:
-                return self.bridge.run(capped(), cap + defaults.REPLY_MARGIN)
+                return self.bridge.run(capped(), cap + defaults.REPLY_MARGIN,
+                                       self.slow_scan, self.slow_after)
             fut = self._submit(raw, envelope)  # the scanner's own threads: no loop round trip
             try:
-                return fut.result(cap)
+                return result_within(fut, cap, self.slow_scan, self.slow_after)
             except TimeoutError:
                 fut.cancel()  # still queued behind other scans: never starts
                 raise
@@ -144,8 +148,6 @@ class Pipeline:
         except MemoryError:
             return ScanError(ErrorKind.ERROR, "internal",
                              f"MemoryError: no memory to copy the {buf.size}-byte message")
-        if self.before_scan is not None:
-            self.before_scan()
         return self.scan(raw, envelope, cap)
 
     def _track(self, ev: Evaluation) -> None:

@@ -7,7 +7,8 @@ import asyncio
 import concurrent.futures
 import signal
 import threading
-from collections.abc import Coroutine, Iterator
+import time
+from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager, suppress
 from typing import Any, TypeVar
 
@@ -28,6 +29,21 @@ def signals_blocked() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
+def result_within(fut: concurrent.futures.Future[T], timeout: float,
+                  slow: Callable[[], None] | None = None, slow_after: float = 0.0) -> T:
+    """`fut`'s result, waited for at most `timeout` seconds (TimeoutError past them); `slow`
+    is called once if it is not ready after `slow_after` (the pool nudger's poke: only a scan
+    that holds its libmilter worker for a while can leave a ready session without one)."""
+    if slow is not None and slow_after < timeout:
+        deadline = time.monotonic() + timeout
+        try:
+            return fut.result(slow_after)
+        except concurrent.futures.TimeoutError:
+            slow()
+        timeout = max(0.0, deadline - time.monotonic())
+    return fut.result(timeout)
+
+
 class AsyncBridge:
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
@@ -42,11 +58,13 @@ class AsyncBridge:
             self._thread.start()
         return self
 
-    def run(self, coro: Coroutine[Any, Any, T], timeout: float) -> T:
-        """Run `coro` on the loop; raise TimeoutError (after cancelling it) past `timeout`."""
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float,
+            slow: Callable[[], None] | None = None, slow_after: float = 0.0) -> T:
+        """Run `coro` on the loop; raise TimeoutError (after cancelling it) past `timeout`.
+        `slow`: see result_within."""
         fut = asyncio.run_coroutine_threadsafe(coro, self.loop)
         try:
-            return fut.result(timeout)
+            return result_within(fut, timeout, slow, slow_after)
         except concurrent.futures.TimeoutError:
             fut.cancel()
             raise TimeoutError(f"no result within {timeout:.2f}s") from None

@@ -8,12 +8,14 @@ finishes its current task. With every worker inside an end-of-message scan, that
 whole `scan_timeout` — measured: 17 of 400 replies at twice the cap, 50 connections, hung spamd.
 
 A connection to our own socket that closes at once makes libmilter start (or wake) a worker;
-that worker sees EOF, finishes, and then takes any session left waiting. So we connect as each
-scan starts, and every `interval` seconds once scans are in flight and none has finished for
-`stall_after` seconds: the stall is bounded by about their sum. A scan that finishes frees its
-worker, which takes a waiting session itself, so healthy traffic needs no periodic connection;
-with nothing in flight the thread sleeps on the pipeline's condition. (Measured: a fixed 50 ms
-tick cost 2.5 ms of CPU a second on an idle milter; a connection costs about 0.1 ms.)
+that worker sees EOF, finishes, and then takes any session left waiting. So we connect when a
+scan is still running `interval` seconds after it started (the pipeline's slow_scan), and every
+`interval` seconds once scans are in flight and none has finished for `stall_after` seconds:
+the stall is bounded by about their sum. A scan that finishes frees its worker, which takes a
+waiting session itself, so healthy traffic needs no connection: a quick scan makes none; with
+nothing in flight the thread sleeps on the pipeline's condition. (Measured: a fixed 50 ms tick
+cost 2.5 ms of CPU a second on an idle milter; a connection as every scan started, about 0.25
+ms of milter CPU per message at C=4 with engine=bayes, a tenth of the whole.)
 """
 
 from __future__ import annotations
@@ -124,9 +126,10 @@ class PoolNudger:
         return self
 
     def poke(self) -> None:
-        """Called as each scan starts: the worker this wakes takes over a waiting session, and
-        that session's own scan pokes again, so a burst of lost wake-ups drains in a chain.
-        A lone scan leaves the other workers free (and the stall check covers it): no poke."""
+        """Called when a scan is still running `interval` seconds after it started: the worker
+        this wakes takes over a waiting session, and that session's own scan pokes again, so a
+        burst of lost wake-ups drains in a chain. A lone scan leaves the other workers free
+        (and the stall check covers it): no poke."""
         if self.activity.inflight >= 2 and self.may_poke():
             poke(self.target)
 

@@ -313,6 +313,69 @@ def test_the_scanners_future_is_waited_on_for_the_cap_exactly() -> None:
     assert outcome == ScanError(ErrorKind.TIMEOUT, "bayes", "no verdict within 7.5s")
 
 
+def test_only_a_scan_still_running_after_slow_after_pokes_the_worker_pool(
+        release: threading.Event) -> None:
+    """The pool nudger's poke (slow_scan) is for a scan that holds its libmilter worker: a
+    quick one gives the worker back itself, and poking at every scan's start cost a tenth of
+    the milter's CPU at C=4 (docs/reliability.md, "The pool nudger's cost"). A slow scan
+    pokes once, and still gets its answer, or its timeout at the cap."""
+    pokes: list[float] = []
+    quick = pipeline(PoolScanner(lambda m: ScoreResult("bayes", 0.1)))
+    quick.slow_scan, quick.slow_after = lambda: pokes.append(time.monotonic()), 0.5
+    for _ in range(20):
+        assert quick.scan(b"x", Envelope(), 5.0) == ScoreResult("bayes", 0.1)
+    assert pokes == []
+
+    def slowly(message: bytes) -> ScoreResult:
+        time.sleep(0.3)
+        return ScoreResult("bayes", 0.2)
+
+    slow = pipeline(PoolScanner(slowly))
+    slow.slow_scan, slow.slow_after = lambda: pokes.append(time.monotonic()), 0.05
+    start = time.monotonic()
+    assert slow.scan(b"x", Envelope(), 5.0) == ScoreResult("bayes", 0.2)
+    assert len(pokes) == 1 and pokes[0] - start >= 0.05
+
+    pokes.clear()
+    scanner = hung(release)
+    stuck = pipeline(scanner)
+    stuck.slow_scan, stuck.slow_after = lambda: pokes.append(time.monotonic()), 0.05
+    start = time.monotonic()
+    outcome = stuck.scan(b"x", Envelope(), 0.3)
+    waited = time.monotonic() - start
+    assert outcome == ScanError(ErrorKind.TIMEOUT, "bayes", "no verdict within 0.3s")
+    assert len(pokes) == 1 and 0.3 <= waited < 0.3 + 2.0  # the cap, not slow_after + the cap
+
+
+def test_a_slow_scan_on_the_loop_pokes_once_too() -> None:
+    """spamd's scans run on the bridge's loop: the same single poke once one is slow."""
+    import asyncio
+
+    class Sleepy:
+        name = "spamd"
+
+        def __init__(self, seconds: float) -> None:
+            self.seconds = seconds
+
+        async def scan(self, message: bytes, envelope: Envelope) -> ScoreResult:
+            await asyncio.sleep(self.seconds)
+            return ScoreResult("spamd", 1.0)
+
+        async def aclose(self) -> None:
+            pass
+
+    pokes: list[str] = []
+    bridge = AsyncBridge().start()
+    try:
+        for seconds, expected in ((0.0, []), (0.3, ["poke"])):
+            p = Pipeline(Sleepy(seconds), bridge, Config())
+            p.slow_scan, p.slow_after = lambda: pokes.append("poke"), 0.1
+            assert p.scan(b"x", Envelope(), 5.0) == ScoreResult("spamd", 1.0)
+            assert pokes == expected
+    finally:
+        bridge.stop(timeout=1.0)
+
+
 def test_an_error_cut_inside_a_character_ends_at_the_last_whole_one(
         caplog: pytest.LogCaptureFixture) -> None:
     """The decision line cuts an error at 200 bytes; under a non-ASCII path the cut fell inside
