@@ -126,7 +126,8 @@ def run(cfg: Config, reload: Callable[[], Config] | None = None) -> int:
     # this thread runs the listener; a session may be in a scan up to the cap after its MTA
     # hung up: only past that is an open one surely unserved
     watch = limits.Watch(threading.get_ident(), spec=spec, grace=lambda: (
-        pipeline.config.milter.scan_timeout + defaults.REPLY_MARGIN + 5.0)).start()
+        pipeline.config.milter.scan_timeout + defaults.REPLY_MARGIN + 5.0),
+        listener_tid=threading.get_native_id()).start()
     # a poke libmilter cannot start a thread for is a session it never serves: a descriptor
     # lost for good, twenty a second while stalled
     nudger = PoolNudger(spec, pipeline, may_poke=watch.may_start_thread).start()

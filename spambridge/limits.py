@@ -176,7 +176,13 @@ FRESH = 0.01  # seconds a look at the threads is trusted for a poke (100 looks a
 # threads between its look and its connection
 POKE_MARGIN = 4
 UNSERVED_EVERY = 5  # looks between searches for sessions libmilter never served (a stuck one stays)
-SPIN = 0.5  # share of a core the listener thread uses when it retries accept() in a loop
+# The listener thread retrying accept() in a loop never sleeps; a working one sleeps in poll()
+# between connections. Its CPU share alone does not tell them apart on a host whose cores are
+# busy (the loop got 0.07 of a core beside six busy processes), so it counts as spinning when it
+# ran at least SPIN_CPU seconds in a look without a single voluntary context switch; SPIN (a
+# share of a core) only where its switches cannot be read
+SPIN_CPU = 0.01
+SPIN = 0.5
 
 _said: dict[str, float] = {}
 _said_lock = threading.Lock()
@@ -262,9 +268,12 @@ class Watch:
 
     def __init__(self, listener: int, every: float = WATCH_EVERY,
                  spec: SocketSpec | None = None,
-                 grace: Callable[[], float] = lambda: 0.0) -> None:
-        """`spec`, `grace`: the milter's socket, and how long past its peer's hang-up a session
-        of it may still be in a scan (scan_timeout and a margin); see unserved()."""
+                 grace: Callable[[], float] = lambda: 0.0,
+                 listener_tid: int | None = None) -> None:
+        """`listener`, `listener_tid`: the listener thread's pthread id and its kernel id
+        (threading.get_ident and get_native_id in it). `spec`, `grace`: the milter's socket,
+        and how long past its peer's hang-up a session of it may still be in a scan
+        (scan_timeout and a margin); see unserved()."""
         self.every = every
         self.spec, self.grace = spec, grace
         self._hung: dict[tuple[int, int], float] = {}  # (fd, inode) → first seen hung up
@@ -272,6 +281,13 @@ class Watch:
         self._clock: int | None = None
         with contextlib.suppress(OSError, AttributeError):
             self._clock = time.pthread_getcpuclockid(listener)
+        # opened now: at RLIMIT_NOFILE, when it matters, no file can be opened (re-read with
+        # pread, a /proc file is current)
+        self._status: int | None = None
+        if listener_tid is not None:
+            with contextlib.suppress(OSError):
+                self._status = os.open(f"/proc/self/task/{listener_tid}/status",
+                                       os.O_RDONLY | os.O_CLOEXEC)
         self._cgroup = _cgroup_dir()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="spambridge-limits",
@@ -289,6 +305,9 @@ class Watch:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(1.0)
+        if self._status is not None and not self._thread.is_alive():  # else it may still read
+            os.close(self._status)
+            self._status = None
 
     def may_start_thread(self) -> bool:
         """Whether a few threads can still be started: looked at again when the last look is
@@ -297,6 +316,26 @@ class Watch:
             self._poke_ok = threads_exhausted(self._cgroup, POKE_MARGIN) is None
             self._looked = time.monotonic()
         return self._poke_ok
+
+    def _listener_sleeps(self) -> int | None:
+        """The listener thread's voluntary context switches so far (None: unreadable)."""
+        if self._status is None:
+            return None
+        try:
+            text = os.pread(self._status, 4096, 0)
+        except OSError:  # the thread is gone
+            return None
+        _, found, rest = text.partition(b"\nvoluntary_ctxt_switches:")
+        return int(rest.split(None, 1)[0]) if found and rest.strip() else None
+
+    def _spinning(self, cpu: float | None, now: float | None, sleeps: int | None,
+                  slept: int | None) -> bool:
+        """Whether the listener ran without sleeping between two looks (see SPIN_CPU)."""
+        if cpu is None or now is None:
+            return False
+        if sleeps is not None and slept is not None:
+            return now - cpu >= SPIN_CPU and sleeps == slept
+        return now - cpu >= SPIN * self.every
 
     def _listener_cpu(self) -> float | None:
         if self._clock is None:
@@ -307,7 +346,7 @@ class Watch:
             return None
 
     def _run(self) -> None:
-        cpu = self._listener_cpu()
+        cpu, sleeps = self._listener_cpu(), self._listener_sleeps()
         looks = 0
         while not self._stop.wait(self.every):
             looks += 1
@@ -317,11 +356,10 @@ class Watch:
                 if stuck > self._stuck_said and _say("unserved", _unserved_text(stuck),
                                                      every=60.0):
                     self._stuck_said = stuck
-            now = self._listener_cpu()
-            spinning = now is not None and cpu is not None and now - cpu >= SPIN * self.every
-            if spinning and fds_exhausted():
+            now, slept = self._listener_cpu(), self._listener_sleeps()
+            if self._spinning(cpu, now, sleeps, slept) and fds_exhausted():
                 _say("nofile", _nofile_text())
-            cpu = now
+            cpu, sleeps = now, slept
             # one short of the limit counts: a sample, libmilter's threads come and go
             found = threads_exhausted(self._cgroup, 1)
             if found is not None:
