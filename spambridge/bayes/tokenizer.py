@@ -659,10 +659,11 @@ class _Tokenizer:
             if depth >= self.limits.max_depth:
                 emit("control: too deep")
                 return
+            # an attached message that opens with no header field is a body only, text/plain
+            # (the email package reads it so): skipped, its text was hidden from the engine
             head_end, sub = _split_head_at(data, start, end)
             inner = parse_headers(data[start:head_end], self.limits.max_headers)
-            if inner:
-                self.walk(inner, data, depth + 1, sub, end)
+            self.walk(inner, data, depth + 1, sub, end)
         elif ctype.startswith(b"text/"):
             cte = mime.get(b"content-transfer-encoding")
             self.add_text(data[start:end], b"" if cte is None else transfer_encoding(cte),

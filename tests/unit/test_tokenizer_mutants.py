@@ -416,3 +416,15 @@ def test_header_values_that_make_one_token_are_cut_at_200_characters() -> None:
     assert 'content-disposition:inline; filename="a-rather-long-name.txt"' in t
     t = tokenize(b"X-Mailer: " + b"m" * 300 + b"\n\nx\n")
     assert "x-mailer:" + "m" * 200 in t
+
+
+
+def test_an_attached_message_without_a_header_has_its_text_read() -> None:
+    """A message/rfc822 part whose body opens with no header field is a message of body only
+    (text/plain, as the email package and SpamBayes read it, and a mail client shows it):
+    its words were skipped, so a spam put them there to hide them, with no `unread` said."""
+    msg = (b'Subject: hi\nContent-Type: multipart/mixed; boundary="b"\n\n--b\n'
+           b"Content-Type: text/plain\n\nsee attached\n--b\nContent-Type: message/rfc822\n\n"
+           b"<b>cheap pharmacy</b> online\n--b--\n")
+    t = tokenize(msg)
+    assert {"content-type:message/rfc822", "cheap", "pharmacy", "online"} <= set(t)
