@@ -255,6 +255,17 @@ def test_a_base64_text_part_within_the_text_cap_is_read_to_its_end() -> None:
     assert "lastword" in tokenize(msg, limits)
 
 
+def test_an_attached_message_without_a_header_has_its_text_read() -> None:
+    """A message/rfc822 part whose body opens with no header field is a message of body only
+    (text/plain, as the email package and SpamBayes read it, and a mail client shows it):
+    its words were skipped, so a spam put them there to hide them, with no `unread` said."""
+    msg = (b'Subject: hi\nContent-Type: multipart/mixed; boundary="b"\n\n--b\n'
+           b"Content-Type: text/plain\n\nsee attached\n--b\nContent-Type: message/rfc822\n\n"
+           b"<b>cheap pharmacy</b> online\n--b--\n")
+    t = tokenize(msg)
+    assert {"content-type:message/rfc822", "cheap", "pharmacy", "online"} <= set(t)
+
+
 def test_damaged_base64_in_a_utf16_part_says_so() -> None:
     """A UTF-16 part whose base64 is damaged is read as far as it goes, and says it could
     not be decoded, as any other part does."""
@@ -283,6 +294,22 @@ def test_exactly_as_many_entities_as_the_cap_decodes_all_and_hides_nothing() -> 
     entities, all decoded, are not a message built to hide its text."""
     t = _text(b"&#109;&#111;&#110;&#101;&#121; " * 2000, b"Content-Type: text/html\n")
     assert "money" in t and unread(t) == ""
+
+
+def test_header_fields_past_the_cap_are_reported_unread() -> None:
+    """Fields are read up to max_headers (500) per part: a spam that put 500 junk fields
+    before its Content-Transfer-Encoding (3.6 kB) had its base64 text read as one skip:
+    token, with nothing said. The 500th field is still read; past it, `unread` says so."""
+    def msg(junk: int) -> bytes:
+        return (b"From: a@example.org\nSubject: hello\n" + b"X-A: 1\n" * junk
+                + b"Content-Type: text/plain\nContent-Transfer-Encoding: base64\n\n"
+                + base64.encodebytes(b"cheap pharmacy winner\n"))
+    t = tokenize(msg(496))  # the encoding is the 500th field
+    assert "pharmacy" in t and unread(t) == ""
+    t = tokenize(msg(497))
+    assert "pharmacy" not in t and unread(t) == "headers"
+    part = b'Content-Type: multipart/mixed; boundary="b"\n\n--b\n' + msg(499) + b"--b--\n"
+    assert unread(tokenize(b"Subject: hi\n" + part)) == "headers"  # in a part too
 
 
 def test_a_content_type_with_a_blank_inside_is_plain_text() -> None:
@@ -416,15 +443,3 @@ def test_header_values_that_make_one_token_are_cut_at_200_characters() -> None:
     assert 'content-disposition:inline; filename="a-rather-long-name.txt"' in t
     t = tokenize(b"X-Mailer: " + b"m" * 300 + b"\n\nx\n")
     assert "x-mailer:" + "m" * 200 in t
-
-
-
-def test_an_attached_message_without_a_header_has_its_text_read() -> None:
-    """A message/rfc822 part whose body opens with no header field is a message of body only
-    (text/plain, as the email package and SpamBayes read it, and a mail client shows it):
-    its words were skipped, so a spam put them there to hide them, with no `unread` said."""
-    msg = (b'Subject: hi\nContent-Type: multipart/mixed; boundary="b"\n\n--b\n'
-           b"Content-Type: text/plain\n\nsee attached\n--b\nContent-Type: message/rfc822\n\n"
-           b"<b>cheap pharmacy</b> online\n--b--\n")
-    t = tokenize(msg)
-    assert {"content-type:message/rfc822", "cheap", "pharmacy", "online"} <= set(t)
