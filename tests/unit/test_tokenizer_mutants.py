@@ -443,3 +443,30 @@ def test_header_values_that_make_one_token_are_cut_at_200_characters() -> None:
     assert 'content-disposition:inline; filename="a-rather-long-name.txt"' in t
     t = tokenize(b"X-Mailer: " + b"m" * 300 + b"\n\nx\n")
     assert "x-mailer:" + "m" * 200 in t
+
+
+def test_damaged_base64_is_repaired_and_says_so() -> None:
+    """A base64 text with a stray letter left over (17 letters) decodes as far as it goes,
+    its last partial quad dropped, and says it could not be decoded; a 20 % non-text second
+    block after the padding that is no UTF-8 either is a footer's letters, not more text."""
+    t = _text(b"Y2hlYXAgcGlsbHMgx\n", b"Content-Transfer-Encoding: base64\n")
+    assert {"cheap", "pills", "control: couldn't decode"} <= set(t)
+    body = (base64.encodebytes(b"hello world\n\n")  # ends in padding
+            + base64.encodebytes(b"pharmacy\xff\xfe\xfdabcdefghi"))
+    t = _text(body, b"Content-Transfer-Encoding: base64\n")
+    assert "hello" in t and "skip:p 20" not in t
+
+
+def test_a_lone_carriage_return_separates_words() -> None:
+    """CR LF line ends become LF; a CR on its own is whitespace between two words."""
+    t = tokenize(b"Subject: hi\r\nCc: a@example.com, b@example.net\r\n\r\ncheap\rpills\r\n")
+    assert {"cheap", "pills", "cc:2**1"} <= set(t) and "cheappills" not in t
+
+
+def test_every_address_field_of_a_name_counts_and_their_odd_items() -> None:
+    """Two To: fields are one list; an item that is a comment only is a name without an
+    address; a Received host in capitals reads in lower case."""
+    t = tokenize(b"To: a@example.com\nTo: b@example.net, (Friends)\n"
+                 b"Received: from MAIL.Example.COM (mail [192.0.2.1]) by mx\n\nx\n")
+    assert {"to:addr:example.com", "to:addr:example.net", "to:name:friends", "to:addr:none",
+            "received:mail.example.com", "received:com"} <= set(t)
