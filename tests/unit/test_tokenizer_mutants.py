@@ -414,7 +414,7 @@ def test_utf16_without_a_bom_guesses_its_byte_order_from_its_text() -> None:
 def test_more_base64_after_the_padding_is_read_at_nine_tenths_ascii() -> None:
     """A second base64 block after the first one's padding is read when what it decodes to
     is 90 % ASCII text or more (here exactly), as mail clients decode past the padding."""
-    body = base64.encodebytes(b"hello world\n") + base64.encodebytes(b"pharmacy!\xe9")
+    body = base64.encodebytes(b"hello world\n\n") + base64.encodebytes(b"pharmacy!\xe9")
     t = _text(body, b"Content-Transfer-Encoding: base64\n")
     assert {"hello", "pharmacy!\xe9"} <= set(t)
 
