@@ -54,7 +54,7 @@ from bayes_accuracy import (  # noqa: E402
 )
 
 from spambridge.bayes import tokenizer as tokmod  # noqa: E402
-from spambridge.bayes.classifier import Scorer  # noqa: E402
+from spambridge.bayes.classifier import Scorer, _Strengths  # noqa: E402
 from spambridge.bayes.store import Totals  # noqa: E402
 from spambridge.train import read_path, strip_markup  # noqa: E402
 
@@ -152,29 +152,34 @@ class BigramModel(Model):
         return combine(clues[-150:])
 
 
-class ImbalanceScorer(Scorer):
+class ImbalanceStrengths(_Strengths):
     """f(w) with SpamBayes' experimental_ham_spam_imbalance_adjustment (an option until
     2003-12, off by default): the evidence n = hamcount·min(nspam/nham, 1) +
     spamcount·min(nham/nspam, 1), so no count is believed beyond what the smaller class
-    justifies. Scorer._fill repeated with that n: the product's hot loop gets no hook for a
-    comparison."""
+    justifies. _Strengths.__missing__ repeated with that n: the product's hot path gets no
+    hook for a comparison."""
 
-    def _fill(self, pairs: Iterable[tuple[int, int] | None]) -> None:
-        o = self.options
-        fspam, fham = float(self._totals.nspam or 1), float(self._totals.nham or 1)
+    __slots__ = ()
+
+    def __missing__(self, c: tuple[int, int] | None) -> tuple[float, float] | None:
+        assert c is not None  # entered at __init__
+        _, _, fspam, fham, strength, prior, minimum = self._at
+        if not any(c):
+            self[c] = None
+            return None
         spam2ham, ham2spam = min(fspam / fham, 1.0), min(fham / fspam, 1.0)
-        strength, prior = o.unknown_word_strength, o.unknown_word_prob
-        for c in pairs:
-            if c is None or not any(c):
-                self._cache[c] = None
-                continue
-            s, h = c
-            ratio = s / fspam
-            prob = ratio / (h / fham + ratio)
-            n = h * spam2ham + s * ham2spam
-            prob = (strength * prior + n * prob) / (strength + n)
-            distance = abs(prob - 0.5)
-            self._cache[c] = (distance, prob) if distance >= o.minimum_prob_strength else None
+        s, h = c
+        ratio = s / fspam
+        prob = ratio / (h / fham + ratio)
+        n = h * spam2ham + s * ham2spam
+        prob = (strength * prior + n * prob) / (strength + n)
+        distance = abs(prob - 0.5)
+        self[c] = dp = (distance, prob) if distance >= minimum else None
+        return dp
+
+
+class ImbalanceScorer(Scorer):
+    strengths = ImbalanceStrengths
 
 
 class ImbalanceModel(Model):

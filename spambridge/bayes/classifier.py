@@ -64,9 +64,53 @@ class Verdict:
     clues: tuple[tuple[str, float], ...]  # (token, probability), strongest first
 
 
+_Pair = tuple[int, int] | None  # (spamcount, hamcount); None: a token not in the database
+
+
+class _Strengths(dict[_Pair, tuple[float, float] | None]):
+    """(spamcount, hamcount) → (distance from 0.5, f(w)), or None when too weak to be a clue,
+    at one set of totals. A pair is worked out the first time it is looked up (__missing__),
+    so a message's lookups are one C-level map over its counts, with Python running only for
+    the pairs new at these totals: training with --selective changes the totals after every
+    learned message, and a message then brings about 125 pairs, few of them all cached
+    (finding the new ones first, with a set of each message's pairs, cost more than this)."""
+
+    __slots__ = ("_at",)
+
+    def __init__(self, totals: Totals, options: Options) -> None:
+        super().__init__()
+        self[None] = None  # aligned lookups: the token is not in the database
+        nspam, nham = totals.nspam, totals.nham
+        self._at = (nspam, nham, float(nspam or 1), float(nham or 1),
+                    options.unknown_word_strength, options.unknown_word_prob,
+                    options.minimum_prob_strength)
+
+    def __missing__(self, c: _Pair) -> tuple[float, float] | None:
+        """sbclassifier's Classifier.probability, step for step (so bit for bit; the tests
+        compare), without its per-token call and cache lookups."""
+        assert c is not None  # entered at __init__
+        nspam, nham, fspam, fham, strength, prior, minimum = self._at
+        s, h = c
+        if s > nspam or h > nham or s < 0 or h < 0:  # hand-edited or imported database
+            s, h = min(max(s, 0), nspam), min(max(h, 0), nham)
+        if not s and not h:
+            self[c] = None  # no evidence at all: an unknown token
+            return None
+        spamratio = s / fspam
+        prob = spamratio / (h / fham + spamratio)
+        n = h + s
+        prob = (strength * prior + n * prob) / (strength + n)
+        distance = abs(prob - 0.5)
+        self[c] = dp = (distance, prob) if distance >= minimum else None
+        return dp
+
+
 class Scorer:
     """One per thread. Keeps f(w) per (spamcount, hamcount) across messages until the totals
     change, as SpamBayes' own probability cache does."""
+
+    # what works f(w) out for a set of totals (bench/bayes_variants.py puts in a variant's)
+    strengths: type[_Strengths] = _Strengths
 
     def __init__(self, options: Options = DEFAULT_OPTIONS, max_clues: int = 150) -> None:
         self.options = options
@@ -78,50 +122,17 @@ class Scorer:
         c.minimum_prob_strength = options.minimum_prob_strength
         c.max_discriminators = options.max_discriminators
         self._totals = Totals(0, 0)
-        # (spamcount, hamcount) → (distance from 0.5, f(w)); None when too weak to be a clue
-        # (None: a token absent from the database, for score_aligned)
-        self._cache: dict[tuple[int, int] | None, tuple[float, float] | None] = {}
+        self._cache = self.strengths(self._totals, options)
 
     def _reset(self, totals: Totals) -> None:
         self._totals = totals
-        self._cache = {}
+        self._cache = self.strengths(totals, self.options)
         self._classifier.db = _Totals(totals)
         self._classifier.probcache = {}
 
     def _strength(self, counts: tuple[int, int]) -> tuple[float, float] | None:
         """One pair's (distance, f(w)) at the current totals (tests, bench/bayes_variants)."""
-        self._fill({counts})
         return self._cache[counts]
-
-    def _fill(self, pairs: Iterable[tuple[int, int] | None]) -> None:
-        """Enter (distance from 0.5, f(w)) — or None, too weak to be a clue — for each new
-        (spamcount, hamcount) pair. sbclassifier's Classifier.probability, step for step (so
-        bit for bit; the tests compare), inline for all pairs at once instead of a call with
-        cache lookups per token: training with --selective changes the totals after every
-        learned message, so this runs for about 50 pairs per message."""
-        o = self.options
-        t = self._totals
-        nspam, nham = t.nspam, t.nham
-        fspam, fham = float(nspam or 1), float(nham or 1)
-        strength, prior = o.unknown_word_strength, o.unknown_word_prob
-        minimum = o.minimum_prob_strength
-        cache = self._cache
-        for c in pairs:
-            if c is None:
-                cache[c] = None  # aligned lookups: the token is not in the database
-                continue
-            s, h = c
-            if s > nspam or h > nham or s < 0 or h < 0:  # hand-edited or imported database
-                s, h = min(max(s, 0), nspam), min(max(h, 0), nham)
-            if not s and not h:
-                cache[c] = None  # no evidence at all: an unknown token
-                continue
-            spamratio = s / fspam
-            prob = spamratio / (h / fham + spamratio)
-            n = h + s
-            prob = (strength * prior + n * prob) / (strength + n)
-            distance = abs(prob - 0.5)
-            cache[c] = (distance, prob) if distance >= minimum else None
 
     def score(self, tokens: Iterable[str], totals: Totals, counts: Counts) -> Verdict:
         """Score a message from a mapping of its known tokens' counts: score_aligned, for
@@ -137,14 +148,13 @@ class Scorer:
         must be distinct (the tokenizer's output is): a repeated one would count twice."""
         if totals != self._totals:
             self._reset(totals)
-        cache = self._cache
-        self._fill(set(values).difference(cache))
+        cache = self._cache  # a pair not in it yet is worked out as it is looked up
         if not self.max_clues and not self._unknown_clues:
             # only the score is wanted (selective training): the cached (distance, f(w))
             # pairs sort and combine as they are. Leaving the word out of the sort key
             # changes nothing: clues tied on (distance, f(w)) multiply the same factor,
             # whichever of them is kept or goes first
-            dps = [dp for dp in map(cache.__getitem__, values) if dp is not None]
+            dps = list(filter(None, map(cache.__getitem__, values)))  # None: too weak
             _keep_strongest(dps, self.options.max_discriminators)
             return Verdict(combine(dps), ())
         known = (_never if not self._unknown_clues else
