@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import binascii
 import re
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from math import log2
@@ -521,11 +520,15 @@ class _Tokenizer:
     def top_headers(self, headers: Headers) -> None:
         emit = self.emit
         by_name: dict[bytes, list[bytes]] = {}
+        counts: dict[bytes, int] = {}  # of the names header:<Name>:<n> counts, as spelled
         for name, value in headers:
-            by_name.setdefault(name.lower(), []).append(value)
-        spelled = Counter([name for name, _ in headers])
-        self.extend([f"header:{_s(name)}:{n}" for name, n in spelled.items()
-                     if COUNT_ALL_HEADERS or name.lower() in SAFE_HEADERS])
+            low = name.lower()
+            by_name.setdefault(low, []).append(value)
+            if COUNT_ALL_HEADERS or low in SAFE_HEADERS:
+                counts[name] = counts.get(name, 0) + 1
+        # counted in the one pass over the fields: no Counter built over every name and no
+        # second lower() per name; in the order each spelling first occurs, as Counter's
+        self.extend([f"header:{name.decode('latin-1')}:{n}" for name, n in counts.items()])
         if RECORD_ABSENCE:
             self.extend([tok for name, tok in _NOHEADER if name not in by_name])
         if BASIC_HEADERS:
