@@ -158,7 +158,7 @@ _VIRUS_SIZE = re.compile(rb"=['\"]?0\b")
 _UUENCODE_BEGIN = re.compile(rb"^begin[ \t]+([0-7]{3})[ \t]+([^\n]{1,255})$", re.M)
 # searched from the literal "://" (5× faster than from the scheme); the scheme is checked after
 _URL = re.compile(rb"://([^\s<>\"'\x7f-\xff]{1,1024})")
-_SCHEMES = (b"https", b"http", b"ftp")
+_SCHEMES = (b"http", b"https", b"ftp")  # the commonest first
 _IP_HOST = re.compile(rb"\d{1,3}(?:\.\d{1,3}){3}")
 PICK_APART_URLS = False  # url:ip addr / has user / port / %-escapes: no gain measured
 _URL_SEP_TO_SLASH = bytes.maketrans(b";?:@&=+,$.", b"//////////")
@@ -798,31 +798,34 @@ class _Tokenizer:
         """Emit proto:/url: tokens for each http(s)/ftp URL and cut it out of the text, so its
         pieces are not counted again as words."""
         out: list[bytes] = []
-        pieces: list[bytes] = []
+        # each URL as "<" + scheme + "/" + its guts: "<" is never in a URL (_URL), so once all
+        # the URLs are split at once it marks where each one's tokens start. Per URL the loop
+        # then only finds and cuts; the pieces take a few C calls per text instead of six a URL
+        found: list[bytes] = []
         pos = 0
         for m in _URL.finditer(text):
             start = m.start()
-            for proto in _SCHEMES:
-                if text.endswith(proto, max(0, start - len(proto)), start):
+            for proto in _SCHEMES:  # at most one matches: no scheme ends another
+                if text.endswith(proto, 0, start):  # text[:start] ends with it
                     break
             else:
                 continue  # "x://" junk does not count towards the cap: it cannot hide links
             if len(out) >= MAX_URLS:
                 self.emit("control: too many urls")
                 break
-            pieces.append(b"proto:" + proto)
             guts = m.group(1).rstrip(b".:?!/")
             if PICK_APART_URLS:
                 self.url_shape(guts)
-            # split on "/" and on ; ? : @ & = + , $ . in one C call: map them all to "/"
-            parts = b"\nurl:".join(filter(None, guts.translate(_URL_SEP_TO_SLASH).split(b"/")))
-            if parts:
-                pieces.append(b"url:" + parts)
+            found.append(b"<" + proto + b"/" + guts)
             out.append(text[pos : start - len(proto)])
             pos = m.end()
         if not out:
             return text
-        self.extend(b"\n".join(pieces).decode("latin-1").split("\n"))  # "\n" is never in a URL
+        # split on "/" and on ; ? : @ & = + , $ . in one C call: map them all to "/"; every
+        # non-empty piece is a url: token but the markers, proto: tokens ("\n" is never in a URL)
+        pieces = filter(None, b"/".join(found).translate(_URL_SEP_TO_SLASH).split(b"/"))
+        tokens = (b"url:" + b"\nurl:".join(pieces)).replace(b"url:<", b"proto:")
+        self.extend(tokens.decode("latin-1").split("\n"))
         out.append(text[pos:])
         return b" ".join(out)
 
