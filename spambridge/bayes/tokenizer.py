@@ -158,7 +158,9 @@ _VIRUS_CID = re.compile(rb"src=['\"]?cid:")
 # found from the literal "=" (a pattern opening with an alternation is scanned byte by byte);
 # the attribute name before it is checked after
 _VIRUS_SIZE = re.compile(rb"=['\"]?0\b")
-_UUENCODE_BEGIN = re.compile(rb"^begin[ \t]+([0-7]{3})[ \t]+([^\n]{1,255})$", re.M)
+# from the literal "begin", the line start checked behind it: a pattern opening with "^" has no
+# literal to search for, so it was tried at every byte of a text that says "begin " anywhere
+_UUENCODE_BEGIN = re.compile(rb"begin(?<=^begin)[ \t]+([0-7]{3})[ \t]+([^\n]{1,255})$", re.M)
 # searched from the literal "://" (5× faster than from the scheme); the scheme is checked after
 _URL = re.compile(rb"://([^\s<>\"'\x7f-\xff]{1,1024})")
 _SCHEMES = (b"http", b"https", b"ftp")  # the commonest first
