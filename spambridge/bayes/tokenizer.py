@@ -575,10 +575,13 @@ class _Tokenizer:
         for cs in charsets:
             emit("subjectcharset:" + _s(cs))
         for w in _SUBJECT_WORD.findall(text):
+            if 2 < len(w) <= SKIP_MAX_WORD:  # word_tokens' commonest case, without two calls
+                emit("subject:" + w.decode("latin-1"))
+                continue
             for t in self.word_tokens(w):
                 emit("subject:" + t)
         for run in _SUBJECT_PUNCT.findall(text):
-            emit("subject:" + _s(run))
+            emit("subject:" + run.decode("latin-1"))
 
     def addresses(self, field: bytes, values: list[bytes]) -> None:
         emit = self.emit
