@@ -660,8 +660,8 @@ class _Tokenizer:
             boundary = prm.get(b"boundary")
             if boundary and (start == 0 or data[start - 1] != 0x0A):  # the top body only
                 data, start, end = b"\n" + data[start:end], 1, end - start + 1
-            parts = (_split_multipart_at(data, start, end, boundary, self.misses)
-                     if boundary else None)
+            parts = (_split_multipart_at(data, start, end, boundary, self.misses,
+                                         self.limits.max_parts) if boundary else None)
             if not self.misses[0]:  # the rest of the message is not split any more
                 emit("control: too many delimiter lookalikes")
             if not parts:  # no boundary or none found: do not let the content hide
@@ -969,7 +969,8 @@ def split_multipart(body: bytes, boundary: bytes) -> list[bytes]:
 
 
 def _split_multipart_at(data: bytes, start: int, end: int, boundary: bytes,
-                        misses: list[int]) -> list[tuple[int, int]]:
+                        misses: list[int], max_parts: int = DEFAULT_LIMITS.max_parts
+                        ) -> list[tuple[int, int]]:
     """split_multipart() of data[start:end] as (start, end) offsets of the parts; the byte
     before `start` must be a line feed (a delimiter may open the body). Nested multiparts
     each split their own window of the one message, with no copy: copies made the work and
@@ -977,7 +978,7 @@ def _split_multipart_at(data: bytes, start: int, end: int, boundary: bytes,
     delim = b"\n--" + boundary.strip()
     parts: list[tuple[int, int]] = []
     at, closing = _delimiter(data, delim, start - 1, end, misses)
-    while at >= 0 and not closing and len(parts) <= DEFAULT_LIMITS.max_parts:
+    while at >= 0 and not closing and len(parts) <= max_parts:
         line_end = data.find(b"\n", at + 1, end)
         if line_end < 0:
             break

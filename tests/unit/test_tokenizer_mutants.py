@@ -470,3 +470,21 @@ def test_every_address_field_of_a_name_counts_and_their_odd_items() -> None:
                  b"Received: from MAIL.Example.COM (mail [192.0.2.1]) by mx\n\nx\n")
     assert {"to:addr:example.com", "to:addr:example.net", "to:name:friends", "to:addr:none",
             "received:mail.example.com", "received:com"} <= set(t)
+
+
+def test_a_higher_parts_limit_reads_every_part_up_to_it() -> None:
+    """The delimiter scan is bounded by the tokenizer's own `max_parts`, not the default:
+    with a limit of 150, a word in the 120th part is read and nothing is reported unread
+    (a limit above 100 used to stop splitting at 101 parts, with no `too many parts`)."""
+    from dataclasses import replace
+
+    from spambridge.bayes.tokenizer import DEFAULT_LIMITS
+
+    parts = [f"--B\r\nContent-Type: text/plain\r\n\r\nfiller{i:03d}\r\n" for i in range(119)]
+    parts.append("--B\r\nContent-Type: text/plain\r\n\r\nlastpartword\r\n--B--\r\n")
+    msg = ("Subject: many\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; "
+           "boundary=B\r\n\r\n" + "".join(parts)).encode()
+    limits = replace(DEFAULT_LIMITS, max_parts=150)
+    toks = tokenize(msg, limits)
+    assert "lastpartword" in toks and not unread(toks)
+    assert "lastpartword" not in tokenize(msg)  # the default's 100 parts stop before it
