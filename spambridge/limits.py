@@ -264,7 +264,7 @@ class Watch:
     """Looks every WATCH_EVERY seconds at what no failure of ours shows: libmilter's listener
     spinning on accept() past RLIMIT_NOFILE (idle sessions hold every descriptor), and the
     threads at their limit (libmilter's LAUNCH_WORKER fails and says only "Resource
-    temporarily unavailable"). Costs a clock read and one /proc read a second."""
+    temporarily unavailable"). Costs a clock read and two /proc reads a second."""
 
     def __init__(self, listener: int, every: float = WATCH_EVERY,
                  spec: SocketSpec | None = None,

@@ -14,8 +14,8 @@ scan is still running `interval` seconds after it started (the pipeline's slow_s
 the stall is bounded by about their sum. A scan that finishes frees its worker, which takes a
 waiting session itself, so healthy traffic needs no connection: a quick scan makes none; with
 nothing in flight the thread sleeps on the pipeline's condition. (Measured: a fixed 50 ms tick
-cost 2.5 ms of CPU a second on an idle milter; a connection as every scan started, about 0.25
-ms of milter CPU per message at C=4 with engine=bayes, a tenth of the whole.)
+cost 2.5 ms of CPU a second on an idle milter; a connection as each scan started beside another
+made 5,389 connections for 6,300 messages at C=4 with engine=bayes, none now.)
 """
 
 from __future__ import annotations
