@@ -81,6 +81,14 @@ def occupy(p: Pipeline, scanner: PoolScanner) -> threading.Thread:
     return first
 
 
+def message_from_client(p: Pipeline) -> Session:
+    """A session of `p` with an SMTP client connected and a message from it begun."""
+    s = Session(p)
+    s.connect("client.example.net", "192.0.2.7", "mx.example.org", "MTA-v4", 40312)
+    s.start_message("<a@example.net>", "", False)
+    return s
+
+
 def pipeline(scanner: PoolScanner) -> Pipeline:
     # the bridge's loop is never started: the threaded path must not need it
     assert isinstance(scanner, ThreadedScanner)
@@ -543,9 +551,7 @@ def test_a_flood_of_header_fields_does_not_buy_spam_a_pass(
     cfg = Config(milter=MilterConfig(engine="spamd"),
                  policy=replace(PolicyConfig(), subject_tag="[SPAM]"))
     caplog.set_level(logging.INFO, logger="spambridge")
-    s = Session(Pipeline(scanner, AsyncBridge(), cfg))
-    s.connect("client.example.net", "192.0.2.7", "mx.example.org", "MTA-v4", 40312)
-    s.start_message("<a@example.net>", "", False)
+    s = message_from_client(Pipeline(scanner, AsyncBridge(), cfg))
     s.set_queue_id("4FLOOD")
     s.add_recipient("<b@example.org>")
     for _ in range(10_001):
@@ -613,9 +619,7 @@ def test_spool_memory_zero_with_its_directory_gone_is_on_error_not_a_crash(
                  policy=replace(PolicyConfig(), on_error=FailAction.REJECT))
     p = Pipeline(scanner, AsyncBridge(), cfg)
     caplog.set_level(logging.INFO, logger="spambridge")
-    s = Session(p)
-    s.connect("client.example.net", "192.0.2.7", "mx.example.org", "MTA-v4", 40312)
-    s.start_message("<a@example.net>", "", False)
+    s = message_from_client(p)
     s.set_queue_id("4ZERO")
     s.add_recipient("<b@example.org>")
     s.add_header("Subject", b"the quarterly report")
@@ -644,9 +648,7 @@ def test_a_failed_spill_to_the_system_temporary_directory_says_so(
     scanner = PoolScanner(lambda m: ScoreResult("bayes", 0.0))
     p = Pipeline(scanner, AsyncBridge(), Config(milter=MilterConfig(spool_memory=100)))
     caplog.set_level(logging.INFO, logger="spambridge")
-    s = Session(p)
-    s.connect("client.example.net", "192.0.2.7", "mx.example.org", "MTA-v4", 40312)
-    s.start_message("<a@example.net>", "", False)
+    s = message_from_client(p)
     s.add_header("Subject", b"the quarterly report")
     assert not s.add_body(b"x" * 1000)
     try:
@@ -768,9 +770,7 @@ def test_a_message_whose_spill_failed_asks_for_no_more_body_even_once_the_spool_
                  policy=replace(PolicyConfig(), on_error=FailAction.REJECT))
     p = Pipeline(scanner, AsyncBridge(), cfg)
     caplog.set_level(logging.INFO, logger="spambridge")
-    s = Session(p)
-    s.connect("client.example.net", "192.0.2.7", "mx.example.org", "MTA-v4", 40312)
-    s.start_message("<a@example.net>", "", False)
+    s = message_from_client(p)
     s.add_header("Subject", b"the quarterly report")
     wanted = [s.add_body(b"x" * 1000)]
     spool.mkdir()
