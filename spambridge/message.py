@@ -31,6 +31,11 @@ def clean(value: str | bytes | None, limit: int = 255, log: bool = False) -> str
     what is not printable there (C1 controls, line separators, bidi overrides) becomes "?"."""
     if value is None:
         return ""
+    # the common case, about ten times a message: printable ASCII (no controls, no 8-bit, one
+    # byte a character) within the limit comes out as it went in, either way
+    if value.__class__ is str and len(value) <= limit and value.isascii() and (
+            value.isprintable()):
+        return value
     raw = value.encode("utf-8", "surrogateescape") if isinstance(value, str) else value
     cut = len(raw) > limit
     raw = _CTL.sub(b"?", raw[:limit])
