@@ -231,12 +231,14 @@ def _register() -> None:
     (mode, group, TCP_NODELAY) and signal readiness before serving."""
     import Milter as M  # noqa: N817 - Milter.milter is the C module
 
+    from spambridge.milter.callbacks import header_callback
+
     milter = M.milter
     milter.set_connect_callback(M.connect_callback)
     milter.set_helo_callback(lambda ctx, host: ctx.getpriv().hello(host))
     milter.set_envfrom_callback(lambda ctx, *b: ctx.getpriv().envfrom_bytes(*b))
     milter.set_envrcpt_callback(lambda ctx, *b: ctx.getpriv().envrcpt_bytes(*b))
-    milter.set_header_callback(lambda ctx, f, v: ctx.getpriv().header_bytes(f, v))
+    milter.set_header_callback(header_callback)  # SpamBridgeMilter.header, minus 3 calls
     milter.set_eoh_callback(lambda ctx: ctx.getpriv().eoh())
     milter.set_body_callback(lambda ctx, chunk: ctx.getpriv().body(chunk))
     milter.set_eom_callback(lambda ctx: ctx.getpriv().eom())

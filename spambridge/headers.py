@@ -27,11 +27,12 @@ KNOWN = OURS | frozenset(f"x-spam-{n}" for n in (
 _SAFE_SYMBOL = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 _FOLD_AT = 76
 MAX_TESTS = 200  # a spamd that reports thousands of symbols still gets a bounded header
+_PREFIX = defaults.HEADER_PREFIX.lower()  # is_owned runs on every field of every message
 
 
 def is_owned(name: str) -> bool:
     """Every incoming header we would write is a possible forgery and is removed."""
-    return name.lower().startswith(defaults.HEADER_PREFIX.lower())
+    return name.lower().startswith(_PREFIX)
 
 
 def format_score(engine: str, score: float) -> str:

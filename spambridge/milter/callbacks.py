@@ -20,6 +20,8 @@ from spambridge.verdict import ErrorKind, ScanError
 log = logging.getLogger("spambridge")
 CONTINUE: int = Milter.CONTINUE
 SKIP: int = Milter.SKIP
+NOREPLY: int = Milter.NOREPLY
+P_NR_HDR: int = Milter.P_NR_HDR
 
 
 class SpamBridgeMilter(Milter.Base):
@@ -110,3 +112,13 @@ class SpamBridgeMilter(Milter.Base):
     def close(self) -> int:
         self.session.end_message()
         return CONTINUE
+
+
+def header_callback(ctx: Any, name: str, value: bytes) -> int:
+    """libmilter's header callback (app._register), straight to the session: pymilter's own
+    path (a lambda, Base.header_bytes, the @noreply wrapper, then header()) cost a third of
+    the time per field, some 25 fields a message. It answers as @noreply would: NOREPLY when
+    the MTA agreed to skip header replies at negotiation, CONTINUE otherwise."""
+    m: SpamBridgeMilter = ctx.getpriv()
+    m.session.add_header(name, value)
+    return NOREPLY if m._protocol & P_NR_HDR else CONTINUE

@@ -82,3 +82,35 @@ def test_an_aborted_message_lets_go_of_its_spool_at_once(tmp_path: Path) -> None
     finally:
         bridge.stop(timeout=1.0)
 
+
+
+def test_the_header_callback_answers_as_pymilters_noreply_would() -> None:
+    """app._register hands libmilter header_callback, not pymilter's path to the @noreply
+    header(): the field must reach the session the same way, and the answer must be NOREPLY
+    exactly when the MTA agreed to skip header replies (else CONTINUE, as header() gives)."""
+    import Milter
+
+    from spambridge.milter.callbacks import header_callback
+
+    class Ctx:
+        def __init__(self, m: SpamBridgeMilter) -> None:
+            self.m = m
+
+        def getpriv(self) -> SpamBridgeMilter:
+            return self.m
+
+    bridge = AsyncBridge().start()
+    try:
+        for protocol in (0, Milter.P_NR_HDR, Milter.P_NR_HDR | Milter.P_NR_EOH, Milter.P_NR_EOH):
+            m = SpamBridgeMilter(lambda: Session(Pipeline(Ham(), bridge, Config())))  # type: ignore[arg-type]
+            m._protocol = protocol
+            m.session.start_message("<a@example.net>", "", False)
+            got = header_callback(Ctx(m), "X-Spam-Flag", b"YES")
+            assert got == m.header("Subject", b"hi")  # pymilter's own wrapper, same answer
+            assert got == (Milter.NOREPLY if protocol & Milter.P_NR_HDR else Milter.CONTINUE)
+            buf = m.session.buffer
+            assert buf is not None
+            assert buf.headers == [("X-Spam-Flag", b"YES"), ("Subject", b"hi")]
+            assert buf.owned_headers() == [("X-Spam-Flag", 1)]
+    finally:
+        bridge.stop(timeout=1.0)
