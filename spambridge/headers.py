@@ -26,6 +26,7 @@ KNOWN = OURS | frozenset(f"x-spam-{n}" for n in (
 
 _SAFE_SYMBOL = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 _FOLD_AT = 76
+_WORD = re.compile(r"[^ ,]+,?|[ ]")  # fold()'s units: a word with its comma, or a blank
 MAX_TESTS = 200  # a spamd that reports thousands of symbols still gets a bounded header
 _PREFIX = defaults.HEADER_PREFIX.lower()  # is_owned runs on every field of every message
 
@@ -47,8 +48,15 @@ def shown_score(engine: str, score: float, t: Thresholds, band: Band) -> str:
     threshold its band ends at, as SpamAssassin writes it (its bug 6419); rounding up to the
     threshold a band starts at is right already."""
     shown = format_score(engine, score)
-    ceiling = {Band.HAM: t.ham if t.ham < t.tag else t.tag, Band.UNSURE: t.tag,
-               Band.SPAM: t.reject}.get(band)
+    # the band's upper end (none for REJECT); `is` tests, not a dict of Enum keys per call
+    if band is Band.HAM:
+        ceiling: float | None = t.ham if t.ham < t.tag else t.tag
+    elif band is Band.UNSURE:
+        ceiling = t.tag
+    elif band is Band.SPAM:
+        ceiling = t.reject
+    else:
+        ceiling = None
     if ceiling is not None and float(shown) >= (needed := float(format_score(engine, ceiling))):
         return format_score(engine, needed - (0.0001 if engine == "bayes" else 0.1))
     return shown
@@ -69,7 +77,7 @@ def fold(value: str, first_line_used: int) -> str:
     out: list[str] = []
     line = ""
     used = first_line_used
-    for word in re.findall(r"[^ ,]+,?|[ ]", value):
+    for word in _WORD.findall(value):
         if word == " ":
             if line:
                 line += " "

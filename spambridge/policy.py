@@ -25,6 +25,15 @@ _FAIL_TO_ACTION = {
     FailAction.REJECT: Action.REJECT,
 }
 
+# built once: a dict literal per message cost four hashes of an Enum (a Python-level
+# __hash__ on 3.11) besides the lookup
+_BAND_TO_ACTION = {
+    Band.HAM: Action.ACCEPT,
+    Band.UNSURE: Action.TAG,
+    Band.SPAM: Action.TAG,
+    Band.REJECT: Action.REJECT,
+}
+
 
 def thresholds(engine: str, cfg: PolicyConfig) -> Thresholds:
     return cfg.bayes if engine == "bayes" else cfg.spamd
@@ -54,12 +63,7 @@ def _decide_score(result: ScoreResult, cfg: PolicyConfig) -> Decision:
         # more MIME parts, nesting, delimiter lookalikes, entities or URLs than the tokenizer
         # reads: a message built so that what we read looks like ham is at least unsure
         b = Band.UNSURE
-    intended = {
-        Band.HAM: Action.ACCEPT,
-        Band.UNSURE: Action.TAG,
-        Band.SPAM: Action.TAG,
-        Band.REJECT: Action.REJECT,
-    }[b]
+    intended = _BAND_TO_ACTION[b]
     action = intended
     if cfg.tag_only and action is Action.REJECT:
         action = Action.TAG
