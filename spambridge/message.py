@@ -222,6 +222,8 @@ class MessageBuffer:
         names we write, and the others readers act on (headers.KNOWN), share the budget first,
         evenly (a flood of one cannot shield another), so no junk X-Spam-* name can use it up
         before a forged X-Spam-Flag, X-Spam-Status or X-Spam-Report."""
+        if not self.owned:  # the message came with no X-Spam-* field: nearly all mail
+            return []
         known = [v for k, v in self.owned.items() if k in headers.KNOWN]
         rest = [v for k, v in self.owned.items() if k not in headers.KNOWN]
         kept = _shares([n for _, n in known], defaults.MAX_OWNED)
