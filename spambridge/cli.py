@@ -154,6 +154,13 @@ def setup_logging(level: str) -> None:
     handler.setFormatter(JournalFormatter() if _stderr_is_journal() else logging.Formatter(
         "%(asctime)s spambridge[%(process)d]: %(levelname)s %(origin)s%(message)s"))
     logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler])
+    # Neither format names a record's source line, thread or multiprocessing process name
+    # (only its time, pid, level, origin and text): the stack walk and thread lookups that
+    # fill those in cost every log call, the milter's one line a message too (logging
+    # HOWTO, "Optimization"). `process` stays: the plain format writes it.
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logMultiprocessing = False
     # asyncio's own debug lines ("Using selector: EpollSelector") say nothing to an admin:
     # `debug` adds the metrics endpoint's dropped connections, as documented, and no more
     logging.getLogger("asyncio").setLevel(logging.INFO)
