@@ -74,6 +74,11 @@ def safe_symbols(tests: tuple[str, ...]) -> list[str]:
 
 def fold(value: str, first_line_used: int) -> str:
     """Fold a long value at spaces or commas into `\\n\\t` continuation lines."""
+    if (first_line_used + len(value) <= _FOLD_AT and value[:1] not in (" ", ",")
+            and not value[-1:].isspace() and ",," not in value and " ," not in value):
+        # it fits, and the loop below would give it back as it is (it drops only leading
+        # blanks, trailing whitespace and a comma that follows no word): most X-Spam-Status
+        return value
     out: list[str] = []
     line = ""
     used = first_line_used
