@@ -83,7 +83,6 @@ def test_an_aborted_message_lets_go_of_its_spool_at_once(tmp_path: Path) -> None
         bridge.stop(timeout=1.0)
 
 
-
 def test_the_header_callback_answers_as_pymilters_noreply_would() -> None:
     """app._register hands libmilter header_callback, not pymilter's path to the @noreply
     header(): the field must reach the session the same way, and the answer must be NOREPLY
