@@ -62,10 +62,9 @@ NO_NODELAY = ("import sys, spambridge.app as a; a.set_nodelay_on_listener = lamb
 
 
 def message_of(path: Path) -> bytes:
-    """A raw message file of the package, without its mbox "From " line (which an MTA never
-    passes on, and which a milter would see as a broken header)."""
-    raw = path.read_bytes()
-    return raw.split(b"\n", 1)[1] if raw.startswith(b"From ") else raw
+    """A raw message file of the package as an MTA passes it on (for spamd and the miltertest
+    client too, which mtaclient's split_message does not serve)."""
+    return mtaclient.as_sent(path.read_bytes())
 
 
 def corpus(n: int) -> list[bytes]:
