@@ -108,6 +108,13 @@ def main() -> int:
     fetch_corpus()
     train, test = split()
     messages = [m.path.read_bytes() for m in test]
+    # what the milter is sent must be mail as an MTA sends it: a message that reaches it with
+    # no header field (an mbox "From " line sent as the first line did that to 91 % of the
+    # corpus) measures another path, and scores the header as body words
+    fields = [len(mtaclient.split_message(raw)[0]) for raw in messages]
+    if min(fields) == 0:
+        raise SystemExit(f"{fields.count(0)} messages would reach the milter without a header "
+                         f"field, the first {test[fields.index(0)].path}")
     with tempfile.TemporaryDirectory(prefix="bayes-milter-") as tmp:
         db = os.path.join(tmp, "bayes.sqlite")
         ours_train(db, train)
@@ -131,6 +138,8 @@ def main() -> int:
     print(f"engine=bayes C={args.concurrency} {args.messages} messages x {args.runs} runs "
           f"(one connection per message, client {args.client}); "
           f"python {platform.python_version()} ({os.path.realpath(sys.executable)})")
+    print(f"{len(messages)} messages, {statistics.mean(fields):.1f} header fields each on "
+          f"average")
     print(f"msg/s median {statistics.median(rates):.0f} (runs: "
           f"{', '.join(f'{r:.0f}' for r in rates)})")
     print(f"latency p50 {statistics.median(p50s) * 1000:.1f} ms, "
