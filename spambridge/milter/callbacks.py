@@ -69,6 +69,9 @@ class SpamBridgeMilter(Milter.Base):
     @Milter.noreply
     @Milter.decode("bytes")
     def header(self, name: str, value: bytes) -> int:
+        """Not what libmilter calls (app._register hands it header_callback, below, which
+        does the same): kept for pymilter's negotiation, which reads @noreply off this
+        method, so a change here must be made there too."""
         self.session.add_header(name, value)
         return CONTINUE
 
