@@ -62,21 +62,28 @@ class Pipeline:
         # off: its `why:` line says every error whole already
         self.errors_in_full = True
 
-    def scan(self, raw: bytes, envelope: Envelope, cap: float) -> Outcome:
+    def scan(self, raw: bytes, envelope: Envelope, cap: float, spent: float = 0.0) -> Outcome:
         """The scanner's answer within `cap` seconds, whatever the scanner does: awaited on
-        the bridge's loop, or, for a ThreadedScanner, waited on here in the milter's thread."""
+        the bridge's loop, or, for a ThreadedScanner, waited on here in the milter's thread.
+        `spent`: seconds of the cap already used since end of message (copying the message),
+        so the reply still comes within the cap."""
+        left = cap - spent
+        if left <= 0:
+            return ScanError(ErrorKind.TIMEOUT, self.scanner.name,
+                             f"no verdict within {cap:g}s: copying the {len(raw)}-byte message "
+                             f"for the scanner took {spent:.2f}s")
 
         async def capped() -> ScoreResult:
-            async with asyncio.timeout(cap):
+            async with asyncio.timeout(left):
                 return await self.scanner.scan(raw, envelope)
 
         try:
             if self._submit is None:
-                return self.bridge.run(capped(), cap + defaults.REPLY_MARGIN,
+                return self.bridge.run(capped(), left + defaults.REPLY_MARGIN,
                                        self.slow_scan, self.slow_after)
             fut = self._submit(raw, envelope)  # the scanner's own threads: no loop round trip
             try:
-                return result_within(fut, cap, self.slow_scan, self.slow_after)
+                return result_within(fut, left, self.slow_scan, self.slow_after)
             except TimeoutError:
                 fut.cancel()  # still queued behind other scans: never starts
                 raise
@@ -142,13 +149,16 @@ class Pipeline:
     def _render_and_scan(self, buf: MessageBuffer, envelope: Envelope, cap: float) -> Outcome:
         """The message rebuilt for the scanner, and scanned. Out of memory for the copy (an
         address space limit, LimitAS=, with a big max_scan_size) is no bug: on_error, and
-        limits.note names the limit, where it was an "internal error" with a traceback."""
+        limits.note names the limit, where it was an "internal error" with a traceback.
+        The copy's time counts against the cap: milliseconds at the default max_scan_size, but
+        about a second for a 200 MB message that a raised max_scan_size lets through."""
+        start = time.monotonic()
         try:
             raw = buf.render(envelope.received_header())
         except MemoryError:
             return ScanError(ErrorKind.ERROR, "internal",
                              f"MemoryError: no memory to copy the {buf.size}-byte message")
-        return self.scan(raw, envelope, cap)
+        return self.scan(raw, envelope, cap, time.monotonic() - start)
 
     def _track(self, ev: Evaluation) -> None:
         """Tell the incident log whether the engines gave a verdict (health.py)."""

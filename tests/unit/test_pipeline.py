@@ -321,6 +321,54 @@ def test_the_scanners_future_is_waited_on_for_the_cap_exactly() -> None:
     assert outcome == ScanError(ErrorKind.TIMEOUT, "bayes", "no verdict within 7.5s")
 
 
+class SlowCopy(MessageBuffer):
+    """A message whose copy for the scanner takes `seconds`, as a 200 MB one does (about
+    1 to 2 s here) when an admin raises max_scan_size."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(1 << 20, 1 << 20)
+        self.seconds = seconds
+
+    def render(self, received: bytes = b"") -> bytes:
+        time.sleep(self.seconds)
+        return super().render(received)
+
+
+def test_copying_a_big_message_counts_against_the_cap() -> None:
+    """The cap runs from end of message: a scan after a copy that took 0.4 s of a 1 s cap
+    is waited on for what is left, so a hung scanner still gets its reply by the cap (it
+    came 1.4 s late for a 200 MB message when only the scan was timed)."""
+    waited: list[float | None] = []
+
+    class Hung(Future[ScoreResult]):
+        def result(self, timeout: float | None = None) -> ScoreResult:
+            waited.append(timeout)
+            raise TimeoutError
+
+    class Scanner(PoolScanner):
+        def submit(self, message: bytes, envelope: Envelope) -> Future[ScoreResult]:
+            return Hung()
+
+    p = pipeline(Scanner(lambda m: ScoreResult("bayes", 0.0)))
+    p.config = replace(p.config, milter=replace(p.config.milter, scan_timeout=1.0))
+    ev = p.evaluate(SlowCopy(0.4), Envelope())
+    assert len(waited) == 1 and waited[0] is not None and 0 < waited[0] <= 0.6
+    assert ev.outcome == ScanError(ErrorKind.TIMEOUT, "bayes", "no verdict within 1s")
+
+
+def test_a_copy_longer_than_the_cap_is_a_timeout_without_a_scan() -> None:
+    scanner = PoolScanner(lambda m: ScoreResult("bayes", 0.0))
+    p = pipeline(scanner)
+    p.config = replace(p.config, milter=replace(p.config.milter, scan_timeout=0.2),
+                       policy=replace(p.config.policy, on_timeout=FailAction.TEMPFAIL))
+    ev = p.evaluate(SlowCopy(0.3), Envelope())
+    assert isinstance(ev.outcome, ScanError) and ev.outcome.kind is ErrorKind.TIMEOUT
+    assert re.fullmatch(r"no verdict within 0\.2s: copying the \d+-byte message for the "
+                        r"scanner took 0\.\d\ds", ev.outcome.detail), ev.outcome.detail
+    assert ev.decision.action is Action.TEMPFAIL  # on_timeout, as for a hung scanner
+    assert scanner.queued == []  # never handed to the scanner
+
+
 def test_only_a_scan_still_running_after_slow_after_pokes_the_worker_pool(
         release: threading.Event) -> None:
     """The pool nudger's poke (slow_scan) is for a scan that holds its libmilter worker: a
