@@ -3,6 +3,8 @@ so the two can never drift apart."""
 
 from __future__ import annotations
 
+import email.errors
+import email.header
 import logging
 import re
 from collections.abc import Callable
@@ -49,10 +51,22 @@ def tagged_subject(prefix: str, subject: bytes | None) -> str | None:
         text = subject.decode("utf-8")
     except UnicodeDecodeError:
         return None
-    if text.lstrip().startswith(prefix):
+    if text.lstrip().startswith(prefix) or _shown(text).lstrip().startswith(prefix):
         return None  # already tagged (rescanned mail; a tab or a fold after the colon stays)
     text = _FOLD_OR_CONTROL.sub(lambda m: m[0] if len(m[0]) == 2 else " ", text)
     return f"{prefix} {text.lstrip()}"
+
+
+def _shown(subject: str) -> str:
+    """The Subject as a mail client shows it, RFC 2047 encoded words decoded: a client that
+    re-encodes a whole non-ASCII Subject ("=?UTF-8?Q?=5BSPAM=5D_caf=C3=A9?=") keeps the tag
+    inside the word, and a second one would read "[SPAM] [SPAM] café"."""
+    if "=?" not in subject:
+        return subject
+    try:
+        return str(email.header.make_header(email.header.decode_header(subject)))
+    except (email.errors.HeaderParseError, LookupError, UnicodeError, ValueError):
+        return subject  # undecodable words are shown as they are
 
 
 def apply(

@@ -82,6 +82,26 @@ def test_a_subject_already_tagged_is_not_tagged_twice(subject: bytes) -> None:
     assert not [c for c in ctx.calls if c[1] == "Subject"]
 
 
+@pytest.mark.parametrize("subject", [
+    b"=?UTF-8?Q?=5BSPAM=5D_caf=C3=A9?=", b"=?utf-8?b?W1NQQU1dIGNhZsOp?=",
+    b" =?ISO-8859-1?Q?=5BSPAM=5D?= =?ISO-8859-1?Q?_caf=E9?=",
+])
+def test_a_tag_inside_an_encoded_word_is_not_added_twice(subject: bytes) -> None:
+    """Clients re-encode a whole non-ASCII Subject, the tag with it: shown decoded, it reads
+    "[SPAM] café" already."""
+    _, ctx = apply(decide(spamd(7.0), TAGGING), subject=subject)
+    assert not [c for c in ctx.calls if c[1] == "Subject"]
+
+
+@pytest.mark.parametrize(("subject", "new"), [
+    (b"=?UTF-8?Q?caf=C3=A9_=5BSPAM=5D?=", "[SPAM] =?UTF-8?Q?caf=C3=A9_=5BSPAM=5D?="),
+    (b"=?x-unknown?Q?=5BSPAM=5D?=", "[SPAM] =?x-unknown?Q?=5BSPAM=5D?="),  # not decodable
+    (b"=?UTF-8?B?!!!?= hi", "[SPAM] =?UTF-8?B?!!!?= hi"),
+])
+def test_an_encoded_subject_without_the_tag_in_front_is_tagged(subject: bytes, new: str) -> None:
+    assert actions.tagged_subject("[SPAM]", subject) == new
+
+
 def test_the_tag_and_the_subject_have_one_space_between() -> None:
     assert actions.tagged_subject("[SPAM]", b"  Hello") == "[SPAM] Hello"
 
