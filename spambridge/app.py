@@ -176,8 +176,9 @@ def _log_uncaught(kind: type[BaseException], e: BaseException,
     if isinstance(e, UnicodeDecodeError):
         log.warning("the MTA sent bytes that are not UTF-8 where pymilter takes text, %s; "
                     "pymilter skipped that stage (a HELO: the Received line the scanner sees "
-                    "names the client's host instead; a header name: libmilter ignores the "
-                    "rest of that message, and the MTA waits for its own timeout)",
+                    "names the client's host instead; the client's host name: it is taken "
+                    "as \"unknown\", its address from the macro _; a header name: libmilter "
+                    "ignores the rest of that message, and the MTA waits for its own timeout)",
                     clean(e.object, log=True))
         return
     log.error("uncaught exception", exc_info=(kind, e, tb))

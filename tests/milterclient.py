@@ -121,7 +121,8 @@ class MilterClient:
     def _skipped(self, flag: int) -> bool:
         return bool(self.protocol & flag)
 
-    def _macros(self, stage: str, macros: dict[str, str] | None) -> None:
+    def _macros(self, stage: str, macros: dict[str, str] | dict[str, str | bytes] | None
+                ) -> None:
         if macros:
             self.conn.send_macro(stage, **macros)
 
@@ -141,10 +142,11 @@ class MilterClient:
         return "continue"
 
     # -- SMTP stages ------------------------------------------------------------------------
-    def connect(self, hostname: str = "mail.example.net", addr: str = "192.0.2.10",
-                port: int = 40000, macros: dict[str, str] | None = None) -> None:
-        base = {"j": "mx.test.example", "{daemon_name}": "mx.test.example",
-                "_": f"{hostname} [{addr}]"}
+    def connect(self, hostname: str | bytes = "mail.example.net", addr: str = "192.0.2.10",
+                port: int = 40000, macros: dict[str, str | bytes] | None = None) -> None:
+        base: dict[str, str | bytes] = {"j": "mx.test.example",
+                                        "{daemon_name}": "mx.test.example",
+                                        "_": _enc(hostname) + f" [{addr}]".encode()}
         self._macros(constants.SMFIC_CONNECT, {**base, **(macros or {})})
         family = constants.SMFIA_INET6 if ":" in addr else constants.SMFIA_INET
         self._step(constants.SMFIC_CONNECT, constants.SMFIP_NR_CONN, "connect",

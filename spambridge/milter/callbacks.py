@@ -54,8 +54,25 @@ class SpamBridgeMilter(Milter.Base):
         self.session.hello(hostname or "")
         return CONTINUE
 
+    def connect_unnamed(self) -> None:
+        """pymilter skips the connect callback when the client's host name is not UTF-8 (a
+        reverse-DNS name passed on unchecked; Postfix says "unknown" for such a name, other
+        MTAs may not). The address is still in the macro `_` ("NAME [ADDR]"): without it the
+        client was taken for this host, 127.0.0.1, in trusted_networks and in the Received
+        line spamd reads (trusted by SpamAssassin: no RBL check of the real client)."""
+        try:
+            client = str(self.getsymval("_") or "")
+        except UnicodeDecodeError as e:  # its name part: the address is ASCII
+            client = bytes(e.object).decode("latin-1")
+        except Exception:
+            client = ""
+        self.session.connect("unknown", "", self.macro("j"), self.macro("{daemon_name}"),
+                             None, client)
+
     @Milter.noreply
     def envfrom(self, mailfrom: str, *params: str) -> int:
+        if not self.session.connected:
+            self.connect_unnamed()
         # {auth_authen} is sent at MAIL FROM only (Postfix's default macro lists)
         tls = bool(self.macro("{tls_version}"))
         self.session.start_message(mailfrom, self.macro("{auth_authen}"), tls)

@@ -20,6 +20,7 @@ class Session:
     def __init__(self, pipeline: Pipeline) -> None:
         self.pipeline = pipeline
         self.cfg: MilterConfig = pipeline.config.milter
+        self.connected = False  # connect() ran (pymilter skips it for a non-UTF-8 host name)
         self.client_name = ""
         self.client_addr = ""
         self.helo = ""
@@ -38,6 +39,7 @@ class Session:
         """`client` is the MTA's macro `_` ("NAME [ADDR]"): the address when the connect
         call carries none, as for Postfix's smtpd on a unix-domain socket (a content filter's
         reinjection, a local application), which Postfix itself takes for 127.0.0.1."""
+        self.connected = True
         self.client_name, self.client_addr = hostname, addr or macro_address(client)
         self.mta_host, self.daemon_name = mta_host, daemon_name
         self.trusted = is_trusted(self.client_addr, self.cfg)

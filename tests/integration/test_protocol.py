@@ -97,6 +97,25 @@ def test_an_8bit_helo_is_logged_as_a_log_line_and_the_message_still_judged(
     assert "not UTF-8" in m.log and r"mail\xff\xfe.example" in m.log, m.log
 
 
+def test_a_client_whose_host_name_is_not_utf8_is_still_known_by_its_address(
+        start_milter: Start) -> None:
+    """pymilter cannot make text of a reverse-DNS name that is not UTF-8 and skips the whole
+    connect stage: the client was then taken for this host, 127.0.0.1, in trusted_networks
+    and in the Received line spamd reads (which SpamAssassin trusts, so no RBL checked the
+    real client). Its address comes from the macro `_` instead."""
+    m = start_milter({"milter": {"trusted_networks": ["203.0.113.0/24"]}})
+    for addr, qid in (("203.0.113.7", "8BITNAME1"), ("198.51.100.7", "8BITNAME2")):
+        name = b"m\xe9il.example.net"
+        with MilterClient(m.socket_path) as c:
+            c.connect(hostname=name, addr=addr)  # and `_` = "m\xe9il.example.net [ADDR]"
+            c.helo()
+            r = c.send(message(), connected=True, queue_id=qid)
+        assert r.action == "accept"
+    assert re.search(r"8BITNAME1: .* reason=trusted", m.log), m.log
+    assert not re.search(r"8BITNAME2: .* reason=trusted", m.log), m.log  # only its own net
+    assert "not UTF-8" in m.log and r"m\xe9il.example.net" in m.log, m.log
+
+
 def test_libmilters_own_errors_reach_the_milters_log(start_milter: Start) -> None:
     """libmilter logs its own errors (here: an MTA whose option negotiation is cut short) with
     syslog(3) and no openlog(): they went out as `python: ...` under facility user, outside
