@@ -608,7 +608,7 @@ def _read_sections(loader: _Loader, data: Mapping[str, Any]) -> Config:
         spamd=Thresholds(tag_at, tag_at, reject_at),
         bayes=bayes_bands,
         tag_only=p.get("tag_only", bool, pd.tag_only),
-        subject_tag=p.get("subject_tag", str, pd.subject_tag, _printable),
+        subject_tag=p.get("subject_tag", str, pd.subject_tag, _tag),
         reject_reply=p.parse("reject_reply", str, str(pd.reject_reply),
                              lambda v: parse_reply(v, "5")),
         tempfail_reply=p.parse("tempfail_reply", str, str(pd.tempfail_reply),
@@ -702,6 +702,12 @@ def _printable(v: str) -> str:
     if (bad := _not_printable_ascii(v)) is not None:
         raise ValueError(f"must be printable ASCII; {bad!r} is not")
     return v
+
+
+def _tag(v: str) -> str:
+    """Blanks around the tag dropped: the Subject gets one space after it anyway, and
+    "[SPAM] " made "[SPAM]  hello"."""
+    return _printable(v).strip()
 
 
 def key_at(cfg: Config, section: str, key: str) -> str:

@@ -36,6 +36,13 @@ def test_defaults_without_a_file() -> None:
     assert cfg.milter.socket_mode == 0o660
 
 
+@pytest.mark.parametrize("tag", ["[SPAM] ", " [SPAM]", "  [SPAM]   "])
+def test_blanks_around_the_subject_tag_are_dropped(tmp_path: Path, tag: str) -> None:
+    """The Subject gets one space after the tag: "[SPAM] " made "[SPAM]  hello"."""
+    cfg = load(write(tmp_path, f'[policy]\nsubject_tag = "{tag}"\n'))
+    assert cfg.policy.subject_tag == "[SPAM]"
+
+
 def test_a_full_file(tmp_path: Path) -> None:
     cfg = load(write(tmp_path, """
 [milter]
