@@ -432,10 +432,10 @@ def _read_file(path: str, max_size: int, mbox: bool,
                     return
                 data = head + f.read()
         if data is None:
-            yield from _stream_mbox(Path(path), max_size, opener)
+            yield from _some_mail(_stream_mbox(Path(path), max_size, opener), path, named)
             return
     if mbox or _is_mbox(data):
-        yield from _split_mbox(path, data, max_size)
+        yield from _some_mail(_split_mbox(path, data, max_size), path, named)
     else:
         yield _item(path, data, named=named, max_size=max_size)
 
@@ -451,6 +451,26 @@ _SEPARATOR_REST = re.compile(rb"\S*+[ \t][^\n]*?\d:\d\d")
 _SEPARATOR_WRITTEN = re.compile(
     rb"\S*+[ \t]+(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun)[ \t]+"
     rb"(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)[ \t]+\d\d?[ \t]+\d\d?:\d\d")
+
+
+def _some_mail(items: Iterator[Item], where: str, named: bool) -> Iterator[Item]:
+    """An mbox's messages; but a file named on the command line none of whose pieces is mail
+    is "not mail" itself, an error as any named non-mail file is: a letter that begins "From
+    the desk of the CEO" reads as an mbox of one piece, which was only counted (exit 0)."""
+    if not named:
+        yield from items
+        return
+    held: list[Item] | None = []  # the pieces before the first message: all junk so far
+    for item in items:
+        if held is not None:
+            if item.problem == "not mail":
+                held.append(item)
+                continue
+            yield from held
+            held = None
+        yield item
+    if held:
+        yield Item(where, problem="not mail", named=True)
 
 
 def _split_mbox(p: str, data: bytes, max_size: int) -> Iterator[Item]:
@@ -518,7 +538,8 @@ def _read_open(f: IO[bytes], where: str, max_size: int, mbox: bool, sniff: bool 
     blank, head = _blank_lines(f)
     separator = head.startswith(b"From ")
     if mbox or (sniff and separator):
-        yield from _split_lines(where, itertools.chain([head], _lines(f)), max_size)
+        yield from _some_mail(_split_lines(where, itertools.chain([head], _lines(f)), max_size),
+                              where, named)
         return
     if not separator:
         head = blank + head  # no mbox: the message as it came (blank first: not mail)

@@ -281,6 +281,31 @@ def test_text_with_colons_and_archives_are_not_mail(tmp_path: Path, db: Path, co
     assert totals(db) == (0, 0)
 
 
+@pytest.mark.parametrize("content", [
+    b"From the desk of the CEO\n\nDear all, we are moving offices.\n",
+    b"From 9:00 to 17:00 we are open.\n",
+    b"From a@b Mon Jan  1 00:00:00 2024\n",  # a separator line and nothing else
+    b"From a@b Mon Jan  1 00:00:00 2024\nnotes\n\nFrom a@b Mon Jan  1 00:00:00 2024\nx\n",
+])
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_a_named_file_opening_with_from_but_holding_no_message_is_not_mail(
+        tmp_path: Path, db: Path, content: bytes, in_memory: bool,
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """It reads as an mbox, and its pieces were counted as strays met inside one: exit 0
+    and nothing on stderr, where any other named file that is not mail is an error."""
+    if not in_memory:
+        monkeypatch.setattr(train, "MBOX_IN_MEMORY", 10)
+    f = tmp_path / "letter.txt"
+    f.write_bytes(content)
+    code, out, err = run("train", "--db", str(db), "--spam", str(f), capsys=capsys)
+    assert code == 1 and f"{f}: not mail" in err and "(1 not mail)" in out, (out, err)
+    # an mbox with a stray piece among its messages: the piece is only counted, as before
+    box = tmp_path / "box.mbox"
+    box.write_bytes(content + b"\nFrom x@y Mon Jan  1 00:00:00 2026\n" + mail(1, True))
+    code, out, err = run("train", "--db", str(db), "--spam", str(box), capsys=capsys)
+    assert code == 0 and "Learned 1 of" in out and "not mail" not in err, (out, err)
+
+
 @pytest.mark.parametrize("in_memory", [True, False])
 def test_a_body_line_opening_with_from_does_not_split_a_message(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, in_memory: bool) -> None:
