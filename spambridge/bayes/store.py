@@ -149,12 +149,27 @@ def _why(path: str, st: os.stat_result, bits: str) -> str:
     if read_only_fs(path):
         return ("its filesystem is mounted read-only (for this process only, under systemd's "
                 "ProtectSystem=strict: add the directory to the unit's ReadWritePaths=)")
+    if _mode_grants(st, bits):  # a chmod would change nothing
+        return (f"its mode allows it, so an ACL (getfacl {path}) or the immutable flag "
+                f"(lsattr {path}) refuses it")
     if st.st_uid == os.geteuid():
         return f"its owner may not: chmod u+{bits} {path}"
     group = _name(grp.getgrgid, st.st_gid)
     if st.st_gid == os.getegid() or st.st_gid in os.getgroups():
         return f"its group {group} may not: chmod g+{bits} {path}"
     return f"{_user()} is neither its owner nor in its group {group}"
+
+
+def _mode_grants(st: os.stat_result, bits: str) -> bool:
+    """Whether the mode bits give this process `bits` on the database or a directory of its
+    path: root needs none there, anyone else those of the class it falls in."""
+    uid = os.geteuid()
+    if uid == 0:
+        return True
+    shift = 6 if st.st_uid == uid else (
+        3 if st.st_gid == os.getegid() or st.st_gid in os.getgroups() else 0)
+    want = sum({"r": 4, "w": 2, "x": 1}[b] for b in bits) << shift
+    return st.st_mode & want == want
 
 
 def _user() -> str:

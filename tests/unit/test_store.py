@@ -321,3 +321,16 @@ def test_train_names_the_schema_of_a_newer_spambridge_database(tmp_path: Path) -
     with sqlite3.connect(path) as c:
         assert c.execute("PRAGMA user_version").fetchone()[0] == store.SCHEMA_VERSION + 1
     c.close()
+
+
+def test_a_refusal_the_mode_does_not_explain_names_acls_and_the_immutable_flag(
+        tmp_path: Path) -> None:
+    """os.access says no while the mode bits allow (`chattr +i`, an ACL deny): the advice was
+    "chmod u+rw" for a file whose owner had rw already."""
+    db = tmp_path / "bayes.sqlite"
+    db.write_bytes(b"")
+    db.chmod(0o600)  # ours, and our class may read and write it
+    why = store._why(str(db), db.stat(), "rw")
+    assert why == (f"its mode allows it, so an ACL (getfacl {db}) or the immutable flag "
+                   f"(lsattr {db}) refuses it")
+    assert "chmod" not in why
