@@ -22,6 +22,7 @@ import io
 import itertools
 import os
 import re
+import select
 import signal
 import sqlite3
 import stat
@@ -338,12 +339,28 @@ def _is_stream(path: str) -> bool:
     return stat.S_ISFIFO(mode) or stat.S_ISCHR(mode) or stat.S_ISSOCK(mode)
 
 
+STREAM_WAIT = 30.0  # seconds a named FIFO may take to bring its first bytes
+
+
 def open_no_wait(path: str) -> IO[bytes]:
-    """Open for reading without waiting for a FIFO's writer: non-blocking for the open only,
-    then reads wait for data as usual (and see end of file once no writer is left)."""
+    """Open for reading without blocking on a FIFO's writer, then read as usual (to end of
+    file once no writer is left). A FIFO gets STREAM_WAIT seconds to bring its first bytes,
+    or a writer that came and went: read at once, one opened before its writer read an empty
+    end of file, and `mkfifo p; train --spam p & producer > p` failed as "not mail"; waiting
+    for ever would hang on one that nobody writes to."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-    os.set_blocking(fd, True)
-    return os.fdopen(fd, "rb")
+    try:
+        if stat.S_ISFIFO(os.fstat(fd).st_mode):
+            poll = select.poll()
+            poll.register(fd, select.POLLIN)  # POLLHUP comes only after a writer has been
+            if not poll.poll(STREAM_WAIT * 1000):
+                raise OSError(errno.ETIMEDOUT, f"a FIFO that nothing was written to within "
+                                               f"{STREAM_WAIT:g}s")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def _lines(f: IO[bytes]) -> Iterator[bytes]:

@@ -1028,20 +1028,35 @@ def test_pipes_devices_fifos_loops_and_a_closed_stdin(tmp_path: Path, db: Path,
                              for i in range(20, 23)))
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
+    (tmp_path / "late.eml").write_bytes(mail(30, True))
     spambridge = f"{sys.executable} -m spambridge"
     script = (f"{spambridge} train --db {db} --spam <(cat {box}); echo rc=$?; "
-              f"{spambridge} train --db {db} --spam {fifo}; echo rc=$?; "
+              # its reader first, its writer a moment later, as `mkfifo p; train p & w > p`
+              f"{{ sleep 1; cat {tmp_path / 'late.eml'} > {fifo}; }} & "
+              f"{spambridge} train --db {db} --spam {fifo}; echo rc=$?; wait; "
               f"{spambridge} train --db {db} --spam - <&-; echo rc=$?; "
               f"{spambridge} check --db {db} - <&-; echo rc=$?; "
               f"{spambridge} check --db {db} {box} >&-; echo rc=$?")
     proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=120,
                           check=False)
     assert "Learned 3 of 3 messages as spam" in proc.stdout
-    assert f"{fifo}: not mail" in proc.stderr  # no writer: nothing to read, no wait
+    assert "Learned 1 of 1 messages as spam" in proc.stdout, proc.stderr  # waited for it
     assert "<stdin>: unreadable: standard input is closed" in proc.stderr
     assert "-: cannot read: standard input is closed" in proc.stderr
     assert proc.stdout.count("rc=") == 5 and "Traceback" not in proc.stderr  # fd 1 closed too
-    assert totals(db) == (4, 0)
+    assert totals(db) == (5, 0)
+
+
+def test_a_fifo_nothing_is_written_to_is_named_after_a_wait_not_a_hang(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    monkeypatch.setattr(train, "STREAM_WAIT", 0.3)
+    start = time.monotonic()
+    items = list(train.read_path(str(fifo), 0))
+    assert time.monotonic() - start >= 0.3
+    assert [(i.problem, i.failure) for i in items] == [
+        ("unreadable: a FIFO that nothing was written to within 0.3s", True)]
 
 
 def root_only(tmp_path: Path) -> tuple[Path, Path]:
