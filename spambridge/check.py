@@ -144,7 +144,7 @@ def run(cfg: Config, paths: list[str], *, explain: bool = False, batch: bool = F
             try:
                 ev = pipeline.evaluate(buf, Envelope(queue_id=f"CHECK{n:05d}",
                                                      delivered=buf.delivered()))
-                removed = sorted({name for name, _ in buf.owned_headers()})
+                owned, forged = buf.owned_headers(), buf.owned_total
                 subject = buf.header_value("Subject")
             finally:
                 buf.close()
@@ -161,7 +161,7 @@ def run(cfg: Config, paths: list[str], *, explain: bool = False, batch: bool = F
                 if isinstance(ev.outcome, ScoreResult) and ev.outcome.note:
                     fallbacks[ev.outcome.note] = fallbacks.get(ev.outcome.note, 0) + 1
             else:
-                _report(path, ev, explain, removed, subject, out)
+                _report(path, ev, explain, owned, forged, subject, out)
     finally:
         try:
             bridge.run(scanner.aclose(), 10.0)
@@ -204,8 +204,10 @@ def _subject_change(prefix: str, subject: bytes | None) -> str:
     return " not added: the Subject has it already"
 
 
-def _report(path: str, ev: Evaluation, explain: bool, removed: list[str],
-            subject: bytes | None, out: IO[str]) -> None:
+def _report(path: str, ev: Evaluation, explain: bool, owned: list[tuple[str, int]],
+            forged: int, subject: bytes | None, out: IO[str]) -> None:
+    """`owned`: the X-Spam-* fields the milter removes (MessageBuffer.owned_headers), of the
+    `forged` the message came with."""
     d = ev.decision
     score = d.shown or "-"  # as the headers below give it
     would = f" (would {d.intended.value} without tag-only)" if d.intended is not d.action else ""
@@ -222,8 +224,11 @@ def _report(path: str, ev: Evaluation, explain: bool, removed: list[str],
     else:
         print("  SMTP reply: 250 (accepted)", file=out)
     if d.action not in (Action.REJECT, Action.TEMPFAIL):  # a refused message is not changed
-        if removed:  # forged or stale X-Spam-* fields from outside
-            print(f"  headers removed: {', '.join(removed)}", file=out)
+        if owned:  # forged or stale X-Spam-* fields from outside
+            print(f"  headers removed: {', '.join(sorted({n for n, _ in owned}))}", file=out)
+        if forged > len(owned):  # a flood: the rest stay, in the milter's words (_eom)
+            print(f"  headers left: {forged - len(owned)} ({forged} forged X-Spam-* fields, "
+                  f"only the first {len(owned)} removed; ours go on top)", file=out)
         if d.subject_prefix:
             print(f"  Subject prefix: {d.subject_prefix!r}"
                   f"{_subject_change(d.subject_prefix, subject)}", file=out)

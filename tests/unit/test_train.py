@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from spambridge import cli, train
+from spambridge import cli, defaults, train
 from spambridge.bayes import store
 from spambridge.config import BayesConfig, Config
 from spambridge.milter import actions
@@ -893,6 +893,26 @@ def test_check_shows_no_change_to_a_message_the_milter_refuses(
     assert code == 1 and "verdict=unchecked=unavailable action=tempfail" in out, out
     assert "  SMTP reply: 451 4.7.1 " in out
     assert "headers removed" not in out and "headers added" not in out
+
+
+def test_check_says_the_forged_fields_a_flood_leaves_in_the_message(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The milter removes at most MAX_OWNED forged X-Spam-* fields, of the first
+    MAX_OWNED_NAMES names, and leaves the rest with ours on top: `check` said "headers
+    removed: X-Spam-Flag" of a message that kept 500 forged `X-Spam-Flag: YES`."""
+    flood = tmp_path / "flood.eml"
+    flood.write_bytes(b"From: a@b\nSubject: hi\n" + b"X-Spam-Flag: YES\n" * 1500 + b"\nbody\n")
+    names = tmp_path / "names.eml"
+    names.write_bytes(b"From: a@b\nSubject: hi\n"
+                      + b"".join(b"X-Spam-N%d: x\n" % i for i in range(150)) + b"\nbody\n")
+    code, out, _ = run("check", "--db", str(tmp_path / "none.db"), str(flood), str(names),
+                       capsys=capsys)
+    assert code == 1 and out.count("  SMTP reply: 250 (accepted)") == 2, out  # (no database)
+    assert ("  headers removed: X-Spam-Flag\n  headers left: 500 (1500 forged X-Spam-* fields, "
+            "only the first 1000 removed; ours go on top)\n") in out
+    assert ("  headers left: 50 (150 forged X-Spam-* fields, only the first 100 removed; ours "
+            "go on top)\n") in out
+    assert defaults.MAX_OWNED == 1000 and defaults.MAX_OWNED_NAMES == 100
 
 
 def test_check_never_scores_a_file_cut_at_the_read_limit(
