@@ -3,9 +3,11 @@ the cap, policy, headers) and show what the MTA would have been told.
 
 `--batch` prints `path<TAB>score<TAB>verdict` per message from one process, for evaluating a
 corpus; the verdict is the score's band (ham, unsure, spam, reject), `unchecked=<why>`, or
-`unreadable` (score `-`), so the output has one line per path given. Why messages went
-unchecked (no database, not trained yet, spamd down...) is said once per reason on stderr, and
-with `spamd+bayes`, how many scores came from the Bayes fallback (0..1, not spamd's points).
+`unreadable` (score `-`), so the output has one line per path given (a tab, newline, CR or
+backslash in a path is written `\\t`, `\\n`, `\\r`, `\\\\`, as in check's other lines). Why
+messages went unchecked (no database, not trained yet, spamd down...) is said once per reason
+on stderr, and with `spamd+bayes`, how many scores came from the Bayes fallback (0..1, not
+spamd's points).
 
 A file from a mailbox already holds the Received line our MTA wrote (hidden from milters, so
 the milter writes its own from the connection): it gets no second one, and scores as it did
@@ -35,6 +37,16 @@ from spambridge.verdict import Action, ErrorKind, ScanError, ScoreResult, Skippe
 
 EXPLAIN_CLUES = 20
 UNCHECKED_REASONS = 5  # --batch: distinct reasons for unchecked messages said on stderr
+_PATH_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def _shown_path(path: str) -> str:
+    """A path as `check` prints it: a tab, newline or CR in a file name split its line (a
+    --batch line in two, or one column more), so those and the backslash itself are written as
+    backslash escapes, which a script can undo; any other name prints as it is. (Not
+    message.clean: its "?" for a control and unescaped backslash are not reversible, and it
+    cuts at 255 bytes.)"""
+    return path.translate(_PATH_ESCAPES)
 
 
 def build_scanner(cfg: Config, clues: int = 0) -> Scanner:
@@ -129,7 +141,8 @@ def run(cfg: Config, paths: list[str], *, explain: bool = False, batch: bool = F
         # and one more again, to tell a file of exactly `limit` bytes (whole, and perhaps
         # under max_scan_size for the milter once an mbox From line and CRs are gone) from a
         # longer one cut there
-        for n, (path, raw) in enumerate(_messages(paths, stdin, limit + 1), 1):
+        for n, (name, raw) in enumerate(_messages(paths, stdin, limit + 1), 1):
+            path = _shown_path(name)
             if isinstance(raw, str):
                 print(f"spambridge check: {path}: {raw}", file=err)
                 if batch:

@@ -915,6 +915,29 @@ def test_check_says_the_forged_fields_a_flood_leaves_in_the_message(
     assert defaults.MAX_OWNED == 1000 and defaults.MAX_OWNED_NAMES == 100
 
 
+def test_check_prints_each_path_on_one_line_whatever_its_name(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A newline in a file name split its --batch line in two, a tab added a column: a tab,
+    newline, CR or backslash in a path is printed as a backslash escape, in every line of
+    check; other names print as they are."""
+    names = ["nl\nhere.eml", "tab\there.eml", "cr\rhere.eml", "back\\slash.eml", "plain.eml"]
+    for name in names:
+        (tmp_path / name).write_bytes(mail(1, False))
+    shown = [f"{tmp_path}/{n}" for n in (r"nl\nhere.eml", r"tab\there.eml", r"cr\rhere.eml",
+                                         r"back\\slash.eml", "plain.eml")]
+    paths = [str(tmp_path / n) for n in names]
+    db = str(tmp_path / "none.db")
+    code, out, err = run("check", "--db", db, "--batch", *paths, str(tmp_path / "gone\n.eml"),
+                         capsys=capsys)
+    assert code == 1
+    assert out.split("\n") == [*(f"{p}\t-\tunchecked=unavailable" for p in shown),
+                               f"{tmp_path}/gone\\n.eml\t-\tunreadable", ""]
+    assert f"spambridge check: {tmp_path}/gone\\n.eml: cannot read: " in err
+    assert len(err.splitlines()) == 2, err  # that, and why the rest went unchecked
+    code, out, _ = run("check", "--db", db, paths[0], capsys=capsys)
+    assert out.startswith(f"{shown[0]}: score=- engine=bayes ") and "\r" not in out, out
+
+
 def test_check_never_scores_a_file_cut_at_the_read_limit(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`check` reads max_scan_size + 1 bytes of a file: that prefix is not the message. The
