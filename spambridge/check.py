@@ -117,6 +117,25 @@ class _NoIncidents(Health):
         return None
 
 
+class _PoolNews(logging.Filter):
+    """The milter logs a spamd pool member that stops connecting (or connects again) once,
+    time-stamped and with its retry schedule ("it again every 30s until it connects"): words
+    for a running milter, which leaked into check's stderr. The news is still worth having (the
+    other servers scored the messages, so no line of the report says it): said as check's own
+    plain line, without the schedule. Only those lines; other warnings stay log lines."""
+
+    def __init__(self, err: IO[str]) -> None:
+        super().__init__()
+        self.err = err
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if not text.startswith("spamd server "):  # (spamd.py's _not_connected, _connected)
+            return True
+        print(f"spambridge check: {text.partition(', it again every')[0]}", file=self.err)
+        return False
+
+
 def run(cfg: Config, paths: list[str], *, explain: bool = False, batch: bool = False,
         out: IO[str] | None = None, err: IO[str] | None = None,
         stdin: IO[bytes] | None = None) -> int:
@@ -125,7 +144,8 @@ def run(cfg: Config, paths: list[str], *, explain: bool = False, batch: bool = F
     err = err or sys.stderr
     # the decision log line repeats what is printed; keep warnings (scan failures) unless
     # --batch, where one line per message would drown the table
-    logging.getLogger("spambridge").setLevel(logging.ERROR if batch else logging.WARNING)
+    ours = logging.getLogger("spambridge")
+    ours.setLevel(logging.ERROR if batch else logging.WARNING)
     scanner = build_scanner(cfg, EXPLAIN_CLUES if explain else 0)
     bridge = AsyncBridge().start()
     pipeline = Pipeline(scanner, bridge, cfg)
@@ -135,6 +155,8 @@ def run(cfg: Config, paths: list[str], *, explain: bool = False, batch: bool = F
     fallbacks: dict[str, int] = {}  # spamd+bayes: the notes of messages Bayes scored instead
     # --batch: why messages went unchecked (the log lines that say it are off), said once each
     unchecked: dict[tuple[str, str], int] = {}
+    pool_news = _PoolNews(err)
+    ours.addFilter(pool_news)
     try:
         stdin = stdin or (sys.stdin.buffer if sys.stdin is not None else None)
         limit = cfg.milter.max_scan_size + 1  # one byte more: enough to be oversize
@@ -180,6 +202,7 @@ def run(cfg: Config, paths: list[str], *, explain: bool = False, batch: bool = F
             bridge.run(scanner.aclose(), 10.0)
         finally:
             bridge.stop()
+            ours.removeFilter(pool_news)
     reasons = sorted(unchecked.items(), key=lambda kv: -kv[1])
     for (what, why), n in reasons[:UNCHECKED_REASONS]:
         print(f"spambridge check: {n} message{'s' if n > 1 else ''} {what}: {why}", file=err)

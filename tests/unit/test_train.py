@@ -811,6 +811,32 @@ def test_check_explain_names_the_rules_spamd_hit(
     assert "\n  tests: SYM_A, SYM_B\n" in out, out
 
 
+def test_check_says_a_dead_pool_member_in_its_own_words(tmp_path: Path) -> None:
+    """A `[spamd] servers` pool with a dead member: `check` printed the milter's time-stamped
+    warning, "... it again every 30s until it connects", meant for a running milter. It says
+    it once, as its own plain line; the live server scores the messages."""
+    from spamdfakes import SwitchableSpamd
+
+    msg = tmp_path / "m.eml"
+    msg.write_bytes(mail(1, True))
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+    fake = SwitchableSpamd("good")
+    try:
+        cfg = tmp_path / "sb.toml"
+        down = f"127.0.0.1:{dead.getsockname()[1]}"
+        cfg.write_text(f'[milter]\nengine = "spamd"\n\n[spamd]\nservers = ["{down}", '
+                       f'"{fake.address}"]\n')
+        proc = subprocess.run([sys.executable, "-m", "spambridge", "check", "-c", str(cfg),
+                               str(msg), str(msg)], capture_output=True, text=True, timeout=60)
+    finally:
+        fake.close()
+        dead.close()
+    assert proc.returncode == 0 and proc.stdout.count("engine=spamd verdict=ham") == 2
+    assert proc.stderr == (f"spambridge check: spamd server {down} does not connect "
+                           "(Connection refused): the other servers are tried first\n")
+
+
 @pytest.mark.parametrize("spam", [False, True])
 def test_with_min_trained_0_a_database_of_one_class_scores(
         tmp_path: Path, db: Path, capsys: pytest.CaptureFixture[str], spam: bool) -> None:
