@@ -32,7 +32,7 @@ from spambridge.milter.actions import tagged_subject
 from spambridge.milter.bridge import AsyncBridge
 from spambridge.pipeline import Evaluation, Pipeline
 from spambridge.scanners import Scanner
-from spambridge.train import holds_several_messages, looks_like_mail, open_no_wait
+from spambridge.train import holds_several_messages, not_mail_because, open_no_wait
 from spambridge.verdict import Action, ErrorKind, ScanError, ScoreResult, Skipped
 
 EXPLAIN_CLUES = 20
@@ -100,8 +100,8 @@ def _input_note(data: bytes) -> str:
     if holds_several_messages(data):
         return ("holds several messages (an mbox): scored as one; `train --mbox` splits one, "
                 "`check` does not")
-    if not looks_like_mail(data):
-        return "does not look like mail (no header field a message has): scored all the same"
+    if why := not_mail_because(data):
+        return f"does not look like mail ({why}): scored all the same"
     return ""
 
 

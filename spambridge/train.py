@@ -737,22 +737,34 @@ def looks_like_mail(data: bytes) -> bool:
     header block, and among its fields one that messages have (From, Received, Subject...):
     what separates a message from a stray text or binary file, /etc/passwd and "key: value"
     notes included. The header is judged up to its end, or its first MAIL_HEAD bytes."""
+    return not not_mail_because(data)
+
+
+def not_mail_because(data: bytes) -> str:
+    """Why looks_like_mail says no, in words for `check`'s reader ("" when it says yes)."""
     start = 0
     if data.startswith(b"From "):
         start = data.find(b"\n") + 1
         if not start:
-            return False
-    return _is_header(data, start)
+            return "an mbox separator line and nothing after it"
+    return _header_problem(data, start)
 
 
 def _is_header(data: bytes, start: int = 0) -> bool:
     """looks_like_mail of what begins at `start` (after a "From " line), without copying it."""
+    return not _header_problem(data, start)
+
+
+def _header_problem(data: bytes, start: int) -> str:
     limit = start + MAIL_HEAD
     if _LOOKS_LIKE_MAIL.match(data, start, limit) is None:
-        return False
+        return "its first line is no header field"
     end = m.start() if (m := _HEADER_END.search(data, start, limit)) else min(len(data), limit)
-    return data.find(b"\0", start, end) < 0 and any(
-        f.group(1).lower() in _MAIL_FIELDS for f in _FIELD_NAME.finditer(data, start, end))
+    if data.find(b"\0", start, end) >= 0:
+        return "a NUL byte in its header"
+    if not any(f.group(1).lower() in _MAIL_FIELDS for f in _FIELD_NAME.finditer(data, start, end)):
+        return "no header field a message has"
+    return ""
 
 
 # ---------------------------------------------------------------------------------------------

@@ -340,13 +340,17 @@ def test_check_says_when_a_file_is_an_mbox_or_no_mail(tmp_path: Path,
     (tmp_path / "box.mbox").write_bytes(sep + msg + b"\n" + sep + msg)
     (tmp_path / "junk.bin").write_bytes(bytes(range(256)) * 8)
     (tmp_path / "one.eml").write_bytes(sep + msg)  # a delivered message with its From_ line
+    (tmp_path / "nul.eml").write_bytes(msg.replace(b"notes", b"no\0tes"))
     db = str(tmp_path / "b.sqlite")
-    paths = [str(tmp_path / n) for n in ("box.mbox", "junk.bin", "one.eml")]
+    paths = [str(tmp_path / n) for n in ("box.mbox", "junk.bin", "one.eml", "nul.eml")]
     cli.main(["check", "--db", db, "--batch", *paths])
     err = capsys.readouterr().err
     assert f"{paths[0]}: holds several messages (an mbox): scored as one" in err
-    assert f"{paths[1]}: does not look like mail" in err
+    assert (f"{paths[1]}: does not look like mail (its first line is no header field): scored "
+            "all the same") in err
     assert "one.eml" not in err
+    # a header that has every field a message has: the NUL is why, not a missing field
+    assert f"{paths[3]}: does not look like mail (a NUL byte in its header)" in err
 
 
 def test_debug_logging_adds_no_asyncio_chatter(monkeypatch: pytest.MonkeyPatch) -> None:
