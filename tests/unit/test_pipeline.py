@@ -302,22 +302,30 @@ def test_the_decision_lines_level_says_whether_the_admin_must_look(
         assert [r.levelno for r in caplog.records] == [level], outcome
 
 
+class NeverDone(PoolScanner):
+    """Its scans never finish; `waited` records how long each one was waited on."""
+
+    def __init__(self) -> None:
+        super().__init__(lambda m: ScoreResult("bayes", 0.0))
+        self.waited: list[float | None] = []
+
+    def submit(self, message: bytes, envelope: Envelope) -> Future[ScoreResult]:
+        waited = self.waited
+
+        class Hung(Future[ScoreResult]):
+            def result(self, timeout: float | None = None) -> ScoreResult:
+                waited.append(timeout)
+                raise TimeoutError
+
+        return Hung()
+
+
 def test_the_scanners_future_is_waited_on_for_the_cap_exactly() -> None:
     """The cap is the admin's scan_timeout, the bound Postfix's milter timeouts are set
     against: a hung Bayes scan must end in on_timeout at the cap, not some multiple of it."""
-    waited: list[float | None] = []
-
-    class Hung(Future[ScoreResult]):
-        def result(self, timeout: float | None = None) -> ScoreResult:
-            waited.append(timeout)
-            raise TimeoutError
-
-    class Scanner(PoolScanner):
-        def submit(self, message: bytes, envelope: Envelope) -> Future[ScoreResult]:
-            return Hung()
-
-    outcome = pipeline(Scanner(lambda m: ScoreResult("bayes", 0.0))).scan(b"x", Envelope(), 7.5)
-    assert waited == [7.5]
+    scanner = NeverDone()
+    outcome = pipeline(scanner).scan(b"x", Envelope(), 7.5)
+    assert scanner.waited == [7.5]
     assert outcome == ScanError(ErrorKind.TIMEOUT, "bayes", "no verdict within 7.5s")
 
 
@@ -338,21 +346,12 @@ def test_copying_a_big_message_counts_against_the_cap() -> None:
     """The cap runs from end of message: a scan after a copy that took 0.4 s of a 1 s cap
     is waited on for what is left, so a hung scanner still gets its reply by the cap (it
     came 1.4 s late for a 200 MB message when only the scan was timed)."""
-    waited: list[float | None] = []
-
-    class Hung(Future[ScoreResult]):
-        def result(self, timeout: float | None = None) -> ScoreResult:
-            waited.append(timeout)
-            raise TimeoutError
-
-    class Scanner(PoolScanner):
-        def submit(self, message: bytes, envelope: Envelope) -> Future[ScoreResult]:
-            return Hung()
-
-    p = pipeline(Scanner(lambda m: ScoreResult("bayes", 0.0)))
+    scanner = NeverDone()
+    p = pipeline(scanner)
     p.config = replace(p.config, milter=replace(p.config.milter, scan_timeout=1.0))
     ev = p.evaluate(SlowCopy(0.4), Envelope())
-    assert len(waited) == 1 and waited[0] is not None and 0 < waited[0] <= 0.6
+    [waited] = scanner.waited
+    assert waited is not None and 0 < waited <= 0.6
     assert ev.outcome == ScanError(ErrorKind.TIMEOUT, "bayes", "no verdict within 1s")
 
 
