@@ -106,7 +106,7 @@ def run(cfg: Config, reload: Callable[[], Config] | None = None) -> int:
     try:
         ours = _open_socket(spec, cfg)
         privileges.drop(cfg, spec)  # after the socket and the Bayes database exist
-        _check_spool(cfg)  # as the user that will spool
+        check_spool(cfg)  # as the user that will spool
     except Exception:
         bridge.stop()
         _remove_own_socket(spec, ours)  # no socket left that nothing will ever answer on
@@ -184,9 +184,10 @@ def _log_uncaught(kind: type[BaseException], e: BaseException,
     log.error("uncaught exception", exc_info=(kind, e, tb))
 
 
-def _check_spool(cfg: Config) -> None:
+def check_spool(cfg: Config) -> None:
     """A spool_dir this process cannot write is a config error, at start and at a reload: found
-    per message instead, every message above spool_memory would pass unchecked (on_error)."""
+    per message instead, every message above spool_memory would pass unchecked (on_error).
+    `check-config --syntax-only` (the unit's ExecReload) asks it too, as the same user."""
     problem = spool_problem(cfg.milter.spool_dir)
     if problem:
         raise ConfigError(f"{key_at(cfg, 'milter', 'spool_dir')}: {problem}")
@@ -195,7 +196,7 @@ def _check_spool(cfg: Config) -> None:
 def _checking_spool(reload: Callable[[], Config]) -> Callable[[], Config]:
     def checked() -> Config:
         cfg = reload()
-        _check_spool(cfg)
+        check_spool(cfg)
         return cfg
 
     return checked

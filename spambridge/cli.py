@@ -78,8 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     _config_arg(cc)
     cc.add_argument("--no-postfix", action="store_true", help="do not ask postconf")
     cc.add_argument("--syntax-only", action="store_true",
-                    help="only read the file, as a reload does (exit 78 on an error): the "
-                    "packaged unit's ExecReload, so `systemctl reload` fails on a bad file")
+                    help="only read the file and check spool_dir, as a reload does (exit 78 on "
+                    "an error): the packaged unit's ExecReload, so `systemctl reload` fails on "
+                    "a bad file")
     cc.add_argument("--postfix-config", metavar="DIR",
                     help="the Postfix config directory to read (postconf -c DIR; default: "
                     "$MAIL_CONFIG or /etc/postfix)")
@@ -254,6 +255,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             os._exit(status)
         if args.command == "check-config":
             if args.syntax_only:  # read already (a ConfigError is exit 78, below)
+                from spambridge import app
+
+                # the reload's own check beyond the file; ExecReload runs this as the service's
+                # user, the one the milter's reload checks as
+                app.check_spool(cfg)
                 print(f"{cfg.source}: OK")
                 return 0
             from spambridge import checkconfig

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,27 @@ def test_syntax_only_reads_the_file_as_a_reload_does(tmp_path: Path,
     assert cli.main(["check-config", "--syntax-only", "-c", str(path)]) == 78
     assert (f"spambridge: configuration error: {path}:3: [policy] reject_at: reject_at (3) "
             "must not be below tag_at (9)" in capsys.readouterr().err)
+
+
+def test_syntax_only_checks_the_spool_dir_as_a_reload_does(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A reload refuses a spool_dir it cannot write, and kept the whole running config (a
+    tag_only change too) while `systemctl reload` said it had worked: ExecReload's check
+    refuses it as well, with the reload's own words."""
+    from spambridge import app
+
+    path = tmp_path / "spambridge.toml"
+    missing = tmp_path / "gone"
+    path.write_text(f'[policy]\ntag_only = true\n[milter]\nspool_dir = "{missing}"\n')
+    assert cli.main(["check-config", "--syntax-only", "-c", str(path)]) == 78
+    said = (f"{path}:4: [milter] spool_dir: {missing}: No such file or directory; a message "
+            "above spool_memory would get on_error")
+    assert capsys.readouterr().err == f"spambridge: configuration error: {said}\n"
+    with pytest.raises(ConfigError, match="^" + re.escape(said) + "$"):
+        app._checking_spool(lambda: cli.load_config(
+            cli.build_parser().parse_args(["run", "-c", str(path)])))()
+    missing.mkdir()
+    assert cli.main(["check-config", "--syntax-only", "-c", str(path)]) == 0
 
 
 def test_the_default_config_path_is_the_one_packaged() -> None:
