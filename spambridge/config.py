@@ -507,6 +507,13 @@ def load(path: str | Path | None) -> Config:
         raise ConfigError(f"{p}:{line}: not UTF-8 text ({e.reason} at byte {e.start})") from e
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{p}: invalid TOML: {e}") from e
+    except (RecursionError, ValueError) as e:
+        # what tomllib lets through besides TOMLDecodeError, with no position: arrays or inline
+        # tables nested some hundred deep, an integer past Python's 4300 digits (its text
+        # ends in advice for a programmer: set_int_max_str_digits)
+        what = ("values nested too deeply" if isinstance(e, RecursionError)
+                else str(e).split(";")[0])
+        raise ConfigError(f"{p}: invalid TOML: {what}") from e
     return from_mapping(data, str(p), text)
 
 

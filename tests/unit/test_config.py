@@ -118,6 +118,23 @@ def test_broken_toml_names_the_line(tmp_path: Path) -> None:
         load(p)
 
 
+@pytest.mark.parametrize(("value", "why"), [
+    ("[" * 500 + "]" * 500, "values nested too deeply"),
+    ("9" * 5000, "Exceeds the limit (4300 digits) for integer string conversion: value has "
+     "5000 digits"),
+], ids=["nested", "long-integer"])
+def test_toml_tomllib_cannot_read_is_a_config_error(tmp_path: Path, value: str, why: str,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """tomllib raises RecursionError or ValueError for these, not TOMLDecodeError: `run` and
+    `check-config` died with a traceback (exit 1) instead of exit 78 naming the file."""
+    from spambridge import cli
+
+    p, error = config_error(tmp_path, f"[milter]\ntrusted_networks = {value}\n")
+    assert error == f"{p}: invalid TOML: {why}"
+    assert cli.main(["check-config", "--syntax-only", "-c", str(p)]) == 78
+    assert capsys.readouterr().err == f"spambridge: configuration error: {error}\n"
+
+
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read config"):
         load(tmp_path / "nope.toml")
