@@ -316,6 +316,10 @@ class _Section:
             value = float(value)
         if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
             self.fail(key, f"must be {_kind_name(kind)}, not {_kind_name(type(value))}")
+        if kind is str and "\0" in str(value):
+            # no path, user, group or name the system takes can hold one: such a value passed
+            # here and stopped `run` (or check-config) with a traceback ("embedded null")
+            self.fail(key, "must not contain a NUL character (\\u0000)")
         if check is not None:
             try:
                 return check(value)
@@ -551,7 +555,7 @@ def _read_sections(loader: _Loader, data: Mapping[str, Any]) -> Config:
         socket=m.get("socket", str, d.socket, _socket_spec),
         socket_mode=m.parse("socket_mode", str, f"{d.socket_mode:04o}", _mode),
         socket_group=m.get("socket_group", str, d.socket_group),
-        name=m.get("name", str, d.name),
+        name=m.get("name", str, d.name, _milter_name),
         engine=m.get("engine", str, d.engine, _choice(ENGINES)),
         scan_timeout=m.get("scan_timeout", float, d.scan_timeout, _SCAN_TIMEOUT),
         max_scan_size=m.get("max_scan_size", int, d.max_scan_size, _between(1024, 256 << 20)),
@@ -709,6 +713,13 @@ def _printable(v: str) -> str:
     if (bad := _not_printable_ascii(v)) is not None:
         raise ValueError(f"must be printable ASCII; {bad!r} is not")
     return v
+
+
+def _milter_name(v: str) -> str:
+    """The filter's name libmilter registers and writes in its log lines (smfi_register)."""
+    if not v:
+        raise ValueError(f'must not be empty (the default is "{defaults.MILTER_NAME}")')
+    return _printable(v)
 
 
 def _tag(v: str) -> str:

@@ -161,6 +161,43 @@ def test_an_empty_database_path_is_an_error(tmp_path: Path) -> None:
         load(write(tmp_path, '[bayes]\ndb = ""\n'))
 
 
+@pytest.mark.parametrize(("section", "key", "value"), [
+    ("milter", "name", "spam\\u0000bridge"),
+    ("milter", "socket", "unix:/run/spambridge/s\\u0000.sock"),
+    ("milter", "user", "spambridge\\u0000"),
+    ("milter", "socket_group", "postfix\\u0000"),
+    ("milter", "spool_dir", "/var/tmp/\\u0000"),
+    ("bayes", "db", "/var/lib/spambridge/b\\u0000.sqlite"),
+    ("spamd", "socket", "/run/spamd/s\\u0000.sock"),
+    ("spamd", "ca_file", "/etc/ssl/ca\\u0000.pem"),
+])
+def test_a_nul_character_in_a_string_is_an_error(tmp_path: Path, section: str, key: str,
+                                                 value: str,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """A NUL passed the checks and then stopped `run` with a traceback ("embedded null
+    character" from milter.register, getpwnam, open) or check-config with one."""
+    from spambridge import cli
+
+    p, error = config_error(tmp_path, f'[{section}]\n{key} = "{value}"\n')
+    assert error == f"{p}:2: [{section}] {key}: must not contain a NUL character (\\u0000)"
+    assert cli.main(["check-config", "--no-postfix", "-c", str(p)]) == 78
+    assert capsys.readouterr().err == f"spambridge: configuration error: {error}\n"
+
+
+@pytest.mark.parametrize(("value", "why"), [
+    ("", 'must not be empty (the default is "spambridge")'),
+    ("spam\u00e9", "must be printable ASCII; '\u00e9' is not"),
+    ("spam\\tbridge", "must be printable ASCII; '\\t' is not"),
+])
+def test_the_milter_name_is_printable_ascii(tmp_path: Path, value: str, why: str) -> None:
+    """libmilter registers the filter by this name and writes it in its log lines: an empty
+    one was taken too."""
+    p, error = config_error(tmp_path, f'[milter]\nname = "{value}"\n')
+    assert error == f"{p}:2: [milter] name: {why}"
+    assert load(write(tmp_path, '[milter]\nname = "spam-bridge 2"\n')).milter.name == (
+        "spam-bridge 2")
+
+
 def test_flag_that_breaks_ordering_is_an_error() -> None:
     with pytest.raises(ConfigError, match=r"^command line: --tag-at: reject_at \(15\) must not "
                        r"be below tag_at \(20\)$"):
