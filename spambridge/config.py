@@ -397,23 +397,29 @@ class _Loader:
         return self._first([name])
 
     def _first(self, path: list[str]) -> str:
-        """The first line writing into `path`: where the admin looks for it."""
-        for n, written in self._paths():
+        """The first line writing into `path`: where the admin looks for it. A key inside an
+        inline table (`spamd = { port = 0 }`) starts no line: the line that assigns the
+        longest part of its path (that table) is named, not the file alone."""
+        inline, longest = self.path, 0
+        for n, written, assigns in self._paths():
             if written[:len(path)] == path:
                 return f"{self.path}:{n}"
-        return self.path
+            if assigns and longest < len(written) < len(path) and path[:len(written)] == written:
+                inline, longest = f"{self.path}:{n}", len(written)
+        return inline
 
-    def _paths(self) -> Iterator[tuple[int, list[str]]]:
-        """Each line that opens a table or sets a key, with the whole dotted path it writes:
-        ["milter", "extra", "x"] for `extra.x = 1` under [milter]."""
+    def _paths(self) -> Iterator[tuple[int, list[str], bool]]:
+        """Each line that opens a table or sets a key, with the whole dotted path it writes
+        (["milter", "extra", "x"] for `extra.x = 1` under [milter]) and whether it sets one:
+        a [table] header holds none of the keys under it on its own line."""
         table: list[str] = []
         for n, line in enumerate(self.lines, 1):
             stripped = line.strip()
             if header := _HEADER.fullmatch(stripped):
                 table = _key_path(header.group(1))
-                yield n, table
+                yield n, table, False
             elif assign := _ASSIGN.match(stripped):
-                yield n, table + _key_path(assign.group(1))
+                yield n, table + _key_path(assign.group(1)), True
 
 
 def _kind_name(kind: type) -> str:

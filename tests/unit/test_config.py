@@ -489,6 +489,28 @@ def test_more_errors_name_file_line_and_key(tmp_path: Path, text: str, line: int
     assert error.startswith(f"{p}:{line}: {message}"), error
 
 
+@pytest.mark.parametrize(("text", "line", "message"), [
+    ('# spambridge\n\nspamd = { host = "127.0.0.1", port = 0 }\n', 3,
+     "[spamd] port: must be between 1 and 65535, not 0"),
+    ('# thresholds\npolicy = {tag_at=20, reject_at=10}\n[milter]\nengine = "spamd"\n', 2,
+     "[policy] reject_at: reject_at (10) must not be below tag_at (20)"),
+    ('log = { level = "loud" }\n[milter]\nengine = "bayes"\n', 1,
+     "[log] level: must be one of debug, info, warning, error; got 'loud'"),
+])
+def test_a_key_in_an_inline_table_names_the_table_s_line(tmp_path: Path, text: str, line: int,
+                                                         message: str) -> None:
+    """`spamd = { port = 0 }`: no line starts with the key, and the error named the file
+    alone. The line that writes the table is named now; a key not written at all still names
+    no line (its section's header does not hold it)."""
+    from spambridge.config import key_at
+
+    p, error = config_error(tmp_path, text)
+    assert error == f"{p}:{line}: {message}"
+    cfg = load(write(tmp_path, 'spamd = { port = 7830 }\n\n[milter]\nengine = "bayes"\n'))
+    assert key_at(cfg, "spamd", "port") == f"{p}:1: [spamd] port"
+    assert key_at(cfg, "milter", "spool_dir") == f"{p}: [milter] spool_dir"
+
+
 @pytest.mark.parametrize(("value", "loaded"), [
     ("false", ""), ("true", "address"), ('"address"', "address"), ('"local-part"', "local-part")])
 def test_per_recipient_user_takes_the_address_or_its_local_part(tmp_path: Path, value: str,
