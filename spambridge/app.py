@@ -27,6 +27,7 @@ from spambridge.milter.poolnudge import PoolNudger
 from spambridge.milter.socketspec import (
     SocketSpec,
     find_listener,
+    listen_address,
     parse_socket_spec,
     remove_stale_unix_socket,
 )
@@ -310,9 +311,8 @@ def _why_no_listener(spec: SocketSpec) -> str | None:
     syslog, so "Address already in use" (another instance) never reached the milter's log."""
     if spec.family == "unix":
         return None
-    family = socket.AF_INET6 if spec.family == "inet6" else socket.AF_INET
     try:
-        address = socket.getaddrinfo(spec.host, spec.port, family, socket.SOCK_STREAM)[0][4]
+        family, address = listen_address(spec)
         with socket.socket(family, socket.SOCK_STREAM) as s:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             s.bind(address)

@@ -27,7 +27,7 @@ from spambridge import defaults, privileges
 from spambridge.bayes import store
 from spambridge.config import Config
 from spambridge.message import spool_problem
-from spambridge.milter.socketspec import SocketSpec, parse_socket_spec
+from spambridge.milter.socketspec import SocketSpec, listen_address, parse_socket_spec
 
 PARAMS = (
     "mail_version", "queue_directory", "smtpd_milters", "non_smtpd_milters",
@@ -363,6 +363,12 @@ def check_local(cfg: Config) -> Report:
             os.lstat(spec.path).st_mode):
         r.warn(f"[milter] socket: {spec.path} exists and is not a socket: the milter refuses "
                "to start rather than remove it (move it away, or choose another path)")
+    if spec.family != "unix":
+        try:
+            listen_address(spec)
+        except OSError as e:  # `run` would stop at it, after the checks said all was well
+            r.warn(f"[milter] socket: {spec.host!r} does not resolve ({e.strerror or e}): the "
+                   f"milter cannot listen on {spec.libmilter} and would not start")
     if spec.family == "unix" and not m.socket_mode & 0o022 and m.user != "postfix":
         r.warn(f"[milter] socket_mode: {m.socket_mode:04o} lets only the socket's owner connect "
                "(connecting takes write permission): Postfix's smtpd, user postfix, needs "

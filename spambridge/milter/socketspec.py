@@ -12,6 +12,7 @@ import re
 import socket
 import stat
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +66,17 @@ def parse_socket_spec(spec: str) -> SocketSpec:
     raise ValueError(
         f"{spec!r} is not a socket spec: use unix:/absolute/path, inet:PORT@HOST or inet6:PORT@ADDR"
     )
+
+
+def listen_address(spec: SocketSpec) -> tuple[socket.AddressFamily, Any]:
+    """The family and address a TCP spec listens on, its host looked up as libmilter looks it
+    up; OSError for one that does not resolve (libmilter: "Unknown host name")."""
+    family = socket.AF_INET6 if spec.family == "inet6" else socket.AF_INET
+    try:
+        info = socket.getaddrinfo(spec.host, spec.port, family, socket.SOCK_STREAM)[0]
+    except UnicodeError:  # a name DNS cannot carry ("a..b"): Python's IDNA codec refuses it
+        raise OSError(f"{spec.host!r} is not a host name") from None
+    return info[0], info[4]
 
 
 def remove_stale_unix_socket(path: str) -> None:

@@ -217,6 +217,31 @@ def test_what_would_stop_the_milter_at_start_is_found_before() -> None:
     assert check_local(good).warnings == []
 
 
+@pytest.mark.parametrize(("host", "why"), [
+    ("nonexistent.invalid", ""),  # "": the resolver's reason, whatever it is here
+    ("spamd..invalid", "'spamd..invalid' is not a host name"),
+    ("127.0.0.1", None), ("localhost", None), ("", None)])  # None: resolves, no warning
+def test_a_listen_host_that_does_not_resolve_is_named(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], host: str, why: str | None) -> None:
+    """check-config said "all well", and `run` then exited 1 ("Unknown host name" from
+    libmilter)."""
+    from spambridge import cli
+
+    path = tmp_path / "spambridge.toml"
+    path.write_text(f'[milter]\nengine = "bayes"\nsocket = "inet:12345{"@" if host else ""}'
+                    f'{host}"\n[bayes]\ndb = "{tmp_path / "b.sqlite"}"\n')
+    assert cli.main(["check-config", "--no-postfix", "-c", str(path)]) == (why is not None)
+    warnings = [w for w in capsys.readouterr().out.splitlines() if w.startswith("warning: ")]
+    if why is None:
+        assert warnings == []
+        return
+    assert len(warnings) == 1, warnings
+    assert warnings[0].startswith(f"warning: [milter] socket: {host!r} does not resolve ({why}"
+                                  ), warnings
+    assert warnings[0].endswith(f"): the milter cannot listen on inet:12345@{host} and would "
+                                "not start"), warnings
+
+
 def test_a_bayes_database_the_milter_cannot_use_yet_is_named(tmp_path: Path) -> None:
     """Each of these makes the Bayes engine answer on_unavailable for every message: one it
     cannot use is a warning, a missing or untrained one (every install's first day) a note."""
