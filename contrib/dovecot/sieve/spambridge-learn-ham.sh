@@ -6,6 +6,8 @@
 # SQLite gives its -wal/-shm files the database's mode (0660 in a group-writable directory);
 # umask 007 keeps anything else this creates private to the group too.
 umask 007
-# Per-user Bayes on the spamd side instead (engine = "spamd", spamd --allow-tell):
+# It teaches what the config's engine scores with: the Bayes database, or with engine =
+# "spamd" spamd's Bayes over TELL as [spamd] user (spamd --allow-tell), or both for
+# "spamd+bayes". Each IMAP user's own Bayes on the spamd side instead:
 #   exec /usr/bin/spambridge train --ham --quiet --engine spamd --user "$1" -
 exec /usr/bin/spambridge train --ham --quiet -
