@@ -142,6 +142,12 @@ def endpoint_matches(endpoint: str, ours: SocketSpec, queue_dir: str,
                     f"smtpd runs chrooted in {queue_dir}, where {ours.path} cannot be "
                     "reached: put the socket under the queue directory")
             return False, hint
+        if not chroot and rest.startswith("/") and posixpath.normpath(
+                posixpath.join(queue_dir, rest.lstrip("/"))) == posixpath.normpath(ours.path):
+            # the chrooted spelling, in a service that is not: it looks at the real root
+            return False, (f"smtpd runs outside the chroot, so {endpoint} means {rest}; "
+                           f"write unix:{_relative_to(ours.path, queue_dir)}, which chrooted "
+                           f"and unchrooted smtpd alike find under {queue_dir}")
         return False, ""
     if kind == "inet":
         if ours.family not in ("inet", "inet6"):
@@ -157,6 +163,13 @@ def endpoint_matches(endpoint: str, ours: SocketSpec, queue_dir: str,
         any_addr = mine in ("0.0.0.0", "::")
         return port == ours.port and (host == mine or any_addr), ""
     return False, ""
+
+
+def _out_of_chroot(ours: SocketSpec, queue_dir: str, services: list[Service]) -> bool:
+    """Whether one of `services` runs chrooted while our unix socket is outside its queue
+    directory, where no spelling of the path reaches it."""
+    return ours.family == "unix" and not _relative_to(ours.path, queue_dir) and any(
+        s.chroot for s in services)
 
 
 def _relative_to(path: str, queue_dir: str) -> str:
@@ -243,14 +256,17 @@ def check_postfix(cfg: Config, pf: PostfixSettings) -> Report:
             ours.family == "unix" and _relative_to(ours.path, queue_dir)) else ours.postfix
         written = {e for svc in services for e, _ in milter_entries(
             svc.milters if svc.milters is not None else p.get("smtpd_milters", ""))}
-        # already written as Postfix spells it, the hints below say why it is not reached
-        spell = "" if want in written else f"; Postfix would write {want}"
+        # already written as Postfix spells it, the hints below say why it is not reached;
+        # no spelling reaches a socket outside a chrooted smtpd's queue directory (below)
+        spell = "" if want in written or _out_of_chroot(ours, queue_dir, services) else (
+            f"; Postfix would write {want}")
         r.warn(f"smtpd_milters ({p.get('smtpd_milters', '') or 'empty'}) does not reach "
                f"spambridge's socket {ours.libmilter}{spell}{by_map}")
         for h in dict.fromkeys(hints):
             r.warn(h)
-    if ours.family == "unix" and reaching and not _relative_to(ours.path, queue_dir) and any(
-            s.chroot for s in services if s.name in reaching):
+    meant = [s for s in services if s.name in reaching] if reaching else services
+    if _out_of_chroot(ours, queue_dir, meant) and not any("cannot be reached" in h
+                                                          for h in hints):
         r.warn(f"a chrooted smtpd cannot reach {ours.path}: put the socket under {queue_dir}")
 
     for endpoint, _ in milter_entries(p.get("non_smtpd_milters", "")):

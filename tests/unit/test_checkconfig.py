@@ -786,6 +786,37 @@ def test_a_chrooted_smtpd_is_not_told_to_write_what_it_already_has() -> None:
             "/run/spambridge/spambridge.sock cannot be reached" in w]
 
 
+def test_an_unchrooted_smtpd_given_the_chrooted_spelling_is_told_the_relative_one() -> None:
+    """unix:/spambridge/… reaches the socket from a chrooted smtpd only: an smtps service with
+    n in master.cf's chroot column looked for it at the real root, its mail got
+    milter_default_action, and check-config said "all well"."""
+    pf = settings(smtpd_milters="unix:/spambridge/spambridge.sock")
+    pf.smtpd = [Service("smtp/inet", True), Service("smtps/inet", False)]
+    r = check_postfix(cfg(), pf)
+    assert "smtpd services that use spambridge: smtp/inet" in r.notes
+    assert r.warnings == [
+        "smtps/inet: smtpd runs outside the chroot, so unix:/spambridge/spambridge.sock means "
+        "/spambridge/spambridge.sock; write unix:spambridge/spambridge.sock, which chrooted and "
+        "unchrooted smtpd alike find under /var/spool/postfix"]
+
+
+def test_a_socket_outside_the_queue_directory_gets_no_spelling_a_chrooted_smtpd_cannot_use(
+        ) -> None:
+    """The default socket, /run/spambridge/…, with Debian's chrooted smtpd: the advice was to
+    write unix:/run/spambridge/spambridge.sock, and the next run said a chrooted smtpd cannot
+    reach that."""
+    sock = "unix:/run/spambridge/spambridge.sock"
+    warnings = check_postfix(cfg(sock), settings()).warnings  # unix:spambridge/spambridge.sock
+    assert warnings == [
+        "smtpd_milters (unix:spambridge/spambridge.sock) does not reach spambridge's socket "
+        "unix:/run/spambridge/spambridge.sock",
+        "a chrooted smtpd cannot reach /run/spambridge/spambridge.sock: put the socket under "
+        "/var/spool/postfix"]
+    # unchrooted, the spelling is the answer
+    assert [w for w in check_postfix(cfg(sock), settings(chroot=False)).warnings
+            if "Postfix would write unix:/run/spambridge/spambridge.sock" in w]
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="hands files to other users: needs root (as CI)")
 def test_the_database_files_the_milters_user_may_not_read_are_named(open_dir: Path) -> None:
     """The milter reads the database through its -shm as well: each file its user may not
