@@ -54,7 +54,7 @@ class SpamBridgeMilter(Milter.Base):
         self.session.hello(hostname or "")
         return CONTINUE
 
-    def connect_unnamed(self) -> None:
+    def _connect_unnamed(self) -> None:
         """pymilter skips the connect callback when the client's host name is not UTF-8 (a
         reverse-DNS name passed on unchecked; Postfix says "unknown" for such a name, other
         MTAs may not). The address is still in the macro `_` ("NAME [ADDR]"): without it the
@@ -72,7 +72,7 @@ class SpamBridgeMilter(Milter.Base):
     @Milter.noreply
     def envfrom(self, mailfrom: str, *params: str) -> int:
         if not self.session.connected:
-            self.connect_unnamed()
+            self._connect_unnamed()
         # {auth_authen} is sent at MAIL FROM only (Postfix's default macro lists)
         tls = bool(self.macro("{tls_version}"))
         self.session.start_message(mailfrom, self.macro("{auth_authen}"), tls)
