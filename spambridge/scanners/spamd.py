@@ -92,6 +92,12 @@ class _BoundedSend(ConnectionManager):
                 if size > _MAX_REPLY:
                     raise BadResponse(f"a reply of more than {_MAX_REPLY} bytes".encode())
                 parts.append(chunk)
+            if not parts:
+                # spamd's child was killed with the message (a stop, or the reload Debian's
+                # daily sa-update cron does): spamd going away, not a garbage reply, so
+                # on_unavailable, not on_error (a 550 for good mail with on_error = reject)
+                raise ConnectionResetError("closed the connection without a reply (spamd "
+                                           "stopping or reloading)")
             return b"".join(parts)
         finally:
             writer.close()
@@ -267,11 +273,13 @@ class SpamdScanner:
                               asyncio.wait_for(server.client.request(req),
                                                max(end - loop.time(), 0.0)))
             except asyncio.CancelledError as e:
+                self._still_connecting(server, reached[0], attempt)
                 if not cut_at_own_end(end):
                     raise
                 raise self._cut_off(TimeoutError(), server.target, end, reached[0],
                                     failed) from e  # as the pool's end says it
             except TimeoutError as e:
+                self._still_connecting(server, reached[0], attempt)
                 raise self._cut_off(e, server.target, end, reached[0], failed) from e
             except Exception as e:  # every aiospamc failure becomes a typed ScanError
                 refused = connect_failed(e)
@@ -300,6 +308,15 @@ class SpamdScanner:
             return ScanError(classify_exception(e), ENGINE, "; ".join(failed))
         failed.append(f"no connection to {target} within the {self.total_timeout:g}s cap")
         return ScanError(ErrorKind.UNAVAILABLE, ENGINE, "; ".join(failed))
+
+    def _still_connecting(self, server: _Server, reached: bool, attempt: int) -> None:
+        """A scan given up while `server` had not yet taken the connection (the cap, or
+        spamd+bayes's share, shorter than connect_timeout): a black-holed first server was
+        tried first by every message, each one running out of time on it, and the live
+        servers after it never asked."""
+        if not reached:
+            self._not_connected(server, f"{server.target}: still connecting when the scan ran "
+                                "out of time", attempt)
 
     def _not_connected(self, server: _Server, why: str, attempt: int) -> None:
         """Put it last for SPAMD_RETRY_AFTER. Said once when a pool member goes, and once when

@@ -134,6 +134,7 @@ SPAMD_FAULTS = [
     ("trickle", "on_timeout", "timeout"),  # one byte per second
     ("flood", "on_error", "error"),  # a reply without end: cut at 32 kB, not read to OOM
     ("die_mid_reply", "on_error", "error"),  # half a reply, then FIN: a truncated reply
+    ("die_before_reply", "on_unavailable", "unavailable"),  # no byte, then FIN: spamd going
     ("reset_mid_reply", "on_unavailable", "unavailable"),  # half a reply, then RST
 ]
 

@@ -124,6 +124,64 @@ def test_a_black_hole_first_costs_connect_timeout_once() -> None:
         second.close()
 
 
+def test_a_connection_closed_without_a_byte_is_spamd_going_away_not_garbage() -> None:
+    """A spamd child killed with the message (a stop, or the reload Debian's daily sa-update
+    does) closes the connection with no reply: that was aiospamc's BadResponse b'', an
+    error, and with on_error = reject good mail got a 550 at every spamd reload."""
+    dying = SwitchableSpamd("die_before_reply")
+    try:
+        with pytest.raises(ScanError) as e:
+            ask(pool(dying.port))
+    finally:
+        dying.close()
+    assert e.value.kind is ErrorKind.UNAVAILABLE
+    assert e.value.detail == (f"127.0.0.1:{dying.port}: ConnectionResetError: closed the "
+                              "connection without a reply (spamd stopping or reloading)")
+
+
+@pytest.mark.parametrize("bayes_share", [False, True])
+def test_a_black_hole_first_cut_by_the_cap_goes_last_all_the_same(
+        caplog: pytest.LogCaptureFixture, bayes_share: bool) -> None:
+    """connect_timeout longer than the time a scan has (the cap, or spamd+bayes's share of
+    it): every message tried the black-holed first server, ran out of time on it and never
+    asked the live one after it. Given up while connecting, it now goes last as a refusing
+    one does, so the next message gets the live server's verdict."""
+    hole, live = BlackHole(), SwitchableSpamd()
+    cfg = SpamdConfig(servers=(("127.0.0.1", hole.port), ("127.0.0.1", live.port)),
+                      connect_timeout=3.0)
+    scanner = SpamdScanner(cfg, 0.5)
+
+    async def scan_within(seconds: float) -> float:
+        if bayes_share:  # the fallback gives up on spamd at its share: a plain cancel
+            task = asyncio.ensure_future(scanner.request("SYMBOLS", MSG))
+            done, _ = await asyncio.wait([task], timeout=seconds)
+            if not done:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, ScanError):
+                    await task
+                return -1.0
+            resp = task.result()
+        else:
+            try:
+                resp = await scanner.request("SYMBOLS", MSG)
+            except ScanError:
+                return -1.0
+        assert resp.headers.spam is not None
+        return float(resp.headers.spam.score)
+
+    try:
+        with caplog.at_level(logging.WARNING, "spambridge"):
+            assert asyncio.run(scan_within(0.3)) == -1.0  # the first, out of time on the hole
+            assert asyncio.run(scan_within(2.0)) == 1.5  # the next: the live server first
+    finally:
+        hole.close()
+        live.close()
+    assert live.requests == 1
+    assert scanner.servers[0].down
+    assert f"spamd server {hole.address} does not connect (still connecting when the scan ran " \
+        "out of time)" in caplog.text
+
+
 def test_every_server_refusing_is_unavailable_with_each_named() -> None:
     a, b = free_port(), free_port()
     with pytest.raises(ScanError) as e:
@@ -133,7 +191,8 @@ def test_every_server_refusing_is_unavailable_with_each_named() -> None:
 
 
 @pytest.mark.parametrize(("mode", "kind"), [("garbage", ErrorKind.ERROR),
-                                            ("die_mid_reply", ErrorKind.ERROR)])
+                                            ("die_mid_reply", ErrorKind.ERROR),
+                                            ("die_before_reply", ErrorKind.UNAVAILABLE)])
 def test_a_server_that_took_the_message_is_the_answer(mode: str, kind: ErrorKind) -> None:
     """Garbage or a cut reply from the first server is its error: the message is not sent
     to the second (spamd may have learned from it, and it would cost the cap twice)."""
