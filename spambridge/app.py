@@ -365,7 +365,11 @@ def _start_reload_thread(pipeline: Pipeline, reload: Callable[[], Config]) -> No
                 log.warning("reload: %s only change on restart; applying the rest",
                             ", ".join(changed))
             pipeline.config = applied
-            log.info("configuration reloaded from %s", new.source)
+            # a flag of `run` wins over the file at a reload too: an edit of that key in the
+            # file changed nothing, and the line said only "reloaded"
+            kept = (f"; the command line's {', '.join(new.flags)} kept over the file"
+                    if new.flags else "")
+            log.info("configuration reloaded from %s%s", new.source, kept)
 
     with signals_blocked():
         threading.Thread(target=loop, name="spambridge-reload", daemon=True).start()

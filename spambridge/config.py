@@ -786,8 +786,11 @@ def with_overrides(cfg: Config, **flags: Any) -> Config:
                 flag = "--reject-at" if rej is not None else "--tag-at"
                 raise ValueError(f"reject_at ({r:g}) must not be below tag_at ({t:g})")
             policy = replace(policy, spamd=Thresholds(t, t, r))
+            given += [k for k, v in (("[policy] tag_at", tag), ("[policy] reject_at", rej))
+                      if v is not None]
         if flags.get("tag_only"):
             policy = replace(policy, tag_only=True)
+            given.append("[policy] tag_only")
     except ValueError as e:
         raise ConfigError(f"command line: {flag}: {e}") from e
     return replace(cfg, milter=milter, policy=policy, spamd=spamd, bayes=bayes,

@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import threading
+import tomllib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -49,6 +50,22 @@ def milter(start_milter: Start, fake_spamd: MakeFake) -> tuple[RunningMilter, Fa
     spamd = fake_spamd(answering(9.0))  # between tag_at 5 and reject_at 15: tagged
     port = free_port()
     return start_milter(sections(spamd, port)), spamd, port
+
+
+def test_a_key_given_as_a_flag_keeps_its_value_and_the_reload_says_so(
+        start_milter: Start, fake_spamd: MakeFake) -> None:
+    """`run --reject-at 15` (spamass-milter's migration path is flags alone): reject_at edited
+    to 8 in the file changed nothing at a reload, and the log said only "reloaded"."""
+    spamd = fake_spamd(answering(9.0))
+    port = free_port()
+    m = start_milter(sections(spamd, port), "--reject-at", "15")
+    cfg = tomllib.loads(m.config_path.read_text())  # with the socket and db start_milter chose
+    cfg["policy"]["reject_at"] = 8.0
+    write_config(m.config_path, cfg)
+    reload(m, "configuration reloaded from")
+    assert send(m).action == "accept"  # 9 points, still under the flag's 15
+    assert (f"configuration reloaded from {m.config_path}; the command line's [policy] "
+            "reject_at kept over the file") in m.log, m.log
 
 
 def test_thresholds_and_policy_change_on_sigusr1(
