@@ -33,6 +33,7 @@ from spambridge.verdict import ErrorKind, ScanError, ScoreResult, Skipped, SkipR
 
 if TYPE_CHECKING:
     from spambridge.scanners.bayes import BayesScanner
+    from spambridge.scanners.spamd import SpamdScanner
 
 log = logging.getLogger("spambridge")
 # a <name>_created gauge beside every series doubles what an admin sees, for a start time
@@ -124,6 +125,9 @@ class Metrics:
         bayes: Any = getattr(pipeline.scanner, "secondary", pipeline.scanner)
         if bayes.name == "bayes":  # not imported here: spamd-only never loads the classifier
             self.registry.register(_BayesTrained(bayes))
+        spamd: Any = getattr(pipeline.scanner, "primary", pipeline.scanner)
+        if spamd.name == "spamd":
+            self.registry.register(_SpamdServers(spamd))
         # the engine whose failures count: spamd's, when Bayes is only its fallback
         engine = "bayes" if pipeline.scanner.name == "bayes" else "spamd"
         for kind in KINDS:
@@ -282,6 +286,28 @@ class _BayesTrained:
         if seen is not None:
             g.add_metric(["spam"], seen.nspam)
             g.add_metric(["ham"], seen.nham)
+        yield g
+
+
+class _SpamdServers:
+    """spambridge_spamd_server_up: a pool member that stops connecting costs no message its
+    verdict (the others scan its mail), so no counter moved and no alert could fire; the
+    scanner's own view of each server, read without a request of its own."""
+
+    NAME = "spambridge_spamd_server_up"
+    HELP = ("1 unless the last connection to this spamd failed (refused, unreachable, not "
+            "taken within connect_timeout or the time a scan had); label server: as configured")
+
+    def __init__(self, scanner: SpamdScanner) -> None:
+        self.scanner = scanner
+
+    def describe(self) -> Iterable[GaugeMetricFamily]:
+        yield GaugeMetricFamily(self.NAME, self.HELP, labels=["server"])
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        g = GaugeMetricFamily(self.NAME, self.HELP, labels=["server"])
+        for server in self.scanner.servers:
+            g.add_metric([server.target], 0 if server.down else 1)
         yield g
 
 

@@ -29,6 +29,7 @@ from harness import (
 )
 from milterclient import send_one
 from ops_helpers import scrape, value
+from spamdfakes import SwitchableSpamd
 
 pytestmark = pytest.mark.spamd
 Start = Callable[..., RunningMilter]
@@ -136,6 +137,27 @@ def test_a_spamd_failure_bayes_covered_for_is_counted(start_milter: Start,
     s = scrape("127.0.0.1", port)
     assert value(s, "spambridge_messages_total", action="accept", engine="bayes") == 1
     assert value(s, "spambridge_scan_errors_total", engine="spamd", kind="unavailable") == 1
+
+
+def test_a_pool_member_that_does_not_connect_shows_as_down(start_milter: Start) -> None:
+    """Its mail is scanned by the others: no message fails, so no counter moved and no alert
+    could fire for a pool that had quietly lost a server."""
+    live, dead = SwitchableSpamd(), free_port()
+    try:
+        port = free_port()
+        m = start_milter({"milter": {"engine": "spamd"},
+                          "spamd": {"servers": [f"127.0.0.1:{dead}", live.address]},
+                          "metrics": {"listen": f"127.0.0.1:{port}"}})
+        before = scrape("127.0.0.1", port)
+        assert value(before, "spambridge_spamd_server_up", server=f"127.0.0.1:{dead}") == 1
+        assert send_one(m.socket_path, message()).action in ("accept", "continue")
+        s = scrape("127.0.0.1", port)
+    finally:
+        live.close()
+    assert value(s, "spambridge_spamd_server_up", server=f"127.0.0.1:{dead}") == 0
+    assert value(s, "spambridge_spamd_server_up", server=live.address) == 1
+    assert value(s, "spambridge_messages_total", action="accept", engine="spamd") == 1
+    assert value(s, "spambridge_scan_errors_total", engine="spamd", kind="unavailable") == 0
 
 
 def test_metrics_port_in_use_is_a_clear_startup_error(start_milter: Start,
