@@ -449,10 +449,11 @@ def _read_file(path: str, max_size: int, mbox: bool,
                     return
                 data = head + f.read()
         if data is None:
-            yield from _some_mail(_stream_mbox(Path(path), max_size, opener), path, named)
+            yield from _some_mail(_stream_mbox(Path(path), max_size, opener), path,
+                                  named and not mbox)
             return
     if mbox or _is_mbox(data):
-        yield from _some_mail(_split_mbox(path, data, max_size), path, named)
+        yield from _some_mail(_split_mbox(path, data, max_size), path, named and not mbox)
     else:
         yield _item(path, data, named=named, max_size=max_size)
 
@@ -470,11 +471,13 @@ _SEPARATOR_WRITTEN = re.compile(
     rb"(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)[ \t]+\d\d?[ \t]+\d\d?:\d\d")
 
 
-def _some_mail(items: Iterator[Item], where: str, named: bool) -> Iterator[Item]:
-    """An mbox's messages; but a file named on the command line none of whose pieces is mail
-    is "not mail" itself, an error as any named non-mail file is: a letter that begins "From
-    the desk of the CEO" reads as an mbox of one piece, which was only counted (exit 0)."""
-    if not named:
+def _some_mail(items: Iterator[Item], where: str, sniffed: bool) -> Iterator[Item]:
+    """An mbox's messages; but a file named on the command line and taken for an mbox by its
+    first line (`sniffed`, not --mbox), none of whose pieces is mail, is "not mail" itself, an
+    error as any named non-mail file is: a letter that begins "From the desk of the CEO" reads
+    as an mbox of one piece, which was only counted (exit 0). Given --mbox, the admin said it
+    is one: its junk pieces are counted as in any mbox."""
+    if not sniffed:
         yield from items
         return
     held: list[Item] | None = []  # the pieces before the first message: all junk so far
@@ -556,7 +559,7 @@ def _read_open(f: IO[bytes], where: str, max_size: int, mbox: bool, sniff: bool 
     separator = head.startswith(b"From ")
     if mbox or (sniff and separator):
         yield from _some_mail(_split_lines(where, itertools.chain([head], _lines(f)), max_size),
-                              where, named)
+                              where, named and not mbox)
         return
     if not separator:
         head = blank + head  # no mbox: the message as it came (blank first: not mail)

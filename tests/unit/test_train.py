@@ -299,6 +299,9 @@ def test_a_named_file_opening_with_from_but_holding_no_message_is_not_mail(
     f.write_bytes(content)
     code, out, err = run("train", "--db", str(db), "--spam", str(f), capsys=capsys)
     assert code == 1 and f"{f}: not mail" in err and "(1 not mail)" in out, (out, err)
+    # said to be an mbox (--mbox): its pieces are counted as any mbox's junk
+    code, out, err = run("train", "--db", str(db), "--spam", "--mbox", str(f), capsys=capsys)
+    assert code == 0 and "not mail" not in err and "not mail)" in out, (out, err)
     # an mbox with a stray piece among its messages: the piece is only counted, as before
     box = tmp_path / "box.mbox"
     box.write_bytes(content + b"\nFrom x@y Mon Jan  1 00:00:00 2026\n" + mail(1, True))
