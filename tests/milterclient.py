@@ -37,8 +37,17 @@ def _decode_str(data: bytes) -> tuple[str, bytes]:
     return _dec(r[0]), r[1]
 
 
+def _encode_strpairs(pairs: list[str | bytes]) -> bytes:
+    """Macros' names and values: codec's own calls its encode_str, not the table's, and made
+    "b'...'" of a bytes value."""
+    if len(pairs) % 2:
+        raise codec.MilterProtoError("uneven number of name/value pairs")
+    return b"".join(map(_encode_str, pairs))
+
+
 # miltertest encodes strings as strict UTF-8; real mail has 8-bit headers (notes §10).
 codec.codectypes["str"] = (_encode_str, _decode_str)
+codec.codectypes["strpairs"] = (_encode_strpairs, codec.codectypes["strpairs"][1])
 codec.codectypes["buf"] = (_enc, lambda d: (_dec(d), b""))
 
 
