@@ -255,8 +255,9 @@ class MessageBuffer:
             parts.append(name.encode("ascii", "replace") + b": " + value + b"\r\n")
         parts.append(b"\r\n")
         self._body.seek(0)
-        body = self._body.read()
-        parts.append(body.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n"))
+        # no name for what is read: each copy is freed as the next is made, so a big body
+        # peaks at twice its size here, not three times
+        parts.append(self._body.read().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n"))
         return b"".join(parts)
 
     @property
