@@ -643,7 +643,9 @@ def spamd_state(cfg: Config, r: Report) -> None:
             if len(one) > 1:
                 then = ("the other servers would take its mail" if dead < len(one) else
                         f"no server of [spamd] servers answers: {then}")
-            r.warn(f"[spamd] spamd at {where} does not answer a PING ({e or 'timeout'}): {then}")
+            # an exception is true whatever its text: a bare TimeoutError said "()"
+            why = str(e) or f"no answer within scan_timeout {cfg.milter.scan_timeout:g}s"
+            r.warn(f"[spamd] spamd at {where} does not answer a PING ({why}): {then}")
         else:
             r.note(f"spamd at {where} answers")
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from unittest import mock
 
 import pytest
+from spamdfakes import BlackHole
 
 from spambridge.bayes import store
 from spambridge.checkconfig import (
@@ -681,6 +682,24 @@ def test_a_spamd_that_does_not_answer_is_named_with_what_follows(tmp_path: Path,
     assert len(r.warnings) == 1 and r.warnings[0].startswith(
         f"[spamd] spamd at {tmp_path / 'no-spamd.sock'} does not answer a PING")
     assert r.warnings[0].endswith(f": {then}")
+
+
+def test_a_spamd_that_takes_no_connection_within_the_cap_says_so() -> None:
+    """A black-holed spamd with connect_timeout longer than scan_timeout: the PING is cut by
+    the cap, a TimeoutError with no text, and the warning read "does not answer a PING ()"."""
+    from spambridge.checkconfig import Report, spamd_state
+
+    hole = BlackHole()
+    try:
+        cfg = from_mapping({"milter": {"engine": "spamd", "scan_timeout": 0.5},
+                            "spamd": {"host": "127.0.0.1", "port": hole.port,
+                                      "connect_timeout": 3}})
+        r = Report()
+        spamd_state(cfg, r)
+    finally:
+        hole.close()
+    assert r.warnings == [f"[spamd] spamd at {hole.address} does not answer a PING (no answer "
+                          "within scan_timeout 0.5s): every message would get on_unavailable"]
 
 
 @pytest.mark.parametrize(("listen", "noted"), [
