@@ -38,8 +38,11 @@ def reply_text(text: str) -> str:
 
 
 # a fold (line break + blank) is kept; any other C0/C1 control, DEL, or a bare CR/LF that
-# could end the header early (header injection on the way out) becomes a space
-_FOLD_OR_CONTROL = re.compile(r"\n[ \t]|[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+# could end the header early (header injection on the way out) becomes a space. ESC stays
+# where it starts an ISO-2022 designation (ESC $ or ESC (): a raw ISO-2022-JP Subject, as
+# older Japanese mailers send it, is text in those, and lost its Japanese as spaces; a
+# terminal's sequences (ESC [, ESC ]) still go
+_FOLD_OR_CONTROL = re.compile(r"\n[ \t]|\x1b(?![$(])|[\x00-\x08\x0a-\x1a\x1c-\x1f\x7f-\x9f]")
 
 
 def tagged_subject(prefix: str, subject: bytes | None) -> str | None:
