@@ -18,6 +18,11 @@ log = logging.getLogger("spambridge")
 
 FLAGS = Milter.ADDHDRS | Milter.CHGHDRS
 
+# insheader's index past every field: appended at the end by Postfix and Sendmail alike.
+# Sendmail's addheader puts a field where one of its name stood, even one a milter has just
+# removed: ours went where the sender's forged X-Spam-* fields were, scattered in the header
+APPEND = 1 << 30
+
 _RESULT = {
     Action.ACCEPT: Milter.ACCEPT,
     Action.TAG: Milter.ACCEPT,
@@ -101,7 +106,7 @@ def apply(
         for name, idx in owned:  # highest index first per name, so indexes stay valid
             attempt(f"remove {name}[{idx}]", ctx.chgheader, name, idx, None)
         for i, (name, value) in enumerate(decision.headers):
-            attempt(f"add {name}", ctx.addheader, name, value, i if on_top else -1)
+            attempt(f"add {name}", ctx.addheader, name, value, i if on_top else APPEND)
         if decision.subject_prefix:
             new = tagged_subject(decision.subject_prefix, subject)
             if new is not None and subject is None:

@@ -102,9 +102,13 @@ def test_ham_is_delivered_with_our_headers_and_without_forged_ones(
     start_milter(milter_config(postfix, spamd))
     forged = ("X-Spam-Flag: YES\nX-Spam-Status: No, score=-50.0 forged=yes\n"
               "X-Spam-Score: -50.0\nX-Spam-Flag: YES\nX-Spam-Checker-Version: Forger 1.0\n")
-    qid = postfix.send(message(subject="Lunch through Postfix", extra_headers=forged))
+    qid = postfix.send(message(subject="Lunch through Postfix").replace(
+        b"Subject:", forged.encode() + b"Subject:", 1))  # in the middle of the header
     got = postfix.wait_delivered(qid)
     assert got.all("X-Spam-Flag") == []
+    names = list(got.msg.keys())  # ours together at the end
+    ours = [n for n in names if n.lower().startswith("x-spam-")]
+    assert names[-len(ours):] == ours, names
     assert got.all("X-Spam-Checker-Version") == [got.all("X-Spam-Checker-Version")[0]]
     assert got.all("X-Spam-Checker-Version")[0].startswith("spambridge ")
     [status] = got.all("X-Spam-Status")

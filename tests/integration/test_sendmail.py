@@ -53,10 +53,16 @@ def test_spam_is_refused_at_end_of_data_and_ham_delivered_with_headers(
     # the log line names Sendmail's queue id (macro i), not NOQUEUE
     assert re.search(rf"INFO {QUEUE_ID}: from=<alice@example.net> .*action=reject", m.log), m.log
 
-    forged = "X-Spam-Flag: YES\nX-Spam-Status: Yes, score=99.0\nX-Spam-Flag: YES\n"
-    qid = sendmail.send(message(subject="lunch", extra_headers=forged))
+    forged = b"X-Spam-Flag: YES\nX-Spam-Status: Yes, score=99.0\nX-Spam-Flag: YES\n"
+    # between To and Subject, not last (where any placement of ours would look right)
+    qid = sendmail.send(message(subject="lunch").replace(b"Subject:", forged + b"Subject:", 1))
     got = sendmail.wait_delivered(f"id {qid}".encode())
     assert got.all("X-Spam-Flag") == []  # the sender's forged fields are gone
+    # ours together at the end, as Postfix puts them: Sendmail's addheader put each where a
+    # removed forged field of its name had stood
+    names = list(got.msg.keys())
+    ours = [n for n in names if n.lower().startswith("x-spam-")]
+    assert names[-len(ours):] == ours, names
     [status] = got.all("X-Spam-Status")
     assert status.startswith("No, score=") and "engine=spamd" in status, status
     assert got.all("X-Spam-Checker-Version")[0].startswith("spambridge ")

@@ -136,7 +136,7 @@ def test_on_top_puts_our_fields_first_in_their_order() -> None:
     added = [(c[1], c[3]) for c in ctx.calls if c[0] == "add"]
     assert added == [(name, i) for i, (name, _) in enumerate(d.headers)]
     _, ctx = apply(d, on_top=False)
-    assert {c[3] for c in ctx.calls if c[0] == "add"} == {-1}
+    assert {c[3] for c in ctx.calls if c[0] == "add"} == {actions.APPEND}
 
 
 def test_tempfail_sets_the_tempfail_reply_and_changes_nothing() -> None:
@@ -197,7 +197,7 @@ def test_changes_libmilter_refuses_are_counted_and_the_first_is_named(
     result = actions.apply(ctx, decide(spamd(7.0), TAGGING),
                            [("X-Spam-Flag", 2), ("X-Spam-Flag", 1)], b"Cheap pills", "4ABC")
     assert result == Milter.ACCEPT
-    assert ("add", "X-Spam-Flag", "YES", -1) in ctx.calls
+    assert ("add", "X-Spam-Flag", "YES", actions.APPEND) in ctx.calls
     assert [r.getMessage() for r in caplog.records] == [
         "4ABC: 3 change(s) to the message refused by libmilter, first: "
         "remove X-Spam-Flag[2]: cannot change header"]
