@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import argparse
 import codecs
+import contextlib
 import io
 import logging
+import logging.handlers
 import os
+import queue
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 
@@ -149,11 +153,90 @@ class _Origin(logging.Filter):
         return True
 
 
-def setup_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.addFilter(_Origin())
-    handler.setFormatter(JournalFormatter() if _stderr_is_journal() else logging.Formatter(
+LOG_QUEUE = 10_000  # lines the milter holds for a stderr not being read; past them, dropped
+LOG_WAIT = 0.1  # seconds a logging thread waits for its line to be written, unless stuck
+
+
+class _Unblocked(logging.handlers.QueueHandler):
+    """The milter's lines reach stderr from a thread of their own. Written from the threads
+    that answer mail, a stderr nobody read (a stuck journald, a `2>&1 | logger` that stopped)
+    held every message at its decision line: no reply after the pipe filled (317 messages),
+    and no stop either. Past LOG_QUEUE lines waiting, more are dropped and counted.
+    A line is still written before the thread that logs it goes on (a decision line before
+    the MTA has the reply), as long as stderr takes lines within LOG_WAIT: once it has not,
+    nobody waits until it has taken one again."""
+
+    def __init__(self) -> None:
+        super().__init__(queue.Queue(LOG_QUEUE))
+        self._lock = threading.Lock()
+        self.dropped = 0
+        self.stuck = False
+
+    def enqueue(self, record: logging.LogRecord) -> None:
+        q = self.queue
+        assert isinstance(q, queue.Queue)
+        try:
+            q.put_nowait(record)
+        except queue.Full:
+            with self._lock:
+                self.dropped += 1
+            return
+        if not self.stuck:
+            with q.all_tasks_done:
+                self.stuck = not q.all_tasks_done.wait_for(lambda: not q.unfinished_tasks,
+                                                           LOG_WAIT)
+
+    def take_dropped(self) -> int:
+        with self._lock:
+            n, self.dropped = self.dropped, 0
+        return n
+
+
+class _Writer(logging.handlers.QueueListener):
+    """Writes the queued lines, saying first how many were dropped since the last one."""
+
+    def __init__(self, source: _Unblocked, handler: logging.Handler) -> None:
+        super().__init__(source.queue, handler)
+        self.source = source
+
+    def handle(self, record: logging.LogRecord) -> None:
+        if n := self.source.take_dropped():
+            super().handle(logging.makeLogRecord({
+                "name": "spambridge", "levelno": logging.WARNING, "levelname": "WARNING",
+                "msg": f"{n} log lines dropped: stderr was not taking them"}))
+        super().handle(record)
+        self.source.stuck = False  # it takes lines again
+
+    def stop_within(self, seconds: float) -> bool:
+        """Write what is queued and stop, unless stderr still takes nothing after `seconds`:
+        then False, and the caller must not touch stderr again (its lock is held)."""
+        with contextlib.suppress(queue.Full):
+            self.queue.put_nowait(self._sentinel)  # type: ignore[attr-defined]
+        thread = self._thread
+        if thread is not None:
+            thread.join(seconds)
+            return not thread.is_alive()
+        return True
+
+
+def setup_logging(level: str, unblocked: bool = False) -> _Writer | None:
+    """Log to stderr; with `unblocked` (the milter), through a queue and a thread of its own
+    (_Unblocked), returning that thread's writer to stop at exit."""
+    stream = logging.StreamHandler(sys.stderr)
+    stream.addFilter(_Origin())
+    stream.setFormatter(JournalFormatter() if _stderr_is_journal() else logging.Formatter(
         "%(asctime)s spambridge[%(process)d]: %(levelname)s %(origin)s%(message)s"))
+    handler: logging.Handler = stream
+    writer = None
+    if unblocked:
+        from spambridge.milter.bridge import signals_blocked
+
+        queued = _Unblocked()
+        queued.setFormatter(logging.Formatter("%(message)s"))  # the text; `stream` formats
+        writer = _Writer(queued, stream)
+        with signals_blocked():  # libmilter's TERM delivered to it would kill the process
+            writer.start()
+        handler = queued
     logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler])
     # Neither format names a record's source line, thread or multiprocessing process name
     # (only its time, pid, level, origin and text): the stack walk and thread lookups that
@@ -165,6 +248,7 @@ def setup_logging(level: str) -> None:
     # asyncio's own debug lines ("Using selector: EpollSelector") say nothing to an admin:
     # `debug` adds the metrics endpoint's dropped connections, as documented, and no more
     logging.getLogger("asyncio").setLevel(logging.INFO)
+    return writer
 
 
 def libmilter_syslog() -> None:
@@ -231,7 +315,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:
         print(f"spambridge: configuration error: {e}", file=sys.stderr)
         return EX_CONFIG
-    setup_logging(getattr(args, "log_level", None) or cfg.log_level)
+    writer = setup_logging(getattr(args, "log_level", None) or cfg.log_level,
+                           unblocked=args.command == "run")
     try:
         if args.command == "run":
             from spambridge import app
@@ -248,10 +333,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             # stop). Every callback has returned by now (Pipeline.wait_idle); libmilter writes
             # the last replies in the moment after: give it that, then leave without teardown.
             time.sleep(0.1)
-            logging.shutdown()
-            for stream in (sys.stdout, sys.stderr):
-                if stream is not None:
-                    stream.flush()
+            if writer is None or writer.stop_within(2.0):  # else stderr is stuck: leave as is
+                logging.shutdown()
+                for stream in (sys.stdout, sys.stderr):
+                    if stream is not None:
+                        stream.flush()
             os._exit(status)
         if args.command == "check-config":
             if args.syntax_only:  # read already (a ConfigError is exit 78, below)

@@ -10,16 +10,19 @@ import os
 import pwd
 import resource
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from harness import RunningMilter, message, wait_until
+from harness import RunningMilter, connectable, message, wait_until, write_config
+from milterclient import MilterClient
 from milterload import deliver_many
 from spamdfakes import SwitchableSpamd
 
@@ -195,3 +198,32 @@ def test_sessions_libmilter_never_served_are_counted_in_the_log(start_milter: St
     said = int(line.split("WARNING ", 1)[1].split()[0])
     assert 0 < said <= unanswered + 10, (said, unanswered)
     assert "systemctl restart spambridge" in line
+
+
+def test_a_stderr_nobody_reads_holds_up_no_mail_and_no_stop(tmp_path: Path) -> None:
+    """A stuck journald, or a `2>&1 | logger` that stopped reading: the decision lines were
+    written from the threads that answer mail, so once the pipe was full (317 messages) no
+    message got a reply, and SIGTERM could not stop the milter either."""
+    sock = tmp_path / "m.sock"
+    cfg = write_config(tmp_path / "m.toml", {"milter": {"socket": f"unix:{sock}"},
+                                             "bayes": {"db": str(tmp_path / "b.sqlite")}})
+    unread, w = os.pipe()  # its read end stays open, and nothing reads it
+    proc = subprocess.Popen([sys.executable, "-m", "spambridge", "run", "--config", str(cfg)],
+                            stdout=w, stderr=w)
+    os.close(w)
+    try:
+        wait_until(lambda: proc.poll() is not None or connectable(str(sock)), 30, "the socket")
+        slowest = 0.0
+        for i in range(1000):  # about 200 kB of decision lines: three times a pipe's 64 kB
+            start = time.monotonic()
+            with MilterClient(str(sock), timeout=15.0) as c:
+                assert c.send(message(), queue_id=f"LOGQ{i:05d}").action == "accept"
+            slowest = max(slowest, time.monotonic() - start)
+        assert slowest < 10.0  # (the cap is 10 s: a held reply shows as the client's timeout)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(unread)

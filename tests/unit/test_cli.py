@@ -154,7 +154,7 @@ def test_run_uses_the_log_level_flag_over_the_file(monkeypatch: pytest.MonkeyPat
     cfg = tmp_path / "s.toml"
     cfg.write_text('[log]\nlevel = "warning"\n')
     levels: list[str] = []
-    monkeypatch.setattr(cli, "setup_logging", levels.append)
+    monkeypatch.setattr(cli, "setup_logging", lambda level, unblocked: levels.append(level))
 
     def run(cfg: Any, reload: Any) -> int:
         raise ConfigError("stop here")
