@@ -13,6 +13,7 @@ import logging
 import logging.handlers
 import os
 import queue
+import signal
 import sys
 import threading
 import time
@@ -310,6 +311,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    if args.command != "run":
+        return _command(args)
+    # from here, not from app.run: a reload (USR1) or stop sent in the 0.2 s the config and
+    # the imports take killed the process (exit 138, no line); blocked, it waits for the
+    # milter's own handling (see app.run). A `run` that returns (it did not start) unblocks.
+    from spambridge.milter.bridge import OWNED_SIGNALS
+
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, OWNED_SIGNALS)
+    try:
+        return _command(args)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
+def _command(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(args)
     except ConfigError as e:

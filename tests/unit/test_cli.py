@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -163,6 +164,41 @@ def test_run_uses_the_log_level_flag_over_the_file(monkeypatch: pytest.MonkeyPat
     assert cli.main(["run", "-c", str(cfg), "--log-level", "debug"]) == 78
     assert cli.main(["run", "-c", str(cfg)]) == 78
     assert levels == ["debug", "warning"]
+
+
+def test_run_blocks_the_milters_signals_before_it_reads_the_config(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A reload (USR1) or a stop sent while the config was read and the milter's modules
+    imported (0.2 s, before app.run blocked them) killed the process: exit 138, no line.
+    Blocked from the start of `run`, they wait for the milter's own handling."""
+    seen: list[set[signal.Signals]] = []
+    real = cli.load_config
+
+    def load_config(args: Any) -> Any:
+        seen.append(signal.pthread_sigmask(signal.SIG_BLOCK, []))
+        return real(args)
+
+    monkeypatch.setattr(cli, "load_config", load_config)
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    try:
+        cfg = tmp_path / "s.toml"
+        cfg.write_text('[milter]\nspool_dir = "/nonexistent/spool"\n')  # stops at start
+        cli.main(["check-config", "--syntax-only", "-c", str(cfg)])
+        assert signal.SIGUSR1 not in seen[-1]  # the other commands keep theirs
+        from spambridge import app
+
+        def exit_(status: int) -> None:
+            raise SystemExit(status)
+
+        monkeypatch.setattr(app, "run", lambda cfg, reload: 0)
+        monkeypatch.setattr(cli, "setup_logging", lambda level, unblocked: None)
+        monkeypatch.setattr(cli, "libmilter_syslog", lambda: None)
+        monkeypatch.setattr(cli.os, "_exit", exit_)
+        with pytest.raises(SystemExit):
+            cli.main(["run", "-c", str(cfg)])
+        assert {signal.SIGUSR1, signal.SIGTERM, signal.SIGHUP, signal.SIGINT} <= seen[-1]
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 def test_an_unknown_engine_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
