@@ -365,9 +365,12 @@ def check_local(cfg: Config) -> Report:
                                     ("socket_group", "group", m.socket_group, grp.getgrnam)):
         if name:
             try:
-                lookup(name)
+                found = lookup(name)
             except KeyError:
                 r.warn(f"[milter] {key}: no such {kind} {name!r}")
+                continue
+            if kind == "user" and getattr(found, "pw_uid", None) == 0:
+                r.warn(f"[milter] user: {privileges.ROOT_USER.format(name)}")
     spec = parse_socket_spec(m.socket)
     if m.user and spec.family == "unix":
         sock_dir = os.path.dirname(os.path.abspath(spec.path))

@@ -35,6 +35,11 @@ def preload() -> None:
     "localhost".encode("idna")
 
 
+# `user = "root"` ran into the check that setuid(0) fails after the switch: exit 1 and a
+# message about privileges not dropped, for a config error (and systemd restarting it)
+ROOT_USER = "{!r} is root (uid 0): no privileges to drop; leave [milter] user out to run as root"
+
+
 def drop(cfg: Config, spec: SocketSpec) -> None:
     """setgroups/setgid/setuid to `[milter] user`, after handing it the socket and the
     database files. Without `user`, nothing changes (a warning when that means root)."""
@@ -47,6 +52,8 @@ def drop(cfg: Config, spec: SocketSpec) -> None:
         pw = pwd.getpwnam(name)
     except KeyError:
         raise ConfigError(f"{key_at(cfg, 'milter', 'user')}: no such user {name!r}") from None
+    if pw.pw_uid == 0:
+        raise ConfigError(f"{key_at(cfg, 'milter', 'user')}: {ROOT_USER.format(name)}")
     if os.geteuid() != 0:
         if os.geteuid() == pw.pw_uid:
             return  # already that user (systemd User=)

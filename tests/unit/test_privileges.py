@@ -46,3 +46,19 @@ def test_another_user_is_refused_naming_the_key(tmp_path: Path) -> None:
         privileges.drop(cfg, parse_socket_spec(f"unix:{tmp_path}/s.sock"))
     assert str(e.value) == ("<config>: [milter] user: 'nobody' needs spambridge to be started "
                             "as root")
+
+
+def test_root_as_the_milters_user_is_a_config_error_naming_the_key(tmp_path: Path) -> None:
+    """`user = "root"` went through the switch, then stopped at the check that setuid(0)
+    fails: exit 1, "privileges were not dropped", and systemd restarting it; check-config
+    said all was well."""
+    from spambridge.checkconfig import check_local
+
+    cfg = from_mapping({"milter": {"user": "root", "engine": "spamd"}})
+    with mock.patch("os.geteuid", return_value=0), mock.patch("os.setuid", _never), \
+            mock.patch("os.chown", _never), pytest.raises(ConfigError) as e:
+        privileges.drop(cfg, parse_socket_spec(f"unix:{tmp_path}/s.sock"))
+    said = ("'root' is root (uid 0): no privileges to drop; leave [milter] user out to run "
+            "as root")
+    assert str(e.value) == f"<config>: [milter] user: {said}"
+    assert f"[milter] user: {said}" in check_local(cfg).warnings
