@@ -214,7 +214,8 @@ def test_what_would_stop_the_milter_at_start_is_found_before() -> None:
         "[bayes] db: 'relative.sqlite' is relative to the working directory the milter is "
         "started in (systemd: /); give an absolute path",
         "[spamd] ca_file: /nonexistent/ca.pem cannot be read"]
-    good = from_mapping({"milter": {"user": "root", "socket_group": "root", "engine": "spamd"}})
+    good = from_mapping({"milter": {"user": "nobody", "socket_group": "root", "engine": "spamd",
+                                    "socket": "inet:8893@127.0.0.1"}})
     assert check_local(good).warnings == []
 
 
