@@ -25,6 +25,7 @@ from spambridge.message import clean, spool_problem
 from spambridge.milter.bridge import AsyncBridge, signals_blocked
 from spambridge.milter.poolnudge import PoolNudger
 from spambridge.milter.socketspec import (
+    InTheWay,
     SocketSpec,
     find_listener,
     listen_address,
@@ -270,7 +271,10 @@ def _open_socket(spec: SocketSpec, cfg: Config) -> tuple[int, int] | None:
                 "once group postfix exists); under the packaged unit (ProtectSystem=strict) "
                 "a directory elsewhere also needs ReadWritePaths= (systemctl edit spambridge)"
             ) from None
-        remove_stale_unix_socket(spec.path)
+        try:
+            remove_stale_unix_socket(spec.path)
+        except InTheWay as e:  # exit 78, not 1: systemd retrying would find it again
+            raise ConfigError(f"{key_at(cfg, 'milter', 'socket')}: {e}") from None
     milter.setconn(spec.libmilter)
     milter.register(cfg.milter.name, data=lambda ctx: ctx.getpriv().data(),
                     unknown=lambda ctx, cmd: ctx.getpriv().unknown(cmd),
@@ -279,6 +283,10 @@ def _open_socket(spec: SocketSpec, cfg: Config) -> tuple[int, int] | None:
     try:
         milter.opensocket(False)
     except M.milter.error as e:
+        why = _why_no_unix_listener(spec.path) if spec.family == "unix" else None
+        if why:  # lasting: exit 78, which systemd does not restart every 2 s
+            raise ConfigError(f"{key_at(cfg, 'milter', 'socket')}: cannot listen on "
+                              f"{spec.path}: {why}") from None
         raise OSError(f"cannot open milter socket {spec.libmilter}: "
                       f"{_why_no_listener(spec) or e}") from None
     finally:
@@ -302,6 +310,21 @@ def _open_socket(spec: SocketSpec, cfg: Config) -> tuple[int, int] | None:
             os.chmod(spec.path, cfg.milter.socket_mode)
         return st.st_dev, st.st_ino
     set_nodelay_on_listener(spec)
+    return None
+
+
+def _why_no_unix_listener(path: str) -> str | None:
+    """Why libmilter could not make its unix socket at `path` (it says only "cannot
+    opensocket", the reason going to syslog): a directory this user may not write, or one on a
+    read-only mount (systemd's ProtectSystem=strict outside ReadWritePaths=), found by binding
+    a socket there as it does. None when that works now (a passing cause)."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.bind(path)
+    except OSError as e:
+        return e.strerror or str(e)
+    with contextlib.suppress(OSError):
+        os.unlink(path)  # made just now, by us
     return None
 
 

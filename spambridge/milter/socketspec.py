@@ -79,6 +79,10 @@ def listen_address(spec: SocketSpec) -> tuple[socket.AddressFamily, Any]:
     return info[0], info[4]
 
 
+class InTheWay(OSError):
+    """A file that is not a socket at the socket's path: lasting, the admin's to move."""
+
+
 def remove_stale_unix_socket(path: str) -> None:
     """Remove a leftover socket file, refusing to delete anything that is not a socket,
     or a socket another process still listens on."""
@@ -87,7 +91,7 @@ def remove_stale_unix_socket(path: str) -> None:
     except FileNotFoundError:
         return
     if not stat.S_ISSOCK(st.st_mode):
-        raise OSError(f"{path} exists and is not a socket; refusing to remove it")
+        raise InTheWay(f"{path} exists and is not a socket; refusing to remove it")
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         probe.settimeout(0.5)

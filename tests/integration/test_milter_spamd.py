@@ -527,7 +527,7 @@ def test_a_file_or_a_live_socket_at_the_socket_path_is_left_alone(tmp_path: Path
     cfg = spamd_cfg(spamd)
     cfg["milter"]["socket"] = f"unix:{victim}"
     m = start_milter(cfg, wait=False)
-    assert m.proc.wait(30) != 0
+    assert m.proc.wait(30) == 78  # lasting: not restarted by systemd every 2 s
     assert "exists and is not a socket; refusing to remove it" in m.log
     assert victim.read_text() == "keep me\n"
 
@@ -767,3 +767,28 @@ def test_check_config_pings_spamd(spamd: Spamd, tmp_path: Path) -> None:
             and "every message would get on_unavailable" in r.stdout), r.stdout
     r = check_config(dead, "spamd+bayes")
     assert "the Bayes engine would decide every message" in r.stdout, r.stdout
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="starts the milter as nobody: needs root (as CI)")
+def test_a_socket_directory_it_may_not_write_stops_the_start_saying_why(tmp_path: Path) -> None:
+    """Started as the service's user with a socket directory only root writes (or, under
+    ProtectSystem=strict, one outside ReadWritePaths=): "cannot opensocket" and exit 1, the
+    reason only in libmilter's syslog line, and systemd restarting it every 2 s."""
+    top = Path(tempfile.mkdtemp(prefix="sb-sockdir-", dir="/tmp"))
+    try:
+        os.chmod(top, 0o755)
+        sockdir = top / "run"
+        sockdir.mkdir(mode=0o755)  # root's
+        cfg = write_config(top / "m.toml", {"milter": {"socket": f"unix:{sockdir}/m.sock"},
+                                            "bayes": {"db": str(top / "b.sqlite")}})
+        os.chmod(cfg, 0o644)
+        os.chmod(top, 0o777)  # the database may be made here
+        r = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+                            sys.executable, "-m", "spambridge", "run", "--config", str(cfg)],
+                           capture_output=True, text=True, timeout=60, cwd="/", check=False)
+        assert r.returncode == 78, r.stderr
+        assert (f"{cfg}:2: [milter] socket: cannot listen on {sockdir}/m.sock: Permission "
+                "denied") in r.stderr
+        assert not (sockdir / "m.sock").exists()
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
