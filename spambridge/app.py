@@ -39,10 +39,12 @@ from spambridge.scanners import Scanner
 log = logging.getLogger("spambridge")
 
 
-def build_scanner(cfg: Config, bayes: Scanner | None = None) -> Scanner:
+def build_scanner(cfg: Config, bayes: Scanner | None = None,
+                  owner: tuple[int, int] | None = None) -> Scanner:
     """The engine named in the config; `bayes`: the Bayes engine to use instead of the
-    milter's (which creates a missing database). Imports are local: a spamd-only install
-    never loads the classifier, and a Bayes-only one never opens a spamd client."""
+    milter's (which creates a missing database, its directory given to `owner`). Imports are
+    local: a spamd-only install never loads the classifier, and a Bayes-only one never opens
+    a spamd client."""
     engine = cfg.milter.engine
     cap = cfg.milter.scan_timeout
     if engine == "spamd":
@@ -52,7 +54,7 @@ def build_scanner(cfg: Config, bayes: Scanner | None = None) -> Scanner:
     if bayes is None:
         from spambridge.scanners.bayes import BayesScanner
 
-        bayes = BayesScanner(cfg.bayes)
+        bayes = BayesScanner(cfg.bayes, dir_owner=owner)
     if engine == "bayes":
         return bayes
     from spambridge.scanners.fallback import FallbackScanner
@@ -79,8 +81,9 @@ def run(cfg: Config, reload: Callable[[], Config] | None = None) -> int:
     # while we start up stays pending and becomes a clean stop instead of killing the process.
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1, signal.SIGHUP, signal.SIGTERM,
                                               signal.SIGINT})
+    owner = privileges.switch_to(cfg)  # (a missing user stops here, before anything is made)
     try:
-        scanner = build_scanner(cfg)
+        scanner = build_scanner(cfg, owner=owner)
     except ConfigError:
         raise
     except Exception as e:
@@ -106,7 +109,7 @@ def run(cfg: Config, reload: Callable[[], Config] | None = None) -> int:
     sys.excepthook = _log_uncaught
     ours: tuple[int, int] | None = None
     try:
-        ours = _open_socket(spec, cfg)
+        ours = _open_socket(spec, cfg, owner)
         privileges.drop(cfg, spec)  # after the socket and the Bayes database exist
         check_spool(cfg)  # as the user that will spool
     except Exception:
@@ -250,16 +253,22 @@ def _register() -> None:
     milter.set_close_callback(M.close_callback)
 
 
-def _open_socket(spec: SocketSpec, cfg: Config) -> tuple[int, int] | None:
+def _open_socket(spec: SocketSpec, cfg: Config, owner: tuple[int, int] | None = None
+                 ) -> tuple[int, int] | None:
     """Open libmilter's listener; for a unix socket, give it its group and mode and return
-    its (device, inode), so that only this socket is removed at exit."""
+    its (device, inode), so that only this socket is removed at exit. A socket directory
+    made here is given to `owner`, the user the milter switches to, who removes the socket
+    at the stop."""
     import Milter as M  # noqa: N817 - Milter.milter is the C module
 
     milter = M.milter
     if spec.family == "unix":
         sock_dir = os.path.dirname(spec.path) or "."
+        made = not os.path.isdir(sock_dir)
         try:
             os.makedirs(sock_dir, exist_ok=True)
+            if made and owner is not None:
+                os.chown(sock_dir, *owner, follow_symlinks=False)
         except OSError as e:
             # a lasting cause (no parent, a read-only tree, Postfix not installed yet under the
             # packaged unit): exit 78, which systemd does not restart, where exit 1 made it

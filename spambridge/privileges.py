@@ -40,6 +40,27 @@ def preload() -> None:
 ROOT_USER = "{!r} is root (uid 0): no privileges to drop; leave [milter] user out to run as root"
 
 
+def switch_to(cfg: Config) -> tuple[int, int] | None:
+    """(uid, gid) of `[milter] user` when this process, root, will switch to it (None
+    otherwise): what a directory the start makes is given to. Looked up before anything is
+    made, so a user that does not exist stops the start with nothing left behind."""
+    name = cfg.milter.user
+    if not name or os.geteuid() != 0:
+        return None
+    pw = _user(cfg, name)
+    return pw.pw_uid, pw.pw_gid
+
+
+def _user(cfg: Config, name: str) -> pwd.struct_passwd:
+    try:
+        pw = pwd.getpwnam(name)
+    except KeyError:
+        raise ConfigError(f"{key_at(cfg, 'milter', 'user')}: no such user {name!r}") from None
+    if pw.pw_uid == 0:
+        raise ConfigError(f"{key_at(cfg, 'milter', 'user')}: {ROOT_USER.format(name)}")
+    return pw
+
+
 def drop(cfg: Config, spec: SocketSpec) -> None:
     """setgroups/setgid/setuid to `[milter] user`, after handing it the socket and the
     database files. Without `user`, nothing changes (a warning when that means root)."""
@@ -48,12 +69,7 @@ def drop(cfg: Config, spec: SocketSpec) -> None:
         if os.geteuid() == 0:
             log.warning("running as root: set [milter] user to drop privileges")
         return
-    try:
-        pw = pwd.getpwnam(name)
-    except KeyError:
-        raise ConfigError(f"{key_at(cfg, 'milter', 'user')}: no such user {name!r}") from None
-    if pw.pw_uid == 0:
-        raise ConfigError(f"{key_at(cfg, 'milter', 'user')}: {ROOT_USER.format(name)}")
+    pw = _user(cfg, name)
     if os.geteuid() != 0:
         if os.geteuid() == pw.pw_uid:
             return  # already that user (systemd User=)

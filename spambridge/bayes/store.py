@@ -258,17 +258,22 @@ def full_problem(path: str) -> str:
     return f"no space left on the filesystem of {folder} (SQLite makes its -wal and -shm there)"
 
 
-def create(path: str) -> None:
+def create(path: str, dir_owner: tuple[int, int] | None = None) -> None:
     """Create an empty database (and its directory), never world-readable. Its group may
     write it (0660) when the directory is group-writable: that is how the mail user of a
     Dovecot "move to Junk" pipe is let in (contrib/dovecot), and SQLite gives the -wal and
     -shm files the database's mode, so a 0640 database, wherever it came from (the milter's
     first start, a retrained copy), would lock the pipe out. When root creates it, it is
-    handed to the owner of the directory, normally the milter's user (`/var/lib/spambridge`)."""
+    handed to the owner of the directory, normally the milter's user (`/var/lib/spambridge`).
+    A directory made here is given to `dir_owner` (uid, gid): a root milter with `[milter]
+    user` made /var/lib/spambridge root's, then refused to start because its user could not
+    write the -wal there."""
     _refuse_foreign_wal(path)  # before anything reads through it, or makes a file for it
     p = Path(path)
     if not p.parent.exists():
         p.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+        if dir_owner is not None:
+            os.chown(p.parent, *dir_owner, follow_symlinks=False)
     try:
         fd = os.open(p, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
     except FileExistsError:

@@ -67,7 +67,7 @@ class BayesScanner:
     name = ENGINE
 
     def __init__(self, cfg: BayesConfig, *, create: bool = True, workers: int = 2,
-                 clues: int = 0) -> None:
+                 clues: int = 0, dir_owner: tuple[int, int] | None = None) -> None:
         """`create`: make an empty database (and its directory) if there is none, as `run`
         wants; `check` passes False so a mistyped path is reported, not created. `clues`: how
         many of the strongest clues each result carries, for `check --explain`; the milter
@@ -91,7 +91,7 @@ class BayesScanner:
         self.seen: store.Totals | None = None
         if create and not os.path.exists(cfg.db):
             try:
-                store.create(cfg.db)
+                store.create(cfg.db, dir_owner)  # (the milter's user's, see app.run)
                 log.info("created an empty Bayes database at %s", cfg.db)
             except (OSError, store.StoreError) as e:
                 # not fatal: mail keeps flowing under on_unavailable until the admin fixes it

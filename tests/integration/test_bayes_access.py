@@ -245,6 +245,32 @@ def test_a_database_directory_the_milters_user_cannot_write_stops_the_start(
             f"to the database): chown nobody {target}") in m.log, m.log
 
 
+def test_directories_the_start_makes_are_its_users(start_milter: Start, open_dir: Path) -> None:
+    """Root with `[milter] user` on a fresh machine: the start made the database's and the
+    socket's directories root's, then refused its user the database directory (exit 78, told
+    to chown what it had just made) and left its socket behind; a user that does not exist
+    left a root database."""
+    nobody = pwd.getpwnam("nobody")
+    db = open_dir / "lib" / "bayes.sqlite"
+    sock = open_dir / "run" / "m.sock"
+    cfg = {"milter": {"engine": "bayes", "user": "nobody", "socket": f"unix:{sock}"},
+           "bayes": {"db": str(db)}}
+    m = start_milter(cfg)
+    for d in (db.parent, sock.parent):
+        assert (d.stat().st_uid, d.stat().st_gid) == (nobody.pw_uid, nobody.pw_gid), d
+    assert db.stat().st_uid == nobody.pw_uid
+    m.proc.terminate()
+    assert m.proc.wait(15) == 0
+    assert not sock.exists()  # removed by the user at the stop
+
+    cfg["milter"]["user"] = "no-such-user-sb"
+    cfg["bayes"]["db"] = str(open_dir / "lib2" / "bayes.sqlite")
+    m = start_milter(cfg, wait=False)
+    assert m.proc.wait(30) == 78, m.log
+    assert "no such user 'no-such-user-sb'" in m.log
+    assert not (open_dir / "lib2").exists()  # nothing made for a start that cannot be
+
+
 @contextlib.contextmanager
 def tmpfs(path: Path, size: str = "1m") -> Iterator[Path]:
     path.mkdir()
