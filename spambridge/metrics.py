@@ -266,49 +266,57 @@ class _Server(WSGIServer):
             log.exception("metrics: serving %s failed", client_address)
 
 
-class _BayesTrained:
-    """spambridge_bayes_trained_messages, from the counts the scanner last read: a scrape
-    never opens the database nor waits for the scanner's lock."""
+class _StateGauge:
+    """A gauge read from a scanner's own state at each scrape, by one label: a scrape never
+    opens the database, asks spamd, nor waits for a scanner's lock."""
+
+    NAME = ""
+    HELP = ""
+    LABEL = ""
+
+    def samples(self) -> Iterable[tuple[str, float]]:
+        raise NotImplementedError
+
+    def describe(self) -> Iterable[GaugeMetricFamily]:
+        yield GaugeMetricFamily(self.NAME, self.HELP, labels=[self.LABEL])
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        g = GaugeMetricFamily(self.NAME, self.HELP, labels=[self.LABEL])
+        for label, v in self.samples():
+            g.add_metric([label], v)
+        yield g
+
+
+class _BayesTrained(_StateGauge):
+    """spambridge_bayes_trained_messages, from the counts the scanner last read."""
 
     NAME = "spambridge_bayes_trained_messages"
     HELP = ("Messages the Bayes database in use was trained on, by class, as last read (at "
             "start, then each message Bayes scores); absent while it cannot be read")
+    LABEL = "class"
 
     def __init__(self, scanner: BayesScanner) -> None:
         self.scanner = scanner
 
-    def describe(self) -> Iterable[GaugeMetricFamily]:
-        yield GaugeMetricFamily(self.NAME, self.HELP, labels=["class"])
-
-    def collect(self) -> Iterable[GaugeMetricFamily]:
-        g = GaugeMetricFamily(self.NAME, self.HELP, labels=["class"])
+    def samples(self) -> Iterable[tuple[str, float]]:
         seen = self.scanner.seen
-        if seen is not None:
-            g.add_metric(["spam"], seen.nspam)
-            g.add_metric(["ham"], seen.nham)
-        yield g
+        return [] if seen is None else [("spam", seen.nspam), ("ham", seen.nham)]
 
 
-class _SpamdServers:
+class _SpamdServers(_StateGauge):
     """spambridge_spamd_server_up: a pool member that stops connecting costs no message its
-    verdict (the others scan its mail), so no counter moved and no alert could fire; the
-    scanner's own view of each server, read without a request of its own."""
+    verdict (the others scan its mail), so no counter moved and no alert could fire."""
 
     NAME = "spambridge_spamd_server_up"
     HELP = ("1 unless the last connection to this spamd failed (refused, unreachable, not "
             "taken within connect_timeout or the time a scan had); label server: as configured")
+    LABEL = "server"
 
     def __init__(self, scanner: SpamdScanner) -> None:
         self.scanner = scanner
 
-    def describe(self) -> Iterable[GaugeMetricFamily]:
-        yield GaugeMetricFamily(self.NAME, self.HELP, labels=["server"])
-
-    def collect(self) -> Iterable[GaugeMetricFamily]:
-        g = GaugeMetricFamily(self.NAME, self.HELP, labels=["server"])
-        for server in self.scanner.servers:
-            g.add_metric([server.target], 0 if server.down else 1)
-        yield g
+    def samples(self) -> Iterable[tuple[str, float]]:
+        return [(s.target, 0 if s.down else 1) for s in self.scanner.servers]
 
 
 def serve(cfg: MetricsConfig, metrics: Metrics) -> Any:
