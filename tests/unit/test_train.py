@@ -1104,7 +1104,8 @@ def test_pipes_devices_fifos_loops_and_a_closed_stdin(tmp_path: Path, db: Path,
     spambridge = f"{sys.executable} -m spambridge"
     script = (f"{spambridge} train --db {db} --spam <(cat {box}); echo rc=$?; "
               # its reader first, its writer a moment later, as `mkfifo p; train p & w > p`
-              f"{{ sleep 1; cat {tmp_path / 'late.eml'} > {fifo}; }} & "
+              # (bounded: with no reader its open would wait for ever, past the test)
+              f"{{ sleep 1; timeout 20 sh -c 'cat {tmp_path / 'late.eml'} > {fifo}'; }} & "
               f"{spambridge} train --db {db} --spam {fifo}; echo rc=$?; wait; "
               f"{spambridge} train --db {db} --spam - <&-; echo rc=$?; "
               f"{spambridge} check --db {db} - <&-; echo rc=$?; "
