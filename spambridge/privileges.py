@@ -13,7 +13,7 @@ import os
 import pwd
 import stat
 
-from spambridge.bayes.store import read_only_fs
+from spambridge.bayes.store import grants, read_only_fs
 from spambridge.config import Config, ConfigError, key_at
 from spambridge.milter.socketspec import SocketSpec
 
@@ -142,20 +142,7 @@ def _allowed(path: str, pw: pwd.struct_passwd, groups: list[int], want: int) -> 
     """Whether the mode bits of `path` give the user `want` (a mask of 4/2/1), as the kernel
     checks them without ACLs; raises OSError."""
     st = os.stat(path)
-    return _grants(st.st_mode, st.st_uid, st.st_gid, pw, groups, want)
-
-
-def _grants(mode: int, uid: int | None, gid: int | None, pw: pwd.struct_passwd,
-            groups: list[int], want: int) -> bool:
-    """Whether `mode` with owner `uid` and group `gid` gives the user `want`: the owner's
-    bits for the owner, else the group's for a member, else the others'."""
-    if uid == pw.pw_uid:
-        bits = mode >> 6
-    elif gid in groups:
-        bits = mode >> 3
-    else:
-        bits = mode
-    return bits & want == want
+    return grants(st.st_mode, st.st_uid, st.st_gid, pw.pw_uid, groups, want)
 
 
 def can_write_dir(path: str, name: str) -> bool | None:
@@ -227,7 +214,7 @@ def socket_connect_problem(sock: str, name: str, mode: int, uid: int | None,
     sock_dir = os.path.dirname(os.path.abspath(sock))
     if os.path.isdir(sock_dir) and can_reach(sock_dir, name) is False:
         return f"user {name!r} may not search {sock_dir} or a directory above it"
-    if _grants(mode, uid, gid, pw, groups, 0o2):
+    if grants(mode, uid, gid, pw.pw_uid, groups, 0o2):
         return None
     if gid is None and uid != pw.pw_uid:
         return (f"nothing gives {sock} a group user {name!r} is in ([milter] socket_group is "

@@ -164,12 +164,23 @@ def _mode_grants(st: os.stat_result, bits: str) -> bool:
     """Whether the mode bits give this process `bits` on the database or a directory of its
     path: root needs none there, anyone else those of the class it falls in."""
     uid = os.geteuid()
-    if uid == 0:
-        return True
-    shift = 6 if st.st_uid == uid else (
-        3 if st.st_gid == os.getegid() or st.st_gid in os.getgroups() else 0)
-    want = sum({"r": 4, "w": 2, "x": 1}[b] for b in bits) << shift
-    return st.st_mode & want == want
+    return uid == 0 or grants(st.st_mode, st.st_uid, st.st_gid, uid,
+                              [os.getegid(), *os.getgroups()],
+                              sum({"r": 4, "w": 2, "x": 1}[b] for b in bits))
+
+
+def grants(mode: int, owner: int | None, group: int | None, uid: int, groups: list[int],
+           want: int) -> bool:
+    """Whether `mode` with owner `owner` and group `group` gives user `uid`, member of
+    `groups`, the permissions `want` (a mask of 4/2/1), as the kernel checks them without
+    ACLs: the owner's bits for the owner, else the group's for a member, else the others'."""
+    if owner == uid:
+        bits = mode >> 6
+    elif group in groups:
+        bits = mode >> 3
+    else:
+        bits = mode
+    return bits & want == want
 
 
 def _user() -> str:
