@@ -32,10 +32,13 @@ class SpamBridgeMilter(Milter.Base):
     def __init__(self, session_factory: Callable[[], Session]) -> None:
         self.session = session_factory()
 
-    def macro(self, name: str) -> str:
-        """A macro's value, or "" — an 8-bit value must not become a pymilter exception."""
+    def macro(self, name: str, latin1: bool = False) -> str:
+        """A macro's value, or "" — an 8-bit value must not become a pymilter exception;
+        with `latin1`, such a value read as Latin-1 instead (what is ASCII in it stays)."""
         try:
             return str(self.getsymval(name) or "")
+        except UnicodeDecodeError as e:
+            return bytes(e.object).decode("latin-1") if latin1 else ""
         except Exception:
             return ""
 
@@ -60,12 +63,7 @@ class SpamBridgeMilter(Milter.Base):
         MTAs may not). The address is still in the macro `_` ("NAME [ADDR]"): without it the
         client was taken for this host, 127.0.0.1, in trusted_networks and in the Received
         line spamd reads (trusted by SpamAssassin: no RBL check of the real client)."""
-        try:
-            client = str(self.getsymval("_") or "")
-        except UnicodeDecodeError as e:  # its name part: the address is ASCII
-            client = bytes(e.object).decode("latin-1")
-        except Exception:
-            client = ""
+        client = self.macro("_", latin1=True)  # its name is 8-bit, its address ASCII
         self.session.connect("unknown", "", self.macro("j"), self.macro("{daemon_name}"),
                              None, client)
 
