@@ -122,7 +122,8 @@ class _PoolNews(logging.Filter):
     time-stamped and with its retry schedule ("it again every 30s until it connects"): words
     for a running milter, which leaked into check's stderr. The news is still worth having (the
     other servers scored the messages, so no line of the report says it): said as check's own
-    plain line, without the schedule. Only those lines; other warnings stay log lines."""
+    plain line, without the schedule. Only those lines (spamd.pool_log's); other warnings stay
+    log lines."""
 
     def __init__(self, err: IO[str]) -> None:
         super().__init__()
@@ -130,8 +131,6 @@ class _PoolNews(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         text = record.getMessage()
-        if not text.startswith("spamd server "):  # (spamd.py's _not_connected, _connected)
-            return True
         print(f"spambridge check: {text.partition(', it again every')[0]}", file=self.err)
         return False
 
@@ -156,7 +155,8 @@ def run(cfg: Config, paths: list[str], *, explain: bool = False, batch: bool = F
     # --batch: why messages went unchecked (the log lines that say it are off), said once each
     unchecked: dict[tuple[str, str], int] = {}
     pool_news = _PoolNews(err)
-    ours.addFilter(pool_news)
+    pool = logging.getLogger("spambridge.pool")  # spamd.pool_log, not imported for bayes
+    pool.addFilter(pool_news)
     try:
         stdin = stdin or (sys.stdin.buffer if sys.stdin is not None else None)
         limit = cfg.milter.max_scan_size + 1  # one byte more: enough to be oversize
@@ -202,7 +202,7 @@ def run(cfg: Config, paths: list[str], *, explain: bool = False, batch: bool = F
             bridge.run(scanner.aclose(), 10.0)
         finally:
             bridge.stop()
-            ours.removeFilter(pool_news)
+            pool.removeFilter(pool_news)
     reasons = sorted(unchecked.items(), key=lambda kv: -kv[1])
     for (what, why), n in reasons[:UNCHECKED_REASONS]:
         print(f"spambridge check: {n} message{'s' if n > 1 else ''} {what}: {why}", file=err)

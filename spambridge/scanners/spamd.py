@@ -60,6 +60,9 @@ from spambridge.scanners import cut_at_own_end
 from spambridge.verdict import ErrorKind, ScanError, ScoreResult
 
 log = logging.getLogger("spambridge")
+# a pool member going and coming back: news for a running milter's log, which `check` tells
+# in its own words (check._PoolNews), found by this logger rather than by the lines' text
+pool_log = logging.getLogger("spambridge.pool")
 
 ENGINE = "spamd"
 # a SYMBOLS reply is a status line, two headers and the rule names (a few kB); aiospamc's
@@ -327,10 +330,10 @@ class SpamdScanner:
         server.news = attempt
         server.retry_at = self.clock() + defaults.SPAMD_RETRY_AFTER
         if len(self.servers) > 1 and not server.down:
-            log.warning("spamd server %s does not connect (%s): the other servers are tried "
-                        "first, it again every %gs until it connects", server.target,
-                        why.removeprefix(f"{server.target}: "),
-                        defaults.SPAMD_RETRY_AFTER)
+            pool_log.warning("spamd server %s does not connect (%s): the other servers are "
+                             "tried first, it again every %gs until it connects", server.target,
+                             why.removeprefix(f"{server.target}: "),
+                             defaults.SPAMD_RETRY_AFTER)
         server.down = True
 
     def _connected(self, server: _Server, attempt: int) -> None:
@@ -339,7 +342,7 @@ class SpamdScanner:
         server.news = attempt
         server.retry_at = 0.0
         if server.down and len(self.servers) > 1:
-            log.warning("spamd server %s connects again", server.target)
+            pool_log.warning("spamd server %s connects again", server.target)
         server.down = False
 
     def _not_connected_why(self, e: BaseException, target: str) -> str:
