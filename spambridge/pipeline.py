@@ -18,7 +18,7 @@ from spambridge.config import Config
 from spambridge.health import Health
 from spambridge.message import Envelope, MessageBuffer, clean
 from spambridge.milter.bridge import AsyncBridge, result_within
-from spambridge.scanners import Scanner, ThreadedScanner
+from spambridge.scanners import CAP_END, Scanner, ThreadedScanner
 from spambridge.verdict import (
     Decision,
     ErrorKind,
@@ -74,6 +74,7 @@ class Pipeline:
                              f"for the scanner took {spent:.2f}s")
 
         async def capped() -> ScoreResult:
+            CAP_END.set(asyncio.get_running_loop().time() + left)  # this task's context only
             async with asyncio.timeout(left):
                 return await self.scanner.scan(raw, envelope)
 

@@ -9,10 +9,16 @@ from __future__ import annotations
 
 import asyncio
 from concurrent.futures import Future
+from contextvars import ContextVar
 from typing import Protocol, runtime_checkable
 
 from spambridge.message import Envelope
 from spambridge.verdict import ScoreResult
+
+# when the caller's cap ends, on the loop's clock (Pipeline.scan sets it: the cap runs from end
+# of message, and the copy of the message for the scanner has already used some of it). A
+# scanner that divides the cap (spamd+bayes) takes what was used out of its first part
+CAP_END: ContextVar[float | None] = ContextVar("CAP_END", default=None)
 
 
 class Scanner(Protocol):

@@ -13,7 +13,7 @@ import asyncio
 import dataclasses
 
 from spambridge.message import Envelope
-from spambridge.scanners import Scanner, cut_at_own_end
+from spambridge.scanners import CAP_END, Scanner, cut_at_own_end
 from spambridge.verdict import ErrorKind, ScanError, ScoreResult
 
 _AHEAD = 0.01  # s: our end of the cap comes before the caller's, so the log can say why
@@ -30,11 +30,18 @@ class FallbackScanner:
 
     async def scan(self, message: bytes, envelope: Envelope) -> ScoreResult:
         loop = asyncio.get_running_loop()
-        end = loop.time() + self.cap - _AHEAD  # the caller's cap started just before
+        now = loop.time()
+        cap_end = CAP_END.get()
+        # the cap runs from end of message: copying a big one for the scanner may have used
+        # some of it (Pipeline.scan). spamd's share gives that up, so Bayes keeps its part
+        spent = 0.0 if cap_end is None else max(now + self.cap - cap_end, 0.0)
+        end = now + self.cap - spent - _AHEAD
+        share = self.budget - spent
         task = asyncio.ensure_future(self.primary.scan(message, envelope))
         try:
-            why = await self._wait(task, self.budget,
-                                   f"no answer within its {self.budget:g}s share")
+            why = await self._wait(task, share, f"no answer within its {self.budget:g}s share"
+                                   + (f", {spent:.2f}s of the cap gone before the scan"
+                                      if spent >= 0.05 else ""))
             if isinstance(why, ScoreResult):
                 return why
             try:

@@ -368,6 +368,31 @@ def test_a_copy_longer_than_the_cap_is_a_timeout_without_a_scan() -> None:
     assert scanner.queued == []  # never handed to the scanner
 
 
+def test_a_long_copy_leaves_bayes_its_part_of_the_cap_under_spamd_and_bayes() -> None:
+    """spamd+bayes, spamd hung, the copy of a big message taking 0.6 s of a 1 s cap: spamd
+    gets its 0.7 s share less the copy, and Bayes decides in the part of the cap that is its
+    own. spamd's share was counted from the scan's start, so it ran into the cap, and the
+    message had on_timeout instead of a Bayes verdict."""
+    from stalls import Timed
+
+    from spambridge.scanners.fallback import FallbackScanner
+
+    bridge = AsyncBridge().start()
+    try:
+        scanner = FallbackScanner(Timed("spamd", 30.0), Timed("bayes", 0.0), 0.7, 1.0)
+        p = Pipeline(scanner, bridge, Config())
+        p.config = replace(p.config, milter=replace(p.config.milter, scan_timeout=1.0))
+        start = time.monotonic()
+        ev = p.evaluate(SlowCopy(0.6), Envelope())
+        took = time.monotonic() - start
+    finally:
+        bridge.stop(timeout=1.0)
+    assert isinstance(ev.outcome, ScoreResult) and ev.outcome.engine == "bayes", ev.outcome
+    assert ev.outcome.note == "fallback=spamd-timeout"
+    assert re.search(r"0\.7s share, 0\.6\ds of the cap gone before the scan", ev.outcome.why)
+    assert took < 1.0 + 0.25  # within the cap and its reply margin
+
+
 def test_only_a_scan_still_running_after_slow_after_pokes_the_worker_pool(
         release: threading.Event) -> None:
     """The pool nudger's poke (slow_scan) is for a scan that holds its libmilter worker: a
