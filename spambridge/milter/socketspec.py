@@ -6,6 +6,7 @@ Note the milter side writes `inet:PORT@HOST`; Postfix's own side is `inet:HOST:P
 from __future__ import annotations
 
 import contextlib
+import errno
 import ipaddress
 import os
 import re
@@ -99,7 +100,18 @@ def remove_stale_unix_socket(path: str) -> None:
     except (BlockingIOError, TimeoutError):
         pass  # its accept queue is full (EAGAIN at once on a unix socket): it is listening
     except OSError:
-        os.unlink(path)  # nobody is listening: stale
+        try:
+            os.unlink(path)  # nobody is listening: stale
+        except FileNotFoundError:
+            pass  # gone meanwhile
+        except OSError as e:
+            if not isinstance(e, PermissionError) and e.errno != errno.EROFS:
+                raise
+            # lasting (a directory this user may not write, a read-only mount): the admin's
+            # to remove, as a file in the way is; exit 1 had systemd retry it every 2 s
+            raise InTheWay(f"{path} is a stale socket (nothing listens on it) this user may "
+                           f"not remove: {e.strerror}; remove it, and let the milter's user "
+                           f"write {os.path.dirname(path) or '.'}") from None
         return
     finally:
         probe.close()
