@@ -40,7 +40,8 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--db", metavar="PATH",
                    help=f"Bayes token database (default: [bayes] db, else {defaults.BAYES_DB})")
     p.add_argument("--spamd", metavar="HOST:PORT|/PATH",
-                   help=f"spamd address or unix socket (default: [spamd] host and port, else "
+                   help=f"spamd address or unix socket, one server in place of [spamd] "
+                   f"servers (default: [spamd] servers, or host and port, else "
                    f"{defaults.SPAMD_HOST}:{defaults.SPAMD_PORT})")
 
 
@@ -69,17 +70,28 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     run = sub.add_parser("run", help="run the milter", description="Run the milter in the "
-                         "foreground until SIGTERM. Flags override the config file.")
+                         "foreground until SIGTERM. Flags override the config file.",
+                         epilog="Exit status: 0 after a clean stop (SIGTERM, SIGINT or SIGHUP); "
+                         "1 for a runtime failure (the socket held by another running milter); "
+                         "2 for a usage error; 78 for a configuration error (the file, line "
+                         "and key, or the flag, named).")
     _config_arg(run)
     run.add_argument("--socket", metavar="SPEC",
                      help=f"libmilter socket: unix:/path, inet:PORT@HOST, inet6:PORT@ADDR "
                      f"(default: [milter] socket, else {defaults.SOCKET})")
     _engine_args(run)
     _policy_args(run)
-    run.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    run.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
+                     help="log level (default: [log] level, else info)")
 
     cc = sub.add_parser("check-config", help="validate the config (and Postfix's milter "
-                        "settings when postconf is available)")
+                        "settings when postconf is available)",
+                        description="Read the config file as the milter would, ask spamd for a "
+                        "PING when the engine uses it, and, when postconf is installed, check "
+                        "Postfix's milter settings against it.",
+                        epilog="Exit status: 0 when there is nothing to warn about (notes are "
+                        "not warnings); 1 when it printed warnings; 2 for a usage error; 78 for "
+                        "a configuration error.")
     _config_arg(cc)
     cc.add_argument("--no-postfix", action="store_true", help="do not ask postconf")
     cc.add_argument("--syntax-only", action="store_true",
