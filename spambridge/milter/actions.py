@@ -83,15 +83,18 @@ def apply(
     owned: list[tuple[str, int]],
     subject: bytes | None,
     queue_id: str = "",
-    on_top: bool = False,
+    forged: int = 0,
 ) -> int:
     """Tell the MTA the decision. Each change to the message is tried on its own: one that
     libmilter refuses (a field too big for its 64 KiB packets, an MTA that did not grant the
     action) is skipped, the message still gets the verdict's reply — not the 451 "untrapped
     exception" pymilter would answer, which no policy names — and one line says what failed.
-    `on_top`: forged X-Spam-* fields remain (more than could be removed), so ours go first,
-    where a reader taking the first of each name finds them."""
+    `forged`: the X-Spam-* fields the message came with. When more than `owned` (a flood),
+    the rest stay on mail that is accepted, and that is logged; ours then go first, where a
+    reader taking the first of each name finds them. A refused message is not changed, and
+    nothing forged in it is delivered: no warning for it."""
     failed: list[str] = []
+    on_top = forged > len(owned)
 
     def attempt(what: str, op: Callable[..., Any], *args: Any) -> None:
         try:
@@ -107,6 +110,10 @@ def apply(
             attempt(f"remove {name}[{idx}]", ctx.chgheader, name, idx, None)
         for i, (name, value) in enumerate(decision.headers):
             attempt(f"add {name}", ctx.addheader, name, value, i if on_top else APPEND)
+        if on_top:
+            log.warning("%s: %d forged X-Spam-* fields, only the first %d removed%s",
+                        queue_id or "NOQUEUE", forged, len(owned),
+                        "; ours go on top" if decision.headers else "")
         if decision.subject_prefix:
             new = tagged_subject(decision.subject_prefix, subject)
             if new is not None and subject is None:

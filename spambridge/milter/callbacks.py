@@ -114,12 +114,8 @@ class SpamBridgeMilter(Milter.Base):
             ).decision
         qid = s.envelope.log_id
         try:
-            owned = s.owned_headers()
-            left = s.owned_total > len(owned)  # forged fields that stay
-            if left:
-                log.warning("%s: %d forged X-Spam-* fields, only the first %d removed; ours "
-                            "go on top", qid, s.owned_total, len(owned))
-            return actions.apply(self, decision, owned, s.subject(), qid, on_top=left)
+            return actions.apply(self, decision, s.owned_headers(), s.subject(), qid,
+                                 forged=s.owned_total)
         finally:
             s.end_message()
 

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from harness import RunningMilter, message, wait_until
 from milterclient import MilterClient, send_one, split_message
 from miltertest import constants
-from spamdfakes import SwitchableSpamd
+from spamdfakes import SwitchableSpamd, spamd_reply
 
 from spambridge.defaults import MAX_OWNED
 
@@ -72,6 +72,31 @@ def test_forged_field_flood_without_a_queue_id_is_logged_as_noqueue(start_milter
     assert (f"NOQUEUE: {MAX_OWNED + 5} forged X-Spam-* fields, only the first {MAX_OWNED} "
             "removed") in m.log
 
+
+
+def test_a_forged_field_flood_is_warned_of_only_where_the_mail_is_delivered(
+        start_milter: Start, fake: SwitchableSpamd) -> None:
+    """The warning that forged X-Spam-* fields stay, and ours go on top, is for mail that is
+    delivered with them. A refused flood changes nothing and delivers nothing: a WARNING
+    saying its fields were "removed" and ours put "on top" sent the admin looking for forged
+    verdicts in mailboxes. Mail not scanned (trusted) gets none of ours to put on top."""
+    fake.reply = spamd_reply(score=20.0)
+    m = start_milter({"milter": {"engine": "spamd", "trusted_networks": ["192.0.2.99/32"]},
+                      "spamd": {"host": "127.0.0.1", "port": fake.port},
+                      "policy": {"tag_at": 5.0, "reject_at": 15.0}})
+    raw = message(extra_headers="X-Spam-Flag: YES\n" * (MAX_OWNED + 5))
+    r = send_one(m.socket_path, raw, queue_id="FLOODREJ1")
+    assert r.action == "reject" and r.changed == [] and r.added == []
+    r = send_one(m.socket_path, raw, queue_id="FLOODTRU1", client_addr="192.0.2.99")
+    assert r.action == "accept" and len(r.deleted("X-Spam-Flag")) == MAX_OWNED and not r.added
+    wait_until(lambda: " FLOODTRU1: " in m.log, 10, "the trusted message's lines")
+    assert "FLOODREJ1: " in m.log and "forged" not in log_lines(m, "FLOODREJ1")
+    assert (f"FLOODTRU1: {MAX_OWNED + 5} forged X-Spam-* fields, only the first {MAX_OWNED} "
+            "removed\n") in m.log
+
+
+def log_lines(m: RunningMilter, qid: str) -> str:
+    return "\n".join(line for line in m.log.splitlines() if f" {qid}: " in line)
 
 def test_an_8bit_helo_is_logged_as_a_log_line_and_the_message_still_judged(
         start_milter: Start) -> None:

@@ -49,7 +49,9 @@ class Ctx:
 def apply(decision: Decision, owned: list[tuple[str, int]] | None = None,
           subject: bytes | None = b"Hello", on_top: bool = False) -> tuple[int, Ctx]:
     ctx = Ctx()
-    return actions.apply(ctx, decision, owned or [], subject, "4ABC", on_top=on_top), ctx
+    owned = owned or []
+    forged = len(owned) + 1 if on_top else len(owned)  # a flood leaves forged fields behind
+    return actions.apply(ctx, decision, owned, subject, "4ABC", forged=forged), ctx
 
 
 def spamd(score: float) -> ScoreResult:
