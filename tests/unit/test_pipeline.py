@@ -393,6 +393,33 @@ def test_a_long_copy_leaves_bayes_its_part_of_the_cap_under_spamd_and_bayes() ->
     assert took < 1.0 + 0.25  # within the cap and its reply margin
 
 
+def test_a_pool_cut_off_after_a_long_copy_still_says_which_server_had_it() -> None:
+    """A spamd pool whose first member is black-holed, after a copy that took 0.4 s of a
+    1 s cap: the pool ends the request at the caller's cap, which the copy brought forward,
+    and says nobody had the message (on_unavailable). Its own end was counted from the
+    scan's start, so the caller's cap came first: "no verdict", on_timeout."""
+    from harness import free_port
+    from spamdfakes import BlackHole
+
+    from spambridge.config import SpamdConfig
+    from spambridge.scanners.spamd import SpamdScanner
+
+    hole = BlackHole()
+    bridge = AsyncBridge().start()
+    try:
+        cfg = SpamdConfig(servers=(("127.0.0.1", hole.port), ("127.0.0.1", free_port())),
+                          connect_timeout=5.0)
+        p = Pipeline(SpamdScanner(cfg, 1.0), bridge, Config())
+        p.config = replace(p.config, milter=replace(p.config.milter, scan_timeout=1.0))
+        ev = p.evaluate(SlowCopy(0.4), Envelope())
+    finally:
+        bridge.stop(timeout=1.0)
+        hole.close()
+    assert isinstance(ev.outcome, ScanError), ev.outcome
+    assert ev.outcome.kind is ErrorKind.UNAVAILABLE, ev.outcome
+    assert ev.outcome.detail == (f"no connection to 127.0.0.1:{hole.port} within the 1s cap")
+
+
 def test_only_a_scan_still_running_after_slow_after_pokes_the_worker_pool(
         release: threading.Event) -> None:
     """The pool nudger's poke (slow_scan) is for a scan that holds its libmilter worker: a
