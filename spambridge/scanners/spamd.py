@@ -55,7 +55,7 @@ from aiospamc.responses import (
 
 from spambridge import defaults
 from spambridge.config import Config, ConfigError, SpamdConfig, host_port, key_at
-from spambridge.message import Envelope
+from spambridge.message import Envelope, clean
 from spambridge.scanners import CAP_END, cut_at_own_end
 from spambridge.verdict import ErrorKind, ScanError, ScoreResult
 
@@ -93,7 +93,7 @@ class _BoundedSend(ConnectionManager):
             while chunk := await reader.read(16384):
                 size += len(chunk)
                 if size > _MAX_REPLY:
-                    raise BadResponse(f"a reply of more than {_MAX_REPLY} bytes".encode())
+                    raise BadResponse(f"a reply of more than {_MAX_REPLY} bytes")
                 parts.append(chunk)
             if not parts:
                 # spamd's child was killed with the message (a stop, or the reload Debian's
@@ -406,6 +406,14 @@ def _describe(e: BaseException) -> str:
     cause = e.__cause__ or e.__context__
     text = f"{type(e).__name__}"
     detail = str(e) or (str(cause) if cause else "")
+    if isinstance(e, BadResponse) and e.args and isinstance(e.args[0], bytes | bytearray):
+        # aiospamc's BadResponse holds the whole reply, which str() wrote as a Python bytes
+        # literal (b'HTTP/1.0 400 ...'), and its parser's reason ("Protocol name does not
+        # match") was lost: the reason, then the reply's start as text
+        why = getattr(cause, "message", None) or "not a spamd reply"
+        reply = bytes(e.args[0][:120])
+        shown = clean(reply.replace(b"\r", b"\\r").replace(b"\n", b"\\n"), log=True)
+        detail = f"{why}; the reply began {shown}" if reply else f"{why}; an empty reply"
     if detail:
         text += f": {detail}"
     return _one_line(text)

@@ -26,6 +26,7 @@ from harness import (
     RunningMilter,
     bayes_mail,
     free_port,
+    log_line,
     message,
     start_spamd,
     stop_process,
@@ -528,3 +529,27 @@ def test_spool_directory_not_writable(tmp_path: Path, start_milter: Callable[...
         expect_healthy(m)
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.mark.parametrize(("fault", "why"), [
+    ("garbage", "Protocol name does not match; the reply began HTTP/1.0 200 OK\\r\\n"),
+    ("die_mid_reply", "; the reply began SPAMD/1.1 0 EX_OK\\r\\n"),
+    ("flood", "BadResponse: a reply of more than 32768 bytes"),
+])
+def test_a_reply_that_is_not_spamd_s_is_told_in_words(
+        start_milter: Callable[..., RunningMilter],
+        spamd_fakes: Callable[..., SwitchableSpamd], fault: str, why: str) -> None:
+    """A port that is not spamd's (a web server), or a reply cut short: the decision line and
+    the incident warning said aiospamc's BadResponse as a Python bytes literal (error="...:
+    BadResponse: b'HTTP/1.0 200 OK\\r\\n...'"), without the parser's reason."""
+    fake = spamd_fakes(fault)
+    m = spamd_milter(start_milter, fake.port, {})
+    with MilterClient(m.socket_path) as c:
+        r = c.send(message(), queue_id="4BADREPLY01")
+    assert r.action == "accept"
+    line = log_line(m, "4BADREPLY01")
+    assert " reason=error " in line and why in line, line
+    wait_until(lambda: "spamd failing: error: " in m.log, 5, "the incident warning")
+    [warning] = [x for x in m.log.splitlines() if "spamd failing: error: " in x]
+    assert why in warning, warning
+    assert "b'" not in m.log and 'b"' not in m.log, m.log
