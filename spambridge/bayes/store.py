@@ -241,6 +241,10 @@ def access_problem(path: str, write: bool) -> str:
             continue
         except OSError:
             return ""
+        if f == real and stat.S_ISDIR(st.st_mode):  # SQLite says "disk I/O error" or "unable
+            # to open database file": an admin went looking for a failing disk
+            return (f"{real} is a directory: the database is a file, such as "
+                    f"{os.path.join(real, 'bayes.sqlite')}")
         if not os.access(f, want):
             verb, bits = ("write", "rw") if write else ("read", "r")
             return f"{_user()} may not {verb} {described(f, st)}: {_why(f, st, bits)}"

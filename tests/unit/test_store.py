@@ -334,3 +334,16 @@ def test_a_refusal_the_mode_does_not_explain_names_acls_and_the_immutable_flag(
     assert why == (f"its mode allows it, so an ACL (getfacl {db}) or the immutable flag "
                    f"(lsattr {db}) refuses it")
     assert "chmod" not in why
+
+
+def test_a_directory_given_as_the_database_is_said_to_be_one(tmp_path: Path) -> None:
+    """`db = "/var/lib/spambridge"` (the directory, not the file in it): the milter's warning,
+    every message's error= and `train` said SQLite's "disk I/O error" or "unable to open
+    database file", and an admin went looking for a failing disk."""
+    folder = tmp_path / "spambridge"
+    folder.mkdir()
+    for open_it in (store.SqliteReader, store.SqliteWriter):
+        with pytest.raises(store.StoreError) as e:
+            open_it(str(folder))
+        assert f"{folder} is a directory: the database is a file, such as " \
+            f"{folder}/bayes.sqlite" in str(e.value), str(e.value)
