@@ -337,11 +337,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
+def _fail(text: str) -> None:
+    """Why a command stopped, on stderr. Under systemd (a `run` that cannot start, the unit's
+    ExecReload check) with priority err, as the milter's own error lines: a bare line is
+    priority info to journald, so `journalctl -u spambridge -p warning` and mail.err never
+    showed why the service would not start."""
+    prefix = "<3>" if _stderr_is_journal() else ""
+    print("\n".join(prefix + line for line in text.split("\n")), file=sys.stderr)
+
+
 def _command(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(args)
     except ConfigError as e:
-        print(f"spambridge: configuration error: {e}", file=sys.stderr)
+        _fail(f"spambridge: configuration error: {e}")
         return EX_CONFIG
     writer = setup_logging(getattr(args, "log_level", None) or cfg.log_level,
                            unblocked=args.command == "run")
@@ -387,7 +396,7 @@ def _command(args: argparse.Namespace) -> int:
             sys.stdout.flush()  # a reader gone away (`| head`) shows here, not at exit
         return status
     except ConfigError as e:
-        print(f"spambridge: configuration error: {e}", file=sys.stderr)
+        _fail(f"spambridge: configuration error: {e}")
         return EX_CONFIG
     except KeyboardInterrupt:
         return 130
@@ -395,5 +404,5 @@ def _command(args: argparse.Namespace) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
         return 128 + 13
     except OSError as e:
-        print(f"spambridge: {e}", file=sys.stderr)
+        _fail(f"spambridge: {e}")
         return 1

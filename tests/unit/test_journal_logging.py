@@ -84,3 +84,20 @@ def test_a_level_between_the_named_ones_gets_the_priority_around_it() -> None:
 
     assert line(45).startswith("<3>")
     assert line(25).startswith("<6>")
+
+
+def test_why_the_milter_did_not_start_reaches_the_journal_as_an_error(tmp_path: Path) -> None:
+    """A service that will not start (exit 78): its one line was priority info, so
+    `journalctl -u spambridge -p warning` and mail.err showed no reason at all."""
+    bad = tmp_path / "spambridge.toml"
+    bad.write_text("[milter]\nsockett = \"unix:/run/x.sock\"\n")
+    out = tmp_path / "stderr"
+    with out.open("wb") as f:
+        st = os.fstat(f.fileno())
+        r = subprocess.run([sys.executable, "-m", "spambridge", "run", "--config", str(bad)],
+                           stderr=f, env={**os.environ,
+                                          "JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"},
+                           check=False, timeout=60)
+    assert r.returncode == 78
+    assert out.read_text().splitlines() == [
+        f"<3>spambridge: configuration error: {bad}:2: [milter] sockett: unknown key"]
