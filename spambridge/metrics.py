@@ -260,10 +260,14 @@ class _Server(WSGIServer):
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A scraper that went silent or away is its own problem (socketserver would print a
         traceback on stderr for each); anything else is a bug worth a log line."""
+        # the scraper as HOST:PORT, not Python's ('127.0.0.1', 60972)
+        peer = (host_port(str(client_address[0]), client_address[1])
+                if isinstance(client_address, tuple) and len(client_address) >= 2
+                else str(client_address))
         if isinstance(sys.exc_info()[1], OSError):
-            log.debug("metrics: %s: %s", client_address, sys.exc_info()[1])
+            log.debug("metrics: %s: %s", peer, sys.exc_info()[1])
         else:
-            log.exception("metrics: serving %s failed", client_address)
+            log.exception("metrics: serving %s failed", peer)
 
 
 class _StateGauge:

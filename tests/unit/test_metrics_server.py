@@ -3,6 +3,7 @@ a client may hold, not what the metrics say (tests/integration/test_metrics.py).
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 from collections.abc import Iterator
@@ -127,3 +128,17 @@ def test_bytes_that_come_after_the_deadline_are_not_read() -> None:
         time.sleep(0.1)
         with pytest.raises(TimeoutError, match="request not complete in time"):
             reader.readinto(bytearray(100))
+
+
+def test_a_dropped_scraper_is_named_as_host_and_port(
+        port: int, caplog: pytest.LogCaptureFixture) -> None:
+    """`debug` adds the endpoint's dropped connections: the line named the scraper as a
+    Python tuple, "metrics: ('127.0.0.1', 60972): timed out"."""
+    caplog.set_level(logging.DEBUG, logger="spambridge")
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"GET /metr")  # and no more
+        mine = s.getsockname()[1]
+        wait_until(lambda: any("metrics: " in r.getMessage() for r in caplog.records),
+                   10, "the dropped connection's line")
+    [line] = [r.getMessage() for r in caplog.records if "metrics: " in r.getMessage()]
+    assert line.startswith(f"metrics: 127.0.0.1:{mine}: "), line
