@@ -118,7 +118,7 @@ class BayesScanner:
 
     def submit(self, message: bytes, envelope: Envelope) -> Future[ScoreResult]:
         try:
-            return self._pool.submit(self.score_now, message)
+            return self._pool.submit(self.score_now, message, envelope.log_id)
         except RuntimeError as e:  # the pool was shut down under us (stopping)
             raise ScanError(ErrorKind.UNAVAILABLE, ENGINE, str(e)) from e
 
@@ -148,9 +148,9 @@ class BayesScanner:
         finally:
             self._lock.release()
 
-    def score_now(self, message: bytes) -> ScoreResult:
+    def score_now(self, message: bytes, log_id: str = "") -> ScoreResult:
         """Score in the calling thread (the pool's, or `check --batch`'s); only ScanError
-        escapes."""
+        escapes. `log_id`: the message's queue id, for the log."""
         try:
             tokens = tokenize(message, self.limits)
             with self._locked():
@@ -171,7 +171,7 @@ class BayesScanner:
             raise ScanError(ErrorKind.UNAVAILABLE, ENGINE, str(e)) from e
         except Exception as e:  # a bug must still end in a defined outcome
             self._local.scorer = None
-            log.exception("bayes: internal error")
+            log.exception("%sbayes: internal error", f"{log_id}: " if log_id else "")
             raise ScanError(ErrorKind.ERROR, ENGINE, f"internal: {type(e).__name__}") from e
         return ScoreResult(ENGINE, verdict.score, (), verdict.clues, unread=unread(tokens))
 

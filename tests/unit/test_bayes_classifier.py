@@ -232,3 +232,29 @@ def test_a_count_above_its_total_scores_as_the_total() -> None:
 
     assert score(a=(5, 0)) == score(a=(2, 0))
     assert score(a=(-1, 1), b=(0, 2)) == score(a=(0, 1), b=(0, 2))
+
+
+def test_an_internal_error_names_the_message(tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug while scoring is logged with its traceback: that line, the one an admin sends
+    with the bug report, did not carry the queue id the decision line after it has."""
+    import logging
+
+    from spambridge.config import BayesConfig
+    from spambridge.message import Envelope
+    from spambridge.scanners import bayes
+    from spambridge.verdict import ScanError
+
+    def broken(*_: object) -> None:
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(bayes, "tokenize", broken)
+    scanner = bayes.BayesScanner(BayesConfig(db=str(tmp_path / "b.sqlite")))
+    caplog.set_level(logging.ERROR, logger="spambridge")
+    try:
+        with pytest.raises(ScanError, match="internal: ZeroDivisionError"):
+            scanner.submit(b"Subject: x\r\n\r\nhi\r\n", Envelope(queue_id="4ABCDEF0123")).result(10)
+    finally:
+        scanner.close()
+    [record] = caplog.records
+    assert record.getMessage() == "4ABCDEF0123: bayes: internal error" and record.exc_info
