@@ -95,8 +95,11 @@ def apply(
     nothing forged in it is delivered: no warning for it."""
     failed: list[str] = []
     on_top = forged > len(owned)
+    tried = 0
 
     def attempt(what: str, op: Callable[..., Any], *args: Any) -> None:
+        nonlocal tried
+        tried += 1
         try:
             op(*args)
         except Exception as e:  # Milter.error, DisabledAction: libmilter said no
@@ -120,7 +123,17 @@ def apply(
                 attempt("add Subject", ctx.addheader, "Subject", new)
             elif new is not None:
                 attempt("tag the Subject", ctx.chgheader, "Subject", 1, new)
-    if failed:
+    if failed and len(failed) == tried and decision.headers:
+        # even adding our own small fields failed: libmilter refuses none of those to an
+        # MTA that is still there (it granted the header actions at negotiation, or libmilter
+        # would have dropped it), so the MTA is gone, or stopped reading, before the reply.
+        # "refused by libmilter" sent admins after libmilter; the MTA applied its own action
+        log.warning("%s: the MTA got no reply (action=%s): it closed the connection or "
+                    "stopped reading first, and %d change(s) to the message failed, first: %s. "
+                    "Its milter timeout (Postfix's milter_content_timeout, Sendmail's T=R: and "
+                    "T=E:) must be above scan_timeout", queue_id or "NOQUEUE",
+                    decision.action.value, len(failed), failed[0])
+    elif failed:
         log.warning("%s: %d change(s) to the message refused by libmilter, first: %s",
                     queue_id or "NOQUEUE", len(failed), failed[0])
     return int(_RESULT[decision.action])

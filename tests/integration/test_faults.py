@@ -553,3 +553,36 @@ def test_a_reply_that_is_not_spamd_s_is_told_in_words(
     [warning] = [x for x in m.log.splitlines() if "spamd failing: error: " in x]
     assert why in warning, warning
     assert "b'" not in m.log and 'b"' not in m.log, m.log
+
+
+def test_an_mta_gone_before_the_reply_is_not_called_a_libmilter_refusal(
+        start_milter: Callable[..., RunningMilter],
+        spamd_fakes: Callable[..., SwitchableSpamd]) -> None:
+    """Sendmail without T= waits 10 s for the reply, spambridge's default scan_timeout: at a
+    hung spamd it gave up first (451) and closed the connection. The milter logged
+    action=accept, then "2 change(s) to the message refused by libmilter", which sent the
+    admin after libmilter; its reply never reached the MTA."""
+    from miltertest import constants
+
+    fake = spamd_fakes("hang")
+    m = spamd_milter(start_milter, fake.port, {})
+    c = MilterClient(m.socket_path, timeout=10)
+    try:
+        c.connect()
+        c.helo()
+        c.mail()
+        c.rcpt()
+        c.data("4GONE00001")
+        c.header("Subject", "Lunch")
+        c.eoh("4GONE00001")
+        c.body(b"Shall we meet at noon?\r\n")
+        c._macros(constants.SMFIC_BODYEOB, {"i": "4GONE00001"})
+        c.conn._send(constants.SMFIC_BODYEOB)
+        time.sleep(CAP / 4)  # the MTA's own timeout, before the cap
+    finally:
+        c.sock.close()
+    wait_until(lambda: "4GONE00001: the MTA" in m.log, CAP + 5, "the lost reply's line")
+    [line] = [x for x in m.log.splitlines() if "4GONE00001: the MTA" in x]
+    assert "WARNING 4GONE00001: the MTA got no reply (action=accept): it closed the " \
+        "connection or stopped reading first" in line, line
+    assert "milter_content_timeout" in line and "refused by libmilter" not in m.log, m.log
