@@ -7,6 +7,8 @@ import logging
 import os
 import re
 import signal
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -538,3 +540,40 @@ def test_max_size_0_on_stdin_with_both_engines_is_no_limit(
     assert cli.main(["train", "--engine", "spamd+bayes", "--db", str(tmp_path / "b.sqlite"),
                      "--max-size", "0", "--spam", "-"]) == 0
     assert seen == {"too_large_said": False, "stdin": raw}
+
+
+def test_a_slow_stderr_holds_each_logging_thread_no_longer_than_log_wait() -> None:
+    """A stderr that takes each line in 60 ms (under LOG_WAIT: not stuck) held the threads
+    that log one behind another: each waited for its line while holding the handler's lock,
+    so the tenth of ten decision lines logged at once waited 0.6 s (100 at once: 6 s, past
+    the MTA's milter timeouts), where a logging thread waits at most LOG_WAIT for its line."""
+    written: list[str] = []
+
+    class Slow(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            time.sleep(0.06)  # a slow stderr, not a stuck one
+            written.append(record.getMessage())
+
+    queued = cli._Unblocked()
+    writer = cli._Writer(queued, Slow())
+    writer.start()
+    n = 10
+    start = threading.Barrier(n)
+    took: list[float] = []
+
+    def decide(i: int) -> None:
+        record = logging.makeLogRecord({"name": "spambridge", "levelno": logging.INFO,
+                                        "msg": f"Q{i}: action=accept"})
+        start.wait(5)
+        t0 = time.monotonic()
+        queued.handle(record)
+        took.append(time.monotonic() - t0)
+
+    threads = [threading.Thread(target=decide, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert writer.stop_within(10.0)
+    assert sorted(written) == sorted(f"Q{i}: action=accept" for i in range(n))  # none lost
+    assert max(took) < cli.LOG_WAIT + 0.15, sorted(round(t, 2) for t in took)
