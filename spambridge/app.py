@@ -100,8 +100,6 @@ def run(cfg: Config, reload: Callable[[], Config] | None = None) -> int:
         except OSError:
             bridge.stop()
             raise
-    if reload is not None:
-        _start_reload_thread(pipeline, reload)
 
     Milter.factory = functools.partial(SpamBridgeMilter, functools.partial(Session, pipeline))
     Milter.set_flags(actions.FLAGS)
@@ -116,6 +114,10 @@ def run(cfg: Config, reload: Callable[[], Config] | None = None) -> int:
         bridge.stop()
         _remove_own_socket(spec, ours)  # no socket left that nothing will ever answer on
         raise
+    if reload is not None:
+        # as the milter's user: a USR1 sent while the milter started (pending, since `run`
+        # blocks it from its first moment) re-read the config and checked the spool as root
+        _start_reload_thread(pipeline, reload)
     log.info("spambridge %s listening on %s (engine=%s, cap=%gs%s; %s)", __version__,
              spec.libmilter, cfg.milter.engine, cfg.milter.scan_timeout,
              ", tag-only" if cfg.policy.tag_only else "",

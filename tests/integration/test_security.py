@@ -277,6 +277,34 @@ def test_root_start_drops_to_the_configured_user(start_milter: Start, fake: Swit
             "remove its socket when it stops;") in m.log  # it still reaches it: 0755
 
 
+def usr1_blocked(pid: int) -> bool:
+    with open(f"/proc/{pid}/status") as f:
+        mask = next(int(ln.split()[1], 16) for ln in f if ln.startswith("SigBlk:"))
+    return bool(mask >> (signal.SIGUSR1 - 1) & 1)
+
+
+@needs_root
+def test_a_reload_asked_for_while_starting_is_done_as_the_milters_user(
+        start_milter: Start, fake: SwitchableSpamd, open_dir: Path) -> None:
+    """kill -USR1 while the milter starts as root with [milter] user: the signal waits
+    (`run` blocks it from its first moment) and was taken by the reload thread before the
+    switch to the user, so a config only root may read was "reloaded", and the spool checked,
+    as root; every later reload then failed. It is done as the milter's user, as those are."""
+    cfg = spamd_config(fake.port)
+    cfg["milter"].update(user="nobody", socket=f"unix:{open_dir}/milter.sock")
+    m = start_milter(cfg, wait=False)
+    os.chmod(m.config_path, 0o600)  # root's: read at the start, not by nobody
+    wait_until(lambda: m.proc.poll() is not None or usr1_blocked(m.proc.pid), 20,
+               "USR1 blocked by `run`")
+    os.kill(m.proc.pid, signal.SIGUSR1)
+    wait_until(lambda: "running as nobody" in m.log and ("reload failed" in m.log or
+                                                         "configuration reloaded" in m.log),
+               20, "the start and the reload's line")
+    assert "reload failed, keeping the running config" in m.log, m.log
+    assert "configuration reloaded" not in m.log, m.log
+    assert result_of(m, message()).action == "accept"  # still serving, on the start's config
+
+
 @needs_root
 def test_the_users_supplementary_groups_come_with_it(
         user_in_a_group: tuple[pwd.struct_passwd, grp.struct_group],  # first: removed last
