@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 
 MODES = ("good", "slow", "hang", "garbage", "trickle", "flood", "die_mid_reply",
-         "die_before_reply", "reset_mid_reply", "hostile_symbols")
+         "die_before_reply", "reset_before_reply", "reset_mid_reply", "hostile_symbols")
 
 
 def spamd_reply(score: float = 1.5, threshold: float = 5.0, symbols: bytes = b"SYM_A,SYM_B",
@@ -193,6 +193,12 @@ def _die_before_reply(srv: SwitchableSpamd, conn: socket.socket) -> None:
     Debian's daily sa-update does): the socket closes (FIN) with no reply."""
 
 
+def _reset_before_reply(srv: SwitchableSpamd, conn: socket.socket) -> None:
+    """A reset with no reply, as spamd closing at once on a host its --allowed-ips does not
+    list (our request still unread there)."""
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+
 def _reset_mid_reply(srv: SwitchableSpamd, conn: socket.socket) -> None:
     """Half a reply, then a reset (RST), as when a killed child still had unread input."""
     conn.sendall(srv.reply[: len(srv.reply) // 2])
@@ -213,6 +219,7 @@ BEHAVIOURS: dict[str, Callable[[SwitchableSpamd, socket.socket], None]] = {
     "flood": _flood,
     "die_mid_reply": _die_mid_reply,
     "die_before_reply": _die_before_reply,
+    "reset_before_reply": _reset_before_reply,
     "reset_mid_reply": _reset_mid_reply,
     "hostile_symbols": _hostile_symbols,
 }

@@ -78,6 +78,11 @@ _MAX_SCORE = 10_000.0  # spamd's own scores stay within ±1,000 (whitelist_from 
 _reached: ContextVar[list[bool]] = ContextVar("spamd_reached")
 
 
+# why spamd ends a connection before its reply: going away with the message, or not serving
+# this host at all
+_GONE = "(spamd stopping or reloading, or not allowing this host: its --allowed-ips)"
+
+
 class _BoundedSend(ConnectionManager):
     async def _send(self, data: bytes) -> bytes:
         reader, writer = await self._connect()
@@ -90,17 +95,25 @@ class _BoundedSend(ConnectionManager):
             await writer.drain()
             parts: list[bytes] = []
             size = 0
-            while chunk := await reader.read(16384):
-                size += len(chunk)
-                if size > _MAX_REPLY:
-                    raise BadResponse(f"a reply of more than {_MAX_REPLY} bytes")
-                parts.append(chunk)
+            try:
+                while chunk := await reader.read(16384):
+                    size += len(chunk)
+                    if size > _MAX_REPLY:
+                        raise BadResponse(f"a reply of more than {_MAX_REPLY} bytes")
+                    parts.append(chunk)
+            except ConnectionResetError:
+                if parts:
+                    raise
+                # spamd closing at once on a host its --allowed-ips does not list resets the
+                # connection (our request unread): "[Errno 104] Connection reset by peer"
+                # alone sent admins nowhere; spamd's own log says "unauthorized connection"
+                raise ConnectionResetError(f"reset the connection without a reply {_GONE}"
+                                           ) from None
             if not parts:
                 # spamd's child was killed with the message (a stop, or the reload Debian's
                 # daily sa-update cron does): spamd going away, not a garbage reply, so
                 # on_unavailable, not on_error (a 550 for good mail with on_error = reject)
-                raise ConnectionResetError("closed the connection without a reply (spamd "
-                                           "stopping or reloading)")
+                raise ConnectionResetError(f"closed the connection without a reply {_GONE}")
             return b"".join(parts)
         finally:
             writer.close()

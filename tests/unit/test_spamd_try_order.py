@@ -136,7 +136,24 @@ def test_a_connection_closed_without_a_byte_is_spamd_going_away_not_garbage() ->
         dying.close()
     assert e.value.kind is ErrorKind.UNAVAILABLE
     assert e.value.detail == (f"127.0.0.1:{dying.port}: ConnectionResetError: closed the "
-                              "connection without a reply (spamd stopping or reloading)")
+                              "connection without a reply (spamd stopping or reloading, or "
+                              "not allowing this host: its --allowed-ips)")
+
+
+def test_a_spamd_not_allowing_this_host_is_named_as_a_possible_cause() -> None:
+    """spamd closes at once on a client its --allowed-ips does not list, our request unread,
+    which resets the connection: the line said only "[Errno 104] Connection reset by peer"
+    for every message, and spamd's own log, "unauthorized connection", was elsewhere."""
+    refusing = SwitchableSpamd("reset_before_reply")
+    try:
+        with pytest.raises(ScanError) as e:
+            ask(pool(refusing.port))
+    finally:
+        refusing.close()
+    assert e.value.kind is ErrorKind.UNAVAILABLE
+    assert e.value.detail == (f"127.0.0.1:{refusing.port}: ConnectionResetError: reset the "
+                              "connection without a reply (spamd stopping or reloading, or "
+                              "not allowing this host: its --allowed-ips)")
 
 
 @pytest.mark.parametrize("bayes_share", [False, True])
