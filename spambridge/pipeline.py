@@ -136,16 +136,33 @@ class Pipeline:
                 pcfg = replace(pcfg, subject_tag="", tag_only=pcfg.tag_only or envelope.local)
             decision = policy.decide(outcome, pcfg)
             ev = Evaluation(decision, outcome, time.monotonic() - start)
-            log_decision(ev, buf, envelope, cfg.policy.tag_only, self.errors_in_full)
-            self._track(ev)
-            for observe in self.observers:
-                observe(ev, buf)
+            self._report(ev, buf, envelope, cfg)
             return ev
         finally:
             with self._idle:
                 self._inflight -= 1
                 self._last_free = time.monotonic()
                 self._idle.notify_all()
+
+    def _report(self, ev: Evaluation, buf: MessageBuffer, envelope: Envelope,
+                cfg: Config) -> None:
+        """Say what was decided: the decision line, the incident log, the observers (metrics).
+        The decision stands whatever fails here: raised to the end-of-message callback, a bug
+        in one of them had the message decided again as on_error, so it was logged and counted
+        twice and given an action its first decision line did not say."""
+        try:
+            log_decision(ev, buf, envelope, cfg.policy.tag_only, self.errors_in_full)
+        except Exception:
+            _report_failed(ev, envelope)
+        try:
+            self._track(ev)
+        except Exception:
+            _report_failed(ev, envelope)
+        for observe in self.observers:
+            try:
+                observe(ev, buf)
+            except Exception:
+                _report_failed(ev, envelope)
 
     def _render_and_scan(self, buf: MessageBuffer, envelope: Envelope, cap: float) -> Outcome:
         """The message rebuilt for the scanner, and scanned. Out of memory for the copy (an
@@ -244,6 +261,11 @@ def _first_time(detail: str) -> bool:
         if len(_SAID_WHOLE) > _SAID_WHOLE_MAX:
             del _SAID_WHOLE[next(iter(_SAID_WHOLE))]
         return True
+
+
+def _report_failed(ev: Evaluation, envelope: Envelope) -> None:
+    log.exception("%s: internal error reporting the decision (action=%s)", envelope.log_id,
+                  ev.decision.action.value)
 
 
 def log_decision(ev: Evaluation, buf: MessageBuffer, env: Envelope, tag_only: bool,

@@ -29,41 +29,87 @@ class Ham:
         pass
 
 
+def eom_of(p: Pipeline, qid: str) -> tuple[int, list[tuple[str, ...]], list[tuple[str, ...]]]:
+    """One message through the end-of-message callback (no libmilter): what it returns, the
+    replies it set and the fields it added."""
+    m = SpamBridgeMilter(lambda: Session(p))
+    replies: list[tuple[str, ...]] = []
+    added: list[tuple[str, ...]] = []
+    m.getsymval = lambda name: qid if name == "i" else None  # type: ignore[method-assign]
+    m.setreply = lambda *a: replies.append(a)  # type: ignore[method-assign]
+    m.addheader = lambda *a: added.append(a)  # type: ignore[method-assign]
+    m.session.connect("client.example.net", "192.0.2.7", "mx.example.org", "MTA-v4", 40312)
+    m.session.start_message("<a@example.net>", "", False)
+    m.session.add_header("Subject", b"hello")
+    m.session.add_body(b"x\r\n")
+    result = m.eom()
+    assert m.session.buffer is None  # let go
+    return result, replies, added
+
+
 def test_a_bug_at_end_of_message_ends_in_on_error_not_pymilters_451(
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug met while deciding (here: the policy, failing once) must end in the admin's
+    on_error action with its reply, logged with its traceback: an exception out of the
+    callback becomes pymilter's 451 "untrapped exception", which no policy names."""
+    import Milter
+
+    from spambridge import policy
+
+    cfg = Config(policy=replace(PolicyConfig(), on_error=FailAction.REJECT))
+    bridge = AsyncBridge().start()
+    decide = policy.decide
+    failures = [RuntimeError("a bug in the policy")]
+
+    def buggy(*a: object, **kw: object) -> object:
+        if failures:
+            raise failures.pop()
+        return decide(*a, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(policy, "decide", buggy)
+    caplog.set_level(logging.INFO, logger="spambridge")
+    try:
+        result, replies, _ = eom_of(Pipeline(Ham(), bridge, cfg), "4BUGGY")  # type: ignore[arg-type]
+    finally:
+        bridge.stop(timeout=1.0)
+    assert result == Milter.REJECT
+    assert replies == [("550", "5.7.1", "Message could not be checked for spam")]
+    assert "4BUGGY: internal error at end of message" in caplog.text
+    assert "RuntimeError: a bug in the policy" in caplog.text
+
+
+def test_a_bug_in_reporting_the_decision_leaves_the_decision_as_logged(
         caplog: pytest.LogCaptureFixture) -> None:
-    """A bug met while deciding (here: an observer, as the metrics are, that fails once)
-    must end in the admin's on_error action with its reply, logged with its traceback: an
-    exception out of the callback becomes pymilter's 451 "untrapped exception", which no
-    policy names."""
+    """An observer (the metrics) failing after the decision was made and logged: the message
+    had the whole decision made again as on_error, so with on_error = reject a ham was
+    refused after its line said action=accept, and it was logged and counted twice. The
+    decision stands; the bug is logged with its traceback."""
     import Milter
 
     cfg = Config(policy=replace(PolicyConfig(), on_error=FailAction.REJECT))
     bridge = AsyncBridge().start()
     p = Pipeline(Ham(), bridge, cfg)  # type: ignore[arg-type]
-    failures = [RuntimeError("an observer's bug")]
+    seen: list[object] = []
 
     def observer(ev: object, buf: object) -> None:
-        if failures:
-            raise failures.pop()
+        seen.append(ev)
+        raise RuntimeError("an observer's bug")
 
     p.observers.append(observer)
-    m = SpamBridgeMilter(lambda: Session(p))
-    replies: list[tuple[str, ...]] = []
-    m.getsymval = lambda name: "4BUGGY" if name == "i" else None  # type: ignore[method-assign]
-    m.setreply = lambda *a: replies.append(a)  # type: ignore[method-assign]
-    m.session.connect("client.example.net", "192.0.2.7", "mx.example.org", "MTA-v4", 40312)
-    m.session.start_message("<a@example.net>", "", False)
-    m.session.add_header("Subject", b"hello")
-    m.session.add_body(b"x\r\n")
     caplog.set_level(logging.INFO, logger="spambridge")
     try:
-        assert m.eom() == Milter.REJECT
+        result, replies, added = eom_of(p, "4BUGGY")
     finally:
         bridge.stop(timeout=1.0)
-    assert replies == [("550", "5.7.1", "Message could not be checked for spam")]
-    assert "4BUGGY: internal error at end of message" in caplog.text
+    assert result == Milter.ACCEPT and replies == []
+    assert ("X-Spam-Status", "No, score=0.0 required=5.0 tests=none engine=spamd") in [
+        a[:2] for a in added]
+    decisions = [r.getMessage() for r in caplog.records if " action=" in r.getMessage()
+                 and "reporting" not in r.getMessage()]
+    assert len(decisions) == 1 and " action=accept " in decisions[0], decisions
+    assert len(seen) == 1  # counted once
+    assert "4BUGGY: internal error reporting the decision (action=accept)" in caplog.text
     assert "RuntimeError: an observer's bug" in caplog.text
-    assert m.session.buffer is None  # let go
 
 
 def test_an_aborted_message_lets_go_of_its_spool_at_once(tmp_path: Path) -> None:
