@@ -206,7 +206,7 @@ class _Unblocked(logging.handlers.QueueHandler):
             with self._lock:
                 self.dropped += 1
             return
-        if not self.stuck:
+        if not self.stuck and not _on_a_loop():
             with q.all_tasks_done:
                 self.stuck = not q.all_tasks_done.wait_for(lambda: not q.unfinished_tasks,
                                                            LOG_WAIT)
@@ -215,6 +215,20 @@ class _Unblocked(logging.handlers.QueueHandler):
         with self._lock:
             n, self.dropped = self.dropped, 0
         return n
+
+
+def _on_a_loop() -> bool:
+    """Whether this thread runs an asyncio loop (the bridge's, where spamd scans run): a wait
+    for its line there held every scan in flight, for a line (a pool member's news) that
+    answers no MTA."""
+    asyncio = sys.modules.get("asyncio")  # not imported: no loop (`train -` never needs it)
+    if asyncio is None:
+        return False
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 class _Writer(logging.handlers.QueueListener):

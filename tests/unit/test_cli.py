@@ -577,3 +577,35 @@ def test_a_slow_stderr_holds_each_logging_thread_no_longer_than_log_wait() -> No
     assert writer.stop_within(10.0)
     assert sorted(written) == sorted(f"Q{i}: action=accept" for i in range(n))  # none lost
     assert max(took) < cli.LOG_WAIT + 0.15, sorted(round(t, 2) for t in took)
+
+
+def test_a_line_logged_on_the_event_loop_does_not_wait_for_stderr() -> None:
+    """spamd scans run on the bridge's asyncio loop, and a pool member's news is logged
+    there: waiting up to LOG_WAIT for that line to be written held every scan in flight, and
+    behind a stderr not taking lines it marked stderr stuck for the threads that answer mail.
+    A thread that logs from a loop does not wait; its line is written all the same."""
+    import asyncio
+
+    release = threading.Event()
+    written: list[str] = []
+
+    class Held(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            release.wait(10)  # stderr not taking lines until the test says so
+            written.append(record.getMessage())
+
+    queued = cli._Unblocked()
+    writer = cli._Writer(queued, Held())
+    writer.start()
+
+    async def pool_news() -> None:
+        queued.handle(logging.makeLogRecord({"name": "spambridge.pool", "levelno": 30,
+                                             "msg": "spamd server 127.0.0.1:783 is down"}))
+
+    try:
+        asyncio.run(pool_news())
+        assert not queued.stuck  # it did not wait: nothing said stderr had stopped
+    finally:
+        release.set()
+        assert writer.stop_within(10.0)
+    assert written == ["spamd server 127.0.0.1:783 is down"]
