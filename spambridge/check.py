@@ -262,7 +262,7 @@ def _report(path: str, ev: Evaluation, explain: bool, owned: list[tuple[str, int
     if d.action not in (Action.REJECT, Action.TEMPFAIL):  # a refused message is not changed
         if owned:  # forged or stale X-Spam-* fields from outside
             print(f"  headers removed: {', '.join(sorted({n for n, _ in owned}))}", file=out)
-        if forged > len(owned):  # a flood: the rest stay, in the milter's words (_eom)
+        if forged > len(owned):  # a flood: the rest stay, in the milter's words (actions.apply)
             print(f"  headers left: {forged - len(owned)} ({forged} forged X-Spam-* fields, "
                   f"only the first {len(owned)} removed; ours go on top)", file=out)
         if d.subject_prefix:

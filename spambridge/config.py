@@ -137,8 +137,9 @@ class Config:
     flags: tuple[str, ...] = ()  # "[bayes] db"-style keys a command-line flag set (key_at)
 
 
-# what a running milter was built with: the socket, the engine and its clients, the cap they
-# were given, the database, the metrics listener
+# [milter] keys a running milter was built with: the engine (and its clients), the socket, its
+# mode and group, the user it runs as, the cap its clients were given, the name libmilter
+# registered ([spamd], [bayes], [metrics] and [log] level are kept whole by reloaded())
 RESTART_ONLY = ("engine", "socket", "socket_mode", "socket_group", "user", "scan_timeout",
                 "name")
 

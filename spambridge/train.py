@@ -83,10 +83,6 @@ _MAIL_FIELDS = frozenset(b"from to cc subject date received message-id return-pa
                          b"delivered-to sender reply-to mime-version content-type".split())
 
 
-class TrainError(Exception):
-    """A problem that makes the whole run fail (the database, not one message)."""
-
-
 @dataclass
 class Summary:
     label: str  # spam, ham, forget, or index (each message's class from an index file)

@@ -167,7 +167,6 @@ _SCHEMES = (b"http", b"https", b"ftp")  # the commonest first
 _IP_HOST = re.compile(rb"\d{1,3}(?:\.\d{1,3}){3}")
 PICK_APART_URLS = False  # url:ip addr / has user / port / %-escapes: no gain measured
 _URL_SEP_TO_SLASH = bytes.maketrans(b";?:@&=+,$.", b"//////////")
-_URL_SEP = re.compile(rb"[;?:@&=+,$.]")
 # (opener, closer) of regions removed with no separator, so FR<!-- x -->EE reads FREE;
 # None: an HTML comment, which has closers of its own (_strip_comments). SpamBayes also drops
 # <comment>…</comment>, on purpose ("Nuke HTML comments"): old Internet Explorer hid it. HTML5

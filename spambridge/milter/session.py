@@ -1,5 +1,6 @@
 """Per-connection and per-message state. Imports nothing from pymilter, so it is tested
-without libmilter; the callbacks feed it, and `finish()` returns the Decision."""
+without libmilter; the callbacks feed it, and `finish()` returns the Evaluation (the decision,
+and the outcome it came from)."""
 
 from __future__ import annotations
 
