@@ -392,7 +392,7 @@ def _start_reload_thread(pipeline: Pipeline, reload: Callable[[], Config]) -> No
                 log.error("reload failed, keeping the running config: %s", e)
                 continue
             except Exception as e:
-                log.error("reload failed, keeping the running config: %r", e)
+                log.exception("reload failed, keeping the running config: %r", e)
                 continue
             applied, changed = reloaded(pipeline.config, new)
             if changed:

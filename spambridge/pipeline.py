@@ -95,7 +95,7 @@ class Pipeline:
         except TimeoutError:
             return ScanError(ErrorKind.TIMEOUT, self.scanner.name, f"no verdict within {cap:g}s")
         except Exception as e:  # a scanner bug must still end in a defined action
-            log.error("%s: internal scanner error: %r", envelope.log_id, e)
+            log.exception("%s: internal scanner error: %r", envelope.log_id, e)
             return ScanError(ErrorKind.ERROR, self.scanner.name, f"internal: {type(e).__name__}")
 
     def evaluate(

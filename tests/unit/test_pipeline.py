@@ -120,6 +120,7 @@ def test_a_bug_in_the_scanner_is_an_error_outcome(caplog: pytest.LogCaptureFixtu
     assert outcome.detail == "internal: KeyError"
     assert [r.getMessage() for r in caplog.records] == [
         "4BUG: internal scanner error: KeyError('oops')"]
+    assert caplog.records[0].exc_info is not None  # where the bug is: its traceback
 
 
 def test_a_hung_scan_times_out_at_the_cap_and_a_queued_one_never_starts(
