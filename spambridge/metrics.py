@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import logging
 import platform
-import re
 import socket
 import sys
 import threading
@@ -45,7 +44,6 @@ getattr(prometheus_client, "disable_created_metrics", lambda: None)()
 SCAN_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
 SIZE_BUCKETS = (1 << 10, 4 << 10, 16 << 10, 64 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20)
 KINDS = tuple(k.value for k in ErrorKind if k is not ErrorKind.OVERSIZE)  # oversize: skipped
-_FALLBACK = re.compile(r"fallback=([a-z]+)-([a-z]+)")
 
 
 class Metrics:
@@ -116,9 +114,8 @@ class Metrics:
                 self.scan_seconds.labels(outcome.engine).observe(ev.elapsed)
         elif isinstance(outcome, ScoreResult):
             self.scan_seconds.labels(outcome.engine).observe(ev.elapsed)
-            m = _FALLBACK.search(outcome.note)
-            if m:
-                self.errors.labels(m.group(1), m.group(2)).inc()
+            if outcome.failed is not None:  # spamd failed, and Bayes decided for it
+                self.errors.labels(outcome.failed.engine, outcome.failed.kind.value).inc()
 
     def track(self, pipeline: Pipeline) -> None:
         pipeline.observers.append(self.observe)
