@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from spambridge import defaults, limits, policy
 from spambridge.config import Config
@@ -123,18 +123,8 @@ class Pipeline:
                                     f"over max_scan_size {cfg.milter.max_scan_size}")
             else:
                 outcome = self._render_and_scan(buf, envelope, cfg.milter.scan_timeout)
-            pcfg = cfg.policy
-            if envelope.local or envelope.auth_user:
-                # The site's own mail (sendmail(1), SMTP AUTH with skip_authenticated = false)
-                # is tagged by its X-Spam-* fields only: a DKIM signer before spambridge in the
-                # milter list (README: opendkim, spambridge) has signed its Subject already, so
-                # a tagged Subject would go out with a broken signature (a DMARC reject at the
-                # recipient), and the tag to a customer. A refusal of locally submitted mail
-                # reaches no client: Postfix bounces it (5xx) to the envelope sender, or keeps
-                # it in the maildrop (4xx); Sendmail's MSP bounces it and loses it when the
-                # bounce is refused too. Tag it instead.
-                pcfg = replace(pcfg, subject_tag="", tag_only=pcfg.tag_only or envelope.local)
-            decision = policy.decide(outcome, pcfg)
+            decision = policy.decide(outcome, cfg.policy, local=envelope.local,
+                                     authenticated=bool(envelope.auth_user))
             ev = Evaluation(decision, outcome, time.monotonic() - start)
             self._report(ev, buf, envelope, cfg)
             return ev

@@ -1,10 +1,13 @@
 """The one place that turns a scan outcome into an action. Pure: no I/O, no clock.
 
-(outcome, config) → Decision: band by the engine's thresholds, failure class by its `on_*` key,
-tag-only mode softening reject/tempfail to tag/accept while keeping what it would have done.
+(outcome, config, where the mail came from) → Decision: band by the engine's thresholds, failure
+class by its `on_*` key, tag-only mode softening reject/tempfail to tag/accept while keeping
+what it would have done, and the site's own mail tagged, never refused or Subject-tagged.
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 from spambridge import headers
 from spambridge.config import PolicyConfig, Thresholds
@@ -48,7 +51,17 @@ def band(score: float, t: Thresholds) -> Band:
     return Band.HAM
 
 
-def decide(outcome: Outcome, cfg: PolicyConfig) -> Decision:
+def decide(outcome: Outcome, cfg: PolicyConfig, *, local: bool = False,
+           authenticated: bool = False) -> Decision:
+    """`local`: submitted on the host itself (sendmail(1)); `authenticated`: by SMTP AUTH.
+    The site's own mail is tagged by its X-Spam-* fields only: a DKIM signer before spambridge
+    in the milter list (README: opendkim, spambridge) has signed its Subject already, so a
+    tagged Subject would go out with a broken signature (a DMARC reject at the recipient),
+    and the tag to a customer. A refusal of locally submitted mail reaches no client:
+    Postfix bounces it (5xx) to the envelope sender, or keeps it in the maildrop (4xx);
+    Sendmail's MSP bounces it and loses it when the bounce is refused too. Tag it instead."""
+    if local or authenticated:
+        cfg = replace(cfg, subject_tag="", tag_only=cfg.tag_only or local)
     if isinstance(outcome, Skipped):
         return Decision(Action.ACCEPT, Action.ACCEPT, reason=outcome.reason.value)
     if isinstance(outcome, ScanError):

@@ -235,3 +235,20 @@ def test_a_bayes_score_reads_inside_its_band(score: float, band: str, status: st
     got = hdr(d.headers, "X-Spam-Status") or ""
     assert got.startswith(status) and ("unsure=yes" in got) == unsure, got
     assert hdr(d.headers, "X-Spam-Score") == d.shown == shown
+
+
+def test_the_sites_own_mail_is_tagged_without_its_subject() -> None:
+    """Mail submitted on the host (sendmail(1)) is never refused, only tagged; neither it nor
+    mail sent with SMTP AUTH gets a Subject tag (a DKIM signature before us covers it)."""
+    cfg = replace(CFG, subject_tag="[SPAM]")
+    local = decide(spamd(50.0), cfg, local=True)
+    assert (local.action, local.intended, local.subject_prefix) == (Action.TAG, Action.REJECT,
+                                                                    "")
+    assert hdr(local.headers, "X-Spam-Flag") == "YES"
+    assert decide(spamd(7.0), cfg, local=True).subject_prefix == ""
+    authenticated = decide(spamd(50.0), cfg, authenticated=True)
+    assert authenticated.action is Action.REJECT  # refused at SMTP time: the client sees it
+    assert decide(spamd(7.0), cfg, authenticated=True).subject_prefix == ""
+    failed = decide(ScanError(ErrorKind.TIMEOUT, "spamd", "slow"),
+                    replace(cfg, on_timeout=FailAction.REJECT), local=True)
+    assert failed.action is Action.ACCEPT and failed.intended is Action.REJECT
