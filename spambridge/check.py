@@ -26,9 +26,9 @@ from typing import IO
 
 from spambridge import compressed
 from spambridge.config import Config
+from spambridge.headers import tagged_subject
 from spambridge.health import Health
 from spambridge.message import Envelope, parse_raw
-from spambridge.milter.actions import tagged_subject
 from spambridge.milter.bridge import AsyncBridge
 from spambridge.pipeline import Evaluation, Pipeline
 from spambridge.scanners import Scanner

@@ -1,11 +1,15 @@
-"""X-Spam-* rendering (SpamAssassin-compatible) and the owned-header rule for anti-spoofing.
+"""X-Spam-* rendering (SpamAssassin-compatible), the owned-header rule for anti-spoofing, and
+the tagged Subject.
 
 Values are built only from numbers, our own words and symbol names filtered to a safe alphabet,
-so nothing a spammer or a broken spamd sends can inject CR/LF or a new header.
+so nothing a spammer or a broken spamd sends can inject CR/LF or a new header; the Subject's
+own text goes into the tagged one with its control characters made spaces.
 """
 
 from __future__ import annotations
 
+import email.errors
+import email.header
 import re
 
 from spambridge import __version__, defaults
@@ -130,3 +134,38 @@ def render_score(result: ScoreResult, t: Thresholds, band: Band, score: str = ""
 def render_unchecked(kind: ErrorKind) -> tuple[tuple[str, str], ...]:
     """Mail accepted without a verdict says so, so no Sieve rule mistakes it for clean ham."""
     return (checker(), (STATUS, f"No, unchecked={kind.value}"))
+
+
+# a fold (line break + blank) is kept; any other C0/C1 control, DEL, or a bare CR/LF that
+# could end the header early (header injection on the way out) becomes a space. ESC stays
+# where it starts an ISO-2022 designation (ESC $ or ESC (): a raw ISO-2022-JP Subject, as
+# older Japanese mailers send it, is text in those, and lost its Japanese as spaces; a
+# terminal's sequences (ESC [, ESC ]) still go
+_FOLD_OR_CONTROL = re.compile(r"\n[ \t]|\x1b(?![$(])|[\x00-\x08\x0a-\x1a\x1c-\x1f\x7f-\x9f]")
+
+
+def tagged_subject(prefix: str, subject: bytes | None) -> str | None:
+    """The new Subject, or None when it cannot be rewritten without mangling 8-bit bytes.
+    We write this header, so the message's control characters do not go into it."""
+    if subject is None:
+        return prefix
+    try:
+        text = subject.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    if text.lstrip().startswith(prefix) or _shown(text).lstrip().startswith(prefix):
+        return None  # already tagged (rescanned mail; a tab or a fold after the colon stays)
+    text = _FOLD_OR_CONTROL.sub(lambda m: m[0] if len(m[0]) == 2 else " ", text)
+    return f"{prefix} {text.lstrip()}"
+
+
+def _shown(subject: str) -> str:
+    """The Subject as a mail client shows it, RFC 2047 encoded words decoded: a client that
+    re-encodes a whole non-ASCII Subject ("=?UTF-8?Q?=5BSPAM=5D_caf=C3=A9?=") keeps the tag
+    inside the word, and a second one would read "[SPAM] [SPAM] café"."""
+    if "=?" not in subject:
+        return subject
+    try:
+        return str(email.header.make_header(email.header.decode_header(subject)))
+    except (email.errors.HeaderParseError, LookupError, UnicodeError, ValueError):
+        return subject  # undecodable words are shown as they are

@@ -12,6 +12,7 @@ from typing import Any
 import Milter
 import pytest
 
+from spambridge import headers
 from spambridge.config import PolicyConfig
 from spambridge.milter import actions
 from spambridge.policy import decide
@@ -101,22 +102,22 @@ def test_a_tag_inside_an_encoded_word_is_not_added_twice(subject: bytes) -> None
     (b"=?UTF-8?B?!!!?= hi", "[SPAM] =?UTF-8?B?!!!?= hi"),
 ])
 def test_an_encoded_subject_without_the_tag_in_front_is_tagged(subject: bytes, new: str) -> None:
-    assert actions.tagged_subject("[SPAM]", subject) == new
+    assert headers.tagged_subject("[SPAM]", subject) == new
 
 
 def test_a_raw_iso_2022_jp_subject_keeps_its_escapes_when_tagged() -> None:
     """Older Japanese mailers send the Subject as raw ISO-2022-JP, 7-bit with ESC $ B / ESC ( B
     around the kanji: each ESC became a space, and no client could show the Japanese again."""
     raw = "会議の件 tagme".encode("iso-2022-jp")
-    new = actions.tagged_subject("[SPAM]", raw)
+    new = headers.tagged_subject("[SPAM]", raw)
     assert new is not None and new.encode() == b"[SPAM] " + raw
     assert new[len("[SPAM] "):].encode().decode("iso-2022-jp") == "会議の件 tagme"
     # a terminal's sequences are no text: still spaces
-    assert actions.tagged_subject("[SPAM]", b"\x1b[31mred\x1b]0;x\x07") == "[SPAM] [31mred ]0;x "
+    assert headers.tagged_subject("[SPAM]", b"\x1b[31mred\x1b]0;x\x07") == "[SPAM] [31mred ]0;x "
 
 
 def test_the_tag_and_the_subject_have_one_space_between() -> None:
-    assert actions.tagged_subject("[SPAM]", b"  Hello") == "[SPAM] Hello"
+    assert headers.tagged_subject("[SPAM]", b"  Hello") == "[SPAM] Hello"
 
 
 def test_forged_fields_are_removed_in_the_order_given_before_ours_are_added() -> None:

@@ -25,10 +25,9 @@ from typing import Any
 
 import pytest
 
-from spambridge import cli, defaults, train
+from spambridge import cli, defaults, headers, train
 from spambridge.bayes import store
 from spambridge.config import BayesConfig, Config
-from spambridge.milter import actions
 from spambridge.scanners.bayes import BayesScanner
 from spambridge.verdict import ErrorKind, ScanError
 
@@ -364,7 +363,7 @@ def test_the_subject_tag_the_milter_added_is_not_learned(
     original = mail(1, True)
     subject = re.search(rb"^Subject: (.*)$", original, re.M)
     assert subject is not None
-    new = actions.tagged_subject("[SPAM]", subject.group(1))
+    new = headers.tagged_subject("[SPAM]", subject.group(1))
     assert new is not None
     flagged = b"X-Spam-Flag: YES\nX-Spam-Status: Yes, score=0.9500 engine=bayes\n"
     delivered = flagged + original.replace(subject.group(0), b"Subject: " + new.encode())
@@ -393,7 +392,7 @@ def test_the_subject_tag_the_milter_added_is_not_learned(
     # on flagged mail, a Subject the tag opens with no space after it ("[SPAM]WIN 1") is not
     # one the milter wrote (it leaves such a Subject alone): learned whole, not cut to "IN 1"
     glued = original.replace(subject.group(0), b"Subject: [SPAM]" + subject.group(1))
-    assert actions.tagged_subject("[SPAM]", b"[SPAM]" + subject.group(1)) is None
+    assert headers.tagged_subject("[SPAM]", b"[SPAM]" + subject.group(1)) is None
     assert train.strip_markup(flagged + glued, b"[SPAM]") == glued
 
 
