@@ -12,10 +12,10 @@ import tempfile
 from collections.abc import Callable
 from typing import IO, Any
 
+from spambridge import defaults
 from spambridge.config import Config
 
 ArgAdder = Callable[[argparse.ArgumentParser], None]
-DEFAULT_MAX_SIZE = 500 * 1024  # keep in step with train.DEFAULT_MAX_SIZE (not imported: start-up)
 
 
 def size(text: str) -> int:
@@ -67,13 +67,14 @@ def add_parsers(sub: Any, config_arg: ArgAdder, engine_args: ArgAdder,
                    "or one message at a time, see docs/bayes.md)")
     t.add_argument("--mbox", action="store_true", help="read files as mbox even without a "
                    "leading 'From ' line")
-    t.add_argument("--max-size", type=size, default=DEFAULT_MAX_SIZE, metavar="SIZE",
+    t.add_argument("--max-size", type=size, default=defaults.TRAIN_MAX_SIZE, metavar="SIZE",
                    help="skip larger messages (default: 500k, as sa-learn; 0 = no limit)")
     t.add_argument("--user", default="", type=_spamd_user,
                    help="spamd user whose Bayes to teach (--engine spamd; default: [spamd] "
                    "user)")
-    t.add_argument("--batch-size", type=int, default=2000, metavar="N",
-                   help="messages per database transaction (default: 2000; an interrupted "
+    t.add_argument("--batch-size", type=int, default=defaults.TRAIN_BATCH, metavar="N",
+                   help=f"messages per database transaction (default: {defaults.TRAIN_BATCH}; "
+                   "an interrupted "
                    "run keeps every finished batch)")
     t.add_argument("-q", "--quiet", action="store_true",
                    help="print only errors, and a message on stdin skipped as too large")

@@ -42,6 +42,8 @@ BAYES_DB = "/var/lib/spambridge/bayes.sqlite"
 BAYES_MIN_TRAINED = 200
 BAYES_MAX_BYTES = 512 * 1024  # of a message the tokenizer looks at (bounds CPU per message)
 BAYES_MAX_TOKENS = 5000  # distinct tokens per message looked up and scored
+TRAIN_MAX_SIZE = 500 * 1024  # bytes, as sa-learn: `train` skips bigger messages (--max-size)
+TRAIN_BATCH = 2000  # messages per `train` transaction (--batch-size)
 
 # spamd
 SPAMD_HOST = "127.0.0.1"

@@ -52,8 +52,8 @@ if TYPE_CHECKING:
     from spambridge.scanners.spamd import SpamdScanner
     from spambridge.verdict import ScanError
 
-DEFAULT_MAX_SIZE = 500 * 1024  # bytes, as sa-learn: bigger messages are skipped
-BATCH_MESSAGES = 2000  # messages per transaction …
+DEFAULT_MAX_SIZE = defaults.TRAIN_MAX_SIZE  # bytes, as sa-learn: bigger messages are skipped
+BATCH_MESSAGES = defaults.TRAIN_BATCH  # messages per transaction …
 BATCH_SECONDS = 2.0  # … or this long, whichever comes first (bounds what a kill loses)
 DRAIN_LIMIT = 1 << 30  # bytes of a too-large message on stdin read and dropped, at most (drain)
 _DRAIN_CHUNK = 64 * 1024
