@@ -46,6 +46,7 @@ from spambridge.bayes.tokenizer import (
     split_multipart,
     tokenize,
 )
+from spambridge.verdict import ErrorKind
 
 if TYPE_CHECKING:
     from spambridge.config import Config
@@ -58,7 +59,9 @@ BATCH_SECONDS = 2.0  # … or this long, whichever comes first (bounds what a ki
 DRAIN_LIMIT = 1 << 30  # bytes of a too-large message on stdin read and dropped, at most (drain)
 _DRAIN_CHUNK = 64 * 1024
 Opener = Callable[[str, int], int]  # os.open's (path, flags), as open(opener=) takes
-_OWNED = re.compile(rb"^x-spam-[^:\n]*:.*(?:\n[ \t].*)*\n", re.I | re.M)
+# our fields (defaults.HEADER_PREFIX), each with its folded lines
+_PREFIX = defaults.HEADER_PREFIX.encode()
+_OWNED = re.compile(rb"^" + re.escape(_PREFIX) + rb"[^:\n]*:.*(?:\n[ \t].*)*\n", re.I | re.M)
 
 
 def _field(names: bytes) -> re.Pattern[bytes]:
@@ -794,7 +797,7 @@ def _strip(data: bytes, subject_tag: bytes, subject: bool) -> tuple[bytes, bool]
             data = data.partition(b"\n")[2]
         end = data.find(b"\n\n")
         head = data if end < 0 else data[:end]
-        if not (b"X-Spam-" in head or b"x-spam-" in head.lower()):
+        if not (_PREFIX in head or _PREFIX.lower() in head.lower()):
             break
         head, sep, body = data.partition(b"\n\n")
         head += b"\n"
@@ -1421,7 +1424,7 @@ def run_spamd(cfg: Config, label: str, paths: list[str], *, max_size: int = DEFA
                     summary.spamd_errors += 1
                     summary.errors.append(f"{item.where}: {e}")
                     print(f"spambridge train: {origin}{item.where}: {e}", file=err)
-                    if e.kind.value in ("unavailable", "timeout"):
+                    if e.kind in (ErrorKind.UNAVAILABLE, ErrorKind.TIMEOUT):
                         summary.spamd_stopped = True  # the rest would fail the same way
                         return
                     continue
