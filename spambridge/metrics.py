@@ -87,6 +87,7 @@ class Metrics:
             "1 if the last reload (or the start) loaded the config, 0 if it was rejected",
             registry=r)
         self.reload_ok.set(1)
+        self._fallback: Any = None  # spamd+bayes: the Bayes engine, asked only when spamd fails
         for action in ("accept", "tag", "reject", "tempfail"):
             self.messages.labels(action, "none")  # so rate() has a series from the start
         for kind in KINDS:
@@ -99,6 +100,9 @@ class Metrics:
     def observe(self, ev: Evaluation, buf: MessageBuffer) -> None:
         """Pipeline observer: called once per decided message."""
         d, outcome = ev.decision, ev.outcome
+        if self._fallback is not None and not (
+                isinstance(outcome, ScoreResult) and outcome.engine == "bayes"):
+            self._fallback.refresh_seen()  # Bayes did not read its counts for this message
         engine = d.engine if d.engine not in ("", "-") else "none"
         self.messages.labels(d.action.value, engine).inc()
         self.sizes.observe(buf.size)
@@ -122,6 +126,8 @@ class Metrics:
         bayes: Any = getattr(pipeline.scanner, "secondary", pipeline.scanner)
         if bayes.name == "bayes":  # not imported here: spamd-only never loads the classifier
             self.registry.register(_BayesTrained(bayes))
+            if bayes is not pipeline.scanner:
+                self._fallback = bayes
         spamd: Any = getattr(pipeline.scanner, "primary", pipeline.scanner)
         if spamd.name == "spamd":
             self.registry.register(_SpamdServers(spamd))
@@ -293,7 +299,8 @@ class _BayesTrained(_StateGauge):
 
     NAME = "spambridge_bayes_trained_messages"
     HELP = ("Messages the Bayes database in use was trained on, by class, as last read (at "
-            "start, then each message Bayes scores); absent while it cannot be read")
+            "start, then each message Bayes scores or, as spamd's fallback, the first message "
+            "after the file changed); absent while it cannot be read")
     LABEL = "class"
 
     def __init__(self, scanner: BayesScanner) -> None:

@@ -32,6 +32,7 @@ log = logging.getLogger("spambridge")
 
 
 FileId = tuple[int, int, int, int]  # device, inode, size, mtime (ns)
+_NEVER = object()
 
 
 def _file_id(st: os.stat_result) -> FileId:
@@ -89,6 +90,9 @@ class BayesScanner:
         # the database's counts as last read (the start-up check, a message), None when that
         # read failed: what the metrics show, which never touch the database themselves
         self.seen: store.Totals | None = None
+        self._refresh_lock = threading.Lock()  # one refresh_seen read at a time, never waited on
+        # the file (as stat saw it; None: gone) last re-read by refresh_seen
+        self._refreshed_for: object = _NEVER  # FileId, or None
         if create and not os.path.exists(cfg.db):
             try:
                 store.create(cfg.db, dir_owner)  # (the milter's user's, see app.run)
@@ -115,6 +119,37 @@ class BayesScanner:
             log.warning("Bayes database %s not trained yet (%d spam, %d ham; min_trained %d): "
                         "%s until it is", self.cfg.db, totals.nspam, totals.nham,
                         self.cfg.min_trained, meanwhile)
+
+    def refresh_seen(self) -> None:
+        """`seen` read again, on the scanner's own thread, when the file changed since it was
+        last opened (trained, a retrained copy moved in, removed): as spamd+bayes's fallback,
+        this engine reads the database only for a message spamd failed, so its counts stayed
+        those of the start for as long as spamd answered (an empty database shown empty after
+        `train`, a removed one as in use). A stat here; the read once per change of the file,
+        closed after as the start-up's is, and never waited for."""
+        try:
+            now: FileId | None = _file_id(os.stat(self.cfg.db))
+        except OSError:
+            now = None
+        if (now is not None and now == self._file) or now == self._refreshed_for:
+            return
+        if not self._refresh_lock.acquire(blocking=False):
+            return  # one is on its way
+        self._refreshed_for = now
+
+        def read() -> None:
+            try:
+                with contextlib.suppress(store.StoreError, OSError):  # seen = None says it
+                    self.totals()
+                with contextlib.suppress(store.StoreError), self._locked():
+                    self._drop()  # opened again by the first message: nothing held while idle
+            finally:
+                self._refresh_lock.release()
+
+        try:
+            self._pool.submit(read)
+        except RuntimeError:  # stopping
+            self._refresh_lock.release()
 
     def submit(self, message: bytes, envelope: Envelope) -> Future[ScoreResult]:
         try:

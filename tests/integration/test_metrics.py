@@ -395,6 +395,45 @@ def test_the_bayes_database_in_use_is_visible(start_milter: Start, tmp_path: Pat
     assert value(s, "spambridge_scan_errors_total", engine="bayes", kind="unavailable") == 1
 
 
+def test_the_fallback_database_is_followed_while_spamd_answers(start_milter: Start,
+                                                               tmp_path: Path) -> None:
+    """Under spamd+bayes, Bayes reads its database only for a message spamd failed: while
+    spamd answered, the gauge kept the start's counts. An admin who trained the empty
+    database the milter made saw it at 0 for ever (SpambridgeBayesUntrained firing on), and
+    one whose database had gone saw it still in use, until spamd failed and nothing covered.
+    Now a change of the file is read (once) as mail flows, whichever engine decides."""
+    spamd = SwitchableSpamd()  # always answers: Bayes is never asked to score
+    try:
+        port = free_port()
+        db = tmp_path / "bayes.sqlite"
+        m = start_milter({"milter": {"engine": "spamd+bayes"},
+                          "spamd": {"host": "127.0.0.1", "port": spamd.port},
+                          "bayes": {"db": str(db), "min_trained": 20},
+                          "metrics": {"listen": f"127.0.0.1:{port}"}})
+        trained = "spambridge_bayes_trained_messages"
+        s = after_start_check(port)
+        assert value(s, trained, **{"class": "spam"}) == 0
+
+        train_database(tmp_path, bayes_mail, 20)  # the same file, trained in place
+        assert (send_one(m.socket_path, message()).header("X-Spam-Status") or "").endswith(
+            "engine=spamd")
+
+        def counts() -> tuple[float, float]:
+            s = scrape("127.0.0.1", port)
+            return value(s, trained, **{"class": "spam"}), value(s, trained, **{"class": "ham"})
+
+        wait_until(lambda: counts() == (20, 20), 10, "the trained counts")
+
+        db.unlink()
+        send_one(m.socket_path, message())
+        wait_until(lambda: not series(scrape("127.0.0.1", port), trained), 10,
+                   "the gauge of a database gone to go")
+        assert value(scrape("127.0.0.1", port), "spambridge_messages_total", action="accept",
+                     engine="spamd") == 2
+    finally:
+        spamd.close()
+
+
 def test_an_empty_bayes_database_shows_as_zero(start_milter: Start) -> None:
     port = free_port()
     start_milter({"milter": {"engine": "spamd+bayes"},
