@@ -194,3 +194,31 @@ def test_the_files_the_docs_cite_exist() -> None:
                 continue
             missing.append(f"{doc}: {path}")
     assert not missing
+
+
+def test_every_engine_label_the_metrics_give_is_in_the_readme() -> None:
+    """An admin's dashboards and alerts group by `engine` from the README's list: a value
+    the milter gives that is not there (the `internal` of a bug, or of no memory to copy a
+    message) is a series nobody expects, of mail that went unscanned."""
+    from prometheus_client import CollectorRegistry
+
+    from spambridge import metrics
+
+    row = next(ln for ln in README.read_text().splitlines()
+               if ln.startswith("| `spambridge_messages_total` |"))
+    listed = set(re.search(r"`engine` \(([^)]*)\)", row).group(1).split(", "))  # type: ignore[union-attr]
+    m = metrics.Metrics(CollectorRegistry())
+    cfg = Config()
+    buf = MessageBuffer(1 << 20, 1 << 18)
+    outcomes: list[Outcome] = [
+        ScoreResult("spamd", 1.0), ScoreResult("bayes", 0.5),
+        ScanError(ErrorKind.OVERSIZE, "spamd+bayes"), ScanError(ErrorKind.TIMEOUT, "spamd+bayes"),
+        ScanError(ErrorKind.ERROR, "spool", "spool_dir /var/tmp: full"),
+        ScanError(ErrorKind.ERROR, "internal", "KeyError()"),  # callbacks: a bug
+        ScanError(ErrorKind.ERROR, "internal", "MemoryError: no memory to copy"),  # pipeline
+        Skipped(SkipReason.TRUSTED)]
+    for out in outcomes:
+        m.observe(Evaluation(decide(out, cfg.policy), out, 0.01), buf)
+    given = {s.labels["engine"] for fam in m.registry.collect()
+             if fam.name == "spambridge_messages" for s in fam.samples}
+    assert given <= listed, given - listed
