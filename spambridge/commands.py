@@ -74,8 +74,7 @@ def add_parsers(sub: Any, config_arg: ArgAdder, engine_args: ArgAdder,
                    "user)")
     t.add_argument("--batch-size", type=int, default=defaults.TRAIN_BATCH, metavar="N",
                    help=f"messages per database transaction (default: {defaults.TRAIN_BATCH}; "
-                   "an interrupted "
-                   "run keeps every finished batch)")
+                   "an interrupted run keeps every finished batch)")
     t.add_argument("-q", "--quiet", action="store_true",
                    help="print only errors, and a message on stdin skipped as too large")
     t.add_argument("paths", nargs="*", metavar="PATH", default=[])
