@@ -88,25 +88,27 @@ class _BoundedSend(ConnectionManager):
         reader, writer = await self._connect()
         if (reached := _reached.get(None)) is not None:
             reached[0] = True
+        parts: list[bytes] = []
         try:
-            writer.write(data)
-            if writer.can_write_eof():
-                writer.write_eof()
-            await writer.drain()
-            parts: list[bytes] = []
-            size = 0
             try:
+                writer.write(data)
+                if writer.can_write_eof():
+                    writer.write_eof()
+                await writer.drain()
+                size = 0
                 while chunk := await reader.read(16384):
                     size += len(chunk)
                     if size > _MAX_REPLY:
                         raise BadResponse(f"a reply of more than {_MAX_REPLY} bytes")
                     parts.append(chunk)
-            except ConnectionResetError:
-                if parts:
+            except OSError as e:
+                if parts or not _ended_by_peer(e):
                     raise
                 # spamd closing at once on a host its --allowed-ips does not list resets the
-                # connection (our request unread): "[Errno 104] Connection reset by peer"
-                # alone sent admins nowhere; spamd's own log says "unauthorized connection"
+                # connection, our request unread: met while reading, or while sending (a
+                # broken pipe, "not connected" at the request's end). "[Errno 104] Connection
+                # reset by peer" or "[Errno 107] Transport endpoint is not connected" alone
+                # sent admins nowhere; spamd's own log says "unauthorized connection"
                 raise ConnectionResetError(f"reset the connection without a reply {_GONE}"
                                            ) from None
             if not parts:
@@ -117,6 +119,12 @@ class _BoundedSend(ConnectionManager):
             return b"".join(parts)
         finally:
             writer.close()
+
+
+def _ended_by_peer(e: OSError) -> bool:
+    """The peer reset or closed the connection (a write's broken pipe, shutdown's "not
+    connected" after its reset): no answer will come on it."""
+    return isinstance(e, ConnectionResetError | BrokenPipeError) or e.errno == errno.ENOTCONN
 
 
 class _Tcp(_BoundedSend, TcpConnectionManager):

@@ -769,6 +769,20 @@ def test_check_config_pings_spamd(spamd: Spamd, tmp_path: Path) -> None:
     assert "the Bayes engine would decide every message" in r.stdout, r.stdout
 
 
+def start_as_nobody(top: Path, sockdir: Path) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    """`spambridge run` started as nobody (as the packaged unit starts it) with its socket in
+    `sockdir`, a directory only root writes, and its database in `top`: its config, and how
+    the start ended."""
+    cfg = write_config(top / "m.toml", {"milter": {"socket": f"unix:{sockdir}/m.sock"},
+                                        "bayes": {"db": str(top / "b.sqlite")}})
+    os.chmod(cfg, 0o644)
+    os.chmod(top, 0o777)  # the database may be made here
+    r = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+                        sys.executable, "-m", "spambridge", "run", "--config", str(cfg)],
+                       capture_output=True, text=True, timeout=60, cwd="/", check=False)
+    return cfg, r
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="starts the milter as nobody: needs root (as CI)")
 def test_a_socket_directory_it_may_not_write_stops_the_start_saying_why(tmp_path: Path) -> None:
     """Started as the service's user with a socket directory only root writes (or, under
@@ -779,13 +793,7 @@ def test_a_socket_directory_it_may_not_write_stops_the_start_saying_why(tmp_path
         os.chmod(top, 0o755)
         sockdir = top / "run"
         sockdir.mkdir(mode=0o755)  # root's
-        cfg = write_config(top / "m.toml", {"milter": {"socket": f"unix:{sockdir}/m.sock"},
-                                            "bayes": {"db": str(top / "b.sqlite")}})
-        os.chmod(cfg, 0o644)
-        os.chmod(top, 0o777)  # the database may be made here
-        r = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
-                            sys.executable, "-m", "spambridge", "run", "--config", str(cfg)],
-                           capture_output=True, text=True, timeout=60, cwd="/", check=False)
+        cfg, r = start_as_nobody(top, sockdir)
         assert r.returncode == 78, r.stderr
         assert (f"{cfg}:2: [milter] socket: cannot listen on {sockdir}/m.sock: Permission "
                 "denied") in r.stderr
@@ -808,13 +816,7 @@ def test_a_stale_socket_it_may_not_remove_stops_the_start_saying_why(tmp_path: P
         stale = socket.socket(socket.AF_UNIX)
         stale.bind(str(sockdir / "m.sock"))
         stale.close()  # nobody listens on it
-        cfg = write_config(top / "m.toml", {"milter": {"socket": f"unix:{sockdir}/m.sock"},
-                                            "bayes": {"db": str(top / "b.sqlite")}})
-        os.chmod(cfg, 0o644)
-        os.chmod(top, 0o777)  # the database may be made here
-        r = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
-                            sys.executable, "-m", "spambridge", "run", "--config", str(cfg)],
-                           capture_output=True, text=True, timeout=60, cwd="/", check=False)
+        cfg, r = start_as_nobody(top, sockdir)
         assert r.returncode == 78, r.stderr
         assert (f"{cfg}:2: [milter] socket: {sockdir}/m.sock is a stale socket (nothing "
                 "listens on it) this user may not remove: Permission denied") in r.stderr

@@ -124,34 +124,24 @@ def test_a_black_hole_first_costs_connect_timeout_once() -> None:
         second.close()
 
 
-def test_a_connection_closed_without_a_byte_is_spamd_going_away_not_garbage() -> None:
+@pytest.mark.parametrize(("mode", "ended"), [("die_before_reply", "closed"),
+                                             ("reset_before_reply", "reset")])
+def test_a_connection_ended_without_a_byte_is_spamd_going_away_not_garbage(
+        mode: str, ended: str) -> None:
     """A spamd child killed with the message (a stop, or the reload Debian's daily sa-update
     does) closes the connection with no reply: that was aiospamc's BadResponse b'', an
-    error, and with on_error = reject good mail got a 550 at every spamd reload."""
-    dying = SwitchableSpamd("die_before_reply")
+    error, and with on_error = reject good mail got a 550 at every spamd reload. spamd
+    closing at once on a client its --allowed-ips does not list, our request unread, resets
+    it: that line said only "[Errno 104] Connection reset by peer", for every message, and
+    spamd's own "unauthorized connection" was in another log. Both name both causes."""
+    ending = SwitchableSpamd(mode)
     try:
         with pytest.raises(ScanError) as e:
-            ask(pool(dying.port))
+            ask(pool(ending.port))
     finally:
-        dying.close()
+        ending.close()
     assert e.value.kind is ErrorKind.UNAVAILABLE
-    assert e.value.detail == (f"127.0.0.1:{dying.port}: ConnectionResetError: closed the "
-                              "connection without a reply (spamd stopping or reloading, or "
-                              "not allowing this host: its --allowed-ips)")
-
-
-def test_a_spamd_not_allowing_this_host_is_named_as_a_possible_cause() -> None:
-    """spamd closes at once on a client its --allowed-ips does not list, our request unread,
-    which resets the connection: the line said only "[Errno 104] Connection reset by peer"
-    for every message, and spamd's own log, "unauthorized connection", was elsewhere."""
-    refusing = SwitchableSpamd("reset_before_reply")
-    try:
-        with pytest.raises(ScanError) as e:
-            ask(pool(refusing.port))
-    finally:
-        refusing.close()
-    assert e.value.kind is ErrorKind.UNAVAILABLE
-    assert e.value.detail == (f"127.0.0.1:{refusing.port}: ConnectionResetError: reset the "
+    assert e.value.detail == (f"127.0.0.1:{ending.port}: ConnectionResetError: {ended} the "
                               "connection without a reply (spamd stopping or reloading, or "
                               "not allowing this host: its --allowed-ips)")
 
