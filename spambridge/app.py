@@ -20,11 +20,14 @@ from types import TracebackType
 from typing import Any
 
 from spambridge import __version__, defaults, limits, privileges
+from spambridge.bridge import AsyncBridge, signals_blocked
 from spambridge.config import Config, ConfigError, key_at, reloaded
 from spambridge.message import clean, spool_problem
-from spambridge.milter.bridge import AsyncBridge, signals_blocked
 from spambridge.milter.poolnudge import PoolNudger
-from spambridge.milter.socketspec import (
+from spambridge.milter.stopwake import ListenerWaker
+from spambridge.pipeline import Pipeline
+from spambridge.scanners import Scanner
+from spambridge.socketspec import (
     InTheWay,
     SocketSpec,
     find_listener,
@@ -32,9 +35,6 @@ from spambridge.milter.socketspec import (
     parse_socket_spec,
     remove_stale_unix_socket,
 )
-from spambridge.milter.stopwake import ListenerWaker
-from spambridge.pipeline import Pipeline
-from spambridge.scanners import Scanner
 
 log = logging.getLogger("spambridge")
 

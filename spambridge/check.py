@@ -25,11 +25,11 @@ from collections.abc import Iterator
 from typing import IO
 
 from spambridge import compressed
+from spambridge.bridge import AsyncBridge
 from spambridge.config import Config
 from spambridge.headers import tagged_subject
 from spambridge.health import Health
 from spambridge.message import Envelope, parse_raw
-from spambridge.milter.bridge import AsyncBridge
 from spambridge.pipeline import Evaluation, Pipeline
 from spambridge.scanners import Scanner
 from spambridge.train import holds_several_messages, not_mail_because, open_no_wait

@@ -27,7 +27,7 @@ from spambridge import defaults, privileges
 from spambridge.bayes import store
 from spambridge.config import Config
 from spambridge.message import spool_problem
-from spambridge.milter.socketspec import SocketSpec, listen_address, parse_socket_spec
+from spambridge.socketspec import SocketSpec, listen_address, parse_socket_spec
 
 PARAMS = (
     "mail_version", "queue_directory", "smtpd_milters", "non_smtpd_milters",

@@ -268,7 +268,7 @@ def setup_logging(level: str, unblocked: bool = False) -> _Writer | None:
     handler: logging.Handler = stream
     writer = None
     if unblocked:
-        from spambridge.milter.bridge import signals_blocked
+        from spambridge.bridge import signals_blocked
 
         queued = _Unblocked()
         queued.setFormatter(logging.Formatter("%(message)s"))  # the text; `stream` formats
@@ -354,7 +354,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # from here, not from app.run: a reload (USR1) or stop sent in the 0.2 s the config and
     # the imports take killed the process (exit 138, no line); blocked, it waits for the
     # milter's own handling (see app.run). A `run` that returns (it did not start) unblocks.
-    from spambridge.milter.bridge import OWNED_SIGNALS
+    from spambridge.bridge import OWNED_SIGNALS
 
     before = signal.pthread_sigmask(signal.SIG_BLOCK, OWNED_SIGNALS)
     try:

@@ -473,7 +473,7 @@ def _path(v: str) -> str:
 
 
 def _socket_spec(v: str) -> str:
-    from spambridge.milter.socketspec import parse_socket_spec
+    from spambridge.socketspec import parse_socket_spec
 
     parse_socket_spec(v)
     return v

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from spambridge.milter.socketspec import SocketSpec, socket_inode, stream_inodes
+from spambridge.socketspec import SocketSpec, socket_inode, stream_inodes
 
 log = logging.getLogger("spambridge")
 
@@ -296,7 +296,7 @@ class Watch:
         self._poke_ok = True  # what it saw
 
     def start(self) -> Watch:
-        from spambridge.milter.bridge import signals_blocked
+        from spambridge.bridge import signals_blocked
 
         with signals_blocked():
             self._thread.start()

@@ -24,9 +24,9 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import make_wsgi_app
 
 from spambridge import __version__
+from spambridge.bridge import signals_blocked
 from spambridge.config import Config, MetricsConfig, host_port, key_at
 from spambridge.message import MessageBuffer
-from spambridge.milter.bridge import signals_blocked
 from spambridge.pipeline import INCIDENT_ENGINES, Evaluation, Pipeline
 from spambridge.verdict import ErrorKind, ScanError, ScoreResult, Skipped, SkipReason
 

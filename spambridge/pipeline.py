@@ -14,10 +14,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from spambridge import defaults, limits, policy
+from spambridge.bridge import AsyncBridge, result_within
 from spambridge.config import Config
 from spambridge.health import Health
 from spambridge.message import Envelope, MessageBuffer, clean
-from spambridge.milter.bridge import AsyncBridge, result_within
 from spambridge.scanners import CAP_END, Scanner, ThreadedScanner
 from spambridge.verdict import (
     Decision,

@@ -15,7 +15,7 @@ import stat
 
 from spambridge.bayes.store import grants, read_only_fs
 from spambridge.config import Config, ConfigError, key_at
-from spambridge.milter.socketspec import SocketSpec
+from spambridge.socketspec import SocketSpec
 
 log = logging.getLogger("spambridge")
 

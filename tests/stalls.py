@@ -8,9 +8,9 @@ from __future__ import annotations
 import asyncio
 import time
 
+from spambridge.bridge import AsyncBridge
 from spambridge.config import Config
 from spambridge.message import Envelope
-from spambridge.milter.bridge import AsyncBridge
 from spambridge.pipeline import Pipeline
 from spambridge.scanners import Scanner
 from spambridge.verdict import ErrorKind, ScanError, ScoreResult

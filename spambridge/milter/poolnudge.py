@@ -28,8 +28,8 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from spambridge.milter.bridge import signals_blocked
-from spambridge.milter.socketspec import SocketSpec, find_listener
+from spambridge.bridge import signals_blocked
+from spambridge.socketspec import SocketSpec, find_listener
 
 log = logging.getLogger("spambridge")
 

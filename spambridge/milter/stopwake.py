@@ -18,7 +18,7 @@ import signal
 import threading
 import time
 
-from spambridge.milter.bridge import signals_blocked
+from spambridge.bridge import signals_blocked
 
 WAKE_SIGNAL = signal.SIGUSR2  # not one libmilter owns (bridge.OWNED_SIGNALS)
 WAKE_EVERY = 0.2  # seconds: the longest an idle milter waits before it sees a stop request

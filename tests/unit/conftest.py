@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from spambridge.milter.bridge import AsyncBridge
+from spambridge.bridge import AsyncBridge
 
 
 @pytest.fixture(autouse=True)

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from spambridge.milter.bridge import AsyncBridge
+from spambridge.bridge import AsyncBridge
 
 
 def test_a_coroutine_past_its_deadline_is_cancelled_not_left_running() -> None:

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from harness import open_files_in
 
+from spambridge.bridge import AsyncBridge
 from spambridge.config import Config, MilterConfig, PolicyConfig
 from spambridge.message import Envelope
-from spambridge.milter.bridge import AsyncBridge
 from spambridge.milter.callbacks import SpamBridgeMilter
 from spambridge.milter.session import Session
 from spambridge.pipeline import Pipeline

@@ -28,7 +28,7 @@ from spambridge.checkconfig import (
     socket_problem,
 )
 from spambridge.config import from_mapping
-from spambridge.milter.socketspec import parse_socket_spec
+from spambridge.socketspec import parse_socket_spec
 
 Q = "/var/spool/postfix"
 SOCK = "unix:/var/spool/postfix/spambridge/spambridge.sock"

@@ -17,7 +17,7 @@ from spambridge.config import (
     reloaded,
     with_overrides,
 )
-from spambridge.milter.socketspec import parse_socket_spec
+from spambridge.socketspec import parse_socket_spec
 from spambridge.verdict import FailAction, SmtpReply
 
 

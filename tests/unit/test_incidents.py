@@ -10,10 +10,10 @@ from concurrent.futures import Future
 
 import pytest
 
+from spambridge.bridge import AsyncBridge
 from spambridge.config import Config, PolicyConfig
 from spambridge.health import Health
 from spambridge.message import Envelope, MessageBuffer
-from spambridge.milter.bridge import AsyncBridge
 from spambridge.pipeline import Pipeline
 from spambridge.verdict import ErrorKind, FailAction, ScanError, ScoreResult
 

@@ -12,7 +12,7 @@ import pytest
 
 from spambridge import limits
 from spambridge.limits import FDS_BASE, FDS_PER_SESSION, SESSIONS, THREADS_BASE, Limits, problems
-from spambridge.milter.socketspec import parse_socket_spec
+from spambridge.socketspec import parse_socket_spec
 
 MIB = 1 << 20
 ROOMY = Limits(nofile=524288, nproc=None, tasks=4915, address_space=None, stack=8 * MIB,

@@ -11,7 +11,7 @@ import pytest
 from harness import full_unix_queue
 from milterload import collector_paused
 
-from spambridge.milter.socketspec import find_listener, parse_socket_spec
+from spambridge.socketspec import find_listener, parse_socket_spec
 
 
 @pytest.mark.parametrize("family", ["unix", "inet"])
@@ -87,7 +87,7 @@ def test_a_busy_milters_socket_is_not_taken_for_a_stale_one(tmp_path: Path) -> N
     probe's connect then fails with EAGAIN at once, which is somebody listening, not nobody.
     Taken for stale, the live milter's socket was removed: it went on running, but Postfix
     could no longer reach it (milter_default_action for every message until a restart)."""
-    from spambridge.milter.socketspec import remove_stale_unix_socket
+    from spambridge.socketspec import remove_stale_unix_socket
 
     path = str(tmp_path / "m.sock")
     with full_unix_queue(path):

@@ -10,7 +10,7 @@ from harness import open_files_in
 
 from spambridge import defaults
 from spambridge.message import Envelope, MessageBuffer, parse_raw
-from spambridge.milter.socketspec import parse_socket_spec
+from spambridge.socketspec import parse_socket_spec
 
 
 def test_render_keeps_folding_and_8bit_and_uses_crlf() -> None:

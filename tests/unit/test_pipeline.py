@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
+from spambridge.bridge import AsyncBridge
 from spambridge.config import Config, MilterConfig, PolicyConfig
 from spambridge.message import Envelope, MessageBuffer
 from spambridge.milter.actions import apply
-from spambridge.milter.bridge import AsyncBridge
 from spambridge.milter.session import Session
 from spambridge.pipeline import Evaluation, Pipeline, log_decision
 from spambridge.policy import decide

@@ -22,7 +22,7 @@ from harness import full_unix_queue
 
 from spambridge.milter import poolnudge
 from spambridge.milter.poolnudge import PoolNudger
-from spambridge.milter.socketspec import parse_socket_spec
+from spambridge.socketspec import parse_socket_spec
 
 
 class FakeActivity:

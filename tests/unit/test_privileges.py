@@ -12,7 +12,7 @@ import pytest
 
 from spambridge import privileges
 from spambridge.config import ConfigError, from_mapping
-from spambridge.milter.socketspec import parse_socket_spec
+from spambridge.socketspec import parse_socket_spec
 
 NOBODY = pwd.getpwnam("nobody")
 
