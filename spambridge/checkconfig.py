@@ -23,7 +23,7 @@ import stat
 import subprocess
 from dataclasses import dataclass, field
 
-from spambridge import defaults, privileges
+from spambridge import defaults, permissions, privileges
 from spambridge.bayes import store
 from spambridge.config import Config
 from spambridge.message import spool_problem
@@ -465,7 +465,7 @@ def _user_dirs(cfg: Config, r: Report) -> None:
                    f"it owned by root, and then cannot write it as user {name!r}: "
                    f"install -d -o {name} {db_dir}")
         elif (privileges.can_write_dir(db_dir, name) is False
-              or store.read_only_fs(db_dir)):
+              or permissions.read_only_fs(db_dir)):
             r.warn(f"[bayes] db: {privileges.db_dir_problem(db_dir, name)}")
         unreadable = privileges.unreadable_db_files(cfg.bayes.db, name)
         if unreadable:
@@ -474,7 +474,7 @@ def _user_dirs(cfg: Config, r: Report) -> None:
             handed = not os.path.islink(cfg.bayes.db) and any(
                 st.st_uid == 0 and st.st_nlink == 1 for st in sts)
             r.warn(f"[bayes] db: user {name!r} may not read "
-                   + ", ".join(store.described(f, st)
+                   + ", ".join(permissions.described(f, st)
                                for f, st in zip(unreadable, sts, strict=True))
                    + ": every message would get on_unavailable"
                    + (" (a milter started as root hands files root owns to its user at start; "
@@ -584,7 +584,7 @@ def bayes_state(cfg: Config, r: Report) -> None:
         finally:
             reader.close()
     except store.StoreError as e:
-        me = store.user_name()
+        me = permissions.user_name()
         whose = ("" if me in ("root", cfg.milter.user or "root") else
                  f" (if the milter ran as {me}, who ran this check; it runs as "
                  f"{cfg.milter.user or 'root'}: run check-config as root to judge for it)")

@@ -13,8 +13,8 @@ import os
 import pwd
 import stat
 
-from spambridge.bayes.store import grants, read_only_fs
 from spambridge.config import Config, ConfigError, key_at
+from spambridge.permissions import grants, read_only_fs
 from spambridge.socketspec import SocketSpec
 
 log = logging.getLogger("spambridge")

@@ -17,23 +17,22 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
-import grp
 import json
 import os
-import pwd
 import random
 import sqlite3
 import stat
 import time
 import urllib.parse
 from collections import Counter
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from itertools import repeat
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from spambridge.bayes.tokenizer import TOKENIZER_VERSION
+from spambridge.permissions import described, this_user, why_not
 
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_READ = 0.5  # s: the milter must not wait long behind a checkpoint
@@ -125,68 +124,6 @@ def _connect(path: str, timeout: float, readonly: bool = False) -> sqlite3.Conne
         raise StoreError(f"{path}: cannot open the Bayes database: {e}{hint}") from e
 
 
-def _name(table: Callable[[int], Any], number: int) -> str:
-    try:
-        return str(table(number)[0])
-    except KeyError:
-        return str(number)
-
-
-def described(path: str, st: os.stat_result) -> str:
-    """`path (owner:group, mode 0640)`, as every permission message names a file."""
-    return (f"{path} ({_name(pwd.getpwuid, st.st_uid)}:{_name(grp.getgrgid, st.st_gid)}, "
-            f"mode {stat.S_IMODE(st.st_mode):04o})")
-
-
-def user_name() -> str:
-    """This process's user, by name where it has one."""
-    return _name(pwd.getpwuid, os.geteuid())
-
-
-def _why(path: str, st: os.stat_result, bits: str) -> str:
-    """Why this process lacks the permissions `bits` ("r", "rw", "wx", "x") on `path`, with
-    what would give them; from the mode bits (ACLs aside: os.access has already said no)."""
-    if read_only_fs(path):
-        return ("its filesystem is mounted read-only (for this process only, under systemd's "
-                "ProtectSystem=strict: add the directory to the unit's ReadWritePaths=)")
-    if _mode_grants(st, bits):  # a chmod would change nothing
-        return (f"its mode allows it, so an ACL (getfacl {path}) or the immutable flag "
-                f"(lsattr {path}) refuses it")
-    if st.st_uid == os.geteuid():
-        return f"its owner may not: chmod u+{bits} {path}"
-    group = _name(grp.getgrgid, st.st_gid)
-    if st.st_gid == os.getegid() or st.st_gid in os.getgroups():
-        return f"its group {group} may not: chmod g+{bits} {path}"
-    return f"{_user()} is neither its owner nor in its group {group}"
-
-
-def _mode_grants(st: os.stat_result, bits: str) -> bool:
-    """Whether the mode bits give this process `bits` on the database or a directory of its
-    path: root needs none there, anyone else those of the class it falls in."""
-    uid = os.geteuid()
-    return uid == 0 or grants(st.st_mode, st.st_uid, st.st_gid, uid,
-                              [os.getegid(), *os.getgroups()],
-                              sum({"r": 4, "w": 2, "x": 1}[b] for b in bits))
-
-
-def grants(mode: int, owner: int | None, group: int | None, uid: int, groups: list[int],
-           want: int) -> bool:
-    """Whether `mode` with owner `owner` and group `group` gives user `uid`, member of
-    `groups`, the permissions `want` (a mask of 4/2/1), as the kernel checks them without
-    ACLs: the owner's bits for the owner, else the group's for a member, else the others'."""
-    if owner == uid:
-        bits = mode >> 6
-    elif group in groups:
-        bits = mode >> 3
-    else:
-        bits = mode
-    return bits & want == want
-
-
-def _user() -> str:
-    return f"user {user_name()}"
-
-
 def access_problem(path: str, write: bool) -> str:
     """Why this process cannot use the database `path` as SQLite in WAL mode needs it — to read
     it (the file and its -wal and -shm, or their directory to make those in, on a read-only
@@ -208,7 +145,7 @@ def access_problem(path: str, write: bool) -> str:
             return (f"{described(up, st)} is not a directory, and the database's path goes "
                     "through it")
         if not os.access(up, os.X_OK):
-            return f"{_user()} may not enter {described(up, st)}: {_why(up, st, 'x')}"
+            return f"{this_user()} may not enter {described(up, st)}: {why_not(up, st, 'x')}"
     if not os.path.isdir(folder):
         if not write:
             return ""  # no database: the caller says so
@@ -218,13 +155,13 @@ def access_problem(path: str, write: bool) -> str:
         if os.access(above, os.W_OK | os.X_OK):
             return ""
         st = os.stat(above)
-        return (f"{_user()} may not create {os.path.basename(folder)} in "
-                f"{described(above, st)}: {_why(above, st, 'wx')}")
+        return (f"{this_user()} may not create {os.path.basename(folder)} in "
+                f"{described(above, st)}: {why_not(above, st, 'wx')}")
 
     def cannot_create(name: str) -> str:
         st = os.stat(folder)
-        return (f"{_user()} may not create {name} in {described(folder, st)}: "
-                f"{_why(folder, st, 'wx')}")
+        return (f"{this_user()} may not create {name} in {described(folder, st)}: "
+                f"{why_not(folder, st, 'wx')}")
 
     if not os.path.exists(real):
         return (cannot_create(os.path.basename(real))
@@ -247,17 +184,8 @@ def access_problem(path: str, write: bool) -> str:
                     f"{os.path.join(real, 'bayes.sqlite')}")
         if not os.access(f, want):
             verb, bits = ("write", "rw") if write else ("read", "r")
-            return f"{_user()} may not {verb} {described(f, st)}: {_why(f, st, bits)}"
+            return f"{this_user()} may not {verb} {described(f, st)}: {why_not(f, st, bits)}"
     return ""
-
-
-def read_only_fs(path: str) -> bool:
-    """Whether `path` is on a filesystem mounted read-only (for this process: systemd's
-    ProtectSystem=strict mounts one for the unit alone), where no chmod or chown helps."""
-    try:
-        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
-    except OSError:
-        return False
 
 
 def full_problem(path: str) -> str:

@@ -15,6 +15,7 @@ from unittest import mock
 import pytest
 from spamdfakes import BlackHole
 
+from spambridge import permissions
 from spambridge.bayes import store
 from spambridge.checkconfig import (
     PostfixSettings,
@@ -1054,11 +1055,11 @@ def test_the_milters_own_user_is_not_told_to_run_the_check_as_root(tmp_path: Pat
     db = tmp_path / "bayes.sqlite"
     db.write_bytes(b"not a database at all" * 100)
     c = from_mapping({"milter": {"user": "spambridge"}, "bayes": {"db": str(db)}})
-    with mock.patch.object(store, "user_name", return_value="spambridge"):
+    with mock.patch.object(permissions, "user_name", return_value="spambridge"):
         r = check_local(c)
     said = [w for w in r.warnings if w.startswith("[bayes] db: ")]
     assert said and not [w for w in said if "run check-config as root" in w]
-    with mock.patch.object(store, "user_name", return_value="admin"):
+    with mock.patch.object(permissions, "user_name", return_value="admin"):
         r = check_local(c)
     assert [w for w in r.warnings if "(if the milter ran as admin, who ran this check; it "
             "runs as spambridge: run check-config as root to judge for it)" in w]
@@ -1135,7 +1136,7 @@ def test_a_database_directory_on_a_read_only_filesystem_is_named(open_dir: Path)
     (open_dir / "db").chmod(0o777)
     db = open_dir / "db" / "bayes.sqlite"
     c = from_mapping({"milter": {"user": "nobody"}, "bayes": {"db": str(db)}})
-    with mock.patch.object(store, "read_only_fs", return_value=True), \
+    with mock.patch.object(permissions, "read_only_fs", return_value=True), \
             mock.patch("spambridge.privileges.read_only_fs", return_value=True):
         r = check_local(c)
     assert [w for w in r.warnings if w.startswith(
@@ -1214,7 +1215,7 @@ def test_a_file_where_the_database_directory_should_be_is_named_as_such(
     (tmp_path / "file").touch()
     (tmp_path / "file").chmod(mode)
     db = tmp_path / "file" / "bayes.sqlite"
-    said = (f"{store.described(str(tmp_path / 'file'), os.stat(tmp_path / 'file'))} is not a "
+    said = (f"{permissions.described(str(tmp_path / 'file'), os.stat(tmp_path / 'file'))} is not a "
             "directory, and the database's path goes through it")
     r = check_local(from_mapping({"bayes": {"db": str(db)}}))
     assert r.notes == []

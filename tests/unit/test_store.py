@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from spambridge import permissions
 from spambridge.bayes import store
 from spambridge.bayes.store import Totals
 
@@ -330,7 +331,7 @@ def test_a_refusal_the_mode_does_not_explain_names_acls_and_the_immutable_flag(
     db = tmp_path / "bayes.sqlite"
     db.write_bytes(b"")
     db.chmod(0o600)  # ours, and our class may read and write it
-    why = store._why(str(db), db.stat(), "rw")
+    why = permissions.why_not(str(db), db.stat(), "rw")
     assert why == (f"its mode allows it, so an ACL (getfacl {db}) or the immutable flag "
                    f"(lsattr {db}) refuses it")
     assert "chmod" not in why

@@ -1,0 +1,85 @@
+"""Who may do what to a file, said in an admin's words: `path (owner:group, mode 0640)`, the
+user asking, and what would give it the access (a chmod, the group, a mount not read-only, an
+ACL or the immutable flag). SQLite, libmilter and the kernel only say "permission denied" or
+"unable to open database file"; the database's checks (bayes.store), the privilege switch
+(privileges) and check-config all name files this way."""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import stat
+from collections.abc import Callable
+from typing import Any
+
+
+def _name(table: Callable[[int], Any], number: int) -> str:
+    try:
+        return str(table(number)[0])
+    except KeyError:
+        return str(number)
+
+
+def described(path: str, st: os.stat_result) -> str:
+    """`path (owner:group, mode 0640)`, as every permission message names a file."""
+    return (f"{path} ({_name(pwd.getpwuid, st.st_uid)}:{_name(grp.getgrgid, st.st_gid)}, "
+            f"mode {stat.S_IMODE(st.st_mode):04o})")
+
+
+def user_name() -> str:
+    """This process's user, by name where it has one."""
+    return _name(pwd.getpwuid, os.geteuid())
+
+
+def why_not(path: str, st: os.stat_result, bits: str) -> str:
+    """Why this process lacks the permissions `bits` ("r", "rw", "wx", "x") on `path`, with
+    what would give them; from the mode bits (ACLs aside: os.access has already said no)."""
+    if read_only_fs(path):
+        return ("its filesystem is mounted read-only (for this process only, under systemd's "
+                "ProtectSystem=strict: add the directory to the unit's ReadWritePaths=)")
+    if _mode_grants(st, bits):  # a chmod would change nothing
+        return (f"its mode allows it, so an ACL (getfacl {path}) or the immutable flag "
+                f"(lsattr {path}) refuses it")
+    if st.st_uid == os.geteuid():
+        return f"its owner may not: chmod u+{bits} {path}"
+    group = _name(grp.getgrgid, st.st_gid)
+    if st.st_gid == os.getegid() or st.st_gid in os.getgroups():
+        return f"its group {group} may not: chmod g+{bits} {path}"
+    return f"{this_user()} is neither its owner nor in its group {group}"
+
+
+def _mode_grants(st: os.stat_result, bits: str) -> bool:
+    """Whether the mode bits give this process `bits` on the database or a directory of its
+    path: root needs none there, anyone else those of the class it falls in."""
+    uid = os.geteuid()
+    return uid == 0 or grants(st.st_mode, st.st_uid, st.st_gid, uid,
+                              [os.getegid(), *os.getgroups()],
+                              sum({"r": 4, "w": 2, "x": 1}[b] for b in bits))
+
+
+def grants(mode: int, owner: int | None, group: int | None, uid: int, groups: list[int],
+           want: int) -> bool:
+    """Whether `mode` with owner `owner` and group `group` gives user `uid`, member of
+    `groups`, the permissions `want` (a mask of 4/2/1), as the kernel checks them without
+    ACLs: the owner's bits for the owner, else the group's for a member, else the others'."""
+    if owner == uid:
+        bits = mode >> 6
+    elif group in groups:
+        bits = mode >> 3
+    else:
+        bits = mode
+    return bits & want == want
+
+
+def this_user() -> str:
+    return f"user {user_name()}"
+
+
+def read_only_fs(path: str) -> bool:
+    """Whether `path` is on a filesystem mounted read-only (for this process: systemd's
+    ProtectSystem=strict mounts one for the unit alone), where no chmod or chown helps."""
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
