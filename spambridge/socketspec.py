@@ -99,7 +99,7 @@ def remove_stale_unix_socket(path: str) -> None:
         probe.connect(path)
     except (BlockingIOError, TimeoutError):
         pass  # its accept queue is full (EAGAIN at once on a unix socket): it is listening
-    except OSError:
+    except OSError as refused:
         try:
             os.unlink(path)  # nobody is listening: stale
         except FileNotFoundError:
@@ -109,9 +109,14 @@ def remove_stale_unix_socket(path: str) -> None:
                 raise
             # lasting (a directory this user may not write, a read-only mount): the admin's
             # to remove, as a file in the way is; exit 1 had systemd retry it every 2 s
+            where = os.path.dirname(path) or "."
+            if isinstance(refused, PermissionError):  # its mode: a milter may listen on it
+                raise InTheWay(f"{path} is a socket this user may neither connect to nor "
+                               f"remove ({refused.strerror}): if no milter listens on it, "
+                               f"remove it, and let the milter's user write {where}") from None
             raise InTheWay(f"{path} is a stale socket (nothing listens on it) this user may "
                            f"not remove: {e.strerror}; remove it, and let the milter's user "
-                           f"write {os.path.dirname(path) or '.'}") from None
+                           f"write {where}") from None
         return
     finally:
         probe.close()

@@ -816,10 +816,44 @@ def test_a_stale_socket_it_may_not_remove_stops_the_start_saying_why(tmp_path: P
         stale = socket.socket(socket.AF_UNIX)
         stale.bind(str(sockdir / "m.sock"))
         stale.close()  # nobody listens on it
+        os.chmod(sockdir / "m.sock", 0o777)  # a connect is refused (ECONNREFUSED), not EACCES
         cfg, r = start_as_nobody(top, sockdir)
         assert r.returncode == 78, r.stderr
         assert (f"{cfg}:2: [milter] socket: {sockdir}/m.sock is a stale socket (nothing "
                 "listens on it) this user may not remove: Permission denied") in r.stderr
         assert (sockdir / "m.sock").is_socket()
     finally:
+        shutil.rmtree(top, ignore_errors=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="starts the milter as nobody: needs root (as CI)")
+def test_a_live_socket_it_may_not_connect_to_is_not_called_stale(tmp_path: Path) -> None:
+    """A socket this user may neither connect to (its mode) nor remove, with a milter still
+    listening on it (one started by hand as root while the unit starts as its user): the
+    start said it was "a stale socket (nothing listens on it)" and told the admin to remove
+    it, which took the running milter's socket away (Postfix then tempfails every message)."""
+    top = Path(tempfile.mkdtemp(prefix="sb-sockdir-", dir="/tmp"))
+    live = socket.socket(socket.AF_UNIX)
+    try:
+        os.chmod(top, 0o755)
+        sockdir = top / "run"
+        sockdir.mkdir(mode=0o755)  # root's
+        live.bind(str(sockdir / "m.sock"))
+        live.listen()
+        os.chmod(sockdir / "m.sock", 0o600)  # root's milter, socket_mode 0600
+        cfg = write_config(top / "m.toml", {"milter": {"socket": f"unix:{sockdir}/m.sock"},
+                                            "bayes": {"db": str(top / "b.sqlite")}})
+        os.chmod(cfg, 0o644)
+        os.chmod(top, 0o777)  # the database may be made here
+        r = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+                            sys.executable, "-m", "spambridge", "run", "--config", str(cfg)],
+                           capture_output=True, text=True, timeout=60, cwd="/", check=False)
+        assert r.returncode == 78, r.stderr
+        assert "nothing listens on it" not in r.stderr, r.stderr
+        assert (f"{cfg}:2: [milter] socket: {sockdir}/m.sock is a socket this user may neither "
+                "connect to nor remove (Permission denied): if no milter listens on it") \
+            in r.stderr, r.stderr
+        assert (sockdir / "m.sock").is_socket()
+    finally:
+        live.close()
         shutil.rmtree(top, ignore_errors=True)
