@@ -92,7 +92,7 @@ class BayesScanner:
         self.seen: store.Totals | None = None
         self._refresh_lock = threading.Lock()  # one refresh_seen read at a time, never waited on
         # the file (as stat saw it; None: gone) last re-read by refresh_seen
-        self._refreshed_for: object = _NEVER  # FileId, or None
+        self._refreshed_for: object = _NEVER  # (FileId, ctime, the -wal's FileId), or None
         if create and not os.path.exists(cfg.db):
             try:
                 store.create(cfg.db, dir_owner)  # (the milter's user's, see app.run)
@@ -126,12 +126,17 @@ class BayesScanner:
         this engine reads the database only for a message spamd failed, so its counts stayed
         those of the start for as long as spamd answered (an empty database shown empty after
         `train`, a removed one as in use). A stat here; the read once per change of the file,
-        closed after as the start-up's is, and never waited for."""
+        closed after as the start-up's is, and never waited for. A read that failed is tried
+        again when the file's mode or owner changes (its ctime) or its -wal does (moved aside,
+        as the foreign -wal warning says to), not only its contents."""
         try:
-            now: FileId | None = _file_id(os.stat(self.cfg.db))
+            st = os.stat(self.cfg.db)
         except OSError:
-            now = None
-        if (now is not None and now == self._file) or now == self._refreshed_for:
+            now: tuple[FileId, int, FileId | None] | None = None
+        else:
+            now = (_file_id(st), st.st_ctime_ns, _wal_id(self.cfg.db + "-wal"))
+        if (now is not None and now[0] == self._file and self.seen is not None
+                ) or now == self._refreshed_for:
             return
         if not self._refresh_lock.acquire(blocking=False):
             return  # one is on its way

@@ -258,3 +258,48 @@ def test_an_internal_error_names_the_message(tmp_path: Path, caplog: pytest.LogC
         scanner.close()
     [record] = caplog.records
     assert record.getMessage() == "4ABCDEF0123: bayes: internal error" and record.exc_info
+
+
+def test_a_fallback_database_read_that_failed_is_tried_again_when_its_mode_changes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """spamd+bayes, spamd answering: the trained counts the metrics show are read again when
+    the file changes. A read that failed (a mode the milter's user cannot read) was not tried
+    again after the admin's chmod, which changes neither the file's contents nor its mtime:
+    the gauge stayed absent until spamd failed or `train` ran. Unchanged, it is not re-read."""
+    import time
+
+    from spambridge.config import BayesConfig
+    from spambridge.scanners import bayes
+
+    db = tmp_path / "b.sqlite"
+    scanner = bayes.BayesScanner(BayesConfig(db=str(db)))  # created empty
+    opened: list[str] = []
+    real = store.SqliteReader
+
+    def reader(path: str, *a: object, **kw: object) -> store.SqliteReader:
+        opened.append(path)
+        if len(opened) == 1:
+            raise store.StoreError(f"{path}: cannot open the Bayes database: permission")
+        return real(path, *a, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store, "SqliteReader", reader)
+
+    def refreshed(n: int) -> None:
+        deadline = time.monotonic() + 10
+        while len(opened) < n or scanner._refresh_lock.locked():
+            assert time.monotonic() < deadline, opened
+            time.sleep(0.01)
+
+    try:
+        scanner.refresh_seen()  # never read by this scanner: read, and the read fails
+        refreshed(1)
+        assert scanner.seen is None
+        scanner.refresh_seen()  # nothing changed: not read again
+        time.sleep(0.05)
+        assert len(opened) == 1
+        db.chmod(0o640)  # the admin's fix: only the ctime changes
+        scanner.refresh_seen()
+        refreshed(2)
+        assert scanner.seen == Totals(0, 0)
+    finally:
+        scanner.close()
