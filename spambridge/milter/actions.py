@@ -68,7 +68,8 @@ def apply(
         except Exception as e:  # Milter.error, DisabledAction: libmilter said no
             failed.append(f"{what[:80]}: {e}")
 
-    if decision.action in (Action.REJECT, Action.TEMPFAIL):
+    refused = decision.action in (Action.REJECT, Action.TEMPFAIL)
+    if refused:  # setreply only stores the reply: nothing reaches the MTA before it is sent
         reply = decision.reply or SmtpReply("451", "4.7.1", "Try again later")
         attempt("set the reply", ctx.setreply, reply.code, reply.xcode, reply_text(reply.text))
     else:
@@ -86,7 +87,7 @@ def apply(
                 attempt("add Subject", ctx.addheader, "Subject", new)
             elif new is not None:
                 attempt("tag the Subject", ctx.chgheader, "Subject", 1, new)
-    if failed and len(failed) == tried and decision.headers:
+    if failed and len(failed) == tried and decision.headers and not refused:
         # even adding our own small fields failed: libmilter refuses none of those to an
         # MTA that is still there (it granted the header actions at negotiation, or libmilter
         # would have dropped it), so the MTA is gone, or stopped reading, before the reply.

@@ -204,3 +204,21 @@ def test_changes_libmilter_refuses_are_counted_and_the_first_is_named(
     assert [r.getMessage() for r in caplog.records] == [
         "4ABC: 3 change(s) to the message refused by libmilter, first: "
         "remove X-Spam-Flag[2]: cannot change header"]
+
+
+def test_a_reply_libmilter_refuses_is_not_taken_for_an_mta_gone(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Setting a refusal's reply talks to no MTA (libmilter sends it after the callback), so
+    its failure says nothing of the MTA: it was told as "the MTA got no reply … its milter
+    timeout must be above scan_timeout", which sends the admin to the wrong setting."""
+
+    class NoReply(Ctx):
+        def setreply(self, rcode: str, xcode: str | None = None, msg: str | None = None) -> None:
+            raise Milter.error("cannot set reply")
+
+    caplog.set_level(logging.WARNING, logger="spambridge")
+    result = actions.apply(NoReply(), decide(spamd(20.0), CFG), [], b"Cheap pills", "4ABC")
+    assert result == Milter.REJECT
+    assert [r.getMessage() for r in caplog.records] == [
+        "4ABC: 1 change(s) to the message refused by libmilter, first: "
+        "set the reply: cannot set reply"]
