@@ -841,13 +841,7 @@ def test_a_live_socket_it_may_not_connect_to_is_not_called_stale(tmp_path: Path)
         live.bind(str(sockdir / "m.sock"))
         live.listen()
         os.chmod(sockdir / "m.sock", 0o600)  # root's milter, socket_mode 0600
-        cfg = write_config(top / "m.toml", {"milter": {"socket": f"unix:{sockdir}/m.sock"},
-                                            "bayes": {"db": str(top / "b.sqlite")}})
-        os.chmod(cfg, 0o644)
-        os.chmod(top, 0o777)  # the database may be made here
-        r = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
-                            sys.executable, "-m", "spambridge", "run", "--config", str(cfg)],
-                           capture_output=True, text=True, timeout=60, cwd="/", check=False)
+        cfg, r = start_as_nobody(top, sockdir)
         assert r.returncode == 78, r.stderr
         assert "nothing listens on it" not in r.stderr, r.stderr
         assert (f"{cfg}:2: [milter] socket: {sockdir}/m.sock is a socket this user may neither "
