@@ -18,6 +18,17 @@ from spambridge.config import Config
 ArgAdder = Callable[[argparse.ArgumentParser], None]
 
 
+def _at_least_one(text: str) -> int:
+    """--batch-size: 0 or less was taken as 1, silently."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{n}: a batch holds at least 1 message")
+    return n
+
+
 def size(text: str) -> int:
     """`500000`, `500k`, `2M` → bytes; 0 means no limit."""
     m = re.fullmatch(r"\s*(\d+)\s*([kKmM]?)[bB]?\s*", text)
@@ -72,7 +83,8 @@ def add_parsers(sub: Any, config_arg: ArgAdder, engine_args: ArgAdder,
     t.add_argument("--user", default="", type=_spamd_user,
                    help="spamd user whose Bayes to teach (--engine spamd; default: [spamd] "
                    "user)")
-    t.add_argument("--batch-size", type=int, default=defaults.TRAIN_BATCH, metavar="N",
+    t.add_argument("--batch-size", type=_at_least_one, default=defaults.TRAIN_BATCH,
+                   metavar="N",
                    help=f"messages per database transaction (default: {defaults.TRAIN_BATCH}; "
                    "an interrupted run keeps every finished batch)")
     t.add_argument("-q", "--quiet", action="store_true",
@@ -138,8 +150,12 @@ def _train(args: argparse.Namespace, cfg: Config) -> int:
 
     engine = args.engine or cfg.milter.engine
     common: dict[str, Any] = {"max_size": args.max_size, "mbox": args.mbox, "quiet": args.quiet}
-    local: dict[str, Any] = {"batch_messages": max(1, args.batch_size),
-                             "selective": args.selective}
+    local: dict[str, Any] = {"batch_messages": args.batch_size, "selective": args.selective}
+    if args.selective and args.label == "forget":
+        # --selective chooses what to learn; a --forget with it did as if it was not given
+        print("spambridge train: --selective chooses what to learn; --forget unlearns what "
+              "it is given", file=sys.stderr)
+        return 2
     if args.selective and engine == "spamd":
         print("spambridge train: --selective applies to the local Bayes database "
               "(engine bayes or spamd+bayes)", file=sys.stderr)

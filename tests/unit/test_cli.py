@@ -518,6 +518,30 @@ def test_an_index_with_paths_is_a_usage_error(tmp_path: Path,
     assert not (tmp_path / "b.sqlite").exists()
 
 
+def test_forget_with_selective_is_a_usage_error(tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """`train --forget --selective`: --selective chooses what to learn, and was silently
+    ignored by a --forget, which unlearns whatever it is given."""
+    assert cli.main(["train", "--db", str(tmp_path / "b.sqlite"), "--forget", "--selective",
+                     str(tmp_path / "c.eml")]) == 2
+    assert capsys.readouterr().err == ("spambridge train: --selective chooses what to learn; "
+                                       "--forget unlearns what it is given\n")
+    assert not (tmp_path / "b.sqlite").exists()
+
+
+@pytest.mark.parametrize("n", ["0", "-5"])
+def test_a_batch_of_no_message_is_a_usage_error(n: str, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """`--batch-size 0` (or less) was taken as 1, silently."""
+    with pytest.raises(SystemExit) as e:
+        cli.main(["train", "--db", str(tmp_path / "b.sqlite"), "--ham", "--batch-size", n,
+                  str(tmp_path / "c.eml")])
+    assert e.value.code == 2
+    assert f"argument --batch-size: {int(n)}: a batch holds at least 1 message" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "b.sqlite").exists()
+
+
 def test_max_size_0_on_stdin_with_both_engines_is_no_limit(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`train --max-size 0 -` (no limit) under spamd+bayes: the message is kept whole for
