@@ -1270,6 +1270,8 @@ def _kept(trainer: Trainer, batch: str) -> str:
     """What a run that ended early kept: every committed batch, none of `batch`."""
     if not trainer.saved:
         return "nothing was saved"
+    if trainer.saved >= trainer.summary.seen:  # stopped between two batches
+        return f"all {trainer.saved} messages read so far were saved"
     return (f"the first {trainer.saved} of {trainer.summary.seen} messages were saved (every "
             f"batch before {batch}), the rest was not")
 

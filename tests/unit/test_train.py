@@ -1770,9 +1770,10 @@ def test_a_stop_that_comes_as_a_batch_commits_is_counted_with_it(
     out, err = io.StringIO(), io.StringIO()
     code = train.run(_cfg(db), "spam", [str(box)], batch_messages=250, out=out, err=err)
     assert code == 143, err.getvalue()
-    m = re.search(r"the first (\d+) of \d+ messages were saved", err.getvalue())
+    m = re.search(r"(?:the first (\d+) of \d+|all (\d+)) messages (?:read so far )?were saved",
+                  err.getvalue())
     assert m, err.getvalue()
-    assert int(m.group(1)) == totals(db)[0] == 500
+    assert int(m.group(1) or m.group(2)) == totals(db)[0] == 500
 
 
 def test_a_sigterm_ignored_by_whoever_started_train_does_not_stop_it(
@@ -1828,9 +1829,11 @@ def test_an_mbox_trickling_in_on_stdin_is_saved_batch_by_batch(db: Path, compres
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 143, (proc.returncode, err)
-    m = re.search(rb"stopped \(SIGTERM\); the first (\d+) of (\d+) messages were saved", err)
+    # (all of them, when the stop came right after a batch was saved)
+    m = re.search(rb"stopped \(SIGTERM\); (?:the first (\d+) of \d+|all (\d+)) messages "
+                  rb"(?:read so far )?were saved", err)
     assert m, err
-    assert int(m.group(1)) == committed() == totals(db)[0] > 0
+    assert int(m.group(1) or m.group(2)) == committed() == totals(db)[0] > 0
     assert tokens(db)["unique0x1"] == (1, 0) and out == b""
 
 
@@ -2169,6 +2172,23 @@ def test_an_interrupted_train_says_how_many_messages_were_saved(
     # (nothing failed: "every batch before the one that failed" said so until 2026-11-26)
     assert ("interrupted; the first 2 of 3 messages were saved (every batch before the open "
             "one), the rest was not") in err.getvalue()
+
+
+def test_a_run_stopped_between_two_batches_says_everything_read_was_saved(
+        tmp_path: Path, db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C right after a batch was saved: "the first 2 of 2 messages were saved …, the rest
+    was not" read as if something had been lost."""
+    def two_then_ctrl_c(path: str, max_size: int, mbox: bool) -> object:
+        for n in range(2):
+            yield train.Item(f"m{n}", mail(n, True))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "read_path", two_then_ctrl_c)
+    out, err = io.StringIO(), io.StringIO()
+    code = train.run(_cfg(db), "spam", ["box"], batch_messages=2, out=out, err=err)
+    assert code == 130 and totals(db) == (2, 0)
+    assert "interrupted; all 2 messages read so far were saved" in err.getvalue()
+    assert "the rest was not" not in err.getvalue()
 
 
 def test_a_second_ctrl_c_while_the_run_winds_up_does_not_cut_the_fold_short(
