@@ -21,6 +21,13 @@ from spambridge.verdict import ScoreResult
 CAP_END: ContextVar[float | None] = ContextVar("CAP_END", default=None)
 
 
+def cap_end(now: float, cap: float) -> float:
+    """When the caller's cap ends, on the loop's clock (`now` read from it): CAP_END, or, when
+    no caller set it, `cap` seconds from now."""
+    end = CAP_END.get()
+    return now + cap if end is None else min(end, now + cap)
+
+
 class Scanner(Protocol):
     name: str
 

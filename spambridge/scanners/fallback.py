@@ -13,7 +13,7 @@ import asyncio
 import dataclasses
 
 from spambridge.message import Envelope
-from spambridge.scanners import CAP_END, Scanner, cut_at_own_end
+from spambridge.scanners import Scanner, cap_end, cut_at_own_end
 from spambridge.verdict import ErrorKind, ScanError, ScoreResult
 
 _AHEAD = 0.01  # s: our end of the cap comes before the caller's, so the log can say why
@@ -31,11 +31,11 @@ class FallbackScanner:
     async def scan(self, message: bytes, envelope: Envelope) -> ScoreResult:
         loop = asyncio.get_running_loop()
         now = loop.time()
-        cap_end = CAP_END.get()
         # the cap runs from end of message: copying a big one for the scanner may have used
         # some of it (Pipeline.scan). spamd's share gives that up, so Bayes keeps its part
-        spent = 0.0 if cap_end is None else max(now + self.cap - cap_end, 0.0)
-        end = now + self.cap - spent - _AHEAD
+        end_of_cap = cap_end(now, self.cap)
+        spent = now + self.cap - end_of_cap
+        end = end_of_cap - _AHEAD
         share = self.budget - spent
         task = asyncio.ensure_future(self.primary.scan(message, envelope))
         try:

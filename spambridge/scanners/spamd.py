@@ -56,7 +56,7 @@ from aiospamc.responses import (
 from spambridge import defaults
 from spambridge.config import Config, ConfigError, SpamdConfig, host_port, key_at
 from spambridge.message import Envelope, clean
-from spambridge.scanners import CAP_END, cut_at_own_end
+from spambridge.scanners import cap_end, cut_at_own_end
 from spambridge.verdict import ErrorKind, ScanError, ScoreResult
 
 log = logging.getLogger("spambridge")
@@ -283,9 +283,8 @@ class SpamdScanner:
         # before it, or earlier, by the copy of a big message: CAP_END): the cap's own text
         # ("no verdict within 10s") could not say which server had the message. One server
         # keeps today's texts.
-        cap_end = CAP_END.get()
-        end = ((loop.time() + self.total_timeout if cap_end is None else cap_end) - _AHEAD
-               if len(self.servers) > 1 else None)
+        end = (cap_end(loop.time(), self.total_timeout) - _AHEAD if len(self.servers) > 1
+               else None)
         for i in order:
             server = self.servers[i]
             attempt = next(self._attempts)
