@@ -46,12 +46,11 @@ from spambridge.bayes.tokenizer import (
     split_multipart,
     tokenize,
 )
-from spambridge.verdict import ErrorKind
+from spambridge.verdict import ErrorKind, ScanError
 
 if TYPE_CHECKING:
     from spambridge.config import Config
     from spambridge.scanners.spamd import SpamdScanner
-    from spambridge.verdict import ScanError
 
 DEFAULT_MAX_SIZE = defaults.TRAIN_MAX_SIZE  # bytes, as sa-learn: bigger messages are skipped
 BATCH_MESSAGES = defaults.TRAIN_BATCH  # messages per transaction …
