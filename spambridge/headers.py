@@ -146,7 +146,9 @@ _FOLD_OR_CONTROL = re.compile(r"\n[ \t]|\x1b(?![$(])|[\x00-\x08\x0a-\x1a\x1c-\x1
 
 def tagged_subject(prefix: str, subject: bytes | None) -> str | None:
     """The new Subject, or None when it cannot be rewritten without mangling 8-bit bytes.
-    We write this header, so the message's control characters do not go into it."""
+    We write this header, so the message's control characters do not go into it. A missing
+    Subject, and one with nothing but blanks, becomes the tag alone: SpamAssassin's
+    rewrite_header writes "Subject: *****SPAM***** ", a trailing blank no admin expects."""
     if subject is None:
         return prefix
     try:
@@ -155,8 +157,8 @@ def tagged_subject(prefix: str, subject: bytes | None) -> str | None:
         return None
     if text.lstrip().startswith(prefix) or _shown(text).lstrip().startswith(prefix):
         return None  # already tagged (rescanned mail; a tab or a fold after the colon stays)
-    text = _FOLD_OR_CONTROL.sub(lambda m: m[0] if len(m[0]) == 2 else " ", text)
-    return f"{prefix} {text.lstrip()}"
+    text = _FOLD_OR_CONTROL.sub(lambda m: m[0] if len(m[0]) == 2 else " ", text).lstrip()
+    return f"{prefix} {text}" if text else prefix
 
 
 def _shown(subject: str) -> str:

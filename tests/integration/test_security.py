@@ -78,20 +78,27 @@ def test_hostile_symbol_names_from_spamd_cannot_inject_headers(start_milter: Sta
     (b"folded\n\tover two lines", "[SPAM] folded\n\tover two lines"),
     (b"caf\xc3\xa9 =?utf-8?b?w6k=?=", "[SPAM] caf\u00e9 =?utf-8?b?w6k=?="),
     (b"caf\xe9 \xff\xfe not UTF-8", None),  # left alone rather than mangled
+    # nothing after the tag: "[SPAM] " had a trailing blank; a missing Subject is added
+    (b"", "[SPAM]"), (b" \t ", "[SPAM]"), (None, "[SPAM]"),
 ])
 def test_hostile_subject_is_not_written_back_raw(start_milter: Start, fake: SwitchableSpamd,
-                                                 subject: bytes, tagged: str | None) -> None:
+                                                 subject: bytes | None,
+                                                 tagged: str | None) -> None:
     """With subject_tag set, spam gets its Subject rewritten: the rewrite must not carry the
     message's control characters (a bare CR or LF would end the header early downstream)
-    into a header we write. The header goes in as given, bypassing any parser."""
+    into a header we write. The header goes in as given, bypassing any parser. `subject`
+    None: the message has no Subject, and gets one (added, not changed)."""
     fake.reply = spamd_reply(9.0, 5.0)
     m = start_milter(spamd_config(fake.port, subject_tag="[SPAM]"))
-    fields = [("From", b"a@example.net"), ("To", b"b@test.example"), ("Subject", subject),
+    fields = [("From", b"a@example.net"), ("To", b"b@test.example"),
+              *([] if subject is None else [("Subject", subject)]),
               ("Message-ID", b"<1@example.net>")]
     r = result_of(m, b"\nbody\n", headers=fields)
     assert r.action == "accept"
     subjects = [v for n, _, v in r.changed if n.lower() == "subject"]
-    assert subjects == ([] if tagged is None else [tagged])
+    added = [v for n, v in r.added if n.lower() == "subject"]
+    assert (added if subject is None else subjects) == ([] if tagged is None else [tagged])
+    assert not (subjects if subject is None else added)
     for value in subjects:
         assert_safe_value("Subject", value, eight_bit=True)
     for name, value in r.added:

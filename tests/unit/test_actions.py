@@ -120,6 +120,17 @@ def test_the_tag_and_the_subject_have_one_space_between() -> None:
     assert headers.tagged_subject("[SPAM]", b"  Hello") == "[SPAM] Hello"
 
 
+@pytest.mark.parametrize("subject", [b"", b" ", b"\t  ", b"\n\t", b"\r\n ", b"\x01\x7f"],
+                         ids=["empty", "blank", "blanks", "fold", "crlf-fold", "controls"])
+def test_an_empty_subject_becomes_the_tag_alone(subject: bytes) -> None:
+    """`Subject:` with nothing after it but blanks (or control characters, which become
+    blanks) was written `Subject: [SPAM] `, a trailing blank after the tag. It reads as the
+    Subject of a message that had none: the tag alone, the field rewritten in place."""
+    _, ctx = apply(decide(spamd(7.0), TAGGING), subject=subject)
+    assert [c for c in ctx.calls if c[1] == "Subject"] == [("chg", "Subject", 1, "[SPAM]")]
+    assert headers.tagged_subject("[SPAM]", subject) == headers.tagged_subject("[SPAM]", None)
+
+
 def test_forged_fields_are_removed_in_the_order_given_before_ours_are_added() -> None:
     """owned_headers lists each name's highest index first: deleting X-Spam-Flag 1 first
     would renumber the rest, and the last forged copy would stay."""
