@@ -27,7 +27,7 @@ from typing import IO
 from spambridge import compressed
 from spambridge.bridge import AsyncBridge
 from spambridge.config import Config
-from spambridge.headers import tagged_subject
+from spambridge.headers import subject_rewrite
 from spambridge.health import Health
 from spambridge.message import Envelope, parse_raw
 from spambridge.pipeline import Evaluation, Pipeline
@@ -228,16 +228,12 @@ def _readable(token: str) -> str:
 
 def _subject_change(prefix: str, subject: bytes | None) -> str:
     """What the milter makes of the Subject (the function it uses): a raw 8-bit Subject in
-    another charset than UTF-8 (Latin-1, KOI8-R, ...) and one tagged already are left as they
-    are, which `check` used to hide behind the prefix alone."""
-    new = tagged_subject(prefix, subject)
+    another charset than UTF-8 (Latin-1, KOI8-R, ...), one tagged already and one too long
+    to tag are left as they are, which `check` used to hide behind the prefix alone."""
+    new, why = subject_rewrite(prefix, subject)
     if new is not None:
         return f"; the Subject becomes {new!r}"
-    try:
-        (subject or b"").decode("utf-8")
-    except UnicodeDecodeError:
-        return " not added: the Subject is 8-bit text that is not UTF-8, left as it is"
-    return " not added: the Subject has it already"
+    return f" not added: {why}"
 
 
 def _report(path: str, ev: Evaluation, explain: bool, owned: list[tuple[str, int]],

@@ -144,21 +144,83 @@ def render_unchecked(kind: ErrorKind) -> tuple[tuple[str, str], ...]:
 _FOLD_OR_CONTROL = re.compile(r"\n[ \t]|\x1b(?![$(])|[\x00-\x08\x0a-\x1a\x1c-\x1f\x7f-\x9f]")
 
 
+LINE_MAX = 998  # RFC 5322 2.1.1: octets in a line, CRLF not counted
+_SUBJECT = len("Subject: ")  # before the value on the first line, as the MTA writes it
+# why a Subject is left as it came (what `check` prints, and the milter's log line)
+ALREADY_TAGGED = "the Subject has it already"
+NOT_UTF8 = "the Subject is 8-bit text that is not UTF-8, left as it is"
+TOO_LONG = (f"a line of the Subject would pass RFC 5322's {LINE_MAX} octets, and no blank "
+            "in it can fold it shorter")
+
+
 def tagged_subject(prefix: str, subject: bytes | None) -> str | None:
-    """The new Subject, or None when it cannot be rewritten without mangling 8-bit bytes.
-    We write this header, so the message's control characters do not go into it. A missing
-    Subject, and one with nothing but blanks, becomes the tag alone: SpamAssassin's
-    rewrite_header writes "Subject: *****SPAM***** ", a trailing blank no admin expects."""
+    """The new Subject, or None when it is left as it came (subject_rewrite says why)."""
+    return subject_rewrite(prefix, subject)[0]
+
+
+def subject_rewrite(prefix: str, subject: bytes | None) -> tuple[str | None, str]:
+    """The new Subject and "", or None and why it is left as it came: tagged already, 8-bit
+    bytes a rewrite would mangle, or a line too long to write. We write this header, so the
+    message's control characters do not go into it. A missing Subject, and one with nothing
+    but blanks, becomes the tag alone: SpamAssassin's rewrite_header writes "Subject:
+    *****SPAM***** ", a trailing blank no admin expects. Where the tag would push the first
+    line past 998 octets the fold goes after the tag, at the blank that is ours: the sender's
+    text stays as it came, and `train` takes the tag off to the very Subject that came."""
     if subject is None:
-        return prefix
+        return _fitted(prefix)
     try:
         text = subject.decode("utf-8")
     except UnicodeDecodeError:
-        return None
+        return None, NOT_UTF8
     if text.lstrip().startswith(prefix) or _shown(text).lstrip().startswith(prefix):
-        return None  # already tagged (rescanned mail; a tab or a fold after the colon stays)
+        return None, ALREADY_TAGGED  # rescanned mail (a tab or a fold after the colon stays)
     text = _FOLD_OR_CONTROL.sub(lambda m: m[0] if len(m[0]) == 2 else " ", text).lstrip()
-    return f"{prefix} {text}" if text else prefix
+    if not text:
+        return _fitted(prefix)
+    new = f"{prefix} {text}"
+    if _SUBJECT + len(new.encode()) <= LINE_MAX:  # the whole field fits on one line: most
+        return new, ""
+    first = new.partition("\n")[0]
+    if _SUBJECT + len(first.encode()) > LINE_MAX:
+        new = f"{prefix}\n {text}"
+    return _fitted(new)
+
+
+def _fitted(value: str) -> tuple[str | None, str]:
+    """`value` with each line over LINE_MAX octets (a line the sender sent so; Postfix takes
+    up to 2,048) folded before its last blank that fits, or None when a line has none."""
+    lines = value.split("\n")
+    out: list[str] = []
+    room = LINE_MAX - _SUBJECT
+    for line in lines:
+        while len(line.encode()) > room:
+            cut = _fold_point(line, room)
+            if cut is None:
+                return None, TOO_LONG
+            out.append(line[:cut])
+            line, room = line[cut:], LINE_MAX
+        out.append(line)
+        room = LINE_MAX
+    return "\n".join(out), ""
+
+
+def _fold_point(line: str, room: int) -> int | None:
+    """Where `line` folds: before its last blank such that the line up to there fits in
+    `room` octets and has text, and text follows the blank. Each line after a fold is then
+    a blank and a word, never blanks alone (obsolete syntax, RFC 5322 4.2): word wrap's
+    greedy fill, which fails only where a blank and one word cannot fit a line."""
+    best = None
+    size = 0
+    text = False
+    for i, c in enumerate(line):
+        if size > room:
+            break
+        if c not in " \t":
+            text = True
+        elif text and line[i + 1:i + 2] not in ("", " ", "\t"):
+            best = i
+        size += 1 if c < "\x80" else len(c.encode())
+    return best
 
 
 def _shown(subject: str) -> str:

@@ -828,9 +828,11 @@ def _untagged(head: bytes, tag: bytes) -> bytes:
     value = subject.group(1)
     if value == tag:  # the message had no Subject: the milter added one
         return head[: subject.start()] + head[subject.end():]
-    if not value.startswith(tag + b" "):
-        return head
-    return head[: subject.start(1)] + value[len(tag) + 1:] + head[subject.end(1):]
+    if value.startswith(tag + b" "):
+        return head[: subject.start(1)] + value[len(tag) + 1:] + head[subject.end(1):]
+    if value.startswith(tag + b"\n "):  # folded after the tag, 998 octets a line (the milter)
+        return head[: subject.start(1)] + value[len(tag) + 2:] + head[subject.end(1):]
+    return head
 
 
 def _report_safe_original(head: bytes, body: bytes) -> bytes | None:

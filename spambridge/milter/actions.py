@@ -9,7 +9,7 @@ from typing import Any, Protocol
 
 import Milter
 
-from spambridge.headers import tagged_subject
+from spambridge import headers
 from spambridge.verdict import Action, Decision, SmtpReply
 
 log = logging.getLogger("spambridge")
@@ -82,7 +82,9 @@ def apply(
                         queue_id or "NOQUEUE", forged, len(owned),
                         "; ours go on top" if decision.headers else "")
         if decision.subject_prefix:
-            new = tagged_subject(decision.subject_prefix, subject)
+            new, why = headers.subject_rewrite(decision.subject_prefix, subject)
+            if why == headers.TOO_LONG:  # the others (tagged already, not UTF-8) are routine
+                log.warning("%s: the Subject is left untagged: %s", queue_id or "NOQUEUE", why)
             if new is not None and subject is None:
                 attempt("add Subject", ctx.addheader, "Subject", new)
             elif new is not None:

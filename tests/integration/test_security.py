@@ -80,6 +80,8 @@ def test_hostile_symbol_names_from_spamd_cannot_inject_headers(start_milter: Sta
     (b"caf\xe9 \xff\xfe not UTF-8", None),  # left alone rather than mangled
     # nothing after the tag: "[SPAM] " had a trailing blank; a missing Subject is added
     (b"", "[SPAM]"), (b" \t ", "[SPAM]"), (None, "[SPAM]"),
+    # no line over RFC 5322's 998 octets: folded after the tag, or left as it came
+    (b"x" * 990, "[SPAM]\n " + "x" * 990), (b"x" * 1200, None),
 ])
 def test_hostile_subject_is_not_written_back_raw(start_milter: Start, fake: SwitchableSpamd,
                                                  subject: bytes | None,
@@ -99,6 +101,10 @@ def test_hostile_subject_is_not_written_back_raw(start_milter: Start, fake: Swit
     added = [v for n, v in r.added if n.lower() == "subject"]
     assert (added if subject is None else subjects) == ([] if tagged is None else [tagged])
     assert not (subjects if subject is None else added)
+    for value in subjects + added:
+        assert max(len(line) for line in f"Subject: {value}".encode().split(b"\n")) <= 998
+    if subject == b"x" * 1200:
+        wait_until(lambda: "the Subject is left untagged: " in m.log, 10, "the warning")
     for value in subjects:
         assert_safe_value("Subject", value, eight_bit=True)
     for name, value in r.added:

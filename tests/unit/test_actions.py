@@ -131,6 +131,24 @@ def test_an_empty_subject_becomes_the_tag_alone(subject: bytes) -> None:
     assert headers.tagged_subject("[SPAM]", subject) == headers.tagged_subject("[SPAM]", None)
 
 
+def test_a_long_subject_is_tagged_folded_and_never_over_998_octets_a_line(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A 990-character Subject: the tag made `Subject: [SPAM] xxx…` 1,006 octets on one line,
+    past RFC 5322's 998. It is folded after the tag; one that no fold can bring under the
+    limit (a word longer than a line) keeps its Subject, and the log says why."""
+    _, ctx = apply(decide(spamd(7.0), TAGGING), subject=b"x" * 990)
+    [(_, _, _, new)] = [c for c in ctx.calls if c[1] == "Subject"]
+    assert new == "[SPAM]\n " + "x" * 990
+    assert max(len(line) for line in ("Subject: " + new).encode().split(b"\n")) <= 998
+
+    caplog.set_level(logging.WARNING, logger="spambridge")
+    result, ctx = apply(decide(spamd(7.0), TAGGING), subject=b"x" * 1200)
+    assert result == Milter.ACCEPT
+    assert not [c for c in ctx.calls if c[1] == "Subject"]
+    assert ("add", "X-Spam-Flag", "YES", actions.APPEND) in ctx.calls
+    assert caplog.messages == [f"4ABC: the Subject is left untagged: {headers.TOO_LONG}"]
+
+
 def test_forged_fields_are_removed_in_the_order_given_before_ours_are_added() -> None:
     """owned_headers lists each name's highest index first: deleting X-Spam-Flag 1 first
     would renumber the rest, and the last forged copy would stay."""

@@ -6,6 +6,8 @@ import itertools
 import re
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from spambridge import headers
 from spambridge.config import PolicyConfig
@@ -145,3 +147,87 @@ def test_no_status_line_passes_76_columns_whatever_the_rule_names() -> None:
                 first_word = re.split(r"(?<=,)| ", after[1:])[0]
                 joint = "" if line.endswith(",") else " "
                 assert len(line + joint + first_word) > 76, (line, after)
+
+
+# ------------------------------------------------------------------------------------------------
+# the tagged Subject and RFC 5322's 998 octets a line
+
+
+def written(value: str) -> list[bytes]:
+    """The Subject as the MTA writes it: `Subject: ` and the value, a line per fold."""
+    return ("Subject: " + value).encode().split(b"\n")
+
+
+def unfolded(value: str) -> str:
+    """As a mail client reads it (RFC 5322 unfolding: a line break before a blank goes)."""
+    return re.sub(r"\n(?=[ \t])", "", value)
+
+
+def test_a_subject_the_tag_pushes_over_998_octets_is_folded_after_the_tag() -> None:
+    """`Subject: ` + "[SPAM] " + 982 characters is 998 octets: one line as before. One
+    more and the tag used to make a line of 999 (a 990-character Subject: 1006). The fold
+    goes after the tag, where the blank is ours: the sender's text stays as it came."""
+    assert headers.tagged_subject("[SPAM]", b"y" * 982) == "[SPAM] " + "y" * 982
+    for subject in (b"y" * 983, b"x" * 990, b"hello world " * 82, ("\u00e9" * 495).encode()):
+        new = headers.tagged_subject("[SPAM]", subject)
+        assert new == "[SPAM]\n " + subject.decode(), subject[:20]
+        assert max(len(line) for line in written(new)) <= headers.LINE_MAX
+    # a rescan finds it tagged already
+    assert headers.tagged_subject("[SPAM]", ("[SPAM]\n " + "x" * 990).encode()) is None
+
+
+def test_a_line_the_sender_sent_over_998_octets_is_folded_at_its_last_blank_that_fits() -> None:
+    """Postfix takes header lines up to 2,048 bytes: a Subject over RFC 5322's limit gets
+    its line folded where it has a blank, as late as fits, and reads the same unfolded."""
+    subject = (b"a" * 600 + b" " + b"b" * 300 + b"  " + b"c" * 300
+               + b"\n\t" + b"d" * 600 + b" " + b"e" * 599)
+    new = headers.tagged_subject("[SPAM]", subject)
+    assert new == ("[SPAM]\n " + "a" * 600 + " " + "b" * 300 + " \n " + "c" * 300
+                   + "\n\t" + "d" * 600 + "\n " + "e" * 599)
+    assert max(len(line) for line in written(new)) <= headers.LINE_MAX
+
+
+@pytest.mark.parametrize(("subject", "fits"), [
+    (b"x" * 998, b"x" * 997),  # after the fold: a blank and 998 octets
+    (("\u00e9" * 499).encode(), ("\u00e9" * 498).encode() + b"x"),  # 998 octets, 999
+    (b"short words\n\t" + b"x" * 1500, b"short words\n\t" + b"x" * 997),  # the sender's line
+    (b"a" + b" " * 1000 + b"b", b"a" + b" " * 995 + b"b"),  # a line of blanks is no fold
+], ids=["ascii", "utf-8", "second-line", "blank-run"])
+def test_a_subject_no_fold_can_bring_under_998_octets_is_left_untagged(
+        subject: bytes, fits: bytes) -> None:
+    """Cut inside a word, the Subject would read differently; written whole, the line is
+    over the limit. It is left as the sender wrote it, and the reason given. One octet
+    less fits, folded."""
+    assert headers.subject_rewrite("[SPAM]", subject) == (None, headers.TOO_LONG)
+    assert headers.tagged_subject("[SPAM]", subject) is None
+    new = headers.tagged_subject("[SPAM]", fits)
+    assert new is not None and max(map(len, written(new))) == headers.LINE_MAX
+
+
+PARTS = ["x", "x" * 7, "x" * 80, "x" * 400, "x" * 800, "\u00e9" * 400, "\u65e5\u672c" * 130,
+         " ", "\t", "  ", "\n\t", "\n "]
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.sampled_from(PARTS), max_size=40))
+def test_a_tagged_subject_reads_the_same_and_has_no_line_over_998_octets(
+        parts: list[str]) -> None:
+    """Whatever the Subject's words, blanks and folds: tagged, it reads as the tag, a
+    blank and the Subject (or the tag alone), no line of it passes 998 octets, no line we
+    add is only blanks, and it is not tagged twice. It is left untagged only for a word
+    over 800 octets (a continuation line's blanks, the word, the blanks after it)."""
+    text = "".join(parts)
+    new, why = headers.subject_rewrite("[SPAM]", text.encode())
+    longest = max((len(w.encode()) for w in re.findall(r"[^ \t\n]+", text)), default=0)
+    if new is None:
+        assert why == headers.TOO_LONG and longest > 800, text
+        return
+    assert why == ""
+    body = unfolded(text).lstrip()
+    assert unfolded(new) == ("[SPAM] " + body if body else "[SPAM]")
+    lines = written(new)
+    assert max(map(len, lines)) <= headers.LINE_MAX
+    assert all(line[:1] in (b" ", b"\t") for line in lines[1:])
+    blank_only = {line for line in lines if not line.strip()}
+    assert blank_only <= set(text.encode().split(b"\n")), blank_only
+    assert headers.tagged_subject("[SPAM]", new.encode()) is None

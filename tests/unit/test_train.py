@@ -386,6 +386,13 @@ def test_the_subject_tag_the_milter_added_is_not_learned(
     sa = (b"X-Spam-Flag: YES\nX-Spam-Prev-Subject: " + subject.group(1) + b"\n"
           + original.replace(subject.group(0), b"Subject: *****SPAM***** WIN 1"))
     assert train.strip_markup(sa) == original
+    # a Subject the tag would have pushed over 998 octets a line is folded after the tag
+    long_subject = b"Subject: " + b"W" * 990
+    long_original = original.replace(subject.group(0), long_subject)
+    folded = headers.tagged_subject("[SPAM]", long_subject[len(b"Subject: "):])
+    assert folded is not None and folded.startswith("[SPAM]\n ")
+    delivered = long_original.replace(long_subject, b"Subject: " + folded.encode())
+    assert train.strip_markup(flagged + delivered, b"[SPAM]") == long_original
     # a Subject that opens with the tag on mail no filter flagged is the sender's own
     own = original.replace(subject.group(0), b"Subject: [SPAM] " + subject.group(1))
     assert train.strip_markup(own, b"[SPAM]") == own
@@ -755,6 +762,13 @@ def test_check_shows_the_subject_tag_the_clues_and_what_bayes_stood_in_for(
                        str(new_spam), capsys=capsys)
     assert code == 0 and "Subject prefix: '[SPAM]'" in out
     assert re.search(r"score=[01]\.\d{4} engine=bayes", out), out  # 0..1: four places
+    # a Subject the milter cannot tag without a line over 998 octets: check says so
+    long_spam = tmp_path / "long.eml"
+    long_spam.write_bytes(re.sub(rb"(?m)^Subject: .*$", b"Subject: " + b"W" * 1200,
+                                 mail(501, True), count=1))
+    code, out, _ = run("check", "--config", str(cfg), "--db", str(db), "--tag-only",
+                       str(long_spam), capsys=capsys)
+    assert code == 0 and f"Subject prefix: '[SPAM]' not added: {headers.TOO_LONG}" in out, out
 
     code, out, _ = run("check", "--config", str(cfg), "--db", str(db), "--explain",
                        str(new_spam), str(stranger), capsys=capsys)
