@@ -17,7 +17,7 @@ import sys
 import threading
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING
 
 from spambridge import __version__, defaults, limits, privileges
 from spambridge.bridge import AsyncBridge, signals_blocked
@@ -35,6 +35,9 @@ from spambridge.socketspec import (
     parse_socket_spec,
     remove_stale_unix_socket,
 )
+
+if TYPE_CHECKING:
+    from spambridge.scanners.bayes import BayesScanner
 
 log = logging.getLogger("spambridge")
 
@@ -82,64 +85,77 @@ def run(cfg: Config, reload: Callable[[], Config] | None = None) -> int:
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1, signal.SIGHUP, signal.SIGTERM,
                                               signal.SIGINT})
     owner = privileges.switch_to(cfg)  # (a missing user stops here, before anything is made)
+    # the Bayes engine (the milter's, or spamd's fallback) is made here, not in build_scanner:
+    # a missing database it makes is taken back when a later step fails, spamd+bayes's spamd
+    # side included (the admin who fixed the config found an empty one, made by a start that
+    # never served)
+    local: BayesScanner | None = None
     try:
-        scanner = build_scanner(cfg, owner=owner)
-    except ConfigError:
-        raise
-    except Exception as e:
-        raise ConfigError(f"cannot start the {cfg.milter.engine} engine: {e}") from e
-    bridge = AsyncBridge().start()
-    pipeline = Pipeline(scanner, bridge, cfg)
-    if reload is not None:
-        reload = _checking_spool(reload)
-    if cfg.metrics.host:
-        from spambridge import metrics
-
         try:
-            reload = metrics.start(cfg, pipeline, reload)
-        except OSError:
-            bridge.stop()
+            if cfg.milter.engine != "spamd":
+                from spambridge.scanners.bayes import BayesScanner
+
+                local = BayesScanner(cfg.bayes, dir_owner=owner)
+            scanner = build_scanner(cfg, local, owner)
+        except ConfigError:
             raise
+        except Exception as e:
+            raise ConfigError(f"cannot start the {cfg.milter.engine} engine: {e}") from e
+        bridge = AsyncBridge().start()
+        pipeline = Pipeline(scanner, bridge, cfg)
+        if reload is not None:
+            reload = _checking_spool(reload)
+        if cfg.metrics.host:
+            from spambridge import metrics
 
-    Milter.factory = functools.partial(SpamBridgeMilter, functools.partial(Session, pipeline))
-    Milter.set_flags(actions.FLAGS)
-    _register()
-    sys.excepthook = _log_uncaught
-    ours: tuple[int, int] | None = None
-    try:
-        ours = _open_socket(spec, cfg, owner)
-        privileges.drop(cfg, spec)  # after the socket and the Bayes database exist
-        check_spool(cfg)  # as the user that will spool
-    except Exception:
-        bridge.stop()
-        _remove_own_socket(spec, ours)  # no socket left that nothing will ever answer on
-        raise
-    if reload is not None:
-        # as the milter's user: a USR1 sent while the milter started (pending, since `run`
-        # blocks it from its first moment) re-read the config and checked the spool as root
-        _start_reload_thread(pipeline, reload)
-    log.info("spambridge %s listening on %s (engine=%s, cap=%gs%s; %s)", __version__,
-             spec.libmilter, cfg.milter.engine, cfg.milter.scan_timeout,
-             ", tag-only" if cfg.policy.tag_only else "",
-             f"config {cfg.source}" if cfg.source != "<defaults>" else
-             f"no config file: built-in defaults ({defaults.CONFIG_PATH} absent)")
-    limits.check_at_start(cfg.milter.max_scan_size)  # as the milter's user
-    bayes: Any = getattr(scanner, "secondary", scanner)  # spamd+bayes: the fallback engine
-    if bayes.name == "bayes":
+            try:
+                reload = metrics.start(cfg, pipeline, reload)
+            except OSError:
+                bridge.stop()
+                raise
+
+        Milter.factory = functools.partial(SpamBridgeMilter, functools.partial(Session, pipeline))
+        Milter.set_flags(actions.FLAGS)
+        _register()
+        sys.excepthook = _log_uncaught
+        ours: tuple[int, int] | None = None
         try:
-            bayes.probe(fallback=bayes is not scanner)  # as the milter's user
-        except Exception:  # only a warning is at stake: never a reason not to serve mail
-            log.exception("checking the Bayes database at start failed")
-    # this thread runs the listener; a session may be in a scan up to the cap after its MTA
-    # hung up: only past that is an open one surely unserved
-    watch = limits.Watch(threading.get_ident(), spec=spec, grace=lambda: (
-        pipeline.config.milter.scan_timeout + defaults.REPLY_MARGIN + 5.0),
-        listener_tid=threading.get_native_id()).start()
-    # a poke libmilter cannot start a thread for is a session it never serves: a descriptor
-    # lost for good, twenty a second while stalled
-    nudger = PoolNudger(spec, pipeline, may_poke=watch.may_start_thread).start()
-    pipeline.slow_scan, pipeline.slow_after = nudger.poke, nudger.interval
-    waker = ListenerWaker().start()
+            ours = _open_socket(spec, cfg, owner)
+            privileges.drop(cfg, spec)  # after the socket and the Bayes database exist
+            check_spool(cfg)  # as the user that will spool
+        except Exception:
+            bridge.stop()
+            _remove_own_socket(spec, ours)  # no socket left that nothing will ever answer on
+            raise
+        if reload is not None:
+            # as the milter's user: a USR1 sent while the milter started (pending, since `run`
+            # blocks it from its first moment) re-read the config and checked the spool as root
+            _start_reload_thread(pipeline, reload)
+        log.info("spambridge %s listening on %s (engine=%s, cap=%gs%s; %s)", __version__,
+                 spec.libmilter, cfg.milter.engine, cfg.milter.scan_timeout,
+                 ", tag-only" if cfg.policy.tag_only else "",
+                 f"config {cfg.source}" if cfg.source != "<defaults>" else
+                 f"no config file: built-in defaults ({defaults.CONFIG_PATH} absent)")
+        limits.check_at_start(cfg.milter.max_scan_size)  # as the milter's user
+        if local is not None:
+            try:
+                local.probe(fallback=local is not scanner)  # as the milter's user
+            except Exception:  # only a warning is at stake: never a reason not to serve mail
+                log.exception("checking the Bayes database at start failed")
+        # this thread runs the listener; a session may be in a scan up to the cap after its MTA
+        # hung up: only past that is an open one surely unserved
+        watch = limits.Watch(threading.get_ident(), spec=spec, grace=lambda: (
+            pipeline.config.milter.scan_timeout + defaults.REPLY_MARGIN + 5.0),
+            listener_tid=threading.get_native_id()).start()
+        # a poke libmilter cannot start a thread for is a session it never serves: a descriptor
+        # lost for good, twenty a second while stalled
+        nudger = PoolNudger(spec, pipeline, may_poke=watch.may_start_thread).start()
+        pipeline.slow_scan, pipeline.slow_after = nudger.poke, nudger.interval
+        waker = ListenerWaker().start()
+    except BaseException:
+        if local is not None:
+            local.remove_made()
+        raise
     _notify_ready()
     try:
         Milter.milter.main()

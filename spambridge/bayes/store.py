@@ -201,7 +201,18 @@ def full_problem(path: str) -> str:
     return f"no space left on the filesystem of {folder} (SQLite makes its -wal and -shm there)"
 
 
-def create(path: str, dir_owner: tuple[int, int] | None = None) -> None:
+@dataclass(frozen=True)
+class Made:
+    """What create() made: the database file (its real path, and device, inode, size and
+    mtime once made) and the directories made for it, deepest first. Only these are ever
+    taken back (remove_made)."""
+
+    path: str
+    file: tuple[int, int, int, int]
+    dirs: tuple[str, ...]
+
+
+def create(path: str, dir_owner: tuple[int, int] | None = None) -> Made | None:
     """Create an empty database (and its directory), never world-readable. Its group may
     write it (0660) when the directory is group-writable: that is how the mail user of a
     Dovecot "move to Junk" pipe is let in (contrib/dovecot), and SQLite gives the -wal and
@@ -210,18 +221,25 @@ def create(path: str, dir_owner: tuple[int, int] | None = None) -> None:
     handed to the owner of the directory, normally the milter's user (`/var/lib/spambridge`).
     A directory made here is given to `dir_owner` (uid, gid): a root milter with `[milter]
     user` made /var/lib/spambridge root's, then refused to start because its user could not
-    write the -wal there."""
+    write the -wal there. Returns what it made, None when the file was there already."""
     _refuse_foreign_wal(path)  # before anything reads through it, or makes a file for it
     p = Path(path)
-    if not p.parent.exists():
+    missing = []
+    d = p.parent
+    while not d.exists() and d != d.parent:
+        missing.append(os.path.abspath(d))
+        d = d.parent
+    if missing:
         p.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
         if dir_owner is not None:
             os.chown(p.parent, *dir_owner, follow_symlinks=False)
+    made = False
     try:
         fd = os.open(p, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
     except FileExistsError:
         pass
     else:
+        made = True
         try:
             st = p.parent.stat()
             os.fchmod(fd, 0o660 if st.st_mode & stat.S_IWGRP else 0o640)  # not the umask's
@@ -237,6 +255,45 @@ def create(path: str, dir_owner: tuple[int, int] | None = None) -> None:
         raise StoreError(f"{path}: cannot open the Bayes database: {e}") from e
     finally:
         conn.close()
+    if not made:
+        return None
+    real = os.path.realpath(p)
+    return Made(real, _stamp(os.stat(real)), tuple(missing))
+
+
+def _stamp(st: os.stat_result) -> tuple[int, int, int, int]:
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def remove_made(made: Made) -> str:
+    """Remove the database create() made, with its -wal and -shm and the directories made
+    for it that are still empty; "" when done, or why it is left. Never a file other than
+    the one made, nor that one once anything was written to it: the same inode, size and
+    mtime, and no committed page in a -wal beside it (a `train` run into it since)."""
+    try:
+        now = _stamp(os.stat(made.path))
+    except FileNotFoundError:
+        return "it is gone already"
+    except OSError as e:
+        return e.strerror or str(e)
+    if now != made.file:
+        return "it was written to since (or another file put in its place)"
+    with contextlib.suppress(FileNotFoundError):
+        if os.stat(made.path + "-wal").st_size:
+            return "a -wal beside it holds pages written since"
+    try:
+        os.unlink(made.path)
+        for extra in ("-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(made.path + extra)
+    except OSError as e:
+        return e.strerror or str(e)
+    for d in made.dirs:  # deepest first; one that holds anything stays
+        try:
+            os.rmdir(d)
+        except OSError:
+            break
+    return ""
 
 
 def _ensure_schema(conn: sqlite3.Connection, path: str) -> None:

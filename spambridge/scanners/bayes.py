@@ -93,13 +93,27 @@ class BayesScanner:
         self._refresh_lock = threading.Lock()  # one refresh_seen read at a time, never waited on
         # the file (as stat saw it; None: gone) last re-read by refresh_seen
         self._refreshed_for: object = _NEVER  # (FileId, ctime, the -wal's FileId), or None
+        self.made: store.Made | None = None  # the database made here, for remove_made
         if create and not os.path.exists(cfg.db):
             try:
-                store.create(cfg.db, dir_owner)  # (the milter's user's, see app.run)
+                self.made = store.create(cfg.db, dir_owner)  # (the milter's user's: app.run)
                 log.info("created an empty Bayes database at %s", cfg.db)
             except (OSError, store.StoreError) as e:
                 # not fatal: mail keeps flowing under on_unavailable until the admin fixes it
                 log.warning("cannot create the Bayes database %s: %s", cfg.db, e)
+
+    def remove_made(self) -> None:
+        """A start that failed takes back the database it made (app.run): the admin who
+        fixed the config found an empty one, made by a start that never served. Only the
+        file made here, as it was made: never one that was there, nor one written to since."""
+        made, self.made = self.made, None
+        if made is None:
+            return
+        why = store.remove_made(made)
+        if why:
+            log.warning("the Bayes database %s this start made is left: %s", made.path, why)
+        else:
+            log.info("removed the empty Bayes database %s this start made", made.path)
 
     def probe(self, fallback: bool = False) -> None:
         """Say at start-up, once, when the database cannot be used yet (every message would

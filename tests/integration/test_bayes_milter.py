@@ -235,6 +235,52 @@ def test_missing_database_is_created_and_mail_flows_unchecked(tmp_path: Path,
     assert send_one(m.socket_path, spam(600)).action == "reject"
 
 
+BLOCKED_PORT = 24150  # a metrics port in use: held by the test while the milter starts
+
+
+@pytest.mark.parametrize("failing", ["socket", "spool_dir", "metrics"])
+def test_a_failed_start_leaves_no_database_behind_and_an_existing_one_as_it_was(
+        tmp_path: Path, start_milter: Start, failing: str) -> None:
+    """`spambridge run` made the missing database (and its directory) before a later step
+    failed: the socket path taken by a file, a spool_dir it cannot write, a metrics port in
+    use. The admin who then fixed the config found a fresh empty database that a start which
+    never served had made. What the failed start made is gone; a database that was there is
+    left as it was, byte for byte, with no -wal or -shm made beside it."""
+    blocker = tmp_path / "aliases.db"
+    blocker.write_text("keep me\n")
+    cfg = bayes_cfg(tmp_path / "new" / "bayes.sqlite")
+    if failing == "socket":
+        cfg["milter"]["socket"] = f"unix:{blocker}"
+    elif failing == "spool_dir":
+        cfg["milter"]["spool_dir"] = str(tmp_path / "no-such-spool")
+    else:
+        cfg["metrics"] = {"listen": f"127.0.0.1:{BLOCKED_PORT}"}
+    existing_dir = tmp_path / "kept"
+    existing_dir.mkdir()
+    existing = train_database(existing_dir, labelled, 3)
+    kept = existing.read_bytes(), os.stat(existing)
+    with socket.socket() as busy:
+        busy.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        busy.bind(("127.0.0.1", BLOCKED_PORT))
+        busy.listen(1)
+        m = start_milter(cfg, wait=False)
+        assert m.proc.wait(30) != 0
+        assert "created an empty Bayes database" in m.log  # it got that far
+        assert not (tmp_path / "new").exists(), sorted(os.listdir(tmp_path / "new"))
+
+        cfg["bayes"]["db"] = str(existing)
+        m = start_milter(cfg, wait=False)
+        assert m.proc.wait(30) != 0
+    assert "Traceback" not in m.log
+    assert existing.read_bytes() == kept[0]
+    st = os.stat(existing)
+    assert (st.st_ino, st.st_mtime_ns, st.st_mode) == (kept[1].st_ino, kept[1].st_mtime_ns,
+                                                       kept[1].st_mode)
+    assert sorted(p.name for p in existing_dir.iterdir() if p.name.startswith("bayes")) == \
+        ["bayes.sqlite"]
+    assert blocker.read_text() == "keep me\n"
+
+
 def test_an_smtputf8_sender_is_logged_as_postfix_logs_it(trained_db: Path,
                                                          start_milter: Start) -> None:
     """MAIL FROM:<jörg@bücher.example> SMTPUTF8: the milter's line names the sender in the

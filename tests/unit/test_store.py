@@ -348,3 +348,38 @@ def test_a_directory_given_as_the_database_is_said_to_be_one(tmp_path: Path) -> 
             open_it(str(folder))
         assert f"{folder} is a directory: the database is a file, such as " \
             f"{folder}/bayes.sqlite" in str(e.value), str(e.value)
+
+
+def test_only_the_database_create_made_and_nothing_wrote_to_is_taken_back(
+        tmp_path: Path) -> None:
+    """A `run` that fails to start takes back the empty database it made (the directories
+    made for it with it): never a database that was there, one trained into since (a
+    `train` run at the same moment, in the -wal or folded into the file), or another file
+    moved to its path."""
+    path = tmp_path / "lib" / "spambridge" / "bayes.sqlite"
+    made = store.create(str(path))
+    assert made is not None and store.create(str(path)) is None  # there now: not made again
+    assert store.remove_made(made) == ""
+    assert not (tmp_path / "lib").exists()
+
+    made = store.create(str(path))
+    assert made is not None
+    writer = store.SqliteWriter(str(path))
+    batch = writer.begin()
+    batch.learn(["cheap", "pills"], "spam")
+    writer.commit(batch)  # its pages in the -wal while the writer is open
+    assert store.remove_made(made) == "a -wal beside it holds pages written since"
+    writer.close()  # folded into the file
+    assert store.remove_made(made) == "it was written to since (or another file put in its place)"
+    reader = store.SqliteReader(str(path))
+    assert reader.totals() == Totals(1, 0)
+    reader.close()
+
+    other = tmp_path / "other.sqlite"
+    path.unlink()
+    made = store.create(str(path))
+    assert made is not None
+    store.create(str(other))
+    other.replace(path)  # a copy moved into place
+    assert store.remove_made(made) == "it was written to since (or another file put in its place)"
+    assert path.exists()
