@@ -14,11 +14,12 @@ from datetime import datetime
 from email.utils import format_datetime
 
 from spambridge import defaults, headers
+from spambridge.rfc5322 import FIELD_NAME
 
 _CTL = re.compile(rb"[\x00-\x1f\x7f]")
 # a header field's start as Postfix's is_header() sees it (RFC 5322 field name, obsolete
 # blanks before the colon allowed)
-_FIELD = re.compile(rb"[!-9;-~]+[ \t]*:")
+_FIELD = re.compile(FIELD_NAME + rb"[ \t]*:")
 # what Postfix writes as "?" in the HELO of its Received line: a HELO is the client's own
 # words, and "EHLO x (localhost [127.0.0.1])" must not read as a comment naming another relay
 _NOT_A_WORD = str.maketrans(" ()", "???")

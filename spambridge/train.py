@@ -46,6 +46,7 @@ from spambridge.bayes.tokenizer import (
     split_multipart,
     tokenize,
 )
+from spambridge.rfc5322 import FIELD_NAME
 from spambridge.verdict import ErrorKind, ScanError
 
 if TYPE_CHECKING:
@@ -74,8 +75,8 @@ _PREV_SUBJECT = _field(rb"x-spam-prev-subject")
 _SPAM_FLAG = re.compile(rb"^x-spam-flag[ \t]*:[ \t]*yes\b", re.I | re.M)
 # a header field line; the end of the data ends one too (a header-only message cut from an mbox
 # in memory has lost its last newline to the separator's blank line)
-_LOOKS_LIKE_MAIL = re.compile(rb"[!-9;-~]+[ \t]*:[^\n]*(?:\r?\n|\Z)")
-_FIELD_NAME = re.compile(rb"^([!-9;-~]+)[ \t]*:", re.M)
+_LOOKS_LIKE_MAIL = re.compile(FIELD_NAME + rb"[ \t]*:[^\n]*(?:\r?\n|\Z)")
+_FIELD_NAMES = re.compile(rb"^(" + FIELD_NAME + rb")[ \t]*:", re.M)
 _HEADER_END = re.compile(rb"\n\r?\n")
 # bytes of a header looks_like_mail judges, at most (it stops at the header's end): a first
 # field can be long (a To: of 600 addresses, 12 kB) or come after hundreds of others
@@ -763,7 +764,7 @@ def _header_problem(data: bytes, start: int) -> str:
     end = m.start() if (m := _HEADER_END.search(data, start, limit)) else min(len(data), limit)
     if data.find(b"\0", start, end) >= 0:
         return "a NUL byte in its header"
-    if not any(f.group(1).lower() in _MAIL_FIELDS for f in _FIELD_NAME.finditer(data, start, end)):
+    if not any(f.group(1).lower() in _MAIL_FIELDS for f in _FIELD_NAMES.finditer(data, start, end)):
         return "no header field a message has"
     return ""
 

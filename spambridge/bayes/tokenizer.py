@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from math import log2
 from typing import Protocol
 
+from spambridge.rfc5322 import FIELD_NAME
+
 # Bumped whenever token spellings change: counts learned with another version do not match.
 TOKENIZER_VERSION = 1
 
@@ -109,9 +111,9 @@ SKIP_MAX_WORD = 12
 # followed by a blank (_FIELD_END). Not one pattern with `(?:\n[ \t].*)*` for the folded lines:
 # CPython keeps ~100 bytes per repetition of a group until the match ends, so a field folded
 # over 170,000 lines of 512 kB peaked at 33 MB (250 MB at 4 MB of max_bytes, GBs at 64 MB).
-_HEADER = re.compile(rb"^([!-9;-~]+)[ \t]*:[ \t]*", re.M)
+_HEADER = re.compile(rb"^(" + FIELD_NAME + rb")[ \t]*:[ \t]*", re.M)
 _FIELD_END = re.compile(rb"\n(?![ \t])")
-_LOOKS_LIKE_HEADER = re.compile(rb"[!-9;-~]+[ \t]*:")
+_LOOKS_LIKE_HEADER = re.compile(FIELD_NAME + rb"[ \t]*:")
 _PARAM = re.compile(rb';\s*([^\s=;"]+)\s*=\s*("(?:[^"\\]|\\.)*"?|[^;]*)')
 _ADDR_ITEM = re.compile(rb'(?:"(?:[^"\\]|\\.)*"?|\([^()]*\)?|<[^<>]*>?|[^,"(<])+')
 _ADDR_ANGLE = re.compile(rb"<([^<>]*)>?")
