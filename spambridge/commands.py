@@ -4,13 +4,10 @@ check.py, imported when the command runs (so `train -` starts fast)."""
 from __future__ import annotations
 
 import argparse
-import io
 import re
-import shutil
 import sys
-import tempfile
 from collections.abc import Callable
-from typing import IO, Any
+from typing import Any
 
 from spambridge import defaults
 from spambridge.config import Config
@@ -120,37 +117,11 @@ def dispatch(args: argparse.Namespace, cfg: Config) -> int:
     raise SystemExit(f"spambridge: unknown command {args.command!r}")
 
 
-# exit statuses of a train run that was interrupted (Ctrl-C) or stopped (SIGTERM)
-STOPPED = (130, 143)
-KEPT_IN_MEMORY = 8 << 20  # an mbox on stdin kept for spamd+bayes' second reading: then on disk
-
-
-def _kept(src: IO[bytes], max_size: int, mbox: bool) -> tuple[IO[bytes], bool]:
-    """Standard input kept for a second reading, and whether it is one message over max_size.
-    One message needs no more than max_size + 1 bytes (beyond that it is not learned); an mbox
-    (`--mbox -`) is kept whole, on disk past a few MB, since each of its messages has a limit
-    of its own (cut at the one message's limit, a 4 MB mbox taught the database its first 398
-    messages, the last one cut short, and said nothing)."""
-    from spambridge import train
-
-    if not mbox:
-        data = src.read(max_size + 1 if max_size else -1)
-        too_large = bool(max_size) and len(data) > max_size
-        if too_large:
-            train.drain(src)  # its writer (a Dovecot pipe) must not get EPIPE
-        return io.BytesIO(data), too_large
-    kept = tempfile.SpooledTemporaryFile(max_size=KEPT_IN_MEMORY)  # noqa: SIM115 - returned
-    shutil.copyfileobj(src, kept)
-    kept.seek(0)
-    return kept, False
-
-
 def _train(args: argparse.Namespace, cfg: Config) -> int:
+    """Check the options' combinations (usage errors, exit 2) and hand train.py the request."""
     from spambridge import train
 
     engine = args.engine or cfg.milter.engine
-    common: dict[str, Any] = {"max_size": args.max_size, "mbox": args.mbox, "quiet": args.quiet}
-    local: dict[str, Any] = {"batch_messages": args.batch_size, "selective": args.selective}
     if args.selective and args.label == "forget":
         # --selective chooses what to learn; a --forget with it did as if it was not given
         print("spambridge train: --selective chooses what to learn; --forget unlearns what "
@@ -160,43 +131,11 @@ def _train(args: argparse.Namespace, cfg: Config) -> int:
         print("spambridge train: --selective applies to the local Bayes database "
               "(engine bayes or spamd+bayes)", file=sys.stderr)
         return 2
-    if args.index is not None:
-        if args.paths:
-            print("spambridge train: --index takes its paths from the file", file=sys.stderr)
-            return 2
-        try:
-            index = train.read_index(args.index)
-        except ValueError as e:
-            print(f"spambridge train: {e}", file=sys.stderr)
-            return 1
-        status = 0
-        if engine != "spamd":
-            status = train.run(cfg, "index", [], index=index, **local, **common)
-        if engine != "bayes":  # SpamAssassin learns everything, in any order: class by class
-            for label in ("spam", "ham"):
-                entries = [e for e in index if e.label == label]
-                if entries and status not in STOPPED:
-                    status = max(status, train.run_spamd(
-                        cfg, label, [], user=args.user, index=entries, **common))
-        return status
-    args.paths = args.paths or ["-"]  # no PATH: one message on stdin
-    if engine == "bayes":
-        return train.run(cfg, args.label, args.paths, **local, **common)
-    if engine == "spamd":
-        return train.run_spamd(cfg, args.label, args.paths, user=args.user, **common)
-    # spamd+bayes: teach both; stdin can be read only once, so keep it
-    keep = "-" in args.paths and sys.stdin is not None
-    too_large = False
-    if keep:
-        kept, too_large = _kept(sys.stdin.buffer, args.max_size, args.mbox)
-        sys.stdin = io.TextIOWrapper(kept)
-    status = train.run(cfg, args.label, args.paths, **local, **common)
-    if status in STOPPED:  # Ctrl-C or SIGTERM stops the command, not one engine's half of it
-        return status
-    if keep:
-        sys.stdin.buffer.seek(0)
-    # a message over --max-size on stdin: the local run said so (on stderr, even with
-    # --quiet); spamd's run counts it in its summary, and does not say it again
-    remote = train.run_spamd(cfg, args.label, args.paths, user=args.user,
-                             too_large_said=too_large, **common)
-    return max(status, remote)
+    if args.index is not None and args.paths:
+        print("spambridge train: --index takes its paths from the file", file=sys.stderr)
+        return 2
+    return train.command(cfg, train.Request(
+        engine=engine, label="index" if args.index is not None else args.label,
+        paths=tuple(args.paths or ["-"]),  # no PATH: one message on stdin
+        index=args.index, max_size=args.max_size, mbox=args.mbox, quiet=args.quiet,
+        batch_messages=args.batch_size, selective=args.selective, user=args.user))
