@@ -27,6 +27,7 @@ import pytest
 
 from spambridge import cli, defaults, headers, train
 from spambridge.bayes import store
+from spambridge.bayes.tokenizer import tokenize
 from spambridge.config import BayesConfig, Config
 from spambridge.scanners.bayes import BayesScanner
 from spambridge.verdict import ErrorKind, ScanError
@@ -232,7 +233,7 @@ def test_stdin_is_drained_after_a_too_large_message_but_not_for_ever(
     rest = io.BytesIO(mail(1, True) + b"x" * 300_000)
     assert [i.problem for i in train.read_path("-", 1000, stdin=rest)] == ["too large"]
     assert rest.read() == b""  # all of it taken
-    monkeypatch.setattr(train, "DRAIN_LIMIT", 1 << 20)
+    monkeypatch.setattr(train.sources, "DRAIN_LIMIT", 1 << 20)
     endless = Endless()
     assert [i.problem for i in train.read_path("-", 1000, stdin=endless)] == ["too large"]
     # the message's 1001 bytes (and what a buffer read ahead of them), then the limit
@@ -293,7 +294,7 @@ def test_a_named_file_opening_with_from_but_holding_no_message_is_not_mail(
     """It reads as an mbox, and its pieces were counted as strays met inside one: exit 0
     and nothing on stderr, where any other named file that is not mail is an error."""
     if not in_memory:
-        monkeypatch.setattr(train, "MBOX_IN_MEMORY", 10)
+        monkeypatch.setattr(train.sources, "MBOX_IN_MEMORY", 10)
     f = tmp_path / "letter.txt"
     f.write_bytes(content)
     code, out, err = run("train", "--db", str(db), "--spam", str(f), capsys=capsys)
@@ -320,7 +321,7 @@ def test_a_body_line_opening_with_from_does_not_split_a_message(
     box.write_bytes(b"".join(b"From x@y Mon Jan  1 00:00:00 2026\n" + m + b"\n"
                              for m in (mail(1, False), chatty, mail(3, False))))
     if not in_memory:
-        monkeypatch.setattr(train, "MBOX_IN_MEMORY", 100)
+        monkeypatch.setattr(train.sources, "MBOX_IN_MEMORY", 100)
     items = list(train.read_path(str(box), 0))
     assert [i.where for i in items] == [f"{box}#{n}" for n in (1, 2, 3)]
     assert all(i.data for i in items)
@@ -468,7 +469,7 @@ def learned_as_before(db: Path, msg: bytes) -> None:
     message as strip_markup left it then (state fields and Subject tag kept)."""
     writer = store.SqliteWriter(str(db))
     batch = writer.begin()
-    batch.learn(train.tokenize(msg), store.SPAM)
+    batch.learn(tokenize(msg), store.SPAM)
     batch.mark(train.digest(train.strip_markup(msg)), store.SPAM)
     writer.commit(batch)
     writer.close()
@@ -538,7 +539,7 @@ def test_a_tagged_message_learned_before_the_tag_was_taken_off_is_found(
 
     writer = store.SqliteWriter(str(db))  # again, and this time moved to ham
     batch = writer.begin()
-    batch.learn(train.tokenize(tagged), store.SPAM)
+    batch.learn(tokenize(tagged), store.SPAM)
     batch.mark(train.digest(train.strip_markup(tagged)), store.SPAM)
     writer.commit(batch)
     writer.close()
@@ -1137,7 +1138,7 @@ def test_a_fifo_nothing_is_written_to_is_named_after_a_wait_not_a_hang(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
-    monkeypatch.setattr(train, "STREAM_WAIT", 0.3)
+    monkeypatch.setattr(train.sources, "STREAM_WAIT", 0.3)
     start = time.monotonic()
     items = list(train.read_path(str(fifo), 0))
     assert time.monotonic() - start >= 0.3
@@ -2036,7 +2037,7 @@ def test_a_message_renamed_in_a_live_maildir_during_the_run_is_not_an_error(
     learned under its new name by the next run); it failed the run with "unreadable: no such
     file or directory" and exit status 1, a cron mail every time it happened."""
     box = maildir(tmp_path / "Junk", [mail(i, True) for i in range(4)])
-    slurp = train._slurp
+    slurp = train.sources._slurp
     renamed = box / "cur" / "1.host:2,S"
 
     def read_while_the_user_reads(path: str, limit: int, named: bool, **kw: Any) -> object:
@@ -2044,11 +2045,11 @@ def test_a_message_renamed_in_a_live_maildir_during_the_run_is_not_an_error(
             renamed.rename(box / "cur" / "1.host:2,RS")  # the user read and replied to it
         return slurp(path, limit, named, **kw)
 
-    monkeypatch.setattr(train, "_slurp", read_while_the_user_reads)
+    monkeypatch.setattr(train.sources, "_slurp", read_while_the_user_reads)
     code, out, err = run("train", "--db", str(db), "--spam", str(box), capsys=capsys)
     assert (code, err) == (0, "")
     assert out.startswith("Learned 3 of 4 messages as spam (1 moved or deleted during the run)")
-    monkeypatch.setattr(train, "_slurp", slurp)
+    monkeypatch.setattr(train.sources, "_slurp", slurp)
     code, out, err = run("train", "--db", str(db), "--spam", str(box), capsys=capsys)
     assert (code, err) == (0, "")
     assert out.startswith("Learned 1 of 4 messages as spam (3 already trained)")
@@ -2186,7 +2187,7 @@ def test_an_interrupted_train_says_how_many_messages_were_saved(
             yield train.Item(f"m{n}", mail(n, True))
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(train, "read_path", some_then_ctrl_c)
+    monkeypatch.setattr(train.sources, "read_path", some_then_ctrl_c)
     out, err = io.StringIO(), io.StringIO()
     code = train.run(_cfg(db), "spam", ["box"], batch_messages=2, out=out, err=err)
     assert code == 130 and totals(db) == (2, 0)
@@ -2213,7 +2214,7 @@ def test_a_second_ctrl_c_while_the_run_winds_up_does_not_cut_the_fold_short(
         os.kill(os.getpid(), signal.SIGINT)  # delivered to Python right after this call
         return fold(self)
 
-    monkeypatch.setattr(train, "read_path", three_then_ctrl_c)
+    monkeypatch.setattr(train.sources, "read_path", three_then_ctrl_c)
     monkeypatch.setattr(store.SqliteWriter, "_fold", ctrl_c_again)
     out, err = io.StringIO(), io.StringIO()
     # Ctrl-C as in a terminal: pytest started as a background job (`nohup … &`, some CI
@@ -2778,7 +2779,7 @@ def test_blank_lines_before_an_mboxs_first_from_line_are_passed_over(
             path = tmp_path / "box.mbox.gz"
             path.write_bytes(gzip.compress(box.read_bytes()))
         elif kind == "big":  # over what is split in memory: streamed line by line
-            monkeypatch.setattr(train, "MBOX_IN_MEMORY", 100)
+            monkeypatch.setattr(train.sources, "MBOX_IN_MEMORY", 100)
         code, out, err = run(*args, *(["--mbox"] if kind == "--mbox" else []), str(path),
                              capsys=capsys)
     assert (code, err) == (0, "")
@@ -2808,7 +2809,7 @@ def test_a_body_line_from_9_00_after_a_blank_line_does_not_split_an_mbox(
             box = tmp_path / "box.mbox.gz"
             box.write_bytes(gzip.compress(data))
         elif kind == "big":  # streamed line by line
-            monkeypatch.setattr(train, "MBOX_IN_MEMORY", 100)
+            monkeypatch.setattr(train.sources, "MBOX_IN_MEMORY", 100)
             args += ["--max-size", "1k"]
         code, out, err = run(*args, str(box), capsys=capsys)
     assert (code, err) == (0, "")
@@ -2826,7 +2827,7 @@ def split_both_ways(data: bytes) -> tuple[list[bytes | None], list[bytes | None]
     def norm(items: list[train.Item]) -> list[bytes | None]:
         return [None if i.data is None else train.strip_markup(i.data) for i in items]
 
-    return (norm(list(train._split_mbox("box", data, 0))),
+    return (norm(list(train.sources._split_mbox("box", data, 0))),
             norm(list(train.read_path("-", 0, mbox=True, stdin=io.BytesIO(data)))))
 
 
@@ -2866,7 +2867,7 @@ def test_crlf_blank_lines_before_an_mbox_straddling_the_sniffed_head() -> None:
     where the 16 bytes read to sniff a compression format ended between a "\\r" and its
     "\\n" the peek saw one byte: the mbox became one message, "not mail"."""
     box = b"\n" + b"\r\n" * 8 + mbox_of([mail(i, True) for i in range(3)]).replace(b"\n", b"\r\n")
-    items = list(train._read_open(io.BufferedReader(io.BytesIO(box)), "<pipe>", 0, False))
+    items = list(train.sources._read_open(io.BufferedReader(io.BytesIO(box)), "<pipe>", 0, False))
     assert [i.problem for i in items] == ["", "", ""]
 
 
@@ -2906,7 +2907,7 @@ def test_a_big_file_of_a_folder_that_cannot_be_opened_is_named_and_the_rest_lear
             raise PermissionError(13, "Permission denied", os.fspath(path))
         return real_open(path, *args, **kwargs)
 
-    monkeypatch.setattr(train, "open", refuse_b, raising=False)
+    monkeypatch.setattr(train.sources, "open", refuse_b, raising=False)
     code, out, err = run("train", "--db", str(db), "--spam", "--max-size", "2k", str(d),
                          capsys=capsys)
     assert err == f"spambridge train: {d / 'b.mbox'}: unreadable: Permission denied\n"
@@ -2928,7 +2929,7 @@ def test_an_unreadable_cur_is_named_and_new_still_learned(
             raise PermissionError(13, "Permission denied", path)
         return os_open(path, flags, *args, **kw)
 
-    monkeypatch.setattr(train.os, "open", refuse_cur)
+    monkeypatch.setattr(train.sources.os, "open", refuse_cur)
     code, out, err = run("train", "--db", str(db), "--spam", str(box), capsys=capsys)
     assert code == 1
     assert err == f"spambridge train: {box / 'cur'}: unreadable: Permission denied\n"
