@@ -8,9 +8,23 @@ is a no-op ("already trained"); trained as the other class it is moved (unlearne
 learned). Writes go in batches, one SQLite transaction each, so an interrupted run keeps
 everything up to its last committed batch.
 
+The modules follow a message through a run:
+
+    sources    paths (Maildir, mbox, folder, file, FIFO, stdin, compressed; an index file's
+               list) → Items: a message, or why it was not read
+    normalise  the message as it was before any filter marked it, and the keys it is known by
+    learn      the local run: Trainer (batches, moves, forget, --selective) and run()
+    tell       the same through spamd's TELL: run_spamd()
+    report     the counts and what the admin is told: summary line, progress bar, warnings
+    stop       Ctrl-C and SIGTERM: no batch's commit cut in two, the -wal folded back
+
+This module is the command: a Request (commands._train builds it from the command line),
+carried out by command() with the engines' runs; and the names the rest of spambridge, bench/
+and the tests use.
+
 Start-up matters for the Dovecot "move to Junk" pipe (`train --spam -`, one message per process):
-this module imports only the tokenizer and the store; `rich` and aiospamc load only when used.
-"""
+this package imports only the tokenizer and the store; `rich`, aiospamc and the classifier load
+only when used."""
 
 from __future__ import annotations
 
@@ -19,36 +33,28 @@ import sys
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any
 
+from spambridge.train.learn import BATCH_MESSAGES, CERTAIN_HAM, CERTAIN_SPAM, Trainer, run
+from spambridge.train.normalise import MAX_UNWRAP, digest, keys, strip_markup
+from spambridge.train.report import Summary
 from spambridge.train.sources import (
-    BATCH_MESSAGES,
-    CERTAIN_HAM,
-    CERTAIN_SPAM,
     DEFAULT_MAX_SIZE,
     GONE,
-    MAX_UNWRAP,
     MBOX_WITHOUT_FLAG,
     SYMLINK,
-    TELL_PROBE,
     TOO_LARGE,
     IndexEntry,
     Item,
-    Stopped,
-    Summary,
-    Trainer,
     count_messages,
-    digest,
     drain,
     holds_several_messages,
-    keys,
     looks_like_mail,
     not_mail_because,
     open_no_wait,
     read_index,
     read_path,
-    run,
-    run_spamd,
-    strip_markup,
 )
+from spambridge.train.stop import Stopped
+from spambridge.train.tell import TELL_PROBE, run_spamd
 
 if TYPE_CHECKING:
     from spambridge.config import Config
@@ -87,6 +93,7 @@ __all__ = [
     "run_spamd",
     "strip_markup",
 ]
+
 
 @dataclass(frozen=True, slots=True)
 class Request:

@@ -112,7 +112,7 @@ def test_a_reset_from_a_spamd_that_allows_tell_is_said_as_it_was(tell_spamd: Spa
     TELL refuses it (Set and Remove together), and the reset is reported as it was."""
     from spambridge.config import SpamdConfig
     from spambridge.scanners.spamd import SpamdScanner
-    from spambridge.train.sources import TELL_PROBE, _why_reset
+    from spambridge.train.tell import TELL_PROBE, _why_reset
     from spambridge.verdict import ErrorKind, ScanError
 
     host, port = tell_spamd.address.rsplit(":", 1)

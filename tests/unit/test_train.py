@@ -2187,7 +2187,7 @@ def test_an_interrupted_train_says_how_many_messages_were_saved(
             yield train.Item(f"m{n}", mail(n, True))
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(train.sources, "read_path", some_then_ctrl_c)
+    monkeypatch.setattr(train.learn, "read_path", some_then_ctrl_c)
     out, err = io.StringIO(), io.StringIO()
     code = train.run(_cfg(db), "spam", ["box"], batch_messages=2, out=out, err=err)
     assert code == 130 and totals(db) == (2, 0)
@@ -2214,7 +2214,7 @@ def test_a_second_ctrl_c_while_the_run_winds_up_does_not_cut_the_fold_short(
         os.kill(os.getpid(), signal.SIGINT)  # delivered to Python right after this call
         return fold(self)
 
-    monkeypatch.setattr(train.sources, "read_path", three_then_ctrl_c)
+    monkeypatch.setattr(train.learn, "read_path", three_then_ctrl_c)
     monkeypatch.setattr(store.SqliteWriter, "_fold", ctrl_c_again)
     out, err = io.StringIO(), io.StringIO()
     # Ctrl-C as in a terminal: pytest started as a background job (`nohup … &`, some CI

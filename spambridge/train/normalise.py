@@ -1,0 +1,144 @@
+"""A message as it was before any spam filter touched it (strip_markup), and the keys `train`
+knows it by (keys): the same message again is a no-op, and the fields a mail program keeps its
+state in (read, flagged...) are no part of it, so reading it does not make it another."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+from spambridge import defaults
+from spambridge.bayes.tokenizer import (
+    DEFAULT_LIMITS,
+    content_type,
+    parse_headers,
+    split_head,
+    split_multipart,
+)
+
+# our fields (defaults.HEADER_PREFIX), each with its folded lines
+_PREFIX = defaults.HEADER_PREFIX.encode()
+_OWNED = re.compile(rb"^" + re.escape(_PREFIX) + rb"[^:\n]*:.*(?:\n[ \t].*)*\n", re.I | re.M)
+
+
+def _field(names: bytes) -> re.Pattern[bytes]:
+    """A whole header field (folded lines included) whose name matches `names`; group 1 its
+    value."""
+    return re.compile(rb"^(?:" + names + rb")[ \t]*:[ \t]*(.*(?:\n[ \t].*)*)\n", re.I | re.M)
+
+
+_SUBJECT = _field(rb"subject")
+_PREV_SUBJECT = _field(rb"x-spam-prev-subject")
+_SPAM_FLAG = re.compile(rb"^x-spam-flag[ \t]*:[ \t]*yes\b", re.I | re.M)
+
+
+MAX_UNWRAP = 8  # report_safe wrappers undone (one per SpamAssassin pass; more is a bomb)
+
+
+def strip_markup(data: bytes, subject_tag: bytes = b"", *, subject: bool = True) -> bytes:
+    """The message as it was before any spam filter touched it: line endings as LF, no mbox
+    "From " line, no X-Spam-* headers, the Subject as it came (`subject_tag`, the milter's
+    [policy] one, taken off a message flagged spam; SpamAssassin's rewrite undone from its
+    X-Spam-Prev-Subject), and SpamAssassin's report_safe wrapper undone (a bounded number of
+    times: a crafted message can nest thousands). `subject=False`: the Subject as it lies, as
+    spambridge before 2026-11-26 learned and keyed it."""
+    return stripped(data, subject_tag, subject)[0]
+
+
+def stripped(data: bytes, subject_tag: bytes, subject: bool) -> tuple[bytes, bool]:
+    """strip_markup, and whether a Subject was put back (only then can the message have been
+    learned under another key: the caller looks that one up only then)."""
+    restored = False
+    if b"\r" in data:
+        data = data.replace(b"\r\n", b"\n")
+    for _ in range(MAX_UNWRAP + 1):
+        if data.startswith(b"From "):
+            data = data.partition(b"\n")[2]
+        end = data.find(b"\n\n")
+        head = data if end < 0 else data[:end]
+        if not (_PREFIX in head or _PREFIX.lower() in head.lower()):
+            break
+        head, sep, body = data.partition(b"\n\n")
+        head += b"\n"
+        if subject:
+            untagged = _untagged(head, subject_tag)
+            restored = restored or untagged is not head
+            head = untagged
+        head = _OWNED.sub(b"", head).rstrip(b"\n")
+        original = _report_safe_original(head, body)
+        if original is None:
+            data = head + sep + body
+            break
+        data = original
+    return data.rstrip() + b"\n", restored
+
+
+def _untagged(head: bytes, tag: bytes) -> bytes:
+    """`head` (LF-terminated fields) with the Subject a filter rewrote put back. Learned as
+    it was, the tag taught "subject:SPAM" as spam from every tagged message moved to Junk,
+    and as ham from every false positive moved out, while live mail never carries it."""
+    subject = _SUBJECT.search(head)
+    prev = _PREV_SUBJECT.search(head)
+    if prev is not None:  # SpamAssassin's rewrite_header Subject keeps the original there
+        if subject is None:
+            return head
+        return head[: subject.start(1)] + prev.group(1) + head[subject.end(1):]
+    if not tag or subject is None or not _SPAM_FLAG.search(head):
+        return head
+    value = subject.group(1)
+    if value == tag:  # the message had no Subject: the milter added one
+        return head[: subject.start()] + head[subject.end():]
+    if value.startswith(tag + b" "):
+        return head[: subject.start(1)] + value[len(tag) + 1:] + head[subject.end(1):]
+    if value.startswith(tag + b"\n "):  # folded after the tag, 998 octets a line (the milter)
+        return head[: subject.start(1)] + value[len(tag) + 2:] + head[subject.end(1):]
+    return head
+
+
+def _report_safe_original(head: bytes, body: bytes) -> bytes | None:
+    """SpamAssassin's report_safe wraps spam as message/rfc822 "original message before
+    SpamAssassin"; learn the original, not the report."""
+    if b"original message before SpamAssassin" not in body:
+        return None
+    ctype, prm = content_type(parse_headers(head + b"\n", DEFAULT_LIMITS.max_headers))
+    if not ctype.startswith(b"multipart/") or b"boundary" not in prm:
+        return None
+    for part in split_multipart(body, prm[b"boundary"]):
+        phead, pbody = split_head(part)
+        if b"original message before SpamAssassin" in phead:
+            return pbody
+    return None
+
+
+def digest(normalised: bytes) -> bytes:
+    return hashlib.sha256(normalised).digest()[:16]
+
+
+# fields a mail program keeps a stored message's state in (read, answered, flagged, keywords,
+# IMAP UIDs, the mbox length): mutt, Thunderbird and Dovecot's mbox rewrite them while the
+# message stays the same, and Dovecot hides them from IMAP, so its pipes never see them. The
+# tokenizer does not read them; the key must not either, or reading a message in an mbox makes
+# it a new one to `train` (learned twice, or once as each class after a move)
+_MAILBOX_STATE = _field(rb"status|x-status|x-keywords|x-uid|x-imap|x-imapbase|content-length"
+                        rb"|lines|x-mozilla-status2?|x-mozilla-keys")
+
+
+# how those fields' names start: most mail has none of them, and a search from the line ends
+# (found as a literal) costs a third of the regex above over the whole header
+_STATE_NAME = rb"(?:x-(?:status|keywords|uid|imap|mozilla-)|status|content-length|lines)"
+_MAILBOX_STATE_FIRST = re.compile(_STATE_NAME, re.I)
+_MAILBOX_STATE_LATER = re.compile(rb"\n" + _STATE_NAME, re.I)
+
+
+def keys(normalised: bytes) -> tuple[bytes, bytes | None]:
+    """The key of a message (strip_markup's output): the digest of it without its mailbox
+    state fields; and, when it had some, the digest of it with them, which is the key an
+    earlier spambridge gave it (None when the two are the same)."""
+    end = normalised.find(b"\n\n")
+    head = normalised if end < 0 else normalised[: end + 1]
+    if not (_MAILBOX_STATE_FIRST.match(head) or _MAILBOX_STATE_LATER.search(head)):
+        return digest(normalised), None
+    kept = _MAILBOX_STATE.sub(b"", head)
+    if len(kept) == len(head):
+        return digest(normalised), None
+    return digest(kept + normalised[len(head):]), digest(normalised)
