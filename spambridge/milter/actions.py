@@ -33,6 +33,26 @@ class MilterContext(Protocol):
     def addheader(self, field: str, value: str, idx: int = -1) -> Any: ...
     def chgheader(self, field: str, idx: int, value: str | None) -> Any: ...
     def setreply(self, rcode: str, xcode: str | None = None, msg: str | None = None) -> Any: ...
+    def progress(self) -> Any: ...
+
+
+_TIMEOUT_ADVICE = ("Its milter timeout (Postfix's milter_content_timeout, Sendmail's T=R: and "
+                   "T=E:) must be above scan_timeout")
+
+
+def _unreachable(ctx: MilterContext) -> str:
+    """Why the MTA cannot be reached, or "". libmilter writes a refusal's reply after eom()
+    has returned, and a write that fails there ends the session without a word (no log, no
+    callback that tells it from a normal close). So the no-op SMFIR_PROGRESS packet, which
+    Postfix and Sendmail skip at end of message, is written first: on a unix socket (and on
+    a TCP one once the MTA's reset has come back) it fails when the MTA has hung up. A
+    success proves nothing: see docs/reliability.md."""
+    for _ in range(2):  # on TCP the first write to a closed peer succeeds; its reset fails the next
+        try:
+            ctx.progress()
+        except Milter.error as e:  # libmilter's write failed
+            return f"a packet written just before the reply failed: {e}"
+    return ""
 
 
 def reply_text(text: str) -> str:
@@ -55,7 +75,9 @@ def apply(
     `forged`: the X-Spam-* fields the message came with. When more than `owned` (a flood),
     the rest stay on mail that is accepted, and that is logged; ours then go first, where a
     reader taking the first of each name finds them. A refused message is not changed, and
-    nothing forged in it is delivered: no warning for it."""
+    nothing forged in it is delivered: no warning for it. An MTA that hung up before the
+    reply (its milter timeout ran out during the scan) is named as such: it applied its own
+    action, not the one logged."""
     failed: list[str] = []
     on_top = forged > len(owned)
     tried = 0
@@ -69,9 +91,11 @@ def apply(
             failed.append(f"{what[:80]}: {e}")
 
     refused = decision.action in (Action.REJECT, Action.TEMPFAIL)
+    gone = ""
     if refused:  # setreply only stores the reply: nothing reaches the MTA before it is sent
         reply = decision.reply or SmtpReply("451", "4.7.1", "Try again later")
         attempt("set the reply", ctx.setreply, reply.code, reply.xcode, reply_text(reply.text))
+        gone = _unreachable(ctx)
     else:
         for name, idx in owned:  # highest index first per name, so indexes stay valid
             attempt(f"remove {name}[{idx}]", ctx.chgheader, name, idx, None)
@@ -89,6 +113,10 @@ def apply(
                 attempt("add Subject", ctx.addheader, "Subject", new)
             elif new is not None:
                 attempt("tag the Subject", ctx.chgheader, "Subject", 1, new)
+    if gone:
+        log.warning("%s: the MTA got no reply (action=%s): it closed the connection or "
+                    "stopped reading first (%s). %s", queue_id or "NOQUEUE",
+                    decision.action.value, gone, _TIMEOUT_ADVICE)
     if failed and len(failed) == tried and decision.headers and not refused:
         # even adding our own small fields failed: libmilter refuses none of those to an
         # MTA that is still there (it granted the header actions at negotiation, or libmilter
@@ -96,9 +124,8 @@ def apply(
         # "refused by libmilter" sent admins after libmilter; the MTA applied its own action
         log.warning("%s: the MTA got no reply (action=%s): it closed the connection or "
                     "stopped reading first, and %d change(s) to the message failed, first: %s. "
-                    "Its milter timeout (Postfix's milter_content_timeout, Sendmail's T=R: and "
-                    "T=E:) must be above scan_timeout", queue_id or "NOQUEUE",
-                    decision.action.value, len(failed), failed[0])
+                    "%s", queue_id or "NOQUEUE", decision.action.value, len(failed), failed[0],
+                    _TIMEOUT_ADVICE)
     elif failed:
         log.warning("%s: %d change(s) to the message refused by libmilter, first: %s",
                     queue_id or "NOQUEUE", len(failed), failed[0])

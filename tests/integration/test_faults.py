@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import shutil
+import socket
 import subprocess
 import threading
 import time
@@ -555,6 +556,34 @@ def test_a_reply_that_is_not_spamd_s_is_told_in_words(
     assert "b'" not in m.log and 'b"' not in m.log, m.log
 
 
+def hang_up_after_eom(address: str | tuple[str, int], qid: str, wait: float) -> None:
+    """A whole message up to end of message, then `wait` seconds, then the connection closed
+    without reading the reply: an MTA whose milter timeout ran out during the scan."""
+    from miltertest import constants
+
+    c = MilterClient(address, timeout=10)
+    try:
+        c.connect()
+        c.helo()
+        c.mail()
+        c.rcpt()
+        c.data(qid)
+        c.header("Subject", "Lunch")
+        c.eoh(qid)
+        c.body(b"Shall we meet at noon?\r\n")
+        c._macros(constants.SMFIC_BODYEOB, {"i": qid})
+        c.conn._send(constants.SMFIC_BODYEOB)
+        time.sleep(wait)
+    finally:
+        c.sock.close()
+
+
+def lost_reply_line(m: RunningMilter, qid: str) -> str:
+    wait_until(lambda: f"{qid}: the MTA" in m.log, CAP + 5, "the lost reply's line")
+    [line] = [x for x in m.log.splitlines() if f"{qid}: the MTA" in x]
+    return line
+
+
 def test_an_mta_gone_before_the_reply_is_not_called_a_libmilter_refusal(
         start_milter: Callable[..., RunningMilter],
         spamd_fakes: Callable[..., SwitchableSpamd]) -> None:
@@ -562,27 +591,66 @@ def test_an_mta_gone_before_the_reply_is_not_called_a_libmilter_refusal(
     hung spamd it gave up first (451) and closed the connection. The milter logged
     action=accept, then "2 change(s) to the message refused by libmilter", which sent the
     admin after libmilter; its reply never reached the MTA."""
-    from miltertest import constants
-
     fake = spamd_fakes("hang")
     m = spamd_milter(start_milter, fake.port, {})
-    c = MilterClient(m.socket_path, timeout=10)
-    try:
-        c.connect()
-        c.helo()
-        c.mail()
-        c.rcpt()
-        c.data("4GONE00001")
-        c.header("Subject", "Lunch")
-        c.eoh("4GONE00001")
-        c.body(b"Shall we meet at noon?\r\n")
-        c._macros(constants.SMFIC_BODYEOB, {"i": "4GONE00001"})
-        c.conn._send(constants.SMFIC_BODYEOB)
-        time.sleep(CAP / 4)  # the MTA's own timeout, before the cap
-    finally:
-        c.sock.close()
-    wait_until(lambda: "4GONE00001: the MTA" in m.log, CAP + 5, "the lost reply's line")
-    [line] = [x for x in m.log.splitlines() if "4GONE00001: the MTA" in x]
+    hang_up_after_eom(m.socket_path, "4GONE00001", CAP / 4)  # the MTA's own timeout, before the cap
+    line = lost_reply_line(m, "4GONE00001")
     assert "WARNING 4GONE00001: the MTA got no reply (action=accept): it closed the " \
+        "connection or stopped reading first" in line, line
+    assert "milter_content_timeout" in line and "refused by libmilter" not in m.log, m.log
+
+
+def tcp_milter(start_milter: Callable[..., RunningMilter], port: int,
+               pol: dict[str, object]) -> tuple[RunningMilter, tuple[str, int]]:
+    """spambridge on inet:PORT@127.0.0.1, as with Postfix's inet:127.0.0.1:PORT."""
+    address = ("127.0.0.1", free_port())
+    m = start_milter({"milter": {"engine": "spamd", "scan_timeout": CAP,
+                                 "socket": f"inet:{address[1]}@{address[0]}"},
+                      "spamd": {"host": "127.0.0.1", "port": port}, "policy": pol}, wait=False)
+
+    def listening() -> bool:
+        assert m.proc.poll() is None, m.log
+        with contextlib.suppress(OSError), socket.create_connection(address, timeout=1):
+            return True
+        return False
+
+    wait_until(listening, 30, "the milter's TCP socket")
+    return m, address
+
+
+@pytest.mark.parametrize(("action", "transport"), [
+    ("reject", "unix"), ("tempfail", "unix"),
+    # a write to a TCP peer that has closed succeeds; only the reset it brings back fails
+    # the next one, and the reply is libmilter's write after ours
+    ("reject", "tcp"),
+])
+def test_a_refusal_the_mta_left_before_is_not_logged_as_given(
+        start_milter: Callable[..., RunningMilter],
+        spamd_fakes: Callable[..., SwitchableSpamd], action: str, transport: str) -> None:
+    """A refusal's reply is written by libmilter after the callback has returned; to an MTA
+    that has hung up that write fails, and libmilter says nothing. The journal said
+    action=reject (spam, scored after the MTA gave up) or action=tempfail (on_timeout) and
+    nothing more, while the MTA applied its own action (milter_default_action): the sender
+    may well have got a 4xx, retried, and been accepted."""
+    from spamdfakes import spamd_reply
+
+    if action == "reject":  # spamd answers within the cap, after the MTA has gone
+        fake = spamd_fakes("slow", delay=CAP / 2, reply=spamd_reply(score=20.0))
+        pol: dict[str, object] = {}
+    else:
+        fake = spamd_fakes("hang")
+        pol = {"on_timeout": "tempfail"}
+    address: str | tuple[str, int]
+    if transport == "tcp":
+        m, address = tcp_milter(start_milter, fake.port, pol)
+    else:
+        m = spamd_milter(start_milter, fake.port, pol)
+        address = m.socket_path
+    qid = f"4GONE{action.upper()[:4]}{transport.upper()}"
+    hang_up_after_eom(address, qid, CAP / 4)
+    line = lost_reply_line(m, qid)
+    [decided] = [x for x in m.log.splitlines() if f" {qid}: from=" in x]
+    assert f" action={action} " in decided, decided
+    assert f"WARNING {qid}: the MTA got no reply (action={action}): it closed the " \
         "connection or stopped reading first" in line, line
     assert "milter_content_timeout" in line and "refused by libmilter" not in m.log, m.log

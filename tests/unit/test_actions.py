@@ -46,6 +46,9 @@ class Ctx:
     def setreply(self, rcode: str, xcode: str | None = None, msg: str | None = None) -> None:
         self.calls.append(("reply", rcode, xcode, msg))
 
+    def progress(self) -> None:
+        """A no-op packet to the MTA: it tells the MTA nothing, so it is not recorded."""
+
 
 def apply(decision: Decision, owned: list[tuple[str, int]] | None = None,
           subject: bytes | None = b"Hello", on_top: bool = False) -> tuple[int, Ctx]:
@@ -251,3 +254,25 @@ def test_a_reply_libmilter_refuses_is_not_taken_for_an_mta_gone(
     assert [r.getMessage() for r in caplog.records] == [
         "4ABC: 1 change(s) to the message refused by libmilter, first: "
         "set the reply: cannot set reply"]
+
+
+def test_a_refusal_to_an_mta_that_has_hung_up_says_it_got_no_reply(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """libmilter writes a refusal's reply after the callback and says nothing when that write
+    fails: the log said action=reject and no more, for mail the MTA had given its own
+    milter_default_action. A packet written first fails the same way, and says so."""
+
+    class Gone(Ctx):
+        def progress(self) -> None:
+            raise Milter.error("cannot notify progress")
+
+    caplog.set_level(logging.WARNING, logger="spambridge")
+    ctx = Gone()
+    result = actions.apply(ctx, decide(spamd(20.0), CFG), [], b"Cheap pills", "4ABC")
+    assert result == Milter.REJECT and ctx.calls == [
+        ("reply", "550", "5.7.1", "Message rejected as spam")]
+    assert [r.getMessage() for r in caplog.records] == [
+        "4ABC: the MTA got no reply (action=reject): it closed the connection or stopped "
+        "reading first (a packet written just before the reply failed: cannot notify "
+        "progress). Its milter timeout (Postfix's milter_content_timeout, Sendmail's T=R: and "
+        "T=E:) must be above scan_timeout"]

@@ -38,6 +38,7 @@ def eom_of(p: Pipeline, qid: str) -> tuple[int, list[tuple[str, ...]], list[tupl
     m.getsymval = lambda name: qid if name == "i" else None  # type: ignore[method-assign]
     m.setreply = lambda *a: replies.append(a)  # type: ignore[method-assign]
     m.addheader = lambda *a: added.append(a)  # type: ignore[method-assign]
+    m.progress = lambda: None  # type: ignore[method-assign]
     m.session.connect("client.example.net", "192.0.2.7", "mx.example.org", "MTA-v4", 40312)
     m.session.start_message("<a@example.net>", "", False)
     m.session.add_header("Subject", b"hello")

@@ -630,6 +630,9 @@ class Ctx:
     def setreply(self, rcode: str, xcode: str | None = None, msg: str | None = None) -> None:
         self.calls.append(("reply", rcode, xcode, msg))
 
+    def progress(self) -> None:
+        """A no-op packet to the MTA."""
+
 
 @pytest.mark.parametrize(("score", "shown"), [
     (1000.0, "action=reject reason=reject"), (7.2, "action=tag reason=spam")])
