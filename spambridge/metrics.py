@@ -7,6 +7,7 @@ are all from small fixed sets (actions, engines, error kinds): never addresses o
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import platform
@@ -190,9 +191,10 @@ def app(registry: CollectorRegistry) -> WsgiApp:
 
 # A scrape's request arrives as soon as it connects: a request not complete this long after
 # its connection (silent, or trickling in) is dropped, as is an answer not read for this long,
-# and only so many are served at once, the rest closed at accept. A thread per silent
-# connection, without limit, would use up the threads (TasksMax) the milter needs for SMTP
-# sessions.
+# and only so many connections are held at once. A thread per silent connection, without
+# limit, would use up the threads (TasksMax) the milter needs for SMTP sessions. One more
+# closes the connection that has waited longest for its request; when every one is being
+# answered, the newcomer is closed at accept.
 IDLE_SECONDS = 5.0
 MAX_SCRAPES = 8
 
@@ -226,6 +228,12 @@ class _Handler(WSGIRequestHandler):
         self.rfile.close()  # the socket's own file: only the socket, open, stays
         self.rfile = io.BufferedReader(_Deadline(self.connection, self.timeout))
 
+    def parse_request(self) -> bool:
+        """The request line and header read: from now on the connection is being answered,
+        and no newcomer may close it (nor is it answered when one already has)."""
+        server: _Server = self.server  # type: ignore[assignment]
+        return super().parse_request() and server.answering(self.connection)
+
     def log_message(self, format: str, *args: Any) -> None:
         """Scrapes are not worth a log line each."""
 
@@ -237,28 +245,57 @@ class _Server(WSGIServer):
 
     def __init__(self, *args: Any, **kw: Any) -> None:
         super().__init__(*args, **kw)
-        self._slots = threading.BoundedSemaphore(MAX_SCRAPES)
+        self._lock = threading.Lock()
+        # the connections held, MAX_SCRAPES at most: those still waiting for their request,
+        # oldest first (a dict keeps its order), and those being answered
+        self._waiting: dict[socket.socket, None] = {}
+        self._answering: set[socket.socket] = set()
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        if not self._slots.acquire(blocking=False):
-            self.shutdown_request(request)
-            return
+        """Hold the connection in a slot; when all are taken, in the one that has waited
+        longest for its request (closed, its client sees EOF): idle sockets cannot keep a
+        scrape out. Only when every slot is being answered is the newcomer closed."""
+        with self._lock:
+            if len(self._waiting) + len(self._answering) >= MAX_SCRAPES:
+                if not self._waiting:  # every slot is answering a request: no room
+                    self.shutdown_request(request)
+                    return
+                oldest = next(iter(self._waiting))
+                del self._waiting[oldest]
+                with contextlib.suppress(OSError):  # its thread sees EOF, ends, closes it
+                    oldest.shutdown(socket.SHUT_RDWR)
+            self._waiting[request] = None
         try:
             threading.Thread(target=self._one, args=(request, client_address), daemon=True,
                              name="spambridge-metrics-scrape").start()
         except BaseException:
-            self._slots.release()
+            self._release(request)
             self.shutdown_request(request)
             raise
+
+    def answering(self, request: socket.socket) -> bool:
+        """Move a connection whose request is read to those being answered; False when a
+        newcomer has closed it first."""
+        with self._lock:
+            if request not in self._waiting:
+                return False
+            del self._waiting[request]
+            self._answering.add(request)
+            return True
+
+    def _release(self, request: socket.socket) -> None:
+        with self._lock:
+            self._waiting.pop(request, None)
+            self._answering.discard(request)
 
     def _one(self, request: Any, client_address: Any) -> None:
         try:
             self.finish_request(request, client_address)
         except Exception:
             self.handle_error(request, client_address)
-        finally:
+        finally:  # out of the lists before it is closed: a newcomer never shuts down a
+            self._release(request)  # descriptor that is another connection's by then
             self.shutdown_request(request)
-            self._slots.release()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A scraper that went silent or away is its own problem (socketserver would print a

@@ -178,9 +178,10 @@ def test_metrics_port_in_use_is_a_clear_startup_error(start_milter: Start,
             "Address already in use") in str(exc.value)
 
 
-def http_request(port: int, method: str, path: str) -> tuple[int, dict[str, str], bytes]:
+def http_request(port: int, method: str, path: str,
+                 timeout: float = 10) -> tuple[int, dict[str, str], bytes]:
     """One plain HTTP request, as curl, check_http or monit would send it."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
         conn.request(method, path)
         r = conn.getresponse()
@@ -251,6 +252,28 @@ def test_silent_connections_are_dropped_and_cannot_pile_up_threads(
     wait_until(lambda: threads(m.proc.pid) <= before, 20, "the scrape threads to end")
     assert value(scrape("127.0.0.1", port), "spambridge_messages_total",
                  action="reject", engine="bayes") == 2
+
+
+def test_idle_connections_give_way_to_a_scrape(start_milter: Start) -> None:
+    """MAX_SCRAPES connections that sent nothing (a local user, a load balancer's health
+    check that opens and never sends) held every slot: each scrape was closed at once, and
+    they could be renewed every IDLE_SECONDS for ever (SpambridgeDown). Now a connection that
+    finds every slot taken closes the one that has waited longest for its request."""
+    from spambridge.metrics import IDLE_SECONDS, MAX_SCRAPES
+
+    port = free_port()
+    start_milter({"milter": {"engine": "bayes"}, "metrics": {"listen": f"127.0.0.1:{port}"}})
+    scrape("127.0.0.1", port)  # serving
+    # accepted in the order they connect: each holds a slot before the next is accepted
+    idle = [socket.create_connection(("127.0.0.1", port), timeout=IDLE_SECONDS / 2)
+            for _ in range(MAX_SCRAPES)]
+    try:
+        status, _, body = http_request(port, "GET", "/metrics", timeout=IDLE_SECONDS / 2)
+        assert status == 200 and b"# TYPE spambridge_messages_total counter" in body
+        assert idle[0].recv(100) == b""  # closed for the scrape (not: a timeout)
+    finally:
+        for s in idle:
+            s.close()
 
 
 def test_mail_passed_unchecked_is_a_series_of_its_own(start_milter: Start,

@@ -64,25 +64,75 @@ def test_requests_trickled_in_cannot_hold_the_slots(port: int) -> None:
     assert value(scrape("127.0.0.1", port), "spambridge_config_last_reload_successful") == 1
 
 
-def test_a_connection_beyond_the_slots_is_closed_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    """MAX_SCRAPES silent connections hold every slot: the next one is closed at accept, not
-    left waiting in the backlog (with the accepting thread) until a slot frees."""
-    import time
+class Held:
+    """A server whose answers wait until `go` is set, counting the requests it has entered."""
 
+    def __init__(self) -> None:
+        self.go = threading.Event()
+        self.entered = 0
+        self._lock = threading.Lock()
+        self.port = free_port()
+        self.server = metrics.serve(MetricsConfig(host="127.0.0.1", port=self.port),
+                                    metrics.Metrics())
+        self.server.set_app(self.app)
+
+    def app(self, environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        with self._lock:
+            self.entered += 1
+        self.go.wait(10)
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"answered\n"]
+
+    def connect(self, request: bytes = b"") -> socket.socket:
+        s = socket.create_connection(("127.0.0.1", self.port), timeout=2)
+        s.sendall(request)
+        return s
+
+    def close(self) -> None:
+        self.go.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+GET = b"GET /metrics HTTP/1.0\r\n\r\n"
+
+
+def test_a_newcomer_closes_the_oldest_idle_connection_never_one_being_answered(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """MAX_SCRAPES connections that sent nothing held every slot, and every scrape was closed
+    at accept until they timed out (and they could come back). A newcomer now takes the slot
+    of the connection that has waited longest for its request; one whose request is read
+    and is being answered, older still, keeps its slot and gets its answer."""
     monkeypatch.setattr(metrics._Handler, "timeout", 5.0)
-    port = free_port()
-    server = metrics.serve(MetricsConfig(host="127.0.0.1", port=port), metrics.Metrics())
-    silent = [socket.create_connection(("127.0.0.1", port), timeout=10)
-              for _ in range(metrics.MAX_SCRAPES)]
+    held = Held()
+    conns = [held.connect(GET)]
     try:
-        time.sleep(0.5)  # each accepted and holding its slot by now
-        with socket.create_connection(("127.0.0.1", port), timeout=2) as extra:
+        wait_until(lambda: held.entered == 1, 10, "the first request to be answered")
+        conns += [held.connect() for _ in range(metrics.MAX_SCRAPES - 1)]  # accepted in order
+        conns.append(held.connect())
+        assert conns[1].recv(100) == b""  # the oldest idle one (a timeout here: it was not)
+        held.go.set()
+        assert b"".join(iter(lambda: conns[0].recv(65536), b"")).endswith(b"answered\n")
+    finally:
+        for s in conns:
+            s.close()
+        held.close()
+
+
+def test_a_connection_beyond_the_slots_is_closed_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """MAX_SCRAPES requests being answered hold every slot: the next connection is closed at
+    accept, not left waiting in the backlog (with the accepting thread) until a slot frees."""
+    monkeypatch.setattr(metrics._Handler, "timeout", 5.0)
+    held = Held()
+    conns = [held.connect(GET) for _ in range(metrics.MAX_SCRAPES)]
+    try:
+        wait_until(lambda: held.entered == metrics.MAX_SCRAPES, 10, "every request answered")
+        with held.connect() as extra:
             assert extra.recv(100) == b""  # a timeout here: it waited for a slot
     finally:
-        for s in silent:
+        for s in conns:
             s.close()
-        server.shutdown()
-        server.server_close()
+        held.close()
 
 
 def test_head_says_how_long_the_get_would_be() -> None:
