@@ -41,12 +41,13 @@ _TIMEOUT_ADVICE = ("Its milter timeout (Postfix's milter_content_timeout, Sendma
 
 
 def _unreachable(ctx: MilterContext) -> str:
-    """Why the MTA cannot be reached, or "". libmilter writes a refusal's reply after eom()
-    has returned, and a write that fails there ends the session without a word (no log, no
-    callback that tells it from a normal close). So the no-op SMFIR_PROGRESS packet, which
-    Postfix and Sendmail skip at end of message, is written first: on a unix socket (and on
-    a TCP one once the MTA's reset has come back) it fails when the MTA has hung up. A
-    success proves nothing: see docs/reliability.md."""
+    """Why the MTA cannot be reached, or "". libmilter writes the reply after eom() has
+    returned, and a write that fails there ends the session without a word (no log, no
+    callback that tells it from a normal close); a change libmilter refused may be its own
+    no or a write to an MTA that has gone. So the no-op SMFIR_PROGRESS packet, which Postfix
+    and Sendmail skip at end of message, is written: on a unix socket (and on a TCP one once
+    the MTA's reset has come back) it fails when the MTA has hung up. A success proves
+    nothing: see docs/reliability.md."""
     for _ in range(2):  # on TCP the first write to a closed peer succeeds; its reset fails the next
         try:
             ctx.progress()
@@ -80,11 +81,8 @@ def apply(
     action, not the one logged."""
     failed: list[str] = []
     on_top = forged > len(owned)
-    tried = 0
 
     def attempt(what: str, op: Callable[..., Any], *args: Any) -> None:
-        nonlocal tried
-        tried += 1
         try:
             op(*args)
         except Exception as e:  # Milter.error, DisabledAction: libmilter said no
@@ -113,19 +111,18 @@ def apply(
                 attempt("add Subject", ctx.addheader, "Subject", new)
             elif new is not None:
                 attempt("tag the Subject", ctx.chgheader, "Subject", 1, new)
-    if gone:
-        log.warning("%s: the MTA got no reply (action=%s): it closed the connection or "
-                    "stopped reading first (%s). %s", queue_id or "NOQUEUE",
-                    decision.action.value, gone, _TIMEOUT_ADVICE)
-    if failed and len(failed) == tried and decision.headers and not refused:
-        # even adding our own small fields failed: libmilter refuses none of those to an
-        # MTA that is still there (it granted the header actions at negotiation, or libmilter
-        # would have dropped it), so the MTA is gone, or stopped reading, before the reply.
+        if failed:  # libmilter's no, or an MTA gone (over TCP the first write to it still
+            gone = _unreachable(ctx)  # succeeds): only another write tells which
+    if gone and failed and not refused:
         # "refused by libmilter" sent admins after libmilter; the MTA applied its own action
         log.warning("%s: the MTA got no reply (action=%s): it closed the connection or "
                     "stopped reading first, and %d change(s) to the message failed, first: %s. "
                     "%s", queue_id or "NOQUEUE", decision.action.value, len(failed), failed[0],
                     _TIMEOUT_ADVICE)
+    elif gone:
+        log.warning("%s: the MTA got no reply (action=%s): it closed the connection or "
+                    "stopped reading first (%s). %s", queue_id or "NOQUEUE",
+                    decision.action.value, gone, _TIMEOUT_ADVICE)
     elif failed:
         log.warning("%s: %d change(s) to the message refused by libmilter, first: %s",
                     queue_id or "NOQUEUE", len(failed), failed[0])

@@ -584,18 +584,26 @@ def lost_reply_line(m: RunningMilter, qid: str) -> str:
     return line
 
 
+@pytest.mark.parametrize("transport", ["unix", "tcp"])
 def test_an_mta_gone_before_the_reply_is_not_called_a_libmilter_refusal(
         start_milter: Callable[..., RunningMilter],
-        spamd_fakes: Callable[..., SwitchableSpamd]) -> None:
+        spamd_fakes: Callable[..., SwitchableSpamd], transport: str) -> None:
     """Sendmail without T= waits 10 s for the reply, spambridge's default scan_timeout: at a
     hung spamd it gave up first (451) and closed the connection. The milter logged
     action=accept, then "2 change(s) to the message refused by libmilter", which sent the
-    admin after libmilter; its reply never reached the MTA."""
+    admin after libmilter; its reply never reached the MTA. Over TCP the first field's write
+    still succeeds (the reset comes back after it), and the line said libmilter again."""
     fake = spamd_fakes("hang")
-    m = spamd_milter(start_milter, fake.port, {})
-    hang_up_after_eom(m.socket_path, "4GONE00001", CAP / 4)  # the MTA's own timeout, before the cap
-    line = lost_reply_line(m, "4GONE00001")
-    assert "WARNING 4GONE00001: the MTA got no reply (action=accept): it closed the " \
+    address: str | tuple[str, int]
+    if transport == "tcp":
+        m, address = tcp_milter(start_milter, fake.port, {})
+    else:
+        m = spamd_milter(start_milter, fake.port, {})
+        address = m.socket_path
+    qid = f"4GONEACC{transport.upper()}"
+    hang_up_after_eom(address, qid, CAP / 4)  # the MTA's own timeout, before the cap
+    line = lost_reply_line(m, qid)
+    assert f"WARNING {qid}: the MTA got no reply (action=accept): it closed the " \
         "connection or stopped reading first" in line, line
     assert "milter_content_timeout" in line and "refused by libmilter" not in m.log, m.log
 

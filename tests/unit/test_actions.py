@@ -276,3 +276,29 @@ def test_a_refusal_to_an_mta_that_has_hung_up_says_it_got_no_reply(
         "reading first (a packet written just before the reply failed: cannot notify "
         "progress). Its milter timeout (Postfix's milter_content_timeout, Sendmail's T=R: and "
         "T=E:) must be above scan_timeout"]
+
+
+def test_changes_failing_after_the_first_to_an_mta_gone_say_it_got_no_reply(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Over TCP the first write to an MTA that has hung up still succeeds (its reset comes
+    back after it): one field added, the rest failed, and the line said "refused by
+    libmilter", which sent the admin after libmilter. A write after them tells."""
+
+    class GoneOverTcp(Ctx):
+        def addheader(self, field: str, value: str, idx: int = -1) -> None:
+            if self.calls:
+                raise Milter.error("cannot add header")
+            super().addheader(field, value, idx)
+
+        def progress(self) -> None:
+            raise Milter.error("cannot notify progress")
+
+    caplog.set_level(logging.WARNING, logger="spambridge")
+    d = decide(spamd(7.0), TAGGING)
+    result = actions.apply(GoneOverTcp(), d, [], b"Cheap pills", "4ABC")
+    assert result == Milter.ACCEPT
+    [line] = [r.getMessage() for r in caplog.records]
+    assert line.startswith(
+        "4ABC: the MTA got no reply (action=tag): it closed the connection or stopped reading "
+        f"first, and {len(d.headers) - 1} change(s) to the message failed, first: add "), line
+    assert "refused by libmilter" not in line
