@@ -729,10 +729,17 @@ def _milter_name(v: str) -> str:
     return _printable(v)
 
 
+SUBJECT_TAG_MAX = 100  # characters: the tag opens the Subject's first line (998 octets at most)
+
+
 def _tag(v: str) -> str:
     """Blanks around the tag dropped: the Subject gets one space after it anyway, and
-    "[SPAM] " made "[SPAM]  hello"."""
-    return _printable(v).strip()
+    "[SPAM] " made "[SPAM]  hello". A tag long enough to need folding itself could not be
+    taken off again by `train`, and one with no blank would leave every Subject untagged."""
+    tag = _printable(v).strip()
+    if len(tag) > SUBJECT_TAG_MAX:
+        raise ValueError(f"must be at most {SUBJECT_TAG_MAX} characters, not {len(tag)}")
+    return tag
 
 
 def key_at(cfg: Config, section: str, key: str) -> str:

@@ -450,6 +450,8 @@ def test_the_docs_state_each_range_as_the_loader_takes_it(key: str) -> None:
     ('["bayes"]\nmax_tokens = 5\n', 2, "[bayes] max_tokens: must be between 100 and 30000"),
     ("[spamd]\nsocket = \"run/spamd.sock\"\n", 2, "[spamd] socket: must be an absolute path"),
     ('[policy]\nsubject_tag = "[SPÄM]"\n', 2, "[policy] subject_tag: must be printable ASCII"),
+    (f'[policy]\nsubject_tag = "{"[SPAM] " * 15}"\n', 2,
+     "[policy] subject_tag: must be at most 100 characters, not 104"),
     ('[policy]\nreject_reply = "550 5.7.1 Spam erkannt: Nachricht abgelehnt – bitte nicht"\n',
      2, "[policy] reject_reply: text must be printable ASCII"),
     ('[policy]\nreject_reply = "550 4.7.1 Go away"\n', 2,
