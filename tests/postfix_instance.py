@@ -14,6 +14,7 @@ import email.policy
 import grp
 import os
 import pwd
+import re
 import shutil
 import smtplib
 import socket
@@ -114,6 +115,25 @@ def example_settings() -> dict[str, str]:
 
 class PostfixError(RuntimeError):
     pass
+
+
+@dataclass
+class Attempt:
+    """What one SMTP client saw: the step its session ended at and the reply it got there."""
+    step: str  # "connect", "ehlo", "mail", "rcpt", "data" or "end of data"
+    code: int | None  # None: the connection failed or was dropped
+    text: str
+    seconds: float
+    queue_id: str | None = None
+
+    @property
+    def seen(self) -> str:
+        """"250", "451 4.7.1 at mail", "no reply at ehlo (SMTPServerDisconnected: …)"."""
+        if self.code is None:
+            return f"no reply at {self.step} ({self.text[:50]})"
+        if self.code == 250:
+            return "250"
+        return f"{self.code} {self.text.split(' ', 1)[0]} at {self.step}"
 
 
 @dataclass
@@ -220,6 +240,44 @@ class PostfixInstance:
         """Send one message; the queue id from Postfix's 250 reply (SMTP errors propagate)."""
         with self.smtp() as s:
             return _transaction(s, raw, sender, rcpt)
+
+    def attempt(self, raw: bytes, sender: str = "alice@example.net",
+                rcpt: str = "bob@test.example", timeout: float = 60.0) -> Attempt:
+        """One SMTP session sending `raw` as far as Postfix lets it go, and what it got: for
+        sessions that may be refused or deferred at any step (send() raises instead)."""
+        t0 = time.monotonic()
+        step = "connect"
+
+        def ended(code: int | None, text: bytes | str) -> Attempt:
+            t = text.decode(errors="replace") if isinstance(text, bytes) else text
+            queued = re.search(r"queued as ([0-9A-F]+)", t) if code == 250 else None
+            return Attempt(step, code, " ".join(t.split()), round(time.monotonic() - t0, 1),
+                           queued[1] if queued else None)
+
+        try:
+            with smtplib.SMTP("127.0.0.1", self.port, local_hostname="client.example.net",
+                              timeout=timeout) as s:
+                step = "ehlo"
+                code, text = s.ehlo()
+                if code == 250:
+                    step = "mail"
+                    code, text = s.mail(sender)
+                if code == 250:
+                    step = "rcpt"
+                    code, text = s.rcpt(rcpt)
+                if code != 250:
+                    return ended(code, text)
+                step = "data"
+                try:
+                    code, text = s.data(raw)
+                except smtplib.SMTPDataError as e:
+                    return ended(e.smtp_code, e.smtp_error)
+                step = "end of data"
+                return ended(code, text)
+        except smtplib.SMTPResponseException as e:  # the banner, or 421 at any step
+            return ended(e.smtp_code, e.smtp_error)
+        except (OSError, smtplib.SMTPException) as e:
+            return ended(None, f"{type(e).__name__}: {e}")
 
     def send_unix(self, raw: bytes, helo: str = "client.example.net",
                   sender: str = "alice@example.net", rcpt: str = "bob@test.example") -> str:
