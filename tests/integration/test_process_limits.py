@@ -18,12 +18,14 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 from harness import RunningMilter, connectable, message, wait_until, write_config
 from milterclient import MilterClient
 from milterload import deliver_many
+from postfix_instance import PostfixInstance
 from spamdfakes import SwitchableSpamd
 
 Start = Callable[..., RunningMilter]
@@ -140,25 +142,31 @@ def listener_out_of_descriptors(start_milter: Start) -> None:
 
 
 @contextlib.contextmanager
-def as_nobody_short_of_threads(start_milter: Start, scan_timeout: float, spamd_delay: float
-                               ) -> Iterator[RunningMilter]:
+def as_nobody_short_of_threads(start_milter: Start, scan_timeout: float, spamd_delay: float,
+                               sock: Path | None = None) -> Iterator[RunningMilter]:
     """The milter as `nobody` (root is not held to RLIMIT_NPROC) under RLIMIT_NPROC 30, in
     front of a spamd that answers after `spamd_delay`: 30 sessions at once run out of
-    threads."""
+    threads. `sock`: its socket in a directory it is given for the block, as the package
+    gives it /var/spool/postfix/spambridge (a Postfix instance's)."""
     base = Path(tempfile.mkdtemp(prefix="sb-limits-"))  # outside pytest's 0700 tree
+    sock = sock or base / "m.sock"
+    owner = sock.parent.stat().st_uid
     fake = SwitchableSpamd("slow", delay=spamd_delay)
     try:
         os.chmod(base, 0o755)
         spool = base / "spool"
         spool.mkdir()
-        os.chown(spool, pwd.getpwnam("nobody").pw_uid, -1)
+        nobody = pwd.getpwnam("nobody").pw_uid
+        os.chown(spool, nobody, -1)
+        os.chown(sock.parent, nobody, -1)
         yield start_milter({"milter": {"engine": "spamd", "scan_timeout": scan_timeout,
-                                       "user": "nobody", "socket": f"unix:{base}/m.sock",
+                                       "user": "nobody", "socket": f"unix:{sock}",
                                        "spool_dir": str(spool)},
                             "spamd": {"host": "127.0.0.1", "port": fake.port}},
                            rlimits={resource.RLIMIT_NPROC: (30, 30)})
     finally:
         fake.close()
+        os.chown(sock.parent, owner, -1)
         shutil.rmtree(base, ignore_errors=True)
 
 
@@ -198,6 +206,35 @@ def test_sessions_libmilter_never_served_are_counted_in_the_log(start_milter: St
     said = int(line.split("WARNING ", 1)[1].split()[0])
     assert 0 < said <= unanswered + 10, (said, unanswered)
     assert "systemctl restart spambridge" in line
+
+
+@pytest.mark.postfix
+@pytest.mark.skipif(os.geteuid() != 0, reason="RLIMIT_NPROC for the milter's own user (root)")
+def test_behind_postfix_a_session_short_of_a_thread_is_deferred_never_let_in_unscanned(
+        postfix: PostfixInstance, start_milter: Start) -> None:
+    """README (Postfix quick start, step 7): with milter_default_action = tempfail nothing
+    unscanned gets in and nothing is lost. 40 SMTP sessions at once through a real Postfix,
+    the milter out of threads: libmilter never answers some of them, Postfix's milter timeout
+    comes, and each sender got either 250 for a message delivered with our verdict, or
+    451 4.7.1 to try again later; none got 250 for a message nobody scanned. The next message
+    is scanned again (Postfix opens a new milter connection for each SMTP session)."""
+    timeouts = {f"milter_{k}_timeout": "5s" for k in ("connect", "command", "content")}
+    with postfix.main_cf(milter_default_action="tempfail", **timeouts), \
+            as_nobody_short_of_threads(start_milter, scan_timeout=2.0, spamd_delay=1.5,
+                                       sock=postfix.milter_socket):
+        with ThreadPoolExecutor(max_workers=40) as pool:
+            got = list(pool.map(lambda i: postfix.attempt(message(subject=f"n {i}")),
+                                range(40)))
+        after = postfix.attempt(message(subject="after the burst"))
+    assert after.code == 250, after
+    for a in [*got, after]:
+        if a.code == 250:
+            assert a.queue_id, a
+            status = postfix.wait_delivered(a.queue_id).all("X-Spam-Status")
+            assert [s[:10] for s in status] == ["No, score="], (a, status)
+    deferred = [a.seen for a in got if a.code != 250]
+    assert deferred, "the limit was not reached"
+    assert all(seen.startswith("451 4.7.1 at ") for seen in deferred), deferred
 
 
 def test_a_stderr_nobody_reads_holds_up_no_mail_and_no_stop(tmp_path: Path) -> None:
