@@ -269,7 +269,9 @@ def remove_made(made: Made) -> str:
     """Remove the database create() made, with its -wal and -shm and the directories made
     for it that are still empty; "" when done, or why it is left. Never a file other than
     the one made, nor that one once anything was written to it: the same inode, size and
-    mtime, and no committed page in a -wal beside it (a `train` run into it since)."""
+    mtime, no committed page in a -wal beside it (a `train` run into it since), and nothing
+    learned in it. The last is read, not inferred: a `train` started at the moment create()
+    made the file finds it there and may learn and close before create() stamps it."""
     try:
         now = _stamp(os.stat(made.path))
     except FileNotFoundError:
@@ -281,6 +283,18 @@ def remove_made(made: Made) -> str:
     with contextlib.suppress(FileNotFoundError):
         if os.stat(made.path + "-wal").st_size:
             return "a -wal beside it holds pages written since"
+    try:
+        conn = _connect(made.path, 0, readonly=True)
+        try:
+            learned = conn.execute(
+                "SELECT EXISTS(SELECT 1 FROM messages) OR EXISTS(SELECT 1 FROM tokens)"
+                " OR (SELECT nspam + nham FROM totals)").fetchone()[0]
+        finally:
+            conn.close()
+    except (sqlite3.Error, StoreError) as e:
+        return f"it cannot be read to see that it is empty: {e}"
+    if learned:
+        return "it holds learned messages"
     try:
         os.unlink(made.path)
         for extra in ("-wal", "-shm"):

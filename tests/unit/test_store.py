@@ -383,3 +383,32 @@ def test_only_the_database_create_made_and_nothing_wrote_to_is_taken_back(
     other.replace(path)  # a copy moved into place
     assert store.remove_made(made) == "it was written to since (or another file put in its place)"
     assert path.exists()
+
+
+def test_a_database_trained_into_while_create_made_it_is_not_taken_back(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A `train` run that starts at the moment a `run` creates the database finds the file
+    there, waits for the schema and learns (the run's WAL switch waits for it, busy): done
+    before create() looks at the file, its message was in what create() took as the empty
+    database it made, and a start that failed then took it back with the message in it."""
+    path = tmp_path / "bayes.sqlite"
+    schema = store._ensure_schema
+    trained = []
+
+    def schema_then_a_train_run(conn: sqlite3.Connection, p: str) -> None:
+        schema(conn, p)
+        if not trained:  # the run's create; the train run's own create comes through here too
+            trained.append(True)
+            writer = store.SqliteWriter(p)
+            batch = writer.begin()
+            batch.learn(["cheap", "pills"], "spam")
+            writer.commit(batch)
+            writer.close()
+
+    monkeypatch.setattr(store, "_ensure_schema", schema_then_a_train_run)
+    made = store.create(str(path))
+    assert made is not None and trained
+    assert store.remove_made(made) == "it holds learned messages"
+    reader = store.SqliteReader(str(path))
+    assert reader.totals() == Totals(1, 0)
+    reader.close()
