@@ -418,3 +418,24 @@ def test_milter_stopped_applies_the_examples_default_action(
         postfix.send(message(subject="while the milter is stopped"))
         queue_id_of(postfix, "milter-hold", "the milter-hold line", since)
     assert "connect to Milter service unix:spambridge/spambridge.sock" in postfix.log
+
+
+@pytest.mark.parametrize("version", ["2", "3", "4", "6"])
+def test_every_milter_protocol_version_gets_the_reply_after_the_probe(
+        postfix: PostfixInstance, start_milter: Start, tmp_path: Path, version: str) -> None:
+    """Before a refusal the milter writes SMFIR_PROGRESS twice, to learn whether the MTA is
+    still there (actions._unreachable). At every milter_protocol an admin may have set (2 was
+    Postfix 2.5's default and lives on in old main.cf files) spam past reject_at is still
+    refused with the configured 5xx text, the milter does not take the MTA for gone, and
+    Postfix logs no protocol complaint. (Version 1, which Postfix does not speak, fails
+    this test: the setting is in force.)"""
+    db = train_database(tmp_path, bayes_mail, 20)
+    m = start_milter({"milter": {"socket": f"unix:{postfix.milter_socket}"},
+                      "bayes": {"db": str(db), "min_trained": 20},
+                      "policy": {"reject_reply": REJECT_REPLY}})
+    since = len(postfix.log)
+    with postfix.main_cf(milter_protocol=version):
+        assert "engine=bayes" in expect_refused(postfix, m, bayes_mail(910, "spam"))
+        assert "got no reply" not in m.log
+    log = postfix.log[since:]
+    assert not re.search(r"milter .*(unexpected|malformed|protocol)", log), log[-2000:]
