@@ -174,7 +174,9 @@ def subject_rewrite(prefix: str, subject: bytes | None) -> tuple[str | None, str
         return None, NOT_UTF8
     if text.lstrip().startswith(prefix) or _shown(text).lstrip().startswith(prefix):
         return None, ALREADY_TAGGED  # rescanned mail (a tab or a fold after the colon stays)
-    text = _FOLD_OR_CONTROL.sub(lambda m: m[0] if len(m[0]) == 2 else " ", text).lstrip()
+    # the MTA's blanks after the colon, and a fold there, go; a blank that is text stays
+    # (a Japanese Subject's ideographic space, U+3000): `train` gives back the very Subject
+    text = _FOLD_OR_CONTROL.sub(lambda m: m[0] if len(m[0]) == 2 else " ", text).lstrip(" \t\n")
     if not text:
         return _fitted(prefix)
     new = f"{prefix} {text}"

@@ -259,13 +259,21 @@ def train(cfg: Path, db: Path, path: Path) -> str:
     return r.stdout
 
 
+@pytest.mark.parametrize(("subject", "tagged"), [
+    ("You are our winner 902", "[SPAM] You are our winner 902"),
+    (None, "[SPAM]"),  # no field: the milter adds one, and train takes it off again
+    ("W" * 990, "[SPAM] " + "W" * 990),  # folded after the tag, 998 octets a line
+    ("\u3000Sale \u00e9t\u00e9", "[SPAM] \u3000Sale \u00e9t\u00e9"),  # a leading wide blank
+], ids=["plain", "missing", "long", "ideographic-space"])
 def test_spam_the_milter_tagged_is_trained_as_the_message_that_came(
-        postfix: PostfixInstance, start_milter: Start, tmp_path: Path) -> None:
+        postfix: PostfixInstance, start_milter: Start, tmp_path: Path, subject: str | None,
+        tagged: str) -> None:
     """A spam Postfix delivered after the milter put [policy] subject_tag on its Subject
     (a user moves it to Junk, the admin trains Junk with the milter's config): `train` learns
     the message as it came, not the tag. Its tokens are those of the same message as Postfix
     would have delivered it unscanned, trained into a fresh database, and it has that
-    message's key (training that one next is "already trained")."""
+    message's key (training that one next is "already trained"). So for a Subject that is
+    missing, folded after the tag or opens with a blank that is not ASCII."""
     scoring = tmp_path / "scoring"
     scoring.mkdir()
     db = train_database(scoring, bayes_mail, 20)
@@ -273,11 +281,14 @@ def test_spam_the_milter_tagged_is_trained_as_the_message_that_came(
                       "bayes": {"db": str(db), "min_trained": 20, "reject_cutoff": 1.0},
                       "policy": {"subject_tag": "[SPAM]"}})  # the tag band, not reject
     # spam words, and nothing in the message that says "spam" but the milter's markup
-    sent = message(subject="You are our winner 902",
+    sent = message(subject=subject or "",
                    body=" ".join(BAYES_WORDS["spam"] * 5) + " uniq902x\n")
+    if subject is None:
+        sent = sent.replace(b"Subject: \n", b"")
     assert b"spam" not in sent.lower()
     got = postfix.wait_delivered(postfix.send(sent))
-    assert got.all("Subject") == ["[SPAM] You are our winner 902"]
+    assert got.all("Subject") == [tagged]
+    assert max(map(len, got.raw.split(b"\n"))) <= 1000  # 998 and CRLF
     assert got.all("X-Spam-Flag") == ["YES"]
     assert got.all("X-Spam-Status")[0].startswith("Yes, score=") and "engine=bayes" in \
         got.all("X-Spam-Status")[0]

@@ -123,6 +123,19 @@ def test_the_tag_and_the_subject_have_one_space_between() -> None:
     assert headers.tagged_subject("[SPAM]", b"  Hello") == "[SPAM] Hello"
 
 
+@pytest.mark.parametrize("blank", ["\u3000", "\u00a0", "\u2002"],
+                         ids=["ideographic", "nbsp", "en-space"])
+def test_a_subject_opening_with_a_blank_that_is_not_ascii_keeps_it(blank: str) -> None:
+    """The blanks taken off before the tag are the MTA's (after the colon, a fold): str's
+    lstrip() took any Unicode space too, so a Japanese Subject opening with an ideographic
+    space (U+3000) lost it, and `train` learned another Subject than the one that came
+    (without its first token). Only ASCII blanks and folds go; a Subject of such a blank
+    alone is text, not an empty Subject."""
+    subject = (blank + "\u4f1a\u8b70 sale").encode()
+    assert headers.tagged_subject("[SPAM]", b" \n\t" + subject) == "[SPAM] " + subject.decode()
+    assert headers.tagged_subject("[SPAM]", blank.encode()) == "[SPAM] " + blank
+
+
 @pytest.mark.parametrize("subject", [b"", b" ", b"\t  ", b"\n\t", b"\r\n ", b"\x01\x7f"],
                          ids=["empty", "blank", "blanks", "fold", "crlf-fold", "controls"])
 def test_an_empty_subject_becomes_the_tag_alone(subject: bytes) -> None:
