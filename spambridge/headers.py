@@ -161,11 +161,12 @@ def tagged_subject(prefix: str, subject: bytes | None) -> str | None:
 def subject_rewrite(prefix: str, subject: bytes | None) -> tuple[str | None, str]:
     """The new Subject and "", or None and why it is left as it came: tagged already, 8-bit
     bytes a rewrite would mangle, or a line too long to write. We write this header, so the
-    message's control characters do not go into it. A missing Subject, and one with nothing
-    but blanks, becomes the tag alone: SpamAssassin's rewrite_header writes "Subject:
-    *****SPAM***** ", a trailing blank no admin expects. Where the tag would push the first
-    line past 998 octets the fold goes after the tag, at the blank that is ours: the sender's
-    text stays as it came, and `train` takes the tag off to the very Subject that came."""
+    message's control characters do not go into it. A missing Subject becomes the tag alone;
+    an empty one (or blanks alone) the tag and a blank, as SpamAssassin's rewrite_header
+    writes it: that blank is how `train` tells the two apart, and learns the empty Subject
+    the message came with instead of none. Where the tag would push the first line past 998
+    octets the fold goes after the tag, at the blank that is ours: the sender's text stays as
+    it came, and `train` takes the tag off to the very Subject that came."""
     if subject is None:
         return _fitted(prefix)
     try:
@@ -177,9 +178,7 @@ def subject_rewrite(prefix: str, subject: bytes | None) -> tuple[str | None, str
     # the MTA's blanks after the colon, and a fold there, go; a blank that is text stays
     # (a Japanese Subject's ideographic space, U+3000): `train` gives back the very Subject
     text = _FOLD_OR_CONTROL.sub(lambda m: m[0] if len(m[0]) == 2 else " ", text).lstrip(" \t\n")
-    if not text:
-        return _fitted(prefix)
-    new = f"{prefix} {text}"
+    new = f"{prefix} {text}"  # an empty one too: the blank tells it from a Subject we added
     if _SUBJECT + len(new.encode()) <= LINE_MAX:  # the whole field fits on one line: most
         return new, ""
     first = new.partition("\n")[0]

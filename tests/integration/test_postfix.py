@@ -261,10 +261,11 @@ def train(cfg: Path, db: Path, path: Path) -> str:
 
 @pytest.mark.parametrize(("subject", "tagged"), [
     ("You are our winner 902", "[SPAM] You are our winner 902"),
+    ("", "[SPAM] "),  # the field there, empty: it stays, empty (not "noheader:subject")
     (None, "[SPAM]"),  # no field: the milter adds one, and train takes it off again
     ("W" * 990, "[SPAM] " + "W" * 990),  # folded after the tag, 998 octets a line
     ("\u3000Sale \u00e9t\u00e9", "[SPAM] \u3000Sale \u00e9t\u00e9"),  # a leading wide blank
-], ids=["plain", "missing", "long", "ideographic-space"])
+], ids=["plain", "empty", "missing", "long", "ideographic-space"])
 def test_spam_the_milter_tagged_is_trained_as_the_message_that_came(
         postfix: PostfixInstance, start_milter: Start, tmp_path: Path, subject: str | None,
         tagged: str) -> None:
@@ -273,7 +274,7 @@ def test_spam_the_milter_tagged_is_trained_as_the_message_that_came(
     the message as it came, not the tag. Its tokens are those of the same message as Postfix
     would have delivered it unscanned, trained into a fresh database, and it has that
     message's key (training that one next is "already trained"). So for a Subject that is
-    missing, folded after the tag or opens with a blank that is not ASCII."""
+    empty, missing, folded after the tag or opens with a blank that is not ASCII."""
     scoring = tmp_path / "scoring"
     scoring.mkdir()
     db = train_database(scoring, bayes_mail, 20)

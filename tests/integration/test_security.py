@@ -78,8 +78,9 @@ def test_hostile_symbol_names_from_spamd_cannot_inject_headers(start_milter: Sta
     (b"folded\n\tover two lines", "[SPAM] folded\n\tover two lines"),
     (b"caf\xc3\xa9 =?utf-8?b?w6k=?=", "[SPAM] caf\u00e9 =?utf-8?b?w6k=?="),
     (b"caf\xe9 \xff\xfe not UTF-8", None),  # left alone rather than mangled
-    # nothing after the tag: "[SPAM] " had a trailing blank; a missing Subject is added
-    (b"", "[SPAM]"), (b" \t ", "[SPAM]"), (None, "[SPAM]"),
+    # nothing after the tag: the blank after it says the Subject was there, empty (train
+    # gives it back); a missing Subject is added as the tag alone
+    (b"", "[SPAM] "), (b" \t ", "[SPAM] "), (None, "[SPAM]"),
     # no line over RFC 5322's 998 octets: folded after the tag, or left as it came
     (b"x" * 990, "[SPAM]\n " + "x" * 990), (b"x" * 1200, None),
 ])

@@ -138,13 +138,15 @@ def test_a_subject_opening_with_a_blank_that_is_not_ascii_keeps_it(blank: str) -
 
 @pytest.mark.parametrize("subject", [b"", b" ", b"\t  ", b"\n\t", b"\r\n ", b"\x01\x7f"],
                          ids=["empty", "blank", "blanks", "fold", "crlf-fold", "controls"])
-def test_an_empty_subject_becomes_the_tag_alone(subject: bytes) -> None:
+def test_an_empty_subject_keeps_the_blank_that_tells_it_from_none(subject: bytes) -> None:
     """`Subject:` with nothing after it but blanks (or control characters, which become
-    blanks) was written `Subject: [SPAM] `, a trailing blank after the tag. It reads as the
-    Subject of a message that had none: the tag alone, the field rewritten in place."""
+    blanks) is written `Subject: [SPAM] `, as SpamAssassin's rewrite_header writes it; a
+    message with no Subject gets `Subject: [SPAM]` added. Written the same (the tag alone, as
+    a review of 2026-11-28 had it for a while), `train` took the empty Subject for an added
+    one and learned the spam as having none ("noheader:subject")."""
     _, ctx = apply(decide(spamd(7.0), TAGGING), subject=subject)
-    assert [c for c in ctx.calls if c[1] == "Subject"] == [("chg", "Subject", 1, "[SPAM]")]
-    assert headers.tagged_subject("[SPAM]", subject) == headers.tagged_subject("[SPAM]", None)
+    assert [c for c in ctx.calls if c[1] == "Subject"] == [("chg", "Subject", 1, "[SPAM] ")]
+    assert headers.tagged_subject("[SPAM]", None) == "[SPAM]"
 
 
 def test_a_long_subject_is_tagged_folded_and_never_over_998_octets_a_line(

@@ -213,7 +213,7 @@ PARTS = ["x", "x" * 7, "x" * 80, "x" * 400, "x" * 800, "\u00e9" * 400, "\u65e5\u
 def test_a_tagged_subject_reads_the_same_and_has_no_line_over_998_octets(
         parts: list[str]) -> None:
     """Whatever the Subject's words, blanks and folds: tagged, it reads as the tag, a
-    blank and the Subject (or the tag alone), no line of it passes 998 octets, no line we
+    blank and the Subject (an empty one too), no line of it passes 998 octets, no line we
     add is only blanks, and it is not tagged twice. It is left untagged only for a word
     over 800 octets (a continuation line's blanks, the word, the blanks after it)."""
     text = "".join(parts)
@@ -224,7 +224,7 @@ def test_a_tagged_subject_reads_the_same_and_has_no_line_over_998_octets(
         return
     assert why == ""
     body = unfolded(text).lstrip()
-    assert unfolded(new) == ("[SPAM] " + body if body else "[SPAM]")
+    assert unfolded(new) == "[SPAM] " + body
     lines = written(new)
     assert max(map(len, lines)) <= headers.LINE_MAX
     assert all(line[:1] in (b" ", b"\t") for line in lines[1:])

@@ -384,6 +384,11 @@ def test_the_subject_tag_the_milter_added_is_not_learned(
     nosubject = original.replace(subject.group(0) + b"\n", b"")
     f.write_bytes(flagged + b"Subject: [SPAM]\n" + nosubject)
     assert train.strip_markup(f.read_bytes(), b"[SPAM]") == nosubject
+    # an empty Subject, tagged where it stands: "[SPAM] " goes back to empty, not to none
+    # (learned as "noheader:subject", empty-Subject spam taught what live mail never carries)
+    empty = original.replace(subject.group(0), b"Subject: ")
+    delivered = flagged + empty.replace(b"Subject: ", b"Subject: [SPAM] ", 1)
+    assert train.strip_markup(delivered, b"[SPAM]") == empty
     sa = (b"X-Spam-Flag: YES\nX-Spam-Prev-Subject: " + subject.group(1) + b"\n"
           + original.replace(subject.group(0), b"Subject: *****SPAM***** WIN 1"))
     assert train.strip_markup(sa) == original
