@@ -1,5 +1,5 @@
-"""Sub-commands beyond `run`: `train` and `check`. Parsing only; the work is in train.py and
-check.py, imported when the command runs (so `train -` starts fast)."""
+"""Sub-commands beyond `run`: `train` and `check`. Parsing only; the work is in the train package
+and check.py, imported when the command runs (so `train -` starts fast)."""
 
 from __future__ import annotations
 
@@ -118,7 +118,7 @@ def dispatch(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def _train(args: argparse.Namespace, cfg: Config) -> int:
-    """Check the options' combinations (usage errors, exit 2) and hand train.py the request."""
+    """Check the options' combinations (usage errors, exit 2); train.command does the rest."""
     from spambridge import train
 
     engine = args.engine or cfg.milter.engine
