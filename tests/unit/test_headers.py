@@ -176,6 +176,15 @@ def test_a_subject_the_tag_pushes_over_998_octets_is_folded_after_the_tag() -> N
     assert headers.tagged_subject("[SPAM]", ("[SPAM]\n " + "x" * 990).encode()) is None
 
 
+def test_a_first_line_that_fits_with_the_tag_is_not_folded_after_it() -> None:
+    """The fold after the tag is for a first line the tag pushes past 998 octets, not for a
+    Subject long only in the lines the sender folded: its first line, tagged, is 998 octets
+    at most and stays whole, as a client shows it."""
+    for first in (b"y" * 982, b"short"):
+        subject = first + b"\n\t" + b"z" * 990
+        assert headers.tagged_subject("[SPAM]", subject) == "[SPAM] " + subject.decode()
+
+
 def test_a_line_the_sender_sent_over_998_octets_is_folded_at_its_last_blank_that_fits() -> None:
     """Postfix takes header lines up to 2,048 bytes: a Subject over RFC 5322's limit gets
     its line folded where it has a blank, as late as fits, and reads the same unfolded."""
@@ -192,7 +201,9 @@ def test_a_line_the_sender_sent_over_998_octets_is_folded_at_its_last_blank_that
     (("\u00e9" * 499).encode(), ("\u00e9" * 498).encode() + b"x"),  # 998 octets, 999
     (b"short words\n\t" + b"x" * 1500, b"short words\n\t" + b"x" * 997),  # the sender's line
     (b"a" + b" " * 1000 + b"b", b"a" + b" " * 995 + b"b"),  # a line of blanks is no fold
-], ids=["ascii", "utf-8", "second-line", "blank-run"])
+    (b"a" + b" \t" * 500 + b"b", b"a" + b" \t" * 497 + b" b"),  # nor blanks and tabs
+    (b"a" * 998 + b" b", b"a" * 997 + b" b"),  # the fold would leave 999 octets; 998
+], ids=["ascii", "utf-8", "second-line", "blank-run", "blank-tab-run", "last-blank"])
 def test_a_subject_no_fold_can_bring_under_998_octets_is_left_untagged(
         subject: bytes, fits: bytes) -> None:
     """Cut inside a word, the Subject would read differently; written whole, the line is
