@@ -315,5 +315,78 @@ def test_changes_failing_after_the_first_to_an_mta_gone_say_it_got_no_reply(
     [line] = [r.getMessage() for r in caplog.records]
     assert line.startswith(
         "4ABC: the MTA got no reply (action=tag): it closed the connection or stopped reading "
-        f"first, and {len(d.headers) - 1} change(s) to the message failed, first: add "), line
+        f"first, and {len(d.headers) - 1} change(s) to the message failed, first: add "
+        f"{d.headers[1][0]}: cannot add header."), line
     assert "refused by libmilter" not in line
+
+
+class Probed(Ctx):
+    """Counts the no-op packets written; the MTA's reset fails the `fail_at`th and on."""
+
+    def __init__(self, fail_at: int = 0) -> None:
+        super().__init__()
+        self.fail_at, self.probes = fail_at, 0
+
+    def progress(self) -> None:
+        self.probes += 1
+        if self.fail_at and self.probes >= self.fail_at:
+            raise Milter.error("cannot notify progress")
+
+
+def test_a_refusal_to_an_mta_gone_over_tcp_is_found_by_the_second_packet(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Over TCP the first write to an MTA that has hung up succeeds; only its reset, come
+    back, fails the next one. One packet alone said nothing, and the log said action=reject
+    for mail the MTA had given its own milter_default_action."""
+    caplog.set_level(logging.WARNING, logger="spambridge")
+    ctx = Probed(fail_at=2)
+    assert actions.apply(ctx, decide(spamd(20.0), CFG), [], b"Cheap pills", "4ABC") \
+        == Milter.REJECT
+    assert ctx.probes == 2
+    [line] = caplog.messages
+    assert line.startswith("4ABC: the MTA got no reply (action=reject)"), line
+
+
+def test_mail_whose_changes_all_went_through_costs_no_extra_packet(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The probe is written only where a change failed (to tell libmilter's no from an MTA
+    gone) or for a refusal: every accepted message would otherwise send the MTA two more
+    packets, and warn of an MTA gone that took all our changes."""
+    caplog.set_level(logging.WARNING, logger="spambridge")
+    ctx = Probed(fail_at=1)
+    assert actions.apply(ctx, decide(spamd(7.0), TAGGING), [], b"Cheap pills", "4ABC") \
+        == Milter.ACCEPT
+    assert ctx.probes == 0 and caplog.messages == []
+
+
+def test_a_reply_refused_to_an_mta_gone_says_the_mta_got_no_reply(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The reply libmilter would not set is no change to the message: the line says why
+    the MTA got no reply (the packet that failed), not "1 change(s) to the message failed"."""
+
+    class NoReplyGone(Probed):
+        def setreply(self, rcode: str, xcode: str | None = None, msg: str | None = None) -> None:
+            raise Milter.error("cannot set reply")
+
+    caplog.set_level(logging.WARNING, logger="spambridge")
+    ctx = NoReplyGone(fail_at=1)
+    assert actions.apply(ctx, decide(spamd(20.0), CFG), [], b"Cheap pills", "4ABC") \
+        == Milter.REJECT
+    assert caplog.messages == [
+        "4ABC: the MTA got no reply (action=reject): it closed the connection or stopped "
+        "reading first (a packet written just before the reply failed: cannot notify "
+        "progress). Its milter timeout (Postfix's milter_content_timeout, Sendmail's T=R: and "
+        "T=E:) must be above scan_timeout"]
+
+
+@pytest.mark.parametrize("subject", [b"[SPAM] Cheap pills", b"caf\xe9"],
+                         ids=["tagged-already", "latin-1"])
+def test_a_subject_left_as_it_came_for_a_routine_reason_logs_no_warning(
+        caplog: pytest.LogCaptureFixture, subject: bytes) -> None:
+    """Only a Subject too long to tag is worth a warning; a rescan finding the tag there, or
+    8-bit text a rewrite would mangle, is routine: a warning for each buried the real ones."""
+    caplog.set_level(logging.WARNING, logger="spambridge")
+    result, ctx = apply(decide(spamd(7.0), TAGGING), subject=subject)
+    assert result == Milter.ACCEPT
+    assert not [c for c in ctx.calls if c[1] == "Subject"]
+    assert caplog.messages == []
