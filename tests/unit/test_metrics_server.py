@@ -119,10 +119,13 @@ def test_a_newcomer_closes_the_oldest_idle_connection_never_one_being_answered(
         held.close()
 
 
-def test_a_connection_beyond_the_slots_is_closed_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_connection_beyond_the_slots_is_closed_at_once(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     """MAX_SCRAPES requests being answered hold every slot: the next connection is closed at
-    accept, not left waiting in the backlog (with the accepting thread) until a slot frees."""
+    accept, not left waiting in the backlog (with the accepting thread) until a slot frees;
+    routine, so with no "serving failed" error in the log."""
     monkeypatch.setattr(metrics._Handler, "timeout", 5.0)
+    caplog.set_level(logging.WARNING, logger="spambridge")
     held = Held()
     conns = [held.connect(GET) for _ in range(metrics.MAX_SCRAPES)]
     try:
@@ -133,6 +136,41 @@ def test_a_connection_beyond_the_slots_is_closed_at_once(monkeypatch: pytest.Mon
         for s in conns:
             s.close()
         held.close()
+    assert caplog.messages == []
+
+
+def test_every_answered_scrape_gives_its_slot_back(port: int) -> None:
+    """More scrapes one after another than there are slots: each is answered. A slot kept
+    after its answer shut the endpoint for good once MAX_SCRAPES scrapes had been served."""
+    for _ in range(metrics.MAX_SCRAPES + 2):
+        assert value(scrape("127.0.0.1", port), "spambridge_config_last_reload_successful") == 1
+
+
+def test_each_newcomer_closes_the_next_oldest_idle_connection_and_it_is_not_answered(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """With every slot held by a connection that sent nothing, two newcomers close the two
+    oldest, in turn (not the first twice, with the slots overfull), and a closed one whose
+    request was read anyway is not answered; the newest are."""
+    server = metrics.serve(MetricsConfig(host="127.0.0.1", port=free_port()), metrics.Metrics())
+    monkeypatch.setattr(server, "_one", lambda request, address: None)  # held until told
+    pairs = [socket.socketpair() for _ in range(metrics.MAX_SCRAPES + 2)]
+    try:
+        for ours, _ in pairs:
+            server.process_request(ours, ("127.0.0.1", 1))
+        for _, theirs in pairs[:2]:
+            theirs.settimeout(2)
+            assert theirs.recv(100) == b""  # closed (a timeout here: it was not)
+        pairs[2][1].settimeout(0.2)
+        with pytest.raises(TimeoutError):
+            pairs[2][1].recv(100)
+        assert not server.answering(pairs[0][0])
+        assert server.answering(pairs[-1][0])
+    finally:
+        for pair in pairs:
+            for s in pair:
+                s.close()
+        server.shutdown()
+        server.server_close()
 
 
 def test_head_says_how_long_the_get_would_be() -> None:
