@@ -384,6 +384,38 @@ def test_only_the_database_create_made_and_nothing_wrote_to_is_taken_back(
     assert store.remove_made(made) == "it was written to since (or another file put in its place)"
     assert path.exists()
 
+    path.unlink()  # an admin's `rm` before the failed start cleaned up: said, not "removed"
+    made = store.create(str(path))
+    assert made is not None
+    path.unlink()
+    assert store.remove_made(made) == "it is gone already"
+
+
+@pytest.mark.parametrize("left", [
+    "UPDATE totals SET nspam = 1",  # a message learned with no tokens (an empty one)
+    "INSERT INTO tokens VALUES ('cheap', 1, 0)",
+    "INSERT INTO messages VALUES (x'00', 'spam', 0)",  # a key `train` keeps
+], ids=["totals", "tokens", "messages"])
+def test_anything_a_train_run_left_in_the_made_database_keeps_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, left: str) -> None:
+    """Whichever of its tables a `train` run racing create() wrote to, the database is not
+    taken back as empty: a count alone, a token alone or a message's key alone is learning
+    an admin would lose."""
+    path = tmp_path / "bayes.sqlite"
+    schema = store._ensure_schema
+
+    def schema_then_written(conn: sqlite3.Connection, p: str) -> None:
+        schema(conn, p)
+        with sqlite3.connect(p) as other:
+            other.execute(left)
+        other.close()
+
+    monkeypatch.setattr(store, "_ensure_schema", schema_then_written)
+    made = store.create(str(path))
+    assert made is not None
+    assert store.remove_made(made) == "it holds learned messages"
+    assert path.exists()
+
 
 def test_a_database_trained_into_while_create_made_it_is_not_taken_back(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
