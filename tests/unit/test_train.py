@@ -2334,6 +2334,24 @@ def test_a_subject_starting_with_the_tag_on_unflagged_mail_is_left_alone() -> No
     assert b"Subject: filter too eager\n" in train.strip_markup(flagged, b"[SPAM]")
 
 
+def test_without_a_subject_tag_an_empty_subject_on_flagged_mail_is_kept() -> None:
+    """No [policy] subject_tag (the default): nothing was put on the Subject, so nothing is
+    taken off. Were the empty tag matched, flagged spam with an empty Subject (common)
+    would lose its Subject field, as if the milter had added it, and be learned as none."""
+    flagged = (b"X-Spam-Flag: YES\nFrom: a@example.org\nSubject: \nTo: b@example.org\n"
+               b"\nbody\n")
+    assert b"\nSubject: \nTo:" in train.strip_markup(flagged, b"")
+
+
+def test_a_tag_the_sender_folded_with_a_tab_is_not_taken_off() -> None:
+    """The milter folds after its tag with a space (headers.subject_rewrite) and tags no
+    Subject that starts with the tag already: a flagged message whose Subject is the tag,
+    a tab fold and text came so, and is learned as it came."""
+    flagged = (b"X-Spam-Flag: YES\nFrom: a@example.org\nSubject: [SPAM]\n\tfilter too eager\n"
+               b"\nbody\n")
+    assert b"Subject: [SPAM]\n\tfilter too eager\n" in train.strip_markup(flagged, b"[SPAM]")
+
+
 def test_an_mbox_is_split_only_at_from_lines_after_a_blank_line() -> None:
     """Read line by line (stdin with --mbox, an mbox too big for memory), a body line "From
     9:00 to 17:00 ..." in the middle of a paragraph is text, not the next message's
