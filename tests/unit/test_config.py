@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from spambridge.config import (
+    SUBJECT_TAG_MAX,
     ConfigError,
     from_mapping,
     load,
@@ -41,6 +42,18 @@ def test_blanks_around_the_subject_tag_are_dropped(tmp_path: Path, tag: str) -> 
     """The Subject gets one space after the tag: "[SPAM] " made "[SPAM]  hello"."""
     cfg = load(write(tmp_path, f'[policy]\nsubject_tag = "{tag}"\n'))
     assert cfg.policy.subject_tag == "[SPAM]"
+
+
+def test_a_subject_tag_of_the_most_characters_is_taken_and_one_more_refused(
+        tmp_path: Path) -> None:
+    """SUBJECT_TAG_MAX characters is a tag (the blanks around it, dropped, do not count);
+    one more is refused with the limit named."""
+    tag = "[" + "S" * (SUBJECT_TAG_MAX - 2) + "]"
+    cfg = load(write(tmp_path, f'[policy]\nsubject_tag = "  {tag}  "\n'))
+    assert cfg.policy.subject_tag == tag
+    with pytest.raises(ConfigError, match=f"at most {SUBJECT_TAG_MAX} characters, not "
+                       f"{SUBJECT_TAG_MAX + 1}"):
+        load(write(tmp_path, f'[policy]\nsubject_tag = "{tag}S"\n'))
 
 
 def test_a_full_file(tmp_path: Path) -> None:
