@@ -153,11 +153,6 @@ TOO_LONG = (f"a line of the Subject would pass RFC 5322's {LINE_MAX} octets, and
             "in it can fold it shorter")
 
 
-def tagged_subject(prefix: str, subject: bytes | None) -> str | None:
-    """The new Subject, or None when it is left as it came (subject_rewrite says why)."""
-    return subject_rewrite(prefix, subject)[0]
-
-
 def subject_rewrite(prefix: str, subject: bytes | None) -> tuple[str | None, str]:
     """The new Subject and "", or None and why it is left as it came: tagged already, 8-bit
     bytes a rewrite would mangle, or a line too long to write. We write this header, so the

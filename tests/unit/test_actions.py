@@ -105,22 +105,23 @@ def test_a_tag_inside_an_encoded_word_is_not_added_twice(subject: bytes) -> None
     (b"=?UTF-8?B?!!!?= hi", "[SPAM] =?UTF-8?B?!!!?= hi"),
 ])
 def test_an_encoded_subject_without_the_tag_in_front_is_tagged(subject: bytes, new: str) -> None:
-    assert headers.tagged_subject("[SPAM]", subject) == new
+    assert headers.subject_rewrite("[SPAM]", subject)[0] == new
 
 
 def test_a_raw_iso_2022_jp_subject_keeps_its_escapes_when_tagged() -> None:
     """Older Japanese mailers send the Subject as raw ISO-2022-JP, 7-bit with ESC $ B / ESC ( B
     around the kanji: each ESC became a space, and no client could show the Japanese again."""
     raw = "会議の件 tagme".encode("iso-2022-jp")
-    new = headers.tagged_subject("[SPAM]", raw)
+    new = headers.subject_rewrite("[SPAM]", raw)[0]
     assert new is not None and new.encode() == b"[SPAM] " + raw
     assert new[len("[SPAM] "):].encode().decode("iso-2022-jp") == "会議の件 tagme"
     # a terminal's sequences are no text: still spaces
-    assert headers.tagged_subject("[SPAM]", b"\x1b[31mred\x1b]0;x\x07") == "[SPAM] [31mred ]0;x "
+    assert headers.subject_rewrite("[SPAM]", b"\x1b[31mred\x1b]0;x\x07")[0] \
+        == "[SPAM] [31mred ]0;x "
 
 
 def test_the_tag_and_the_subject_have_one_space_between() -> None:
-    assert headers.tagged_subject("[SPAM]", b"  Hello") == "[SPAM] Hello"
+    assert headers.subject_rewrite("[SPAM]", b"  Hello")[0] == "[SPAM] Hello"
 
 
 @pytest.mark.parametrize("blank", ["\u3000", "\u00a0", "\u2002"],
@@ -132,8 +133,8 @@ def test_a_subject_opening_with_a_blank_that_is_not_ascii_keeps_it(blank: str) -
     (without its first token). Only ASCII blanks and folds go; a Subject of such a blank
     alone is text, not an empty Subject."""
     subject = (blank + "\u4f1a\u8b70 sale").encode()
-    assert headers.tagged_subject("[SPAM]", b" \n\t" + subject) == "[SPAM] " + subject.decode()
-    assert headers.tagged_subject("[SPAM]", blank.encode()) == "[SPAM] " + blank
+    assert headers.subject_rewrite("[SPAM]", b" \n\t" + subject)[0] == "[SPAM] " + subject.decode()
+    assert headers.subject_rewrite("[SPAM]", blank.encode())[0] == "[SPAM] " + blank
 
 
 @pytest.mark.parametrize("subject", [b"", b" ", b"\t  ", b"\n\t", b"\r\n ", b"\x01\x7f"],
@@ -146,7 +147,7 @@ def test_an_empty_subject_keeps_the_blank_that_tells_it_from_none(subject: bytes
     one and learned the spam as having none ("noheader:subject")."""
     _, ctx = apply(decide(spamd(7.0), TAGGING), subject=subject)
     assert [c for c in ctx.calls if c[1] == "Subject"] == [("chg", "Subject", 1, "[SPAM] ")]
-    assert headers.tagged_subject("[SPAM]", None) == "[SPAM]"
+    assert headers.subject_rewrite("[SPAM]", None)[0] == "[SPAM]"
 
 
 def test_a_long_subject_is_tagged_folded_and_never_over_998_octets_a_line(

@@ -167,13 +167,13 @@ def test_a_subject_the_tag_pushes_over_998_octets_is_folded_after_the_tag() -> N
     """`Subject: ` + "[SPAM] " + 982 characters is 998 octets: one line as before. One
     more and the tag used to make a line of 999 (a 990-character Subject: 1006). The fold
     goes after the tag, where the blank is ours: the sender's text stays as it came."""
-    assert headers.tagged_subject("[SPAM]", b"y" * 982) == "[SPAM] " + "y" * 982
+    assert headers.subject_rewrite("[SPAM]", b"y" * 982)[0] == "[SPAM] " + "y" * 982
     for subject in (b"y" * 983, b"x" * 990, b"hello world " * 82, ("\u00e9" * 495).encode()):
-        new = headers.tagged_subject("[SPAM]", subject)
+        new = headers.subject_rewrite("[SPAM]", subject)[0]
         assert new == "[SPAM]\n " + subject.decode(), subject[:20]
         assert max(len(line) for line in written(new)) <= headers.LINE_MAX
     # a rescan finds it tagged already
-    assert headers.tagged_subject("[SPAM]", ("[SPAM]\n " + "x" * 990).encode()) is None
+    assert headers.subject_rewrite("[SPAM]", ("[SPAM]\n " + "x" * 990).encode())[0] is None
 
 
 def test_a_first_line_that_fits_with_the_tag_is_not_folded_after_it() -> None:
@@ -182,7 +182,7 @@ def test_a_first_line_that_fits_with_the_tag_is_not_folded_after_it() -> None:
     at most and stays whole, as a client shows it."""
     for first in (b"y" * 982, b"short"):
         subject = first + b"\n\t" + b"z" * 990
-        assert headers.tagged_subject("[SPAM]", subject) == "[SPAM] " + subject.decode()
+        assert headers.subject_rewrite("[SPAM]", subject)[0] == "[SPAM] " + subject.decode()
 
 
 def test_a_line_the_sender_sent_over_998_octets_is_folded_at_its_last_blank_that_fits() -> None:
@@ -190,7 +190,7 @@ def test_a_line_the_sender_sent_over_998_octets_is_folded_at_its_last_blank_that
     its line folded where it has a blank, as late as fits, and reads the same unfolded."""
     subject = (b"a" * 600 + b" " + b"b" * 300 + b"  " + b"c" * 300
                + b"\n\t" + b"d" * 600 + b" " + b"e" * 599)
-    new = headers.tagged_subject("[SPAM]", subject)
+    new = headers.subject_rewrite("[SPAM]", subject)[0]
     assert new == ("[SPAM]\n " + "a" * 600 + " " + "b" * 300 + " \n " + "c" * 300
                    + "\n\t" + "d" * 600 + "\n " + "e" * 599)
     assert max(len(line) for line in written(new)) <= headers.LINE_MAX
@@ -210,8 +210,8 @@ def test_a_subject_no_fold_can_bring_under_998_octets_is_left_untagged(
     over the limit. It is left as the sender wrote it, and the reason given. One octet
     less fits, folded."""
     assert headers.subject_rewrite("[SPAM]", subject) == (None, headers.TOO_LONG)
-    assert headers.tagged_subject("[SPAM]", subject) is None
-    new = headers.tagged_subject("[SPAM]", fits)
+    assert headers.subject_rewrite("[SPAM]", subject)[0] is None
+    new = headers.subject_rewrite("[SPAM]", fits)[0]
     assert new is not None and max(map(len, written(new))) == headers.LINE_MAX
 
 
@@ -241,4 +241,4 @@ def test_a_tagged_subject_reads_the_same_and_has_no_line_over_998_octets(
     assert all(line[:1] in (b" ", b"\t") for line in lines[1:])
     blank_only = {line for line in lines if not line.strip()}
     assert blank_only <= set(text.encode().split(b"\n")), blank_only
-    assert headers.tagged_subject("[SPAM]", new.encode()) is None
+    assert headers.subject_rewrite("[SPAM]", new.encode())[0] is None

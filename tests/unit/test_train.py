@@ -364,7 +364,7 @@ def test_the_subject_tag_the_milter_added_is_not_learned(
     original = mail(1, True)
     subject = re.search(rb"^Subject: (.*)$", original, re.M)
     assert subject is not None
-    new = headers.tagged_subject("[SPAM]", subject.group(1))
+    new = headers.subject_rewrite("[SPAM]", subject.group(1))[0]
     assert new is not None
     flagged = b"X-Spam-Flag: YES\nX-Spam-Status: Yes, score=0.9500 engine=bayes\n"
     delivered = flagged + original.replace(subject.group(0), b"Subject: " + new.encode())
@@ -395,7 +395,7 @@ def test_the_subject_tag_the_milter_added_is_not_learned(
     # a Subject the tag would have pushed over 998 octets a line is folded after the tag
     long_subject = b"Subject: " + b"W" * 990
     long_original = original.replace(subject.group(0), long_subject)
-    folded = headers.tagged_subject("[SPAM]", long_subject[len(b"Subject: "):])
+    folded = headers.subject_rewrite("[SPAM]", long_subject[len(b"Subject: "):])[0]
     assert folded is not None and folded.startswith("[SPAM]\n ")
     delivered = long_original.replace(long_subject, b"Subject: " + folded.encode())
     assert train.strip_markup(flagged + delivered, b"[SPAM]") == long_original
@@ -405,7 +405,7 @@ def test_the_subject_tag_the_milter_added_is_not_learned(
     # on flagged mail, a Subject the tag opens with no space after it ("[SPAM]WIN 1") is not
     # one the milter wrote (it leaves such a Subject alone): learned whole, not cut to "IN 1"
     glued = original.replace(subject.group(0), b"Subject: [SPAM]" + subject.group(1))
-    assert headers.tagged_subject("[SPAM]", b"[SPAM]" + subject.group(1)) is None
+    assert headers.subject_rewrite("[SPAM]", b"[SPAM]" + subject.group(1))[0] is None
     assert train.strip_markup(flagged + glued, b"[SPAM]") == glued
 
 
