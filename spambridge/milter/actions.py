@@ -79,6 +79,7 @@ def apply(
     nothing forged in it is delivered: no warning for it. An MTA that hung up before the
     reply (its milter timeout ran out during the scan) is named as such: it applied its own
     action, not the one logged."""
+    qid = queue_id or "NOQUEUE"
     failed: list[str] = []
     on_top = forged > len(owned)
 
@@ -101,29 +102,26 @@ def apply(
             attempt(f"add {name}", ctx.addheader, name, value, i if on_top else APPEND)
         if on_top:
             log.warning("%s: %d forged X-Spam-* fields, only the first %d removed%s",
-                        queue_id or "NOQUEUE", forged, len(owned),
+                        qid, forged, len(owned),
                         "; ours go on top" if decision.headers else "")
         if decision.subject_prefix:
             new, why = headers.subject_rewrite(decision.subject_prefix, subject)
             if why == headers.TOO_LONG:  # the others (tagged already, not UTF-8) are routine
-                log.warning("%s: the Subject is left untagged: %s", queue_id or "NOQUEUE", why)
+                log.warning("%s: the Subject is left untagged: %s", qid, why)
             if new is not None and subject is None:
                 attempt("add Subject", ctx.addheader, "Subject", new)
             elif new is not None:
                 attempt("tag the Subject", ctx.chgheader, "Subject", 1, new)
         if failed:  # libmilter's no, or an MTA gone (over TCP the first write to it still
             gone = _unreachable(ctx)  # succeeds): only another write tells which
-    if gone and failed and not refused:
+    if gone:
         # "refused by libmilter" sent admins after libmilter; the MTA applied its own action
+        how = (f", and {len(failed)} change(s) to the message failed, first: {failed[0]}"
+               if failed and not refused else f" ({gone})")
         log.warning("%s: the MTA got no reply (action=%s): it closed the connection or "
-                    "stopped reading first, and %d change(s) to the message failed, first: %s. "
-                    "%s", queue_id or "NOQUEUE", decision.action.value, len(failed), failed[0],
+                    "stopped reading first%s. %s", qid, decision.action.value, how,
                     _TIMEOUT_ADVICE)
-    elif gone:
-        log.warning("%s: the MTA got no reply (action=%s): it closed the connection or "
-                    "stopped reading first (%s). %s", queue_id or "NOQUEUE",
-                    decision.action.value, gone, _TIMEOUT_ADVICE)
     elif failed:
         log.warning("%s: %d change(s) to the message refused by libmilter, first: %s",
-                    queue_id or "NOQUEUE", len(failed), failed[0])
+                    qid, len(failed), failed[0])
     return int(_RESULT[decision.action])
