@@ -42,12 +42,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("spambridge")
 
 
-def build_scanner(cfg: Config, bayes: Scanner | None = None,
-                  owner: tuple[int, int] | None = None) -> Scanner:
-    """The engine named in the config; `bayes`: the Bayes engine to use instead of the
-    milter's (which creates a missing database, its directory given to `owner`). Imports are
-    local: a spamd-only install never loads the classifier, and a Bayes-only one never opens
-    a spamd client."""
+def build_scanner(cfg: Config, bayes: Scanner | None = None) -> Scanner:
+    """The engine named in the config, around `bayes`, the Bayes engine the caller made for
+    bayes and spamd+bayes (the milter's creates a missing database and takes it back when the
+    start fails, check's only reports one). Imports are local: a spamd-only install never
+    loads the classifier, and a Bayes-only one never opens a spamd client."""
     engine = cfg.milter.engine
     cap = cfg.milter.scan_timeout
     if engine == "spamd":
@@ -55,9 +54,7 @@ def build_scanner(cfg: Config, bayes: Scanner | None = None,
 
         return SpamdScanner.from_config(cfg)
     if bayes is None:
-        from spambridge.scanners.bayes import BayesScanner
-
-        bayes = BayesScanner(cfg.bayes, dir_owner=owner)
+        raise ValueError(f"engine {engine} needs the Bayes engine its caller makes")
     if engine == "bayes":
         return bayes
     from spambridge.scanners.fallback import FallbackScanner
@@ -85,10 +82,9 @@ def run(cfg: Config, reload: Callable[[], Config] | None = None) -> int:
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1, signal.SIGHUP, signal.SIGTERM,
                                               signal.SIGINT})
     owner = privileges.switch_to(cfg)  # (a missing user stops here, before anything is made)
-    # the Bayes engine (the milter's, or spamd's fallback) is made here, not in build_scanner:
-    # a missing database it makes is taken back when a later step fails, spamd+bayes's spamd
-    # side included (the admin who fixed the config found an empty one, made by a start that
-    # never served)
+    # the Bayes engine (the milter's, or spamd's fallback) is made here: a missing database it
+    # makes is taken back when a later step fails, spamd+bayes's spamd side included (the
+    # admin who fixed the config found an empty one, made by a start that never served)
     local: BayesScanner | None = None
     try:
         try:
@@ -96,7 +92,7 @@ def run(cfg: Config, reload: Callable[[], Config] | None = None) -> int:
                 from spambridge.scanners.bayes import BayesScanner
 
                 local = BayesScanner(cfg.bayes, dir_owner=owner)
-            scanner = build_scanner(cfg, local, owner)
+            scanner = build_scanner(cfg, local)
         except ConfigError:
             raise
         except Exception as e:
