@@ -25,7 +25,7 @@ import stat
 import time
 import urllib.parse
 from collections import Counter
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from itertools import repeat
 from pathlib import Path
@@ -70,6 +70,11 @@ CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHO
 
 class StoreError(Exception):
     """The database cannot be used (missing, locked, corrupt, wrong schema); phrased for admins."""
+
+
+class Replaced(StoreError):
+    """The path no longer names the file a writer has open: another file moved over it, or
+    it removed. What the writer committed before went into the file that was there."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -653,7 +658,9 @@ class Batch:
     def mark(self, digest: bytes, label: str | None) -> None:
         self.labels[digest] = label
 
-    def commit(self) -> None:
+    def commit(self, in_place: Callable[[], None] | None = None) -> None:
+        """Write the batch and COMMIT; `in_place` (the writer's check that the path still
+        names its file) runs last before the COMMIT, and raising there writes nothing."""
         conn = self.conn
         spam, ham = self.spam, self.ham
         if not self.unlearned:
@@ -681,6 +688,8 @@ class Batch:
                          [(d, lab, now) for d, lab in self.labels.items() if lab is not None])
         conn.executemany("DELETE FROM messages WHERE digest = ?",
                          [(d,) for d, lab in self.labels.items() if lab is None])
+        if in_place is not None:
+            in_place()
         conn.execute("COMMIT")
 
 
@@ -752,6 +761,8 @@ class SqliteWriter:
         # the file this connection writes, for _mark
         self._real = os.path.realpath(path)
         self._ino = os.stat(self._real).st_ino
+        st = os.stat(path)  # the file the path names now, for _in_place (a symlink followed)
+        self._file = st.st_dev, st.st_ino
         self._known = _Known()
         self._version = -1  # data_version _known matches (others' commits change it)
         # after close(): why the -wal was not folded back ("": emptied, or left to another
@@ -783,6 +794,7 @@ class SqliteWriter:
         try:
             conn = self.conn
             self._lock()
+            self._in_place()
             version = conn.execute("PRAGMA data_version").fetchone()[0]
             if version != self._version or len(self._known.counts) > CURRENT_LIMIT:
                 self._known.clear()  # another writer committed in between, or too big
@@ -791,7 +803,30 @@ class SqliteWriter:
         except sqlite3.Error as e:
             self.rollback()
             raise StoreError(f"{self.path}: cannot start a write: {e}") from e
+        except StoreError:
+            self.rollback()
+            raise
         return Batch(conn, Totals(int(row[0]), int(row[1])), self._known)
+
+    def _in_place(self) -> None:
+        """Raise Replaced when the path no longer names the file this connection writes.
+        SQLite writes on through its open file: after a `mv` over the database (or an `rm`)
+        every later batch went into a file nobody would read again, and `train` said
+        "learned". Checked with the write lock held, at each batch's start and just before
+        its COMMIT: a move in the microseconds after that check is not seen."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            how = "removed"
+        except OSError:
+            return  # not a question of which file: SQLite's own errors say what it is
+        else:
+            if (st.st_dev, st.st_ino) == self._file:
+                return
+            how = "replaced by another file"
+        raise Replaced(f"{self.path}: the database file was {how} while this run was "
+                       "writing to it (docs/bayes.md: never move a file over the database "
+                       "while a `train` runs)")
 
     def _lock(self) -> None:
         """BEGIN IMMEDIATE, waited for by trying again at short, even, jittered intervals
@@ -821,10 +856,13 @@ class SqliteWriter:
 
     def commit(self, batch: Batch) -> None:
         try:
-            batch.commit()
+            batch.commit(self._in_place)
         except sqlite3.Error as e:
             self.rollback()
             raise StoreError(f"{self.path}: cannot write: {e}") from e
+        except StoreError:
+            self.rollback()
+            raise
         finally:
             self._released = time.monotonic()
         self._mark()

@@ -251,6 +251,13 @@ def run(cfg: Config, label: str, paths: list[str], *, max_size: int = DEFAULT_MA
         trainer.abandon()
         progress.stop()
         where = "" if isinstance(e, store.StoreError) else f"{cfg.bayes.db}: "
+        if isinstance(e, store.Replaced):  # what was saved is not in the file now there
+            tail = (f"the {trainer.saved} message(s) this run saved before went into that "
+                    "file, not into the one now in place, and " if trainer.saved else "")
+            print(f"spambridge train: {e}; {tail}nothing more was written. Run the same "
+                  "train again: what the database in place already holds is skipped",
+                  file=err)
+            return 1
         print(f"spambridge train: {where}{e}; "
               f"{kept(trainer.saved, trainer.summary.seen, 'the one that failed')}", file=err)
         return 1

@@ -444,3 +444,75 @@ def test_a_database_trained_into_while_create_made_it_is_not_taken_back(
     reader = store.SqliteReader(str(path))
     assert reader.totals() == Totals(1, 0)
     reader.close()
+
+
+def _counts(path: Path) -> tuple[int, int, int]:
+    with sqlite3.connect(path) as c:
+        messages = c.execute("SELECT count(*) FROM messages").fetchone()[0]
+        toks = c.execute("SELECT count(*) FROM tokens").fetchone()[0]
+        nspam, nham = c.execute("SELECT nspam, nham FROM totals").fetchone()
+    c.close()
+    return messages, toks, nspam + nham
+
+
+@pytest.mark.parametrize("how", ["moved over", "removed", "symlink retargeted"])
+def test_a_batch_is_not_committed_into_a_file_the_path_no_longer_names(
+        tmp_path: Path, how: str) -> None:
+    """docs/bayes.md says never to move a file over the database while a `train` runs; one
+    that did lost what the run learned after it without a word: SQLite writes on through the
+    file it has open, which nothing reads again, and `train` said "learned". The batch open
+    at the move is now refused (rolled back), and so is every batch begun after it."""
+    live = tmp_path / "bayes.sqlite"
+    path = live
+    if how == "symlink retargeted":  # a configured path that is a symlink: the one read
+        path = tmp_path / "link.sqlite"
+        path.symlink_to(live)
+    store.create(str(live))
+    fresh = tmp_path / "fresh.sqlite"
+    store.create(str(fresh))
+    writer = store.SqliteWriter(str(path))
+    try:
+        batch = writer.begin()
+        batch.learn(["before"], "spam")
+        batch.mark(b"a" * 16, "spam")
+        writer.commit(batch)  # in place: saved
+        batch = writer.begin()
+        batch.learn(["after"], "spam")
+        batch.mark(b"b" * 16, "spam")
+        if how == "moved over":
+            fresh.replace(live)
+        elif how == "removed":
+            live.unlink()
+        else:
+            path.unlink()
+            path.symlink_to(fresh)
+        with pytest.raises(store.Replaced,
+                           match="removed" if how == "removed" else "replaced by another"):
+            writer.commit(batch)
+        with pytest.raises(store.Replaced):
+            writer.begin()
+    finally:
+        writer.close()
+    if how != "removed":
+        assert _counts(path) == (0, 0, 0)  # the file in place: nothing of the run's
+    else:
+        assert not live.exists()
+
+
+def test_a_batch_in_place_is_committed(tmp_path: Path) -> None:
+    """The check does not refuse the file it opened, through a symlink or not, nor after
+    SQLite's own checkpoints rewrote it in place."""
+    live = tmp_path / "bayes.sqlite"
+    link = tmp_path / "link.sqlite"
+    link.symlink_to(live)
+    writer = store.SqliteWriter(str(link))
+    try:
+        for i in range(3):
+            batch = writer.begin()
+            batch.learn([f"t{i}"], "ham")
+            batch.mark(bytes([i]) * 16, "ham")
+            writer.commit(batch)
+            writer.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    finally:
+        writer.close()
+    assert _counts(live) == (3, 3, 3)
