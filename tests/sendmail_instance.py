@@ -6,9 +6,12 @@ machine may lack) into a cache directory, and `dpkg-deb -x` unpacks them there. 
 from there with its own sendmail.cf, made with m4 from the unpacked cf macros plus
 contrib/sendmail/spambridge.mc as an admin adds it (only its S= socket changed): its own queue,
 pid file, aliases and hosts file (no DNS), on 127.0.0.1 on a free port, delivering local mail
-to one file per message in a directory. submit.cf, made the same way with FEATURE(`msp'), is
-Sendmail's mail submission program: what sendmail(1) runs for cron, mail(1) and scripts.
-Nothing under /etc/mail or /var/spool, and no port 25, is read or touched.
+to one file per message in a directory. With `relay=True`, mail for any other domain goes
+out through the esmtp mailer (its stock L=990) to a small SMTP server of the test's, which
+keeps what arrives as Sendmail sent it: a relay hop. submit.cf, made the same way with
+FEATURE(`msp'), is Sendmail's mail submission program: what sendmail(1) runs for cron,
+mail(1) and scripts. Nothing under /etc/mail or /var/spool, and no port 25, is read or
+touched.
 
 Sendmail sleeps 60 s at start when the machine's host name has no dot and resolves to none
 (it checks before reading its config), so each sendmail process runs in its own UTS namespace
@@ -24,9 +27,11 @@ import pwd
 import shutil
 import signal
 import smtplib
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -65,7 +70,7 @@ FEATURE(`no_default_msa')dnl
 FEATURE(`nocanonify')dnl
 FEATURE(`accept_unresolvable_domains')dnl
 LOCAL_DOMAIN(`{host}')dnl
-DAEMON_OPTIONS(`Family=inet, Name=MTA-v4, Port={port}, Addr=127.0.0.1')dnl
+{relay}DAEMON_OPTIONS(`Family=inet, Name=MTA-v4, Port={port}, Addr=127.0.0.1')dnl
 dnl ---- contrib/sendmail/spambridge.mc, S= pointed at the test's milter ----
 include(`{base}/spambridge.mc')dnl
 MAILER(`local')dnl
@@ -99,8 +104,76 @@ f=$(mktemp "{mail}/$u.XXXXXX") && cat > "$f" && chmod 644 "$f"
 """
 
 
+# with relay=True: the rest of the world is the test's SMTP server, over the esmtp mailer
+RELAY_MC = """\
+define(`SMART_HOST', `esmtp:[127.0.0.1]')dnl
+define(`ESMTP_MAILER_ARGS', `TCP $h {port}')dnl
+"""
+
+
 class SendmailError(RuntimeError):
     pass
+
+
+class NextHop:
+    """The SMTP server after Sendmail on a relay hop: it takes every message and writes the
+    DATA it got, dot-unstuffed, to one file per message in `directory`, so a test reads the
+    lines exactly as Sendmail sent them. One connection at a time (Sendmail sends one)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        directory.mkdir()
+        self._sock = socket.socket()
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(8)
+        self._sock.settimeout(0.2)
+        self.port = int(self._sock.getsockname()[1])
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name="next-hop", daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            with conn, contextlib.suppress(OSError):
+                conn.settimeout(30)
+                self._session(conn)
+
+    def _session(self, conn: socket.socket) -> None:
+        f = conn.makefile("rb")
+
+        def reply(line: bytes) -> None:
+            conn.sendall(line + b"\r\n")
+
+        reply(b"220 next-hop.test.example ESMTP")
+        while line := f.readline(65536):
+            verb = line[:4].upper()
+            if verb == b"EHLO" or verb == b"HELO":
+                reply(b"250 next-hop.test.example")
+            elif verb == b"DATA":
+                reply(b"354 go ahead")
+                raw = bytearray()
+                while (line := f.readline(65536)) not in (b".\r\n", b""):
+                    raw += line[1:] if line.startswith(b".") else line
+                part = self.directory / f"{time.monotonic_ns()}.part"
+                part.write_bytes(raw)
+                part.rename(part.with_suffix(".eml"))  # whole when a test reads it
+                reply(b"250 2.0.0 kept")
+            elif verb == b"QUIT":
+                reply(b"221 2.0.0 bye")
+                return
+            else:  # MAIL, RCPT, RSET, NOOP
+                reply(b"250 2.0.0 ok")
+
+    def close(self) -> None:
+        self._stopping.set()
+        self._sock.close()
+        self._thread.join(5)
 
 
 def require_root() -> None:
@@ -140,8 +213,10 @@ class SendmailInstance:
     """One Sendmail daemon with its own config, queue and mail directory, and the matching
     submission program (submit.cf)."""
 
-    def __init__(self, base: Path, unpacked: Path, milter_socket: str) -> None:
+    def __init__(self, base: Path, unpacked: Path, milter_socket: str,
+                 next_hop: NextHop | None = None) -> None:
         self.base = base
+        self.next_hop = next_hop
         self.unpacked = unpacked
         self.milter_socket = milter_socket  # S= in libmilter's spelling
         self.mail = base / "mail"
@@ -178,7 +253,9 @@ class SendmailInstance:
                                 "tests/sendmail_instance.py")
         (b / "spambridge.mc").write_text(contrib.replace(CONTRIB_SOCKET,
                                                          f"S={self.milter_socket}"))
-        values = {"cf": cf, "base": b, "host": HOSTNAME, "port": port, "msp_user": msp.pw_name}
+        relay = RELAY_MC.format(port=self.next_hop.port) if self.next_hop else ""
+        values = {"cf": cf, "base": b, "host": HOSTNAME, "port": port, "msp_user": msp.pw_name,
+                  "relay": relay}
         for name, template in (("sendmail", SENDMAIL_MC), ("submit", SUBMIT_MC)):
             (b / f"{name}.mc").write_text(template.format(**values))
             r = subprocess.run(["m4", f"-D_CF_DIR_={cf}/", str(b / f"{name}.mc")], text=True,
@@ -262,19 +339,32 @@ class SendmailInstance:
         raise SendmailError(f"{marker!r} not delivered within {timeout}s; the submission "
                             f"program's queue: {self.client_queued()}")
 
+    def wait_relayed(self, marker: bytes, timeout: float = 30.0) -> Delivered:
+        """The message containing `marker` as the next hop got it over SMTP (relay=True)."""
+        assert self.next_hop is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for p in sorted(self.next_hop.directory.glob("*.eml")):
+                if marker in (raw := p.read_bytes()):
+                    return Delivered(p, raw)
+            time.sleep(0.1)
+        raise SendmailError(f"{marker!r} not relayed within {timeout}s")
+
     def client_queued(self) -> list[str]:
         """Queue files the submission program kept: mail it could not hand to the daemon
         (qf*), or gave up on (Qf*: "lost", delivered to nobody)."""
         return sorted(p.name for p in self.client_queue.iterdir() if p.name[1:2] == "f")
 
 
-def make_instance(milter_socket: str) -> SendmailInstance:
-    """A started instance whose milter is at `milter_socket` (libmilter's spelling)."""
+def make_instance(milter_socket: str, relay: bool = False) -> SendmailInstance:
+    """A started instance whose milter is at `milter_socket` (libmilter's spelling); with
+    `relay`, mail for other domains goes out over SMTP to a NextHop."""
     require_root()
     unpacked = unpacked_sendmail()
     base = Path(tempfile.mkdtemp(prefix="sb-sendmail-"))
     os.chmod(base, 0o755)  # the submission program (user daemon) reads its config here
-    sm = SendmailInstance(base, unpacked, milter_socket)
+    next_hop = NextHop(base / "relayed") if relay else None
+    sm = SendmailInstance(base, unpacked, milter_socket, next_hop)
     sm.write_config(free_port())
     try:
         sm.start()
@@ -286,4 +376,6 @@ def make_instance(milter_socket: str) -> SendmailInstance:
 
 def destroy(sm: SendmailInstance) -> None:
     sm.stop()
+    if sm.next_hop is not None:
+        sm.next_hop.close()
     shutil.rmtree(sm.base, ignore_errors=True)
