@@ -729,7 +729,7 @@ def _milter_name(v: str) -> str:
     return _printable(v)
 
 
-SUBJECT_TAG_MAX = 100  # characters: the tag opens the Subject's first line (998 octets at most)
+SUBJECT_TAG_MAX = 100  # characters: the tag opens the Subject's first line (990 octets at most)
 
 
 def _tag(v: str) -> str:

@@ -145,6 +145,11 @@ _FOLD_OR_CONTROL = re.compile(r"\n[ \t]|\x1b(?![$(])|[\x00-\x08\x0a-\x1a\x1c-\x1
 
 
 LINE_MAX = 998  # RFC 5322 2.1.1: octets in a line, CRLF not counted
+# Sendmail's SMTP mailers (smtp, esmtp, smtp8, dsmtp in the stock cf: L=990) break a longer
+# line, headers too, with "!", a line end and a blank: a tagged Subject of 991-998 octets a
+# line, relayed by Sendmail, reached the user as "…win b! ig w…". Postfix does not break
+# lines; folding at 990 costs it nothing (unfolded, the Subject reads the same).
+SENDMAIL_LINE_MAX = 990
 _SUBJECT = len("Subject: ")  # before the value on the first line, as the MTA writes it
 # why a Subject is left as it came (what `check` prints, and the milter's log line)
 ALREADY_TAGGED = "the Subject has it already"
@@ -159,9 +164,10 @@ def subject_rewrite(prefix: str, subject: bytes | None) -> tuple[str | None, str
     message's control characters do not go into it. A missing Subject becomes the tag alone;
     an empty one (or blanks alone) the tag and a blank, as SpamAssassin's rewrite_header
     writes it: that blank is how `train` tells the two apart, and learns the empty Subject
-    the message came with instead of none. Where the tag would push the first line past 998
-    octets the fold goes after the tag, at the blank that is ours: the sender's text stays as
-    it came, and `train` takes the tag off to the very Subject that came."""
+    the message came with instead of none. Where the tag would push the first line past
+    SENDMAIL_LINE_MAX octets the fold goes after the tag, at the blank that is ours: the
+    sender's text stays as it came, and `train` takes the tag off to the very Subject that
+    came."""
     if subject is None:
         return _fitted(prefix)
     try:
@@ -174,29 +180,36 @@ def subject_rewrite(prefix: str, subject: bytes | None) -> tuple[str | None, str
     # (a Japanese Subject's ideographic space, U+3000): `train` gives back the very Subject
     text = _FOLD_OR_CONTROL.sub(lambda m: m[0] if len(m[0]) == 2 else " ", text).lstrip(" \t\n")
     new = f"{prefix} {text}"  # an empty one too: the blank tells it from a Subject we added
-    if _SUBJECT + len(new.encode()) <= LINE_MAX:  # the whole field fits on one line: most
+    if _SUBJECT + len(new.encode()) <= SENDMAIL_LINE_MAX:  # the whole field on one line: most
         return new, ""
     first = new.partition("\n")[0]
-    if _SUBJECT + len(first.encode()) > LINE_MAX:
+    if _SUBJECT + len(first.encode()) > SENDMAIL_LINE_MAX:
         new = f"{prefix}\n {text}"
     return _fitted(new)
 
 
 def _fitted(value: str) -> tuple[str | None, str]:
-    """`value` with each line over LINE_MAX octets (a line the sender sent so; Postfix takes
-    up to 2,048) folded before its last blank that fits, or None when a line has none."""
+    """`value` with each line over SENDMAIL_LINE_MAX octets (a line the sender sent so;
+    Postfix takes up to 2,048) folded before its last blank that fits. A line no fold can
+    bring within it (a word of 990 octets or more) is folded within LINE_MAX, or kept whole
+    if it fits there: RFC 5322 allows it, Sendmail breaks the sender's word whether we tag
+    or not, and leaving the spam untagged for it would help no one. None when a line over
+    LINE_MAX has no blank to fold at: we would write a line RFC 5322 forbids."""
     lines = value.split("\n")
     out: list[str] = []
-    room = LINE_MAX - _SUBJECT
+    used = _SUBJECT
     for line in lines:
-        while len(line.encode()) > room:
-            cut = _fold_point(line, room)
+        while (size := used + len(line.encode())) > SENDMAIL_LINE_MAX:
+            cut = _fold_point(line, SENDMAIL_LINE_MAX - used)
             if cut is None:
-                return None, TOO_LONG
+                if size <= LINE_MAX:
+                    break  # no blank to fold at before a word that ends past 990: whole
+                if (cut := _fold_point(line, LINE_MAX - used)) is None:
+                    return None, TOO_LONG
             out.append(line[:cut])
-            line, room = line[cut:], LINE_MAX
+            line, used = line[cut:], 0
         out.append(line)
-        room = LINE_MAX
+        used = 0
     return "\n".join(out), ""
 
 

@@ -90,7 +90,7 @@ def _untagged(head: bytes, tag: bytes) -> bytes:
         return head[: subject.start()] + head[subject.end():]
     if value.startswith(tag + b" "):
         return head[: subject.start(1)] + value[len(tag) + 1:] + head[subject.end(1):]
-    if value.startswith(tag + b"\n "):  # folded after the tag, 998 octets a line (the milter)
+    if value.startswith(tag + b"\n "):  # folded after the tag, 990 octets a line (the milter)
         return head[: subject.start(1)] + value[len(tag) + 2:] + head[subject.end(1):]
     return head
 

@@ -263,7 +263,7 @@ def train(cfg: Path, db: Path, path: Path) -> str:
     ("You are our winner 902", "[SPAM] You are our winner 902"),
     ("", "[SPAM] "),  # the field there, empty: it stays, empty (not "noheader:subject")
     (None, "[SPAM]"),  # no field: the milter adds one, and train takes it off again
-    ("W" * 990, "[SPAM] " + "W" * 990),  # folded after the tag, 998 octets a line
+    ("W" * 990, "[SPAM] " + "W" * 990),  # folded after the tag, the word whole on its line
     ("\u3000Sale \u00e9t\u00e9", "[SPAM] \u3000Sale \u00e9t\u00e9"),  # a leading wide blank
 ], ids=["plain", "empty", "missing", "long", "ideographic-space"])
 def test_spam_the_milter_tagged_is_trained_as_the_message_that_came(

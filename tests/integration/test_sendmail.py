@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 import pytest
 from harness import GTUBE, RunningMilter, Spamd, free_port, gtube_mail, message, wait_until
 from sendmail_instance import HOSTNAME, SendmailInstance, destroy, make_instance
-from spamdfakes import SwitchableSpamd
+from spamdfakes import SwitchableSpamd, spamd_reply
 
 pytestmark = pytest.mark.sendmail
 
@@ -149,3 +149,29 @@ def test_inet_socket_spelling(start_milter: Start) -> None:
         assert f" {qid}: " in m.log
     finally:
         destroy(sm)
+
+
+def test_a_tagged_subject_is_relayed_intact_past_the_esmtp_mailers_990_characters(
+        start_milter: Start) -> None:
+    """Sendmail's SMTP mailers (smtp, esmtp, smtp8, dsmtp: `L=990` in the stock cf) break a
+    line over 990 characters, headers too: its first 989, `!`, a line end, a blank and the
+    rest; the local mailer has no L= and does not. A Subject whose header line is 986 octets
+    is 993 tagged: within RFC 5322's 998, and the hop after a Sendmail relay got it broken,
+    the user reading `…win b! ig w…`. The tagged Subject is folded within 990."""
+    fake = SwitchableSpamd(reply=spamd_reply(score=7.0))
+    try:
+        m = start_milter({"milter": {"engine": "spamd"},
+                          "spamd": {"host": "127.0.0.1", "port": fake.port},
+                          "policy": {"tag_at": 5.0, "reject_at": 15.0, "subject_tag": "[SPAM]"}})
+        sm = make_instance(f"local:{m.socket_path}", relay=True)
+        try:
+            subject = ("win big " * 123)[:977]  # `Subject: ` and these: 986 octets
+            qid = sm.send(message(subject=subject), rcpt="bob@elsewhere.example")
+            got = sm.wait_relayed(f"id {qid}".encode())
+        finally:
+            destroy(sm)
+        assert got.all("Subject") == ["[SPAM] " + subject]
+        assert max(map(len, got.raw.split(b"\r\n"))) <= 990
+        assert "action=tag" in log_line(m, qid)
+    finally:
+        fake.close()

@@ -150,7 +150,7 @@ def test_no_status_line_passes_76_columns_whatever_the_rule_names() -> None:
 
 
 # ------------------------------------------------------------------------------------------------
-# the tagged Subject and RFC 5322's 998 octets a line
+# the tagged Subject, Sendmail's 990 octets a line and RFC 5322's 998
 
 
 def written(value: str) -> list[bytes]:
@@ -163,29 +163,34 @@ def unfolded(value: str) -> str:
     return re.sub(r"\n(?=[ \t])", "", value)
 
 
-def test_a_subject_the_tag_pushes_over_998_octets_is_folded_after_the_tag() -> None:
-    """`Subject: ` + "[SPAM] " + 982 characters is 998 octets: one line as before. One
-    more and the tag used to make a line of 999 (a 990-character Subject: 1006). The fold
-    goes after the tag, where the blank is ours: the sender's text stays as it came."""
-    assert headers.subject_rewrite("[SPAM]", b"y" * 982)[0] == "[SPAM] " + "y" * 982
-    for subject in (b"y" * 983, b"x" * 990, b"hello world " * 82, ("\u00e9" * 495).encode()):
+def test_a_subject_the_tag_pushes_over_990_octets_is_folded_after_the_tag() -> None:
+    """`Subject: ` + "[SPAM] " + 974 characters is 990 octets: one line, as Sendmail's SMTP
+    mailers (L=990) relay it whole. One more and the line was 991, which a Sendmail relay
+    broke with a `!` (998 was the limit before; a 990-character Subject made 1,006). The
+    fold goes after the tag, where the blank is ours: the sender's text stays as it came."""
+    for subject in (b"y" * 973, b"y" * 974, ("\u00e9" * 487).encode()):  # 989, 990, 990
+        new = headers.subject_rewrite("[SPAM]", subject)[0]
+        assert new == "[SPAM] " + subject.decode(), subject[:20]
+    assert max(map(len, written("[SPAM] " + "y" * 974))) == headers.SENDMAIL_LINE_MAX == 990
+    for subject in (b"y" * 975, b"y" * 982, b"x" * 989, b"hello world " * 82,
+                    ("\u00e9" * 487).encode() + b"x", ("\u00e9" * 494).encode()):
         new = headers.subject_rewrite("[SPAM]", subject)[0]
         assert new == "[SPAM]\n " + subject.decode(), subject[:20]
-        assert max(len(line) for line in written(new)) <= headers.LINE_MAX
+        assert max(len(line) for line in written(new)) <= headers.SENDMAIL_LINE_MAX
     # a rescan finds it tagged already
     assert headers.subject_rewrite("[SPAM]", ("[SPAM]\n " + "x" * 990).encode())[0] is None
 
 
 def test_a_first_line_that_fits_with_the_tag_is_not_folded_after_it() -> None:
-    """The fold after the tag is for a first line the tag pushes past 998 octets, not for a
-    Subject long only in the lines the sender folded: its first line, tagged, is 998 octets
+    """The fold after the tag is for a first line the tag pushes past 990 octets, not for a
+    Subject long only in the lines the sender folded: its first line, tagged, is 990 octets
     at most and stays whole, as a client shows it."""
-    for first in (b"y" * 982, b"short"):
-        subject = first + b"\n\t" + b"z" * 990
+    for first in (b"y" * 974, b"short"):
+        subject = first + b"\n\t" + b"z" * 900
         assert headers.subject_rewrite("[SPAM]", subject)[0] == "[SPAM] " + subject.decode()
 
 
-def test_a_line_the_sender_sent_over_998_octets_is_folded_at_its_last_blank_that_fits() -> None:
+def test_a_line_the_sender_sent_over_990_octets_is_folded_at_its_last_blank_that_fits() -> None:
     """Postfix takes header lines up to 2,048 bytes: a Subject over RFC 5322's limit gets
     its line folded where it has a blank, as late as fits, and reads the same unfolded."""
     subject = (b"a" * 600 + b" " + b"b" * 300 + b"  " + b"c" * 300
@@ -193,7 +198,29 @@ def test_a_line_the_sender_sent_over_998_octets_is_folded_at_its_last_blank_that
     new = headers.subject_rewrite("[SPAM]", subject)[0]
     assert new == ("[SPAM]\n " + "a" * 600 + " " + "b" * 300 + " \n " + "c" * 300
                    + "\n\t" + "d" * 600 + "\n " + "e" * 599)
-    assert max(len(line) for line in written(new)) <= headers.LINE_MAX
+    assert max(len(line) for line in written(new)) <= headers.SENDMAIL_LINE_MAX
+
+
+@pytest.mark.parametrize(("line", "folded"), [
+    (b"\t" + b"a" * 987 + b" b", b"\t" + b"a" * 987 + b" b"),  # 991 octets: within 990 it was
+    (b"\t" + b"a" * 988 + b" b", b"\t" + b"a" * 988 + b"\n b"),  # 991: folded, 989 and 2
+    (b"\t" + b"a" * 989 + b" b", b"\t" + b"a" * 989 + b"\n b"),  # 992: 990 and 2
+    (b"\t" + b"a" * 990 + b" b", b"\t" + b"a" * 990 + b" b"),  # 993: no blank within 990
+    (b"\t" + b"a" * 995 + b" b", b"\t" + b"a" * 995 + b" b"),  # 998: whole, RFC 5322's limit
+    (b"\t" + b"a" * 996 + b" b", b"\t" + b"a" * 996 + b"\n b"),  # 999: folded within 998
+    (b"\t" + b"a" * 990, b"\t" + b"a" * 990),  # 991, one word: whole
+], ids=["990", "991", "992", "blank-past-990", "998", "999", "one-word"])
+def test_a_line_the_sender_sent_of_991_to_998_octets_is_folded_where_it_has_a_blank(
+        line: bytes, folded: bytes) -> None:
+    """Tagged, the whole Subject is written again, the sender's continuation lines too: one
+    of 991-998 octets is folded before its last blank within 990 (unfolded, it reads the
+    same), so a Sendmail relay does not break it with a `!`. One whose blank comes only past
+    990 octets, or that has none (a word of 990 octets or more), stays whole: RFC 5322
+    allows it, the spam is tagged, and Sendmail would break the sender's word unscanned
+    too. Over 998, the fold goes within 998."""
+    new = headers.subject_rewrite("[SPAM]", b"short\n" + line)[0]
+    assert new == "[SPAM] short\n" + folded.decode()
+    assert unfolded(new) == "[SPAM] short" + line.decode()
 
 
 @pytest.mark.parametrize(("subject", "fits"), [
@@ -207,10 +234,10 @@ def test_a_line_the_sender_sent_over_998_octets_is_folded_at_its_last_blank_that
 def test_a_subject_no_fold_can_bring_under_998_octets_is_left_untagged(
         subject: bytes, fits: bytes) -> None:
     """Cut inside a word, the Subject would read differently; written whole, the line is
-    over the limit. It is left as the sender wrote it, and the reason given. One octet
-    less fits, folded."""
+    over RFC 5322's limit. It is left as the sender wrote it, and the reason given. One
+    octet less is tagged, that word's line whole at 998 octets (past Sendmail's 990: the
+    sender's own word, which a relay breaks with or without the tag)."""
     assert headers.subject_rewrite("[SPAM]", subject) == (None, headers.TOO_LONG)
-    assert headers.subject_rewrite("[SPAM]", subject)[0] is None
     new = headers.subject_rewrite("[SPAM]", fits)[0]
     assert new is not None and max(map(len, written(new))) == headers.LINE_MAX
 
@@ -221,12 +248,13 @@ PARTS = ["x", "x" * 7, "x" * 80, "x" * 400, "x" * 800, "\u00e9" * 400, "\u65e5\u
 
 @settings(max_examples=400, deadline=None)
 @given(st.lists(st.sampled_from(PARTS), max_size=40))
-def test_a_tagged_subject_reads_the_same_and_has_no_line_over_998_octets(
+def test_a_tagged_subject_reads_the_same_and_has_no_line_over_990_octets_it_could_fold(
         parts: list[str]) -> None:
     """Whatever the Subject's words, blanks and folds: tagged, it reads as the tag, a
-    blank and the Subject (an empty one too), no line of it passes 998 octets, no line we
-    add is only blanks, and it is not tagged twice. It is left untagged only for a word
-    over 800 octets (a continuation line's blanks, the word, the blanks after it)."""
+    blank and the Subject (an empty one too), no line of it passes 990 octets but one with
+    no blank to fold at within them (the sender's word, up to 998), no line we add is only
+    blanks, and it is not tagged twice. It is left untagged only for a word over 800 octets
+    (a continuation line's blanks, the word, the blanks after it)."""
     text = "".join(parts)
     new, why = headers.subject_rewrite("[SPAM]", text.encode())
     longest = max((len(w.encode()) for w in re.findall(r"[^ \t\n]+", text)), default=0)
@@ -238,6 +266,8 @@ def test_a_tagged_subject_reads_the_same_and_has_no_line_over_998_octets(
     assert unfolded(new) == "[SPAM] " + body
     lines = written(new)
     assert max(map(len, lines)) <= headers.LINE_MAX
+    for line in lines:  # over 990: no text, blanks, text in its first 990 octets and one
+        assert len(line) <= 990 or not re.search(rb"[^ \t][ \t]+[^ \t]", line[:992]), line
     assert all(line[:1] in (b" ", b"\t") for line in lines[1:])
     blank_only = {line for line in lines if not line.strip()}
     assert blank_only <= set(text.encode().split(b"\n")), blank_only

@@ -392,13 +392,15 @@ def test_the_subject_tag_the_milter_added_is_not_learned(
     sa = (b"X-Spam-Flag: YES\nX-Spam-Prev-Subject: " + subject.group(1) + b"\n"
           + original.replace(subject.group(0), b"Subject: *****SPAM***** WIN 1"))
     assert train.strip_markup(sa) == original
-    # a Subject the tag would have pushed over 998 octets a line is folded after the tag
-    long_subject = b"Subject: " + b"W" * 990
-    long_original = original.replace(subject.group(0), long_subject)
-    folded = headers.subject_rewrite("[SPAM]", long_subject[len(b"Subject: "):])[0]
-    assert folded is not None and folded.startswith("[SPAM]\n ")
-    delivered = long_original.replace(long_subject, b"Subject: " + folded.encode())
-    assert train.strip_markup(flagged + delivered, b"[SPAM]") == long_original
+    # a Subject the tag would have pushed over 990 octets a line (Sendmail's SMTP mailers'
+    # limit) is folded after the tag: 974 characters stay on one line, 975 and 990 fold
+    for n, fold in ((974, "[SPAM] "), (975, "[SPAM]\n "), (990, "[SPAM]\n ")):
+        long_subject = b"Subject: " + b"W" * n
+        long_original = original.replace(subject.group(0), long_subject)
+        tagged = headers.subject_rewrite("[SPAM]", long_subject[len(b"Subject: "):])[0]
+        assert tagged == fold + "W" * n
+        delivered = long_original.replace(long_subject, b"Subject: " + tagged.encode())
+        assert train.strip_markup(flagged + delivered, b"[SPAM]") == long_original
     # a Subject that opens with the tag on mail no filter flagged is the sender's own
     own = original.replace(subject.group(0), b"Subject: [SPAM] " + subject.group(1))
     assert train.strip_markup(own, b"[SPAM]") == own
@@ -768,7 +770,8 @@ def test_check_shows_the_subject_tag_the_clues_and_what_bayes_stood_in_for(
                        str(new_spam), capsys=capsys)
     assert code == 0 and "Subject prefix: '[SPAM]'" in out
     assert re.search(r"score=[01]\.\d{4} engine=bayes", out), out  # 0..1: four places
-    # a Subject the milter cannot tag without a line over 998 octets: check says so
+    # a Subject the milter cannot tag without a line over RFC 5322's 998 octets: check
+    # says so
     long_spam = tmp_path / "long.eml"
     long_spam.write_bytes(re.sub(rb"(?m)^Subject: .*$", b"Subject: " + b"W" * 1200,
                                  mail(501, True), count=1))
