@@ -241,10 +241,15 @@ class MessageBuffer:
         return any(n.lower() == "return-path" for n, _ in self.headers)
 
     def header_value(self, name: str) -> bytes | None:
+        field = self.header_field(name)
+        return None if field is None else field[1]
+
+    def header_field(self, name: str) -> tuple[str, bytes] | None:
+        """The first `name` field kept: its name as the message spells it, and its value."""
         key = name.lower()
         for n, v in self.headers:
             if n.lower() == key:
-                return v
+                return n, v
         return None
 
     def render(self, received: bytes = b"") -> bytes:

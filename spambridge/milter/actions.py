@@ -68,6 +68,7 @@ def apply(
     subject: bytes | None,
     queue_id: str = "",
     forged: int = 0,
+    subject_name: str = "Subject",
 ) -> int:
     """Tell the MTA the decision. Each change to the message is tried on its own: one that
     libmilter refuses (a field too big for its 64 KiB packets, an MTA that did not grant the
@@ -78,7 +79,10 @@ def apply(
     reader taking the first of each name finds them. A refused message is not changed, and
     nothing forged in it is delivered: no warning for it. An MTA that hung up before the
     reply (its milter timeout ran out during the scan) is named as such: it applied its own
-    action, not the one logged."""
+    action, not the one logged. `subject_name`: the Subject's name as the message spells it;
+    Postfix writes a changed field under the name the milter gives, and the tokenizer counts
+    a name as spelled (`header:subject:1`), so a "subject:" tagged as "Subject:" was learned
+    from Junk with a token live mail of its kind never has."""
     qid = queue_id or "NOQUEUE"
     failed: list[str] = []
     on_top = forged > len(owned)
@@ -111,7 +115,7 @@ def apply(
             if new is not None and subject is None:
                 attempt("add Subject", ctx.addheader, "Subject", new)
             elif new is not None:
-                attempt("tag the Subject", ctx.chgheader, "Subject", 1, new)
+                attempt("tag the Subject", ctx.chgheader, subject_name, 1, new)
         if failed:  # libmilter's no, or an MTA gone (over TCP the first write to it still
             gone = _unreachable(ctx)  # succeeds): only another write tells which
     if gone:

@@ -115,7 +115,7 @@ class SpamBridgeMilter(Milter.Base):
         qid = s.envelope.log_id
         try:
             return actions.apply(self, decision, s.owned_headers(), s.subject(), qid,
-                                 forged=s.owned_total)
+                                 forged=s.owned_total, subject_name=s.subject_name())
         finally:
             s.end_message()
 

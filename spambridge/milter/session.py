@@ -135,6 +135,11 @@ class Session:
     def subject(self) -> bytes | None:
         return self._buf().header_value("Subject")
 
+    def subject_name(self) -> str:
+        """The Subject's field name as the message spells it ("subject", "SUBJECT")."""
+        field = self._buf().header_field("Subject")
+        return "Subject" if field is None else field[0]
+
     def end_message(self) -> None:
         if self.buffer is not None:
             self.buffer.close()

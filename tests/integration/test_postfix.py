@@ -259,22 +259,25 @@ def train(cfg: Path, db: Path, path: Path) -> str:
     return r.stdout
 
 
-@pytest.mark.parametrize(("subject", "tagged"), [
-    ("You are our winner 902", "[SPAM] You are our winner 902"),
-    ("", "[SPAM] "),  # the field there, empty: it stays, empty (not "noheader:subject")
+@pytest.mark.parametrize(("field", "tagged"), [
+    ("Subject: You are our winner 902", "[SPAM] You are our winner 902"),
+    ("Subject: ", "[SPAM] "),  # the field there, empty: it stays, empty (not "noheader:subject")
     (None, "[SPAM]"),  # no field: the milter adds one, and train takes it off again
-    ("W" * 990, "[SPAM] " + "W" * 990),  # folded after the tag, the word whole on its line
-    ("\u3000Sale \u00e9t\u00e9", "[SPAM] \u3000Sale \u00e9t\u00e9"),  # a leading wide blank
-], ids=["plain", "empty", "missing", "long", "ideographic-space"])
+    ("Subject: " + "W" * 990, "[SPAM] " + "W" * 990),  # folded after the tag, the word whole
+    ("Subject: \u3000Sale \u00e9t\u00e9", "[SPAM] \u3000Sale \u00e9t\u00e9"),  # a wide blank
+    # the name as the sender spelled it: the tokenizer counts "header:subject:1" as spelled
+    ("subject: You are our winner 902", "[SPAM] You are our winner 902"),
+], ids=["plain", "empty", "missing", "long", "ideographic-space", "lowercase-name"])
 def test_spam_the_milter_tagged_is_trained_as_the_message_that_came(
-        postfix: PostfixInstance, start_milter: Start, tmp_path: Path, subject: str | None,
+        postfix: PostfixInstance, start_milter: Start, tmp_path: Path, field: str | None,
         tagged: str) -> None:
     """A spam Postfix delivered after the milter put [policy] subject_tag on its Subject
     (a user moves it to Junk, the admin trains Junk with the milter's config): `train` learns
     the message as it came, not the tag. Its tokens are those of the same message as Postfix
     would have delivered it unscanned, trained into a fresh database, and it has that
     message's key (training that one next is "already trained"). So for a Subject that is
-    empty, missing, folded after the tag or opens with a blank that is not ASCII."""
+    empty, missing, folded after the tag, opens with a blank that is not ASCII or is named
+    in lower case."""
     scoring = tmp_path / "scoring"
     scoring.mkdir()
     db = train_database(scoring, bayes_mail, 20)
@@ -282,13 +285,13 @@ def test_spam_the_milter_tagged_is_trained_as_the_message_that_came(
                       "bayes": {"db": str(db), "min_trained": 20, "reject_cutoff": 1.0},
                       "policy": {"subject_tag": "[SPAM]"}})  # the tag band, not reject
     # spam words, and nothing in the message that says "spam" but the milter's markup
-    sent = message(subject=subject or "",
-                   body=" ".join(BAYES_WORDS["spam"] * 5) + " uniq902x\n")
-    if subject is None:
-        sent = sent.replace(b"Subject: \n", b"")
+    sent = message(subject="\0", body=" ".join(BAYES_WORDS["spam"] * 5) + " uniq902x\n")
+    sent = sent.replace(b"Subject: \0\n", b"" if field is None else field.encode() + b"\n")
     assert b"spam" not in sent.lower()
     got = postfix.wait_delivered(postfix.send(sent))
     assert got.all("Subject") == [tagged]
+    name = (field or "Subject:").partition(":")[0]  # Postfix writes the name the milter gives
+    assert re.search(rb"(?m)^" + name.encode() + rb": \[SPAM\]", got.raw), got.raw
     assert max(map(len, got.raw.split(b"\n"))) <= 1000  # 998 and CRLF
     assert got.all("X-Spam-Flag") == ["YES"]
     assert got.all("X-Spam-Status")[0].startswith("Yes, score=") and "engine=bayes" in \

@@ -51,11 +51,13 @@ class Ctx:
 
 
 def apply(decision: Decision, owned: list[tuple[str, int]] | None = None,
-          subject: bytes | None = b"Hello", on_top: bool = False) -> tuple[int, Ctx]:
+          subject: bytes | None = b"Hello", on_top: bool = False,
+          subject_name: str = "Subject") -> tuple[int, Ctx]:
     ctx = Ctx()
     owned = owned or []
     forged = len(owned) + 1 if on_top else len(owned)  # a flood leaves forged fields behind
-    return actions.apply(ctx, decision, owned, subject, "4ABC", forged=forged), ctx
+    return actions.apply(ctx, decision, owned, subject, "4ABC", forged=forged,
+                         subject_name=subject_name), ctx
 
 
 def spamd(score: float) -> ScoreResult:
@@ -68,6 +70,15 @@ def test_tagged_spam_gets_its_subject_rewritten_in_place() -> None:
     _, ctx = apply(decide(spamd(7.0), TAGGING), subject=b"Cheap pills")
     assert ("chg", "Subject", 1, "[SPAM] Cheap pills") in ctx.calls
     assert not [c for c in ctx.calls if c[0] == "add" and c[1] == "Subject"]
+
+
+@pytest.mark.parametrize("name", ["subject", "SUBJECT", "SuBjEcT"])
+def test_the_tagged_subject_keeps_the_name_as_the_sender_spelled_it(name: str) -> None:
+    """Postfix writes a changed field under the name the milter gives: "subject:" became
+    "Subject:", and `train` learned "header:Subject:1" from the tagged copy in Junk where
+    live mail of its kind carries "header:subject:1"."""
+    _, ctx = apply(decide(spamd(7.0), TAGGING), subject=b"Cheap pills", subject_name=name)
+    assert ("chg", name, 1, "[SPAM] Cheap pills") in ctx.calls
 
 
 def test_tagged_spam_without_a_subject_gets_one() -> None:
