@@ -110,7 +110,7 @@ class Trainer:
         if prior is None and restored:
             # an earlier spambridge learned and keyed it with the Subject a filter rewrote
             learned = strip_markup(item.data, subject=False)
-            prior = self._prior(batch, key, digest(learned))
+            prior = self._prior(batch, key, (digest(learned),))
         if label == "forget":
             outcome = self._forget(batch, key, learned, prior)
         else:
@@ -120,14 +120,16 @@ class Trainer:
         return outcome
 
     @staticmethod
-    def _prior(batch: store.Batch, key: bytes, legacy: bytes | None) -> str | None:
-        """The class the message was trained as (None: never), found under its `legacy` key
+    def _prior(batch: store.Batch, key: bytes, legacy: tuple[bytes, ...]) -> str | None:
+        """The class the message was trained as (None: never), found under a `legacy` key
         too (see keys), and then carried over to its key."""
         prior = batch.trained_as(key)
-        if prior is None and legacy is not None:
-            prior = batch.trained_as(legacy)
+        for old in legacy:
             if prior is not None:
-                batch.mark(legacy, None)
+                break
+            prior = batch.trained_as(old)
+            if prior is not None:
+                batch.mark(old, None)
                 batch.mark(key, prior)
         return prior
 

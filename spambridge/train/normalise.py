@@ -130,15 +130,46 @@ _MAILBOX_STATE_FIRST = re.compile(_STATE_NAME, re.I)
 _MAILBOX_STATE_LATER = re.compile(rb"\n" + _STATE_NAME, re.I)
 
 
-def keys(normalised: bytes) -> tuple[bytes, bytes | None]:
+# the first Subject's name, and the blanks and folds from its colon to its text. Postfix
+# passes a milter the value without its first blank, and writes the tagged value back after
+# ": ", so the milter's tagged Subject has one blank there whatever the message had (a tab,
+# none, two, a fold first); `_untagged` gives back that one. Keyed as "<name>: <text>", the
+# tagged copy and the message as it came are one message
+_SUBJECT_GAP = re.compile(rb"subject[ \t]*:[ \t]*(?:\n[ \t]+)*", re.I)
+
+
+def _subject_spaced(head: bytes) -> bytes:
+    """`head` with its first Subject's text one blank after the colon (see _SUBJECT_GAP)."""
+    low = head.lower()  # and a literal search: a case-blind regex from each line costs 3x
+    at = -1
+    while (at := low.find(b"subject", at + 1)) >= 0:
+        if at and low[at - 1] != 10:  # not a field's name: inside a line
+            continue
+        gap = _SUBJECT_GAP.match(head, at)
+        if gap is None:  # "Subjects:", "Subject-Line:"
+            continue
+        name = at + 7
+        if head[name:gap.end()] == b": ":
+            return head  # "Subject: text" already: nearly all mail
+        return head[:name] + b": " + head[gap.end():]
+    return head
+
+
+def keys(normalised: bytes) -> tuple[bytes, tuple[bytes, ...]]:
     """The key of a message (strip_markup's output): the digest of it without its mailbox
-    state fields; and, when it had some, the digest of it with them, which is the key an
-    earlier spambridge gave it (None when the two are the same)."""
+    state fields and with its Subject's text one blank after the colon (_SUBJECT_GAP); and
+    the keys earlier spambridges gave it, when they differ, to look up when it is not found
+    under its key: before 2026-11-28 the Subject as it lay, before 2026-11-26 the state
+    fields kept too."""
     end = normalised.find(b"\n\n")
     head = normalised if end < 0 else normalised[: end + 1]
-    if not (_MAILBOX_STATE_FIRST.match(head) or _MAILBOX_STATE_LATER.search(head)):
-        return digest(normalised), None
-    kept = _MAILBOX_STATE.sub(b"", head)
-    if len(kept) == len(head):
-        return digest(normalised), None
-    return digest(kept + normalised[len(head):]), digest(normalised)
+    body = normalised[len(head):]
+    kept = head
+    if _MAILBOX_STATE_FIRST.match(head) or _MAILBOX_STATE_LATER.search(head):
+        kept = _MAILBOX_STATE.sub(b"", head)
+    spaced = _subject_spaced(kept)
+    if spaced is kept and kept is head:
+        return digest(normalised), ()
+    heads = dict.fromkeys((spaced, kept, head))  # those that differ, newest first
+    key, *legacy = (digest(h + body) for h in heads)
+    return key, tuple(legacy)

@@ -267,7 +267,13 @@ def train(cfg: Path, db: Path, path: Path) -> str:
     ("Subject: \u3000Sale \u00e9t\u00e9", "[SPAM] \u3000Sale \u00e9t\u00e9"),  # a wide blank
     # the name as the sender spelled it: the tokenizer counts "header:subject:1" as spelled
     ("subject: You are our winner 902", "[SPAM] You are our winner 902"),
-], ids=["plain", "empty", "missing", "long", "ideographic-space", "lowercase-name"])
+    # Postfix passes the value without its first blank and writes the milter's after ": "
+    ("Subject:\tYou are our winner 902", "[SPAM] You are our winner 902"),
+    ("Subject:You are our winner 902", "[SPAM] You are our winner 902"),
+    ("Subject:  You are our winner 902", "[SPAM] You are our winner 902"),
+    ("Subject:\n You are our winner 902", "[SPAM] You are our winner 902"),
+], ids=["plain", "empty", "missing", "long", "ideographic-space", "lowercase-name", "tab",
+        "no-blank", "two-blanks", "fold-first"])
 def test_spam_the_milter_tagged_is_trained_as_the_message_that_came(
         postfix: PostfixInstance, start_milter: Start, tmp_path: Path, field: str | None,
         tagged: str) -> None:
@@ -276,8 +282,8 @@ def test_spam_the_milter_tagged_is_trained_as_the_message_that_came(
     the message as it came, not the tag. Its tokens are those of the same message as Postfix
     would have delivered it unscanned, trained into a fresh database, and it has that
     message's key (training that one next is "already trained"). So for a Subject that is
-    empty, missing, folded after the tag, opens with a blank that is not ASCII or is named
-    in lower case."""
+    empty, missing, folded after the tag, opens with a blank that is not ASCII, is named in
+    lower case, or has a tab, no blank, two or a fold after its colon."""
     scoring = tmp_path / "scoring"
     scoring.mkdir()
     db = train_database(scoring, bayes_mail, 20)

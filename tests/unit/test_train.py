@@ -411,6 +411,58 @@ def test_the_subject_tag_the_milter_added_is_not_learned(
     assert train.strip_markup(flagged + glued, b"[SPAM]") == glued
 
 
+def as_postfix_tags(original: bytes, tag: str = "[SPAM]") -> bytes:
+    """`original` as Postfix delivers it after the milter tagged its Subject: Postfix passes
+    the value without its first blank (a space only), and writes the new one after ": "."""
+    field = re.search(rb"(?im)^(subject)[ \t]*:(.*(?:\n[ \t].*)*)$", original)
+    assert field is not None
+    value = field[2].removeprefix(b" ")
+    new = headers.subject_rewrite(tag, value)[0]
+    assert new is not None
+    flagged = b"X-Spam-Flag: YES\nX-Spam-Status: Yes, score=0.9500 engine=bayes\n"
+    return flagged + original.replace(field[0], field[1] + b": " + new.encode())
+
+
+@pytest.mark.parametrize("field", [b"Subject:\tWIN 1", b"Subject:WIN 1", b"Subject:  WIN 1",
+                                   b"Subject:\n WIN 1", b"Subject: \n\tWIN 1", b"SUBJECT:\tWIN 1"],
+                         ids=["tab", "no-blank", "two-blanks", "fold", "blank-fold", "name"])
+def test_a_subject_tagged_over_another_blank_is_the_message_that_came(
+        tmp_path: Path, db: Path, capsys: pytest.CaptureFixture[str], field: bytes) -> None:
+    """The milter's tagged Subject has one blank after the colon whatever the message had
+    ("Subject:\tWIN 1" is delivered as "Subject: [SPAM] WIN 1"): the tag taken off, train
+    keyed it as "Subject: WIN 1", and the message as it came, trained next, was learned a
+    second time instead of "already trained". A database keyed before keeps its keys."""
+    cfg = tmp_path / "sb.toml"
+    cfg.write_text('[policy]\nsubject_tag = "[SPAM]"\n')
+    original = mail(1, True).replace(b"Subject: WIN 1", field)
+    f = tmp_path / "m.eml"
+    f.write_bytes(as_postfix_tags(original))
+    code, out, _ = run("train", "--config", str(cfg), "--db", str(db), "--spam", str(f),
+                       capsys=capsys)
+    assert code == 0 and "Learned 1 of 1" in out
+    learned = tokens(db)
+    f.write_bytes(original)
+    code, out, _ = run("train", "--config", str(cfg), "--db", str(db), "--spam", str(f),
+                       capsys=capsys)
+    assert code == 0 and "1 already trained" in out, out
+    assert tokens(db) == learned and totals(db) == (1, 0)
+
+    # learned by an earlier spambridge as it came, keyed with its Subject as it lay (and,
+    # before 2026-11-26, its mailbox state fields): found, and the key carried over, so the
+    # tagged copy is the same message from then on
+    for state in (b"", b"Status: RO\n"):
+        old = tmp_path / f"old{len(state)}.sqlite"
+        msg = original.replace(b"\n\n", b"\n" + state + b"\n", 1)
+        learned_as_before(old, msg)
+        for copy in (msg, msg, as_postfix_tags(msg)):
+            f.write_bytes(copy)
+            code, out, _ = run("train", "--config", str(cfg), "--db", str(old), "--spam",
+                               str(f), capsys=capsys)
+            assert code == 0 and "1 already trained" in out and totals(old) == (1, 0), out
+        with sqlite3.connect(old) as c:
+            assert c.execute("SELECT count(*) FROM messages").fetchone()[0] == 1
+
+
 def on_a_terminal(cmd: list[str]) -> tuple[subprocess.Popen[bytes], str, bytes]:
     """Run `cmd` with stderr on a pseudo-terminal (where the progress bar is drawn): the
     finished process, its stdout, and everything the terminal received."""
@@ -505,9 +557,9 @@ def test_reading_a_message_in_an_mbox_does_not_make_it_a_new_one(
     # wherever the fields stand, in any case, folded; a body line that looks like one counts
     plain = train.strip_markup(mail(5, False))
     for variant in (b"STATUS: RO\n" + plain, plain.replace(b"\n\n", b"\nX-Keywords: a\n b\n\n", 1)):
-        assert train.keys(variant) == (train.keys(plain)[0], train.digest(variant))
+        assert train.keys(variant) == (train.keys(plain)[0], (train.digest(variant),))
     body_line = plain + b"Status: RO\n"
-    assert train.keys(body_line) == (train.digest(body_line), None)
+    assert train.keys(body_line) == (train.digest(body_line), ())
 
     # a database an earlier spambridge filled: the message keyed with its state fields
     old = tmp_path / "old.sqlite"
