@@ -35,11 +35,19 @@ from the repository root:
 `train` keys the delivery lines (it does not take them off), so the same message delivered
 twice, or delivered and kept as sent, is two messages to it; see the report's last lines.
 
-On 2026-11-28 (Postfix 3.7.11, all 6,046 messages, 2 cores, about 1 min): 1,877 flagged spam,
-1,850 of them tagged (the rest have 8-bit Subjects that are not UTF-8, left as they came); the
-milter copy and the unfiltered copy had the same key and token set for every one of the
-6,046. Against the bytes sent, 5,830 keys differed, all by Postfix's own rewriting (5,787 the
-dropped Return-Path alone; 43 token sets by the qualified addresses).
+On 2026-11-28 (Postfix 3.7.11, all 6,046 messages and --variants 50, 2 cores, about 1 min):
+1,877 flagged spam, 1,850 of them tagged (27 have 8-bit Subjects that are not UTF-8, left as
+they came); the milter copy and the unfiltered copy had the same key and token set for every
+one of the 6,046, and the milter copy's tokens were the ones the milter scored for all 6,046
+(Postfix's Received line, which train learns, is the one the milter rebuilds). Against the
+bytes sent, 5,830 keys differed, all by Postfix's own rewriting (5,787 the dropped
+Return-Path alone; 43 token sets by the qualified addresses). Of the variants, before the
+fixes of that day a lowercase or uppercase name (key and tokens) and a tab, no blank, two
+blanks or a fold after the colon (key) differed every time; after them, what still differs
+is by design: control characters the milter makes blanks in a Subject it rewrites (key and
+tokens), a line over 990 octets it folds (key), a Subject opening with the tag already
+(docs/bayes.md) and an X-Spam-Prev-Subject, which train trusts on the mail as it came and the
+milter removes as forged (key and tokens).
 """
 
 from __future__ import annotations
@@ -69,6 +77,7 @@ from milterload import MilterProcess  # noqa: E402
 from postfix_instance import PostfixInstance, destroy, make_instance  # noqa: E402
 
 from spambridge.bayes.tokenizer import DEFAULT_LIMITS, tokenize  # noqa: E402
+from spambridge.message import Envelope  # noqa: E402
 from spambridge.train.normalise import keys, stripped  # noqa: E402
 
 TAG = "[SPAM]"
@@ -263,6 +272,29 @@ def unfiltered(top: bytes, rest: bytes, plain_rest: bytes, sent: bytes) -> bytes
     return top + b"".join(out).rstrip(b"\n") + sep + body
 
 
+def scored(qid: str, plain_rest: bytes) -> frozenset[str]:
+    """The tokens the milter scored: the message as Postfix passed it (the unfiltered copy
+    without the delivery lines), under the Received line the milter rebuilds for Postfix's
+    own (Postfix hides that one from milters) from what Postfix told it."""
+    env = Envelope(client_name="localhost", client_addr="127.0.0.1", helo="client.example.net",
+                   mta_host="mx.test.example", sender=SENDER, recipients=[RCPT], rcpt_count=1,
+                   queue_id=qid)
+    live = env.received_header() + plain_rest.replace(b"\n", b"\r\n")
+    return frozenset(tokenize(live, DEFAULT_LIMITS))
+
+
+def why_untagged(sent: bytes) -> str:
+    """Why the milter would leave a flagged message's Subject as it came (headers.py)."""
+    m = _SUBJECT_FIELD.search(sent.partition(b"\n\n")[0])
+    if m is None:
+        return "without a Subject (?)"
+    try:
+        m[0].decode("utf-8")
+    except UnicodeDecodeError:
+        return "with an 8-bit Subject that is not UTF-8"
+    return "with a Subject tagged already" if TAG.encode() in m[0] else "for another reason"
+
+
 def learned(raw: bytes) -> Learned:
     """What `train` (with the milter's subject_tag) keys and learns of `raw`."""
     msg, _ = stripped(raw, TAG.encode(), True)
@@ -367,33 +399,54 @@ def summarise(msgs: list[Sent], plain: dict[int, bytes], filtered: dict[int, byt
     by_milter, vs_sent, postfix_own = Tally(), Tally(), Tally()
     by_variant: dict[str, Tally] = {kind: Tally() for kind in VARIANTS}
     tagged = flagged = delivery_keyed = corpus_delivered = 0
+    live: Counter[str] = Counter()  # tokens train learns that the milter did not score, …
+    untagged: Counter[str] = Counter()
     for i, raw in sorted(filtered.items()):
         if i not in plain:
             continue
         sent = msgs[i]
         top, rest = split_delivery(raw)
         b = learned(raw)
-        a = learned(unfiltered(top, rest, split_delivery(plain[i])[1], sent.raw))
+        plain_rest = split_delivery(plain[i])[1]
+        a = learned(unfiltered(top, rest, plain_rest, sent.raw))
         if sent.variant:
             if b"\nX-Spam-Flag: YES\n" in rest.partition(b"\n\n")[0] + b"\n":
                 by_variant[sent.variant].add(sent.name, a, b, shown)
             continue
         corpus_delivered += 1
         head = rest.partition(b"\n\n")[0] + b"\n"
-        flagged += b"\nX-Spam-Flag: YES\n" in head
-        tagged += head.startswith(b"Subject: [SPAM]") or b"\nSubject: [SPAM]" in head
+        flag = b"\nX-Spam-Flag: YES\n" in head
+        tag = re.search(rb"(?im)^subject: \[SPAM\]", head) is not None
+        flagged += flag
+        tagged += tag
+        if flag and not tag:
+            untagged[why_untagged(sent.raw)] += 1
         by_milter.add(sent.name, a, b, shown)
         s = learned(top + sent.raw)
         vs_sent.add(sent.name, s, b, shown)
         postfix_own.add(sent.name, s, a, shown)
         delivery_keyed += learned(rest).key != b.key
+        qid = _QID.match(raw)
+        assert qid is not None
+        seen = scored(qid[1].decode(), plain_rest)
+        live["messages"] += 1
+        live["same"] += seen == b.tokens
+        live.update(f"learned, not scored: {t}" for t in b.tokens - seen)
+        live.update(f"scored, not learned: {t}" for t in seen - b.tokens)
     print(f"\n{corpus_delivered} corpus messages delivered through the milter ({flagged} "
-          f"flagged spam, {tagged} with the tag on their Subject)\n")
+          f"flagged spam, {tagged} with the tag on their Subject)")
+    print("flagged, not tagged: " + (", ".join(f"{n} {why}" for why, n in untagged.items())
+                                     or "none") + "\n")
     report("milter copy vs unfiltered copy (the milter's markup)", by_milter)
     report("milter copy vs sent (the markup and Postfix's own rewriting)", vs_sent)
     report("  unfiltered copy vs sent (Postfix's own rewriting)", postfix_own)
     print(f"\nkeyed with the delivery lines: {delivery_keyed} of {corpus_delivered} copies have "
           "another key without them (train keeps Return-Path, Delivered-To, Received)")
+    print(f"\nthe milter copy's tokens are the ones the milter scored (under its rebuilt "
+          f"Received line) for {live['same']} of {live['messages']}")
+    for what, n in sorted(live.items(), key=lambda kv: -kv[1]):
+        if what not in ("messages", "same"):
+            print(f"  {what}: {n}")
     if any(t.compared for t in by_variant.values()):
         print("\nSubject variants flagged spam, milter copy vs unfiltered copy:")
         for kind, t in by_variant.items():
