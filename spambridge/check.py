@@ -175,7 +175,8 @@ def run(cfg: Config, paths: list[str], *, explain: bool = False, batch: bool = F
             if note := _input_note(message):
                 print(f"spambridge check: {path}: {note}", file=err)
             # a file longer than the read limit is over max_scan_size: its prefix is not scored
-            buf = parse_raw(message, cfg.milter.max_scan_size, complete=len(raw) <= limit)
+            buf = parse_raw(message, cfg.milter.max_scan_size, complete=len(raw) <= limit,
+                            subject_tag=cfg.policy.subject_tag)
             try:
                 ev = pipeline.evaluate(buf, Envelope(queue_id=f"CHECK{n:05d}",
                                                      delivered=buf.delivered()))

@@ -232,6 +232,20 @@ def _fold_point(line: str, room: int) -> int | None:
     return best
 
 
+def subject_untagged(tag: bytes, value: bytes) -> bytes | None:
+    """The Subject a message came with, from the `value` subject_rewrite made of it with
+    `tag`: None when it came without one (the tag alone was added), `value` itself when it
+    does not start with the tag. Only for mail flagged spam by us: `train` learns the
+    message, and `check` scores it, as the milter's engine read it, before the tag."""
+    text = value.lstrip(b" \t")
+    if text == tag:
+        return None
+    for blank in (b" ", b"\n "):  # the fold after the tag where the line is long
+        if text.startswith(tag + blank):
+            return text[len(tag) + len(blank):]
+    return value
+
+
 def _shown(subject: str) -> str:
     """The Subject as a mail client shows it, RFC 2047 encoded words decoded: a client that
     re-encodes a whole non-ASCII Subject ("=?UTF-8?Q?=5BSPAM=5D_caf=C3=A9?=") keeps the tag

@@ -289,6 +289,23 @@ def _shares(counts: list[int], budget: int) -> list[int]:
     return shares
 
 
+_SPAM_FLAG = re.compile(rb"[ \t]*yes\b", re.I)
+
+
+def _before_the_tag(fields: list[tuple[str, bytes]], tag: bytes) -> list[tuple[str, bytes]]:
+    """`fields` with the first Subject as it came, when they are a delivered message's
+    (MessageBuffer.delivered) that the milter flagged spam: the Subject it tagged."""
+    names = [n.lower() for n, _ in fields]
+    if "return-path" not in names or "subject" not in names or not any(
+            n.lower() == "x-spam-flag" and _SPAM_FLAG.match(v) for n, v in fields):
+        return fields
+    i = names.index("subject")
+    came = headers.subject_untagged(tag, fields[i][1])
+    if came == fields[i][1]:
+        return fields
+    return fields[:i] + ([] if came is None else [(fields[i][0], came)]) + fields[i + 1:]
+
+
 def split_message(data: bytes) -> tuple[list[tuple[str, bytes]], bytes]:
     """A raw message (LF line ends) as Postfix hands it to a milter: the header fields as
     (name, value) — the value without the space after the colon, folding kept — and the body.
@@ -321,22 +338,27 @@ def split_message(data: bytes) -> tuple[list[tuple[str, bytes]], bytes]:
 
 
 def parse_raw(raw: bytes, max_scan_size: int = defaults.MAX_SCAN_SIZE, *,
-              complete: bool = True) -> MessageBuffer:
+              complete: bool = True, subject_tag: str = "") -> MessageBuffer:
     """A raw RFC 5322 message (from a file or stdin) in a buffer, as the milter would have it
     from Postfix (split_message; the body with CRLF line ends, as Postfix sends it, so that
     the sizes compare with the milter's).
 
     `complete=False`: `raw` is only the first bytes of a message longer than max_scan_size
     (a reader stopped there), so the buffer is oversize whatever those bytes add up to once
-    an mbox "From " line and CRs are gone: a prefix must not be scored as the message."""
+    an mbox "From " line and CRs are gone: a prefix must not be scored as the message.
+
+    `subject_tag`: the milter's ([policy] subject_tag). A delivered message it flagged spam
+    gets back the Subject it came with: the milter tagged it after its scan."""
     buf = MessageBuffer(max_scan_size, spool_memory=max_scan_size + 1)
     if not complete:
         buf._mark_oversize()
     data = raw.replace(b"\r\n", b"\n")
     if data.startswith(b"From ") and b"\n" in data:  # mbox separator line
         data = data.split(b"\n", 1)[1]
-    headers, body = split_message(data)
-    for name, value in headers:
+    fields, body = split_message(data)
+    if subject_tag:
+        fields = _before_the_tag(fields, subject_tag.encode())
+    for name, value in fields:
         buf.add_header(name, value)
     buf.add_body(body.replace(b"\n", b"\r\n"))
     return buf

@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import re
 
-from spambridge import defaults
+from spambridge import defaults, headers
 from spambridge.bayes.tokenizer import (
     DEFAULT_LIMITS,
     content_type,
@@ -86,13 +86,12 @@ def _untagged(head: bytes, tag: bytes) -> bytes:
     if not tag or subject is None or not _SPAM_FLAG.search(head):
         return head
     value = subject.group(1)
-    if value == tag:  # the message had no Subject: the milter added one
+    came = headers.subject_untagged(tag, value)
+    if came is None:  # the message had no Subject: the milter added one
         return head[: subject.start()] + head[subject.end():]
-    if value.startswith(tag + b" "):
-        return head[: subject.start(1)] + value[len(tag) + 1:] + head[subject.end(1):]
-    if value.startswith(tag + b"\n "):  # folded after the tag, 990 octets a line (the milter)
-        return head[: subject.start(1)] + value[len(tag) + 2:] + head[subject.end(1):]
-    return head
+    if came == value:
+        return head
+    return head[: subject.start(1)] + came + head[subject.end(1):]
 
 
 def _report_safe_original(head: bytes, body: bytes) -> bytes | None:

@@ -163,6 +163,25 @@ def test_delivered_means_a_return_path_not_an_upstream_delivered_to() -> None:
     assert not live.delivered()
     assert parse_raw(b"Return-Path: <a@example.org>\nFrom: a@example.org\n\nb\n").delivered()
 
+
+@pytest.mark.parametrize(("head", "subject"), [
+    # delivered and flagged by the milter: the Subject it came with (and none if it had none)
+    (b"Return-Path: <a@example.org>\nSubject: [SPAM] win\nX-Spam-Flag: YES\n", b"win"),
+    (b"Return-Path: <a@example.org>\nSubject: [SPAM]\n\tbig\nX-Spam-Flag: YES\n",
+     b"[SPAM]\n\tbig"),  # a fold the milter does not write: the sender's
+    (b"Return-Path: <a@example.org>\nSubject: [SPAM]\nX-Spam-Flag: YES\n", None),
+    # live mail is scored as the milter gets it, forged flag and all
+    (b"Subject: [SPAM] win\nX-Spam-Flag: YES\n", b"[SPAM] win"),
+    # not flagged: a sender's own Subject that opens with the tag
+    (b"Return-Path: <a@example.org>\nSubject: [SPAM] win\nX-Spam-Flag: NO\n", b"[SPAM] win"),
+])
+def test_check_reads_a_delivered_subject_as_the_milter_scanned_it(head: bytes,
+                                                                  subject: bytes | None) -> None:
+    buf = parse_raw(head + b"From: a@example.org\n\nbody\n", subject_tag="[SPAM]")
+    assert buf.header_value("Subject") == subject
+    assert parse_raw(head + b"\nbody\n").header_value("Subject") == (
+        head.split(b"Subject: ")[1].split(b"\nX-Spam")[0])  # no tag configured: as it lies
+
     assert parse_socket_spec("inet:11332@127.0.0.1").postfix == "inet:127.0.0.1:11332"
     assert parse_socket_spec("inet6:11332@::1").postfix == "inet:[::1]:11332"
     assert parse_socket_spec("local:/run/x.sock").libmilter == "unix:/run/x.sock"
