@@ -10,8 +10,9 @@ on stderr, and with `spamd+bayes`, how many scores came from the Bayes fallback 
 spamd's points).
 
 A file from a mailbox already holds the Received line our MTA wrote (hidden from milters, so
-the milter writes its own from the connection): it gets no second one, and scores as it did
-when it arrived (docs/bayes.md, "Checking").
+the milter writes its own from the connection): it gets no second one; and the X-Spam-* fields
+and Subject tag the milter wrote after its scan are taken off (message.parse_raw), so it scores
+as it did when it arrived (docs/bayes.md, "Checking").
 
 Exit status: 0 when every message was scored (or deliberately not: oversize), 1 when one could
 not be read or scanned (no database, not trained yet, spamd down...), so a script notices.

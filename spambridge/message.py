@@ -292,18 +292,24 @@ def _shares(counts: list[int], budget: int) -> list[int]:
 _SPAM_FLAG = re.compile(rb"[ \t]*yes\b", re.I)
 
 
-def _before_the_tag(fields: list[tuple[str, bytes]], tag: bytes) -> list[tuple[str, bytes]]:
-    """`fields` with the first Subject as it came, when they are a delivered message's
-    (MessageBuffer.delivered) that the milter flagged spam: the Subject it tagged."""
+def _as_it_arrived(fields: list[tuple[str, bytes]], tag: bytes) -> list[tuple[str, bytes]]:
+    """A delivered message's `fields` (MessageBuffer.delivered) as the milter got them: its
+    X-Spam-* fields are the milter's own, written after the scan (it removed the forged
+    ones), so they are no fields the message came with; and on mail it flagged spam, the
+    first Subject is the one it tagged (`tag`, when the milter has one)."""
     names = [n.lower() for n, _ in fields]
-    if "return-path" not in names or "subject" not in names or not any(
-            n.lower() == "x-spam-flag" and _SPAM_FLAG.match(v) for n, v in fields):
+    if "return-path" not in names:
         return fields
-    i = names.index("subject")
-    came = headers.subject_untagged(tag, fields[i][1])
-    if came == fields[i][1]:
-        return fields
-    return fields[:i] + ([] if came is None else [(fields[i][0], came)]) + fields[i + 1:]
+    flagged = any(n == "x-spam-flag" and _SPAM_FLAG.match(v) for n, (_, v) in zip(
+        names, fields, strict=True))
+    kept = [f for f in fields if not headers.is_owned(f[0])]
+    if not tag or not flagged:
+        return kept
+    i = next((i for i, (n, _) in enumerate(kept) if n.lower() == "subject"), None)
+    if i is None:
+        return kept
+    came = headers.subject_untagged(tag, kept[i][1])
+    return kept[:i] + ([] if came is None else [(kept[i][0], came)]) + kept[i + 1:]
 
 
 def split_message(data: bytes) -> tuple[list[tuple[str, bytes]], bytes]:
@@ -347,8 +353,9 @@ def parse_raw(raw: bytes, max_scan_size: int = defaults.MAX_SCAN_SIZE, *,
     (a reader stopped there), so the buffer is oversize whatever those bytes add up to once
     an mbox "From " line and CRs are gone: a prefix must not be scored as the message.
 
-    `subject_tag`: the milter's ([policy] subject_tag). A delivered message it flagged spam
-    gets back the Subject it came with: the milter tagged it after its scan."""
+    A delivered message (one with a Return-Path) is given back as the milter got it: without
+    its own X-Spam-* fields and, on mail flagged spam, with the Subject it came with, not the
+    one the milter tagged with `subject_tag` ([policy] subject_tag) after its scan."""
     buf = MessageBuffer(max_scan_size, spool_memory=max_scan_size + 1)
     if not complete:
         buf._mark_oversize()
@@ -356,8 +363,7 @@ def parse_raw(raw: bytes, max_scan_size: int = defaults.MAX_SCAN_SIZE, *,
     if data.startswith(b"From ") and b"\n" in data:  # mbox separator line
         data = data.split(b"\n", 1)[1]
     fields, body = split_message(data)
-    if subject_tag:
-        fields = _before_the_tag(fields, subject_tag.encode())
+    fields = _as_it_arrived(fields, subject_tag.encode())
     for name, value in fields:
         buf.add_header(name, value)
     buf.add_body(body.replace(b"\n", b"\r\n"))

@@ -332,6 +332,30 @@ def test_check_on_a_tagged_delivered_file_gives_the_score_the_milter_gave(
     assert "the Subject becomes '[SPAM] both'" in capsys.readouterr().out
 
 
+def test_check_on_a_delivered_file_does_not_take_the_milters_fields_for_forged_ones(
+        tmp_path: Path, trained_db: Path, start_milter: Start,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """`check` on any message from a mailbox said "headers removed: X-Spam-Checker-Version,
+    X-Spam-Level, X-Spam-Score, X-Spam-Status": the milter's own fields, written after its
+    scan, read as forged ones the message came with. The milter removed none; `check` says
+    none, and still lists a forged field on a message not yet delivered."""
+    m = start_milter(bayes_cfg(trained_db))
+    r = send_one(m.socket_path, ham(2))
+    assert r.action == "accept" and r.header("X-Spam-Status") and r.deleted("X-Spam-Flag") == []
+    ours = "".join(f"{n}: {v}\n" for n, v in r.added).encode()
+    files = {"delivered": b"Return-Path: <s2@example.org>\n" + ham(2).replace(b"\n\n", b"\n"
+                                                                              + ours + b"\n", 1),
+             "live": b"X-Spam-Flag: NO\n" + ham(2)}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    capsys.readouterr()
+    assert cli.main(["check", "--config", str(m.config_path),
+                     *(str(tmp_path / name) for name in files)]) == 0
+    delivered, live = capsys.readouterr().out.split(f"{tmp_path}/live: ")
+    assert "headers removed" not in delivered and "X-Spam-Status: No, score=" in delivered
+    assert "headers removed: X-Spam-Flag" in live
+
+
 @pytest.mark.parametrize(("subject", "written"), [
     ("Grüße aus München".encode(), "[SPAM] Grüße aus München"),  # raw UTF-8 (SMTPUTF8)
     (b"=?utf-8?q?Gr=C3=BC=C3=9Fe?=", "[SPAM] =?utf-8?q?Gr=C3=BC=C3=9Fe?="),  # RFC 2047

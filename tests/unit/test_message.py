@@ -179,6 +179,9 @@ def test_check_reads_a_delivered_subject_as_the_milter_scanned_it(head: bytes,
                                                                   subject: bytes | None) -> None:
     buf = parse_raw(head + b"From: a@example.org\n\nbody\n", subject_tag="[SPAM]")
     assert buf.header_value("Subject") == subject
+    # a delivered message's X-Spam-* fields are the milter's own, not forged ones it came with
+    assert [n for n, _ in buf.owned_headers()] == ([] if b"Return-Path" in head
+                                                   else ["X-Spam-Flag"])
     assert parse_raw(head + b"\nbody\n").header_value("Subject") == (
         head.split(b"Subject: ")[1].split(b"\nX-Spam")[0])  # no tag configured: as it lies
 
