@@ -20,8 +20,9 @@ and `check --batch` on three files per message:
   Received lines, so these scores may differ from the milter's.
 - `queued`: what Postfix would deliver had the milter changed nothing: Return-Path, the
   Received line the milter wrote for the scanner (Postfix's own, which the milter never sees),
-  then the message. The engine reads the very bytes the milter's engine read, so here any
-  difference at all is a divergence.
+  then the message. The engine reads the very bytes the milter's engine read (but X-Spam-*
+  fields, which `check` takes for the milter's own on a delivered file, and which the Bayes
+  engine does not read), so here any difference is a divergence.
 - `delivered`: the same with the milter's changes applied (removals, X-Spam-* fields, the
   tagged Subject): the file an admin finds in a mailbox and runs `check` on to learn why it was
   tagged. Mail the milter refused is not delivered, and has no such file.
@@ -321,8 +322,9 @@ def _reason(verdict: str) -> str:
 def differences(milter: Said, check: Said, batch: tuple[str, str] | None, scope: str
                 ) -> list[tuple[str, str]]:
     """(what, how) for each thing check says otherwise than the milter did. `scope`
-    "delivered": the file carries the milter's own changes, so the fields removed are not
-    compared (the forged ones are gone, and the milter's own are there)."""
+    "queued" and "delivered" are files from a mailbox, whose X-Spam-* fields `check` takes
+    for the milter's own: the fields removed are compared only where the milter removed
+    none (in a real mailbox the forged ones are gone)."""
     diffs: list[tuple[str, str]] = []
 
     def differ(what: str, ours: object, theirs: object) -> None:
@@ -342,7 +344,7 @@ def differences(milter: Said, check: Said, batch: tuple[str, str] | None, scope:
     differ("SMTP reply", milter.reply, check.reply)
     differ("headers added", milter.added, check.added)
     differ("Subject", milter.subject, check.subject)
-    if scope != "delivered":
+    if scope == "file" or not (milter.removed or milter.left):
         differ("headers removed", milter.removed, check.removed)
         differ("headers left", milter.left, check.left)
     return diffs
