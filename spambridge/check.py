@@ -37,6 +37,9 @@ from spambridge.train import holds_several_messages, not_mail_because, open_no_w
 from spambridge.verdict import Action, ErrorKind, ScanError, ScoreResult, Skipped
 
 EXPLAIN_CLUES = 20
+# read past max_scan_size: room for an mbox From line and the fields delivery wrote (a
+# Return-Path, Delivered-To, Received lines: a few hundred bytes), which the milter never had
+UNCOUNTED = 16 * 1024
 UNCHECKED_REASONS = 5  # --batch: distinct reasons for unchecked messages said on stderr
 _PATH_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
@@ -73,7 +76,8 @@ def verdict(ev: Evaluation) -> str:
 def _messages(paths: list[str], stdin: IO[bytes] | None, limit: int
               ) -> Iterator[tuple[str, bytes | str]]:
     """(path, message) or (path, why not), reading no more than `limit` bytes of each: past
-    max_scan_size the milter does not scan either, so the rest would only cost memory. A
+    max_scan_size (and UNCOUNTED) the milter does not scan either, so the rest would only
+    cost memory. A
     compressed file (a Maildir under Dovecot's zlib plugin) is read decompressed, `limit`
     counting what comes out."""
     empty = "cannot read: empty (nothing a milter would be sent)"
@@ -160,10 +164,13 @@ def run(cfg: Config, paths: list[str], *, explain: bool = False, batch: bool = F
     pool.addFilter(pool_news)
     try:
         stdin = stdin or (sys.stdin.buffer if sys.stdin is not None else None)
-        limit = cfg.milter.max_scan_size + 1  # one byte more: enough to be oversize
+        # bytes more than max_scan_size: an mbox From line and what delivery wrote on top of
+        # a message from a mailbox (message._delivery_size) count toward no limit, and one
+        # more is enough to be oversize
+        limit = cfg.milter.max_scan_size + 1 + UNCOUNTED
         # and one more again, to tell a file of exactly `limit` bytes (whole, and perhaps
-        # under max_scan_size for the milter once an mbox From line and CRs are gone) from a
-        # longer one cut there
+        # under max_scan_size for the milter once those and CRs are gone) from a longer one
+        # cut there
         for n, (name, raw) in enumerate(_messages(paths, stdin, limit + 1), 1):
             path = _shown_path(name)
             if isinstance(raw, str):

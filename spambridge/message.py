@@ -312,6 +312,21 @@ def _as_it_arrived(fields: list[tuple[str, bytes]], tag: bytes) -> list[tuple[st
     return kept[:i] + ([] if came is None else [(kept[i][0], came)]) + kept[i + 1:]
 
 
+def _delivery_size(fields: list[tuple[str, bytes]]) -> int:
+    """The size (as MessageBuffer counts it) of the fields on top of a delivered message that
+    the milter never had: those delivery wrote (Return-Path, Delivered-To, X-Original-To, an
+    LMTP server's Received) down to the Received line our MTA wrote, which it hides from
+    milters. 0 for live mail, or when no such line is found."""
+    if not any(n.lower() == "return-path" for n, _ in fields):
+        return 0
+    from spambridge.bayes.tokenizer import lmtp_hop  # check only: not loaded by a milter
+
+    for i, (name, value) in enumerate(fields):
+        if name.lower() == "received" and not lmtp_hop(value):
+            return sum(len(n) + len(v) + 4 for n, v in fields[:i + 1])
+    return 0
+
+
 def split_message(data: bytes) -> tuple[list[tuple[str, bytes]], bytes]:
     """A raw message (LF line ends) as Postfix hands it to a milter: the header fields as
     (name, value) — the value without the space after the colon, folding kept — and the body.
@@ -355,15 +370,18 @@ def parse_raw(raw: bytes, max_scan_size: int = defaults.MAX_SCAN_SIZE, *,
 
     A delivered message (one with a Return-Path) is given back as the milter got it: without
     its own X-Spam-* fields and, on mail flagged spam, with the Subject it came with, not the
-    one the milter tagged with `subject_tag` ([policy] subject_tag) after its scan."""
-    buf = MessageBuffer(max_scan_size, spool_memory=max_scan_size + 1)
-    if not complete:
-        buf._mark_oversize()
+    one the milter tagged with `subject_tag` ([policy] subject_tag) after its scan; and the
+    fields delivery wrote on top count toward no max_scan_size (_delivery_size)."""
     data = raw.replace(b"\r\n", b"\n")
     if data.startswith(b"From ") and b"\n" in data:  # mbox separator line
         data = data.split(b"\n", 1)[1]
     fields, body = split_message(data)
     fields = _as_it_arrived(fields, subject_tag.encode())
+    # what delivery wrote on top is scanned (our MTA's Received line stands for the one the
+    # milter writes from the connection) but counts toward no limit: the milter never had it
+    buf = MessageBuffer(max_scan_size + _delivery_size(fields), spool_memory=max_scan_size + 1)
+    if not complete:
+        buf._mark_oversize()
     for name, value in fields:
         buf.add_header(name, value)
     buf.add_body(body.replace(b"\n", b"\r\n"))

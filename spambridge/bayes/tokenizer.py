@@ -457,10 +457,16 @@ def without_delivery_hops(headers: Headers) -> Headers:
     drop: set[int] = set()
     for i, (name, value) in enumerate(headers):  # stops at the first other Received
         if name.lower() == b"received":
-            if not _LMTP_HOP.search(_LMTP_HOP_END.split(value[:2048], 1)[0]):
+            if not lmtp_hop(value):
                 break
             drop.add(i)
     return [h for i, h in enumerate(headers) if i not in drop] if drop else headers
+
+
+def lmtp_hop(received: bytes) -> bool:
+    """Whether a Received field's value is an LMTP server's ("by HOST (Dovecot) with LMTP"):
+    a delivery's, written after the MTA and its milters."""
+    return _LMTP_HOP.search(_LMTP_HOP_END.split(received[:2048], 1)[0]) is not None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from spambridge import cli, defaults, headers, train
+from spambridge import check, cli, defaults, headers, train
 from spambridge.bayes import store
 from spambridge.bayes.tokenizer import tokenize
 from spambridge.config import BayesConfig, Config
@@ -1043,12 +1043,14 @@ def test_check_prints_each_path_on_one_line_whatever_its_name(
 
 def test_check_never_scores_a_file_cut_at_the_read_limit(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """`check` reads max_scan_size + 1 bytes of a file: that prefix is not the message. The
+    """`check` reads max_scan_size + 16 KiB + 1 bytes of a file (room for what counts toward
+    no limit: an mbox From line, what delivery wrote): that prefix is not the message. The
     milter would not scan a message that big (on_oversize); check must not score the prefix,
     even when dropping an mbox "From " line or CRLFs leaves it under max_scan_size."""
     cfg = tmp_path / "sb.toml"
     cfg.write_text("[milter]\nmax_scan_size = 1024\n")
-    body = b"".join(b"line %d of a long message\r\n" % i for i in range(200))
+    body = b"".join(b"line %d of a long message\r\n" % i for i in range(800))
+    assert len(body) > 1024 + check.UNCOUNTED + 2
     mbox = tmp_path / "mbox.eml"  # a saved mailbox message: "From " line, CRLF line ends
     mbox.write_bytes(b"From a@example.org Mon Jan  1 00:00:00 2024\r\n"
                      b"From: a@example.org\r\nSubject: big\r\n\r\n" + body)
@@ -1060,15 +1062,35 @@ def test_check_never_scores_a_file_cut_at_the_read_limit(
 
 def test_check_scores_a_whole_file_of_exactly_the_read_limit(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """A file of exactly max_scan_size + 1 bytes is not cut: with its mbox From line and CRs
-    gone it is under max_scan_size for the milter, which would scan it, so check does too."""
+    """A file of exactly max_scan_size + 16 KiB + 1 bytes is not cut: a message from a
+    mailbox whose X-Spam-* fields (the milter's own, a long report) make up the rest is under
+    max_scan_size for the milter, which scanned it, so check scans it too."""
+    cfg = tmp_path / "sb.toml"
+    cfg.write_text("[milter]\nmax_scan_size = 1024\n")
+    head = b"Return-Path: <a@example.org>\nFrom: a@example.org\nX-Spam-Report: \n"
+    body = b"\nline of a message\n" * 10
+    limit = 1024 + 1 + check.UNCOUNTED
+    report = b"".join(b"\t* 0.1 RULE_%d a rule\n" % i for i in range(limit // 20))
+    msg = tmp_path / "exact.eml"
+    msg.write_bytes(head + report[: limit - len(head) - len(body) - 1] + b"\n" + body)
+    assert len(msg.read_bytes()) == limit
+    _, out, _ = run("check", "--config", str(cfg), "--db", str(tmp_path / "none.db"),
+                    "--batch", str(msg), capsys=capsys)
+    assert out.split("\t")[2].strip() == "unchecked=unavailable"  # scanned: no database
+
+
+def test_check_scores_a_whole_file_the_milter_finds_under_max_scan_size(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A file of more than max_scan_size + 1 bytes is not cut there: with its mbox From line
+    and CRs gone it is under max_scan_size for the milter, which would scan it, so check does
+    too (it read max_scan_size + 2 bytes, and took a file past them for oversize)."""
     cfg = tmp_path / "sb.toml"
     cfg.write_text("[milter]\nmax_scan_size = 1024\n")
     head = b"From a@example.org Mon Jan  1 00:00:00 2024\r\nFrom: a@example.org\r\n\r\n"
     body = b"".join(b"line %d of a long message\r\n" % i for i in range(40))
     mbox = tmp_path / "exact.eml"
-    mbox.write_bytes(head + body[: 1025 - len(head) - 2] + b"\r\n")
-    assert len(mbox.read_bytes()) == 1025
+    mbox.write_bytes(head + body[: 1060 - len(head) - 2] + b"\r\n")
+    assert len(mbox.read_bytes()) == 1060
     _, out, _ = run("check", "--config", str(cfg), "--db", str(tmp_path / "none.db"),
                     "--batch", str(mbox), capsys=capsys)
     assert out.split("\t")[2].strip() != "unchecked=oversize"
@@ -2789,9 +2811,9 @@ def run_measured(*argv: str) -> tuple[int, str, str, int]:
 
 def test_a_gzip_bomb_is_too_large_at_once_in_bounded_memory(tmp_path: Path, db: Path) -> None:
     """A 2 MB gzip file that expands to 2 GiB (a header, then a body of 2,048 members of 1 MiB
-    each): only --max-size + 1 bytes of it (check: max_scan_size + 2) are ever decompressed,
-    so it is too large (check: oversize) without gigabytes in memory or the time to make
-    them. A bzip2 mbox that expands to gigabytes is split as it decompresses until it has
+    each): only --max-size + 1 bytes of it (check: max_scan_size + 16 KiB + 2) are ever
+    decompressed, so it is too large (check: oversize) without gigabytes in memory or the
+    time to make them. A bzip2 mbox that expands to gigabytes is split as it decompresses until it has
     given a thousand times the compressed bytes read, then named as a probable bomb, the
     message before it learned."""
     bomb = gzip.compress(b"From: a@example.org\nTo: b@example.org\nSubject: big\n\n") + (
