@@ -10,9 +10,10 @@ on stderr, and with `spamd+bayes`, how many scores came from the Bayes fallback 
 spamd's points).
 
 A file from a mailbox already holds the Received line our MTA wrote (hidden from milters, so
-the milter writes its own from the connection): it gets no second one; and the X-Spam-* fields
-and Subject tag the milter wrote after its scan are taken off (message.parse_raw), so it scores
-as it did when it arrived (docs/bayes.md, "Checking").
+the milter writes its own from the connection): it gets no second one, and that line says what
+the milter learned from the connection (a trusted or authenticated client, which it skips:
+_envelope); the X-Spam-* fields and Subject tag the milter wrote after its scan are taken off
+(message.parse_raw), so it is decided as it was when it arrived (docs/bayes.md, "Checking").
 
 Exit status: 0 when every message was scored (or deliberately not: oversize), 1 when one could
 not be read or scanned (no database, not trained yet, spamd down...), so a script notices.
@@ -21,6 +22,7 @@ not be read or scanned (no database, not trained yet, spamd down...), so a scrip
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from collections.abc import Iterator
 from typing import IO
@@ -30,11 +32,12 @@ from spambridge.bridge import AsyncBridge
 from spambridge.config import Config
 from spambridge.headers import subject_rewrite
 from spambridge.health import Health
-from spambridge.message import Envelope, parse_raw
+from spambridge.message import Envelope, MessageBuffer, mta_received, parse_raw
+from spambridge.milter.session import is_trusted, macro_address
 from spambridge.pipeline import Evaluation, Pipeline
 from spambridge.scanners import Scanner
 from spambridge.train import holds_several_messages, not_mail_because, open_no_wait
-from spambridge.verdict import Action, ErrorKind, ScanError, ScoreResult, Skipped
+from spambridge.verdict import Action, ErrorKind, ScanError, ScoreResult, Skipped, SkipReason
 
 EXPLAIN_CLUES = 20
 # read past max_scan_size: room for an mbox From line and the fields delivery wrote (a
@@ -63,6 +66,40 @@ def build_scanner(cfg: Config, clues: int = 0) -> Scanner:
     from spambridge.scanners.bayes import BayesScanner
 
     return build(cfg, BayesScanner(cfg.bayes, create=False, clues=clues))
+
+
+# in the Received line our MTA wrote: the client's part ("from HELO (NAME [ADDR])"), a client
+# that authenticated (RFC 3848's ESMTPA, ESMTPSA; Postfix's UTF8SMTPA...), and mail Postfix's
+# pickup took from sendmail(1), which the milter sees come from localhost, 127.0.0.1, port 0
+_CLIENT = re.compile(rb"\s*from\s(.*?)\sby\s", re.S)
+_AUTHENTICATED = re.compile(rb"\swith\s+(?:UTF8)?E?SMTPS?A\b", re.I)
+_PICKUP = re.compile(rb"\s*by\s+\S+\s+\(Postfix, from userid\b")
+
+
+def _envelope(n: int, buf: MessageBuffer, cfg: Config) -> tuple[Envelope, SkipReason | None]:
+    """The envelope the message is decided with, and why the milter skipped it, if it did.
+    On a message from a mailbox, the Received line our MTA wrote (message.mta_received) says
+    what the milter learned from the connection: the client's address (trusted_networks),
+    whether it authenticated (skip_authenticated; no Subject tag) or was submitted on this
+    host (tagged, never refused). A file not delivered yet has none of it: it is decided as
+    mail from a client that is neither."""
+    env = Envelope(queue_id=f"CHECK{n:05d}", delivered=buf.delivered())
+    i = mta_received(buf.headers)
+    if i is None:
+        return env, None
+    line = buf.headers[i][1].partition(b";")[0]  # not the date
+    if _PICKUP.match(line):
+        env.client_addr, env.local = "127.0.0.1", True
+    elif m := _CLIENT.match(line):
+        env.client_addr = macro_address(m[1].decode("latin-1"))
+    if _AUTHENTICATED.search(line):
+        env.auth_user = "(authenticated)"  # who, the milter alone knew
+    # as Session.skip_reason
+    if is_trusted(env.client_addr, cfg.milter):
+        return env, SkipReason.TRUSTED
+    if env.auth_user and cfg.milter.skip_authenticated:
+        return env, SkipReason.AUTHENTICATED
+    return env, None
 
 
 def verdict(ev: Evaluation) -> str:
@@ -186,8 +223,7 @@ def run(cfg: Config, paths: list[str], *, explain: bool = False, batch: bool = F
             buf = parse_raw(message, cfg.milter.max_scan_size, complete=len(raw) <= limit,
                             subject_tag=cfg.policy.subject_tag)
             try:
-                ev = pipeline.evaluate(buf, Envelope(queue_id=f"CHECK{n:05d}",
-                                                     delivered=buf.delivered()))
+                ev = pipeline.evaluate(buf, *_envelope(n, buf, cfg))
                 owned, forged = buf.owned_headers(), buf.owned_total
                 subject = buf.header_value("Subject")
             finally:

@@ -317,14 +317,23 @@ def _delivery_size(fields: list[tuple[str, bytes]]) -> int:
     the milter never had: those delivery wrote (Return-Path, Delivered-To, X-Original-To, an
     LMTP server's Received) down to the Received line our MTA wrote, which it hides from
     milters. 0 for live mail, or when no such line is found."""
+    i = mta_received(fields)
+    return 0 if i is None else sum(len(n) + len(v) + 4 for n, v in fields[:i + 1])
+
+
+def mta_received(fields: list[tuple[str, bytes]]) -> int | None:
+    """Where in a delivered message's fields (MessageBuffer.delivered) the Received line our
+    MTA wrote is: the first that is not an LMTP server's (a delivery hop). It says what the
+    milter learned from the connection (the client's address, whether it authenticated).
+    None for live mail, or when there is none."""
     if not any(n.lower() == "return-path" for n, _ in fields):
-        return 0
+        return None
     from spambridge.bayes.tokenizer import lmtp_hop  # check only: not loaded by a milter
 
     for i, (name, value) in enumerate(fields):
         if name.lower() == "received" and not lmtp_hop(value):
-            return sum(len(n) + len(v) + 4 for n, v in fields[:i + 1])
-    return 0
+            return i
+    return None
 
 
 def split_message(data: bytes) -> tuple[list[tuple[str, bytes]], bytes]:

@@ -391,6 +391,44 @@ def test_check_on_a_delivered_file_near_max_scan_size_scores_what_the_milter_sco
     assert f"{float(score):.4f}" == r.header("X-Spam-Score")
 
 
+@pytest.mark.parametrize(("how", "macros", "said"), [
+    ("trusted", {}, "verdict=skipped=trusted action=accept"),
+    ("authenticated", {"{auth_authen}": "alice"}, "verdict=skipped=authenticated action=accept"),
+])
+def test_check_on_a_delivered_file_says_the_milter_skipped_it(
+        tmp_path: Path, trained_db: Path, start_milter: Start,
+        capsys: pytest.CaptureFixture[str], how: str, macros: dict[str, str],
+        said: str) -> None:
+    """An admin asks `check` why a spam in a mailbox got through: the milter did not scan it,
+    its client being in trusted_networks, or authenticated (skip_authenticated). `check`
+    scored it and said "action=reject" and "SMTP reply: 550": a refusal that never was, and
+    no word of why. Our Postfix's Received line on the file names the client's address and
+    whether it authenticated (ESMTPA), as the milter learned them from the connection."""
+    cfg = bayes_cfg(trained_db)
+    if how == "trusted":
+        cfg["milter"]["trusted_networks"] = ["192.0.2.0/24"]
+    m = start_milter(cfg)
+    r = send_one(m.socket_path, spam(1), mail_macros=macros)
+    assert (r.action, r.added) == ("accept", [])
+    assert f"reason={how}" in m.log
+
+    ours = Envelope(client_name="mail.example.net", client_addr="192.0.2.10",
+                    helo="mail.example.net", mta_host="mx.test.example",
+                    auth_user=macros.get("{auth_authen}", ""),
+                    recipients=["<user@test.example>"], queue_id="4ABCDEF0123")
+    f = tmp_path / "delivered.eml"
+    f.write_bytes(b"Return-Path: <s1@example.org>\nDelivered-To: user@test.example\n"
+                  + ours.received_header().replace(b"\r\n", b"\n") + spam(1))
+    live = tmp_path / "live.eml"  # no connection to go by: scored
+    live.write_bytes(spam(1))
+    capsys.readouterr()
+    assert cli.main(["check", "--config", str(m.config_path), str(f), str(live)]) == 0
+    delivered, rest = capsys.readouterr().out.split(f"{live}: ")
+    assert said in delivered and "SMTP reply: 250" in delivered
+    assert "headers added" not in delivered  # the milter adds none to mail it skips
+    assert "verdict=reject action=reject" in rest
+
+
 @pytest.mark.parametrize(("subject", "written"), [
     ("Grüße aus München".encode(), "[SPAM] Grüße aus München"),  # raw UTF-8 (SMTPUTF8)
     (b"=?utf-8?q?Gr=C3=BC=C3=9Fe?=", "[SPAM] =?utf-8?q?Gr=C3=BC=C3=9Fe?="),  # RFC 2047

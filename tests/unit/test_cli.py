@@ -633,3 +633,36 @@ def test_a_line_logged_on_the_event_loop_does_not_wait_for_stderr() -> None:
         release.set()
         assert writer.stop_within(10.0)
     assert written == ["spamd server 127.0.0.1:783 is down"]
+
+
+@pytest.mark.parametrize(("received", "addr", "local", "auth", "skip"), [
+    (b"from mail.example.net (mail.example.net [192.0.2.10])\n\tby mx.test.example (Postfix) "
+     b"with ESMTPS id 4ABC\n\tfor <u@test.example>; Wed, 25 Nov 2026 10:00:00 +0000",
+     "192.0.2.10", False, False, "trusted"),
+    (b"from pc ([IPv6:2001:db8::5])\n\tby mx.test.example (Postfix) with ESMTPSA id 4ABC;"
+     b" Wed, 25 Nov 2026 10:00:00 +0000", "2001:db8::5", False, True, "authenticated"),
+    (b"from pc (pc.example.org [198.51.100.7]) by mx.test.example (8.17.1/8.17.1) with ESMTPA"
+     b" id 5ABC; Wed, 25 Nov 2026 10:00:00 +0000", "198.51.100.7", False, True, None),
+    (b"by mx.test.example (Postfix, from userid 0)\n\tid 4ABC; Wed, 25 Nov 2026 10:00:00 +0000",
+     "127.0.0.1", True, False, None),
+])
+def test_check_decides_a_delivered_message_with_what_the_milter_knew(
+        received: bytes, addr: str, local: bool, auth: bool, skip: str | None) -> None:
+    """The Received line our MTA wrote on a mailbox file is how `check` knows the connection
+    the milter decided with: the client's address, AUTH (RFC 3848's ...A), a local pickup."""
+    from dataclasses import replace
+
+    from spambridge import check
+    from spambridge.config import Config, parse_network
+    from spambridge.message import parse_raw
+
+    cfg = Config()
+    cfg = replace(cfg, milter=replace(cfg.milter, trusted_networks=(
+        parse_network("192.0.2.0/24"),), skip_authenticated="2001:db8::5" in addr))
+    buf = parse_raw(b"Return-Path: <a@example.org>\nReceived: " + received
+                    + b"\nFrom: a@example.org\n\nbody\n")
+    env, why = check._envelope(1, buf, cfg)
+    assert (env.client_addr, env.local, bool(env.auth_user)) == (addr, local, auth)
+    assert (why.value if why else None) == skip
+    live, why = check._envelope(1, parse_raw(b"Received: " + received + b"\n\nbody\n"), cfg)
+    assert (live.client_addr, live.local, live.auth_user, why) == ("", False, "", None)
