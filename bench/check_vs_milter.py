@@ -33,7 +33,9 @@ SMTP reply (libmilter's %% undone, as the MTA does), the X-Spam-* fields added (
 values), the Subject (new value, or left), and the names of the forged X-Spam-* fields removed.
 Configs: the defaults with `subject_tag`; the same in tag-only mode; `spam_cutoff` 0.5 with
 `reject_cutoff` 0.6, so that many messages are refused; and `max_scan_size` 4096, about the
-median size, so that many messages are near the limit. For `file`, each difference is counted
+median size, so that many messages are near the limit; and the client in `trusted_networks`,
+so that the milter skips every message (a file not delivered yet says nothing of its client,
+so `check` scores those). For `file`, each difference is counted
 apart for mailbox files (with a Return-Path: `check` adds no Received line) and the others.
 """
 
@@ -71,6 +73,8 @@ CONFIGS: dict[str, dict[str, dict[str, object]]] = {
     "rejects": {"bayes": {"spam_cutoff": 0.5, "reject_cutoff": 0.6}},
     # about half the messages are near it: whether both count a message's size alike
     "small": {"milter": {"max_scan_size": 4096}},
+    # MilterClient's client (192.0.2.10) is trusted: the milter skips every message
+    "trusted": {"milter": {"trusted_networks": ["192.0.2.0/24"]}},
 }
 EXAMPLES = 3  # shown per kind of difference
 
