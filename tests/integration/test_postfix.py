@@ -375,6 +375,44 @@ def test_mail_submitted_locally_waits_for_no_scanner(
     assert "action=accept would=tempfail" in m.log
 
 
+def check(cfg: Path, *args: str) -> str:
+    """`spambridge check` as an admin runs it; what it prints."""
+    r = subprocess.run([sys.executable, "-m", "spambridge", "check", "--config", str(cfg),
+                        *args], capture_output=True, text=True, timeout=60,
+                       stdin=subprocess.DEVNULL)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return r.stdout
+
+
+def test_check_on_what_postfix_delivered_says_what_the_milter_did(
+        postfix: PostfixInstance, start_milter: Start, tmp_path: Path) -> None:
+    """An admin runs `check` on a Maildir file to learn why the milter did what it did. The
+    file holds what Postfix wrote around the message (Return-Path, Delivered-To, its own
+    Received line) and the milter's changes (X-Spam-* fields, the tagged Subject). `check`
+    said "headers removed: X-Spam-Checker-Version, ..." (forged fields the message never
+    had), "not added: the Subject has it already" for the tag the milter wrote, and, for
+    the site's own mail (sendmail(1), which the milter tags without touching its Subject),
+    that it would tag its Subject."""
+    db = train_database(tmp_path, bayes_mail, 20)
+    m = start_milter({"milter": {"socket": f"unix:{postfix.milter_socket}", "engine": "bayes"},
+                      "bayes": {"db": str(db), "min_trained": 20, "reject_cutoff": 1.0},
+                      "policy": {"subject_tag": "[SPAM]"}})  # the tag band, not reject
+    got = postfix.wait_delivered(postfix.send(bayes_mail(970, "spam")))
+    assert got.all("Subject") == ["[SPAM] spam 970"] and got.all("X-Spam-Flag") == ["YES"]
+    [score] = got.all("X-Spam-Score")
+    assert check(m.config_path, "--batch", str(got.path)).endswith("\tspam\n")
+    said = check(m.config_path, str(got.path))
+    assert f"score={score} engine=bayes verdict=spam action=tag" in said
+    assert "the Subject becomes '[SPAM] spam 970'" in said
+    assert "headers removed" not in said
+
+    with postfix.main_cf(non_smtpd_milters="$smtpd_milters"):
+        own = submitted_locally(postfix, bayes_mail(971, "spam"), "cron-check@test.example")
+    assert own.all("Subject") == ["spam 971"] and own.all("X-Spam-Flag") == ["YES"]
+    said = check(m.config_path, str(own.path))
+    assert "verdict=spam action=tag" in said and "Subject prefix" not in said, said
+
+
 DEFAULT_ACTION_EFFECT = {
     "accept": "delivered",
     "tempfail": "451",
