@@ -120,11 +120,12 @@ class NextHop:
     DATA it got, dot-unstuffed, to one file per message in `directory`, so a test reads the
     lines exactly as Sendmail sent them. One connection at a time (Sendmail sends one)."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, port: int = 0) -> None:
         self.directory = directory
         directory.mkdir()
         self._sock = socket.socket()
-        self._sock.bind(("127.0.0.1", 0))
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a port given again
+        self._sock.bind(("127.0.0.1", port))
         self._sock.listen(8)
         self._sock.settimeout(0.2)
         self.port = int(self._sock.getsockname()[1])
@@ -356,16 +357,18 @@ class SendmailInstance:
         return sorted(p.name for p in self.client_queue.iterdir() if p.name[1:2] == "f")
 
 
-def make_instance(milter_socket: str, relay: bool = False) -> SendmailInstance:
+def make_instance(milter_socket: str, relay: bool = False, port: int = 0,
+                  next_hop_port: int = 0) -> SendmailInstance:
     """A started instance whose milter is at `milter_socket` (libmilter's spelling); with
-    `relay`, mail for other domains goes out over SMTP to a NextHop."""
+    `relay`, mail for other domains goes out over SMTP to a NextHop. `port` and
+    `next_hop_port` (0: a free one) for a bench that must keep to its own ports."""
     require_root()
     unpacked = unpacked_sendmail()
     base = Path(tempfile.mkdtemp(prefix="sb-sendmail-"))
     os.chmod(base, 0o755)  # the submission program (user daemon) reads its config here
-    next_hop = NextHop(base / "relayed") if relay else None
+    next_hop = NextHop(base / "relayed", next_hop_port) if relay else None
     sm = SendmailInstance(base, unpacked, milter_socket, next_hop)
-    sm.write_config(free_port())
+    sm.write_config(port or free_port())
     try:
         sm.start()
     except BaseException:
