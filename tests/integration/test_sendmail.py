@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import re
 import smtplib
+import socket
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from harness import GTUBE, RunningMilter, Spamd, free_port, gtube_mail, message, wait_until
-from sendmail_instance import HOSTNAME, SendmailInstance, destroy, make_instance
+from sendmail_instance import HOSTNAME, NextHop, SendmailInstance, destroy, make_instance
 from spamdfakes import SwitchableSpamd, spamd_reply
 
 pytestmark = pytest.mark.sendmail
@@ -175,3 +177,21 @@ def test_a_tagged_subject_is_relayed_intact_past_the_esmtp_mailers_990_character
         assert "action=tag" in log_line(m, qid)
     finally:
         fake.close()
+
+
+def test_the_next_hop_takes_a_message_while_another_connection_is_open(tmp_path: Path) -> None:
+    """Sendmail relays each message from a process of its own, so the next hop must serve a
+    connection while another is open: served one at a time, a second waited for the first
+    to end (30 s idle), and of 72 messages relayed at once 5 had not arrived 300 s later."""
+    hop = NextHop(tmp_path / "relayed")
+    try:
+        with socket.create_connection(("127.0.0.1", hop.port), timeout=10) as idle:
+            assert idle.recv(100).startswith(b"220 ")
+            # before: no greeting for this one while `idle` stays open (SMTPServerDisconnected)
+            with smtplib.SMTP("127.0.0.1", hop.port, timeout=10) as s:
+                s.sendmail("alice@example.net", ["bob@elsewhere.example"],
+                           b"Subject: second\r\n\r\nbody\r\n")
+        [kept] = hop.directory.glob("*.eml")
+        assert kept.read_bytes() == b"Subject: second\r\n\r\nbody\r\n"
+    finally:
+        hop.close()
