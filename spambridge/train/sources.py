@@ -369,7 +369,8 @@ def _some_mail(items: Iterator[Item], where: str, sniffed: bool) -> Iterator[Ite
 
 def _split_mbox(p: str, data: bytes, max_size: int) -> Iterator[Item]:
     """Split at "From " separator lines that follow a blank line (or start the file), in
-    memory (see _starts_message)."""
+    memory (see _starts_message), but never inside the body a message's Content-Length
+    holds (see _length_end)."""
     if b"\r" in data:
         data = data.replace(b"\r\n", b"\n")
     data = data.lstrip(b"\n")  # blank lines before the first separator are no message
@@ -380,11 +381,18 @@ def _split_mbox(p: str, data: bytes, max_size: int) -> Iterator[Item]:
             data = b"\n\n" + data
         pieces = data.split(b"\n\nFrom ")  # a literal split: fast, no regex backtracking
         runs = [[pieces[0]]]  # the pieces of each message, joined once (no quadratic copies)
+        at = len(pieces[0])  # where the "\n\nFrom " before the next piece stands
+        ends = -1  # where the Content-Length of the message so far ends it
         for i, piece in enumerate(pieces[1:]):
-            if (i == 0 and data.startswith(b"\n\nFrom ")) or _starts_message(piece, 0):
+            if at < ends:  # inside the body its Content-Length holds: the body goes on
+                runs[-1].append(piece)
+            elif (at == ends or (i == 0 and data.startswith(b"\n\nFrom "))
+                  or _starts_message(piece, 0)):
                 runs.append([piece])
+                ends = _length_end(data, at + 7, max_size)
             else:  # not a separator line: the body goes on
                 runs[-1].append(piece)
+            at += 7 + len(piece)
         chunks = [b"\n\nFrom ".join(run) for run in runs]
         if not chunks[0].strip():
             del chunks[0]
@@ -396,6 +404,41 @@ def _split_mbox(p: str, data: bytes, max_size: int) -> Iterator[Item]:
             yield Item(f"{p}#{n}", problem=TOO_LARGE)
         else:
             yield _item(f"{p}#{n}", _unescape_from(chunk))
+
+
+# a Content-Length field (mboxcl, mboxcl2): Dovecot writes one on every message of its mbox
+# files and escapes no "From " line in a body, as mutt does when it rewrites an mbox
+_CONTENT_LENGTH = re.compile(rb"^content-length[ \t]*:[ \t]*(\d{1,15})[ \t\r]*$", re.I | re.M)
+
+
+def _content_length(head: bytes, start: int = 0, end: int | None = None) -> int | None:
+    """The value of the last Content-Length field in `head[start:end]` (None: none)."""
+    value = None
+    for m in _CONTENT_LENGTH.finditer(head, start, len(head) if end is None else end):
+        value = int(m[1])
+    return value
+
+
+def _length_end(data: bytes, separator: int, max_size: int) -> int:
+    """Where the message whose separator line's rest begins at `separator` ends by its
+    Content-Length: the offset of the "\n\nFrom " after its body, or len(data) when it is
+    the last one; -1 when it has none, one over `max_size` (too large anyway), or the length
+    lands anywhere else (a length a sender wrote, or one gone stale: the separator lines
+    decide then, as without one). The body counts its last newline, not the blank line
+    before the next separator."""
+    start = data.find(b"\n", separator) + 1
+    head_end = data.find(b"\n\n", start - 1)
+    if not start or head_end < 0:
+        return -1
+    length = _content_length(data, start, head_end + 1)
+    if length is None or (max_size and length > max_size):
+        return -1
+    end = head_end + 2 + length
+    if end == len(data) or (end == len(data) - 1 and data[end - 1:] == b"\n\n"):
+        return len(data)
+    if data.startswith(b"\nFrom ", end) and data[end - 1:end] == b"\n":
+        return end - 1
+    return -1
 
 
 def drain(f: IO[bytes]) -> None:
@@ -520,35 +563,76 @@ def _split_lines(p: str, lines_in: Iterable[bytes], max_size: int) -> Iterator[I
     one are passed over), by _starts_message's rule: a "From " line after a blank one that is
     not written as mbox writers write it separates only when a header follows it, so it is
     held, with the lines after it, until that is known (the header block ended, or plainly is
-    none)."""
+    none). A message whose Content-Length lands on the next separator (see _length_end) is
+    cut there and nowhere in its body: its body is read ahead that far to know."""
     n = 0
     lines: list[bytes] = []
     size = 0
     blank = True
     held: list[bytes] = []  # a candidate separator line and the lines after it so far
     held_size = 0
+    src = _Pushback(itertools.dropwhile(_is_blank, lines_in))
+    in_head = True  # the header of the message so far is being read
+    length: int | None = None  # its Content-Length
+    cut_next = False  # its body ended where its Content-Length said: a "From " line follows
 
     def cut() -> Iterator[Item]:
         """The message so far, if any (a first line over max_size appended nothing)."""
-        nonlocal n, lines, size
+        nonlocal n, lines, size, in_head, length, cut_next
         if lines or size:
             n += 1
             yield _mbox_item(p, n, lines, size, max_size)
         lines, size = [], 0
+        in_head, length, cut_next = True, None, False
 
     def settle() -> Iterator[Item]:
-        """Decide on the held lines: a new message, or body lines of the one before."""
-        nonlocal size
+        """Decide on the held lines: a new message (its lines read again, as its header),
+        or body lines of the one before."""
+        nonlocal blank
         if _is_header(b"".join(held[1:])):
             yield from cut()
-            del held[0]
-        for line in held:
-            size += len(line)
-            if not max_size or size <= max_size:
-                lines.append(line)
+            src.push(held[1:])
+            blank = False
+        else:
+            for line in held:
+                add(line)
         held.clear()
 
-    for line in itertools.dropwhile(_is_blank, lines_in):
+    def add(line: bytes) -> None:
+        nonlocal size
+        size += len(line)
+        if not max_size or size <= max_size:
+            lines.append(line)
+
+    def body_by_length(length: int) -> None:
+        """At the end of a header with a Content-Length: the body that long, if the next
+        separator (or the end) follows it, taken whole; else its lines are read as usual."""
+        nonlocal blank, cut_next
+        if max_size and length > max_size:
+            return  # too large either way: not read ahead past the limit
+        body: list[bytes] = []
+        got = 0
+        while got < length and (line := next(src, None)) is not None:
+            body.append(line)
+            got += len(line) - line.endswith(b"\r\n")  # as in memory: LF line ends
+        after = [line for line in (next(src, None), next(src, None)) if line is not None]
+        if got == length and (not after or (_is_blank(after[0]) and (
+                len(after) == 1 or after[1].startswith(b"From ")))):
+            for line in body:
+                add(line)
+            blank = not body or _is_blank(body[-1])
+            cut_next = True
+            src.push(after)
+        else:
+            src.push(body + after)
+
+    while True:
+        line = next(src, None)
+        if line is None:
+            if not held:
+                break
+            yield from settle()
+            continue
         if held:
             held.append(line)
             held_size += len(line)
@@ -561,7 +645,7 @@ def _split_lines(p: str, lines_in: Iterable[bytes], max_size: int) -> Iterator[I
             if n == 0 and not size:  # the first line
                 blank = False
                 continue
-            if _SEPARATOR_WRITTEN.match(line, 5):
+            if cut_next or _SEPARATOR_WRITTEN.match(line, 5):
                 yield from cut()
                 blank = False
                 continue
@@ -570,12 +654,32 @@ def _split_lines(p: str, lines_in: Iterable[bytes], max_size: int) -> Iterator[I
                 held_size = 0  # the lines after it, as _is_header counts them in memory
                 continue
         blank = _is_blank(line)
-        size += len(line)
-        if not max_size or size <= max_size:
-            lines.append(line)
-    if held:
-        yield from settle()
+        add(line)
+        if in_head:
+            if blank:
+                in_head = False
+                if length is not None:
+                    body_by_length(length)
+            elif (value := _content_length(line)) is not None:
+                length = value
     yield from cut()
+
+
+class _Pushback:
+    """Lines, with some put back to be read again (_split_lines reads a body ahead)."""
+
+    def __init__(self, lines: Iterator[bytes]) -> None:
+        self.lines = lines
+        self.back: list[bytes] = []
+
+    def __iter__(self) -> _Pushback:
+        return self
+
+    def __next__(self) -> bytes:
+        return self.back.pop() if self.back else next(self.lines)
+
+    def push(self, lines: list[bytes]) -> None:
+        self.back.extend(reversed(lines))
 
 
 def _is_blank(line: bytes) -> bool:

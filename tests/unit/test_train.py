@@ -3096,3 +3096,52 @@ def test_selective_with_engine_spamd_is_a_usage_error(tmp_path: Path,
     assert code == 2 and out == ""
     assert err == ("spambridge train: --selective applies to the local Bayes database (engine "
                    "bayes or spamd+bayes)\n")
+
+
+def dovecot_mbox(msgs: list[bytes]) -> bytes:
+    """An mbox as Dovecot writes one (mboxcl2): its state fields and a Content-Length on each
+    message, the body as it came ("From " lines in it not escaped), a blank line between."""
+    out = []
+    for uid, m in enumerate(msgs, 1):
+        head, _, body = m.partition(b"\n\n")
+        out.append(b"From alice@example.org  Sat Nov 28 08:50:13 2026\n" + head
+                   + b"\nX-UID: %d\nStatus: \nX-Keywords:   \nContent-Length: %d\n\n"
+                   % (uid, len(body)) + body)
+    return b"\n".join(out)
+
+
+def pipe_copy(msg: bytes) -> bytes:
+    """The message as Dovecot's IMAPSieve pipe gives it: CRLF line ends, its state fields hid."""
+    return msg.replace(b"\n", b"\r\n")
+
+
+@pytest.mark.parametrize("kind", ["file", "big", "stdin"])
+def test_a_separator_line_in_a_dovecot_mbox_body_does_not_cut_its_message(
+        tmp_path: Path, db: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch, kind: str) -> None:
+    """Dovecot does not escape a body's "From " lines in its mbox files: the Content-Length it
+    writes says where each message ends. A body line "From bob@example.org Thu Nov 26 ..."
+    (a `git format-patch` attachment opens with one) cut a message of a user's Junk in two:
+    the nightly `train --spam ~/mail/Junk` said "Learned 3 of 3 messages", the message's
+    first half and the patch each learned as a new spam, beside the whole message the move
+    to Junk had learned (as the file, the streamed mbox and `--mbox -` alike)."""
+    patch = mail(1, True) + (b"\n--- the patch ---\n\nFrom 3f2a9c1e Mon Sep 17 00:00:00 2001\n"
+                             b"From: Dev <dev@example.org>\nSubject: [PATCH] fix\n\n+fixed\n")
+    mbox = tmp_path / "Junk"
+    mbox.write_bytes(dovecot_mbox([patch, mail(2, True)]))
+    piped = tmp_path / "piped.eml"
+    piped.write_bytes(pipe_copy(patch))
+    assert run("train", "--db", str(db), "--spam", str(piped), capsys=capsys)[0] == 0
+    args = ["train", "--db", str(db), "--spam"]
+    if kind == "stdin":
+        proc = subprocess.run([sys.executable, "-m", "spambridge", *args, "--mbox", "-"],
+                              input=mbox.read_bytes(), capture_output=True, check=False)
+        code, out, err = proc.returncode, proc.stdout.decode(), proc.stderr.decode()
+    else:
+        if kind == "big":  # streamed line by line
+            monkeypatch.setattr(train.sources, "MBOX_IN_MEMORY", 100)
+            args += ["--max-size", "1k"]
+        code, out, err = run(*args, str(mbox), capsys=capsys)
+    assert (code, err) == (0, "")
+    assert "Learned 1 of 2 messages as spam (1 already trained) in " in out
+    assert totals(db) == (2, 0) and tokens(db)["+fixed"] == (1, 0)
