@@ -376,11 +376,13 @@ def _split_mbox(p: str, data: bytes, max_size: int) -> Iterator[Item]:
     data = data.lstrip(b"\n")  # blank lines before the first separator are no message
     if data.startswith(b"From ") and b"\n\nFrom " not in data:
         chunks = [data]  # one message with its separator line: the common case of a file
+        kept = [_length_end(data, 5, max_size) == len(data)]
     else:
         if data.startswith(b"From "):
             data = b"\n\n" + data
         pieces = data.split(b"\n\nFrom ")  # a literal split: fast, no regex backtracking
         runs = [[pieces[0]]]  # the pieces of each message, joined once (no quadratic copies)
+        kept = [False]  # each run's Content-Length held: its body is as it came (_unescape_from)
         at = len(pieces[0])  # where the "\n\nFrom " before the next piece stands
         ends = -1  # where the Content-Length of the message so far ends it
         for i, piece in enumerate(pieces[1:]):
@@ -390,24 +392,27 @@ def _split_mbox(p: str, data: bytes, max_size: int) -> Iterator[Item]:
                   or _starts_message(piece, 0)):
                 runs.append([piece])
                 ends = _length_end(data, at + 7, max_size)
+                kept.append(ends >= 0)
             else:  # not a separator line: the body goes on
                 runs[-1].append(piece)
             at += 7 + len(piece)
         chunks = [b"\n\nFrom ".join(run) for run in runs]
         if not chunks[0].strip():
             del chunks[0]
+            del kept[0]
         else:  # --mbox on a file that does not start with a separator: keep the head
             chunks[0] = b"From -\n" + chunks[0]
-    for n, chunk in enumerate(chunks, 1):
+    for n, (chunk, as_came) in enumerate(zip(chunks, kept, strict=True), 1):
         chunk = chunk.partition(b"\n")[2]  # the rest of the separator line
         if max_size and len(chunk) > max_size:
             yield Item(f"{p}#{n}", problem=TOO_LARGE)
         else:
-            yield _item(f"{p}#{n}", _unescape_from(chunk))
+            yield _item(f"{p}#{n}", chunk if as_came else _unescape_from(chunk))
 
 
 # a Content-Length field (mboxcl, mboxcl2): Dovecot writes one on every message of its mbox
-# files and escapes no "From " line in a body, as mutt does when it rewrites an mbox
+# files, escapes no "From " line in a body and unescapes no ">From " line: what its IMAP
+# clients and its pipes see is the body as stored
 _CONTENT_LENGTH = re.compile(rb"^content-length[ \t]*:[ \t]*(\d{1,15})[ \t\r]*$", re.I | re.M)
 
 
@@ -575,15 +580,16 @@ def _split_lines(p: str, lines_in: Iterable[bytes], max_size: int) -> Iterator[I
     in_head = True  # the header of the message so far is being read
     length: int | None = None  # its Content-Length
     cut_next = False  # its body ended where its Content-Length said: a "From " line follows
+    as_came = False  # so: the body is as it came, ">From " lines not unescaped
 
     def cut() -> Iterator[Item]:
         """The message so far, if any (a first line over max_size appended nothing)."""
-        nonlocal n, lines, size, in_head, length, cut_next
+        nonlocal n, lines, size, in_head, length, cut_next, as_came
         if lines or size:
             n += 1
-            yield _mbox_item(p, n, lines, size, max_size)
+            yield _mbox_item(p, n, lines, size, max_size, as_came)
         lines, size = [], 0
-        in_head, length, cut_next = True, None, False
+        in_head, length, cut_next, as_came = True, None, False, False
 
     def settle() -> Iterator[Item]:
         """Decide on the held lines: a new message (its lines read again, as its header),
@@ -607,7 +613,7 @@ def _split_lines(p: str, lines_in: Iterable[bytes], max_size: int) -> Iterator[I
     def body_by_length(length: int) -> None:
         """At the end of a header with a Content-Length: the body that long, if the next
         separator (or the end) follows it, taken whole; else its lines are read as usual."""
-        nonlocal blank, cut_next
+        nonlocal blank, cut_next, as_came
         if max_size and length > max_size:
             return  # too large either way: not read ahead past the limit
         body: list[bytes] = []
@@ -621,7 +627,7 @@ def _split_lines(p: str, lines_in: Iterable[bytes], max_size: int) -> Iterator[I
             for line in body:
                 add(line)
             blank = not body or _is_blank(body[-1])
-            cut_next = True
+            cut_next = as_came = True
             src.push(after)
         else:
             src.push(body + after)
@@ -686,18 +692,20 @@ def _is_blank(line: bytes) -> bool:
     return line in (b"\n", b"\r\n")
 
 
-def _mbox_item(p: str, n: int, lines: list[bytes], size: int, max_size: int) -> Item:
+def _mbox_item(p: str, n: int, lines: list[bytes], size: int, max_size: int,
+               as_came: bool = False) -> Item:
     where = f"{p}#{n}"
     if max_size and size > max_size:
         return Item(where, problem=TOO_LARGE)
     data = b"".join(lines)
     if data.endswith(b"\n\n"):
         data = data[:-1]  # the blank line before the next "From " belongs to the mbox
-    return _item(where, _unescape_from(data))
+    return _item(where, data if as_came else _unescape_from(data))
 
 
 def _unescape_from(data: bytes) -> bytes:
-    """mboxrd: ">From " at a line start was "From " before the message was stored."""
+    """mboxrd: ">From " at a line start was "From " before the message was stored (not in a
+    message its Content-Length ends: see _CONTENT_LENGTH)."""
     if b">From " not in data:
         return data
     return re.sub(rb"(?m)^>(>*From )", rb"\1", data)
