@@ -404,6 +404,8 @@ def _split_mbox(p: str, data: bytes, max_size: int) -> Iterator[Item]:
             chunks[0] = b"From -\n" + chunks[0]
     for n, (chunk, as_came) in enumerate(zip(chunks, kept, strict=True), 1):
         chunk = chunk.partition(b"\n")[2]  # the rest of the separator line
+        if n == 1 and _folder_data(chunk):
+            continue
         if max_size and len(chunk) > max_size:
             yield Item(f"{p}#{n}", problem=TOO_LARGE)
         else:
@@ -422,6 +424,20 @@ def _content_length(head: bytes, start: int = 0, end: int | None = None) -> int 
     for m in _CONTENT_LENGTH.finditer(head, start, len(head) if end is None else end):
         value = int(m[1])
     return value
+
+
+# the field that marks the first message of an mbox as the mail system's folder data ("DON'T
+# DELETE THIS MESSAGE -- FOLDER INTERNAL DATA"): UW-IMAP's and Dovecot's, which keep an
+# emptied folder's UIDVALIDITY and next UID in it and show it to no IMAP client or pipe
+_FOLDER_DATA = re.compile(rb"^x-imap[ \t]*:", re.I | re.M)
+
+
+def _folder_data(message: bytes) -> bool:
+    """Whether `message`, the first of an mbox, is the folder's data, not mail (its Subject
+    too, which both write so: a sender's own X-IMAP field does not hide a message)."""
+    end = m.start() if (m := _HEADER_END.search(message, 0, MAIL_HEAD)) else MAIL_HEAD
+    return (_FOLDER_DATA.search(message, 0, end) is not None
+            and message.find(b"FOLDER INTERNAL DATA", 0, end) >= 0)
 
 
 def _length_end(data: bytes, separator: int, max_size: int) -> int:
@@ -587,7 +603,8 @@ def _split_lines(p: str, lines_in: Iterable[bytes], max_size: int) -> Iterator[I
         nonlocal n, lines, size, in_head, length, cut_next, as_came
         if lines or size:
             n += 1
-            yield _mbox_item(p, n, lines, size, max_size, as_came)
+            if n > 1 or not _folder_data(b"".join(lines)):
+                yield _mbox_item(p, n, lines, size, max_size, as_came)
         lines, size = [], 0
         in_head, length, cut_next, as_came = True, None, False, False
 

@@ -3182,3 +3182,41 @@ def test_a_quoted_from_line_in_a_dovecot_mbox_is_the_line_the_pipe_gave(
     assert run("train", "--db", str(alone), "--spam", str(piped), str(other),
                capsys=capsys)[0] == 0
     assert totals(db) == (2, 0) and tokens(db) == tokens(alone)
+
+
+FOLDER_DATA = (b"From MAILER_DAEMON  Sat Nov 28 08:51:23 2026\nDate: Sat, 28 Nov 2026 08:51:23 +0000\n"
+               b"From: Mail System Internal Data <MAILER-DAEMON@mx>\n"
+               b"Subject: DON'T DELETE THIS MESSAGE -- FOLDER INTERNAL DATA\n"
+               b"Message-ID: <1795855883@mx>\nX-IMAP: 1795855812 0000000384\nStatus: RO\n\n"
+               b"This text is part of the internal format of your mail folder, and is not\n"
+               b"a real message.  It is created automatically by the mail system software.\n"
+               b"If deleted, important folder data will be lost, and it will be re-created\n"
+               b"with the data reset to initial values.\n\n")
+
+
+@pytest.mark.parametrize("kind", ["file", "big", "stdin"])
+def test_the_folder_data_message_of_a_dovecot_mbox_is_not_learned(
+        tmp_path: Path, db: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch, kind: str) -> None:
+    """Once a user empties a folder, Dovecot keeps its mbox file's state in a first message
+    "DON'T DELETE THIS MESSAGE -- FOLDER INTERNAL DATA" (an X-IMAP field), as UW-IMAP does,
+    and hides it from IMAP: no user moved it to Junk, yet the nightly `train --spam
+    ~/mail/Junk` learned it as spam ("Learned 2 of 2 messages", for one in the folder)."""
+    mbox = tmp_path / "Junk"
+    mbox.write_bytes(FOLDER_DATA + dovecot_mbox([mail(1, True)]))
+    args = ["train", "--db", str(db), "--spam"]
+    if kind == "stdin":
+        proc = subprocess.run([sys.executable, "-m", "spambridge", *args, "--mbox", "-"],
+                              input=mbox.read_bytes(), capture_output=True, check=False)
+        code, out, err = proc.returncode, proc.stdout.decode(), proc.stderr.decode()
+    else:
+        if kind == "big":  # streamed line by line
+            monkeypatch.setattr(train.sources, "MBOX_IN_MEMORY", 100)
+        code, out, err = run(*args, str(mbox), capsys=capsys)
+    assert (code, err) == (0, "")
+    assert "Learned 1 of 1 messages as spam in " in out
+    assert totals(db) == (1, 0) and "internal" not in tokens(db)
+    # the field only marks a folder's first message: a message carrying it later is mail
+    mbox.write_bytes(dovecot_mbox([mail(1, True), FOLDER_DATA.partition(b"\n")[2]]))
+    code, out, _ = run("train", "--db", str(db), "--spam", str(mbox), capsys=capsys)
+    assert code == 0 and "Learned 1 of 2 messages as spam (1 already trained)" in out
