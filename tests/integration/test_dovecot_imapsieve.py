@@ -30,6 +30,7 @@ from harness import dovecot_conf, free_port, python_for, running_dovecot
 DOVECOT = shutil.which("dovecot") or "/usr/sbin/dovecot"
 SIEVEC = shutil.which("sievec") or "/usr/bin/sievec"
 IMAP = "/usr/lib/dovecot/imap"
+LDA = "/usr/lib/dovecot/dovecot-lda"
 IMAPSIEVE = "/usr/lib/dovecot/modules/sieve/lib90_sieve_imapsieve_plugin.so"
 CONTRIB = Path(__file__).resolve().parents[2] / "contrib" / "dovecot"
 MAIL_UID = 65534  # nobody: the mail user, who does not own the database
@@ -409,4 +410,51 @@ def test_the_pipe_and_a_nightly_train_agree_on_a_compressed_store(
     assert (r.returncode, r.stderr) == (0, "")
     assert r.stdout.startswith("Learned 1 of 2 messages as spam (1 already trained) in ")
     assert srv.totals() == (2, 0)
+    assert srv.errors() == []
+
+
+def test_the_pipe_and_a_nightly_train_agree_on_an_mbox_store(
+        dovecot: Callable[[str], Server]) -> None:
+    """With mbox files (`mail_location = mbox:`), Dovecot writes a Content-Length on each
+    message and neither escapes nor unescapes body lines: a nightly `train` over the user's
+    Junk must read each message as the pipe gave it on the move. It read ">From " lines as
+    "From ", learning such a message again under another key, and learned the "FOLDER
+    INTERNAL DATA" message Dovecot puts first in a folder once it has been emptied. The mail
+    comes through dovecot-lda, as Postfix's mailbox_command delivers it. (A body line such as
+    "From 3f2a9c1e Mon Sep 17 00:00:00 2001" after a blank one is not used here: Dovecot 2.3
+    itself cuts such a message there when it copies it, or fails the MOVE; the unit tests
+    cover train's reading of it.)"""
+    srv = dovecot("mail_location = mbox:~/mail:INBOX=~/mail/inbox")
+    quoted = msg(2) + b">From the desk of the director\r\n>>From deeper\r\n"
+    for m in (msg(1), quoted, msg(3)):
+        subprocess.run([LDA, "-c", str(srv.top / "dovecot.conf"), "-d", "user", "-f",
+                        "prize@lottery.example"], input=m.replace(b"\r\n", b"\n"), check=True,
+                       timeout=60)
+    c = Client(srv.port)
+    try:
+        assert c.m.select("INBOX")[0] == "OK"
+        uids = [int(u) for u in c.m.uid("SEARCH", "ALL")[1][0].split()]
+        assert len(uids) == 3
+        moved = [c.move("INBOX", uid, "Junk")[0] for uid in uids]
+        assert srv.totals() == (3, 0)
+        c.move("Junk", moved[2], "INBOX")  # INBOX was emptied before: Dovecot's folder data
+        assert srv.totals() == (2, 1)
+    finally:
+        c.close()
+    home = srv.top / "mail" / "user" / "mail"
+    assert b"FOLDER INTERNAL DATA" in (home / "inbox").read_bytes()
+    assert b"\n>From the desk" in (home / "Junk").read_bytes()
+
+    def nightly(label: str, box: str) -> str:
+        r = subprocess.run([sys.executable, "-m", "spambridge", "train", "--db", str(srv.db),
+                            label, str(home / box)], capture_output=True, text=True,
+                           timeout=120, check=False)
+        assert (r.returncode, r.stderr) == (0, "")
+        return r.stdout
+
+    assert nightly("--spam", "Junk").startswith(
+        "Learned 0 of 2 messages as spam (2 already trained) in ")
+    assert nightly("--ham", "inbox").startswith(
+        "Learned 0 of 1 messages as ham (1 already trained) in ")
+    assert srv.totals() == (2, 1)
     assert srv.errors() == []
