@@ -597,16 +597,19 @@ def _split_lines(p: str, lines_in: Iterable[bytes], max_size: int) -> Iterator[I
     length: int | None = None  # its Content-Length
     cut_next = False  # its body ended where its Content-Length said: a "From " line follows
     as_came = False  # so: the body is as it came, ">From " lines not unescaped
+    opened = False  # the message so far began with a separator line
 
     def cut() -> Iterator[Item]:
-        """The message so far, if any (a first line over max_size appended nothing)."""
-        nonlocal n, lines, size, in_head, length, cut_next, as_came
-        if lines or size:
+        """The message so far, if any (a first line over max_size appended nothing); a
+        separator line with nothing after it is one, "not mail", as in memory."""
+        nonlocal n, lines, size, in_head, length, cut_next, as_came, opened
+        if lines or size or opened:
             n += 1
             if n > 1 or not _folder_data(b"".join(lines)):
                 yield _mbox_item(p, n, lines, size, max_size, as_came)
         lines, size = [], 0
         in_head, length, cut_next, as_came = True, None, False, False
+        opened = True  # by the separator line that called for the cut (or the end)
 
     def settle() -> Iterator[Item]:
         """Decide on the held lines: a new message (its lines read again, as its header),
@@ -667,6 +670,7 @@ def _split_lines(p: str, lines_in: Iterable[bytes], max_size: int) -> Iterator[I
         if blank and line.startswith(b"From "):
             if n == 0 and not size:  # the first line
                 blank = False
+                opened = True
                 continue
             if cut_next or _SEPARATOR_WRITTEN.match(line, 5):
                 yield from cut()
