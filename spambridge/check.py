@@ -68,11 +68,16 @@ def build_scanner(cfg: Config, clues: int = 0) -> Scanner:
     return build(cfg, BayesScanner(cfg.bayes, create=False, clues=clues))
 
 
-# in the Received line our MTA wrote: the client's part ("from HELO (NAME [ADDR])"), a client
-# that authenticated (RFC 3848's ESMTPA, ESMTPSA; Postfix's UTF8SMTPA...), and mail Postfix's
-# pickup took from sendmail(1), which the milter sees come from localhost, 127.0.0.1, port 0
-_CLIENT = re.compile(rb"\s*from\s(.*?)\sby\s", re.S)
-_AUTHENTICATED = re.compile(rb"\swith\s+(?:UTF8)?E?SMTPS?A\b", re.I)
+# in the Received line our MTA wrote: the client's comment ("from HELO (NAME [ADDR])"), the
+# protocol after "by HOST (MTA)", one a client that authenticated gets (RFC 3848's ESMTPA,
+# ESMTPSA; Postfix's UTF8SMTPA...), and mail Postfix's pickup took from sendmail(1), which
+# the milter sees come from localhost, 127.0.0.1, port 0. The HELO before the comment is the
+# client's to write ("[10.1.2.3]", words: Postfix joins its arguments, and leaves out only
+# parentheses and a few more), and so is the recipient in the "for" clause after the
+# protocol: neither is read for an address or a protocol.
+_CLIENT = re.compile(rb"\s*from\s[^()]*\(([^()]*)")
+_PROTOCOL = re.compile(rb"\sby\s+[^\s()]+(?:\s+\([^()]*\))?\s+with\s+(\S+)")
+_AUTHENTICATED = re.compile(rb"(?:UTF8)?E?SMTPS?A\b", re.I)
 _PICKUP = re.compile(rb"\s*by\s+\S+\s+\(Postfix, from userid\b")
 
 
@@ -88,11 +93,13 @@ def _envelope(n: int, buf: MessageBuffer, cfg: Config) -> tuple[Envelope, SkipRe
     if i is None:
         return env, None
     line = buf.headers[i][1].partition(b";")[0]  # not the date
+    after = 0  # where the protocol is looked for: past what the client wrote
     if _PICKUP.match(line):
         env.client_addr, env.local = "127.0.0.1", True
     elif m := _CLIENT.match(line):
         env.client_addr = macro_address(m[1].decode("latin-1"))
-    if _AUTHENTICATED.search(line):
+        after = m.end()
+    if (p := _PROTOCOL.search(line, after)) and _AUTHENTICATED.match(p[1]):
         env.auth_user = "(authenticated)"  # who, the milter alone knew
     # as Session.skip_reason
     if is_trusted(env.client_addr, cfg.milter):

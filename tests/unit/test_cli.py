@@ -666,3 +666,42 @@ def test_check_decides_a_delivered_message_with_what_the_milter_knew(
     assert (why.value if why else None) == skip
     live, why = check._envelope(1, parse_raw(b"Received: " + received + b"\n\nbody\n"), cfg)
     assert (live.client_addr, live.local, live.auth_user, why) == ("", False, "", None)
+
+
+@pytest.mark.parametrize(("received", "addr", "auth"), [
+    # a client's HELO is its own to write: an address literal (Postfix takes any), words
+    # (Postfix joins HELO's arguments with blanks), all before the comment smtpd writes
+    (b"from [192.0.2.10] (unknown [203.0.113.5])\n\tby mx.test.example (Postfix) with ESMTP"
+     b" id 4ABC\n\tfor <u@test.example>; Wed, 25 Nov 2026 10:00:00 +0000", "203.0.113.5", False),
+    (b"from x [192.0.2.10] with ESMTPA (unknown [203.0.113.5])\n\tby mx.test.example (Postfix)"
+     b" with ESMTP id 4ABC\n\tfor <u@test.example>; Wed, 25 Nov 2026 10:00:00 +0000",
+     "203.0.113.5", False),
+    # and a recipient its RCPT TO spells, quoted, in the "for" clause after the protocol
+    (b"from mail.example.net (mail.example.net [203.0.113.5])\n\tby mx.test.example (Postfix)"
+     b" with ESMTP id 4ABC\n\tfor <\"u+ with ESMTPA\"@test.example>; Wed, 25 Nov 2026 10:00:00"
+     b" +0000", "203.0.113.5", False),
+    # Sendmail's client comment may end "(may be forged)", its AUTH comment stand before "by"
+    (b"from [192.0.2.10] (pc.example.org [203.0.113.5] (may be forged))\n\t(authenticated bits=0)"
+     b"\n\tby mx.test.example (8.17.1/8.17.1) with ESMTPSA id 5ABC; Wed, 25 Nov 2026 10:00:00"
+     b" +0000", "203.0.113.5", True),
+])
+def test_check_reads_the_client_from_the_comment_our_mta_wrote(
+        received: bytes, addr: str, auth: bool) -> None:
+    """What a sender wrote (its HELO, its RCPT TO) stands in our MTA's Received line beside
+    the client's address and protocol: `check` on a delivered spam whose client said
+    "HELO [192.0.2.10]" (any trusted address) said "skipped: trusted", and one whose HELO said
+    "with ESMTPA" said "skipped: authenticated", where the milter had scanned both."""
+    from dataclasses import replace
+
+    from spambridge import check
+    from spambridge.config import Config, parse_network
+    from spambridge.message import parse_raw
+
+    cfg = Config()
+    cfg = replace(cfg, milter=replace(cfg.milter, trusted_networks=(
+        parse_network("192.0.2.0/24"),), skip_authenticated=True))
+    buf = parse_raw(b"Return-Path: <a@example.org>\nReceived: " + received
+                    + b"\nFrom: a@example.org\n\nbody\n")
+    env, why = check._envelope(1, buf, cfg)
+    assert (env.client_addr, bool(env.auth_user)) == (addr, auth)
+    assert (why.value if why else None) == ("authenticated" if auth else None)
