@@ -6,6 +6,7 @@ or a stream is split line by line, and no message is read past the size limit.""
 
 from __future__ import annotations
 
+import bisect
 import errno
 import functools
 import io
@@ -636,23 +637,18 @@ def _split_lines(p: str, lines_in: Iterable[bytes], max_size: int) -> Iterator[I
         nonlocal blank, cut_next, as_came
         if max_size and length > max_size:
             return  # too large either way: not read ahead past the limit
-        body: list[bytes] = []
-        got = 0
-        while got < length and (line := next(src, None)) is not None:
-            body.append(line)
-            got += len(line) - line.endswith(b"\r\n")  # as in memory: LF line ends
-        after = [line for line in (next(src, None), next(src, None)) if line is not None]
-        if got == length and (not after or (_is_blank(after[0]) and (
-                len(after) == 1 or after[1].startswith(b"From ")))):
-            for line in body:
-                add(line)
-            blank = not body or _is_blank(body[-1])
-            cut_next = as_came = True
-            src.push(after)
-        else:
-            src.push(body + after)
+        taken = src.lands(length)
+        if taken is None:
+            return
+        body = [next(src) for _ in range(taken)]
+        for line in body:
+            add(line)
+        blank = not body or _is_blank(body[-1])
+        cut_next = as_came = True
 
     while True:
+        if not held:
+            src.release()  # no line given so far is put back now
         line = next(src, None)
         if line is None:
             if not held:
@@ -693,20 +689,88 @@ def _split_lines(p: str, lines_in: Iterable[bytes], max_size: int) -> Iterator[I
 
 
 class _Pushback:
-    """Lines, with some put back to be read again (_split_lines reads a body ahead)."""
+    """Lines, the last ones given put back to be read again (_split_lines reads held lines
+    again as a header), and a look ahead at where the next ones end (`lands`). Each line is
+    read from `lines` once and its end noted, so however many messages' Content-Length
+    fields reach over the same lines (a sender's, landing nowhere), looking ahead costs one
+    bisection each, not a reading of their bodies again: that was quadratic."""
 
     def __init__(self, lines: Iterator[bytes]) -> None:
-        self.lines = lines
-        self.back: list[bytes] = []
+        self.lines: Iterator[bytes] | None = lines
+        self.buf: list[bytes] = []  # lines read: given ones that may be put back, then ahead
+        self.ends: list[int] = []  # where each of them ends, from `base`, LF line ends
+        self.at = 0  # buf[at] is the next line to give
+        self.base = 0  # where buf[0] begins
+        self.free = False  # release()d, nothing given since: the next line need not be kept
 
     def __iter__(self) -> _Pushback:
         return self
 
     def __next__(self) -> bytes:
-        return self.back.pop() if self.back else next(self.lines)
+        if self.at < len(self.buf):
+            self.at += 1
+            self.free = False
+            return self.buf[self.at - 1]
+        if self.free:  # nothing to keep, nothing read ahead: straight from the source
+            self.free = False
+            if self.buf:
+                self.buf.clear()
+                self.ends.clear()
+                self.at = self.base = 0
+            if self.lines is not None and (line := next(self.lines, None)) is not None:
+                return line
+            self.lines = None
+            raise StopIteration
+        if not self._read():
+            raise StopIteration
+        self.at += 1
+        return self.buf[self.at - 1]
+
+    def _read(self) -> bool:
+        """One more line from the source into buf (False: there is none)."""
+        line = None if self.lines is None else next(self.lines, None)
+        if line is None:
+            self.lines = None
+            return False
+        end = self.ends[-1] if self.ends else self.base
+        self.buf.append(line)
+        self.ends.append(end + len(line) - line.endswith(b"\r\n"))  # as in memory: LF
+        return True
 
     def push(self, lines: list[bytes]) -> None:
-        self.back.extend(reversed(lines))
+        """Put back `lines`, the last ones given (none release()d since), to give again."""
+        assert lines == self.buf[self.at - len(lines):self.at]
+        self.at -= len(lines)
+
+    def release(self) -> None:
+        """No line given so far will be put back: they may go (read ahead of them, by
+        halves, so that a long look ahead is not copied line by line)."""
+        self.free = True
+        if self.at >= 64 and 2 * self.at >= len(self.buf):
+            self.base = self.ends[self.at - 1]
+            del self.buf[:self.at], self.ends[:self.at]
+            self.at = 0
+
+    def lands(self, length: int) -> int | None:
+        """How many of the next lines make up `length` bytes (LF line ends), if exactly some
+        do and the end follows them, or a blank line and then the end or a "From " line
+        (_length_end's rule in memory); None when not. Reads ahead that far, gives nothing."""
+        target = (self.ends[self.at - 1] if self.at else self.base) + length
+        while (self.ends[-1] if self.ends else self.base) < target and self._read():
+            pass
+        k = self.at
+        if length:
+            k = bisect.bisect_left(self.ends, target, self.at)
+            if k == len(self.ends) or self.ends[k] != target:
+                return None
+            k += 1  # past the body's last line
+        while len(self.buf) < k + 2 and self._read():
+            pass
+        after = self.buf[k:k + 2]
+        if not after or (_is_blank(after[0]) and (
+                len(after) == 1 or after[1].startswith(b"From "))):
+            return k - self.at
+        return None
 
 
 def _is_blank(line: bytes) -> bool:
