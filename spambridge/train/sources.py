@@ -334,6 +334,10 @@ def _read_file(path: str, max_size: int, mbox: bool,
 
 
 MBOX_IN_MEMORY = 32 << 20  # smaller mboxes are read whole and split with one regex
+# the longest Content-Length trusted without a --max-size: a body streamed is read that far
+# ahead to know whether it lands (a length of 10^14 read a multi-gigabyte stream whole), and
+# no longer one can land in an mbox split in memory
+CONTENT_LENGTH_MAX = MBOX_IN_MEMORY
 # what follows "From " on a separator line: the envelope sender, then a date with a time
 # ("From bob@example.org Thu Nov 26 02:58:17 2026"), so a paragraph that merely opens with
 # "From" in an unescaped body ("From what I hear, ...") does not cut the message in two
@@ -444,16 +448,16 @@ def _folder_data(message: bytes) -> bool:
 def _length_end(data: bytes, separator: int, max_size: int) -> int:
     """Where the message whose separator line's rest begins at `separator` ends by its
     Content-Length: the offset of the "\n\nFrom " after its body, or len(data) when it is
-    the last one; -1 when it has none, one over `max_size` (too large anyway), or the length
-    lands anywhere else (a length a sender wrote, or one gone stale: the separator lines
-    decide then, as without one). The body counts its last newline, not the blank line
-    before the next separator."""
+    the last one; -1 when it has none, one over `max_size` (too large anyway; without one,
+    over CONTENT_LENGTH_MAX), or the length lands anywhere else (a length a sender wrote,
+    or one gone stale: the separator lines decide then, as without one). The body counts
+    its last newline, not the blank line before the next separator."""
     start = data.find(b"\n", separator) + 1
     head_end = data.find(b"\n\n", start - 1)
     if not start or head_end < 0:
         return -1
     length = _content_length(data, start, head_end + 1)
-    if length is None or (max_size and length > max_size):
+    if length is None or length > (max_size or CONTENT_LENGTH_MAX):
         return -1
     end = head_end + 2 + length
     if end == len(data) or (end == len(data) - 1 and data[end - 1:] == b"\n\n"):
@@ -635,8 +639,8 @@ def _split_lines(p: str, lines_in: Iterable[bytes], max_size: int) -> Iterator[I
         """At the end of a header with a Content-Length: the body that long, if the next
         separator (or the end) follows it, taken whole; else its lines are read as usual."""
         nonlocal blank, cut_next, as_came
-        if max_size and length > max_size:
-            return  # too large either way: not read ahead past the limit
+        if length > (max_size or CONTENT_LENGTH_MAX):
+            return  # too large either way, or too far: not read ahead past the limit
         taken = src.lands(length)
         if taken is None:
             return

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Iterator
 
 import pytest
 from hypothesis import given, settings
@@ -108,3 +109,21 @@ def test_wrong_content_lengths_do_not_make_a_streamed_mbox_read_again_and_again(
     assert len(items) == 300 and all(i.data is not None for i in items)
     assert given <= 2 * len(lines), (given, len(lines))
 
+
+def test_a_huge_content_length_does_not_read_a_streamed_mbox_whole() -> None:
+    """With --max-size 0 (no limit) a message whose Content-Length says 10^14 had its body
+    read ahead to the end of the stream, held in memory at once: a multi-gigabyte mbox, the
+    one a stream is for, sat in memory whole. The first message comes before the stream is
+    read much past it."""
+    lines = _wrong_lengths(200, 10**14)
+    drawn = 0
+
+    def source() -> Iterator[bytes]:
+        nonlocal drawn
+        for line in lines:
+            drawn += 1
+            yield line
+
+    first = next(train.sources._split_lines("box", source(), 0))
+    assert first.data is not None and b"Subject: m0" in first.data
+    assert drawn < 100, drawn
