@@ -272,8 +272,9 @@ def train(cfg: Path, db: Path, path: Path) -> str:
     ("Subject:You are our winner 902", "[SPAM] You are our winner 902"),
     ("Subject:  You are our winner 902", "[SPAM] You are our winner 902"),
     ("Subject:\n You are our winner 902", "[SPAM] You are our winner 902"),
+    ("Subject : You are our winner 902", "[SPAM] You are our winner 902"),
 ], ids=["plain", "empty", "missing", "long", "ideographic-space", "lowercase-name", "tab",
-        "no-blank", "two-blanks", "fold-first"])
+        "no-blank", "two-blanks", "fold-first", "blank-before-colon"])
 def test_spam_the_milter_tagged_is_trained_as_the_message_that_came(
         postfix: PostfixInstance, start_milter: Start, tmp_path: Path, field: str | None,
         tagged: str) -> None:
@@ -296,7 +297,7 @@ def test_spam_the_milter_tagged_is_trained_as_the_message_that_came(
     assert b"spam" not in sent.lower()
     got = postfix.wait_delivered(postfix.send(sent))
     assert got.all("Subject") == [tagged]
-    name = (field or "Subject:").partition(":")[0]  # Postfix writes the name the milter gives
+    name = (field or "Subject:").partition(":")[0].rstrip()  # the name the milter gives
     assert re.search(rb"(?m)^" + name.encode() + rb": \[SPAM\]", got.raw), got.raw
     assert max(map(len, got.raw.split(b"\n"))) <= 1000  # 998 and CRLF
     assert got.all("X-Spam-Flag") == ["YES"]
