@@ -3113,6 +3113,24 @@ def dovecot_mbox(msgs: list[bytes]) -> bytes:
     return b"\n".join(out)
 
 
+def train_spam_mbox(kind: str, db: Path, mbox: Path, monkeypatch: pytest.MonkeyPatch,
+                    capsys: pytest.CaptureFixture[str], big_max_size: str = ""
+                    ) -> tuple[int, str, str]:
+    """`train --spam` of the mbox file `mbox` the way `kind` names: the file ("file"), the
+    file streamed line by line ("big", with `--max-size big_max_size` if given), or the
+    same bytes on stdin with `--mbox -` ("stdin"); exit status, stdout, stderr."""
+    args = ["train", "--db", str(db), "--spam"]
+    if kind == "stdin":
+        proc = subprocess.run([sys.executable, "-m", "spambridge", *args, "--mbox", "-"],
+                              input=mbox.read_bytes(), capture_output=True, check=False)
+        return proc.returncode, proc.stdout.decode(), proc.stderr.decode()
+    if kind == "big":  # streamed line by line
+        monkeypatch.setattr(train.sources, "MBOX_IN_MEMORY", 100)
+        if big_max_size:
+            args += ["--max-size", big_max_size]
+    return run(*args, str(mbox), capsys=capsys)
+
+
 def pipe_copy(msg: bytes) -> bytes:
     """The message as Dovecot's IMAPSieve pipe gives it: CRLF line ends, its state fields hid."""
     return msg.replace(b"\n", b"\r\n")
@@ -3135,16 +3153,7 @@ def test_a_separator_line_in_a_dovecot_mbox_body_does_not_cut_its_message(
     piped = tmp_path / "piped.eml"
     piped.write_bytes(pipe_copy(patch))
     assert run("train", "--db", str(db), "--spam", str(piped), capsys=capsys)[0] == 0
-    args = ["train", "--db", str(db), "--spam"]
-    if kind == "stdin":
-        proc = subprocess.run([sys.executable, "-m", "spambridge", *args, "--mbox", "-"],
-                              input=mbox.read_bytes(), capture_output=True, check=False)
-        code, out, err = proc.returncode, proc.stdout.decode(), proc.stderr.decode()
-    else:
-        if kind == "big":  # streamed line by line
-            monkeypatch.setattr(train.sources, "MBOX_IN_MEMORY", 100)
-            args += ["--max-size", "1k"]
-        code, out, err = run(*args, str(mbox), capsys=capsys)
+    code, out, err = train_spam_mbox(kind, db, mbox, monkeypatch, capsys, "1k")
     assert (code, err) == (0, "")
     assert "Learned 1 of 2 messages as spam (1 already trained) in " in out
     assert totals(db) == (2, 0) and tokens(db)["+fixed"] == (1, 0)
@@ -3166,16 +3175,7 @@ def test_a_quoted_from_line_in_a_dovecot_mbox_is_the_line_the_pipe_gave(
     piped = tmp_path / "piped.eml"
     piped.write_bytes(pipe_copy(quoted))
     assert run("train", "--db", str(db), "--spam", str(piped), capsys=capsys)[0] == 0
-    args = ["train", "--db", str(db), "--spam"]
-    if kind == "stdin":
-        proc = subprocess.run([sys.executable, "-m", "spambridge", *args, "--mbox", "-"],
-                              input=mbox.read_bytes(), capture_output=True, check=False)
-        code, out, err = proc.returncode, proc.stdout.decode(), proc.stderr.decode()
-    else:
-        if kind == "big":  # streamed line by line
-            monkeypatch.setattr(train.sources, "MBOX_IN_MEMORY", 100)
-            args += ["--max-size", "1k"]
-        code, out, err = run(*args, str(mbox), capsys=capsys)
+    code, out, err = train_spam_mbox(kind, db, mbox, monkeypatch, capsys, "1k")
     assert (code, err) == (0, "")
     assert "Learned 1 of 2 messages as spam (1 already trained) in " in out
     # what a database learns of the two messages as the pipe gives them, each once
@@ -3207,15 +3207,7 @@ def test_the_folder_data_message_of_a_dovecot_mbox_is_not_learned(
     ~/mail/Junk` learned it as spam ("Learned 2 of 2 messages", for one in the folder)."""
     mbox = tmp_path / "Junk"
     mbox.write_bytes(FOLDER_DATA + dovecot_mbox([mail(1, True)]))
-    args = ["train", "--db", str(db), "--spam"]
-    if kind == "stdin":
-        proc = subprocess.run([sys.executable, "-m", "spambridge", *args, "--mbox", "-"],
-                              input=mbox.read_bytes(), capture_output=True, check=False)
-        code, out, err = proc.returncode, proc.stdout.decode(), proc.stderr.decode()
-    else:
-        if kind == "big":  # streamed line by line
-            monkeypatch.setattr(train.sources, "MBOX_IN_MEMORY", 100)
-        code, out, err = run(*args, str(mbox), capsys=capsys)
+    code, out, err = train_spam_mbox(kind, db, mbox, monkeypatch, capsys)
     assert (code, err) == (0, "")
     assert "Learned 1 of 1 messages as spam in " in out
     assert totals(db) == (1, 0) and "internal" not in tokens(db)
