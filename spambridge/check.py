@@ -88,8 +88,9 @@ def _envelope(n: int, buf: MessageBuffer, cfg: Config) -> tuple[Envelope, SkipRe
     whether it authenticated (skip_authenticated; no Subject tag) or was submitted on this
     host (tagged, never refused). A file not delivered yet has none of it: it is decided as
     mail from a client that is neither."""
-    env = Envelope(queue_id=f"CHECK{n:05d}", delivered=buf.delivered())
-    i = mta_received(buf.headers)
+    # the Checker-Version shown is the one the milter wrote
+    env = Envelope(queue_id=f"CHECK{n:05d}", delivered=buf.delivered(), mta_host=buf.mta_host)
+    i = mta_received(buf.headers, buf.mta_host)
     if i is None:
         return env, None
     line = buf.headers[i][1].partition(b";")[0]  # not the date

@@ -99,13 +99,38 @@ def fold(value: str, first_line_used: int) -> str:
     return "\n\t".join(s for s in out if s)
 
 
-def checker() -> tuple[str, str]:
-    return CHECKER, f"spambridge {__version__}"
+# a host name as an MTA's macro j gives it (Postfix's myhostname, Sendmail's $j): anything
+# else (a missing macro, an address literal, junk) is left out of the field
+_HOST = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_-]{0,62})(?:\.[A-Za-z0-9_-]{1,63}){0,126}\.?")
+HOST_MAX = 253
 
 
-def render_score(result: ScoreResult, t: Thresholds, band: Band, score: str = ""
-                 ) -> tuple[tuple[str, str], ...]:
-    """`score`: the shown_score the caller has already (policy keeps it for the log line)."""
+def _is_host(name: str) -> bool:
+    return len(name) <= HOST_MAX and _HOST.fullmatch(name) is not None
+
+
+def checker(host: str = "") -> tuple[str, str]:
+    """SpamAssassin's "… on HOST": the MTA that wrote the Received line the milter never saw,
+    by which `check` finds that line in a delivered copy (message.mta_received) behind a
+    second relay, where the first Received line is the other relay's."""
+    on = f" on {host}" if _is_host(host) else ""
+    return CHECKER, f"spambridge {__version__}{on}"
+
+
+def checked_on(value: bytes) -> str:
+    """The host in a Checker-Version field spambridge wrote (checker), or ""."""
+    words = value.split()
+    if len(words) == 4 and words[0] == b"spambridge" and words[2] == b"on":
+        host = words[3].decode("ascii", "replace")
+        if _is_host(host):
+            return host
+    return ""
+
+
+def render_score(result: ScoreResult, t: Thresholds, band: Band, score: str = "",
+                 host: str = "") -> tuple[tuple[str, str], ...]:
+    """`score`: the shown_score the caller has already (policy keeps it for the log line);
+    `host`: the MTA's macro j (checker)."""
     spam = band in (Band.SPAM, Band.REJECT)
     score = score or shown_score(result.engine, result.score, t, band)
     tests = safe_symbols(result.tests) or ["none"]
@@ -122,7 +147,7 @@ def render_score(result: ScoreResult, t: Thresholds, band: Band, score: str = ""
         parts.append(f"unread={result.unread}")
     if result.note and _SAFE_SYMBOL.fullmatch(result.note.replace("=", "_")):
         parts.append(result.note)
-    out: list[tuple[str, str]] = [checker()]
+    out: list[tuple[str, str]] = [checker(host)]
     if spam:
         out.append((FLAG, "YES"))
     out.append((SCORE, score))
@@ -131,9 +156,9 @@ def render_score(result: ScoreResult, t: Thresholds, band: Band, score: str = ""
     return tuple(out)
 
 
-def render_unchecked(kind: ErrorKind) -> tuple[tuple[str, str], ...]:
+def render_unchecked(kind: ErrorKind, host: str = "") -> tuple[tuple[str, str], ...]:
     """Mail accepted without a verdict says so, so no Sieve rule mistakes it for clean ham."""
-    return (checker(), (STATUS, f"No, unchecked={kind.value}"))
+    return (checker(host), (STATUS, f"No, unchecked={kind.value}"))
 
 
 # a fold (line break + blank) is kept; any other C0/C1 control, DEL, or a bare CR/LF that

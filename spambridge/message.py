@@ -159,6 +159,8 @@ class MessageBuffer:
         self.oversize = False
         self.unscanned = 0  # header fields past MAX_HEADERS, counted but not kept
         self._subject: bool | None = None  # a Subject is kept (None: not looked up)
+        # parse_raw: the MTA a delivered copy's Checker-Version names (headers.checked_on)
+        self.mta_host = ""
         self._body = tempfile.SpooledTemporaryFile(  # noqa: SIM115 - closed by close()
             max_size=spool_memory, dir=spool_dir or None, prefix="spambridge-"
         )
@@ -312,28 +314,47 @@ def _as_it_arrived(fields: list[tuple[str, bytes]], tag: bytes) -> list[tuple[st
     return kept[:i] + ([] if came is None else [(kept[i][0], came)]) + kept[i + 1:]
 
 
-def _delivery_size(fields: list[tuple[str, bytes]]) -> int:
+def _checked_on(fields: list[tuple[str, bytes]]) -> str:
+    """On a delivered message, the MTA the milter ran on, as its Checker-Version names it
+    (headers.checker; a SpamAssassin's beside it names another). "" when none says."""
+    if not any(n.lower() == "return-path" for n, _ in fields):
+        return ""
+    name = headers.CHECKER.lower()
+    for n, v in reversed(fields):  # ours are appended at the end of the header
+        if n.lower() == name and (host := headers.checked_on(v)):
+            return host
+    return ""
+
+
+def _delivery_size(fields: list[tuple[str, bytes]], host: str = "") -> int:
     """The size (as MessageBuffer counts it) of the fields on top of a delivered message that
     the milter never had: those delivery wrote (Return-Path, Delivered-To, X-Original-To, an
     LMTP server's Received) down to the Received line our MTA wrote, which it hides from
     milters. 0 for live mail, or when no such line is found."""
-    i = mta_received(fields)
+    i = mta_received(fields, host)
     return 0 if i is None else sum(len(n) + len(v) + 4 for n, v in fields[:i + 1])
 
 
-def mta_received(fields: list[tuple[str, bytes]]) -> int | None:
+def mta_received(fields: list[tuple[str, bytes]], host: str = "") -> int | None:
     """Where in a delivered message's fields (MessageBuffer.delivered) the Received line our
-    MTA wrote is: the first that is not an LMTP server's (a delivery hop). It says what the
-    milter learned from the connection (the client's address, whether it authenticated).
-    None for live mail, or when there is none."""
+    MTA wrote is: the first that is not an LMTP server's (a delivery hop) and, when `host`
+    (MessageBuffer.mta_host) names the MTA the milter ran on, the first of those that MTA
+    wrote ("by HOST"): behind a second relay the first is that relay's, whose client is ours.
+    Without such a line (a copy from before spambridge wrote the host), the first. It says
+    what the milter learned from the connection (the client's address, whether it
+    authenticated). None for live mail, or when there is none."""
     if not any(n.lower() == "return-path" for n, _ in fields):
         return None
     from spambridge.bayes.tokenizer import lmtp_hop  # check only: not loaded by a milter
 
-    for i, (name, value) in enumerate(fields):
-        if name.lower() == "received" and not lmtp_hop(value):
-            return i
-    return None
+    hops = [i for i, (name, value) in enumerate(fields)
+            if name.lower() == "received" and not lmtp_hop(value)]
+    if host:
+        by = re.compile(rb"(?:^|\s)by\s+" + re.escape(host.encode()) + rb"(?![\w.-])", re.I)
+        for i in hops:
+            if by.search(fields[i][1].partition(b";")[0]):
+                return i
+    return hops[0] if hops else None
 
 
 def split_message(data: bytes) -> tuple[list[tuple[str, bytes]], bytes]:
@@ -385,10 +406,13 @@ def parse_raw(raw: bytes, max_scan_size: int = defaults.MAX_SCAN_SIZE, *,
     if data.startswith(b"From ") and b"\n" in data:  # mbox separator line
         data = data.split(b"\n", 1)[1]
     fields, body = split_message(data)
+    host = _checked_on(fields)
     fields = _as_it_arrived(fields, subject_tag.encode())
     # what delivery wrote on top is scanned (our MTA's Received line stands for the one the
     # milter writes from the connection) but counts toward no limit: the milter never had it
-    buf = MessageBuffer(max_scan_size + _delivery_size(fields), spool_memory=max_scan_size + 1)
+    buf = MessageBuffer(max_scan_size + _delivery_size(fields, host),
+                        spool_memory=max_scan_size + 1)
+    buf.mta_host = host
     if not complete:
         buf._mark_oversize()
     for name, value in fields:

@@ -124,7 +124,8 @@ class Pipeline:
             else:
                 outcome = self._render_and_scan(buf, envelope, cfg.milter.scan_timeout)
             decision = policy.decide(outcome, cfg.policy, local=envelope.local,
-                                     authenticated=bool(envelope.auth_user))
+                                     authenticated=bool(envelope.auth_user),
+                                     host=envelope.mta_host)
             ev = Evaluation(decision, outcome, time.monotonic() - start)
             self._report(ev, buf, envelope, cfg)
             return ev

@@ -52,8 +52,9 @@ def band(score: float, t: Thresholds) -> Band:
 
 
 def decide(outcome: Outcome, cfg: PolicyConfig, *, local: bool = False,
-           authenticated: bool = False) -> Decision:
-    """`local`: submitted on the host itself (sendmail(1)); `authenticated`: by SMTP AUTH.
+           authenticated: bool = False, host: str = "") -> Decision:
+    """`local`: submitted on the host itself (sendmail(1)); `authenticated`: by SMTP AUTH;
+    `host`: the MTA's name (macro j) for the Checker-Version field (headers.checker).
     The site's own mail is tagged by its X-Spam-* fields only: a DKIM signer before spambridge
     in the milter list (README: opendkim, spambridge) has signed its Subject already, so a
     tagged Subject would go out with a broken signature (a DMARC reject at the recipient),
@@ -65,11 +66,11 @@ def decide(outcome: Outcome, cfg: PolicyConfig, *, local: bool = False,
     if isinstance(outcome, Skipped):
         return Decision(Action.ACCEPT, Action.ACCEPT, reason=outcome.reason.value)
     if isinstance(outcome, ScanError):
-        return _decide_failure(outcome, cfg)
-    return _decide_score(outcome, cfg)
+        return _decide_failure(outcome, cfg, host)
+    return _decide_score(outcome, cfg, host)
 
 
-def _decide_score(result: ScoreResult, cfg: PolicyConfig) -> Decision:
+def _decide_score(result: ScoreResult, cfg: PolicyConfig, host: str) -> Decision:
     t = thresholds(result.engine, cfg)
     b = band(result.score, t)
     if b is Band.HAM and result.unread and t.ham < t.tag:
@@ -82,7 +83,7 @@ def _decide_score(result: ScoreResult, cfg: PolicyConfig) -> Decision:
         action = Action.TAG
     is_spam = b in (Band.SPAM, Band.REJECT)
     shown = headers.shown_score(result.engine, result.score, t, b)
-    hdrs = headers.render_score(result, t, b, shown)
+    hdrs = headers.render_score(result, t, b, shown, host)
     prefix = cfg.subject_tag if is_spam and action is Action.TAG and cfg.subject_tag else ""
     return Decision(
         action=action,
@@ -97,7 +98,7 @@ def _decide_score(result: ScoreResult, cfg: PolicyConfig) -> Decision:
     )
 
 
-def _decide_failure(err: ScanError, cfg: PolicyConfig) -> Decision:
+def _decide_failure(err: ScanError, cfg: PolicyConfig, host: str) -> Decision:
     intended = _FAIL_TO_ACTION[cfg.on(err.kind.policy_key)]
     action = intended
     if cfg.tag_only and action is not Action.ACCEPT:
@@ -110,7 +111,7 @@ def _decide_failure(err: ScanError, cfg: PolicyConfig) -> Decision:
     return Decision(
         action=action,
         intended=intended,
-        headers=headers.render_unchecked(err.kind) if action is Action.ACCEPT else (),
+        headers=headers.render_unchecked(err.kind, host) if action is Action.ACCEPT else (),
         reply=reply,
         engine=err.engine,
         reason=err.kind.value,

@@ -414,6 +414,34 @@ def test_check_on_what_postfix_delivered_says_what_the_milter_did(
     assert "verdict=spam action=tag" in said and "Subject prefix" not in said, said
 
 
+def test_check_on_a_copy_delivered_behind_a_second_relay(
+        postfix: PostfixInstance, start_milter: Start, tmp_path: Path) -> None:
+    """Where spambridge runs on the edge MTA and a second, internal relay delivers, the first
+    Received line in the mailbox is the relay's, and its client (our MTA) is in
+    trusted_networks: `check` said "skipped: trusted" of every such message, where the milter
+    had scored it. The milter names its MTA (macro j) in X-Spam-Checker-Version, as
+    SpamAssassin does, and `check` reads the line that MTA wrote. The relay's line is added
+    to what this Postfix delivered, as the relay would have written it."""
+    from spambridge import __version__
+
+    db = train_database(tmp_path, bayes_mail, 20)
+    m = start_milter({"milter": {"socket": f"unix:{postfix.milter_socket}", "engine": "bayes",
+                                 "trusted_networks": ["10.0.0.0/8"]},
+                      "bayes": {"db": str(db), "min_trained": 20, "reject_cutoff": 1.0}})
+    got = postfix.wait_delivered(postfix.send(bayes_mail(972, "spam")))
+    host = postfix.postconf("-h", "myhostname").strip()
+    assert got.all("X-Spam-Checker-Version") == [f"spambridge {__version__} on {host}"]
+    at = got.raw.index(b"\nReceived: ") + 1
+    relay = (f"Received: from {host} ({host} [10.0.0.5])\n\tby inner.test.example (Postfix)"
+             f" with ESMTP id 5DEF\n\tfor <bob@test.example>; Wed, 25 Nov 2026 10:00:01 +0000"
+             "\n").encode()
+    inner = tmp_path / "inner"
+    inner.write_bytes(got.raw[:at] + relay + got.raw[at:])
+    said = check(m.config_path, str(inner))
+    assert "engine=bayes verdict=spam action=tag" in said, said
+    assert check(m.config_path, "--batch", str(inner)).endswith("\tspam\n")
+
+
 DEFAULT_ACTION_EFFECT = {
     "accept": "delivered",
     "tempfail": "451",

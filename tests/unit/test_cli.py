@@ -668,6 +668,67 @@ def test_check_decides_a_delivered_message_with_what_the_milter_knew(
     assert (live.client_addr, live.local, live.auth_user, why) == ("", False, "", None)
 
 
+# a copy delivered behind a second relay: Dovecot's LMTP hop, the inner relay's line (its
+# client is our MTA, in trusted_networks), then our MTA's, then what the sender wrote
+_TWO_TIER = (b"Return-Path: <a@example.org>\n"
+             b"Delivered-To: u@test.example\n"
+             b"Received: from inner.test.example\n\tby imap.test.example with LMTP\n\tid x"
+             b"; Wed, 25 Nov 2026 10:00:02 +0000\n"
+             b"Received: from mx.test.example (mx.test.example [10.0.0.5])\n\tby inner.test"
+             b".example (Postfix) with ESMTP id 5DEF; Wed, 25 Nov 2026 10:00:01 +0000\n"
+             b"Received: from mail.example.net (mail.example.net [203.0.113.5])\n\tby mx.test"
+             b".example (Postfix) with ESMTP id 4ABC; Wed, 25 Nov 2026 10:00:00 +0000\n"
+             b"Received: from forged (forged [10.9.9.9]) by mx.test.example (Postfix);"
+             b" Wed, 25 Nov 2026 09:00:00 +0000\n"
+             b"From: a@example.org\nSubject: hello\n")
+
+
+@pytest.mark.parametrize(("checker", "host", "addr", "skip"), [
+    (b"spambridge 0.1.0 on mx.test.example", "mx.test.example", "203.0.113.5", None),
+    # written by another: the first hop stands for ours, as before
+    (b"SpamAssassin 3.4.6 (2021-04-09) on mx.test.example", "", "10.0.0.5", "trusted"),
+    (b"spambridge 0.1.0", "", "10.0.0.5", "trusted"),
+    # a host whose line is not there: the first hop too
+    (b"spambridge 0.1.0 on other.test.example", "other.test.example", "10.0.0.5", "trusted"),
+])
+def test_check_finds_our_mtas_line_behind_a_second_relay(
+        checker: bytes, host: str, addr: str, skip: str | None) -> None:
+    """Behind a second relay the first Received line is that relay's, and its client is our
+    MTA: in trusted_networks, `check` on every delivered message said "skipped: trusted"
+    where the milter had scored it. The milter names its MTA in X-Spam-Checker-Version (as
+    SpamAssassin does); the line that MTA wrote is the one read, and the field `check` shows
+    is the milter's own."""
+    from dataclasses import replace
+
+    from spambridge import check
+    from spambridge.config import Config, parse_network
+    from spambridge.message import parse_raw
+
+    cfg = Config()
+    cfg = replace(cfg, milter=replace(cfg.milter, trusted_networks=(
+        parse_network("10.0.0.0/8"),)))
+    buf = parse_raw(_TWO_TIER + b"X-Spam-Checker-Version: " + checker + b"\n\nbody\n")
+    env, why = check._envelope(1, buf, cfg)
+    assert (env.client_addr, why.value if why else None) == (addr, skip)
+    assert env.mta_host == host
+    assert not any(n.startswith("X-Spam") for n, _ in buf.headers)
+
+
+def test_what_delivery_wrote_behind_a_second_relay_counts_toward_no_limit() -> None:
+    """The milter had neither relay's Received line nor what Dovecot wrote: a message at
+    max_scan_size as the milter had it is not oversize to `check`."""
+    from spambridge.message import parse_raw
+
+    head = (_TWO_TIER + b"X-Spam-Checker-Version: spambridge 0.1.0 on mx.test.example\n"
+            + b"\n").replace(b"\n", b"\r\n")
+    milter_had = head[head.index(b"Received: from forged"):].replace(
+        b"X-Spam-Checker-Version: spambridge 0.1.0 on mx.test.example\r\n", b"")
+    body = b"x" * 1000 + b"\r\n"
+    size = parse_raw(milter_had + body).size
+    assert not parse_raw(head + body, size).oversize
+    assert parse_raw(head + body + b"y", size).oversize
+
+
 @pytest.mark.parametrize(("received", "addr", "auth"), [
     # a client's HELO is its own to write: an address literal (Postfix takes any), words
     # (Postfix joins HELO's arguments with blanks), all before the comment smtpd writes

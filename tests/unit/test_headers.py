@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from spambridge import headers
+from spambridge import __version__, headers
 from spambridge.config import PolicyConfig
 from spambridge.verdict import Band, ErrorKind, ScoreResult
 
@@ -121,6 +121,28 @@ def test_every_verdict_names_the_checker_first() -> None:
               headers.render_unchecked(ErrorKind.TIMEOUT)):
         assert h[0][0] == "X-Spam-Checker-Version"
         assert h[0][1].startswith("spambridge ")
+
+
+@pytest.mark.parametrize(("host", "shown"), [
+    ("mx.example.com", " on mx.example.com"),
+    ("mx-1.example.com.", " on mx-1.example.com."),
+    ("localhost", " on localhost"),
+    ("", ""),  # no macro j
+    ("[192.0.2.1]", ""),
+    ("mx example", ""),
+    ("mx\r\nX-Evil: 1", ""),
+    ("a." * 127 + "b", ""),  # 255 octets: longer than a DNS name
+    ("-mx.example", ""),
+])
+def test_the_checker_names_the_mta_the_milter_ran_on(host: str, shown: str) -> None:
+    """As SpamAssassin's "… on HOST": `check` finds the Received line the milter's MTA wrote
+    in a delivered copy by it. The host is the MTA's macro j; what is not a host name is
+    left out, never written into the header."""
+    for h in (headers.render_score(ScoreResult("bayes", 0.1), T, Band.HAM, host=host),
+              headers.render_unchecked(ErrorKind.TIMEOUT, host)):
+        assert h[0] == ("X-Spam-Checker-Version", f"spambridge {__version__}{shown}")
+        assert headers.checked_on(h[0][1].encode()) == shown[4:]
+    assert headers.checked_on(b"SpamAssassin 3.4.6 (2021-04-09) on mx.example.com") == ""
 
 
 def test_status_lines_are_filled_to_76_columns_and_no_further() -> None:
