@@ -438,16 +438,20 @@ def _content_length(head: bytes, start: int = 0, end: int | None = None) -> int 
 # DELETE THIS MESSAGE -- FOLDER INTERNAL DATA"): UW-IMAP's and Dovecot's, which keep an
 # emptied folder's UIDVALIDITY and next UID in it and show it to no IMAP client or pipe
 _FOLDER_DATA = re.compile(rb"^x-imap[ \t]*:", re.I | re.M)
+# which the mail store writes itself: it came through no MTA, so it has no Received field
+_RECEIVED = re.compile(rb"^received[ \t]*:", re.I | re.M)
 
 
 def _folder_data(message: bytes) -> bool:
     """Whether `message`, the first of an mbox, is the folder's data, not mail (its Subject
-    too, which both write so: a sender's own X-IMAP field does not hide a message)."""
+    too, which both write so, and no Received field: a spam delivered with the same Subject
+    and X-IMAP field, first in an mbox, is mail)."""
     if message.find(b"FOLDER INTERNAL DATA", 0, MAIL_HEAD) < 0:
         return False  # nearly every first message: no pattern tried at every byte
     end = m.start() if (m := _HEADER_END.search(message, 0, MAIL_HEAD)) else MAIL_HEAD
     return (_FOLDER_DATA.search(message, 0, end) is not None
-            and message.find(b"FOLDER INTERNAL DATA", 0, end) >= 0)
+            and message.find(b"FOLDER INTERNAL DATA", 0, end) >= 0
+            and _RECEIVED.search(message, 0, end) is None)
 
 
 def _length_end(data: bytes, separator: int, max_size: int) -> int:

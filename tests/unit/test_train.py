@@ -3215,3 +3215,12 @@ def test_the_folder_data_message_of_a_dovecot_mbox_is_not_learned(
     mbox.write_bytes(dovecot_mbox([mail(1, True), FOLDER_DATA.partition(b"\n")[2]]))
     code, out, _ = run("train", "--db", str(db), "--spam", str(mbox), capsys=capsys)
     assert code == 0 and "Learned 1 of 2 messages as spam (1 already trained)" in out
+    # nor a spam that came through an MTA posing as it, first in a folder
+    posing = (b"Received: from mail.example.net (mail.example.net [203.0.113.5])\n\tby mx"
+              b" (Postfix) with ESMTP id 4ABC; Sat, 28 Nov 2026 08:50:00 +0000\n"
+              + FOLDER_DATA.partition(b"\n")[2].replace(b"Status: RO\n", b"")
+              + b"cheap pills here posing\n")
+    mbox.write_bytes(dovecot_mbox([posing]))
+    code, out, _ = run("train", "--db", str(db), "--spam", str(mbox), capsys=capsys)
+    assert code == 0 and "Learned 1 of 1 messages as spam in " in out
+    assert "posing" in tokens(db)
