@@ -3221,6 +3221,6 @@ def test_the_folder_data_message_of_a_dovecot_mbox_is_not_learned(
               + FOLDER_DATA.partition(b"\n")[2].replace(b"Status: RO\n", b"")
               + b"cheap pills here posing\n")
     mbox.write_bytes(dovecot_mbox([posing]))
-    code, out, _ = run("train", "--db", str(db), "--spam", str(mbox), capsys=capsys)
+    code, out, _ = train_spam_mbox(kind, db, mbox, monkeypatch, capsys)
     assert code == 0 and "Learned 1 of 1 messages as spam in " in out
     assert "posing" in tokens(db)
