@@ -375,7 +375,10 @@ def _some_mail(items: Iterator[Item], where: str, sniffed: bool) -> Iterator[Ite
 def _split_mbox(p: str, data: bytes, max_size: int) -> Iterator[Item]:
     """Split at "From " separator lines that follow a blank line (or start the file), in
     memory (see _starts_message), but never inside the body a message's Content-Length
-    holds (see _length_end)."""
+    holds (see _length_end). A message is too large when it is over `max_size` as a file of
+    its own would hold it, as it is learned: without its separator line and the blank line
+    after it, ">From " unescaped when it is, each line end one byte (LF). _split_lines counts
+    the same: how the mbox comes (its size, stdin) must not decide what is learned."""
     if b"\r" in data:
         data = data.replace(b"\r\n", b"\n")
     data = data.lstrip(b"\n")  # blank lines before the first separator are no message
@@ -407,14 +410,19 @@ def _split_mbox(p: str, data: bytes, max_size: int) -> Iterator[Item]:
             del kept[0]
         else:  # --mbox on a file that does not start with a separator: keep the head
             chunks[0] = b"From -\n" + chunks[0]
+    last = len(chunks)
     for n, (chunk, as_came) in enumerate(zip(chunks, kept, strict=True), 1):
         chunk = chunk.partition(b"\n")[2]  # the rest of the separator line
         if n == 1 and _folder_data(chunk):
             continue
-        if max_size and len(chunk) > max_size:
+        message = chunk if as_came else _unescape_from(chunk)
+        # its size as a file of its own: one before the next separator lost its
+        # last newline to the split; the last one has the blank line after it still
+        if max_size and (len(message) + 1 if n < last
+                         else len(message) - message.endswith(b"\n\n")) > max_size:
             yield Item(f"{p}#{n}", problem=TOO_LARGE)
         else:
-            yield _item(f"{p}#{n}", chunk if as_came else _unescape_from(chunk))
+            yield _item(f"{p}#{n}", message)
 
 
 # a Content-Length field (mboxcl, mboxcl2): Dovecot writes one on every message of its mbox
@@ -602,7 +610,13 @@ def _split_lines(p: str, lines_in: Iterable[bytes], max_size: int) -> Iterator[I
     cut there and nowhere in its body: its body is read ahead that far to know."""
     n = 0
     lines: list[bytes] = []
-    size = 0
+    size = 0  # bytes of the message so far, as they came
+    # once that is past max_size, the message is counted as stored (see _split_mbox): its
+    # lines with a CRLF end and its ">From " lines, a byte less each (the second once
+    # unescaped), and whether its last line is a blank one after another (the mbox's)
+    counting = False
+    crlf = quoted = 0
+    ends_blank = False
     blank = True
     held: list[bytes] = []  # a candidate separator line and the lines after it so far
     held_size = 0
@@ -616,12 +630,13 @@ def _split_lines(p: str, lines_in: Iterable[bytes], max_size: int) -> Iterator[I
     def cut() -> Iterator[Item]:
         """The message so far, if any (a first line over max_size appended nothing); a
         separator line with nothing after it is one, "not mail", as in memory."""
-        nonlocal n, lines, size, in_head, length, cut_next, as_came, opened
+        nonlocal n, lines, size, counting, crlf, quoted, ends_blank
+        nonlocal in_head, length, cut_next, as_came, opened
         if lines or size or opened:
             n += 1
             if n > 1 or not _folder_data(b"".join(lines)):
-                yield _mbox_item(p, n, lines, size, max_size, as_came)
-        lines, size = [], 0
+                yield _mbox_item(p, n, lines, counting and stored_size() > max_size, as_came)
+        lines, size, counting, crlf, quoted, ends_blank = [], 0, False, 0, 0, False
         in_head, length, cut_next, as_came = True, None, False, False
         opened = True  # by the separator line that called for the cut (or the end)
 
@@ -638,10 +653,32 @@ def _split_lines(p: str, lines_in: Iterable[bytes], max_size: int) -> Iterator[I
                 add(line)
         held.clear()
 
+    def stored_size() -> int:
+        """The size of the message so far as _split_mbox counts it, once `counting`."""
+        return size - crlf - (0 if as_came else quoted) - ends_blank
+
+    def count(line: bytes) -> None:
+        nonlocal crlf, quoted
+        crlf += line.endswith(b"\r\n")
+        quoted += line[:1] == b">" and line.lstrip(b">").startswith(b"From ")
+
     def add(line: bytes) -> None:
-        nonlocal size
+        """Take the line, and keep it while the message is within max_size. Counted as it
+        came at first (no more than stored: a line costs what it did); past max_size so,
+        as stored, the lines kept so far counted once. stored_size only grows: once over
+        max_size, the message is too large, and no line more is kept."""
+        nonlocal size, counting, ends_blank
         size += len(line)
-        if not max_size or size <= max_size:
+        if not counting:
+            if not max_size or size <= max_size:
+                lines.append(line)
+                return
+            counting = True
+            for kept in lines:
+                count(kept)
+        count(line)
+        ends_blank = size > len(line) and _is_blank(line)
+        if stored_size() <= max_size:
             lines.append(line)
 
     def body_by_length(length: int) -> None:
@@ -790,14 +827,15 @@ def _is_blank(line: bytes) -> bool:
     return line in (b"\n", b"\r\n")
 
 
-def _mbox_item(p: str, n: int, lines: list[bytes], size: int, max_size: int,
-               as_came: bool = False) -> Item:
+def _mbox_item(p: str, n: int, lines: list[bytes], too_large: bool, as_came: bool = False
+               ) -> Item:
+    """The `n`th message of an mbox streamed: all its `lines` unless `too_large`."""
     where = f"{p}#{n}"
-    if max_size and size > max_size:
+    if too_large:
         return Item(where, problem=TOO_LARGE)
+    if len(lines) > 1 and _is_blank(lines[-1]):
+        lines = lines[:-1]  # the blank line before the next "From " belongs to the mbox
     data = b"".join(lines)
-    if data.endswith(b"\n\n"):
-        data = data[:-1]  # the blank line before the next "From " belongs to the mbox
     return _item(where, data if as_came else _unescape_from(data))
 
 

@@ -2525,6 +2525,37 @@ def test_a_message_of_exactly_max_size_is_learned(tmp_path: Path, kind: str) -> 
     assert [(i.data, i.problem) for i in read(size - 1)] == [(None, "too large")]
 
 
+@pytest.mark.parametrize("kind", ["file", "big", "stdin"])
+def test_an_mbox_message_of_exactly_max_size_is_learned_however_the_mbox_comes(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+        kind: str) -> None:
+    """--max-size is on the message as a file of its own holds it, in an mbox too: without
+    its separator line and the blank line after it. Two messages of exactly the limit, as
+    mbox writers store them (a blank line after each): from a small mbox file the first was
+    learned (its last newline not counted: one byte more would have been too) and the last
+    "too large" (the blank line after it counted), and from the same mbox on stdin (`--mbox
+    -`) or big enough to be streamed both were "too large": the same Junk folder learned 1
+    or 0 messages by how it reached train."""
+    first, second = mail(1, True), mail(2, True)
+    assert len(first) == len(second)
+    box = tmp_path / "box.mbox"
+    box.write_bytes(b"".join(b"From a@example.org Thu Nov 26 02:58:17 2026\n" + m + b"\n"
+                             for m in (first, second)))
+    for max_size, said in ((len(first), "Learned 2 of 2 messages as spam in "),
+                           (len(first) - 1, "Learned 0 of 2 messages as spam (2 too large) in ")):
+        db = tmp_path / f"{max_size}.sqlite"
+        args = ["train", "--db", str(db), "--spam", "--max-size", str(max_size)]
+        if kind == "stdin":
+            proc = subprocess.run([sys.executable, "-m", "spambridge", *args, "--mbox", "-"],
+                                  input=box.read_bytes(), capture_output=True, check=False)
+            code, out = proc.returncode, proc.stdout.decode()
+        else:
+            if kind == "big":  # streamed line by line
+                monkeypatch.setattr(train.sources, "MBOX_IN_MEMORY", 100)
+            code, out, _ = run(*args, str(box), capsys=capsys)
+        assert code == 0 and said in out, (max_size, out)
+
+
 def test_up_to_max_unwrap_report_safe_wrappers_are_undone() -> None:
     """Spam wrapped by SpamAssassin at each of several hops (a forwarder's spamd, then ours):
     every wrapper up to MAX_UNWRAP is taken off, so the original is learned and deduped."""
