@@ -35,17 +35,21 @@ _SPAM_FLAG = re.compile(rb"^x-spam-flag[ \t]*:[ \t]*yes\b", re.I | re.M)
 MAX_UNWRAP = 8  # report_safe wrappers undone (one per SpamAssassin pass; more is a bomb)
 
 
-def strip_markup(data: bytes, subject_tag: bytes = b"", *, subject: bool = True) -> bytes:
+def strip_markup(data: bytes, subject_tag: bytes = b"", *, subject: bool = True,
+                 keep_end: bool = False) -> bytes:
     """The message as it was before any spam filter touched it: line endings as LF, no mbox
     "From " line, no X-Spam-* headers, the Subject as it came (`subject_tag`, the milter's
     [policy] one, taken off a message flagged spam; SpamAssassin's rewrite undone from its
     X-Spam-Prev-Subject), and SpamAssassin's report_safe wrapper undone (a bounded number of
-    times: a crafted message can nest thousands). `subject=False`: the Subject as it lies, as
-    spambridge before 2026-11-26 learned and keyed it."""
-    return stripped(data, subject_tag, subject)[0]
+    times: a crafted message can nest thousands), ending in one newline. `subject=False`: the
+    Subject as it lies, as spambridge before 2026-11-26 learned and keyed it. `keep_end`: the
+    end as it came, blank lines and all, for spamd: SpamAssassin knows a learned message by
+    its To, Date and body bytes, as sa-learn, spamc -L and autolearn gave them to it."""
+    return stripped(data, subject_tag, subject, keep_end)[0]
 
 
-def stripped(data: bytes, subject_tag: bytes, subject: bool) -> tuple[bytes, bool]:
+def stripped(data: bytes, subject_tag: bytes, subject: bool, keep_end: bool = False
+             ) -> tuple[bytes, bool]:
     """strip_markup, and whether a Subject was put back (only then can the message have been
     learned under another key: the caller looks that one up only then)."""
     restored = False
@@ -70,7 +74,7 @@ def stripped(data: bytes, subject_tag: bytes, subject: bool) -> tuple[bytes, boo
             data = head + sep + body
             break
         data = original
-    return data.rstrip() + b"\n", restored
+    return (data if keep_end else data.rstrip() + b"\n"), restored
 
 
 def _untagged(head: bytes, tag: bytes) -> bytes:

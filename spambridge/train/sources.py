@@ -410,16 +410,18 @@ def _split_mbox(p: str, data: bytes, max_size: int) -> Iterator[Item]:
             del kept[0]
         else:  # --mbox on a file that does not start with a separator: keep the head
             chunks[0] = b"From -\n" + chunks[0]
-    last = len(chunks)
+    several = len(chunks) > 1
     for n, (chunk, as_came) in enumerate(zip(chunks, kept, strict=True), 1):
+        if several:  # each ends at its last newline, as _mbox_item cuts a streamed one
+            if n < len(chunks):
+                chunk += b"\n"  # taken by the split at "\n\nFrom "
+            elif chunk.endswith(b"\n\n"):
+                chunk = chunk[:-1]  # the blank line at the end belongs to the mbox
         chunk = chunk.partition(b"\n")[2]  # the rest of the separator line
         if n == 1 and _folder_data(chunk):
             continue
         message = chunk if as_came else _unescape_from(chunk)
-        # its size as a file of its own: one before the next separator lost its
-        # last newline to the split; the last one has the blank line after it still
-        if max_size and (len(message) + 1 if n < last
-                         else len(message) - message.endswith(b"\n\n")) > max_size:
+        if max_size and len(message) > max_size:  # as learned, as _split_lines counts
             yield Item(f"{p}#{n}", problem=TOO_LARGE)
         else:
             yield _item(f"{p}#{n}", message)
@@ -627,15 +629,18 @@ def _split_lines(p: str, lines_in: Iterable[bytes], max_size: int) -> Iterator[I
     as_came = False  # so: the body is as it came, ">From " lines not unescaped
     opened = False  # the message so far began with a separator line
 
-    def cut() -> Iterator[Item]:
+    def cut(end: bool = False) -> Iterator[Item]:
         """The message so far, if any (a first line over max_size appended nothing); a
-        separator line with nothing after it is one, "not mail", as in memory."""
+        separator line with nothing after it is one, "not mail", as in memory. At the `end`,
+        a message that is the only one is kept to its last byte, as in memory."""
         nonlocal n, lines, size, counting, crlf, quoted, ends_blank
         nonlocal in_head, length, cut_next, as_came, opened
         if lines or size or opened:
             n += 1
             if n > 1 or not _folder_data(b"".join(lines)):
-                yield _mbox_item(p, n, lines, counting and stored_size() > max_size, as_came)
+                whole = end and n == 1  # its blank line at the end is its own
+                too_large = counting and stored_size() + (ends_blank and whole) > max_size
+                yield _mbox_item(p, n, lines, too_large, as_came, whole)
         lines, size, counting, crlf, quoted, ends_blank = [], 0, False, 0, 0, False
         in_head, length, cut_next, as_came = True, None, False, False
         opened = True  # by the separator line that called for the cut (or the end)
@@ -735,7 +740,7 @@ def _split_lines(p: str, lines_in: Iterable[bytes], max_size: int) -> Iterator[I
                     body_by_length(length)
             elif (value := _content_length(line)) is not None:
                 length = value
-    yield from cut()
+    yield from cut(end=True)
 
 
 class _Pushback:
@@ -827,13 +832,16 @@ def _is_blank(line: bytes) -> bool:
     return line in (b"\n", b"\r\n")
 
 
-def _mbox_item(p: str, n: int, lines: list[bytes], too_large: bool, as_came: bool = False
-               ) -> Item:
-    """The `n`th message of an mbox streamed: all its `lines` unless `too_large`."""
+def _mbox_item(p: str, n: int, lines: list[bytes], too_large: bool, as_came: bool = False,
+               whole: bool = False) -> Item:
+    """Message `n` of an mbox streamed: all its `lines` unless `too_large`, ending at its
+    last newline; `whole`: the only message of the file or stream, kept to its last byte (a
+    message file with an MDA's From_ line, as sa-learn reads it, and what SpamAssassin knows
+    it by: see strip_markup's keep_end)."""
     where = f"{p}#{n}"
     if too_large:
         return Item(where, problem=TOO_LARGE)
-    if len(lines) > 1 and _is_blank(lines[-1]):
+    if not whole and len(lines) > 1 and _is_blank(lines[-1]):
         lines = lines[:-1]  # the blank line before the next "From " belongs to the mbox
     data = b"".join(lines)
     return _item(where, data if as_came else _unescape_from(data))

@@ -49,7 +49,9 @@ def mbox(draw: st.DrawFn) -> bytes:
 
 def split_both_ways(data: bytes, max_size: int) -> tuple[list[object], list[object]]:
     def norm(items: list[train.Item]) -> list[object]:
-        return [i.problem if i.data is None else train.strip_markup(i.data) for i in items]
+        # its end as it came too: spamd is sent that (SpamAssassin knows a message by it)
+        return [i.problem if i.data is None else train.strip_markup(i.data, keep_end=True)
+                for i in items]
 
     return (norm(list(train.sources._split_mbox("box", data, max_size))),
             norm(list(train.read_path("-", max_size, mbox=True, stdin=io.BytesIO(data)))))
