@@ -93,7 +93,7 @@ def run_spamd(cfg: Config, label: str, paths: list[str], *, max_size: int = DEFA
                         print(too_large_line(item, max_size), file=err)
                     await asyncio.sleep(0)  # a stop is seen at an await: a folder of junk too
                     continue
-                msg = strip_markup(item.data, cfg.policy.subject_tag.encode())
+                msg = strip_markup(item.data, cfg.policy.subject_tag.encode(), keep_end=True)
                 try:
                     resp = await scanner.request("TELL", msg, spamd_user, headers)
                 except ScanError as first:

@@ -234,3 +234,34 @@ def test_sigterm_stops_teaching_spamd_and_says_how_far_it_got(tell_spamd: Spamd,
     m = re.search(r"Learned (\d+) of 250 messages as spam \((\d+) already trained", again.stdout)
     assert m, again.stdout
     assert told <= int(m.group(2)) <= told + 1 and int(m.group(1)) + int(m.group(2)) == n
+
+
+def spamc_learn(s: Spamd, learntype: str, msg: bytes) -> str:
+    """`spamc -L`: spamd learns the message as it is given (as sa-learn reads a file, and as
+    spamd's autolearn takes a message the milter sent)."""
+    host, port = s.address.rsplit(":", 1)
+    r = subprocess.run(["spamc", "-d", host, "-p", port, "-L", learntype], input=msg,
+                       capture_output=True, timeout=120, check=False)
+    return (r.stdout + r.stderr).decode()
+
+
+def test_a_message_spamassassin_learned_as_it_came_is_the_same_one_to_train(
+        tell_spamd: Spamd, tmp_path: Path) -> None:
+    """SpamAssassin knows a learned message by its To, Date and body bytes as they came. Most
+    mail ends with a blank line or two (a MIME part's last boundary, a signature), and `train`
+    sent the body with them stripped: another message to SpamAssassin. One sa-learn (or spamc
+    -L, or autolearn) had learned as spam was learned as spam again on top, and moved to ham
+    was learned as ham without its spam being taken back."""
+    if shutil.which("spamc") is None:
+        pytest.skip("spamc is not installed")
+    msg = message(subject="Blank lines at the end",
+                  body="Claim your casino prize, order replica watches now.\n\n\n")
+    f = tmp_path / "prize.eml"
+    f.write_bytes(msg)
+    assert "successfully" in spamc_learn(tell_spamd, "spam", msg)
+    r = train("--spamd", tell_spamd.address, "--spam", str(f))
+    assert r.returncode == 0, r.stderr
+    assert b"Learned 0 of 1 messages as spam (1 already trained" in r.stdout, r.stdout
+    r = train("--spamd", tell_spamd.address, "--ham", str(f))  # a move: spam taken back
+    assert b"Learned 1 of 1 messages as ham" in r.stdout, r.stdout
+    assert "already" in spamc_learn(tell_spamd, "ham", msg)
