@@ -10,7 +10,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from spambridge import compressed
 from spambridge.bayes import store
-from spambridge.train.sources import GONE, TOO_LARGE, Item, count_messages
+from spambridge.train.sources import GONE, TOO_LARGE, TRASHED, Item, count_messages
 
 if TYPE_CHECKING:
     from spambridge.config import Config
@@ -30,6 +30,7 @@ class Summary:
     not_mail: int = 0
     unreadable: int = 0
     gone: int = 0  # listed in a folder, then renamed or removed before read (a live Maildir)
+    trashed: int = 0  # a Maildir's messages marked deleted (flag T), not read
     # files in a compression format Python cannot read (zstd, lz4), by format
     unsupported: dict[str, int] = field(default_factory=dict)
     spamd_errors: int = 0  # TELL failed: spamd down, timed out or answered an error
@@ -48,6 +49,8 @@ class Summary:
             self.too_large += 1
         elif item.problem == GONE:
             self.gone += 1
+        elif item.problem == TRASHED:
+            self.trashed += 1
         elif item.problem.startswith("not mail"):
             self.not_mail += 1
         elif item.problem.startswith(compressed.UNSUPPORTED):
@@ -84,6 +87,7 @@ class Summary:
             (self.unreadable, "unreadable"),
             *((n, f"compressed with {fmt}") for fmt, n in sorted(self.unsupported.items())),
             (self.gone, GONE),
+            (self.trashed, "marked deleted"),
             (self.spamd_errors, "spamd error" + ("s" if self.spamd_errors > 1 else "")),
         ) if n]
         if self.spamd_stopped:

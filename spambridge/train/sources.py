@@ -49,15 +49,15 @@ class Item:
 
     where: str
     data: bytes | None = None
-    problem: str = ""  # "unreadable: …", TOO_LARGE, "not mail", GONE
+    problem: str = ""  # "unreadable: …", TOO_LARGE, "not mail", GONE, TRASHED
     named: bool = False  # named on the command line (or stdin), not found inside a folder
 
     @property
     def failure(self) -> bool:
         """Not read, and worth an error: unreadable, or not mail though named on the command
-        line. Junk met inside a folder, messages over the size limit and files gone from a
-        folder since it was listed are only counted."""
-        return self.data is None and self.problem not in (TOO_LARGE, GONE) and (
+        line. Junk met inside a folder, messages over the size limit, files gone from a
+        folder since it was listed and Maildir messages marked deleted are only counted."""
+        return self.data is None and self.problem not in (TOO_LARGE, GONE, TRASHED) and (
             self.named or self.problem != "not mail")
 
 
@@ -169,6 +169,9 @@ def _read_folder(d: str, inside: bool, max_size: int, mbox: bool) -> Iterator[It
         opener = functools.partial(_open_in, dir_fd)
         for name, link in files:
             f = os.path.join(d, name)
+            if inside and _TRASHED.search(name):
+                yield Item(f, problem=TRASHED)
+                continue
             if link:
                 yield Item(f, problem=SYMLINK)
                 continue
@@ -202,6 +205,13 @@ _DIRECTORY, _STREAM = -1, -2  # _slurp's sizes for what it does not read
 _NO_SUCH_FILE = "unreadable: no such file or directory"
 SYMLINK = "unreadable: a symbolic link, not followed"  # met inside a folder
 GONE = "moved or deleted during the run"
+# a Maildir message whose flags (after ":2,", the capitals sorted, Dovecot's keyword letters
+# after them in lower case) hold T: marked deleted, not expunged yet. A client without IMAP
+# MOVE moves a message out of a folder by copying it and marking it so: trained from there,
+# a spam moved out of Junk, or moved out of INBOX into Junk, is learned as both. sa-learn
+# passes such a file over in a Maildir (ArchiveIterator), and so does `train`
+TRASHED = "marked deleted (Maildir flag T)"
+_TRASHED = re.compile(r":2,[A-Z]*T")
 TOO_LARGE = "too large"  # over --max-size: counted, and drained from a pipe
 _LINE = 1 << 20  # longest line read at once from a stream or a big mbox (memory stays bounded)
 

@@ -413,6 +413,33 @@ def test_the_pipe_and_a_nightly_train_agree_on_a_compressed_store(
     assert srv.errors() == []
 
 
+def test_a_nightly_ham_run_passes_over_spam_copied_to_junk_and_not_expunged(
+        dovecot: Callable[[str], Server]) -> None:
+    """A client without IMAP MOVE copies a spam to Junk (the pipe learns it) and marks the
+    original in INBOX \\Deleted; until it expunges, Dovecot keeps that file with flag T. A
+    nightly `train --ham ~/Maildir` (INBOX) found it there and moved the spam to ham."""
+    srv = dovecot("")
+    c = Client(srv.port)
+    try:
+        c.append("INBOX", msg(2, spam=False))
+        uid = c.append("INBOX", msg(1))
+        assert c.m.select("INBOX")[0] == "OK"
+        assert c.m.uid("COPY", str(uid), "Junk")[0] == "OK"
+        assert c.m.uid("STORE", str(uid), "+FLAGS.SILENT", r"(\Deleted)")[0] == "OK"
+    finally:
+        c.close()  # LOGOUT: no EXPUNGE
+    assert srv.totals() == (1, 0)
+    inbox = srv.top / "mail" / "user" / "Maildir"
+    assert [f.name for f in (inbox / "cur").iterdir() if re.search(r":2,[A-Z]*T", f.name)]
+    r = subprocess.run([sys.executable, "-m", "spambridge", "train", "--db", str(srv.db),
+                        "--ham", str(inbox)], capture_output=True, text=True, timeout=120,
+                       check=False)
+    assert (r.returncode, r.stderr) == (0, "")
+    assert r.stdout.startswith("Learned 1 of 2 messages as ham (1 marked deleted) in "), r.stdout
+    assert srv.totals() == (1, 1)
+    assert srv.errors() == []
+
+
 def test_the_pipe_and_a_nightly_train_agree_on_an_mbox_store(
         dovecot: Callable[[str], Server]) -> None:
     """With mbox files (`mail_location = mbox:`), Dovecot writes a Content-Length on each

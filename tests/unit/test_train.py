@@ -2177,6 +2177,30 @@ def test_a_message_renamed_in_a_live_maildir_during_the_run_is_not_an_error(
     assert out.startswith("Learned 1 of 4 messages as spam (3 already trained)")
 
 
+def test_maildir_messages_marked_deleted_are_not_learned(
+        tmp_path: Path, db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A mail client without IMAP MOVE moves a message by copying it and marking the original
+    deleted (Maildir flag T) until the folder is expunged. The nightly `train --ham INBOX`
+    learned a spam the user had just moved to Junk as ham, as `train --spam Junk` learned it
+    as spam: the run's order decided the class. sa-learn passes such files over in a Maildir;
+    so does `train`, counting them. Named on the command line, such a file is learned."""
+    box = maildir(tmp_path / "INBOX", [])
+    flags = {"S": False, "ST": True, "FRST": True, "Sa": False, "Tab": True, "Sbt": False}
+    for i, info in enumerate(flags):
+        (box / "cur" / f"17000000{i:02d}.M{i}P1.host,S=999:2,{info}").write_bytes(
+            mail(i, False))
+    (box / "new" / "1700000099.M9P1.host").write_bytes(mail(9, False))
+    code, out, err = run("train", "--db", str(db), "--ham", str(box), capsys=capsys)
+    assert (code, err) == (0, "")
+    assert out.startswith("Learned 4 of 7 messages as ham (3 marked deleted) in ")
+    learned = {t for t in tokens(db) if t.startswith("unique")}
+    assert learned == {f"unique{i}x0" for i, d in enumerate(flags.values()) if not d} | {
+        "unique9x0"}
+    deleted = box / "cur" / "1700000001.M1P1.host,S=999:2,ST"
+    code, out, err = run("train", "--db", str(db), "--spam", str(deleted), capsys=capsys)
+    assert (code, err) == (0, "") and totals(db) == (1, 4)
+
+
 def test_a_fifo_or_subdirectory_in_a_folder_is_skipped_not_waited_on(
         tmp_path: Path, db: Path) -> None:
     folder = tmp_path / "ham"
