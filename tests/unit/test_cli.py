@@ -714,6 +714,37 @@ def test_check_finds_our_mtas_line_behind_a_second_relay(
     assert not any(n.startswith("X-Spam") for n, _ in buf.headers)
 
 
+def test_check_reads_our_mtas_line_despite_a_forged_checker_left_by_a_flood() -> None:
+    """A sender sends more forged X-Spam-* fields than the milter removes (MAX_OWNED): the
+    milter puts its own on top, and the last forged ones stay at the bottom of the header.
+    One of them, "X-Spam-Checker-Version: spambridge ... on evil.example", beside a Received
+    line the sender wrote "by evil.example" from a trusted address, had `check` read that
+    line: "skipped: trusted" for a message the milter scored (ours is the first such field)."""
+    from dataclasses import replace
+
+    from spambridge import check
+    from spambridge.config import Config, parse_network
+    from spambridge.message import parse_raw
+
+    cfg = Config()
+    cfg = replace(cfg, milter=replace(cfg.milter, trusted_networks=(
+        parse_network("10.0.0.0/8"),)))
+    raw = (b"Return-Path: <a@example.org>\nDelivered-To: u@test.example\n"
+           b"Received: from mx.test.example\n\tby imap.test.example with LMTP\n\tid x"
+           b"; Wed, 25 Nov 2026 10:00:02 +0000\n"
+           b"X-Spam-Checker-Version: spambridge 0.1.0 on mx.test.example\n"
+           b"X-Spam-Status: No, score=1.0 required=5.0 tests=none engine=spamd\n"
+           b"Received: from mail.example.net (mail.example.net [203.0.113.5])\n\tby mx.test"
+           b".example (Postfix) with ESMTP id 4ABC; Wed, 25 Nov 2026 10:00:00 +0000\n"
+           b"Received: from friend (friend [10.9.9.9]) by evil.example (Postfix) with ESMTP;"
+           b" Wed, 25 Nov 2026 09:00:00 +0000\n"
+           b"From: a@example.org\nSubject: hello\n"
+           b"X-Spam-Checker-Version: spambridge 0.1.0 on evil.example\n\nbody\n")
+    buf = parse_raw(raw)
+    env, why = check._envelope(1, buf, cfg)
+    assert (env.mta_host, env.client_addr, why) == ("mx.test.example", "203.0.113.5", None)
+
+
 def test_what_delivery_wrote_behind_a_second_relay_counts_toward_no_limit() -> None:
     """The milter had neither relay's Received line nor what Dovecot wrote: a message at
     max_scan_size as the milter had it is not oversize to `check`."""
