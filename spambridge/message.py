@@ -353,11 +353,27 @@ def mta_received(fields: list[tuple[str, bytes]], host: str = "") -> int | None:
     hops = [i for i, (name, value) in enumerate(fields)
             if name.lower() == "received" and not lmtp_hop(value)]
     if host:
-        by = re.compile(rb"(?:^|\s)by\s+" + re.escape(host.encode()) + rb"(?![\w.-])", re.I)
+        ours = host.encode().lower().rstrip(b".")
         for i in hops:
-            if by.search(fields[i][1].partition(b";")[0]):
+            if _received_by(fields[i][1]).lower().rstrip(b".") == ours:
                 return i
     return hops[0] if hops else None
+
+
+# a Received line: "from HELO (NAME [ADDR])" (the HELO the client's to write, words and all:
+# Postfix takes out only parentheses and a few more), then "by HOST", then the protocol, the
+# id and "for <RCPT>", the recipient as RCPT TO spelt it ("u+ by mx.example"@example.org)
+_RECEIVED_FROM = re.compile(rb"\s*from\s[^()]*\([^()]*")
+_RECEIVED_BY = re.compile(rb"(?:^|\s)by\s+([^\s();]+)")
+
+
+def _received_by(value: bytes) -> bytes:
+    """The HOST of a Received field's "by HOST" clause (b"" when it has none): looked for
+    past the client's part and no further than the first, so neither a HELO nor a recipient
+    a sender wrote can name a host a line was written by."""
+    line = value.partition(b";")[0]  # not the date
+    start = m.end() if (m := _RECEIVED_FROM.match(line)) else 0
+    return by[1] if (by := _RECEIVED_BY.search(line, start)) else b""
 
 
 def split_message(data: bytes) -> tuple[list[tuple[str, bytes]], bytes]:

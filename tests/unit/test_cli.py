@@ -745,6 +745,43 @@ def test_check_reads_our_mtas_line_despite_a_forged_checker_left_by_a_flood() ->
     assert (env.mta_host, env.client_addr, why) == ("mx.test.example", "203.0.113.5", None)
 
 
+@pytest.mark.parametrize(("inner_for", "our_helo"), [
+    # the recipient, as RCPT TO spelt it, in the "for" clause of the inner relay's line
+    (b'"u+ by mx.test.example"@test.example', b"mail.example.net"),
+    # the client's HELO words in our own line
+    (b"u@test.example", b"x by evil.example"),
+])
+def test_check_finds_our_mtas_line_by_its_by_clause_only(inner_for: bytes,
+                                                        our_helo: bytes) -> None:
+    """Behind a second relay, a recipient `"u+ by mx.test.example"@test.example` put our
+    MTA's name into the relay's line ("for <...>"), taken for the line our MTA wrote: its
+    client is our MTA, in trusted_networks, and `check` said "skipped: trusted" for mail the
+    milter scored. Only the host of the "by" clause says who wrote a line."""
+    from dataclasses import replace
+
+    from spambridge import check
+    from spambridge.config import Config, parse_network
+    from spambridge.message import parse_raw
+
+    cfg = Config()
+    cfg = replace(cfg, milter=replace(cfg.milter, trusted_networks=(
+        parse_network("10.0.0.0/8"),)))
+    raw = (b"Return-Path: <a@example.org>\nDelivered-To: u@test.example\n"
+           b"Received: from inner.test.example\n\tby imap.test.example with LMTP\n\tid x"
+           b"; Wed, 25 Nov 2026 10:00:02 +0000\n"
+           b"Received: from mx.test.example (mx.test.example [10.0.0.5])\n\tby inner.test"
+           b".example (Postfix) with ESMTP id 5DEF\n\tfor <" + inner_for + b">; Wed, 25 Nov"
+           b" 2026 10:00:01 +0000\n"
+           b"Received: from " + our_helo + b" (mail.example.net [203.0.113.5])\n\tby mx.test"
+           b".example (Postfix) with ESMTP id 4ABC; Wed, 25 Nov 2026 10:00:00 +0000\n"
+           b"Received: from friend (friend [10.9.9.9]) by evil.example (Postfix) with ESMTP;"
+           b" Wed, 25 Nov 2026 09:00:00 +0000\n"
+           b"From: a@example.org\nSubject: hello\n"
+           b"X-Spam-Checker-Version: spambridge 0.1.0 on mx.test.example\n\nbody\n")
+    env, why = check._envelope(1, parse_raw(raw), cfg)
+    assert (env.client_addr, why) == ("203.0.113.5", None)
+
+
 def test_what_delivery_wrote_behind_a_second_relay_counts_toward_no_limit() -> None:
     """The milter had neither relay's Received line nor what Dovecot wrote: a message at
     max_scan_size as the milter had it is not oversize to `check`."""
