@@ -535,12 +535,15 @@ def _read_open(f: IO[bytes], where: str, max_size: int, mbox: bool, sniff: bool 
         return
     if not separator:
         head = blank + head  # no mbox: the message as it came (blank first: not mail)
-    data = head + (f.read(max(0, max_size + 1 - len(head))) if max_size else f.read())
+    # an MDA's From_ line (a procmail pipe's) is no part of the message, and counts toward
+    # no limit: as in an mbox, and as the same message in a file (_split_mbox)
+    line = len(head) if separator else 0
+    data = head + (f.read(max(0, max_size + 1 + line - len(head))) if max_size else f.read())
     if not sniff and separator and _holds_another_message(data):
         # learned as one message, or dropped as too large, an archive would teach nothing
         yield Item(where, problem=MBOX_WITHOUT_FLAG, named=named)
         return
-    yield _item(where, data, named=named, max_size=max_size)
+    yield _item(where, data, named=named, max_size=max_size and max_size + line)
 
 
 def _blank_lines(f: IO[bytes]) -> tuple[bytes, bytes]:

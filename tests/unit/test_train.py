@@ -2549,6 +2549,24 @@ def test_a_message_of_exactly_max_size_is_learned(tmp_path: Path, kind: str) -> 
     assert [(i.data, i.problem) for i in read(size - 1)] == [(None, "too large")]
 
 
+def test_a_message_with_an_mdas_from_line_on_stdin_is_sized_without_it(tmp_path: Path) -> None:
+    """A procmail pipe gives the message with its From_ line, dropped before it is learned.
+    It counted toward --max-size on stdin only: a message of exactly the limit was learned
+    from a file (read as an mbox of one) and "too large" from the pipe."""
+    import io
+
+    msg = mail(1, True)
+    data = b"From a@example.org Thu Nov 26 02:58:17 2026\n" + msg
+    f = tmp_path / "m"
+    f.write_bytes(data)
+    for max_size, problem in ((len(msg), ""), (len(msg) - 1, "too large")):
+        assert [i.problem for i in train.read_path(str(f), max_size)] == [problem]
+        got = list(train.read_path("-", max_size, stdin=io.BytesIO(data)))
+        assert [i.problem for i in got] == [problem], max_size
+        if not problem:
+            assert train.strip_markup(got[0].data or b"") == train.strip_markup(msg)
+
+
 @pytest.mark.parametrize("kind", ["file", "big", "stdin"])
 def test_an_mbox_message_of_exactly_max_size_is_learned_however_the_mbox_comes(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
