@@ -250,8 +250,25 @@ def open_no_wait(path: str) -> IO[bytes]:
 
 def _lines(f: IO[bytes]) -> Iterator[bytes]:
     """The file's lines, a line longer than _LINE coming in pieces: one endless line (a
-    stream of NULs, a binary pipe) must not be read whole to find its end."""
-    return iter(functools.partial(f.readline, _LINE), b"")
+    stream of NULs, a binary pipe) must not be read whole to find its end. A line end is
+    never a piece of its own: after a line of exactly _LINE bytes (or its CR) it read as a
+    blank line, which cut a message at a "From " line after it, or took its last newline
+    as the mbox's, where the mbox split in memory did neither."""
+    cut = b""  # a piece without its line end, held to see whether the end comes alone
+    for piece in iter(functools.partial(f.readline, _LINE), b""):
+        if cut:
+            if piece in (b"\n", b"\r\n"):
+                yield cut + piece
+                cut = b""
+                continue
+            yield cut
+            cut = b""
+        if piece.endswith(b"\n"):
+            yield piece
+        else:
+            cut = piece
+    if cut:
+        yield cut
 
 
 def _is_file(entry: os.DirEntry[str]) -> bool:

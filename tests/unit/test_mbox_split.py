@@ -154,3 +154,24 @@ def test_a_huge_content_length_does_not_read_a_streamed_mbox_whole() -> None:
     first = next(train.sources._split_lines("box", source(), 0))
     assert first.data is not None and b"Subject: m0" in first.data
     assert drawn < 100, drawn
+
+
+@pytest.mark.parametrize("line_end", [b"\n", b"\r\n"])
+def test_a_line_as_long_as_a_streamed_read_ends_no_message(
+        monkeypatch: pytest.MonkeyPatch, line_end: bytes) -> None:
+    """A stream is read in pieces of at most _LINE bytes. After a line of exactly that many
+    (its CR the last of them, with CRLF) its line end came as a piece of its own, read as a
+    blank line: the last message lost its last newline (and was learned under a --max-size
+    a byte too small), and an unescaped "From " line after it cut the message in two, where
+    the mbox split in memory did neither."""
+    monkeypatch.setattr(train.sources, "_LINE", 64)
+    long = b"y" * (64 - len(line_end) + 1)  # the piece ends where its line end begins
+    sep = b"From a@b Mon Jan  1 00:00:00 2024\n"
+    last = b"From: b@x\nSubject: two\n\n" + long + line_end
+    data = sep + b"From: a@x\nSubject: one\n\nhello\n\n" + sep + last
+    for max_size in (0, len(last.replace(b"\r\n", b"\n")) - 1):
+        in_memory, streamed = split_both_ways(data, max_size)
+        assert in_memory == streamed and len(in_memory) == 2, max_size
+    data = sep + b"From: c@x\nSubject: three\n\n" + long + line_end + sep + b"From: d@x\n\nbody\n"
+    in_memory, streamed = split_both_ways(data, 0)
+    assert in_memory == streamed and len(in_memory) == 1
