@@ -317,15 +317,16 @@ def _as_it_arrived(fields: list[tuple[str, bytes]], tag: bytes) -> list[tuple[st
 def _checked_on(fields: list[tuple[str, bytes]]) -> str:
     """On a delivered message, the MTA the milter ran on, as its Checker-Version names it
     (headers.checker; a SpamAssassin's beside it names another). "" when none says. The
-    first one: the milter removes every forged X-Spam-* field but, in a flood of them, the
-    first MAX_OWNED only, and then puts its own on top (milter.actions.apply): a forged one
-    left at the bottom, read first, named a host whose Received line the sender wrote."""
+    first of spambridge's, naming a host or not: the milter removes every forged X-Spam-*
+    field but, in a flood of them, the first MAX_OWNED only, and then puts its own on top
+    (milter.actions.apply): a forged one left below, read instead, named a host whose
+    Received line the sender wrote."""
     if not any(n.lower() == "return-path" for n, _ in fields):
         return ""
     name = headers.CHECKER.lower()
     for n, v in fields:
-        if n.lower() == name and (host := headers.checked_on(v)):
-            return host
+        if n.lower() == name and v.split(None, 1)[:1] == [b"spambridge"]:
+            return headers.checked_on(v)
     return ""
 
 

@@ -714,7 +714,12 @@ def test_check_finds_our_mtas_line_behind_a_second_relay(
     assert not any(n.startswith("X-Spam") for n, _ in buf.headers)
 
 
-def test_check_reads_our_mtas_line_despite_a_forged_checker_left_by_a_flood() -> None:
+@pytest.mark.parametrize(("ours", "host"), [
+    (b"spambridge 0.1.0 on mx.test.example", "mx.test.example"),
+    (b"spambridge 0.1.0", ""),  # an MTA that sent no macro j: the first Received line
+])
+def test_check_reads_our_mtas_line_despite_a_forged_checker_left_by_a_flood(
+        ours: bytes, host: str) -> None:
     """A sender sends more forged X-Spam-* fields than the milter removes (MAX_OWNED): the
     milter puts its own on top, and the last forged ones stay at the bottom of the header.
     One of them, "X-Spam-Checker-Version: spambridge ... on evil.example", beside a Received
@@ -732,7 +737,7 @@ def test_check_reads_our_mtas_line_despite_a_forged_checker_left_by_a_flood() ->
     raw = (b"Return-Path: <a@example.org>\nDelivered-To: u@test.example\n"
            b"Received: from mx.test.example\n\tby imap.test.example with LMTP\n\tid x"
            b"; Wed, 25 Nov 2026 10:00:02 +0000\n"
-           b"X-Spam-Checker-Version: spambridge 0.1.0 on mx.test.example\n"
+           b"X-Spam-Checker-Version: " + ours + b"\n"
            b"X-Spam-Status: No, score=1.0 required=5.0 tests=none engine=spamd\n"
            b"Received: from mail.example.net (mail.example.net [203.0.113.5])\n\tby mx.test"
            b".example (Postfix) with ESMTP id 4ABC; Wed, 25 Nov 2026 10:00:00 +0000\n"
@@ -742,7 +747,7 @@ def test_check_reads_our_mtas_line_despite_a_forged_checker_left_by_a_flood() ->
            b"X-Spam-Checker-Version: spambridge 0.1.0 on evil.example\n\nbody\n")
     buf = parse_raw(raw)
     env, why = check._envelope(1, buf, cfg)
-    assert (env.mta_host, env.client_addr, why) == ("mx.test.example", "203.0.113.5", None)
+    assert (env.mta_host, env.client_addr, why) == (host, "203.0.113.5", None)
 
 
 @pytest.mark.parametrize(("inner_for", "our_helo"), [
