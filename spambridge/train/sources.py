@@ -256,6 +256,9 @@ def _lines(f: IO[bytes]) -> Iterator[bytes]:
     as the mbox's, where the mbox split in memory did neither."""
     cut = b""  # a piece without its line end, held to see whether the end comes alone
     for piece in iter(functools.partial(f.readline, _LINE), b""):
+        if piece[-1] == 10 and not cut:  # nearly every line: one test (40 ns; 2 calls 110)
+            yield piece
+            continue
         if cut:
             if piece in (b"\n", b"\r\n"):
                 yield cut + piece
@@ -263,7 +266,7 @@ def _lines(f: IO[bytes]) -> Iterator[bytes]:
                 continue
             yield cut
             cut = b""
-        if piece.endswith(b"\n"):
+        if piece[-1] == 10:
             yield piece
         else:
             cut = piece
