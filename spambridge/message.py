@@ -75,6 +75,21 @@ class Envelope:
         before it has one."""
         return clean(self.queue_id) or "NOQUEUE"
 
+    def trace_fields(self, when: datetime | None = None) -> bytes:
+        """What the scanner gets on top of the message: X-Envelope-From and our Received line.
+        SpamAssassin reads the envelope sender from the Received line of the last hop it does
+        not trust; when the client is trusted (a backup MX or relay in trusted_networks, any
+        loopback client) and the message came over the internet before, that hop is an
+        earlier one, where a Postfix names no sender, and then X-Envelope-From on top, as
+        spamass-milter wrote it, is its EnvelopeFrom: without it no SPF check of MAIL FROM, no
+        HEADER_FROM_DIFFERENT_DOMAINS. Our Bayes tokenizer ignores X-Envelope-From (and reads
+        only the client of our line). Nothing for a delivered message: its Return-Path says it."""
+        if self.delivered:
+            return b""
+        envfrom = (f"X-Envelope-From: <{_utf8_word(self.sender).strip('<>')}>\r\n"
+                   if self.sender else "")
+        return envfrom.encode("utf-8", "replace") + self.received_header(when)
+
     def received_header(self, when: datetime | None = None) -> bytes:
         """The Received line Postfix would have written (Postfix hides its own from milters).
         SpamAssassin needs it for the relay/trust path; a wrong date causes false positives.
@@ -255,7 +270,8 @@ class MessageBuffer:
         return None
 
     def render(self, received: bytes = b"") -> bytes:
-        """The message as the scanner sees it: our Received line, headers, CRLF, body.
+        """The message as the scanner sees it: our trace fields (Envelope.trace_fields),
+        headers, CRLF, body.
         Header values keep their folding; every line ending becomes CRLF."""
         parts = [received]
         for name, value in self.headers:

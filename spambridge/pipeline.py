@@ -163,7 +163,7 @@ class Pipeline:
         about a second for a 200 MB message that a raised max_scan_size lets through."""
         start = time.monotonic()
         try:
-            raw = buf.render(envelope.received_header())
+            raw = buf.render(envelope.trace_fields())
         except MemoryError:
             return ScanError(ErrorKind.ERROR, "internal",
                              f"MemoryError: no memory to copy the {buf.size}-byte message")

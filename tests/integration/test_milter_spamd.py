@@ -350,7 +350,8 @@ def test_spamd_sees_exact_bytes_received_line_and_user(start_milter: Start,
     head, _, message_bytes = req.partition(b"\r\n\r\n")
     assert head.startswith(b"SYMBOLS SPAMC/1.5")
     assert b"User: user@test.example" in head
-    assert message_bytes.startswith(b"Received: from mail.example.net (mail.example.net "
+    assert message_bytes.startswith(b"X-Envelope-From: <sender@example.net>\r\n"
+                                    b"Received: from mail.example.net (mail.example.net "
                                     b"[192.0.2.10])\r\n\tby mx.test.example (Postfix) with ESMTP "
                                     b"id 4ABCDEF0123\r\n\tfor <user@test.example>;\r\n\t")
     assert b"Subject: caf\xe9\r\n\tsecond line\r\n" in message_bytes
@@ -424,7 +425,8 @@ def test_every_message_of_a_session_has_its_helo_in_the_received_line(
     assert len(rec.requests) == 2
     for req in rec.requests:
         body = req.partition(b"\r\n\r\n")[2]
-        assert body.startswith(b"Received: from pc1.lan (client.example.net [192.0.2.10])"), body
+        assert body.split(b"\r\n", 2)[1] == (
+            b"Received: from pc1.lan (client.example.net [192.0.2.10])"), body
 
 
 def test_a_tls_session_is_esmtps_in_the_received_line_spamd_sees(start_milter: Start,

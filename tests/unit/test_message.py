@@ -103,6 +103,34 @@ def test_received_header_from_macros() -> None:
     )
 
 
+def test_trace_fields_put_the_envelope_sender_on_top_as_spamass_milter_did() -> None:
+    """X-Envelope-From above our Received line, as spamass-milter wrote it (SpamAssassin
+    distrusts one below a Received line); `<>` for a bounce; nothing for a delivered copy."""
+    when = datetime(2026, 11, 25, 10, 0, tzinfo=timezone(timedelta(hours=1)))
+    env = Envelope(client_addr="127.0.0.1", sender="<alice@example.net>",
+                   recipients=["<bob@test.example>"])
+    assert env.trace_fields(when) == (b"X-Envelope-From: <alice@example.net>\r\n"
+                                      + env.received_header(when))
+    assert Envelope(sender="<>").trace_fields(when).startswith(b"X-Envelope-From: <>\r\n")
+    assert Envelope().trace_fields(when) == Envelope().received_header(when)
+    assert Envelope(sender="<a@x>", delivered=True).trace_fields(when) == b""
+    evil = Envelope(sender="<a@x>\r\nX-Spam-Flag: NO").trace_fields(when)
+    assert b"\r\nX-Spam-Flag" not in evil and evil.count(b"\r\n") == 5  # X-Envelope-From, then Received in 4 lines
+
+
+def test_trace_fields_leave_the_bayes_tokens_as_they_were() -> None:
+    """The local Bayes engine reads the same tokens with X-Envelope-From on top as without:
+    a database trained before (or from files, which have none) scores live mail alike."""
+    from spambridge.bayes.tokenizer import tokenize
+
+    env = Envelope(client_name="mail.example.net", client_addr="192.0.2.10",
+                   helo="mail.example.net", sender="<alice@example.net>")
+    buf = parse_raw(b"From: a@example.net\nSubject: hello there\n\nSome words here.\n")
+    when = datetime(2026, 11, 25, 10, 0, tzinfo=timezone(timedelta(0)))
+    assert (sorted(tokenize(buf.render(env.trace_fields(when))))
+            == sorted(tokenize(buf.render(env.received_header(when)))))
+
+
 def test_received_header_cannot_be_injected() -> None:
     env = Envelope(helo="evil\r\nX-Spam-Flag: NO", client_addr="192.0.2.1",
                    auth_user="alice", tls=True)
