@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from spambridge import checkconfig, cli, commands, defaults
-from spambridge.config import ConfigError
+from spambridge.config import Config, ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGED_PATH = defaults.CONFIG_PATH  # as the module has it, before a test points it away
@@ -668,6 +668,17 @@ def test_check_decides_a_delivered_message_with_what_the_milter_knew(
     assert (live.client_addr, live.local, live.auth_user, why) == ("", False, "", None)
 
 
+def trusting_the_inner_relay() -> Config:
+    """The milter's config with the inner relays of the _TWO_TIER copies trusted."""
+    from dataclasses import replace
+
+    from spambridge.config import parse_network
+
+    cfg = Config()
+    return replace(cfg, milter=replace(cfg.milter, trusted_networks=(
+        parse_network("10.0.0.0/8"),)))
+
+
 # a copy delivered behind a second relay: Dovecot's LMTP hop, the inner relay's line (its
 # client is our MTA, in trusted_networks), then our MTA's, then what the sender wrote
 _TWO_TIER = (b"Return-Path: <a@example.org>\n"
@@ -698,15 +709,10 @@ def test_check_finds_our_mtas_line_behind_a_second_relay(
     where the milter had scored it. The milter names its MTA in X-Spam-Checker-Version (as
     SpamAssassin does); the line that MTA wrote is the one read, and the field `check` shows
     is the milter's own."""
-    from dataclasses import replace
-
     from spambridge import check
-    from spambridge.config import Config, parse_network
     from spambridge.message import parse_raw
 
-    cfg = Config()
-    cfg = replace(cfg, milter=replace(cfg.milter, trusted_networks=(
-        parse_network("10.0.0.0/8"),)))
+    cfg = trusting_the_inner_relay()
     buf = parse_raw(_TWO_TIER + b"X-Spam-Checker-Version: " + checker + b"\n\nbody\n")
     env, why = check._envelope(1, buf, cfg)
     assert (env.client_addr, why.value if why else None) == (addr, skip)
@@ -725,15 +731,10 @@ def test_check_reads_our_mtas_line_despite_a_forged_checker_left_by_a_flood(
     One of them, "X-Spam-Checker-Version: spambridge ... on evil.example", beside a Received
     line the sender wrote "by evil.example" from a trusted address, had `check` read that
     line: "skipped: trusted" for a message the milter scored (ours is the first such field)."""
-    from dataclasses import replace
-
     from spambridge import check
-    from spambridge.config import Config, parse_network
     from spambridge.message import parse_raw
 
-    cfg = Config()
-    cfg = replace(cfg, milter=replace(cfg.milter, trusted_networks=(
-        parse_network("10.0.0.0/8"),)))
+    cfg = trusting_the_inner_relay()
     raw = (b"Return-Path: <a@example.org>\nDelivered-To: u@test.example\n"
            b"Received: from mx.test.example\n\tby imap.test.example with LMTP\n\tid x"
            b"; Wed, 25 Nov 2026 10:00:02 +0000\n"
@@ -762,15 +763,10 @@ def test_check_finds_our_mtas_line_by_its_by_clause_only(inner_for: bytes,
     MTA's name into the relay's line ("for <...>"), taken for the line our MTA wrote: its
     client is our MTA, in trusted_networks, and `check` said "skipped: trusted" for mail the
     milter scored. Only the host of the "by" clause says who wrote a line."""
-    from dataclasses import replace
-
     from spambridge import check
-    from spambridge.config import Config, parse_network
     from spambridge.message import parse_raw
 
-    cfg = Config()
-    cfg = replace(cfg, milter=replace(cfg.milter, trusted_networks=(
-        parse_network("10.0.0.0/8"),)))
+    cfg = trusting_the_inner_relay()
     raw = (b"Return-Path: <a@example.org>\nDelivered-To: u@test.example\n"
            b"Received: from inner.test.example\n\tby imap.test.example with LMTP\n\tid x"
            b"; Wed, 25 Nov 2026 10:00:02 +0000\n"
