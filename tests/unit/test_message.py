@@ -131,6 +131,28 @@ def test_trace_fields_leave_the_bayes_tokens_as_they_were() -> None:
             == sorted(tokenize(buf.render(env.received_header(when)))))
 
 
+def test_trace_fields_cost_the_bayes_engine_none_of_its_limits() -> None:
+    """X-Envelope-From takes no place among the fields the tokenizer reads (max_headers)
+    nor bytes of what it looks at (max_bytes): with it, a message of 499 fields lost its last
+    one and was "unread" (never ham), and a message's last words went past the byte cap."""
+    from spambridge.bayes.tokenizer import DEFAULT_LIMITS, Limits, tokenize, unread
+
+    env = Envelope(client_addr="192.0.2.10", sender="<alice@example.net>")
+    when = datetime(2026, 11, 25, 10, 0, tzinfo=timezone(timedelta(0)))
+    # with our Received line, exactly max_headers fields
+    fields = b"".join(b"X-List-%d: x\n" % i for i in range(DEFAULT_LIMITS.max_headers - 2))
+    buf = parse_raw(fields + b"Subject: hello there\n\nSome words here.\n")
+    tokens = tokenize(buf.render(env.trace_fields(when)))
+    assert unread(tokens) == "" and "header:Subject:1" in tokens
+    assert tokens == tokenize(buf.render(env.received_header(when)))
+    # the cap falls in the body's last word without the field: the same words with it
+    buf = parse_raw(b"Subject: hi\n\n" + b" ".join(b"word%03d" % i for i in range(100)) + b"\n")
+    received = env.received_header(when)
+    limits = Limits(max_bytes=len(buf.render(received)) - 3)
+    assert (tokenize(buf.render(env.trace_fields(when)), limits)
+            == tokenize(buf.render(received), limits))
+
+
 def test_received_header_cannot_be_injected() -> None:
     env = Envelope(helo="evil\r\nX-Spam-Flag: NO", client_addr="192.0.2.1",
                    auth_user="alice", tls=True)
