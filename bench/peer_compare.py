@@ -119,15 +119,16 @@ def self_cpu() -> float:
 
 def as_spambridge_sends(raw: bytes) -> bytes:
     """The bytes spambridge hands spamd for this message from the bench's milter client: its
-    Received line (built from the client's macros) and the headers and body as received.
-    Without that line SpamAssassin does different work and the baseline would not be one."""
+    X-Envelope-From and Received line (Envelope.trace_fields, built from the client's macros)
+    and the headers and body as received. Without them SpamAssassin does different work and
+    the baseline would not be one."""
     from spambridge.message import Envelope, parse_raw
 
     env = Envelope(client_name="mail.example.net", client_addr="192.0.2.10",
                    helo="mail.example.net", mta_host="mx.test.example",
                    daemon_name="mx.test.example", sender="<sender@example.net>",
                    recipients=["<user@test.example>"], queue_id="Q00000000")
-    return parse_raw(raw, max_scan_size=2 * len(raw) + 65536).render(env.received_header())
+    return parse_raw(raw, max_scan_size=2 * len(raw) + 65536).render(env.trace_fields())
 
 
 _RAW_CLIENTS: dict[int, Any] = {}  # aiospamc clients by spamd port
