@@ -452,17 +452,18 @@ def _from_base64(data: bytes) -> tuple[bytes, bool]:
 _TRACE_FIELD = b"x-envelope-from:"
 
 
-def without_trace_field(raw: bytes) -> bytes:
-    """The message without an X-Envelope-From line on top: the milter writes one above its
-    Received line for SpamAssassin and `train`'s files have none, so it must cost nothing
-    here. Its words were never read, but it took one of max_headers fields (a message of 499
-    lost its last and was unread: never ham) and bytes of max_bytes (the last words read)."""
+def past_trace_field(raw: bytes) -> int:
+    """Where the message starts past an X-Envelope-From line on top (0: none): the milter
+    writes one above its Received line for SpamAssassin and `train`'s files have none, so it
+    must cost nothing here. Its words were never read, but it took one of max_headers fields
+    (a message of 499 lost its last and was unread: never ham) and bytes of max_bytes (the
+    last words read). An offset, not a copy: the message may be megabytes."""
     if raw[: len(_TRACE_FIELD)].lower() != _TRACE_FIELD:
-        return raw
+        return 0
     end = raw.find(b"\n", 0, 4096)
     if end < 0 or raw[end + 1 : end + 2] in (b" ", b"\t"):  # folded: not ours, left as it is
-        return raw
-    return raw[end + 1 :]
+        return 0
+    return end + 1
 
 
 def without_delivery_hops(headers: Headers) -> Headers:
@@ -513,7 +514,8 @@ class _Tokenizer:
         self.body_start: int | None = None  # tokens out before the bodies (see _capped)
 
     def message(self, raw: bytes) -> None:
-        data = without_trace_field(raw)[: self.limits.max_bytes]
+        start = past_trace_field(raw)
+        data = raw[start : start + self.limits.max_bytes]
         if b"\r" in data:
             data = data.replace(b"\r\n", b"\n")
         if data.startswith(b"From "):  # an mbox separator line is not a header
