@@ -156,9 +156,8 @@ def test_one_grep_of_a_long_queue_id_finds_postfixs_lines_and_ours(
     that end before DATA (refused at RCPT, RSET) add no line of ours."""
     db = train_database(tmp_path, bayes_mail, 20)
     postfix.postconf("-e", "enable_long_queue_ids = yes")
-    postfix.postfix("reload")
+    postfix.reload()
     try:
-        wait_until(lambda: "reload -- version" in postfix.log, 10, "Postfix's reload")
         m = start_milter({"milter": {"socket": f"unix:{postfix.milter_socket}"},
                           "bayes": {"db": str(db), "min_trained": 20},
                           "policy": {"reject_reply": REJECT_REPLY}})
@@ -191,7 +190,7 @@ def test_one_grep_of_a_long_queue_id_finds_postfixs_lines_and_ours(
         assert m.log[len(before):].count("\n") == 1, m.log[len(before):]
     finally:
         postfix.postconf("-e", "enable_long_queue_ids = no")
-        postfix.postfix("reload")
+        postfix.reload()
 
 
 def test_a_restart_under_traffic_loses_no_mail(postfix: PostfixInstance, start_milter: Start,
