@@ -64,6 +64,7 @@ style, not changed):
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import hashlib
 import json
 import re
@@ -72,10 +73,8 @@ import smtplib
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -278,24 +277,8 @@ def smtp_send(port: int, raw: bytes, rcpts: tuple[str, ...]) -> Sent:
 
 def send_all(port: int, msgs: list[Msg], rcpts: tuple[str, ...], threads: int = 2
              ) -> list[Sent]:
-    out: list[Sent | None] = [None] * len(msgs)
-    todo: Iterator[int] = iter(range(len(msgs)))
-    lock = threading.Lock()
-
-    def worker() -> None:
-        while True:
-            with lock:
-                i = next(todo, None)
-            if i is None:
-                return
-            out[i] = smtp_send(port, msgs[i].raw, rcpts)
-
-    ts = [threading.Thread(target=worker) for _ in range(threads)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
-    return [s or Sent("not sent") for s in out]
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(lambda m: smtp_send(port, m.raw, rcpts), msgs))
 
 
 def queue_id(raw: bytes) -> str:

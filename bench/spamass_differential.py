@@ -49,6 +49,7 @@ the spamd user too (`-u spamass-milter` and `per_recipient_user = "local-part"`)
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import difflib
 import email.utils
 import hashlib
@@ -64,7 +65,6 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -312,24 +312,9 @@ def smtp_send(port: int, i: int, msg: Msg) -> str:
 
 
 def send_all(port: int, msgs: list[Msg], threads: int = 2) -> dict[int, str]:
-    out: dict[int, str] = {}
-    todo: Iterator[int] = iter(range(len(msgs)))
-    lock = threading.Lock()
-
-    def worker() -> None:
-        while True:
-            with lock:
-                i = next(todo, None)
-            if i is None:
-                return
-            out[i] = smtp_send(port, i, msgs[i])
-
-    ts = [threading.Thread(target=worker) for _ in range(threads)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
-    return out
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        return dict(enumerate(pool.map(lambda i: smtp_send(port, i, msgs[i]),
+                                       range(len(msgs)))))
 
 
 def collect(pf: PostfixInstance, want: set[int], timeout: float) -> dict[int, bytes]:
