@@ -255,7 +255,7 @@ class MessageBuffer:
         never has one. (Not Delivered-To: Postfix keeps it, and mail forwarded or sent through a
         list arrives live with the one an earlier hop wrote.) Such a file already carries the
         Received line the receiving MTA wrote, the one a milter never sees."""
-        return any(n.lower() == "return-path" for n, _ in self.headers)
+        return is_delivered(self.headers)
 
     def header_value(self, name: str) -> bytes | None:
         field = self.header_field(name)
@@ -310,6 +310,11 @@ def _shares(counts: list[int], budget: int) -> list[int]:
 _SPAM_FLAG = re.compile(rb"[ \t]*yes\b", re.I)
 
 
+def is_delivered(fields: list[tuple[str, bytes]]) -> bool:
+    """Whether `fields` are a message as a mailbox stores it (MessageBuffer.delivered)."""
+    return any(n.lower() == "return-path" for n, _ in fields)
+
+
 def _as_it_arrived(fields: list[tuple[str, bytes]], tag: bytes) -> list[tuple[str, bytes]]:
     """A delivered message's `fields` (MessageBuffer.delivered) as the milter got them: its
     X-Spam-* fields are the milter's own, written after the scan (it removed the forged
@@ -337,7 +342,7 @@ def _checked_on(fields: list[tuple[str, bytes]]) -> str:
     field but, in a flood of them, the first MAX_OWNED only, and then puts its own on top
     (milter.actions.apply): a forged one left below, read instead, named a host whose
     Received line the sender wrote."""
-    if not any(n.lower() == "return-path" for n, _ in fields):
+    if not is_delivered(fields):
         return ""
     name = headers.CHECKER.lower()
     for n, v in fields:
@@ -363,7 +368,7 @@ def mta_received(fields: list[tuple[str, bytes]], host: str = "") -> int | None:
     Without such a line (a copy from before spambridge wrote the host), the first. It says
     what the milter learned from the connection (the client's address, whether it
     authenticated). None for live mail, or when there is none."""
-    if not any(n.lower() == "return-path" for n, _ in fields):
+    if not is_delivered(fields):
         return None
     from spambridge.bayes.tokenizer import lmtp_hop  # check only: not loaded by a milter
 
