@@ -4,7 +4,8 @@ Layout (schema version in `PRAGMA user_version`):
   tokens(token, spam, ham)        per token, the number of trained messages containing it
   totals(nspam, nham)             one row: trained messages per class
   messages(digest, label, at)     what each trained message was learned as (dedupe, move, forget)
-  meta(key, value)                tokenizer version and limits the counts were learned with
+  meta(key, value)                tokenizer version and limits the counts were learned with,
+                                  the version of the keys its messages were first recorded by
 
 A reader gets the totals and all of a message's token counts in one statement, so the snapshot
 is consistent without an explicit transaction. A writer applies a whole batch of messages in one
@@ -789,6 +790,26 @@ class SqliteWriter:
             self.rollback()
             raise StoreError(f"{self.path}: cannot record the training limits: {e}") from e
         return got or wanted
+
+    def earlier_keys(self, version: int) -> bool:
+        """Whether trained messages may be recorded under keys older than `version` (a
+        `train` then looks those up too: train.normalise.keys). A database that has no
+        message yet records that its first is keyed with `version`, and never looks again:
+        nearly every message is new to a bulk run, and each earlier key is a digest and a
+        query more for it."""
+        try:
+            row = self.conn.execute("SELECT value FROM meta WHERE key = 'keys'").fetchone()
+            if row is None:
+                self._lock()
+                if self.conn.execute("SELECT 1 FROM messages LIMIT 1").fetchone() is None:
+                    self.conn.execute("INSERT OR IGNORE INTO meta VALUES ('keys', ?)",
+                                      (str(version),))
+                row = self.conn.execute("SELECT value FROM meta WHERE key = 'keys'").fetchone()
+                self.conn.execute("COMMIT")
+        except sqlite3.Error as e:
+            self.rollback()
+            raise StoreError(f"{self.path}: cannot record how messages are keyed: {e}") from e
+        return row is None or not str(row[0]).isdigit() or int(row[0]) < version
 
     def begin(self) -> Batch:
         try:

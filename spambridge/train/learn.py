@@ -14,7 +14,7 @@ from typing import IO, TYPE_CHECKING, Any
 from spambridge import defaults
 from spambridge.bayes import store
 from spambridge.bayes.tokenizer import DEFAULT_LIMITS, Limits, limits_for, tokenize
-from spambridge.train.normalise import digest, keys, strip_markup, stripped
+from spambridge.train.normalise import KEYS_VERSION, digest, keys, strip_markup, stripped
 from spambridge.train.report import (
     Progress,
     Summary,
@@ -77,6 +77,9 @@ class Trainer:
         self.batch_messages = batch_messages
         self.label = label  # spam | ham | forget | index (the class comes with each message)
         self.limits = limits
+        # whether the database may hold messages under the keys earlier spambridges gave
+        # them (keys); run() asks the database, a database of before it was asked does
+        self.earlier_keys = True
         self.summary = Summary(label)
         self.saved = 0  # messages offered up to the last commit (all of them are in the db)
         self._batch: store.Batch | None = None
@@ -103,11 +106,11 @@ class Trainer:
             s.skipped(item)
             return item.problem
         msg, restored = stripped(item.data, self.subject_tag, True)
-        key, legacy = keys(msg)
+        key, legacy = keys(msg, self.earlier_keys)
         batch = self._open_batch()
         prior = self._prior(batch, key, legacy)
         learned = msg  # the message as its `prior` training read it
-        if prior is None and restored:
+        if prior is None and restored and self.earlier_keys:
             # an earlier spambridge learned and keyed it with the Subject a filter rewrote
             learned = strip_markup(item.data, subject=False)
             prior = self._prior(batch, key, (digest(learned),))
@@ -216,6 +219,12 @@ def run(cfg: Config, label: str, paths: list[str], *, max_size: int = DEFAULT_MA
         return 1
     trainer = Trainer(writer, label, limits, batch_messages, selective,
                       cfg.bayes.min_trained, cfg.policy.subject_tag)
+    try:
+        trainer.earlier_keys = writer.earlier_keys(KEYS_VERSION)
+    except store.StoreError as e:
+        writer.close()
+        print(f"spambridge train: {e}", file=err)
+        return 1
     sources = entries(label, paths, index)
     single = index is None and paths == ["-"]
     progress = Progress([e.path for e in sources], enabled=not quiet and not single

@@ -158,12 +158,29 @@ def _subject_spaced(head: bytes) -> bytes:
     return head
 
 
-def keys(normalised: bytes) -> tuple[bytes, tuple[bytes, ...]]:
-    """The key of a message (strip_markup's output): the digest of it without its mailbox
-    state fields and with its Subject's text one blank after the colon (_SUBJECT_GAP); and
-    the keys earlier spambridges gave it, when they differ, to look up when it is not found
-    under its key: before 2026-11-28 the Subject as it lay, before 2026-11-26 the state
-    fields kept too."""
+# fields the hosts a message passes through write about its passage (RFC 5322's trace fields,
+# SPF's, the authentication results, ARC's, what delivery writes on top): one message sent to
+# two mailboxes differs in them, Postfix's Received line has its queue id and `for <rcpt>`,
+# Delivered-To its mailbox. Matched from the line end before the name, a literal search
+_TRACE = re.compile(rb"\n(?:received|return-path|delivered-to|x-original-to|x-delivered-to"
+                    rb"|envelope-to|x-envelope-to|x-envelope-from|received-spf"
+                    rb"|authentication-results|arc-seal|arc-message-signature"
+                    rb"|arc-authentication-results)[ \t]*:[^\n]*(?:\n[ \t][^\n]*)*", re.I)
+# a line end with more than one CR before it (\r\r\n): an mbox read whole turns one CRLF into
+# LF and strip_markup the next, one read line by line only the one
+_CRS = re.compile(rb"\r+\n")
+
+KEYS_VERSION = 4  # the key below; a database first trained with it has no earlier keys
+
+
+def keys(normalised: bytes, earlier: bool = True) -> tuple[bytes, tuple[bytes, ...]]:
+    """The key of a message (strip_markup's output): the digest of the message as its sender
+    wrote it, so that a copy delivered to another mailbox is the same message to `train`,
+    as it is to sa-learn — without trace fields (_TRACE) and mailbox state fields, its
+    Subject's text one blank after the colon (_SUBJECT_GAP), each line end one LF. With
+    `earlier`, also the keys earlier spambridges gave it, when they differ, to look up when
+    it is not found under its key: until late on 2026-11-28 the trace fields and CRs kept,
+    before that the Subject as it lay, before 2026-11-26 the state fields kept too."""
     end = normalised.find(b"\n\n")
     head = normalised if end < 0 else normalised[: end + 1]
     body = normalised[len(head):]
@@ -171,8 +188,11 @@ def keys(normalised: bytes) -> tuple[bytes, tuple[bytes, ...]]:
     if _MAILBOX_STATE_FIRST.match(head) or _MAILBOX_STATE_LATER.search(head):
         kept = _MAILBOX_STATE.sub(b"", head)
     spaced = _subject_spaced(kept)
-    if spaced is kept and kept is head:
-        return digest(normalised), ()
+    authored = _TRACE.sub(b"", b"\n" + spaced)[1:] + body
+    if b"\r\n" in authored:
+        authored = _CRS.sub(b"\n", authored)
+    key = digest(authored)
+    if not earlier:
+        return key, ()
     heads = dict.fromkeys((spaced, kept, head))  # those that differ, newest first
-    key, *legacy = (digest(h + body) for h in heads)
-    return key, tuple(legacy)
+    return key, tuple(d for d in dict.fromkeys(digest(h + body) for h in heads) if d != key)

@@ -2669,6 +2669,83 @@ def test_a_message_found_under_its_old_key_stays_trained(
     assert totals(old) == (1, 0) and tokens(old) == learned
 
 
+def delivered_to(user: str, qid: str, msg: bytes) -> bytes:
+    """`msg` as a Postfix and a Dovecot LMTP deliver it to `user`: what each copy of one
+    message sent to several mailboxes has of its own, on top (and an SPF check's field)."""
+    return (f"Return-Path: <promo@deals.example.com>\nDelivered-To: {user}@example.net\n"
+            f"Received: from mx.example.net by imap.example.net with LMTP id abc{qid}\n"
+            f"\tfor <{user}@example.net>; Sat, 28 Nov 2026 14:0{len(user)}:00 +0000\n"
+            f"X-Original-To: {user}@example.net\n"
+            f"Received-SPF: Pass (mailfrom) identity=mailfrom; client-ip=192.0.2.7; "
+            f"receiver={user}@example.net\n"
+            f"Received: from bot.example.com (bot.example.com [192.0.2.7])\n"
+            f"\tby mx.example.net (Postfix) with ESMTP id {qid}\n"
+            f"\tfor <{user}@example.net>; Sat, 28 Nov 2026 14:00:0{len(user)} +0000 (UTC)\n"
+            ).encode() + msg
+
+
+def test_one_message_delivered_to_two_mailboxes_is_one_message(
+        tmp_path: Path, db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A spam sent to two users, both of whom move it to Junk: the copy in the second Junk
+    is the message already trained (it was learned twice, as two messages: the fields
+    delivery writes on top differ), and training it as ham moves the message, as sa-learn
+    does, keying by what the sender wrote."""
+    msg = b"Received: from relay.example.com by bot.example.com; 1 Jan 2026\n" + mail(3, True)
+    first, second = tmp_path / "alice.eml", tmp_path / "bob.eml"
+    first.write_bytes(delivered_to("alice", "4AbC1", msg))
+    second.write_bytes(delivered_to("bob", "4XyZ22", msg))
+    code, out, _ = run("train", "--db", str(db), "--spam", str(first), capsys=capsys)
+    assert code == 0 and "Learned 1 of 1 messages as spam" in out
+    learned = tokens(db)
+    code, out, _ = run("train", "--db", str(db), "--spam", str(second), capsys=capsys)
+    assert code == 0 and "Learned 0 of 1 messages as spam (1 already trained)" in out, out
+    assert tokens(db) == learned and totals(db) == (1, 0)
+    code, out, _ = run("train", "--db", str(db), "--ham", str(second), capsys=capsys)
+    assert code == 0 and "1 moved from spam" in out, out
+    assert totals(db) == (0, 1)
+    # what the sender wrote still tells two messages apart: another Subject, another body
+    for other in (msg.replace(b"Subject: WIN", b"Subject: WON"), msg + b"P.S.\n"):
+        second.write_bytes(delivered_to("bob", "4XyZ22", other))
+        code, out, _ = run("train", "--db", str(db), "--spam", str(second), capsys=capsys)
+        assert code == 0 and "Learned 1 of 1 messages as spam" in out, out
+
+
+def test_a_message_with_cr_cr_lf_is_one_message_to_both_mbox_readers(
+        tmp_path: Path, db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A message whose lines end in CR CR LF: the mbox read whole turned one CRLF into LF,
+    the one read line by line (a big mbox, stdin) did not, so the same message was two, and
+    learned twice."""
+    msg = mail(4, True).replace(b"\n", b"\r\r\n")
+    box = tmp_path / "spam.mbox"
+    box.write_bytes(mbox_of([msg]))
+    code, out, _ = run("train", "--db", str(db), "--spam", str(box), capsys=capsys)
+    assert code == 0 and "Learned 1 of 1 messages as spam" in out, out
+    proc = subprocess.run([sys.executable, "-m", "spambridge", "train", "--db", str(db),
+                           "--spam", "--mbox", "-"], input=mbox_of([msg]),
+                          capture_output=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert b"Learned 0 of 1 messages as spam (1 already trained)" in proc.stdout, proc.stdout
+    assert totals(db) == (1, 0)
+
+
+def test_a_delivered_message_trained_before_is_found_under_its_old_key(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A database from before the key left out the delivery fields: the message it learned
+    is "already trained" (not learned again), its record moves to the new key, and from then
+    on a copy delivered to another mailbox is that message too."""
+    old = tmp_path / "old.sqlite"
+    copy = delivered_to("alice", "4AbC1", mail(5, True))
+    learned_as_before(old, copy)
+    f = tmp_path / "m.eml"
+    for each in (copy, copy, delivered_to("bob", "4XyZ22", mail(5, True))):
+        f.write_bytes(each)
+        code, out, _ = run("train", "--db", str(old), "--spam", str(f), capsys=capsys)
+        assert code == 0 and "1 already trained" in out, out
+    assert totals(old) == (1, 0)
+    with sqlite3.connect(old) as c:
+        assert c.execute("SELECT count(*) FROM messages").fetchone()[0] == 1
+
+
 def test_an_empty_maildir_is_said_to_hold_no_messages(
         tmp_path: Path, db: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Its cur/, new/ and tmp/ are not folders of mail to name: the hint is only for folders
