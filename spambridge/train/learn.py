@@ -78,8 +78,8 @@ class Trainer:
         self.label = label  # spam | ham | forget | index (the class comes with each message)
         self.limits = limits
         # whether the database may hold messages under the keys earlier spambridges gave
-        # them (keys); run() asks the database, a database of before it was asked does
-        self.earlier_keys = True
+        # them (normalise.keys): then those are looked up too
+        self.earlier_keys = writer.earlier_keys(KEYS_VERSION)
         self.summary = Summary(label)
         self.saved = 0  # messages offered up to the last commit (all of them are in the db)
         self._batch: store.Batch | None = None
@@ -213,14 +213,8 @@ def run(cfg: Config, label: str, paths: list[str], *, max_size: int = DEFAULT_MA
         return 1
     try:
         limits = _training_limits(cfg, writer, err if not quiet else None)
-    except store.StoreError as e:
-        writer.close()
-        print(f"spambridge train: {e}", file=err)
-        return 1
-    trainer = Trainer(writer, label, limits, batch_messages, selective,
-                      cfg.bayes.min_trained, cfg.policy.subject_tag)
-    try:
-        trainer.earlier_keys = writer.earlier_keys(KEYS_VERSION)
+        trainer = Trainer(writer, label, limits, batch_messages, selective,
+                          cfg.bayes.min_trained, cfg.policy.subject_tag)
     except store.StoreError as e:
         writer.close()
         print(f"spambridge train: {e}", file=err)
