@@ -1,7 +1,8 @@
 """A throwaway real Postfix for end-to-end tests.
 
 Its own config and queue directories under a temp dir, `postfix -c DIR start` as root, smtpd on
-127.0.0.1 on a free port, chroot = n, virtual(8) delivery into a Maildir the test reads, and the
+127.0.0.1 on a free port, chroot = n, virtual(8) delivery into a Maildir the test reads (erin's
+mail into a second one: a message for two users of the site is two mailboxes' copies), and the
 milter settings taken verbatim from contrib/postfix/main.cf.example (so the tests check what the
 README tells admins to do). The system Postfix's config is never read or touched.
 """
@@ -88,7 +89,7 @@ relayhost =
 default_transport = error:this test instance delivers nowhere else
 virtual_mailbox_domains = test.example
 virtual_mailbox_base = {mail}
-virtual_mailbox_maps = static:inbox/
+virtual_mailbox_maps = inline:{{erin@test.example=erin/}} static:inbox/
 virtual_uid_maps = static:{uid}
 virtual_gid_maps = static:{gid}
 
@@ -338,17 +339,18 @@ class PostfixInstance:
             (self.etc / "main.cf").write_text(before)
             self.reload()
 
-    def delivered(self) -> list[Delivered]:
-        new = self.mail / "inbox" / "new"
+    def delivered(self, mailbox: str = "inbox") -> list[Delivered]:
+        new = self.mail / mailbox / "new"
         if not new.is_dir():
             return []
         return [Delivered(p, p.read_bytes()) for p in sorted(new.iterdir())]
 
-    def wait_delivered(self, queue_id: str, timeout: float = 30.0) -> Delivered:
-        """The delivered message whose Received header names `queue_id`."""
+    def wait_delivered(self, queue_id: str, timeout: float = 30.0, mailbox: str = "inbox"
+                       ) -> Delivered:
+        """The message delivered into `mailbox` whose Received header names `queue_id`."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            for d in self.delivered():
+            for d in self.delivered(mailbox):
                 if f"id {queue_id}".encode() in d.raw:
                     return d
             time.sleep(0.1)

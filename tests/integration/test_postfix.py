@@ -249,11 +249,12 @@ def learned_tokens(db: Path) -> dict[str, tuple[int, int]]:
         return {t: (s, h) for t, s, h in c.execute("SELECT token, spam, ham FROM tokens")}
 
 
-def train(cfg: Path, db: Path, path: Path) -> str:
-    """`spambridge train --spam` on one file, as an admin runs it; its summary line."""
+def train(cfg: Path, db: Path, *paths: Path, label: str = "spam") -> str:
+    """`spambridge train --spam` (or --`label`) on files, as an admin runs it; its summary
+    line."""
     r = subprocess.run([sys.executable, "-m", "spambridge", "train", "--config", str(cfg),
-                        "--db", str(db), "--spam", str(path)], capture_output=True, text=True,
-                       timeout=60, stdin=subprocess.DEVNULL)
+                        "--db", str(db), f"--{label}", *map(str, paths)], capture_output=True,
+                       text=True, timeout=60, stdin=subprocess.DEVNULL)
     assert r.returncode == 0, r.stdout + r.stderr
     return r.stdout
 
@@ -321,6 +322,75 @@ def test_spam_the_milter_tagged_is_trained_as_the_message_that_came(
     assert "Learned 0 of 1 messages as spam (1 already trained)" in out, out
     assert learned_tokens(tagged_db) == learned
 
+
+
+def totals(db: Path) -> tuple[int, int]:
+    """The messages the database counts as trained: (spam, ham)."""
+    with sqlite3.connect(db) as c:
+        spam, ham = c.execute("SELECT nspam, nham FROM totals").fetchone()
+    return int(spam), int(ham)
+
+
+def test_one_spam_delivered_to_two_mailboxes_is_one_message_to_train(
+        postfix: PostfixInstance, start_milter: Start, tmp_path: Path) -> None:
+    """One spam sent to two users of the site: Postfix delivers a copy into each mailbox,
+    each with its own trace fields on top (Return-Path, Delivered-To, X-Original-To; sent in
+    two transactions, its own Received line with its queue id and "for <rcpt>"), the
+    message below them the same. Both users move it to Junk and the admin trains both Junk
+    folders: `train` learned it twice, one spam counted as two (sa-learn, keying by the
+    message, learns it once). The second copy is "already trained", and trained as ham (one
+    user takes it back out of Junk) it is moved, not learned a second time."""
+    scoring = tmp_path / "scoring"
+    scoring.mkdir()
+    db = train_database(scoring, bayes_mail, 20)
+    m = start_milter({"milter": {"socket": f"unix:{postfix.milter_socket}", "engine": "bayes"},
+                      "bayes": {"db": str(db), "min_trained": 20, "reject_cutoff": 1.0},
+                      "policy": {"subject_tag": "[SPAM]"}})  # the tag band, not reject
+    sent = message(subject="You are our winner 980",
+                   body=" ".join(BAYES_WORDS["spam"] * 5) + " uniq980x\n")
+    # two transactions, one recipient each; then one with both recipients
+    bob = postfix.wait_delivered(postfix.send(sent))
+    erin = postfix.wait_delivered(postfix.send(sent, rcpt="erin@test.example"),
+                                  mailbox="erin")
+    with postfix.smtp() as s:
+        s.mail("alice@example.net")
+        for rcpt in ("bob@test.example", "erin@test.example"):
+            assert s.rcpt(rcpt)[0] == 250
+        code, text = s.data(sent)
+        assert code == 250, text
+    both = text.decode().rsplit(" ", 1)[-1]
+    copies = {"bob": bob, "erin": erin, "bob, both": postfix.wait_delivered(both),
+              "erin, both": postfix.wait_delivered(both, mailbox="erin")}
+    # the premise: the copies differ on top, in what delivery wrote, and not below it
+    first = sent.split(b"\n", 1)[0]
+    tops = {k: c.raw[: c.raw.index(first)] for k, c in copies.items()}
+    belows = {c.raw[c.raw.index(first):] for c in copies.values()}
+    assert len(set(tops.values())) == len(copies), tops
+    assert len(belows) == 1, belows
+    for k, c in copies.items():
+        assert c.all("Subject") == ["[SPAM] You are our winner 980"], (k, c.raw)
+        assert c.all("X-Spam-Flag") == ["YES"], (k, c.raw)
+        rcpt = f"{k.split(',')[0]}@test.example"
+        assert c.all("Delivered-To") == [rcpt], (k, tops[k])
+        assert c.all("X-Original-To") == [rcpt], (k, tops[k])
+    assert "for <bob@test.example>" in bob.all("Received")[0], tops["bob"]
+    assert "for <erin@test.example>" in erin.all("Received")[0], tops["erin"]
+
+    junk = tmp_path / "junk.sqlite"
+    out = train(m.config_path, junk, bob.path)
+    assert "Learned 1 of 1 messages as spam" in out, out
+    learned = learned_tokens(junk)
+    assert learned and totals(junk) == (1, 0)
+    out = train(m.config_path, junk, erin.path)
+    assert "Learned 0 of 1 messages as spam (1 already trained)" in out, out
+    out = train(m.config_path, junk, copies["bob, both"].path, copies["erin, both"].path)
+    assert "Learned 0 of 2 messages as spam (2 already trained)" in out, out
+    assert learned_tokens(junk) == learned and totals(junk) == (1, 0)
+    # erin takes her copy out of Junk: the one message becomes ham, nothing of it left spam
+    out = train(m.config_path, junk, erin.path, label="ham")
+    assert "Learned 1 of 1 messages as ham (1 moved from spam)" in out, out
+    assert totals(junk) == (0, 1)
+    assert learned_tokens(junk) == {t: (h, s) for t, (s, h) in learned.items()}
 
 # what Postfix does without its milter, per milter_default_action (notes/ecosystem.md §1.2)
 def submitted_locally(pf: PostfixInstance, raw: bytes, sender: str) -> Delivered:
