@@ -159,13 +159,15 @@ def _subject_spaced(head: bytes) -> bytes:
 
 
 # fields the hosts a message passes through write about its passage (RFC 5322's trace fields,
-# SPF's, the authentication results, ARC's, what delivery writes on top): one message sent to
-# two mailboxes differs in them, Postfix's Received line has its queue id and `for <rcpt>`,
-# Delivered-To its mailbox. Matched from the line end before the name, a literal search
+# SPF's, the authentication results, ARC's, what delivery writes on top, milter-greylist's
+# delay): one message sent to two mailboxes differs in them, Postfix's Received line has its
+# queue id and `for <rcpt>`, Delivered-To its mailbox, X-Greylist the time of each
+# transaction. Matched from the line end before the name, a literal search
 _TRACE = re.compile(rb"\n(?:received|return-path|delivered-to|x-original-to|x-delivered-to"
                     rb"|envelope-to|x-envelope-to|x-envelope-from|received-spf"
                     rb"|authentication-results|arc-seal|arc-message-signature"
-                    rb"|arc-authentication-results)[ \t]*:[^\n]*(?:\n[ \t][^\n]*)*", re.I)
+                    rb"|arc-authentication-results|x-greylist)[ \t]*:[^\n]*(?:\n[ \t][^\n]*)*",
+                    re.I)
 # a line end with more than one CR before it (\r\r\n): an mbox read whole turns one CRLF into
 # LF and strip_markup the next, one read line by line only the one
 _CRS = re.compile(rb"\r+\n")

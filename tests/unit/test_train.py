@@ -2678,6 +2678,7 @@ def delivered_to(user: str, qid: str, msg: bytes) -> bytes:
             f"X-Original-To: {user}@example.net\n"
             f"Received-SPF: Pass (mailfrom) identity=mailfrom; client-ip=192.0.2.7; "
             f"receiver={user}@example.net\n"
+            f"X-Greylist: delayed {len(user) * 100} seconds by milter-greylist-4.6.4\n"
             f"Received: from bot.example.com (bot.example.com [192.0.2.7])\n"
             f"\tby mx.example.net (Postfix) with ESMTP id {qid}\n"
             f"\tfor <{user}@example.net>; Sat, 28 Nov 2026 14:00:0{len(user)} +0000 (UTC)\n"
