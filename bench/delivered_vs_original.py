@@ -50,6 +50,12 @@ is by design: control characters the milter makes blanks in a Subject it rewrite
 tokens), a line over 990 octets it folds (key), a Subject opening with the tag already
 (docs/bayes.md) and an X-Spam-Prev-Subject, which train trusts on the mail as it came and the
 milter removes as forged (key and tokens).
+
+Late on 2026-11-28, with the key that leaves trace fields out (all 6,046, 1 min 17 s): the
+same 1,877 / 1,850; milter copy and unfiltered copy the same key and tokens for all 6,046;
+"keyed with the delivery lines" 0 of 6,046 (every copy before); against the bytes sent, 50
+keys differ instead of 5,830: the 43 whose addresses Postfix qualified (tokens too), and 7
+whose body holds a bare CR, which the SMTP client (smtplib) sent as a line end.
 """
 
 from __future__ import annotations
