@@ -108,12 +108,12 @@ class Trainer:
         msg, restored = stripped(item.data, self.subject_tag, True)
         key, legacy = keys(msg, self.earlier_keys)
         batch = self._open_batch()
-        prior = self._prior(batch, key, legacy)
-        learned = msg  # the message as its `prior` training read it
-        if prior is None and restored and self.earlier_keys:
+        earlier = [(old, msg) for old in legacy]
+        if restored and self.earlier_keys:
             # an earlier spambridge learned and keyed it with the Subject a filter rewrote
-            learned = strip_markup(item.data, subject=False)
-            prior = self._prior(batch, key, (digest(learned),))
+            tagged = strip_markup(item.data, subject=False)
+            earlier.append((digest(tagged), tagged))
+        prior, learned = self._prior(batch, key, msg, earlier)
         if label == "forget":
             outcome = self._forget(batch, key, learned, prior)
         else:
@@ -122,19 +122,27 @@ class Trainer:
             self.flush()
         return outcome
 
-    @staticmethod
-    def _prior(batch: store.Batch, key: bytes, legacy: tuple[bytes, ...]) -> str | None:
-        """The class the message was trained as (None: never), found under a `legacy` key
-        too (see keys), and then carried over to its key."""
+    def _prior(self, batch: store.Batch, key: bytes, msg: bytes,
+               earlier: list[tuple[bytes, bytes]]) -> tuple[str | None, bytes]:
+        """The class the message was trained as (None: never), and the text that training
+        read (`msg`, or another), found under an `earlier` key (see keys; each with the text
+        it was a digest of) too, and then carried over to its key. An earlier key found
+        beside the key is a copy the earlier spambridge learned as a message of its own (one
+        sent to two mailboxes): that learning is taken back, so the message is learned once,
+        or a move and --forget leave it behind."""
         prior = batch.trained_as(key)
-        for old in legacy:
-            if prior is not None:
-                break
-            prior = batch.trained_as(old)
-            if prior is not None:
-                batch.mark(old, None)
+        learned = msg
+        for old, text in dict(earlier).items():
+            was = None if old == key else batch.trained_as(old)
+            if was is None:
+                continue
+            batch.mark(old, None)
+            if prior is None:
+                prior, learned = was, text
                 batch.mark(key, prior)
-        return prior
+            else:
+                batch.learn(tokenize(text, self.limits), was, -1)
+        return prior, learned
 
     def _forget(self, batch: store.Batch, key: bytes, learned: bytes, prior: str | None) -> str:
         s = self.summary

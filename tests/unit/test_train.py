@@ -2747,6 +2747,39 @@ def test_a_delivered_message_trained_before_is_found_under_its_old_key(
         assert c.execute("SELECT count(*) FROM messages").fetchone()[0] == 1
 
 
+def test_two_copies_an_earlier_spambridge_learned_are_one_message_after_a_move(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Before the key left out the delivery fields, the copies of one spam that alice and bob
+    each moved to Junk were learned as two messages. A false positive both move out after the
+    upgrade: alice's copy moves the message to ham; bob's was "already trained" and stayed
+    learned as spam for good, where before it moved too (and --forget took back only one)."""
+    old = tmp_path / "old.sqlite"
+    alice, bob = (delivered_to(u, q, mail(6, True)) for u, q in (("alice", "4AbC1"),
+                                                                    ("bob", "4XyZ22")))
+    learned_as_before(old, alice)
+    learned_as_before(old, bob)
+    assert totals(old) == (2, 0)
+    f = tmp_path / "m.eml"
+    for copy in (alice, bob):
+        f.write_bytes(copy)
+        code, out, _ = run("train", "--db", str(old), "--ham", str(f), capsys=capsys)
+        assert code == 0, out
+    assert totals(old) == (0, 1)
+    assert not [t for t, (s, _) in tokens(old).items() if s], "spam counts left behind"
+    with sqlite3.connect(old) as c:
+        assert c.execute("SELECT label FROM messages").fetchall() == [("ham",)]
+    # and a database with both copies still learned as spam forgets the message whole
+    older = tmp_path / "older.sqlite"
+    learned_as_before(older, alice)
+    learned_as_before(older, bob)
+    f.write_bytes(alice)
+    assert run("train", "--db", str(older), "--spam", str(f), capsys=capsys)[0] == 0
+    f.write_bytes(bob)
+    code, out, _ = run("train", "--db", str(older), "--forget", str(f), capsys=capsys)
+    assert code == 0 and "Forgot 1 of 1" in out, out
+    assert totals(older) == (0, 0) and not [t for t, n in tokens(older).items() if n != (0, 0)]
+
+
 def test_an_empty_maildir_is_said_to_hold_no_messages(
         tmp_path: Path, db: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Its cur/, new/ and tmp/ are not folders of mail to name: the hint is only for folders
