@@ -809,7 +809,8 @@ class SqliteWriter:
         except sqlite3.Error as e:
             self.rollback()
             raise StoreError(f"{self.path}: cannot record how messages are keyed: {e}") from e
-        return row is None or not str(row[0]).isdigit() or int(row[0]) < version
+        # isdecimal: what int() reads (isdigit takes "²" too, and int() raises on it)
+        return row is None or not str(row[0]).isdecimal() or int(row[0]) < version
 
     def begin(self) -> Batch:
         try:

@@ -2780,6 +2780,24 @@ def test_two_copies_an_earlier_spambridge_learned_are_one_message_after_a_move(
     assert totals(older) == (0, 0) and not [t for t, n in tokens(older).items() if n != (0, 0)]
 
 
+@pytest.mark.parametrize("value", ["", "four", "-1", "²", "4.0"])
+def test_a_database_whose_keys_record_is_damaged_is_taken_as_one_from_before(
+        tmp_path: Path, value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """What the `keys` meta row holds is read, not trusted: anything but a version number
+    (a hand edit, a damaged file) is a database that may hold earlier keys, looked up as in
+    one from before, never a traceback."""
+    old = tmp_path / "old.sqlite"
+    copy = delivered_to("alice", "4AbC1", mail(7, True))
+    learned_as_before(old, copy)
+    with sqlite3.connect(old) as c:
+        c.execute("INSERT INTO meta VALUES ('keys', ?)", (value,))
+    f = tmp_path / "m.eml"
+    f.write_bytes(copy)
+    code, out, err = run("train", "--db", str(old), "--spam", str(f), capsys=capsys)
+    assert code == 0 and "1 already trained" in out, out + err
+    assert totals(old) == (1, 0)
+
+
 def test_an_empty_maildir_is_said_to_hold_no_messages(
         tmp_path: Path, db: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Its cur/, new/ and tmp/ are not folders of mail to name: the hint is only for folders
