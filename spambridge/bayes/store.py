@@ -796,16 +796,21 @@ class SqliteWriter:
         `train` then looks those up too: train.normalise.keys). A database that has no
         message yet records that its first is keyed with `version`, and never looks again:
         nearly every message is new to a bulk run, and each earlier key is a digest and a
-        query more for it."""
+        query more for it. Only that takes the write lock: a database from before is told by
+        its messages, or every `train` on it (a Dovecot pipe with a message it skips) waited
+        for a bulk run's batch before its first message."""
         try:
-            row = self.conn.execute("SELECT value FROM meta WHERE key = 'keys'").fetchone()
+            conn = self.conn
+            row = conn.execute("SELECT value FROM meta WHERE key = 'keys'").fetchone()
+            if row is None and conn.execute("SELECT 1 FROM messages LIMIT 1").fetchone():
+                return True
             if row is None:
                 self._lock()
-                if self.conn.execute("SELECT 1 FROM messages LIMIT 1").fetchone() is None:
-                    self.conn.execute("INSERT OR IGNORE INTO meta VALUES ('keys', ?)",
-                                      (str(version),))
-                row = self.conn.execute("SELECT value FROM meta WHERE key = 'keys'").fetchone()
-                self.conn.execute("COMMIT")
+                if conn.execute("SELECT 1 FROM messages LIMIT 1").fetchone() is None:
+                    conn.execute("INSERT OR IGNORE INTO meta VALUES ('keys', ?)",
+                                 (str(version),))
+                row = conn.execute("SELECT value FROM meta WHERE key = 'keys'").fetchone()
+                conn.execute("COMMIT")
         except sqlite3.Error as e:
             self.rollback()
             raise StoreError(f"{self.path}: cannot record how messages are keyed: {e}") from e

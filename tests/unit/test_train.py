@@ -2798,6 +2798,32 @@ def test_a_database_whose_keys_record_is_damaged_is_taken_as_one_from_before(
     assert totals(old) == (1, 0)
 
 
+def test_a_pipe_on_a_database_from_before_waits_for_no_lock_it_does_not_write_under(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """On a database an earlier spambridge trained, every `train` took SQLite's write lock
+    before its first message to see whether to look up earlier keys: a Dovecot pipe with a
+    message it does not learn (over --max-size) waited for a bulk run's batch, and for a
+    writer that kept the lock, failed after 30 s ("database is locked") where it had said
+    only "too large"."""
+    old = tmp_path / "old.sqlite"
+    learned_as_before(old, delivered_to("alice", "4AbC1", mail(8, True)))
+    before = store.SqliteWriter(str(old))  # as its `train` recorded them
+    before.training_limits((BayesConfig().max_bytes, BayesConfig().max_tokens))
+    before.close()
+    writer = sqlite3.connect(old, isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")
+    try:
+        pipe = subprocess.run([sys.executable, "-m", "spambridge", "train", "--db", str(old),
+                               "--spam", "-q", "--max-size", "100", "-"],
+                              input=mail(1, True), capture_output=True, timeout=60)
+    finally:
+        writer.rollback()
+        writer.close()
+    assert pipe.stderr.decode() == ("spambridge train: <stdin>: too large (over --max-size, 100 "
+                                    "bytes): not learned\n")
+    assert pipe.returncode == 0
+
+
 def test_an_empty_maildir_is_said_to_hold_no_messages(
         tmp_path: Path, db: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Its cur/, new/ and tmp/ are not folders of mail to name: the hint is only for folders
