@@ -160,14 +160,15 @@ def _subject_spaced(head: bytes) -> bytes:
 
 # fields the hosts a message passes through write about its passage (RFC 5322's trace fields,
 # SPF's, the authentication results, ARC's, what delivery writes on top, milter-greylist's
-# delay): one message sent to two mailboxes differs in them, Postfix's Received line has its
-# queue id and `for <rcpt>`, Delivered-To its mailbox, X-Greylist the time of each
-# transaction. Matched from the line end before the name, a literal search
+# delay, rspamd's queue id): one message sent to two mailboxes differs in them, Postfix's
+# Received line has its queue id and `for <rcpt>`, Delivered-To its mailbox, Exim's
+# Delivery-date the time, X-Greylist each transaction's delay. Matched from the line end
+# before the name, a literal search
 _TRACE = re.compile(rb"\n(?:received|return-path|delivered-to|x-original-to|x-delivered-to"
-                    rb"|envelope-to|x-envelope-to|x-envelope-from|received-spf"
+                    rb"|envelope-to|delivery-date|x-envelope-to|x-envelope-from|received-spf"
                     rb"|authentication-results|arc-seal|arc-message-signature"
-                    rb"|arc-authentication-results|x-greylist)[ \t]*:[^\n]*(?:\n[ \t][^\n]*)*",
-                    re.I)
+                    rb"|arc-authentication-results|x-greylist|x-rspamd-queue-id)"
+                    rb"[ \t]*:[^\n]*(?:\n[ \t][^\n]*)*", re.I)
 # a line end with more than one CR before it (\r\r\n): an mbox read whole turns one CRLF into
 # LF and strip_markup the next, one read line by line only the one
 _CRS = re.compile(rb"\r+\n")
@@ -178,23 +179,33 @@ KEYS_VERSION = 4  # the key below; a database first trained with it has no earli
 def keys(normalised: bytes, earlier: bool = True) -> tuple[bytes, tuple[bytes, ...]]:
     """The key of a message (strip_markup's output): the digest of the message as its sender
     wrote it, so that a copy delivered to another mailbox is the same message to `train`,
-    as it is to sa-learn — without trace fields (_TRACE) and mailbox state fields, its
-    Subject's text one blank after the colon (_SUBJECT_GAP), each line end one LF. With
+    as it is to sa-learn — each line end one LF, without trace fields (_TRACE) and mailbox
+    state fields, its Subject's text one blank after the colon (_SUBJECT_GAP). With
     `earlier`, also the keys earlier spambridges gave it, when they differ, to look up when
     it is not found under its key: until late on 2026-11-28 the trace fields and CRs kept,
     before that the Subject as it lay, before 2026-11-26 the state fields kept too."""
-    end = normalised.find(b"\n\n")
-    head = normalised if end < 0 else normalised[: end + 1]
-    body = normalised[len(head):]
-    kept = head
-    if _MAILBOX_STATE_FIRST.match(head) or _MAILBOX_STATE_LATER.search(head):
-        kept = _MAILBOX_STATE.sub(b"", head)
-    spaced = _subject_spaced(kept)
-    authored = _TRACE.sub(b"", b"\n" + spaced)[1:] + body
-    if b"\r\n" in authored:
-        authored = _CRS.sub(b"\n", authored)
-    key = digest(authored)
+    text = _CRS.sub(b"\n", normalised) if b"\r\n" in normalised else normalised
+    head, body = _head_body(text)
+    spaced = _subject_spaced(_stateless(head))
+    key = digest(_TRACE.sub(b"", b"\n" + spaced)[1:] + body)
     if not earlier:
         return key, ()
-    heads = dict.fromkeys((spaced, kept, head))  # those that differ, newest first
+    head, body = _head_body(normalised)  # the earlier keys kept the CRs
+    kept = _stateless(head)
+    heads = dict.fromkeys((_subject_spaced(kept), kept, head))  # those that differ, newest first
     return key, tuple(d for d in dict.fromkeys(digest(h + body) for h in heads) if d != key)
+
+
+def _head_body(text: bytes) -> tuple[bytes, bytes]:
+    """The header (its fields LF-terminated; all of `text` without a blank line) and the
+    body."""
+    end = text.find(b"\n\n")
+    head = text if end < 0 else text[: end + 1]
+    return head, text[len(head):]
+
+
+def _stateless(head: bytes) -> bytes:
+    """`head` without its mailbox state fields (_MAILBOX_STATE)."""
+    if _MAILBOX_STATE_FIRST.match(head) or _MAILBOX_STATE_LATER.search(head):
+        return _MAILBOX_STATE.sub(b"", head)
+    return head

@@ -2679,6 +2679,8 @@ def delivered_to(user: str, qid: str, msg: bytes) -> bytes:
             f"Received-SPF: Pass (mailfrom) identity=mailfrom; client-ip=192.0.2.7; "
             f"receiver={user}@example.net\n"
             f"X-Greylist: delayed {len(user) * 100} seconds by milter-greylist-4.6.4\n"
+            f"Delivery-date: Sat, 28 Nov 2026 14:0{len(user)}:30 +0000\n"
+            f"X-Rspamd-Queue-Id: {qid}\n"
             f"Received: from bot.example.com (bot.example.com [192.0.2.7])\n"
             f"\tby mx.example.net (Postfix) with ESMTP id {qid}\n"
             f"\tfor <{user}@example.net>; Sat, 28 Nov 2026 14:00:0{len(user)} +0000 (UTC)\n"
@@ -2727,6 +2729,20 @@ def test_a_message_with_cr_cr_lf_is_one_message_to_both_mbox_readers(
     assert proc.returncode == 0, proc.stderr
     assert b"Learned 0 of 1 messages as spam (1 already trained)" in proc.stdout, proc.stdout
     assert totals(db) == (1, 0)
+
+
+def test_body_lines_of_a_message_with_cr_cr_lf_ends_are_part_of_its_key(
+        tmp_path: Path, db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """With CR CR LF line ends the header's end was looked for before the CRs were read as
+    line ends: the whole message was taken for its header, and a body line reading like a
+    trace field ("Received: ...") left out of the key, so two messages told apart only by
+    it were one, the second "already trained"."""
+    f = tmp_path / "m.eml"
+    for n, line in enumerate((b"Received: the invoice", b"Received: the parcel")):
+        f.write_bytes((mail(6, True) + line + b"\n").replace(b"\n", b"\r\r\n"))
+        code, out, _ = run("train", "--db", str(db), "--spam", str(f), capsys=capsys)
+        assert code == 0 and "Learned 1 of 1 messages as spam" in out, (n, out)
+    assert totals(db) == (2, 0)
 
 
 def test_a_delivered_message_trained_before_is_found_under_its_old_key(
