@@ -170,8 +170,10 @@ _TRACE = re.compile(rb"\n(?:received|return-path|delivered-to|x-original-to|x-de
                     rb"|arc-authentication-results|x-greylist|x-rspamd-queue-id)"
                     rb"[ \t]*:[^\n]*(?:\n[ \t][^\n]*)*", re.I)
 # a line end with more than one CR before it (\r\r\n): an mbox read whole turns one CRLF into
-# LF and strip_markup the next, one read line by line only the one
-_CRS = re.compile(rb"\r+\n")
+# LF and strip_markup the next, one read line by line only the one; and a CR alone, the line
+# end of a file with CR-only line ends (which had no line end at all, and all such files
+# beginning with a trace field one key, that of nothing)
+_CRS = re.compile(rb"\r*\n|\r")
 
 KEYS_VERSION = 4  # the key below; a database first trained with it has no earlier keys
 
@@ -179,12 +181,12 @@ KEYS_VERSION = 4  # the key below; a database first trained with it has no earli
 def keys(normalised: bytes, earlier: bool = True) -> tuple[bytes, tuple[bytes, ...]]:
     """The key of a message (strip_markup's output): the digest of the message as its sender
     wrote it, so that a copy delivered to another mailbox is the same message to `train`,
-    as it is to sa-learn — each line end one LF, without trace fields (_TRACE) and mailbox
-    state fields, its Subject's text one blank after the colon (_SUBJECT_GAP). With
+    as it is to sa-learn — each line end one LF (_CRS), without trace fields (_TRACE) and
+    mailbox state fields, its Subject's text one blank after the colon (_SUBJECT_GAP). With
     `earlier`, also the keys earlier spambridges gave it, when they differ, to look up when
     it is not found under its key: until late on 2026-11-28 the trace fields and CRs kept,
     before that the Subject as it lay, before 2026-11-26 the state fields kept too."""
-    text = _CRS.sub(b"\n", normalised) if b"\r\n" in normalised else normalised
+    text = _CRS.sub(b"\n", normalised) if b"\r" in normalised else normalised
     head, body = _head_body(text)
     spaced = _subject_spaced(_stateless(head))
     key = digest(_TRACE.sub(b"", b"\n" + spaced)[1:] + body)

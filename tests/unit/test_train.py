@@ -2745,6 +2745,20 @@ def test_body_lines_of_a_message_with_cr_cr_lf_ends_are_part_of_its_key(
     assert totals(db) == (2, 0)
 
 
+def test_files_with_cr_only_line_ends_are_each_a_message_of_their_own(
+        tmp_path: Path, db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A file with CR-only line ends (an old Mac's) that begins with a trace field was all
+    one field to the key: every such file had the key of nothing, so the second was
+    "already trained" (or, as ham, moved the first)."""
+    f = tmp_path / "m.eml"
+    for n in (7, 8):
+        f.write_bytes((b"Received: from a by b; 1 Jan 2026\n" + mail(n, True))
+                      .replace(b"\n", b"\r"))
+        code, out, _ = run("train", "--db", str(db), "--spam", str(f), capsys=capsys)
+        assert code == 0 and "Learned 1 of 1 messages as spam" in out, (n, out)
+    assert totals(db) == (2, 0)
+
+
 def test_a_delivered_message_trained_before_is_found_under_its_old_key(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A database from before the key left out the delivery fields: the message it learned
