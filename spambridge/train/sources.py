@@ -135,20 +135,30 @@ def read_path(path: str, max_size: int, mbox: bool = False, stdin: IO[bytes] | N
             return
         if slurped[1] == _DIRECTORY:
             for d in _maildir(path) or [path]:
-                yield from _read_folder(d, d != path, max_size, mbox)
+                yield from _read_folder(d, d != path, max_size, mbox,
+                                        trashed_out=d != path or _maildir_part(path))
             return
         yield from _read_file(path, max_size, mbox, slurped, named=True)
     except OSError as e:
         yield Item(path, problem=f"unreadable: {e.strerror or e}", named=True)
 
 
-def _read_folder(d: str, inside: bool, max_size: int, mbox: bool) -> Iterator[Item]:
+def _maildir_part(path: str) -> bool:
+    """Whether the directory `path` is a Maildir's cur/ or new/, named as a folder of its own
+    (`sa-learn --spam ~/Maildir/.Junk/cur`, as tutorials and cron lines write it)."""
+    path = os.path.normpath(path)
+    return os.path.basename(path) in ("cur", "new") and bool(_maildir(os.path.dirname(path)))
+
+
+def _read_folder(d: str, inside: bool, max_size: int, mbox: bool, trashed_out: bool = False
+                 ) -> Iterator[Item]:
     """The files in folder `d`: a directory named on the command line, or (`inside` it) a
-    Maildir's cur/ or new/. Whoever owns the folder (a user's Junk, read by root's cron)
-    chooses what is in it: a symlink there, or a cur/ that is one, would have root learn any
-    file root can read, so none is followed. The folder is opened once and each file opened in
-    it without following a symlink, so none swapped in after the listing (a file, or cur/
-    itself) is read either."""
+    Maildir's cur/ or new/. With `trashed_out` (a Maildir's cur/ or new/, named or not),
+    files marked deleted are counted, not learned (_TRASHED). Whoever owns the folder (a
+    user's Junk, read by root's cron) chooses what is in it: a symlink there, or a cur/ that
+    is one, would have root learn any file root can read, so none is followed. The folder is
+    opened once and each file opened in it without following a symlink, so none swapped in
+    after the listing (a file, or cur/ itself) is read either."""
     try:
         dir_fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
                          | (os.O_NOFOLLOW if inside else 0))
@@ -169,7 +179,7 @@ def _read_folder(d: str, inside: bool, max_size: int, mbox: bool) -> Iterator[It
         opener = functools.partial(_open_in, dir_fd)
         for name, link in files:
             f = os.path.join(d, name)
-            if inside and _TRASHED.search(name):
+            if trashed_out and _TRASHED.search(name):
                 yield Item(f, problem=TRASHED)
                 continue
             if link:

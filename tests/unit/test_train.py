@@ -2201,6 +2201,27 @@ def test_maildir_messages_marked_deleted_are_not_learned(
     assert (code, err) == (0, "") and totals(db) == (1, 4)
 
 
+def test_a_maildirs_cur_named_as_a_folder_passes_over_messages_marked_deleted(
+        tmp_path: Path, db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`train --spam ~/Maildir/.Junk/cur`, as sa-learn cron lines name it: a false positive
+    the user rescued from Junk with a client without IMAP MOVE stays there marked deleted
+    until expunged, and was learned as spam from cur/ named so (as from Junk it was not).
+    A folder of another name is a plain one: every file in it learned."""
+    junk = maildir(tmp_path / "Maildir" / ".Junk", [])
+    (junk / "cur" / "1700000001.M1P1.host,S=999:2,S").write_bytes(mail(1, True))
+    (junk / "cur" / "1700000002.M2P1.host,S=999:2,ST").write_bytes(mail(2, False))
+    for named in (junk / "cur", str(junk / "cur") + "/"):
+        code, out, err = run("train", "--db", str(db), "--spam", str(named), capsys=capsys)
+        assert (code, err) == (0, ""), err
+        assert "1 marked deleted)" in out, out
+    assert totals(db) == (1, 0)
+    plain = tmp_path / "saved"
+    plain.mkdir()
+    (plain / "x:2,ST").write_bytes(mail(3, False))
+    code, out, _ = run("train", "--db", str(db), "--ham", str(plain), capsys=capsys)
+    assert code == 0 and out.startswith("Learned 1 of 1 messages as ham"), out
+
+
 def test_a_fifo_or_subdirectory_in_a_folder_is_skipped_not_waited_on(
         tmp_path: Path, db: Path) -> None:
     folder = tmp_path / "ham"
