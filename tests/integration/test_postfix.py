@@ -259,6 +259,19 @@ def train(cfg: Path, db: Path, *paths: Path, label: str = "spam") -> str:
     return r.stdout
 
 
+def tagging_milter(postfix: PostfixInstance, start_milter: Start,
+                   tmp_path: Path) -> RunningMilter:
+    """The milter in front of `postfix` with the Bayes engine, trained on the fixture mail,
+    tagging spam with [policy] subject_tag "[SPAM]" and refusing none (the tag band)."""
+    scoring = tmp_path / "scoring"
+    scoring.mkdir()
+    db = train_database(scoring, bayes_mail, 20)
+    return start_milter({"milter": {"socket": f"unix:{postfix.milter_socket}",
+                                    "engine": "bayes"},
+                         "bayes": {"db": str(db), "min_trained": 20, "reject_cutoff": 1.0},
+                         "policy": {"subject_tag": "[SPAM]"}})
+
+
 @pytest.mark.parametrize(("field", "tagged"), [
     ("Subject: You are our winner 902", "[SPAM] You are our winner 902"),
     ("Subject: ", "[SPAM] "),  # the field there, empty: it stays, empty (not "noheader:subject")
@@ -285,12 +298,7 @@ def test_spam_the_milter_tagged_is_trained_as_the_message_that_came(
     message's key (training that one next is "already trained"). So for a Subject that is
     empty, missing, folded after the tag, opens with a blank that is not ASCII, is named in
     lower case, or has a tab, no blank, two or a fold after its colon."""
-    scoring = tmp_path / "scoring"
-    scoring.mkdir()
-    db = train_database(scoring, bayes_mail, 20)
-    m = start_milter({"milter": {"socket": f"unix:{postfix.milter_socket}", "engine": "bayes"},
-                      "bayes": {"db": str(db), "min_trained": 20, "reject_cutoff": 1.0},
-                      "policy": {"subject_tag": "[SPAM]"}})  # the tag band, not reject
+    m = tagging_milter(postfix, start_milter, tmp_path)
     # spam words, and nothing in the message that says "spam" but the milter's markup
     sent = message(subject="\0", body=" ".join(BAYES_WORDS["spam"] * 5) + " uniq902x\n")
     sent = sent.replace(b"Subject: \0\n", b"" if field is None else field.encode() + b"\n")
@@ -340,12 +348,7 @@ def test_one_spam_delivered_to_two_mailboxes_is_one_message_to_train(
     folders: `train` learned it twice, one spam counted as two (sa-learn, keying by the
     message, learns it once). The second copy is "already trained", and trained as ham (one
     user takes it back out of Junk) it is moved, not learned a second time."""
-    scoring = tmp_path / "scoring"
-    scoring.mkdir()
-    db = train_database(scoring, bayes_mail, 20)
-    m = start_milter({"milter": {"socket": f"unix:{postfix.milter_socket}", "engine": "bayes"},
-                      "bayes": {"db": str(db), "min_trained": 20, "reject_cutoff": 1.0},
-                      "policy": {"subject_tag": "[SPAM]"}})  # the tag band, not reject
+    m = tagging_milter(postfix, start_milter, tmp_path)
     sent = message(subject="You are our winner 980",
                    body=" ".join(BAYES_WORDS["spam"] * 5) + " uniq980x\n")
     # two transactions, one recipient each; then one with both recipients

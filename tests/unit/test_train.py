@@ -2070,6 +2070,21 @@ def test_a_reader_keeping_its_snapshot_does_not_stall_the_dovecot_pipe(
     assert totals(db) == (2, 3)
 
 
+def too_large_while_locked(db: Path) -> subprocess.CompletedProcess[bytes]:
+    """A Dovecot pipe (`train --spam -q -`) with a message over its --max-size, while another
+    connection holds the database's write lock, which a message not learned needs not wait
+    for."""
+    writer = sqlite3.connect(db, isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")
+    try:
+        return subprocess.run([sys.executable, "-m", "spambridge", "train", "--db", str(db),
+                               "--spam", "-q", "--max-size", "100", "-"],
+                              input=mail(1, True), capture_output=True, timeout=60)
+    finally:
+        writer.rollback()
+        writer.close()
+
+
 def test_a_pipe_leaves_the_fold_to_a_train_still_writing_without_a_warning(
         tmp_path: Path, db: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A Dovecot pipe ending while another `train` holds the write lock (a bulk run's batch,
@@ -2080,15 +2095,7 @@ def test_a_pipe_leaves_the_fold_to_a_train_still_writing_without_a_warning(
     run("train", "--db", str(db), "--ham", str(folder(tmp_path / "ham", [mail(i, False)
                                                                          for i in range(3)])),
         capsys=capsys)
-    writer = sqlite3.connect(db, isolation_level=None)
-    writer.execute("BEGIN IMMEDIATE")
-    try:
-        pipe = subprocess.run([sys.executable, "-m", "spambridge", "train", "--db", str(db),
-                               "--spam", "-q", "--max-size", "100", "-"],
-                              input=mail(1, True), capture_output=True, timeout=60)
-    finally:
-        writer.rollback()
-        writer.close()
+    pipe = too_large_while_locked(db)
     assert pipe.returncode == 0
     assert pipe.stderr.decode() == ("spambridge train: <stdin>: too large (over --max-size, 100 "
                                     "bytes): not learned\n")
@@ -2861,15 +2868,7 @@ def test_a_pipe_on_a_database_from_before_waits_for_no_lock_it_does_not_write_un
     before = store.SqliteWriter(str(old))  # as its `train` recorded them
     before.training_limits((BayesConfig().max_bytes, BayesConfig().max_tokens))
     before.close()
-    writer = sqlite3.connect(old, isolation_level=None)
-    writer.execute("BEGIN IMMEDIATE")
-    try:
-        pipe = subprocess.run([sys.executable, "-m", "spambridge", "train", "--db", str(old),
-                               "--spam", "-q", "--max-size", "100", "-"],
-                              input=mail(1, True), capture_output=True, timeout=60)
-    finally:
-        writer.rollback()
-        writer.close()
+    pipe = too_large_while_locked(old)
     assert pipe.stderr.decode() == ("spambridge train: <stdin>: too large (over --max-size, 100 "
                                     "bytes): not learned\n")
     assert pipe.returncode == 0
