@@ -13,6 +13,7 @@ import imaplib
 import os
 import re
 import shutil
+import smtplib
 import sqlite3
 import subprocess
 import sys
@@ -80,6 +81,11 @@ class Server:
         with closing(sqlite3.connect(self.db)) as c:
             return sorted(r[0] for r in c.execute("SELECT label FROM messages"))
 
+    def tokens(self) -> dict[str, tuple[int, int]]:
+        """Each token's (spam, ham) counts."""
+        with closing(sqlite3.connect(self.db)) as c:
+            return {t: (s, h) for t, s, h in c.execute("SELECT token, spam, ham FROM tokens")}
+
     def errors(self) -> list[str]:
         return [line for line in self.log.read_text().splitlines() if "Error:" in line]
 
@@ -112,7 +118,9 @@ def start(top: Path, extra: str = "") -> Generator[Server, None, None]:
     db.parent.mkdir()
     os.chown(db.parent, 0, grp.getgrnam(DB_GROUP).gr_gid)
     db.parent.chmod(0o2770)
-    (top / "users").write_text(f"user:{{PLAIN}}secret:{MAIL_UID}:{MAIL_UID}::{mail}/user::\n")
+    # two users: one message delivered to both is one message to train
+    (top / "users").write_text("".join(f"{u}:{{PLAIN}}secret:{MAIL_UID}:{MAIL_UID}::{mail}/{u}::\n"
+                                       for u in ("user", "user2")))
     port = free_port()
     conf = top / "dovecot.conf"
     conf.write_text(dovecot_conf(top, "imap", port, f"""
@@ -152,9 +160,9 @@ def dovecot() -> Iterator[Callable[[str], Server]]:
 class Client:
     """An IMAP client moving mail as users do."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, user: str = "user") -> None:
         self.m = imaplib.IMAP4("127.0.0.1", port)
-        assert self.m.login("user", "secret")[0] == "OK"
+        assert self.m.login(user, "secret")[0] == "OK"
         for box in ("Junk", "Trash"):
             assert self.m.create(box)[0] == "OK"
 
@@ -484,4 +492,58 @@ def test_the_pipe_and_a_nightly_train_agree_on_an_mbox_store(
     assert nightly("--ham", "inbox").startswith(
         "Learned 0 of 1 messages as ham (1 already trained) in ")
     assert srv.totals() == (2, 1)
+    assert srv.errors() == []
+
+
+def test_one_spam_delivered_over_lmtp_to_two_users_is_one_message_to_train(
+        dovecot: Callable[[str], Server]) -> None:
+    """Dovecot's LMTP server delivers one spam to two users, one transaction each (2.3.19
+    gives both recipients of one transaction byte-identical copies: no Delivered-To, no "for"):
+    each copy has its own Delivered-To and Received line ("with LMTP id … for <user>") on
+    top, the message below them the same. The first user's move to Junk teaches it; the
+    second user's copy moved to Junk was learned again (one spam counted twice), and taken
+    back out of Junk it was learned as ham beside the first copy's spam. It is one message:
+    "already trained", then moved from spam to ham."""
+    lmtp = free_port()
+    srv = dovecot(f"protocols = $protocols lmtp\nauth_username_format = %n\n"
+                  f"service lmtp {{\n  inet_listener lmtp {{\n    address = 127.0.0.1\n"
+                  f"    port = {lmtp}\n  }}\n}}")
+    users = ("user", "user2")
+    sent = msg(1)
+    with smtplib.LMTP("127.0.0.1", lmtp) as s:  # one session, as Postfix's cached connection
+        for u in users:
+            assert s.sendmail("prize@lottery.example", [f"{u}@example.net"], sent) == {}
+    # the premise: the copies differ on top, in what the LMTP delivery wrote, not below it
+    raws = {}
+    for u in users:
+        [f] = (srv.top / "mail" / u / "Maildir" / "new").iterdir()
+        raws[u] = f.read_bytes()
+    first = sent.split(b"\r\n", 1)[0]
+    tops = {u: raw[: raw.index(first)] for u, raw in raws.items()}
+    assert {raw[raw.index(first):] for raw in raws.values()} == {sent.replace(b"\r\n", b"\n")}
+    assert tops["user"] != tops["user2"]
+    for u, top in tops.items():
+        assert re.match(rb"Return-Path: <prize@lottery\.example>\nDelivered-To: "
+                        + re.escape(f"{u}@example.net".encode())
+                        + rb"\nReceived: from .*\n\tby .* with LMTP\n\tid [^\n]+\n"
+                          rb"\t\(envelope-from <prize@lottery\.example>\)\n\tfor "
+                        + re.escape(f"<{u}@example.net>".encode()) + rb"; [^\n]+\n\Z",
+                        top), top
+
+    one, two = Client(srv.port), Client(srv.port, "user2")
+    try:
+        one.move("INBOX", 1, "Junk")  # UID 1: the first message of a new mailbox
+        assert (srv.totals(), srv.labels()) == ((1, 0), ["spam"])
+        learned = srv.tokens()
+        assert learned
+        # the second user's copy into Junk: already trained, nothing learned again
+        moved, _ = two.move("INBOX", 1, "Junk")
+        assert (srv.totals(), srv.labels(), srv.tokens()) == ((1, 0), ["spam"], learned)
+        # ... and out of Junk again, the user's "not spam": the one message is ham now
+        two.move("Junk", moved, "INBOX")
+        assert (srv.totals(), srv.labels()) == ((0, 1), ["ham"])
+        assert srv.tokens() == {t: (h, s) for t, (s, h) in learned.items()}
+    finally:
+        one.close()
+        two.close()
     assert srv.errors() == []
