@@ -60,6 +60,16 @@ def _policy_args(p: argparse.ArgumentParser) -> None:
                    help="never reject or tempfail; log what would have been done")
 
 
+def _run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--socket", metavar="SPEC",
+                   help=f"libmilter socket: unix:/path, inet:PORT@HOST, inet6:PORT@ADDR "
+                   f"(default: [milter] socket, else {defaults.SOCKET})")
+    _engine_args(p)
+    _policy_args(p)
+    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
+                   help="log level (default: [log] level, else info)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="spambridge",
@@ -76,23 +86,20 @@ def build_parser() -> argparse.ArgumentParser:
                          "2 for a usage error; 78 for a configuration error (the file, line "
                          "and key, or the flag, named).")
     _config_arg(run)
-    run.add_argument("--socket", metavar="SPEC",
-                     help=f"libmilter socket: unix:/path, inet:PORT@HOST, inet6:PORT@ADDR "
-                     f"(default: [milter] socket, else {defaults.SOCKET})")
-    _engine_args(run)
-    _policy_args(run)
-    run.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
-                     help="log level (default: [log] level, else info)")
+    _run_args(run)
 
     cc = sub.add_parser("check-config", help="validate the config (and Postfix's milter "
                         "settings when postconf is available)",
-                        description="Read the config file as the milter would, ask spamd for a "
-                        "PING when the engine uses it, and, when postconf is installed, check "
-                        "Postfix's milter settings against it.",
+                        description="Read the config file as the milter would, with the same "
+                        "flags over it as `run` takes, ask spamd for a PING when the engine uses "
+                        "it, and, when postconf is installed, check Postfix's milter settings "
+                        "against it.",
                         epilog="Exit status: 0 when there is nothing to warn about (notes are "
                         "not warnings); 1 when it printed warnings; 2 for a usage error; 78 for "
                         "a configuration error.")
     _config_arg(cc)
+    # run's own flags, so that the command line the milter starts with is the one checked
+    _run_args(cc)
     cc.add_argument("--no-postfix", action="store_true", help="do not ask postconf")
     cc.add_argument("--syntax-only", action="store_true",
                     help="only read the file and check spool_dir, as a reload does (exit 78 on "

@@ -128,6 +128,29 @@ def test_check_config_passes_its_flags_on(monkeypatch: pytest.MonkeyPatch,
     assert seen == {"postfix": True, "postfix_config": "/srv/pf"}
 
 
+def test_check_config_takes_the_flags_run_takes(tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """An admin whose milter starts with flags (`run --socket ... --engine spamd`, as the
+    README shows for spamass-milter's users) checks that command line before a restart:
+    check-config refused every one of run's flags (exit 2), and without them it judged the
+    file's socket and engine, not the ones the milter would use."""
+    path = tmp_path / "spambridge.toml"
+    path.write_text(f'[milter]\nsocket = "unix:{tmp_path}/file.sock"\n'
+                    f'spool_dir = "{tmp_path}"\n')
+    flags = ["--socket", f"unix:{tmp_path}/flag.sock", "--engine", "spamd",
+             "--spamd", f"{tmp_path}/spamd.sock", "--scan-timeout", "4", "--tag-at", "3",
+             "--reject-at", "9", "--tag-only", "--db", f"{tmp_path}/b.sqlite",
+             "--log-level", "debug"]
+    assert cli.main(["check-config", "--no-postfix", "-c", str(path), *flags]) == 1
+    assert capsys.readouterr().out.splitlines()[0] == (
+        f"{path}: OK (engine=spamd, socket=unix:{tmp_path}/flag.sock, scan_timeout=4s)")
+    # a flag run refuses, check-config refuses as run does (78, the flag named)
+    assert cli.main(["check-config", "--no-postfix", "-c", str(path),
+                     "--scan-timeout", "0"]) == 78
+    assert capsys.readouterr().err == ("spambridge: configuration error: command line: "
+                                       "--scan-timeout: must be between 0.1 and 120, not 0.0\n")
+
+
 @pytest.mark.parametrize(("error", "status", "message"), [
     (ConfigError("/etc/x.toml:3: [milter] user: no such user 'x'"), 78,
      "spambridge: configuration error: /etc/x.toml:3: [milter] user: no such user 'x'"),
