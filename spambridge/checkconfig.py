@@ -654,7 +654,9 @@ def spamd_state(cfg: Config, r: Report) -> None:
 
 
 def main(cfg: Config, postfix: bool = True, postfix_config: str | None = None) -> int:
-    print(f"{cfg.source}: OK (engine={cfg.milter.engine}, socket={cfg.milter.socket}, "
+    # the socket as `run` logs it at start: `inet:8893` is 127.0.0.1 only, not libmilter's any
+    print(f"{cfg.source}: OK (engine={cfg.milter.engine}, "
+          f"socket={parse_socket_spec(cfg.milter.socket).libmilter}, "
           f"scan_timeout={cfg.milter.scan_timeout:g}s)")
     r = Report()
     if cfg.metrics.host:

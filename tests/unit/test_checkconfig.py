@@ -771,6 +771,26 @@ def test_check_config_first_says_what_it_loaded(tmp_path: Path,
     assert out.splitlines()[-1] == "check-config: 1 warning(s)"
 
 
+@pytest.mark.parametrize(("written", "said"), [
+    ("inet:8893", "inet:8893@127.0.0.1"),
+    ("inet6:8893", "inet6:8893@::1"),
+    ("inet6:8893@[::1]", "inet6:8893@::1"),
+    ("local:/run/sb/sb.sock", "unix:/run/sb/sb.sock"),
+])
+def test_check_config_names_the_socket_as_run_logs_it(
+        written: str, said: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """`inet:8893` listens on 127.0.0.1 only (not on every address, as in libmilter), and
+    `run` says so at start ("listening on inet:8893@127.0.0.1"); check-config said
+    "socket=inet:8893", which an admin reads as libmilter's every address."""
+    from spambridge import checkconfig
+
+    cfg = from_mapping({"milter": {"engine": "spamd", "socket": written},
+                        "spamd": {"socket": "/nonexistent/spamd.sock"}}, "/etc/x.toml")
+    checkconfig.main(cfg, postfix=False)
+    assert capsys.readouterr().out.splitlines()[0] == (
+        f"/etc/x.toml: OK (engine=spamd, socket={said}, scan_timeout=10s)")
+
+
 def test_a_services_own_milter_settings_are_the_ones_judged() -> None:
     """master.cf `-o milter_content_timeout=10s` (or milter_default_action, milter_protocol)
     on the service that uses spambridge: only main.cf's values were judged, so a timeout
