@@ -247,6 +247,13 @@ def cases(ports: list[int]) -> list[Case]:
     out += [
         Case("user nobody, db dir root's 0700", {("milter", "user"): '"nobody"'},
              prepare=mkdir("db", 0o700)),
+        Case("user nobody, db dir missing", {("milter", "user"): '"nobody"'}),
+        Case("user nobody, db dir missing two deep", {("milter", "user"): '"nobody"',
+             ("bayes", "db"): f'"{D}/a/b/bayes.sqlite"'}),
+        Case("user nobody, db dir missing under root's 0700", {("milter", "user"): '"nobody"',
+             ("bayes", "db"): f'"{D}/hidden/new/bayes.sqlite"'}, prepare=mkdir("hidden", 0o700)),
+        Case("user nobody, db dir missing under root's 0755", {("milter", "user"): '"nobody"',
+             ("bayes", "db"): f'"{D}/shown/new/bayes.sqlite"'}, prepare=mkdir("shown", 0o755)),
         Case("user nobody, spool dir root's 0700", {("milter", "user"): '"nobody"',
              ("milter", "spool_dir"): f'"{D}/spool"'}, prepare=mkdir("spool", 0o700)),
         Case("user nobody, socket dir root's 0755", {("milter", "user"): '"nobody"'},
