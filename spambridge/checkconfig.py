@@ -461,9 +461,15 @@ def _user_dirs(cfg: Config, r: Report) -> None:
         # where SQLite keeps the -wal and -shm: beside the file a symlink points to
         db_dir = os.path.dirname(os.path.realpath(cfg.bayes.db))
         if not os.path.isdir(db_dir):
-            r.warn(f"[bayes] db: {db_dir} does not exist: started as root, the milter creates "
-                   f"it owned by root, and then cannot write it as user {name!r}: "
-                   f"install -d -o {name} {db_dir}")
+            # a start as root makes it the user's (store.create): only a directory above it
+            # the user may not search stops that start
+            above = os.path.dirname(db_dir)
+            while not os.path.lexists(above) and above != os.path.dirname(above):
+                above = os.path.dirname(above)
+            if os.path.isdir(above) and privileges.can_reach(above, name) is False:
+                r.warn(f"[bayes] db: {db_dir} does not exist, and user {name!r} may not search "
+                       f"{above} or a directory above it: the milter would make {db_dir} and "
+                       "then refuse to start, unable to reach it as that user")
         elif (privileges.can_write_dir(db_dir, name) is False
               or permissions.read_only_fs(db_dir)):
             r.warn(f"[bayes] db: {privileges.db_dir_problem(db_dir, name)}")
