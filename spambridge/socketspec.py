@@ -57,6 +57,17 @@ def parse_socket_spec(spec: str) -> SocketSpec:
         if not 0 < port < 65536:
             raise ValueError(f"{spec!r}: port must be 1-65535")
         host = host or ("::1" if family == "inet6" else "127.0.0.1")
+        if family == "inet" and host.startswith("["):
+            # libmilter takes a numeric address in brackets, never a name ("Invalid numeric
+            # domain spec"); without them it is the same address, and looked up here as well
+            try:
+                if not host.endswith("]"):
+                    raise ValueError(host)
+                host = str(ipaddress.IPv4Address(host[1:-1]))
+            except ValueError:
+                raise ValueError(f"{spec!r}: an address in brackets must be an IPv4 address "
+                                 "(inet:PORT@[10.0.0.1]; a host name goes without them)"
+                                 ) from None
         if family == "inet6":
             host = host.strip("[]")
             try:

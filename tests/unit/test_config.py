@@ -293,6 +293,26 @@ def test_an_inet6_address_may_be_written_in_brackets() -> None:
     assert parse_socket_spec(cfg.milter.socket) == parse_socket_spec("inet6:8893@::1")
 
 
+def test_an_inet_address_may_be_written_in_brackets_as_libmilter_takes_it(
+        tmp_path: Path) -> None:
+    """libmilter takes `inet:PORT@[10.0.0.1]` (a numeric address, looked up in no DNS), and
+    `run` started with it; check-config warned that '[127.0.0.1]' did not resolve and the
+    milter "would not start". A name in brackets libmilter refuses ("Invalid numeric domain
+    spec", exit 1): a config error naming file, line and key."""
+    from spambridge.checkconfig import check_local
+
+    p = tmp_path / "c.toml"
+    p.write_text('[milter]\nengine = "spamd"\nsocket = "inet:8893@[127.0.0.1]"\n')
+    cfg = load(p)
+    assert parse_socket_spec(cfg.milter.socket) == parse_socket_spec("inet:8893@127.0.0.1")
+    assert [w for w in check_local(cfg).warnings if w.startswith("[milter] socket")] == []
+    p.write_text('[milter]\nengine = "spamd"\nsocket = "inet:8893@[localhost]"\n')
+    with pytest.raises(ConfigError, match=re.escape(
+            f"{p}:3: [milter] socket: 'inet:8893@[localhost]': an address in brackets must "
+            "be an IPv4 address")):
+        load(p)
+
+
 def test_an_inet6_socket_without_an_address_listens_on_the_ipv6_loopback() -> None:
     """`inet6:PORT`, as `inet:PORT` is 127.0.0.1: not refused as "inet6 needs an IPv6
     address" for an address the admin never wrote."""
