@@ -57,6 +57,9 @@ def parse_socket_spec(spec: str) -> SocketSpec:
         if not 0 < port < 65536:
             raise ValueError(f"{spec!r}: port must be 1-65535")
         host = host or ("::1" if family == "inet6" else "127.0.0.1")
+        if family == "inet" and ":" in host:  # no AF_INET lookup finds it: libmilter's exit 1
+            raise ValueError(f"{spec!r}: {host!r} is not an IPv4 address or host name (an IPv6 "
+                             "address is inet6:PORT@ADDR; the port goes before the @)")
         if family == "inet" and host.startswith("["):
             # libmilter takes a numeric address in brackets, never a name ("Invalid numeric
             # domain spec"); without them it is the same address, and looked up here as well

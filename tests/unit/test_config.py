@@ -313,6 +313,19 @@ def test_an_inet_address_may_be_written_in_brackets_as_libmilter_takes_it(
         load(p)
 
 
+@pytest.mark.parametrize("host", ["::1", "127.0.0.1:8893", "[::1]:8893"])
+def test_an_inet_host_with_a_colon_is_a_config_error(tmp_path: Path, host: str) -> None:
+    """An IPv6 address under inet (inet6's), or a port after the host as Postfix writes it:
+    no AF_INET lookup finds it, and `run` stopped with exit 1, libmilter's "Unknown host
+    name" and no file, line or key (systemd starting it again, five times)."""
+    p = tmp_path / "c.toml"
+    p.write_text(f'[milter]\nsocket = "inet:8893@{host}"\n')
+    with pytest.raises(ConfigError, match=re.escape(
+            f"{p}:2: [milter] socket: 'inet:8893@{host}': {host!r} is not an IPv4 address or "
+            "host name (an IPv6 address is inet6:PORT@ADDR; the port goes before the @)")):
+        load(p)
+
+
 def test_an_inet6_socket_without_an_address_listens_on_the_ipv6_loopback() -> None:
     """`inet6:PORT`, as `inet:PORT` is 127.0.0.1: not refused as "inet6 needs an IPv6
     address" for an address the admin never wrote."""
