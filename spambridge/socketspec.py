@@ -49,6 +49,9 @@ def parse_socket_spec(spec: str) -> SocketSpec:
         if len(os.fsencode(m.group(2))) > MAX_UNIX_PATH:
             raise ValueError(f"{spec!r}: a unix socket path may be at most {MAX_UNIX_PATH} "
                              "bytes long (the kernel's sun_path)")
+        if m.group(2).rsplit("/", 1)[1] in ("", ".", ".."):  # run: "exists and is not a socket"
+            raise ValueError(f"{spec!r}: the path must end in the socket's file name, not name "
+                             "a directory")
         return SocketSpec("unix", path=m.group(2))
     m = re.fullmatch(r"(inet6?):(\d+)(?:@(.+))?", spec)
     if m:

@@ -326,6 +326,21 @@ def test_an_inet_host_with_a_colon_is_a_config_error(tmp_path: Path, host: str) 
         load(p)
 
 
+@pytest.mark.parametrize("path", ["/run/spambridge/", "/run/spambridge/.",
+                                  "/run/spambridge/.."])
+def test_a_unix_socket_path_that_names_a_directory_is_a_config_error(tmp_path: Path,
+                                                                     path: str) -> None:
+    """`unix:/run/spambridge/` (the directory meant, the file name left out): check-config
+    said all well, and `run` made the directory and then refused to start, "exists and is
+    not a socket"."""
+    p = tmp_path / "c.toml"
+    p.write_text(f'[milter]\nsocket = "unix:{path}"\n')
+    with pytest.raises(ConfigError, match=re.escape(
+            f"{p}:2: [milter] socket: 'unix:{path}': the path must end in the socket's file "
+            "name, not name a directory")):
+        load(p)
+
+
 def test_an_inet6_socket_without_an_address_listens_on_the_ipv6_loopback() -> None:
     """`inet6:PORT`, as `inet:PORT` is 127.0.0.1: not refused as "inet6 needs an IPv6
     address" for an address the admin never wrote."""
