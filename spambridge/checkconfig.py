@@ -378,6 +378,14 @@ def check_local(cfg: Config) -> Report:
             reachable = privileges.can_reach(sock_dir, m.user) is not False
             r.warn("[milter] socket: "
                    + privileges.socket_dir_problem(sock_dir, m.user, reachable))
+    if spec.family == "unix":
+        sock_dir = os.path.dirname(os.path.abspath(spec.path))
+        above = sock_dir  # the nearest that exists: `run` makes the rest (or cannot)
+        while not os.path.lexists(above) and above != os.path.dirname(above):
+            above = os.path.dirname(above)
+        if not os.path.isdir(above):
+            r.warn(f"[milter] socket: {above} is not a directory, and the socket's path goes "
+                   f"through it: the milter cannot make {sock_dir} and would not start")
     if spec.family == "unix" and os.path.lexists(spec.path) and not stat.S_ISSOCK(
             os.lstat(spec.path).st_mode):
         r.warn(f"[milter] socket: {spec.path} exists and is not a socket: the milter refuses "

@@ -382,6 +382,21 @@ def test_a_file_at_the_socket_path_is_named(tmp_path: Path) -> None:
     assert check_local(cfg).warnings == []
 
 
+@pytest.mark.parametrize("below", ["", "/new"])
+def test_a_file_where_the_socket_directory_should_be_is_named(tmp_path: Path,
+                                                              below: str) -> None:
+    """A regular file at (or above) the socket's directory: `run` cannot make the directory
+    and refuses to start (exit 78, "cannot create ...: File exists"), and check-config said
+    "all well"."""
+    file = tmp_path / "spambridge"
+    file.write_text("left here\n")
+    cfg = from_mapping({"milter": {"engine": "spamd",
+                                   "socket": f"unix:{file}{below}/s.sock"}})
+    assert check_local(cfg).warnings == [
+        f"[milter] socket: {file} is not a directory, and the socket's path goes through it: "
+        f"the milter cannot make {file}{below} and would not start"]
+
+
 def test_a_socket_directory_the_milter_user_can_enter_is_not_called_out_of_reach(
         open_dir: Path) -> None:
     """root's 0755 directory: the milter's user connects to the socket in it (the pool nudger
