@@ -647,8 +647,31 @@ def _read_sections(loader: _Loader, data: Mapping[str, Any]) -> Config:
 
     mt = _Section(loader, "metrics", data.get("metrics", {}))
     metrics = mt.parse("listen", str, "", parse_listen)
+    if _same_address(milter.socket, metrics):
+        mt.fail("listen", f"{metrics.listen} is where the milter listens too ([milter] socket "
+                f"= {milter.socket!r}): give the metrics another port")
     mt.finish()
     return Config(milter, policy, spamd, bayes, level, loader.path, metrics)
+
+
+def _same_address(socket: str, metrics: MetricsConfig) -> bool:
+    """Whether the milter's TCP socket is the metrics endpoint's address, or a wildcard of its
+    family that takes that port too: the milter, which opens its socket after the endpoint,
+    could never start ("Address already in use", exit 1). A host name other than localhost
+    is not looked up here; nor is an IPv6 wildcard taken to hold IPv4's (bindv6only)."""
+    from spambridge.socketspec import parse_socket_spec
+
+    spec = parse_socket_spec(socket)
+    if not metrics.host or spec.family == "unix" or spec.port != metrics.port:
+        return False
+    try:
+        ours = ipaddress.ip_address("127.0.0.1" if spec.family == "inet" else "::1") if (
+            spec.host.lower() == "localhost") else ipaddress.ip_address(spec.host)
+    except ValueError:
+        return False
+    theirs = ipaddress.ip_address(metrics.host)
+    return ours.version == theirs.version and (
+        ours == theirs or ours.is_unspecified or theirs.is_unspecified)
 
 
 def _networks(v: list[Any]) -> tuple[Network, ...]:
@@ -765,6 +788,9 @@ def with_overrides(cfg: Config, **flags: Any) -> Config:
         if flags.get("socket") is not None:
             flag = "--socket"
             milter = replace(milter, socket=_socket_spec(flags["socket"]))
+            if _same_address(milter.socket, cfg.metrics):
+                raise ValueError(f"[metrics] listen = {cfg.metrics.listen!r} is there: the "
+                                 "milter cannot listen where its metrics do")
             given.append("[milter] socket")
         if flags.get("engine") is not None:
             flag = "--engine"
