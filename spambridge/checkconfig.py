@@ -12,6 +12,7 @@ milter_default_action. Exit status: 0 all well, 1 warnings. Reading Postfix is o
 from __future__ import annotations
 
 import contextlib
+import errno
 import grp
 import ipaddress
 import os
@@ -19,9 +20,11 @@ import posixpath
 import pwd
 import re
 import shutil
+import socket
 import stat
 import subprocess
 from dataclasses import dataclass, field
+from typing import Any
 
 from spambridge import defaults, permissions, privileges
 from spambridge.bayes import store
@@ -392,10 +395,19 @@ def check_local(cfg: Config) -> Report:
                "to start rather than remove it (move it away, or choose another path)")
     if spec.family != "unix":
         try:
-            listen_address(spec)
+            family, address = listen_address(spec)
         except OSError as e:  # `run` would stop at it, after the checks said all was well
             r.warn(f"[milter] socket: {spec.host!r} does not resolve ({e.strerror or e}): the "
                    f"milter cannot listen on {spec.libmilter} and would not start")
+        else:
+            if why := _not_here(family, address):
+                r.warn(f"[milter] socket: {spec.host!r} is not an address of this host ({why}): "
+                       f"the milter cannot listen on {spec.libmilter} and would not start")
+    if cfg.metrics.host and (why := _not_here(
+            socket.AF_INET6 if ":" in cfg.metrics.host else socket.AF_INET,
+            (cfg.metrics.host, cfg.metrics.port))):
+        r.warn(f"[metrics] listen: {cfg.metrics.host!r} is not an address of this host ({why}): "
+               f"the milter cannot serve metrics on {cfg.metrics.listen} and would not start")
     if spec.family == "unix" and not m.socket_mode & 0o022 and m.user != "postfix":
         r.warn(f"[milter] socket_mode: {m.socket_mode:04o} lets only the socket's owner connect "
                "(connecting takes write permission): Postfix's smtpd, user postfix, needs "
@@ -421,6 +433,18 @@ def check_local(cfg: Config) -> Report:
                    "scan_timeout): a spamd host that does not answer is then a timeout, not "
                    "unavailable, and the log does not say where spamd was looked for")
     return r
+
+
+def _not_here(family: socket.AddressFamily, address: tuple[Any, ...]) -> str | None:
+    """Why `address` cannot be listened on because no interface of this host has it (bound
+    on port 0 to tell: the port itself may be the running milter's), or None."""
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.bind((address[0], 0, *address[2:]))
+    except OSError as e:
+        if e.errno == errno.EADDRNOTAVAIL:
+            return e.strerror or str(e)
+    return None
 
 
 def socket_problem(cfg: Config, owner: str) -> str | None:

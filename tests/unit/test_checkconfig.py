@@ -245,6 +245,27 @@ def test_a_listen_host_that_does_not_resolve_is_named(
                                 "not start"), warnings
 
 
+def test_an_address_this_host_does_not_have_is_named(tmp_path: Path) -> None:
+    """A milter socket or metrics endpoint on an address no interface here has (192.0.2.1,
+    TEST-NET): `run` cannot bind it and stops (exit 1, "Cannot assign requested address"),
+    and check-config said "all well"."""
+    db = str(tmp_path / "b.sqlite")
+    cfg = from_mapping({"milter": {"socket": "inet:12345@192.0.2.1"}, "bayes": {"db": db}})
+    assert [w.split(" (")[0] for w in check_local(cfg).warnings] == [
+        "[milter] socket: '192.0.2.1' is not an address of this host"]
+    assert check_local(cfg).warnings[0].endswith(
+        "): the milter cannot listen on inet:12345@192.0.2.1 and would not start")
+    cfg = from_mapping({"metrics": {"listen": "192.0.2.1:12345"}, "bayes": {"db": db},
+                        "milter": {"socket": f"unix:{tmp_path}/s.sock"}})
+    assert [w.split(" (")[0] for w in check_local(cfg).warnings] == [
+        "[metrics] listen: '192.0.2.1' is not an address of this host"]
+    assert check_local(cfg).warnings[0].endswith(
+        "): the milter cannot serve metrics on 192.0.2.1:12345 and would not start")
+    here = from_mapping({"metrics": {"listen": "127.0.0.1:12345"}, "bayes": {"db": db},
+                         "milter": {"socket": "inet:12346@127.0.0.1"}})
+    assert check_local(here).warnings == []
+
+
 def test_a_bayes_database_the_milter_cannot_use_yet_is_named(tmp_path: Path) -> None:
     """Each of these makes the Bayes engine answer on_unavailable for every message: one it
     cannot use is a warning, a missing or untrained one (every install's first day) a note."""
