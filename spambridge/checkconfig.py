@@ -389,6 +389,10 @@ def check_local(cfg: Config) -> Report:
         if not os.path.isdir(above):
             r.warn(f"[milter] socket: {above} is not a directory, and the socket's path goes "
                    f"through it: the milter cannot make {sock_dir} and would not start")
+        elif permissions.read_only_fs(above):
+            made = spec.path if above == sock_dir else sock_dir
+            r.warn(f"[milter] socket: {above} is on a filesystem mounted read-only: the milter "
+                   f"cannot make {made} there and would not start")
     if spec.family == "unix" and os.path.lexists(spec.path) and not stat.S_ISSOCK(
             os.lstat(spec.path).st_mode):
         r.warn(f"[milter] socket: {spec.path} exists and is not a socket: the milter refuses "

@@ -418,6 +418,21 @@ def test_a_file_where_the_socket_directory_should_be_is_named(tmp_path: Path,
         f"the milter cannot make {file}{below} and would not start"]
 
 
+@pytest.mark.parametrize("below", ["", "/new"])
+def test_a_socket_directory_on_a_read_only_filesystem_is_named(tmp_path: Path,
+                                                               below: str) -> None:
+    """The socket's directory (or, when `run` is to make it, the one it would be made in) on a
+    filesystem mounted read-only: `run` cannot bind (or make) it and refuses to start (exit 78,
+    "Read-only file system"), and check-config said "all well"."""
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    cfg = from_mapping({"milter": {"engine": "spamd", "socket": f"unix:{ro}{below}/s.sock"}})
+    with mock.patch.object(permissions, "read_only_fs", side_effect=lambda p: p == str(ro)):
+        assert check_local(cfg).warnings == [
+            f"[milter] socket: {ro} is on a filesystem mounted read-only: the milter cannot "
+            f"make {ro}{below or '/s.sock'} there and would not start"]
+
+
 def test_a_socket_directory_the_milter_user_can_enter_is_not_called_out_of_reach(
         open_dir: Path) -> None:
     """root's 0755 directory: the milter's user connects to the socket in it (the pool nudger
