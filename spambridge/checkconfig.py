@@ -609,12 +609,25 @@ def read_postfix(exe: str, config_dir: str | None = None) -> PostfixSettings:
     return PostfixSettings(where, values, explicit, master)
 
 
+def _nearest(path: str) -> str:
+    """`path`, or the nearest directory above it that exists: where `run` makes the rest."""
+    while not os.path.lexists(path) and path != os.path.dirname(path):
+        path = os.path.dirname(path)
+    return path
+
+
 def bayes_state(cfg: Config, r: Report) -> None:
     """When the Bayes engine would answer on_unavailable for every message: a database it
     cannot use is a warning; a missing or untrained one, every install's first state, a note."""
     db = cfg.bayes.db
     # not there, or only out of this user's reach (a directory it may not enter)?
     if not os.path.exists(db) and not store.access_problem(db, write=False):
+        above = _nearest(os.path.dirname(os.path.abspath(db)))
+        if os.path.isdir(above) and permissions.read_only_fs(above):  # run: "unusable"
+            r.warn(f"[bayes] db: {db} does not exist, and {above} is on a filesystem mounted "
+                   "read-only: the milter cannot make it, and every message would get "
+                   "on_unavailable")
+            return
         r.note(f"[bayes] db: {db} does not exist yet: the milter creates it empty, and mail "
                "gets on_unavailable until it is trained (spambridge train)")
         return

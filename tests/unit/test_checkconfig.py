@@ -245,6 +245,23 @@ def test_a_listen_host_that_does_not_resolve_is_named(
                                 "not start"), warnings
 
 
+@pytest.mark.parametrize("below", ["", "/new"])
+def test_a_database_to_make_on_a_read_only_filesystem_is_a_warning(tmp_path: Path,
+                                                                   below: str) -> None:
+    """No database yet, where the milter cannot make one (its directory, or the one it would
+    make that in, mounted read-only): `run` starts, logs "Bayes database unusable" and answers
+    on_unavailable for every message; check-config said "does not exist yet: the milter
+    creates it" in a note, and "all well"."""
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    db = f"{ro}{below}/bayes.sqlite"
+    with mock.patch.object(permissions, "read_only_fs", side_effect=lambda p: p == str(ro)):
+        r = check_local(from_mapping({"bayes": {"db": db}}))
+    assert (r.warnings, r.notes) == ([
+        f"[bayes] db: {db} does not exist, and {ro} is on a filesystem mounted read-only: the "
+        "milter cannot make it, and every message would get on_unavailable"], [])
+
+
 def test_an_address_this_host_does_not_have_is_named(tmp_path: Path) -> None:
     """A milter socket or metrics endpoint on an address no interface here has (192.0.2.1,
     TEST-NET): `run` cannot bind it and stops (exit 1, "Cannot assign requested address"),
