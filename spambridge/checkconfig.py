@@ -383,9 +383,7 @@ def check_local(cfg: Config) -> Report:
                    + privileges.socket_dir_problem(sock_dir, m.user, reachable))
     if spec.family == "unix":
         sock_dir = os.path.dirname(os.path.abspath(spec.path))
-        above = sock_dir  # the nearest that exists: `run` makes the rest (or cannot)
-        while not os.path.lexists(above) and above != os.path.dirname(above):
-            above = os.path.dirname(above)
+        above = _nearest(sock_dir)  # `run` makes the rest (or cannot)
         if not os.path.isdir(above):
             r.warn(f"[milter] socket: {above} is not a directory, and the socket's path goes "
                    f"through it: the milter cannot make {sock_dir} and would not start")
@@ -499,9 +497,7 @@ def _user_dirs(cfg: Config, r: Report) -> None:
         if not os.path.isdir(db_dir):
             # a start as root makes it the user's (store.create): only a directory above it
             # the user may not search stops that start
-            above = os.path.dirname(db_dir)
-            while not os.path.lexists(above) and above != os.path.dirname(above):
-                above = os.path.dirname(above)
+            above = _nearest(os.path.dirname(db_dir))
             if os.path.isdir(above) and privileges.can_reach(above, name) is False:
                 r.warn(f"[bayes] db: {db_dir} does not exist, and user {name!r} may not search "
                        f"{above} or a directory above it: the milter would make {db_dir} and "
