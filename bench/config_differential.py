@@ -6,8 +6,9 @@ Each case is the packaged example config (packaging/spambridge.toml, made to liv
 directory) with one key set to an edge value, or a command-line flag, or a file-level oddity.
 Both commands run on it in a fresh temp directory (the socket and the Bayes database under
 it; spamd on a closed port of --ports; metrics on another). `run` either exits at start or
-logs "listening on": then it gets SIGTERM by its PID. Needs root for the `[milter] user`
-cases (run as another user they are skipped as `run` would refuse them).
+logs "listening on" (or stays up, silent): then it gets SIGTERM by its PID. Needs root for
+the `[milter] user` cases and for the read-only tmpfs it mounts (and unmounts) for the {RO}
+cases, which are left out otherwise.
 
     .venv/bin/python bench/config_differential.py --ports 15800-15899 [--only SUBSTR] [-v]
 
@@ -243,6 +244,10 @@ def cases(ports: list[int]) -> list[Case]:
     out.append(Case("flag --socket with user nobody in a root dir", {("milter", "user"):
                     '"nobody"'}, flags=["--socket", f"unix:{D}/ro/sb.sock"],
                     prepare=mkdir("ro", 0o555)))
+    # on a filesystem mounted read-only ({RO}: a tmpfs the harness mounts, as root)
+    key("milter", "socket", '"unix:{RO}/sock/sb.sock"', '"unix:{RO}/new/sb.sock"')
+    key("bayes", "db", '"{RO}/db/bayes.sqlite"', '"{RO}/new/bayes.sqlite"')
+    key("milter", "spool_dir", '"{RO}/db"')
     # combinations a key's check depends on
     out += [
         Case("user nobody, db dir root's 0700", {("milter", "user"): '"nobody"'},
@@ -368,6 +373,8 @@ def run_milter(cfg: Path, flags: list[str], env: dict[str, str]) -> Outcome:
     rc = proc.returncode
     status = {78: "refused", 1: "failed", 2: "usage"}.get(rc, f"rc{rc}")
     where, k = parse_error(text) if rc == 78 else ("", "")
+    if rc == 1 and (m := re.search(r"^spambridge: (\S+:\d+): \[(\w+)\] (\w+)", text, re.M)):
+        where, k = m.group(1), f"[{m.group(2)}] {m.group(3)}"  # exit 1 naming file:line, key
     return Outcome(status, where, k, text=text)
 
 
@@ -392,6 +399,9 @@ def judge(cc: Outcome, rn: Outcome) -> list[str]:
             return []  # warned of, on the key run names
         diffs.append(f"check-config {cc.status}{' ' + str(cc.warned) if cc.warned else ''}, "
                      f"run {rn.status} ({rn.where} {rn.key})")
+    elif cc.status == "warn" and rn.status == "started" and re.search(
+            r"^warning: .*(would not start|refuses? to start)", cc.text, re.M):
+        diffs.append("check-config says it would not start, run started")
     elif cc.status == "error" and rn.status == "started":
         diffs.append(f"check-config error ({cc.where} {cc.key}), run started")
     elif cc.status == "error" and rn.status == "refused":
@@ -427,15 +437,26 @@ def main() -> int:
     kinds: dict[str, int] = {}
     top = Path(tempfile.mkdtemp(prefix="cfgdiff-"))
     top.chmod(0o755)  # `[milter] user` cases: the user must reach the case directories
+    ro = top / "ro"
+    if os.geteuid() == 0:
+        ro.mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0755", "tmpfs", str(ro)],
+                       check=True)
+        for sub in ("sock", "db"):
+            (ro / sub).mkdir()
+        subprocess.run(["mount", "-o", "remount,ro", str(ro)], check=True)
     try:
         for i, case in enumerate(cases(ports)):
             if a.only and a.only not in case.name:
                 continue
+            if "{RO}" in case.name and not ro.is_dir():
+                continue  # not root: no read-only mount
             d = top / f"c{i}"
             d.mkdir()
             d.chmod(0o755)
             values = {**base_config(d, ports), **case.edits}
-            text = render({k: v.replace("{D}", str(d)) if v else v for k, v in values.items()},
+            text = render({k: v.replace("{D}", str(d)).replace("{RO}", str(ro)) if v else v
+                           for k, v in values.items()},
                           case.raw, case.top)
             cfg = d / "spambridge.toml"
             cfg.write_text(text)
@@ -470,6 +491,8 @@ def main() -> int:
             if not a.keep:
                 shutil.rmtree(d, ignore_errors=True)
     finally:
+        if ro.is_mount():
+            subprocess.run(["umount", str(ro)], check=False)
         if not a.keep:
             shutil.rmtree(top, ignore_errors=True)
     print(f"\n{tried} configs tried, {diverged} with a difference")
