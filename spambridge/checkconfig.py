@@ -28,7 +28,7 @@ from typing import Any
 
 from spambridge import defaults, permissions, privileges
 from spambridge.bayes import store
-from spambridge.config import Config
+from spambridge.config import Config, key_at
 from spambridge.message import spool_problem
 from spambridge.socketspec import SocketSpec, listen_address, parse_socket_spec
 
@@ -704,6 +704,16 @@ def spamd_state(cfg: Config, r: Report) -> None:
             r.note(f"spamd at {where} answers")
 
 
+_KEYED = re.compile(r"\[(\w+)\] (\w+): ")
+
+
+def _located(cfg: Config, warning: str) -> str:
+    """A warning about a key, said as `run` says what stops it (key_at): `FILE:LINE: [section]
+    key: ...`, or `command line: ...` for a key a flag gave."""
+    m = _KEYED.match(warning)
+    return f"{key_at(cfg, m[1], m[2])}: {warning[m.end():]}" if m else warning
+
+
 def main(cfg: Config, postfix: bool = True, postfix_config: str | None = None) -> int:
     # the socket as `run` logs it at start: `inet:8893` is 127.0.0.1 only, not libmilter's any
     print(f"{cfg.source}: OK (engine={cfg.milter.engine}, "
@@ -745,7 +755,7 @@ def main(cfg: Config, postfix: bool = True, postfix_config: str | None = None) -
     for n in r.notes:
         print(f"note: {n}")
     for w in r.warnings:
-        print(f"warning: {w}")
+        print(f"warning: {_located(cfg, w)}")
     if r.warnings:
         print(f"check-config: {len(r.warnings)} warning(s)")
         return 1

@@ -183,11 +183,11 @@ def test_the_milter_and_check_config_say_whose_file_the_milter_cannot_read(
     made.rename(real / "bayes.sqlite")
     (dbdir / "bayes.sqlite").symlink_to(real / "bayes.sqlite")
     cfg = milter_cfg(open_dir, dbdir / "bayes.sqlite", "nobody")
+    conf = write_config(tmp_path / "c.toml", cfg)
     r = subprocess.run([sys.executable, "-m", "spambridge", "check-config", "--no-postfix",
-                        "--config", str(write_config(tmp_path / "c.toml", cfg))],
-                       capture_output=True, text=True, check=False)
+                        "--config", str(conf)], capture_output=True, text=True, check=False)
     assert r.returncode == 1
-    assert (f"warning: [bayes] db: user 'nobody' may not read {real}/bayes.sqlite (root:root, "
+    assert (f"warning: {conf}:7: [bayes] db: user 'nobody' may not read {real}/bayes.sqlite (root:root, "
             "mode 0640)") in r.stdout, r.stdout
     assert f"chown nobody {real}/bayes.sqlite" in r.stdout
     m = start_milter(cfg)
@@ -217,8 +217,8 @@ def test_check_config_as_an_admin_outside_the_group_does_not_call_the_database_m
     db, dbdir, r = check_config_outside_the_group(open_dir, mail_user)
     assert "does not exist" not in r.stdout, r.stdout
     assert r.returncode == 1
-    assert (f"warning: [bayes] db: {db}: cannot open the Bayes database: user {uid} may not "
-            f"enter {dbdir} (root:{group}, mode 2770)") in r.stdout, r.stdout
+    assert (f"warning: {open_dir}/c.toml:5: [bayes] db: {db}: cannot open the Bayes database: "
+            f"user {uid} may not enter {dbdir} (root:{group}, mode 2770)") in r.stdout, r.stdout
 
 
 @pytest.mark.parametrize("where", ["its directory", "a symlink's directory"])

@@ -49,8 +49,8 @@ def test_a_socket_postfix_may_not_connect_to_is_a_warning(
     finally:
         elsewhere.rmdir()
     assert r.returncode == 1, r.stdout + r.stderr
-    assert ("warning: [milter] socket: Postfix's smtpd (user 'postfix', mail_owner) cannot "
-            f"connect: nothing gives {elsewhere}/spambridge.sock a group user 'postfix' is in"
+    assert (f"warning: {cfg}:2: [milter] socket: Postfix's smtpd (user 'postfix', mail_owner) "
+            f"cannot connect: nothing gives {elsewhere}/spambridge.sock a group user 'postfix' is in"
             in r.stdout), r.stdout
     assert f"(install -d -g postfix -m 2750 {elsewhere})" in r.stdout
     assert "check-config: 1 warning(s)" in r.stdout
@@ -206,5 +206,5 @@ def test_the_socket_is_judged_for_postfixs_own_mail_owner(tmp_path: Path) -> Non
     cfg = write_config(tmp_path / "ok.toml", {"milter": {
         "socket": f"unix:{tmp_path}/run/spambridge.sock", "engine": "spamd"}})
     r = check_config(cfg, "--postfix-config", str(etc))
-    assert "warning: [milter] socket: Postfix's smtpd (user 'nobody', mail_owner) cannot " \
-        "connect" in r.stdout, r.stdout
+    assert f"warning: {cfg}:2: [milter] socket: Postfix's smtpd (user 'nobody', mail_owner) " \
+        "cannot connect" in r.stdout, r.stdout

@@ -239,8 +239,8 @@ def test_a_listen_host_that_does_not_resolve_is_named(
         assert warnings == []
         return
     assert len(warnings) == 1, warnings
-    assert warnings[0].startswith(f"warning: [milter] socket: {host!r} does not resolve ({why}"
-                                  ), warnings
+    assert warnings[0].startswith(f"warning: {path}:3: [milter] socket: {host!r} does not "
+                                  f"resolve ({why}"), warnings
     assert warnings[0].endswith(f"): the milter cannot listen on inet:12345@{host} and would "
                                 "not start"), warnings
 

@@ -151,6 +151,27 @@ def test_check_config_takes_the_flags_run_takes(tmp_path: Path,
                                        "--scan-timeout: must be between 0.1 and 120, not 0.0\n")
 
 
+def test_check_config_names_the_file_line_and_key_run_names(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """What stops `run` at start (a user that does not exist: exit 78, "FILE:LINE: [milter]
+    user: ...") check-config warns of; its warning named the key alone, so the admin matched
+    it to the file by hand. It now says it as `run` does: the file's line, or the flag."""
+    from spambridge import privileges
+
+    path = tmp_path / "spambridge.toml"
+    path.write_text(f'[milter]\nspool_dir = "{tmp_path}"\nuser = "no-such-user-sb"\n'
+                    f'engine = "spamd"\n[spamd]\nsocket = "{tmp_path}/spamd.sock"\n')
+    with pytest.raises(ConfigError) as refused:
+        privileges._user(loaded("run", "-c", str(path)), "no-such-user-sb")  # run's words
+    assert str(refused.value) == f"{path}:3: [milter] user: no such user 'no-such-user-sb'"
+    assert cli.main(["check-config", "--no-postfix", "-c", str(path)]) == 1
+    assert f"warning: {refused.value}\n" in capsys.readouterr().out
+    # a key a flag gave is the flag's, as in run's errors
+    assert cli.main(["check-config", "--no-postfix", "-c", str(path),
+                     "--socket", f"unix:{path}/s.sock"]) == 1
+    assert ("warning: command line: [milter] socket: " in capsys.readouterr().out)
+
+
 @pytest.mark.parametrize(("error", "status", "message"), [
     (ConfigError("/etc/x.toml:3: [milter] user: no such user 'x'"), 78,
      "spambridge: configuration error: /etc/x.toml:3: [milter] user: no such user 'x'"),
@@ -491,12 +512,12 @@ def test_a_ca_file_spamd_cannot_use_is_a_configuration_error(tmp_path: Path) -> 
     r = run("check-config", "--no-postfix", ca_file=tmp_path / "nonexistent.pem")
     assert (r.returncode, r.stderr) == (1, "")
     assert [line for line in r.stdout.splitlines() if "[spamd] ca_file" in line] == [
-        f"warning: [spamd] ca_file: {tmp_path}/nonexistent.pem cannot be read"]
+        f"warning: {cfg}:9: [spamd] ca_file: {tmp_path}/nonexistent.pem cannot be read"]
     r = run("check-config", "--no-postfix", ca_file=junk)
     assert (r.returncode, r.stderr) == (1, "")
     assert [line for line in r.stdout.splitlines() if "[spamd] ca_file" in line] == [
-        f"warning: [spamd] ca_file: {junk}: no CA certificate in it (OpenSSL: no certificate "
-        "or crl found)"]
+        f"warning: {cfg}:9: [spamd] ca_file: {junk}: no CA certificate in it (OpenSSL: no "
+        "certificate or crl found)"]
     r = run("check-config", "--no-postfix", ca_file=tmp_path / "certs")
     assert "[spamd] ca_file" not in r.stdout + r.stderr
 
