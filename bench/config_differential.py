@@ -39,7 +39,7 @@ START_WAIT = 15.0  # seconds `run` gets to log "listening on" or exit
 # the keys an error or warning names: "FILE:LINE: [section] key: ..." or "[section] key: ..."
 _ERROR = re.compile(r"configuration error: (?:(?P<where>command line|[^:\n]+(?::\d+)?): )?"
                     r"(?:(?P<flag>--[a-z-]+)|\[(?P<sec>\w+)\] (?P<key>\w+))?")
-_WARNED = re.compile(r"^warning: (?:\S+ \(master\.cf -o\): )?\[(\w+)\] (\w+)", re.M)
+_WARNED = re.compile(r"^warning: (?:(\S+?:\d+|\S+|command line): )?\[(\w+)\] (\w+)", re.M)
 _CC_OK = re.compile(r": OK \(engine=(\S+), socket=(\S+), scan_timeout=(\S+?)s\)")
 _LISTENING = re.compile(r"listening on (\S+) \(engine=(\S+), cap=(\S+?)s(, tag-only)?;")
 
@@ -60,6 +60,7 @@ class Outcome:
     where: str = ""  # file:line or "command line"
     key: str = ""  # "[section] key" or the flag
     warned: list[str] = field(default_factory=list)  # cc: the keys its warnings name
+    warned_at: dict[str, str] = field(default_factory=dict)  # cc: key → the file:line named
     values: tuple[str, ...] = ()
     text: str = ""
 
@@ -338,8 +339,9 @@ def run_check(cfg: Path, flags: list[str], env: dict[str, str]) -> Outcome:
                                                               f"rc{p.returncode}")
     where, k = parse_error(p.stderr) if p.returncode == 78 else ("", "")
     m = _CC_OK.search(p.stdout)
-    return Outcome(status, where, k, [f"[{s}] {k2}" for s, k2 in _WARNED.findall(p.stdout)],
-                   m.groups() if m else (), text)
+    found = _WARNED.findall(p.stdout)
+    return Outcome(status, where, k, [f"[{s}] {k2}" for _, s, k2 in found],
+                   {f"[{s}] {k2}": w for w, s, k2 in found}, m.groups() if m else (), text)
 
 
 def run_milter(cfg: Path, flags: list[str], env: dict[str, str]) -> Outcome:
@@ -396,7 +398,10 @@ def judge(cc: Outcome, rn: Outcome) -> list[str]:
         return [f"check-config cannot take what run takes (run: {rn.status})"]
     if cc.status in ("ok", "warn") and rn.status in ("refused", "failed"):
         if rn.key and rn.key in cc.warned:
-            return []  # warned of, on the key run names
+            if cc.warned_at[rn.key] != rn.where:  # warned of, on the key, but elsewhere
+                return [f"check-config warns at {cc.warned_at[rn.key] or '(no line)'}, run "
+                        f"refuses at {rn.where} {rn.key}"]
+            return []  # warned of, on the key and line run names
         diffs.append(f"check-config {cc.status}{' ' + str(cc.warned) if cc.warned else ''}, "
                      f"run {rn.status} ({rn.where} {rn.key})")
     elif cc.status == "warn" and rn.status == "started" and re.search(
