@@ -503,6 +503,7 @@ def _user_dirs(cfg: Config, r: Report) -> None:
                        f"{above} or a directory above it: the milter would make {db_dir} and "
                        "then refuse to start, unable to reach it as that user")
         elif (privileges.can_write_dir(db_dir, name) is False
+              or privileges.unsearchable_above(db_dir, name)
               or permissions.read_only_fs(db_dir)):
             r.warn(f"[bayes] db: {privileges.db_dir_problem(db_dir, name)}")
         unreadable = privileges.unreadable_db_files(cfg.bayes.db, name)

@@ -119,8 +119,30 @@ def db_dir_problem(db_dir: str, name: str) -> str:
         return (f"{db_dir} is on a filesystem mounted read-only (SQLite keeps its -wal/-shm "
                 "files next to the database, and cannot read it without them): "
                 f"{READ_ONLY_ADVICE}")
+    if above := unsearchable_above(db_dir, name):  # a chown of db_dir would not help
+        return (f"user {name!r} may not search {above}, so it cannot reach {db_dir} (SQLite "
+                f"keeps its -wal/-shm files next to the database): let it search {above} "
+                "(chmod o+x, or a group of the user's), or put the database elsewhere")
     return (f"{db_dir} is not writable by user {name!r} (SQLite keeps its -wal/-shm files "
             f"next to the database): chown {name} {db_dir}")
+
+
+def unsearchable_above(path: str, name: str) -> str | None:
+    """The first directory above `path`, from the root down, that user `name` may not search
+    (mode bits); None when there is none or that cannot be told."""
+    try:
+        pw = pwd.getpwnam(name)
+        groups = os.getgrouplist(name, pw.pw_gid)
+        if pw.pw_uid == 0:
+            return None
+        path = os.path.abspath(path)
+        above = []
+        while (up := os.path.dirname(path)) != path:
+            above.append(up)
+            path = up
+        return next((d for d in reversed(above) if not _allowed(d, pw, groups, 0o1)), None)
+    except (KeyError, OSError):
+        return None
 
 
 # what to do about a read-only filesystem; systemd's ProtectSystem=strict makes one of every

@@ -245,6 +245,25 @@ def test_a_database_directory_the_milters_user_cannot_write_stops_the_start(
             f"to the database): chown nobody {target}") in m.log, m.log
 
 
+def test_a_directory_above_the_database_its_user_cannot_search_is_named_at_start(
+        start_milter: Start, open_dir: Path) -> None:
+    """The database's directory is the milter's user's, a directory above it root's 0700: the
+    start refused (exit 78) saying "chown nobody" of the directory the user owned already."""
+    nobody = pwd.getpwnam("nobody")
+    locked = open_dir / "locked"
+    locked.mkdir()
+    locked.chmod(0o700)
+    dbdir = locked / "db"
+    dbdir.mkdir()
+    db = train(dbdir / "bayes.sqlite", open_dir / "corpus")
+    for f in [dbdir, *dbdir.glob("bayes.sqlite*")]:
+        os.chown(f, nobody.pw_uid, nobody.pw_gid)
+    m = start_milter(milter_cfg(open_dir, db, "nobody"), wait=False)
+    assert m.proc.wait(30) == 78, m.log
+    assert f"user 'nobody' may not search {locked}, so it cannot reach {dbdir}" in m.log, m.log
+    assert f"chown nobody {dbdir}" not in m.log
+
+
 def test_directories_the_start_makes_are_its_users(start_milter: Start, open_dir: Path) -> None:
     """Root with `[milter] user` on a fresh machine: the start made the database's and the
     socket's directories root's, then refused its user the database directory (exit 78, told

@@ -491,6 +491,26 @@ def test_a_service_that_misses_the_socket_warns_even_when_another_reaches_it() -
         f"{SOCK} means /var/spool/postfix{SOCK[5:]}; write unix:spambridge/spambridge.sock"]
 
 
+def test_a_directory_above_the_database_the_milter_user_cannot_search_is_named(
+        open_dir: Path) -> None:
+    """The database's directory is the user's, but a directory above it is root's, mode
+    0700: `run` refused to start, saying "chown nobody" of the directory the user already
+    owns, and check-config said all well. Both name the directory to open now."""
+    locked = open_dir / "locked"
+    locked.mkdir(mode=0o700)
+    db_dir = locked / "db"
+    db_dir.mkdir()
+    db_dir.chmod(0o777)
+    cfg = from_mapping({"milter": {"user": "nobody", "socket": f"unix:{open_dir}/s.sock"},
+                        "bayes": {"db": f"{db_dir}/bayes.sqlite"}})
+    assert [w for w in check_local(cfg).warnings if w.startswith("[bayes] db:")] == [
+        f"[bayes] db: user 'nobody' may not search {locked}, so it cannot reach {db_dir} "
+        "(SQLite keeps its -wal/-shm files next to the database): let it search "
+        f"{locked} (chmod o+x, or a group of the user's), or put the database elsewhere"]
+    locked.chmod(0o711)
+    assert not [w for w in check_local(cfg).warnings if w.startswith("[bayes] db:")]
+
+
 def test_directories_the_milter_user_cannot_write_are_named(open_dir: Path) -> None:
     """With `[milter] user`, `run` refuses to start (exit 78) when that user cannot write the
     Bayes database's directory or the spool directory; check-config said "all well"."""
