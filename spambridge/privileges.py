@@ -135,14 +135,23 @@ def unsearchable_above(path: str, name: str) -> str | None:
         groups = os.getgrouplist(name, pw.pw_gid)
         if pw.pw_uid == 0:
             return None
-        path = os.path.abspath(path)
-        above = []
-        while (up := os.path.dirname(path)) != path:
-            above.append(up)
-            path = up
-        return next((d for d in reversed(above) if not _allowed(d, pw, groups, 0o1)), None)
+        return _unsearchable(os.path.dirname(os.path.abspath(path)), pw, groups)
     except (KeyError, OSError):
         return None
+
+
+def _unsearchable(path: str, pw: pwd.struct_passwd, groups: list[int]) -> str | None:
+    """The topmost of `path` and the directories above it that the user may not search
+    (mode bits), or None; OSError when one cannot be looked at."""
+    path = os.path.abspath(path)
+    found = None
+    while True:
+        if not _allowed(path, pw, groups, 0o1):
+            found = path
+        up = os.path.dirname(path)
+        if up == path:
+            return found
+        path = up
 
 
 # what to do about a read-only filesystem; systemd's ProtectSystem=strict makes one of every
@@ -206,16 +215,7 @@ def can_reach(path: str, name: str) -> bool | None:
     try:
         pw = pwd.getpwnam(name)
         groups = os.getgrouplist(name, pw.pw_gid)
-        if pw.pw_uid == 0:
-            return True
-        path = os.path.abspath(path)
-        while True:
-            if not _allowed(path, pw, groups, 0o1):
-                return False
-            up = os.path.dirname(path)
-            if up == path:
-                return True
-            path = up
+        return pw.pw_uid == 0 or _unsearchable(path, pw, groups) is None
     except (KeyError, OSError):
         return None
 
