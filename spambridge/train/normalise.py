@@ -188,13 +188,16 @@ def keys(normalised: bytes, earlier: bool = True) -> tuple[bytes, tuple[bytes, .
     before that the Subject as it lay, before 2026-11-26 the state fields kept too."""
     text = _CRS.sub(b"\n", normalised) if b"\r" in normalised else normalised
     head, body = _head_body(text)
-    spaced = _subject_spaced(_stateless(head))
+    kept = _stateless(head)
+    spaced = _subject_spaced(kept)
     key = digest(_TRACE.sub(b"", b"\n" + spaced)[1:] + body)
     if not earlier:
         return key, ()
-    head, body = _head_body(normalised)  # the earlier keys kept the CRs
-    kept = _stateless(head)
-    heads = dict.fromkeys((_subject_spaced(kept), kept, head))  # those that differ, newest first
+    if text is not normalised:  # the earlier keys kept the CRs
+        head, body = _head_body(normalised)
+        kept = _stateless(head)
+        spaced = _subject_spaced(kept)
+    heads = dict.fromkeys((spaced, kept, head))  # those that differ, newest first
     return key, tuple(d for d in dict.fromkeys(digest(h + body) for h in heads) if d != key)
 
 
