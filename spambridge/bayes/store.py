@@ -225,9 +225,10 @@ def create(path: str, dir_owner: tuple[int, int] | None = None) -> Made | None:
     -shm files the database's mode, so a 0640 database, wherever it came from (the milter's
     first start, a retrained copy), would lock the pipe out. When root creates it, it is
     handed to the owner of the directory, normally the milter's user (`/var/lib/spambridge`).
-    A directory made here is given to `dir_owner` (uid, gid): a root milter with `[milter]
-    user` made /var/lib/spambridge root's, then refused to start because its user could not
-    write the -wal there. Returns what it made, None when the file was there already."""
+    Every directory made here is 0750 whatever the umask and given to `dir_owner` (uid, gid):
+    a root milter with `[milter] user` made /var/lib/spambridge root's (or, under umask 077,
+    the ones above it root's 0700), then refused to start because its user could not write
+    the -wal there. Returns what it made, None when the file was there already."""
     _refuse_foreign_wal(path)  # before anything reads through it, or makes a file for it
     p = Path(path)
     missing = []
@@ -235,10 +236,20 @@ def create(path: str, dir_owner: tuple[int, int] | None = None) -> Made | None:
     while not d.exists() and d != d.parent:
         missing.append(os.path.abspath(d))
         d = d.parent
-    if missing:
-        p.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
-        if dir_owner is not None:
-            os.chown(p.parent, *dir_owner, follow_symlinks=False)
+    for folder in reversed(missing):  # top down, each as the last: `mkdir -p` left the rest root's
+        try:
+            os.mkdir(folder, 0o750)
+        except FileExistsError:  # made meanwhile (a `train` starting too): not ours to change
+            continue
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        try:
+            if dir_owner is not None:
+                os.fchown(fd, *dir_owner)
+            mode = stat.S_IMODE(os.fstat(fd).st_mode)  # a setgid bit inherited stays
+            if mode & 0o750 != 0o750:  # the umask took some (077): the user could not cross it
+                os.fchmod(fd, mode | 0o750)
+        finally:
+            os.close(fd)
     made = False
     try:
         fd = os.open(p, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)

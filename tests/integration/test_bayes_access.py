@@ -290,6 +290,29 @@ def test_directories_the_start_makes_are_its_users(start_milter: Start, open_dir
     assert not (open_dir / "lib2").exists()  # nothing made for a start that cannot be
 
 
+def test_a_start_under_umask_077_makes_every_missing_directory_its_users(
+        start_milter: Start, open_dir: Path) -> None:
+    """`db` several directories down a path not there yet, `run` started by root under umask
+    077 (an admin's shell, an init system, a container): the directories above the last were
+    root's 0700, so the start made them, dropped to its user and refused (exit 78, "chown
+    nobody" of a directory nobody owned already), while check-config said all well. Every
+    one is made as the last: 0750, the user's."""
+    nobody = pwd.getpwnam("nobody")
+    db = open_dir / "missing" / "a" / "b" / "bayes.sqlite"
+    old = os.umask(0o077)  # the milter's, inherited
+    try:
+        m = start_milter(milter_cfg(open_dir, db, "nobody"), wait=False)
+    finally:
+        os.umask(old)
+    wait_until(lambda: m.proc.poll() is not None or "listening on" in m.log, 30, "the start")
+    assert m.proc.poll() is None, m.log  # it serves
+    for d in (open_dir / "missing", open_dir / "missing" / "a", db.parent):
+        st = d.stat()
+        assert (st.st_uid, st.st_gid, oct(st.st_mode & 0o7777)) == (
+            nobody.pw_uid, nobody.pw_gid, "0o750"), d
+    assert db.stat().st_uid == nobody.pw_uid
+
+
 @contextlib.contextmanager
 def tmpfs(path: Path, size: str = "1m") -> Iterator[Path]:
     path.mkdir()

@@ -3,10 +3,14 @@ characters included, and fall back to the IN list for tokens JSON cannot carry t
 
 from __future__ import annotations
 
+import os
+import pwd
 import sqlite3
+import stat
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -516,3 +520,38 @@ def test_a_batch_in_place_is_committed(tmp_path: Path) -> None:
     finally:
         writer.close()
     assert _counts(live) == (3, 3, 3)
+
+
+@pytest.fixture
+def strict_umask() -> Iterator[None]:
+    """umask 077, as some admins, init systems and containers start the milter with."""
+    old = os.umask(0o077)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def test_every_directory_made_for_a_new_database_is_0750_whatever_the_umask(
+        tmp_path: Path, strict_umask: None) -> None:
+    """`db = /srv/missing/a/b/bayes.sqlite` with several levels missing: under umask 077 the
+    directories above the last were made 0700 (mkdir -p takes the umask for them), and the
+    last one too, so a milter dropping to its [milter] user could not cross them."""
+    made = store.create(str(tmp_path / "missing" / "a" / "b" / "bayes.sqlite"))
+    dirs = [tmp_path / "missing" / "a" / "b", tmp_path / "missing" / "a", tmp_path / "missing"]
+    assert made is not None and made.dirs == tuple(str(d) for d in dirs)
+    assert {str(d): oct(stat.S_IMODE(d.stat().st_mode)) for d in dirs} == {
+        str(d): "0o750" for d in dirs}
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="hands directories to another user: needs root")
+def test_every_directory_made_for_a_new_database_is_handed_to_dir_owner(
+        tmp_path: Path, strict_umask: None) -> None:
+    """Root starting the milter with [milter] user made only the last directory the user's:
+    the ones above it stayed root's, and under umask 077 the user could not reach its own."""
+    nobody = pwd.getpwnam("nobody")
+    owner = (nobody.pw_uid, nobody.pw_gid)
+    store.create(str(tmp_path / "missing" / "a" / "b" / "bayes.sqlite"), owner)
+    dirs = [tmp_path / "missing", tmp_path / "missing" / "a", tmp_path / "missing" / "a" / "b"]
+    assert {str(d): (d.stat().st_uid, d.stat().st_gid) for d in dirs} == {
+        str(d): owner for d in dirs}
