@@ -5,6 +5,7 @@ snippets the docs give load, and the tests and files the docs cite exist."""
 
 from __future__ import annotations
 
+import argparse
 import logging
 import re
 from dataclasses import replace
@@ -13,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from spambridge import config, defaults
+from spambridge import cli, config, defaults
 from spambridge.config import Config
 from spambridge.message import Envelope, MessageBuffer
 from spambridge.pipeline import Evaluation, log_decision
@@ -222,3 +223,156 @@ def test_every_engine_label_the_metrics_give_is_in_the_readme() -> None:
     given = {s.labels["engine"] for fam in m.registry.collect()
              if fam.name == "spambridge_messages" for s in fam.samples}
     assert given <= listed, given - listed
+
+
+MAN8 = ROOT / "packaging" / "man" / "spambridge.8"
+OPTION = re.compile(r"(?<![\w-])(--?[a-zA-Z][\w-]*)")
+LONG = re.compile(r"(?<![\w-])(--[a-zA-Z][\w-]*)")
+
+
+def cli_parsers() -> dict[str, argparse.ArgumentParser]:
+    """The program's parser (under "") and each command's, as `spambridge` builds them."""
+    parser = cli.build_parser()
+    [sub] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return {"": parser, **sub.choices}
+
+
+def cli_actions(p: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+    """Option string → its action; -h/--help left out (argparse's own, not in the man page)."""
+    return {o: a for a in p._actions if not isinstance(a, argparse._HelpAction)
+            for o in a.option_strings}
+
+
+def roff(line: str) -> str:
+    """One line of spambridge(8) as the reader sees it: font macros' arguments joined as
+    groff joins them (.BR and the like without spaces), escapes and font changes undone."""
+    if m := re.fullmatch(r"\.([BIR][BIR]|B|I)(?: (.*))?", line):
+        args = [q or w for q, w in re.findall(r'"([^"]*)"|(\S+)', m.group(2) or "")]
+        line = (" " if len(m.group(1)) == 1 else "").join(args)
+    elif line.startswith("."):
+        return ""
+    line = re.sub(r"\\f[BIRP]", "", line)
+    return (line.replace("\\-", "-").replace("\\(em", "\u2014").replace("\\(dq", '"')
+            .replace("\\e", "\\"))
+
+
+def man8() -> list[tuple[str, str, str, str]]:
+    """(section, subsection, tag, body) of each .TP item of spambridge(8), and of each run of
+    other text (tag ""), as plain text: one item per line of the SYNOPSIS (up to .br)."""
+    items: list[tuple[str, str, str, str]] = []
+    sh = ss = tag = ""
+    body: list[str] = []
+    want_tag = False
+
+    def flush() -> None:
+        if tag or body:
+            items.append((sh, ss, tag, " ".join(b for b in body if b)))
+
+    for line in MAN8.read_text().splitlines():
+        if m := re.fullmatch(r"\.(SH|SS|TP|PP|br)(?: (.*))?", line):
+            flush()
+            tag, body = "", []
+            if m.group(1) == "SH":
+                sh, ss = m.group(2), ""
+            elif m.group(1) == "SS":
+                ss = m.group(2).replace("\\-", "-")
+            want_tag = m.group(1) == "TP"
+        elif want_tag:
+            tag, want_tag = roff(line), False
+        else:
+            body.append(roff(line))
+    flush()
+    return items
+
+
+def man_commands() -> list[str]:
+    return [tag for sh, _, tag, _ in man8() if sh == "COMMANDS" and tag]
+
+
+def man_owners(ss: str, body: str) -> set[str]:
+    """The commands an item of OPTIONS is about: its `.SS COMMAND options`, or run and
+    check-config (which takes run's options) and those its text says it is "also taken by"."""
+    if ss:
+        return {ss.removesuffix(" options")}
+    said = " ".join(re.findall(r"taken by ([^.;]*)", body))
+    if "every command" in said:
+        return set(man_commands())
+    return {"run", "check-config"} | {c for c in man_commands()
+                                       if re.search(rf"(?<![\w-]){c}(?![\w-])", said)}
+
+
+def man_synopsis() -> dict[str, list[str]]:
+    """Each synopsis line after `spambridge` (a command, or "" for the program's own), by
+    what it starts with."""
+    out: dict[str, list[str]] = {}
+    for sh, _, _, body in man8():
+        if sh == "SYNOPSIS" and (m := re.fullmatch(r"spambridge ((?:[a-z][\w-]*)?)(.*)", body)):
+            out.setdefault(m.group(1), []).append(m.group(2))
+    return out
+
+
+def man_options() -> dict[str, set[str]]:
+    """Each command's options as spambridge(8) documents them: the .TP tags of OPTIONS, under
+    the commands they belong to; the program's own (--version) are the ones its synopsis
+    gives bare `spambridge`."""
+    own = set(OPTION.findall(" ".join(man_synopsis().get("", []))))
+    out: dict[str, set[str]] = {c: set() for c in ["", *man_commands()]}
+    for sh, ss, tag, body in man8():
+        if sh == "OPTIONS" and tag:
+            opts = set(OPTION.findall(tag))
+            for c in {""} if opts <= own else man_owners(ss, body):
+                out.setdefault(c, set()).update(opts)
+    return out
+
+
+def test_the_man_page_documents_every_command() -> None:
+    """COMMANDS describes each command `spambridge` has, and no other."""
+    assert sorted(man_commands()) == sorted(c for c in cli_parsers() if c)
+
+
+def test_the_man_page_documents_each_commands_options() -> None:
+    """spambridge(8)'s OPTIONS list what each command takes (run's options, said to be "also
+    taken by" the others that take them, then a section per command): every option a command
+    takes, and none it does not (a renamed or removed flag, or one said of the wrong
+    command, fails at once with `unrecognized arguments`)."""
+    documented = man_options()
+    diff = {}
+    for name, p in cli_parsers().items():
+        takes = set(cli_actions(p))
+        if takes != documented.get(name):
+            diff[name or "spambridge"] = {
+                "undocumented": sorted(takes - documented.get(name, set())),
+                "not taken": sorted(documented.get(name, set()) - takes)}
+    assert not diff
+
+
+def test_the_man_page_names_only_options_the_command_takes() -> None:
+    """The options the text names (the synopsis, a command's description, an option's, or
+    anywhere else for some command) are ones it takes; a synopsis without `[options]` gives
+    them all."""
+    parsers = cli_parsers()
+    takes = {c: set(cli_actions(p)) for c, p in parsers.items()}
+    wrong = []
+    for c, lines in man_synopsis().items():
+        named = set(OPTION.findall(" ".join(lines)))
+        if "run's options" in " ".join(lines):
+            named |= takes["run"]
+        wrong += [f"SYNOPSIS {c}: {o}" for o in sorted(named - takes.get(c, set()))]
+        if not any("options" in line for line in lines):  # all of them, in one form or another
+            wrong += [f"SYNOPSIS {c}: {a.option_strings[-1]} not shown"
+                      for a in set(cli_actions(parsers[c]).values())
+                      if not named & set(a.option_strings)]
+    for sh, ss, tag, body in man8():
+        if sh in ("SYNOPSIS", "EXAMPLES"):  # EXAMPLES: command lines, as the docs' below
+            continue
+        if sh == "COMMANDS" and tag:
+            owners = {tag}
+        elif sh == "OPTIONS" and tag and not set(OPTION.findall(tag)) <= takes[""]:
+            owners = man_owners(ss, body)
+        else:
+            owners = set(takes)  # some command
+        for o in set(LONG.findall(body)):
+            if not any(o in takes.get(c, set()) for c in owners):
+                wrong.append(f"{sh} {tag or body[:30]!r}: {o} ({', '.join(sorted(owners))})")
+    assert not wrong
+
