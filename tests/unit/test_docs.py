@@ -376,3 +376,34 @@ def test_the_man_page_names_only_options_the_command_takes() -> None:
                 wrong.append(f"{sh} {tag or body[:30]!r}: {o} ({', '.join(sorted(owners))})")
     assert not wrong
 
+
+def help_default(text: str) -> str | None:
+    """The built-in default a help text or the man page gives ("default: [milter] engine,
+    else bayes" → bayes), or the config key it comes from when there is none."""
+    m = re.search(r"default: ([^;)]*)", " ".join(text.split()))
+    return re.split(r",? (?:else|or) ", m.group(1))[-1].split(", ")[0].strip() if m else None
+
+
+def test_the_man_page_gives_the_defaults_the_help_gives() -> None:
+    """An option whose --help gives a default has the same one in spambridge(8); one with a
+    default of its own (not the config's), the value it has."""
+    parsers = cli_parsers()
+    actions = {o: a for p in parsers.values() for o, a in cli_actions(p).items()}
+    wrong = []
+    for sh, _, tag, body in man8():
+        if sh != "OPTIONS" or not tag:
+            continue
+        tagged = list(dict.fromkeys(actions[o] for o in OPTION.findall(tag) if o in actions))
+        shown = help_default(body)
+        values: list[str | None] = [*shown.split(" and ")] if shown else []
+        if len(values) != len(tagged):  # "else 5 and 15" of --tag-at and --reject-at
+            values = [shown] * len(tagged)
+        for action, value in zip(tagged, values, strict=True):
+            name = action.option_strings[-1]
+            if value != help_default(action.help or ""):
+                wrong.append(f"{name}: man {value!r}, --help {help_default(action.help or '')!r}")
+            if action.default not in (None, False, "") and value is not None and (
+                    action.type(value) if callable(action.type) else value) != action.default:
+                wrong.append(f"{name}: man {value!r}, default {action.default!r}")
+    assert not wrong
+
