@@ -407,3 +407,52 @@ def test_the_man_page_gives_the_defaults_the_help_gives() -> None:
                 wrong.append(f"{name}: man {value!r}, default {action.default!r}")
     assert not wrong
 
+
+DOC_COMMANDS = ["README.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob(
+    "*.md")), "contrib/dovecot/README.md", "contrib/sendmail/README",
+    "contrib/postfix/main.cf.example", "contrib/dovecot/sieve/spambridge-learn-ham.sh",
+    "contrib/dovecot/sieve/spambridge-learn-spam.sh", "packaging/systemd/spambridge.service",
+    "packaging/spambridge.toml", "packaging/man/spambridge.8", "packaging/man/spambridge.toml.5"]
+
+
+def command_texts(doc: str, commands: list[str]) -> list[str]:
+    """The code a doc shows: of Markdown, the fenced blocks' lines (a line ending in `\\`
+    joined to the next) and the inline code (`train --spam -` is `spambridge train --spam -`);
+    of a man page, its text; of others, each line."""
+    text = (ROOT / doc).read_text()
+    if doc.endswith(".md"):
+        blocks = re.findall(r"^ *```[^\n]*\n(.*?)^ *```", text, re.S | re.M)
+        prose = re.sub(r"^ *```[^\n]*\n.*?^ *```", "", text, flags=re.S | re.M)
+        inline = re.findall(r"`([^`\n]+)`", prose)
+        return ([ln for b in blocks for ln in b.replace("\\\n", " ").splitlines()]
+                + [re.sub(rf"^(?=(?:{'|'.join(commands)})\s)", "spambridge ", c) for c in inline])
+    if "/man/" in doc:
+        return [roff(ln) for ln in text.replace("\\\\\n", " ").splitlines()]
+    return text.replace("\\\n", " ").splitlines()
+
+
+def doc_command_flags(text: str) -> list[tuple[str, str]]:
+    """(command, flag) of each `spambridge COMMAND ... --flag` in a command line, up to where
+    the shell would end that command (; | && # < > or a comment)."""
+    out = []
+    for m in re.finditer(r"(?<![\w-])spambridge(?=\s+([a-z][\w-]*)(?:\s|$))", text):
+        rest = re.split(r";|\s\|\|?\s|&&|\s#|\s[<>]|\s2>", text[m.end():], maxsplit=1)[0]
+        out += [(m.group(1), flag) for flag in OPTION.findall(rest)]
+    return out
+
+
+def test_the_commands_the_docs_show_take_the_flags_they_are_given() -> None:
+    """A command line an admin copies from the docs (README, docs/, contrib/, the unit, the
+    man pages) names only flags that command takes."""
+    parsers = cli_parsers()
+    wrong, seen = [], 0
+    for doc in DOC_COMMANDS:
+        for text in command_texts(doc, [c for c in parsers if c]):
+            for command, flag in doc_command_flags(text):
+                if command not in parsers:
+                    continue  # prose: "spambridge adds --", not a command line
+                seen += 1
+                if flag not in {"-h", "--help", *cli_actions(parsers[command])}:
+                    wrong.append(f"{doc}: spambridge {command} {flag}")
+    assert seen > 30  # the extraction still finds the docs' command lines
+    assert not wrong
