@@ -11,6 +11,7 @@ import os
 import pwd
 import stat
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 
@@ -83,3 +84,31 @@ def read_only_fs(path: str) -> bool:
         return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
     except OSError:
         return False
+
+
+def make_dirs(path: str, mode: int, owner: tuple[int, int] | None = None) -> tuple[str, ...]:
+    """Make directory `path` and those missing above it, top down, each with at least `mode`
+    whatever the umask (an inherited setgid bit kept), given to `owner` (uid, gid) when given.
+    `mkdir -p` gives the ones above the last the umask's mode (0700 under umask 077), and a
+    chown of the last left them root's: the user a root milter switches to could not cross
+    them. Returns the directories that were missing, deepest first."""
+    missing = []
+    d = Path(path)
+    while not d.exists() and d != d.parent:
+        missing.append(os.path.abspath(d))
+        d = d.parent
+    for folder in reversed(missing):
+        try:
+            os.mkdir(folder, mode)
+        except FileExistsError:  # made meanwhile (a `train` starting too): not ours to change
+            continue
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        try:
+            if owner is not None:
+                os.fchown(fd, *owner)
+            now = stat.S_IMODE(os.fstat(fd).st_mode)
+            if now & mode != mode:  # the umask took some (077)
+                os.fchmod(fd, now | mode)
+        finally:
+            os.close(fd)
+    return tuple(missing)

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from spambridge.bayes.tokenizer import TOKENIZER_VERSION
-from spambridge.permissions import described, this_user, why_not
+from spambridge.permissions import described, make_dirs, this_user, why_not
 
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_READ = 0.5  # s: the milter must not wait long behind a checkpoint
@@ -231,25 +231,7 @@ def create(path: str, dir_owner: tuple[int, int] | None = None) -> Made | None:
     the -wal there. Returns what it made, None when the file was there already."""
     _refuse_foreign_wal(path)  # before anything reads through it, or makes a file for it
     p = Path(path)
-    missing = []
-    d = p.parent
-    while not d.exists() and d != d.parent:
-        missing.append(os.path.abspath(d))
-        d = d.parent
-    for folder in reversed(missing):  # top down, each as the last: `mkdir -p` left the rest root's
-        try:
-            os.mkdir(folder, 0o750)
-        except FileExistsError:  # made meanwhile (a `train` starting too): not ours to change
-            continue
-        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-        try:
-            if dir_owner is not None:
-                os.fchown(fd, *dir_owner)
-            mode = stat.S_IMODE(os.fstat(fd).st_mode)  # a setgid bit inherited stays
-            if mode & 0o750 != 0o750:  # the umask took some (077): the user could not cross it
-                os.fchmod(fd, mode | 0o750)
-        finally:
-            os.close(fd)
+    missing = make_dirs(str(p.parent), 0o750, dir_owner)  # not `mkdir -p`: see make_dirs
     made = False
     try:
         fd = os.open(p, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
@@ -275,7 +257,7 @@ def create(path: str, dir_owner: tuple[int, int] | None = None) -> Made | None:
     if not made:
         return None
     real = os.path.realpath(p)
-    return Made(real, _stamp(os.stat(real)), tuple(missing))
+    return Made(real, _stamp(os.stat(real)), missing)
 
 
 def _stamp(st: os.stat_result) -> tuple[int, int, int, int]:
