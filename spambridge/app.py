@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import functools
 import grp
 import logging
@@ -25,6 +26,7 @@ from spambridge.config import Config, ConfigError, key_at, reloaded
 from spambridge.message import clean, spool_problem
 from spambridge.milter.poolnudge import PoolNudger
 from spambridge.milter.stopwake import ListenerWaker
+from spambridge.permissions import make_dirs
 from spambridge.pipeline import Pipeline
 from spambridge.scanners import Scanner
 from spambridge.socketspec import (
@@ -270,19 +272,20 @@ def _register() -> None:
 def _open_socket(spec: SocketSpec, cfg: Config, owner: tuple[int, int] | None = None
                  ) -> tuple[int, int] | None:
     """Open libmilter's listener; for a unix socket, give it its group and mode and return
-    its (device, inode), so that only this socket is removed at exit. A socket directory
-    made here is given to `owner`, the user the milter switches to, who removes the socket
-    at the stop."""
+    its (device, inode), so that only this socket is removed at exit. Each socket directory
+    made here is 0755 whatever the umask, for Postfix's smtpd to cross (the socket's mode
+    and group say who may connect), and given to `owner`, the user the milter switches to,
+    who removes the socket at the stop."""
     import Milter as M  # noqa: N817 - Milter.milter is the C module
 
     milter = M.milter
     if spec.family == "unix":
         sock_dir = os.path.dirname(spec.path) or "."
-        made = not os.path.isdir(sock_dir)
         try:
-            os.makedirs(sock_dir, exist_ok=True)
-            if made and owner is not None:
-                os.chown(sock_dir, *owner, follow_symlinks=False)
+            # not `mkdir -p`: under umask 077 it made the ones above the last root's 0700
+            make_dirs(sock_dir, 0o755, owner)
+            if not os.path.isdir(sock_dir):  # a file in its place
+                raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST))
         except OSError as e:
             # a lasting cause (no parent, a read-only tree, Postfix not installed yet under the
             # packaged unit): exit 78, which systemd does not restart, where exit 1 made it

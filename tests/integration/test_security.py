@@ -10,13 +10,14 @@ import pwd
 import re
 import signal
 import stat
+import subprocess
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from harness import GTUBE, RunningMilter, Spamd, free_port, message, wait_until
+from harness import GTUBE, RunningMilter, Spamd, free_port, message, unused_id, wait_until
 from milterclient import Result
 from milterload import Delivery, deliver, deliver_many
 from spamdfakes import SwitchableSpamd, spamd_reply
@@ -383,6 +384,40 @@ def test_a_stop_under_slow_scans_as_the_milters_user_warns_of_no_unreachable_soc
     assert [d.action for d in results] == ["accept"] * 4  # on_timeout, each one replied to
     assert "spambridge stopped" in m.log
     assert "our own socket" not in m.log
+
+
+@needs_root
+def test_a_start_under_umask_077_makes_socket_directories_postfix_can_cross(
+        start_milter: Start, fake: SwitchableSpamd, open_dir: Path) -> None:
+    """`socket` two directories down a path not there yet, root starting `run` with [milter]
+    user under umask 077: the first was made root's 0700 and the last the user's 0700, so
+    Postfix's smtpd could not reach the socket (every message milter_default_action), the
+    user could not remove it at the stop, and the log said to chown the last, the user's
+    already. Each is made as the last under the usual umask: the user's, 0755."""
+    nobody = pwd.getpwnam("nobody")
+    g = some_group()  # the socket's: Postfix's smtpd is in it
+    sock = open_dir / "spool" / "sb" / "milter.sock"
+    cfg = spamd_config(fake.port)
+    cfg["milter"].update(user="nobody", socket=f"unix:{sock}", socket_group=g.gr_name)
+    old = os.umask(0o077)  # the milter's, inherited
+    try:
+        m = start_milter(cfg)
+    finally:
+        os.umask(old)
+    listening(m)
+    smtpd = subprocess.run(  # as Postfix's smtpd: its own user, in the socket's group
+        ["/usr/bin/python3", "-c", "import socket, sys; "
+         "socket.socket(socket.AF_UNIX).connect(sys.argv[1])", str(sock)],
+        user=unused_id(), group=g.gr_gid, extra_groups=[], cwd="/", capture_output=True,
+        text=True, check=False)
+    assert smtpd.returncode == 0, smtpd.stderr
+    for d in (sock.parent.parent, sock.parent):
+        st = d.stat()
+        assert (st.st_uid, st.st_gid, oct(stat.S_IMODE(st.st_mode))) == (
+            nobody.pw_uid, nobody.pw_gid, "0o755"), d
+    assert "is not writable" not in m.log, m.log
+    assert m.stop() == 0
+    assert not sock.exists()  # removed by the milter's user at the stop
 
 
 @pytest.mark.parametrize(("key", "name"), [pytest.param("user", "user", marks=needs_root),
