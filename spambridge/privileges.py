@@ -142,16 +142,16 @@ def unsearchable_above(path: str, name: str) -> str | None:
 
 def _unsearchable(path: str, pw: pwd.struct_passwd, groups: list[int]) -> str | None:
     """The topmost of `path` and the directories above it that the user may not search
-    (mode bits), or None; OSError when one cannot be looked at."""
-    path = os.path.abspath(path)
-    found = None
-    while True:
-        if not _allowed(path, pw, groups, 0o1):
-            found = path
-        up = os.path.dirname(path)
-        if up == path:
-            return found
-        path = up
+    (mode bits), or None; OSError when one cannot be looked at. Looked at from the root down:
+    run as the user (after the switch), nothing below that one can be, and a walk up from
+    `path` stopped at its first directory and named none."""
+    chain = [os.path.abspath(path)]
+    while (up := os.path.dirname(chain[-1])) != chain[-1]:
+        chain.append(up)
+    for d in reversed(chain):
+        if not _allowed(d, pw, groups, 0o1):
+            return d
+    return None
 
 
 # what to do about a read-only filesystem; systemd's ProtectSystem=strict makes one of every

@@ -245,16 +245,19 @@ def test_a_database_directory_the_milters_user_cannot_write_stops_the_start(
             f"to the database): chown nobody {target}") in m.log, m.log
 
 
+@pytest.mark.parametrize("below", ["db", "x/y"])
 def test_a_directory_above_the_database_its_user_cannot_search_is_named_at_start(
-        start_milter: Start, open_dir: Path) -> None:
+        start_milter: Start, open_dir: Path, below: str) -> None:
     """The database's directory is the milter's user's, a directory above it root's 0700: the
-    start refused (exit 78) saying "chown nobody" of the directory the user owned already."""
+    start refused (exit 78) saying "chown nobody" of the directory the user owned already.
+    Two levels up, it still did: the milter, its user by then, looked from the database's
+    directory up and could not look at the first one (check-config, as root, named it)."""
     nobody = pwd.getpwnam("nobody")
     locked = open_dir / "locked"
     locked.mkdir()
     locked.chmod(0o700)
-    dbdir = locked / "db"
-    dbdir.mkdir()
+    dbdir = locked / below
+    dbdir.mkdir(parents=True)
     db = train(dbdir / "bayes.sqlite", open_dir / "corpus")
     for f in [dbdir, *dbdir.glob("bayes.sqlite*")]:
         os.chown(f, nobody.pw_uid, nobody.pw_gid)
