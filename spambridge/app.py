@@ -119,8 +119,9 @@ def run(cfg: Config, reload: Callable[[], Config] | None = None) -> int:
         ours: tuple[int, int] | None = None
         try:
             ours = _open_socket(spec, cfg, owner)
-            privileges.drop(cfg, spec)  # after the socket and the Bayes database exist
-            check_spool(cfg)  # as the user that will spool
+            # after the socket and the Bayes database exist; the spool checked as the user that
+            # will spool, while root may still take back what it made (except below)
+            privileges.drop(cfg, spec, functools.partial(check_spool, cfg))
         except Exception:
             bridge.stop()
             _remove_own_socket(spec, ours)  # no socket left that nothing will ever answer on

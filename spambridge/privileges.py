@@ -12,6 +12,7 @@ import logging
 import os
 import pwd
 import stat
+from collections.abc import Callable
 
 from spambridge.config import Config, ConfigError, key_at
 from spambridge.permissions import grants, read_only_fs
@@ -61,18 +62,25 @@ def _user(cfg: Config, name: str) -> pwd.struct_passwd:
     return pw
 
 
-def drop(cfg: Config, spec: SocketSpec) -> None:
+def drop(cfg: Config, spec: SocketSpec, check: Callable[[], None] | None = None) -> None:
     """setgroups/setgid/setuid to `[milter] user`, after handing it the socket and the
-    database files. Without `user`, nothing changes (a warning when that means root)."""
+    database files; `check` (ConfigError: what the milter needs to do as its user) is called
+    as that user. Without `user`, nothing changes (a warning when that means root). Root is
+    given up for good only once the user passed the checks: a start that fails them is taken
+    back by root (app.run), where the user could remove nothing root had made there."""
     name = cfg.milter.user
     if not name:
         if os.geteuid() == 0:
             log.warning("running as root: set [milter] user to drop privileges")
+        if check is not None:
+            check()
         return
     pw = _user(cfg, name)
     if os.geteuid() != 0:
-        if os.geteuid() == pw.pw_uid:
-            return  # already that user (systemd User=)
+        if os.geteuid() == pw.pw_uid:  # already that user (systemd User=)
+            if check is not None:
+                check()
+            return
         raise ConfigError(f"{key_at(cfg, 'milter', 'user')}: {name!r} needs spambridge to be "
                           "started as root")
     # never through a symlink: the directories may be writable by that user, who could
@@ -92,9 +100,21 @@ def drop(cfg: Config, spec: SocketSpec) -> None:
                 os.chown(f, pw.pw_uid, pw.pw_gid if st.st_gid == 0 else -1,
                          follow_symlinks=False)
     preload()
+    groups, gids = os.getgroups(), os.getresgid()
     os.initgroups(name, pw.pw_gid)
-    os.setgid(pw.pw_gid)
-    os.setuid(pw.pw_uid)
+    os.setresgid(pw.pw_gid, pw.pw_gid, -1)  # root kept as the saved ids until the checks pass
+    os.setresuid(pw.pw_uid, pw.pw_uid, -1)
+    try:
+        _check_db_dir(cfg, name)
+        if check is not None:
+            check()
+    except BaseException:
+        os.setresuid(0, 0, -1)  # for app.run to take back what root made
+        os.setresgid(*gids)
+        os.setgroups(groups)
+        raise
+    os.setresgid(pw.pw_gid, pw.pw_gid, pw.pw_gid)
+    os.setresuid(pw.pw_uid, pw.pw_uid, pw.pw_uid)
     try:
         os.setuid(0)
     except PermissionError:
@@ -107,6 +127,10 @@ def drop(cfg: Config, spec: SocketSpec) -> None:
         if not os.access(sock_dir, os.W_OK | os.X_OK):  # mail still flows: a warning
             log.warning("%s: %s", key_at(cfg, "milter", "socket"),
                         socket_dir_problem(sock_dir, name, os.access(sock_dir, os.X_OK)))
+
+
+def _check_db_dir(cfg: Config, name: str) -> None:
+    """As the milter's user: SQLite must write its -wal and -shm beside the database."""
     if uses_bayes(cfg):
         # where SQLite keeps the -wal and -shm: beside the file a symlink points to
         db_dir = os.path.dirname(os.path.realpath(cfg.bayes.db))

@@ -293,6 +293,28 @@ def test_directories_the_start_makes_are_its_users(start_milter: Start, open_dir
     assert not (open_dir / "lib2").exists()  # nothing made for a start that cannot be
 
 
+@pytest.mark.parametrize("failing", ["database directory", "spool_dir"])
+def test_a_root_start_that_fails_as_its_user_takes_back_what_it_made(
+        start_milter: Start, open_dir: Path, failing: str) -> None:
+    """Root with `[milter] user`, in a directory of root's: a start that failed once it was
+    its user (the database's directory not the user's; a spool_dir it cannot write) took back
+    what it had made as that user, who may not remove anything there: the empty database
+    ("... this start made is left: ..."), the directory made for it, the socket. The checks
+    the user must pass are made while root can still take it all back."""
+    cfg: dict[str, dict[str, object]] = {
+        "milter": {"engine": "bayes", "user": "nobody", "socket": f"unix:{open_dir}/m.sock"}}
+    if failing == "database directory":
+        cfg["bayes"] = {"db": str(open_dir / "bayes.sqlite")}  # open_dir: root's 0755
+    else:
+        cfg["bayes"] = {"db": str(open_dir / "lib" / "bayes.sqlite")}  # lib made, the user's
+        cfg["milter"]["spool_dir"] = str(open_dir / "no-such-spool")
+    m = start_milter(cfg, wait=False)
+    assert m.proc.wait(30) == 78, m.log
+    assert "created an empty Bayes database" in m.log  # it got that far
+    assert "this start made is left" not in m.log, m.log
+    assert sorted(p.name for p in open_dir.iterdir()) == []
+
+
 def test_a_start_under_umask_077_makes_every_missing_directory_its_users(
         start_milter: Start, open_dir: Path) -> None:
     """`db` several directories down a path not there yet, `run` started by root under umask

@@ -39,6 +39,21 @@ def test_a_milter_started_as_its_user_carries_on(tmp_path: Path) -> None:
         privileges.drop(cfg, parse_socket_spec(f"unix:{tmp_path}/s.sock"))
 
 
+@pytest.mark.parametrize("euid", [0, NOBODY.pw_uid])
+def test_the_start_checks_are_made_without_a_switch_too(tmp_path: Path, euid: int) -> None:
+    """The spool check `run` hands to drop is made when there is no user to switch to (root
+    without [milter] user; systemd's User=) as well: a spool_dir the milter cannot write
+    stops those starts too."""
+    def spool_check() -> None:
+        raise ConfigError("no spool")
+
+    user = {"user": "nobody"} if euid else {}
+    cfg = from_mapping({"milter": {"engine": "spamd", **user}})
+    with mock.patch("os.geteuid", return_value=euid), mock.patch("os.setuid", _never), \
+            mock.patch("os.setresuid", _never), pytest.raises(ConfigError, match="no spool"):
+        privileges.drop(cfg, parse_socket_spec(f"unix:{tmp_path}/s.sock"), spool_check)
+
+
 def test_another_user_is_refused_naming_the_key(tmp_path: Path) -> None:
     cfg = from_mapping({"milter": {"user": "nobody", "engine": "spamd"}})
     with mock.patch("os.geteuid", return_value=NOBODY.pw_uid + 1), \
