@@ -377,8 +377,8 @@ def check_local(cfg: Config) -> Report:
     spec = parse_socket_spec(m.socket)
     if m.user and spec.family == "unix":
         sock_dir = os.path.dirname(os.path.abspath(spec.path))
-        if privileges.can_write_dir(sock_dir, m.user) is False:
-            reachable = privileges.can_reach(sock_dir, m.user) is not False
+        reachable = privileges.can_reach(sock_dir, m.user) is not False
+        if privileges.can_write_dir(sock_dir, m.user) is False or not reachable:
             r.warn("[milter] socket: "
                    + privileges.socket_dir_problem(sock_dir, m.user, reachable))
     if spec.family == "unix":

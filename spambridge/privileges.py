@@ -187,6 +187,11 @@ READ_ONLY_ADVICE = ("put the database where the milter may write, or mount it re
 
 def socket_dir_problem(sock_dir: str, name: str, reachable: bool = False) -> str:
     """`reachable`: the user may still connect to the socket (search access on the way)."""
+    if above := unsearchable_above(sock_dir, name):  # a chown of sock_dir would not help
+        return (f"user {name!r} may not search {above}, so it cannot reach {sock_dir}: the "
+                "milter cannot remove its socket when it stops, nor reach it to wake "
+                f"libmilter's workers under load; let it search {above} (chmod o+x, or a "
+                "group of the user's)")
     return (f"{sock_dir} is not writable by user {name!r}: the milter cannot remove its socket "
             "when it stops" + ("" if reachable else
                                ", nor reach it to wake libmilter's workers under load")

@@ -360,6 +360,26 @@ def test_a_socket_directory_of_the_milters_user_is_not_warned_about(
 
 
 @needs_root
+def test_a_directory_above_the_socket_its_user_cannot_search_is_named(
+        start_milter: Start, fake: SwitchableSpamd, open_dir: Path) -> None:
+    """The socket's directory the user's, one above it root's 0700 (what a start under umask
+    077 made before): the log said to chown the socket's directory, the user's already."""
+    nobody = pwd.getpwnam("nobody")
+    locked = open_dir / "spool"
+    locked.mkdir(mode=0o700)
+    sb = locked / "sb"
+    sb.mkdir()
+    os.chown(sb, nobody.pw_uid, nobody.pw_gid)
+    cfg = spamd_config(fake.port)
+    cfg["milter"].update(user="nobody", socket=f"unix:{sb}/milter.sock")
+    m = start_milter(cfg)
+    wait_until(lambda: "running as nobody" in m.log, 10, "the switch to nobody")
+    assert (f"[milter] socket: user 'nobody' may not search {locked}, so it cannot reach {sb}"
+            in m.log), m.log
+    assert f"chown nobody {sb}" not in m.log
+
+
+@needs_root
 def test_a_stop_under_slow_scans_as_the_milters_user_warns_of_no_unreachable_socket(
         start_milter: Start, fake: SwitchableSpamd, open_dir: Path) -> None:
     """Run as its own user, the milter's socket goes the moment a stop is asked for

@@ -387,11 +387,12 @@ def test_check_config_notes_a_filesystem_without_extended_attributes(
         "in its place: fold them first (docs/bayes.md)"]
 
 
-def test_a_socket_directory_the_milter_user_cannot_write_is_named(tmp_path: Path) -> None:
+def test_a_socket_directory_the_milter_user_cannot_write_is_named(open_dir: Path) -> None:
     """The README's directory made by hand (`install -d -g postfix -m 2750`, owned by root)
     with `[milter] user` set: the milter then cannot remove its socket when it stops, nor
-    reach it to wake libmilter's workers, and check-config said "all well"."""
-    d = tmp_path / "spambridge"
+    reach it to wake libmilter's workers, and check-config said "all well". (In open_dir:
+    the user cannot search pytest's 0700 tree, which is said too.)"""
+    d = open_dir / "spambridge"
     d.mkdir()
     d.chmod(0o2750)
     cfg = from_mapping({"milter": {"engine": "spamd", "user": "nobody",
@@ -464,6 +465,26 @@ def test_a_socket_directory_the_milter_user_can_enter_is_not_called_out_of_reach
         f"its socket when it stops; chown nobody {d} (mode 2750, group postfix)"]
     top.chmod(0o700)  # a directory above out of reach: so is the socket
     assert "nor reach it" in check_local(cfg).warnings[0]
+
+
+def test_a_directory_above_the_socket_the_milter_user_cannot_search_is_named(
+        open_dir: Path) -> None:
+    """The socket's directory the user's, one above it root's 0700 (what a start under umask
+    077 made before): the milter cannot remove its socket nor reach it, `run` said to chown
+    the socket's directory, the user's already, and check-config said all well."""
+    locked = open_dir / "spool"
+    locked.mkdir(mode=0o700)
+    d = locked / "sb"
+    d.mkdir()
+    d.chmod(0o777)
+    cfg = from_mapping({"milter": {"engine": "spamd", "user": "nobody",
+                                   "socket": f"unix:{d}/spambridge.sock"}})
+    assert check_local(cfg).warnings == [
+        f"[milter] socket: user 'nobody' may not search {locked}, so it cannot reach {d}: the "
+        "milter cannot remove its socket when it stops, nor reach it to wake libmilter's "
+        f"workers under load; let it search {locked} (chmod o+x, or a group of the user's)"]
+    locked.chmod(0o711)
+    assert check_local(cfg).warnings == []
 
 
 def test_a_per_milter_content_timeout_is_the_one_judged() -> None:
