@@ -2741,12 +2741,13 @@ def test_one_message_delivered_to_two_mailboxes_is_one_message(
         assert code == 0 and "Learned 1 of 1 messages as spam" in out, out
 
 
+@pytest.mark.parametrize("end", [b"\r\r\n", b"\r\r\r\n"])
 def test_a_message_with_cr_cr_lf_is_one_message_to_both_mbox_readers(
-        tmp_path: Path, db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        tmp_path: Path, db: Path, end: bytes, capsys: pytest.CaptureFixture[str]) -> None:
     """A message whose lines end in CR CR LF: the mbox read whole turned one CRLF into LF,
     the one read line by line (a big mbox, stdin) did not, so the same message was two, and
-    learned twice."""
-    msg = mail(4, True).replace(b"\n", b"\r\r\n")
+    learned twice. However many CRs there are, each line end is one."""
+    msg = mail(4, True).replace(b"\n", end)
     box = tmp_path / "spam.mbox"
     box.write_bytes(mbox_of([msg]))
     code, out, _ = run("train", "--db", str(db), "--spam", str(box), capsys=capsys)
@@ -2785,6 +2786,41 @@ def test_files_with_cr_only_line_ends_are_each_a_message_of_their_own(
         code, out, _ = run("train", "--db", str(db), "--spam", str(f), capsys=capsys)
         assert code == 0 and "Learned 1 of 1 messages as spam" in out, (n, out)
     assert totals(db) == (2, 0)
+
+
+def test_every_trace_field_is_no_part_of_a_message(
+        tmp_path: Path, db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Two copies of one spam that differ in each field docs/reliability.md lists as written
+    on the way (a VERP Return-Path first, as delivery puts it; Exim's Envelope-to, an MX's
+    Authentication-Results and ARC set, fields in capitals, a blank before the colon as the
+    obsolete syntax allows, a folded line) are one message: the second copy "already
+    trained"."""
+    def copy(user: str, n: int) -> bytes:
+        return (f"Return-Path: <bounce+{user}=example.net@deals.example.com>\n"
+                f"Delivered-To: {user}@example.net\n"
+                f"X-Original-To: {user}@example.net\n"
+                f"X-Delivered-To: {user}@example.net\n"
+                f"Envelope-to: {user}@example.net\n"
+                f"Delivery-date: Sat, 28 Nov 2026 14:0{n}:30 +0000\n"
+                f"X-ENVELOPE-TO : <{user}@example.net>\n"
+                f"X-Envelope-From: <bounce+{user}=example.net@deals.example.com>\n"
+                f"Received-SPF: pass (mx{n}.example.net: domain of deals.example.com)\n"
+                f"Authentication-Results: mx{n}.example.net;\n\tspf=pass smtp.mailfrom={user}\n"
+                f"ARC-Seal: i=1; a=rsa-sha256; t=170000000{n}; cv=none;\n\tb={user}Seal\n"
+                f"ARC-Message-Signature: i=1; a=rsa-sha256; t=170000000{n}; b={user}Sig\n"
+                f"ARC-Authentication-Results: i=1; mx{n}.example.net; spf=pass\n"
+                f"X-Greylist: delayed {n * 60} seconds by milter-greylist-4.6.4\n"
+                f"X-Rspamd-Queue-Id: {user}{n}\n"
+                f"Received: from bot.example.com by mx{n}.example.net\n\tfor <{user}@example.net>\n"
+                ).encode() + mail(9, True)
+
+    f = tmp_path / "m.eml"
+    for n, (user, out_) in enumerate((("alice", "Learned 1 of 1"),
+                                      ("bob", "1 already trained")), 1):
+        f.write_bytes(copy(user, n))
+        code, out, _ = run("train", "--db", str(db), "--spam", str(f), capsys=capsys)
+        assert code == 0 and out_ in out, (user, out)
+    assert totals(db) == (1, 0)
 
 
 def test_a_delivered_message_trained_before_is_found_under_its_old_key(
