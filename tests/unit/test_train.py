@@ -2874,6 +2874,63 @@ def test_two_copies_an_earlier_spambridge_learned_are_one_message_after_a_move(
     assert totals(older) == (0, 0) and not [t for t, n in tokens(older).items() if n != (0, 0)]
 
 
+def test_a_message_with_crs_trained_before_is_found_under_its_old_key(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The keys before the trace fields left them kept the CRs a message's line ends had
+    beyond one (CR CR LF): a message so learned is "already trained", not learned again."""
+    old = tmp_path / "old.sqlite"
+    msg = delivered_to("alice", "4AbC1", mail(10, True)).replace(b"\n", b"\r\r\n")
+    learned_as_before(old, msg)
+    f = tmp_path / "m.eml"
+    f.write_bytes(msg)
+    code, out, _ = run("train", "--db", str(old), "--spam", str(f), capsys=capsys)
+    assert code == 0 and "1 already trained" in out, out
+    assert totals(old) == (1, 0)
+
+
+def test_a_read_message_trained_before_its_subject_was_spaced_is_found(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """From 2026-11-26 to 28 the key left the mailbox state fields out and kept the Subject's
+    blanks as they lay: a message with a tab after "Subject:" in a read mbox (Status: RO)
+    learned then is "already trained", not learned again."""
+    old = tmp_path / "old.sqlite"
+    msg = mail(11, True).replace(b"Subject: ", b"Subject:\t")
+    learned_as_before(old, msg)  # as that key had it: without the Status field the box adds
+    box = tmp_path / "spam.mbox"
+    box.write_bytes(mbox_of([msg.replace(b"\n\n", b"\nStatus: RO\n\n", 1)]))
+    code, out, _ = run("train", "--db", str(old), "--spam", str(box), capsys=capsys)
+    assert code == 0 and "1 already trained" in out, out
+    assert totals(old) == (1, 0)
+
+
+def test_a_message_carrying_its_own_prev_subject_stays_trained(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A message whose X-Spam-Prev-Subject is its Subject (a sender may write any field), in
+    a database an earlier spambridge trained: the Subject put back is the one it has, so its
+    tagged key is its key, and a second `train` of it is a no-op, never a taking back of its
+    own learning."""
+    old = tmp_path / "old.sqlite"
+    learned_as_before(old, mail(1, True))
+    f = tmp_path / "m.eml"
+    f.write_bytes(b"X-Spam-Flag: YES\nX-Spam-Prev-Subject: WIN 12\n" + mail(12, True))
+    assert run("train", "--db", str(old), "--spam", str(f), capsys=capsys)[0] == 0
+    learned = tokens(old)
+    code, out, _ = run("train", "--db", str(old), "--spam", str(f), capsys=capsys)
+    assert code == 0 and "1 already trained" in out, out
+    assert totals(old) == (2, 0) and tokens(old) == learned
+
+
+def test_a_new_database_records_that_its_messages_have_no_earlier_keys(
+        db: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """docs/reliability.md: a database first trained by this spambridge records `keys = 4`
+    in its meta table, and no `train` on it looks for the keys earlier ones gave."""
+    f = tmp_path / "m.eml"
+    f.write_bytes(mail(13, True))
+    assert run("train", "--db", str(db), "--spam", str(f), capsys=capsys)[0] == 0
+    with sqlite3.connect(db) as c:
+        assert c.execute("SELECT value FROM meta WHERE key = 'keys'").fetchall() == [("4",)]
+
+
 @pytest.mark.parametrize("value", ["", "four", "-1", "²", "4.0"])
 def test_a_database_whose_keys_record_is_damaged_is_taken_as_one_from_before(
         tmp_path: Path, value: str, capsys: pytest.CaptureFixture[str]) -> None:
