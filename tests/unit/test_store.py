@@ -555,3 +555,28 @@ def test_every_directory_made_for_a_new_database_is_handed_to_dir_owner(
     dirs = [tmp_path / "missing", tmp_path / "missing" / "a", tmp_path / "missing" / "a" / "b"]
     assert {str(d): (d.stat().st_uid, d.stat().st_gid) for d in dirs} == {
         str(d): owner for d in dirs}
+
+
+def test_messages_an_earlier_spambridge_commits_before_the_keys_are_recorded_count(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An earlier spambridge's bulk `train`, still running through an upgrade, commits its
+    first batch into a new database between this `train`'s look (no message yet) and its
+    taking the write lock to record `keys`: those messages are keyed the earlier way, so the
+    database must not be recorded as holding none, and is searched under earlier keys."""
+    path = str(tmp_path / "b.sqlite")
+    writer = store.SqliteWriter(path)
+    take = writer._lock
+
+    def after_an_earlier_train() -> None:
+        with sqlite3.connect(path) as other:
+            other.execute("INSERT INTO messages(digest, label, at) VALUES (x'00', 'spam', 0)")
+        take()
+
+    monkeypatch.setattr(writer, "_lock", after_an_earlier_train)
+    assert writer.earlier_keys(4) is True
+    writer.close()
+    with sqlite3.connect(path) as c:
+        assert c.execute("SELECT value FROM meta WHERE key = 'keys'").fetchall() == []
+    again = store.SqliteWriter(path)
+    assert again.earlier_keys(4) is True
+    again.close()

@@ -2949,6 +2949,30 @@ def test_a_database_whose_keys_record_is_damaged_is_taken_as_one_from_before(
     assert totals(old) == (1, 0)
 
 
+def test_a_damaged_database_from_before_is_named_not_a_traceback(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A database an earlier spambridge trained whose table of trained messages is damaged:
+    `train` looks there first, to know whether to search earlier keys, and must say what it
+    met and where (exit 1), as for a damage found later, never end in a traceback."""
+    old = tmp_path / "old.sqlite"
+    learned_as_before(old, mail(1, True))
+    before = store.SqliteWriter(str(old))  # as its `train` recorded them
+    before.training_limits((BayesConfig().max_bytes, BayesConfig().max_tokens))
+    before.close()
+    with sqlite3.connect(old) as c:
+        root = c.execute("SELECT rootpage FROM sqlite_master WHERE name = 'messages'").fetchone()
+        size = c.execute("PRAGMA page_size").fetchone()[0]
+    with open(old, "r+b") as fh:
+        fh.seek((root[0] - 1) * size)
+        fh.write(b"\xff" * size)
+    f = tmp_path / "m.eml"
+    f.write_bytes(mail(2, True))
+    code, _, err = run("train", "--db", str(old), "--spam", str(f), capsys=capsys)
+    assert code == 1 and "Traceback" not in err, err
+    assert err == (f"spambridge train: {old}: cannot record how messages are keyed: database "
+                   "disk image is malformed\n"), err
+
+
 def test_a_pipe_on_a_database_from_before_waits_for_no_lock_it_does_not_write_under(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """On a database an earlier spambridge trained, every `train` took SQLite's write lock
