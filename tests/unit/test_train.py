@@ -2229,6 +2229,24 @@ def test_a_maildirs_cur_named_as_a_folder_passes_over_messages_marked_deleted(
     assert code == 0 and out.startswith("Learned 1 of 1 messages as ham"), out
 
 
+def test_a_maildirs_new_named_as_a_folder_is_read_as_its_cur_is(
+        tmp_path: Path, db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`train --spam ~/Maildir/.Junk/new` passes over a file marked deleted as naming the
+    Maildir does; a folder named `new` in no Maildir (no cur/ beside it) is a plain folder,
+    every file in it learned."""
+    junk = maildir(tmp_path / "Maildir" / ".Junk", [])
+    (junk / "new" / "1700000001.M1P1.host:2,").write_bytes(mail(1, True))
+    (junk / "new" / "1700000002.M2P1.host:2,T").write_bytes(mail(2, False))
+    code, out, err = run("train", "--db", str(db), "--spam", str(junk / "new"), capsys=capsys)
+    assert (code, err) == (0, "") and "1 marked deleted)" in out, out
+    assert totals(db) == (1, 0)
+    plain = tmp_path / "saved" / "new"
+    plain.mkdir(parents=True)
+    (plain / "x:2,ST").write_bytes(mail(3, False))
+    code, out, _ = run("train", "--db", str(db), "--ham", str(plain), capsys=capsys)
+    assert code == 0 and out.startswith("Learned 1 of 1 messages as ham"), out
+
+
 def test_a_fifo_or_subdirectory_in_a_folder_is_skipped_not_waited_on(
         tmp_path: Path, db: Path) -> None:
     folder = tmp_path / "ham"
