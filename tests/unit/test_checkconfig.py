@@ -15,7 +15,7 @@ from unittest import mock
 import pytest
 from spamdfakes import BlackHole
 
-from spambridge import permissions
+from spambridge import permissions, privileges
 from spambridge.bayes import store
 from spambridge.checkconfig import (
     PostfixSettings,
@@ -436,6 +436,19 @@ def test_a_file_where_the_socket_directory_should_be_is_named(tmp_path: Path,
         f"the milter cannot make {file}{below} and would not start"]
 
 
+def test_a_dangling_symlink_where_the_socket_directory_should_be_is_named(
+        tmp_path: Path) -> None:
+    """A symlink to nothing at the socket's directory (a /run/spambridge link left pointing
+    into a removed tree): `run` cannot make the directory there (exit 78, "cannot create
+    ...: File exists"); check-config must say so rather than look past it."""
+    link = tmp_path / "spambridge"
+    link.symlink_to(tmp_path / "gone")
+    cfg = from_mapping({"milter": {"engine": "spamd", "socket": f"unix:{link}/s.sock"}})
+    assert check_local(cfg).warnings == [
+        f"[milter] socket: {link} is not a directory, and the socket's path goes through it: "
+        f"the milter cannot make {link} and would not start"]
+
+
 @pytest.mark.parametrize("below", ["", "/new"])
 def test_a_socket_directory_on_a_read_only_filesystem_is_named(tmp_path: Path,
                                                                below: str) -> None:
@@ -530,6 +543,55 @@ def test_a_directory_above_the_database_the_milter_user_cannot_search_is_named(
         f"{locked} (chmod o+x, or a group of the user's), or put the database elsewhere"]
     locked.chmod(0o711)
     assert not [w for w in check_local(cfg).warnings if w.startswith("[bayes] db:")]
+
+
+def test_the_topmost_directory_the_milter_user_cannot_search_is_named(open_dir: Path) -> None:
+    """Two directories above the database the user may not search: the one nearest the root
+    is named (privileges.unsearchable_above), the one the admin must open first; the one
+    below it is only seen once that is open."""
+    outer = open_dir / "outer"
+    inner = outer / "inner"
+    db_dir = inner / "db"
+    db_dir.mkdir(parents=True)
+    db_dir.chmod(0o777)
+    inner.chmod(0o700)
+    outer.chmod(0o700)
+    cfg = from_mapping({"milter": {"user": "nobody", "socket": f"unix:{open_dir}/s.sock"},
+                        "bayes": {"db": f"{db_dir}/bayes.sqlite"}})
+
+    def searched() -> list[str]:
+        return [w.split(",")[0] for w in check_local(cfg).warnings
+                if w.startswith("[bayes] db:")]
+
+    assert searched() == [f"[bayes] db: user 'nobody' may not search {outer}"]
+    outer.chmod(0o711)
+    assert searched() == [f"[bayes] db: user 'nobody' may not search {inner}"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="hands a directory to another user: needs root")
+def test_a_milter_user_of_uid_0_is_never_said_to_be_kept_out_by_mode_bits(
+        open_dir: Path) -> None:
+    """`[milter] user = "root"` (warned of as such) reaches any directory whatever its mode:
+    check-config must not also say it may not search one above the database (or above one
+    `run` would make), as a user of its own would be told."""
+    locked = open_dir / "locked"
+    (locked / "db").mkdir(parents=True)
+    locked.chmod(0o700)
+    nobody = pwd.getpwnam("nobody")
+    os.chown(locked, nobody.pw_uid, nobody.pw_gid)
+    for db in (f"{locked}/db/bayes.sqlite", f"{locked}/new/bayes.sqlite"):
+        cfg = from_mapping({"milter": {"user": "root", "socket": f"unix:{open_dir}/s.sock"},
+                            "bayes": {"db": db}})
+        assert check_local(cfg).warnings == [f"[milter] user: {privileges.ROOT_USER.format('root')}"]
+
+
+def test_a_milter_user_that_does_not_exist_is_said_once(open_dir: Path) -> None:
+    """No such user: that is the warning, and nothing is guessed about what it may reach (a
+    database directory `run` would make is not said to be out of its reach)."""
+    cfg = from_mapping({"milter": {"user": "no-such-user-sb", "engine": "bayes",
+                                   "socket": f"unix:{open_dir}/s.sock"},
+                        "bayes": {"db": f"{open_dir}/new/bayes.sqlite"}})
+    assert check_local(cfg).warnings == ["[milter] user: no such user 'no-such-user-sb'"]
 
 
 def test_directories_the_milter_user_cannot_write_are_named(open_dir: Path) -> None:

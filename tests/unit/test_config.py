@@ -311,6 +311,10 @@ def test_an_inet_address_may_be_written_in_brackets_as_libmilter_takes_it(
             f"{p}:3: [milter] socket: 'inet:8893@[localhost]': an address in brackets must "
             "be an IPv4 address")):
         load(p)
+    # its closing bracket left out: libmilter's "Invalid numeric domain spec" too, never the
+    # address less its last character
+    with pytest.raises(ValueError, match="an address in brackets must be an IPv4 address"):
+        parse_socket_spec("inet:8893@[127.0.0.12")
 
 
 @pytest.mark.parametrize("host", ["::1", "127.0.0.1:8893", "[::1]:8893"])

@@ -47,6 +47,7 @@ def test_unknown_metrics_key() -> None:
     ("inet:9386@127.0.0.1", "127.0.0.1:9386"),
     ("inet:9386", "127.0.0.1:9386"),  # inet:PORT is 127.0.0.1
     ("inet:9386@localhost", "127.0.0.1:9386"),
+    ("inet:9386@LocalHost", "127.0.0.1:9386"),  # a name's case is no part of it
     ("inet:9386@0.0.0.0", "127.0.0.1:9386"),  # every address holds 127.0.0.1's port too
     ("inet:9386@127.0.0.1", "0.0.0.0:9386"),
     ("inet6:9386@::1", "[::1]:9386"),
