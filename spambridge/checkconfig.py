@@ -403,13 +403,13 @@ def check_local(cfg: Config) -> Report:
                    f"milter cannot listen on {spec.libmilter} and would not start")
         else:
             if why := _not_here(family, address):
-                r.warn(f"[milter] socket: {spec.host!r} is not an address of this host ({why}): "
-                       f"the milter cannot listen on {spec.libmilter} and would not start")
+                r.warn(f"[milter] socket: {spec.host!r} {why}: the milter cannot listen on "
+                       f"{spec.libmilter} and would not start")
     if cfg.metrics.host and (why := _not_here(
             socket.AF_INET6 if ":" in cfg.metrics.host else socket.AF_INET,
             (cfg.metrics.host, cfg.metrics.port))):
-        r.warn(f"[metrics] listen: {cfg.metrics.host!r} is not an address of this host ({why}): "
-               f"the milter cannot serve metrics on {cfg.metrics.listen} and would not start")
+        r.warn(f"[metrics] listen: {cfg.metrics.host!r} {why}: the milter cannot serve metrics "
+               f"on {cfg.metrics.listen} and would not start")
     if spec.family == "unix" and not m.socket_mode & 0o022 and m.user != "postfix":
         r.warn(f"[milter] socket_mode: {m.socket_mode:04o} lets only the socket's owner connect "
                "(connecting takes write permission): Postfix's smtpd, user postfix, needs "
@@ -438,14 +438,21 @@ def check_local(cfg: Config) -> Report:
 
 
 def _not_here(family: socket.AddressFamily, address: tuple[Any, ...]) -> str | None:
-    """Why `address` cannot be listened on because no interface of this host has it (bound
-    on port 0 to tell: the port itself may be the running milter's), or None."""
+    """Why `address` cannot be listened on whatever its port (bound on port 0 to tell: the
+    port itself may be the running milter's): no interface of this host has it, or the
+    kernel binds no listener to it as written (a link-local IPv6 address without its
+    interface, which neither libmilter's spec nor the metrics' IP:PORT can give; a multicast
+    one); None when it can."""
     try:
         with socket.socket(family, socket.SOCK_STREAM) as s:
             s.bind((address[0], 0, *address[2:]))
     except OSError as e:
         if e.errno == errno.EADDRNOTAVAIL:
-            return e.strerror or str(e)
+            return f"is not an address of this host ({e.strerror or e})"
+        if e.errno == errno.EINVAL:
+            return (f"cannot be listened on as written ({e.strerror or e}: a link-local "
+                    "address needs its interface, which the config cannot give; a multicast "
+                    "address takes no listener)")
     return None
 
 

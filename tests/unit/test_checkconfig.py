@@ -283,6 +283,26 @@ def test_an_address_this_host_does_not_have_is_named(tmp_path: Path) -> None:
     assert check_local(here).warnings == []
 
 
+def test_an_address_no_listener_may_bind_as_written_is_named(tmp_path: Path) -> None:
+    """A link-local IPv6 address (libmilter cannot be given its interface, nor the metrics'
+    IP:PORT) or a multicast one: the kernel refuses to bind it ("Invalid argument"), so
+    `run` stops (exit 1, "cannot open milter socket ...: Invalid argument"), and check-config,
+    which looked only for an address this host does not have, said "all well"."""
+    db = str(tmp_path / "b.sqlite")
+    cfg = from_mapping({"milter": {"socket": "inet6:12345@fe80::1"}, "bayes": {"db": db}})
+    assert check_local(cfg).warnings == [
+        "[milter] socket: 'fe80::1' cannot be listened on as written (Invalid argument: a "
+        "link-local address needs its interface, which the config cannot give; a multicast "
+        "address takes no listener): the milter cannot listen on inet6:12345@fe80::1 and "
+        "would not start"]
+    cfg = from_mapping({"metrics": {"listen": "[ff02::1]:12345"}, "bayes": {"db": db},
+                        "milter": {"socket": f"unix:{tmp_path}/s.sock"}})
+    assert [w.split(" (")[0] for w in check_local(cfg).warnings] == [
+        "[metrics] listen: 'ff02::1' cannot be listened on as written"]
+    assert check_local(cfg).warnings[0].endswith(
+        "): the milter cannot serve metrics on [ff02::1]:12345 and would not start")
+
+
 def test_a_bayes_database_the_milter_cannot_use_yet_is_named(tmp_path: Path) -> None:
     """Each of these makes the Bayes engine answer on_unavailable for every message: one it
     cannot use is a warning, a missing or untrained one (every install's first day) a note."""
