@@ -76,6 +76,10 @@ def parse_socket_spec(spec: str) -> SocketSpec:
                                  ) from None
         if family == "inet6":
             host = host.strip("[]")
+            if "%" in host:  # looked up as a name by libmilter: "Unknown host name", exit 1
+                raise ValueError(f"{spec!r}: libmilter takes no interface "
+                                 f"(%{host.partition('%')[2]}) after an address, so it cannot "
+                                 "listen on a link-local one: give another address of this host")
             try:
                 ipaddress.IPv6Address(host)
             except ValueError:

@@ -317,6 +317,23 @@ def test_an_inet_address_may_be_written_in_brackets_as_libmilter_takes_it(
         parse_socket_spec("inet:8893@[127.0.0.12")
 
 
+@pytest.mark.parametrize("host", ["fe80::1%eth0", "[fe80::1%eth0]", "::1%lo"])
+def test_an_inet6_address_with_an_interface_is_a_config_error(tmp_path: Path,
+                                                              host: str) -> None:
+    """libmilter reads no interface (zone) after an address: it looks `fe80::1%eth0` up as a
+    name and fails, so `run` stopped with exit 1 and "cannot open milter socket ...: cannot
+    opensocket", saying neither why nor where, while check-config (whose lookup takes the
+    zone) said all well. A config error naming file, line and key."""
+    p = tmp_path / "c.toml"
+    p.write_text(f'[milter]\nengine = "spamd"\nsocket = "inet6:8893@{host}"\n')
+    with pytest.raises(ConfigError) as exc:
+        load(p)
+    assert str(exc.value) == (
+        f"{p}:3: [milter] socket: 'inet6:8893@{host}': libmilter takes no interface "
+        f"(%{host.split('%')[1].rstrip(']')}) after an address, so it cannot listen on a "
+        "link-local one: give another address of this host")
+
+
 @pytest.mark.parametrize("host", ["::1", "127.0.0.1:8893", "[::1]:8893"])
 def test_an_inet_host_with_a_colon_is_a_config_error(tmp_path: Path, host: str) -> None:
     """An IPv6 address under inet (inet6's), or a port after the host as Postfix writes it:
