@@ -395,6 +395,7 @@ def check_local(cfg: Config) -> Report:
             os.lstat(spec.path).st_mode):
         r.warn(f"[milter] socket: {spec.path} exists and is not a socket: the milter refuses "
                "to start rather than remove it (move it away, or choose another path)")
+    milter_at = None  # the milter's TCP address, when it could listen there
     if spec.family != "unix":
         try:
             family, address = listen_address(spec)
@@ -405,11 +406,23 @@ def check_local(cfg: Config) -> Report:
             if why := _not_here(family, address):
                 r.warn(f"[milter] socket: {spec.host!r} {why}: the milter cannot listen on "
                        f"{spec.libmilter} and would not start")
-    if cfg.metrics.host and (why := _not_here(
-            socket.AF_INET6 if ":" in cfg.metrics.host else socket.AF_INET,
-            (cfg.metrics.host, cfg.metrics.port))):
+            else:
+                milter_at = family, address
+    metrics_family = socket.AF_INET6 if ":" in cfg.metrics.host else socket.AF_INET
+    if cfg.metrics.host and (why := _not_here(metrics_family,
+                                              (cfg.metrics.host, cfg.metrics.port))):
         r.warn(f"[metrics] listen: {cfg.metrics.host!r} {why}: the milter cannot serve metrics "
                f"on {cfg.metrics.listen} and would not start")
+    elif cfg.metrics.host and milter_at and spec.port == cfg.metrics.port and (
+            why := _taken_by(metrics_family, cfg.metrics.host, *milter_at)):
+        # the config's check (config._same_address) compares addresses of one family, as
+        # written; the kernel decides the rest: an IPv6 wildcard, a name
+        if metrics_family != milter_at[0]:
+            why += (": an IPv6 wildcard holds IPv4's port as well unless "
+                    "net.ipv6.bindv6only is set")
+        r.warn(f"[metrics] listen: {cfg.metrics.listen} takes the port the milter listens on "
+               f"too ({spec.libmilter}) on this host ({why}): the milter would not start; give "
+               "the metrics another port")
     if spec.family == "unix" and not m.socket_mode & 0o022 and m.user != "postfix":
         r.warn(f"[milter] socket_mode: {m.socket_mode:04o} lets only the socket's owner connect "
                "(connecting takes write permission): Postfix's smtpd, user postfix, needs "
@@ -453,6 +466,26 @@ def _not_here(family: socket.AddressFamily, address: tuple[Any, ...]) -> str | N
             return (f"cannot be listened on as written ({e.strerror or e}: a link-local "
                     "address needs its interface, which the config cannot give; a multicast "
                     "address takes no listener)")
+    return None
+
+
+def _taken_by(family: socket.AddressFamily, host: str, milter_family: socket.AddressFamily,
+              milter_address: tuple[Any, ...]) -> str | None:
+    """Why the milter could not listen on `milter_address` with the metrics on `host` at the
+    same port, as `run` opens them (the metrics first, both with SO_REUSEADDR): tried on a
+    port the kernel picks, the configured one may be the running milter's; or None."""
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as first:
+            first.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            first.bind((host, 0))
+            first.listen(1)
+            port = first.getsockname()[1]
+            with socket.socket(milter_family, socket.SOCK_STREAM) as second:
+                second.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                second.bind((milter_address[0], port, *milter_address[2:]))
+    except OSError as e:
+        if e.errno == errno.EADDRINUSE:
+            return e.strerror or str(e)
     return None
 
 

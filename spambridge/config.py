@@ -658,7 +658,8 @@ def _same_address(socket: str, metrics: MetricsConfig) -> bool:
     """Whether the milter's TCP socket is the metrics endpoint's address, or a wildcard of its
     family that takes that port too: the milter, which opens its socket after the endpoint,
     could never start ("Address already in use", exit 1). A host name other than localhost
-    is not looked up here; nor is an IPv6 wildcard taken to hold IPv4's (bindv6only)."""
+    is not looked up here; nor is an IPv6 wildcard taken to hold IPv4's (bindv6only): the
+    host decides those, and check-config asks it (checkconfig._taken_by)."""
     from spambridge.socketspec import parse_socket_spec
 
     spec = parse_socket_spec(socket)

@@ -303,6 +303,41 @@ def test_an_address_no_listener_may_bind_as_written_is_named(tmp_path: Path) -> 
         "): the milter cannot serve metrics on [ff02::1]:12345 and would not start")
 
 
+def _dual_stack() -> bool:
+    """Whether an IPv6 wildcard listener takes IPv4's port too (Linux's default)."""
+    try:
+        return Path("/proc/sys/net/ipv6/bindv6only").read_text().strip() == "0"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _dual_stack(), reason="needs net.ipv6.bindv6only = 0 (the default)")
+@pytest.mark.parametrize(("milter", "listen"), [("inet:12347@127.0.0.1", "[::]:12347"),
+                                                ("inet6:12347@::", "127.0.0.1:12347"),
+                                                ("inet:12347@0.0.0.0", "[::]:12347")])
+def test_metrics_on_the_milters_port_through_the_ipv6_wildcard_is_named(
+        tmp_path: Path, milter: str, listen: str) -> None:
+    """`[metrics] listen = "[::]:PORT"` beside `socket = "inet:PORT@127.0.0.1"` (or the
+    other way round): the config loads (each is of its own family), but an IPv6 wildcard
+    holds IPv4's port too on this host, so `run`, which opens the metrics first, stopped with
+    exit 1, "cannot open milter socket ...: Address already in use", after check-config had
+    said all well. Another port, or a specific IPv6 address, is fine."""
+    def warned(listen: str) -> list[str]:
+        cfg = from_mapping({"milter": {"socket": milter}, "metrics": {"listen": listen},
+                            "bayes": {"db": str(tmp_path / "b.sqlite")}})
+        return check_local(cfg).warnings
+
+    libmilter = parse_socket_spec(milter).libmilter
+    assert warned(listen) == [
+        f"[metrics] listen: {listen} takes the port the milter listens on too "
+        f"({libmilter}) on this host (Address already in use: an IPv6 wildcard holds IPv4's "
+        "port as well unless net.ipv6.bindv6only is set): the milter would not start; give "
+        "the metrics another port"]
+    assert warned(listen.replace("12347", "12348")) == []
+    if milter.startswith("inet:"):
+        assert warned("[::1]:12347") == []
+
+
 def test_a_bayes_database_the_milter_cannot_use_yet_is_named(tmp_path: Path) -> None:
     """Each of these makes the Bayes engine answer on_unavailable for every message: one it
     cannot use is a warning, a missing or untrained one (every install's first day) a note."""
