@@ -167,8 +167,8 @@ def unsearchable_above(path: str, name: str) -> str | None:
 def _unsearchable(path: str, pw: pwd.struct_passwd, groups: list[int]) -> str | None:
     """The topmost of `path` and the directories above it that the user may not search
     (mode bits), or None; OSError when one cannot be looked at. Looked at from the root down:
-    run as the user (after the switch), nothing below that one can be, and a walk up from
-    `path` stopped at its first directory and named none."""
+    run as the user (after the switch), nothing below a directory it may not search can be
+    looked at, so a walk up from `path` failed at its first step and named none."""
     chain = [os.path.abspath(path)]
     while (up := os.path.dirname(chain[-1])) != chain[-1]:
         chain.append(up)
