@@ -88,7 +88,9 @@ def read_only_fs(path: str) -> bool:
 
 def make_dirs(path: str, mode: int, owner: tuple[int, int] | None = None) -> tuple[str, ...]:
     """Make directory `path` and those missing above it, top down, each with at least `mode`
-    whatever the umask (an inherited setgid bit kept), given to `owner` (uid, gid) when given.
+    whatever the umask, given to `owner` (uid, gid) when given; below a setgid directory each
+    keeps the group and the bit it inherits, the group an admin set up to share (`install -d
+    -g mail -m 2770` for the Dovecot pipe).
     `mkdir -p` gives the ones above the last the umask's mode (0700 under umask 077), and a
     chown of the last left them root's: the user a root milter switches to could not cross
     them. Returns the directories that were missing, deepest first."""
@@ -104,9 +106,9 @@ def make_dirs(path: str, mode: int, owner: tuple[int, int] | None = None) -> tup
             continue
         fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
         try:
-            if owner is not None:
-                os.fchown(fd, *owner)
             now = stat.S_IMODE(os.fstat(fd).st_mode)
+            if owner is not None:
+                os.fchown(fd, owner[0], -1 if now & stat.S_ISGID else owner[1])
             if now & mode != mode:  # the umask took some (077)
                 os.fchmod(fd, now | mode)
         finally:

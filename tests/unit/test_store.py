@@ -3,6 +3,7 @@ characters included, and fall back to the IN list for tokens JSON cannot carry t
 
 from __future__ import annotations
 
+import grp
 import os
 import pwd
 import sqlite3
@@ -555,6 +556,26 @@ def test_every_directory_made_for_a_new_database_is_handed_to_dir_owner(
     dirs = [tmp_path / "missing", tmp_path / "missing" / "a", tmp_path / "missing" / "a" / "b"]
     assert {str(d): (d.stat().st_uid, d.stat().st_gid) for d in dirs} == {
         str(d): owner for d in dirs}
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="hands directories to another user: needs root")
+def test_a_directory_made_under_a_setgid_parent_keeps_the_parents_group(
+        tmp_path: Path, strict_umask: None) -> None:
+    """A setgid directory (`install -d -g mail -m 2770`: the group the Dovecot pipe and the
+    milter share) above a database not made yet: the directories made below it inherit its
+    group and setgid bit, as the admin set it up, and stay in that group when handed to the
+    milter's user; they were given the user's own group, so the file SQLite makes there was
+    the pipe's no more."""
+    nobody = pwd.getpwnam("nobody")
+    mail = grp.getgrnam("mail").gr_gid  # not nobody's group
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chown(shared, 0, mail)
+    shared.chmod(0o2770)
+    store.create(str(shared / "a" / "b" / "bayes.sqlite"), (nobody.pw_uid, nobody.pw_gid))
+    dirs = [shared / "a", shared / "a" / "b"]
+    assert {str(d): (d.stat().st_uid, d.stat().st_gid, bool(d.stat().st_mode & stat.S_ISGID))
+            for d in dirs} == {str(d): (nobody.pw_uid, mail, True) for d in dirs}
 
 
 def test_messages_an_earlier_spambridge_commits_before_the_keys_are_recorded_count(
