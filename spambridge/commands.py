@@ -96,7 +96,8 @@ def add_parsers(sub: Any, config_arg: ArgAdder, engine_args: ArgAdder,
         epilog="Exit status: 0 when every message was scored (an oversize one, skipped as "
         "the milter would skip it, counts as scored); 1 when one could not be read or "
         "scanned (no database, not trained yet, spamd down), whatever the verdicts; 2 for a "
-        "usage error; 78 for a configuration error.")
+        "usage error; 78 for a configuration error; 130 on Ctrl-C; 141, quietly, when what "
+        "reads its output went away (check --batch ... | head).")
     config_arg(c)
     engine_args(c)
     policy_args(c)
