@@ -375,14 +375,13 @@ def check_local(cfg: Config) -> Report:
             if kind == "user" and getattr(found, "pw_uid", None) == 0:
                 r.warn(f"[milter] user: {privileges.ROOT_USER.format(name)}")
     spec = parse_socket_spec(m.socket)
-    if m.user and spec.family == "unix":
-        sock_dir = os.path.dirname(os.path.abspath(spec.path))
-        reachable = privileges.can_reach(sock_dir, m.user) is not False
-        if privileges.can_write_dir(sock_dir, m.user) is False or not reachable:
-            r.warn("[milter] socket: "
-                   + privileges.socket_dir_problem(sock_dir, m.user, reachable))
     if spec.family == "unix":
         sock_dir = os.path.dirname(os.path.abspath(spec.path))
+        if m.user:
+            reachable = privileges.can_reach(sock_dir, m.user) is not False
+            if privileges.can_write_dir(sock_dir, m.user) is False or not reachable:
+                r.warn("[milter] socket: "
+                       + privileges.socket_dir_problem(sock_dir, m.user, reachable))
         above = _nearest(sock_dir)  # `run` makes the rest (or cannot)
         if not os.path.isdir(above):
             r.warn(f"[milter] socket: {above} is not a directory, and the socket's path goes "
