@@ -28,7 +28,7 @@ from spambridge.checkconfig import (
     parse_time,
     socket_problem,
 )
-from spambridge.config import from_mapping
+from spambridge.config import Config, from_mapping
 from spambridge.socketspec import parse_socket_spec
 
 Q = "/var/spool/postfix"
@@ -442,6 +442,12 @@ def test_check_config_notes_a_filesystem_without_extended_attributes(
         "in its place: fold them first (docs/bayes.md)"]
 
 
+def _nobodys_socket_in(d: Path) -> Config:
+    """A milter that switches to user nobody, with its unix socket in directory `d`."""
+    return from_mapping({"milter": {"engine": "spamd", "user": "nobody",
+                                    "socket": f"unix:{d}/spambridge.sock"}})
+
+
 def test_a_socket_directory_the_milter_user_cannot_write_is_named(open_dir: Path) -> None:
     """The README's directory made by hand (`install -d -g postfix -m 2750`, owned by root)
     with `[milter] user` set: the milter then cannot remove its socket when it stops, nor
@@ -450,8 +456,7 @@ def test_a_socket_directory_the_milter_user_cannot_write_is_named(open_dir: Path
     d = open_dir / "spambridge"
     d.mkdir()
     d.chmod(0o2750)
-    cfg = from_mapping({"milter": {"engine": "spamd", "user": "nobody",
-                                   "socket": f"unix:{d}/spambridge.sock"}})
+    cfg = _nobodys_socket_in(d)
     assert check_local(cfg).warnings == [
         f"[milter] socket: {d} is not writable by user 'nobody': the milter cannot remove its "
         "socket when it stops, nor reach it to wake libmilter's workers under load; chown "
@@ -526,8 +531,7 @@ def test_a_socket_directory_the_milter_user_can_enter_is_not_called_out_of_reach
     top = open_dir  # 0755, outside pytest's 0700 tree
     d = top / "spambridge"
     d.mkdir(mode=0o755)
-    cfg = from_mapping({"milter": {"engine": "spamd", "user": "nobody",
-                                   "socket": f"unix:{d}/spambridge.sock"}})
+    cfg = _nobodys_socket_in(d)
     assert check_local(cfg).warnings == [
         f"[milter] socket: {d} is not writable by user 'nobody': the milter cannot remove "
         f"its socket when it stops; chown nobody {d} (mode 2750, group postfix)"]
@@ -545,8 +549,7 @@ def test_a_directory_above_the_socket_the_milter_user_cannot_search_is_named(
     d = locked / "sb"
     d.mkdir()
     d.chmod(0o777)
-    cfg = from_mapping({"milter": {"engine": "spamd", "user": "nobody",
-                                   "socket": f"unix:{d}/spambridge.sock"}})
+    cfg = _nobodys_socket_in(d)
     assert check_local(cfg).warnings == [
         f"[milter] socket: user 'nobody' may not search {locked}, so it cannot reach {d}: the "
         "milter cannot remove its socket when it stops, nor reach it to wake libmilter's "
