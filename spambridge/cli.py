@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "against it.",
                         epilog="Exit status: 0 when there is nothing to warn about (notes are "
                         "not warnings); 1 when it printed warnings; 2 for a usage error; 78 for "
-                        "a configuration error.")
+                        "a configuration error; 130 on Ctrl-C.")
     _config_arg(cc)
     # run's own flags, so that the command line the milter starts with is the one checked
     _run_args(cc)

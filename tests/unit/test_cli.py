@@ -193,6 +193,21 @@ def test_what_a_command_raises_is_its_exit_code(monkeypatch: pytest.MonkeyPatch,
     assert message in capsys.readouterr().err
 
 
+def test_check_config_does_what_its_help_says_of_ctrl_c(monkeypatch: pytest.MonkeyPatch,
+                                                       capsys: pytest.CaptureFixture[str]
+                                                       ) -> None:
+    """check-config can wait on postconf or a name lookup; an admin who gives up with Ctrl-C
+    gets 130, as --help and spambridge(8) say, not a traceback."""
+    assert "130 on Ctrl-C" in _help("check-config", capsys)
+
+    def interrupted(cfg: Any, postfix: bool, postfix_config: str | None) -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkconfig, "main", interrupted)
+    assert cli.main(["check-config", "--no-postfix"]) == 130
+    assert "Traceback" not in capsys.readouterr().err
+
+
 def test_run_uses_the_log_level_flag_over_the_file(monkeypatch: pytest.MonkeyPatch,
                                                    tmp_path: Path) -> None:
     """`run --log-level debug` (the way to see one message's decision) wins over [log]."""
