@@ -119,38 +119,31 @@ def run(cfg: Config, reload: Callable[[], Config] | None = None) -> int:
         ours: tuple[int, int] | None = None
         try:
             ours = _open_socket(spec, cfg, owner)
-            # after the socket and the Bayes database exist; the spool checked as the user that
-            # will spool, while root may still take back what it made (except below)
-            privileges.drop(cfg, spec, functools.partial(check_spool, cfg))
+            # after the socket and the Bayes database exist. Root is given up for good only
+            # once the start is whole: what fails in the block (the spool checked as the user
+            # that will spool, a thread that cannot start) is taken back by root (except below)
+            with privileges.dropped(cfg, spec), limits.thread_failure_named():
+                check_spool(cfg)
+                if reload is not None:
+                    # as the milter's user: a USR1 sent while the milter started (pending,
+                    # since `run` blocks it from its first moment) re-read the config and
+                    # checked the spool as root
+                    _start_reload_thread(pipeline, reload)
+                _say_started(cfg, spec, local, fallback=local is not scanner)
+                # this thread runs the listener; a session may be in a scan up to the cap
+                # after its MTA hung up: only past that is an open one surely unserved
+                watch = limits.Watch(threading.get_ident(), spec=spec, grace=lambda: (
+                    pipeline.config.milter.scan_timeout + defaults.REPLY_MARGIN + 5.0),
+                    listener_tid=threading.get_native_id()).start()
+                # a poke libmilter cannot start a thread for is a session it never serves: a
+                # descriptor lost for good, twenty a second while stalled
+                nudger = PoolNudger(spec, pipeline, may_poke=watch.may_start_thread).start()
+                pipeline.slow_scan, pipeline.slow_after = nudger.poke, nudger.interval
+                waker = ListenerWaker().start()
         except Exception:
             bridge.stop()
             _remove_own_socket(spec, ours)  # no socket left that nothing will ever answer on
             raise
-        if reload is not None:
-            # as the milter's user: a USR1 sent while the milter started (pending, since `run`
-            # blocks it from its first moment) re-read the config and checked the spool as root
-            _start_reload_thread(pipeline, reload)
-        log.info("spambridge %s listening on %s (engine=%s, cap=%gs%s; %s)", __version__,
-                 spec.libmilter, cfg.milter.engine, cfg.milter.scan_timeout,
-                 ", tag-only" if cfg.policy.tag_only else "",
-                 f"config {cfg.source}" if cfg.source != "<defaults>" else
-                 f"no config file: built-in defaults ({defaults.CONFIG_PATH} absent)")
-        limits.check_at_start(cfg.milter.max_scan_size)  # as the milter's user
-        if local is not None:
-            try:
-                local.probe(fallback=local is not scanner)  # as the milter's user
-            except Exception:  # only a warning is at stake: never a reason not to serve mail
-                log.exception("checking the Bayes database at start failed")
-        # this thread runs the listener; a session may be in a scan up to the cap after its MTA
-        # hung up: only past that is an open one surely unserved
-        watch = limits.Watch(threading.get_ident(), spec=spec, grace=lambda: (
-            pipeline.config.milter.scan_timeout + defaults.REPLY_MARGIN + 5.0),
-            listener_tid=threading.get_native_id()).start()
-        # a poke libmilter cannot start a thread for is a session it never serves: a descriptor
-        # lost for good, twenty a second while stalled
-        nudger = PoolNudger(spec, pipeline, may_poke=watch.may_start_thread).start()
-        pipeline.slow_scan, pipeline.slow_after = nudger.poke, nudger.interval
-        waker = ListenerWaker().start()
     except BaseException:
         if local is not None:
             local.remove_made()
@@ -184,6 +177,23 @@ def run(cfg: Config, reload: Callable[[], Config] | None = None) -> int:
         _remove_own_socket(spec, ours)
     log.info("spambridge stopped")
     return 0
+
+
+def _say_started(cfg: Config, spec: SocketSpec, local: BayesScanner | None,
+                 fallback: bool) -> None:
+    """The start's lines, as the milter's user (the limits that hold it, the database it can
+    read): where it listens, a limit too low for Postfix's load, a database not usable yet."""
+    log.info("spambridge %s listening on %s (engine=%s, cap=%gs%s; %s)", __version__,
+             spec.libmilter, cfg.milter.engine, cfg.milter.scan_timeout,
+             ", tag-only" if cfg.policy.tag_only else "",
+             f"config {cfg.source}" if cfg.source != "<defaults>" else
+             f"no config file: built-in defaults ({defaults.CONFIG_PATH} absent)")
+    limits.check_at_start(cfg.milter.max_scan_size)
+    if local is not None:
+        try:
+            local.probe(fallback=fallback)
+        except Exception:  # only a warning is at stake: never a reason not to serve mail
+            log.exception("checking the Bayes database at start failed")
 
 
 def _log_uncaught(kind: type[BaseException], e: BaseException,

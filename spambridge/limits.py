@@ -21,7 +21,7 @@ import resource
 import select
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from spambridge.socketspec import SocketSpec, socket_inode, stream_inodes
@@ -163,6 +163,24 @@ def check_at_start(max_scan_size: int) -> None:
     """Warn of each limit too low for the load Postfix can send (see problems())."""
     for problem in problems(current(), max_scan_size):
         log.warning("%s", problem)
+
+
+@contextlib.contextmanager
+def thread_failure_named() -> Iterator[None]:
+    """A thread the start cannot make stops it with the limit that was reached named (exit 1:
+    a passing cause, the user's other processes), not Python's "RuntimeError: can't start new
+    thread" under a traceback. Looked at where it failed: as the milter's user, whom
+    RLIMIT_NPROC holds and root (with CAP_SYS_RESOURCE) it does not."""
+    try:
+        yield
+    except RuntimeError as e:
+        if "can't start new thread" not in str(e):
+            raise
+        found = threads_exhausted(_cgroup_dir())
+        raise OSError("cannot start a thread: " + (
+            f"{found}; raise it in the unit (systemctl edit spambridge)" if found else
+            "raise TasksMax= or LimitNPROC= in the unit (systemctl edit spambridge), or remove "
+            "LimitAS=")) from None
 
 
 # ------------------------------------------------------------------------------------------------

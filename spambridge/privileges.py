@@ -12,7 +12,7 @@ import logging
 import os
 import pwd
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from spambridge.config import Config, ConfigError, key_at
 from spambridge.permissions import grants, read_only_fs
@@ -63,23 +63,31 @@ def _user(cfg: Config, name: str) -> pwd.struct_passwd:
 
 
 def drop(cfg: Config, spec: SocketSpec, check: Callable[[], None] | None = None) -> None:
+    """Switch to `[milter] user` for good once `check` (ConfigError: what the milter needs to
+    do as its user) passed as that user: see dropped()."""
+    with dropped(cfg, spec):
+        if check is not None:
+            check()
+
+
+@contextlib.contextmanager
+def dropped(cfg: Config, spec: SocketSpec) -> Iterator[None]:
     """setgroups/setgid/setuid to `[milter] user`, after handing it the socket and the
-    database files; `check` (ConfigError: what the milter needs to do as its user) is called
-    as that user. Without `user`, nothing changes (a warning when that means root). Root is
-    given up for good only once the user passed the checks: a start that fails them is taken
-    back by root (app.run), where the user could remove nothing root had made there."""
+    database files: the block runs as that user (what the milter needs to do as its user is
+    checked there, its threads started), and root is given up for good only once the block
+    has returned. A start that fails in it goes back to root, which takes back what it made
+    (app.run), where the user could remove nothing root had made there. Without `user`,
+    nothing changes (a warning when that means root)."""
     name = cfg.milter.user
     if not name:
         if os.geteuid() == 0:
             log.warning("running as root: set [milter] user to drop privileges")
-        if check is not None:
-            check()
+        yield
         return
     pw = _user(cfg, name)
     if os.geteuid() != 0:
         if os.geteuid() == pw.pw_uid:  # already that user (systemd User=)
-            if check is not None:
-                check()
+            yield
             return
         raise ConfigError(f"{key_at(cfg, 'milter', 'user')}: {name!r} needs spambridge to be "
                           "started as root")
@@ -102,12 +110,11 @@ def drop(cfg: Config, spec: SocketSpec, check: Callable[[], None] | None = None)
     preload()
     groups, gids = os.getgroups(), os.getresgid()
     os.initgroups(name, pw.pw_gid)
-    os.setresgid(pw.pw_gid, pw.pw_gid, -1)  # root kept as the saved ids until the checks pass
+    os.setresgid(pw.pw_gid, pw.pw_gid, -1)  # root kept as the saved ids until the block ends
     os.setresuid(pw.pw_uid, pw.pw_uid, -1)
     try:
         _check_db_dir(cfg, name)
-        if check is not None:
-            check()
+        yield
     except BaseException:
         os.setresuid(0, 0, -1)  # for app.run to take back what root made
         os.setresgid(*gids)

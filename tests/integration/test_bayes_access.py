@@ -11,6 +11,7 @@ import contextlib
 import grp
 import os
 import pwd
+import resource
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -312,6 +313,28 @@ def test_a_root_start_that_fails_as_its_user_takes_back_what_it_made(
     assert m.proc.wait(30) == 78, m.log
     assert "created an empty Bayes database" in m.log  # it got that far
     assert "this start made is left" not in m.log, m.log
+    assert sorted(p.name for p in open_dir.iterdir()) == []
+
+
+def test_a_root_start_that_cannot_start_a_thread_as_its_user_takes_back_what_it_made(
+        user_in_a_group: tuple[pwd.struct_passwd, grp.struct_group],  # first: removed last
+        start_milter: Start, open_dir: Path) -> None:
+    """Root with `[milter] user`, the user's process limit reached (RLIMIT_NPROC, systemd's
+    LimitNPROC=; a user of its own here, so that no other process counts): the start failed
+    at its first thread after root was given up for good, with Python's "RuntimeError: can't
+    start new thread" and a traceback, and left its socket (never removed) and the directory
+    made for the database, which the user could not remove from a directory of root's. The
+    start is whole before root is given up: root takes it all back, and the limit is named."""
+    user, _ = user_in_a_group
+    cfg = {"milter": {"engine": "bayes", "user": user.pw_name,
+                      "socket": f"unix:{open_dir}/m.sock"},
+           "bayes": {"db": str(open_dir / "lib" / "bayes.sqlite")}}
+    m = start_milter(cfg, wait=False, rlimits={resource.RLIMIT_NPROC: (1, 1)})
+    assert m.proc.wait(30) == 1, m.log
+    assert "created an empty Bayes database" in m.log  # it got that far
+    assert "Traceback" not in m.log, m.log
+    assert "spambridge: cannot start a thread: " in m.log, m.log
+    assert "the process limit (RLIMIT_NPROC, LimitNPROC=) is 1" in m.log, m.log
     assert sorted(p.name for p in open_dir.iterdir()) == []
 
 
