@@ -26,7 +26,7 @@ from spambridge.config import Config, ConfigError, key_at, reloaded
 from spambridge.message import clean, spool_problem
 from spambridge.milter.poolnudge import PoolNudger
 from spambridge.milter.stopwake import ListenerWaker
-from spambridge.permissions import make_dirs
+from spambridge.permissions import DanglingLink, make_dirs
 from spambridge.pipeline import Pipeline
 from spambridge.scanners import Scanner
 from spambridge.socketspec import (
@@ -97,6 +97,8 @@ def run(cfg: Config, reload: Callable[[], Config] | None = None) -> int:
             scanner = build_scanner(cfg, local)
         except ConfigError:
             raise
+        except DanglingLink as e:  # check-config says the same
+            raise ConfigError(f"{key_at(cfg, 'bayes', 'db')}: {e}") from None
         except Exception as e:
             raise ConfigError(f"cannot start the {cfg.milter.engine} engine: {e}") from e
         bridge = AsyncBridge().start()
@@ -297,6 +299,8 @@ def _open_socket(spec: SocketSpec, cfg: Config, owner: tuple[int, int] | None = 
             make_dirs(sock_dir, 0o755, owner)
             if not os.path.isdir(sock_dir):  # a file in its place
                 raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST))
+        except DanglingLink as e:  # `install -d` would not get through it either
+            raise ConfigError(f"{key_at(cfg, 'milter', 'socket')}: {e}") from None
         except OSError as e:
             # a lasting cause (no parent, a read-only tree, Postfix not installed yet under the
             # packaged unit): exit 78, which systemd does not restart, where exit 1 made it

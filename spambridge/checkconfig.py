@@ -382,8 +382,10 @@ def check_local(cfg: Config) -> Report:
             if privileges.can_write_dir(sock_dir, m.user) is False or not reachable:
                 r.warn("[milter] socket: "
                        + privileges.socket_dir_problem(sock_dir, m.user, reachable))
-        above = _nearest(sock_dir)  # `run` makes the rest (or cannot)
-        if not os.path.isdir(above):
+        above = permissions.nearest(sock_dir)  # `run` makes the rest (or cannot)
+        if dangling := permissions.dangling_link(sock_dir):
+            r.warn(f"[milter] socket: {dangling}: the milter would not start")
+        elif not os.path.isdir(above):
             r.warn(f"[milter] socket: {above} is not a directory, and the socket's path goes "
                    f"through it: the milter cannot make {sock_dir} and would not start")
         elif permissions.read_only_fs(above):
@@ -536,7 +538,7 @@ def _user_dirs(cfg: Config, r: Report) -> None:
         if not os.path.isdir(db_dir):
             # a start as root makes it the user's (store.create): only a directory above it
             # the user may not search stops that start
-            above = _nearest(os.path.dirname(db_dir))
+            above = permissions.nearest(os.path.dirname(db_dir))
             if os.path.isdir(above) and privileges.can_reach(above, name) is False:
                 r.warn(f"[bayes] db: {db_dir} does not exist, and user {name!r} may not search "
                        f"{above} or a directory above it: the milter would make {db_dir} and "
@@ -645,20 +647,16 @@ def read_postfix(exe: str, config_dir: str | None = None) -> PostfixSettings:
     return PostfixSettings(where, values, explicit, master)
 
 
-def _nearest(path: str) -> str:
-    """`path`, or the nearest directory above it that exists: where `run` makes the rest."""
-    while not os.path.lexists(path) and path != os.path.dirname(path):
-        path = os.path.dirname(path)
-    return path
-
-
 def bayes_state(cfg: Config, r: Report) -> None:
     """When the Bayes engine would answer on_unavailable for every message: a database it
     cannot use is a warning; a missing or untrained one, every install's first state, a note."""
     db = cfg.bayes.db
     # not there, or only out of this user's reach (a directory it may not enter)?
     if not os.path.exists(db) and not store.access_problem(db, write=False):
-        above = _nearest(os.path.dirname(os.path.abspath(db)))
+        if dangling := permissions.dangling_link(os.path.dirname(os.path.abspath(db))):
+            r.warn(f"[bayes] db: {dangling}: the milter would not start")
+            return
+        above = permissions.nearest(os.path.dirname(os.path.abspath(db)))
         if os.path.isdir(above) and permissions.read_only_fs(above):  # run: "unusable"
             r.warn(f"[bayes] db: {db} does not exist, and {above} is on a filesystem mounted "
                    "read-only: the milter cannot make it, and every message would get "

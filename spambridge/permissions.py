@@ -6,12 +6,12 @@ ACL or the immutable flag). SQLite, libmilter and the kernel only say "permissio
 
 from __future__ import annotations
 
+import errno
 import grp
 import os
 import pwd
 import stat
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 
@@ -86,6 +86,36 @@ def read_only_fs(path: str) -> bool:
         return False
 
 
+class DanglingLink(FileNotFoundError):
+    """Where a directory is to be made, the nearest path there is a symlink to nothing.
+    Nothing is made through it: its target may be a filesystem not mounted yet. Said as one
+    sentence, naming the link and its target (`mkdir -p`, and `install -d` with it, say only
+    "File exists", and a walk on, "No such file or directory" one level further down)."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+def nearest(path: str) -> str:
+    """`path`, or the nearest path above it that is there (a symlink is, dangling or not):
+    where making `path` starts."""
+    path = os.path.abspath(path)
+    while not os.path.lexists(path) and path != os.path.dirname(path):
+        path = os.path.dirname(path)
+    return path
+
+
+def dangling_link(path: str) -> DanglingLink | None:
+    """Why directory `path` cannot be made: the nearest path there is a symlink to nothing
+    (its target, or a directory on the way to it, is missing); None when it is not."""
+    at = nearest(path)
+    if not os.path.islink(at) or os.path.exists(at):
+        return None
+    return DanglingLink(errno.ENOENT, f"cannot create {os.path.abspath(path)}: {at} is a symlink "
+                        f"to {os.path.realpath(at)}, which does not exist (make that, or point "
+                        "the link at a directory that is there)")
+
+
 def make_dirs(path: str, mode: int, owner: tuple[int, int] | None = None) -> tuple[str, ...]:
     """Make directory `path` and those missing above it, top down, each with at least `mode`
     whatever the umask, given to `owner` (uid, gid) when given; below a setgid directory each
@@ -93,12 +123,15 @@ def make_dirs(path: str, mode: int, owner: tuple[int, int] | None = None) -> tup
     -g mail -m 2770` for the Dovecot pipe).
     `mkdir -p` gives the ones above the last the umask's mode (0700 under umask 077), and a
     chown of the last left them root's: the user a root milter switches to could not cross
-    them. Returns the directories that were missing, deepest first."""
+    them. Returns the directories that were missing, deepest first; DanglingLink when a
+    symlink to nothing is where they would start (check-config says the same, from it)."""
+    if problem := dangling_link(path):
+        raise problem
     missing = []
-    d = Path(path)
-    while not d.exists() and d != d.parent:
-        missing.append(os.path.abspath(d))
-        d = d.parent
+    d = os.path.abspath(path)
+    while not os.path.lexists(d) and d != os.path.dirname(d):
+        missing.append(d)
+        d = os.path.dirname(d)
     for folder in reversed(missing):
         try:
             os.mkdir(folder, mode)

@@ -25,6 +25,7 @@ from spambridge.bayes.classifier import Scorer
 from spambridge.bayes.tokenizer import limits_for, tokenize, unread
 from spambridge.config import BayesConfig
 from spambridge.message import Envelope
+from spambridge.permissions import DanglingLink
 from spambridge.verdict import ErrorKind, ScanError, ScoreResult
 
 ENGINE = "bayes"
@@ -98,6 +99,8 @@ class BayesScanner:
             try:
                 self.made = store.create(cfg.db, dir_owner)  # (the milter's user's: app.run)
                 log.info("created an empty Bayes database at %s", cfg.db)
+            except DanglingLink:  # the path itself is wrong: a config error (app.run)
+                raise
             except (OSError, store.StoreError) as e:
                 # not fatal: mail keeps flowing under on_unavailable until the admin fixes it
                 log.warning("cannot create the Bayes database %s: %s", cfg.db, e)

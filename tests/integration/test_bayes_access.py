@@ -338,6 +338,32 @@ def test_a_root_start_that_cannot_start_a_thread_as_its_user_takes_back_what_it_
     assert sorted(p.name for p in open_dir.iterdir()) == []
 
 
+
+@pytest.mark.parametrize("user", [None, "nobody"])
+def test_a_dangling_symlink_on_the_databases_path_stops_the_start_naming_it(
+        start_milter: Start, open_dir: Path, tmp_path: Path, user: str | None) -> None:
+    """`[bayes] db = …/link/sub/bayes.db`, `link` a symlink to nothing: root without `[milter]
+    user` served with every message on_unavailable ("cannot create the Bayes database …: No
+    such file or directory: '…/link/sub'"); with it, refused (exit 78) telling the admin to
+    `chown nobody …/gone/sub`, a directory that did not exist; check-config said the milter
+    would create the database. Both now name the link and its target, and `run` exits 78."""
+    link = open_dir / "link"
+    link.symlink_to(open_dir / "gone")
+    cfg = {"milter": {"engine": "bayes", "socket": f"unix:{open_dir}/m.sock",
+                      **({"user": user} if user else {})},
+           "bayes": {"db": str(link / "sub" / "bayes.sqlite")}}
+    said = (f"[bayes] db: cannot create {link}/sub: {link} is a symlink to {open_dir}/gone, "
+            "which does not exist (make that, or point the link at a directory that is there)")
+    m = start_milter(cfg, wait=False)
+    assert m.proc.wait(30) == 78, m.log
+    assert f"spambridge: configuration error: {m.config_path}:" in m.log, m.log
+    assert said in m.log, m.log
+    r = subprocess.run([sys.executable, "-m", "spambridge", "check-config", "--no-postfix",
+                        "--config", str(write_config(tmp_path / "c.toml", cfg))],
+                       capture_output=True, text=True, check=False)
+    assert f"{said}: the milter would not start" in r.stdout, r.stdout
+    assert sorted(p.name for p in open_dir.iterdir()) == ["link"]  # nothing made
+
 def test_a_start_under_umask_077_makes_every_missing_directory_its_users(
         start_milter: Start, open_dir: Path) -> None:
     """`db` several directories down a path not there yet, `run` started by root under umask

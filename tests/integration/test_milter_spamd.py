@@ -492,6 +492,25 @@ def test_a_socket_directory_it_cannot_create_is_a_config_error(tmp_path: Path) -
     assert "Traceback" not in p.stderr
 
 
+
+def test_a_dangling_symlink_on_the_socket_path_is_a_config_error_naming_it(
+        tmp_path: Path) -> None:
+    """A symlink to nothing above the socket (a link left pointing into a removed tree):
+    `run` failed one level further down, "cannot create …/link/sub: No such file or
+    directory; make it … (install -d … …/link/sub", which fails on the link as well
+    ("File exists"). It names the link and its target, as check-config does."""
+    cfg = tmp_path / "sock.toml"
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path / "gone")
+    cfg.write_text(f'[milter]\nsocket = "unix:{link}/sub/s.sock"\nengine = "spamd"\n')
+    p = subprocess.run([sys.executable, "-m", "spambridge", "run", "-c", str(cfg)],
+                       capture_output=True, text=True, timeout=30)
+    assert p.returncode == 78, p.stderr
+    assert (f"{cfg}:2: [milter] socket: cannot create {link}/sub: {link} is a symlink to "
+            f"{tmp_path}/gone, which does not exist (make that, or point the link at a "
+            "directory that is there)\n") in p.stderr, p.stderr
+    assert "Traceback" not in p.stderr
+
 def test_help_documents_the_spamass_milter_style_flags() -> None:
     p = subprocess.run([sys.executable, "-m", "spambridge", "run", "--help"],
                        capture_output=True, text=True, timeout=30)

@@ -496,17 +496,41 @@ def test_a_file_where_the_socket_directory_should_be_is_named(tmp_path: Path,
         f"the milter cannot make {file}{below} and would not start"]
 
 
+@pytest.mark.parametrize("below", ["", "/new"])
 def test_a_dangling_symlink_where_the_socket_directory_should_be_is_named(
-        tmp_path: Path) -> None:
-    """A symlink to nothing at the socket's directory (a /run/spambridge link left pointing
-    into a removed tree): `run` cannot make the directory there (exit 78, "cannot create
-    ...: File exists"); check-config must say so rather than look past it."""
+        tmp_path: Path, below: str) -> None:
+    """A symlink to nothing at (or above) the socket's directory (a /run/spambridge link left
+    pointing into a removed tree): `run` cannot make the directory through it (exit 78);
+    check-config said the link "is not a directory", or, one level further down, nothing at
+    all while `run` failed with "No such file or directory". Both name the link and its
+    target, in the same words."""
     link = tmp_path / "spambridge"
     link.symlink_to(tmp_path / "gone")
-    cfg = from_mapping({"milter": {"engine": "spamd", "socket": f"unix:{link}/s.sock"}})
+    cfg = from_mapping({"milter": {"engine": "spamd", "socket": f"unix:{link}{below}/s.sock"}})
     assert check_local(cfg).warnings == [
-        f"[milter] socket: {link} is not a directory, and the socket's path goes through it: "
-        f"the milter cannot make {link} and would not start"]
+        f"[milter] socket: cannot create {link}{below}: {link} is a symlink to "
+        f"{tmp_path}/gone, which does not exist (make that, or point the link at a directory "
+        "that is there): the milter would not start"]
+
+
+@pytest.mark.parametrize("user", [None, "nobody"])
+def test_a_dangling_symlink_on_the_databases_path_is_named(open_dir: Path,
+                                                           user: str | None) -> None:
+    """`[bayes] db = …/link/sub/bayes.db` with `link` a symlink to nothing: check-config said
+    the milter would create the database, while `run` could not make `sub` ("No such file or
+    directory") and served with on_unavailable, or, as root with `[milter] user`, refused to
+    start telling the admin to chown a directory that did not exist. Now both say the link
+    and its target (and `run` exits 78)."""
+    link = open_dir / "link"
+    link.symlink_to(open_dir / "gone")
+    db = link / "sub" / "bayes.sqlite"
+    cfg = from_mapping({"milter": {"engine": "bayes", "socket": f"unix:{open_dir}/s.sock",
+                                   **({"user": user} if user else {})},
+                        "bayes": {"db": str(db)}})
+    assert [w for w in check_local(cfg).warnings if "[bayes] db" in w] == [
+        f"[bayes] db: cannot create {link}/sub: {link} is a symlink to {open_dir}/gone, "
+        "which does not exist (make that, or point the link at a directory that is there): "
+        "the milter would not start"]
 
 
 @pytest.mark.parametrize("below", ["", "/new"])
