@@ -578,6 +578,70 @@ def test_a_directory_made_under_a_setgid_parent_keeps_the_parents_group(
             for d in dirs} == {str(d): (nobody.pw_uid, mail, True) for d in dirs}
 
 
+def test_a_directory_made_for_a_new_database_is_0750_under_the_usual_umask(
+        tmp_path: Path) -> None:
+    """Under umask 022 (most shells, systemd) the database's directory made by `run` or
+    `train` is 0750, as docs/bayes.md says, not the umask's 0755 that lets every local user
+    list it (the -wal, -shm and any copy an admin left beside it)."""
+    old = os.umask(0o022)
+    try:
+        store.create(str(tmp_path / "lib" / "spambridge" / "bayes.sqlite"))
+    finally:
+        os.umask(old)
+    dirs = [tmp_path / "lib", tmp_path / "lib" / "spambridge"]
+    assert {str(d): oct(stat.S_IMODE(d.stat().st_mode)) for d in dirs} == {
+        str(d): "0o750" for d in dirs}
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="hands directories to another user: needs root")
+def test_a_directory_another_start_makes_meanwhile_is_left_as_it_made_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A `train` run by the admin makes the database's directory at the moment the milter's
+    start goes to make it: that directory is the other's, its owner and mode as it made them,
+    never handed to the milter's user and opened up to 0750."""
+    nobody = pwd.getpwnam("nobody")
+    mail = grp.getgrnam("mail").gr_gid
+    lib = tmp_path / "lib"
+    mkdir = os.mkdir
+
+    def made_meanwhile(path: str, mode: int = 0o777) -> None:
+        if path == str(lib):
+            mkdir(path, 0o700)  # the other start's, under its umask 077
+            os.chown(path, 0, mail)
+        mkdir(path, mode)
+
+    monkeypatch.setattr(os, "mkdir", made_meanwhile)
+    store.create(str(lib / "bayes.sqlite"), (nobody.pw_uid, nobody.pw_gid))
+    st = lib.stat()
+    assert (st.st_uid, st.st_gid, oct(stat.S_IMODE(st.st_mode))) == (0, mail, "0o700")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="hands directories to another user: needs root")
+def test_a_symlink_put_where_a_directory_was_just_made_hands_nothing_over(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Between the mkdir of the database's directory and its chown, one who may write the
+    directory above puts a symlink in its place, pointing at a directory of root's: the
+    start stops (an error naming that path), and root's directory stays root's 0700, never
+    handed to the milter's user nor opened up."""
+    nobody = pwd.getpwnam("nobody")
+    roots = tmp_path / "roots"
+    roots.mkdir(mode=0o700)
+    lib = tmp_path / "lib"
+    mkdir = os.mkdir
+
+    def swapped(path: str, mode: int = 0o777) -> None:
+        mkdir(path, mode)
+        if path == str(lib):
+            os.rmdir(path)
+            os.symlink(roots, path)
+
+    monkeypatch.setattr(os, "mkdir", swapped)
+    with pytest.raises(NotADirectoryError, match=str(lib)):
+        store.create(str(lib / "bayes.sqlite"), (nobody.pw_uid, nobody.pw_gid))
+    st = roots.stat()
+    assert (st.st_uid, st.st_gid, oct(stat.S_IMODE(st.st_mode))) == (0, 0, "0o700")
+
+
 def test_messages_an_earlier_spambridge_commits_before_the_keys_are_recorded_count(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """An earlier spambridge's bulk `train`, still running through an upgrade, commits its
