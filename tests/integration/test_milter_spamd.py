@@ -473,20 +473,24 @@ def test_a_spool_dir_it_cannot_write_stops_the_start(tmp_path: Path) -> None:
     assert not sock.exists()  # the socket it had opened is gone again
 
 
-def test_a_socket_directory_it_cannot_create_is_a_config_error(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("below", "why"), [("/spambridge", "Not a directory"),
+                                            ("", "File exists")])
+def test_a_socket_directory_it_cannot_create_is_a_config_error(
+        tmp_path: Path, below: str, why: str) -> None:
     """Exit 1 made systemd restart the milter every 2 s for ever (Restart=always), and a
     `systemctl start` wait for it, dpkg's at install included (the packaged unit on a host
     without Postfix: /var/spool/postfix cannot be made under ProtectSystem=strict). A
-    directory that cannot be created is a lasting cause: exit 78, which systemd leaves."""
+    directory that cannot be created is a lasting cause: exit 78, which systemd leaves.
+    A regular file at the socket's directory itself (an admin's `touch`) is one too."""
     cfg = tmp_path / "sock.toml"
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    sock_dir = blocker / "spambridge"  # under a regular file: never a directory
+    sock_dir = f"{blocker}{below}"  # a regular file, or under one: never a directory
     cfg.write_text(f'[milter]\nsocket = "unix:{sock_dir}/s.sock"\nengine = "spamd"\n')
     p = subprocess.run([sys.executable, "-m", "spambridge", "run", "-c", str(cfg)],
                        capture_output=True, text=True, timeout=30)
     assert p.returncode == 78, p.stderr
-    assert (f"{cfg}:2: [milter] socket: cannot create {sock_dir}: Not a directory; make it "
+    assert (f"{cfg}:2: [milter] socket: cannot create {sock_dir}: {why}; make it "
             f"before the milter starts (install -d -o USER -g postfix -m 2750 {sock_dir};"
             in p.stderr), p.stderr
     assert "Traceback" not in p.stderr
