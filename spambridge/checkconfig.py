@@ -456,11 +456,15 @@ def _not_here(family: socket.AddressFamily, address: tuple[Any, ...]) -> str | N
     port itself may be the running milter's): no interface of this host has it, or the
     kernel binds no listener to it as written (a link-local IPv6 address without its
     interface, which neither libmilter's spec nor the metrics' IP:PORT can give; a multicast
-    one); None when it can."""
+    one), or makes no socket of its family (IPv6 on a kernel booted with ipv6.disable=1);
+    None when it can."""
     try:
         with socket.socket(family, socket.SOCK_STREAM) as s:
             s.bind((address[0], 0, *address[2:]))
     except OSError as e:
+        if e.errno == errno.EAFNOSUPPORT:
+            ip = "IPv6" if family == socket.AF_INET6 else "IPv4"
+            return f"cannot be listened on: this host has no {ip} ({e.strerror or e})"
         if e.errno == errno.EADDRNOTAVAIL:
             return f"is not an address of this host ({e.strerror or e})"
         if e.errno == errno.EINVAL:

@@ -303,6 +303,34 @@ def test_an_address_no_listener_may_bind_as_written_is_named(tmp_path: Path) -> 
         "): the milter cannot serve metrics on [ff02::1]:12345 and would not start")
 
 
+def test_an_ipv6_address_on_a_host_without_ipv6_is_named(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A kernel booted with ipv6.disable=1 makes no IPv6 socket at all ("Address family not
+    supported by protocol"): `run` stops (exit 1) at `inet6:PORT@::1` or `[metrics] listen =
+    "[::1]:PORT"`, and check-config, counting only a missing or unbindable address, said
+    "all well"."""
+    made = socket.socket
+
+    def no_ipv6(family: int = socket.AF_INET, *args: object, **kwargs: object) -> socket.socket:
+        if family == socket.AF_INET6:
+            raise OSError(errno.EAFNOSUPPORT, os.strerror(errno.EAFNOSUPPORT))
+        return made(family, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(socket, "socket", no_ipv6)
+    db = str(tmp_path / "b.sqlite")
+    cfg = from_mapping({"milter": {"socket": "inet6:12345@::1"}, "bayes": {"db": db}})
+    assert check_local(cfg).warnings == [
+        "[milter] socket: '::1' cannot be listened on: this host has no IPv6 (Address family "
+        "not supported by protocol): the milter cannot listen on inet6:12345@::1 and would "
+        "not start"]
+    cfg = from_mapping({"metrics": {"listen": "[::1]:12345"}, "bayes": {"db": db},
+                        "milter": {"socket": "inet:12345@127.0.0.1"}})
+    assert check_local(cfg).warnings == [
+        "[metrics] listen: '::1' cannot be listened on: this host has no IPv6 (Address family "
+        "not supported by protocol): the milter cannot serve metrics on [::1]:12345 and would "
+        "not start"]
+
+
 def _dual_stack() -> bool:
     """Whether an IPv6 wildcard listener takes IPv4's port too (Linux's default)."""
     try:
