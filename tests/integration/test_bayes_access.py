@@ -338,7 +338,6 @@ def test_a_root_start_that_cannot_start_a_thread_as_its_user_takes_back_what_it_
     assert sorted(p.name for p in open_dir.iterdir()) == []
 
 
-
 @pytest.mark.parametrize("user", [None, "nobody"])
 def test_a_dangling_symlink_on_the_databases_path_stops_the_start_naming_it(
         start_milter: Start, open_dir: Path, tmp_path: Path, user: str | None) -> None:
