@@ -363,6 +363,7 @@ def test_a_dangling_symlink_on_the_databases_path_stops_the_start_naming_it(
     assert f"{said}: the milter would not start" in r.stdout, r.stdout
     assert sorted(p.name for p in open_dir.iterdir()) == ["link"]  # nothing made
 
+
 def test_a_start_under_umask_077_makes_every_missing_directory_its_users(
         start_milter: Start, open_dir: Path) -> None:
     """`db` several directories down a path not there yet, `run` started by root under umask

@@ -496,7 +496,6 @@ def test_a_socket_directory_it_cannot_create_is_a_config_error(
     assert "Traceback" not in p.stderr
 
 
-
 def test_a_dangling_symlink_on_the_socket_path_is_a_config_error_naming_it(
         tmp_path: Path) -> None:
     """A symlink to nothing above the socket (a link left pointing into a removed tree):
@@ -514,6 +513,7 @@ def test_a_dangling_symlink_on_the_socket_path_is_a_config_error_naming_it(
             f"{tmp_path}/gone, which does not exist (make that, or point the link at a "
             "directory that is there)\n") in p.stderr, p.stderr
     assert "Traceback" not in p.stderr
+
 
 def test_help_documents_the_spamass_milter_style_flags() -> None:
     p = subprocess.run([sys.executable, "-m", "spambridge", "run", "--help"],
@@ -770,7 +770,6 @@ def test_spamd_on_a_unix_socket_from_the_command_line(start_milter: Start) -> No
     finally:
         stop_process(own.proc)
         shutil.rmtree(base, ignore_errors=True)
-
 
 
 def test_check_config_pings_spamd(spamd: Spamd, tmp_path: Path) -> None:
