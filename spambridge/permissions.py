@@ -10,6 +10,7 @@ import errno
 import grp
 import os
 import pwd
+import re
 import stat
 from collections.abc import Callable
 from typing import Any
@@ -84,6 +85,65 @@ def read_only_fs(path: str) -> bool:
         return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
     except OSError:
         return False
+
+
+MOUNTINFO = "/proc/self/mountinfo"
+# filesystems processes on other hosts reach files on: SQLite's WAL mode keeps its index in
+# shared memory (the -shm), which only one host's processes share ("WAL does not work over a
+# network filesystem", sqlite.org/wal.html); fuse.* ones only those that are a network client
+NETWORK_FS = frozenset({
+    "nfs", "nfs4", "cifs", "smb3", "smbfs", "ncpfs", "ceph", "9p", "afs", "lustre", "gpfs",
+    "beegfs", "ocfs2", "gfs2", "glusterfs", "davfs", "fuse.sshfs", "fuse.glusterfs",
+    "fuse.s3fs", "fuse.rclone", "fuse.davfs", "fuse.ceph-fuse", "fuse.gcsfuse",
+    "fuse.juicefs", "fuse.smbnetfs"})
+_ESCAPE = re.compile(r"\\([0-7]{3})")
+
+
+def fs_type_in(mountinfo: str, path: str) -> str | None:
+    """The filesystem type of absolute, resolved `path` by `mountinfo` (the text of
+    /proc/self/mountinfo): that of the longest mount point holding it, the last one listed
+    for a mount point mounted over. None when none holds it; lines that are not
+    `ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS [OPTIONAL...] - FSTYPE ...` are passed over."""
+    found: str | None = None
+    longest = -1
+    for line in mountinfo.splitlines():
+        fields = line.split(" ")
+        try:
+            fstype = fields[fields.index("-", 6) + 1]
+        except (ValueError, IndexError):
+            continue
+        at = _ESCAPE.sub(lambda m: chr(int(m[1], 8)), fields[4])
+        if not fstype or not at.startswith("/") or len(at) < longest:
+            continue
+        if path == at or path.startswith(at if at.endswith("/") else at + "/"):
+            found, longest = fstype, len(at)
+    return found
+
+
+def mountinfo() -> str | None:
+    """This process's mount table (its mount namespace's: systemd's for a unit), or None
+    where there is none to read (not Linux, no /proc in a chroot)."""
+    try:
+        with open(MOUNTINFO, encoding="utf-8", errors="surrogateescape") as f:
+            return f.read()
+    except (OSError, ValueError):
+        return None
+
+
+def fs_type(path: str) -> str | None:
+    """The filesystem type of the file `path` names (through symlinks), or of the nearest
+    directory above it when there is none yet (where it would be made); None when unknown."""
+    table = mountinfo()
+    if table is None:
+        return None
+    return fs_type_in(table, os.path.realpath(nearest(path)))
+
+
+def network_fs(path: str) -> str | None:
+    """The type of the filesystem `path` is on when processes on other hosts may reach the
+    file there (NFS, CIFS, a cluster filesystem), else None."""
+    fstype = fs_type(path)
+    return fstype if fstype in NETWORK_FS else None
 
 
 class DanglingLink(FileNotFoundError):
