@@ -653,8 +653,11 @@ def read_postfix(exe: str, config_dir: str | None = None) -> PostfixSettings:
 
 def bayes_state(cfg: Config, r: Report) -> None:
     """When the Bayes engine would answer on_unavailable for every message: a database it
-    cannot use is a warning; a missing or untrained one, every install's first state, a note."""
+    cannot use is a warning; a missing or untrained one, every install's first state, a note.
+    And a database on a network filesystem, which hosts sharing it can corrupt: a warning."""
     db = cfg.bayes.db
+    if shared := store.shared_problem(db):
+        r.warn(shared)
     # not there, or only out of this user's reach (a directory it may not enter)?
     if not os.path.exists(db) and not store.access_problem(db, write=False):
         if dangling := permissions.dangling_link(os.path.dirname(os.path.abspath(db))):

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from spambridge.bayes.tokenizer import TOKENIZER_VERSION
-from spambridge.permissions import described, make_dirs, this_user, why_not
+from spambridge.permissions import described, make_dirs, network_fs, this_user, why_not
 
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_READ = 0.5  # s: the milter must not wait long behind a checkpoint
@@ -192,6 +192,21 @@ def access_problem(path: str, write: bool) -> str:
             verb, bits = ("write", "rw") if write else ("read", "r")
             return f"{this_user()} may not {verb} {described(f, st)}: {why_not(f, st, bits)}"
     return ""
+
+
+def shared_problem(path: str) -> str:
+    """Why the database at `path` is at risk where it is, or "": it is on a filesystem other
+    hosts reach, and SQLite's WAL mode keeps its index in one host's shared memory (the -shm),
+    so a process on another host reads pages torn by a writer here, or writes over them. One
+    host alone works, hence a warning, said alike by `run` at start, check-config and
+    `train`."""
+    fstype = network_fs(path)
+    if fstype is None:
+        return ""
+    return (f"[bayes] db: {path} is on a network filesystem ({fstype}): SQLite's WAL mode "
+            "needs every process using the database on one host, so milters or `train` runs "
+            "on other hosts sharing it can corrupt it; keep one database per host "
+            '(docs/bayes.md, "Several hosts")')
 
 
 def full_problem(path: str) -> str:

@@ -262,6 +262,46 @@ def test_a_database_to_make_on_a_read_only_filesystem_is_a_warning(tmp_path: Pat
         "milter cannot make it, and every message would get on_unavailable"], [])
 
 
+def shared_db(db: str, fstype: str) -> str:
+    return (f"[bayes] db: {db} is on a network filesystem ({fstype}): SQLite's WAL mode needs "
+            "every process using the database on one host, so milters or `train` runs on "
+            "other hosts sharing it can corrupt it; keep one database per host (docs/bayes.md, "
+            '"Several hosts")')
+
+
+def test_a_database_on_a_network_filesystem_is_a_warning(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`[bayes] db` on NFS, shared with the Dovecot host's pipe or another MX's milter: two
+    hosts using one WAL database can corrupt it (its -shm index is one host's shared
+    memory), and check-config said "all well". Made or not yet, under a symlink or not."""
+    from spambridge import cli
+
+    share = os.path.realpath(tmp_path / "share")
+    os.mkdir(share)  # the mount point
+    monkeypatch.setattr(permissions, "mountinfo", lambda: (
+        "22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n"
+        f"40 22 0:40 / {share} rw,relatime shared:9 - nfs4 fs.example.net:/export rw\n"))
+    db = f"{share}/spambridge/bayes.sqlite"
+    r = check_local(from_mapping({"bayes": {"db": db}}))
+    assert (r.warnings, r.notes) == ([shared_db(db, "nfs4")], [
+        f"[bayes] db: {db} does not exist yet: the milter creates it empty, and mail gets "
+        "on_unavailable until it is trained (spambridge train)"])
+    os.mkdir(os.path.dirname(db))
+    store.create(db)
+    with sqlite3.connect(db) as c:
+        c.execute("UPDATE totals SET nspam = 200, nham = 200")
+    link = tmp_path / "bayes.sqlite"
+    link.symlink_to(db)
+    path = tmp_path / "spambridge.toml"
+    path.write_text(f'[milter]\nsocket = "unix:{tmp_path}/s.sock"\n[bayes]\ndb = "{link}"\n')
+    assert cli.main(["check-config", "--no-postfix", "-c", str(path)]) == 1
+    assert [w for w in capsys.readouterr().out.splitlines() if w.startswith("warning: ")] == [
+        f"warning: {path}:4: {shared_db(str(link), 'nfs4')}"]
+    assert cli.main(["check-config", "--no-postfix", "-c", str(path), "--db",
+                     str(tmp_path / "local.sqlite")]) == 0  # on / (ext4): all well
+
+
 def test_an_address_this_host_does_not_have_is_named(tmp_path: Path) -> None:
     """A milter socket or metrics endpoint on an address no interface here has (192.0.2.1,
     TEST-NET): `run` cannot bind it and stops (exit 1, "Cannot assign requested address"),
