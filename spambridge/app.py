@@ -184,7 +184,8 @@ def run(cfg: Config, reload: Callable[[], Config] | None = None) -> int:
 def _say_started(cfg: Config, spec: SocketSpec, local: BayesScanner | None,
                  fallback: bool) -> None:
     """The start's lines, as the milter's user (the limits that hold it, the database it can
-    read): where it listens, a limit too low for Postfix's load, a database not usable yet."""
+    read): where it listens, a limit too low for Postfix's load, a database not usable yet or
+    on a network filesystem."""
     log.info("spambridge %s listening on %s (engine=%s, cap=%gs%s; %s)", __version__,
              spec.libmilter, cfg.milter.engine, cfg.milter.scan_timeout,
              ", tag-only" if cfg.policy.tag_only else "",

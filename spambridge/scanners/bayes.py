@@ -121,7 +121,11 @@ class BayesScanner:
     def probe(self, fallback: bool = False) -> None:
         """Say at start-up, once, when the database cannot be used yet (every message would
         otherwise be the first to tell), and what mail meets meanwhile: as the engine, its
-        on_unavailable; as spamd's fallback, nothing covers a spamd failure."""
+        on_unavailable; as spamd's fallback, nothing covers a spamd failure. And when it is
+        on a network filesystem, which other hosts sharing it can corrupt: a warning only,
+        since one host alone there works."""
+        if shared := store.shared_problem(self.cfg.db):
+            log.warning("%s", shared)
         meanwhile = ("spamd has no fallback (a spamd failure gets its own on_* action)"
                      if fallback else "the Bayes engine answers on_unavailable")
         try:

@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from spambridge import check, cli, defaults, headers, train
+from spambridge import check, cli, defaults, headers, permissions, train
 from spambridge.bayes import store
 from spambridge.bayes.tokenizer import tokenize
 from spambridge.config import BayesConfig, Config
@@ -2696,6 +2696,53 @@ def test_the_milter_says_at_start_when_the_database_is_not_trained_yet(
     assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
         f"Bayes database {db} not trained yet (0 spam, 0 ham; min_trained 5): the Bayes "
         "engine answers on_unavailable until it is"]
+
+
+def on_share(monkeypatch: pytest.MonkeyPatch, share: Path, fstype: str) -> None:
+    """The mount table as this process reads it, with `share` mounted as `fstype`."""
+    at = os.path.realpath(share)
+    monkeypatch.setattr(permissions, "mountinfo", lambda: (
+        "22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n"
+        f"40 22 0:40 / {at} rw,relatime shared:9 - {fstype} fs.example.net:/export rw\n"))
+
+
+def shared_db(db: Path, fstype: str) -> str:
+    return (f"[bayes] db: {db} is on a network filesystem ({fstype}): SQLite's WAL mode needs "
+            "every process using the database on one host, so milters or `train` runs on "
+            "other hosts sharing it can corrupt it; keep one database per host (docs/bayes.md, "
+            '"Several hosts")')
+
+
+@pytest.mark.parametrize("fallback", [False, True])
+def test_the_milter_says_at_start_when_the_database_is_on_a_network_filesystem(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch,
+        fallback: bool) -> None:
+    """`[bayes] db` on NFS, shared with another host's milter or Dovecot pipe: two hosts
+    using one WAL database can corrupt it, and the milter started as if all were well. Not
+    fatal (one host alone on NFS works): a warning at start, as the engine or as spamd's
+    fallback, beside what else the start says of the database."""
+    db = tmp_path / "bayes.sqlite"
+    on_share(monkeypatch, tmp_path, "nfs4")
+    scanner = BayesScanner(BayesConfig(db=str(db), min_trained=5))
+    try:
+        with caplog.at_level("WARNING", logger="spambridge"):
+            scanner.probe(fallback=fallback)
+    finally:
+        scanner.close()
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+        shared_db(db, "nfs4"),
+        f"Bayes database {db} not trained yet (0 spam, 0 ham; min_trained 5): " + (
+            "spamd has no fallback (a spamd failure gets its own on_* action)" if fallback
+            else "the Bayes engine answers on_unavailable") + " until it is"]
+    caplog.clear()
+    on_share(monkeypatch, tmp_path, "ext4")
+    scanner = BayesScanner(BayesConfig(db=str(db), min_trained=0))
+    try:
+        with caplog.at_level("WARNING", logger="spambridge"):
+            scanner.probe(fallback=fallback)
+    finally:
+        scanner.close()
+    assert caplog.records == []
 
 
 def test_a_message_found_under_its_old_key_stays_trained(
