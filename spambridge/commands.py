@@ -85,7 +85,8 @@ def add_parsers(sub: Any, config_arg: ArgAdder, engine_args: ArgAdder,
                    help=f"messages per database transaction (default: {defaults.TRAIN_BATCH}; "
                    "an interrupted run keeps every finished batch)")
     t.add_argument("-q", "--quiet", action="store_true",
-                   help="print only errors, and a message on stdin skipped as too large")
+                   help="print only errors, a message on stdin skipped as too large, and a "
+                   "database on a network filesystem")
     t.add_argument("paths", nargs="*", metavar="PATH", default=[])
 
     c = sub.add_parser(

@@ -206,7 +206,8 @@ def run(cfg: Config, label: str, paths: list[str], *, max_size: int = DEFAULT_MA
         mbox: bool = False, quiet: bool = False, batch_messages: int = BATCH_MESSAGES,
         selective: bool = False, index: list[IndexEntry] | None = None,
         out: IO[str] | None = None, err: IO[str] | None = None) -> int:
-    """The `train` command on the local database; exit status 0, or 1 on real errors.
+    """The `train` command on the local database; exit status 0, or 1 on real errors (a
+    database on a network filesystem is said, and trained as asked).
     With `index` (see read_index) `label` is "index" and `paths` unused."""
     out = out or sys.stdout
     err = err or sys.stderr
@@ -214,6 +215,8 @@ def run(cfg: Config, label: str, paths: list[str], *, max_size: int = DEFAULT_MA
     if label == "forget" and not os.path.exists(cfg.bayes.db):
         print(f"No Bayes database at {cfg.bayes.db}: nothing to forget", file=out)
         return 0
+    if shared := store.shared_problem(cfg.bayes.db):  # said with --quiet too: Dovecot logs it
+        print(f"spambridge train: {shared}", file=err)
     try:
         writer = store.SqliteWriter(cfg.bayes.db)
     except (store.StoreError, OSError) as e:

@@ -2745,6 +2745,31 @@ def test_the_milter_says_at_start_when_the_database_is_on_a_network_filesystem(
     assert caplog.records == []
 
 
+def test_train_says_when_the_database_is_on_a_network_filesystem(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Dovecot pipe (`train --spam --quiet -`) on the IMAP host, writing over NFS the
+    database an MX's milter reads: two hosts using one WAL database can corrupt it, and
+    nothing said so. One line on stderr, --quiet or not (Dovecot logs what the pipe says
+    there), before the training, whose outcome and exit status stay as they were."""
+    share = tmp_path / "share"
+    share.mkdir()
+    db = share / "bayes.sqlite"
+    on_share(monkeypatch, share, "nfs4")
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(mail(1, True))))
+    code, out, err = run("train", "--db", str(db), "--spam", "--quiet", "-", capsys=capsys)
+    assert (code, out, err) == (0, "", f"spambridge train: {shared_db(db, 'nfs4')}\n")
+    assert totals(db) == (1, 0)
+    one = tmp_path / "a.eml"
+    one.write_bytes(mail(2, False))
+    code, out, err = run("train", "--db", str(db), "--ham", str(one), capsys=capsys)
+    assert code == 0 and "Learned 1 of 1 messages as ham" in out
+    assert err == f"spambridge train: {shared_db(db, 'nfs4')}\n"
+    on_share(monkeypatch, share, "ext4")
+    code, out, err = run("train", "--db", str(db), "--ham", str(one), capsys=capsys)
+    assert code == 0 and err == ""
+
+
 def test_a_message_found_under_its_old_key_stays_trained(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A message an earlier spambridge keyed with its mailbox state fields, trained again as the
