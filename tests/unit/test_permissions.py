@@ -64,6 +64,9 @@ def test_no_mount_that_holds_the_path_is_none() -> None:
     assert permissions.fs_type_in("garbage\n\n", "/") is None
     assert permissions.fs_type_in(
         "40 22 0:40 / /srv rw - nfs4 fs:/x rw\n", "/var/lib/spambridge/bayes.sqlite") is None
+    # a separator with nothing after it but a blank; a mount point that is no path
+    assert permissions.fs_type_in("22 1 8:1 / /var rw - \n", "/var/lib/spambridge") is None
+    assert permissions.fs_type_in("22 1 8:1 /  rw - nfs4 fs:/x rw\n", "/var/lib") is None
 
 
 def mounted(tmp_path: Path, fstype: str) -> str:
