@@ -588,17 +588,40 @@ def test_a_dangling_symlink_on_the_databases_path_is_named(open_dir: Path,
     the milter would create the database, while `run` could not make `sub` ("No such file or
     directory") and served with on_unavailable, or, as root with `[milter] user`, refused to
     start telling the admin to chown a directory that did not exist. Now both say the link
-    and its target (and `run` exits 78)."""
+    and its target (and `run` exits 78), and check-config no longer says as well that the
+    milter creates the database."""
     link = open_dir / "link"
     link.symlink_to(open_dir / "gone")
     db = link / "sub" / "bayes.sqlite"
     cfg = from_mapping({"milter": {"engine": "bayes", "socket": f"unix:{open_dir}/s.sock",
                                    **({"user": user} if user else {})},
                         "bayes": {"db": str(db)}})
-    assert [w for w in check_local(cfg).warnings if "[bayes] db" in w] == [
+    r = check_local(cfg)
+    assert [w for w in r.warnings if "[bayes] db" in w] == [
         f"[bayes] db: cannot create {link}/sub: {link} is a symlink to {open_dir}/gone, "
         "which does not exist (make that, or point the link at a directory that is there): "
         "the milter would not start"]
+    assert [n for n in r.notes if "[bayes] db" in n] == []
+
+
+@pytest.mark.parametrize("user", [None, "nobody"])
+def test_a_symlink_to_a_directory_on_the_way_is_no_dangling_link(open_dir: Path,
+                                                                  user: str | None) -> None:
+    """`/run/spambridge` and `/var/lib/spambridge` as symlinks into a directory that is there
+    (a tree moved to a bigger disk), the socket's and the database's directories still to be
+    made below them: the usual first start, nothing to warn of, and the database a note."""
+    target = open_dir / "data"
+    target.mkdir(mode=0o755)
+    link = open_dir / "link"
+    link.symlink_to(target)
+    db = link / "lib" / "bayes.sqlite"
+    cfg = from_mapping({"milter": {"engine": "bayes", "socket": f"unix:{link}/run/s.sock",
+                                   **({"user": user} if user else {})},
+                        "bayes": {"db": str(db)}})
+    r = check_local(cfg)
+    assert (r.warnings, r.notes) == ([], [
+        f"[bayes] db: {db} does not exist yet: the milter creates it empty, and mail gets "
+        "on_unavailable until it is trained (spambridge train)"])
 
 
 @pytest.mark.parametrize("below", ["", "/new"])

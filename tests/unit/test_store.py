@@ -578,6 +578,20 @@ def test_a_directory_made_under_a_setgid_parent_keeps_the_parents_group(
             for d in dirs} == {str(d): (nobody.pw_uid, mail, True) for d in dirs}
 
 
+def test_a_new_database_under_a_symlink_to_a_directory_is_made_in_its_target(
+        tmp_path: Path) -> None:
+    """`/var/lib/spambridge` a symlink into a directory that is there (moved to a bigger
+    disk): `run` and `train` make the missing directories and the database through it, in
+    the link's target, and the link stays a link."""
+    target = tmp_path / "data"
+    target.mkdir()
+    link = tmp_path / "spambridge"
+    link.symlink_to(target)
+    store.create(str(link / "lib" / "bayes.sqlite"))
+    assert (target / "lib" / "bayes.sqlite").is_file()
+    assert link.is_symlink()
+
+
 def test_a_directory_made_for_a_new_database_is_0750_under_the_usual_umask(
         tmp_path: Path) -> None:
     """Under umask 022 (most shells, systemd) the database's directory made by `run` or
