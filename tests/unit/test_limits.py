@@ -55,6 +55,18 @@ def test_the_address_space_needed_grows_with_max_scan_size() -> None:
     assert len(problems(space, 32 << 20)) == 1  # 100 x 96 MiB of messages do not
 
 
+def test_only_a_thread_that_cannot_start_is_said_to_be_one() -> None:
+    """The start's other RuntimeErrors stop it as what they are, not as a limit reached
+    that the admin would raise in the unit for nothing."""
+    other = RuntimeError("dictionary changed size during iteration")
+    with pytest.raises(RuntimeError) as raised, limits.thread_failure_named():
+        raise other
+    assert raised.value is other
+    with (pytest.raises(OSError, match=r"^cannot start a thread: "),
+          limits.thread_failure_named()):
+        raise RuntimeError("can't start new thread")
+
+
 def test_a_failure_from_a_limit_is_named_once_every_few_minutes(
         caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     """'spamd failing: unavailable: ... [Errno 24] Too many open files' reads as spamd's
