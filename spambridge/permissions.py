@@ -99,13 +99,17 @@ NETWORK_FS = frozenset({
 _ESCAPE = re.compile(r"\\([0-7]{3})")
 
 
-def fs_type_in(mountinfo: str, path: str) -> str | None:
+def fs_type_in(mountinfo: str, path: str, dev: str | None = None) -> str | None:
     """The filesystem type of absolute, resolved `path` by `mountinfo` (the text of
     /proc/self/mountinfo): that of the longest mount point holding it, the last one listed
-    for a mount point mounted over. None when none holds it; lines that are not
-    `ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS [OPTIONAL...] - FSTYPE ...` are passed over."""
-    found: str | None = None
-    longest = -1
+    for a mount point mounted over. With `dev` ("MAJ:MIN", the device of the file `path`
+    names), only mounts of that device count while one holds it: a mount made over a
+    directory hides the mounts below it (the longest mount point is then a hidden one), and
+    a mount moved under another is listed before it (the last one listed is then not the
+    one seen); btrfs gives subvolumes devices of their own, hence the fall-back. None when
+    none holds it; lines that are not `ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS
+    [OPTIONAL...] - FSTYPE ...` are passed over."""
+    found: dict[bool, tuple[str | None, int]] = {True: (None, -1), False: (None, -1)}
     for line in mountinfo.splitlines():
         fields = line.split(" ")
         try:
@@ -113,11 +117,13 @@ def fs_type_in(mountinfo: str, path: str) -> str | None:
         except (ValueError, IndexError):
             continue
         at = _ESCAPE.sub(lambda m: chr(int(m[1], 8)), fields[4])
-        if not fstype or not at.startswith("/") or len(at) < longest:
+        if not fstype or not at.startswith("/"):
             continue
         if path == at or path.startswith(at if at.endswith("/") else at + "/"):
-            found, longest = fstype, len(at)
-    return found
+            same = dev is not None and fields[2] == dev  # of the device the file is on
+            if len(at) >= found[same][1]:
+                found[same] = (fstype, len(at))
+    return found[True][0] or found[False][0]
 
 
 def mountinfo() -> str | None:
@@ -136,7 +142,12 @@ def fs_type(path: str) -> str | None:
     table = mountinfo()
     if table is None:
         return None
-    return fs_type_in(table, os.path.realpath(nearest(path)))
+    at = os.path.realpath(nearest(path))
+    try:
+        st = os.stat(at)
+    except OSError:  # a symlink to nothing: by its path alone
+        return fs_type_in(table, at)
+    return fs_type_in(table, at, f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}")
 
 
 def network_fs(path: str) -> str | None:

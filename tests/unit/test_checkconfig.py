@@ -279,9 +279,11 @@ def test_a_database_on_a_network_filesystem_is_a_warning(
 
     share = os.path.realpath(tmp_path / "share")
     os.mkdir(share)  # the mount point
+    dev = os.stat(share).st_dev  # the device the files under it are on
     monkeypatch.setattr(permissions, "mountinfo", lambda: (
         "22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n"
-        f"40 22 0:40 / {share} rw,relatime shared:9 - nfs4 fs.example.net:/export rw\n"))
+        f"40 22 {os.major(dev)}:{os.minor(dev)} / {share} rw,relatime shared:9 - nfs4 "
+        "fs.example.net:/export rw\n"))
     db = f"{share}/spambridge/bayes.sqlite"
     r = check_local(from_mapping({"bayes": {"db": db}}))
     assert (r.warnings, r.notes) == ([shared_db(db, "nfs4")], [
@@ -300,6 +302,33 @@ def test_a_database_on_a_network_filesystem_is_a_warning(
         f"warning: {path}:4: {shared_db(str(link), 'nfs4')}"]
     assert cli.main(["check-config", "--no-postfix", "-c", str(path), "--db",
                      str(tmp_path / "local.sqlite")]) == 0  # on / (ext4): all well
+
+
+@pytest.mark.parametrize("order", ["mounted over", "moved under"])
+def test_the_filesystem_a_database_is_on_is_the_one_its_directory_is_on(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, order: str) -> None:
+    """Two mounts hold the database's path, `share` and `share/local`, listed in the order
+    they were made. An NFS share mounted over `share` after a local disk at `share/local`
+    hides that disk: the database is on NFS, and check-config said all well (the longest
+    mount point was taken, a hidden one). A local disk moved under the share later keeps
+    its place in the list and is the one seen. The device of the database's directory
+    tells which (0:0 is no filesystem's)."""
+    share = os.path.realpath(tmp_path / "share")
+    os.makedirs(f"{share}/local")
+    st = os.stat(f"{share}/local")
+    here = f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"  # what the directory is on
+    local, nfs = ("0:0", here) if order == "mounted over" else (here, "0:0")
+    monkeypatch.setattr(permissions, "mountinfo", lambda: (
+        "22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n"
+        f"40 22 {local} / {share}/local rw,relatime shared:5 - ext4 /dev/sdb1 rw\n"
+        f"41 22 {nfs} / {share} rw,relatime shared:9 - nfs4 fs.example.net:/export rw\n"))
+    db = f"{share}/local/bayes.sqlite"
+    store.create(db)
+    with sqlite3.connect(db) as c:
+        c.execute("UPDATE totals SET nspam = 200, nham = 200")
+    r = check_local(from_mapping({"bayes": {"db": db},
+                                  "milter": {"socket": f"unix:{tmp_path}/s.sock"}}))
+    assert r.warnings == ([shared_db(db, "nfs4")] if order == "mounted over" else [])
 
 
 def test_an_address_this_host_does_not_have_is_named(tmp_path: Path) -> None:

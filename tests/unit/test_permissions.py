@@ -70,10 +70,13 @@ def test_no_mount_that_holds_the_path_is_none() -> None:
 
 
 def mounted(tmp_path: Path, fstype: str) -> str:
-    """A mountinfo with `tmp_path` mounted as `fstype` on an ext4 root."""
+    """A mountinfo with `tmp_path` mounted as `fstype` on an ext4 root, with the device the
+    files under it are on."""
     at = os.path.realpath(tmp_path).replace("\\", "\\134").replace(" ", "\\040")
+    dev = os.stat(tmp_path).st_dev
     return (f"22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n"
-            f"40 22 0:40 / {at} rw,relatime - {fstype} fs.example.net:/export rw\n")
+            f"40 22 {os.major(dev)}:{os.minor(dev)} / {at} rw,relatime - {fstype} "
+            "fs.example.net:/export rw\n")
 
 
 @pytest.mark.parametrize(("fstype", "network"), [

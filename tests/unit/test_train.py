@@ -2699,11 +2699,14 @@ def test_the_milter_says_at_start_when_the_database_is_not_trained_yet(
 
 
 def on_share(monkeypatch: pytest.MonkeyPatch, share: Path, fstype: str) -> None:
-    """The mount table as this process reads it, with `share` mounted as `fstype`."""
+    """The mount table as this process reads it, with `share` mounted as `fstype` (the device
+    the files under it are on)."""
     at = os.path.realpath(share)
+    dev = os.stat(share).st_dev
     monkeypatch.setattr(permissions, "mountinfo", lambda: (
         "22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n"
-        f"40 22 0:40 / {at} rw,relatime shared:9 - {fstype} fs.example.net:/export rw\n"))
+        f"40 22 {os.major(dev)}:{os.minor(dev)} / {at} rw,relatime shared:9 - {fstype} "
+        "fs.example.net:/export rw\n"))
 
 
 def shared_db(db: Path, fstype: str) -> str:
