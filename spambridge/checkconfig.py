@@ -554,7 +554,7 @@ def _user_dirs(cfg: Config, r: Report) -> None:
         unreadable = privileges.unreadable_db_files(cfg.bayes.db, name)
         if unreadable:
             sts = [os.stat(f) for f in unreadable]
-            # what privileges.drop hands over: root's own files, never behind a symlink
+            # what privileges.dropped hands over: root's own files, never behind a symlink
             handed = not os.path.islink(cfg.bayes.db) and any(
                 st.st_uid == 0 and st.st_nlink == 1 for st in sts)
             r.warn(f"[bayes] db: user {name!r} may not read "

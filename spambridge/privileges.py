@@ -12,7 +12,7 @@ import logging
 import os
 import pwd
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 from spambridge.config import Config, ConfigError, key_at
 from spambridge.permissions import grants, read_only_fs
@@ -60,14 +60,6 @@ def _user(cfg: Config, name: str) -> pwd.struct_passwd:
     if pw.pw_uid == 0:
         raise ConfigError(f"{key_at(cfg, 'milter', 'user')}: {ROOT_USER.format(name)}")
     return pw
-
-
-def drop(cfg: Config, spec: SocketSpec, check: Callable[[], None] | None = None) -> None:
-    """Switch to `[milter] user` for good once `check` (ConfigError: what the milter needs to
-    do as its user) passed as that user: see dropped()."""
-    with dropped(cfg, spec):
-        if check is not None:
-            check()
 
 
 @contextlib.contextmanager
