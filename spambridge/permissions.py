@@ -176,10 +176,11 @@ def nearest(path: str) -> str:
     return path
 
 
-def dangling_link(path: str) -> DanglingLink | None:
-    """Why directory `path` cannot be made: the nearest path there is a symlink to nothing
-    (its target, or a directory on the way to it, is missing); None when it is not."""
-    at = nearest(path)
+def dangling_link(path: str, at: str | None = None) -> DanglingLink | None:
+    """Why directory `path` cannot be made: the nearest path there (`at`, when the caller
+    found it already) is a symlink to nothing (its target, or a directory on the way to it,
+    is missing); None when it is not."""
+    at = at or nearest(path)
     if not os.path.islink(at) or os.path.exists(at):
         return None
     return DanglingLink(errno.ENOENT, f"cannot create {os.path.abspath(path)}: {at} is a symlink "
@@ -196,11 +197,12 @@ def make_dirs(path: str, mode: int, owner: tuple[int, int] | None = None) -> tup
     chown of the last left them root's: the user a root milter switches to could not cross
     them. Returns the directories that were missing, deepest first; DanglingLink when a
     symlink to nothing is where they would start (check-config says the same, from it)."""
-    if problem := dangling_link(path):
+    top = nearest(path)
+    if problem := dangling_link(path, top):
         raise problem
     missing = []
     d = os.path.abspath(path)
-    while not os.path.lexists(d) and d != os.path.dirname(d):
+    while d != top:  # an ancestor of path, or path itself
         missing.append(d)
         d = os.path.dirname(d)
     for folder in reversed(missing):
