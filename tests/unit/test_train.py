@@ -2725,27 +2725,24 @@ def test_the_milter_says_at_start_when_the_database_is_on_a_network_filesystem(
     fatal (one host alone on NFS works): a warning at start, as the engine or as spamd's
     fallback, beside what else the start says of the database."""
     db = tmp_path / "bayes.sqlite"
-    on_share(monkeypatch, tmp_path, "nfs4")
-    scanner = BayesScanner(BayesConfig(db=str(db), min_trained=5))
-    try:
-        with caplog.at_level("WARNING", logger="spambridge"):
-            scanner.probe(fallback=fallback)
-    finally:
-        scanner.close()
-    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+
+    def said_at_start(fstype: str, min_trained: int) -> list[str]:
+        on_share(monkeypatch, tmp_path, fstype)
+        caplog.clear()
+        scanner = BayesScanner(BayesConfig(db=str(db), min_trained=min_trained))
+        try:
+            with caplog.at_level("WARNING", logger="spambridge"):
+                scanner.probe(fallback=fallback)
+        finally:
+            scanner.close()
+        return [r.getMessage() for r in caplog.records]
+
+    assert said_at_start("nfs4", 5) == [
         shared_db(db, "nfs4"),
         f"Bayes database {db} not trained yet (0 spam, 0 ham; min_trained 5): " + (
             "spamd has no fallback (a spamd failure gets its own on_* action)" if fallback
             else "the Bayes engine answers on_unavailable") + " until it is"]
-    caplog.clear()
-    on_share(monkeypatch, tmp_path, "ext4")
-    scanner = BayesScanner(BayesConfig(db=str(db), min_trained=0))
-    try:
-        with caplog.at_level("WARNING", logger="spambridge"):
-            scanner.probe(fallback=fallback)
-    finally:
-        scanner.close()
-    assert caplog.records == []
+    assert said_at_start("ext4", 0) == []
 
 
 def test_train_says_when_the_database_is_on_a_network_filesystem(
