@@ -383,7 +383,7 @@ def check_local(cfg: Config) -> Report:
                 r.warn("[milter] socket: "
                        + privileges.socket_dir_problem(sock_dir, m.user, reachable))
         above = permissions.nearest(sock_dir)  # `run` makes the rest (or cannot)
-        if dangling := permissions.dangling_link(sock_dir):
+        if dangling := permissions.dangling_link(sock_dir, above):
             r.warn(f"[milter] socket: {dangling}: the milter would not start")
         elif not os.path.isdir(above):
             r.warn(f"[milter] socket: {above} is not a directory, and the socket's path goes "
@@ -660,10 +660,11 @@ def bayes_state(cfg: Config, r: Report) -> None:
         r.warn(shared)
     # not there, or only out of this user's reach (a directory it may not enter)?
     if not os.path.exists(db) and not store.access_problem(db, write=False):
-        if dangling := permissions.dangling_link(os.path.dirname(os.path.abspath(db))):
+        db_dir = os.path.dirname(os.path.abspath(db))
+        above = permissions.nearest(db_dir)
+        if dangling := permissions.dangling_link(db_dir, above):
             r.warn(f"[bayes] db: {dangling}: the milter would not start")
             return
-        above = permissions.nearest(os.path.dirname(os.path.abspath(db)))
         if os.path.isdir(above) and permissions.read_only_fs(above):  # run: "unusable"
             r.warn(f"[bayes] db: {db} does not exist, and {above} is on a filesystem mounted "
                    "read-only: the milter cannot make it, and every message would get "
